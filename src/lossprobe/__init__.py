@@ -1,0 +1,32 @@
+"""lossprobe: probe the geometry of neural-network loss landscapes.
+
+The core is one evaluator, `Objective.evaluate`, that returns loss and accuracy at many
+points ``origin + coords @ directions`` of parameter space; every probe is built on it.
+"""
+
+from . import data, models
+from .errors import UserError
+from .objective import Evaluation, Objective
+from .paths import Interpolation, error_barrier, interpolate, loss_barrier
+from .space import ParamSpace
+from .train import History, TrainConfig, fit, load_checkpoint, save_checkpoint
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Evaluation",
+    "History",
+    "Interpolation",
+    "Objective",
+    "ParamSpace",
+    "TrainConfig",
+    "UserError",
+    "data",
+    "error_barrier",
+    "fit",
+    "interpolate",
+    "load_checkpoint",
+    "loss_barrier",
+    "models",
+    "save_checkpoint",
+]

@@ -1,0 +1,66 @@
+"""Options and helpers shared by subcommands."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..errors import UserError
+
+DATA_HELP = ("data split to evaluate on: fashion-mnist:train|val|test or spiral:train|val|test "
+             "(default: %(default)s)")
+MODEL_HELP = ("architecture of the checkpoints: a built-in spec such as mlp:784-256-256-10, "
+              "mlp:784-256-10:tanh, cnn:32-64:bn:dropout=0.25, or package.module:function "
+              "(a function of yours that returns the nn.Module; key=value arguments may follow)")
+
+
+def add_out(p: argparse.ArgumentParser, default: str | None = None) -> None:
+    p.add_argument("--out", default=default, required=default is None, metavar="DIR",
+                   help="run directory to write (rerunning with the same options resumes it)"
+                   + (" (default: %(default)s)" if default else ""))
+    p.add_argument("--force", action="store_true",
+                   help="overwrite --out if it already holds a different run")
+
+
+def add_model_data(p: argparse.ArgumentParser, data_default: str = "fashion-mnist:test") -> None:
+    p.add_argument("--model", required=True, metavar="SPEC", help=MODEL_HELP)
+    p.add_argument("--data", default=data_default, metavar="SET:SPLIT", help=DATA_HELP)
+    p.add_argument("--subset", type=positive_int, default=None, metavar="N",
+                   help="evaluate on a seeded random subset of N samples (default: the whole split)")
+    p.add_argument("--subset-seed", type=int, default=0, metavar="S", help="seed of --subset (default: %(default)s)")
+    p.add_argument("--batch-size", type=positive_int, default=4096, metavar="B",
+                   help="samples per forward pass (default: %(default)s)")
+
+
+def positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def nonneg_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
+    if not v >= 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {text}")
+    return v
+
+
+def load_model(spec: str, checkpoint: str):
+    """Build the architecture from `spec` and load `checkpoint` into it (safely)."""
+    from ..models import build
+    from ..train import load_checkpoint, load_state_dict
+
+    state = load_state_dict(checkpoint)  # check the file before importing user code
+    model = build(spec)
+    try:
+        load_checkpoint(model, checkpoint)
+    except UserError:
+        raise
+    del state
+    return model.eval()

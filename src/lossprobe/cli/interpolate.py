@@ -1,0 +1,74 @@
+"""`lossprobe interpolate CKPT_A CKPT_B`: loss and accuracy along the line between two checkpoints."""
+
+from __future__ import annotations
+
+import time
+
+from .common import add_model_data, add_out
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "interpolate",
+        help="loss and accuracy along the straight line between two checkpoints, and the barrier",
+        description="Evaluate θ(α) = (1−α)θ_A + αθ_B for α from −0.5 to 1.5 (41 points, 0 and 1 exact) "
+        "and report the loss barrier and the error barrier over α in [0, 1]. Checkpoints are loaded "
+        "safely (safetensors, or torch files with weights_only=True).",
+    )
+    p.add_argument("ckpt_a", metavar="CKPT_A", help="first checkpoint (.safetensors or a torch state dict)")
+    p.add_argument("ckpt_b", metavar="CKPT_B", help="second checkpoint, same architecture")
+    add_model_data(p)
+    p.add_argument("--alphas", type=int, default=41, metavar="N",
+                   help="number of α points from −0.5 to 1.5 (N−1 must be a multiple of 4 so that 0 and 1 are on the grid; default: %(default)s)")
+    p.add_argument("--bn", choices=("interpolate", "recompute"), default="interpolate",
+                   help="BatchNorm models: interpolate running statistics, or re-estimate them at each α "
+                   "from fashion-mnist training batches (default: %(default)s)")
+    add_out(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import numpy as np
+
+    from ..data import load_split
+    from ..errors import UserError
+    from ..paths import interpolate
+    from ..report.paths_plots import plot_interpolation
+    from ..store import RunDir
+    from .common import load_model
+
+    if args.alphas < 5 or (args.alphas - 1) % 4:
+        raise UserError(f"--alphas must be 5, 9, 13, ... (N−1 a multiple of 4), got {args.alphas}")
+    model_a = load_model(args.model, args.ckpt_a)
+    model_b = load_model(args.model, args.ckpt_b)
+    run_dir = RunDir(args.out, "interpolate", {k: v for k, v in vars(args).items() if k not in ("func", "force")}, args.force)
+    t0 = time.perf_counter()
+    split = load_split(args.data, args.subset, args.subset_seed)
+    bn_data = load_split(args.data.split(":")[0] + ":train") if args.bn == "recompute" else None
+    alphas = np.linspace(-0.5, 1.5, args.alphas)
+    alphas[np.isclose(alphas, 0)] = 0.0
+    alphas[np.isclose(alphas, 1)] = 1.0
+    name = args.data.split(":")[-1]
+    it = interpolate(model_a, model_b, {name: split}, alphas=alphas, bn=args.bn, bn_data=bn_data,
+                     batch_size=args.batch_size, progress=True)
+    run_dir.save_arrays("interpolation.npz", **it.to_arrays())
+    fig_names = plot_interpolation(it, run_dir.figures, title_data=args.data)
+    summary = {
+        **{k: v for k, v in it.barriers().items()},
+        "alphas": it.alphas,
+        "loss": {s: it.loss[s] for s in it.loss},
+        "accuracy": {s: it.accuracy[s] for s in it.accuracy},
+        "endpoint_loss": {"A": float(it.loss[name][it.alphas == 0][0]), "B": float(it.loss[name][it.alphas == 1][0])},
+        "seconds": time.perf_counter() - t0,
+    }
+    run_dir.save_json("summary.json", summary)
+    lb, eb = summary["loss_barrier"][name], summary["error_barrier"][name]
+    (run_dir / "report.md").write_text(
+        f"# Interpolation between {args.ckpt_a} and {args.ckpt_b}\n\n"
+        f"Model `{args.model}`, data `{args.data}` ({len(split)} samples).\n\n"
+        f"Loss barrier: **{lb:.4f}**; error barrier: **{eb:.4f}**.\n\n"
+        + "".join(f"![{n}](figures/{n}.png)\n\n" for n in fig_names)
+    )
+    run_dir.complete()
+    print(f"loss barrier {lb:.4f}, error barrier {eb:.4f} on {args.data}; wrote {run_dir.path}")
+    return 0

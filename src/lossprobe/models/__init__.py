@@ -1,0 +1,174 @@
+"""Reference models and model specs.
+
+A model spec is how the CLI names an architecture:
+
+* ``mlp:784-256-256-10`` an MLP with those layer widths (ReLU); append ``:tanh``,
+  ``:gelu``, ``:sigmoid`` or ``:elu`` for another activation.
+* ``cnn:32-64`` a small CNN for 28×28 greyscale images with conv blocks of those channel
+  counts; options ``:bn`` (BatchNorm), ``:dropout=0.25``, ``:hidden=128``, ``:classes=10``,
+  ``:in=1``, ``:size=28``.
+* ``package.module:function`` imports a module of yours and calls ``function()`` (it may
+  take keyword arguments given as ``package.module:function:key=value:...``).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+
+ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "sigmoid": nn.Sigmoid, "elu": nn.ELU}
+
+
+def mlp(widths: Sequence[int], activation: str = "relu", dropout: float = 0.0, seed: int | None = None) -> nn.Sequential:
+    """Fully connected network: widths[0] inputs, widths[-1] outputs, one activation between layers.
+
+    Inputs of any shape [N, ...] are flattened first.
+    """
+    widths = [int(w) for w in widths]
+    if len(widths) < 2 or any(w <= 0 for w in widths):
+        raise UserError(f"an MLP needs at least two positive widths, got {widths}")
+    if activation not in ACTIVATIONS:
+        raise UserError(f"unknown activation '{activation}'; choose from {sorted(ACTIVATIONS)}")
+    if not 0 <= dropout < 1:
+        raise UserError(f"dropout must be in [0, 1), got {dropout}")
+    with _seeded(seed):
+        layers: list[nn.Module] = [nn.Flatten()]
+        for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+            layers.append(nn.Linear(a, b))
+            if i < len(widths) - 2:
+                layers.append(ACTIVATIONS[activation]())
+                if dropout:
+                    layers.append(nn.Dropout(dropout))
+        return nn.Sequential(*layers)
+
+
+def cnn(
+    channels: Sequence[int] = (32, 64),
+    batchnorm: bool = False,
+    dropout: float = 0.0,
+    hidden: int = 128,
+    n_classes: int = 10,
+    in_channels: int = 1,
+    image_size: int = 28,
+    seed: int | None = None,
+) -> nn.Sequential:
+    """Small CNN: per block conv3×3 → [BatchNorm] → ReLU → max-pool 2, then a hidden
+    Linear layer with [dropout], then the classifier."""
+    channels = [int(c) for c in channels]
+    if not channels or any(c <= 0 for c in channels):
+        raise UserError(f"a CNN needs positive channel counts, got {channels}")
+    if image_size >> len(channels) < 1:
+        raise UserError(f"{len(channels)} pooling blocks are too many for {image_size}×{image_size} images")
+    if not 0 <= dropout < 1:
+        raise UserError(f"dropout must be in [0, 1), got {dropout}")
+    with _seeded(seed):
+        layers: list[nn.Module] = []
+        c_in, size = in_channels, image_size
+        for c in channels:
+            layers += [nn.Conv2d(c_in, c, 3, padding=1, bias=not batchnorm)]
+            if batchnorm:
+                layers.append(nn.BatchNorm2d(c))
+            layers += [nn.ReLU(), nn.MaxPool2d(2)]
+            c_in, size = c, size // 2
+        layers += [nn.Flatten()]
+        if dropout:
+            layers.append(nn.Dropout(dropout))
+        layers += [nn.Linear(c_in * size * size, hidden), nn.ReLU()]
+        if dropout:
+            layers.append(nn.Dropout(dropout))
+        layers.append(nn.Linear(hidden, n_classes))
+        return nn.Sequential(*layers)
+
+
+class _seeded:
+    """Seed torch's global generator for initialisation, then restore its state."""
+
+    def __init__(self, seed: int | None):
+        self.seed = seed
+
+    def __enter__(self):
+        if self.seed is not None:
+            self.state = torch.random.get_rng_state()
+            torch.manual_seed(self.seed)
+
+    def __exit__(self, *exc):
+        if self.seed is not None:
+            torch.random.set_rng_state(self.state)
+
+
+def _options(parts: list[str]) -> tuple[list[str], dict[str, str]]:
+    flags, kv = [], {}
+    for p in parts:
+        if "=" in p:
+            k, v = p.split("=", 1)
+            kv[k] = v
+        elif p:
+            flags.append(p)
+    return flags, kv
+
+
+def build(spec: str, seed: int | None = None) -> nn.Module:
+    """Build a model from a spec string (see the module docstring), initialised with `seed`."""
+    if not isinstance(spec, str) or ":" not in spec:
+        raise UserError(f"unknown model spec '{spec}'; use e.g. mlp:784-256-256-10, cnn:32-64:bn or package.module:function")
+    kind, *rest = spec.split(":")
+    try:
+        if kind == "mlp":
+            if not rest or not rest[0]:
+                raise UserError(f"model spec '{spec}' needs widths, e.g. mlp:784-256-256-10")
+            flags, kv = _options(rest[1:])
+            unknown = [f for f in flags if f not in ACTIVATIONS] + [k for k in kv if k != "dropout"]
+            if unknown:
+                raise UserError(f"unknown option '{unknown[0]}' in model spec '{spec}'")
+            return mlp(rest[0].split("-"), flags[0] if flags else "relu", float(kv.get("dropout", 0)), seed)
+        if kind == "cnn":
+            chans = rest[0].split("-") if rest and rest[0] else ["32", "64"]
+            flags, kv = _options(rest[1:])
+            known = {"dropout", "hidden", "classes", "in", "size"}
+            unknown = [f for f in flags if f != "bn"] + [k for k in kv if k not in known]
+            if unknown:
+                raise UserError(f"unknown option '{unknown[0]}' in model spec '{spec}'")
+            return cnn(chans, "bn" in flags, float(kv.get("dropout", 0)), int(kv.get("hidden", 128)),
+                       int(kv.get("classes", 10)), int(kv.get("in", 1)), int(kv.get("size", 28)), seed)
+    except ValueError as e:
+        if isinstance(e, UserError):
+            raise
+        raise UserError(f"cannot parse model spec '{spec}': {e}") from None
+    if "." in kind and rest:
+        return _from_function(kind, rest, spec, seed)
+    raise UserError(f"unknown model spec '{spec}'; use mlp:WIDTHS, cnn:CHANNELS or package.module:function")
+
+
+def _from_function(module_name: str, rest: list[str], spec: str, seed: int | None) -> nn.Module:
+    fn_name, *opts = rest
+    try:
+        mod = importlib.import_module(module_name)
+    except ImportError as e:
+        raise UserError(f"cannot import '{module_name}' for model spec '{spec}': {e}") from None
+    fn = getattr(mod, fn_name, None)
+    if not callable(fn):
+        raise UserError(f"'{module_name}' has no function '{fn_name}' (model spec '{spec}')")
+    _, kv = _options(opts)
+    kwargs = {k: _literal(v) for k, v in kv.items()}
+    with _seeded(seed):
+        model = fn(**kwargs)
+    if not isinstance(model, nn.Module):
+        raise UserError(f"'{spec}' returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def _literal(v: str):
+    for cast in (int, float):
+        try:
+            return cast(v)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(v.lower(), v)
+
+
+__all__ = ["ACTIVATIONS", "build", "cnn", "mlp"]

@@ -1,0 +1,393 @@
+"""The objective: a model, a loss and data, evaluated at points of parameter space.
+
+The hot path of every probe is `Objective.evaluate(coords, origin, directions)`: loss and
+accuracy at the K points ``origin + coords @ directions`` of an affine subspace.
+
+Speed comes from two choices:
+
+* Data batches are the outer loop and points the inner loop, so each batch is prepared
+  (sliced, moved to the device) once for all K points.
+* The first layer (Linear or Conv) is linear in its weights, so along the subspace its
+  output is ``f(x; w0) + sum_i c_i f(x; d_i)``. Those m + 1 outputs are computed once per
+  batch and combined per point, which removes most of an MLP's FLOPs. The shortcut is
+  verified numerically on the model before it is used, and dropped if it does not match.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from .data.split import Split, as_split
+from .errors import UserError
+from .losses import Loss, get_loss
+from .space import ParamSpace
+
+_FIRST_LAYER_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+@dataclass
+class Evaluation:
+    """Mean loss [K] and accuracy [K] (NaN when the loss has no accuracy) over `n` samples."""
+
+    loss: np.ndarray
+    accuracy: np.ndarray
+    n: int
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        return getattr(self, key)
+
+
+class _Injected(nn.Module):
+    """Stands in for the first layer and returns an output computed elsewhere."""
+
+    def __init__(self):
+        super().__init__()
+        self.value: torch.Tensor | None = None
+
+    def forward(self, *args, **kwargs):
+        return self.value
+
+
+def _module_linear_part(module: nn.Module, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
+    if isinstance(module, nn.Linear):
+        return F.linear(x, weight, bias)
+    return module._conv_forward(x, weight, bias)  # Conv1d/2d/3d, honours padding modes
+
+
+class Objective:
+    """Loss and accuracy of `model` on `data` as a function of its flat parameters.
+
+    Args:
+        model: any `nn.Module`; it is not modified (modes are restored after each call).
+        data: a `Split`, `(x, y)` tensors, a `Dataset` (kept in memory) or a `DataLoader`
+            (streamed in its own order, which must be fixed for results to be reproducible).
+        loss: 'cross_entropy', 'bce', 'mse', a `Loss`, or a function of (output, target).
+        batch_size: samples per forward pass for in-memory data.
+        include_buffers: put BatchNorm running statistics in the parameter vector, so
+            they move along directions too (e.g. interpolating them between two models).
+        train_mode: evaluate in train mode (BatchNorm uses batch statistics, dropout is
+            active). Default False: probes evaluate the deterministic network.
+        shortcut: 'auto' uses the first-layer shortcut when it is verified exact; False
+            never uses it.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        data,
+        loss: str | Loss | Callable = "cross_entropy",
+        batch_size: int = 4096,
+        include_buffers: bool = False,
+        train_mode: bool = False,
+        shortcut: bool | str = "auto",
+        space: ParamSpace | None = None,
+    ):
+        if batch_size <= 0:
+            raise UserError(f"batch_size must be positive, got {batch_size}")
+        self.model = model
+        self.space = space or ParamSpace(model, include_buffers=include_buffers)
+        self.loss = get_loss(loss)
+        self.batch_size = batch_size
+        self.train_mode = train_mode
+        self.device = self.space.device
+        data = as_split(data)
+        if isinstance(data, Split):
+            if len(data) == 0:
+                raise UserError(f"data split '{data.name}' is empty")
+            data = data.to(self.device)
+        self.data = data
+        self.theta0 = self.space.flatten(model)
+        self._first: tuple[str, nn.Module] | None = None
+        if shortcut not in (False, "auto", True):
+            raise UserError(f"shortcut must be 'auto', True or False, got {shortcut!r}")
+        if shortcut:
+            self._first = self._find_first_layer()
+            if self._first is not None and not self._shortcut_matches():
+                self._first = None
+            if shortcut is True and self._first is None:
+                raise UserError("the first-layer shortcut does not apply to this model")
+
+    # --- data ----------------------------------------------------------------------
+    @property
+    def n_samples(self) -> int:
+        if isinstance(self.data, Split):
+            return len(self.data)
+        return len(self.data.dataset)
+
+    def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if isinstance(self.data, Split):
+            yield from self.data.batches(self.batch_size)
+        else:
+            for x, y in self.data:
+                yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+    @property
+    def n_batches(self) -> int:
+        if isinstance(self.data, Split):
+            return math.ceil(len(self.data) / self.batch_size)
+        return len(self.data)
+
+    # --- modes -----------------------------------------------------------------------
+    @contextlib.contextmanager
+    def mode(self, train: bool | None = None):
+        """Put the model in eval (or train) mode and restore every module's flag after."""
+        train = self.train_mode if train is None else train
+        flags = [(m, m.training) for m in self.model.modules()]
+        self.model.train(train)
+        try:
+            yield
+        finally:
+            for m, flag in flags:
+                m.training = flag
+
+    def forward(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Model output at flat parameters `theta` (differentiable in `theta`)."""
+        return functional_call(self.model, self.space.unflatten(theta), (x,), strict=False)
+
+    # --- the hot path ----------------------------------------------------------------
+    def evaluate(
+        self,
+        coords: torch.Tensor | np.ndarray | None = None,
+        origin: torch.Tensor | None = None,
+        directions: torch.Tensor | None = None,
+        progress: bool | Callable[[int], None] = False,
+    ) -> Evaluation:
+        """Mean loss and accuracy at the points ``origin + coords @ directions``.
+
+        Args:
+            coords: [K, m] coordinates (or [K] when m = 1). None means the origin alone.
+            origin: [P] flat parameters; defaults to the model's own.
+            directions: [m, P] (or [P] for one direction).
+            progress: show a progress bar, or a callback called with the number of
+                point-batches done.
+        Returns:
+            `Evaluation` with loss and accuracy arrays of shape [K] (float64).
+        """
+        origin = self.theta0 if origin is None else origin.to(self.device, self.space.dtype)
+        self.space.check_vector(origin, "origin")
+        if directions is None:
+            directions = torch.zeros(0, self.space.numel, device=self.device, dtype=self.space.dtype)
+        directions = torch.as_tensor(directions).to(self.device, self.space.dtype)
+        if directions.ndim == 1:
+            directions = directions[None]
+        m = directions.shape[0]
+        if directions.ndim != 2 or directions.shape[1] != self.space.numel:
+            raise UserError(
+                f"directions have shape {tuple(directions.shape)}, expected (m, {self.space.numel}) "
+                "to match the model's parameters"
+            )
+        if coords is None:
+            coords = torch.zeros(1, m)
+        coords = torch.as_tensor(coords, dtype=torch.float64)
+        if coords.ndim == 1:
+            coords = coords[:, None] if m == 1 else coords[None]
+        if coords.ndim != 2 or coords.shape[1] != m:
+            raise UserError(f"coords have shape {tuple(coords.shape)}, expected (K, {m}) for {m} direction(s)")
+        K = coords.shape[0]
+        if not torch.isfinite(coords).all():
+            raise UserError("coords contain NaN or inf")
+        coords_dev = coords.to(self.device, self.space.dtype)
+
+        loss_sum = torch.zeros(K, dtype=torch.float64, device=self.device)
+        correct = torch.zeros(K, dtype=torch.float64, device=self.device)
+        n = 0
+        use_shortcut = self._first is not None and K > m + 1
+        bar = _progress(progress, total=self.n_batches * K)
+        with torch.inference_mode(), self.mode():
+            for x, y in self.batches():
+                if use_shortcut:
+                    z0, zd = self._first_layer_outputs(x, origin, directions)
+                with self._injected(use_shortcut) as inject:
+                    for k in range(K):
+                        theta = torch.addmv(origin, directions.T, coords_dev[k]) if m else origin
+                        if use_shortcut:
+                            inject.value = z0 + torch.tensordot(coords_dev[k], zd, dims=1) if m else z0
+                        s, c = self.loss(self.forward(theta, x), y)
+                        loss_sum[k] += s.double()
+                        if c is not None:
+                            correct[k] += c.double()
+                        bar(1)
+                n += len(y)
+        bar(None)
+        if n == 0:
+            raise UserError("the data yielded no samples")
+        acc = (correct / n).cpu().numpy() if self.loss.has_accuracy else np.full(K, np.nan)
+        return Evaluation(loss=(loss_sum / n).cpu().numpy(), accuracy=acc, n=n)
+
+    def loss_at(self, theta: torch.Tensor | None = None) -> Evaluation:
+        """Loss and accuracy at one point (the model's own parameters by default)."""
+        return self.evaluate(None, origin=theta)
+
+    # --- gradients -------------------------------------------------------------------
+    def loss_and_grad(self, theta: torch.Tensor | None = None) -> tuple[float, torch.Tensor]:
+        """Mean loss and its gradient [P] at `theta`, accumulated over all batches."""
+        theta = (self.theta0 if theta is None else theta).detach().requires_grad_(True)
+        total, grad, n = 0.0, torch.zeros_like(theta), 0
+        with self.mode():
+            for x, y in self.batches():
+                s, _ = self.loss(self.forward(theta, x), y)
+                (g,) = torch.autograd.grad(s, theta)
+                grad += g
+                total += float(s)
+                n += len(y)
+        return total / n, grad / n
+
+    def hvp(self, v: torch.Tensor, theta: torch.Tensor | None = None) -> torch.Tensor:
+        """Exact Hessian-vector product H(theta) v of the mean loss, by double backward."""
+        theta = (self.theta0 if theta is None else theta).detach().requires_grad_(True)
+        v = v.to(theta)
+        out, n = torch.zeros_like(theta), 0
+        with self.mode():
+            for x, y in self.batches():
+                s, _ = self.loss(self.forward(theta, x), y)
+                (g,) = torch.autograd.grad(s, theta, create_graph=True)
+                (hv,) = torch.autograd.grad(g @ v, theta)
+                out += hv
+                n += len(y)
+        return out / n
+
+    # --- first-layer shortcut ----------------------------------------------------------
+    def _find_first_layer(self) -> tuple[str, nn.Module] | None:
+        """The first module with parameters that the forward pass calls, if Linear/Conv."""
+        names = {m: n for n, m in self.model.named_modules()}
+        order: list[nn.Module] = []
+
+        def hook(module, args):
+            if not order and any(True for _ in module.parameters(recurse=False)):
+                order.append(module)
+
+        handles = [m.register_forward_pre_hook(hook) for m in self.model.modules()]
+        try:
+            x, _ = next(self.batches())
+            with torch.inference_mode(), self.mode():
+                self.model(x[:2])
+        except StopIteration:
+            return None
+        finally:
+            for h in handles:
+                h.remove()
+        if not order or type(order[0]) not in _FIRST_LAYER_TYPES:
+            return None
+        module = order[0]
+        name = names[module]
+        if f"{name}.weight" not in self.space:
+            return None
+        return name, module
+
+    def _first_layer_outputs(self, x, origin, directions):
+        name, module = self._first
+        captured: list[torch.Tensor] = []
+
+        # The first layer's input is whatever the model feeds it (after a Flatten, say):
+        # capture it by running the model up to that layer once per batch.
+        def grab(mod, args):
+            captured.append(args[0])
+            raise _Stop
+
+        h = module.register_forward_pre_hook(grab)
+        try:
+            self.model(x)
+        except _Stop:
+            pass
+        finally:
+            h.remove()
+        inp = captured[0]
+        w_e = self.space[f"{name}.weight"]
+        b_e = self.space[f"{name}.bias"] if f"{name}.bias" in self.space else None
+        w0 = origin[w_e.slice].view(w_e.shape)
+        b0 = origin[b_e.slice].view(b_e.shape) if b_e is not None else module.bias
+        z0 = _module_linear_part(module, inp, w0, b0)
+        zd = []
+        for d in directions:
+            dw = d[w_e.slice].view(w_e.shape)
+            db = d[b_e.slice].view(b_e.shape) if b_e is not None else None
+            zd.append(_module_linear_part(module, inp, dw, db))
+        zd = torch.stack(zd) if zd else None
+        return z0, zd
+
+    @contextlib.contextmanager
+    def _injected(self, active: bool):
+        if not active:
+            yield None
+            return
+        name, module = self._first
+        parent_name, _, child = name.rpartition(".")
+        parent = self.model.get_submodule(parent_name) if parent_name else self.model
+        stub = _Injected()
+        setattr(parent, child, stub)
+        try:
+            yield stub
+        finally:
+            setattr(parent, child, module)
+
+    def _shortcut_matches(self) -> bool:
+        """Check the shortcut against a plain forward pass at a perturbed point."""
+        x, y = next(self.batches())
+        x, y = x[:64], y[:64]
+        g = torch.Generator(device="cpu").manual_seed(0)
+        d = torch.randn(2, self.space.numel, generator=g).to(self.theta0) * 1e-2 * (
+            self.theta0.norm() / math.sqrt(self.space.numel) + 1e-3
+        )
+        d[:, self.space.mask(["buffer"]).to(self.device)] = 0
+        c = torch.tensor([[0.7, -0.4]], device=self.device, dtype=self.space.dtype)
+        with torch.inference_mode(), self.mode(train=False):
+            plain = self.forward(self.theta0 + c[0] @ d, x)
+            try:
+                z0, zd = self._first_layer_outputs(x, self.theta0, d)
+            except Exception:  # an unusual first layer: fall back to the plain path
+                return False
+            with self._injected(True) as inject:
+                inject.value = z0 + torch.tensordot(c[0], zd, dims=1)
+                fast = self.forward(self.theta0 + c[0] @ d, x)
+        if fast is None or fast.shape != plain.shape:
+            return False
+        scale = plain.abs().max().clamp_min(1.0)
+        return bool(((fast - plain).abs().max() / scale) < 1e-4)
+
+
+class _Stop(Exception):
+    pass
+
+
+def _progress(progress, total: int):
+    """Return a function advance(n) / advance(None) to close."""
+    if callable(progress):
+        def advance(n):
+            if n is not None:
+                progress(n)
+        return advance
+    if not progress:
+        return lambda n: None
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, unit="pt·batch", dynamic_ncols=True, leave=False)
+
+    def advance(n):
+        if n is None:
+            bar.close()
+        else:
+            bar.update(n)
+
+    return advance
+
+
+def warn_if_stochastic(model: nn.Module) -> None:
+    """Warn when a model in train mode has dropout or BatchNorm (results would be noisy)."""
+    if model.training and any(
+        isinstance(m, (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm)) for m in model.modules()
+    ):
+        warnings.warn(
+            "the model is in train mode and has dropout or BatchNorm: losses depend on the batch "
+            "and the random state; evaluate in eval mode for reproducible numbers",
+            stacklevel=2,
+        )

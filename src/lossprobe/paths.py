@@ -1,0 +1,172 @@
+"""Linear interpolation between two models and the barriers along it.
+
+θ(α) = (1 − α) θ_A + α θ_B is evaluated in that form (not θ_A + α(θ_B − θ_A)) so that
+α = 0 and α = 1 reproduce each model's parameters, and so its loss, bit for bit.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from .data.split import Split, as_split
+from .errors import UserError
+from .objective import Objective
+from .space import ParamSpace
+
+BN_MODES = ("interpolate", "recompute")
+
+
+def default_alphas() -> np.ndarray:
+    """41 points from −0.5 to 1.5 in steps of 0.05; 0 and 1 are exact."""
+    return np.arange(-10, 31) / 20.0
+
+
+@dataclass
+class Interpolation:
+    """Loss and accuracy along α on each named split."""
+
+    alphas: np.ndarray
+    loss: dict[str, np.ndarray] = field(default_factory=dict)
+    accuracy: dict[str, np.ndarray] = field(default_factory=dict)
+    bn: str = "interpolate"
+
+    def loss_barrier(self, split: str) -> float:
+        return loss_barrier(self.alphas, self.loss[split])
+
+    def error_barrier(self, split: str) -> float:
+        return error_barrier(self.alphas, 1.0 - self.accuracy[split])
+
+    def barriers(self) -> dict[str, dict[str, float]]:
+        """{'loss_barrier': {split: value}, 'error_barrier': {split: value}}"""
+        return {
+            "loss_barrier": {s: self.loss_barrier(s) for s in self.loss},
+            "error_barrier": {s: self.error_barrier(s) for s in self.loss},
+        }
+
+    def to_arrays(self, prefix: str = "") -> dict[str, np.ndarray]:
+        out = {f"{prefix}alphas": self.alphas}
+        for s in self.loss:
+            out[f"{prefix}loss_{s}"] = self.loss[s]
+            out[f"{prefix}accuracy_{s}"] = self.accuracy[s]
+        return out
+
+
+def _endpoints(alphas: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, float]:
+    alphas, values = np.asarray(alphas, float), np.asarray(values, float)
+    if alphas.shape != values.shape:
+        raise UserError(f"alphas {alphas.shape} and values {values.shape} differ in shape")
+    i0, i1 = np.flatnonzero(alphas == 0.0), np.flatnonzero(alphas == 1.0)
+    if not len(i0) or not len(i1):
+        raise UserError("a barrier needs the endpoints α = 0 and α = 1 on the grid")
+    inside = (alphas >= 0) & (alphas <= 1)
+    return alphas[inside], values[inside], float(values[i0[0]]), float(values[i1[0]])
+
+
+def loss_barrier(alphas, losses) -> float:
+    """max over α in [0, 1] of L(θα) − ((1 − α) L_A + α L_B); 0 for a convex path."""
+    a, v, v0, v1 = _endpoints(alphas, losses)
+    return float(np.max(v - ((1 - a) * v0 + a * v1)))
+
+
+def error_barrier(alphas, errors) -> float:
+    """sup over α in [0, 1] of the error minus the mean endpoint error (Frankle et al. 2020)."""
+    a, v, v0, v1 = _endpoints(alphas, errors)
+    return float(np.max(v) - 0.5 * (v0 + v1))
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+@torch.no_grad()
+def recompute_batchnorm(model: nn.Module, data: Split, n_batches: int = 50, batch_size: int = 128, seed: int = 0) -> nn.Module:
+    """Re-estimate BatchNorm running statistics by a seeded pass over training batches.
+
+    The statistics are exact averages over the batches (momentum=None), not a running
+    blend. The model is left in eval mode.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return model
+    saved = [(m, m.momentum) for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    device = next(model.parameters()).device
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
+    model.train()
+    try:
+        for i in range(min(n_batches, max(1, len(data) // batch_size))):
+            idx = order[i * batch_size : (i + 1) * batch_size]
+            model(data.x[idx].to(device))
+    finally:
+        for m, mom in saved:
+            m.momentum = mom
+        model.eval()
+    return model
+
+
+def interpolate(
+    model_a: nn.Module,
+    model_b: nn.Module,
+    data: Split | Mapping[str, Split],
+    alphas=None,
+    bn: str = "interpolate",
+    bn_data: Split | None = None,
+    bn_batches: int = 50,
+    loss="cross_entropy",
+    batch_size: int = 4096,
+    progress: bool = False,
+) -> Interpolation:
+    """Loss and accuracy at θ(α) = (1 − α) θ_A + α θ_B on each split of `data`.
+
+    Args:
+        data: one split, or a mapping of names to splits (e.g. {'train': ..., 'test': ...}).
+        alphas: the grid; default `default_alphas()` (−0.5 … 1.5, 41 points).
+        bn: for models with BatchNorm, 'interpolate' the running statistics with the
+            weights, or 'recompute' them at each α from `bn_data` (seeded batches).
+    """
+    if bn not in BN_MODES:
+        raise UserError(f"bn must be one of {BN_MODES}, got '{bn}'")
+    splits = {"data": data} if not isinstance(data, Mapping) else dict(data)
+    splits = {k: as_split(v, k) for k, v in splits.items()}
+    alphas = default_alphas() if alphas is None else np.asarray(alphas, dtype=float).reshape(-1)
+    if alphas.size == 0 or not np.isfinite(alphas).all():
+        raise UserError("alphas must be a non-empty list of finite numbers")
+    bn_model = has_batchnorm(model_a)
+    space_a = ParamSpace(model_a, include_buffers=bn_model)
+    space_a.check_compatible(ParamSpace(model_b, include_buffers=bn_model))
+    theta_a, theta_b = space_a.flatten(model_a), space_a.flatten(model_b)
+    out = Interpolation(alphas=alphas, bn=bn if bn_model else "none")
+    coords = torch.tensor(np.stack([1 - alphas, alphas], 1))
+    zero = torch.zeros_like(theta_a)
+    ends = torch.stack([theta_a, theta_b])
+
+    if bn_model and bn == "recompute":
+        if bn_data is None:
+            raise UserError("bn='recompute' needs bn_data: training batches to re-estimate BatchNorm statistics")
+        work = copy.deepcopy(model_a)
+        losses = {k: np.empty(len(alphas)) for k in splits}
+        accs = {k: np.empty(len(alphas)) for k in splits}
+        space_p = ParamSpace(work)
+        pa, pb = space_p.flatten(model_a), space_p.flatten(model_b)
+        for i, a in enumerate(alphas):
+            space_p.load_into(work, (1 - a) * pa + a * pb)
+            recompute_batchnorm(work, as_split(bn_data, "bn"), n_batches=bn_batches)
+            for k, split in splits.items():
+                ev = Objective(work, split, loss=loss, batch_size=batch_size, shortcut=False).loss_at()
+                losses[k][i], accs[k][i] = ev.loss[0], ev.accuracy[0]
+        out.loss, out.accuracy = losses, accs
+        return out
+
+    for k, split in splits.items():
+        obj = Objective(model_a, split, loss=loss, batch_size=batch_size, space=space_a)
+        ev = obj.evaluate(coords, origin=zero, directions=ends, progress=progress)
+        out.loss[k], out.accuracy[k] = ev.loss, ev.accuracy
+    return out

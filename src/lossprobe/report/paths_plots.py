@@ -1,0 +1,44 @@
+"""Figures of interpolation paths: loss and accuracy along α, barriers marked."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .figures import new_figure, save_figure, styles
+
+
+def plot_interpolation(it, directory, title_data: str = "", name: str = "interpolation",
+                       label_a: str = "A", label_b: str = "B") -> list[str]:
+    """Loss (left) and accuracy (right) along α for every split; the loss barrier is marked.
+
+    Returns the figure names written (without extension).
+    """
+    fig, (ax_l, ax_a) = new_figure(ncols=2)
+    a = it.alphas
+    for split, st in zip(it.loss, styles()):
+        loss, acc = it.loss[split], it.accuracy[split]
+        ax_l.plot(a, loss, label=split, markersize=4, **st)
+        ax_a.plot(a, 100 * acc, label=split, markersize=4, **st)
+        # the barrier: largest rise above the chord between the endpoints
+        inside = (a >= 0) & (a <= 1)
+        l0, l1 = loss[a == 0][0], loss[a == 1][0]
+        chord = (1 - a) * l0 + a * l1
+        gap = np.where(inside, loss - chord, -np.inf)
+        i = int(np.argmax(gap))
+        ax_l.plot([0, 1], [l0, l1], color=st["color"], linestyle=":", linewidth=1)
+        ax_l.annotate("", xy=(a[i], loss[i]), xytext=(a[i], chord[i]),
+                      arrowprops={"arrowstyle": "<->", "color": st["color"]})
+        ax_l.text(a[i], (loss[i] + chord[i]) / 2, f" barrier {gap[i]:.3f}", color=st["color"], fontsize=8, va="center")
+    for ax in (ax_l, ax_a):
+        for x in (0, 1):
+            ax.axvline(x, color="grey", linewidth=0.8, linestyle="--")
+        ax.set_xlabel(f"α  (0 = model {label_a}, 1 = model {label_b})")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    ax_l.set_ylabel("mean cross-entropy loss")
+    ax_a.set_ylabel("accuracy (%)")
+    suffix = f" on {title_data}" if title_data else ""
+    ax_l.set_title(f"Loss along (1−α)θ_{label_a} + αθ_{label_b}{suffix}", fontsize=10)
+    ax_a.set_title(f"Accuracy along the same line{suffix}", fontsize=10)
+    save_figure(fig, directory, name)
+    return [name]

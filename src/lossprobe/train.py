@@ -1,0 +1,369 @@
+"""Training with recorded learning curves, used by every study.
+
+`fit(model, train, val, config)` trains in place and returns a `History`. Two seeds are
+kept apart: the model's initialisation is whatever the caller built (see
+`lossprobe.models.build(spec, seed)`), and `config.data_seed` fixes the order of
+batches (and dropout masks). With `checkpoint_dir`, every epoch is saved (weights as
+safetensors, optimiser state as plain tensors) so an interrupted run resumes at the
+last finished epoch with the same numbers it would have produced uninterrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .data.split import Split, as_split
+from .errors import UserError
+from .losses import get_loss
+from .objective import Objective
+from .space import ParamSpace
+
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop", "adagrad")
+SCHEDULES = ("constant", "cosine", "step")
+
+
+@dataclass
+class TrainConfig:
+    """How to train. `lr` is the peak learning rate; `schedule` decays it per step."""
+
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    epochs: int = 12
+    batch_size: int = 128
+    data_seed: int = 0
+    schedule: str = "cosine"
+    step_size: int = 5  # epochs between decays for schedule="step"
+    gamma: float = 0.1
+    loss: str = "cross_entropy"
+    eval_batch_size: int = 4096
+    trajectory_every: int = 0  # record the flat parameters every k steps (0: never)
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise UserError(f"unknown optimizer '{self.optimizer}'; choose from {list(OPTIMIZERS)}")
+        if self.schedule not in SCHEDULES:
+            raise UserError(f"unknown schedule '{self.schedule}'; choose from {list(SCHEDULES)}")
+        for name in ("epochs", "batch_size", "eval_batch_size"):
+            if int(getattr(self, name)) <= 0:
+                raise UserError(f"{name} must be positive, got {getattr(self, name)}")
+        if not self.lr > 0 or not math.isfinite(self.lr):
+            raise UserError(f"lr must be a positive number, got {self.lr}")
+        if self.weight_decay < 0 or not 0 <= self.momentum < 1:
+            raise UserError("weight_decay must be >= 0 and momentum in [0, 1)")
+        if self.trajectory_every < 0:
+            raise UserError(f"trajectory_every must be >= 0, got {self.trajectory_every}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name: f.type for f in fields(cls)}
+        for k, v in d.items():
+            if k not in known:
+                raise UserError(f"unknown training option '{k}'; known: {sorted(known)}")
+        return cls(**d)
+
+
+@dataclass
+class History:
+    """Per-epoch learning curves. Epoch 0 is the initial model, before any step."""
+
+    epoch: list[int] = field(default_factory=list)
+    train_loss: list[float] = field(default_factory=list)
+    train_accuracy: list[float] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    val_accuracy: list[float] = field(default_factory=list)
+    batch_loss: list[float] = field(default_factory=list)  # mean minibatch loss during the epoch
+    lr: list[float] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)  # cumulative wall time
+    stopped: str | None = None  # why training stopped early, if it did
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "History":
+        return cls(**d)
+
+    @property
+    def generalization_gap(self) -> list[float]:
+        """Train accuracy minus validation accuracy per epoch."""
+        return [a - b for a, b in zip(self.train_accuracy, self.val_accuracy)]
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or inf; the history up to that point is kept."""
+
+
+def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
+    o, lr, wd = cfg.optimizer, cfg.lr, cfg.weight_decay
+    if o == "sgd":
+        return torch.optim.SGD(params, lr=lr, weight_decay=wd)
+    if o in ("momentum", "nesterov"):
+        return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum or 0.9, nesterov=o == "nesterov", weight_decay=wd)
+    if o == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=wd)
+    if o == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+    if o == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr, momentum=cfg.momentum if cfg.momentum else 0.0, weight_decay=wd)
+    return torch.optim.Adagrad(params, lr=lr, weight_decay=wd)
+
+
+def _lr_factor(cfg: TrainConfig, step: int, total: int, steps_per_epoch: int) -> float:
+    if cfg.schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+    if cfg.schedule == "step":
+        return cfg.gamma ** ((step // steps_per_epoch) // cfg.step_size)
+    return 1.0
+
+
+def evaluate_model(model: nn.Module, data, loss="cross_entropy", batch_size: int = 4096) -> tuple[float, float]:
+    """Mean loss and accuracy of the model in eval mode on all of `data`."""
+    ev = Objective(model, data, loss=loss, batch_size=batch_size, shortcut=False).loss_at()
+    return float(ev.loss[0]), float(ev.accuracy[0])
+
+
+def fit(
+    model: nn.Module,
+    train: Split,
+    val: Split | None = None,
+    config: TrainConfig | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    progress: bool = False,
+    **overrides,
+) -> History:
+    """Train `model` in place on `train`, evaluating on all of `train` and `val` every epoch.
+
+    Returns the `History`. If `checkpoint_dir` is given, each epoch is saved there and a
+    later call with the same directory resumes after the last saved epoch. The recorded
+    parameter trajectory (``config.trajectory_every > 0``) is saved as
+    ``trajectory.npy`` [T, P] in `checkpoint_dir` and kept as ``history.trajectory``.
+    Raises `TrainingDiverged` (with ``.history``) if the loss becomes NaN or inf.
+    """
+    cfg = config or TrainConfig()
+    if overrides:
+        cfg = TrainConfig(**{**asdict(cfg), **overrides})
+    train = as_split(train, "train")
+    if not isinstance(train, Split) or (val is not None and not isinstance(as_split(val, "val"), Split)):
+        raise UserError("fit() needs in-memory data: a Split, (x, y) tensors or a Dataset")
+    val = as_split(val, "val") if val is not None else None
+    if len(train) == 0:
+        raise UserError("the training split is empty")
+    device = next(model.parameters()).device
+    train = train.to(device)
+    loss_fn = get_loss(cfg.loss)
+    opt = make_optimizer([p for p in model.parameters() if p.requires_grad], cfg)
+    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+    total_steps = steps_per_epoch * cfg.epochs
+    space = ParamSpace(model)
+    hist, trajectory, start_epoch, elapsed = History(), [], 1, 0.0
+    ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    if ckpt is not None:
+        ckpt.mkdir(parents=True, exist_ok=True)
+        saved_cfg = ckpt / "train_config.json"
+        if saved_cfg.is_file() and json.loads(saved_cfg.read_text()) != asdict(cfg):
+            raise UserError(
+                f"{ckpt} holds a training run with a different configuration; use another directory"
+            )
+        _write_json(saved_cfg, asdict(cfg))
+        resumed = _load_state(ckpt, model, opt)
+        if resumed is not None:
+            hist, trajectory = resumed
+            start_epoch = hist.epoch[-1] + 1
+            elapsed = hist.seconds[-1]
+
+    def record(epoch: int, batch_loss: float, t0: float):
+        tl, ta = evaluate_model(model, train, cfg.loss, cfg.eval_batch_size)
+        vl, va = evaluate_model(model, val, cfg.loss, cfg.eval_batch_size) if val is not None else (math.nan, math.nan)
+        hist.epoch.append(epoch)
+        hist.train_loss.append(tl)
+        hist.train_accuracy.append(ta)
+        hist.val_loss.append(vl)
+        hist.val_accuracy.append(va)
+        hist.batch_loss.append(batch_loss)
+        hist.lr.append(opt.param_groups[0]["lr"])
+        hist.seconds.append(elapsed + time.perf_counter() - t0)
+
+    t0 = time.perf_counter()
+    if not hist.epoch:
+        record(0, math.nan, t0)
+        if cfg.trajectory_every:
+            trajectory.append(space.flatten(model).cpu())
+        if ckpt is not None:
+            _save_state(ckpt, model, opt, hist, trajectory)
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.epochs, initial=start_epoch - 1, unit="epoch", dynamic_ncols=True, leave=False)
+    step = (start_epoch - 1) * steps_per_epoch
+    try:
+        for epoch in range(start_epoch, cfg.epochs + 1):
+            model.train()
+            # Per-epoch seeds make a resumed run draw the same batches and dropout masks.
+            order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.data_seed * 100_003 + epoch))
+            torch.manual_seed(cfg.data_seed * 100_003 + epoch)
+            run_sum, run_n = 0.0, 0
+            for i in range(steps_per_epoch):
+                for g in opt.param_groups:
+                    g["lr"] = cfg.lr * _lr_factor(cfg, step, total_steps, steps_per_epoch)
+                idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size].to(device)
+                x, y = train.x[idx], train.y[idx]
+                s, _ = loss_fn(model(x), y)
+                loss = s / len(y)
+                if not torch.isfinite(loss):
+                    hist.stopped = f"loss became {float(loss)} at epoch {epoch}, step {i + 1}"
+                    raise TrainingDiverged(
+                        f"training diverged: {hist.stopped}; try a smaller learning rate (lr={cfg.lr})"
+                    )
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                step += 1
+                run_sum += float(s.detach())
+                run_n += len(y)
+                if cfg.trajectory_every and step % cfg.trajectory_every == 0:
+                    trajectory.append(space.flatten(model).cpu())
+            model.eval()
+            record(epoch, run_sum / run_n, t0)
+            if ckpt is not None:
+                _save_state(ckpt, model, opt, hist, trajectory)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(train_acc=f"{hist.train_accuracy[-1]:.3f}", val_acc=f"{hist.val_accuracy[-1]:.3f}")
+    except TrainingDiverged as e:
+        model.eval()
+        e.history = hist
+        if ckpt is not None:
+            _write_json(ckpt / "history.json", hist.to_dict())
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    model.eval()
+    hist.trajectory = torch.stack(trajectory) if trajectory else None  # type: ignore[attr-defined]
+    return hist
+
+
+# --- checkpoints -----------------------------------------------------------------------
+def save_checkpoint(model: nn.Module, path: str | os.PathLike) -> None:
+    """Save the state dict (parameters and buffers) as safetensors."""
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    tmp = f"{path}.tmp"
+    save_file(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Load a state dict from safetensors, or from a torch file with ``weights_only=True``.
+
+    Raises UserError for a missing file, a file carrying pickled code, or anything that is
+    not a mapping of names to tensors.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"checkpoint {p} does not exist")
+    head = p.read_bytes()[:16]
+    if p.suffix == ".safetensors" or (len(head) > 8 and head[8:9] == b"{"):
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            state = load_file(str(p))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise UserError(f"checkpoint {p} is not a valid safetensors file: {e}") from None
+    else:
+        try:
+            state = torch.load(p, map_location="cpu", weights_only=True)
+        except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(
+                f"checkpoint {p} could not be loaded safely (weights_only=True refused it: {first}); "
+                "lossprobe never runs code from a checkpoint: save a plain state_dict or safetensors"
+            ) from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not state or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise UserError(f"checkpoint {p} is not a state dict (a mapping of parameter names to tensors)")
+    return state
+
+
+def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """Load a checkpoint into `model`, naming the first mismatching parameter if any."""
+    state = load_state_dict(path)
+    own = model.state_dict()
+    for k, v in own.items():
+        if k not in state:
+            raise UserError(f"checkpoint {path} has no parameter '{k}': it was saved from a different architecture")
+        if tuple(state[k].shape) != tuple(v.shape):
+            raise UserError(
+                f"checkpoint {path}: parameter '{k}' has shape {tuple(state[k].shape)}, the model expects "
+                f"{tuple(v.shape)}: different architecture"
+            )
+    extra = [k for k in state if k not in own]
+    if extra:
+        raise UserError(f"checkpoint {path} has parameter '{extra[0]}' that the model lacks: different architecture")
+    model.load_state_dict(state)
+    return model
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+def _save_state(ckpt: Path, model, opt, hist: History, trajectory) -> None:
+    # Files carry the epoch in their name and history.json, written last, says which epoch
+    # is complete, so a kill at any moment leaves a consistent state to resume from.
+    e = hist.epoch[-1]
+    save_checkpoint(model, ckpt / f"model-{e}.safetensors")
+    tmp = ckpt / "optimizer.pt.tmp"
+    torch.save(opt.state_dict(), tmp)
+    os.replace(tmp, ckpt / f"optimizer-{e}.pt")
+    if trajectory:
+        tmp_t = ckpt / "trajectory.tmp.npy"
+        np.save(tmp_t, torch.stack(trajectory).numpy())
+        os.replace(tmp_t, ckpt / f"trajectory-{e}.npy")
+    _write_json(ckpt / "history.json", hist.to_dict())
+    for old in list(ckpt.glob("model-*.safetensors")) + list(ckpt.glob("optimizer-*.pt")) + list(ckpt.glob("trajectory-*.npy")):
+        if old.stem.rsplit("-", 1)[-1] != str(e):
+            old.unlink(missing_ok=True)
+    save_checkpoint(model, ckpt / "model.safetensors")
+
+
+def _load_state(ckpt: Path, model, opt):
+    hfile = ckpt / "history.json"
+    if not hfile.is_file():
+        return None
+    hist = History.from_dict(json.loads(hfile.read_text()))
+    if hist.stopped or not hist.epoch:
+        return None
+    e = hist.epoch[-1]
+    if not (ckpt / f"model-{e}.safetensors").is_file():
+        return None
+    load_checkpoint(model, ckpt / f"model-{e}.safetensors")
+    if (ckpt / f"optimizer-{e}.pt").is_file():
+        opt.load_state_dict(torch.load(ckpt / f"optimizer-{e}.pt", map_location="cpu", weights_only=True))
+    trajectory = []
+    if (ckpt / f"trajectory-{e}.npy").is_file():
+        trajectory = list(torch.from_numpy(np.load(ckpt / f"trajectory-{e}.npy")))
+    return hist, trajectory
