@@ -238,7 +238,7 @@ class Objective:
                 s, _ = self.loss(self.forward(theta, x), y)
                 (g,) = torch.autograd.grad(s, theta)
                 grad += g
-                total += float(s)
+                total += float(s.detach())
                 n += len(y)
         return total / n, grad / n
 

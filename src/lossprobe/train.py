@@ -226,7 +226,7 @@ def fit(
                 s, _ = loss_fn(model(x), y)
                 loss = s / len(y)
                 if not torch.isfinite(loss):
-                    hist.stopped = f"loss became {float(loss)} at epoch {epoch}, step {i + 1}"
+                    hist.stopped = f"loss became {loss.item()} at epoch {epoch}, step {i + 1}"
                     raise TrainingDiverged(
                         f"training diverged: {hist.stopped}; try a smaller learning rate (lr={cfg.lr})"
                     )
@@ -308,7 +308,11 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     """Load a checkpoint into `model`, naming the first mismatching parameter if any."""
-    state = load_state_dict(path)
+    return apply_state_dict(model, load_state_dict(path), path)
+
+
+def apply_state_dict(model: nn.Module, state: dict[str, torch.Tensor], path: str | os.PathLike = "the state dict") -> nn.Module:
+    """Copy `state` into `model` after checking every name and shape."""
     own = model.state_dict()
     for k, v in own.items():
         if k not in state:

@@ -52,15 +52,9 @@ def nonneg_float(text: str) -> float:
 
 
 def load_model(spec: str, checkpoint: str):
-    """Build the architecture from `spec` and load `checkpoint` into it (safely)."""
+    """Build the architecture from `spec` and load `checkpoint` into it (safely, file checked first)."""
     from ..models import build
-    from ..train import load_checkpoint, load_state_dict
+    from ..train import apply_state_dict, load_state_dict
 
-    state = load_state_dict(checkpoint)  # check the file before importing user code
-    model = build(spec)
-    try:
-        load_checkpoint(model, checkpoint)
-    except UserError:
-        raise
-    del state
-    return model.eval()
+    state = load_state_dict(checkpoint)
+    return apply_state_dict(build(spec), state, checkpoint).eval()

@@ -1,6 +1,6 @@
 """Data sets: real Fashion-MNIST and the synthetic two-spiral set, as in-memory splits."""
 
-from .fashion_mnist import FashionMNIST, fashion_mnist, read_idx
+from .fashion import FashionMNIST, fashion_mnist, read_idx
 from .spiral import two_spirals
 from .split import Split, as_split
 

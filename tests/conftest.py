@@ -1,0 +1,40 @@
+import os
+
+import pytest
+import torch
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def _fashion_available() -> bool:
+    from lossprobe.data.fashion import locate
+    from lossprobe.errors import UserError
+
+    try:
+        locate(allow_download=False)
+        return True
+    except UserError:
+        return False
+
+
+needs_fashion = pytest.mark.skipif(not _fashion_available(),
+                                   reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+
+
+@pytest.fixture
+def spiral():
+    from lossprobe.data import two_spirals
+
+    return two_spirals(n=100, seed=0)
+
+
+def tiny_mlp(seed=0, widths=(2, 8, 2)):
+    from lossprobe.models import mlp
+
+    return mlp(widths, seed=seed).eval()
+
+
+def tiny_cnn(seed=0, batchnorm=True, dropout=0.0):
+    from lossprobe.models import cnn
+
+    return cnn((4, 8), batchnorm=batchnorm, dropout=dropout, hidden=16, image_size=12, seed=seed).eval()
