@@ -7,12 +7,15 @@ OUT ?= runs/two-seeds
 .PHONY: install data demo test bench clean
 
 $(BIN)/python:
-	$(PYTHON) -m venv $(VENV)
+	$(PYTHON) -m venv $(VENV) || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq python3-venv && $(PYTHON) -m venv $(VENV); }
 	$(BIN)/pip install --upgrade pip >/dev/null
 
 # CPU torch first, from its exact version, so no dependency pulls a CUDA build.
+# Elsewhere, point pip at a CPU wheel index with TORCH_PIP_ARGS="--index-url URL".
+TORCH_SPEC ?= torch==2.13.0
+TORCH_PIP_ARGS ?=
 install: $(BIN)/python data
-	$(BIN)/pip install torch==2.13.0
+	$(BIN)/pip install $(TORCH_PIP_ARGS) '$(TORCH_SPEC)'
 	$(BIN)/pip install -e '.[test]'
 
 # Fashion-MNIST from Debian where we are root and apt exists; otherwise lossprobe
