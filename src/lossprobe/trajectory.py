@@ -1,0 +1,532 @@
+"""Parameter trajectories of networks, their planes, and how faithful the picture is.
+
+A drawn optimiser path is a projection: each recorded parameter vector θ_t [P] is mapped
+to coordinates c_t [2] on a plane ``origin + c @ directions`` (the PCA plane of the
+trajectories, Li et al. 2018, or a random filter-normalised plane), and the contours
+under it are the loss *on the plane*. The point θ_t itself is usually *off* the plane,
+so its loss differs from the contour value under its marker. `path_fidelity` reports,
+for every drawn point:
+
+    true_loss      L(θ_t), the loss the optimiser actually had
+    surface_loss   the surface's loss at c_t (bilinear interpolation of the grid)
+    plane_loss     L(origin + c_t @ directions), exact (no interpolation error)
+    distance       ‖θ_t − (origin + c_t @ directions)‖, in parameter units
+    rel_distance   distance / ‖θ_t − origin‖ (the sine of the angle to the plane)
+
+so a reader can see where the picture can be trusted (small distance: the contour under
+the marker is the loss the optimiser had) and where it cannot.
+
+Also here: training with recorded trajectories and per-step monitors
+(`train_trajectory`), PCA planes with bounded memory (Gram matrix of the snapshots,
+never a P×P covariance), random filter-normalised planes, 2-D surfaces on a plane,
+roughness numbers for a surface, and the extreme Hessian eigenvalues along a run.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .data.split import Split, as_split
+from .errors import UserError
+from .losses import get_loss
+from .monitors import TrainingMonitor
+from .objective import Objective
+from .space import ParamSpace
+
+# --- training with a recorded trajectory ------------------------------------------------
+
+
+@dataclass
+class Trajectory:
+    """A recorded run.
+
+    Attributes:
+        label: a name for plots ("adam", "seed 3").
+        steps: [T] optimiser step of each snapshot (0 = the initial point).
+        thetas: [T, P] flat parameters (float32, CPU) at those steps.
+        monitor: per-step gradient norm, weight norm and minibatch loss.
+        config: how it was trained.
+    """
+
+    label: str
+    steps: np.ndarray
+    thetas: torch.Tensor
+    monitor: TrainingMonitor | None = None
+    config: dict = field(default_factory=dict)
+
+    @property
+    def final(self) -> torch.Tensor:
+        return self.thetas[-1]
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+
+def train_trajectory(
+    model: nn.Module,
+    train: Split,
+    optimizer: str = "sgd",
+    lr: float = 0.1,
+    steps: int = 3000,
+    batch_size: int = 32,
+    every: int = 20,
+    seed: int = 0,
+    loss: str = "bce",
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+    label: str | None = None,
+    progress: bool = False,
+    monitor: TrainingMonitor | None = None,
+) -> Trajectory:
+    """Train `model` in place for `steps` minibatch steps and record θ every `every` steps.
+
+    Args:
+        optimizer: sgd, momentum, nesterov, rmsprop (no momentum), adam, adamw, adagrad
+            (`lossprobe.train.make_optimizer`, i.e. torch.optim).
+        batch_size: minibatch size; ``batch_size >= len(train)`` gives full-batch GD.
+        seed: data order (each epoch a seeded permutation).
+        weight_decay: L2 penalty coefficient (torch's coupled weight decay: λθ added to
+            the gradient, i.e. the gradient of the loss + λ/2 ‖θ‖²).
+        monitor: a `TrainingMonitor` to fill (one is created if None).
+    Returns:
+        `Trajectory` with snapshots at steps 0, every, 2·every, ..., and the last step.
+    """
+    from .train import TrainConfig, make_optimizer
+
+    if steps <= 0 or every <= 0 or batch_size <= 0:
+        raise UserError(f"steps, every and batch_size must be positive, got {steps}, {every}, {batch_size}")
+    train = as_split(train, "train")
+    loss_fn = get_loss(loss)
+    cfg = TrainConfig(optimizer=optimizer, lr=lr, momentum=0.0 if optimizer == "rmsprop" else momentum,
+                      weight_decay=weight_decay, schedule="constant", loss=loss_fn.name)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = make_optimizer(params, cfg)
+    space = ParamSpace(model)
+    mon = monitor if monitor is not None else TrainingMonitor(model)
+    mon.source = model
+    g = torch.Generator().manual_seed(seed)
+    n = len(train)
+    bs = min(batch_size, n)
+    snaps, at = [space.flatten(model).detach().float().cpu().clone()], [0]
+    order, pos = torch.randperm(n, generator=g), 0
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=steps, desc=label or optimizer, unit="step", leave=False, dynamic_ncols=True)
+    model.train()
+    try:
+        for step in range(1, steps + 1):
+            if pos + bs > n:
+                order, pos = torch.randperm(n, generator=g), 0
+            idx = order[pos : pos + bs]
+            pos += bs
+            s, _ = loss_fn(model(train.x[idx]), train.y[idx])
+            batch_loss = s / len(idx)
+            if not torch.isfinite(batch_loss):
+                raise UserError(f"training with {optimizer} (lr={lr}) diverged at step {step}; use a smaller lr")
+            opt.zero_grad(set_to_none=True)
+            batch_loss.backward()
+            mon.record(batch_loss)
+            opt.step()
+            if step % every == 0 or step == steps:
+                snaps.append(space.flatten(model).detach().float().cpu().clone())
+                at.append(step)
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+        model.eval()
+    config = {"optimizer": optimizer, "lr": lr, "steps": steps, "batch_size": bs, "every": every, "seed": seed,
+              "loss": loss_fn.name, "momentum": cfg.momentum, "weight_decay": weight_decay}
+    return Trajectory(label or optimizer, np.asarray(at), torch.stack(snaps), mon, config)
+
+
+def losses_at(objective: Objective, thetas: torch.Tensor, chunk: int = 64):
+    """Loss [T] and accuracy [T] at each row of `thetas` [T, P], exactly (full data).
+
+    Uses the evaluator with the snapshots themselves as directions (identity
+    coordinates), `chunk` rows at a time, so memory stays at chunk × P.
+    """
+    thetas = torch.as_tensor(thetas)
+    losses, accs = [], []
+    zero = torch.zeros(objective.space.numel, dtype=objective.space.dtype, device=objective.device)
+    for i in range(0, len(thetas), chunk):
+        block = thetas[i : i + chunk].to(objective.device, objective.space.dtype)
+        ev = objective.evaluate(torch.eye(len(block), dtype=torch.float64), origin=zero, directions=block)
+        losses.append(ev.loss)
+        accs.append(ev.accuracy)
+    return np.concatenate(losses), np.concatenate(accs)
+
+
+# --- planes ----------------------------------------------------------------------------
+
+
+@dataclass
+class Plane:
+    """The affine plane ``origin + c @ directions`` of parameter space.
+
+    origin [P], directions [2, P] (float64, CPU). For a PCA plane the directions are
+    orthonormal and `explained_variance_ratio` [2] is the share of the snapshots'
+    squared displacement from `origin` (or their variance, if centred) along each.
+    """
+
+    origin: torch.Tensor
+    directions: torch.Tensor
+    kind: str
+    explained_variance_ratio: np.ndarray | None = None
+    note: str = ""
+
+    def point(self, coords) -> torch.Tensor:
+        """Parameters [K, P] at coordinates [K, 2]."""
+        c = torch.as_tensor(np.asarray(coords), dtype=torch.float64).reshape(-1, 2)
+        return self.origin[None] + c @ self.directions
+
+    def project(self, thetas) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Coordinates [T, 2] of the nearest plane points, distances [T] and relative distances [T].
+
+        The coordinates solve the least-squares problem min_c ‖θ − origin − c @ D‖ (the
+        directions need not be orthogonal, as random planes' are not). Distances are
+        Euclidean in parameter units; relative distance = distance / ‖θ − origin‖ (0
+        where θ is the origin).
+        """
+        X = torch.as_tensor(thetas).to(torch.float64).reshape(-1, self.origin.numel()) - self.origin[None]
+        D = self.directions
+        gram = D @ D.T
+        coords = torch.linalg.solve(gram, D @ X.T).T  # [T, 2]
+        resid = X - coords @ D
+        dist = resid.norm(dim=1)
+        norm = X.norm(dim=1)
+        rel = torch.where(norm > 0, dist / norm.clamp_min(1e-300), torch.zeros_like(dist))
+        return coords.numpy(), dist.numpy(), rel.numpy()
+
+
+def _gram(X_rows: Sequence[torch.Tensor], origin: torch.Tensor, chunk: int) -> torch.Tensor:
+    T = len(X_rows)
+    G = torch.zeros(T, T, dtype=torch.float64)
+    P = origin.numel()
+    stack = torch.stack(list(X_rows)) if not isinstance(X_rows, torch.Tensor) else X_rows
+    for j in range(0, P, chunk):
+        B = stack[:, j : j + chunk].to(torch.float64) - origin[j : j + chunk][None]
+        G += B @ B.T
+    return G
+
+
+def pca_plane(thetas, origin: torch.Tensor | None = None, center: bool = False, chunk: int = 1 << 20) -> Plane:
+    """The PCA plane of one or several trajectories (Li et al. 2018), with bounded memory.
+
+    Args:
+        thetas: [T, P] snapshots, or a list of such arrays (stacked: one plane for all).
+        origin: a point of the plane, e.g. the final parameters [P]. Default: the last
+            snapshot of the (first) trajectory.
+        center: False (default): the plane through `origin` that is closest to all
+            snapshots (PCA of θ_t − origin without centring, so every snapshot's
+            distance to the plane is what it looks like). True: classic PCA, the plane
+            through the snapshots' mean (which becomes the origin).
+        chunk: parameters per block when forming the Gram matrix; memory is T² + chunk·T.
+    Returns:
+        `Plane` with orthonormal directions and explained_variance_ratio [2]: λ_k / Σλ,
+        the share of Σ_t ‖θ_t − origin‖² along direction k.
+    """
+    if isinstance(thetas, (list, tuple)):
+        first = torch.as_tensor(thetas[0])
+        X = torch.cat([torch.as_tensor(t) for t in thetas])
+    else:
+        X = first = torch.as_tensor(thetas)
+    if X.ndim != 2 or len(X) < 2:
+        raise UserError(f"PCA needs at least two snapshots of shape [T, P], got {tuple(X.shape)}")
+    T, P = X.shape
+    if center:
+        origin = X.to(torch.float64).mean(0)
+    elif origin is None:
+        origin = first[-1].to(torch.float64)
+    origin = torch.as_tensor(origin).to(torch.float64).reshape(-1)
+    if origin.numel() != P:
+        raise UserError(f"origin has {origin.numel()} entries, the snapshots have {P}")
+    G = _gram(X, origin, chunk)
+    evals, U = torch.linalg.eigh(G)  # ascending
+    evals, U = evals.flip(0).clamp_min(0), U.flip(1)
+    total = float(evals.sum())
+    if total <= 0 or evals[1] <= 1e-12 * total:
+        raise UserError("the snapshots span fewer than two directions around the origin; record more steps")
+    dirs = torch.zeros(2, P, dtype=torch.float64)
+    for j in range(0, P, chunk):
+        B = X[:, j : j + chunk].to(torch.float64) - origin[j : j + chunk][None]
+        dirs[:, j : j + chunk] = (U[:, :2].T @ B) / evals[:2].sqrt()[:, None]
+    # Orthonormalise once more against rounding (the eigenvectors of G are orthonormal).
+    q, _ = torch.linalg.qr(dirs.T)
+    signs = torch.sign((q.T * dirs).sum(1))
+    dirs = (q * signs).T.contiguous()
+    evr = (evals[:2] / total).numpy()
+    return Plane(origin, dirs, "pca", evr, note="centred" if center else "through origin")
+
+
+def filter_normalized_direction(model: nn.Module, origin: torch.Tensor | None = None, seed: int = 0,
+                                space: ParamSpace | None = None) -> torch.Tensor:
+    """A random direction [P] with each filter scaled to the norm of the origin's filter.
+
+    Li et al. (2018): a Gaussian direction; for every weight tensor, each output filter
+    (row of a Linear weight, output channel of a Conv) is rescaled to the norm of the
+    same filter at `origin`; biases and normalisation parameters are set to zero.
+    """
+    space = space or ParamSpace(model)
+    origin = space.flatten(model) if origin is None else torch.as_tensor(origin)
+    origin = origin.to(torch.float64).reshape(-1)
+    g = torch.Generator().manual_seed(seed)
+    d = torch.randn(space.numel, generator=g, dtype=torch.float64)
+    for e in space.entries:
+        seg = d[e.slice]
+        if e.kind != "weight" or len(e.shape) < 1:
+            seg.zero_()
+            continue
+        w = origin[e.slice].view(e.shape[0], -1)
+        r = seg.view(e.shape[0], -1)
+        r.mul_(w.norm(dim=1, keepdim=True) / r.norm(dim=1, keepdim=True).clamp_min(1e-12))
+    return d
+
+
+def random_plane(model: nn.Module, origin: torch.Tensor | None = None, seed: int = 0) -> Plane:
+    """A random filter-normalised plane through `origin` (default: the model's parameters).
+
+    Uses `lossprobe.directions.random_plane` when that module provides it, else two
+    `filter_normalized_direction`s with seeds `seed` and `seed + 1`.
+    """
+    space = ParamSpace(model)
+    origin = space.flatten(model) if origin is None else torch.as_tensor(origin)
+    origin = origin.to(torch.float64).reshape(-1)
+    dirs = None
+    try:  # the surfaces issue's implementation, when present
+        from . import directions as _dirs  # type: ignore
+
+        if hasattr(_dirs, "random_plane"):
+            work = copy.deepcopy(model)
+            space.load_into(work, origin.to(space.dtype))
+            got = _dirs.random_plane(work, seed=seed)
+            got = got[0] if isinstance(got, tuple) else got
+            got = torch.as_tensor(got).to(torch.float64)
+            if got.shape == (2, space.numel):
+                dirs = got
+    except Exception:  # a different signature: use ours
+        dirs = None
+    if dirs is None:
+        dirs = torch.stack([filter_normalized_direction(model, origin, seed, space),
+                            filter_normalized_direction(model, origin, seed + 1, space)])
+    return Plane(origin, dirs, "random", None, note="filter-normalised")
+
+
+# --- surfaces on a plane ------------------------------------------------------------------
+
+
+@dataclass
+class PlaneSurface:
+    """Loss [ny, nx] and accuracy [ny, nx] on the grid xs [nx] × ys [ny] of a plane (rows are y)."""
+
+    xs: np.ndarray
+    ys: np.ndarray
+    loss: np.ndarray
+    accuracy: np.ndarray
+
+    def interpolate(self, coords) -> np.ndarray:
+        """Bilinear interpolation of the loss at coordinates [K, 2]; NaN outside the grid."""
+        from scipy.interpolate import RegularGridInterpolator
+
+        f = RegularGridInterpolator((self.ys, self.xs), self.loss, method="linear", bounds_error=False,
+                                    fill_value=np.nan)
+        c = np.asarray(coords, dtype=float).reshape(-1, 2)
+        return f(c[:, ::-1])
+
+    def to_arrays(self, prefix: str = "") -> dict[str, np.ndarray]:
+        return {f"{prefix}xs": self.xs, f"{prefix}ys": self.ys, f"{prefix}loss": self.loss,
+                f"{prefix}accuracy": self.accuracy}
+
+
+def grid_extent(coords: np.ndarray, margin: float = 0.2, minimum: float = 0.0) -> tuple[tuple[float, float], tuple[float, float]]:
+    """A box around the projected points [K, 2] and the origin, widened by `margin` of its
+    size and at least ±`minimum` around the origin."""
+    c = np.vstack([np.asarray(coords, dtype=float).reshape(-1, 2), [[0.0, 0.0]]])
+    lo, hi = c.min(0), c.max(0)
+    span = np.maximum(hi - lo, 1e-6)
+    lo, hi = lo - margin * span, hi + margin * span
+    lo, hi = np.minimum(lo, -minimum), np.maximum(hi, minimum)
+    return (float(lo[0]), float(hi[0])), (float(lo[1]), float(hi[1]))
+
+
+def plane_surface(objective: Objective, plane: Plane, extent, n: int = 41, progress: bool = False) -> PlaneSurface:
+    """Loss and accuracy on an n×n grid of the plane over extent ((x0, x1), (y0, y1)).
+
+    One call of the core evaluator (`Objective.evaluate`) for all n² points.
+    """
+    if n < 2:
+        raise UserError(f"the grid needs at least 2 points per axis, got {n}")
+    (x0, x1), (y0, y1) = extent
+    xs, ys = np.linspace(x0, x1, n), np.linspace(y0, y1, n)
+    X, Y = np.meshgrid(xs, ys)
+    coords = torch.from_numpy(np.stack([X.ravel(), Y.ravel()], 1))
+    ev = objective.evaluate(coords, origin=plane.origin.to(objective.space.dtype),
+                            directions=plane.directions.to(objective.space.dtype), progress=progress)
+    return PlaneSurface(xs, ys, ev.loss.reshape(n, n), ev.accuracy.reshape(n, n))
+
+
+# --- fidelity of a drawn path -------------------------------------------------------------
+
+
+def path_fidelity(objective: Objective, plane: Plane, thetas, surface: PlaneSurface | None = None,
+                  true_loss: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """For every snapshot [T, P]: coordinates, distance from the plane, and three losses.
+
+    Returns arrays [T] (coords [T, 2]): coords, distance, rel_distance, true_loss (at θ_t),
+    plane_loss (exact, at the projected point), surface_loss (the grid interpolated at the
+    projected point; NaN outside the grid or without `surface`).
+    """
+    thetas = torch.as_tensor(thetas)
+    coords, dist, rel = plane.project(thetas)
+    if true_loss is None:
+        true_loss, _ = losses_at(objective, thetas)
+    proj = plane.point(coords)
+    plane_loss, _ = losses_at(objective, proj)
+    surf = surface.interpolate(coords) if surface is not None else np.full(len(coords), np.nan)
+    return {"coords": coords, "distance": dist, "rel_distance": rel, "true_loss": np.asarray(true_loss, float),
+            "plane_loss": plane_loss, "surface_loss": surf}
+
+
+def fidelity_summary(f: dict[str, np.ndarray], near: float = 0.1) -> dict:
+    """How well the contours under the drawn points match the true losses.
+
+    Points are "near" the plane when rel_distance ≤ `near` (less than `near` of their
+    displacement from the origin lies off the plane). For near and far points: count,
+    median and max |true − surface| and |true − plane| loss differences, and the median
+    relative difference |true − surface| / true.
+    """
+    true, surf, plane = f["true_loss"], f["surface_loss"], f["plane_loss"]
+    rel = f["rel_distance"]
+    ok = np.isfinite(surf)
+
+    def stats(mask):
+        m = mask & ok
+        if not m.any():
+            return {"n": 0}
+        d_s = np.abs(true[m] - surf[m])
+        d_p = np.abs(true[m] - plane[m])
+        return {"n": int(m.sum()), "median_abs_diff_surface": float(np.median(d_s)),
+                "max_abs_diff_surface": float(d_s.max()), "median_abs_diff_plane": float(np.median(d_p)),
+                "median_rel_diff_surface": float(np.median(d_s / np.maximum(np.abs(true[m]), 1e-12))),
+                "median_rel_distance": float(np.median(rel[m]))}
+
+    diff = np.abs(true - surf)
+    corr = None
+    if ok.sum() > 2 and np.std(rel[ok]) > 0 and np.std(diff[ok]) > 0:
+        corr = float(np.corrcoef(rel[ok], diff[ok])[0, 1])
+    return {"near_threshold": near, "n_points": int(len(true)), "n_outside_grid": int((~ok).sum()),
+            "near": stats(rel <= near), "far": stats(rel > near), "all": stats(np.ones_like(ok)),
+            "corr_rel_distance_abs_diff": corr,
+            "median_rel_distance": float(np.median(rel)), "max_rel_distance": float(rel.max())}
+
+
+# --- roughness ------------------------------------------------------------------------------
+
+
+def roughness(Z: np.ndarray, sigma: float = 1.0) -> dict:
+    """Roughness numbers of a surface Z [ny, nx] (any grid; NaNs not allowed).
+
+    Returns:
+        mean_abs_smooth_diff: mean |Z − G_σ * Z|, G_σ a Gaussian filter of `sigma` grid
+            cells (reflecting edges): how much detail a smoothed copy loses, in loss units.
+        relative_smooth_diff: that divided by the surface's range (max − min), so surfaces
+            of different heights compare.
+        positive_curvature_share: share of 1-D second differences (along x and along y,
+            at interior points) that are positive: 1 for a convex bowl, about 0.5 or less
+            for a rough, non-convex surface.
+        range: max − min.
+    """
+    from scipy.ndimage import gaussian_filter
+
+    Z = np.asarray(Z, dtype=float)
+    if Z.ndim != 2 or min(Z.shape) < 3:
+        raise UserError(f"roughness needs a 2-D grid of at least 3×3, got shape {Z.shape}")
+    if not np.isfinite(Z).all():
+        raise UserError("the surface has NaN or inf values; roughness needs finite losses")
+    smooth = gaussian_filter(Z, sigma=sigma, mode="reflect")
+    mad = float(np.mean(np.abs(Z - smooth)))
+    rng = float(Z.max() - Z.min())
+    dx = Z[:, 2:] - 2 * Z[:, 1:-1] + Z[:, :-2]
+    dy = Z[2:, :] - 2 * Z[1:-1, :] + Z[:-2, :]
+    pos = (np.sum(dx > 0) + np.sum(dy > 0)) / (dx.size + dy.size)
+    return {"mean_abs_smooth_diff": mad, "relative_smooth_diff": mad / rng if rng > 0 else 0.0,
+            "positive_curvature_share": float(pos), "range": rng, "sigma": sigma}
+
+
+# --- curvature along training ------------------------------------------------------------
+
+
+def hessian_extremes(model: nn.Module, data, thetas, loss: str = "bce", dense_max: int = 2500) -> dict[str, np.ndarray]:
+    """Smallest and largest Hessian eigenvalues of the mean loss at each snapshot [T, P].
+
+    Small networks (P ≤ `dense_max`): the exact dense Hessian in float64
+    (`torch.func.hessian`) on all of `data`, and `torch.linalg.eigvalsh`. Larger ones:
+    Lanczos from `lossprobe.hessian.eigenvalues(which="both")`.
+    Returns {"min": [T], "max": [T], "method": "dense" | "lanczos"}.
+    """
+    from torch.func import functional_call
+
+    data = as_split(data)
+    space = ParamSpace(model)
+    thetas = torch.as_tensor(thetas)
+    lo, hi = [], []
+    if space.numel <= dense_max:
+        m64 = copy.deepcopy(model).double().eval()
+        s64 = ParamSpace(m64)
+        x, y = data.x.double(), data.y
+        loss_fn = get_loss(loss)
+        n = len(y)
+
+        def f(th):
+            s, _ = loss_fn(functional_call(m64, s64.unflatten(th), (x,)), y)
+            return s / n
+
+        hess = torch.func.hessian(f)
+        for th in thetas:
+            H = hess(th.to(torch.float64))
+            ev = torch.linalg.eigvalsh(0.5 * (H + H.T))
+            lo.append(float(ev[0]))
+            hi.append(float(ev[-1]))
+        method = "dense"
+    else:
+        from . import hessian as _hess
+
+        work = copy.deepcopy(model)
+        obj = Objective(work, data, loss=loss)
+        for th in thetas:
+            r = _hess.eigenvalues(obj, k=1, which="both", theta=th.to(space.dtype))
+            hi.append(float(r.values[0]))
+            lo.append(float(r.values[1]))
+        method = "lanczos"
+    return {"min": np.asarray(lo), "max": np.asarray(hi), "method": method}
+
+
+def near_saddles(hmin: np.ndarray, hmax: np.ndarray, grad: np.ndarray, neg_ratio: float = 0.01,
+                 grad_ratio: float = 0.1) -> np.ndarray:
+    """Indices of checkpoints that look like the run passed near a saddle.
+
+    A checkpoint counts when the Hessian has a clearly negative eigenvalue
+    (λ_min < −neg_ratio · λ_max) while the gradient is small (below `grad_ratio` of its
+    largest value along the run).
+    """
+    hmin, hmax, grad = (np.asarray(a, dtype=float) for a in (hmin, hmax, grad))
+    gmax = np.nanmax(grad) if grad.size else 0.0
+    mask = (hmin < -neg_ratio * np.abs(hmax)) & (grad < grad_ratio * gmax)
+    return np.nonzero(mask)[0]
+
+
+__all__ = [
+    "Plane", "PlaneSurface", "Trajectory", "filter_normalized_direction", "fidelity_summary", "grid_extent",
+    "hessian_extremes", "losses_at", "near_saddles", "path_fidelity", "pca_plane", "plane_surface",
+    "random_plane", "roughness", "train_trajectory",
+]
