@@ -61,11 +61,13 @@ def build_table(directory: str | os.PathLike, cfg: TableConfig, progress: bool =
     (d / "rows").mkdir(parents=True, exist_ok=True)
     cfile = d / "table_config.json"
     want = json.loads(json.dumps(asdict(cfg)))
+    # rows are drawn by index, so a table may grow: every setting but `size` must match
     if cfile.is_file():
-        if json.loads(cfile.read_text()) != want:
+        old = json.loads(cfile.read_text())
+        if {k: v for k, v in old.items() if k != "size"} != {k: v for k, v in want.items() if k != "size"}:
             raise UserError(f"{d} holds a benchmark table built with other settings; use another --table-dir")
-    else:
-        write_json(cfile, want)
+        want["size"] = max(old.get("size", 0), cfg.size)
+    write_json(cfile, want)
     space = SearchSpace.from_dict(cfg.space)
     configs = sample_configs(space, cfg.size, cfg.sample_seed)
     todo = [i for i in range(cfg.size) if not (d / "rows" / f"{i:05d}.json").is_file()]
@@ -98,9 +100,11 @@ def build_table(directory: str | os.PathLike, cfg: TableConfig, progress: bool =
                 bar.set_postfix(acc=f"{full.val_accuracy:.3f}")
         if bar is not None:
             bar.close()
-    return load_rows(d)
+    return load_rows(d, cfg.size)
 
 
-def load_rows(directory: str | os.PathLike) -> list[dict]:
+def load_rows(directory: str | os.PathLike, size: int | None = None) -> list[dict]:
+    """Rows on disk (the first `size` by id, if given)."""
     d = Path(directory) / "rows"
-    return [json.loads(p.read_text()) for p in sorted(d.glob("*.json"))]
+    rows = [json.loads(p.read_text()) for p in sorted(d.glob("*.json"))]
+    return [r for r in rows if size is None or r["id"] < size]
