@@ -107,3 +107,13 @@ def test_gradient_and_hvp_match_autograd():
     H = torch.autograd.functional.hessian(f, theta)
     v = torch.randn_like(theta)
     torch.testing.assert_close(obj.hvp(v, theta), H @ v)
+
+
+def test_train_mode_evaluation_leaves_batchnorm_statistics_alone():
+    model = tiny_cnn(batchnorm=True)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    obj = Objective(model, (torch.randn(20, 1, 12, 12), torch.randint(0, 10, (20,))), train_mode=True)
+    obj.evaluate(torch.randn(3, 1), directions=torch.randn(obj.space.numel))
+    obj.loss_and_grad()
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k

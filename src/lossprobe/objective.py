@@ -152,7 +152,14 @@ class Objective:
 
     def forward(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Model output at flat parameters `theta` (differentiable in `theta`)."""
-        return functional_call(self.model, self.space.unflatten(theta), (x,), strict=False)
+        tensors = self.space.unflatten(theta)
+        if self.train_mode:
+            # train-mode BatchNorm updates running statistics in place: give it copies so
+            # that probing never changes the user's model
+            for name, b in self.model.named_buffers():
+                if name not in tensors:
+                    tensors[name] = b.clone()
+        return functional_call(self.model, tensors, (x,), strict=False)
 
     # --- the hot path ----------------------------------------------------------------
     def evaluate(
@@ -269,7 +276,7 @@ class Objective:
         handles = [m.register_forward_pre_hook(hook) for m in self.model.modules()]
         try:
             x, _ = next(self.batches())
-            with torch.inference_mode(), self.mode():
+            with torch.inference_mode(), self.mode(train=False):
                 self.model(x[:2])
         except StopIteration:
             return None
