@@ -20,6 +20,7 @@ import numpy as np
 
 from .. import config as config_mod
 from ..errors import UserError
+from .two_seeds_connectivity import report_lines
 
 BARRIER_TOLERANCE = 0.02  # Frankle et al. (2020) call an error barrier under 2% "linearly connected"
 
@@ -134,11 +135,16 @@ def run(out, config: TwoSeedsConfig | None = None, force: bool = False, progress
         rd.mark("interpolate")
     from ..paths import Interpolation
 
+    from .two_seeds_connectivity import connectivity_stage
+
+    conn = connectivity_stage(rd, cfg, models, train, eval_train, test, progress)  # aligned, REPAIR, curve
     arr = rd.load_arrays("interpolation.npz")
     it = Interpolation(alphas=arr["alphas"], loss={s: arr[f"loss_{s}"] for s in ("train", "test")},
                        accuracy={s: arr[f"accuracy_{s}"] for s in ("train", "test")})
     barriers = it.barriers()
     lb, eb = barriers["loss_barrier"], barriers["error_barrier"]
+    lb.update(conn["loss_barrier"])  # adds keys aligned, aligned_repair, curve
+    eb.update(conn["error_barrier"])
     same = max(eb["train"], eb["test"]) <= cfg.barrier_tolerance
     if same:
         verdict = (f"same basin: the error barrier is at most {cfg.barrier_tolerance:.0%} "
@@ -172,7 +178,7 @@ def run(out, config: TwoSeedsConfig | None = None, force: bool = False, progress
         "training_seconds": [h.seconds[-1] for h in histories.values()],
     }
     rd.save_json("summary.json", summary)
-    _write_report(rd, cfg, summary, fig_lc + fig_it)
+    _write_report(rd, cfg, summary, fig_lc + fig_it + conn["figures"])
     rd.mark("report")
     rd.complete()
     return summary
@@ -204,9 +210,11 @@ def _write_report(rd, cfg: TwoSeedsConfig, s: dict, figures: list[str]) -> None:
         f"The study took {s['seconds']:.0f} s. Arrays: `interpolation.npz`; checkpoints: `checkpoints/`.",
         "",
     ]
+    lines += report_lines(s)
     captions = {
         "learning_curves": "Learning curves: loss and accuracy on the whole training split (eval mode, solid) and the validation split (dashed).",
         "interpolation": "Loss and accuracy along the straight line between the two solutions; the dotted chord joins the endpoint losses and the arrow marks the barrier.",
+        "connectivity": "Loss and error along four paths between the two solutions: the straight line, the line after permutation alignment, the aligned line with REPAIR, and a trained Bezier curve.",
     }
     for name in figures:
         lines += [f"![{captions.get(name, name)}](figures/{name}.png)", "", captions.get(name, ""), ""]

@@ -1,0 +1,311 @@
+"""Trained low-loss curves between two fixed endpoints (Garipov et al. 2018).
+
+A curve is θ(t) = Σ_k c_k(t) w_k, t in [0, 1], over control points w_0 = θ_A, w_1 … w_n
+(the trainable "bends") and w_{n+1} = θ_B:
+
+* ``bezier``: Bernstein weights c_k(t) = C(n+1, k) t^k (1 − t)^(n+1−k) (one bend: the
+  quadratic Bezier curve of Garipov et al.);
+* ``polychain``: a polygonal chain through the bends at t = k/(n+1) (hat-function weights).
+
+Any `nn.Module` works: the model is called through `torch.func.functional_call` with the
+curve's parameters, so there are no curve-specific model classes. The endpoints are
+fixed; θ(0) and θ(1) are exactly θ_A and θ_B (the weights are exact 0s and 1s there).
+The bends start on the straight line (w_k = θ_A + k/(n+1) (θ_B − θ_A)), where the curve
+is the line itself, and training minimises E_{t ~ U(0,1)} L(θ(t)) with one t drawn per
+batch (Garipov et al.).
+
+BatchNorm: training runs in train mode (batch statistics, as Garipov et al.); evaluation
+at each t re-estimates the running statistics over seeded training batches first (the
+statistics of one point of the curve are not those of another). The curve lives in the
+space of parameters only; buffers are not part of it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from math import comb
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from .data.split import Split, as_split
+from .errors import UserError
+from .space import ParamSpace
+
+KINDS = ("bezier", "polychain")
+
+
+def curve_weights(t, bends: int, kind: str = "bezier") -> torch.Tensor:
+    """Weights c_k(t) [len(t), bends + 2] of the control points θ_A, bends…, θ_B (float64).
+
+    Rows sum to 1; at t = 0 the row is (1, 0, …, 0) and at t = 1 it is (0, …, 0, 1) exactly.
+    """
+    if kind not in KINDS:
+        raise UserError(f"curve kind must be one of {KINDS}, got '{kind}'")
+    t = torch.as_tensor(np.asarray(t, dtype=np.float64)).reshape(-1)
+    n = bends + 1  # degree / number of segments
+    if kind == "bezier":
+        k = torch.arange(n + 1, dtype=torch.float64)
+        binom = torch.tensor([comb(n, int(i)) for i in k], dtype=torch.float64)
+        return binom * t[:, None] ** k * (1 - t[:, None]) ** (n - k)
+    # polychain: segment j covers [j/n, (j+1)/n]
+    out = torch.zeros(len(t), n + 1, dtype=torch.float64)
+    s = (t * n).clamp(0, n)
+    j = s.floor().clamp(max=n - 1).long()
+    frac = s - j
+    out[torch.arange(len(t)), j] = 1 - frac
+    out[torch.arange(len(t)), j + 1] += frac
+    return out
+
+
+class Curve(nn.Module):
+    """A curve of parameters between `model_a` and `model_b` (same architecture).
+
+    Args:
+        bends: number of trainable control points n ≥ 1.
+        kind: 'bezier' or 'polychain'.
+
+    Attributes:
+        bends: nn.Parameter [n, P], the trainable control points in the flat layout of
+            `space` (parameters only).
+        theta_a, theta_b: buffers [P], the fixed endpoints.
+    """
+
+    def __init__(self, model_a: nn.Module, model_b: nn.Module, bends: int = 1, kind: str = "bezier"):
+        super().__init__()
+        if bends < 1:
+            raise UserError(f"a curve needs at least one bend, got {bends}")
+        if kind not in KINDS:
+            raise UserError(f"curve kind must be one of {KINDS}, got '{kind}'")
+        self.space = ParamSpace(model_a)
+        self.space.check_compatible(ParamSpace(model_b))
+        self.kind, self.n_bends = kind, int(bends)
+        # the model whose forward we call; its own parameters are never used
+        self.base = copy.deepcopy(model_a)
+        for p in self.base.parameters():
+            p.requires_grad_(False)
+        a, b = self.space.flatten(model_a), self.space.flatten(model_b)
+        self.register_buffer("theta_a", a)
+        self.register_buffer("theta_b", b)
+        frac = torch.arange(1, bends + 1, dtype=a.dtype)[:, None] / (bends + 1)
+        self.bends = nn.Parameter(a + frac * (b - a))  # on the straight line
+
+    def control_points(self) -> torch.Tensor:
+        """[n + 2, P]: θ_A, the bends, θ_B."""
+        return torch.cat([self.theta_a[None], self.bends, self.theta_b[None]])
+
+    def point(self, t: float) -> torch.Tensor:
+        """θ(t) [P] (differentiable in the bends)."""
+        c = curve_weights([t], self.n_bends, self.kind)[0].to(self.theta_a)
+        return c @ self.control_points()
+
+    def forward(self, x: torch.Tensor, t: float) -> torch.Tensor:
+        """The model's output at θ(t)."""
+        return functional_call(self.base, self.space.unflatten(self.point(t)), (x,), strict=False)
+
+    def model_at(self, t: float) -> nn.Module:
+        """A plain copy of the model with parameters θ(t) (buffers are model A's)."""
+        m = copy.deepcopy(self.base)
+        with torch.no_grad():
+            self.space.load_into(m, self.point(t).detach())
+        for p in m.parameters():
+            p.requires_grad_(True)
+        return m.eval()
+
+    def state_for_saving(self) -> dict[str, torch.Tensor]:
+        return {"bends": self.bends.detach().contiguous().cpu(),
+                "theta_a": self.theta_a.contiguous().cpu(), "theta_b": self.theta_b.contiguous().cpu()}
+
+
+@dataclass
+class CurveTrainConfig:
+    """How to train the bends. lr follows a cosine schedule over all steps."""
+
+    epochs: int = 2
+    lr: float = 1e-3
+    optimizer: str = "adam"  # adam | momentum
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    batch_size: int = 128
+    seed: int = 0  # batch order and the t drawn per batch
+    loss: str = "cross_entropy"
+
+    def __post_init__(self):
+        if self.epochs <= 0 or self.batch_size <= 0:
+            raise UserError("curve training needs positive epochs and batch_size")
+        if not self.lr > 0:
+            raise UserError(f"lr must be positive, got {self.lr}")
+        if self.optimizer not in ("adam", "momentum"):
+            raise UserError(f"curve optimizer must be 'adam' or 'momentum', got '{self.optimizer}'")
+
+
+@dataclass
+class CurveHistory:
+    epoch: list[int] = field(default_factory=list)
+    batch_loss: list[float] = field(default_factory=list)  # mean over the epoch's batches (random t)
+    seconds: list[float] = field(default_factory=list)
+
+
+def train_curve(curve: Curve, train: Split, config: CurveTrainConfig | None = None,
+                checkpoint_dir: str | os.PathLike | None = None, progress: bool = False) -> CurveHistory:
+    """Train the bends in place: per batch draw t ~ U(0, 1) and step on L(θ(t)).
+
+    With `checkpoint_dir`, the bends and optimiser are saved after every epoch and a
+    later call resumes after the last saved epoch, drawing the same batches and t.
+    """
+    from .losses import get_loss
+
+    cfg = config or CurveTrainConfig()
+    train = as_split(train, "train")
+    if not isinstance(train, Split) or len(train) == 0:
+        raise UserError("curve training needs a non-empty in-memory training split")
+    loss_fn = get_loss(cfg.loss)
+    params = [curve.bends]
+    opt = (torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay) if cfg.optimizer == "adam"
+           else torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay))
+    steps = math.ceil(len(train) / cfg.batch_size)
+    total = steps * cfg.epochs
+    hist, start = CurveHistory(), 1
+    ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    if ckpt is not None:
+        ckpt.mkdir(parents=True, exist_ok=True)
+        f = ckpt / "curve_state.pt"
+        cfg_file = ckpt / "curve_config.json"
+        if cfg_file.is_file() and json.loads(cfg_file.read_text()) != asdict(cfg):
+            raise UserError(f"{ckpt} holds curve training with a different configuration; use another directory")
+        cfg_file.write_text(json.dumps(asdict(cfg)))
+        if f.is_file():
+            st = torch.load(f, map_location="cpu", weights_only=True)
+            with torch.no_grad():
+                curve.bends.copy_(st["bends"])
+            opt.load_state_dict(st["optimizer"])
+            hist = CurveHistory(**json.loads((ckpt / "curve_history.json").read_text()))
+            start = hist.epoch[-1] + 1 if hist.epoch else 1
+    bar = None
+    if progress and start <= cfg.epochs:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, initial=(start - 1) * steps, desc="curve", unit="step", leave=False, dynamic_ncols=True)
+    t0 = time.perf_counter()
+    elapsed = hist.seconds[-1] if hist.seconds else 0.0
+    step = (start - 1) * steps
+    curve.base.train()
+    try:
+        for epoch in range(start, cfg.epochs + 1):
+            g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+            order = torch.randperm(len(train), generator=g)
+            ts = torch.rand(steps, generator=g, dtype=torch.float64)
+            run_s, run_n = 0.0, 0
+            for i in range(steps):
+                for pg in opt.param_groups:
+                    pg["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / total))
+                idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
+                x, y = train.x[idx], train.y[idx]
+                s, _ = loss_fn(curve(x, float(ts[i])), y)
+                loss = s / len(y)
+                if not torch.isfinite(loss):
+                    raise UserError(f"curve training diverged at epoch {epoch}, step {i + 1}; try a smaller lr (lr={cfg.lr})")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                step += 1
+                run_s += float(s.detach())
+                run_n += len(y)
+                if bar is not None:
+                    bar.update(1)
+            hist.epoch.append(epoch)
+            hist.batch_loss.append(run_s / run_n)
+            hist.seconds.append(elapsed + time.perf_counter() - t0)
+            if ckpt is not None:
+                tmp = ckpt / "curve_state.pt.tmp"
+                torch.save({"bends": curve.bends.detach(), "optimizer": opt.state_dict()}, tmp)
+                (ckpt / "curve_history.json").write_text(json.dumps(asdict(hist)))
+                os.replace(tmp, ckpt / "curve_state.pt")
+    finally:
+        if bar is not None:
+            bar.close()
+        curve.base.eval()
+    return hist
+
+
+@dataclass
+class CurveEvaluation:
+    """Loss and accuracy at points t of a curve on each named split."""
+
+    ts: np.ndarray
+    loss: dict[str, np.ndarray] = field(default_factory=dict)
+    accuracy: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def barriers(self) -> dict[str, dict[str, float]]:
+        """{'loss_barrier': {split: v}, 'error_barrier': {split: v}} along the curve (t in [0, 1])."""
+        from .paths import error_barrier, loss_barrier
+
+        return {"loss_barrier": {s: loss_barrier(self.ts, self.loss[s]) for s in self.loss},
+                "error_barrier": {s: error_barrier(self.ts, 1 - self.accuracy[s]) for s in self.loss}}
+
+    def to_arrays(self, prefix: str = "") -> dict[str, np.ndarray]:
+        out = {f"{prefix}ts": self.ts}
+        for s in self.loss:
+            out[f"{prefix}loss_{s}"] = self.loss[s]
+            out[f"{prefix}accuracy_{s}"] = self.accuracy[s]
+        return out
+
+
+@torch.no_grad()
+def evaluate_curve(curve: Curve, data: Split | Mapping[str, Split], ts=None, bn_data: Split | None = None,
+                   bn_batches: int = 50, bn_seed: int = 0, loss="cross_entropy", batch_size: int = 4096,
+                   progress: bool = False) -> CurveEvaluation:
+    """Loss and accuracy at θ(t) for each t (default 0, 0.05, …, 1) on each split.
+
+    Models without BatchNorm: one vectorised `Objective.evaluate` call per split
+    (θ(t) = curve_weights(t) @ control points). With BatchNorm: at each t the running
+    statistics are re-estimated on `bn_data` over `bn_batches` seeded batches first.
+    """
+    from .objective import Objective
+    from .paths import has_batchnorm, recompute_batchnorm
+
+    splits = {"data": data} if not isinstance(data, Mapping) else dict(data)
+    splits = {k: as_split(v, k) for k, v in splits.items()}
+    ts = np.linspace(0, 1, 21) if ts is None else np.asarray(ts, dtype=float).reshape(-1)
+    if ts.size == 0 or not np.isfinite(ts).all():
+        raise UserError("ts must be a non-empty list of finite numbers")
+    out = CurveEvaluation(ts=ts)
+    if has_batchnorm(curve.base):
+        if bn_data is None:
+            raise UserError("a model with BatchNorm needs bn_data (training batches) to re-estimate statistics along the curve")
+        out.loss = {k: np.empty(len(ts)) for k in splits}
+        out.accuracy = {k: np.empty(len(ts)) for k in splits}
+        rng = range(len(ts))
+        if progress:
+            from tqdm.auto import tqdm
+
+            rng = tqdm(rng, desc="curve points", unit="t", leave=False, dynamic_ncols=True)
+        for i in rng:
+            m = curve.model_at(float(ts[i]))
+            recompute_batchnorm(m, as_split(bn_data, "bn"), n_batches=bn_batches, seed=bn_seed)
+            for k, split in splits.items():
+                ev = Objective(m, split, loss=loss, batch_size=batch_size, shortcut=False).loss_at()
+                out.loss[k][i], out.accuracy[k][i] = ev.loss[0], ev.accuracy[0]
+        return out
+    coords = curve_weights(ts, curve.n_bends, curve.kind).to(curve.theta_a.dtype)
+    ctrl = curve.control_points().detach()
+    zero = torch.zeros_like(curve.theta_a)
+    base = curve.model_at(0.0)
+    for k, split in splits.items():
+        obj = Objective(base, split, loss=loss, batch_size=batch_size, space=ParamSpace(base))
+        ev = obj.evaluate(coords, origin=zero, directions=ctrl, progress=progress)
+        out.loss[k], out.accuracy[k] = ev.loss, ev.accuracy
+    return out
+
+
+__all__ = ["Curve", "CurveEvaluation", "CurveHistory", "CurveTrainConfig", "KINDS", "curve_weights",
+           "evaluate_curve", "train_curve"]
