@@ -15,7 +15,7 @@ def plot_interpolation(it, directory, title_data: str = "", name: str = "interpo
     """
     fig, (ax_l, ax_a) = new_figure(ncols=2)
     a = it.alphas
-    for split, st in zip(it.loss, styles()):
+    for j, (split, st) in enumerate(zip(it.loss, styles())):
         loss, acc = it.loss[split], it.accuracy[split]
         ax_l.plot(a, loss, label=split, markersize=4, **st)
         ax_a.plot(a, 100 * acc, label=split, markersize=4, **st)
@@ -28,7 +28,9 @@ def plot_interpolation(it, directory, title_data: str = "", name: str = "interpo
         ax_l.plot([0, 1], [l0, l1], color=st["color"], linestyle=":", linewidth=1)
         ax_l.annotate("", xy=(a[i], loss[i]), xytext=(a[i], chord[i]),
                       arrowprops={"arrowstyle": "<->", "color": st["color"]})
-        ax_l.text(a[i], (loss[i] + chord[i]) / 2, f" barrier {gap[i]:.3f}", color=st["color"], fontsize=8, va="center")
+        ax_l.text(a[i] + 0.03, chord[i] + (0.35 + 0.3 * j) * gap[i], f"{split} barrier {gap[i]:.3f}",
+                  color=st["color"], fontsize=8, va="center",
+                  bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1})
     for ax in (ax_l, ax_a):
         for x in (0, 1):
             ax.axvline(x, color="grey", linewidth=0.8, linestyle="--")
@@ -37,8 +39,9 @@ def plot_interpolation(it, directory, title_data: str = "", name: str = "interpo
         ax.legend()
     ax_l.set_ylabel("mean cross-entropy loss")
     ax_a.set_ylabel("accuracy (%)")
-    suffix = f" on {title_data}" if title_data else ""
-    ax_l.set_title(f"Loss along (1−α)θ_{label_a} + αθ_{label_b}{suffix}", fontsize=10)
-    ax_a.set_title(f"Accuracy along the same line{suffix}", fontsize=10)
+    ax_l.set_title("Loss (dotted: chord between endpoints)", fontsize=10)
+    ax_a.set_title("Accuracy", fontsize=10)
+    fig.suptitle(f"Along θ(α) = (1−α)·θ[{label_a}] + α·θ[{label_b}]" + (f"\n{title_data}" if title_data else ""),
+                 fontsize=11)
     save_figure(fig, directory, name)
     return [name]

@@ -23,7 +23,9 @@ def plot_learning_curves(histories: dict, directory, title: str = "", name: str 
         ax.set_xlabel("epoch (0 = initialisation)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    ax_l.set_title(f"Loss, whole train split (eval mode) and validation{(' — ' + title) if title else ''}", fontsize=9)
-    ax_a.set_title("Accuracy per epoch", fontsize=9)
+    ax_l.set_title("Loss", fontsize=10)
+    ax_a.set_title("Accuracy", fontsize=10)
+    fig.suptitle("Learning curves: whole train split in eval mode (solid), validation split (dashed)"
+                 + (f"\n{title}" if title else ""), fontsize=11)
     save_figure(fig, directory, name)
     return [name]
