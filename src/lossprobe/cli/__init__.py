@@ -17,6 +17,11 @@ from ..errors import UserError
 COMMANDS = [
     "lossprobe.cli.study",
     "lossprobe.cli.interpolate",
+    "lossprobe.cli.report",
+    "lossprobe.cli.serve",
+    "lossprobe.cli.align",
+    "lossprobe.cli.curve",
+    "lossprobe.cli.search",
 ]
 
 

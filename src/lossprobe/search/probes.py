@@ -110,6 +110,13 @@ def make_task(dataset: str = "fashion-mnist", n_train: int | None = None, n_val:
 
         ds = fashion_mnist(root=root, split_seed=seed)
         train, val, test, n_classes = ds.train, ds.val, ds.test, 10
+    elif dataset == "spiral":  # tiny synthetic task for tests and demos: n points per class
+        from ..data import two_spirals
+
+        train = two_spirals(n=(n_train or 400) // 2, seed=seed, name="spiral:train")
+        val = two_spirals(n=(n_val or 200) // 2, seed=seed + 1, name="spiral:val")
+        test, n_classes = two_spirals(n=100, seed=seed + 2, name="spiral:test"), 2
+        n_train = n_val = None
     elif dataset.split(":")[0] in ("cifar10", "cifar100"):
         from ..data.cifar import cifar
 
@@ -117,7 +124,7 @@ def make_task(dataset: str = "fashion-mnist", n_train: int | None = None, n_val:
         ds = cifar(path or root, kind=kind, split_seed=seed)
         train, val, test, n_classes = ds.train, ds.val, ds.test, ds.n_classes
     else:
-        raise UserError(f"unknown dataset '{dataset}'; use fashion-mnist, cifar10:DIR or cifar100:DIR")
+        raise UserError(f"unknown dataset '{dataset}'; use fashion-mnist, cifar10:DIR, cifar100:DIR or spiral")
     if n_train:
         train = train.subset(n_train, seed=seed + 1)
     if n_val:
