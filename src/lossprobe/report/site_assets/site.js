@@ -54,6 +54,9 @@
     if (!spec) { return; }
     if (what === "reset") {
       Plotly.react(el, el.data, JSON.parse(JSON.stringify(spec.layout)));
+      document.querySelectorAll('button[data-action="logy"][data-target="' + el.id + '"]').forEach(function (b) {
+        b.setAttribute("aria-pressed", "false");
+      });
     } else if (what === "left") {
       rotate(el, -20);
     } else if (what === "right") {
