@@ -1,0 +1,235 @@
+"""Curvature: Lanczos / Hutch++ / SLQ on dense matrices, and the Hessian of tiny float64
+networks against torch.autograd.functional.hessian."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from lossprobe import Objective, hessian
+from lossprobe import curvature as C
+from lossprobe.errors import UserError
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # tiny tensors: intra-op threads only add contention on a shared machine
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _quadratic(n=40, seed=0, spectrum=None):
+    g = torch.Generator().manual_seed(seed)
+    Q, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
+    ev = torch.as_tensor(spectrum, dtype=torch.float64) if spectrum is not None else torch.linspace(-2, 7, n, dtype=torch.float64)
+    return Q @ torch.diag(ev) @ Q.T, ev
+
+
+def _tiny(seed=0, n=64, bn=False, dropout=0.0):
+    torch.manual_seed(seed)
+    layers = [nn.Linear(3, 6)]
+    if bn:
+        layers.append(nn.BatchNorm1d(6))
+    layers += [nn.Tanh()]
+    if dropout:
+        layers.append(nn.Dropout(dropout))
+    layers += [nn.Linear(6, 3)]
+    m = nn.Sequential(*layers).double()
+    x = torch.randn(n, 3, dtype=torch.float64)
+    y = torch.randint(0, 3, (n,))
+    return m, x, y
+
+
+def _dense_hessian(obj, x, y):
+    def L(th):
+        with obj.mode():
+            return nn.functional.cross_entropy(obj.forward(th, x), y)
+    return torch.autograd.functional.hessian(L, obj.theta0)
+
+
+# --- generic algorithms --------------------------------------------------------------
+def test_lanczos_known_spectrum_both_ends():
+    A, ev = _quadratic(spectrum=np.r_[np.linspace(-1, 1, 36), [3.0, 5.0, -4.0, 8.0]])
+    r = C.lanczos_eigs(A, k=2, which="both", tol=1e-12)
+    assert r.converged
+    np.testing.assert_allclose(r.values, [8.0, 5.0, -4.0, -1.0], rtol=1e-9)
+    assert np.all(r.residuals < 1e-8)
+    # vectors are eigenvectors: A y = λ y
+    for y, lam in zip(r.vectors, r.values):
+        assert torch.allclose(A @ y, lam * y, atol=1e-8)
+
+
+def test_lanczos_repeated_eigenvalue_found_after_breakdown():
+    # spectrum with only 3 distinct values: the Krylov space is invariant after 3 steps
+    A, _ = _quadratic(n=12, spectrum=[5.0] * 4 + [1.0] * 4 + [-2.0] * 4)
+    r = C.lanczos_eigs(A, k=3, which="largest", tol=1e-12)
+    np.testing.assert_allclose(r.values, [5.0, 5.0, 5.0], rtol=1e-10)
+
+
+def test_lanczos_reproducible_with_seed_and_start_vector_changes_it():
+    A, _ = _quadratic(n=80, spectrum=np.linspace(0, 1, 80) ** 3)
+    a = C.lanczos_eigs(A, k=1, tol=1e-3, seed=3, residuals="estimate")
+    b = C.lanczos_eigs(A, k=1, tol=1e-3, seed=3, residuals="estimate")
+    c = C.lanczos_eigs(A, k=1, tol=1e-3, seed=4, residuals="estimate")
+    assert a.values[0] == b.values[0] and a.matvecs == b.matvecs
+    assert a.values[0] != c.values[0]
+
+
+def test_hutchpp_exact_when_rank_is_small_and_hutchinson_within_error():
+    g = torch.Generator().manual_seed(1)
+    U = torch.randn(100, 5, generator=g, dtype=torch.float64)
+    A = U @ torch.diag(torch.tensor([9.0, 4, 3, 2, 1], dtype=torch.float64)) @ U.T / 100
+    exact = float(torch.trace(A))
+    pp = C.hutchpp(A, matvecs=30, seed=0)
+    assert abs(pp.trace - exact) < 1e-10 * abs(exact)
+    hs = C.hutchinson(A, samples=60, seed=0)
+    assert hs.stderr > 0 and abs(hs.trace - exact) < 4 * hs.stderr
+
+
+def test_hutchpp_blocks_sum_to_total():
+    A, ev = _quadratic(n=30)
+    blocks = [("a", slice(0, 10)), ("b", slice(10, 30))]
+    r = C.hutchpp(A, matvecs=24, seed=2, blocks=blocks)
+    assert abs(sum(v[0] for v in r.blocks.values()) - r.trace) < 1e-9
+    ex = C.hutchinson(A, samples=20, seed=2, blocks=blocks)
+    assert abs(sum(v[0] for v in ex.blocks.values()) - ex.trace) < 1e-9
+
+
+def test_slq_density_integrates_to_one_and_matches_spectrum():
+    A, ev = _quadratic(n=50, spectrum=np.r_[np.zeros(40), np.linspace(5, 6, 10)])
+    q = C.slq(A, probes=6, steps=50, seed=0)
+    grid, dens = q.density(sigma=0.05)
+    assert abs(np.trapezoid(dens, grid) - 1.0) < 1e-6
+    # 80% of the mass at 0, 20% in [5, 6]
+    near0 = np.trapezoid(dens[np.abs(grid) < 0.5], grid[np.abs(grid) < 0.5])
+    assert abs(near0 - 0.8) < 0.1
+    assert abs(q.trace - float(ev.sum())) < 4 * q.trace_stderr + 1e-6
+
+
+def test_operator_wrappers_accept_linear_operator_and_reject_bad_input():
+    from scipy.sparse.linalg import aslinearoperator
+
+    A, _ = _quadratic(n=20)
+    r = C.lanczos_eigs(aslinearoperator(A.numpy()), k=1, tol=1e-10)
+    assert abs(r.values[0] - 7.0) < 1e-8
+    with pytest.raises(UserError):
+        C.lanczos_eigs(A, k=1, which="middle")
+    with pytest.raises(UserError):
+        C.lanczos_eigs(A, k=30, which="both")
+
+
+# --- the Hessian of tiny networks ------------------------------------------------------
+@pytest.mark.parametrize("method", ["reverse", "forward"])
+def test_hvp_matches_dense_hessian(method):
+    m, x, y = _tiny()
+    obj = Objective(m, (x, y), batch_size=20)  # 4 unequal batches: sample weighting matters
+    H = _dense_hessian(obj, x, y)
+    v = torch.randn(obj.space.numel, dtype=torch.float64)
+    assert torch.allclose(hessian.hvp(obj, v, method=method), H @ v, atol=1e-12, rtol=1e-10)
+
+
+def test_eigenvalues_match_dense_to_1e6_relative():
+    m, x, y = _tiny(seed=2)
+    obj = Objective(m, (x, y))
+    H = _dense_hessian(obj, x, y)
+    ev = torch.linalg.eigvalsh(H).numpy()
+    r = hessian.eigenvalues(obj, k=3, which="both")
+    np.testing.assert_allclose(r.values[:3], ev[::-1][:3], rtol=1e-6)
+    np.testing.assert_allclose(r.values[3:], ev[:3], rtol=1e-6)
+    assert np.all(r.residuals < 1e-8 * np.abs(ev).max())
+    assert r.vectors.shape == (3 * 2, obj.space.numel)
+    # eigenvectors are usable as directions: the loss curvature along them is λ
+    y0 = r.vectors[0]
+    assert abs(float(y0 @ (H @ y0)) - r.values[0]) < 1e-8
+
+
+def test_eigsh_on_linear_operator_agrees():
+    from scipy.sparse.linalg import eigsh
+
+    m, x, y = _tiny(seed=3)
+    obj = Objective(m, (x, y))
+    A = hessian.as_linear_operator(obj)
+    top = eigsh(A, k=1, which="LA", tol=1e-12)[0][0]
+    r = hessian.eigenvalues(obj, k=1)
+    assert abs(top - r.values[0]) < 1e-9 * abs(top)
+    assert A.hessian.calls > 0
+
+
+def test_trace_within_stderr_and_per_layer():
+    m, x, y = _tiny(seed=4)
+    obj = Objective(m, (x, y))
+    H = _dense_hessian(obj, x, y)
+    exact = float(torch.trace(H))
+    hs = hessian.trace(obj, method="hutchinson", matvecs=40, seed=1)
+    assert abs(hs.trace - exact) < 3 * hs.stderr
+    pp = hessian.trace(obj, method="hutch++", matvecs=30, seed=1)
+    assert abs(pp.trace - exact) < max(3 * pp.stderr, 1e-9)
+    diag = torch.diag(H)
+    n0 = m[0].weight.numel() + m[0].bias.numel()
+    assert set(pp.blocks) == {"0", "2"}
+    assert abs(pp.blocks["0"][0] - float(diag[:n0].sum())) < max(3 * pp.blocks["0"][1], 1e-9)
+
+
+def test_spectral_density_integrates_to_one():
+    m, x, y = _tiny(seed=5)
+    obj = Objective(m, (x, y))
+    d = hessian.spectral_density(obj, probes=3, steps=20, seed=0)
+    assert abs(np.trapezoid(d.density, d.grid) - 1.0) < 1e-4
+    assert d.matvecs == 3 * 20
+
+
+def test_seed_reproducibility():
+    m, x, y = _tiny(seed=6)
+    obj = Objective(m, (x, y))
+    a = hessian.trace(obj, matvecs=12, seed=7)
+    b = hessian.trace(obj, matvecs=12, seed=7)
+    assert a.trace == b.trace and a.stderr == b.stderr
+    d1 = hessian.spectral_density(obj, probes=2, steps=10, seed=1)
+    d2 = hessian.spectral_density(obj, probes=2, steps=10, seed=1)
+    assert np.array_equal(d1.density, d2.density)
+
+
+def test_frozen_and_unused_parameters():
+    net, x, y = _tiny(seed=7)
+
+    class WithUnused(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = net
+            self.extra = nn.Linear(2, 2).double()  # registered but never used in forward
+
+        def forward(self, x):
+            return self.net(x)
+
+    m = WithUnused()
+    net[0].weight.requires_grad_(False)
+    obj = Objective(m, (x, y))
+    H = hessian.HessianOperator(obj)
+    frozen = net[0].weight.numel()
+    assert H.n == obj.space.numel - frozen
+    r = hessian.eigenvalues(obj, k=2, which="smallest")
+    # unused parameters contribute exact zeros, so the smallest eigenvalues include 0
+    assert np.isfinite(r.values).all()
+    v = torch.zeros(obj.space.numel, dtype=torch.float64)
+    v[obj.space["extra.weight"].slice] = 1
+    assert torch.count_nonzero(hessian.hvp(obj, v)) == 0
+    sub = hessian.eigenvalues(obj, params=["net.2"], k=1)
+    assert torch.count_nonzero(sub.vectors[0][: obj.space["net.2.weight"].offset]) == 0
+    with pytest.raises(UserError):
+        hessian.eigenvalues(obj, params=["nope"])
+
+
+def test_eval_mode_default_and_train_mode_warning():
+    m, x, y = _tiny(seed=8, bn=True, dropout=0.3)
+    m.train()
+    obj = Objective(m, (x, y))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        hessian.HessianOperator(obj)  # eval mode by default: no warning
+    assert m.training  # the model's own flag is restored
+    with pytest.warns(UserWarning, match="train mode"):
+        hessian.HessianOperator(Objective(m, (x, y), train_mode=True))
