@@ -106,5 +106,10 @@ def make_runs(root: Path) -> dict[str, Path]:
     """Create the runs under `root`; returns {'a', 'b', 'surface', 'evil'} -> run directory."""
     torch.manual_seed(0)
     root = Path(root)
-    return {"a": _pair(root, "pair-a", (0, 1)), "b": _pair(root, "pair-b", (2, 3)),
-            "surface": _surface(root), "evil": _evil(root)}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: more threads only spin on a busy machine
+    try:
+        return {"a": _pair(root, "pair-a", (0, 1)), "b": _pair(root, "pair-b", (2, 3)),
+                "surface": _surface(root), "evil": _evil(root)}
+    finally:
+        torch.set_num_threads(threads)

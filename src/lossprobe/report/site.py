@@ -541,8 +541,23 @@ def _is_num_1d(a: np.ndarray) -> bool:
     return a.ndim == 1 and a.size >= 2 and np.issubdtype(a.dtype, np.number) and not np.iscomplexobj(a)
 
 
+METRIC_WORDS = ("loss", "accuracy", "acc", "error", "err", "sharpness", "barrier", "distance", "norm", "gap")
+
+
+def _metric_of(name: str) -> tuple[str, str]:
+    """('loss', 'aligned repair train') for 'aligned_repair_loss_train': the metric word names the
+    plot and the rest names the line; without a metric word the prefix before '_' names the plot."""
+    tokens = name.split("_")
+    for w in METRIC_WORDS:
+        if w in tokens and len(tokens) > 1:
+            return w, " ".join(t for t in tokens if t != w)
+    head, _, tail = name.partition("_")
+    return head, tail or name
+
+
 def curve_groups(arrays: dict[str, np.ndarray]) -> list[tuple[str, str, dict[str, np.ndarray]]]:
-    """[(x name, group name, {series name: y})]: 1-D arrays against an x array of the same length."""
+    """[(x name, group name, {series name: y})]: 1-D arrays against an x array of the same length,
+    one group per metric (loss_train, loss_test -> group 'loss', series 'train' and 'test')."""
     xs = [k for k in arrays if k.lower() in X_NAMES and _is_num_1d(arrays[k])]
     used = set(xs)
     out = []
@@ -552,8 +567,8 @@ def curve_groups(arrays: dict[str, np.ndarray]) -> list[tuple[str, str, dict[str
         for k, a in arrays.items():
             if k in used or not _is_num_1d(a) or a.size != n:
                 continue
-            head, _, tail = k.partition("_")
-            groups.setdefault(head, {})[tail or k] = a
+            group, series = _metric_of(k)
+            groups.setdefault(group, {})[series] = a
             used.add(k)
         out += [(xk, g, series) for g, series in groups.items()]
     return out

@@ -1,0 +1,318 @@
+"""The report site without a browser: escaping, Markdown, index, run pages, comparisons, links."""
+
+from __future__ import annotations
+
+import html.parser
+import json
+import posixpath
+import threading
+import urllib.request
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import numpy as np
+import pytest
+
+from lossprobe.errors import UserError
+from lossprobe.report import site
+from site_runs import EVIL_NAME, EVIL_NOTE, make_runs
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = tmp_path_factory.mktemp("site")
+    runs = make_runs(root / "runs")
+    index = site.build_site([root / "runs"], root / "site")
+    return runs, index.parent
+
+
+class Page(html.parser.HTMLParser):
+    """Collects what the tests look at: links, images, headings, tables, scripts, text."""
+
+    def __init__(self):
+        super().__init__()
+        self.links, self.images, self.headings, self.scripts, self.text = [], [], [], [], []
+        self.tables = self.tables_with_th = 0
+        self._in_table_th = False
+        self._script = None
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "a" and "href" in a:
+            self.links.append(a["href"])
+        if tag == "link" and "href" in a:
+            self.links.append(a["href"])
+        if tag == "img":
+            self.images.append(a)
+        if tag == "script":
+            self._script = a
+            self.scripts.append(a)
+            if "src" in a:
+                self.links.append(a["src"])
+        if tag in ("h1", "h2", "h3", "h4", "h5", "h6"):
+            self.headings.append(int(tag[1]))
+        if tag == "table":
+            self.tables += 1
+            self._in_table_th = False
+        if tag == "th" and not self._in_table_th:
+            self._in_table_th = True
+            self.tables_with_th += 1
+
+    def handle_endtag(self, tag):
+        if tag == "script":
+            self._script = None
+
+    def handle_data(self, data):
+        if self._script is None:
+            self.text.append(data)
+
+
+def parse(path: Path) -> Page:
+    p = Page()
+    p.feed(path.read_text(encoding="utf-8"))
+    return p
+
+
+def local_target(page: Path, url: str) -> Path | None:
+    parts = urlsplit(url)
+    if parts.scheme or url.startswith("#") or url.startswith("data:"):
+        return None
+    return (page.parent / unquote(parts.path)).resolve()
+
+
+# --- pure functions ---------------------------------------------------------------------------
+def test_markdown_escapes_html_and_drops_unsafe_links():
+    md = ("# Title <script>alert(1)</script>\n\nText with <b>tags</b> & **bold** *it* `a<b`\n\n"
+          "[js](javascript:alert(1)) [ok](https://example.org/a?b=1&c=2) [data](data:text/html,hi) "
+          "![img](figures/x.png) [up](../secret.txt)\n\n| a | <i>b</i> |\n|---|---|\n| 1 | 2 |\n\n- one\n- two\n")
+    out = site.markdown_to_html(md, resolve=lambda u: "files/" + u if u == "figures/x.png" else None)
+    assert "<script>" not in out and "&lt;script&gt;" in out
+    assert "<b>" not in out and "&lt;b&gt;tags&lt;/b&gt;" in out
+    assert "<strong>bold</strong>" in out and "<em>it</em>" in out and "<code>a&lt;b</code>" in out
+    assert "javascript:" not in out and "data:" not in out and "../secret" not in out
+    assert '<a href="https://example.org/a?b=1&amp;c=2" rel="noopener noreferrer">ok</a>' in out
+    assert '<img src="files/figures/x.png" alt="img"' in out
+    assert '<th scope="col">&lt;i&gt;b&lt;/i&gt;</th>' in out and "<td>1</td>" in out
+    assert "<ul><li>one</li><li>two</li></ul>" in out
+    assert out.startswith("<h3>")  # '#' shifted below the page's h1 and h2
+
+
+def test_markdown_headings_never_skip_levels():
+    out = site.markdown_to_html("#### deep first\n\n# top\n\n### skipped two\n", top_level=3)
+    assert [int(t[2]) for t in out.split("\n")] == [3, 3, 4]
+
+
+def test_json_for_script_cannot_close_the_element():
+    s = site.json_for_script({"name": "</script><script>alert(1)</script>", "v": [1.5]})
+    assert "<" not in s and ">" not in s
+    assert json.loads(s)["name"] == "</script><script>alert(1)</script>"
+
+
+def test_key_numbers_prefer_headline_values():
+    summary = {"study": "x", "seconds": 12.0, "seeds": [0, 1], "n_train": 4000, "verdict": "text",
+               "loss": {"train": 0.5}, "loss_barrier": {"train": 0.75, "test": 0.7},
+               "test_accuracy": [0.9, 0.8], "alphas": list(range(41))}
+    keys = dict(site.key_numbers(summary))
+    assert list(keys)[:2] == ["loss_barrier", "test_accuracy"]
+    assert keys["loss_barrier"] == "train 0.75 · test 0.7" and keys["test_accuracy"] == "0.9 / 0.8"
+    assert not {"seconds", "seeds", "n_train", "study", "alphas", "verdict"} & set(keys)
+
+
+def test_curve_and_surface_detection():
+    a = {"alphas": np.linspace(0, 1, 5), "loss_train": np.ones(5), "loss_test": np.zeros(5),
+         "accuracy_train": np.ones(5), "other": np.ones(3)}
+    groups = {(x, g): sorted(s) for x, g, s in site.curve_groups(a)}
+    assert groups == {("alphas", "loss"): ["test", "train"], ("alphas", "accuracy"): ["train"]}
+    s = {"x": np.linspace(-1, 1, 4), "y": np.linspace(-1, 1, 3), "loss": np.arange(12.0).reshape(3, 4)}
+    plots = site.surface_plots("s.npz", s)
+    assert [p.surface for p in plots] == [True, False]
+    t = plots[0].data[0]
+    assert t["type"] == "surface" and len(t["x"]) == 4 and len(t["y"]) == 3 and len(t["z"]) == 3
+    s["loss"][0, 0] = np.nan  # gaps become null, never NaN in JSON
+    assert site.surface_plots("s.npz", s)[0].data[0]["z"][0][0] is None
+    # no coordinate vector for either axis: not treated as a surface
+    assert site.surface_plots("t.npz", {"trajectory": np.zeros((6, 7))}) == []
+
+
+# --- the built site ------------------------------------------------------------------------------
+def test_site_layout_and_assets(built):
+    _, out = built
+    assert (out / "index.html").is_file() and (out / site.SITE_MARKER).is_file()
+    assert (out / "assets" / "plotly.min.js").stat().st_size > 1_000_000  # bundled, not a CDN link
+    assert {p.name for p in (out / "runs").iterdir()} == {"pair-a", "pair-b", "surface", "evil"}
+    assert [p.name for p in (out / "compare").iterdir()] == ["spiral-pair.html"]  # surface has one run only
+    # raw files copied, checkpoints not
+    assert (out / "runs/pair-a/files/interpolation.npz").is_file()
+    assert (out / "runs/pair-a/files/figures/interpolation.svg").is_file()
+    assert not (out / "runs/pair-a/files/checkpoints").exists()
+
+
+def test_every_page_is_accessible_and_every_link_resolves(built):
+    _, out = built
+    pages = sorted(out.rglob("*.html"))
+    assert len(pages) == 6
+    for page in pages:
+        p = parse(page)
+        assert p.headings and p.headings[0] == 1 and p.headings.count(1) == 1, page
+        assert all(b - a <= 1 for a, b in zip(p.headings, p.headings[1:])), (page, p.headings)
+        assert p.tables == p.tables_with_th, page
+        for img in p.images:
+            assert img.get("alt"), (page, img)
+            assert local_target(page, img["src"]).is_file(), (page, img["src"])
+        for url in p.links:
+            target = local_target(page, url)
+            if target is not None:
+                assert target.exists(), (page, url)
+                assert out.resolve() in target.parents, (page, url)  # never leaves the site
+            else:
+                assert url.startswith(("#", "data:", "https://", "http://")), (page, url)
+        # nothing is loaded from outside the site
+        for s in p.scripts:
+            assert "src" not in s or not urlsplit(s["src"]).scheme, (page, s)
+
+
+def test_index_lists_runs_with_kind_status_and_key_numbers(built):
+    _, out = built
+    text = " ".join(parse(out / "index.html").text)
+    for name in ("pair-a", "pair-b", "surface", EVIL_NAME):
+        assert name in text
+    assert text.count("complete") >= 3 and "incomplete" in text
+    assert "spiral-pair" in text and "loss_barrier" in text
+    assert "Compare the 3 spiral-pair runs" in text
+
+
+def test_run_page_has_summary_plots_report_figures_config_files(built):
+    runs, out = built
+    page = out / "runs/pair-a/index.html"
+    src = page.read_text()
+    p = parse(page)
+    text = " ".join(p.text)
+    summary = json.loads((runs["a"] / "summary.json").read_text())
+    assert f"{summary['loss_barrier']['test']:.4g}" in text
+    for section in ("Summary", "Interactive plots", "Report", "Configuration", "Files", "Environment"):
+        assert section in text
+    # plots: loss and accuracy along alpha, learning curves (loss and accuracy)
+    specs = [json.loads(s) for s in _plot_specs(src)]
+    titles = [s["layout"]["title"]["text"] for s in specs]
+    assert any(t.startswith("Loss along the path α") for t in titles)
+    assert sum("Learning curves" in t for t in titles) == 2
+    loss = next(s for s in specs if s["layout"]["title"]["text"].startswith("Loss along"))
+    assert sorted(t["name"] for t in loss["data"]) == ["test", "train"] and len(loss["data"][0]["x"]) == 9
+    # both figures are shown inside the rendered report with its captions as alt text
+    alts = {i["alt"] for i in p.images}
+    assert "Learning curves of both seeds on the spirals" in alts
+    assert "Loss and accuracy along the line between the two networks" in alts
+    assert 'href="files/interpolation.npz"' in src and "alphas 9 float64" in text
+    assert "checkpoints/" in text and "not copied" in text
+
+
+def _plot_specs(src: str) -> list[str]:
+    import re
+
+    return re.findall(r'<script type="application/json" id="plot-\d+-data">(.*?)</script>', src)
+
+
+def test_surface_page_has_3d_surface_and_contour(built):
+    _, out = built
+    specs = [json.loads(s) for s in _plot_specs((out / "runs/surface/index.html").read_text())]
+    types = [s["data"][0]["type"] for s in specs]
+    assert types == ["surface", "contour"]
+    surf = specs[0]["data"][0]
+    assert len(surf["z"]) == 7 and len(surf["z"][0]) == 9 and len(surf["x"]) == 9  # rows y, columns x
+    assert specs[0]["layout"]["scene"]["xaxis"]["title"]["text"] == "x"
+
+
+def test_script_name_and_note_are_text(built):
+    _, out = built
+    for page in (out / "index.html", out / "runs/evil/index.html", out / "compare/spiral-pair.html"):
+        src = page.read_text()
+        assert "<script>window" not in src and "<img src=x" not in src and "<iframe" not in src, page
+        assert "javascript:" not in src, page
+        text = " ".join(parse(page).text)
+        assert EVIL_NAME in text, page
+    text = " ".join(parse(out / "runs/evil/index.html").text)
+    assert EVIL_NOTE in text and "<b>not bold</b>" in text and "</td></tr><script>x</script>" in text
+    assert "incomplete" in text and "stages done: train" in text
+
+
+def test_comparison_page(built):
+    runs, out = built
+    src = (out / "compare/spiral-pair.html").read_text()
+    text = " ".join(parse(out / "compare/spiral-pair.html").text)
+    a = json.loads((runs["a"] / "summary.json").read_text())
+    b = json.loads((runs["b"] / "summary.json").read_text())
+    assert f"{a['loss_barrier']['test']:.4g}" in text and f"{b['loss_barrier']['test']:.4g}" in text
+    assert "Configuration differences" in text and "seeds" in text
+    specs = [json.loads(s) for s in _plot_specs(src)]
+    loss = next(s for s in specs if s["layout"]["title"]["text"].startswith("Loss along"))
+    names = [t["name"] for t in loss["data"]]
+    assert "pair-a · train" in names and "pair-b · test" in names and len(names) == 4
+    assert "Figures side by side" in text
+
+
+def test_rebuild_in_place_and_refuse_foreign_folder(built, tmp_path):
+    runs, out = built
+    (tmp_path / "mine.txt").write_text("keep me")
+    with pytest.raises(UserError, match="not a lossprobe site"):
+        site.build_site([runs["a"]], tmp_path)
+    assert (tmp_path / "mine.txt").read_text() == "keep me"
+    other = tmp_path / "again"
+    site.build_site([runs["a"], runs["b"]], other)
+    site.build_site([runs["a"]], other)  # a site built before is rebuilt
+    assert sorted(p.name for p in (other / "runs").iterdir()) == ["pair-a"] and not (other / "compare").exists()
+    with pytest.raises(UserError, match="no config.json"):
+        site.build_site([runs["a"] / "figures"], tmp_path / "x")
+    with pytest.raises(UserError, match="does not exist"):
+        site.build_site([tmp_path / "missing"], tmp_path / "y")
+
+
+def test_cli_report_and_serve(built, tmp_path, capsys):
+    from lossprobe.cli import main
+    from lossprobe.cli.serve import make_server
+
+    runs, _ = built
+    out = tmp_path / "s"
+    assert main(["report", str(runs["a"]), str(runs["surface"]), "--out", str(out)]) == 0
+    assert "2 run(s)" in capsys.readouterr().out
+    assert main(["report", str(tmp_path / "nope"), "--out", str(out)]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["serve", str(tmp_path / "nope")]) == 2
+    server = make_server(out, "127.0.0.1", 0, quiet=True)
+    t = threading.Thread(target=server.serve_forever, daemon=True)
+    t.start()
+    try:
+        host, port = server.server_address[:2]
+        assert host == "127.0.0.1"
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/runs/surface/index.html", timeout=10) as r:
+            assert r.status == 200 and b"3-D surface" in r.read()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/assets/site.js", timeout=10) as r:
+            assert "javascript" in r.headers["Content-Type"]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_build_run_site_never_raises(tmp_path, capsys):
+    assert site.build_run_site(tmp_path / "missing") is None
+    assert "could not build the report site" in capsys.readouterr().err
+
+
+def test_symlinks_and_paths_outside_are_not_copied(built, tmp_path):
+    runs, _ = built
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(runs["surface"], run)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("private")
+    (run / "link.txt").symlink_to(secret)
+    out = tmp_path / "site"
+    site.build_site([run], out)
+    assert not (out / "runs/run/files/link.txt").exists()
+    assert "private" not in "".join(p.read_text(errors="ignore") for p in out.rglob("*") if p.is_file()
+                                    and p.suffix in (".html", ".json", ".md"))
+
+
+def test_posix_rel_paths_are_quoted():
+    assert site.href("runs/a b/index.html") == "runs/a%20b/index.html"
+    assert posixpath.normpath("figures/../x.png") == "x.png"
