@@ -10,6 +10,8 @@ from .objective import Evaluation, Objective
 from .paths import Interpolation, error_barrier, interpolate, loss_barrier
 from .space import ParamSpace
 from .train import History, TrainConfig, fit, load_checkpoint, save_checkpoint
+from . import directions, surface  # noqa: E402  (surface is a callable module: lossprobe.surface(...))
+from .surface import Surface, slice  # noqa: E402,A004
 
 __version__ = "0.1.0"
 
@@ -21,7 +23,9 @@ __all__ = [
     "ParamSpace",
     "TrainConfig",
     "UserError",
+    "Surface",
     "data",
+    "directions",
     "error_barrier",
     "fit",
     "interpolate",
@@ -29,4 +33,6 @@ __all__ = [
     "loss_barrier",
     "models",
     "save_checkpoint",
+    "slice",
+    "surface",
 ]

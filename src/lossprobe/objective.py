@@ -107,6 +107,7 @@ class Objective:
             data = data.to(self.device)
         self.data = data
         self.theta0 = self.space.flatten(model)
+        self._fl_cache: _FirstLayerCache | None = None
         self._first: tuple[str, nn.Module] | None = None
         if shortcut not in (False, "auto", True):
             raise UserError(f"shortcut must be 'auto', True or False, got {shortcut!r}")
@@ -208,17 +209,31 @@ class Objective:
         loss_sum = torch.zeros(K, dtype=torch.float64, device=self.device)
         correct = torch.zeros(K, dtype=torch.float64, device=self.device)
         n = 0
-        use_shortcut = self._first is not None and K > m + 1
+        cache = self._fl_cache if self._fl_cache is not None and self._fl_cache.matches(origin, directions) else None
+        use_shortcut = self._first is not None and (K > m + 1 or cache is not None)
+        # With the shortcut the first layer's own weights are never read: only the other
+        # slices of θ(c) are formed per point (most of an MLP's parameters sit in layer 1).
+        ranges = self._rest_ranges() if use_shortcut and m else None
+        theta_buf = origin.clone() if ranges is not None else None
+        coords_list = coords_dev.cpu().tolist()
         bar = _progress(progress, total=self.n_batches * K)
         with torch.inference_mode(), self.mode():
-            for x, y in self.batches():
+            for b_idx, (x, y) in enumerate(self.batches()):
                 if use_shortcut:
-                    z0, zd = self._first_layer_outputs(x, origin, directions)
+                    if cache is not None:
+                        z0, zd = cache.get(b_idx, lambda: self._first_layer_outputs(x, origin, directions))
+                    else:
+                        z0, zd = self._first_layer_outputs(x, origin, directions)
                 with self._injected(use_shortcut) as inject:
                     for k in range(K):
-                        theta = torch.addmv(origin, directions.T, coords_dev[k]) if m else origin
+                        if ranges is not None:
+                            for a, b in ranges:
+                                torch.addmv(origin[a:b], directions[:, a:b].T, coords_dev[k], out=theta_buf[a:b])
+                            theta = theta_buf
+                        else:
+                            theta = torch.addmv(origin, directions.T, coords_dev[k]) if m else origin
                         if use_shortcut:
-                            inject.value = z0 + torch.tensordot(coords_dev[k], zd, dims=1) if m else z0
+                            inject.value = _combine(z0, zd, coords_list[k], coords_dev[k]) if m else z0
                         s, c = self.loss(self.forward(theta, x), y)
                         loss_sum[k] += s.double()
                         if c is not None:
@@ -264,6 +279,43 @@ class Objective:
         return out / n
 
     # --- first-layer shortcut ----------------------------------------------------------
+    @contextlib.contextmanager
+    def reuse_first_layer(self, origin: torch.Tensor | None, directions: torch.Tensor, max_bytes: float = 256e6):
+        """Within this block, evaluate() calls with this same origin and directions reuse
+        the first layer's per-batch outputs instead of recomputing them per call.
+
+        Surfaces evaluate a grid in many small chunks; without this each chunk would pay
+        m + 1 first-layer passes over the data. The cache is kept only while it fits in
+        `max_bytes`, and only for in-memory data (fixed batches).
+        """
+        if self._first is None or not isinstance(self.data, Split):
+            yield
+            return
+        origin = self.theta0 if origin is None else origin.to(self.device, self.space.dtype)
+        directions = torch.as_tensor(directions).to(self.device, self.space.dtype)
+        if directions.ndim == 1:
+            directions = directions[None]
+        old = self._fl_cache
+        self._fl_cache = _FirstLayerCache(origin, directions, max_bytes)
+        try:
+            yield
+        finally:
+            self._fl_cache = old
+
+    def _rest_ranges(self) -> list[tuple[int, int]]:
+        """Index ranges of θ outside the first layer's weight and bias (merged)."""
+        name, _ = self._first
+        skip = sorted(self.space[n].slice for n in (f"{name}.weight", f"{name}.bias") if n in self.space)
+        skip = [(s.start, s.stop) for s in skip]
+        ranges, pos = [], 0
+        for a, b in skip:
+            if a > pos:
+                ranges.append((pos, a))
+            pos = max(pos, b)
+        if pos < self.space.numel:
+            ranges.append((pos, self.space.numel))
+        return ranges
+
     def _find_first_layer(self) -> tuple[str, nn.Module] | None:
         """The first module with parameters that the forward pass calls, if Linear/Conv."""
         names = {m: n for n, m in self.model.named_modules()}
@@ -364,6 +416,48 @@ class Objective:
 
 class _Stop(Exception):
     pass
+
+
+class _FirstLayerCache:
+    """First-layer outputs per batch index for one (origin, directions) pair."""
+
+    def __init__(self, origin: torch.Tensor, directions: torch.Tensor, max_bytes: float):
+        self.key = self._key(origin, directions)
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self.full = False
+        self.store: dict[int, tuple] = {}
+
+    @staticmethod
+    def _key(origin, directions):
+        return (origin.data_ptr(), tuple(origin.shape), directions.data_ptr(), tuple(directions.shape),
+                origin._version, directions._version)
+
+    def matches(self, origin, directions) -> bool:
+        return self._key(origin, directions) == self.key
+
+    def get(self, b_idx: int, compute):
+        hit = self.store.get(b_idx)
+        if hit is not None:
+            return hit
+        z0, zd = compute()
+        size = z0.numel() * z0.element_size() * (1 + (len(zd) if zd is not None else 0))
+        if not self.full and self.bytes + size <= self.max_bytes:
+            self.store[b_idx] = (z0, zd)
+            self.bytes += size
+        else:
+            self.full = True
+        return z0, zd
+
+
+def _combine(z0: torch.Tensor, zd: torch.Tensor, c: list[float], c_dev: torch.Tensor) -> torch.Tensor:
+    """z0 + sum_i c_i zd_i; for a few directions as fused scaled adds (cheaper than tensordot)."""
+    if len(c) <= 3:
+        out = torch.add(z0, zd[0], alpha=c[0])
+        for i in range(1, len(c)):
+            out.add_(zd[i], alpha=c[i])
+        return out
+    return z0 + torch.tensordot(c_dev, zd, dims=1)
 
 
 def _progress(progress, total: int):

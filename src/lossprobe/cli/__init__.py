@@ -22,6 +22,7 @@ COMMANDS = [
     "lossprobe.cli.align",
     "lossprobe.cli.curve",
     "lossprobe.cli.search",
+    "lossprobe.cli.surface",
 ]
 
 

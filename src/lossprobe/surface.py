@@ -1,0 +1,604 @@
+"""1-D slices and 2-D surfaces of the loss around a point, chunked, resumable, on Ray.
+
+    theta(a)    = origin + a d1                  (slice, grid [n])
+    theta(a, b) = origin + a d1 + b d2           (surface, grid [n1, n2]; rows follow d1)
+
+The grid is cut into chunks (by default one row of a surface) that are evaluated with
+`Objective.evaluate` (batches outer, points inner, first-layer shortcut) and written to
+``out/chunks/`` as each finishes, atomically. What is computed is recorded by the chunk
+files themselves (the `mask`), never by a sentinel value, so a loss that is NaN or inf is
+stored as such. Killing the process and calling again with the same `out` evaluates
+only the missing chunks; a directory that holds a different surface is refused.
+
+`backend='ray'` runs the chunks as Ray tasks: model, data, origin and directions are
+`ray.put` once and shared by every task; a failed task is retried; the driver writes the
+chunk files, so resuming works the same as locally.
+
+This module is also callable: ``lossprobe.surface(...)`` is ``lossprobe.surface.surface(...)``.
+"""
+
+from __future__ import annotations
+
+import builtins
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .data.split import Split, as_split
+from .directions import Direction, random_direction, random_plane
+from .errors import UserError
+from .objective import Objective
+from .store import to_jsonable, write_json
+
+FORMAT = 1
+
+
+# --- grids ---------------------------------------------------------------------------
+def grid_axis(lo: float, hi: float, steps: int) -> np.ndarray:
+    """`steps` evenly spaced coordinates over [lo, hi] with 0 (the centre) exactly on the grid.
+
+    When lo ≤ 0 ≤ hi the points are k·h for consecutive integers k, with h = (hi − lo)/(steps − 1):
+    for a symmetric span and odd `steps` that is exactly linspace(lo, hi) with exact ends and
+    an exact 0. When no k·h lands on lo (e.g. an even `steps` on a symmetric span) the grid is
+    shifted by half a step towards the negative side so that 0 stays a grid point: steps=4 on
+    (−1, 1) gives (−4/3, −2/3, 0, 2/3). A span that excludes 0 gives plain linspace (the
+    centre is then not on the grid). steps=1 gives the single point 0 (or lo when 0 is outside).
+    """
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise UserError(f"steps must be a positive integer, got {steps!r}")
+    lo, hi = float(lo), float(hi)
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise UserError(f"span ({lo}, {hi}) must be finite")
+    if steps == 1:
+        return np.array([0.0 if lo <= 0 <= hi else lo])
+    if not lo < hi:
+        raise UserError(f"span ({lo:g}, {hi:g}) is empty: the first value must be below the second")
+    n = steps - 1
+    if not lo <= 0 <= hi:
+        return np.linspace(lo, hi, steps)
+    width = hi - lo
+    k_lo = int(math.floor(lo * n / width + 0.5 - 1e-9))
+    k = np.arange(steps) + k_lo
+    # k·width/n rather than k·h: exact at the ends whenever an end is a grid point
+    return k * width / n
+
+
+def _as_pair(v, what: str):
+    if isinstance(v, (int, float, np.integer, np.floating)):
+        return (v, v)
+    v = tuple(v)
+    if len(v) == 2 and all(isinstance(x, (int, float, np.integer, np.floating)) for x in v):
+        return v
+    raise UserError(f"{what} must be a pair of numbers, got {v!r}")
+
+
+# --- the result ----------------------------------------------------------------------
+@dataclass
+class Surface:
+    """Loss and accuracy on a grid of one (slice) or two (surface) axes.
+
+    Attributes:
+        coords: list of 1-D coordinate arrays, one per direction: [n] or [n1], [n2].
+        loss: mean loss, shape [n] or [n1, n2] (float64; NaN where not computed, or
+            where the loss itself was NaN: `mask` tells the two apart). Row i of a
+            surface is coords[0][i] along d1.
+        accuracy: same shape (NaN where not computed, the loss has no accuracy, or the
+            loss was not finite).
+        mask: bool, same shape: True where the point has been computed.
+        meta: directions' metadata, spans, steps, data (name, n, subset seed), origin
+            description, timing, backend.
+        subset_indices: rows of the data split used (None: the whole split).
+    """
+
+    coords: list
+    loss: np.ndarray
+    accuracy: np.ndarray
+    mask: np.ndarray
+    meta: dict = field(default_factory=dict)
+    subset_indices: np.ndarray | None = None
+
+    @property
+    def ndim(self) -> int:
+        return len(self.coords)
+
+    @property
+    def grid_shape(self) -> tuple[int, ...]:
+        return tuple(len(c) for c in self.coords)
+
+    @property
+    def points(self) -> int:
+        return int(np.prod(self.grid_shape))
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.mask.all())
+
+    def center_index(self) -> tuple[int, ...] | None:
+        idx = []
+        for c in self.coords:
+            hit = np.flatnonzero(c == 0)
+            if not len(hit):
+                return None
+            idx.append(int(hit[0]))
+        return tuple(idx)
+
+    @property
+    def center_loss(self) -> float:
+        i = self.center_index()
+        return float(self.loss[i]) if i is not None else float("nan")
+
+    def grid_points(self) -> np.ndarray:
+        """All grid coordinates [K, m] in row-major (C) order of the arrays."""
+        mesh = np.meshgrid(*self.coords, indexing="ij")
+        return np.stack([m.reshape(-1) for m in mesh], 1)
+
+    def summary(self) -> dict:
+        finite = self.loss[self.mask & np.isfinite(self.loss)]
+        return {
+            "center_loss": self.center_loss,
+            "center_accuracy": float(self.accuracy[self.center_index()]) if self.center_index() is not None else None,
+            "grid_shape": list(self.grid_shape),
+            "points": self.points,
+            "computed": int(self.mask.sum()),
+            "non_finite": int((self.mask & ~np.isfinite(self.loss)).sum()),
+            "min_loss": float(finite.min()) if finite.size else None,
+            "max_loss": float(finite.max()) if finite.size else None,
+            "seconds": self.meta.get("seconds"),
+            "points_per_second": self.meta.get("points_per_second"),
+        }
+
+    # --- files ---
+    @staticmethod
+    def _paths(path) -> tuple[Path, Path]:
+        p = Path(path)
+        if p.suffix == ".npz":
+            return p, p.with_suffix(".json")
+        return p / "surface.npz", p / "surface.json"
+
+    def save(self, path) -> Path:
+        """Write arrays to PATH.npz and metadata to PATH.json (PATH a directory: surface.npz/json)."""
+        npz, js = self._paths(path)
+        npz.parent.mkdir(parents=True, exist_ok=True)
+        arrays = {f"coords_{i}": c for i, c in enumerate(self.coords)}
+        arrays.update(loss=self.loss, accuracy=self.accuracy, mask=self.mask)
+        if self.subset_indices is not None:
+            arrays["subset_indices"] = self.subset_indices
+        tmp = npz.with_name(npz.stem + ".tmp.npz")
+        np.savez(tmp, **arrays)
+        os.replace(tmp, npz)
+        write_json(js, {"format": FORMAT, "ndim": self.ndim, "meta": self.meta})
+        return npz
+
+    @classmethod
+    def load(cls, path) -> "Surface":
+        """Reopen a surface written by `save` (or a surface `out` directory)."""
+        npz, js = cls._paths(path)
+        if not npz.is_file():
+            raise UserError(f"no saved surface at {npz}")
+        info = json.loads(js.read_text()) if js.is_file() else {"ndim": None, "meta": {}}
+        with np.load(npz) as f:
+            ndim = info.get("ndim") or sum(1 for k in f.files if k.startswith("coords_"))
+            coords = [f[f"coords_{i}"] for i in range(ndim)]
+            sub = f["subset_indices"] if "subset_indices" in f.files else None
+            return cls(coords, f["loss"], f["accuracy"], f["mask"].astype(bool), info.get("meta", {}), sub)
+
+
+def load(path) -> Surface:
+    """Reopen a saved surface (see `Surface.save`)."""
+    return Surface.load(path)
+
+
+# --- chunk storage ---------------------------------------------------------------------
+def _digest(*parts) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        if isinstance(p, torch.Tensor):
+            t = p.detach().cpu().contiguous()
+            h.update(str((t.dtype, tuple(t.shape))).encode())
+            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        elif isinstance(p, np.ndarray):
+            h.update(str((p.dtype, p.shape)).encode())
+            h.update(np.ascontiguousarray(p).tobytes())
+        else:
+            h.update(json.dumps(to_jsonable(p), sort_keys=True).encode())
+    return h.hexdigest()
+
+
+class ChunkStore:
+    """Chunk files under DIR/chunks: chunk_NNNNNN.npz with the flat indices, loss and accuracy.
+
+    A chunk is written to a temporary name and renamed, so a file that exists is whole;
+    `DIR/plan.json` holds the fingerprint of what is being computed.
+    """
+
+    def __init__(self, directory, fingerprint: str, plan: dict, force: bool = False):
+        self.dir = Path(directory)
+        self.chunks = self.dir / "chunks"
+        plan_file = self.dir / "plan.json"
+        if plan_file.is_file():
+            try:
+                old = json.loads(plan_file.read_text()).get("fingerprint")
+            except (json.JSONDecodeError, AttributeError):
+                old = None
+            if old != fingerprint:
+                if not force:
+                    raise UserError(
+                        f"{self.dir} holds chunks of a different surface (other model, data, directions or grid); "
+                        "choose another out directory or pass force=True / --force to overwrite it")
+                for f in self.chunks.glob("chunk_*.npz"):
+                    f.unlink()
+        self.chunks.mkdir(parents=True, exist_ok=True)
+        write_json(plan_file, {**plan, "fingerprint": fingerprint})
+
+    def path(self, i: int) -> Path:
+        return self.chunks / f"chunk_{i:06d}.npz"
+
+    def done(self, n_chunks: int) -> set[int]:
+        out = set()
+        for f in self.chunks.glob("chunk_*.npz"):
+            try:
+                i = int(f.stem.split("_")[1])
+            except (IndexError, ValueError):
+                continue
+            if i < n_chunks:
+                out.add(i)
+        return out
+
+    def write(self, i: int, idx: np.ndarray, loss: np.ndarray, acc: np.ndarray) -> None:
+        tmp = self.chunks / f".chunk_{i:06d}.{os.getpid()}.tmp.npz"
+        np.savez(tmp, idx=idx, loss=loss, accuracy=acc)
+        os.replace(tmp, self.path(i))
+
+    def read(self, i: int) -> dict | None:
+        try:
+            with np.load(self.path(i)) as f:
+                return {k: f[k] for k in ("idx", "loss", "accuracy")}
+        except Exception:  # a damaged file (e.g. disk full): recompute that chunk
+            return None
+
+
+# --- evaluation of one chunk (shared by the local and Ray backends) -------------------
+def _eval_chunk(obj: Objective, origin, dirs, pts: np.ndarray, progress=None) -> tuple[np.ndarray, np.ndarray]:
+    ev = obj.evaluate(torch.from_numpy(pts), origin=origin, directions=dirs, progress=progress or False)
+    loss = np.asarray(ev.loss, dtype=np.float64)
+    acc = np.asarray(ev.accuracy, dtype=np.float64)
+    acc = np.where(np.isfinite(loss), acc, np.nan)  # accuracy means nothing where the loss blew up
+    return loss, acc
+
+
+_RAY_OBJECTIVES: dict = {}
+
+
+def _ray_chunk(model, data, origin, dirs, opts: dict, pts: np.ndarray):
+    """Body of a Ray task: build (once per worker process) the objective, evaluate a chunk."""
+    key = opts["token"]
+    obj = _RAY_OBJECTIVES.get(key)
+    if obj is None:
+        _RAY_OBJECTIVES.clear()
+        obj = Objective(model, data, loss=opts["loss"], batch_size=opts["batch_size"],
+                        include_buffers=opts["include_buffers"], train_mode=False)
+        _RAY_OBJECTIVES[key] = obj
+    with obj.reuse_first_layer(origin, dirs):
+        return _eval_chunk(obj, origin, dirs, pts)
+
+
+# --- public API -------------------------------------------------------------------------
+def _directions_tensor(directions, m: int, space_numel: int) -> tuple[torch.Tensor, list[dict]]:
+    if isinstance(directions, (Direction, torch.Tensor, np.ndarray)):
+        directions = [directions] if (isinstance(directions, Direction) or np.ndim(directions) == 1) else list(directions)
+    directions = list(directions)
+    if len(directions) != m:
+        raise UserError(f"expected {m} direction(s), got {len(directions)}")
+    vecs, metas = [], []
+    for i, d in enumerate(directions):
+        if isinstance(d, Direction):
+            v, meta = d.vector, dict(d.meta)
+        else:
+            v, meta = torch.as_tensor(d), {"kind": "given"}
+        v = v.reshape(-1) if v.ndim > 1 and v.shape[0] == 1 else v
+        if v.ndim != 1 or v.numel() != space_numel:
+            raise UserError(f"direction {i + 1} has shape {tuple(v.shape)}, expected ({space_numel},) to match "
+                            "the model's parameters")
+        if not torch.isfinite(v).all():
+            meta["non_finite_entries"] = True
+        vecs.append(v)
+        metas.append(meta)
+    return torch.stack([v.to(vecs[0].dtype) for v in vecs]), metas
+
+
+def _compute(model_or_objective, data, dirs_in, spans, steps, *, origin=None, subset=None, subset_seed=0,
+             loss="cross_entropy", batch_size=4096, include_buffers=False, out=None, force=False,
+             backend="local", address=None, chunk_size=None, progress=True, ray_retries=3,
+             on_chunk: Callable[[int, int], None] | None = None) -> Surface:
+    t_start = time.perf_counter()
+    if backend not in ("local", "ray"):
+        raise UserError(f"backend must be 'local' or 'ray', got {backend!r}")
+    m = len(spans)
+    axes = [grid_axis(lo, hi, n) for (lo, hi), n in zip(spans, steps)]
+    shape = tuple(len(a) for a in axes)
+    K = int(np.prod(shape))
+
+    if isinstance(model_or_objective, Objective):
+        obj = model_or_objective
+        if data is not None or subset:
+            raise UserError("pass data and subset to the Objective, not to surface()/slice(), when giving an Objective")
+        model = obj.model
+        split = obj.data if isinstance(obj.data, Split) else None
+        loss_name = obj.loss.name
+    elif isinstance(model_or_objective, nn.Module):
+        model = model_or_objective
+        if data is None:
+            raise UserError("data is required: a Split, (x, y) tensors, a Dataset or a DataLoader")
+        split = as_split(data)
+        if subset:
+            if not isinstance(split, Split):
+                raise UserError("subset needs in-memory data (a Split or tensors), not a DataLoader")
+            split = split.subset(int(subset), subset_seed)
+        obj = Objective(model, split, loss=loss, batch_size=batch_size, include_buffers=include_buffers)
+        loss_name = obj.loss.name
+    else:
+        raise TypeError(f"expected an nn.Module or an Objective, got {type(model_or_objective).__name__}")
+
+    dirs, dir_meta = _directions_tensor(dirs_in, m, obj.space.numel)
+    dirs = dirs.to(obj.device, obj.space.dtype)
+    origin_t = obj.theta0 if origin is None else _origin_vector(origin, obj)
+    obj.space.check_vector(origin_t, "origin")
+
+    pts_all = np.stack([g.reshape(-1) for g in np.meshgrid(*axes, indexing="ij")], 1)  # [K, m]
+    if chunk_size is None:
+        chunk_size = shape[-1] if m == 2 else max(1, min(64, math.ceil(K / 8)))
+    if chunk_size < 1:
+        raise UserError(f"chunk_size must be positive, got {chunk_size}")
+    n_chunks = math.ceil(K / chunk_size)
+
+    n_data = obj.n_samples
+    sub_idx = split.indices if isinstance(split, Split) else None
+    data_meta = {"name": getattr(split, "name", "loader"), "n": n_data,
+                 "subset": int(subset) if subset else None, "subset_seed": subset_seed if subset else None}
+    meta = {
+        "kind": "slice" if m == 1 else "surface",
+        "directions": dir_meta,
+        "direction_norms": [float(d.double().norm()) for d in dirs],
+        "spans": [list(map(float, s)) for s in spans],
+        "steps": list(shape),
+        "origin": "model" if origin is None else "given",
+        "loss": loss_name,
+        "data": data_meta,
+        "backend": backend,
+        "chunk_size": chunk_size,
+        "shortcut": obj._first is not None,
+        "batch_size": obj.batch_size,
+    }
+
+    loss_arr = np.full(K, np.nan)
+    acc_arr = np.full(K, np.nan)
+    mask = np.zeros(K, dtype=bool)
+    store = None
+    todo = list(range(n_chunks))
+    if out is not None:
+        x_digest = None
+        if isinstance(split, Split):
+            x_digest = _digest(split.x[: min(len(split), 256)], split.y, split.indices if split.indices is not None else [])
+        fp = _digest(FORMAT, origin_t, dirs, pts_all, chunk_size, loss_name, x_digest, n_data, obj.batch_size,
+                     obj.space.names, obj.space.include_buffers)
+        store = ChunkStore(out, fp, {"format": FORMAT, "grid_shape": list(shape), "chunks": n_chunks,
+                                      "chunk_size": chunk_size, "meta": meta}, force=force)
+        for i in sorted(store.done(n_chunks)):
+            got = store.read(i)
+            if got is None:
+                continue
+            loss_arr[got["idx"]], acc_arr[got["idx"]] = got["loss"], got["accuracy"]
+            mask[got["idx"]] = True
+        todo = [i for i in range(n_chunks) if not mask[i * chunk_size: (i + 1) * chunk_size].all()]
+        meta["resumed_chunks"] = n_chunks - len(todo)
+    todo_points = sum(len(range(i * chunk_size, min(K, (i + 1) * chunk_size))) for i in todo)
+
+    def finish(i, loss_c, acc_c):
+        idx = np.arange(i * chunk_size, min(K, (i + 1) * chunk_size))
+        loss_arr[idx], acc_arr[idx], mask[idx] = loss_c, acc_c, True
+        if store is not None:
+            store.write(i, idx, loss_c, acc_c)
+        if on_chunk is not None:
+            on_chunk(i, n_chunks)
+
+    bar = None
+    if progress and todo_points:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=todo_points, unit="pt", dynamic_ncols=True,
+                   desc=f"{meta['kind']} {'×'.join(map(str, shape))}")
+    t_eval = time.perf_counter()
+    try:
+        if backend == "local" and todo:
+            nb = max(1, obj.n_batches)
+            tick = (lambda n: bar.update(n / nb)) if bar is not None else None
+            with obj.reuse_first_layer(origin_t, dirs):
+                for i in todo:
+                    idx = np.arange(i * chunk_size, min(K, (i + 1) * chunk_size))
+                    loss_c, acc_c = _eval_chunk(obj, origin_t, dirs, pts_all[idx], tick)
+                    finish(i, loss_c, acc_c)
+        elif backend == "ray" and todo:
+            _run_ray(obj, model, origin_t, dirs, pts_all, todo, chunk_size, K, address, ray_retries, finish,
+                     bar, include_buffers)
+    finally:
+        if bar is not None:
+            bar.n = round(bar.n)
+            bar.close()
+    seconds = time.perf_counter() - t_eval
+    meta["seconds"] = seconds
+    meta["points_computed_now"] = todo_points
+    meta["points_per_second"] = todo_points / seconds if todo_points and seconds > 0 else None
+    meta["total_seconds"] = time.perf_counter() - t_start
+    res = Surface(axes, loss_arr.reshape(shape), acc_arr.reshape(shape), mask.reshape(shape), meta,
+                  np.asarray(sub_idx) if sub_idx is not None else None)
+    if out is not None:
+        res.save(out)
+    return res
+
+
+def _origin_vector(origin, obj: Objective) -> torch.Tensor:
+    if isinstance(origin, nn.Module):
+        return obj.space.flatten(origin)
+    if isinstance(origin, Direction):
+        origin = origin.vector
+    return torch.as_tensor(origin).to(obj.device, obj.space.dtype).reshape(-1)
+
+
+def _run_ray(obj, model, origin, dirs, pts_all, todo, chunk_size, K, address, retries, finish, bar, include_buffers):
+    try:
+        import ray
+    except ImportError:
+        raise UserError("backend='ray' needs Ray: pip install 'ray[default]'") from None
+    started = False
+    if not ray.is_initialized():
+        kw = {"address": address} if address else {"include_dashboard": False}
+        ray.init(**kw, ignore_reinit_error=True, logging_level="ERROR", log_to_driver=False)
+        started = True
+    try:
+        data = obj.data
+        if isinstance(data, Split):
+            data = data.to("cpu")
+        # put once: every task gets references, Ray ships each object to a worker once
+        refs = [ray.put(v) for v in (model.cpu() if obj.device.type == "cpu" else model, data,
+                                     origin.cpu(), dirs.cpu())]
+        opts = {"loss": obj.loss, "batch_size": obj.batch_size, "include_buffers": obj.space.include_buffers,
+                "token": _digest(origin.cpu(), dirs.cpu(), os.getpid(), time.time())}
+        task = ray.remote(max_retries=retries, retry_exceptions=True)(_ray_chunk)
+        pending = {}
+        for i in todo:
+            idx = np.arange(i * chunk_size, min(K, (i + 1) * chunk_size))
+            pending[task.remote(*refs, opts, pts_all[idx])] = i
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            for r in ready:
+                i = pending.pop(r)
+                loss_c, acc_c = ray.get(r)
+                finish(i, loss_c, acc_c)
+                if bar is not None:
+                    bar.update(len(loss_c))
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _default_directions(model_or_objective, m: int, seed: int, norm, origin) -> list[Direction]:
+    model = model_or_objective.model if isinstance(model_or_objective, Objective) else model_or_objective
+    include_buffers = model_or_objective.space.include_buffers if isinstance(model_or_objective, Objective) else False
+    ref = None
+    if origin is not None:
+        ref = origin.vector if isinstance(origin, Direction) else origin
+    if m == 1:
+        return [random_direction(model, seed=seed, norm=norm, include_buffers=include_buffers, reference=ref)]
+    return list(random_plane(model, seed=seed, norm=norm, include_buffers=include_buffers, reference=ref))
+
+
+def surface(model_or_objective, data=None, directions=None, span=((-1, 1), (-1, 1)), steps=(51, 51),
+            subset: int | None = None, out=None, backend: str = "local", address: str | None = None,
+            progress: bool = True, *, origin=None, seed: int = 0, norm: str | None = "filter",
+            subset_seed: int = 0, loss="cross_entropy", batch_size: int = 4096, include_buffers: bool = False,
+            chunk_size: int | None = None, force: bool = False, ray_retries: int = 3,
+            on_chunk: Callable[[int, int], None] | None = None) -> Surface:
+    """Loss and accuracy on the 2-D grid origin + a·d1 + b·d2.
+
+    Args:
+        model_or_objective: an `nn.Module` (with `data`) or a ready `Objective`.
+        data: a Split, (x, y) tensors, a Dataset or a DataLoader.
+        directions: (d1, d2) as Directions or [P] tensors, or an [2, P] tensor. Default: a
+            filter-normalised random plane with `seed` and `norm`.
+        span: ((lo1, hi1), (lo2, hi2)) or one (lo, hi) for both; coordinates in units of
+            the directions.
+        steps: (n1, n2) or one n for both; 0 is always a grid point (see `grid_axis`).
+        subset: evaluate on a seeded subset of this many samples (indices recorded).
+        out: directory for chunks and the result; rerunning with the same arguments
+            resumes, only missing chunks are evaluated.
+        backend: 'local' (in-process) or 'ray' (chunks as Ray tasks; `address` of an
+            existing cluster, or a local Ray instance is started).
+        origin: the centre θ [P] (a tensor or a model); default the model's parameters.
+        chunk_size: points per chunk (default: one row of the grid).
+        on_chunk: called as on_chunk(i, n_chunks) after chunk i is stored.
+    Returns:
+        `Surface` with coords [n1], [n2] and loss/accuracy/mask [n1, n2].
+    """
+    spans = _spans(span, 2)
+    steps_t = _steps(steps, 2)
+    if directions is None:
+        directions = _default_directions(model_or_objective, 2, seed, norm, origin)
+    return _compute(model_or_objective, data, directions, spans, steps_t, origin=origin, subset=subset,
+                    subset_seed=subset_seed, loss=loss, batch_size=batch_size, include_buffers=include_buffers,
+                    out=out, force=force, backend=backend, address=address, chunk_size=chunk_size,
+                    progress=progress, ray_retries=ray_retries, on_chunk=on_chunk)
+
+
+def slice(model_or_objective, data=None, direction=None, span=(-1, 1), steps: int = 51,  # noqa: A001
+          subset: int | None = None, out=None, backend: str = "local", address: str | None = None,
+          progress: bool = True, *, origin=None, seed: int = 0, norm: str | None = "filter",
+          subset_seed: int = 0, loss="cross_entropy", batch_size: int = 4096, include_buffers: bool = False,
+          chunk_size: int | None = None, force: bool = False, ray_retries: int = 3,
+          on_chunk: Callable[[int, int], None] | None = None) -> Surface:
+    """Loss and accuracy along the line origin + a·d for a on a grid over `span` (see `surface`).
+
+    Returns a `Surface` with one axis: coords [n], loss/accuracy/mask [n].
+    """
+    spans = _spans(span, 1)
+    steps_t = _steps(steps, 1)
+    if direction is None:
+        direction = _default_directions(model_or_objective, 1, seed, norm, origin)
+    return _compute(model_or_objective, data, direction, spans, steps_t, origin=origin, subset=subset,
+                    subset_seed=subset_seed, loss=loss, batch_size=batch_size, include_buffers=include_buffers,
+                    out=out, force=force, backend=backend, address=address, chunk_size=chunk_size,
+                    progress=progress, ray_retries=ray_retries, on_chunk=on_chunk)
+
+
+def _spans(span, m: int) -> list[tuple[float, float]]:
+    try:
+        arr = np.asarray(span, dtype=float)
+    except (TypeError, ValueError):
+        raise UserError(f"span must be (lo, hi) or ((lo1, hi1), (lo2, hi2)), got {span!r}") from None
+    if arr.shape == (2,):
+        arr = np.tile(arr, (m, 1))
+    if arr.shape != (m, 2):
+        raise UserError(f"span must be (lo, hi){' or ((lo1, hi1), (lo2, hi2))' if m == 2 else ''}, got {span!r}")
+    out = []
+    for lo, hi in arr:
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            raise UserError(f"span ({lo}, {hi}) must be finite")
+        if not lo < hi:
+            raise UserError(f"span ({lo:g}, {hi:g}) is empty: the first value must be below the second")
+        out.append((float(lo), float(hi)))
+    return out
+
+
+def _steps(steps, m: int) -> tuple[int, ...]:
+    if isinstance(steps, (int, np.integer)) and not isinstance(steps, bool):
+        steps = (int(steps),) * m
+    steps = tuple(steps)
+    if len(steps) != m:
+        raise UserError(f"steps must be one integer or {m} integers, got {steps!r}")
+    for s in steps:
+        if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 1:
+            raise UserError(f"steps must be positive integers, got {s!r}")
+    return tuple(int(s) for s in steps)
+
+
+class _CallableModule(types.ModuleType):
+    """Lets ``lossprobe.surface(...)`` call the function while ``lossprobe.surface.X`` stays the module."""
+
+    def __call__(self, *args, **kwargs):
+        return surface(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
+_ = builtins  # `slice` shadows the builtin in this module; use builtins.slice if ever needed
+
+__all__ = ["ChunkStore", "Surface", "grid_axis", "load", "slice", "surface"]
