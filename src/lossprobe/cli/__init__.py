@@ -17,6 +17,8 @@ from ..errors import UserError
 COMMANDS = [
     "lossprobe.cli.study",
     "lossprobe.cli.interpolate",
+    "lossprobe.cli.hessian",
+    "lossprobe.cli.sharpness",
     "lossprobe.cli.report",
     "lossprobe.cli.serve",
     "lossprobe.cli.align",

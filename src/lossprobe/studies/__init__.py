@@ -3,6 +3,12 @@ Python function that runs the study from code."""
 
 # name -> (module, one-line help)
 STUDIES = {
+    "width": ("lossprobe.studies.width",
+              "pairs of MLPs of increasing width: barrier vs width naive, after alignment and with REPAIR"),
     "two-seeds": ("lossprobe.studies.two_seeds",
                   "train the same MLP from two seeds and test whether the solutions share a basin"),
+    "search-benchmark": ("lossprobe.studies.search_benchmark",
+                         "probe-based hyperparameter search vs random search, TPE and successive halving on one table"),
+    "optimizers": ("lossprobe.studies.optimizers",
+                   "optimiser paths on a spiral network's landscape or an analytic function, with honest projections"),
 }

@@ -1,0 +1,125 @@
+"""`lossprobe curve CKPT_A CKPT_B`: train a low-loss curve between two checkpoints (Garipov et al. 2018)."""
+
+from __future__ import annotations
+
+import time
+
+from .common import add_model_data, add_out, positive_int
+
+
+def _positive_float(text: str) -> float:
+    import argparse
+
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return v
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "curve",
+        help="train a Bezier curve or polygonal chain between two checkpoints and report the barrier along it",
+        description="Train the bends of a curve θ(t) between two fixed checkpoints (quadratic Bezier with "
+        "--bends 1, as in Garipov et al. 2018), drawing t ~ U(0, 1) per batch; the bends start on the straight "
+        "line. Then evaluate loss and error along the curve and along the straight line on the training data "
+        "and --data, with BatchNorm statistics re-estimated at each t. Rerunning with the same options resumes "
+        "the training per epoch.",
+    )
+    p.add_argument("ckpt_a", metavar="CKPT_A", help="first endpoint (.safetensors or a torch state dict)")
+    p.add_argument("ckpt_b", metavar="CKPT_B", help="second endpoint, same architecture")
+    add_model_data(p)
+    p.add_argument("--kind", choices=("bezier", "polychain"), default="bezier",
+                   help="Bezier curve of degree bends+1, or a polygonal chain through the bends (default: %(default)s)")
+    p.add_argument("--bends", type=positive_int, default=1, metavar="N", help="trainable control points (default: %(default)s)")
+    p.add_argument("--epochs", type=positive_int, default=2, metavar="E", help="training epochs (default: %(default)s)")
+    p.add_argument("--lr", type=_positive_float, default=1e-3, help="peak learning rate, cosine schedule (default: %(default)s)")
+    p.add_argument("--optimizer", choices=("adam", "momentum"), default="adam", help="optimizer (default: %(default)s)")
+    p.add_argument("--train-batch-size", type=positive_int, default=128, metavar="B",
+                   help="training batch size (default: %(default)s)")
+    p.add_argument("--train-data", default=None, metavar="SET:SPLIT",
+                   help="training data (default: the training split of --data's set)")
+    p.add_argument("--train-subset", type=positive_int, default=None, metavar="N",
+                   help="train on a seeded subset of N samples (default: all)")
+    p.add_argument("--points", type=int, default=21, metavar="K",
+                   help="evaluation points t in [0, 1]; K−1 must be even so that 0.5 is on the grid (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of batch order and t (default: %(default)s)")
+    add_out(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import numpy as np
+
+    from ..curves import Curve, CurveTrainConfig, evaluate_curve, train_curve
+    from ..data import load_split
+    from ..errors import UserError
+    from ..paths import has_batchnorm, interpolate
+    from ..report.connectivity_plots import plot_paths
+    from ..store import RunDir
+    from .common import load_model
+
+    if args.points < 3 or (args.points - 1) % 2:
+        raise UserError(f"--points must be odd and at least 3, got {args.points}")
+    model_a = load_model(args.model, args.ckpt_a)
+    model_b = load_model(args.model, args.ckpt_b)
+    curve = Curve(model_a, model_b, bends=args.bends, kind=args.kind)
+    cfg = CurveTrainConfig(epochs=args.epochs, lr=args.lr, optimizer=args.optimizer,
+                           batch_size=args.train_batch_size, seed=args.seed)
+    run_dir = RunDir(args.out, "curve", {k: v for k, v in vars(args).items() if k not in ("func", "force")}, args.force)
+    t0 = time.perf_counter()
+    train_spec = args.train_data or args.data.split(":")[0] + ":train"
+    train = load_split(train_spec, args.train_subset, args.seed)
+    split = load_split(args.data, args.subset, args.subset_seed)
+    name = args.data.split(":")[-1]
+    ev_train = train.subset(min(len(train), 10_000), seed=args.seed + 1)
+    splits = {"train": ev_train, name if name != "train" else "eval": split}
+    print(f"training a {args.kind} curve with {args.bends} bend(s) for {args.epochs} epoch(s) on {len(train)} samples")
+    hist = train_curve(curve, train, cfg, checkpoint_dir=run_dir.subdir("checkpoints"), progress=True)
+    from safetensors.torch import save_file
+
+    save_file(curve.state_for_saving(), str(run_dir / "checkpoints" / "curve.safetensors"))
+    ts = np.linspace(0, 1, args.points)
+    ts[-1] = 1.0
+    ev = evaluate_curve(curve, splits, ts=ts, bn_data=train, batch_size=args.batch_size, progress=True)
+    bn = "recompute" if has_batchnorm(model_a) else "interpolate"
+    line = interpolate(model_a, model_b, splits, alphas=ts, bn=bn, bn_data=train if bn == "recompute" else None,
+                       batch_size=args.batch_size)
+    run_dir.save_arrays("curve.npz", ts=ts, **{f"curve_{k}": v for k, v in ev.to_arrays().items() if k != "ts"},
+                        **{f"line_{k}": v for k, v in line.to_arrays().items() if k != "alphas"})
+    cb, lbar = ev.barriers(), line.barriers()
+    label = f"{args.kind} curve ({args.bends} bend{'s' if args.bends > 1 else ''})"
+    figs = plot_paths({"straight line": (ts, line.loss, line.accuracy), label: (ts, ev.loss, ev.accuracy)},
+                      run_dir.figures, title_data=args.data.split(":")[0], name="curve")
+    summary = {
+        "loss_barrier": {"curve": cb["loss_barrier"], "line": lbar["loss_barrier"]},
+        "error_barrier": {"curve": cb["error_barrier"], "line": lbar["error_barrier"]},
+        "kind": args.kind, "bends": args.bends, "epochs": args.epochs,
+        "train_batch_loss": hist.batch_loss,
+        "n_eval": {k: len(v) for k, v in splits.items()},
+        "ts": ts,
+        "loss": {"curve": ev.loss, "line": line.loss},
+        "accuracy": {"curve": ev.accuracy, "line": line.accuracy},
+        "seconds": time.perf_counter() - t0,
+    }
+    run_dir.save_json("summary.json", summary)
+    rows = "".join(
+        f"| {what} | {s} | {summary['loss_barrier'][k][s]:.4f} | {summary['error_barrier'][k][s]:.2%} |\n"
+        for k, what in (("line", "straight line"), ("curve", label)) for s in splits)
+    (run_dir / "report.md").write_text(
+        f"# A {label} between two checkpoints\n\n"
+        f"Model `{args.model.replace('`', '')}`; trained {args.epochs} epoch(s) on {len(train)} samples of "
+        f"`{train_spec.replace('`', '')}`; evaluated at {len(ts)} points t in [0, 1].\n\n"
+        "| path | data | loss barrier | error barrier |\n|---|---|---|---|\n" + rows + "\n"
+        "Bends: `checkpoints/curve.safetensors` (flat parameter vectors: bends, theta_a, theta_b).\n\n"
+        + "".join(f"![{n}](figures/{n}.png)\n\n" for n in figs)
+    )
+    run_dir.complete()
+    ev_name = [k for k in splits if k != "train"][0]
+    print(f"loss barrier along the curve {cb['loss_barrier'][ev_name]:.4f} (line {lbar['loss_barrier'][ev_name]:.4f}), "
+          f"error barrier {cb['error_barrier'][ev_name]:.2%} (line {lbar['error_barrier'][ev_name]:.2%}) "
+          f"on {args.data}; wrote {run_dir.path}")
+    return 0
