@@ -219,20 +219,24 @@ class Objective:
         bar = _progress(progress, total=self.n_batches * K)
         with torch.inference_mode(), self.mode():
             for b_idx, (x, y) in enumerate(self.batches()):
-                if use_shortcut:
+                short = use_shortcut
+                if short:
                     if cache is not None:
                         z0, zd = cache.get(b_idx, lambda: self._first_layer_outputs(x, origin, directions))
                     else:
                         z0, zd = self._first_layer_outputs(x, origin, directions)
-                with self._injected(use_shortcut) as inject:
+                    # a direction so large that f(x; d) overflows would turn 0·inf into NaN
+                    # even at the centre: take the plain path for this batch instead
+                    short = zd is None or bool(torch.isfinite(zd).all())
+                with self._injected(short) as inject:
                     for k in range(K):
-                        if ranges is not None:
+                        if short and ranges is not None:
                             for a, b in ranges:
                                 torch.addmv(origin[a:b], directions[:, a:b].T, coords_dev[k], out=theta_buf[a:b])
                             theta = theta_buf
                         else:
                             theta = torch.addmv(origin, directions.T, coords_dev[k]) if m else origin
-                        if use_shortcut:
+                        if short:
                             inject.value = _combine(z0, zd, coords_list[k], coords_dev[k]) if m else z0
                         s, c = self.loss(self.forward(theta, x), y)
                         loss_sum[k] += s.double()
