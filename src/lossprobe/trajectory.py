@@ -11,7 +11,9 @@ for every drawn point:
     surface_loss   the surface's loss at c_t (bilinear interpolation of the grid)
     plane_loss     L(origin + c_t @ directions), exact (no interpolation error)
     distance       ‖θ_t − (origin + c_t @ directions)‖, in parameter units
-    rel_distance   distance / ‖θ_t − origin‖ (the sine of the angle to the plane)
+    rel_distance   distance / the drawn window's half-width in parameter units (how far
+                   off the plane the point is, on the scale of the picture)
+    sin_angle      distance / ‖θ_t − origin‖ (the sine of the angle to the plane)
 
 so a reader can see where the picture can be trusted (small distance: the contour under
 the marker is the loss the optimiser had) and where it cannot.
@@ -120,7 +122,8 @@ def train_trajectory(
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=steps, desc=label or optimizer, unit="step", leave=False, dynamic_ncols=True)
+        bar = tqdm(total=steps, desc=label or optimizer, unit="step", leave=False, dynamic_ncols=True,
+                   mininterval=1.0)
     model.train()
     try:
         for step in range(1, steps + 1):
@@ -191,12 +194,12 @@ class Plane:
         return self.origin[None] + c @ self.directions
 
     def project(self, thetas) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Coordinates [T, 2] of the nearest plane points, distances [T] and relative distances [T].
+        """Coordinates [T, 2] of the nearest plane points, distances [T] and sin_angle [T].
 
         The coordinates solve the least-squares problem min_c ‖θ − origin − c @ D‖ (the
         directions need not be orthogonal, as random planes' are not). Distances are
-        Euclidean in parameter units; relative distance = distance / ‖θ − origin‖ (0
-        where θ is the origin).
+        Euclidean in parameter units; sin_angle = distance / ‖θ − origin‖ (0 where θ is
+        the origin).
         """
         X = torch.as_tensor(thetas).to(torch.float64).reshape(-1, self.origin.numel()) - self.origin[None]
         D = self.directions
@@ -382,26 +385,35 @@ def path_fidelity(objective: Objective, plane: Plane, thetas, surface: PlaneSurf
                   true_loss: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """For every snapshot [T, P]: coordinates, distance from the plane, and three losses.
 
-    Returns arrays [T] (coords [T, 2]): coords, distance, rel_distance, true_loss (at θ_t),
-    plane_loss (exact, at the projected point), surface_loss (the grid interpolated at the
-    projected point; NaN outside the grid or without `surface`).
+    Returns arrays [T] (coords [T, 2]): coords, distance, rel_distance (distance / the
+    half-width of the surface's window in parameter units; without a surface, / the
+    largest ‖c_t @ directions‖ of this path), sin_angle, true_loss (at θ_t), plane_loss
+    (exact, at the projected point), surface_loss (the grid interpolated at the projected
+    point; NaN outside the grid or without `surface`).
     """
     thetas = torch.as_tensor(thetas)
-    coords, dist, rel = plane.project(thetas)
+    coords, dist, sin_angle = plane.project(thetas)
+    dn = plane.directions.norm(dim=1).numpy()
+    if surface is not None:
+        radius = max(np.abs(surface.xs).max() * dn[0], np.abs(surface.ys).max() * dn[1])
+    else:
+        radius = float(np.max(np.linalg.norm(coords @ plane.directions.numpy(), axis=1)))
+    rel = dist / radius if radius > 0 else np.zeros_like(dist)
     if true_loss is None:
         true_loss, _ = losses_at(objective, thetas)
     proj = plane.point(coords)
     plane_loss, _ = losses_at(objective, proj)
     surf = surface.interpolate(coords) if surface is not None else np.full(len(coords), np.nan)
-    return {"coords": coords, "distance": dist, "rel_distance": rel, "true_loss": np.asarray(true_loss, float),
+    return {"coords": coords, "distance": dist, "rel_distance": rel, "sin_angle": sin_angle,
+            "true_loss": np.asarray(true_loss, float),
             "plane_loss": plane_loss, "surface_loss": surf}
 
 
 def fidelity_summary(f: dict[str, np.ndarray], near: float = 0.1) -> dict:
     """How well the contours under the drawn points match the true losses.
 
-    Points are "near" the plane when rel_distance ≤ `near` (less than `near` of their
-    displacement from the origin lies off the plane). For near and far points: count,
+    Points are "near" the plane when rel_distance ≤ `near` (their distance from the
+    plane is at most `near` of the drawn window's half-width). For near and far points: count,
     median and max |true − surface| and |true − plane| loss differences, and the median
     relative difference |true − surface| / true.
     """
