@@ -316,3 +316,24 @@ def test_symlinks_and_paths_outside_are_not_copied(built, tmp_path):
 def test_posix_rel_paths_are_quoted():
     assert site.href("runs/a b/index.html") == "runs/a%20b/index.html"
     assert posixpath.normpath("figures/../x.png") == "x.png"
+
+
+def test_generic_arrays_of_other_studies():
+    rng = np.random.default_rng(0)
+    # lossprobe.surface.Surface.save: coords_0, coords_1, loss, accuracy, mask
+    surf = {"coords_0": np.linspace(-1, 1, 5), "coords_1": np.linspace(-1, 1, 6), "loss": rng.random((5, 6)),
+            "accuracy": rng.random((5, 6)), "mask": np.ones((5, 6), bool)}
+    plots = site.surface_plots("surface.npz", surf)
+    assert [p.data[0]["type"] for p in plots] == ["surface", "contour"]
+    assert len(plots[0].data[0]["x"]) == 6 and len(plots[0].data[0]["y"]) == 5
+    assert site.curve_groups(surf) == []
+    # repeats per x value (widths x pairs): mean with min-max bars, grouped by metric words
+    w = {"widths": np.array([8, 16, 32]), "naive_loss_barrier_test": rng.random((3, 4)),
+         "aligned_loss_barrier_test": rng.random((3, 4)), "endpoint_accuracy_test": rng.random((4, 3))}
+    groups = {g: sorted(s) for _, g, s in site.curve_groups(w)}
+    assert groups == {"loss barrier": ["aligned test", "naive test"], "accuracy": ["endpoint test"]}
+    plots = site.curve_plots("width.npz", w)
+    t = plots[0].data[0]
+    assert np.allclose(t["y"], w["naive_loss_barrier_test"].mean(1)) and "error_y" in t
+    assert site.surface_plots("width.npz", w) == []  # one axis without coordinates: not a surface
+    json.dumps([p.data for p in plots], allow_nan=False)

@@ -519,8 +519,23 @@ def _layout(title: str, xlabel: str, ylabel: str) -> dict:
 
 
 def _curve_trace(name: str, x: np.ndarray, y: np.ndarray, i: int, xname: str) -> dict:
+    """A line; y [len(x)] or [len(x), k] (then the mean over k, with min-max error bars)."""
+    y = np.asarray(y, dtype=np.float64)
+    extra = {}
+    if y.ndim == 2:
+        with np.errstate(all="ignore"):
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows are gaps
+                mean, lo, hi = np.nanmean(y, 1), np.nanmin(y, 1), np.nanmax(y, 1)
+        extra = {"error_y": {"type": "data", "symmetric": False, "array": _finite(hi - mean),
+                             "arrayminus": _finite(mean - lo), "thickness": 1}}
+        name = f"{name} (mean of {y.shape[1]}, bars min–max)"
+        y = mean
     return {"type": "scatter", "mode": "lines+markers", "name": name, "x": _finite(x), "y": _finite(y),
-            "hovertemplate": f"{esc(xname)} %{{x:.4g}}<br>{esc(name)} %{{y:.5g}}<extra></extra>", **_style(i)}
+            "hovertemplate": f"{esc(xname)} %{{x:.4g}}<br>{esc(name)} %{{y:.5g}}<extra></extra>",
+            **_style(i), **extra}
 
 
 @dataclass
@@ -545,30 +560,49 @@ METRIC_WORDS = ("loss", "accuracy", "acc", "error", "err", "sharpness", "barrier
 
 
 def _metric_of(name: str) -> tuple[str, str]:
-    """('loss', 'aligned repair train') for 'aligned_repair_loss_train': the metric word names the
-    plot and the rest names the line; without a metric word the prefix before '_' names the plot."""
+    """('loss', 'aligned repair train') for 'aligned_repair_loss_train', ('loss barrier', 'naive test')
+    for 'naive_loss_barrier_test': the metric words name the plot and the rest names the line;
+    without a metric word the prefix before '_' names the plot."""
     tokens = name.split("_")
-    for w in METRIC_WORDS:
-        if w in tokens and len(tokens) > 1:
-            return w, " ".join(t for t in tokens if t != w)
+    metric = [t for t in tokens if t in METRIC_WORDS]
+    if metric and len(tokens) > 1:
+        rest = [t for t in tokens if t not in METRIC_WORDS]
+        return " ".join(metric), " ".join(rest) or name
     head, _, tail = name.partition("_")
     return head, tail or name
 
 
+def _is_x_name(name: str) -> bool:
+    low = name.lower()
+    return low in X_NAMES or re.fullmatch(r"(coords?|grid|axis)(_?\d+)?", low) is not None
+
+
 def curve_groups(arrays: dict[str, np.ndarray]) -> list[tuple[str, str, dict[str, np.ndarray]]]:
-    """[(x name, group name, {series name: y})]: 1-D arrays against an x array of the same length,
-    one group per metric (loss_train, loss_test -> group 'loss', series 'train' and 'test')."""
-    xs = [k for k in arrays if k.lower() in X_NAMES and _is_num_1d(arrays[k])]
+    """[(x name, group name, {series name: y})]: arrays against an x array of the same length,
+    one group per metric (loss_train, loss_test -> group 'loss', series 'train' and 'test').
+
+    y is 1-D, or 2-D [len(x), k] / [k, len(x)] with k <= 64 repeats (seeds, pairs), drawn as
+    the mean with min-max error bars. 2-D arrays whose both axes have coordinates are surfaces.
+    """
+    xs = [k for k in arrays if _is_x_name(k) and _is_num_1d(arrays[k])]
     used = set(xs)
     out = []
     for xk in xs:
         n = arrays[xk].size
         groups: dict[str, dict[str, np.ndarray]] = {}
         for k, a in arrays.items():
-            if k in used or not _is_num_1d(a) or a.size != n:
+            if k in used or not np.issubdtype(a.dtype, np.number) or np.iscomplexobj(a) or a.dtype == bool:
+                continue
+            if a.ndim == 1 and a.size == n:
+                y = a
+            elif a.ndim == 2 and n in a.shape and not all(_surface_axes(arrays, k)):
+                y = a if a.shape[0] == n else a.T
+                if y.shape[1] > 64 or y.shape[0] != n:
+                    continue
+            else:
                 continue
             group, series = _metric_of(k)
-            groups.setdefault(group, {})[series] = a
+            groups.setdefault(group, {})[series] = y
             used.add(k)
         out += [(xk, g, series) for g, series in groups.items()]
     return out
@@ -594,8 +628,8 @@ def surface_plots(rel: str, arrays: dict[str, np.ndarray], label: str = "") -> l
     """3-D surface and contour plots for the 2-D arrays of one .npz (loss-like arrays first)."""
     twod = [k for k in arrays if arrays[k].ndim == 2 and min(arrays[k].shape) >= 2
             and np.issubdtype(arrays[k].dtype, np.number) and not np.iscomplexobj(arrays[k])]
-    # a 2-D array is a surface only if at least one of its axes matches a coordinate vector
-    twod = [k for k in twod if any(v is not None for v in _surface_axes(arrays, k))]
+    # a 2-D array is a surface only if both of its axes match coordinate vectors
+    twod = [k for k in twod if all(v is not None for v in _surface_axes(arrays, k))]
     losses = [k for k in twod if "loss" in k.lower()]
     chosen = losses or twod[:2]
     plots = []
@@ -658,7 +692,9 @@ def curve_plots(rel: str, arrays: dict[str, np.ndarray], label: str = "") -> lis
         table = None
         if x.size <= 200:
             header = [xk] + names
-            rows = [[fmt(float(x[j]))] + [fmt(float(series[s][j])) for s in names] for j in range(x.size)]
+            ys = {s: np.asarray(series[s], dtype=np.float64) for s in names}
+            ys = {s: (np.nanmean(y, 1) if y.ndim == 2 and np.isfinite(y).any() else y) for s, y in ys.items()}
+            rows = [[fmt(float(x[j]))] + [fmt(float(np.ravel(ys[s])[j])) for s in names] for j in range(x.size)]
             table = (header, rows)
         desc = (f"{', '.join(names)} at {x.size} values of {xk} from {fmt(float(np.nanmin(x)))} "
                 f"to {fmt(float(np.nanmax(x)))}; hover for values.")
@@ -1022,7 +1058,8 @@ def render_compare(kind: str, runs: list[Run]) -> str:
     if common:
         b.append('<h2 id="figures">Figures side by side</h2>')
         for f, rs in common.items():
-            b.append(f"<h3>{esc(_fig_name(f).removeprefix('Figure: '))}</h3><div class=\"side-by-side\">")
+            title = _fig_name(f).removeprefix("Figure: ")
+            b.append(f'<h3>{esc(title[:1].upper() + title[1:])}</h3><div class="side-by-side">')
             for r in rs:
                 cap = _captions(r).get(f) or _fig_name(f)
                 src = f"../runs/{r.slug}/files/{f}"
