@@ -71,9 +71,13 @@ class HessianOperator:
             kinds ('weight', 'bias', 'norm'), parameter names or module-name prefixes,
             or a boolean mask [P].
         method: 'auto', 'reverse' (double backward) or 'forward' (forward-over-reverse).
+        cache_graph: keep the gradient's graph and reuse it for every product (only the
+            second backward pass is repeated). 'auto' caches when the data is one batch
+            (memory: one batch's activations); True caches every batch's graph.
     """
 
-    def __init__(self, objective: Objective, theta: torch.Tensor | None = None, params=None, method: str = "auto"):
+    def __init__(self, objective: Objective, theta: torch.Tensor | None = None, params=None, method: str = "auto",
+                 cache_graph: bool | str = "auto"):
         if not isinstance(objective, Objective):
             raise TypeError(f"expected a lossprobe Objective, got {type(objective).__name__}")
         if method not in METHODS:
@@ -89,6 +93,12 @@ class HessianOperator:
         self.n = int(self.mask.sum())
         self.device = objective.device
         self.calls = 0
+        if cache_graph not in ("auto", True, False):
+            raise UserError(f"cache_graph must be 'auto', True or False, got {cache_graph!r}")
+        self.cache_graph = self.method == "reverse" and (
+            cache_graph is True or (cache_graph == "auto" and objective.n_batches == 1))
+        self._graphs: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        self._n = 0
         with objective.mode():
             if objective.model.training:
                 warn_if_stochastic(objective.model)
@@ -131,8 +141,36 @@ class HessianOperator:
             raise UserError(f"vector has shape {tuple(v.shape)}, expected ({self.n},)")
         self.calls += 1
         full = self.embed(v, self.objective.space.dtype)
-        hv = hvp(self.objective, full, self.theta, method=self.method, check=False)
+        if self.cache_graph:
+            hv = self._cached_hvp(full)
+        else:
+            hv = hvp(self.objective, full, self.theta, method=self.method, check=False)
         return self.restrict(hv).to(torch.float64)
+
+    def _cached_hvp(self, v: torch.Tensor) -> torch.Tensor:
+        obj = self.objective
+        if self._graphs is None:
+            self._graphs, self._n = [], 0
+            with obj.mode():
+                for x, y in obj.batches():
+                    th = self.theta.clone().requires_grad_(True)
+                    s, _ = obj.loss(obj.forward(th, x), y)
+                    g = torch.autograd.grad(s, th, create_graph=True)[0] if s.requires_grad else None
+                    self._graphs.append((th, g))
+                    self._n += len(y)
+            if self._n == 0:
+                raise UserError("the data yielded no samples")
+        out = torch.zeros_like(self.theta)
+        for th, g in self._graphs:
+            if g is not None and g.requires_grad:
+                (hv,) = torch.autograd.grad(g, th, grad_outputs=v, retain_graph=True, allow_unused=True)
+                if hv is not None:
+                    out += hv
+        return out / self._n
+
+    def release(self) -> None:
+        """Free the cached gradient graph (it is rebuilt on the next product)."""
+        self._graphs = None
 
     def counting(self) -> CountingOperator:
         return CountingOperator(self.matvec, self.n, self.device)

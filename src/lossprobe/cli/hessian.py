@@ -1,0 +1,146 @@
+"""`lossprobe hessian CKPT`: extreme eigenvalues, trace and spectral density of the loss Hessian."""
+
+from __future__ import annotations
+
+import time
+
+from .common import add_model_data, add_out, positive_int
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "hessian",
+        help="Hessian eigenvalues (Lanczos), trace (Hutch++) and spectral density (SLQ) at a checkpoint",
+        description="Curvature of the mean loss over the data at a checkpoint, in eval mode, from exact "
+        "Hessian-vector products. Writes summary.json (eigenvalues largest first, residuals ||Hv-λv||, "
+        "and with --trace: trace, trace_stderr, per-layer traces; with --density: the SLQ density), "
+        "eigenvectors.safetensors (usable as surface directions), figures and report.md.",
+    )
+    p.add_argument("ckpt", metavar="CKPT", help="checkpoint (.safetensors or a torch state dict, loaded safely)")
+    add_model_data(p)
+    p.add_argument("--top-k", type=positive_int, default=5, metavar="K",
+                   help="number of largest eigenvalues (default: %(default)s)")
+    p.add_argument("--bottom-k", type=int, default=0, metavar="K",
+                   help="also this many smallest (most negative) eigenvalues (default: %(default)s)")
+    p.add_argument("--tol", type=float, default=None, metavar="T",
+                   help="Lanczos stops when every residual ||Hv-λv|| <= T·max|λ| (default: 1e-5 for float32 models)")
+    p.add_argument("--max-steps", type=positive_int, default=300, metavar="M",
+                   help="largest Krylov dimension (Hessian-vector products) for the eigenvalues (default: %(default)s)")
+    p.add_argument("--trace", action="store_true", help="estimate the trace with a standard error, total and per layer")
+    p.add_argument("--trace-method", choices=("hutch++", "hutchinson"), default="hutch++",
+                   help="trace estimator (default: %(default)s)")
+    p.add_argument("--trace-products", type=positive_int, default=99, metavar="M",
+                   help="Hessian-vector products for the trace (default: %(default)s)")
+    p.add_argument("--density", action="store_true", help="spectral density by stochastic Lanczos quadrature")
+    p.add_argument("--probes", type=positive_int, default=4, metavar="V",
+                   help="SLQ random probe vectors (default: %(default)s)")
+    p.add_argument("--steps", type=positive_int, default=80, metavar="M",
+                   help="Lanczos steps per SLQ probe (default: %(default)s)")
+    p.add_argument("--sigma-rel", type=float, default=0.01, metavar="S",
+                   help="Gaussian broadening of the density, as a fraction of the spectral range (default: %(default)s)")
+    p.add_argument("--params", nargs="+", default=None, metavar="NAME",
+                   help="restrict the Hessian to these parameters: kinds (weight, bias, norm), parameter names "
+                   "or module names (default: every parameter that requires a gradient)")
+    p.add_argument("--train-mode", action="store_true",
+                   help="evaluate with the model in train mode (dropout active, BatchNorm batch statistics); "
+                   "results then depend on the batches and random state (a warning is printed)")
+    p.add_argument("--hvp", choices=("auto", "reverse", "forward"), default="auto",
+                   help="Hessian-vector product: double backward or torch.func forward-over-reverse (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random start and probe vectors (default: %(default)s)")
+    add_out(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import warnings
+
+    import numpy as np
+
+    from .. import hessian
+    from ..data import load_split
+    from ..errors import UserError
+    from ..objective import Objective
+    from ..report.curvature_plots import plot_eigenvalues, plot_layer_traces, plot_spectral_density
+    from ..store import RunDir
+    from .common import load_model
+
+    if args.bottom_k < 0:
+        raise UserError(f"--bottom-k must be >= 0, got {args.bottom_k}")
+    if args.tol is not None and not args.tol > 0:
+        raise UserError(f"--tol must be positive, got {args.tol}")
+    if not args.sigma_rel > 0:
+        raise UserError(f"--sigma-rel must be positive, got {args.sigma_rel}")
+    model = load_model(args.model, args.ckpt)
+    rd = RunDir(args.out, "hessian", {k: v for k, v in vars(args).items() if k not in ("func", "force")}, args.force,
+                seeds={"probes": args.seed, "subset": args.subset_seed})
+    t0 = time.perf_counter()
+    split = load_split(args.data, args.subset, args.subset_seed)
+    obj = Objective(model, split, batch_size=args.batch_size, train_mode=args.train_mode)
+    if args.train_mode:
+        warnings.warn("--train-mode: dropout and BatchNorm batch statistics make the Hessian depend on the batches")
+    what = f"{args.data} ({len(split)} samples), {'train' if args.train_mode else 'eval'} mode"
+    print(f"Hessian of {args.model} on {what}: {hessian.HessianOperator(obj, params=args.params).n} parameters")
+
+    summary: dict = {"model": args.model, "data": args.data, "n_samples": len(split), "mode": "train" if args.train_mode else "eval"}
+    figs: list[str] = []
+    if not rd.done("eigenvalues"):
+        top = hessian.eigenvalues(obj, params=args.params, k=args.top_k, which="largest", tol=args.tol,
+                                  max_steps=args.max_steps, seed=args.seed, method=args.hvp, progress=True)
+        eig = {"eigenvalues": top.values, "residuals": top.residuals, "hvp_eigenvalues": top.matvecs,
+               "lanczos_steps": top.steps, "converged": top.converged}
+        vecs = {"largest": top.vectors}
+        if args.bottom_k:
+            bot = hessian.eigenvalues(obj, params=args.params, k=args.bottom_k, which="smallest", tol=args.tol,
+                                      max_steps=args.max_steps, seed=args.seed + 1, method=args.hvp, progress=True)
+            eig.update({"smallest_eigenvalues": bot.values, "smallest_residuals": bot.residuals,
+                        "hvp_smallest": bot.matvecs, "converged_smallest": bot.converged})
+            vecs["smallest"] = bot.vectors
+        from safetensors.torch import save_file
+
+        save_file({k: v.float().cpu().contiguous() for k, v in vecs.items()}, str(rd / "eigenvectors.safetensors"))
+        rd.save_json("eigenvalues.json", eig)
+        rd.mark("eigenvalues")
+    summary.update(rd.load_json("eigenvalues.json"))
+    if args.trace:
+        if not rd.done("trace"):
+            tr = hessian.trace(obj, params=args.params, method=args.trace_method, matvecs=args.trace_products,
+                               seed=args.seed, hvp_method=args.hvp, progress=True)
+            rd.save_json("trace.json", {"trace": tr.trace, "trace_stderr": tr.stderr, "trace_method": tr.method,
+                                        "hvp_trace": tr.matvecs,
+                                        "layer_traces": {k: {"trace": v[0], "stderr": v[1]} for k, v in tr.blocks.items()}})
+            rd.mark("trace")
+        summary.update(rd.load_json("trace.json"))
+        figs += plot_layer_traces({k: (v["trace"], v["stderr"]) for k, v in summary["layer_traces"].items()},
+                                  rd.figures, title=what)
+    if args.density:
+        if not rd.done("density"):
+            d = hessian.spectral_density(obj, params=args.params, probes=args.probes, steps=args.steps, seed=args.seed,
+                                         sigma_rel=args.sigma_rel, method=args.hvp, progress=True)
+            rd.save_arrays("density.npz", grid=d.grid, density=d.density, nodes=d.slq.nodes, weights=d.slq.weights)
+            rd.save_json("density.json", {"sigma": d.sigma, "hvp_density": d.matvecs, "slq_trace": d.slq.trace,
+                                          "slq_trace_stderr": d.slq.trace_stderr})
+            rd.mark("density")
+        arr = rd.load_arrays("density.npz")
+        dj = rd.load_json("density.json")
+        summary["density"] = {**dj, "integral": float(np.trapezoid(arr["density"], arr["grid"])),
+                              "file": "density.npz"}
+        figs += plot_spectral_density(arr["grid"], arr["density"], rd.figures, title=what,
+                                      eigenvalues=summary["eigenvalues"])
+    figs += plot_eigenvalues(summary["eigenvalues"], summary["residuals"], rd.figures, title=what)
+    summary["seconds"] = time.perf_counter() - t0
+    rd.save_json("summary.json", summary)
+    lines = [f"# Hessian of `{args.model}` at `{args.ckpt}`", "",
+             f"Data: `{args.data}` ({len(split)} samples), {summary['mode']} mode.", "",
+             "| # | eigenvalue | residual ‖Hv−λv‖ |", "|---|---|---|"]
+    lines += [f"| {i + 1} | {v:.6g} | {r:.2e} |" for i, (v, r) in enumerate(zip(summary["eigenvalues"], summary["residuals"]))]
+    if args.trace:
+        lines += ["", f"Trace ({summary['trace_method']}, {summary['hvp_trace']} products): "
+                  f"**{summary['trace']:.6g} ± {summary['trace_stderr']:.2g}** (1 s.e.)."]
+    lines += [""] + [f"![{n}](figures/{n}.png)\n" for n in figs]
+    (rd / "report.md").write_text("\n".join(lines))
+    rd.complete()
+    msg = f"top eigenvalue {summary['eigenvalues'][0]:.6g} (residual {summary['residuals'][0]:.1e})"
+    if args.trace:
+        msg += f", trace {summary['trace']:.6g} ± {summary['trace_stderr']:.2g}"
+    print(f"{msg}; wrote {rd.path}")
+    return 0

@@ -1,0 +1,117 @@
+"""`lossprobe sharpness CKPT`: worst-case and average-case sharpness measures at a checkpoint."""
+
+from __future__ import annotations
+
+import time
+
+from .common import add_model_data, add_out, positive_int
+
+MEASURES = ("keskar", "sam", "asam", "noise", "pacbayes", "critical")
+
+
+def _floats(text: str) -> list[float]:
+    import argparse
+
+    try:
+        vals = [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got '{text}'") from None
+    if not vals or any(not v >= 0 for v in vals):
+        raise argparse.ArgumentTypeError(f"expected non-negative numbers, got '{text}'")
+    return vals
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "sharpness",
+        help="sharpness at a checkpoint: Keskar ε, SAM/ASAM ρ, weight-noise robustness, PAC-Bayes σ, critical point",
+        description="Sharpness measures of the generalisation literature at a checkpoint, on the given data, "
+        "in eval mode. keskar: largest loss rise in the box ε(|w|+1) (projected gradient ascent); sam/asam: "
+        "worst-case loss rise in the ρ-ball (ASAM: scaled by |w|+η); noise: loss and accuracy under Gaussian "
+        "weight noise of σ × each filter's norm, several seeded draws; pacbayes: largest σ of N(0, σ²) noise "
+        "with an error rise <= --pac-bound (Jiang et al. 2019); critical: gradient norm and extreme Hessian "
+        "eigenvalues → minimum / saddle / maximum. Writes summary.json, figures and report.md.",
+    )
+    p.add_argument("ckpt", metavar="CKPT", help="checkpoint (.safetensors or a torch state dict, loaded safely)")
+    add_model_data(p)
+    p.add_argument("--measures", nargs="+", choices=MEASURES, default=["keskar", "sam", "asam", "noise", "pacbayes"],
+                   metavar="M", help=f"measures to compute, from {', '.join(MEASURES)} (default: all but critical)")
+    p.add_argument("--epsilon", type=float, default=1e-3, help="Keskar box size ε (default: %(default)s)")
+    p.add_argument("--ascent-steps", type=positive_int, default=10, metavar="N",
+                   help="gradient-ascent steps for keskar (and for sam/asam when > 1 is wanted via --sam-steps) (default: %(default)s)")
+    p.add_argument("--rho", type=float, default=0.05, help="SAM radius ρ (default: %(default)s)")
+    p.add_argument("--asam-rho", type=float, default=0.5, help="ASAM radius ρ (default: %(default)s)")
+    p.add_argument("--sam-steps", type=positive_int, default=1, metavar="N",
+                   help="ascent steps for sam/asam; 1 is SAM's own first-order step (default: %(default)s)")
+    p.add_argument("--sigmas", type=_floats, default=[0.01, 0.02, 0.05, 0.1, 0.2, 0.3], metavar="S1,S2,...",
+                   help="relative noise levels σ for the noise measure (default: 0.01,0.02,0.05,0.1,0.2,0.3)")
+    p.add_argument("--draws", type=positive_int, default=5, metavar="D",
+                   help="noise draws per σ (and for the PAC-Bayes expectation) (default: %(default)s)")
+    p.add_argument("--pac-bound", type=float, default=0.1,
+                   help="PAC-Bayes σ search: allowed rise of the error (fraction) (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of every random draw (default: %(default)s)")
+    add_out(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from .. import sharpness as S
+    from ..data import load_split
+    from ..errors import UserError
+    from ..objective import Objective
+    from ..report.curvature_plots import plot_noise_robustness
+    from ..store import RunDir
+    from .common import load_model
+
+    for name in ("epsilon", "rho", "asam_rho", "pac_bound"):
+        if not getattr(args, name) > 0:
+            raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    model = load_model(args.model, args.ckpt)
+    rd = RunDir(args.out, "sharpness", {k: v for k, v in vars(args).items() if k not in ("func", "force")}, args.force,
+                seeds={"noise": args.seed, "subset": args.subset_seed})
+    t0 = time.perf_counter()
+    split = load_split(args.data, args.subset, args.subset_seed)
+    obj = Objective(model, split, batch_size=args.batch_size)
+    what = f"{args.data} ({len(split)} samples)"
+    ev = obj.loss_at()
+    summary: dict = {"model": args.model, "data": args.data, "n_samples": len(split),
+                     "loss": float(ev.loss[0]), "accuracy": float(ev.accuracy[0])}
+    steps = {
+        "keskar": lambda: S.keskar_sharpness(obj, epsilon=args.epsilon, steps=args.ascent_steps, seed=args.seed).to_dict(),
+        "sam": lambda: S.sam_sharpness(obj, rho=args.rho, steps=args.sam_steps).to_dict(),
+        "asam": lambda: S.sam_sharpness(obj, rho=args.asam_rho, adaptive=True, steps=args.sam_steps).to_dict(),
+        "noise": lambda: S.noise_robustness(obj, sigmas=args.sigmas, draws=args.draws, seed=args.seed, progress=True).to_dict(),
+        "pacbayes": lambda: S.pac_bayes_sigma(obj, bound=args.pac_bound, draws=args.draws, seed=args.seed).to_dict(),
+        "critical": lambda: S.critical_point(obj, seed=args.seed).to_dict(),
+    }
+    for m in args.measures:
+        if not rd.done(m):
+            print(f"{m} ...", flush=True)
+            rd.save_json(f"{m}.json", steps[m]())
+            rd.mark(m)
+        summary[m] = rd.load_json(f"{m}.json")
+    figs = []
+    if "noise" in summary:
+        figs += plot_noise_robustness({args.model: summary["noise"]}, rd.figures, title=what)
+    summary["seconds"] = time.perf_counter() - t0
+    rd.save_json("summary.json", summary)
+    lines = [f"# Sharpness of `{args.model}` at `{args.ckpt}`", "", f"Data: {what}; loss {summary['loss']:.4f}, "
+             f"accuracy {summary['accuracy']:.2%}.", "", "| measure | value |", "|---|---|"]
+    if "keskar" in summary:
+        lines.append(f"| Keskar ε={args.epsilon} sharpness (%) | {summary['keskar']['sharpness']:.4g} |")
+    if "sam" in summary:
+        lines.append(f"| SAM ρ={args.rho} loss rise | {summary['sam']['rise']:.4g} |")
+    if "asam" in summary:
+        lines.append(f"| ASAM ρ={args.asam_rho} loss rise | {summary['asam']['rise']:.4g} |")
+    if "pacbayes" in summary:
+        lines.append(f"| PAC-Bayes σ (error rise ≤ {args.pac_bound}) | {summary['pacbayes']['sigma']:.4g} |")
+    if "critical" in summary:
+        c = summary["critical"]
+        lines.append(f"| critical point | {c['kind']} (‖g‖={c['grad_norm']:.2e}, λmin={c['lambda_min']:.3g}, "
+                     f"λmax={c['lambda_max']:.3g}) |")
+    lines += [""] + [f"![{n}](figures/{n}.png)\n" for n in figs]
+    (rd / "report.md").write_text("\n".join(lines))
+    rd.complete()
+    print("; ".join(f"{k}: {v.get('sharpness', v.get('sigma', v.get('kind', '')))}" if isinstance(v, dict) and k != "noise" else k
+                    for k, v in summary.items() if k in MEASURES) + f"; wrote {rd.path}")
+    return 0
