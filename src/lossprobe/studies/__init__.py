@@ -3,6 +3,8 @@ Python function that runs the study from code."""
 
 # name -> (module, one-line help)
 STUDIES = {
+    "architectures": ("lossprobe.studies.architectures",
+                      "MLP vs CNN with BatchNorm and dropout: learning curves, gap, noise robustness, slices, Hessian"),
     "width": ("lossprobe.studies.width",
               "pairs of MLPs of increasing width: barrier vs width naive, after alignment and with REPAIR"),
     "two-seeds": ("lossprobe.studies.two_seeds",
