@@ -468,7 +468,7 @@ def expand_run_dirs(paths: Iterable[str | os.PathLike]) -> list[Path]:
 
 # --- key numbers ----------------------------------------------------------------------------------
 _SKIP_KEY = re.compile(r"(seconds?|time|timing|seeds?|alphas?|batch|epochs?|^lr$|version|grid|shape|^n_|^n$|count|"
-                       r"^study$|^kind$|^model$)", re.I)
+                       r"^study$|^kind$|^model$|^points|^computed$|non_finite|per_second|chunk|workers)", re.I)
 _PRIORITY = ("barrier", "test_acc", "accuracy", "sharp", "eigen", "lambda", "trace", "gap", "flat", "distance",
              "loss", "error")
 
@@ -481,7 +481,7 @@ def key_numbers(summary: Any, limit: int = 6) -> list[tuple[str, str]]:
     """The summary's headline numbers as (key, text), barriers, accuracies, sharpness ... first.
 
     A top-level value qualifies if it is a number, a list of up to 4 numbers ('a / b'), or
-    a dict of up to 4 numbers ('train 0.76 · test 0.74'); bookkeeping keys (seconds,
+    a dict with 1 to 4 numbers ('train 0.76 · test 0.74'); bookkeeping keys (seconds,
     seeds, sizes) are left out.
     """
     if not isinstance(summary, dict):
@@ -494,8 +494,9 @@ def key_numbers(summary: Any, limit: int = 6) -> list[tuple[str, str]]:
             text = fmt(v)
         elif isinstance(v, list) and 0 < len(v) <= 4 and all(map(_is_number, v)):
             text = " / ".join(fmt(x) for x in v)
-        elif isinstance(v, dict) and 0 < len(v) <= 4 and all(map(_is_number, v.values())):
-            text = " · ".join(f"{sk} {fmt(x)}" for sk, x in v.items())
+        elif isinstance(v, dict) and 0 < sum(map(_is_number, v.values())) <= 4:
+            # the direct numbers only (train/test); nested variants stay in the summary table
+            text = " · ".join(f"{sk} {fmt(x)}" for sk, x in v.items() if _is_number(x))
         else:
             continue
         low = str(k).lower()
@@ -729,12 +730,21 @@ def history_plots(histories: dict[str, dict], label_prefix: str = "") -> list[Pl
 
 
 def run_plots(run: Run) -> list[Plot]:
+    # array files in the order the run wrote them (the study's own order, e.g. the straight
+    # line before the aligned paths), then learning curves, then surfaces
+    def written(rel: str) -> float:
+        try:
+            return (run.path / rel).stat().st_mtime
+        except OSError:
+            return 0.0
+
+    order = sorted(run.arrays, key=lambda rel: (written(rel), rel))
     plots = []
-    for rel, arrays in run.arrays.items():
-        plots += curve_plots(rel, arrays)
+    for rel in order:
+        plots += curve_plots(rel, run.arrays[rel])
     plots += history_plots(run.histories)
-    for rel, arrays in run.arrays.items():
-        plots += surface_plots(rel, arrays)
+    for rel in order:
+        plots += surface_plots(rel, run.arrays[rel])
     return plots[:MAX_PLOTS]
 
 
@@ -794,7 +804,7 @@ def _plot_html(plot: Plot, pid: str) -> str:
             f'<h3 id="{pid}-h">{esc(plot.title)}</h3>'
             f'<p class="plot-desc" id="{desc_id}">{esc(plot.description)}</p>'
             f'<div class="controls" role="group" aria-label="Plot controls">{buttons}</div>'
-            f'<div id="{pid}" class="{cls}" data-plot="{pid}-data" role="img" aria-label="{esc(plot.title)}" '
+            f'<div id="{pid}" class="{cls}" data-plot="{pid}-data" role="figure" aria-label="{esc(plot.title)}" '
             f'aria-describedby="{desc_id}"></div>'
             f'<script type="application/json" id="{pid}-data">{json_for_script(spec)}</script>'
             f"{table}</section>")
