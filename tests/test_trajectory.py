@@ -53,13 +53,13 @@ def test_pca_directions_are_orthonormal_and_explain_the_reported_variance():
         Xc = X - plane.origin
         proj = Xc @ D.T
         evr = (proj**2).sum(0) / (Xc**2).sum()
-        assert np.allclose(evr.numpy(), plane.explained_variance_ratio, atol=1e-10)
+        assert np.allclose(evr.numpy(), plane.explained_variance_ratio, atol=1e-6)
         assert plane.explained_variance_ratio.sum() > 0.95
         assert plane.explained_variance_ratio[0] >= plane.explained_variance_ratio[1]
         # the first direction matches the top eigenvector of the (uncentred or centred) covariance
         C = (Xc.T @ Xc)
         top = torch.linalg.eigh(C).eigenvectors[:, -1]
-        assert abs(float(top @ D[0])) > 1 - 1e-8
+        assert abs(float(top @ D[0])) > 1 - 1e-6
     with pytest.raises(UserError):
         T.pca_plane(X[:1])
 
@@ -134,3 +134,13 @@ def test_hessian_extremes_match_a_dense_reference(run):
     assert h["max"][-1] == pytest.approx(float(ev[-1]), rel=1e-3)
     assert h["min"][-1] == pytest.approx(float(ev[0]), abs=1e-3 * float(ev[-1]))
     assert list(T.near_saddles(np.array([-1.0, 0.5]), np.array([10.0, 10.0]), np.array([0.01, 1.0]))) == [0]
+
+
+def test_pca_plane_agrees_with_the_fallback(run):
+    _, _, tj = run
+    a = T.pca_plane(tj.thetas)  # lossprobe.directions.pca_directions when installed
+    b = T.pca_plane([tj.thetas])  # always the Gram-matrix code here
+    assert np.allclose(a.explained_variance_ratio, b.explained_variance_ratio, atol=1e-6)
+    # the same subspace: projecting one basis on the other keeps its length
+    M = a.directions @ b.directions.T
+    assert np.allclose(torch.linalg.svdvals(M).numpy(), [1.0, 1.0], atol=1e-5)

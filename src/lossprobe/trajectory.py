@@ -223,6 +223,11 @@ def _gram(X_rows: Sequence[torch.Tensor], origin: torch.Tensor, chunk: int) -> t
     return G
 
 
+def origin_given_last(first: torch.Tensor, origin: torch.Tensor) -> bool:
+    """Whether `origin` is the trajectory's last snapshot (the case Li et al. use)."""
+    return bool(torch.equal(first[-1].to(torch.float64), origin))
+
+
 def pca_plane(thetas, origin: torch.Tensor | None = None, center: bool = False, chunk: int = 1 << 20) -> Plane:
     """The PCA plane of one or several trajectories (Li et al. 2018), with bounded memory.
 
@@ -235,6 +240,8 @@ def pca_plane(thetas, origin: torch.Tensor | None = None, center: bool = False, 
             distance to the plane is what it looks like). True: classic PCA, the plane
             through the snapshots' mean (which becomes the origin).
         chunk: parameters per block when forming the Gram matrix; memory is T² + chunk·T.
+    A single trajectory with the last snapshot (or the mean) as origin goes to
+    `lossprobe.directions.pca_directions` (the same method) when it is installed.
     Returns:
         `Plane` with orthonormal directions and explained_variance_ratio [2]: λ_k / Σλ,
         the share of Σ_t ‖θ_t − origin‖² along direction k.
@@ -254,6 +261,18 @@ def pca_plane(thetas, origin: torch.Tensor | None = None, center: bool = False, 
     origin = torch.as_tensor(origin).to(torch.float64).reshape(-1)
     if origin.numel() != P:
         raise UserError(f"origin has {origin.numel()} entries, the snapshots have {P}")
+    if not isinstance(thetas, (list, tuple)) and (center or origin_given_last(first, origin)):
+        try:  # the surfaces issue's implementation: same Gram-matrix method and ratios
+            from .directions import pca_directions
+
+            dirs, evr = pca_directions(X, k=2, center="mean" if center else "final", block=chunk)
+            D = torch.stack([d.vector for d in dirs]).to(torch.float64)
+            q, _ = torch.linalg.qr(D.T)  # re-orthonormalise in float64 (they are float32)
+            D = (q * torch.sign((q.T * D).sum(1))).T.contiguous()
+            return Plane(origin, D, "pca", np.asarray(evr, dtype=float),
+                         note="centred" if center else "through origin")
+        except ImportError:
+            pass
     G = _gram(X, origin, chunk)
     evals, U = torch.linalg.eigh(G)  # ascending
     evals, U = evals.flip(0).clamp_min(0), U.flip(1)
@@ -299,25 +318,20 @@ def filter_normalized_direction(model: nn.Module, origin: torch.Tensor | None = 
 def random_plane(model: nn.Module, origin: torch.Tensor | None = None, seed: int = 0) -> Plane:
     """A random filter-normalised plane through `origin` (default: the model's parameters).
 
-    Uses `lossprobe.directions.random_plane` when that module provides it, else two
-    `filter_normalized_direction`s with seeds `seed` and `seed + 1`.
+    Uses `lossprobe.directions.random_plane(seed, norm="filter")` (biases and
+    normalisation parameters zero) when that module is installed, else two
+    `filter_normalized_direction`s with seeds `seed` and `seed + 1` (same rule).
     """
     space = ParamSpace(model)
     origin = space.flatten(model) if origin is None else torch.as_tensor(origin)
     origin = origin.to(torch.float64).reshape(-1)
     dirs = None
-    try:  # the surfaces issue's implementation, when present
-        from . import directions as _dirs  # type: ignore
+    try:  # the surfaces issue's implementation (lossprobe.directions), when present
+        from .directions import random_plane as _random_plane
 
-        if hasattr(_dirs, "random_plane"):
-            work = copy.deepcopy(model)
-            space.load_into(work, origin.to(space.dtype))
-            got = _dirs.random_plane(work, seed=seed)
-            got = got[0] if isinstance(got, tuple) else got
-            got = torch.as_tensor(got).to(torch.float64)
-            if got.shape == (2, space.numel):
-                dirs = got
-    except Exception:  # a different signature: use ours
+        d1, d2 = _random_plane(space, seed=seed, norm="filter", reference=origin.to(space.dtype))
+        dirs = torch.stack([d1.vector, d2.vector]).to(torch.float64).cpu()
+    except ImportError:
         dirs = None
     if dirs is None:
         dirs = torch.stack([filter_normalized_direction(model, origin, seed, space),

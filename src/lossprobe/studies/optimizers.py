@@ -172,6 +172,10 @@ def run(out, config: OptimizersConfig | None = None, force: bool = False, progre
     t0 = time.perf_counter()
     rd = RunDir(out, "optimizers", dataclasses.asdict(cfg), force=force,
                 seeds={"init": cfg.seed, "data": cfg.data_seed, "basins": cfg.basin_seeds})
+    if rd.resumed and rd._status().get("complete") and (rd / "summary.json").is_file() and (rd / "report.md").is_file():
+        if progress:
+            print(f"[optimizers] {rd.path} is complete; reopening it (use --force to recompute)")
+        return rd.load_json("summary.json")
     before = rd.load_json("timing.json")["seconds"] if rd.resumed and (rd / "timing.json").is_file() else 0.0
     import torch
 
@@ -785,15 +789,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-gif", dest="gif", action="store_false", default=None,
                    help="do not write the animated GIF (it is written when Pillow is installed)")
     p.add_argument("--quick", action="store_true",
-                   help="a smoke run in seconds: spiral 300 steps on 200 points, 11×11 grids, 2 seeds; toy 60 steps")
+                   help="a smoke run in seconds: spiral 300 steps on 200 points, 11×11 grids, 2 seeds; toy 60 steps "
+                        "(keys set in --config and flags still win)")
 
 
 def run_cli(args) -> int:
     dataset = args.dataset
     if dataset is None and args.config is None:
         dataset = "spiral"
+    base = config_mod.load(OptimizersConfig, args.config) if args.config else None  # validates the file
+    if dataset is None and base is not None:
+        dataset = base.dataset
     is_toy = bool(dataset and dataset.startswith("toy:"))
     overrides = (dict(QUICK_TOY) if is_toy else dict(QUICK)) if args.quick else {}
+    if args.config:  # what the file sets wins over the --quick presets; flags win over both
+        import tomllib
+
+        with open(args.config, "rb") as f:
+            for key in tomllib.load(f):
+                overrides.pop(key, None)
     flags = {"dataset": dataset, "steps": args.steps, "seed": args.seed, "threshold": args.threshold,
              "grid": args.grid, "gif": args.gif,
              "optimizers": [o.strip() for o in args.optimizers.split(",") if o.strip()] if args.optimizers else None,
