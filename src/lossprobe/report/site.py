@@ -729,6 +729,17 @@ def history_plots(histories: dict[str, dict], label_prefix: str = "") -> list[Pl
     return plots
 
 
+def _signature(arrays: dict[str, np.ndarray]) -> tuple:
+    import hashlib
+
+    h = hashlib.sha1()
+    for k in sorted(arrays):
+        a = np.ascontiguousarray(arrays[k])
+        h.update(f"{k}:{a.dtype}:{a.shape};".encode())
+        h.update(a.tobytes())
+    return (h.hexdigest(),)
+
+
 def run_plots(run: Run) -> list[Plot]:
     # array files in the order the run wrote them (the study's own order, e.g. the straight
     # line before the aligned paths), then learning curves, then surfaces
@@ -738,7 +749,12 @@ def run_plots(run: Run) -> list[Plot]:
         except OSError:
             return 0.0
 
-    order = sorted(run.arrays, key=lambda rel: (written(rel), rel))
+    order, seen = [], set()
+    for rel in sorted(run.arrays, key=lambda rel: (rel.count("/"), written(rel), rel)):
+        sig = _signature(run.arrays[rel])
+        if sig not in seen:  # the same arrays saved twice (e.g. a copy for resuming) plot once
+            seen.add(sig)
+            order.append(rel)
     plots = []
     for rel in order:
         plots += curve_plots(rel, run.arrays[rel])
@@ -921,10 +937,22 @@ def render_run(run: Run, compare_href: str | None) -> str:
 
     b.append('<h2 id="files">Files</h2>')
     frows = []
+    per_dir: dict[str, list[tuple[str, int]]] = {}
     for rel, n in run.files:
+        per_dir.setdefault(posixpath.dirname(rel), []).append((rel, n))
+    crowded = {d for d, fs in per_dir.items() if d and len(fs) > 8}  # e.g. resumable chunks
+    for rel, n in run.files:
+        d = posixpath.dirname(rel)
+        if d in crowded:
+            continue
         what = _array_note(run.arrays.get(rel)) if rel.endswith(".npz") else ""
         frows.append(f'<tr><th scope="row"><a href="{href(prefix + rel)}">{esc(rel)}</a></th>'
                      f'<td class="num">{esc(_size(n))}</td><td>{esc(what)}</td></tr>')
+    for d in sorted(crowded):
+        fs = per_dir[d]
+        links = ", ".join(f'<a href="{href(prefix + rel)}">{esc(posixpath.basename(rel))}</a>' for rel, _ in fs)
+        frows.append(f'<tr><th scope="row">{esc(d)}/</th><td class="num">{esc(_size(sum(n for _, n in fs)))}</td>'
+                     f"<td><details><summary>{len(fs)} files</summary>{links}</details></td></tr>")
     for rel, n, why in run.not_copied:
         frows.append(f'<tr><th scope="row">{esc(rel)}</th><td class="num">{esc(_size(n))}</td>'
                      f"<td>not copied into the site: {esc(why)}</td></tr>")
