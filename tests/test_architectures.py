@@ -1,0 +1,52 @@
+"""The architecture study in --quick mode: keys, resume, report; and its CLI."""
+
+import json
+
+import pytest
+import torch
+
+from lossprobe.studies import STUDIES
+from lossprobe.studies.architectures import QUICK, ArchitecturesConfig, run
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_quick_study_summary_and_resume(tmp_path):
+    cfg = ArchitecturesConfig(**QUICK)
+    s = run(tmp_path / "run", cfg, progress=False)
+    for key in ("val_accuracy", "test_accuracy", "generalization_gap", "top_eigenvalue", "trace"):
+        assert set(s[key]) == {"A", "B"}, key
+    nr = s["noise_robustness"]
+    assert nr["sigmas"] == QUICK["noise_sigmas"] and len(nr["A"]) == len(nr["B"]) == len(nr["sigmas"])
+    assert all(0 <= a <= 1 for a in nr["A"] + nr["B"])
+    assert s["top_eigenvalue"]["A"] > 0 and s["residuals"]["A"][0] < 1e-3 * s["top_eigenvalue"]["A"]
+    assert len(s["generalization_gap_per_epoch"]["A"]) == QUICK["epochs"] + 1
+    d = tmp_path / "run"
+    assert (d / "report.md").read_text().count("![") >= 6
+    for fig in ("learning_curves", "generalization_gap", "noise_robustness", "slices_1d", "curvature"):
+        assert (d / "figures" / f"{fig}.png").is_file()
+    saved = json.loads((d / "summary.json").read_text())
+    assert saved["val_accuracy"] == s["val_accuracy"]
+    # a rerun resumes every stage: same numbers, nothing retrained
+    status = json.loads((d / "status.json").read_text())
+    assert {"train-A", "train-B", "curvature-A", "curvature-B", "noise", "slices"} <= set(status["done"])
+    s2 = run(d, cfg, progress=False)
+    assert s2["top_eigenvalue"] == s["top_eigenvalue"] and s2["noise_robustness"] == s["noise_robustness"]
+
+
+def test_registered_and_bad_config_rejected(tmp_path):
+    from lossprobe.cli import main
+    from lossprobe.errors import UserError
+
+    assert "architectures" in STUDIES
+    with pytest.raises(UserError):
+        ArchitecturesConfig(slice_steps=4)
+    with pytest.raises(UserError):
+        ArchitecturesConfig(trace_products=2)
+    assert main(["study", "architectures", "--quick", "--model-b", "cnn:4-8:nope", "--out", str(tmp_path / "x")]) == 2

@@ -1,0 +1,54 @@
+"""`lossprobe hessian` and `lossprobe sharpness` on a tiny checkpoint."""
+
+import json
+
+import pytest
+import torch
+
+from lossprobe.cli import main
+from lossprobe.models import build
+from lossprobe.train import save_checkpoint
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture()
+def ckpt(tmp_path):
+    p = tmp_path / "m.safetensors"
+    save_checkpoint(build("mlp:784-8-10", seed=0), p)
+    return p
+
+
+def test_hessian_cli_summary(tmp_path, ckpt):
+    out = tmp_path / "h"
+    rc = main(["hessian", str(ckpt), "--model", "mlp:784-8-10", "--data", "fashion-mnist:test", "--subset", "100",
+               "--top-k", "3", "--trace", "--trace-products", "12", "--density", "--probes", "2", "--steps", "10",
+               "--out", str(out)])
+    assert rc == 0
+    s = json.loads((out / "summary.json").read_text())
+    ev = s["eigenvalues"]
+    assert len(ev) == 3 and ev == sorted(ev, reverse=True)
+    assert len(s["residuals"]) == 3 and max(s["residuals"]) < 1e-3 * abs(ev[0])
+    assert "trace" in s and s["trace_stderr"] >= 0 and s["layer_traces"]
+    assert abs(s["density"]["integral"] - 1) < 1e-3
+    assert (out / "eigenvectors.safetensors").is_file() and (out / "figures" / "spectral_density.png").is_file()
+
+
+def test_sharpness_cli_and_bad_input(tmp_path, ckpt, capsys):
+    out = tmp_path / "s"
+    rc = main(["sharpness", str(ckpt), "--model", "mlp:784-8-10", "--subset", "100", "--measures", "sam", "noise",
+               "critical", "--sigmas", "0.1,0.5", "--draws", "2", "--out", str(out)])
+    assert rc == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert s["noise"]["sigmas"] == [0.1, 0.5] and s["sam"]["rise"] >= 0
+    assert s["critical"]["kind"] in ("minimum", "maximum", "saddle", "degenerate", "not critical")
+    assert main(["sharpness", str(ckpt), "--model", "mlp:784-16-10", "--out", str(tmp_path / "bad")]) == 2
+    assert "different architecture" in capsys.readouterr().err
+    assert main(["hessian", str(tmp_path / "missing.safetensors"), "--model", "mlp:784-8-10",
+                 "--out", str(tmp_path / "bad2")]) == 2
