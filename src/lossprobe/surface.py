@@ -320,7 +320,20 @@ def _directions_tensor(directions, m: int, space_numel: int) -> tuple[torch.Tens
 def _compute(model_or_objective, data, dirs_in, spans, steps, *, origin=None, subset=None, subset_seed=0,
              loss="cross_entropy", batch_size=4096, include_buffers=False, out=None, force=False,
              backend="local", address=None, chunk_size=None, progress=True, ray_retries=3,
-             on_chunk: Callable[[int, int], None] | None = None) -> Surface:
+             on_chunk: Callable[[int, int], None] | None = None, threads: int | None = None) -> Surface:
+    if threads is not None:
+        if threads < 1:
+            raise UserError(f"threads must be a positive integer, got {threads}")
+        old = torch.get_num_threads()
+        torch.set_num_threads(int(threads))
+        try:
+            return _compute(model_or_objective, data, dirs_in, spans, steps, origin=origin, subset=subset,
+                            subset_seed=subset_seed, loss=loss, batch_size=batch_size,
+                            include_buffers=include_buffers, out=out, force=force, backend=backend,
+                            address=address, chunk_size=chunk_size, progress=progress, ray_retries=ray_retries,
+                            on_chunk=on_chunk)
+        finally:
+            torch.set_num_threads(old)
     t_start = time.perf_counter()
     if backend not in ("local", "ray"):
         raise UserError(f"backend must be 'local' or 'ray', got {backend!r}")
@@ -508,7 +521,7 @@ def surface(model_or_objective, data=None, directions=None, span=((-1, 1), (-1, 
             progress: bool = True, *, origin=None, seed: int = 0, norm: str | None = "filter",
             subset_seed: int = 0, loss="cross_entropy", batch_size: int = 4096, include_buffers: bool = False,
             chunk_size: int | None = None, force: bool = False, ray_retries: int = 3,
-            on_chunk: Callable[[int, int], None] | None = None) -> Surface:
+            on_chunk: Callable[[int, int], None] | None = None, threads: int | None = None) -> Surface:
     """Loss and accuracy on the 2-D grid origin + a·d1 + b·d2.
 
     Args:
@@ -527,6 +540,9 @@ def surface(model_or_objective, data=None, directions=None, span=((-1, 1), (-1, 
         origin: the centre θ [P] (a tensor or a model); default the model's parameters.
         chunk_size: points per chunk (default: one row of the grid).
         on_chunk: called as on_chunk(i, n_chunks) after chunk i is stored.
+        threads: torch threads while evaluating (None: leave the setting alone). Each point is
+            a few small matrix products, so on a shared or oversubscribed machine one thread
+            is often much faster than several (OpenMP barriers wait for descheduled threads).
     Returns:
         `Surface` with coords [n1], [n2] and loss/accuracy/mask [n1, n2].
     """
@@ -537,7 +553,8 @@ def surface(model_or_objective, data=None, directions=None, span=((-1, 1), (-1, 
     return _compute(model_or_objective, data, directions, spans, steps_t, origin=origin, subset=subset,
                     subset_seed=subset_seed, loss=loss, batch_size=batch_size, include_buffers=include_buffers,
                     out=out, force=force, backend=backend, address=address, chunk_size=chunk_size,
-                    progress=progress, ray_retries=ray_retries, on_chunk=on_chunk)
+                    progress=progress, ray_retries=ray_retries, on_chunk=on_chunk,
+                    threads=threads)
 
 
 def slice(model_or_objective, data=None, direction=None, span=(-1, 1), steps: int = 51,  # noqa: A001
@@ -545,7 +562,7 @@ def slice(model_or_objective, data=None, direction=None, span=(-1, 1), steps: in
           progress: bool = True, *, origin=None, seed: int = 0, norm: str | None = "filter",
           subset_seed: int = 0, loss="cross_entropy", batch_size: int = 4096, include_buffers: bool = False,
           chunk_size: int | None = None, force: bool = False, ray_retries: int = 3,
-          on_chunk: Callable[[int, int], None] | None = None) -> Surface:
+          on_chunk: Callable[[int, int], None] | None = None, threads: int | None = None) -> Surface:
     """Loss and accuracy along the line origin + a·d for a on a grid over `span` (see `surface`).
 
     Returns a `Surface` with one axis: coords [n], loss/accuracy/mask [n].
@@ -557,7 +574,8 @@ def slice(model_or_objective, data=None, direction=None, span=(-1, 1), steps: in
     return _compute(model_or_objective, data, direction, spans, steps_t, origin=origin, subset=subset,
                     subset_seed=subset_seed, loss=loss, batch_size=batch_size, include_buffers=include_buffers,
                     out=out, force=force, backend=backend, address=address, chunk_size=chunk_size,
-                    progress=progress, ray_retries=ray_retries, on_chunk=on_chunk)
+                    progress=progress, ray_retries=ray_retries, on_chunk=on_chunk,
+                    threads=threads)
 
 
 def _spans(span, m: int) -> list[tuple[float, float]]:

@@ -47,6 +47,9 @@ def _common(p: argparse.ArgumentParser, two_d: bool) -> None:
                    help="run chunks in this process, or as Ray tasks (default: %(default)s)")
     p.add_argument("--address", metavar="ADDR",
                    help="address of an existing Ray cluster, e.g. ray://host:10001 (default: start a local one)")
+    p.add_argument("--threads", type=positive_int, default=None, metavar="T",
+                   help="torch threads while evaluating (default: torch's setting); on a shared machine "
+                   "1 is often fastest, as each point is a few small matrix products")
     p.add_argument("--chunk-size", type=positive_int, default=None, metavar="K",
                    help="grid points per stored chunk (default: one row of the grid)")
     add_out(p)
@@ -117,9 +120,14 @@ def run(args, two_d: bool) -> int:
     # cost estimate: time a few points (also warms up), then scale by the grid
     n_pts = int(np.prod([len(a) for a in axes]))
     probe = np.zeros((min(4, n_pts), m))
+    import torch
+
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads or old_threads)
     t0 = time.perf_counter()
     obj.evaluate(probe, directions=np.stack([d.vector.numpy() for d in dirs]))
     per_pt = (time.perf_counter() - t0) / len(probe)
+    torch.set_num_threads(old_threads)
     shape = "×".join(str(len(a)) for a in axes)
     print(f"{shape} grid = {n_pts} points on {len(split)} samples of {args.data} "
           f"({obj.n_batches} batch(es) of ≤{args.batch_size}); first-layer shortcut "
@@ -129,7 +137,7 @@ def run(args, two_d: bool) -> int:
     fn = surface_fn if two_d else slice_fn
     res = fn(obj, None, dirs if two_d else dirs[0], span=spans if two_d else spans[0],
              steps=steps if two_d else steps[0], out=rd.subdir("grid"), backend=args.backend,
-             address=args.address, progress=True, chunk_size=args.chunk_size)
+             address=args.address, progress=True, chunk_size=args.chunk_size, threads=args.threads)
     res.save(rd.path)
     title = f"{args.data}" + (f" ({len(split)}-sample subset, seed {args.subset_seed})" if args.subset else "")
     names = SP.plot_all(res, rd.figures, title_data=title, log=args.log)
