@@ -233,3 +233,18 @@ def test_eval_mode_default_and_train_mode_warning():
     assert m.training  # the model's own flag is restored
     with pytest.warns(UserWarning, match="train mode"):
         hessian.HessianOperator(Objective(m, (x, y), train_mode=True))
+
+
+def test_cached_graph_products_equal_uncached():
+    m, x, y = _tiny(seed=9)
+    v = torch.randn(m[0].weight.numel() * 0 + sum(p.numel() for p in m.parameters()), dtype=torch.float64)
+    one = Objective(m, (x, y))  # one batch: the gradient graph is cached
+    many = Objective(m, (x, y), batch_size=10)
+    Hc = hessian.HessianOperator(one)
+    Hf = hessian.HessianOperator(one, method="forward")
+    Hm = hessian.HessianOperator(many, cache_graph=True)
+    assert Hc.cache_graph and not Hf.cache_graph
+    ref = hessian.HessianOperator(one, cache_graph=False).matvec(v)
+    for H in (Hc, Hf, Hm):
+        assert torch.allclose(H.matvec(v), ref, atol=1e-12)
+        assert torch.allclose(H.matvec(2 * v), 2 * ref, atol=1e-12)  # graph reused
