@@ -51,8 +51,12 @@ def sample_configs(space: SearchSpace, n: int, seed: int) -> list[dict]:
     return [space.sample(np.random.default_rng([seed, i])) for i in range(n)]
 
 
-def build_table(directory: str | os.PathLike, cfg: TableConfig, progress: bool = True, limit_seconds: float | None = None) -> list[dict]:
-    """Build (or finish) the table in `directory` and return its rows, ordered by id."""
+def build_table(directory: str | os.PathLike, cfg: TableConfig, progress: bool = True, limit_seconds: float | None = None,
+                reverse: bool = False) -> list[dict]:
+    """Build (or finish) the table in `directory` and return its rows, ordered by id.
+
+    Several processes may build one table together (e.g. one with ``reverse=True``): a row
+    another process has written meanwhile is skipped."""
     import time
 
     from .probes import make_task, probe, train_full
@@ -71,6 +75,8 @@ def build_table(directory: str | os.PathLike, cfg: TableConfig, progress: bool =
     space = SearchSpace.from_dict(cfg.space)
     configs = sample_configs(space, cfg.size, cfg.sample_seed)
     todo = [i for i in range(cfg.size) if not (d / "rows" / f"{i:05d}.json").is_file()]
+    if reverse:
+        todo.reverse()
     if todo:
         task = make_task(cfg.dataset, cfg.n_train, cfg.n_val, seed=cfg.data_seed)
         bar = None
@@ -82,6 +88,8 @@ def build_table(directory: str | os.PathLike, cfg: TableConfig, progress: bool =
         for i in todo:
             if limit_seconds is not None and time.perf_counter() - t0 > limit_seconds:
                 break
+            if (d / "rows" / f"{i:05d}.json").is_file():
+                continue  # written by another builder
             values = configs[i]
             full = train_full(space, values, task, seed=0)
             row = {"id": i, "values": values,
