@@ -10,8 +10,9 @@ dict whose keys are exactly `feature_names(space)`:
 * ``*_slope``              change of those per epoch over the last probe epoch
 * ``grad_norm``            ‖∇L‖ of the training loss at the probe's end (on ≤1024 samples)
 * ``sharpness_noise``      mean rise of the training loss under Gaussian weight noise of
-                           relative size ``noise_sigma`` per tensor (8 seeded draws, one
-                           `Objective.evaluate` call)
+                           relative size ``noise_sigma`` (8 seeded draws, one
+                           `Objective.evaluate` call): per filter through
+                           `lossprobe.sharpness.noise_robustness` (default), or per tensor
 * ``hessian_top``          top Hessian eigenvalue by power iteration on ≤256 samples
 * ``diverged``             1 if the probe's loss became NaN/inf (other features then take
                            the fixed values of a chance-level network)
@@ -184,21 +185,33 @@ def hessian_top_eigenvalue(model, data: Split, iters: int = 10, seed: int = 0) -
     return lam
 
 
-def _sharpness(model, data: Split, sigma: float, draws: int, seed: int) -> float:
-    """Use lossprobe.sharpness's noise probe when that module provides one, else our own."""
-    try:  # the curvature issue's module, if it has landed with this function
-        from ..sharpness import noise_sharpness  # type: ignore[attr-defined]
-    except ImportError:
+SHARPNESS_IMPLS = ("filter", "rms")
+
+
+def _sharpness(model, data: Split, sigma: float, draws: int, seed: int, impl: str = "filter") -> float:
+    """Loss rise under relative Gaussian weight noise of size `sigma`.
+
+    impl="filter": `lossprobe.sharpness.noise_robustness` (noise scaled per filter, weights
+    only); impl="rms": `weight_noise_sharpness` (noise scaled per tensor, all parameters).
+    """
+    if impl == "rms":
         return weight_noise_sharpness(model, data, sigma, draws, seed)
-    return float(noise_sharpness(model, data, sigma=sigma, draws=draws, seed=seed))
+    if impl != "filter":
+        raise UserError(f"unknown sharpness implementation '{impl}'; choose from {list(SHARPNESS_IMPLS)}")
+    from ..objective import Objective
+    from ..sharpness import noise_robustness
+
+    r = noise_robustness(Objective(model, data, shortcut=False), sigmas=(sigma,), draws=draws, seed=seed)
+    return float(r.loss_mean[0] - r.clean_loss)
 
 
 def probe(space: SearchSpace, values: dict, task: Task, fraction: float = 0.2, epochs: int = 2,
-          seed: int = 0, sharpness: bool = True, hessian: bool = True, noise_sigma: float = 0.05) -> ProbeResult:
+          seed: int = 0, sharpness: bool = True, hessian: bool = True, noise_sigma: float = 0.05,
+          sharpness_impl: str = "filter") -> ProbeResult:
     """Train `values` on a seeded `fraction` of `task.train` for `epochs` and return its features.
 
     The subset, the initialisation and the batch order all follow `seed`. The test split is
-    never touched.
+    never touched. `sharpness_impl` picks the weight-noise probe (see `_sharpness`).
     """
     import time
 
@@ -241,7 +254,7 @@ def probe(space: SearchSpace, values: dict, task: Task, fraction: float = 0.2, e
         gsub = sub.subset(1024, seed=seed + 7)
         _, grad = Objective(model, gsub, shortcut=False).loss_and_grad()
         feats["grad_norm"] = float(grad.norm())
-        feats["sharpness_noise"] = _sharpness(model, gsub, noise_sigma, 8, seed) if sharpness else math.nan
+        feats["sharpness_noise"] = _sharpness(model, gsub, noise_sigma, 8, seed, sharpness_impl) if sharpness else math.nan
         feats["hessian_top"] = hessian_top_eigenvalue(model, sub.subset(256, seed=seed + 8), seed=seed) if hessian else math.nan
         feats["diverged"] = 0.0
         for k in ("grad_norm", "sharpness_noise", "hessian_top"):

@@ -41,6 +41,7 @@ class TableConfig:
     n_val: int = 5_000
     data_seed: int = 0
     sample_seed: int = 0
+    sharpness_impl: str = "rms"  # the weight-noise probe the table was built with (see probes._sharpness)
 
     def keys(self) -> list[str]:
         return [fidelity_key(f, e) for f, e in self.fidelities]
@@ -68,6 +69,7 @@ def build_table(directory: str | os.PathLike, cfg: TableConfig, progress: bool =
     # rows are drawn by index, so a table may grow: every setting but `size` must match
     if cfile.is_file():
         old = json.loads(cfile.read_text())
+        old.setdefault("sharpness_impl", "rms")  # tables written before the field existed
         if {k: v for k, v in old.items() if k != "size"} != {k: v for k, v in want.items() if k != "size"}:
             raise UserError(f"{d} holds a benchmark table built with other settings; use another --table-dir")
         want["size"] = max(old.get("size", 0), cfg.size)
@@ -100,7 +102,7 @@ def build_table(directory: str | os.PathLike, cfg: TableConfig, progress: bool =
                 rep = train_full(space, values, task, seed=1)
                 row["repeat"] = {"val_accuracy": rep.val_accuracy, "val_curve": rep.history["val_accuracy"]}
             for f, e in cfg.fidelities:
-                pr = probe(space, values, task, f, e, seed=0)
+                pr = probe(space, values, task, f, e, seed=0, sharpness_impl=cfg.sharpness_impl)
                 row["probes"][fidelity_key(f, e)] = {"features": pr.features, "cost": pr.cost, "seconds": pr.seconds}
             write_json(d / "rows" / f"{i:05d}.json", row)
             if bar is not None:
