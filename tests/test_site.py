@@ -337,3 +337,18 @@ def test_generic_arrays_of_other_studies():
     assert np.allclose(t["y"], w["naive_loss_barrier_test"].mean(1)) and "error_y" in t
     assert site.surface_plots("width.npz", w) == []  # one axis without coordinates: not a surface
     json.dumps([p.data for p in plots], allow_nan=False)
+
+
+def test_surface_axis_titles_from_the_saved_metadata(tmp_path):
+    from lossprobe.store import RunDir, write_json
+
+    rd = RunDir(tmp_path / "s", "surface", {"steps": 3})
+    rd.save_arrays("surface.npz", coords_0=np.linspace(-1, 1, 3), coords_1=np.linspace(-1, 1, 4),
+                   loss=np.ones((3, 4)), accuracy=np.ones((3, 4)), mask=np.ones((3, 4), bool))
+    write_json(rd / "surface.json", {"meta": {"directions": [{"kind": "random", "norm": "filter"},
+                                                             {"kind": "pca", "norm": "none"}]}})
+    run = site.load_run(rd.path)
+    assert run.axis_labels["surface.npz"] == {"coords_0": "direction 1 (random, filter-normalised)",
+                                              "coords_1": "direction 2 (pca)"}
+    surf = site.run_plots(run)[0]
+    assert surf.layout["scene"]["yaxis"]["title"]["text"] == "direction 1 (random, filter-normalised)"

@@ -346,6 +346,7 @@ class Run:
     not_copied: list[tuple[str, int, str]] = field(default_factory=list)  # (path, bytes, why)
     arrays: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # npz path -> arrays
     histories: dict[str, dict] = field(default_factory=dict)  # label -> History.to_dict()
+    axis_labels: dict[str, dict[str, str]] = field(default_factory=dict)  # npz -> {array name: axis title}
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -442,6 +443,7 @@ def load_run(path: str | os.PathLike, exclude: Iterable[Path] = ()) -> Run:
             try:
                 with np.load(p / rel, allow_pickle=False) as f:
                     run.arrays[rel] = {k: f[k] for k in f.files}
+                run.axis_labels[rel] = _axis_labels(p / (rel[:-4] + ".json"), run.arrays[rel])
             except Exception as e:  # a damaged array file must not stop the site
                 run.problems.append(f"{rel} could not be read ({type(e).__name__})")
         m = re.fullmatch(r"history_?(.*)\.json", rel)
@@ -451,6 +453,29 @@ def load_run(path: str | os.PathLike, exclude: Iterable[Path] = ()) -> Run:
                 label = m.group(1).replace("seed", "seed ").replace("_", " ").strip() or "run"
                 run.histories[label] = h
     return run
+
+
+def _axis_labels(meta_file: Path, arrays: dict[str, np.ndarray]) -> dict[str, str]:
+    """Axis titles for coords_0, coords_1, ... from the JSON saved next to an .npz (as
+    `lossprobe.surface.Surface.save` does): meta.axis_labels, else the direction kinds."""
+    if not meta_file.is_file():
+        return {}
+    info, _ = _read_json(meta_file)
+    meta = info.get("meta", info) if isinstance(info, dict) else {}
+    if not isinstance(meta, dict):
+        return {}
+    coords = sorted(k for k in arrays if re.fullmatch(r"coords_\d+", k))
+    labels = meta.get("axis_labels")
+    if isinstance(labels, list) and len(labels) == len(coords):
+        return {k: str(v) for k, v in zip(coords, labels)}
+    dirs = meta.get("directions")
+    out = {}
+    if isinstance(dirs, list) and len(dirs) == len(coords):
+        for i, (k, d) in enumerate(zip(coords, dirs)):
+            if isinstance(d, dict) and d.get("kind"):
+                norm = f", {d['norm']}-normalised" if d.get("norm") not in (None, "none") else ""
+                out[k] = f"direction {i + 1} ({d['kind']}{norm})"
+    return out
 
 
 def expand_run_dirs(paths: Iterable[str | os.PathLike]) -> list[Path]:
@@ -625,7 +650,8 @@ def _surface_axes(arrays: dict[str, np.ndarray], zname: str) -> tuple[str | None
     return row, col
 
 
-def surface_plots(rel: str, arrays: dict[str, np.ndarray], label: str = "") -> list[Plot]:
+def surface_plots(rel: str, arrays: dict[str, np.ndarray], label: str = "",
+                  axis_labels: dict[str, str] | None = None) -> list[Plot]:
     """3-D surface and contour plots for the 2-D arrays of one .npz (loss-like arrays first)."""
     twod = [k for k in arrays if arrays[k].ndim == 2 and min(arrays[k].shape) >= 2
             and np.issubdtype(arrays[k].dtype, np.number) and not np.iscomplexobj(arrays[k])]
@@ -639,8 +665,9 @@ def surface_plots(rel: str, arrays: dict[str, np.ndarray], label: str = "") -> l
         rk, ck = _surface_axes(arrays, zk)
         y = arrays[rk] if rk else np.arange(z.shape[0])
         x = arrays[ck] if ck else np.arange(z.shape[1])
-        xl = ck or "column index"
-        yl = rk or "row index"
+        names = axis_labels or {}
+        xl = names.get(ck, ck) if ck else "column index"
+        yl = names.get(rk, rk) if rk else "row index"
         zl = zk.replace("_", " ")
         finite = z[np.isfinite(z)]
         rng = f"{finite.min():.4g} to {finite.max():.4g}" if finite.size else "no finite values"
@@ -650,7 +677,8 @@ def surface_plots(rel: str, arrays: dict[str, np.ndarray], label: str = "") -> l
                 "name": zl, "hovertemplate": hover, "colorbar": {"title": {"text": zl}},
                 "contours": {"z": {"show": True, "usecolormap": False, "color": "#222", "width": 1,
                                    "project": {"z": False}}}}
-        lay = _layout(f"{zl} over ({yl}, {xl}) — {where}", xl, yl)
+        short = f"({rk or 'row'}, {ck or 'column'})"
+        lay = _layout(f"{zl} over {short} — {where}", xl, yl)
         lay["scene"] = {"xaxis": {"title": {"text": xl}}, "yaxis": {"title": {"text": yl}},
                         "zaxis": {"title": {"text": zl}}, "camera": {"eye": {"x": 1.5, "y": -1.5, "z": 1.0}},
                         "aspectmode": "cube"}
@@ -668,17 +696,18 @@ def surface_plots(rel: str, arrays: dict[str, np.ndarray], label: str = "") -> l
             data.append({"type": "scatter", "mode": "markers", "x": [0], "y": [0], "name": "origin (0, 0)",
                          "marker": {"symbol": "x", "size": 12, "color": "#ffffff", "line": {"color": "#000", "width": 2}},
                          "hovertemplate": "origin (0, 0)<extra></extra>"})
-        lay2 = _layout(f"{zl} contours over ({yl}, {xl}) — {where}", xl, yl)
+        lay2 = _layout(f"{zl} contours over {short} — {where}", xl, yl)
         desc2 = f"Contour map of the same array '{zk}' with labelled levels (values {rng})."
         plots.append(Plot(f"{zl}: contour map ({rel})", data, lay2, desc2, key=f"{rel}:{zk}:contour"))
     return plots
 
 
-def curve_plots(rel: str, arrays: dict[str, np.ndarray], label: str = "") -> list[Plot]:
+def curve_plots(rel: str, arrays: dict[str, np.ndarray], label: str = "",
+                axis_labels: dict[str, str] | None = None) -> list[Plot]:
     plots = []
     for xk, group, series in curve_groups(arrays):
         x = arrays[xk]
-        xl = X_LABELS.get(xk, xk)
+        xl = (axis_labels or {}).get(xk) or X_LABELS.get(xk, xk)
         data = [_curve_trace(s, x, y, i, xk) for i, (s, y) in enumerate(list(series.items())[:MAX_TRACES])]
         yl = group.replace("_", " ")
         where = f" — {label}" if label else ""
@@ -757,10 +786,10 @@ def run_plots(run: Run) -> list[Plot]:
             order.append(rel)
     plots = []
     for rel in order:
-        plots += curve_plots(rel, run.arrays[rel])
+        plots += curve_plots(rel, run.arrays[rel], axis_labels=run.axis_labels.get(rel))
     plots += history_plots(run.histories)
     for rel in order:
-        plots += surface_plots(rel, run.arrays[rel])
+        plots += surface_plots(rel, run.arrays[rel], axis_labels=run.axis_labels.get(rel))
     return plots[:MAX_PLOTS]
 
 
