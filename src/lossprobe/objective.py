@@ -227,7 +227,7 @@ class Objective:
                         z0, zd = self._first_layer_outputs(x, origin, directions)
                     # a direction so large that f(x; d) overflows would turn 0·inf into NaN
                     # even at the centre: take the plain path for this batch instead
-                    short = zd is None or bool(torch.isfinite(zd).all())
+                    short = cache.finite(b_idx, zd) if cache is not None else (zd is None or bool(torch.isfinite(zd).all()))
                 with self._injected(short) as inject:
                     for k in range(K):
                         if short and ranges is not None:
@@ -431,6 +431,7 @@ class _FirstLayerCache:
         self.bytes = 0
         self.full = False
         self.store: dict[int, tuple] = {}
+        self.flags: dict[int, bool] = {}
 
     @staticmethod
     def _key(origin, directions):
@@ -439,6 +440,13 @@ class _FirstLayerCache:
 
     def matches(self, origin, directions) -> bool:
         return self._key(origin, directions) == self.key
+
+    def finite(self, b_idx: int, zd) -> bool:
+        """Whether the directions' first-layer outputs of batch b_idx are finite (checked once)."""
+        flag = self.flags.get(b_idx)
+        if flag is None:
+            flag = self.flags[b_idx] = zd is None or bool(torch.isfinite(zd).all())
+        return flag
 
     def get(self, b_idx: int, compute):
         hit = self.store.get(b_idx)

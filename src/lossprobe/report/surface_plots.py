@@ -21,6 +21,9 @@ CMAP = "viridis"
 
 
 def _axis_labels(surf) -> tuple[str, str]:
+    given = surf.meta.get("axis_labels")
+    if given:
+        return tuple(list(given) + [""] * (2 - len(given)))[:2]
     names = []
     for i, d in enumerate(surf.meta.get("directions", [{}] * surf.ndim)):
         kind = d.get("kind", "direction")

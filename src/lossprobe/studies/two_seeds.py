@@ -45,6 +45,8 @@ class TwoSeedsConfig:
     alphas: int = 41
     bn: str = "interpolate"
     barrier_tolerance: float = BARRIER_TOLERANCE
+    surface_steps: int = 21  # surfaces stage: grid points per axis (two_seeds_surfaces)
+    surface_subset: int = 2000  # surfaces stage: test images
 
     def __post_init__(self):
         if len(self.seeds) != 2 or self.seeds[0] == self.seeds[1]:
@@ -53,6 +55,8 @@ class TwoSeedsConfig:
             raise UserError(f"alphas must be 5, 9, 13, ... (alphas−1 a multiple of 4), got {self.alphas}")
         if self.bn not in ("interpolate", "recompute"):
             raise UserError(f"bn must be 'interpolate' or 'recompute', got '{self.bn}'")
+        if self.surface_steps < 1 or self.surface_subset < 1:
+            raise UserError(f"surface_steps and surface_subset must be positive, got {self.surface_steps}, {self.surface_subset}")
         for k in ("train_subset", "eval_subset"):
             v = getattr(self, k)
             if v is not None and v <= 0:
@@ -68,7 +72,7 @@ class TwoSeedsConfig:
         )
 
 
-QUICK = {"epochs": 1, "train_subset": 4000, "eval_subset": 2000, "alphas": 21}
+QUICK = {"epochs": 1, "train_subset": 4000, "eval_subset": 2000, "alphas": 21, "surface_steps": 7, "surface_subset": 500}
 
 
 def alpha_grid(n: int) -> np.ndarray:
@@ -139,6 +143,9 @@ def run(out, config: TwoSeedsConfig | None = None, force: bool = False, progress
     from .two_seeds_connectivity import connectivity_stage
 
     conn = connectivity_stage(rd, cfg, models, train, eval_train, test, progress)  # aligned, REPAIR, curve
+    from .two_seeds_surfaces import surfaces_stage
+
+    surf = surfaces_stage(rd, cfg, models, test, progress)  # 2-D surfaces around A, B and through A, B, init
     arr = rd.load_arrays("interpolation.npz")
     it = Interpolation(alphas=arr["alphas"], loss={s: arr[f"loss_{s}"] for s in ("train", "test")},
                        accuracy={s: arr[f"accuracy_{s}"] for s in ("train", "test")})
@@ -177,9 +184,10 @@ def run(out, config: TwoSeedsConfig | None = None, force: bool = False, progress
         "n_eval": {"train": len(eval_train), "val": len(val), "test": len(test)},
         "seconds": seconds,
         "training_seconds": [h.seconds[-1] for h in histories.values()],
+        "surfaces": surf["summary"],
     }
     rd.save_json("summary.json", summary)
-    _write_report(rd, cfg, summary, fig_lc + fig_it + conn["figures"])
+    _write_report(rd, cfg, summary, fig_lc + fig_it + conn["figures"] + surf["figures"])
     rd.mark("report")
     rd.complete()
     build_run_site(rd.path)  # the HTML report site in <run>/site; warns instead of raising
@@ -213,9 +221,13 @@ def _write_report(rd, cfg: TwoSeedsConfig, s: dict, figures: list[str]) -> None:
         "",
     ]
     lines += report_lines(s)
+    from .two_seeds_surfaces import CAPTIONS as SURFACE_CAPTIONS, report_lines as surface_lines
+
+    lines += surface_lines(s)
     captions = {
         "learning_curves": "Learning curves: loss and accuracy on the whole training split (eval mode, solid) and the validation split (dashed).",
         "interpolation": "Loss and accuracy along the straight line between the two solutions; the dotted chord joins the endpoint losses and the arrow marks the barrier.",
+        **SURFACE_CAPTIONS,
         "connectivity": "Loss and error along four paths between the two solutions: the straight line, the line after permutation alignment, the aligned line with REPAIR, and a trained Bezier curve.",
     }
     for name in figures:

@@ -52,6 +52,8 @@ def surfaces_stage(rd, cfg, models, test, progress: bool = True) -> dict:
     for k, seed in (("A", a), ("B", b)):
         figs += plot_filled_contour(res[k], rd.figures, name=f"surface_{k}", marks=[(0.0, 0.0, f"solution {k} (seed {seed})")],
                                     title_data=title)
+    res["plane"].meta["axis_labels"] = ["α1: along θ_B − θ_A (A at 0, B at 1)",
+                                        "α2: along the part of init_A − θ_A orthogonal to θ_B − θ_A"]
     pts = res["plane"].meta["directions"][0]["points"]
     marks = [(0.0, 0.0, f"A (seed {a})"), (1.0, 0.0, f"B (seed {b})"), (*pts["theta2"], f"init of A (seed {a})")]
     figs += plot_filled_contour(res["plane"], rd.figures, name="surface_plane", marks=marks, title_data=title)
