@@ -98,7 +98,9 @@ def run(args, two_d: bool) -> int:
         steps, spans = (args.steps,), (tuple(args.span),)
     axes = [grid_axis(lo, hi, n) for (lo, hi), n in zip(spans, steps)]  # checks spans before any work
     model = load_model(args.model, args.checkpoint)
-    cfg = {k: v for k, v in vars(args).items() if k not in ("func", "force")}
+    # how the grid is computed (threads, backend) is not what is computed: a run started
+    # locally may be resumed on Ray and vice versa
+    cfg = {k: v for k, v in vars(args).items() if k not in ("func", "force", "threads", "backend", "address")}
     rd = RunDir(args.out, "surface" if two_d else "slice", cfg, args.force,
                 seeds={"direction": args.seed, "subset": args.subset_seed})
     split = load_split(args.data, args.subset, args.subset_seed)
@@ -157,7 +159,7 @@ def run(args, two_d: bool) -> int:
     s.update(seconds=seconds,
              points_per_second=res.meta["points_per_second"] if now else prev.get("points_per_second"),
              resumed_chunks=res.meta.get("resumed_chunks", 0), data=args.data, n_samples=len(split),
-             model=args.model, checkpoint=args.checkpoint, norm=args.norm, seed=args.seed,
+             model=args.model, checkpoint=args.checkpoint, norm=args.norm, seed=args.seed, backend=args.backend,
              spans=[list(sp) for sp in spans], figures=names + extra)
     rd.save_json("summary.json", s)
     kind = "surface" if two_d else "slice"
