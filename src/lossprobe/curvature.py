@@ -95,6 +95,23 @@ class LanczosState:
     Q: list[torch.Tensor] = field(default_factory=list)
     q_next: torch.Tensor | None = None
     restarts: int = 0  # invariant subspaces found (breakdowns followed by a fresh vector)
+    _buf: torch.Tensor | None = None  # [capacity, n]: the rows of Q, contiguous for fast reorthogonalisation
+
+    def append(self, q: torch.Tensor) -> None:
+        m = len(self.Q)
+        if self._buf is None or m == self._buf.shape[0]:
+            cap = max(16, 2 * m)
+            buf = torch.empty(cap, q.numel(), dtype=q.dtype, device=q.device)
+            if m:
+                buf[:m] = self._buf[:m]
+            self._buf = buf
+            self.Q = [buf[i] for i in range(m)]
+        self._buf[m] = q
+        self.Q.append(self._buf[m])
+
+    def basis(self) -> torch.Tensor:
+        """Q as one [m, n] tensor (a view, no copy)."""
+        return self._buf[: len(self.Q)]
 
     @property
     def steps(self) -> int:
@@ -151,17 +168,18 @@ def lanczos(
         q = st.q_next
         if q is None or float(q.norm()) == 0.0:
             # invariant subspace found: continue with a random vector orthogonal to the basis
-            q = _orth_against(torch.randn(n, generator=gen, dtype=torch.float64).to(op.device), st.Q)
+            q = _orth_against(torch.randn(n, generator=gen, dtype=torch.float64).to(op.device), st.basis())
             q = q / q.norm()
             st.beta[-1] = 0.0
             st.restarts += 1
-        st.Q.append(q)
+        st.append(q)
+        q = st.Q[-1]
         w = op(q)
         if not torch.isfinite(w).all():
             raise UserError("the operator returned NaN or inf (is the loss finite at this point?)")
         a = float(q @ w)
         w = w - a * q - (st.beta[-1] * st.Q[-2] if len(st.Q) > 1 else 0.0)
-        w = _orth_against(w, st.Q)
+        w = _orth_against(w, st.basis())
         b = float(w.norm())
         scale = max(scale, abs(a) + b, *(abs(x) for x in st.beta[-1:]))
         st.alpha.append(a)
@@ -173,10 +191,10 @@ def lanczos(
     return st
 
 
-def _orth_against(w: torch.Tensor, Q: Sequence[torch.Tensor]) -> torch.Tensor:
-    if not Q:
+def _orth_against(w: torch.Tensor, B: torch.Tensor | None) -> torch.Tensor:
+    """w minus its projection on the rows of B [m, n], twice ("twice is enough")."""
+    if B is None or B.shape[0] == 0:
         return w
-    B = torch.stack(list(Q))  # [m, n]
     for _ in range(2):
         w = w - B.T @ (B @ w)
     return w
@@ -278,7 +296,7 @@ def lanczos_eigs(
         st = lanczos(op, steps=min(check_every, max_steps - st.steps), seed=gen, state=st)
         if progress:
             progress(op.calls - before)
-    Qm = torch.stack(st.Q)  # [m, n]
+    Qm = st.basis()  # [m, n]
     Sk = torch.from_numpy(np.ascontiguousarray(S[:, idx])).to(Qm)
     Y = (Sk.T @ Qm)  # [k, n]
     Y = Y / Y.norm(dim=1, keepdim=True)
