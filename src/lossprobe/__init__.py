@@ -12,6 +12,7 @@ from .space import ParamSpace
 from .train import History, TrainConfig, fit, load_checkpoint, save_checkpoint
 from . import directions, surface  # noqa: E402  (surface is a callable module: lossprobe.surface(...))
 from .surface import Surface, slice  # noqa: E402,A004
+from . import align, curves, repair  # noqa: E402  (align is a callable module: lossprobe.align(a, b))
 
 __version__ = "0.1.0"
 
@@ -23,6 +24,9 @@ __all__ = [
     "ParamSpace",
     "TrainConfig",
     "UserError",
+    "align",
+    "curves",
+    "repair",
     "Surface",
     "data",
     "directions",

@@ -613,3 +613,18 @@ def align(
 
 __all__ = ["METHODS", "PermutationSpec", "align", "apply_permutation", "match_activations", "match_weights",
            "permutation_spec", "random_permutation"]
+
+
+# `lossprobe.align(...)` calls `align`, while `lossprobe.align.permutation_spec` etc. stay
+# reachable: the module itself is callable (the package exports the module, not a function
+# that would shadow it).
+import sys as _sys  # noqa: E402
+import types as _types  # noqa: E402
+
+
+class _CallableModule(_types.ModuleType):
+    def __call__(self, *args, **kwargs):
+        return align(*args, **kwargs)
+
+
+_sys.modules[__name__].__class__ = _CallableModule
