@@ -13,7 +13,7 @@ import textwrap
 
 import numpy as np
 
-from .figures import new_figure, save_figure, styles
+from .figures import new_figure, save_figure
 
 CRIT_MARKERS = {"minimum": ("*", "minimum"), "saddle": ("X", "saddle"), "maximum": ("^", "maximum"),
                 "flat": ("s", "flat")}
@@ -32,6 +32,20 @@ def _contour(ax, xs, ys, Z, log: bool = False, levels: int = 30, label: str = "l
     cb = ax.figure.colorbar(cf, ax=ax, shrink=0.85)
     cb.set_label(label, fontsize=8)
     return cf
+
+
+_EXTRA = ({"color": "#777777", "linestyle": (0, (1, 1)), "marker": "P"},
+          {"color": "#333333", "linestyle": (0, (8, 2)), "marker": "h"},
+          {"color": "#AAAAAA", "linestyle": "-", "marker": "<"})
+
+
+def styles():
+    """The shared style cycle, with extra distinct styles after its first seven (8 optimisers)."""
+    from itertools import chain, islice
+
+    from .figures import styles as base
+
+    return chain(islice(base(), 7), _EXTRA, base())
 
 
 def _wrap(title: str, width: int = 80) -> str:
@@ -186,30 +200,40 @@ def plot_fidelity(fidelities: dict, directory, name: str, title: str, near: floa
     return [name]
 
 
-def plot_monitors(monitors: dict, directory, name: str = "monitors", title: str = "") -> list[str]:
-    """Gradient norm (left, log) and weight norm (right) per step, plateaus shaded.
+def plot_monitors(monitors: dict, directory, name: str = "monitors", title: str = "",
+                  plateaus: dict | None = None) -> list[str]:
+    """Gradient norm (left, log; a running median over ~1% of the run, the raw per-step
+    values faint behind it) and weight norm (right) per step, plateaus shaded.
 
-    `monitors` maps a label to a `TrainingMonitor`.
+    `monitors` maps a label to a `TrainingMonitor`; `plateaus` optionally maps the same
+    labels to lists of (start, end) steps to shade instead of the monitor's own
+    (minibatch-loss) plateaus.
     """
     fig, (ax_g, ax_w) = new_figure(ncols=2, width=5.2, height=3.8)
     for (label, m), st in zip(monitors.items(), styles()):
-        g, w = np.asarray(m.grad_norm), np.asarray(m.weight_norm)
+        g, w = np.asarray(m.grad_norm, float), np.asarray(m.weight_norm, float)
         s = np.arange(len(g))
-        k = max(1, len(g) // 300)  # thin for readability; values are kept in the arrays
-        ax_g.plot(s[::k], np.maximum(g[::k], 1e-12), color=st["color"], linestyle=st["linestyle"], linewidth=0.9,
-                  label=label)
-        ax_w.plot(s[::k], w[::k], color=st["color"], linestyle=st["linestyle"], marker=st["marker"],
-                  markevery=_every(len(s[::k])), markersize=4, label=label)
-        for p in m.plateaus():
-            ax_w.axvspan(p.start, p.end, color=st["color"], alpha=0.08)
+        win = max(1, len(g) // 100)
+        if len(g) >= win > 1:
+            med = np.median(np.lib.stride_tricks.sliding_window_view(g, win), axis=1)
+            ax_g.plot(s, np.maximum(g, 1e-12), color=st["color"], linewidth=0.4, alpha=0.2)
+            ax_g.plot(s[win - 1:], np.maximum(med, 1e-12), color=st["color"], linestyle=st["linestyle"],
+                      linewidth=1.4, label=f"{label} (median of {win} steps)")
+        else:
+            ax_g.plot(s, np.maximum(g, 1e-12), color=st["color"], linestyle=st["linestyle"], label=label)
+        ax_w.plot(s, w, color=st["color"], linestyle=st["linestyle"], marker=st["marker"],
+                  markevery=_every(len(s)), markersize=4, label=label)
+        spans = plateaus.get(label, []) if plateaus is not None else [(p.start, p.end) for p in m.plateaus()]
+        for a, b in spans:
+            ax_w.axvspan(a, b, color=st["color"], alpha=0.08)
     ax_g.set_yscale("log")
     ax_g.set_ylabel("minibatch gradient norm ‖∇L‖")
-    ax_w.set_ylabel("weight norm ‖θ‖ (shaded: detected plateaus)")
+    ax_w.set_ylabel("weight norm ‖θ‖ (shaded: stalled)")
     for ax in (ax_g, ax_w):
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    ax_g.set_title(f"Gradient norm per step{(' — ' + title) if title else ''}", fontsize=9)
+    ax_g.set_title(_wrap(f"Gradient norm per step{(' — ' + title) if title else ''}", 60), fontsize=9)
     ax_w.set_title("Weight norm per step", fontsize=9)
     save_figure(fig, directory, name)
     return [name]
@@ -231,7 +255,7 @@ def plot_hessian_extremes(curves: dict, directory, name: str = "hessian_along_tr
                           linewidths=1.5)
     ax_lo.axhline(0, color="grey", linewidth=0.8)
     ax_hi.set_ylabel("largest Hessian eigenvalue λ_max")
-    ax_lo.set_ylabel("smallest Hessian eigenvalue λ_min (ringed: near a saddle)")
+    ax_lo.set_ylabel("λ_min of the Hessian (ringed: near a saddle)")
     for ax in (ax_hi, ax_lo):
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
@@ -263,7 +287,7 @@ def have_pillow() -> bool:
     return importlib.util.find_spec("PIL") is not None
 
 
-def animate_paths(xs, ys, Z, paths: dict, path, title: str, log: bool = False, frames: int = 60,
+def animate_paths(xs, ys, Z, paths: dict, path, title: str, log: bool = False, frames: int = 40,
                   fps: int = 10) -> str | None:
     """Write an animated GIF of the paths growing over the contours.
 
@@ -301,7 +325,7 @@ def animate_paths(xs, ys, Z, paths: dict, path, title: str, log: bool = False, f
         return [x for _, ln, hd in lines for x in (ln, hd)]
 
     anim = FuncAnimation(fig, update, frames=n_frames, blit=False)
-    anim.save(str(path), writer=PillowWriter(fps=fps), dpi=80)
+    anim.save(str(path), writer=PillowWriter(fps=fps), dpi=64)
     plt.close(fig)
     return str(path)
 

@@ -67,10 +67,12 @@ class OptimizersConfig:
     basin_seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
     basin_optimizer: str = "adam"
     variants: list[str] = field(default_factory=lambda: list(VARIANTS))
-    l2: float = 1e-2
+    l2: float = 1e-3
     wide: int = 64
     deep: list[int] = field(default_factory=lambda: [16, 16, 16])
     hessian_checkpoints: int = 12
+    plateau_window: int = 5  # recorded snapshots per window of the plateau detector
+    plateau_threshold: float = 1e-4  # variance / mean² of the full-batch loss over a window
     # --- toy ----------------------------------------------------------------------------
     start: list[float] = field(default_factory=list)  # empty: the toy's default start
     gradient_noise: float = 1.0  # std of the noise SGD adds to the toy's gradient
@@ -95,6 +97,8 @@ class OptimizersConfig:
         if len(set(self.optimizers)) != len(self.optimizers):
             raise UserError(f"optimizers are listed twice: {self.optimizers}")
         self.lr_overrides()  # validates
+        if self.plateau_window < 2 or self.plateau_threshold < 0:
+            raise UserError("plateau_window must be at least 2 and plateau_threshold >= 0")
         for name in ("steps", "n_points", "batch_size", "every", "grid", "hessian_checkpoints", "wide", "threads"):
             v = getattr(self, name)
             if v is not None and v <= 0:
@@ -523,7 +527,12 @@ def _run_spiral(rd, cfg: OptimizersConfig, progress: bool) -> dict:
         mon = TrainingMonitor(None, **{k: v for k, v in m["monitor"]["plateau_settings"].items()})
         mon.grad_norm, mon.weight_norm, mon.loss = list(a["grad_norm"]), list(a["weight_norm"]), list(a["batch_loss"])
         mons[o] = mon
-    figs += P.plot_monitors(mons, rd.figures, title=f"{arch} on two spirals")
+    from ..monitors import detect_plateaus
+
+    stalls_by_opt = {o: [(p.start, p.end) for p in detect_plateaus(a["loss"], window=cfg.plateau_window,
+                                                                    threshold=cfg.plateau_threshold, steps=a["steps"])]
+                     for o, (a, _) in trajs.items()}
+    figs += P.plot_monitors(mons, rd.figures, title=f"{arch} on two spirals", plateaus=stalls_by_opt)
 
     def surface_of(a, prefix="surface_"):
         return PlaneSurface(a[f"{prefix}xs"], a[f"{prefix}ys"], a[f"{prefix}loss"], a[f"{prefix}accuracy"])
@@ -595,17 +604,24 @@ def _run_spiral(rd, cfg: OptimizersConfig, progress: bool) -> dict:
                                   "filter-normalised plane, coordinates in [−1, 1] (top) and PCA plane (bottom)",
                                   ncols=len(variants))
 
+    from ..monitors import detect_plateaus
+
     per_opt = {}
     for o in opts:
         a, m = trajs[o]
         mon = m["monitor"]
+        # Minibatch losses are too noisy for a variance test; the full-batch loss at the
+        # recorded snapshots says where training itself stalled.
+        stalls = [p.to_dict() for p in detect_plateaus(a["loss"], window=cfg.plateau_window,
+                                                        threshold=cfg.plateau_threshold, steps=a["steps"])]
         per_opt[o] = {
             "lr": lrs[o], "final_loss": float(a["loss"][-1]), "final_accuracy": float(a["accuracy"][-1]),
             "test_loss": m["test_loss"], "test_accuracy": m["test_accuracy"],
             "steps_to_threshold": steps_to_threshold(a["loss"], threshold, a["steps"]),
             "grad_norm_final": mon["grad_norm_final"], "weight_norm_initial": mon["weight_norm_initial"],
-            "weight_norm_final": mon["weight_norm_final"], "plateaus": mon["plateaus"],
-            "first_stall_step": mon["first_stall_step"],
+            "weight_norm_final": mon["weight_norm_final"], "plateaus": stalls,
+            "first_stall_step": stalls[0]["start"] if stalls else None,
+            "minibatch_plateaus": mon["plateaus"],
             "hessian": hmeta[o],
             "config": m["config"],
         }
@@ -623,6 +639,8 @@ def _run_spiral(rd, cfg: OptimizersConfig, progress: bool) -> dict:
         "model": f"MLP {arch} ReLU, one logit, binary cross-entropy", "params": space.numel,
         "n_train": len(train), "n_test": len(test), "steps": cfg.n_steps(), "batch_size": cfg.batch_size,
         "record_every": cfg.every, "threshold": threshold,
+        "plateau_rule": f"full-batch loss variance / mean² below {cfg.plateau_threshold:g} over "
+                        f"{cfg.plateau_window} snapshots ({cfg.plateau_window * cfg.every} steps)",
         "threshold_note": f"steps_to_threshold: first recorded step (every {cfg.every}) whose full-batch training loss "
                           f"is below {threshold:g}; null if never",
         "near_threshold": cfg.near,
@@ -651,9 +669,10 @@ def _write_csv(path, steps, f) -> None:
 def _projection_match(planes: dict, opts: list[str]) -> dict:
     """Near vs far points, pooled over the paths of each kind of plane."""
     out = {}
+    all_rel, all_d = [], []
     for group, keys in (("pca-shared", ["pca-shared"]), ("pca-own", [f"pca-{o}" for o in opts]),
                         ("random", [f"random-{o}" for o in opts])):
-        near_d, far_d, rel_all, d_all = [], [], [], []
+        near_d, far_d, rel_all, d_all, below = [], [], [], [], []
         thr = None
         for key in keys:
             a, m = planes[key]
@@ -666,14 +685,32 @@ def _projection_match(planes: dict, opts: list[str]) -> dict:
                 far_d += list(d[ok & (f["rel_distance"] > thr)])
                 rel_all += list(f["rel_distance"][ok])
                 d_all += list(d[ok])
+                below += list((f["true_loss"] < f["surface_loss"])[ok & (f["rel_distance"] > 0)])
         corr = float(np.corrcoef(rel_all, d_all)[0, 1]) if len(d_all) > 2 and np.std(d_all) > 0 else None
+        all_rel.append(np.asarray(rel_all))
+        all_d.append(np.asarray(d_all))
         out[group] = {"near_threshold": thr, "n_near": len(near_d), "n_far": len(far_d),
                       "median_abs_diff_near": float(np.median(near_d)) if near_d else None,
                       "median_abs_diff_far": float(np.median(far_d)) if far_d else None,
                       "max_abs_diff_near": float(np.max(near_d)) if near_d else None,
                       "max_abs_diff_far": float(np.max(far_d)) if far_d else None,
-                      "corr_rel_distance_abs_diff": corr}
+                      "corr_rel_distance_abs_diff": corr,
+                      # off the plane the optimiser usually sits lower than the contour under it
+                      "share_true_below_contour": float(np.mean(below)) if below else None}
+    rel, d = np.concatenate(all_rel), np.concatenate(all_d)
+    edges = [0.0, 0.01, 0.03, 0.1, 0.3, np.inf]
+    bins = []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        m = (rel >= lo) & (rel < hi) if lo > 0 else (rel < hi)
+        bins.append({"rel_distance_from": lo, "rel_distance_to": None if np.isinf(hi) else hi, "n": int(m.sum()),
+                     "median_abs_diff": float(np.median(d[m])) if m.any() else None,
+                     "p90_abs_diff": float(np.quantile(d[m], 0.9)) if m.any() else None})
+    out["by_distance"] = bins
     return out
+
+
+def _stall_text(plateaus: list[dict]) -> str:
+    return ", ".join(f"{p['start']}–{p['end']}" for p in plateaus) or "none"
 
 
 def _fmt(v, spec=".4f"):
@@ -688,7 +725,7 @@ def _report_spiral(s: dict) -> str:
         f"Every optimiser starts from the same initialisation and takes {s['steps']} minibatch steps "
         f"(batch {s['batch_size']}); θ is recorded every {s['record_every']} steps.", "",
         f"| optimiser | lr | final train loss | train accuracy | test accuracy | steps to loss < {thr:g} | "
-        "final ‖∇L‖ (batch) | ‖θ‖ start → end | first plateau | λ_min, λ_max at the end | near-saddle checkpoints |",
+        "final ‖∇L‖ (batch) | ‖θ‖ start → end | stalled (steps) | λ_min, λ_max at the end | near-saddle checkpoints |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for o, r in s["optimizers"].items():
@@ -696,7 +733,7 @@ def _report_spiral(s: dict) -> str:
         L.append(f"| {o} | {r['lr']:g} | {r['final_loss']:.4f} | {r['final_accuracy']:.1%} | {r['test_accuracy']:.1%} | "
                  f"{r['steps_to_threshold'] if r['steps_to_threshold'] is not None else 'never'} | "
                  f"{r['grad_norm_final']:.3g} | {r['weight_norm_initial']:.2f} → {r['weight_norm_final']:.2f} | "
-                 f"{r['first_stall_step'] if r['first_stall_step'] is not None else 'none'} | "
+                 f"{_stall_text(r['plateaus'])} | "
                  f"{h['min_final']:.3g}, {h['max_final']:.3g} | "
                  f"{', '.join(map(str, h['near_saddle_steps'])) or 'none'} |")
     pm = s["projection_match"]
@@ -708,13 +745,21 @@ def _report_spiral(s: dict) -> str:
           "loss, contour loss, exact loss at the projected point, distance, relative distance, sine of the angle "
           "to the plane).", "",
           "| plane | near points | median \\|true − contour\\| near | max near | far points | median far | max far | "
-          "corr(distance, mismatch) |", "|---|---|---|---|---|---|---|---|"]
+          "corr(distance, mismatch) | true loss below the contour |", "|---|---|---|---|---|---|---|---|---|"]
     names = {"pca-shared": "shared PCA plane (origin: common start)", "pca-own": "each run's own PCA plane (origin: its end)",
              "random": "random filter-normalised plane (origin: its end)"}
     for g, r in pm.items():
+        if g == "by_distance":
+            continue
         L.append(f"| {names[g]} | {r['n_near']} | {_fmt(r['median_abs_diff_near'])} | {_fmt(r['max_abs_diff_near'])} | "
                  f"{r['n_far']} | {_fmt(r['median_abs_diff_far'])} | {_fmt(r['max_abs_diff_far'])} | "
-                 f"{_fmt(r['corr_rel_distance_abs_diff'], '.2f')} |")
+                 f"{_fmt(r['corr_rel_distance_abs_diff'], '.2f')} | {_fmt(r['share_true_below_contour'], '.0%')} |")
+    L += ["", "All planes pooled, by distance from the plane (relative to the window's half-width):", "",
+          "| distance / half-width | points | median \\|true − contour\\| | 90th percentile |", "|---|---|---|---|"]
+    for b in pm["by_distance"]:
+        hi = "∞" if b["rel_distance_to"] is None else f"{b['rel_distance_to']:g}"
+        L.append(f"| {b['rel_distance_from']:g} – {hi} | {b['n']} | {_fmt(b['median_abs_diff'])} | "
+                 f"{_fmt(b['p90_abs_diff'])} |")
     L += ["", "| surface | explained variance (PC1, PC2) | roughness: mean \\|Z − smoothed\\| | relative to range | "
           "positive 2nd differences |", "|---|---|---|---|---|"]
     for key, r in s["surfaces"].items():
@@ -729,6 +774,7 @@ def _report_spiral(s: dict) -> str:
           "On a random plane every point except the final one lies almost entirely off the plane, so the "
           "contours under the path say little about the loss the optimiser had.", "",
           "![monitors](figures/monitors.png)", "", "![hessian](figures/hessian_along_training.png)", "",
+          f"Stalled: {s['plateau_rule']}. "
           "A checkpoint is marked near a saddle when λ_min < −0.01·λ_max while the full-batch gradient norm is "
           "below a tenth of its largest value along the run.", ""]
     b = s.get("basins")
@@ -748,14 +794,15 @@ def _report_spiral(s: dict) -> str:
               "Each variant trained with the same optimiser and steps; roughness measured on a random "
               "filter-normalised plane through the solution (coordinates in [−1, 1]) and on its PCA plane. "
               "Surfaces show the data loss (without the L2 term).", "",
-              "| variant | widths | L2 | params | train loss | train acc | test acc | roughness (random plane) | "
-              "positive 2nd diff (random) | roughness (PCA plane) |", "|---|---|---|---|---|---|---|---|---|---|"]
+              "| variant | widths | L2 | params | train loss | train acc | test acc | random plane: mean \\|Z − smoothed\\| "
+              "(relative to range) | random plane: positive 2nd diff | PCA plane: mean \\|Z − smoothed\\| (relative) |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
         for v, m in s["variants"].items():
             L.append(f"| {v} | {'-'.join(map(str, m['widths']))} | {m['weight_decay']:g} | {m['params']} | "
                      f"{m['final_loss']:.4f} | {m['final_accuracy']:.1%} | {m['test_accuracy']:.1%} | "
-                     f"{m['roughness_random']['relative_smooth_diff']:.2e} | "
+                     f"{m['roughness_random']['mean_abs_smooth_diff']:.4g} ({m['roughness_random']['relative_smooth_diff']:.2e}) | "
                      f"{m['roughness_random']['positive_curvature_share']:.1%} | "
-                     f"{m['roughness_pca']['relative_smooth_diff']:.2e} |")
+                     f"{m['roughness_pca']['mean_abs_smooth_diff']:.4g} ({m['roughness_pca']['relative_smooth_diff']:.2e}) |")
         L += ["", "![variants](figures/variants.png)", ""]
     L += [f"Animated paths: {s['gif']}.", "", f"The study took {s['seconds']:.1f} s.", ""]
     return "\n".join(L)
@@ -821,6 +868,8 @@ def run_cli(args) -> int:
               f"{r['steps_to_threshold'] if r['steps_to_threshold'] is not None else 'never'}")
     if "projection_match" in s:
         for g, r in s["projection_match"].items():
+            if g == "by_distance":
+                continue
             print(f"{g:10s} |true − contour| median near the plane {_fmt(r['median_abs_diff_near'])} "
                   f"({r['n_near']} points), far {_fmt(r['median_abs_diff_far'])} ({r['n_far']} points)")
     print(f"wrote {args.out}/report.md ({s['seconds']:.0f} s)")
