@@ -30,11 +30,11 @@ LABELS = {"naive": "naive (straight line)", "aligned": "aligned (weight matching
 
 @dataclass
 class WidthConfig:
-    widths: list[int] = field(default_factory=lambda: [16, 32, 64, 128, 256])
+    widths: list[int] = field(default_factory=lambda: [16, 32, 64, 128, 256, 512])
     depth: int = 2  # hidden layers of width w
-    pairs: int = 2  # independently trained pairs per width
-    epochs: int = 5
-    train_subset: int | None = 10_000  # seeded subset of the training split (None: all 50 000)
+    pairs: int = 3  # independently trained pairs per width
+    epochs: int = 6
+    train_subset: int | None = 20_000  # seeded subset of the training split (None: all 50 000)
     eval_subset: int = 5000  # test images (and training images) the barriers are measured on
     calib_subset: int = 2000  # training images REPAIR measures statistics on
     alphas: int = 11  # points in [0, 1]
@@ -270,11 +270,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE.toml",
                    help="TOML file with any of: " + ", ".join(f.name for f in dataclasses.fields(WidthConfig)))
     p.add_argument("--widths", type=positive_int, nargs="+", metavar="W",
-                   help="hidden widths, increasing (default: 16 32 64 128 256)")
-    p.add_argument("--pairs", type=positive_int, help="pairs of networks per width (default: 2)")
-    p.add_argument("--epochs", type=positive_int, help="training epochs per network (default: 5)")
+                   help="hidden widths, increasing (default: 16 32 64 128 256 512)")
+    p.add_argument("--pairs", type=positive_int, help="pairs of networks per width (default: 3)")
+    p.add_argument("--epochs", type=positive_int, help="training epochs per network (default: 6)")
     p.add_argument("--train-subset", type=positive_int, metavar="N",
-                   help="train on a seeded subset of N images (default: 10000)")
+                   help="train on a seeded subset of N images (default: 20000)")
     p.add_argument("--quick", action="store_true",
                    help="a smoke run in seconds: widths 8 and 32, 1 pair, 1 epoch on 2000 images, 5 α points")
 
