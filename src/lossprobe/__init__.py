@@ -13,6 +13,7 @@ from .train import History, TrainConfig, fit, load_checkpoint, save_checkpoint
 from . import directions, surface  # noqa: E402  (surface is a callable module: lossprobe.surface(...))
 from .surface import Surface, slice  # noqa: E402,A004
 from . import align, curves, repair  # noqa: E402  (align is a callable module: lossprobe.align(a, b))
+from . import monitors, toy, trajectory  # noqa: E402
 
 __version__ = "0.1.0"
 

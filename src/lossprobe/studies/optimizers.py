@@ -479,8 +479,10 @@ def _run_spiral(rd, cfg: OptimizersConfig, progress: bool) -> dict:
             ext = grid_extent(np.concatenate(coords))
             surf = plane_surface(obj, plane, ext, cfg.grid)
             arrays.update(surf.to_arrays("surface_"))
-            for s, c in zip(cfg.basin_seeds, coords):
+            meta["fidelity"] = {}
+            for s, c, t in zip(cfg.basin_seeds, coords, seed_thetas):
                 arrays[f"seed{s}_coords"] = c
+                meta["fidelity"][str(s)] = fidelity_summary(path_fidelity(obj, plane, t, surf), cfg.near)
             meta["plane_explained_variance_ratio"] = plane.explained_variance_ratio.tolist()
             meta["roughness"] = roughness(surf.loss)
             return arrays, meta
@@ -788,6 +790,12 @@ def _report_spiral(s: dict) -> str:
         for k, p in b["pairs"].items():
             L.append(f"| {k} | {p['loss_barrier_train']:.4f} | {p['loss_barrier_test']:.4f} | "
                      f"{p['error_barrier_train']:.1%} | {p['error_barrier_test']:.1%} |")
+        fid = b.get("fidelity", {})
+        if fid:
+            L += ["", "How faithful the seeds' picture is: median |true − contour| per seed "
+                  + ", ".join(f"{k}: {_fmt(v['all'].get('median_abs_diff_surface'))}" for k, v in fid.items())
+                  + "; median distance / window half-width "
+                  + ", ".join(f"{k}: {v['median_rel_distance']:.2f}" for k, v in fid.items()) + "."]
         L += ["", "![interp](figures/seed_interpolation.png)", "", "![seeds](figures/paths_seeds.png)", ""]
     if s.get("variants"):
         L += ["## Regularisation and architecture", "",
