@@ -32,11 +32,12 @@ def plot_paths(paths: Mapping[str, tuple], directory, title_data: str = "", name
             ax.grid(alpha=0.3)
         ax_l.set_ylabel(f"{split} cross-entropy loss")
         ax_e.set_ylabel(f"{split} error (%)")
-        suffix = f" — {split}" + (f", {title_data}" if title_data else "")
-        ax_l.set_title(f"Loss along four paths{suffix}" if len(paths) == 4 else f"Loss along the paths{suffix}", fontsize=9)
-        ax_e.set_title(f"Error along the same paths{suffix}", fontsize=9)
+        ax_l.set_title(f"Loss along {'four' if len(paths) == 4 else 'the'} paths, {split} data", fontsize=9)
+        ax_e.set_title(f"Error along the same paths, {split} data", fontsize=9)
         if row == 0:
             ax_l.legend(fontsize=8)
+    if title_data:
+        fig.suptitle(f"Paths from {label_a} to {label_b}: {title_data}", fontsize=10)
     save_figure(fig, directory, name)
     return [name]
 
