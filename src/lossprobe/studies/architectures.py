@@ -44,7 +44,7 @@ class ArchitecturesConfig:
     lr: float = 2e-3
     momentum: float = 0.9
     weight_decay: float = 0.0
-    epochs: int = 4
+    epochs: int = 5
     batch_size: int = 128
     schedule: str = "cosine"
     n_val: int = 10_000
