@@ -43,7 +43,7 @@ def test_killed_search_resumes_without_losing_finished_trials(tmp_path, capsys):
     out = tmp_path / "run"
     db = out / "search.db"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "lossprobe.cli", "search", "--space", str(space), *ARGS,
+    proc = subprocess.Popen([sys.executable, "-m", "lossprobe", "search", "--space", str(space), *ARGS,
                              "--out", str(out)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     try:

@@ -26,10 +26,12 @@ def test_probe_features_are_named_as_the_model_expects_and_non_zero(task):
     r = probe(SPACE, values, task, fraction=0.5, epochs=2, seed=0)
     assert list(r.features) == feature_names(SPACE)  # same names, same order
     assert r.cost == pytest.approx(1.0)
-    measured = [k for k in PROBE_FEATURES if k != "diverged"]
+    # accuracy slopes may be exactly 0 on a small validation set; everything else is measured
+    measured = [k for k in PROBE_FEATURES if k not in ("diverged", "train_acc_slope", "val_acc_slope")]
     for k in measured:
         v = r.features[k]
         assert math.isfinite(v) and v != 0.0, f"feature {k} is {v}"  # the published bug: all zeros
+    assert all(math.isfinite(r.features[k]) for k in ("train_acc_slope", "val_acc_slope"))
     assert r.features["diverged"] == 0.0
     assert r.features["probe_fraction"] == 0.5 and r.features["probe_epochs"] == 2
     assert 0.3 < r.features["val_acc"] <= 1 and r.features["train_loss"] > 0

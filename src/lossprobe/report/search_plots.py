@@ -58,8 +58,8 @@ def plot_regret(grid, curves: dict, directory, title_data: str) -> str:
         ax.fill_between(grid, np.maximum(stats[:, 1], 1e-4), np.maximum(stats[:, 2], 1e-4), color=st["color"], alpha=0.12)
     ax.set_yscale("log")
     ax.set_xlabel("budget (full-data epoch equivalents, probes included)")
-    ax.set_ylabel("regret (best val acc in table − chosen)")
-    ax.set_title(f"Regret vs budget, {title_data}")
+    ax.set_ylabel("regret (best val acc in table − chosen;\n0 drawn at 1e-4)")
+    ax.set_title(f"Regret vs budget (mean, 95% CI over seeds)\n{title_data}", fontsize=10)
     ax.legend(fontsize=7, ncol=2)
     save_figure(fig, directory, "regret_vs_budget")
     return "regret_vs_budget"
@@ -76,16 +76,16 @@ def plot_correlations(fidelities: list[str], meta: dict, probe: dict, no_sharp: 
                                   ("probe val acc alone", probe))):
         m = np.array([d[f][0] for f in fidelities])
         err = np.array([[d[f][0] - d[f][1] for f in fidelities], [d[f][2] - d[f][0] for f in fidelities]])
-        ax.bar(x + (j - 1) * 0.26, m, 0.26, yerr=err, capsize=2, label=lab, color=("#444444", "#999999", "#dddddd")[j],
+        ax.bar(x + (j - 1) * 0.26, m, 0.26, zorder=2, yerr=err, capsize=2, label=lab, color=("#444444", "#999999", "#dddddd")[j],
                edgecolor="black", hatch=hatches[j])
     if ceiling is not None and np.isfinite(ceiling[0]):
-        ax.axhspan(ceiling[1], ceiling[2], color="#0072B2", alpha=0.15)
-        ax.axhline(ceiling[0], color="#0072B2", linestyle="--", label="seed-to-seed ceiling")
+        ax.axhspan(ceiling[1], ceiling[2], color="#0072B2", alpha=0.10, zorder=0)
+        ax.axhline(ceiling[0], color="#0072B2", linestyle="--", label="seed-to-seed ceiling (95% band)", zorder=3)
     ax.set_xticks(x, fidelities)
     ax.set_xlabel("probe fidelity (data fraction × epochs)")
     ax.set_ylabel(f"{stat.capitalize()} with final val acc")
     ax.set_ylim(min(0, ax.get_ylim()[0]), 1.05)
-    ax.set_title(f"Predicting final accuracy from probes, {title_data}")
+    ax.set_title(f"Held-out prediction of final val acc\n{title_data}", fontsize=10)
     ax.legend(fontsize=7, loc="lower right")
     save_figure(fig, directory, f"correlation_{stat}")
     return f"correlation_{stat}"

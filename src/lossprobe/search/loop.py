@@ -137,7 +137,7 @@ def probe_search(oracle: Oracle, cfg: LoopConfig, on_event: Callable[[Event, "Se
                 break  # the oracle has no candidates left
             continue
         # 2. score the probed, untrained candidates
-        if len(trained) < cfg.init_full:
+        if len(trained) < max(cfg.init_full, 2):  # a meta-model needs two targets at least
             score = np.array([feats[k]["val_acc"] for k in pool])
             mean, std = score, np.zeros(len(pool))
         else:
