@@ -350,5 +350,21 @@ def test_surface_axis_titles_from_the_saved_metadata(tmp_path):
     run = site.load_run(rd.path)
     assert run.axis_labels["surface.npz"] == {"coords_0": "direction 1 (random, filter-normalised)",
                                               "coords_1": "direction 2 (pca)"}
-    surf = site.run_plots(run)[0]
+    surf = site.run_plots(run)[0][0]
     assert surf.layout["scene"]["yaxis"]["title"]["text"] == "direction 1 (random, filter-normalised)"
+
+
+def test_same_curve_in_several_files_is_one_plot_and_surfaces_are_capped(tmp_path):
+    from lossprobe.store import RunDir
+
+    rd = RunDir(tmp_path / "o", "optimizers", {"quick": True})
+    for k, opt in enumerate(("sgd", "adam")):
+        rd.save_arrays(f"train-{opt}.npz", steps=np.arange(5), loss=np.linspace(1, k / 4, 5))
+    for i in range(site.MAX_SURFACE_FILES + 2):
+        rd.save_arrays(f"plane-{i}.npz", x=np.linspace(0, 1, 3), y=np.linspace(0, 1, 4), loss=np.full((4, 3), i))
+    plots, omitted = site.run_plots(site.load_run(rd.path))
+    curves = [p for p in plots if not p.surface and p.data[0]["type"] == "scatter"]
+    assert len(curves) == 1 and sorted(t["name"] for t in curves[0].data) == ["train-adam · loss", "train-sgd · loss"]
+    assert sum(p.surface for p in plots) == site.MAX_SURFACE_FILES and omitted == 4
+    site.build_site([rd.path], tmp_path / "site")
+    assert "4 more plot(s)" in (tmp_path / "site/runs/o/index.html").read_text()

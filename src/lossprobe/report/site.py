@@ -758,6 +758,22 @@ def history_plots(histories: dict[str, dict], label_prefix: str = "") -> list[Pl
     return plots
 
 
+def overlay(members: list[tuple[str, Plot]], title: str, description: str, key: str = "") -> Plot:
+    """One plot with the lines of several plots of the same quantity, named '<label> · <line>'."""
+    first = members[0][1]
+    data, i = [], 0
+    for label, p in members:
+        for t in p.data:
+            if i >= MAX_TRACES:
+                break
+            t = {**t, "name": f"{label} · {t['name']}", **_style(i)}
+            t["hovertemplate"] = t["hovertemplate"].replace("<br>", f"<br>{esc(label)} · ", 1)
+            data.append(t)
+            i += 1
+    lay = {**first.layout, "title": {"text": title, "font": {"size": 15}}}
+    return Plot(title, data, lay, description, key=key or first.key, logy=first.logy)
+
+
 def _signature(arrays: dict[str, np.ndarray]) -> tuple:
     import hashlib
 
@@ -769,7 +785,11 @@ def _signature(arrays: dict[str, np.ndarray]) -> tuple:
     return (h.hexdigest(),)
 
 
-def run_plots(run: Run) -> list[Plot]:
+MAX_SURFACE_FILES = 3  # per run page; the others stay in the linked files
+
+
+def run_plots(run: Run) -> tuple[list[Plot], int]:
+    """The interactive plots of a run page, and how many were left out (page budget)."""
     # array files in the order the run wrote them (the study's own order, e.g. the straight
     # line before the aligned paths), then learning curves, then surfaces
     def written(rel: str) -> float:
@@ -784,13 +804,33 @@ def run_plots(run: Run) -> list[Plot]:
         if sig not in seen:  # the same arrays saved twice (e.g. a copy for resuming) plot once
             seen.add(sig)
             order.append(rel)
+    # the same curve in several files (one file per optimiser, say) is one plot with all lines
+    by_key: dict[str, list[tuple[str, Plot]]] = {}
+    for rel in order:
+        for p in curve_plots(rel, run.arrays[rel], axis_labels=run.axis_labels.get(rel)):
+            by_key.setdefault(p.key.split(":", 1)[1], []).append((rel, p))
     plots = []
-    for rel in order:
-        plots += curve_plots(rel, run.arrays[rel], axis_labels=run.axis_labels.get(rel))
+    for k, members in by_key.items():
+        if len(members) == 1:
+            plots.append(members[0][1])
+            continue
+        labels = [posixpath.basename(rel).removesuffix(".npz") for rel, _ in members]
+        first = members[0][1]
+        title = first.title.split(" (")[0] + f" ({len(members)} files: {', '.join(labels)})"
+        plots.append(overlay([(lab, p) for lab, (_, p) in zip(labels, members)], title,
+                             f"The same quantity from {len(members)} array files, one line per file and series; "
+                             "hover for values.", key=k))
     plots += history_plots(run.histories)
+    n_surface_files, omitted = 0, 0
     for rel in order:
-        plots += surface_plots(rel, run.arrays[rel], axis_labels=run.axis_labels.get(rel))
-    return plots[:MAX_PLOTS]
+        sp = surface_plots(rel, run.arrays[rel], axis_labels=run.axis_labels.get(rel))
+        if sp and n_surface_files >= MAX_SURFACE_FILES:
+            omitted += len(sp)
+            continue
+        n_surface_files += bool(sp)
+        plots += sp
+    omitted += max(0, len(plots) - MAX_PLOTS)
+    return plots[:MAX_PLOTS], omitted
 
 
 # --- HTML pieces ------------------------------------------------------------------------------------
@@ -935,12 +975,15 @@ def render_run(run: Run, compare_href: str | None) -> str:
     else:
         b.append("<p>No summary.json yet.</p>")
 
-    plots = run_plots(run)
+    plots, omitted = run_plots(run)
     if plots:
         b.append('<h2 id="plots">Interactive plots</h2>')
         b.append("<p>Drag to zoom (2-D) or rotate (3-D), double-click to reset; hover for values. "
                  "The buttons do the same from the keyboard.</p>")
         b += [_plot_html(p, f"plot-{i + 1}") for i, p in enumerate(plots)]
+        if omitted:
+            b.append(f"<p>{omitted} more plot(s) of the run's arrays are left out to keep this page quick; "
+                     'the arrays are under <a href="#files">Files</a>.</p>')
 
     shown: set[str] = set()
     if run.report_md.strip():
@@ -1096,19 +1139,9 @@ def render_compare(kind: str, runs: list[Run]) -> str:
         if len(members) < 2:
             continue
         first = members[0][1]
-        data, i = [], 0
-        for r, p in members:
-            for t in p.data:
-                if i >= MAX_TRACES:
-                    break
-                t = {**t, "name": f"{r.name} · {t['name']}", **_style(i)}
-                t["hovertemplate"] = t["hovertemplate"].replace("<br>", f"<br>{esc(r.name)} · ", 1)
-                data.append(t)
-                i += 1
         title = first.title.split(" (")[0] + f" — {len(members)} runs overlaid"
-        lay = {**first.layout, "title": {"text": title, "font": {"size": 15}}}
-        plots.append(Plot(title, data, lay, f"{first.description} One line per run and series.", key=key,
-                          logy=True))
+        plots.append(overlay([(r.name, p) for r, p in members], title,
+                             f"{first.description} One line per run and series.", key=key))
     hist_runs = {f"{r.name} · {label}": h for r in runs for label, h in r.histories.items()}
     if len({k.split(" · ")[0] for k in hist_runs}) >= 2:
         plots += [Plot(p.title + " — all runs", p.data, p.layout, p.description, key=p.key, logy=p.logy)
