@@ -773,8 +773,9 @@ def _report_spiral(s: dict) -> str:
           "![own](figures/paths_own_planes.png)", "",
           "![fidelity shared](figures/fidelity_pca_shared.png)", "", "![fidelity own](figures/fidelity_pca_own.png)", "",
           "![fidelity random](figures/fidelity_random.png)", "",
-          "On a random plane every point except the final one lies almost entirely off the plane, so the "
-          "contours under the path say little about the loss the optimiser had.", "",
+          f"On the random planes {pm['random']['n_far']} of {pm['random']['n_far'] + pm['random']['n_near']} drawn "
+          "points lie far off the plane (the trajectory is nearly orthogonal to two random directions), so the "
+          "contours under those points say little about the loss the optimiser had.", "",
           "![monitors](figures/monitors.png)", "", "![hessian](figures/hessian_along_training.png)", "",
           f"Stalled: {s['plateau_rule']}. "
           "A checkpoint is marked near a saddle when λ_min < −0.01·λ_max while the full-batch gradient norm is "
