@@ -368,3 +368,15 @@ def test_same_curve_in_several_files_is_one_plot_and_surfaces_are_capped(tmp_pat
     assert sum(p.surface for p in plots) == site.MAX_SURFACE_FILES and omitted == 4
     site.build_site([rd.path], tmp_path / "site")
     assert "4 more plot(s)" in (tmp_path / "site/runs/o/index.html").read_text()
+
+
+def test_key_numbers_of_other_summary_shapes():
+    s = {"optimizers": {"sgd": {"lr": 0.1, "test_accuracy": 0.6}, "adam": {"lr": 1e-3, "test_accuracy": 0.7}},
+         "per_method": {"naive": [0.1, 0.2], "aligned": [0.05, 0.1]}, "params": 65, "threshold": 0.2,
+         "odd": {"a": None, "b": "x", "c": {"d": [1, [2]]}}, "empty": {}, "nested": [[1, 2], [3]], "none": None}
+    keys = dict(site.key_numbers(s, limit=10))
+    assert keys["optimizers.test_accuracy"] == "sgd 0.6 · adam 0.7"
+    assert keys["per_method"] == "naive 0.1 / 0.2 · aligned 0.05 / 0.1"
+    assert list(keys)[-1] == "params" and "threshold" not in keys
+    for odd in ([], "text", {1: 2}, {"x": {"y": {}}}, {"a": {"b": {"c": 1}, "d": 2}}):
+        site.key_numbers(odd)
