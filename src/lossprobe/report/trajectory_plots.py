@@ -192,7 +192,7 @@ def plot_fidelity(fidelities: dict, directory, name: str, title: str, near: floa
     ax_r.set_xlabel("distance from the plane / window half-width (parameter units)")
     ax_r.set_ylabel("|true loss − surface loss| (floored at 1e-8)")
     ax_l.set_title(_wrap(f"True loss vs. contour value along the path — {title}", 70), fontsize=8)
-    ax_r.set_title("Mismatch grows with distance from the plane", fontsize=8)
+    ax_r.set_title("Mismatch against distance from the plane", fontsize=8)
     for ax in (ax_l, ax_r):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
