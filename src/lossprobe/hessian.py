@@ -276,7 +276,7 @@ def as_linear_operator(objective: Objective, theta: torch.Tensor | None = None, 
     return op
 
 
-def _bar(progress: bool, total: int, unit: str = "Hv"):
+def _bar(progress: bool, total: int | None, unit: str = "Hv"):
     if not progress:
         return None, None
     from tqdm.auto import tqdm
@@ -314,7 +314,7 @@ def eigenvalues(
     H = HessianOperator(objective, theta, params, method)
     if tol is None:
         tol = 1e-9 if objective.space.dtype == torch.float64 else 1e-5
-    bar, tick = _bar(progress, min(max_steps, H.n) + k)
+    bar, tick = _bar(progress, None)  # the number of steps is decided by convergence
     try:
         r = lanczos_eigs(H.counting(), k=k, which=which, tol=tol, max_steps=max_steps, seed=seed,
                          residuals=residuals, progress=tick)
