@@ -130,6 +130,16 @@ def _open(driver, url: str, timeout: float = 30.0) -> None:
     raise AssertionError(f"{url}: plots not rendered within {timeout} s")
 
 
+def _until(check, timeout: float = 10.0) -> bool:
+    """Poll `check()` until it is true (plotly redraws asynchronously) or `timeout` passes."""
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if check():
+            return True
+        time.sleep(0.1)
+    return bool(check())
+
+
 def _images_loaded(driver, timeout: float = 15.0) -> list[str]:
     """Load lazy images now; return the src of every image that failed (naturalWidth 0)."""
     driver.execute_script("document.querySelectorAll('img').forEach(i => { i.loading = 'eager'; });")
@@ -258,16 +268,15 @@ def test_plot_controls_work_from_the_keyboard(site, browser):
     button = browser.find_element("css selector", "button[data-action='right'][data-target='plot-1']")
     browser.execute_script("arguments[0].focus();", button)
     browser.switch_to.active_element.send_keys(Keys.ENTER)
-    time.sleep(0.3)
-    after = browser.execute_script(eye)
-    assert abs(after["x"] - before["x"]) + abs(after["y"] - before["y"]) > 0.1
+    assert _until(lambda: (lambda a: abs(a["x"] - before["x"]) + abs(a["y"] - before["y"]) > 0.1)(
+        browser.execute_script(eye)))
     _open(browser, site["base"] + "runs/pair-a/index.html")
     log = browser.find_element("css selector", "button[data-action='logy'][data-target='plot-1']")
     browser.execute_script("arguments[0].focus();", log)
     browser.switch_to.active_element.send_keys(Keys.SPACE)
-    time.sleep(0.3)
-    assert log.get_attribute("aria-pressed") == "true"
-    assert browser.execute_script("return document.getElementById('plot-1').layout.yaxis.type") == "log"
+    assert _until(lambda: log.get_attribute("aria-pressed") == "true")
+    assert _until(lambda: browser.execute_script("return document.getElementById('plot-1').layout.yaxis.type")
+                  == "log")
 
 
 def test_pages_work_opened_from_disk(site, browser):
