@@ -20,6 +20,7 @@ This module is also callable: ``lossprobe.surface(...)`` is ``lossprobe.surface.
 from __future__ import annotations
 
 import builtins
+import copy
 import hashlib
 import json
 import math
@@ -483,8 +484,9 @@ def _run_ray(obj, model, origin, dirs, pts_all, todo, chunk_size, K, address, re
         if isinstance(data, Split):
             data = data.to("cpu")
         # put once: every task gets references, Ray ships each object to a worker once
-        refs = [ray.put(v) for v in (model.cpu() if obj.device.type == "cpu" else model, data,
-                                     origin.cpu(), dirs.cpu())]
+        # workers get a CPU copy (never move the caller's model off its device)
+        cpu_model = model if obj.device.type == "cpu" else copy.deepcopy(model).cpu()
+        refs = [ray.put(v) for v in (cpu_model, data, origin.cpu(), dirs.cpu())]
         opts = {"loss": obj.loss, "batch_size": obj.batch_size, "include_buffers": obj.space.include_buffers,
                 "token": _digest(origin.cpu(), dirs.cpu(), os.getpid(), time.time())}
         task = ray.remote(max_retries=retries, retry_exceptions=True)(_ray_chunk)
