@@ -84,10 +84,11 @@ class CIFAR:
     root: Path
 
 
-def cifar(root: str | os.PathLike | None, kind: str = "cifar10", n_val: int = 5000, split_seed: int = 0,
+def cifar(root: str | os.PathLike | None, kind: str = "cifar10", n_val: int | None = None, split_seed: int = 0,
           normalize: bool = True) -> CIFAR:
     """Load CIFAR-10/100 as float images [N, 3, 32, 32] in [0, 1], standardised per channel by
-    the training images' mean and std; `n_val` training images (seeded) become validation."""
+    the training images' mean and std; `n_val` training images (seeded) become validation
+    (default: 5000, or a tenth of the training images if there are fewer than 50000)."""
     if kind not in _LAYOUT:
         raise UserError(f"unknown CIFAR kind '{kind}'; use cifar10 or cifar100")
     if root is None:
@@ -102,6 +103,8 @@ def cifar(root: str | os.PathLike | None, kind: str = "cifar10", n_val: int = 50
     xt, yt = (np.concatenate(a) for a in zip(*(read_batch(d / f) for f in test_files)))
     if y.max(initial=0) >= n_classes or yt.max(initial=0) >= n_classes:
         raise UserError(f"{d}: labels exceed {n_classes - 1}; is this {kind}?")
+    if n_val is None:
+        n_val = min(5000, len(x) // 10)
     if not 0 <= n_val < len(x):
         raise UserError(f"n_val must be in [0, {len(x)}), got {n_val}")
     xf = torch.from_numpy(x).float().div_(255.0)
