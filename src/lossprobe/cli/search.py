@@ -85,6 +85,9 @@ def run(args) -> int:
     if args.address and args.backend != "ray":
         raise UserError("--address needs --backend ray")
     budget = args.budget if args.budget is not None else 10.0 * space.epochs
+    if budget < space.epochs:
+        raise UserError(f"--budget {budget:g} is less than one full training ({space.epochs} epochs); give at least "
+                        f"{space.epochs + args.fraction * args.probe_epochs:g}")
     loop_cfg = LoopConfig(budget=budget, probes_per_round=args.probes_per_round, init_probes=args.init_probes,
                           init_full=args.init_full, kappa=args.kappa, meta=args.meta,
                           sharpness=not args.no_sharpness, seed=args.seed)
@@ -92,6 +95,7 @@ def run(args) -> int:
     config = {"space": space.to_dict(), "task": dataclasses.asdict(spec), "loop": dataclasses.asdict(loop_cfg),
               "fraction": args.fraction, "probe_epochs": args.probe_epochs,
               "storage": args.storage, "study_name": args.study_name}
+    task = spec.load()  # load here so that errors about the data come before any output is written
     rd = RunDir(args.out, "search", config, force=args.force, seeds={"search": args.seed})
     if rd.done("search") and (rd / "chosen.json").is_file():
         ch = rd.load_json("chosen.json")
@@ -99,7 +103,6 @@ def run(args) -> int:
               f"test acc {ch['test_accuracy']:.4f} (the test set is not read again); see {rd.path}")
         return 0
     storage = args.storage or default_storage(rd.path)
-    task = spec.load()  # load once here so that errors about the data come before any work
     executor = Executor(args.backend, args.address, args.num_cpus)
     oracle = LiveOracle(space, spec, storage, args.study_name, args.fraction, args.probe_epochs, args.seed,
                         executor, checkpoint_dir=rd.subdir("checkpoints"),
