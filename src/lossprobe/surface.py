@@ -443,6 +443,8 @@ def _compute(model_or_objective, data, dirs_in, spans, steps, *, origin=None, su
                     loss_c, acc_c = _eval_chunk(obj, origin_t, dirs, pts_all[idx], tick)
                     finish(i, loss_c, acc_c)
         elif backend == "ray" and todo:
+            if not isinstance(obj.data, Split):
+                raise UserError("backend='ray' needs in-memory data (a Split or tensors), not a DataLoader")
             _run_ray(obj, model, origin_t, dirs, pts_all, todo, chunk_size, K, address, ray_retries, finish,
                      bar, include_buffers)
     finally:

@@ -166,13 +166,20 @@ def run(args, two_d: bool) -> int:
     lines = [f"# Loss {kind} around `{args.checkpoint}`", "",
              f"Model `{args.model}`, data `{args.data}` ({len(split)} samples), {args.norm}-normalised random "
              f"direction(s) with seed {args.seed}; grid {shape} over {spans}.", "",
-             f"Loss at the centre: **{s['center_loss']:.4f}**; range {s['min_loss']:.4f} … {s['max_loss']:.4f}; "
+             f"Loss at the centre: **{_f(s['center_loss'])}**; range {_f(s['min_loss'])} … {_f(s['max_loss'])}; "
              f"{s['non_finite']} non-finite point(s). Computed in {seconds:.1f} s.", ""]
     lines += [f"![{n}](figures/{n}.png)\n" for n in names]
     if extra:
         lines += ["Also: " + ", ".join(f"[{e}]({e})" for e in extra), ""]
     (rd / "report.md").write_text("\n".join(lines))
     rd.complete()
-    print(f"centre loss {s['center_loss']:.4f}, min {s['min_loss']:.4f}, max {s['max_loss']:.4f} over {n_pts} points "
+    print(f"centre loss {_f(s['center_loss'])}, min {_f(s['min_loss'])}, max {_f(s['max_loss'])} over {n_pts} points "
           f"in {seconds:.1f} s; wrote {rd.path}")
     return 0
+
+
+def _f(v) -> str:
+    """A loss for text: 4 decimals, or 'n/a' when there is none (all points NaN/inf)."""
+    import math
+
+    return f"{v:.4f}" if isinstance(v, float) and math.isfinite(v) else "n/a"
