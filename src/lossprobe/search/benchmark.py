@@ -179,7 +179,7 @@ class ReplaySettings:
     budget: float
     seeds: int = 10
     target_regret: float = 0.01
-    grid_points: int = 25
+    grid_points: int | None = None  # budget grid for regret curves (default: one point per budget unit, >= 25)
     methods: tuple = METHODS
 
 
@@ -187,7 +187,8 @@ def replay_all(rows: list[dict], space: SearchSpace, rs: ReplaySettings, progres
     """Every method × seed: regret curves [seeds, grid] on a common budget grid."""
     best = max(r["full"]["val_accuracy"] for r in rows)
     floor = min(r["full"]["val_accuracy"] for r in rows)
-    grid = np.linspace(0, rs.budget, rs.grid_points + 1)[1:]
+    n = rs.grid_points or max(25, int(round(rs.budget)))
+    grid = np.linspace(0, rs.budget, n + 1)[1:]
     curves, chosen = {}, {}
     jobs = [(m, s) for m in rs.methods for s in range(rs.seeds)]
     bar = None

@@ -171,8 +171,19 @@ def run(out, config: SearchBenchmarkConfig | None = None, force: bool = False, p
     else:
         verdict = (f"probe-based search does NOT beat the best baseline ({best_base}) at the full budget "
                    f"(mean regret {pm[0]:.4f} vs {bm[0]:.4f})")
-    verdict += (f"; averaged over budgets (anytime regret) probe {mean_regret['probe'][0]:.4f} vs "
-                f"{best_base} {mean_regret[best_base][0]:.4f}")
+    verdict += (f"; averaged over budgets (anytime regret, which counts the budget spent before the first full "
+                f"training ends) probe {mean_regret['probe'][0]:.4f} vs {best_base} {mean_regret[best_base][0]:.4f}")
+    b_probe = b2r["probe"]
+    fastest = min((m for m in base), key=lambda m: b2r[m]["mean"] if b2r[m]["mean"] is not None else np.inf)
+    if b_probe["mean"] is not None and b2r[fastest]["mean"] is not None:
+        verdict += (f"; to reach regret <= {cfg.target_regret} it needs {b_probe['mean']:.1f} epochs "
+                    f"(reached {b_probe['reached']}) against {b2r[fastest]['mean']:.1f} for {fastest} "
+                    f"(reached {b2r[fastest]['reached']})")
+    meta_vs_rank = regret_at_budget["probe"][0] - regret_at_budget["probe-rank"][0]
+    verdict += ("; the meta-model " + ("does not improve on" if meta_vs_rank >= -1e-9 else "improves on")
+                + f" ranking candidates by probe validation accuracy alone (mean regret {regret_at_budget['probe'][0]:.4f} "
+                f"vs {regret_at_budget['probe-rank'][0]:.4f}; budget to target {b_probe['mean'] or float('nan'):.1f} vs "
+                f"{b2r['probe-rank']['mean'] or float('nan'):.1f})")
     sharp = regret_at_budget["probe"][0] - regret_at_budget["probe-no-sharpness"][0]
     fs = spearman[fid]
     sharp_verdict = (f"sharpness features change held-out Spearman at {fid} by {fs['meta'][0] - fs['meta_no_sharpness'][0]:+.3f} "
