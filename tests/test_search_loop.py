@@ -74,6 +74,9 @@ def test_every_method_replays_within_budget_and_regret_never_rises(method):
     grid = np.arange(1, 41, dtype=float)
     reg = regret_curve(tr, grid, best, 0.1)
     assert np.all(np.diff(reg) <= 1e-12) and reg[-1] >= 0
+    if method in BASELINES:  # replays are reproducible (Hyperband once hashed a random study name)
+        again = run_method(method, rows, SPACE, "p", budget=40, seed=1)
+        assert again.keys == tr.keys and again.spent == tr.spent
 
 
 def test_probe_search_beats_random_on_a_table_where_probes_are_informative():

@@ -70,7 +70,9 @@ def _optuna_search(oracle: CurveOracle, budget: float, seed: int, sampler, prune
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)
+    # a fixed name: Optuna's Hyperband assigns brackets by a hash of the study name, so a
+    # random default name would make replays irreproducible
+    study = optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner, study_name=f"{method}-{seed}")
     trace, spent = Trace(method), 0.0
     while spent + 1 <= budget + 1e-9:
         trial = study.ask(oracle.space.distributions())

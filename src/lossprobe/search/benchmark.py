@@ -5,8 +5,9 @@ fully trained with its per-epoch validation curve and probe features at several
 fidelities. Replaying a method on it costs no training, so every method sees the same
 configurations and the same numbers, and can be run for many seeds:
 
-* probe-based search (`loop.probe_search`) with and without the sharpness features, and
-  a heuristic that ranks candidates by probe validation accuracy alone (no meta-model);
+* probe-based search (`loop.probe_search`) with and without the sharpness features, without
+  the exploration bonus (kappa = 0), and a heuristic that ranks candidates by probe
+  validation accuracy alone (no meta-model);
 * random search, Optuna TPE, successive halving and Hyperband (`baselines`).
 
 Reported: Spearman and Kendall correlation between the meta-model's predicted and the
@@ -30,7 +31,7 @@ from .loop import LoopConfig, probe_search
 from .probes import SHARPNESS_FEATURES
 from .space import SearchSpace
 
-METHODS = ("probe", "probe-no-sharpness", "probe-rank", "random", "tpe", "sh", "hyperband")
+METHODS = ("probe", "probe-no-sharpness", "probe-kappa0", "probe-rank", "random", "tpe", "sh", "hyperband")
 
 
 class TableOracle:
@@ -96,6 +97,8 @@ def run_method(method: str, rows: list[dict], space: SearchSpace, fidelity: str,
     kw = dict(budget=budget, seed=seed, **(loop_overrides or {}))
     if method == "probe-no-sharpness":
         kw["sharpness"] = False
+    elif method == "probe-kappa0":
+        kw["kappa"] = 0.0  # no exploration bonus: the predicted mean alone
     elif method == "probe-rank":
         kw["init_full"] = 10**9  # never fit the meta-model: rank by probe validation accuracy
     elif method != "probe":
@@ -131,7 +134,9 @@ def correlations(rows: list[dict], fidelity: str, n_fit: int, seeds: int, sharpn
     """Held-out Spearman and Kendall of predicted vs true final val accuracy, per seed.
 
     Each seed fits the meta-model on `n_fit` random rows and scores the others. Also the
-    correlations of the raw probe validation accuracy (no meta-model) on the same rows.
+    correlations of the raw probe validation accuracy (no meta-model) on the same rows, and
+    Spearman restricted to the held-out rows whose true accuracy is above the median
+    (``*_top``), where a search has to tell good from best.
     """
     from .meta import MetaModel
 
@@ -139,7 +144,8 @@ def correlations(rows: list[dict], fidelity: str, n_fit: int, seeds: int, sharpn
     feats = [r["probes"][fidelity]["features"] for r in rows]
     if not sharpness:
         feats = [{k: v for k, v in f.items() if k not in SHARPNESS_FEATURES} for f in feats]
-    out = {"meta_spearman": [], "meta_kendall": [], "probe_spearman": [], "probe_kendall": []}
+    out = {"meta_spearman": [], "meta_kendall": [], "probe_spearman": [], "probe_kendall": [],
+           "meta_spearman_top": [], "probe_spearman_top": []}
     for s in range(seeds):
         idx = np.random.default_rng([s, 99]).permutation(len(rows))
         tr, te = idx[:n_fit], idx[n_fit:]
@@ -150,6 +156,10 @@ def correlations(rows: list[dict], fidelity: str, n_fit: int, seeds: int, sharpn
         pv = np.array([feats[i]["val_acc"] for i in te])
         out["probe_spearman"].append(stats.spearmanr(pv, y[te]).statistic)
         out["probe_kendall"].append(stats.kendalltau(pv, y[te]).statistic)
+        # where selection happens: among held-out rows in the better half of true accuracy
+        top = y[te] >= np.median(y[te])
+        out["meta_spearman_top"].append(stats.spearmanr(mu[top], y[te][top]).statistic)
+        out["probe_spearman_top"].append(stats.spearmanr(pv[top], y[te][top]).statistic)
     return out
 
 
