@@ -44,8 +44,9 @@ class ArchitecturesConfig:
     lr: float = 2e-3
     momentum: float = 0.9
     weight_decay: float = 0.0
-    epochs: int = 5
+    epochs: int = 6
     batch_size: int = 128
+    eval_batch_size: int = 256  # CPU: small evaluation batches avoid huge conv activations (measured 1.7× faster than 4096)
     schedule: str = "cosine"
     n_val: int = 10_000
     split_seed: int = 0
@@ -63,7 +64,7 @@ class ArchitecturesConfig:
     threads: int | None = None  # torch intra-op threads (None: torch's default)
 
     def __post_init__(self):
-        for k in ("epochs", "hessian_subset", "top_k", "trace_products", "noise_draws", "probe_subset", "slice_steps"):
+        for k in ("epochs", "eval_batch_size", "hessian_subset", "top_k", "trace_products", "noise_draws", "probe_subset", "slice_steps"):
             if int(getattr(self, k)) <= 0:
                 raise UserError(f"{k} must be positive, got {getattr(self, k)}")
         if self.trace_products < 3:
@@ -86,7 +87,7 @@ class ArchitecturesConfig:
 
         return TrainConfig(optimizer=self.optimizer, lr=self.lr, momentum=self.momentum,
                            weight_decay=self.weight_decay, epochs=self.epochs, batch_size=self.batch_size,
-                           schedule=self.schedule, data_seed=self.data_seed)
+                           schedule=self.schedule, data_seed=self.data_seed, eval_batch_size=self.eval_batch_size)
 
 
 QUICK = {"epochs": 1, "train_subset": 2000, "eval_subset": 500, "model_a": "mlp:784-32-10",
@@ -176,7 +177,7 @@ def run(out, config: ArchitecturesConfig | None = None, force: bool = False, pro
             t = time.perf_counter()
             res = {}
             for key, model in models.items():
-                obj = Objective(model, p_val)
+                obj = Objective(model, p_val, batch_size=cfg.eval_batch_size)
                 res[key] = sharpness.noise_robustness(obj, sigmas=cfg.noise_sigmas, draws=cfg.noise_draws,
                                                       seed=cfg.seed, progress=progress).to_dict()
             rd.save_json("noise.json", res)
@@ -198,7 +199,8 @@ def run(out, config: ArchitecturesConfig | None = None, force: bool = False, pro
                 alphas[cfg.slice_steps // 2] = 0.0
                 sl = {"alphas": alphas, "loss": {}, "accuracy": {}}
                 for name, split in (("train", p_train), ("validation", p_val)):
-                    ev = Objective(model, split).evaluate(alphas, directions=d, progress=progress)
+                    ev = Objective(model, split, batch_size=cfg.eval_batch_size).evaluate(alphas, directions=d,
+                                                                                          progress=progress)
                     sl["loss"][name], sl["accuracy"][name] = ev.loss, ev.accuracy
                 slices[key] = sl
             rd.save_json("slices.json", slices)
@@ -207,7 +209,7 @@ def run(out, config: ArchitecturesConfig | None = None, force: bool = False, pro
             rd.mark("slices")
         slices = rd.load_json("slices.json")
 
-        test_acc = {k: evaluate_model(m, test)[1] for k, m in models.items()}
+        test_acc = {k: evaluate_model(m, test, batch_size=cfg.eval_batch_size)[1] for k, m in models.items()}
     finally:
         torch.set_num_threads(old_threads)
 
