@@ -290,8 +290,12 @@ def _slice_rise(sl: dict) -> dict:
 def _write_report(rd, cfg: ArchitecturesConfig, s: dict, figures: list[str]) -> None:
     A, B = "A", "B"
     pct = lambda v: f"{100 * v:.2f}%"  # noqa: E731
-    flatter = B if s["top_eigenvalue"][B] < s["top_eigenvalue"][A] else A
+    flatter = B if s["top_eigenvalue"][B] < s["top_eigenvalue"][A] and s["trace"][B] < s["trace"][A] else (
+        A if s["top_eigenvalue"][A] < s["top_eigenvalue"][B] and s["trace"][A] < s["trace"][B] else "neither model clearly")
     robust = B if np.mean(s["noise_robustness"][B]) > np.mean(s["noise_robustness"][A]) else A
+    better = B if s["val_accuracy"][B] >= s["val_accuracy"][A] else A
+    worse = A if better == B else B
+    wider = B if s["slice_loss_rise_at_span"][B] < s["slice_loss_rise_at_span"][A] else A
     st = s["seconds"]["stages"]
     lines = [
         "# Architecture study: plain MLP (A) vs CNN with BatchNorm and dropout (B)",
@@ -327,11 +331,16 @@ def _write_report(rd, cfg: ArchitecturesConfig, s: dict, figures: list[str]) -> 
         lines.append(f"| {k} | " + " | ".join(f"{100 * a:.1f} ± {100 * b:.1f}" for a, b in zip(m, sd)) + " |")
     lines += [
         "",
-        f"**Reading.** By the top eigenvalue, {flatter} sits in the flatter region; under weight noise, {robust} "
-        "keeps more of its accuracy. Curvature numbers are not scale-invariant: BatchNorm makes B's loss "
-        "invariant to the scale of the weights before each normalisation, so its eigenvalues can be changed "
-        "by rescaling without changing the function (Dinh et al. 2017); the filter-relative noise and "
-        "filter-normalised slices are the comparisons that survive that objection.",
+        f"**Reading.** {better} generalises better (validation {pct(s['val_accuracy'][better])} vs "
+        f"{pct(s['val_accuracy'][worse])}). By the top eigenvalue and the trace, {flatter} sits in the flatter "
+        f"region; under filter-relative weight noise, {robust} keeps more of its accuracy (mean over σ); along the "
+        f"filter-normalised slice, {wider} has the smaller loss rise. So in this run better generalisation "
+        + ("goes with" if flatter == better else "does not go with") + " lower curvature. Two caveats: "
+        "curvature is not scale-invariant — BatchNorm makes B's loss invariant to the scale of the weights "
+        "before each normalisation, so B's eigenvalues can be changed by rescaling without changing the "
+        "function (Dinh et al. 2017); and in eval mode B's BatchNorm uses running statistics recorded without "
+        "noise, so noise in the convolution weights also shifts the activations away from those statistics, "
+        "which adds to B's sensitivity under weight noise.",
         "",
         f"Hessian on {s['n']['hessian']} training images in eval mode (Lanczos with full reorthogonalisation; "
         f"Hutch++ with {cfg.trace_products} products). Time: "
