@@ -119,15 +119,17 @@ def run(args) -> int:
         d = dataclasses.asdict(e)
         events.append(d)
         head = f"[{e.spent:7.1f}/{budget:g}]"
-        if e.kind == "probe":
-            print(f"{head} probe #{e.key:<4d} val acc {e.value:.4f}")
-        else:
+        if e.kind == "full":
             full = [x for x in events if x["kind"] == "full"]
             best = max(full, key=lambda x: x["value"])
             pred = f"predicted {e.predicted:.4f} ± {e.predicted_std:.4f}" if e.predicted_std else f"probe val acc {e.predicted:.4f}"
             print(f"{head} full  #{e.key:<4d} val acc {e.value:.4f} ({pred}); best so far #{best['key']} {best['value']:.4f}",
                   flush=True)
 
+    def on_job(kind, key, r):  # printed as each probe finishes (the loop's own event comes per batch)
+        print(f"  probe #{key:<4d} val acc {r['features']['val_acc']:.4f} ({r['seconds']:.2f} s)", flush=True)
+
+    oracle.on_job = on_job
     result = probe_search(oracle, loop_cfg, on_event=on_event, final_test=oracle.test_accuracy)
     ch = result.chosen
     chosen = {"candidate": ch, "values": oracle.values(ch), "full_config": space.complete(oracle.values(ch)),

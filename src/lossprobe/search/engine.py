@@ -95,12 +95,27 @@ class Executor:
             self._remote = {}
 
     def map(self, fn, arglist: list[tuple]) -> list:
+        out = [None] * len(arglist)
+        for i, r in self.as_completed(fn, arglist):
+            out[i] = r
+        return out
+
+    def as_completed(self, fn, arglist: list[tuple]):
+        """Yield (index, result) as each job finishes, so callers can store it at once."""
         if self.backend == "inprocess":
-            return [fn(*a) for a in arglist]
+            for i, a in enumerate(arglist):
+                yield i, fn(*a)
+            return
         ray = self._ray
         if fn not in self._remote:
             self._remote[fn] = ray.remote(num_cpus=1)(fn)
-        return ray.get([self._remote[fn].remote(*a) for a in arglist])
+        refs = [self._remote[fn].remote(*a) for a in arglist]
+        index = {r: i for i, r in enumerate(refs)}
+        pending = list(refs)
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            for r in done:
+                yield index[r], ray.get(r)
 
 
 def default_storage(out: str | os.PathLike) -> str:
@@ -156,11 +171,14 @@ class LiveOracle:
         todo = [k for k in keys if k not in self._probe_cache]
         args = [(self.space.to_dict(), self.values(k), self.spec, self.fraction, self.probe_epochs, self.seed)
                 for k in todo]
-        for k, r in zip(todo, self.executor.map(_probe_job, args)):
+        for i, r in self.executor.as_completed(_probe_job, args):  # stored as each finishes
+            k = todo[i]
             self.probes.add_trial(optuna.trial.create_trial(
                 params=self.values(k), distributions=self.distributions, value=r["features"]["val_acc"],
                 user_attrs={"candidate": k, "features": r["features"], "cost": r["cost"], "seconds": r["seconds"]}))
             self._probe_cache[k] = r["features"]
+            if self.on_job is not None:
+                self.on_job("probe", k, r)
         return [self._probe_cache[k] for k in keys]
 
     def full(self, key: int) -> float:
