@@ -162,7 +162,7 @@ def run(out, config: TwoSeedsConfig | None = None, force: bool = False, progress
                    f"(error barrier {eb['train']:.2%} train, {eb['test']:.2%} test)")
 
     fig_lc = plot_learning_curves(histories, rd.figures, title=f"{cfg.model}, Fashion-MNIST")
-    fig_it = plot_interpolation(it, rd.figures, title_data=f"Fashion-MNIST train ({len(eval_train)}) / test ({len(test)})",
+    fig_it = plot_interpolation(it, rd.figures, title_data=f"Fashion-MNIST train ({len(eval_train)} images) and test ({len(test)} images)",
                                 label_a=f"seed {cfg.seeds[0]}", label_b=f"seed {cfg.seeds[1]}")
     seconds = elapsed_before + time.perf_counter() - t_start
     rd.save_json("timing.json", {"seconds": seconds})
