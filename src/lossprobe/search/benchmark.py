@@ -6,8 +6,9 @@ fidelities. Replaying a method on it costs no training, so every method sees the
 configurations and the same numbers, and can be run for many seeds:
 
 * probe-based search (`loop.probe_search`) with and without the sharpness features, without
-  the exploration bonus (kappa = 0), and a heuristic that ranks candidates by probe
-  validation accuracy alone (no meta-model);
+  the exploration bonus (kappa = 0), with probes charged their measured wall time instead
+  of fraction × epochs (``probe-wall-cost``), and a heuristic that ranks candidates by
+  probe validation accuracy alone (no meta-model);
 * random search, Optuna TPE, successive halving and Hyperband (`baselines`).
 
 Reported: Spearman and Kendall correlation between the meta-model's predicted and the
@@ -31,7 +32,8 @@ from .loop import LoopConfig, probe_search
 from .probes import SHARPNESS_FEATURES
 from .space import SearchSpace
 
-METHODS = ("probe", "probe-no-sharpness", "probe-kappa0", "probe-rank", "random", "tpe", "sh", "hyperband")
+METHODS = ("probe", "probe-no-sharpness", "probe-kappa0", "probe-rank", "probe-wall-cost", "random", "tpe", "sh",
+           "hyperband")
 
 
 class TableOracle:
@@ -97,6 +99,9 @@ def run_method(method: str, rows: list[dict], space: SearchSpace, fidelity: str,
     kw = dict(budget=budget, seed=seed, **(loop_overrides or {}))
     if method == "probe-no-sharpness":
         kw["sharpness"] = False
+    elif method == "probe-wall-cost":
+        # charge probes what they cost in wall time (features and evaluation included), not f × e
+        oracle.probe_cost = wall_probe_cost(rows, fidelity, oracle.full_cost)
     elif method == "probe-kappa0":
         kw["kappa"] = 0.0  # no exploration bonus: the predicted mean alone
     elif method == "probe-rank":
@@ -106,6 +111,14 @@ def run_method(method: str, rows: list[dict], space: SearchSpace, fidelity: str,
     res = probe_search(oracle, LoopConfig(**kw))
     b, a, keys = res.incumbent_curve()
     return Trace(method, list(b), list(a), keys)
+
+
+def wall_probe_cost(rows: list[dict], fidelity: str, full_cost: float) -> float:
+    """A probe's cost in budget units by measured wall time: median over rows of
+    (probe seconds / full-training seconds) × full_cost."""
+    ratios = [r["probes"][fidelity]["seconds"] / r["full"]["seconds"] for r in rows
+              if r["full"].get("seconds") and r["probes"][fidelity].get("seconds")]
+    return float(np.median(ratios)) * full_cost if ratios else float(rows[0]["probes"][fidelity]["cost"])
 
 
 def regret_curve(trace: Trace, grid: np.ndarray, best: float, floor: float) -> np.ndarray:

@@ -196,6 +196,9 @@ def run(out, config: SearchBenchmarkConfig | None = None, force: bool = False, p
     for stat, d in (("spearman", spearman), ("kendall", kendall)):
         figs.append(plot_correlations(keys, {k: d[k]["meta"] for k in keys}, {k: d[k]["probe_val_acc"] for k in keys},
                                       {k: d[k]["meta_no_sharpness"] for k in keys}, ceiling[stat], rd.figures, title, stat))
+    from ..search.benchmark import wall_probe_cost
+
+    wall_cost = {k: wall_probe_cost(rows, k, float(space.epochs)) for k in keys}
     seconds_table = float(sum(r["full"]["seconds"] + sum(p["seconds"] for p in r["probes"].values()) for r in rows))
     summary = {
         "study": "search-benchmark", "table_size": len(rows), "table_dir": tdir, "search_fidelity": fid,
@@ -206,6 +209,8 @@ def run(out, config: SearchBenchmarkConfig | None = None, force: bool = False, p
         "mean_regret_over_budget": mean_regret,
         "budget_to_regret": b2r, "target_regret": cfg.target_regret,
         "verdict": verdict, "sharpness_ablation": sharp_verdict,
+        "probe_cost_nominal": {k: float(rows[0]["probes"][k]["cost"]) for k in keys},
+        "probe_cost_wall": wall_cost,
         "table_training_seconds": seconds_table, "seconds": time.perf_counter() - t_start,
     }
     rd.save_json("summary.json", summary)
@@ -248,6 +253,9 @@ def _report(s: dict, keys: list[str], figs: list[str]) -> str:
         bt = f"{b['mean']:.1f} [{b['interval'][0]:.1f}, {b['interval'][1]:.1f}], {b['reached']}" if b["mean"] is not None else f"never, {b['reached']}"
         lines.append(f"| {m} | {_fmt(v)} | {_fmt(s['regret_at_half_budget'][m])} | "
                      f"{_fmt(s['mean_regret_over_budget'][m])} | {bt} |")
+    lines += ["", "Probe cost per fidelity, nominal (fraction × epochs) vs measured wall time in the same units: "
+              + ", ".join(f"{k} {s['probe_cost_nominal'][k]:.2f} vs {s['probe_cost_wall'][k]:.2f}" for k in keys)
+              + "; `probe-wall-cost` replays `probe` with the wall-time charge."]
     lines += ["", "Budget to regret counts seeds that never reach the target at the full budget as the full budget.",
               "Baselines on the table: suggestions of TPE/SH/Hyperband snap to the nearest untried row.", ""]
     lines += [f"![{n}](figures/{n}.png)\n" for n in figs]
