@@ -137,9 +137,9 @@ def lanczos(
 ) -> LanczosState:
     """Run (or continue) Lanczos with full reorthogonalisation in float64.
 
-    Every new vector is orthogonalised twice against all previous ones (classical
-    Gram-Schmidt, repeated: "twice is enough"), so the Ritz values carry no ghost copies
-    and residual estimates stay honest. When the Krylov space becomes invariant
+    Every new vector is orthogonalised against all previous ones (classical Gram-Schmidt,
+    repeated when the DGKS criterion asks for it: "twice is enough"), so the Ritz values
+    carry no ghost copies and residual estimates stay honest. When the Krylov space becomes invariant
     (β ≈ 0) before `n` steps, a fresh random vector orthogonal to the basis continues
     the process, so repeated eigenvalues are found too.
 
@@ -192,10 +192,14 @@ def lanczos(
 
 
 def _orth_against(w: torch.Tensor, B: torch.Tensor | None) -> torch.Tensor:
-    """w minus its projection on the rows of B [m, n], twice ("twice is enough")."""
+    """w minus its projection on the rows of B [m, n] by classical Gram-Schmidt, repeated
+    when the first pass cancelled much of w (the DGKS criterion: ‖w'‖ < ‖w‖/√2), which is
+    when one pass can leave a loss of orthogonality; "twice is enough"."""
     if B is None or B.shape[0] == 0:
         return w
-    for _ in range(2):
+    before = w.norm()
+    w = w - B.T @ (B @ w)
+    if w.norm() < 0.7071 * before:
         w = w - B.T @ (B @ w)
     return w
 
