@@ -54,6 +54,8 @@ def test_classifier_on_saddle_and_bowl():
     saddle = S.critical_point(_toy(lambda a, b: a**2 - b**2))
     assert saddle.kind == "saddle"
     assert math.isclose(saddle.lambda_max, 2.0, rel_tol=1e-9) and math.isclose(saddle.lambda_min, -2.0, rel_tol=1e-9)
+    round_bowl = S.critical_point(_toy(lambda a, b: a**2 + b**2))
+    assert round_bowl.kind == "minimum" and math.isclose(round_bowl.condition_number, 1.0, rel_tol=1e-9)
     bowl = S.critical_point(_toy(lambda a, b: a**2 + 3 * b**2))
     assert bowl.kind == "minimum"
     assert math.isclose(bowl.condition_number, 3.0, rel_tol=1e-9)
