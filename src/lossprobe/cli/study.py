@@ -17,4 +17,22 @@ def register(sub) -> None:
         sp = studies.add_parser(name, help=help_text, description=help_text)
         mod = importlib.import_module(module)
         mod.add_arguments(sp)
-        sp.set_defaults(func=mod.run_cli)
+        sp.add_argument("--no-site", action="store_true",
+                        help="do not build the HTML report site in DIR/site at the end")
+        sp.set_defaults(func=_with_site(mod.run_cli))
+
+
+def _with_site(run_cli):
+    """Run a study, then build its report site in <out>/site (never failing the study)."""
+
+    def run(args) -> int:
+        code = run_cli(args)
+        if code == 0 and not args.no_site:
+            from ..report.site import build_run_site
+
+            site = build_run_site(args.out)
+            if site is not None:
+                print(f"report site: {site}")
+        return code
+
+    return run

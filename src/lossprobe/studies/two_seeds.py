@@ -87,7 +87,6 @@ def run(out, config: TwoSeedsConfig | None = None, force: bool = False, progress
     from ..models import build
     from ..paths import interpolate
     from ..report.paths_plots import plot_interpolation
-    from ..report.site import build_run_site
     from ..report.training_plots import plot_learning_curves
     from ..store import RunDir
     from ..train import History, fit, load_checkpoint, save_checkpoint
@@ -190,7 +189,6 @@ def run(out, config: TwoSeedsConfig | None = None, force: bool = False, progress
     _write_report(rd, cfg, summary, fig_lc + fig_it + conn["figures"] + surf["figures"])
     rd.mark("report")
     rd.complete()
-    build_run_site(rd.path)  # the HTML report site in <run>/site; warns instead of raising
     return summary
 
 
