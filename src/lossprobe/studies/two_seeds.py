@@ -159,6 +159,12 @@ def run(out, config: TwoSeedsConfig | None = None, force: bool = False, progress
     else:
         verdict = (f"separated by a loss barrier of {lb['train']:.4f} on train, {lb['test']:.4f} on test "
                    f"(error barrier {eb['train']:.2%} train, {eb['test']:.2%} test)")
+        if "aligned" in eb:
+            al = eb["aligned"]
+            verdict += ("; after aligning hidden units the error barrier is "
+                        f"{al['train']:.2%} train, {al['test']:.2%} test: "
+                        + ("one basin up to permutation symmetry" if max(al.values()) <= cfg.barrier_tolerance
+                           else "a barrier remains even up to permutation symmetry"))
 
     fig_lc = plot_learning_curves(histories, rd.figures, title=f"{cfg.model}, Fashion-MNIST")
     fig_it = plot_interpolation(it, rd.figures, title_data=f"Fashion-MNIST train ({len(eval_train)} images) and test ({len(test)} images)",
@@ -178,6 +184,7 @@ def run(out, config: TwoSeedsConfig | None = None, force: bool = False, progress
         "loss": {s: it.loss[s] for s in it.loss},
         "accuracy": {s: it.accuracy[s] for s in it.accuracy},
         "same_basin": same,
+        "same_basin_up_to_permutation": (max(eb["aligned"].values()) <= cfg.barrier_tolerance) if "aligned" in eb else None,
         "verdict": verdict,
         "n_train": len(train),
         "n_eval": {"train": len(eval_train), "val": len(val), "test": len(test)},
