@@ -25,7 +25,7 @@ CAPTIONS = {
     "surface_A": "Loss around solution A along two filter-normalised random directions (contours labelled; "
                  "the centre is the solution).",
     "surface_B": "Loss around solution B along two filter-normalised random directions, same construction as for A.",
-    "surface_plane": "Loss on the plane through solution A, solution B and A's initialisation "
+    "surface_plane": "Loss (log10 colour scale) on the plane through solution A, solution B and A's initialisation "
                      "(d1 = B − A, d2 = the part of init − A orthogonal to d1); both solutions are marked.",
 }
 
@@ -56,7 +56,9 @@ def surfaces_stage(rd, cfg, models, test, progress: bool = True) -> dict:
                                         "α2: along the part of init_A − θ_A orthogonal to θ_B − θ_A"]
     pts = res["plane"].meta["directions"][0]["points"]
     marks = [(0.0, 0.0, f"A (seed {a})"), (1.0, 0.0, f"B (seed {b})"), (*pts["theta2"], f"init of A (seed {a})")]
-    figs += plot_filled_contour(res["plane"], rd.figures, name="surface_plane", marks=marks, title_data=title)
+    # log scale: the plane spans losses from the solutions (~0.3) to far-off points (tens), and
+    # the barrier between A and B is invisible on a linear colour scale
+    figs += plot_filled_contour(res["plane"], rd.figures, name="surface_plane", marks=marks, title_data=title, log=True)
     write_html(res["plane"], rd / "surfaces" / "plane.html", title=f"Loss on the plane through A, B and init A; {title}",
                marks=marks)
     summary = {"n_samples": len(sub), "grid_shape": [steps, steps], "seconds": seconds,
