@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 
 import numpy as np
@@ -79,6 +80,13 @@ def main() -> None:
     # --- PyHessian -----------------------------------------------------------------------
     peer: dict = {"name": "pyhessian"}
     try:
+        try:
+            import pyhessian  # noqa: F401
+        except ImportError:  # benchmark-only peer; --no-deps so it cannot replace the CPU torch
+            import subprocess
+
+            subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "pyhessian"], check=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600)
         from pyhessian import hessian as PyHessian
 
         crit = torch.nn.CrossEntropyLoss()

@@ -42,7 +42,7 @@ def _loss_landscapes():
         return importlib.import_module("loss_landscapes"), importlib.import_module("loss_landscapes.metrics")
     except ImportError:
         try:
-            subprocess.run([sys.executable, "-m", "pip", "install", "-q", "loss-landscapes"], check=True,
+            subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "loss-landscapes"], check=True,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600)
             return importlib.import_module("loss_landscapes"), importlib.import_module("loss_landscapes.metrics")
         except Exception:
