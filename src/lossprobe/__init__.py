@@ -42,3 +42,19 @@ __all__ = [
     "slice",
     "surface",
 ]
+
+# Imported on first use: search pulls in Optuna and scikit-learn, the report site plotly,
+# and neither is needed for the rest of the library or to start the CLI.
+_LAZY = {"search", "report"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        module = importlib.import_module(f".{name}", __name__)
+        if name == "report":
+            importlib.import_module(".report.site", __name__)
+        globals()[name] = module
+        return module
+    raise AttributeError(f"module 'lossprobe' has no attribute '{name}'")
