@@ -41,13 +41,13 @@ def positive_int(text: str) -> int:
     return v
 
 
-def nonneg_float(text: str) -> float:
+def positive_float(text: str) -> float:
     try:
         v = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
-    if not v >= 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {text}")
+        raise argparse.ArgumentTypeError(f"expected a positive number, got '{text}'") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
     return v
 
 

@@ -4,19 +4,7 @@ from __future__ import annotations
 
 import time
 
-from .common import add_model_data, add_out, positive_int
-
-
-def _positive_float(text: str) -> float:
-    import argparse
-
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
-    return v
+from .common import add_model_data, add_out, positive_float, positive_int
 
 
 def register(sub) -> None:
@@ -36,7 +24,7 @@ def register(sub) -> None:
                    help="Bezier curve of degree bends+1, or a polygonal chain through the bends (default: %(default)s)")
     p.add_argument("--bends", type=positive_int, default=1, metavar="N", help="trainable control points (default: %(default)s)")
     p.add_argument("--epochs", type=positive_int, default=2, metavar="E", help="training epochs (default: %(default)s)")
-    p.add_argument("--lr", type=_positive_float, default=1e-3, help="peak learning rate, cosine schedule (default: %(default)s)")
+    p.add_argument("--lr", type=positive_float, default=1e-3, help="peak learning rate, cosine schedule (default: %(default)s)")
     p.add_argument("--optimizer", choices=("adam", "momentum"), default="adam", help="optimizer (default: %(default)s)")
     p.add_argument("--train-batch-size", type=positive_int, default=128, metavar="B",
                    help="training batch size (default: %(default)s)")

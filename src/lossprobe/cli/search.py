@@ -2,20 +2,9 @@
 
 from __future__ import annotations
 
-import argparse
 import time
 
-from .common import add_out, positive_int
-
-
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got '{text}'") from None
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
-    return v
+from .common import add_out, positive_float, positive_int
 
 
 def register(sub) -> None:
@@ -36,10 +25,10 @@ def register(sub) -> None:
                    help="train on a seeded subset of N training images (default: all)")
     p.add_argument("--n-val", type=positive_int, default=None, metavar="N",
                    help="select on a seeded subset of N validation images (default: all)")
-    p.add_argument("--budget", type=_positive_float, default=None, metavar="EPOCHS",
+    p.add_argument("--budget", type=positive_float, default=None, metavar="EPOCHS",
                    help="total budget in full-data epoch equivalents, probes included "
                    "(default: 10 full trainings, i.e. 10 × the space's epochs)")
-    p.add_argument("--fraction", type=_positive_float, default=0.2, metavar="F",
+    p.add_argument("--fraction", type=positive_float, default=0.2, metavar="F",
                    help="fraction of the training data a probe trains on, in (0, 1] (default: %(default)s)")
     p.add_argument("--probe-epochs", type=positive_int, default=2, metavar="E",
                    help="epochs of a probe (default: %(default)s)")
