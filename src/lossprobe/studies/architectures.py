@@ -363,11 +363,9 @@ def _write_report(rd, cfg: ArchitecturesConfig, s: dict, figures: list[str]) -> 
 
 # --- CLI -----------------------------------------------------------------------------
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..cli.common import positive_int
+    from ..cli.common import add_out, positive_int
 
-    p.add_argument("--out", default="runs/architectures", metavar="DIR",
-                   help="run directory (default: %(default)s); rerunning with the same options resumes it")
-    p.add_argument("--force", action="store_true", help="overwrite --out if it holds a different run")
+    add_out(p, default="runs/architectures")
     p.add_argument("--config", metavar="FILE.toml",
                    help="TOML file with any of: " + ", ".join(f.name for f in dataclasses.fields(ArchitecturesConfig)))
     p.add_argument("--epochs", type=positive_int, help=f"training epochs of both models (default: {ArchitecturesConfig.epochs})")

@@ -821,15 +821,13 @@ def _report_spiral(s: dict) -> str:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..cli.common import positive_int
+    from ..cli.common import add_out, positive_int
     from ..toy import TOYS
 
     p.add_argument("--dataset", default=None, metavar="spiral|toy:NAME",
                    help="spiral (a 2-16-1 ReLU network on two spirals, default) or an analytic function: "
                         + ", ".join(f"toy:{k}" for k in TOYS))
-    p.add_argument("--out", default="runs/optimizers", metavar="DIR",
-                   help="run directory (default: %(default)s); rerunning with the same options resumes it")
-    p.add_argument("--force", action="store_true", help="overwrite --out if it holds a different run")
+    add_out(p, default="runs/optimizers")
     p.add_argument("--config", metavar="FILE.toml",
                    help="TOML file with any of: " + ", ".join(f.name for f in dataclasses.fields(OptimizersConfig)))
     p.add_argument("--optimizers", metavar="A,B,...",

@@ -263,11 +263,9 @@ def _report(s: dict, keys: list[str], figs: list[str]) -> str:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..cli.common import positive_int
+    from ..cli.common import add_out, positive_int
 
-    p.add_argument("--out", default="runs/search-benchmark", metavar="DIR",
-                   help="run directory (default: %(default)s); rerunning with the same options resumes it")
-    p.add_argument("--force", action="store_true", help="overwrite --out if it holds a different run")
+    add_out(p, default="runs/search-benchmark")
     p.add_argument("--config", metavar="FILE.toml",
                    help="TOML file with any of: " + ", ".join(f.name for f in dataclasses.fields(SearchBenchmarkConfig)))
     p.add_argument("--space", metavar="TOML", help="search space (default: the space of examples/space.toml)")

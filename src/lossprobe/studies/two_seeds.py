@@ -242,11 +242,9 @@ def _write_report(rd, cfg: TwoSeedsConfig, s: dict, figures: list[str]) -> None:
 
 # --- CLI -----------------------------------------------------------------------------
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..cli.common import positive_int
+    from ..cli.common import add_out, positive_int
 
-    p.add_argument("--out", default="runs/two-seeds", metavar="DIR",
-                   help="run directory (default: %(default)s); rerunning with the same options resumes it")
-    p.add_argument("--force", action="store_true", help="overwrite --out if it holds a different run")
+    add_out(p, default="runs/two-seeds")
     p.add_argument("--config", metavar="FILE.toml",
                    help="TOML file with any of: " + ", ".join(f.name for f in dataclasses.fields(TwoSeedsConfig)))
     p.add_argument("--epochs", type=positive_int, help="training epochs per network (default: 12)")
