@@ -39,6 +39,7 @@ from torch import nn
 from .data.split import Split, as_split
 from .directions import Direction, random_direction, random_plane
 from .errors import UserError
+from .threads import torch_threads
 from .objective import Objective
 from .store import to_jsonable, write_json
 
@@ -323,18 +324,12 @@ def _compute(model_or_objective, data, dirs_in, spans, steps, *, origin=None, su
              backend="local", address=None, chunk_size=None, progress=True, ray_retries=3,
              on_chunk: Callable[[int, int], None] | None = None, threads: int | None = None) -> Surface:
     if threads is not None:
-        if threads < 1:
-            raise UserError(f"threads must be a positive integer, got {threads}")
-        old = torch.get_num_threads()
-        torch.set_num_threads(int(threads))
-        try:
+        with torch_threads(threads):
             return _compute(model_or_objective, data, dirs_in, spans, steps, origin=origin, subset=subset,
                             subset_seed=subset_seed, loss=loss, batch_size=batch_size,
                             include_buffers=include_buffers, out=out, force=force, backend=backend,
                             address=address, chunk_size=chunk_size, progress=progress, ray_retries=ray_retries,
                             on_chunk=on_chunk)
-        finally:
-            torch.set_num_threads(old)
     t_start = time.perf_counter()
     if backend not in ("local", "ray"):
         raise UserError(f"backend must be 'local' or 'ray', got {backend!r}")

@@ -122,14 +122,12 @@ def run(args, two_d: bool) -> int:
     # cost estimate: time a few points (also warms up), then scale by the grid
     n_pts = int(np.prod([len(a) for a in axes]))
     probe = np.zeros((min(4, n_pts), m))
-    import torch
+    from ..threads import torch_threads
 
-    old_threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads or old_threads)
-    t0 = time.perf_counter()
-    obj.evaluate(probe, directions=np.stack([d.vector.numpy() for d in dirs]))
-    per_pt = (time.perf_counter() - t0) / len(probe)
-    torch.set_num_threads(old_threads)
+    with torch_threads(args.threads):
+        t0 = time.perf_counter()
+        obj.evaluate(probe, directions=np.stack([d.vector.numpy() for d in dirs]))
+        per_pt = (time.perf_counter() - t0) / len(probe)
     shape = "×".join(str(len(a)) for a in axes)
     print(f"{shape} grid = {n_pts} points on {len(split)} samples of {args.data} "
           f"({obj.n_batches} batch(es) of ≤{args.batch_size}); first-layer shortcut "

@@ -97,13 +97,13 @@ QUICK = {"epochs": 1, "train_subset": 2000, "eval_subset": 500, "model_a": "mlp:
 
 def run(out, config: ArchitecturesConfig | None = None, force: bool = False, progress: bool = True) -> dict:
     """Run the study into directory `out` and return its summary dict."""
-    import torch
 
     from .. import hessian, sharpness
     from ..data import fashion_mnist
     from ..models import build
     from ..objective import Objective
     from ..store import RunDir
+    from ..threads import torch_threads
     from ..train import History, evaluate_model, fit, load_checkpoint, save_checkpoint
 
     cfg = config or ArchitecturesConfig()
@@ -113,10 +113,7 @@ def run(out, config: ArchitecturesConfig | None = None, force: bool = False, pro
         build(s)  # reject a bad spec before touching the output directory
     rd = RunDir(out, "architectures", dataclasses.asdict(cfg), force=force,
                 seeds={"init": cfg.init_seed, "data": cfg.data_seed, "split": cfg.split_seed, "probes": cfg.seed})
-    old_threads = torch.get_num_threads()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    try:
+    with torch_threads(cfg.threads):
         timing = rd.load_json("timing.json") if rd.resumed and (rd / "timing.json").is_file() else {}
         ds = fashion_mnist(n_val=cfg.n_val, split_seed=cfg.split_seed)
         train = ds.train.subset(cfg.train_subset, seed=cfg.split_seed) if cfg.train_subset else ds.train
@@ -210,8 +207,6 @@ def run(out, config: ArchitecturesConfig | None = None, force: bool = False, pro
         slices = rd.load_json("slices.json")
 
         test_acc = {k: evaluate_model(m, test, batch_size=cfg.eval_batch_size)[1] for k, m in models.items()}
-    finally:
-        torch.set_num_threads(old_threads)
 
     # --- report --------------------------------------------------------------------------
     from ..report.curvature_plots import (plot_curvature_comparison, plot_generalization_gap, plot_layer_traces,

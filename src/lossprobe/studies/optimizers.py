@@ -181,16 +181,12 @@ def run(out, config: OptimizersConfig | None = None, force: bool = False, progre
             print(f"[optimizers] {rd.path} is complete; reopening it (use --force to recompute)")
         return rd.load_json("summary.json")
     before = rd.load_json("timing.json")["seconds"] if rd.resumed and (rd / "timing.json").is_file() else 0.0
-    import torch
+    from ..threads import torch_threads
 
-    threads = torch.get_num_threads()
     # A 2-16-1 network is far too small to split across threads: on a loaded machine the
     # synchronisation costs 10-40× (measured: 300 Adam steps 0.37 s on 1 thread, 16 s on 2).
-    torch.set_num_threads(cfg.threads)
-    try:
+    with torch_threads(cfg.threads):
         summary = _run_toy(rd, cfg, progress) if cfg.is_toy else _run_spiral(rd, cfg, progress)
-    finally:
-        torch.set_num_threads(threads)
     summary["seconds"] = before + time.perf_counter() - t0
     rd.save_json("timing.json", {"seconds": summary["seconds"]})
     rd.save_json("summary.json", summary)
