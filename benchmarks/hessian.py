@@ -46,7 +46,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from lossprobe import Objective, hessian
-    from lossprobe.curvature import CountingOperator, hutchpp, lanczos
+    from lossprobe.curvature import hutchpp, lanczos
     from lossprobe.data import fashion_mnist
     from lossprobe.models import build
     from lossprobe.train import TrainConfig, fit

@@ -26,7 +26,6 @@ BatchNorm layers); pass `layers=` / `norm_layers=` to choose yourself.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import numpy as np

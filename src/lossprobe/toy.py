@@ -466,7 +466,6 @@ def _annealing(toy: ToyFunction, start, steps: int, step_frac: float, seed: int,
     cur = torch.tensor(start, dtype=DTYPE)
     fcur = float(toy.fn(cur))
     points, values = [cur.clone()], [fcur]
-    best, fbest = cur.clone(), fcur
     for k in range(steps):
         T = temperature * (1e-4) ** (k / max(1, steps - 1))
         prop = cur + scale * (1 - 0.9 * k / steps) * torch.randn(2, generator=gen, dtype=DTYPE)
@@ -475,8 +474,6 @@ def _annealing(toy: ToyFunction, start, steps: int, step_frac: float, seed: int,
             fp = float(toy.fn(prop))
             if fp <= fcur or u < math.exp(-(fp - fcur) / T):
                 cur, fcur = prop, fp
-                if fp < fbest:
-                    best, fbest = prop.clone(), fp
         points.append(cur.clone())
         values.append(fcur)
     return ToyRun("annealing", torch.stack(points).numpy(), np.array(values), step_frac, evaluations=steps + 1)

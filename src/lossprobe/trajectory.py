@@ -27,7 +27,6 @@ roughness numbers for a surface, and the extreme Hessian eigenvalues along a run
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass, field
 from typing import Sequence
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from ..errors import UserError
 
 DATA_HELP = ("data split to evaluate on: fashion-mnist:train|val|test or spiral:train|val|test "
              "(default: %(default)s)")

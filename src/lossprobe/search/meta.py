@@ -59,7 +59,7 @@ class MetaModel:
             raise UserError(f"unknown meta-model '{self.kind}'; choose from {list(KINDS)}")
 
     def _make(self, kind: str):
-        from sklearn.ensemble import GradientBoostingRegressor, RandomForestRegressor
+        from sklearn.ensemble import RandomForestRegressor
 
         if kind == "rf":
             return RandomForestRegressor(n_estimators=self.n_estimators, max_features=0.5, min_samples_leaf=1,

@@ -92,7 +92,7 @@ def run(out, config: SearchBenchmarkConfig | None = None, force: bool = False, p
     from ..report.search_plots import plot_correlations, plot_regret
     from ..search.benchmark import (METHODS, ReplaySettings, bootstrap_ci, budget_to_regret, correlations,
                                     noise_ceiling, replay_all)
-    from ..search.table import TableConfig, build_table, fidelity_key
+    from ..search.table import TableConfig, build_table
     from ..store import RunDir
 
     cfg = config or SearchBenchmarkConfig()
@@ -245,7 +245,7 @@ def _report(s: dict, keys: list[str], figs: list[str]) -> str:
                   f"{_fmt(nc['spearman'])}, Kendall {_fmt(nc['kendall'])}, mean |Δacc| {nc['mean_abs_diff']:.4f}."]
     lines += ["", "Top half: Spearman among held-out configurations whose true accuracy is above the median, "
               "where a search must tell good from best."]
-    lines += ["", f"## Regret (best in table − chosen, validation accuracy), mean [95% CI] over seeds", "",
+    lines += ["", "## Regret (best in table − chosen, validation accuracy), mean [95% CI] over seeds", "",
               f"| method | regret at budget {s['budget']:g} | regret at half budget | regret averaged over budgets | budget to regret ≤ {s['target_regret']} (mean [CI], reached) |",
               "|---|---|---|---|---|"]
     for m, v in s["regret_at_budget"].items():

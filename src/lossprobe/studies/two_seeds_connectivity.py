@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
-
 CURVE_EPOCHS = 2  # training epochs of the Bezier bend (the whole stage is budgeted at ~60 s on 2 cores)
 CURVE_LR = 1e-3
 CALIBRATION_SAMPLES = 5000  # training images REPAIR measures statistics on
