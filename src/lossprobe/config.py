@@ -67,18 +67,22 @@ def from_dict(cls: type[T], values: dict, base: T | None = None) -> T:
     return cls(**out)
 
 
+def read_toml(path: str | os.PathLike, what: str = "config file") -> dict:
+    """The parsed TOML file at `path`; a missing or malformed file is a UserError naming `what`."""
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise UserError(f"{what} {path} does not exist") from None
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"{what} {path} is not valid TOML: {e}") from None
+
+
 def load(cls: type[T], path: str | os.PathLike | None = None, overrides: dict | None = None) -> T:
     """Defaults, then the TOML file at `path`, then `overrides` (flags the user set; None values ignored)."""
     cfg = cls()
     if path is not None:
-        try:
-            with open(path, "rb") as f:
-                data = tomllib.load(f)
-        except FileNotFoundError:
-            raise UserError(f"config file {path} does not exist") from None
-        except tomllib.TOMLDecodeError as e:
-            raise UserError(f"config file {path} is not valid TOML: {e}") from None
-        cfg = from_dict(cls, data, cfg)
+        cfg = from_dict(cls, read_toml(path), cfg)
     if overrides:
         cfg = from_dict(cls, {k: v for k, v in overrides.items() if v is not None}, cfg)
     return cfg

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import math
 import os
-import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -109,14 +108,9 @@ class SearchSpace:
     # --- construction ------------------------------------------------------------
     @classmethod
     def from_toml(cls, path: str | os.PathLike) -> "SearchSpace":
-        try:
-            with open(path, "rb") as f:
-                data = tomllib.load(f)
-        except FileNotFoundError:
-            raise UserError(f"search space file {path} does not exist") from None
-        except tomllib.TOMLDecodeError as e:
-            raise UserError(f"search space file {path} is not valid TOML: {e}") from None
-        return cls.from_dict(data, source=str(path))
+        from ..config import read_toml
+
+        return cls.from_dict(read_toml(path, "search space file"), source=str(path))
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "<dict>") -> "SearchSpace":
