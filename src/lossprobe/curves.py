@@ -40,6 +40,7 @@ from torch.func import functional_call
 from .data.split import Split, as_split
 from .errors import UserError
 from .space import ParamSpace
+from .train import cosine_factor
 
 KINDS = ("bezier", "polychain")
 
@@ -207,7 +208,7 @@ def train_curve(curve: Curve, train: Split, config: CurveTrainConfig | None = No
             run_s, run_n = 0.0, 0
             for i in range(steps):
                 for pg in opt.param_groups:
-                    pg["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / total))
+                    pg["lr"] = cfg.lr * cosine_factor(step, total)
                 idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
                 x, y = train.x[idx], train.y[idx]
                 s, _ = loss_fn(curve(x, float(ts[i])), y)

@@ -122,9 +122,14 @@ def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.Adagrad(params, lr=lr, weight_decay=wd)
 
 
+def cosine_factor(step: int, total: int) -> float:
+    """Cosine decay of the learning rate from 1 at step 0 to 0 at step `total`."""
+    return 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+
+
 def _lr_factor(cfg: TrainConfig, step: int, total: int, steps_per_epoch: int) -> float:
     if cfg.schedule == "cosine":
-        return 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+        return cosine_factor(step, total)
     if cfg.schedule == "step":
         return cfg.gamma ** ((step // steps_per_epoch) // cfg.step_size)
     return 1.0
