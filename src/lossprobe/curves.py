@@ -272,10 +272,9 @@ def evaluate_curve(curve: Curve, data: Split | Mapping[str, Split], ts=None, bn_
     statistics are re-estimated on `bn_data` over `bn_batches` seeded batches first.
     """
     from .objective import Objective
-    from .paths import has_batchnorm, recompute_batchnorm
+    from .paths import evaluate_per_point, has_batchnorm, named_splits, recompute_batchnorm
 
-    splits = {"data": data} if not isinstance(data, Mapping) else dict(data)
-    splits = {k: as_split(v, k) for k, v in splits.items()}
+    splits = named_splits(data)
     ts = np.linspace(0, 1, 21) if ts is None else np.asarray(ts, dtype=float).reshape(-1)
     if ts.size == 0 or not np.isfinite(ts).all():
         raise UserError("ts must be a non-empty list of finite numbers")
@@ -283,19 +282,13 @@ def evaluate_curve(curve: Curve, data: Split | Mapping[str, Split], ts=None, bn_
     if has_batchnorm(curve.base):
         if bn_data is None:
             raise UserError("a model with BatchNorm needs bn_data (training batches) to re-estimate statistics along the curve")
-        out.loss = {k: np.empty(len(ts)) for k in splits}
-        out.accuracy = {k: np.empty(len(ts)) for k in splits}
-        rng = range(len(ts))
-        if progress:
-            from tqdm.auto import tqdm
 
-            rng = tqdm(rng, desc="curve points", unit="t", leave=False, dynamic_ncols=True)
-        for i in rng:
+        def model_at(i):
             m = curve.model_at(float(ts[i]))
-            recompute_batchnorm(m, as_split(bn_data, "bn"), n_batches=bn_batches, seed=bn_seed)
-            for k, split in splits.items():
-                ev = Objective(m, split, loss=loss, batch_size=batch_size, shortcut=False).loss_at()
-                out.loss[k][i], out.accuracy[k][i] = ev.loss[0], ev.accuracy[0]
+            return recompute_batchnorm(m, as_split(bn_data, "bn"), n_batches=bn_batches, seed=bn_seed)
+
+        out.loss, out.accuracy = evaluate_per_point(model_at, len(ts), splits, loss, batch_size,
+                                                    progress="curve points" if progress else None)
         return out
     coords = curve_weights(ts, curve.n_bends, curve.kind).to(curve.theta_a.dtype)
     ctrl = curve.control_points().detach()

@@ -80,6 +80,37 @@ def error_barrier(alphas, errors) -> float:
     return float(np.max(v) - 0.5 * (v0 + v1))
 
 
+def named_splits(data) -> dict[str, Split]:
+    """One split (named 'data') or a mapping of names to splits, as {name: Split}."""
+    splits = {"data": data} if not isinstance(data, Mapping) else dict(data)
+    return {k: as_split(v, k) for k, v in splits.items()}
+
+
+def evaluate_per_point(model_at, n: int, splits: dict[str, Split], loss="cross_entropy", batch_size: int = 4096,
+                       progress: str | None = None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Loss and accuracy [n] on each split of the model `model_at(i)` for i = 0 … n − 1.
+
+    For paths whose points are not one affine family (re-estimated BatchNorm statistics,
+    REPAIR): each point is its own model, evaluated with a plain forward pass.
+    `progress` is the progress bar's label (None: no bar).
+    """
+    from .objective import Objective
+
+    losses = {k: np.empty(n) for k in splits}
+    accs = {k: np.empty(n) for k in splits}
+    points = range(n)
+    if progress:
+        from tqdm.auto import tqdm
+
+        points = tqdm(points, desc=progress, unit="pt", leave=False, dynamic_ncols=True)
+    for i in points:
+        m = model_at(i)
+        for k, split in splits.items():
+            ev = Objective(m, split, loss=loss, batch_size=batch_size, shortcut=False).loss_at()
+            losses[k][i], accs[k][i] = ev.loss[0], ev.accuracy[0]
+    return losses, accs
+
+
 def has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
@@ -134,8 +165,7 @@ def interpolate(
     """
     if bn not in BN_MODES:
         raise UserError(f"bn must be one of {BN_MODES}, got '{bn}'")
-    splits = {"data": data} if not isinstance(data, Mapping) else dict(data)
-    splits = {k: as_split(v, k) for k, v in splits.items()}
+    splits = named_splits(data)
     alphas = default_alphas() if alphas is None else np.asarray(alphas, dtype=float).reshape(-1)
     if alphas.size == 0 or not np.isfinite(alphas).all():
         raise UserError("alphas must be a non-empty list of finite numbers")
@@ -152,17 +182,14 @@ def interpolate(
         if bn_data is None:
             raise UserError("bn='recompute' needs bn_data: training batches to re-estimate BatchNorm statistics")
         work = copy.deepcopy(model_a)
-        losses = {k: np.empty(len(alphas)) for k in splits}
-        accs = {k: np.empty(len(alphas)) for k in splits}
         space_p = ParamSpace(work)
         pa, pb = space_p.flatten(model_a), space_p.flatten(model_b)
-        for i, a in enumerate(alphas):
-            space_p.load_into(work, (1 - a) * pa + a * pb)
-            recompute_batchnorm(work, as_split(bn_data, "bn"), n_batches=bn_batches)
-            for k, split in splits.items():
-                ev = Objective(work, split, loss=loss, batch_size=batch_size, shortcut=False).loss_at()
-                losses[k][i], accs[k][i] = ev.loss[0], ev.accuracy[0]
-        out.loss, out.accuracy = losses, accs
+
+        def model_at(i):
+            space_p.load_into(work, (1 - alphas[i]) * pa + alphas[i] * pb)
+            return recompute_batchnorm(work, as_split(bn_data, "bn"), n_batches=bn_batches)
+
+        out.loss, out.accuracy = evaluate_per_point(model_at, len(alphas), splits, loss, batch_size)
         return out
 
     for k, split in splits.items():

@@ -221,26 +221,14 @@ def interpolate_repaired(model_a: nn.Module, model_b: nn.Module, data: Split | M
     `calibration` is the data REPAIR measures statistics on (training samples, not the
     evaluation splits). Default α grid: 0, 0.05, …, 1.
     """
-    from .objective import Objective
-    from .paths import Interpolation
+    from .paths import Interpolation, evaluate_per_point, named_splits
 
-    splits = {"data": data} if not isinstance(data, Mapping) else dict(data)
-    splits = {k: as_split(v, k) for k, v in splits.items()}
+    splits = named_splits(data)
     alphas = np.linspace(0, 1, 21) if alphas is None else np.asarray(alphas, dtype=float).reshape(-1)
     rep = repairer or Repairer(model_a, model_b, calibration, **kwargs)
     out = Interpolation(alphas=alphas, bn="repair")
-    out.loss = {k: np.empty(len(alphas)) for k in splits}
-    out.accuracy = {k: np.empty(len(alphas)) for k in splits}
-    it = range(len(alphas))
-    if progress:
-        from tqdm.auto import tqdm
-
-        it = tqdm(it, desc="REPAIR along α", unit="α", leave=False, dynamic_ncols=True)
-    for i in it:
-        m = rep.at(alphas[i])
-        for k, split in splits.items():
-            ev = Objective(m, split, loss=loss, batch_size=batch_size, shortcut=False).loss_at()
-            out.loss[k][i], out.accuracy[k][i] = ev.loss[0], ev.accuracy[0]
+    out.loss, out.accuracy = evaluate_per_point(lambda i: rep.at(alphas[i]), len(alphas), splits, loss, batch_size,
+                                                progress="REPAIR along α" if progress else None)
     return out
 
 
