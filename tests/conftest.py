@@ -22,6 +22,16 @@ needs_fashion = pytest.mark.skipif(not _fashion_available(),
 
 
 @pytest.fixture
+def one_thread():
+    """One torch thread for the test: with tiny tensors a second thread only adds barrier
+    waits, which on a loaded machine cost far more than the work."""
+    from lossprobe.threads import torch_threads
+
+    with torch_threads(1):
+        yield
+
+
+@pytest.fixture
 def spiral():
     from lossprobe.data import two_spirals
 

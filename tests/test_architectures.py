@@ -3,18 +3,12 @@
 import json
 
 import pytest
-import torch
 
 from lossprobe.studies import STUDIES
 from lossprobe.studies.architectures import QUICK, ArchitecturesConfig, run
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_quick_study_summary_and_resume(tmp_path):

@@ -13,13 +13,7 @@ from lossprobe import curvature as C
 from lossprobe.errors import UserError
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny tensors: intra-op threads only add contention on a shared machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _quadratic(n=40, seed=0, spectrum=None):

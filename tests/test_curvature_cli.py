@@ -3,19 +3,13 @@
 import json
 
 import pytest
-import torch
 
 from lossprobe.cli import main
 from lossprobe.models import build
 from lossprobe.train import save_checkpoint
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture()

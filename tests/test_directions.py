@@ -7,13 +7,7 @@ from lossprobe import ParamSpace, UserError
 from lossprobe import directions as D
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny tensors: a second thread only adds barrier waits on a loaded machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("make", [lambda: tiny_mlp(widths=(6, 5, 4, 3)), lambda: tiny_cnn(batchnorm=True)])

@@ -12,12 +12,7 @@ from lossprobe import sharpness as S
 from lossprobe.errors import UserError
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Point(nn.Module):

@@ -12,12 +12,7 @@ from lossprobe import surface as S
 from lossprobe.surface import Surface, grid_axis
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _data(kind, n=120):

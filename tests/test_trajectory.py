@@ -11,12 +11,7 @@ from lossprobe.models import mlp
 from lossprobe.objective import Objective
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny networks: thread synchronisation dominates on a loaded machine
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
