@@ -8,7 +8,8 @@ Normalisation of a random Gaussian direction d against reference weights θ
 (Li et al., 2018, "Visualizing the Loss Landscape of Neural Nets"):
 
     filter  for every weight tensor, each output filter (row of a Linear weight, output
-            channel of a Conv weight: index 0 of the tensor) is rescaled so that
+            channel of a Conv weight, the output column of an HF Conv1D or ConvTranspose
+            weight: the tensor's `Entry.unit_axis`) is rescaled so that
             ‖d_filter‖ = ‖θ_filter‖. One-dimensional tensors that are not ignored (biases,
             norm parameters, running statistics when asked for) count as one filter.
     layer   every tensor is rescaled so that ‖d_tensor‖ = ‖θ_tensor‖.
@@ -124,10 +125,8 @@ def normalize(d: torch.Tensor, reference: torch.Tensor, space: ParamSpace, norm:
         if e.kind in ignore:
             continue
         seg, w = d[e.slice], ref[e.slice]
-        if norm == "filter" and len(e.shape) >= 2:
-            r = seg.view(e.shape[0], -1)
-            wr = w.view(e.shape[0], -1)
-            r.mul_(wr.norm(dim=1, keepdim=True) / r.norm(dim=1, keepdim=True).clamp_min(1e-30))
+        if norm == "filter" and len(e.shape) >= 2 and e.unit_axis is not None:
+            seg.mul_(e.per_unit(e.units(w).norm(dim=1) / e.units(seg).norm(dim=1).clamp_min(1e-30)))
         else:  # layer norm, or a 1-D tensor under filter norm: one filter
             seg.mul_(w.norm() / seg.norm().clamp_min(1e-30))
     return d

@@ -40,7 +40,7 @@ from .curvature import (
     slq,
 )
 from .errors import UserError
-from .objective import Objective, warn_if_stochastic
+from .objective import Objective, second_order, warn_if_stochastic
 from .space import KINDS
 
 METHODS = ("auto", "reverse", "forward")
@@ -149,22 +149,23 @@ class HessianOperator:
     def _cached_hvp(self, v: torch.Tensor) -> torch.Tensor:
         obj = self.objective
         if self._graphs is None:
-            self._graphs, self._n = [], 0
-            with obj.mode():
-                for x, y in obj.batches():
+            self._graphs, self._n = [], 0.0
+            with obj.mode(), second_order():
+                for batch in obj.batches():
                     th = self.theta.clone().requires_grad_(True)
-                    s, _ = obj.loss(obj.forward(th, x), y)
-                    g = torch.autograd.grad(s, th, create_graph=True)[0] if s.requires_grad else None
+                    t = obj.terms(th, batch)
+                    g = torch.autograd.grad(t.loss, th, create_graph=True)[0] if t.loss.requires_grad else None
                     self._graphs.append((th, g))
-                    self._n += len(y)
+                    self._n += float(t.count)
             if self._n == 0:
                 raise UserError("the data yielded no samples")
         out = torch.zeros_like(self.theta)
-        for th, g in self._graphs:
-            if g is not None and g.requires_grad:
-                (hv,) = torch.autograd.grad(g, th, grad_outputs=v, retain_graph=True, allow_unused=True)
-                if hv is not None:
-                    out += hv
+        with second_order():
+            for th, g in self._graphs:
+                if g is not None and g.requires_grad:
+                    (hv,) = torch.autograd.grad(g, th, grad_outputs=v, retain_graph=True, allow_unused=True)
+                    if hv is not None:
+                        out += hv
         return out / self._n
 
     def release(self) -> None:
@@ -222,29 +223,33 @@ def hvp(objective: Objective, v: torch.Tensor, theta: torch.Tensor | None = None
         space.check_vector(theta, "theta")
         space.check_vector(v, "v")
     method = DEFAULT_METHOD if method == "auto" else method
-    out, n = torch.zeros_like(theta), 0
-    with objective.mode():
+    out, n = torch.zeros_like(theta), 0.0
+    with objective.mode(), second_order():
         if method == "reverse":
-            for x, y in objective.batches():
+            for batch in objective.batches():
                 th = theta.clone().requires_grad_(True)
-                s, _ = objective.loss(objective.forward(th, x), y)
-                if s.requires_grad:
-                    (g,) = torch.autograd.grad(s, th, create_graph=True)
+                t = objective.terms(th, batch)
+                if t.loss.requires_grad:
+                    (g,) = torch.autograd.grad(t.loss, th, create_graph=True)
                     if g.requires_grad:  # False when the loss is linear in θ: H = 0
                         (hv,) = torch.autograd.grad(g @ v, th, allow_unused=True)
                         if hv is not None:
                             out += hv
-                n += len(y)
+                n += float(t.count)
         elif method == "forward":
             from torch.func import grad, jvp
 
-            for x, y in objective.batches():
-                def f(th, x=x, y=y):
-                    return objective.loss(objective.forward(th, x), y)[0]
+            for batch in objective.batches():
+                counts = []
+
+                def f(th, batch=batch):
+                    t = objective.terms(th, batch)
+                    counts.append(t.count)
+                    return t.loss
 
                 _, hv = jvp(grad(f), (theta,), (v,))
                 out += hv
-                n += len(y)
+                n += float(counts[0])
         else:
             raise UserError(f"method must be one of {list(METHODS)}, got {method!r}")
     if n == 0:

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data.split import Split, as_split
+from .batching import TensorData, as_data, leaves
 from .directions import Direction, random_direction, random_plane
 from .errors import UserError
 from .threads import torch_threads
@@ -322,14 +322,15 @@ def _directions_tensor(directions, m: int, space_numel: int) -> tuple[torch.Tens
 def _compute(model_or_objective, data, dirs_in, spans, steps, *, origin=None, subset=None, subset_seed=0,
              loss="cross_entropy", batch_size=4096, include_buffers=False, out=None, force=False,
              backend="local", address=None, chunk_size=None, progress=True, ray_retries=3,
-             on_chunk: Callable[[int, int], None] | None = None, threads: int | None = None) -> Surface:
+             on_chunk: Callable[[int, int], None] | None = None, threads: int | None = None, forward=None,
+             metric=None) -> Surface:
     if threads is not None:
         with torch_threads(threads):
             return _compute(model_or_objective, data, dirs_in, spans, steps, origin=origin, subset=subset,
                             subset_seed=subset_seed, loss=loss, batch_size=batch_size,
                             include_buffers=include_buffers, out=out, force=force, backend=backend,
                             address=address, chunk_size=chunk_size, progress=progress, ray_retries=ray_retries,
-                            on_chunk=on_chunk)
+                            on_chunk=on_chunk, forward=forward, metric=metric)
     t_start = time.perf_counter()
     if backend not in ("local", "ray"):
         raise UserError(f"backend must be 'local' or 'ray', got {backend!r}")
@@ -340,21 +341,23 @@ def _compute(model_or_objective, data, dirs_in, spans, steps, *, origin=None, su
 
     if isinstance(model_or_objective, Objective):
         obj = model_or_objective
-        if data is not None or subset:
-            raise UserError("pass data and subset to the Objective, not to surface()/slice(), when giving an Objective")
+        if data is not None or subset or forward is not None or metric is not None:
+            raise UserError("pass data, subset, forward and metric to the Objective, not to surface()/slice(), "
+                            "when giving an Objective")
         model = obj.model
-        split = obj.data if isinstance(obj.data, Split) else None
+        split = obj.data if isinstance(obj.data, TensorData) else None
         loss_name = obj.loss.name
     elif isinstance(model_or_objective, nn.Module):
         model = model_or_objective
         if data is None:
             raise UserError("data is required: a Split, (x, y) tensors, a Dataset or a DataLoader")
-        split = as_split(data)
+        split = as_data(data)
         if subset:
-            if not isinstance(split, Split):
+            if not isinstance(split, TensorData):
                 raise UserError("subset needs in-memory data (a Split or tensors), not a DataLoader")
             split = split.subset(int(subset), subset_seed)
-        obj = Objective(model, split, loss=loss, batch_size=batch_size, include_buffers=include_buffers)
+        obj = Objective(model, split, loss=loss, batch_size=batch_size, include_buffers=include_buffers,
+                        forward=forward, metric=metric)
         loss_name = obj.loss.name
     else:
         raise TypeError(f"expected an nn.Module or an Objective, got {type(model_or_objective).__name__}")
@@ -372,7 +375,7 @@ def _compute(model_or_objective, data, dirs_in, spans, steps, *, origin=None, su
     n_chunks = math.ceil(K / chunk_size)
 
     n_data = obj.n_samples
-    sub_idx = split.indices if isinstance(split, Split) else None
+    sub_idx = split.indices if isinstance(split, TensorData) else None
     data_meta = {"name": getattr(split, "name", "loader"), "n": n_data,
                  "subset": int(subset) if subset else None, "subset_seed": subset_seed if subset else None}
     meta = {
@@ -386,7 +389,7 @@ def _compute(model_or_objective, data, dirs_in, spans, steps, *, origin=None, su
         "data": data_meta,
         "backend": backend,
         "chunk_size": chunk_size,
-        "shortcut": obj._first is not None,
+        "shortcut": obj.shortcut_active,
         "batch_size": obj.batch_size,
     }
 
@@ -397,8 +400,9 @@ def _compute(model_or_objective, data, dirs_in, spans, steps, *, origin=None, su
     todo = list(range(n_chunks))
     if out is not None:
         x_digest = None
-        if isinstance(split, Split):
-            x_digest = _digest(split.x[: min(len(split), 256)], split.y, split.indices if split.indices is not None else [])
+        if isinstance(split, TensorData):
+            cols = leaves(split.tree)
+            x_digest = _digest(cols[0][: min(len(split), 256)], *cols[1:], split.indices if split.indices is not None else [])
         fp = _digest(FORMAT, origin_t, dirs, pts_all, chunk_size, loss_name, x_digest, n_data, obj.batch_size,
                      obj.space.names, obj.space.include_buffers)
         store = ChunkStore(out, fp, {"format": FORMAT, "grid_shape": list(shape), "chunks": n_chunks,
@@ -438,7 +442,7 @@ def _compute(model_or_objective, data, dirs_in, spans, steps, *, origin=None, su
                     loss_c, acc_c = _eval_chunk(obj, origin_t, dirs, pts_all[idx], tick)
                     finish(i, loss_c, acc_c)
         elif backend == "ray" and todo:
-            if not isinstance(obj.data, Split):
+            if not isinstance(obj.data, TensorData):
                 raise UserError("backend='ray' needs in-memory data (a Split or tensors), not a DataLoader")
             _run_ray(obj, model, origin_t, dirs, pts_all, todo, chunk_size, K, address, ray_retries, finish,
                      bar, include_buffers)
@@ -477,14 +481,12 @@ def _run_ray(obj, model, origin, dirs, pts_all, todo, chunk_size, K, address, re
         ray.init(**kw, ignore_reinit_error=True, logging_level="ERROR", log_to_driver=False)
         started = True
     try:
-        data = obj.data
-        if isinstance(data, Split):
-            data = data.to("cpu")
+        data = obj.data.to("cpu")
         # put once: every task gets references, Ray ships each object to a worker once
         # workers get a CPU copy (never move the caller's model off its device)
         cpu_model = model if obj.device.type == "cpu" else copy.deepcopy(model).cpu()
         refs = [ray.put(v) for v in (cpu_model, data, origin.cpu(), dirs.cpu())]
-        opts = {"loss": obj.loss, "batch_size": obj.batch_size, "include_buffers": obj.space.include_buffers,
+        opts = {"loss": obj.criterion, "batch_size": obj.batch_size, "include_buffers": obj.space.include_buffers,
                 "token": _digest(origin.cpu(), dirs.cpu(), os.getpid(), time.time())}
         task = ray.remote(max_retries=retries, retry_exceptions=True)(_ray_chunk)
         pending = {}
@@ -520,12 +522,13 @@ def surface(model_or_objective, data=None, directions=None, span=((-1, 1), (-1, 
             progress: bool = True, *, origin=None, seed: int = 0, norm: str | None = "filter",
             subset_seed: int = 0, loss="cross_entropy", batch_size: int = 4096, include_buffers: bool = False,
             chunk_size: int | None = None, force: bool = False, ray_retries: int = 3,
-            on_chunk: Callable[[int, int], None] | None = None, threads: int | None = None) -> Surface:
+            on_chunk: Callable[[int, int], None] | None = None, threads: int | None = None, forward=None,
+            metric=None) -> Surface:
     """Loss and accuracy on the 2-D grid origin + a·d1 + b·d2.
 
     Args:
         model_or_objective: an `nn.Module` (with `data`) or a ready `Objective`.
-        data: a Split, (x, y) tensors, a Dataset or a DataLoader.
+        data: any data form `Objective` takes (arrays, dict batches, a Dataset, a DataLoader).
         directions: (d1, d2) as Directions or [P] tensors, or an [2, P] tensor. Default: a
             filter-normalised random plane with `seed` and `norm`.
         span: ((lo1, hi1), (lo2, hi2)) or one (lo, hi) for both; coordinates in units of
@@ -542,6 +545,7 @@ def surface(model_or_objective, data=None, directions=None, span=((-1, 1), (-1, 
         threads: torch threads while evaluating (None: leave the setting alone). Each point is
             a few small matrix products, so on a shared or oversubscribed machine one thread
             is often much faster than several (OpenMP barriers wait for descheduled threads).
+        loss, forward, metric: the batch contract of `Objective` (with a model, not an Objective).
     Returns:
         `Surface` with coords [n1], [n2] and loss/accuracy/mask [n1, n2].
     """
@@ -553,7 +557,7 @@ def surface(model_or_objective, data=None, directions=None, span=((-1, 1), (-1, 
                     subset_seed=subset_seed, loss=loss, batch_size=batch_size, include_buffers=include_buffers,
                     out=out, force=force, backend=backend, address=address, chunk_size=chunk_size,
                     progress=progress, ray_retries=ray_retries, on_chunk=on_chunk,
-                    threads=threads)
+                    threads=threads, forward=forward, metric=metric)
 
 
 def slice(model_or_objective, data=None, direction=None, span=(-1, 1), steps: int = 51,  # noqa: A001
@@ -561,7 +565,8 @@ def slice(model_or_objective, data=None, direction=None, span=(-1, 1), steps: in
           progress: bool = True, *, origin=None, seed: int = 0, norm: str | None = "filter",
           subset_seed: int = 0, loss="cross_entropy", batch_size: int = 4096, include_buffers: bool = False,
           chunk_size: int | None = None, force: bool = False, ray_retries: int = 3,
-          on_chunk: Callable[[int, int], None] | None = None, threads: int | None = None) -> Surface:
+          on_chunk: Callable[[int, int], None] | None = None, threads: int | None = None, forward=None,
+          metric=None) -> Surface:
     """Loss and accuracy along the line origin + a·d for a on a grid over `span` (see `surface`).
 
     Returns a `Surface` with one axis: coords [n], loss/accuracy/mask [n].
@@ -574,7 +579,7 @@ def slice(model_or_objective, data=None, direction=None, span=(-1, 1), steps: in
                     subset_seed=subset_seed, loss=loss, batch_size=batch_size, include_buffers=include_buffers,
                     out=out, force=force, backend=backend, address=address, chunk_size=chunk_size,
                     progress=progress, ray_retries=ray_retries, on_chunk=on_chunk,
-                    threads=threads)
+                    threads=threads, forward=forward, metric=metric)
 
 
 def _spans(span, m: int) -> list[tuple[float, float]]:

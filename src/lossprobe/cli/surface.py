@@ -131,7 +131,7 @@ def run(args, two_d: bool) -> int:
     shape = "×".join(str(len(a)) for a in axes)
     print(f"{shape} grid = {n_pts} points on {len(split)} samples of {args.data} "
           f"({obj.n_batches} batch(es) of ≤{args.batch_size}); first-layer shortcut "
-          f"{'on' if obj._first is not None else 'off'}; ≈{per_pt * 1e3:.1f} ms/point measured → "
+          f"{'on' if obj.shortcut_active else 'off'}; ≈{per_pt * 1e3:.1f} ms/point measured → "
           f"estimated {per_pt * n_pts:.0f} s (progress bar below; rerun the same command to resume)")
 
     fn = surface_fn if two_d else slice_fn
