@@ -85,11 +85,14 @@ def model_mode(model: nn.Module, train: bool = False):
             m.training = flag
 
 
-def check_fits(model: nn.Module, data, crit, batch_size: int = 8) -> None:
-    """Run a few samples of `data` through `model` in eval mode; one line if they do not fit."""
+def check_fits(model: nn.Module, data, crit, batch_size: int = 8, model_name: str | None = None,
+               data_name: str | None = None) -> None:
+    """Run a few samples of `data` through `model` in eval mode; one line naming the model,
+    the data and the first mismatch if they do not fit."""
+    data = as_data(data)
     batch = take(data.first(batch_size), slice(0, 8))
     with torch.no_grad(), model_mode(model, False):
-        crit.check(model, batch, type(model).__name__, data.name)
+        crit.check(model, batch, model_name or type(model).__name__, data_name or f"'{data.name}'")
 
 
 class _Injected(nn.Module):
@@ -128,6 +131,8 @@ class Objective:
             ``(x, y)``, ``model(x1, ..., xn)`` for ``(x1, ..., xn, y)``, ``model(**batch)``
             for a dict.
         metric: ``metric(output, target) -> [B]`` per-sample values reported as accuracy.
+        target: ``target(batch) -> target``; by default the last element of a tuple batch,
+            ``batch["labels"]`` of a dict.
         batch_size: samples per forward pass for in-memory data.
         include_buffers: put BatchNorm running statistics in the parameter vector, so
             they move along directions too (e.g. interpolating them between two models).
@@ -152,12 +157,13 @@ class Objective:
         forward: Forward | None = None,
         metric: Callable | None = None,
         check: bool = True,
+        target: Callable | None = None,
     ):
         if batch_size <= 0:
             raise UserError(f"batch_size must be positive, got {batch_size}")
         self.model = model
         self.space = space or ParamSpace(model, include_buffers=include_buffers)
-        self.criterion = criterion(loss, forward=forward, metric=metric, model=model)
+        self.criterion = criterion(loss, forward=forward, metric=metric, model=model, target=target)
         self.batch_size = batch_size
         self.train_mode = train_mode
         self.device = self.space.device

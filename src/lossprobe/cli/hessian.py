@@ -62,7 +62,7 @@ def run(args) -> int:
     from ..objective import Objective
     from ..report.curvature_plots import plot_eigenvalues, plot_layer_traces, plot_spectral_density
     from ..store import RunDir
-    from .common import load_model
+    from .common import check_fit, criterion_from_args, load_model
 
     if args.bottom_k < 0:
         raise UserError(f"--bottom-k must be >= 0, got {args.bottom_k}")
@@ -71,17 +71,19 @@ def run(args) -> int:
     if not args.sigma_rel > 0:
         raise UserError(f"--sigma-rel must be positive, got {args.sigma_rel}")
     model = load_model(args.model, args.ckpt)
-    rd = RunDir(args.out, "hessian", {k: v for k, v in vars(args).items() if k not in ("func", "force")}, args.force,
-                seeds={"probes": args.seed, "subset": args.subset_seed})
     t0 = time.perf_counter()
     split = load_split(args.data, args.subset, args.subset_seed)
-    obj = Objective(model, split, batch_size=args.batch_size, train_mode=args.train_mode)
+    crit = criterion_from_args(args, model)
+    check_fit(model, split, crit, args)
+    rd = RunDir(args.out, "hessian", {k: v for k, v in vars(args).items() if k not in ("func", "force")}, args.force,
+                seeds={"probes": args.seed, "subset": args.subset_seed})
+    obj = Objective(model, split, loss=crit, batch_size=args.batch_size, train_mode=args.train_mode)
     if args.train_mode:
         warnings.warn("--train-mode: dropout and BatchNorm batch statistics make the Hessian depend on the batches")
-    what = f"{args.data} ({len(split)} samples), {'train' if args.train_mode else 'eval'} mode"
+    what = f"{args.data} ({split.n_samples} samples), {'train' if args.train_mode else 'eval'} mode"
     print(f"Hessian of {args.model} on {what}: {hessian.HessianOperator(obj, params=args.params).n} parameters")
 
-    summary: dict = {"model": args.model, "data": args.data, "n_samples": len(split), "mode": "train" if args.train_mode else "eval"}
+    summary: dict = {"model": args.model, "data": args.data, "n_samples": split.n_samples, "mode": "train" if args.train_mode else "eval"}
     figs: list[str] = []
     if not rd.done("eigenvalues"):
         top = hessian.eigenvalues(obj, params=args.params, k=args.top_k, which="largest", tol=args.tol,
@@ -130,7 +132,7 @@ def run(args) -> int:
     summary["seconds"] = time.perf_counter() - t0
     rd.save_json("summary.json", summary)
     lines = [f"# Hessian of `{args.model}` at `{args.ckpt}`", "",
-             f"Data: `{args.data}` ({len(split)} samples), {summary['mode']} mode.", "",
+             f"Data: `{args.data}` ({split.n_samples} samples), {summary['mode']} mode.", "",
              "| # | eigenvalue | residual ‖Hv−λv‖ |", "|---|---|---|"]
     lines += [f"| {i + 1} | {v:.6g} | {r:.2e} |" for i, (v, r) in enumerate(zip(summary["eigenvalues"], summary["residuals"]))]
     if args.trace:

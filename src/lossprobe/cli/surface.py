@@ -86,7 +86,7 @@ def run(args, two_d: bool) -> int:
     from ..report import surface_plots as SP
     from ..store import RunDir
     from ..surface import grid_axis, slice as slice_fn, surface as surface_fn
-    from .common import load_model
+    from .common import check_fit, criterion_from_args, load_model
 
     norm = None if args.norm == "none" else args.norm
     if two_d:
@@ -98,13 +98,15 @@ def run(args, two_d: bool) -> int:
         steps, spans = (args.steps,), (tuple(args.span),)
     axes = [grid_axis(lo, hi, n) for (lo, hi), n in zip(spans, steps)]  # checks spans before any work
     model = load_model(args.model, args.checkpoint)
+    split = load_split(args.data, args.subset, args.subset_seed)
+    crit = criterion_from_args(args, model)
+    check_fit(model, split, crit, args)
     # how the grid is computed (threads, backend) is not what is computed: a run started
     # locally may be resumed on Ray and vice versa
     cfg = {k: v for k, v in vars(args).items() if k not in ("func", "force", "threads", "backend", "address")}
     rd = RunDir(args.out, "surface" if two_d else "slice", cfg, args.force,
                 seeds={"direction": args.seed, "subset": args.subset_seed})
-    split = load_split(args.data, args.subset, args.subset_seed)
-    obj = Objective(model, split, batch_size=args.batch_size, include_buffers=args.include_buffers)
+    obj = Objective(model, split, loss=crit, batch_size=args.batch_size, include_buffers=args.include_buffers)
     ignore = () if args.include_bias else ("bias", "norm")
     m = 2 if two_d else 1
     if args.towards:
@@ -129,7 +131,7 @@ def run(args, two_d: bool) -> int:
         obj.evaluate(probe, directions=np.stack([d.vector.numpy() for d in dirs]))
         per_pt = (time.perf_counter() - t0) / len(probe)
     shape = "×".join(str(len(a)) for a in axes)
-    print(f"{shape} grid = {n_pts} points on {len(split)} samples of {args.data} "
+    print(f"{shape} grid = {n_pts} points on {split.n_samples} samples of {args.data} "
           f"({obj.n_batches} batch(es) of ≤{args.batch_size}); first-layer shortcut "
           f"{'on' if obj.shortcut_active else 'off'}; ≈{per_pt * 1e3:.1f} ms/point measured → "
           f"estimated {per_pt * n_pts:.0f} s (progress bar below; rerun the same command to resume)")
@@ -139,7 +141,7 @@ def run(args, two_d: bool) -> int:
              steps=steps if two_d else steps[0], out=rd.subdir("grid"), backend=args.backend,
              address=args.address, progress=True, chunk_size=args.chunk_size, threads=args.threads)
     res.save(rd.path)
-    title = f"{args.data}" + (f" ({len(split)}-sample subset, seed {args.subset_seed})" if args.subset else "")
+    title = f"{args.data}" + (f" ({split.n_samples}-sample subset, seed {args.subset_seed})" if args.subset else "")
     names = SP.plot_all(res, rd.figures, title_data=title, log=args.log)
     extra = []
     if two_d and not args.no_html:
@@ -156,13 +158,13 @@ def run(args, two_d: bool) -> int:
         if now else prev.get("seconds", 0.0)
     s.update(seconds=seconds,
              points_per_second=res.meta["points_per_second"] if now else prev.get("points_per_second"),
-             resumed_chunks=res.meta.get("resumed_chunks", 0), data=args.data, n_samples=len(split),
+             resumed_chunks=res.meta.get("resumed_chunks", 0), data=args.data, n_samples=split.n_samples,
              model=args.model, checkpoint=args.checkpoint, norm=args.norm, seed=args.seed, backend=args.backend,
              spans=[list(sp) for sp in spans], figures=names + extra)
     rd.save_json("summary.json", s)
     kind = "surface" if two_d else "slice"
     lines = [f"# Loss {kind} around `{args.checkpoint}`", "",
-             f"Model `{args.model}`, data `{args.data}` ({len(split)} samples), {args.norm}-normalised random "
+             f"Model `{args.model}`, data `{args.data}` ({split.n_samples} samples), {args.norm}-normalised random "
              f"direction(s) with seed {args.seed}; grid {shape} over {spans}.", "",
              f"Loss at the centre: **{_f(s['center_loss'])}**; range {_f(s['min_loss'])} … {_f(s['max_loss'])}; "
              f"{s['non_finite']} non-finite point(s). Computed in {seconds:.1f} s.", ""]
