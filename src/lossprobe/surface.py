@@ -170,15 +170,14 @@ class Surface:
 
     def save(self, path) -> Path:
         """Write arrays to PATH.npz and metadata to PATH.json (PATH a directory: surface.npz/json)."""
+        from .atomic import save_npz
+
         npz, js = self._paths(path)
-        npz.parent.mkdir(parents=True, exist_ok=True)
         arrays = {f"coords_{i}": c for i, c in enumerate(self.coords)}
         arrays.update(loss=self.loss, accuracy=self.accuracy, mask=self.mask)
         if self.subset_indices is not None:
             arrays["subset_indices"] = self.subset_indices
-        tmp = npz.with_name(npz.stem + ".tmp.npz")
-        np.savez(tmp, **arrays)
-        os.replace(tmp, npz)
+        save_npz(npz, **arrays)
         write_json(js, {"format": FORMAT, "ndim": self.ndim, "meta": self.meta})
         return npz
 
@@ -220,27 +219,31 @@ def _digest(*parts) -> str:
 class ChunkStore:
     """Chunk files under DIR/chunks: chunk_NNNNNN.npz with the flat indices, loss and accuracy.
 
-    A chunk is written to a temporary name and renamed, so a file that exists is whole;
-    `DIR/plan.json` holds the fingerprint of what is being computed.
+    A chunk is written atomically and durably (lossprobe.atomic), so a file that exists is
+    whole; `DIR/plan.json` holds the fingerprint of what is being computed. Only chunk files
+    are ever deleted (a damaged plan.json, or force=True for a different surface).
     """
 
     def __init__(self, directory, fingerprint: str, plan: dict, force: bool = False):
+        from .atomic import makedirs
+
         self.dir = Path(directory)
         self.chunks = self.dir / "chunks"
         plan_file = self.dir / "plan.json"
         if plan_file.is_file():
             try:
                 old = json.loads(plan_file.read_text()).get("fingerprint")
-            except (json.JSONDecodeError, AttributeError):
-                old = None
+                damaged = False
+            except (ValueError, AttributeError, OSError):
+                old, damaged = None, True  # derived data: start the grid again
             if old != fingerprint:
-                if not force:
+                if not (force or damaged):
                     raise UserError(
                         f"{self.dir} holds chunks of a different surface (other model, data, directions or grid); "
                         "choose another out directory or pass force=True / --force to overwrite it")
                 for f in self.chunks.glob("chunk_*.npz"):
                     f.unlink()
-        self.chunks.mkdir(parents=True, exist_ok=True)
+        makedirs(self.chunks)
         write_json(plan_file, {**plan, "fingerprint": fingerprint})
 
     def path(self, i: int) -> Path:
@@ -258,9 +261,9 @@ class ChunkStore:
         return out
 
     def write(self, i: int, idx: np.ndarray, loss: np.ndarray, acc: np.ndarray) -> None:
-        tmp = self.chunks / f".chunk_{i:06d}.{os.getpid()}.tmp.npz"
-        np.savez(tmp, idx=idx, loss=loss, accuracy=acc)
-        os.replace(tmp, self.path(i))
+        from .atomic import save_npz
+
+        save_npz(self.path(i), idx=idx, loss=loss, accuracy=acc)
 
     def read(self, i: int) -> dict | None:
         try:

@@ -58,15 +58,31 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("lossprobe: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
-    except (UserError, ValueError, TypeError, FileNotFoundError, PermissionError) as e:
+    except (UserError, ValueError, TypeError) as e:
         if debug:
             raise
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"lossprobe: error: {msg}", file=sys.stderr)
+        print(f"lossprobe: error: {_first_line(e)}", file=sys.stderr)
         return 2
+    except OSError as e:  # permission denied, read-only file system, disk full, ...: one line naming the file
+        if debug:
+            raise
+        from ..atomic import describe
+
+        action = "read" if isinstance(e, (FileNotFoundError, IsADirectoryError, NotADirectoryError)) else "write"
+        print(f"lossprobe: error: {_first_line(describe(e, action=action))}", file=sys.stderr)
+        return 1
     except MemoryError:
         print("lossprobe: error: out of memory; use a smaller --subset or batch size", file=sys.stderr)
         return 2
+    finally:
+        from ..store import release_all_locks
+
+        release_all_locks()
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 if __name__ == "__main__":

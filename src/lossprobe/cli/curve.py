@@ -67,9 +67,9 @@ def run(args) -> int:
     splits = {"train": ev_train, name if name != "train" else "eval": split}
     print(f"training a {args.kind} curve with {args.bends} bend(s) for {args.epochs} epoch(s) on {len(train)} samples")
     hist = train_curve(curve, train, cfg, checkpoint_dir=run_dir.subdir("checkpoints"), progress=True)
-    from safetensors.torch import save_file
+    from ..atomic import save_safetensors
 
-    save_file(curve.state_for_saving(), str(run_dir / "checkpoints" / "curve.safetensors"))
+    save_safetensors(run_dir / "checkpoints" / "curve.safetensors", curve.state_for_saving())
     ts = np.linspace(0, 1, args.points)
     ts[-1] = 1.0
     ev = evaluate_curve(curve, splits, ts=ts, bn_data=train, batch_size=args.batch_size, progress=True)
@@ -97,7 +97,7 @@ def run(args) -> int:
     rows = "".join(
         f"| {what} | {s} | {summary['loss_barrier'][k][s]:.4f} | {summary['error_barrier'][k][s]:.2%} |\n"
         for k, what in (("line", "straight line"), ("curve", label)) for s in splits)
-    (run_dir / "report.md").write_text(
+    run_dir.write_text("report.md", 
         f"# A {label} between two checkpoints\n\n"
         f"Model `{args.model.replace('`', '')}`; trained {args.epochs} epoch(s) on {len(train)} samples of "
         f"`{train_spec.replace('`', '')}`; evaluated at {len(ts)} points t in [0, 1].\n\n"

@@ -95,9 +95,9 @@ def run(args) -> int:
             eig.update({"smallest_eigenvalues": bot.values, "smallest_residuals": bot.residuals,
                         "hvp_smallest": bot.matvecs, "converged_smallest": bot.converged})
             vecs["smallest"] = bot.vectors
-        from safetensors.torch import save_file
+        from ..atomic import save_safetensors
 
-        save_file({k: v.float().cpu().contiguous() for k, v in vecs.items()}, str(rd / "eigenvectors.safetensors"))
+        save_safetensors(rd / "eigenvectors.safetensors", {k: v.float() for k, v in vecs.items()})
         rd.save_json("eigenvalues.json", eig)
         rd.mark("eigenvalues")
     summary.update(rd.load_json("eigenvalues.json"))
@@ -137,7 +137,7 @@ def run(args) -> int:
         lines += ["", f"Trace ({summary['trace_method']}, {summary['hvp_trace']} products): "
                   f"**{summary['trace']:.6g} ± {summary['trace_stderr']:.2g}** (1 s.e.)."]
     lines += [""] + [f"![{n}](figures/{n}.png)\n" for n in figs]
-    (rd / "report.md").write_text("\n".join(lines))
+    rd.write_text("report.md", "\n".join(lines))
     rd.complete()
     msg = f"top eigenvalue {summary['eigenvalues'][0]:.6g} (residual {summary['residuals'][0]:.1e})"
     if args.trace:

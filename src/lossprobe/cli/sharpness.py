@@ -110,7 +110,7 @@ def run(args) -> int:
         lines.append(f"| critical point | {c['kind']} (‖g‖={c['grad_norm']:.2e}, λmin={c['lambda_min']:.3g}, "
                      f"λmax={c['lambda_max']:.3g}) |")
     lines += [""] + [f"![{n}](figures/{n}.png)\n" for n in figs]
-    (rd / "report.md").write_text("\n".join(lines))
+    rd.write_text("report.md", "\n".join(lines))
     rd.complete()
     print("; ".join(f"{k}: {v.get('sharpness', v.get('sigma', v.get('kind', '')))}" if isinstance(v, dict) and k != "noise" else k
                     for k, v in summary.items() if k in MEASURES) + f"; wrote {rd.path}")

@@ -169,7 +169,7 @@ def run(args, two_d: bool) -> int:
     lines += [f"![{n}](figures/{n}.png)\n" for n in names]
     if extra:
         lines += ["Also: " + ", ".join(f"[{e}]({e})" for e in extra), ""]
-    (rd / "report.md").write_text("\n".join(lines))
+    rd.write_text("report.md", "\n".join(lines))
     rd.complete()
     print(f"centre loss {_f(s['center_loss'])}, min {_f(s['min_loss'])}, max {_f(s['max_loss'])} over {n_pts} points "
           f"in {seconds:.1f} s; wrote {rd.path}")

@@ -188,12 +188,9 @@ class LiveOracle:
             return self._full_cache[key]
         (r,) = self.executor.map(_full_job, [(self.space.to_dict(), self.values(key), self.spec, self.seed)])
         if self.ckpt is not None:
-            from safetensors.torch import save_file
+            from ..atomic import save_safetensors
 
-            self.ckpt.mkdir(parents=True, exist_ok=True)
-            tmp = self.ckpt / f"candidate-{key}.safetensors.tmp"
-            save_file(r["state"], str(tmp))
-            os.replace(tmp, self.ckpt / f"candidate-{key}.safetensors")
+            save_safetensors(self.ckpt / f"candidate-{key}.safetensors", r["state"])
         self.fulls.add_trial(optuna.trial.create_trial(
             params=self.values(key), distributions=self.distributions, value=r["val_accuracy"],
             user_attrs={"candidate": key, "curve": r["curve"], "cost": r["cost"], "seconds": r["seconds"]}))

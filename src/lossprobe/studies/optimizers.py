@@ -190,7 +190,7 @@ def run(out, config: OptimizersConfig | None = None, force: bool = False, progre
     summary["seconds"] = before + time.perf_counter() - t0
     rd.save_json("timing.json", {"seconds": summary["seconds"]})
     rd.save_json("summary.json", summary)
-    (rd / "report.md").write_text(_report_toy(summary) if cfg.is_toy else _report_spiral(summary))
+    rd.write_text("report.md", _report_toy(summary) if cfg.is_toy else _report_spiral(summary))
     rd.mark("report")
     rd.complete()
     return summary
@@ -661,7 +661,9 @@ def _write_csv(path, steps, f) -> None:
         rows.append(f"{int(s)},{f['coords'][i, 0]:.8g},{f['coords'][i, 1]:.8g},{f['true_loss'][i]:.8g},"
                     f"{f['surface_loss'][i]:.8g},{f['plane_loss'][i]:.8g},{f['distance'][i]:.8g},"
                     f"{f['rel_distance'][i]:.8g},{f['sin_angle'][i]:.8g}")
-    path.write_text("\n".join(rows) + "\n")
+    from ..atomic import write_text
+
+    write_text(path, "\n".join(rows) + "\n")
 
 
 def _projection_match(planes: dict, opts: list[str]) -> dict:

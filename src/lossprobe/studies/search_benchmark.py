@@ -214,7 +214,7 @@ def run(out, config: SearchBenchmarkConfig | None = None, force: bool = False, p
         "table_training_seconds": seconds_table, "seconds": time.perf_counter() - t_start,
     }
     rd.save_json("summary.json", summary)
-    (rd / "report.md").write_text(_report(summary, keys, figs))
+    rd.write_text("report.md", _report(summary, keys, figs))
     rd.mark("report")
     rd.complete()
     return summary

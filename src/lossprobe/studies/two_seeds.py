@@ -237,7 +237,7 @@ def _write_report(rd, cfg: TwoSeedsConfig, s: dict, figures: list[str]) -> None:
     }
     for name in figures:
         lines += [f"![{captions.get(name, name)}](figures/{name}.png)", "", captions.get(name, ""), ""]
-    (rd / "report.md").write_text("\n".join(lines))
+    rd.write_text("report.md", "\n".join(lines))
 
 
 # --- CLI -----------------------------------------------------------------------------

@@ -257,7 +257,7 @@ def _write_report(rd, cfg: WidthConfig, s: dict, figures: list[str]) -> None:
                   "Loss barrier (left) and error barrier (right) on test data against hidden width; lines are means "
                   "over pairs, dots the individual pairs.", ""]
     lines += [f"The study took {s['seconds']:.0f} s. Per-pair results: `pairs/`; arrays: `width.npz`.", ""]
-    (rd / "report.md").write_text("\n".join(lines))
+    rd.write_text("report.md", "\n".join(lines))
 
 
 # --- CLI -------------------------------------------------------------------------------
