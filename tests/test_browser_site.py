@@ -28,6 +28,7 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
+from lossprobe.cli.serve import QuietHandler
 from site_runs import EVIL_NAME, EVIL_NOTE, make_runs
 
 
@@ -64,7 +65,7 @@ def _closed_port() -> int:
         return s.getsockname()[1]
 
 
-class _Recorder(http.server.SimpleHTTPRequestHandler):
+class _Recorder(QuietHandler):  # what `lossprobe serve` runs, so its checks and headers are in the test
     def log_request(self, code="-", size="-"):
         self.server.requests.append((self.path, int(code) if str(code).isdigit() else code))
 
