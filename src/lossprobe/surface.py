@@ -325,14 +325,15 @@ def _directions_tensor(directions, m: int, space_numel: int) -> tuple[torch.Tens
 def _compute(model_or_objective, data, dirs_in, spans, steps, *, origin=None, subset=None, subset_seed=0,
              loss="cross_entropy", batch_size=4096, include_buffers=False, out=None, force=False,
              backend="local", address=None, chunk_size=None, progress=True, ray_retries=3,
-             on_chunk: Callable[[int, int], None] | None = None, threads: int | None = None) -> Surface:
+             on_chunk: Callable[[int, int], None] | None = None, threads: int | None = None,
+             ray_timeout: float = 30.0) -> Surface:
     if threads is not None:
         with torch_threads(threads):
             return _compute(model_or_objective, data, dirs_in, spans, steps, origin=origin, subset=subset,
                             subset_seed=subset_seed, loss=loss, batch_size=batch_size,
                             include_buffers=include_buffers, out=out, force=force, backend=backend,
                             address=address, chunk_size=chunk_size, progress=progress, ray_retries=ray_retries,
-                            on_chunk=on_chunk)
+                            on_chunk=on_chunk, ray_timeout=ray_timeout)
     t_start = time.perf_counter()
     if backend not in ("local", "ray"):
         raise UserError(f"backend must be 'local' or 'ray', got {backend!r}")
@@ -444,7 +445,7 @@ def _compute(model_or_objective, data, dirs_in, spans, steps, *, origin=None, su
             if not isinstance(obj.data, Split):
                 raise UserError("backend='ray' needs in-memory data (a Split or tensors), not a DataLoader")
             _run_ray(obj, model, origin_t, dirs, pts_all, todo, chunk_size, K, address, ray_retries, finish,
-                     bar, include_buffers)
+                     bar, include_buffers, ray_timeout)
     finally:
         if bar is not None:
             bar.n = round(bar.n)
@@ -469,16 +470,15 @@ def _origin_vector(origin, obj: Objective) -> torch.Tensor:
     return torch.as_tensor(origin).to(obj.device, obj.space.dtype).reshape(-1)
 
 
-def _run_ray(obj, model, origin, dirs, pts_all, todo, chunk_size, K, address, retries, finish, bar, include_buffers):
-    try:
-        import ray
-    except ImportError:
-        raise UserError("backend='ray' needs Ray: pip install 'ray[default]'") from None
-    started = False
-    if not ray.is_initialized():
-        kw = {"address": address} if address else {"include_dashboard": False}
-        ray.init(**kw, ignore_reinit_error=True, logging_level="ERROR", log_to_driver=False)
-        started = True
+def _run_ray(obj, model, origin, dirs, pts_all, todo, chunk_size, K, address, retries, finish, bar, include_buffers,
+             timeout=30.0):
+    from . import raycluster
+
+    kw = {} if address else {"include_dashboard": False}
+    started = raycluster.init(address, timeout, **kw, ignore_reinit_error=True, logging_level="ERROR",
+                              log_to_driver=False)
+    import ray
+
     try:
         data = obj.data
         if isinstance(data, Split):
@@ -523,7 +523,8 @@ def surface(model_or_objective, data=None, directions=None, span=((-1, 1), (-1, 
             progress: bool = True, *, origin=None, seed: int = 0, norm: str | None = "filter",
             subset_seed: int = 0, loss="cross_entropy", batch_size: int = 4096, include_buffers: bool = False,
             chunk_size: int | None = None, force: bool = False, ray_retries: int = 3,
-            on_chunk: Callable[[int, int], None] | None = None, threads: int | None = None) -> Surface:
+            on_chunk: Callable[[int, int], None] | None = None, threads: int | None = None,
+            ray_timeout: float = 30.0) -> Surface:
     """Loss and accuracy on the 2-D grid origin + a·d1 + b·d2.
 
     Args:
@@ -538,7 +539,7 @@ def surface(model_or_objective, data=None, directions=None, span=((-1, 1), (-1, 
         out: directory for chunks and the result; rerunning with the same arguments
             resumes, only missing chunks are evaluated.
         backend: 'local' (in-process) or 'ray' (chunks as Ray tasks; `address` of an
-            existing cluster, or a local Ray instance is started).
+            existing cluster, reached within `ray_timeout` seconds, or a local Ray instance is started).
         origin: the centre θ [P] (a tensor or a model); default the model's parameters.
         chunk_size: points per chunk (default: one row of the grid).
         on_chunk: called as on_chunk(i, n_chunks) after chunk i is stored.
@@ -556,7 +557,7 @@ def surface(model_or_objective, data=None, directions=None, span=((-1, 1), (-1, 
                     subset_seed=subset_seed, loss=loss, batch_size=batch_size, include_buffers=include_buffers,
                     out=out, force=force, backend=backend, address=address, chunk_size=chunk_size,
                     progress=progress, ray_retries=ray_retries, on_chunk=on_chunk,
-                    threads=threads)
+                    threads=threads, ray_timeout=ray_timeout)
 
 
 def slice(model_or_objective, data=None, direction=None, span=(-1, 1), steps: int = 51,  # noqa: A001
@@ -564,7 +565,8 @@ def slice(model_or_objective, data=None, direction=None, span=(-1, 1), steps: in
           progress: bool = True, *, origin=None, seed: int = 0, norm: str | None = "filter",
           subset_seed: int = 0, loss="cross_entropy", batch_size: int = 4096, include_buffers: bool = False,
           chunk_size: int | None = None, force: bool = False, ray_retries: int = 3,
-          on_chunk: Callable[[int, int], None] | None = None, threads: int | None = None) -> Surface:
+          on_chunk: Callable[[int, int], None] | None = None, threads: int | None = None,
+          ray_timeout: float = 30.0) -> Surface:
     """Loss and accuracy along the line origin + a·d for a on a grid over `span` (see `surface`).
 
     Returns a `Surface` with one axis: coords [n], loss/accuracy/mask [n].
@@ -577,7 +579,7 @@ def slice(model_or_objective, data=None, direction=None, span=(-1, 1), steps: in
                     subset_seed=subset_seed, loss=loss, batch_size=batch_size, include_buffers=include_buffers,
                     out=out, force=force, backend=backend, address=address, chunk_size=chunk_size,
                     progress=progress, ray_retries=ray_retries, on_chunk=on_chunk,
-                    threads=threads)
+                    threads=threads, ray_timeout=ray_timeout)
 
 
 def _spans(span, m: int) -> list[tuple[float, float]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 
 DATA_HELP = ("data split to evaluate on: fashion-mnist:train|val|test or spiral:train|val|test "
@@ -17,7 +18,8 @@ def add_out(p: argparse.ArgumentParser, default: str | None = None) -> None:
                    help="run directory to write (rerunning with the same options resumes it)"
                    + (" (default: %(default)s)" if default else ""))
     p.add_argument("--force", action="store_true",
-                   help="overwrite --out if it already holds a different run")
+                   help="if --out holds a different lossprobe run, move it aside to DIR.old-<time> and start "
+                   "afresh (nothing is deleted; a folder that is not a lossprobe run is never touched)")
 
 
 def add_model_data(p: argparse.ArgumentParser, data_default: str = "fashion-mnist:test") -> None:
@@ -45,9 +47,24 @@ def positive_float(text: str) -> float:
         v = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a positive number, got '{text}'") from None
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    if not (v > 0 and math.isfinite(v)):
+        raise argparse.ArgumentTypeError(f"expected a positive, finite number, got {text}")
     return v
+
+
+def finite_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text}")
+    return v
+
+
+def add_ray_timeout(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ray-timeout", type=positive_float, default=30.0, metavar="SECONDS",
+                   help="give up joining the Ray cluster at --address after this long (default: %(default)s)")
 
 
 def load_model(spec: str, checkpoint: str):

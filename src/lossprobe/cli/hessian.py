@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from .common import add_model_data, add_out, positive_int
+from .common import add_model_data, add_out, finite_float, positive_int
 
 
 def register(sub) -> None:
@@ -22,7 +22,7 @@ def register(sub) -> None:
                    help="number of largest eigenvalues (default: %(default)s)")
     p.add_argument("--bottom-k", type=int, default=0, metavar="K",
                    help="also this many smallest (most negative) eigenvalues (default: %(default)s)")
-    p.add_argument("--tol", type=float, default=None, metavar="T",
+    p.add_argument("--tol", type=finite_float, default=None, metavar="T",
                    help="Lanczos stops when every residual ||Hv-λv|| <= T·max|λ| (default: 1e-5 for float32 models)")
     p.add_argument("--max-steps", type=positive_int, default=300, metavar="M",
                    help="largest Krylov dimension (Hessian-vector products) for the eigenvalues (default: %(default)s)")
@@ -36,7 +36,7 @@ def register(sub) -> None:
                    help="SLQ random probe vectors (default: %(default)s)")
     p.add_argument("--steps", type=positive_int, default=80, metavar="M",
                    help="Lanczos steps per SLQ probe (default: %(default)s)")
-    p.add_argument("--sigma-rel", type=float, default=0.01, metavar="S",
+    p.add_argument("--sigma-rel", type=finite_float, default=0.01, metavar="S",
                    help="Gaussian broadening of the density, as a fraction of the spectral range (default: %(default)s)")
     p.add_argument("--params", nargs="+", default=None, metavar="NAME",
                    help="restrict the Hessian to these parameters: kinds (weight, bias, norm), parameter names "

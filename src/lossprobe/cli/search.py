@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from .common import add_out, positive_float, positive_int
+from .common import add_out, add_ray_timeout, finite_float, positive_float, positive_int
 
 
 def register(sub) -> None:
@@ -38,7 +38,7 @@ def register(sub) -> None:
                    help="new candidates probed before each further full training (default: %(default)s)")
     p.add_argument("--init-full", type=positive_int, default=3, metavar="N",
                    help="full trainings chosen by probe val accuracy before the meta-model is used (default: %(default)s)")
-    p.add_argument("--kappa", type=float, default=1.0, metavar="K",
+    p.add_argument("--kappa", type=finite_float, default=1.0, metavar="K",
                    help="exploration bonus: score = predicted mean + K × ensemble s.d. (default: %(default)s)")
     p.add_argument("--meta", choices=("auto", "rf", "gbr"), default="auto",
                    help="meta-model: random forest, gradient boosting, or whichever cross-validates better (default: %(default)s)")
@@ -53,6 +53,7 @@ def register(sub) -> None:
                    help="run trials in this process or as Ray tasks (default: %(default)s)")
     p.add_argument("--address", default=None, metavar="ADDR",
                    help="Ray cluster address (with --backend ray; default: start a local Ray)")
+    add_ray_timeout(p)
     p.add_argument("--num-cpus", type=positive_int, default=None, metavar="N",
                    help="CPUs for a local Ray (with --backend ray; default: all)")
     add_out(p)
@@ -92,7 +93,7 @@ def run(args) -> int:
               f"test acc {ch['test_accuracy']:.4f} (the test set is not read again); see {rd.path}")
         return 0
     storage = args.storage or default_storage(rd.path)
-    executor = Executor(args.backend, args.address, args.num_cpus)
+    executor = Executor(args.backend, args.address, args.num_cpus, timeout=args.ray_timeout)
     oracle = LiveOracle(space, spec, storage, args.study_name, args.fraction, args.probe_epochs, args.seed,
                         executor, checkpoint_dir=rd.subdir("checkpoints"),
                         settings={"loop": dataclasses.asdict(loop_cfg)})

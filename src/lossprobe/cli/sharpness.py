@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from .common import add_model_data, add_out, positive_int
+from .common import add_model_data, add_out, finite_float, positive_int
 
 MEASURES = ("keskar", "sam", "asam", "noise", "pacbayes", "critical")
 
@@ -36,18 +36,18 @@ def register(sub) -> None:
     add_model_data(p)
     p.add_argument("--measures", nargs="+", choices=MEASURES, default=["keskar", "sam", "asam", "noise", "pacbayes"],
                    metavar="M", help=f"measures to compute, from {', '.join(MEASURES)} (default: all but critical)")
-    p.add_argument("--epsilon", type=float, default=1e-3, help="Keskar box size ε (default: %(default)s)")
+    p.add_argument("--epsilon", type=finite_float, default=1e-3, help="Keskar box size ε (default: %(default)s)")
     p.add_argument("--ascent-steps", type=positive_int, default=10, metavar="N",
                    help="gradient-ascent steps for keskar (and for sam/asam when > 1 is wanted via --sam-steps) (default: %(default)s)")
-    p.add_argument("--rho", type=float, default=0.05, help="SAM radius ρ (default: %(default)s)")
-    p.add_argument("--asam-rho", type=float, default=0.5, help="ASAM radius ρ (default: %(default)s)")
+    p.add_argument("--rho", type=finite_float, default=0.05, help="SAM radius ρ (default: %(default)s)")
+    p.add_argument("--asam-rho", type=finite_float, default=0.5, help="ASAM radius ρ (default: %(default)s)")
     p.add_argument("--sam-steps", type=positive_int, default=1, metavar="N",
                    help="ascent steps for sam/asam; 1 is SAM's own first-order step (default: %(default)s)")
     p.add_argument("--sigmas", type=_floats, default=[0.01, 0.02, 0.05, 0.1, 0.2, 0.3], metavar="S1,S2,...",
                    help="relative noise levels σ for the noise measure (default: 0.01,0.02,0.05,0.1,0.2,0.3)")
     p.add_argument("--draws", type=positive_int, default=5, metavar="D",
                    help="noise draws per σ (and for the PAC-Bayes expectation) (default: %(default)s)")
-    p.add_argument("--pac-bound", type=float, default=0.1,
+    p.add_argument("--pac-bound", type=finite_float, default=0.1,
                    help="PAC-Bayes σ search: allowed rise of the error (fraction) (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of every random draw (default: %(default)s)")
     add_out(p)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from .common import add_model_data, add_out, positive_int
+from .common import add_model_data, add_out, add_ray_timeout, finite_float, positive_int
 
 NORM_CHOICES = ("filter", "layer", "model", "none")
 
@@ -25,9 +25,9 @@ def _common(p: argparse.ArgumentParser, two_d: bool) -> None:
         p.add_argument("--steps", type=positive_int, nargs="+", default=[51], metavar="N",
                        help="grid points per axis: one N for an N×N grid or two for N1×N2 "
                        "(the centre is always a grid point; default: 51)")
-        p.add_argument("--span", type=float, nargs=2, default=[-1.0, 1.0], metavar=("LO", "HI"),
+        p.add_argument("--span", type=finite_float, nargs=2, default=[-1.0, 1.0], metavar=("LO", "HI"),
                        help="coordinate range along d1, in units of the direction (default: -1 1)")
-        p.add_argument("--span2", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+        p.add_argument("--span2", type=finite_float, nargs=2, default=None, metavar=("LO", "HI"),
                        help="coordinate range along d2 (default: the same as --span)")
         p.add_argument("--orthogonal", action="store_true",
                        help="make d2 orthogonal to d1 (Gram–Schmidt; default: two independent draws)")
@@ -38,7 +38,7 @@ def _common(p: argparse.ArgumentParser, two_d: bool) -> None:
     else:
         p.add_argument("--steps", type=positive_int, default=51, metavar="N",
                        help="points along the line (the centre is always one; default: %(default)s)")
-        p.add_argument("--span", type=float, nargs=2, default=[-1.0, 1.0], metavar=("LO", "HI"),
+        p.add_argument("--span", type=finite_float, nargs=2, default=[-1.0, 1.0], metavar=("LO", "HI"),
                        help="coordinate range, in units of the direction (default: -1 1)")
         p.add_argument("--towards", metavar="CKPT_B",
                        help="slice along CKPT_B − CKPT instead of a random direction (CKPT_B at 1)")
@@ -46,7 +46,9 @@ def _common(p: argparse.ArgumentParser, two_d: bool) -> None:
     p.add_argument("--backend", choices=("local", "ray"), default="local",
                    help="run chunks in this process, or as Ray tasks (default: %(default)s)")
     p.add_argument("--address", metavar="ADDR",
-                   help="address of an existing Ray cluster, e.g. ray://host:10001 (default: start a local one)")
+                   help="address of an existing Ray cluster, e.g. ray://host:10001 (with --backend ray; default: "
+                   "start a local one)")
+    add_ray_timeout(p)
     p.add_argument("--threads", type=positive_int, default=None, metavar="T",
                    help="torch threads while evaluating (default: torch's setting); on a shared machine "
                    "1 is often fastest, as each point is a few small matrix products")
@@ -100,7 +102,8 @@ def run(args, two_d: bool) -> int:
     model = load_model(args.model, args.checkpoint)
     # how the grid is computed (threads, backend) is not what is computed: a run started
     # locally may be resumed on Ray and vice versa
-    cfg = {k: v for k, v in vars(args).items() if k not in ("func", "force", "threads", "backend", "address")}
+    cfg = {k: v for k, v in vars(args).items() if k not in ("func", "force", "threads", "backend", "address",
+                                                           "ray_timeout")}
     rd = RunDir(args.out, "surface" if two_d else "slice", cfg, args.force,
                 seeds={"direction": args.seed, "subset": args.subset_seed})
     split = load_split(args.data, args.subset, args.subset_seed)
@@ -137,7 +140,8 @@ def run(args, two_d: bool) -> int:
     fn = surface_fn if two_d else slice_fn
     res = fn(obj, None, dirs if two_d else dirs[0], span=spans if two_d else spans[0],
              steps=steps if two_d else steps[0], out=rd.subdir("grid"), backend=args.backend,
-             address=args.address, progress=True, chunk_size=args.chunk_size, threads=args.threads)
+             address=args.address, progress=True, chunk_size=args.chunk_size, threads=args.threads,
+             ray_timeout=args.ray_timeout)
     res.save(rd.path)
     title = f"{args.data}" + (f" ({len(split)}-sample subset, seed {args.subset_seed})" if args.subset else "")
     names = SP.plot_all(res, rd.figures, title_data=title, log=args.log)

@@ -76,21 +76,18 @@ def _full_job(space_dict: dict, values: dict, spec: TaskSpec, seed: int) -> dict
 class Executor:
     """Runs jobs in this process, or as Ray tasks (``backend='ray'``)."""
 
-    def __init__(self, backend: str = "inprocess", address: str | None = None, num_cpus: int | None = None):
+    def __init__(self, backend: str = "inprocess", address: str | None = None, num_cpus: int | None = None,
+                 timeout: float = 30.0):
         if backend not in ("inprocess", "ray"):
             raise UserError(f"unknown backend '{backend}'; use inprocess or ray")
         self.backend = backend
         if backend == "ray":
-            try:
-                import ray
-            except ImportError:
-                raise UserError("--backend ray needs Ray: pip install 'lossprobe[ray]'") from None
-            if not ray.is_initialized():
-                kw = {"include_dashboard": False, "ignore_reinit_error": True, "log_to_driver": False}
-                if address:
-                    ray.init(address=address, **kw)
-                else:
-                    ray.init(num_cpus=num_cpus, **kw)
+            from .. import raycluster
+
+            kw = {"include_dashboard": False, "ignore_reinit_error": True, "log_to_driver": False}
+            raycluster.init(address, timeout, **kw) if address else raycluster.init(None, timeout, num_cpus=num_cpus, **kw)
+            import ray
+
             self._ray = ray
             self._remote = {}
 

@@ -358,7 +358,7 @@ def _write_report(rd, cfg: ArchitecturesConfig, s: dict, figures: list[str]) -> 
 
 # --- CLI -----------------------------------------------------------------------------
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..cli.common import add_out, positive_int
+    from ..cli.common import add_out, finite_float, positive_int
 
     add_out(p, default="runs/architectures")
     p.add_argument("--config", metavar="FILE.toml",
@@ -366,7 +366,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=positive_int, help=f"training epochs of both models (default: {ArchitecturesConfig.epochs})")
     p.add_argument("--model-a", metavar="SPEC", help=f"model A (default: {ArchitecturesConfig.model_a})")
     p.add_argument("--model-b", metavar="SPEC", help=f"model B (default: {ArchitecturesConfig.model_b})")
-    p.add_argument("--lr", type=float, help=f"peak learning rate of both (default: {ArchitecturesConfig.lr})")
+    p.add_argument("--lr", type=finite_float, help=f"peak learning rate of both (default: {ArchitecturesConfig.lr})")
     p.add_argument("--hessian-subset", type=positive_int, metavar="N",
                    help=f"training images for the Hessian (default: {ArchitecturesConfig.hessian_subset})")
     p.add_argument("--threads", type=positive_int, metavar="T", help="torch threads (default: torch's choice)")

@@ -819,7 +819,7 @@ def _report_spiral(s: dict) -> str:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..cli.common import add_out, positive_int
+    from ..cli.common import add_out, finite_float, positive_int
     from ..toy import TOYS
 
     p.add_argument("--dataset", default=None, metavar="spiral|toy:NAME",
@@ -835,7 +835,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", action="append", metavar="NAME=LR", help="learning rate of one optimiser (repeatable)")
     p.add_argument("--steps", type=positive_int, help="optimiser steps (default: 3000 spiral, 300 toy)")
     p.add_argument("--seed", type=int, help="initialisation seed (spiral) or gradient-noise seed (toy) (default: 0)")
-    p.add_argument("--threshold", type=float,
+    p.add_argument("--threshold", type=finite_float,
                    help="loss threshold for steps_to_threshold (default: 0.2 for spiral, the function's own for toy)")
     p.add_argument("--grid", type=positive_int, help="surface grid points per axis (default: 41)")
     p.add_argument("--no-gif", dest="gif", action="store_false", default=None,

@@ -263,7 +263,7 @@ def _report(s: dict, keys: list[str], figs: list[str]) -> str:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..cli.common import add_out, positive_int
+    from ..cli.common import add_out, finite_float, positive_int
 
     add_out(p, default="runs/search-benchmark")
     p.add_argument("--config", metavar="FILE.toml",
@@ -271,7 +271,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--space", metavar="TOML", help="search space (default: the space of examples/space.toml)")
     p.add_argument("--size", type=positive_int, help="configurations in the table (default: 200)")
     p.add_argument("--seeds", type=positive_int, help="replay seeds per method (default: 10)")
-    p.add_argument("--budget", type=float, help="budget in full-data epoch equivalents (default: 120)")
+    p.add_argument("--budget", type=finite_float, help="budget in full-data epoch equivalents (default: 120)")
     p.add_argument("--table-dir", metavar="DIR", help="where the table is cached (default: OUT/table); "
                    "share it between runs, it only grows")
     p.add_argument("--quick", action="store_true",
