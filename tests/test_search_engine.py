@@ -97,8 +97,12 @@ def test_selection_never_reads_the_test_set():
                        on_event=lambda e, r: seen.append(sealed.touched), final_test=oracle.test_accuracy)
     assert seen and not any(seen)  # sealed during every step of selection (reading it would have raised)
     assert sealed.accesses == [f"final evaluation of candidate {res.chosen}"]
+    # asked again, the oracle gives the number recorded in the storage and never reopens the test set
+    assert oracle.test_accuracy(res.chosen) == res.test_accuracy
+    assert oracle.fulls.user_attrs["final_test"]["test_accuracy"] == res.test_accuracy
+    assert len(sealed.accesses) == 1
     with pytest.raises(RuntimeError, match="already used"):
-        oracle.test_accuracy(res.chosen)
+        sealed.open("a second look")
 
 
 def test_ray_backend_tiny_search(tmp_path):

@@ -64,8 +64,8 @@ def run(args) -> int:
     import dataclasses
 
     from ..errors import UserError
-    from ..search.engine import Executor, LiveOracle, TaskSpec, default_storage
-    from ..search.loop import LoopConfig, probe_search
+    from ..search.engine import Executor, LiveOracle, TaskSpec, check_storage_url, default_storage, storage_error
+    from ..search.loop import LoopConfig
     from ..search.space import load_space
     from ..store import RunDir
 
@@ -85,18 +85,45 @@ def run(args) -> int:
     config = {"space": space.to_dict(), "task": dataclasses.asdict(spec), "loop": dataclasses.asdict(loop_cfg),
               "fraction": args.fraction, "probe_epochs": args.probe_epochs,
               "storage": args.storage, "study_name": args.study_name}
+    if args.storage:
+        check_storage_url(args.storage)
     task = spec.load()  # load here so that errors about the data come before any output is written
     rd = RunDir(args.out, "search", config, force=args.force, seeds={"search": args.seed})
-    if rd.done("search") and (rd / "chosen.json").is_file():
+    if rd.done("search", "chosen.json"):
         ch = rd.load_json("chosen.json")
         print(f"search already complete: candidate #{ch['candidate']} val acc {ch['val_accuracy']:.4f}, "
               f"test acc {ch['test_accuracy']:.4f} (the test set is not read again); see {rd.path}")
         return 0
     storage = args.storage or default_storage(rd.path)
     executor = Executor(args.backend, args.address, args.num_cpus, timeout=args.ray_timeout)
-    oracle = LiveOracle(space, spec, storage, args.study_name, args.fraction, args.probe_epochs, args.seed,
-                        executor, checkpoint_dir=rd.subdir("checkpoints"),
-                        settings={"loop": dataclasses.asdict(loop_cfg)})
+    waiting = set()
+
+    def on_wait(kind, keys):  # another worker on the same storage holds these
+        if (kind, tuple(keys)) not in waiting:
+            waiting.add((kind, tuple(keys)))
+            what = "the final test evaluation" if kind == "test" else f"{kind} #" + ", #".join(map(str, keys))
+            print(f"  waiting for another worker on {storage} to finish {what}", flush=True)
+
+    oracle = None
+    try:
+        oracle = LiveOracle(space, spec, storage, args.study_name, args.fraction, args.probe_epochs, args.seed,
+                            executor, checkpoint_dir=rd.subdir("checkpoints"),
+                            settings={"loop": dataclasses.asdict(loop_cfg)}, on_wait=on_wait)
+        return _search(args, rd, space, task, loop_cfg, budget, storage, oracle)
+    except Exception as e:
+        if type(e).__module__.startswith("sqlalchemy"):  # the storage failed part-way: one line
+            raise storage_error(e, storage) from None
+        raise
+    finally:
+        if oracle is not None:
+            oracle.close()
+
+
+def _search(args, rd, space, task, loop_cfg, budget, storage, oracle) -> int:
+    import dataclasses
+
+    from ..search.loop import probe_search
+
     if oracle.reused["probes"] or oracle.reused["full"]:
         print(f"resuming: {oracle.reused['probes']} probes and {oracle.reused['full']} full trainings already in {storage}")
     print(f"searching {len(space.params)} hyperparameters on {args.dataset} ({len(task.train)} train, "
@@ -122,10 +149,12 @@ def run(args) -> int:
     oracle.on_job = on_job
     result = probe_search(oracle, loop_cfg, on_event=on_event, final_test=oracle.test_accuracy)
     ch = result.chosen
+    ckpt = f"checkpoints/candidate-{ch}.safetensors"
     chosen = {"candidate": ch, "values": oracle.values(ch), "full_config": space.complete(oracle.values(ch)),
               "val_accuracy": result.chosen_val_accuracy, "test_accuracy": result.test_accuracy,
+              "test_evaluated_by_this_worker": oracle.test_evaluated_here,
               "budget": budget, "spent": result.spent, "meta_model": result.meta_kind,
-              "checkpoint": f"checkpoints/candidate-{ch}.safetensors"}
+              "checkpoint": ckpt if (rd / ckpt).is_file() else None}
     rd.save_json("chosen.json", chosen)
     full = [e for e in events if e["kind"] == "full"]
     rd.save_json("events.json", events)
@@ -154,5 +183,8 @@ def run(args) -> int:
     rd.mark("search")
     rd.complete()
     print(f"chosen candidate #{ch}: {oracle.values(ch)}")
-    print(f"validation accuracy {result.chosen_val_accuracy:.4f}, test accuracy {result.test_accuracy:.4f}; wrote {rd.path}")
+    how = ("evaluated now; the test set was opened once" if oracle.test_evaluated_here
+           else "recorded in the storage by the worker that evaluated it; the test set was not opened here")
+    print(f"validation accuracy {result.chosen_val_accuracy:.4f}, test accuracy {result.test_accuracy:.4f} ({how}); "
+          f"wrote {rd.path}")
     return 0

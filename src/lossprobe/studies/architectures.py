@@ -371,15 +371,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"training images for the Hessian (default: {ArchitecturesConfig.hessian_subset})")
     p.add_argument("--threads", type=positive_int, metavar="T", help="torch threads (default: torch's choice)")
     p.add_argument("--quick", action="store_true",
-                   help="a smoke run in seconds: tiny models, 1 epoch on 2000 images, small probe subsets")
+                   help="a smoke run in seconds: tiny models, 1 epoch on 2000 images, small probe subsets"
+                   " (keys set in --config, and flags, win over it)")
 
 
 def run_cli(args) -> int:
-    overrides = dict(QUICK) if args.quick else {}
+    overrides = {}
     flags = {"epochs": args.epochs, "model_a": args.model_a, "model_b": args.model_b, "lr": args.lr,
              "hessian_subset": args.hessian_subset, "threads": args.threads}
     overrides.update({k: v for k, v in flags.items() if v is not None})
-    cfg = config_mod.load(ArchitecturesConfig, args.config, overrides)
+    cfg = config_mod.load(ArchitecturesConfig, args.config, overrides, presets=QUICK if args.quick else None)
     s = run(args.out, cfg, force=args.force)
     print(f"validation accuracy A {s['val_accuracy']['A']:.2%} (target {TARGETS['A']:.2%}), "
           f"B {s['val_accuracy']['B']:.2%} (target {TARGETS['B']:.2%}); test A {s['test_accuracy']['A']:.2%}, "

@@ -275,15 +275,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--table-dir", metavar="DIR", help="where the table is cached (default: OUT/table); "
                    "share it between runs, it only grows")
     p.add_argument("--quick", action="store_true",
-                   help="a smoke run: 16 configurations on 1500 images, 3 seeds, budget 36")
+                   help="a smoke run: 16 configurations on 1500 images, 3 seeds, budget 36"
+                   " (keys set in --config, and flags, win over it)")
 
 
 def run_cli(args) -> int:
-    overrides = dict(QUICK) if args.quick else {}
+    overrides = {}
     flags = {"space": args.space, "size": args.size, "seeds": args.seeds, "budget": args.budget,
              "table_dir": args.table_dir}
     overrides.update({k: v for k, v in flags.items() if v is not None})
-    cfg = config_mod.load(SearchBenchmarkConfig, args.config, overrides)
+    cfg = config_mod.load(SearchBenchmarkConfig, args.config, overrides, presets=QUICK if args.quick else None)
     s = run(args.out, cfg, force=args.force)
     fid = s["search_fidelity"]
     print(f"table of {s['table_size']} configurations; Spearman at {fid}: meta {s['spearman'][fid]['meta'][0]:.3f}, "
