@@ -28,10 +28,19 @@ COMMANDS = [
 ]
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with a mistake reported as one line (what was wrong, where to read more) and exit 2."""
+
+    def error(self, message: str):
+        cmd = self.prog.split(" ", 1)[1] if " " in self.prog else ""
+        self.exit(2, f"lossprobe: error: {cmd + ': ' if cmd else ''}{message} "
+                     f"(see 'lossprobe {cmd + ' ' if cmd else ''}--help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="lossprobe",
         description="Probe the geometry of neural-network loss landscapes.",
         epilog="Run 'lossprobe COMMAND --help' for the options of a command. "
@@ -48,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
-        parser.print_help()
+        print("lossprobe: error: give a command, e.g. 'lossprobe study two-seeds'; 'lossprobe --help' lists them",
+              file=sys.stderr)
         return 2
     debug = os.environ.get("LOSSPROBE_DEBUG") == "1"
     if not debug:

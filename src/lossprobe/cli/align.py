@@ -47,17 +47,17 @@ def run(args) -> int:
     from ..align import align, permutation_spec
     from ..data import load_split
     from ..errors import UserError
-    from ..paths import has_batchnorm, interpolate
+    from ..paths import has_batchnorm, interpolate, non_finite
     from ..repair import Repairer, interpolate_repaired
     from ..report.connectivity_plots import plot_paths
     from ..store import RunDir
     from ..train import save_checkpoint
-    from .common import load_model
+    from .common import load_model, require_finite
 
     if args.alphas < 3 or (args.alphas - 1) % 2:
         raise UserError(f"--alphas must be odd and at least 3 (0, 0.5 and 1 on the grid), got {args.alphas}")
-    model_a = load_model(args.model, args.ckpt_a)
-    model_b = load_model(args.model, args.ckpt_b)
+    model_a = require_finite(load_model(args.model, args.ckpt_a), args.ckpt_a)
+    model_b = require_finite(load_model(args.model, args.ckpt_b), args.ckpt_b)
     spec = permutation_spec(model_a)  # fails early, naming an unsupported operation
     run_dir = RunDir(args.out, "align", {k: v for k, v in vars(args).items() if k not in ("func", "force")}, args.force)
     t0 = time.perf_counter()
@@ -85,6 +85,10 @@ def run(args) -> int:
     for k, it in paths.items():
         arrays[f"{k}_loss"], arrays[f"{k}_accuracy"] = it.loss[name], it.accuracy[name]
     run_dir.save_arrays("interpolation.npz", **arrays)
+    for k, it in paths.items():
+        bad = non_finite(it.alphas, it.loss[name], where=f"{args.data}, {k} path")
+        if bad:  # the arrays stay for inspection; the run is not marked complete
+            raise UserError(bad)
     labels = {"naive": "straight line", "aligned": f"aligned ({args.method} matching)", "aligned_repair": "aligned + REPAIR"}
     figs = plot_paths({labels[k]: (it.alphas, it.loss, it.accuracy) for k, it in paths.items()}, run_dir.figures,
                       title_data=f"{args.data} ({len(split)})", name="alignment")

@@ -67,6 +67,27 @@ def add_ray_timeout(p: argparse.ArgumentParser) -> None:
                    help="give up joining the Ray cluster at --address after this long (default: %(default)s)")
 
 
+def require_finite(model, checkpoint: str):
+    """Refuse a model with NaN or infinite parameters or buffers, naming the checkpoint; returns the model."""
+    import torch
+
+    bad = total = 0
+    first = None
+    for name, t in model.state_dict().items():
+        if t.is_floating_point():
+            n = int((~torch.isfinite(t)).sum())
+            if n and first is None:
+                first = name
+            bad += n
+            total += t.numel()
+    if bad:
+        from ..errors import UserError
+
+        raise UserError(f"checkpoint {checkpoint} has {bad} non-finite value(s) (NaN or inf) among its {total} "
+                        f"weights, first in '{first}'; loss, barriers and curvature are undefined there")
+    return model
+
+
 def load_model(spec: str, checkpoint: str):
     """Build the architecture from `spec` and load `checkpoint` into it (safely, file checked first)."""
     from ..models import build

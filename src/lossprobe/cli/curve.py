@@ -45,15 +45,15 @@ def run(args) -> int:
     from ..curves import Curve, CurveTrainConfig, evaluate_curve, train_curve
     from ..data import load_split
     from ..errors import UserError
-    from ..paths import has_batchnorm, interpolate
+    from ..paths import has_batchnorm, interpolate, non_finite
     from ..report.connectivity_plots import plot_paths
     from ..store import RunDir
-    from .common import load_model
+    from .common import load_model, require_finite
 
     if args.points < 3 or (args.points - 1) % 2:
         raise UserError(f"--points must be odd and at least 3, got {args.points}")
-    model_a = load_model(args.model, args.ckpt_a)
-    model_b = load_model(args.model, args.ckpt_b)
+    model_a = require_finite(load_model(args.model, args.ckpt_a), args.ckpt_a)
+    model_b = require_finite(load_model(args.model, args.ckpt_b), args.ckpt_b)
     curve = Curve(model_a, model_b, bends=args.bends, kind=args.kind)
     cfg = CurveTrainConfig(epochs=args.epochs, lr=args.lr, optimizer=args.optimizer,
                            batch_size=args.train_batch_size, seed=args.seed)
@@ -78,6 +78,11 @@ def run(args) -> int:
                        batch_size=args.batch_size)
     run_dir.save_arrays("curve.npz", ts=ts, **{f"curve_{k}": v for k, v in ev.to_arrays().items() if k != "ts"},
                         **{f"line_{k}": v for k, v in line.to_arrays().items() if k != "alphas"})
+    for what, path in (("curve", ev), ("straight line", line)):
+        for s_name in splits:
+            bad = non_finite(ts, path.loss[s_name], name="t", where=f"{s_name}, {what}")
+            if bad:  # the arrays stay for inspection; the run is not marked complete
+                raise UserError(bad)
     cb, lbar = ev.barriers(), line.barriers()
     label = f"{args.kind} curve ({args.bends} bend{'s' if args.bends > 1 else ''})"
     figs = plot_paths({"straight line": (ts, line.loss, line.accuracy), label: (ts, ev.loss, ev.accuracy)},

@@ -62,7 +62,7 @@ def run(args) -> int:
     from ..objective import Objective
     from ..report.curvature_plots import plot_eigenvalues, plot_layer_traces, plot_spectral_density
     from ..store import RunDir
-    from .common import load_model
+    from .common import load_model, require_finite
 
     if args.bottom_k < 0:
         raise UserError(f"--bottom-k must be >= 0, got {args.bottom_k}")
@@ -70,7 +70,7 @@ def run(args) -> int:
         raise UserError(f"--tol must be positive, got {args.tol}")
     if not args.sigma_rel > 0:
         raise UserError(f"--sigma-rel must be positive, got {args.sigma_rel}")
-    model = load_model(args.model, args.ckpt)
+    model = require_finite(load_model(args.model, args.ckpt), args.ckpt)
     rd = RunDir(args.out, "hessian", {k: v for k, v in vars(args).items() if k not in ("func", "force")}, args.force,
                 seeds={"probes": args.seed, "subset": args.subset_seed})
     t0 = time.perf_counter()
@@ -79,11 +79,15 @@ def run(args) -> int:
     if args.train_mode:
         warnings.warn("--train-mode: dropout and BatchNorm batch statistics make the Hessian depend on the batches")
     what = f"{args.data} ({len(split)} samples), {'train' if args.train_mode else 'eval'} mode"
+    centre = float(obj.loss_at().loss[0])
+    if not np.isfinite(centre):
+        raise UserError(f"the loss at {args.ckpt} is {centre} on {args.data}: the model outputs NaN or inf, so its "
+                        "Hessian is undefined")
     print(f"Hessian of {args.model} on {what}: {hessian.HessianOperator(obj, params=args.params).n} parameters")
 
     summary: dict = {"model": args.model, "data": args.data, "n_samples": len(split), "mode": "train" if args.train_mode else "eval"}
     figs: list[str] = []
-    if not rd.done("eigenvalues"):
+    if not rd.done("eigenvalues", "eigenvalues.json", "eigenvectors.safetensors"):
         top = hessian.eigenvalues(obj, params=args.params, k=args.top_k, which="largest", tol=args.tol,
                                   max_steps=args.max_steps, seed=args.seed, method=args.hvp, progress=True)
         eig = {"eigenvalues": top.values, "residuals": top.residuals, "hvp_eigenvalues": top.matvecs,
@@ -102,7 +106,7 @@ def run(args) -> int:
         rd.mark("eigenvalues")
     summary.update(rd.load_json("eigenvalues.json"))
     if args.trace:
-        if not rd.done("trace"):
+        if not rd.done("trace", "trace.json"):
             tr = hessian.trace(obj, params=args.params, method=args.trace_method, matvecs=args.trace_products,
                                seed=args.seed, hvp_method=args.hvp, progress=True)
             rd.save_json("trace.json", {"trace": tr.trace, "trace_stderr": tr.stderr, "trace_method": tr.method,
@@ -113,7 +117,7 @@ def run(args) -> int:
         figs += plot_layer_traces({k: (v["trace"], v["stderr"]) for k, v in summary["layer_traces"].items()},
                                   rd.figures, title=what)
     if args.density:
-        if not rd.done("density"):
+        if not rd.done("density", "density.npz", "density.json"):
             d = hessian.spectral_density(obj, params=args.params, probes=args.probes, steps=args.steps, seed=args.seed,
                                          sigma_rel=args.sigma_rel, method=args.hvp, progress=True)
             rd.save_arrays("density.npz", grid=d.grid, density=d.density, nodes=d.slq.nodes, weights=d.slq.weights)

@@ -32,15 +32,15 @@ def run(args) -> int:
 
     from ..data import load_split
     from ..errors import UserError
-    from ..paths import interpolate
+    from ..paths import interpolate, non_finite
     from ..report.paths_plots import plot_interpolation
     from ..store import RunDir
-    from .common import load_model
+    from .common import load_model, require_finite
 
     if args.alphas < 5 or (args.alphas - 1) % 4:
         raise UserError(f"--alphas must be 5, 9, 13, ... (N−1 a multiple of 4), got {args.alphas}")
-    model_a = load_model(args.model, args.ckpt_a)
-    model_b = load_model(args.model, args.ckpt_b)
+    model_a = require_finite(load_model(args.model, args.ckpt_a), args.ckpt_a)
+    model_b = require_finite(load_model(args.model, args.ckpt_b), args.ckpt_b)
     run_dir = RunDir(args.out, "interpolate", {k: v for k, v in vars(args).items() if k not in ("func", "force")}, args.force)
     t0 = time.perf_counter()
     split = load_split(args.data, args.subset, args.subset_seed)
@@ -52,6 +52,9 @@ def run(args) -> int:
     it = interpolate(model_a, model_b, {name: split}, alphas=alphas, bn=args.bn, bn_data=bn_data,
                      batch_size=args.batch_size, progress=True)
     run_dir.save_arrays("interpolation.npz", **it.to_arrays())
+    bad = non_finite(it.alphas, it.loss[name], where=args.data)
+    if bad:  # the arrays stay for inspection; the run is not marked complete
+        raise UserError(bad)
     fig_names = plot_interpolation(it, run_dir.figures, title_data=args.data)
     summary = {
         **{k: v for k, v in it.barriers().items()},

@@ -55,18 +55,20 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    import numpy as np
+
     from .. import sharpness as S
     from ..data import load_split
     from ..errors import UserError
     from ..objective import Objective
     from ..report.curvature_plots import plot_noise_robustness
     from ..store import RunDir
-    from .common import load_model
+    from .common import load_model, require_finite
 
     for name in ("epsilon", "rho", "asam_rho", "pac_bound"):
         if not getattr(args, name) > 0:
             raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    model = load_model(args.model, args.ckpt)
+    model = require_finite(load_model(args.model, args.ckpt), args.ckpt)
     rd = RunDir(args.out, "sharpness", {k: v for k, v in vars(args).items() if k not in ("func", "force")}, args.force,
                 seeds={"noise": args.seed, "subset": args.subset_seed})
     t0 = time.perf_counter()
@@ -74,6 +76,9 @@ def run(args) -> int:
     obj = Objective(model, split, batch_size=args.batch_size)
     what = f"{args.data} ({len(split)} samples)"
     ev = obj.loss_at()
+    if not np.isfinite(float(ev.loss[0])):
+        raise UserError(f"the loss at {args.ckpt} is {float(ev.loss[0])} on {args.data}: the model outputs NaN or inf, "
+                        "so its sharpness is undefined")
     summary: dict = {"model": args.model, "data": args.data, "n_samples": len(split),
                      "loss": float(ev.loss[0]), "accuracy": float(ev.accuracy[0])}
     steps = {
@@ -85,7 +90,7 @@ def run(args) -> int:
         "critical": lambda: S.critical_point(obj, seed=args.seed).to_dict(),
     }
     for m in args.measures:
-        if not rd.done(m):
+        if not rd.done(m, f"{m}.json"):
             print(f"{m} ...", flush=True)
             rd.save_json(f"{m}.json", steps[m]())
             rd.mark(m)

@@ -88,9 +88,11 @@ def run(args, two_d: bool) -> int:
     from ..report import surface_plots as SP
     from ..store import RunDir
     from ..surface import grid_axis, slice as slice_fn, surface as surface_fn
-    from .common import load_model
+    from .common import load_model, require_finite
 
     norm = None if args.norm == "none" else args.norm
+    if args.address and args.backend != "ray":
+        raise UserError("--address needs --backend ray")
     if two_d:
         if len(args.steps) > 2:
             raise UserError(f"--steps takes one or two numbers, got {len(args.steps)}")
@@ -99,7 +101,7 @@ def run(args, two_d: bool) -> int:
     else:
         steps, spans = (args.steps,), (tuple(args.span),)
     axes = [grid_axis(lo, hi, n) for (lo, hi), n in zip(spans, steps)]  # checks spans before any work
-    model = load_model(args.model, args.checkpoint)
+    model = require_finite(load_model(args.model, args.checkpoint), args.checkpoint)
     # how the grid is computed (threads, backend) is not what is computed: a run started
     # locally may be resumed on Ray and vice versa
     cfg = {k: v for k, v in vars(args).items() if k not in ("func", "force", "threads", "backend", "address",
@@ -111,8 +113,11 @@ def run(args, two_d: bool) -> int:
     ignore = () if args.include_bias else ("bias", "norm")
     m = 2 if two_d else 1
     if args.towards:
-        other = load_model(args.model, args.towards)
+        other = require_finite(load_model(args.model, args.towards), args.towards)
         d1 = D.between(obj.space.flatten(model), obj.space.flatten(other))
+        if not d1.meta["length"] > 0:
+            raise UserError(f"--towards {args.towards} holds the same weights as {args.checkpoint}: the direction "
+                            "between them is zero; give a different checkpoint")
         dirs = [d1]
         if two_d:
             dirs.append(D.random_plane(obj.space, seed=args.seed, norm=norm, ignore=ignore, reference=obj.theta0)[1])
@@ -129,8 +134,11 @@ def run(args, two_d: bool) -> int:
 
     with torch_threads(args.threads):
         t0 = time.perf_counter()
-        obj.evaluate(probe, directions=np.stack([d.vector.numpy() for d in dirs]))
+        centre = obj.evaluate(probe, directions=np.stack([d.vector.numpy() for d in dirs]))
         per_pt = (time.perf_counter() - t0) / len(probe)
+    if not np.isfinite(np.asarray(centre.loss, dtype=float)[0]):
+        raise UserError(f"the loss at {args.checkpoint} itself is {float(centre.loss[0])} on {args.data}: the model "
+                        "outputs NaN or inf there, so the surface around it would be undefined")
     shape = "×".join(str(len(a)) for a in axes)
     print(f"{shape} grid = {n_pts} points on {len(split)} samples of {args.data} "
           f"({obj.n_batches} batch(es) of ≤{args.batch_size}); first-layer shortcut "

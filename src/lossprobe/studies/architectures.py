@@ -129,7 +129,7 @@ def run(out, config: ArchitecturesConfig | None = None, force: bool = False, pro
         for key, spec in specs.items():
             model = build(spec, seed=cfg.init_seed)
             final = ckdir / f"model_{key}.safetensors"
-            if rd.done(f"train-{key}") and final.is_file():
+            if rd.done(f"train-{key}", final.relative_to(rd.path).as_posix(), f"history_{key}.json"):
                 load_checkpoint(model, final)
                 histories[key] = History.from_dict(rd.load_json(f"history_{key}.json"))
             else:
@@ -147,7 +147,7 @@ def run(out, config: ArchitecturesConfig | None = None, force: bool = False, pro
 
         # --- curvature on the Hessian subset ------------------------------------------------
         for key, model in models.items():
-            if rd.done(f"curvature-{key}"):
+            if rd.done(f"curvature-{key}", f"curvature_{key}.json"):
                 continue
             if progress:
                 print(f"curvature of {key}: top {cfg.top_k} eigenvalues and trace on {len(h_data)} training images",
@@ -167,7 +167,7 @@ def run(out, config: ArchitecturesConfig | None = None, force: bool = False, pro
         curv = {k: rd.load_json(f"curvature_{k}.json") for k in specs}
 
         # --- noise robustness ----------------------------------------------------------------
-        if not rd.done("noise"):
+        if not rd.done("noise", "noise.json"):
             if progress:
                 print(f"noise robustness: σ {cfg.noise_sigmas} × {cfg.noise_draws} draws on {len(p_val)} validation images",
                       flush=True)

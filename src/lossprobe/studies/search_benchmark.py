@@ -113,7 +113,7 @@ def run(out, config: SearchBenchmarkConfig | None = None, force: bool = False, p
     fid = keys[cfg.search_fidelity]
     y = np.array([r["full"]["val_accuracy"] for r in rows])
 
-    if not rd.done("correlations"):
+    if not rd.done("correlations", "correlations.json"):
         if progress:
             print(f"correlations at fidelities {keys} over {cfg.seeds} seeds")
         corr = {}
@@ -124,7 +124,7 @@ def run(out, config: SearchBenchmarkConfig | None = None, force: bool = False, p
         rd.mark("correlations")
     cj = rd.load_json("correlations.json")
 
-    if not rd.done("replay"):
+    if not rd.done("replay", "regret.npz"):
         rs = ReplaySettings(fid, cfg.budget, cfg.seeds, cfg.target_regret, methods=METHODS)
         rep = replay_all(rows, space, rs, progress=progress)
         rd.save_arrays("regret.npz", grid=rep["grid"], **{m: c for m, c in rep["curves"].items()})

@@ -116,7 +116,7 @@ def run(out, config: TwoSeedsConfig | None = None, force: bool = False, progress
         label = f"seed {seed}"
         model = build(cfg.model, seed=seed)
         final = ckdir / f"model_seed{seed}.safetensors"
-        if rd.done(f"train-{seed}") and final.is_file():
+        if rd.done(f"train-{seed}", f"checkpoints/model_seed{seed}.safetensors", f"history_seed{seed}.json"):
             load_checkpoint(model, final)
             histories[label] = History.from_dict(rd.load_json(f"history_seed{seed}.json"))
         else:
@@ -134,7 +134,7 @@ def run(out, config: TwoSeedsConfig | None = None, force: bool = False, progress
     test_acc = [evaluate_model(m, test)[1] for m in models]
     val_acc = [h.val_accuracy[-1] for h in histories.values()]
 
-    if not rd.done("interpolate"):
+    if not rd.done("interpolate", "interpolation.npz"):
         if progress:
             print(f"interpolating on train ({len(eval_train)}) and test ({len(test)}) at {cfg.alphas} points")
         bn_data = train if cfg.bn == "recompute" else None

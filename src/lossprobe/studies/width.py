@@ -75,7 +75,7 @@ def _pair(rd, cfg: WidthConfig, width: int, pair: int, train, eval_train, test, 
     from ..train import TrainConfig, evaluate_model, fit, load_checkpoint, save_checkpoint
 
     name = f"w{width}_p{pair}"
-    if rd.done(name):
+    if rd.done(name, f"pairs/{name}.json"):
         return rd.load_json(f"pairs/{name}.json")
     t0 = time.perf_counter()
     tcfg = TrainConfig(optimizer=cfg.optimizer, lr=cfg.lr, epochs=cfg.epochs, batch_size=cfg.batch_size,
