@@ -52,7 +52,7 @@ def run(args) -> int:
     from ..report.connectivity_plots import plot_paths
     from ..store import RunDir
     from ..train import save_checkpoint
-    from .common import load_model, require_finite
+    from .common import load_model, require_finite, require_finite_loss
 
     if args.alphas < 3 or (args.alphas - 1) % 2:
         raise UserError(f"--alphas must be odd and at least 3 (0, 0.5 and 1 on the grid), got {args.alphas}")
@@ -62,6 +62,8 @@ def run(args) -> int:
     run_dir = RunDir(args.out, "align", {k: v for k, v in vars(args).items() if k not in ("func", "force")}, args.force)
     t0 = time.perf_counter()
     split = load_split(args.data, args.subset, args.subset_seed)
+    require_finite_loss(model_a, split, args.ckpt_a, args.data, "A", args.batch_size)
+    require_finite_loss(model_b, split, args.ckpt_b, args.data, "B", args.batch_size)
     calib_spec = args.calib_data or args.data.split(":")[0] + ":train"
     needs_calib = args.method == "activations" or args.repair or (has_batchnorm(model_a) and args.bn == "recompute")
     calib = load_split(calib_spec, args.calib_subset, args.subset_seed + 1) if needs_calib else None

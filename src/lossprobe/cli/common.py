@@ -88,6 +88,23 @@ def require_finite(model, checkpoint: str):
     return model
 
 
+def require_finite_loss(model, split, checkpoint: str, data: str, label: str = "", batch_size: int = 4096) -> float:
+    """The loss of `model` on `split`; a NaN or infinite loss is one line naming the checkpoint
+    (`label`, e.g. 'endpoint A (α = 0)', says which role it plays)."""
+    import math
+
+    from ..train import evaluate_model
+
+    loss = evaluate_model(model, split, batch_size=batch_size)[0]
+    if not math.isfinite(loss):
+        from ..errors import UserError
+
+        what = f"{label}, {checkpoint}" if label else checkpoint
+        raise UserError(f"the loss at {what} is {loss} on {data}: the model outputs NaN or inf there, so "
+                        "barriers, curvature and surfaces around it are undefined")
+    return loss
+
+
 def load_model(spec: str, checkpoint: str):
     """Build the architecture from `spec` and load `checkpoint` into it (safely, file checked first)."""
     from ..models import build

@@ -48,7 +48,7 @@ def run(args) -> int:
     from ..paths import has_batchnorm, interpolate, non_finite
     from ..report.connectivity_plots import plot_paths
     from ..store import RunDir
-    from .common import load_model, require_finite
+    from .common import load_model, require_finite, require_finite_loss
 
     if args.points < 3 or (args.points - 1) % 2:
         raise UserError(f"--points must be odd and at least 3, got {args.points}")
@@ -62,6 +62,8 @@ def run(args) -> int:
     train_spec = args.train_data or args.data.split(":")[0] + ":train"
     train = load_split(train_spec, args.train_subset, args.seed)
     split = load_split(args.data, args.subset, args.subset_seed)
+    require_finite_loss(model_a, split, args.ckpt_a, args.data, "endpoint A (t = 0)", args.batch_size)
+    require_finite_loss(model_b, split, args.ckpt_b, args.data, "endpoint B (t = 1)", args.batch_size)
     name = args.data.split(":")[-1]
     ev_train = train.subset(min(len(train), 10_000), seed=args.seed + 1)
     splits = {"train": ev_train, name if name != "train" else "eval": split}

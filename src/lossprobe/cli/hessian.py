@@ -83,7 +83,11 @@ def run(args) -> int:
     if not np.isfinite(centre):
         raise UserError(f"the loss at {args.ckpt} is {centre} on {args.data}: the model outputs NaN or inf, so its "
                         "Hessian is undefined")
-    print(f"Hessian of {args.model} on {what}: {hessian.HessianOperator(obj, params=args.params).n} parameters")
+    n_params = hessian.HessianOperator(obj, params=args.params).n
+    if max(args.top_k, args.bottom_k) > n_params:
+        raise UserError(f"--top-k {args.top_k} / --bottom-k {args.bottom_k}: the Hessian has only {n_params} "
+                        "eigenvalues (one per parameter)")
+    print(f"Hessian of {args.model} on {what}: {n_params} parameters")
 
     summary: dict = {"model": args.model, "data": args.data, "n_samples": len(split), "mode": "train" if args.train_mode else "eval"}
     figs: list[str] = []

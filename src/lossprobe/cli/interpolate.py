@@ -35,15 +35,17 @@ def run(args) -> int:
     from ..paths import interpolate, non_finite
     from ..report.paths_plots import plot_interpolation
     from ..store import RunDir
-    from .common import load_model, require_finite
+    from .common import load_model, require_finite, require_finite_loss
 
     if args.alphas < 5 or (args.alphas - 1) % 4:
         raise UserError(f"--alphas must be 5, 9, 13, ... (N−1 a multiple of 4), got {args.alphas}")
     model_a = require_finite(load_model(args.model, args.ckpt_a), args.ckpt_a)
     model_b = require_finite(load_model(args.model, args.ckpt_b), args.ckpt_b)
-    run_dir = RunDir(args.out, "interpolate", {k: v for k, v in vars(args).items() if k not in ("func", "force")}, args.force)
     t0 = time.perf_counter()
     split = load_split(args.data, args.subset, args.subset_seed)
+    require_finite_loss(model_a, split, args.ckpt_a, args.data, "endpoint A (α = 0)", args.batch_size)
+    require_finite_loss(model_b, split, args.ckpt_b, args.data, "endpoint B (α = 1)", args.batch_size)
+    run_dir = RunDir(args.out, "interpolate", {k: v for k, v in vars(args).items() if k not in ("func", "force")}, args.force)
     bn_data = load_split(args.data.split(":")[0] + ":train") if args.bn == "recompute" else None
     alphas = np.linspace(-0.5, 1.5, args.alphas)
     alphas[np.isclose(alphas, 0)] = 0.0

@@ -87,6 +87,7 @@ def run(args) -> int:
               "storage": args.storage, "study_name": args.study_name}
     if args.storage:
         check_storage_url(args.storage)
+    executor = Executor(args.backend, args.address, args.num_cpus, timeout=args.ray_timeout)  # Ray first: fails fast
     task = spec.load()  # load here so that errors about the data come before any output is written
     rd = RunDir(args.out, "search", config, force=args.force, seeds={"search": args.seed})
     if rd.done("search", "chosen.json"):
@@ -95,7 +96,6 @@ def run(args) -> int:
               f"test acc {ch['test_accuracy']:.4f} (the test set is not read again); see {rd.path}")
         return 0
     storage = args.storage or default_storage(rd.path)
-    executor = Executor(args.backend, args.address, args.num_cpus, timeout=args.ray_timeout)
     waiting = set()
 
     def on_wait(kind, keys):  # another worker on the same storage holds these

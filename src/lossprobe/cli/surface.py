@@ -86,13 +86,18 @@ def run(args, two_d: bool) -> int:
     from ..errors import UserError
     from ..objective import Objective
     from ..report import surface_plots as SP
-    from ..store import RunDir
+    from ..store import RunDir, readable
     from ..surface import grid_axis, slice as slice_fn, surface as surface_fn
     from .common import load_model, require_finite
 
     norm = None if args.norm == "none" else args.norm
     if args.address and args.backend != "ray":
         raise UserError("--address needs --backend ray")
+    if args.backend == "ray":  # join (or start) Ray first: an unreachable --address fails before any work
+        from .. import raycluster
+
+        raycluster.init(args.address, args.ray_timeout, **({} if args.address else {"include_dashboard": False}),
+                        ignore_reinit_error=True, logging_level="ERROR", log_to_driver=False)
     if two_d:
         if len(args.steps) > 2:
             raise UserError(f"--steps takes one or two numbers, got {len(args.steps)}")
@@ -161,7 +166,7 @@ def run(args, two_d: bool) -> int:
         SP.write_vtp(res, rd / "surface.vtp", log=args.log)
         extra.append("surface.vtp")
     s = res.summary()
-    prev = rd.load_json("summary.json") if (rd / "summary.json").is_file() else {}
+    prev = rd.load_json("summary.json") if readable(rd / "summary.json") else {}  # derived: damaged means none
     # seconds of grid evaluation (this run's part when resumed; unchanged when nothing was left)
     now = res.meta.get("points_computed_now", 0)
     seconds = res.meta["seconds"] + (prev.get("seconds", 0.0) if res.meta.get("resumed_chunks") else 0.0) \
