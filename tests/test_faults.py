@@ -7,6 +7,7 @@ import errno
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -40,11 +41,20 @@ def interpolate_args(ckpts, out, *extra):
             *extra, "--out", str(out)]
 
 
-def one_line(capsys, rc, *expect, code=None):
+def ok(capsys, argv):
+    """Run a command that must succeed, and forget what it printed."""
+    assert main(argv) == 0
+    capsys.readouterr()
+
+
+def one_line(capsys, rc, *expect, code=None, after_progress=False):
+    """The command failed with one line (after the progress bars of the work done before, if allowed)."""
     err = capsys.readouterr().err.strip()
     assert rc != 0 and (code is None or rc == code), (rc, err)
     assert "Traceback" not in err
-    lines = [ln for ln in err.splitlines() if ln.strip()]
+    lines = [ln for ln in err.replace("\r", "\n").splitlines() if ln.strip()]
+    if after_progress:
+        lines = [ln for ln in lines if not re.search(r"\d+%\||/s\]\s*$|\[\d\d:\d\d", ln)]
     assert len(lines) == 1 and lines[0].startswith("lossprobe: error:"), err
     for e in expect:
         assert e in err, err
@@ -84,7 +94,7 @@ def test_force_on_a_foreign_folder_refuses_and_deletes_nothing(ckpts, tmp_path, 
 
 def test_force_on_a_run_moves_it_aside_and_deletes_nothing(ckpts, tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(interpolate_args(ckpts, run)) == 0
+    ok(capsys, interpolate_args(ckpts, run))
     (run / "notes.txt").write_text("mine\n")
     old_summary = (run / "summary.json").read_text()
     rc = main(["sharpness", str(ckpts / "a.safetensors"), *M, "--measures", "sam", "--out", str(run)])
@@ -100,17 +110,17 @@ def test_force_on_a_run_moves_it_aside_and_deletes_nothing(ckpts, tmp_path, caps
 
 def test_report_never_deletes_files_it_did_not_write(ckpts, tmp_path, capsys):
     run_a, run_b = tmp_path / "ra", tmp_path / "rb"
-    assert main(interpolate_args(ckpts, run_a)) == 0
-    assert main(["sharpness", str(ckpts / "a.safetensors"), *M, "--measures", "sam", "--out", str(run_b)]) == 0
+    ok(capsys, interpolate_args(ckpts, run_a))
+    ok(capsys, ["sharpness", str(ckpts / "a.safetensors"), *M, "--measures", "sam", "--out", str(run_b)])
     mine = foreign_folder(tmp_path / "mine")
     one_line(capsys, main(["report", str(run_a), "--out", str(mine)]), "not a lossprobe site", code=2)
     assert_foreign_intact(mine)
     site = tmp_path / "site"
-    assert main(["report", str(run_a), str(run_b), "--out", str(site)]) == 0
+    ok(capsys, ["report", str(run_a), str(run_b), "--out", str(site)])
     (site / "notes.txt").write_text("keep\n")
     (site / "runs" / "keep.txt").write_text("keep\n")
     (site / "runs" / "ra" / "mine.txt").write_text("keep\n")
-    assert main(["report", str(run_b), "--out", str(site)]) == 0  # rebuilt without run A
+    ok(capsys, ["report", str(run_b), "--out", str(site)])  # rebuilt without run A
     for f in ("notes.txt", "runs/keep.txt", "runs/ra/mine.txt"):
         assert (site / f).read_text() == "keep\n", f
     assert not (site / "runs" / "ra" / "index.html").exists()  # what lossprobe wrote for A is gone
@@ -118,6 +128,7 @@ def test_report_never_deletes_files_it_did_not_write(ckpts, tmp_path, capsys):
 
 
 # --- one writer per run directory -------------------------------------------------------------
+@pytest.mark.slow
 def test_a_second_writer_is_refused_with_one_line_and_the_first_finishes(ckpts, tmp_path, capsys):
     out = tmp_path / "busy"
     signal_file = tmp_path / "sleeping"
@@ -139,22 +150,22 @@ def test_a_second_writer_is_refused_with_one_line_and_the_first_finishes(ckpts, 
             first.kill()
     assert first.returncode == 0, err
     assert json.loads((out / "status.json").read_text())["complete"]
-    assert main(interpolate_args(ckpts, out)) == 0  # the lock went with the first process
+    ok(capsys, interpolate_args(ckpts, out))  # the lock went with the first process
 
 
 def test_lock_is_shared_within_a_process_and_released_by_the_kernel(tmp_path):
-    from lossprobe.store import FolderLock
+    from lossprobe.store import LOCK_NAME, FolderLock
 
     a = FolderLock(tmp_path / "d")
     b = FolderLock(tmp_path / "d")  # the same process may reopen its own run
     a.release()
-    code = ("import sys; from lossprobe.store import FolderLock\n"
-            "try:\n    FolderLock(sys.argv[1]); print('got it')\nexcept Exception as e:\n    print(e)")
-    held = subprocess.run([sys.executable, "-c", code, str(tmp_path / "d")], capture_output=True, text=True)
-    assert f"in use by pid {os.getpid()}" in held.stdout
+    code = ("import fcntl, os, sys\nfd = os.open(sys.argv[1], os.O_RDWR)\n"
+            "try:\n    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB); print('got it')\n"
+            "except BlockingIOError:\n    print('busy', os.pread(fd, 32, 0).decode().strip())")
+    other = [sys.executable, "-c", code, str(tmp_path / "d" / LOCK_NAME)]
+    assert subprocess.run(other, capture_output=True, text=True).stdout.strip() == f"busy {os.getpid()}"
     b.release()
-    free = subprocess.run([sys.executable, "-c", code, str(tmp_path / "d")], capture_output=True, text=True)
-    assert free.stdout.strip() == "got it"
+    assert subprocess.run(other, capture_output=True, text=True).stdout.strip() == "got it"
 
 
 # --- read-only and full disks -------------------------------------------------------------------
@@ -216,7 +227,7 @@ def test_read_only_out_is_one_line(ckpts, tmp_path, monkeypatch, capsys, command
 
 def test_read_only_site_is_one_line(ckpts, tmp_path, monkeypatch, capsys):
     run = tmp_path / "run"
-    assert main(interpolate_args(ckpts, run)) == 0
+    ok(capsys, interpolate_args(ckpts, run))
     _read_only(monkeypatch, tmp_path / "ro")
     rc = main(["report", str(run), "--out", str(tmp_path / "ro" / "site")])
     monkeypatch.undo()
@@ -261,16 +272,17 @@ def test_full_disk_is_one_line_leaves_no_partial_file_and_resumes(ckpts, tmp_pat
     hits = _disk_full_at(monkeypatch, victim)
     rc = main(COMMANDS[command](ckpts, out))
     monkeypatch.undo()
-    err = one_line(capsys, rc, "no space left on the device", victim, "it needs about", "free", code=1)
+    err = one_line(capsys, rc, "no space left on the device", victim, "it needs about", "free", code=1,
+                   after_progress=True)
     assert hits and "run the same command again" in err
     assert not list(out.rglob(victim)) and no_temp_files(out)
-    assert main(COMMANDS[command](ckpts, out)) == 0  # space freed: the same command finishes the run
+    ok(capsys, COMMANDS[command](ckpts, out))  # space freed: the same command finishes the run
     assert list(out.rglob(victim)) and json.loads((out / "status.json").read_text())["complete"]
 
 
 def test_full_disk_while_building_a_site(ckpts, tmp_path, monkeypatch, capsys):
     run = tmp_path / "run"
-    assert main(interpolate_args(ckpts, run)) == 0
+    ok(capsys, interpolate_args(ckpts, run))
     _disk_full_at(monkeypatch, "plotly.min.js")
     rc = main(["report", str(run), "--out", str(tmp_path / "site")])
     monkeypatch.undo()

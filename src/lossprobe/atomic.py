@@ -152,8 +152,9 @@ def open_atomic(path: str | os.PathLike, mode: str = "wb", encoding: str | None 
             f.close()
         os.replace(tmp, path)
     except OSError as e:
+        needed = size_hint or _tmp_size(tmp)
         _unlink_quietly(tmp)
-        raise describe(e, path, needed=size_hint or _tmp_size(tmp)) from None
+        raise describe(e, path, needed=needed) from None
     except BaseException:
         _unlink_quietly(tmp)
         raise
