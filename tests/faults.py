@@ -51,15 +51,21 @@ def install() -> None:
 
 
 # --- comparing runs (tests/test_sigkill.py, benchmarks/sigkill_matrix.py) --------------------------
-_TIMING = re.compile(r"second|time|started|finished|resumed|evaluated_by|^by$|^command$")
+_TIMING = re.compile(r"second|time|timing|started|finished|resumed|computed_now|evaluated_by|^by$|^command$")
 _SKIP = re.compile(r"(^|/)(environment\.json|timing\.json|site/.*|\..*)$|\.(svg|html)$")
 
 
-def _strip(obj):
+def _strip(obj, home: str = "\0"):
+    """Without timing keys, and with the run's own path written as $OUT."""
     if isinstance(obj, dict):
-        return {k: _strip(v) for k, v in obj.items() if not _TIMING.search(str(k))}
+        return {k: _strip(v, home) for k, v in obj.items() if not _TIMING.search(str(k))}
     if isinstance(obj, list):
-        return [_strip(v) for v in obj]
+        return [_strip(v, home) for v in obj]
+    if isinstance(obj, str):
+        return obj.replace(home, "$OUT")
+    if hasattr(obj, "detach"):  # a tensor, from a torch file
+        t = obj.detach().cpu().contiguous()
+        return (str(t.dtype), tuple(t.shape), t.numpy().tobytes())
     return obj
 
 
@@ -83,6 +89,7 @@ def run_state(d: Path) -> dict:
     import numpy as np
 
     out = {}
+    home = str(Path(d).resolve())
     for p in sorted(Path(d).rglob("*")):
         rel = p.relative_to(d).as_posix()
         if not p.is_file() or _SKIP.search(rel) or p.name.endswith(".lossprobe-tmp"):
@@ -91,11 +98,15 @@ def run_state(d: Path) -> dict:
             with np.load(p) as f:
                 out[rel] = {k: (f[k].dtype.str, f[k].shape, f[k].tobytes()) for k in f.files}
         elif p.suffix == ".json":
-            out[rel] = _strip(json.loads(p.read_text()))
+            out[rel] = _strip(json.loads(p.read_text().replace(str(d), home)), home)
         elif p.suffix == ".md":
-            out[rel] = re.sub(r"\d+(\.\d+)? s\b", "# s", p.read_text())
+            out[rel] = re.sub(r"\d+(\.\d+)? s\b", "# s", p.read_text().replace(str(d), "$OUT"))
         elif p.suffix == ".db":
             out[rel] = _trials(p)
+        elif p.suffix == ".pt":
+            import torch
+
+            out[rel] = _strip(torch.load(p, map_location="cpu", weights_only=True), home)
         else:
             out[rel] = p.read_bytes()
     return out

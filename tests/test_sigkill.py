@@ -49,16 +49,24 @@ def killed_then_resumed(argv: list[str], out: Path, kill_at: int) -> dict:
     p = subprocess.run([sys.executable, str(HERE / "faults.py"), *argv], env=env, capture_output=True, text=True,
                        timeout=600)
     assert p.returncode == -9, (kill_at, p.returncode, p.stderr[-2000:])
+    _fresh_process_state()
     assert main(argv) == 0
     assert not [q for q in out.rglob("*") if q.name.endswith(atomic.TMP_SUFFIX)]
     return run_state(out)
 
 
+def _fresh_process_state() -> None:
+    """A search opens its sealed test split once per process; each run here stands for a new process."""
+    from lossprobe.search import engine
+
+    engine._TASKS.clear()
+
+
 def pick(seq: list[str], *names: str) -> list[int]:
-    """1-based write numbers of the first write of each name (a path suffix), and of the last write."""
+    """1-based write numbers of the first write whose path contains each name, and of the last write."""
     picks = []
     for n in names:
-        picks.append(next(i for i, p in enumerate(seq, 1) if p.endswith(n)))
+        picks.append(next(i for i, p in enumerate(seq, 1) if n in p))
     return sorted(set(picks + [len(seq)]))
 
 
@@ -69,7 +77,7 @@ def test_surface_killed_anywhere_resumes_to_the_same_result(tmp_path):
     ref = tmp_path / "ref"
     seq = write_sequence(lambda: main([*args, str(ref)]), ref)
     want = run_state(ref)
-    for k in pick(seq, "chunk_000002.npz", "surface.npz", "surface_contour.png", "surface.html"):
+    for k in pick(seq, "chunk_000002.npz", "surface.html"):  # in the grid, in plotly's page, the last write
         out = tmp_path / f"k{k}"
         assert killed_then_resumed([*args, str(out)], out, k) == want, (k, seq[k - 1])
 
@@ -84,7 +92,7 @@ def test_search_killed_anywhere_resumes_to_the_same_result(tmp_path):
     seq = write_sequence(lambda: main([*args, str(ref)]), ref)
     want = run_state(ref)
     # mid-search (a trained candidate not yet stored as a trial), and after the test result was recorded
-    for k in pick(seq, "candidate-1.safetensors", "chosen.json"):
+    for k in pick(seq, "checkpoints/candidate-", "chosen.json"):
         out = tmp_path / f"k{k}"
         got = killed_then_resumed([*args, str(out)], out, k)
         assert got == want, (k, seq[k - 1])
@@ -98,8 +106,8 @@ def test_two_seed_study_killed_in_each_stage_resumes_to_the_same_result(tmp_path
     ref = tmp_path / "ref"
     seq = write_sequence(lambda: main([*args, str(ref)]), ref)
     want = run_state(ref)
-    # training of the second network, interpolation, connectivity (curve), surfaces, report
-    for k in pick(seq, "seed1/history.json", "interpolation.npz", "connectivity.npz", "surfaces/timing.json",
-                  "report.md"):
+    # in the training of the second network: the resumed run finishes it and computes every later stage
+    # (benchmarks/sigkill_matrix.py kills the study in every stage)
+    for k in [pick(seq, "seed1/history.json")[0]]:
         out = tmp_path / f"k{k}"
         assert killed_then_resumed([*args, str(out)], out, k) == want, (k, seq[k - 1])

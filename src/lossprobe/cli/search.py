@@ -91,6 +91,7 @@ def run(args) -> int:
     task = spec.load()  # load here so that errors about the data come before any output is written
     rd = RunDir(args.out, "search", config, force=args.force, seeds={"search": args.seed})
     if rd.done("search", "chosen.json"):
+        rd.complete()  # (again, if a kill came between the last two writes)
         ch = rd.load_json("chosen.json")
         print(f"search already complete: candidate #{ch['candidate']} val acc {ch['val_accuracy']:.4f}, "
               f"test acc {ch['test_accuracy']:.4f} (the test set is not read again); see {rd.path}")
