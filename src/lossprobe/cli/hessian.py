@@ -71,8 +71,6 @@ def run(args) -> int:
     if not args.sigma_rel > 0:
         raise UserError(f"--sigma-rel must be positive, got {args.sigma_rel}")
     model = require_finite(load_model(args.model, args.ckpt), args.ckpt)
-    rd = RunDir(args.out, "hessian", {k: v for k, v in vars(args).items() if k not in ("func", "force")}, args.force,
-                seeds={"probes": args.seed, "subset": args.subset_seed})
     t0 = time.perf_counter()
     split = load_split(args.data, args.subset, args.subset_seed)
     obj = Objective(model, split, batch_size=args.batch_size, train_mode=args.train_mode)
@@ -87,6 +85,8 @@ def run(args) -> int:
     if max(args.top_k, args.bottom_k) > n_params:
         raise UserError(f"--top-k {args.top_k} / --bottom-k {args.bottom_k}: the Hessian has only {n_params} "
                         "eigenvalues (one per parameter)")
+    rd = RunDir(args.out, "hessian", {k: v for k, v in vars(args).items() if k not in ("func", "force")}, args.force,
+                seeds={"probes": args.seed, "subset": args.subset_seed})
     print(f"Hessian of {args.model} on {what}: {n_params} parameters")
 
     summary: dict = {"model": args.model, "data": args.data, "n_samples": len(split), "mode": "train" if args.train_mode else "eval"}

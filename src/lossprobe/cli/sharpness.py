@@ -69,8 +69,6 @@ def run(args) -> int:
         if not getattr(args, name) > 0:
             raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     model = require_finite(load_model(args.model, args.ckpt), args.ckpt)
-    rd = RunDir(args.out, "sharpness", {k: v for k, v in vars(args).items() if k not in ("func", "force")}, args.force,
-                seeds={"noise": args.seed, "subset": args.subset_seed})
     t0 = time.perf_counter()
     split = load_split(args.data, args.subset, args.subset_seed)
     obj = Objective(model, split, batch_size=args.batch_size)
@@ -79,6 +77,8 @@ def run(args) -> int:
     if not np.isfinite(float(ev.loss[0])):
         raise UserError(f"the loss at {args.ckpt} is {float(ev.loss[0])} on {args.data}: the model outputs NaN or inf, "
                         "so its sharpness is undefined")
+    rd = RunDir(args.out, "sharpness", {k: v for k, v in vars(args).items() if k not in ("func", "force")}, args.force,
+                seeds={"noise": args.seed, "subset": args.subset_seed})
     summary: dict = {"model": args.model, "data": args.data, "n_samples": len(split),
                      "loss": float(ev.loss[0]), "accuracy": float(ev.accuracy[0])}
     steps = {

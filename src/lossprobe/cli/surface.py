@@ -93,11 +93,6 @@ def run(args, two_d: bool) -> int:
     norm = None if args.norm == "none" else args.norm
     if args.address and args.backend != "ray":
         raise UserError("--address needs --backend ray")
-    if args.backend == "ray":  # join (or start) Ray first: an unreachable --address fails before any work
-        from .. import raycluster
-
-        raycluster.init(args.address, args.ray_timeout, **({} if args.address else {"include_dashboard": False}),
-                        ignore_reinit_error=True, logging_level="ERROR", log_to_driver=False)
     if two_d:
         if len(args.steps) > 2:
             raise UserError(f"--steps takes one or two numbers, got {len(args.steps)}")
@@ -111,8 +106,6 @@ def run(args, two_d: bool) -> int:
     # locally may be resumed on Ray and vice versa
     cfg = {k: v for k, v in vars(args).items() if k not in ("func", "force", "threads", "backend", "address",
                                                            "ray_timeout")}
-    rd = RunDir(args.out, "surface" if two_d else "slice", cfg, args.force,
-                seeds={"direction": args.seed, "subset": args.subset_seed})
     split = load_split(args.data, args.subset, args.subset_seed)
     obj = Objective(model, split, batch_size=args.batch_size, include_buffers=args.include_buffers)
     ignore = () if args.include_bias else ("bias", "norm")
@@ -144,6 +137,13 @@ def run(args, two_d: bool) -> int:
     if not np.isfinite(np.asarray(centre.loss, dtype=float)[0]):
         raise UserError(f"the loss at {args.checkpoint} itself is {float(centre.loss[0])} on {args.data}: the model "
                         "outputs NaN or inf there, so the surface around it would be undefined")
+    if args.backend == "ray":  # join (or start) Ray now: an unreachable --address fails before any output
+        from .. import raycluster
+
+        raycluster.init(args.address, args.ray_timeout, **({} if args.address else {"include_dashboard": False}),
+                        ignore_reinit_error=True, logging_level="ERROR", log_to_driver=False)
+    rd = RunDir(args.out, "surface" if two_d else "slice", cfg, args.force,
+                seeds={"direction": args.seed, "subset": args.subset_seed})
     shape = "×".join(str(len(a)) for a in axes)
     print(f"{shape} grid = {n_pts} points on {len(split)} samples of {args.data} "
           f"({obj.n_batches} batch(es) of ≤{args.batch_size}); first-layer shortcut "

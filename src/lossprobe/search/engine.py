@@ -148,8 +148,10 @@ def check_storage_url(url: str) -> None:
     try:
         dialect.import_dbapi() if hasattr(dialect, "import_dbapi") else dialect.dbapi()
     except ImportError as e:
-        raise UserError(f"--storage '{url}' needs the Python driver '{getattr(e, 'name', None) or e}', which is not "
-                        "installed (e.g. pip install psycopg2-binary for PostgreSQL)") from None
+        mod = getattr(e, "name", None) or str(e)
+        raise UserError(f"--storage '{url}' needs the Python driver '{mod}', which is not installed; install it "
+                        f"(pip install {mod.split('.')[0]}) or name another driver in the URL, e.g. "
+                        "postgresql+psycopg2://...") from None
 
 
 def storage_error(e: BaseException, url: str) -> UserError:
