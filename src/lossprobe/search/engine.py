@@ -205,7 +205,7 @@ class LiveOracle:
         self.study_name = study_name
         self.test_evaluated_here: bool | None = None
         try:
-            rdb = optuna.storages.RDBStorage(storage, engine_kwargs=engine_kwargs(storage))
+            rdb = _open_rdb(storage, engine_kwargs(storage))
             self.probes = optuna.create_study(storage=rdb, study_name=f"{study_name}-probes",
                                               direction="maximize", load_if_exists=True)
             self.fulls = optuna.create_study(storage=rdb, study_name=f"{study_name}-full",
@@ -359,6 +359,20 @@ class LiveOracle:
         self.claims.done("test", key, record)
         self.test_evaluated_here = True
         return acc
+
+
+def _open_rdb(url: str, kwargs: dict):
+    """Optuna's RDBStorage at `url`; two workers creating the same new database at once race on
+    its tables, so the loser retries (the tables exist by then)."""
+    import optuna
+
+    for attempt in range(6):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+        except Exception as e:  # noqa: BLE001 - only the creation race is retried
+            if not (_is_sqlalchemy(e) and "already exists" in str(e)) or attempt == 5:
+                raise
+            time.sleep(0.2 * (attempt + 1))
 
 
 def _is_sqlalchemy(e: BaseException) -> bool:
