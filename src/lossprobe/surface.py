@@ -225,10 +225,15 @@ class ChunkStore:
     """
 
     def __init__(self, directory, fingerprint: str, plan: dict, force: bool = False):
+        import weakref
+
         from .atomic import makedirs
+        from .store import FolderLock
 
         self.dir = Path(directory)
         self.chunks = self.dir / "chunks"
+        lock = FolderLock(self.dir, what="out directory")  # one writer per grid (shared within a process)
+        weakref.finalize(self, lock.release)
         plan_file = self.dir / "plan.json"
         if plan_file.is_file():
             try:
