@@ -120,7 +120,7 @@ def main() -> int:
                                         env={**env, "LOSSPROBE_FAULT_KILL_AT": str(k)}, capture_output=True,
                                         text=True, timeout=1800)
                 rc = resume_in_new_process([*argv, str(out)], env)
-                temps = [q.name for q in out.rglob("*.lossprobe-tmp")]
+                temps = [q.name for q in out.rglob("*.lossprobe-tmp*")]
                 got = run_state(out) if rc == 0 else None
                 if killed.returncode == -9 and rc == 0 and not temps and got == want:
                     same += 1

@@ -92,7 +92,7 @@ def run_state(d: Path) -> dict:
     home = str(Path(d).resolve())
     for p in sorted(Path(d).rglob("*")):
         rel = p.relative_to(d).as_posix()
-        if not p.is_file() or _SKIP.search(rel) or p.name.endswith(".lossprobe-tmp"):
+        if not p.is_file() or _SKIP.search(rel) or ".lossprobe-tmp" in p.name:
             continue
         if p.suffix == ".npz":
             with np.load(p) as f:

@@ -11,7 +11,6 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -184,11 +183,10 @@ def test_storage_urls_that_cannot_work_are_refused_before_any_output(ck, tmp_pat
 
 def test_storage_driver_not_installed(ck, tmp_path, capsys):
     pytest.importorskip("sqlalchemy")
-    try:
-        import psycopg2  # noqa: F401
-        pytest.skip("psycopg2 is installed")
-    except ImportError:
-        pass
+    import importlib.util
+
+    if importlib.util.find_spec("psycopg") or importlib.util.find_spec("psycopg2"):
+        pytest.skip("a PostgreSQL driver is installed")
     rc = lp(["search", "--space", str(ck / "space.toml"), *SEARCH, "--storage", "postgresql://u@localhost:1/db",
                "--out", str(tmp_path / "o")])
     one_line(capsys, rc, "needs the Python driver", "not installed")

@@ -74,7 +74,7 @@ def assert_foreign_intact(path: Path) -> None:
 
 
 def no_temp_files(root: Path) -> bool:
-    return not [p for p in root.rglob("*") if p.name.endswith(atomic.TMP_SUFFIX)]
+    return not [p for p in root.rglob("*") if atomic.is_temp(p.name)]
 
 
 # --- --force ---------------------------------------------------------------------------------

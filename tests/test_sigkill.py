@@ -51,7 +51,7 @@ def killed_then_resumed(argv: list[str], out: Path, kill_at: int) -> dict:
     assert p.returncode == -9, (kill_at, p.returncode, p.stderr[-2000:])
     _fresh_process_state()
     assert main(argv) == 0
-    assert not [q for q in out.rglob("*") if q.name.endswith(atomic.TMP_SUFFIX)]
+    assert not [q for q in out.rglob("*") if atomic.is_temp(q.name)]
     return run_state(out)
 
 

@@ -168,6 +168,33 @@ def _tmp_size(tmp: Path) -> int | None:
         return None
 
 
+@contextlib.contextmanager
+def writing_to(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path, with `path`'s suffix, for a writer that insists on a file name (e.g.
+    matplotlib's animation writers); it becomes `path` like `open_atomic` when the block ends."""
+    path = Path(path)
+    makedirs(path.parent)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.{secrets.token_hex(4)}{TMP_SUFFIX}{path.suffix}")
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            _fsync_file(f, path)
+        os.replace(tmp, path)
+    except OSError as e:
+        needed = _tmp_size(tmp)
+        _unlink_quietly(tmp)
+        raise describe(e, path, needed=needed) from None
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+    fsync_dir(path.parent)
+
+
+def is_temp(name: str) -> bool:
+    """True for the name of a temporary file of this module."""
+    return TMP_SUFFIX in name
+
+
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     with open_atomic(path, "wb", size_hint=len(data)) as f:
         f.write(data)
@@ -234,7 +261,7 @@ def remove_stale_temps(folder: str | os.PathLike) -> int:
     n = 0
     for root, _dirs, files in os.walk(folder):
         for name in files:
-            if name.endswith(TMP_SUFFIX):
+            if is_temp(name):
                 _unlink_quietly(Path(root) / name)
                 n += 1
     return n

@@ -223,7 +223,7 @@ def _foreign(folder: Path) -> list[str]:
     except OSError as e:
         raise atomic.describe(e, folder, "read the folder") from None
     return [n + ("/" if (folder / n).is_dir() else "") for n in names
-            if n not in _OURS and not n.endswith(atomic.TMP_SUFFIX)]
+            if n not in _OURS and not atomic.is_temp(n)]
 
 
 def is_run_dir(folder: str | os.PathLike) -> bool:
