@@ -292,7 +292,9 @@ class RunDir:
     def _open(self, force: bool, seeds: dict | None) -> None:
         cfg_file = self.path / "config.json"
         foreign = _foreign(self.path)
-        if foreign and is_run_dir(self.path):
+        if foreign and (self.path / RUN_MARKER).is_file() and not cfg_file.exists():
+            pass  # a run killed before its config.json was written: nothing was computed, start it
+        elif foreign and is_run_dir(self.path):
             try:
                 old = json.loads(cfg_file.read_text())
             except (OSError, ValueError):
