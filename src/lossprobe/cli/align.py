@@ -110,7 +110,7 @@ def run(args) -> int:
     run_dir.save_json("summary.json", summary)
     lb, eb = summary["loss_barrier"], summary["error_barrier"]
     rows = "".join(f"| {labels[k]} | {lb[k]:.4f} | {eb[k]:.2%} |\n" for k in paths)
-    run_dir.write_text("report.md", 
+    run_dir.write_text("report.md",
         f"# Alignment of {_md(args.ckpt_b)} to {_md(args.ckpt_a)}\n\n"
         f"Model `{_md(args.model)}`, {args.method} matching over {len(perms)} permutation groups; "
         f"evaluated on `{_md(args.data)}` ({len(split)} samples) at {len(alphas)} points of α in [0, 1].\n\n"

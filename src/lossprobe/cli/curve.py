@@ -104,7 +104,7 @@ def run(args) -> int:
     rows = "".join(
         f"| {what} | {s} | {summary['loss_barrier'][k][s]:.4f} | {summary['error_barrier'][k][s]:.2%} |\n"
         for k, what in (("line", "straight line"), ("curve", label)) for s in splits)
-    run_dir.write_text("report.md", 
+    run_dir.write_text("report.md",
         f"# A {label} between two checkpoints\n\n"
         f"Model `{args.model.replace('`', '')}`; trained {args.epochs} epoch(s) on {len(train)} samples of "
         f"`{train_spec.replace('`', '')}`; evaluated at {len(ts)} points t in [0, 1].\n\n"

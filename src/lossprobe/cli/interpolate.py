@@ -68,7 +68,7 @@ def run(args) -> int:
     }
     run_dir.save_json("summary.json", summary)
     lb, eb = summary["loss_barrier"][name], summary["error_barrier"][name]
-    run_dir.write_text("report.md", 
+    run_dir.write_text("report.md",
         f"# Interpolation between {args.ckpt_a} and {args.ckpt_b}\n\n"
         f"Model `{args.model}`, data `{args.data}` ({len(split)} samples).\n\n"
         f"Loss barrier: **{lb:.4f}**; error barrier: **{eb:.4f}**.\n\n"

@@ -175,7 +175,7 @@ def _search(args, rd, space, task, loop_cfg, budget, storage, oracle) -> int:
     summary = {"chosen": chosen, "n_probes": sum(e["kind"] == "probe" for e in events), "n_full": len(full),
                "storage": storage, "seconds": time.perf_counter() - t0}
     rd.save_json("summary.json", summary)
-    rd.write_text("report.md", 
+    rd.write_text("report.md",
         f"# Probe-based search on {args.dataset}\n\n"
         f"Budget {budget:g} full-data epochs ({result.spent:g} spent): {summary['n_probes']} probes, "
         f"{len(full)} full trainings.\n\nChosen: candidate #{ch} `{oracle.values(ch)}`, validation accuracy "
