@@ -21,7 +21,9 @@ import secrets
 import socket
 import threading
 import time
+import weakref
 
+_LIVE: set[str] = set()  # owners (Claims objects) alive in this process
 HEARTBEAT = 10.0
 STALE = 90.0
 TABLE = "lossprobe_claims"
@@ -54,6 +56,8 @@ class Claims:
         self.owner = f"{self.host}:{self.pid}:{secrets.token_hex(4)}"
         self.enabled = ":memory:" not in url and url not in ("sqlite://", "sqlite:///")
         self._stop = threading.Event()
+        _LIVE.add(self.owner)
+        weakref.finalize(self, _forget, self.owner, self._stop)
         self._thread: threading.Thread | None = None
         if not self.enabled:  # one process only: nothing to share
             self._mine: set = set()
@@ -93,6 +97,8 @@ class Claims:
             return False
         if row["host"] == self.host and row["pid"] != self.pid and not _pid_alive(row["pid"]):
             return True
+        if row["host"] == self.host and row["pid"] == self.pid and row["owner"] not in _LIVE:
+            return True  # an earlier search in this process that was not closed
         return time.time() - row["heartbeat"] > STALE
 
     def claim(self, kind: str, item) -> bool:
@@ -154,6 +160,7 @@ class Claims:
     def release(self) -> None:
         """Give up this process's unfinished claims (others may take them at once) and stop the heartbeat."""
         self._stop.set()
+        _LIVE.discard(self.owner)
         if not self.enabled:
             return
         t = self.table
@@ -168,15 +175,21 @@ class Claims:
     def _start_heartbeat(self) -> None:
         if self._thread is not None:
             return
-        self._thread = threading.Thread(target=self._beat, name="lossprobe-claims-heartbeat", daemon=True)
+        # the thread holds no reference to self, so a forgotten Claims is collected (and stops it)
+        self._thread = threading.Thread(target=_beat, args=(self.engine, self.table, self.owner, self._stop),
+                                        name="lossprobe-claims-heartbeat", daemon=True)
         self._thread.start()
 
-    def _beat(self) -> None:
-        t = self.table
-        while not self._stop.wait(HEARTBEAT):
-            try:
-                with self.engine.begin() as conn:
-                    conn.execute(t.update().where(t.c.owner == self.owner, t.c.state == "running")
-                                 .values(heartbeat=time.time()))
-            except Exception:  # noqa: BLE001 - a missed beat is retried; STALE allows for several
-                pass
+
+def _forget(owner: str, stop: threading.Event) -> None:
+    _LIVE.discard(owner)
+    stop.set()
+
+
+def _beat(engine, t, owner: str, stop: threading.Event) -> None:
+    while not stop.wait(HEARTBEAT):
+        try:
+            with engine.begin() as conn:
+                conn.execute(t.update().where(t.c.owner == owner, t.c.state == "running").values(heartbeat=time.time()))
+        except Exception:  # noqa: BLE001 - a missed beat is retried; STALE allows for several
+            pass
