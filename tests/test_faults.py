@@ -84,7 +84,7 @@ def test_force_on_a_foreign_folder_refuses_and_deletes_nothing(ckpts, tmp_path, 
         rc = main(interpolate_args(ckpts, thesis, *extra))
         one_line(capsys, rc, "is not a lossprobe run", "sub/, thesis.tex", "never moves or deletes", code=2)
         assert_foreign_intact(thesis)
-        assert sorted(p.name for p in thesis.iterdir()) == [".lossprobe.lock", "sub", "thesis.tex"]
+        assert sorted(p.name for p in thesis.iterdir()) == ["sub", "thesis.tex"]  # nothing added either
     space = tmp_path / "space.toml"
     space.write_text("[train]\nepochs = 1\n[params]\nlr = { type = \"float\", low = 0.01, high = 0.1 }\n")
     rc = main(["search", "--space", str(space), "--dataset", "spiral", "--out", str(thesis), "--force"])

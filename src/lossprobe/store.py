@@ -277,6 +277,8 @@ class RunDir:
         self.moved_aside: Path | None = None
         if self.path.exists() and not self.path.is_dir():
             raise UserError(f"--out {self.path} is a file, not a directory")
+        if self.path.is_dir():  # refused before the lock file is created: nothing is added to a foreign folder
+            self._refuse_foreign(_foreign(self.path))
         self._lock = FolderLock(self.path)
         self._finalizer = weakref.finalize(self, self._lock.release)
         try:
@@ -288,6 +290,13 @@ class RunDir:
     def close(self) -> None:
         """Release the lock (also done when the RunDir is garbage-collected or the process ends)."""
         self._finalizer()
+
+    def _refuse_foreign(self, foreign: list[str]) -> None:
+        if foreign and not is_run_dir(self.path):
+            raise UserError(
+                f"{self.path} is not empty and is not a lossprobe run (it holds {_listing(foreign)}); "
+                "lossprobe never moves or deletes files it did not write: choose another --out"
+            )
 
     def _open(self, force: bool, seeds: dict | None) -> None:
         cfg_file = self.path / "config.json"
@@ -310,11 +319,8 @@ class RunDir:
                     f"{self.path} already holds a different run ({what}); use --force to move it aside "
                     f"to {self.path.name}.old-<time>, or choose another --out"
                 )
-        elif foreign:
-            raise UserError(
-                f"{self.path} is not empty and is not a lossprobe run (it holds {_listing(foreign)}); "
-                "lossprobe never moves or deletes files it did not write: choose another --out"
-            )
+        else:
+            self._refuse_foreign(foreign)
         atomic.remove_stale_temps(self.path)  # ours (by name), left by a killed process; we hold the lock
         if not self.resumed:
             write_json(self.path / RUN_MARKER, {"kind": self.kind, "written_by": "lossprobe"})
