@@ -322,7 +322,7 @@ class RunDir:
         else:
             self._refuse_foreign(foreign)
         atomic.remove_stale_temps(self.path)  # ours (by name), left by a killed process; we hold the lock
-        if not self.resumed:
+        if not (self.resumed and (self.path / RUN_MARKER).is_file()):
             write_json(self.path / RUN_MARKER, {"kind": self.kind, "written_by": "lossprobe"})
         atomic.makedirs(self.path / "figures")
         write_json(cfg_file, self.config)
