@@ -5,7 +5,8 @@
     LOSSPROBE_FAULT_KILL_AT=N    SIGKILL this process while the N-th file is being written
                                  (its temporary file is whole and fsynced but not yet renamed)
     LOSSPROBE_FAULT_SLEEP_AT=N   sleep LOSSPROBE_FAULT_SLEEP seconds (default 5) at the N-th write,
-                                 after touching LOSSPROBE_FAULT_SIGNAL (a file) if given
+                                 after touching LOSSPROBE_FAULT_SIGNAL (a file) if given; with
+                                 LOSSPROBE_FAULT_WAIT_FOR=FILE, wait until FILE exists instead
     LOSSPROBE_FAULT_COUNT=FILE   write the number of durable writes to FILE at exit
 
 Every file lossprobe writes goes through `lossprobe.atomic`, so counting its fsyncs counts
@@ -31,6 +32,7 @@ def install() -> None:
     sleep_at = int(os.environ.get("LOSSPROBE_FAULT_SLEEP_AT", "0") or 0)
     sleep_s = float(os.environ.get("LOSSPROBE_FAULT_SLEEP", "5"))
     signal_file = os.environ.get("LOSSPROBE_FAULT_SIGNAL")
+    wait_for = os.environ.get("LOSSPROBE_FAULT_WAIT_FOR")
     count_file = os.environ.get("LOSSPROBE_FAULT_COUNT")
     original = atomic._fsync_file
     n = [0]
@@ -41,7 +43,12 @@ def install() -> None:
         if n[0] == sleep_at:
             if signal_file:
                 Path(signal_file).write_text(str(os.getpid()))
-            time.sleep(sleep_s)
+            if wait_for:
+                deadline = time.time() + 600
+                while not Path(wait_for).exists() and time.time() < deadline:
+                    time.sleep(0.05)
+            else:
+                time.sleep(sleep_s)
         if n[0] == kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
 

@@ -132,7 +132,8 @@ def test_report_never_deletes_files_it_did_not_write(ckpts, tmp_path, capsys):
 def test_a_second_writer_is_refused_with_one_line_and_the_first_finishes(ckpts, tmp_path, capsys):
     out = tmp_path / "busy"
     signal_file = tmp_path / "sleeping"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "LOSSPROBE_FAULT_SLEEP_AT": "3", "LOSSPROBE_FAULT_SLEEP": "4",
+    go_on = tmp_path / "go-on"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "LOSSPROBE_FAULT_SLEEP_AT": "3", "LOSSPROBE_FAULT_WAIT_FOR": str(go_on),
            "LOSSPROBE_FAULT_SIGNAL": str(signal_file)}
     first = subprocess.Popen([sys.executable, str(HERE / "faults.py"), *interpolate_args(ckpts, out)], env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -144,6 +145,7 @@ def test_a_second_writer_is_refused_with_one_line_and_the_first_finishes(ckpts, 
         for args in (interpolate_args(ckpts, out), ["slice", str(ckpts / "a.safetensors"), *M, "--out", str(out)]):
             rc = main(args)
             one_line(capsys, rc, f"{out} is in use by pid {first.pid}; wait for it or use another --out", code=2)
+        go_on.write_text("")  # let the first writer finish
         _, err = first.communicate(timeout=120)
     finally:
         if first.poll() is None:
