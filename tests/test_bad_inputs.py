@@ -233,7 +233,8 @@ def test_ray_address_that_never_answers_fails_in_time_with_one_line(ck, tmp_path
     srv.close()
     lines = [ln for ln in p.stderr.splitlines() if ln.strip() and not ln.startswith(("[", "20"))]  # Ray's own log
     assert p.returncode == 2 and lines[-1].startswith("lossprobe: error:"), p.stderr[-2000:]
-    assert f"127.0.0.1:{port} did not answer within 4 s" in lines[-1] and "Traceback" not in p.stderr
+    assert f"127.0.0.1:{port}" in lines[-1] and "Traceback" not in p.stderr
+    assert "did not answer within 4 s" in lines[-1] or "could not join" in lines[-1], lines[-1]
     assert took < 120 and not (tmp_path / "o").exists()
 
 
