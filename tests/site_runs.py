@@ -97,7 +97,9 @@ def _evil(root: Path) -> Path:
     (rd / "report.md").write_text(
         "# <script>window.__pwned = 3</script>\n\n"
         "<iframe src=\"https://example.com\"></iframe> [click](javascript:window.__pwned=4) "
-        "![x](javascript:alert(1)) [outside](../../etc/passwd) **bold** `<code>`\n")
+        "![x](javascript:alert(1)) [outside](../../etc/passwd) **bold** `<code>`\n\n"
+        "![tracker](https://example.com/pixel.png) ![proto](//example.com/p.png) "
+        "[data](data:text/html,<script>alert(1)</script>) <img src=\"https://example.com/raw.png\">\n")
     rd.mark("train")  # left incomplete on purpose
     return rd.path
 

@@ -28,6 +28,7 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
+from lossprobe.cli.serve import QuietHandler
 from site_runs import EVIL_NAME, EVIL_NOTE, make_runs
 
 
@@ -64,7 +65,7 @@ def _closed_port() -> int:
         return s.getsockname()[1]
 
 
-class _Recorder(http.server.SimpleHTTPRequestHandler):
+class _Recorder(QuietHandler):  # what `lossprobe serve` runs, so its checks and headers are in the test
     def log_request(self, code="-", size="-"):
         self.server.requests.append((self.path, int(code) if str(code).isdigit() else code))
 
@@ -288,3 +289,21 @@ def test_pages_work_opened_from_disk(site, browser):
         assert _images_loaded(browser) == [], rel
         severe = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
         assert severe == [], (rel, severe)
+
+
+def test_remote_images_in_report_md_are_not_loaded_and_the_policy_blocks_injected_ones(site, browser):
+    _open(browser, site["base"] + "runs/evil/index.html")
+    body = browser.find_element("tag name", "body").text
+    assert "remote image not shown: tracker" in body and "remote image not shown: proto" in body
+    srcs = browser.execute_script("return [...document.images].map(i => i.src)")
+    assert all(s.startswith(site["base"]) for s in srcs), srcs
+    hrefs = browser.execute_script("return [...document.querySelectorAll('a[href]')].map(a => a.getAttribute('href'))")
+    assert not any(h.lower().startswith(("javascript:", "data:")) for h in hrefs), hrefs
+    # the Content-Security-Policy would block a remote request even if something injected one
+    got = browser.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "document.addEventListener('securitypolicyviolation', e => done(e.violatedDirective + ' ' + e.blockedURI));"
+        "const img = document.createElement('img'); img.src = 'http://localhost:9/pixel.png';"
+        "document.body.appendChild(img); setTimeout(() => done('no violation'), 5000);")
+    assert got.startswith("img-src") and "localhost:9" in got, got
+    browser.get_log("browser")  # the violation is logged on purpose; later pages start clean

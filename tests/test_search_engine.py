@@ -97,8 +97,12 @@ def test_selection_never_reads_the_test_set():
                        on_event=lambda e, r: seen.append(sealed.touched), final_test=oracle.test_accuracy)
     assert seen and not any(seen)  # sealed during every step of selection (reading it would have raised)
     assert sealed.accesses == [f"final evaluation of candidate {res.chosen}"]
+    # asked again, the oracle gives the number recorded in the storage and never reopens the test set
+    assert oracle.test_accuracy(res.chosen) == res.test_accuracy
+    assert oracle.fulls.user_attrs["final_test"]["test_accuracy"] == res.test_accuracy
+    assert len(sealed.accesses) == 1
     with pytest.raises(RuntimeError, match="already used"):
-        oracle.test_accuracy(res.chosen)
+        sealed.open("a second look")
 
 
 def test_ray_backend_tiny_search(tmp_path):
@@ -120,3 +124,33 @@ def test_ray_backend_tiny_search(tmp_path):
         assert len(t["search-probes"]) >= 3 and len(t["search-full"]) >= 1
     finally:
         ray.shutdown()
+
+
+def test_claims_one_winner_and_dead_owners_are_taken_over(tmp_path):
+    from lossprobe.search.claims import Claims
+
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    a, b = Claims(url, "s"), Claims(url, "s")
+    assert a.claim("probe", 1) and not b.claim("probe", 1)  # one winner
+    assert a.claim("probe", 1)  # its own claim, still running
+    assert a.claim("test", 1)
+    a.done("test", 1, {"test_accuracy": 0.5})
+    state, value, owner = b.status("test", 1)
+    assert (state, value, owner) == ("done", {"test_accuracy": 0.5}, a.owner)
+    assert not b.claim("test", 1)  # done work is never redone
+    a.release()  # gives up the unfinished probe claim at once
+    assert b.claim("probe", 1)
+    code = (f"from lossprobe.search.claims import Claims; c = Claims({url!r}, 's'); print(c.claim('full', 7))")
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip() == "True"  # that process died holding the claim ...
+    assert b.claim("full", 7)  # ... so it is taken over at once, on the same machine
+    del a, b
+    import gc
+
+    gc.collect()
+    c = Claims(url, "s")  # a forgotten, unreleased Claims of this very process does not block either
+    assert c.claim("probe", 1) and c.claim("full", 7)
+    c.release()

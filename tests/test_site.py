@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import html.parser
 import json
+import os
 import posixpath
 import threading
+import urllib.error
 import urllib.request
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -93,7 +95,7 @@ def test_markdown_escapes_html_and_drops_unsafe_links():
     assert '<a href="https://example.org/a?b=1&amp;c=2" rel="noopener noreferrer">ok</a>' in out
     assert '<img src="files/figures/x.png" alt="img"' in out
     assert '<th scope="col">&lt;i&gt;b&lt;/i&gt;</th>' in out and "<td>1</td>" in out
-    assert "<ul><li>one</li><li>two</li></ul>" in out
+    assert "<ul><li>one</li><li>two</li></ul>" in out.replace("\n", "")
     assert out.startswith("<h3>")  # '#' shifted below the page's h1 and h2
 
 
@@ -290,6 +292,58 @@ def test_cli_report_and_serve(built, tmp_path, capsys):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def _get(url):
+    """(status, headers, body) of a GET, 4xx/5xx included."""
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return r.status, r.headers, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers, e.read()
+
+
+def test_serve_only_regular_files_inside_the_site(built, tmp_path):
+    from lossprobe.cli.serve import make_server
+
+    runs, _ = built
+    out = tmp_path / "s"
+    site.build_site([runs["a"]], out)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not for the web")
+    (out / "leak.txt").symlink_to(secret)
+    (out / "runs" / "etc").symlink_to("/etc")
+    (out / "empty").mkdir()
+    os.mkfifo(out / "pipe")
+    server = make_server(out, "127.0.0.1", 0, quiet=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}/"
+    try:
+        status, headers, body = _get(base + "index.html")
+        assert status == 200 and "default-src 'none'" in headers["Content-Security-Policy"]
+        assert _get(base)[0] == 200  # the folder's index.html
+        for path in ("leak.txt", "runs/etc/passwd", "runs/etc/", "empty/", "runs/", "assets/", "runs/pair-a/files/",
+                     "pipe", "../secret.txt", "%2e%2e/secret.txt", "runs/pair-a/../../../secret.txt", "nope.html"):
+            status, _h, body = _get(base + path)
+            assert status == 404, (path, status)
+            assert b"not for the web" not in body and b"root:" not in body and b"Directory listing" not in body
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_pages_carry_a_csp_and_report_md_loads_nothing_remote(built):
+    runs, out = built
+    for page in out.rglob("*.html"):
+        text = page.read_text()
+        assert f'http-equiv="Content-Security-Policy" content="{site.esc(site.SITE_CSP)}"' in text, page
+    evil = (out / "runs" / "evil" / "index.html").read_text()
+    assert "remote image not shown: tracker" in evil and "example.com/pixel.png" not in evil
+    assert "javascript:" not in evil and "data:text" not in evil
+    md = site.markdown_to_html("![a](https://x.org/a.png) ![b](//x.org/b.png) ![c](data:image/png;base64,AAAA) "
+                               "[d](data:text/html,hi) [e](JavaScript:alert(1)) [f](&#106;avascript:alert(1)) "
+                               "<javascript:alert(1)> [g][r]\n\n[r]: javascript:alert(2)\n")
+    assert "<img" not in md and "href" not in md, md
 
 
 def test_build_run_site_never_raises(tmp_path, capsys):

@@ -68,19 +68,31 @@ def from_dict(cls: type[T], values: dict, base: T | None = None) -> T:
 
 
 def read_toml(path: str | os.PathLike, what: str = "config file") -> dict:
-    """The parsed TOML file at `path`; a missing or malformed file is a UserError naming `what`."""
+    """The parsed TOML file at `path`; a missing, unreadable or malformed file is a UserError naming `what`."""
     try:
         with open(path, "rb") as f:
             return tomllib.load(f)
     except FileNotFoundError:
         raise UserError(f"{what} {path} does not exist") from None
+    except IsADirectoryError:
+        raise UserError(f"{what} {path} is a folder, not a TOML file") from None
+    except PermissionError:
+        raise UserError(f"{what} {path} cannot be read (permission denied)") from None
+    except OSError as e:
+        raise UserError(f"{what} {path} cannot be read ({e.strerror or e})") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{what} {path} is not valid TOML: it is not UTF-8 text") from None
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"{what} {path} is not valid TOML: {e}") from None
 
 
-def load(cls: type[T], path: str | os.PathLike | None = None, overrides: dict | None = None) -> T:
-    """Defaults, then the TOML file at `path`, then `overrides` (flags the user set; None values ignored)."""
+def load(cls: type[T], path: str | os.PathLike | None = None, overrides: dict | None = None,
+         presets: dict | None = None) -> T:
+    """Defaults, then `presets` (e.g. --quick), then the TOML file at `path`, then `overrides`
+    (flags the user set; None values ignored): what the user wrote wins over a preset."""
     cfg = cls()
+    if presets:
+        cfg = from_dict(cls, presets, cfg)
     if path is not None:
         cfg = from_dict(cls, read_toml(path), cfg)
     if overrides:

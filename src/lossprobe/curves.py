@@ -188,18 +188,29 @@ def train_curve(curve: Curve, train, config: CurveTrainConfig | None = None,
     hist, start = CurveHistory(), 1
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
     if ckpt is not None:
-        ckpt.mkdir(parents=True, exist_ok=True)
+        from . import atomic
+
+        atomic.makedirs(ckpt)
         f = ckpt / "curve_state.pt"
         cfg_file = ckpt / "curve_config.json"
-        if cfg_file.is_file() and json.loads(cfg_file.read_text()) != asdict(cfg):
+        try:
+            old_cfg = json.loads(cfg_file.read_text()) if cfg_file.is_file() else None
+        except ValueError:
+            old_cfg = None  # damaged: derived data, written again below
+        if old_cfg is not None and old_cfg != asdict(cfg):
             raise UserError(f"{ckpt} holds curve training with a different configuration; use another directory")
-        cfg_file.write_text(json.dumps(asdict(cfg)))
+        atomic.write_text(cfg_file, json.dumps(asdict(cfg)))
+        st = None
         if f.is_file():
-            st = torch.load(f, map_location="cpu", weights_only=True)
+            try:
+                st = torch.load(f, map_location="cpu", weights_only=True)
+                hist = CurveHistory(**st["history"])
+            except Exception:  # noqa: BLE001 - a damaged or older state file: train from the start
+                st, hist = None, CurveHistory()
+        if st is not None:
             with torch.no_grad():
                 curve.bends.copy_(st["bends"])
             opt.load_state_dict(st["optimizer"])
-            hist = CurveHistory(**json.loads((ckpt / "curve_history.json").read_text()))
             start = hist.epoch[-1] + 1 if hist.epoch else 1
     bar = None
     if progress and start <= cfg.epochs:
@@ -239,11 +250,10 @@ def train_curve(curve: Curve, train, config: CurveTrainConfig | None = None,
             hist.epoch.append(epoch)
             hist.batch_loss.append(run_s / run_n if run_n else math.nan)
             hist.seconds.append(elapsed + time.perf_counter() - t0)
-            if ckpt is not None:
-                tmp = ckpt / "curve_state.pt.tmp"
-                torch.save({"bends": curve.bends.detach(), "optimizer": opt.state_dict()}, tmp)
-                (ckpt / "curve_history.json").write_text(json.dumps(asdict(hist)))
-                os.replace(tmp, ckpt / "curve_state.pt")
+            if ckpt is not None:  # one file, so the bends and the history always agree
+                atomic.save_torch(ckpt / "curve_state.pt", {"bends": curve.bends.detach(), "optimizer": opt.state_dict(),
+                                                            "history": asdict(hist)})
+                atomic.write_text(ckpt / "curve_history.json", json.dumps(asdict(hist)))
     finally:
         if bar is not None:
             bar.close()

@@ -81,6 +81,26 @@ def error_barrier(alphas, errors) -> float:
     return float(np.max(v) - 0.5 * (v0 + v1))
 
 
+def non_finite(alphas, losses, name: str = "α", ends: tuple[str, str] = ("A", "B"), where: str = "") -> str | None:
+    """None if the loss is finite at every α in [0, 1] (where the barrier is taken), else one
+    line naming the non-finite endpoint or the first few non-finite α."""
+    a = np.asarray(alphas, dtype=float)
+    v = np.asarray(losses, dtype=float)
+    inside = (a >= 0) & (a <= 1)
+    bad = inside & ~np.isfinite(v)
+    if not bad.any():
+        return None
+    on = f" on {where}" if where else ""
+    for end, at in zip(ends, (0.0, 1.0)):
+        hit = bad & (a == at)
+        if hit.any():
+            return (f"the loss at endpoint {end} ({name} = {at:g}) is {v[hit][0]}{on}: the model there outputs NaN or "
+                    "inf, so the barrier is undefined")
+    shown = ", ".join(f"{x:.4g}" for x in a[bad][:5]) + (" ..." if bad.sum() > 5 else "")
+    return (f"the loss is not finite at {name} = {shown}{on} ({int(bad.sum())} of {int(inside.sum())} points in "
+            "[0, 1]), so the barrier is undefined; the models between the endpoints overflow")
+
+
 def named_splits(data) -> dict[str, Data]:
     """One data set (named 'data') or a mapping of names to data sets, as {name: Data}.
 

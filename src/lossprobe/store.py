@@ -10,8 +10,14 @@ Layout (a study or command writes what applies):
     figures/           PNG and SVG
     report.md          figures and a verdict
 
-Reopening an existing directory with the same configuration resumes it; a directory
-that holds another run is refused unless `force=True`, which clears it.
+    .lossprobe-run     marks the folder as a lossprobe run directory
+    .lossprobe.lock    the lock that keeps a second process out while one writes
+
+Reopening an existing directory with the same configuration resumes it. A directory that
+holds another run is refused unless `force=True`, which moves the old run aside to
+DIR.old-<time> (nothing is deleted). A non-empty folder that is not a lossprobe run is
+always refused: lossprobe never removes or moves files it did not write. One process at a
+time writes a run directory (an OS lock, see `FolderLock`).
 """
 
 from __future__ import annotations
@@ -21,14 +27,15 @@ import json
 import math
 import os
 import platform
-import shutil
 import sys
+import weakref
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .errors import UserError
+from . import atomic
+from .errors import BusyError, UserError
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -51,11 +58,118 @@ def to_jsonable(obj: Any) -> Any:
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write JSON atomically (a reader never sees half a file)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(to_jsonable(obj), indent=2, allow_nan=False) + "\n")
-    os.replace(tmp, path)
+    """Write JSON atomically and durably (a reader never sees half a file; see lossprobe.atomic)."""
+    atomic.write_text(path, json.dumps(to_jsonable(obj), indent=2, allow_nan=False) + "\n")
+
+
+def read_json(path: str | os.PathLike, what: str = "") -> Any:
+    """The JSON in `path`; a missing, unreadable or damaged file is one line naming it."""
+    p = Path(path)
+    label = f"{what} {p}" if what else str(p)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{label} does not exist") from None
+    except IsADirectoryError:
+        raise UserError(f"{label} is a folder, not a JSON file") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{label} is damaged: it is not UTF-8 text") from None
+    except OSError as e:
+        raise atomic.describe(e, p, "read") from None
+    if not text.strip():
+        raise UserError(f"{label} is empty (damaged or cut short); it should hold JSON")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{label} is damaged: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
+
+
+def readable(path: str | os.PathLike) -> bool:
+    """True if `path` exists and is whole: JSON parses, .npz/.npy/.safetensors open."""
+    p = Path(path)
+    if not p.is_file():
+        return False
+    try:
+        if p.suffix == ".json":
+            json.loads(p.read_text(encoding="utf-8"))
+        elif p.suffix == ".npz":
+            with np.load(p) as f:
+                for k in f.files:
+                    f[k]
+        elif p.suffix == ".npy":
+            np.load(p)
+        elif p.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(p), "pt") as f:
+                for k in f.keys():
+                    f.get_tensor(k)
+        return True
+    except Exception:  # noqa: BLE001 - any failure to read means: recompute it
+        return False
+
+
+# --- one writer per folder ----------------------------------------------------------------
+LOCK_NAME = ".lossprobe.lock"
+_HELD: dict[str, list] = {}  # real path -> [fd, holders] for the locks this process holds
+
+
+class FolderLock:
+    """An exclusive `fcntl.flock` on FOLDER/.lossprobe.lock, held until `release()` (or the
+    process ends: the kernel drops it, so a killed run never leaves a stale lock). A process
+    may take the lock on one folder several times; it is released when every holder has."""
+
+    def __init__(self, folder: str | os.PathLike, what: str = "--out"):
+        import fcntl
+
+        self.folder = Path(folder)
+        atomic.makedirs(self.folder)
+        self.key = os.path.realpath(self.folder)
+        self._held = False
+        if self.key in _HELD:
+            _HELD[self.key][1] += 1
+            self._entry = _HELD[self.key]
+            self._held = True
+            return
+        lock = self.folder / LOCK_NAME
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise atomic.describe(e, lock, "create the lock file") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            except OSError:
+                pid = "?"
+            os.close(fd)
+            raise BusyError(f"{self.folder} is in use by pid {pid}; wait for it or use another {what}") from None
+        except OSError as e:  # a file system without flock
+            os.close(fd)
+            raise atomic.describe(e, lock, "lock") from None
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError:
+            pass
+        self._entry = _HELD[self.key] = [fd, 1]
+        self._held = True
+
+    def release(self) -> None:
+        if not self._held:
+            return
+        self._held = False
+        entry = _HELD.get(self.key)
+        if entry is None or entry is not self._entry:  # already released by release_all_locks
+            return
+        entry[1] -= 1
+        if entry[1] <= 0:
+            del _HELD[self.key]
+            try:
+                os.close(entry[0])
+            except OSError:
+                pass
 
 
 def environment(seeds: dict | None = None) -> dict:
@@ -83,53 +197,143 @@ def environment(seeds: dict | None = None) -> dict:
     }
 
 
+def release_all_locks() -> None:
+    """Release every folder lock this process holds (the CLI does so when a command ends)."""
+    for key, entry in list(_HELD.items()):
+        del _HELD[key]
+        try:
+            os.close(entry[0])
+        except OSError:
+            pass
+
+
+RUN_MARKER = ".lossprobe-run"
+_OURS = {LOCK_NAME, RUN_MARKER}
+
+
+def _listing(names: list[str], limit: int = 4) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _foreign(folder: Path) -> list[str]:
+    """Entries of `folder` other than lossprobe's lock, marker and temporary files."""
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError as e:
+        raise atomic.describe(e, folder, "read the folder") from None
+    return [n + ("/" if (folder / n).is_dir() else "") for n in names
+            if n not in _OURS and not atomic.is_temp(n)]
+
+
+def is_run_dir(folder: str | os.PathLike) -> bool:
+    """True if `folder` was written by lossprobe as a run directory (its marker, or for runs
+    from before the marker existed, config.json with a kind and environment.json from lossprobe)."""
+    folder = Path(folder)
+    if (folder / RUN_MARKER).is_file():
+        return True
+    try:
+        cfg = json.loads((folder / "config.json").read_text())
+        env = json.loads((folder / "environment.json").read_text())
+        return isinstance(cfg, dict) and "kind" in cfg and "lossprobe" in env.get("versions", {})
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def move_aside(folder: Path) -> Path:
+    """Move everything in `folder` (but its lock) into a new sibling FOLDER.old-<time>; returns it."""
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    dest = folder.with_name(f"{folder.name}.old-{stamp}")
+    k = 2
+    while dest.exists():
+        dest = folder.with_name(f"{folder.name}.old-{stamp}-{k}")
+        k += 1
+    atomic.makedirs(dest)
+    for name in sorted(os.listdir(folder)):
+        if name == LOCK_NAME:
+            continue
+        try:
+            os.rename(folder / name, dest / name)
+        except OSError as e:
+            raise atomic.describe(e, folder / name, "move aside") from None
+    atomic.fsync_dir(dest)
+    atomic.fsync_dir(folder)
+    return dest
+
+
 class RunDir:
-    """A run directory for `kind` (a study or command name) with configuration `config`."""
+    """A run directory for `kind` (a study or command name) with configuration `config`.
+
+    Opening one takes its lock (a second process gets one line naming the pid that holds
+    it), removes temporary files a killed run left, and then resumes, starts, or refuses
+    (see the module doc). The lock is released when the RunDir is garbage-collected, by
+    `close()`, or when the process ends."""
 
     def __init__(self, path: str | os.PathLike, kind: str, config: dict, force: bool = False, seeds: dict | None = None):
         self.path = Path(path)
         self.kind = kind
         self.config = {"kind": kind, **to_jsonable(config)}
         self.resumed = False
-        cfg_file = self.path / "config.json"
+        self.moved_aside: Path | None = None
         if self.path.exists() and not self.path.is_dir():
             raise UserError(f"--out {self.path} is a file, not a directory")
-        if cfg_file.is_file():
+        if self.path.is_dir():  # refused before the lock file is created: nothing is added to a foreign folder
+            self._refuse_foreign(_foreign(self.path))
+        self._lock = FolderLock(self.path)
+        self._finalizer = weakref.finalize(self, self._lock.release)
+        try:
+            self._open(force, seeds)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Release the lock (also done when the RunDir is garbage-collected or the process ends)."""
+        self._finalizer()
+
+    def _refuse_foreign(self, foreign: list[str]) -> None:
+        if foreign and not is_run_dir(self.path):
+            raise UserError(
+                f"{self.path} is not empty and is not a lossprobe run (it holds {_listing(foreign)}); "
+                "lossprobe never moves or deletes files it did not write: choose another --out"
+            )
+
+    def _open(self, force: bool, seeds: dict | None) -> None:
+        cfg_file = self.path / "config.json"
+        foreign = _foreign(self.path)
+        if foreign and (self.path / RUN_MARKER).is_file() and not cfg_file.exists():
+            pass  # a run killed before its config.json was written: nothing was computed, start it
+        elif foreign and is_run_dir(self.path):
             try:
                 old = json.loads(cfg_file.read_text())
-            except json.JSONDecodeError:
+            except (OSError, ValueError):
                 old = None
             if old == self.config and not force:
                 self.resumed = True
             elif force:
-                self._clear()
+                self.moved_aside = move_aside(self.path)
+                print(f"lossprobe: moved the previous run in {self.path} to {self.moved_aside}", file=sys.stderr)
             else:
-                what = old.get("kind", "another run") if isinstance(old, dict) else "an unreadable run"
+                what = old.get("kind", "another run") if isinstance(old, dict) else "a run whose config.json is damaged"
                 raise UserError(
-                    f"{self.path} already holds a different run ({what}); use --force to overwrite it "
-                    "or choose another --out"
+                    f"{self.path} already holds a different run ({what}); use --force to move it aside "
+                    f"to {self.path.name}.old-<time>, or choose another --out"
                 )
-        elif self.path.is_dir() and any(self.path.iterdir()):
-            if not force:
-                raise UserError(
-                    f"{self.path} is not empty and is not a lossprobe run; use --force to overwrite it or choose another --out"
-                )
-            self._clear()
-        self.path.mkdir(parents=True, exist_ok=True)
-        (self.path / "figures").mkdir(exist_ok=True)
+        else:
+            self._refuse_foreign(foreign)
+        atomic.remove_stale_temps(self.path)  # ours (by name), left by a killed process; we hold the lock
+        if not (self.resumed and (self.path / RUN_MARKER).is_file()):
+            write_json(self.path / RUN_MARKER, {"kind": self.kind, "written_by": "lossprobe"})
+        atomic.makedirs(self.path / "figures")
         write_json(cfg_file, self.config)
         env_file = self.path / "environment.json"
         env = environment(seeds)
-        if self.resumed and env_file.is_file():
-            env["resumed_from"] = json.loads(env_file.read_text()).get("started")
+        if self.resumed:
+            try:
+                env["resumed_from"] = json.loads(env_file.read_text()).get("started")
+            except (OSError, ValueError, AttributeError):
+                pass
         write_json(env_file, env)
-
-    def _clear(self) -> None:
-        for child in self.path.iterdir():
-            if child.is_dir() and not child.is_symlink():
-                shutil.rmtree(child)
-            else:
-                child.unlink()
 
     # --- files ---------------------------------------------------------------------
     def __truediv__(self, name: str) -> Path:
@@ -140,27 +344,34 @@ class RunDir:
         return self.path / "figures"
 
     def subdir(self, name: str) -> Path:
-        d = self.path / name
-        d.mkdir(parents=True, exist_ok=True)
-        return d
+        return atomic.makedirs(self.path / name)
 
     def save_json(self, name: str, obj: Any) -> Path:
         write_json(self.path / name, obj)
         return self.path / name
 
     def load_json(self, name: str) -> Any:
-        return json.loads((self.path / name).read_text())
+        return read_json(self.path / name)
+
+    def write_text(self, name: str, text: str) -> Path:
+        return atomic.write_text(self.path / name, text)
 
     def save_arrays(self, name: str, **arrays) -> Path:
-        path = self.path / name
-        tmp = path.with_name(path.stem + ".tmp.npz")
-        np.savez(tmp, **{k: np.asarray(v) for k, v in arrays.items()})
-        os.replace(tmp, path)
-        return path
+        return atomic.save_npz(self.path / name, **arrays)
 
     def load_arrays(self, name: str) -> dict[str, np.ndarray]:
-        with np.load(self.path / name) as f:
-            return {k: f[k] for k in f.files}
+        p = self.path / name
+        try:
+            with np.load(p) as f:
+                return {k: f[k] for k in f.files}
+        except FileNotFoundError:
+            raise UserError(f"{p} does not exist") from None
+        except OSError as e:
+            if e.errno is not None:
+                raise atomic.describe(e, p, "read") from None
+            raise UserError(f"{p} is damaged (not a readable .npz file)") from None
+        except (ValueError, EOFError, KeyError):
+            raise UserError(f"{p} is damaged (not a readable .npz file)") from None
 
     def save_figure(self, fig, name: str) -> list[Path]:
         from .report.figures import save_figure
@@ -170,10 +381,18 @@ class RunDir:
     # --- stages (resume) -------------------------------------------------------------
     def _status(self) -> dict:
         f = self.path / "status.json"
-        return json.loads(f.read_text()) if f.is_file() else {"done": [], "complete": False}
+        try:
+            st = json.loads(f.read_text())
+            if isinstance(st, dict) and isinstance(st.get("done"), list):
+                return st
+        except (OSError, ValueError):
+            pass  # missing or damaged: derived data, so the stages are recomputed
+        return {"done": [], "complete": False}
 
-    def done(self, stage: str) -> bool:
-        return stage in self._status()["done"]
+    def done(self, stage: str, *files: str) -> bool:
+        """True if `stage` finished and each of `files` (relative names) is whole; a damaged
+        file means the stage is computed again."""
+        return stage in self._status()["done"] and all(readable(self.path / f) for f in files)
 
     def mark(self, stage: str) -> None:
         st = self._status()

@@ -170,15 +170,14 @@ class Surface:
 
     def save(self, path) -> Path:
         """Write arrays to PATH.npz and metadata to PATH.json (PATH a directory: surface.npz/json)."""
+        from .atomic import save_npz
+
         npz, js = self._paths(path)
-        npz.parent.mkdir(parents=True, exist_ok=True)
         arrays = {f"coords_{i}": c for i, c in enumerate(self.coords)}
         arrays.update(loss=self.loss, accuracy=self.accuracy, mask=self.mask)
         if self.subset_indices is not None:
             arrays["subset_indices"] = self.subset_indices
-        tmp = npz.with_name(npz.stem + ".tmp.npz")
-        np.savez(tmp, **arrays)
-        os.replace(tmp, npz)
+        save_npz(npz, **arrays)
         write_json(js, {"format": FORMAT, "ndim": self.ndim, "meta": self.meta})
         return npz
 
@@ -220,27 +219,36 @@ def _digest(*parts) -> str:
 class ChunkStore:
     """Chunk files under DIR/chunks: chunk_NNNNNN.npz with the flat indices, loss and accuracy.
 
-    A chunk is written to a temporary name and renamed, so a file that exists is whole;
-    `DIR/plan.json` holds the fingerprint of what is being computed.
+    A chunk is written atomically and durably (lossprobe.atomic), so a file that exists is
+    whole; `DIR/plan.json` holds the fingerprint of what is being computed. Only chunk files
+    are ever deleted (a damaged plan.json, or force=True for a different surface).
     """
 
     def __init__(self, directory, fingerprint: str, plan: dict, force: bool = False):
+        import weakref
+
+        from .atomic import makedirs
+        from .store import FolderLock
+
         self.dir = Path(directory)
         self.chunks = self.dir / "chunks"
+        lock = FolderLock(self.dir, what="out directory")  # one writer per grid (shared within a process)
+        weakref.finalize(self, lock.release)
         plan_file = self.dir / "plan.json"
         if plan_file.is_file():
             try:
                 old = json.loads(plan_file.read_text()).get("fingerprint")
-            except (json.JSONDecodeError, AttributeError):
-                old = None
+                damaged = False
+            except (ValueError, AttributeError, OSError):
+                old, damaged = None, True  # derived data: start the grid again
             if old != fingerprint:
-                if not force:
+                if not (force or damaged):
                     raise UserError(
                         f"{self.dir} holds chunks of a different surface (other model, data, directions or grid); "
                         "choose another out directory or pass force=True / --force to overwrite it")
                 for f in self.chunks.glob("chunk_*.npz"):
                     f.unlink()
-        self.chunks.mkdir(parents=True, exist_ok=True)
+        makedirs(self.chunks)
         write_json(plan_file, {**plan, "fingerprint": fingerprint})
 
     def path(self, i: int) -> Path:
@@ -258,9 +266,9 @@ class ChunkStore:
         return out
 
     def write(self, i: int, idx: np.ndarray, loss: np.ndarray, acc: np.ndarray) -> None:
-        tmp = self.chunks / f".chunk_{i:06d}.{os.getpid()}.tmp.npz"
-        np.savez(tmp, idx=idx, loss=loss, accuracy=acc)
-        os.replace(tmp, self.path(i))
+        from .atomic import save_npz
+
+        save_npz(self.path(i), idx=idx, loss=loss, accuracy=acc)
 
     def read(self, i: int) -> dict | None:
         try:
@@ -323,14 +331,14 @@ def _compute(model_or_objective, data, dirs_in, spans, steps, *, origin=None, su
              loss="cross_entropy", batch_size=4096, include_buffers=False, out=None, force=False,
              backend="local", address=None, chunk_size=None, progress=True, ray_retries=3,
              on_chunk: Callable[[int, int], None] | None = None, threads: int | None = None, forward=None,
-             metric=None) -> Surface:
+             metric=None, ray_timeout: float = 30.0) -> Surface:
     if threads is not None:
         with torch_threads(threads):
             return _compute(model_or_objective, data, dirs_in, spans, steps, origin=origin, subset=subset,
                             subset_seed=subset_seed, loss=loss, batch_size=batch_size,
                             include_buffers=include_buffers, out=out, force=force, backend=backend,
                             address=address, chunk_size=chunk_size, progress=progress, ray_retries=ray_retries,
-                            on_chunk=on_chunk, forward=forward, metric=metric)
+                            on_chunk=on_chunk, forward=forward, metric=metric, ray_timeout=ray_timeout)
     t_start = time.perf_counter()
     if backend not in ("local", "ray"):
         raise UserError(f"backend must be 'local' or 'ray', got {backend!r}")
@@ -445,7 +453,7 @@ def _compute(model_or_objective, data, dirs_in, spans, steps, *, origin=None, su
             if not isinstance(obj.data, TensorData):
                 raise UserError("backend='ray' needs in-memory data (a Split or tensors), not a DataLoader")
             _run_ray(obj, model, origin_t, dirs, pts_all, todo, chunk_size, K, address, ray_retries, finish,
-                     bar, include_buffers)
+                     bar, include_buffers, ray_timeout)
     finally:
         if bar is not None:
             bar.n = round(bar.n)
@@ -470,16 +478,15 @@ def _origin_vector(origin, obj: Objective) -> torch.Tensor:
     return torch.as_tensor(origin).to(obj.device, obj.space.dtype).reshape(-1)
 
 
-def _run_ray(obj, model, origin, dirs, pts_all, todo, chunk_size, K, address, retries, finish, bar, include_buffers):
-    try:
-        import ray
-    except ImportError:
-        raise UserError("backend='ray' needs Ray: pip install 'ray[default]'") from None
-    started = False
-    if not ray.is_initialized():
-        kw = {"address": address} if address else {"include_dashboard": False}
-        ray.init(**kw, ignore_reinit_error=True, logging_level="ERROR", log_to_driver=False)
-        started = True
+def _run_ray(obj, model, origin, dirs, pts_all, todo, chunk_size, K, address, retries, finish, bar, include_buffers,
+             timeout=30.0):
+    from . import raycluster
+
+    kw = {} if address else {"include_dashboard": False}
+    started = raycluster.init(address, timeout, **kw, ignore_reinit_error=True, logging_level="ERROR",
+                              log_to_driver=False)
+    import ray
+
     try:
         data = obj.data.to("cpu")
         # put once: every task gets references, Ray ships each object to a worker once
@@ -523,7 +530,7 @@ def surface(model_or_objective, data=None, directions=None, span=((-1, 1), (-1, 
             subset_seed: int = 0, loss="cross_entropy", batch_size: int = 4096, include_buffers: bool = False,
             chunk_size: int | None = None, force: bool = False, ray_retries: int = 3,
             on_chunk: Callable[[int, int], None] | None = None, threads: int | None = None, forward=None,
-            metric=None) -> Surface:
+            metric=None, ray_timeout: float = 30.0) -> Surface:
     """Loss and accuracy on the 2-D grid origin + a·d1 + b·d2.
 
     Args:
@@ -538,7 +545,7 @@ def surface(model_or_objective, data=None, directions=None, span=((-1, 1), (-1, 
         out: directory for chunks and the result; rerunning with the same arguments
             resumes, only missing chunks are evaluated.
         backend: 'local' (in-process) or 'ray' (chunks as Ray tasks; `address` of an
-            existing cluster, or a local Ray instance is started).
+            existing cluster, reached within `ray_timeout` seconds, or a local Ray instance is started).
         origin: the centre θ [P] (a tensor or a model); default the model's parameters.
         chunk_size: points per chunk (default: one row of the grid).
         on_chunk: called as on_chunk(i, n_chunks) after chunk i is stored.
@@ -557,7 +564,7 @@ def surface(model_or_objective, data=None, directions=None, span=((-1, 1), (-1, 
                     subset_seed=subset_seed, loss=loss, batch_size=batch_size, include_buffers=include_buffers,
                     out=out, force=force, backend=backend, address=address, chunk_size=chunk_size,
                     progress=progress, ray_retries=ray_retries, on_chunk=on_chunk,
-                    threads=threads, forward=forward, metric=metric)
+                    threads=threads, forward=forward, metric=metric, ray_timeout=ray_timeout)
 
 
 def slice(model_or_objective, data=None, direction=None, span=(-1, 1), steps: int = 51,  # noqa: A001
@@ -566,7 +573,7 @@ def slice(model_or_objective, data=None, direction=None, span=(-1, 1), steps: in
           subset_seed: int = 0, loss="cross_entropy", batch_size: int = 4096, include_buffers: bool = False,
           chunk_size: int | None = None, force: bool = False, ray_retries: int = 3,
           on_chunk: Callable[[int, int], None] | None = None, threads: int | None = None, forward=None,
-          metric=None) -> Surface:
+          metric=None, ray_timeout: float = 30.0) -> Surface:
     """Loss and accuracy along the line origin + a·d for a on a grid over `span` (see `surface`).
 
     Returns a `Surface` with one axis: coords [n], loss/accuracy/mask [n].
@@ -579,7 +586,7 @@ def slice(model_or_objective, data=None, direction=None, span=(-1, 1), steps: in
                     subset_seed=subset_seed, loss=loss, batch_size=batch_size, include_buffers=include_buffers,
                     out=out, force=force, backend=backend, address=address, chunk_size=chunk_size,
                     progress=progress, ray_retries=ray_retries, on_chunk=on_chunk,
-                    threads=threads, forward=forward, metric=metric)
+                    threads=threads, forward=forward, metric=metric, ray_timeout=ray_timeout)
 
 
 def _spans(span, m: int) -> list[tuple[float, float]]:

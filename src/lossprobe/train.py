@@ -187,9 +187,15 @@ def fit(
     hist, trajectory, start_epoch, elapsed = History(), [], 1, 0.0
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
     if ckpt is not None:
-        ckpt.mkdir(parents=True, exist_ok=True)
+        from .atomic import makedirs
+
+        makedirs(ckpt)
         saved_cfg = ckpt / "train_config.json"
-        if saved_cfg.is_file() and json.loads(saved_cfg.read_text()) != asdict(cfg):
+        try:
+            old_cfg = json.loads(saved_cfg.read_text()) if saved_cfg.is_file() else None
+        except ValueError:
+            old_cfg = None  # damaged: derived data, written again below
+        if old_cfg is not None and old_cfg != asdict(cfg):
             raise UserError(
                 f"{ckpt} holds a training run with a different configuration; use another directory"
             )
@@ -282,7 +288,7 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike) -> None:
     output layer) are stored once, under their first name, as HF's ``save_pretrained``
     does; `load_checkpoint` restores every alias.
     """
-    from safetensors.torch import save_file
+    from .atomic import save_safetensors
 
     state, seen = {}, {}
     for k, v in model.state_dict(keep_vars=True).items():
@@ -292,9 +298,7 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike) -> None:
         if key is not None:
             seen[key] = k
         state[k] = v.detach().contiguous().cpu()
-    tmp = f"{path}.tmp"
-    save_file(state, tmp)
-    os.replace(tmp, path)
+    save_safetensors(path, state)
 
 
 def tied_names(model: nn.Module) -> dict[str, str]:
@@ -318,9 +322,21 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     not a mapping of names to tensors.
     """
     p = Path(path)
-    if not p.is_file():
+    if p.is_dir():
+        raise UserError(f"checkpoint {p} is a folder, not a checkpoint file (.safetensors or a torch state dict)")
+    if not p.exists():
         raise UserError(f"checkpoint {p} does not exist")
-    head = p.read_bytes()[:16]
+    if not p.is_file():
+        raise UserError(f"checkpoint {p} is not a regular file")
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(16)
+    except OSError as e:
+        from .atomic import describe
+
+        raise describe(e, p, "read") from None
+    if not head:
+        raise UserError(f"checkpoint {p} is empty")
     if p.suffix == ".safetensors" or (len(head) > 8 and head[8:9] == b"{"):
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -382,23 +398,21 @@ def apply_state_dict(model: nn.Module, state: dict[str, torch.Tensor], path: str
 
 
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
+    from .atomic import write_text
+
+    write_text(path, json.dumps(obj, indent=2))
 
 
 def _save_state(ckpt: Path, model, opt, hist: History, trajectory) -> None:
     # Files carry the epoch in their name and history.json, written last, says which epoch
     # is complete, so a kill at any moment leaves a consistent state to resume from.
     e = hist.epoch[-1]
+    from .atomic import save_npy, save_torch
+
     save_checkpoint(model, ckpt / f"model-{e}.safetensors")
-    tmp = ckpt / "optimizer.pt.tmp"
-    torch.save(opt.state_dict(), tmp)
-    os.replace(tmp, ckpt / f"optimizer-{e}.pt")
+    save_torch(ckpt / f"optimizer-{e}.pt", opt.state_dict())
     if trajectory:
-        tmp_t = ckpt / "trajectory.tmp.npy"
-        np.save(tmp_t, torch.stack(trajectory).numpy())
-        os.replace(tmp_t, ckpt / f"trajectory-{e}.npy")
+        save_npy(ckpt / f"trajectory-{e}.npy", torch.stack(trajectory).numpy())
     _write_json(ckpt / "history.json", hist.to_dict())
     for old in list(ckpt.glob("model-*.safetensors")) + list(ckpt.glob("optimizer-*.pt")) + list(ckpt.glob("trajectory-*.npy")):
         if old.stem.rsplit("-", 1)[-1] != str(e):
@@ -407,19 +421,28 @@ def _save_state(ckpt: Path, model, opt, hist: History, trajectory) -> None:
 
 
 def _load_state(ckpt: Path, model, opt):
+    """The state saved after the last complete epoch, or None to train from the start (nothing
+    saved, a stopped run, or a damaged file: all of it is derived data)."""
     hfile = ckpt / "history.json"
     if not hfile.is_file():
         return None
-    hist = History.from_dict(json.loads(hfile.read_text()))
-    if hist.stopped or not hist.epoch:
+    try:
+        hist = History.from_dict(json.loads(hfile.read_text()))
+        if hist.stopped or not hist.epoch:
+            return None
+        e = hist.epoch[-1]
+        if not (ckpt / f"model-{e}.safetensors").is_file():
+            return None
+        state = load_state_dict(ckpt / f"model-{e}.safetensors")
+        opt_state = None
+        if (ckpt / f"optimizer-{e}.pt").is_file():
+            opt_state = torch.load(ckpt / f"optimizer-{e}.pt", map_location="cpu", weights_only=True)
+        trajectory = []
+        if (ckpt / f"trajectory-{e}.npy").is_file():
+            trajectory = list(torch.from_numpy(np.load(ckpt / f"trajectory-{e}.npy")))
+    except Exception:  # noqa: BLE001 - damaged: start again rather than fail
         return None
-    e = hist.epoch[-1]
-    if not (ckpt / f"model-{e}.safetensors").is_file():
-        return None
-    load_checkpoint(model, ckpt / f"model-{e}.safetensors")
-    if (ckpt / f"optimizer-{e}.pt").is_file():
-        opt.load_state_dict(torch.load(ckpt / f"optimizer-{e}.pt", map_location="cpu", weights_only=True))
-    trajectory = []
-    if (ckpt / f"trajectory-{e}.npy").is_file():
-        trajectory = list(torch.from_numpy(np.load(ckpt / f"trajectory-{e}.npy")))
+    apply_state_dict(model, state, ckpt / f"model-{e}.safetensors")
+    if opt_state is not None:
+        opt.load_state_dict(opt_state)
     return hist, trajectory

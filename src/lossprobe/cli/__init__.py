@@ -28,10 +28,19 @@ COMMANDS = [
 ]
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with a mistake reported as one line (what was wrong, where to read more) and exit 2."""
+
+    def error(self, message: str):
+        cmd = self.prog.split(" ", 1)[1] if " " in self.prog else ""
+        self.exit(2, f"lossprobe: error: {cmd + ': ' if cmd else ''}{message} "
+                     f"(see 'lossprobe {cmd + ' ' if cmd else ''}--help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="lossprobe",
         description="Probe the geometry of neural-network loss landscapes.",
         epilog="Run 'lossprobe COMMAND --help' for the options of a command. "
@@ -48,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
-        parser.print_help()
+        print("lossprobe: error: give a command, e.g. 'lossprobe study two-seeds'; 'lossprobe --help' lists them",
+              file=sys.stderr)
         return 2
     debug = os.environ.get("LOSSPROBE_DEBUG") == "1"
     if not debug:
@@ -58,15 +68,31 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("lossprobe: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
-    except (UserError, ValueError, TypeError, FileNotFoundError, PermissionError) as e:
+    except (UserError, ValueError, TypeError) as e:
         if debug:
             raise
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"lossprobe: error: {msg}", file=sys.stderr)
+        print(f"lossprobe: error: {_first_line(e)}", file=sys.stderr)
         return 2
+    except OSError as e:  # permission denied, read-only file system, disk full, ...: one line naming the file
+        if debug:
+            raise
+        from ..atomic import describe
+
+        action = "read" if isinstance(e, (FileNotFoundError, IsADirectoryError, NotADirectoryError)) else "write"
+        print(f"lossprobe: error: {_first_line(describe(e, action=action))}", file=sys.stderr)
+        return 1
     except MemoryError:
         print("lossprobe: error: out of memory; use a smaller --subset or batch size", file=sys.stderr)
         return 2
+    finally:
+        from ..store import release_all_locks
+
+        release_all_locks()
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 if __name__ == "__main__":

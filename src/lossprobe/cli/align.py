@@ -47,22 +47,25 @@ def run(args) -> int:
     from ..align import align, permutation_spec
     from ..data import load_split
     from ..errors import UserError
-    from ..paths import has_batchnorm, interpolate
+    from ..paths import has_batchnorm, interpolate, non_finite
     from ..repair import Repairer, interpolate_repaired
     from ..report.connectivity_plots import plot_paths
     from ..store import RunDir
     from ..train import save_checkpoint
-    from .common import check_fit, criterion_from_args, data_name, load_model, training_data
+    from .common import (check_fit, criterion_from_args, data_name, load_model, require_finite, require_finite_loss,
+                         training_data)
 
     if args.alphas < 3 or (args.alphas - 1) % 2:
         raise UserError(f"--alphas must be odd and at least 3 (0, 0.5 and 1 on the grid), got {args.alphas}")
-    model_a = load_model(args.model, args.ckpt_a)
-    model_b = load_model(args.model, args.ckpt_b)
+    model_a = require_finite(load_model(args.model, args.ckpt_a), args.ckpt_a)
+    model_b = require_finite(load_model(args.model, args.ckpt_b), args.ckpt_b)
     spec = permutation_spec(model_a)  # fails early, naming an unsupported operation
     t0 = time.perf_counter()
     split = load_split(args.data, args.subset, args.subset_seed)
     crit = criterion_from_args(args, model_a)
     check_fit(model_a, split, crit, args)
+    require_finite_loss(model_a, split, args.ckpt_a, args.data, "A", args.batch_size, crit)
+    require_finite_loss(model_b, split, args.ckpt_b, args.data, "B", args.batch_size, crit)
     needs_calib = args.method == "activations" or args.repair or (has_batchnorm(model_a) and args.bn == "recompute")
     calib = training_data(args, args.calib_data, "--calib-data", args.calib_subset, args.subset_seed + 1) \
         if needs_calib else None
@@ -90,6 +93,10 @@ def run(args) -> int:
     for k, it in paths.items():
         arrays[f"{k}_loss"], arrays[f"{k}_accuracy"] = it.loss[name], it.accuracy[name]
     run_dir.save_arrays("interpolation.npz", **arrays)
+    for k, it in paths.items():
+        bad = non_finite(it.alphas, it.loss[name], where=f"{args.data}, {k} path")
+        if bad:  # the arrays stay for inspection; the run is not marked complete
+            raise UserError(bad)
     labels = {"naive": "straight line", "aligned": f"aligned ({args.method} matching)", "aligned_repair": "aligned + REPAIR"}
     figs = plot_paths({labels[k]: (it.alphas, it.loss, it.accuracy) for k, it in paths.items()}, run_dir.figures,
                       title_data=f"{args.data} ({split.n_samples})", name="alignment")
@@ -110,7 +117,7 @@ def run(args) -> int:
     run_dir.save_json("summary.json", summary)
     lb, eb = summary["loss_barrier"], summary["error_barrier"]
     rows = "".join(f"| {labels[k]} | {lb[k]:.4f} | {eb[k]:.2%} |\n" for k in paths)
-    (run_dir / "report.md").write_text(
+    run_dir.write_text("report.md",
         f"# Alignment of {_md(args.ckpt_b)} to {_md(args.ckpt_a)}\n\n"
         f"Model `{_md(args.model)}`, {args.method} matching over {len(perms)} permutation groups; "
         f"evaluated on `{_md(args.data)}` ({split.n_samples} samples) at {len(alphas)} points of α in [0, 1].\n\n"

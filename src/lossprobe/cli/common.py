@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 
 DATA_HELP = ("data to evaluate on: fashion-mnist:train|val|test, spiral:train|val|test, cifar10:DIR[:SPLIT], "
@@ -26,7 +27,8 @@ def add_out(p: argparse.ArgumentParser, default: str | None = None) -> None:
                    help="run directory to write (rerunning with the same options resumes it)"
                    + (" (default: %(default)s)" if default else ""))
     p.add_argument("--force", action="store_true",
-                   help="overwrite --out if it already holds a different run")
+                   help="if --out holds a different lossprobe run, move it aside to DIR.old-<time> and start "
+                   "afresh (nothing is deleted; a folder that is not a lossprobe run is never touched)")
 
 
 def add_model_data(p: argparse.ArgumentParser, data_default: str = "fashion-mnist:test") -> None:
@@ -56,9 +58,64 @@ def positive_float(text: str) -> float:
         v = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a positive number, got '{text}'") from None
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    if not (v > 0 and math.isfinite(v)):
+        raise argparse.ArgumentTypeError(f"expected a positive, finite number, got {text}")
     return v
+
+
+def finite_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text}")
+    return v
+
+
+def add_ray_timeout(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ray-timeout", type=positive_float, default=30.0, metavar="SECONDS",
+                   help="give up joining the Ray cluster at --address after this long (default: %(default)s)")
+
+
+def require_finite(model, checkpoint: str):
+    """Refuse a model with NaN or infinite parameters or buffers, naming the checkpoint; returns the model."""
+    import torch
+
+    bad = total = 0
+    first = None
+    for name, t in model.state_dict().items():
+        if t.is_floating_point():
+            n = int((~torch.isfinite(t)).sum())
+            if n and first is None:
+                first = name
+            bad += n
+            total += t.numel()
+    if bad:
+        from ..errors import UserError
+
+        raise UserError(f"checkpoint {checkpoint} has {bad} non-finite value(s) (NaN or inf) among its {total} "
+                        f"weights, first in '{first}'; loss, barriers and curvature are undefined there")
+    return model
+
+
+def require_finite_loss(model, split, checkpoint: str, data: str, label: str = "", batch_size: int = 4096,
+                        crit=None) -> float:
+    """The loss of `model` on `split` under the criterion `crit` (default cross-entropy); a NaN or
+    infinite loss is one line naming the checkpoint (`label`, e.g. 'endpoint A (α = 0)', says
+    which role it plays)."""
+    import math
+
+    from ..train import evaluate_model
+
+    loss = evaluate_model(model, split, loss=crit if crit is not None else "cross_entropy", batch_size=batch_size)[0]
+    if not math.isfinite(loss):
+        from ..errors import UserError
+
+        what = f"{label}, {checkpoint}" if label else checkpoint
+        raise UserError(f"the loss at {what} is {loss} on {data}: the model outputs NaN or inf there, so "
+                        "barriers, curvature and surfaces around it are undefined")
+    return loss
 
 
 def load_model(spec: str, checkpoint: str):

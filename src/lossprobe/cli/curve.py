@@ -45,19 +45,22 @@ def run(args) -> int:
     from ..curves import Curve, CurveTrainConfig, evaluate_curve, train_curve
     from ..data import load_split
     from ..errors import UserError
-    from ..paths import has_batchnorm, interpolate
+    from ..paths import has_batchnorm, interpolate, non_finite
     from ..report.connectivity_plots import plot_paths
     from ..store import RunDir
-    from .common import check_fit, criterion_from_args, data_name, load_model, training_data
+    from .common import (check_fit, criterion_from_args, data_name, load_model, require_finite, require_finite_loss,
+                         training_data)
 
     if args.points < 3 or (args.points - 1) % 2:
         raise UserError(f"--points must be odd and at least 3, got {args.points}")
-    model_a = load_model(args.model, args.ckpt_a)
-    model_b = load_model(args.model, args.ckpt_b)
+    model_a = require_finite(load_model(args.model, args.ckpt_a), args.ckpt_a)
+    model_b = require_finite(load_model(args.model, args.ckpt_b), args.ckpt_b)
     t0 = time.perf_counter()
     split = load_split(args.data, args.subset, args.subset_seed)
     crit = criterion_from_args(args, model_a)
     check_fit(model_a, split, crit, args)
+    require_finite_loss(model_a, split, args.ckpt_a, args.data, "endpoint A (t = 0)", args.batch_size, crit)
+    require_finite_loss(model_b, split, args.ckpt_b, args.data, "endpoint B (t = 1)", args.batch_size, crit)
     train = training_data(args, args.train_data, "--train-data", args.train_subset, args.seed)
     curve = Curve(model_a, model_b, bends=args.bends, kind=args.kind, forward=crit.forward)
     cfg = CurveTrainConfig(epochs=args.epochs, lr=args.lr, optimizer=args.optimizer,
@@ -68,9 +71,9 @@ def run(args) -> int:
     splits = {"train": ev_train, name if name != "train" else "eval": split}
     print(f"training a {args.kind} curve with {args.bends} bend(s) for {args.epochs} epoch(s) on {train.n_samples} samples")
     hist = train_curve(curve, train, cfg, checkpoint_dir=run_dir.subdir("checkpoints"), progress=True, loss=crit)
-    from safetensors.torch import save_file
+    from ..atomic import save_safetensors
 
-    save_file(curve.state_for_saving(), str(run_dir / "checkpoints" / "curve.safetensors"))
+    save_safetensors(run_dir / "checkpoints" / "curve.safetensors", curve.state_for_saving())
     ts = np.linspace(0, 1, args.points)
     ts[-1] = 1.0
     ev = evaluate_curve(curve, splits, ts=ts, bn_data=train, batch_size=args.batch_size, progress=True, loss=crit)
@@ -79,6 +82,11 @@ def run(args) -> int:
                        batch_size=args.batch_size, loss=crit)
     run_dir.save_arrays("curve.npz", ts=ts, **{f"curve_{k}": v for k, v in ev.to_arrays().items() if k != "ts"},
                         **{f"line_{k}": v for k, v in line.to_arrays().items() if k != "alphas"})
+    for what, path in (("curve", ev), ("straight line", line)):
+        for s_name in splits:
+            bad = non_finite(ts, path.loss[s_name], name="t", where=f"{s_name}, {what}")
+            if bad:  # the arrays stay for inspection; the run is not marked complete
+                raise UserError(bad)
     cb, lbar = ev.barriers(), line.barriers()
     label = f"{args.kind} curve ({args.bends} bend{'s' if args.bends > 1 else ''})"
     figs = plot_paths({"straight line": (ts, line.loss, line.accuracy), label: (ts, ev.loss, ev.accuracy)},
@@ -98,7 +106,7 @@ def run(args) -> int:
     rows = "".join(
         f"| {what} | {s} | {summary['loss_barrier'][k][s]:.4f} | {summary['error_barrier'][k][s]:.2%} |\n"
         for k, what in (("line", "straight line"), ("curve", label)) for s in splits)
-    (run_dir / "report.md").write_text(
+    run_dir.write_text("report.md",
         f"# A {label} between two checkpoints\n\n"
         f"Model `{args.model.replace('`', '')}`; trained {args.epochs} epoch(s) on {train.n_samples} samples of "
         f"`{(args.train_data or 'the training split').replace('`', '')}`; evaluated at {len(ts)} points t in [0, 1].\n\n"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from .common import add_model_data, add_out, positive_int
+from .common import add_model_data, add_out, finite_float, positive_int
 
 
 def register(sub) -> None:
@@ -23,7 +23,7 @@ def register(sub) -> None:
                    help="number of largest eigenvalues (default: %(default)s)")
     p.add_argument("--bottom-k", type=int, default=0, metavar="K",
                    help="also this many smallest (most negative) eigenvalues (default: %(default)s)")
-    p.add_argument("--tol", type=float, default=None, metavar="T",
+    p.add_argument("--tol", type=finite_float, default=None, metavar="T",
                    help="Lanczos stops when every residual ||Hv-λv|| <= T·max|λ| (default: 1e-5 for float32 models)")
     p.add_argument("--max-steps", type=positive_int, default=300, metavar="M",
                    help="largest Krylov dimension (Hessian-vector products) for the eigenvalues (default: %(default)s)")
@@ -37,7 +37,7 @@ def register(sub) -> None:
                    help="SLQ random probe vectors (default: %(default)s)")
     p.add_argument("--steps", type=positive_int, default=80, metavar="M",
                    help="Lanczos steps per SLQ probe (default: %(default)s)")
-    p.add_argument("--sigma-rel", type=float, default=0.01, metavar="S",
+    p.add_argument("--sigma-rel", type=finite_float, default=0.01, metavar="S",
                    help="Gaussian broadening of the density, as a fraction of the spectral range (default: %(default)s)")
     p.add_argument("--params", nargs="+", default=None, metavar="NAME",
                    help="restrict the Hessian to these parameters: kinds (weight, bias, norm), parameter names "
@@ -73,7 +73,7 @@ def run(args) -> int:
     from ..objective import Objective
     from ..report.curvature_plots import plot_eigenvalues, plot_layer_traces, plot_spectral_density
     from ..store import RunDir
-    from .common import check_fit, criterion_from_args, load_model
+    from .common import check_fit, criterion_from_args, load_model, require_finite
 
     if args.bottom_k < 0:
         raise UserError(f"--bottom-k must be >= 0, got {args.bottom_k}")
@@ -83,26 +83,34 @@ def run(args) -> int:
         raise UserError(f"--sigma-rel must be positive, got {args.sigma_rel}")
     options = curvature_options(args)
     curv = {"curvature": args.curvature, "options": options}
-    model = load_model(args.model, args.ckpt)
+    model = require_finite(load_model(args.model, args.ckpt), args.ckpt)
     t0 = time.perf_counter()
     split = load_split(args.data, args.subset, args.subset_seed)
     crit = criterion_from_args(args, model)
     check_fit(model, split, crit, args)
-    rd = RunDir(args.out, "hessian", {k: v for k, v in vars(args).items() if k not in ("func", "force")}, args.force,
-                seeds={"probes": args.seed, "subset": args.subset_seed})
     obj = Objective(model, split, loss=crit, batch_size=args.batch_size, train_mode=args.train_mode)
     if args.train_mode:
         warnings.warn("--train-mode: dropout and BatchNorm batch statistics make the Hessian depend on the batches")
     what = f"{args.data} ({split.n_samples} samples), {'train' if args.train_mode else 'eval'} mode"
     name = NAMES[args.curvature]
-    print(f"{name} of {args.model} on {what}: {hessian.HessianOperator(obj, params=args.params).n} parameters"
+    centre = float(obj.loss_at().loss[0])
+    if not np.isfinite(centre):
+        raise UserError(f"the loss at {args.ckpt} is {centre} on {args.data}: the model outputs NaN or inf, so its "
+                        f"{name} is undefined")
+    n_params = hessian.HessianOperator(obj, params=args.params).n
+    if max(args.top_k, args.bottom_k) > n_params:
+        raise UserError(f"--top-k {args.top_k} / --bottom-k {args.bottom_k}: the {name} has only {n_params} "
+                        "eigenvalues (one per parameter)")
+    rd = RunDir(args.out, "hessian", {k: v for k, v in vars(args).items() if k not in ("func", "force")}, args.force,
+                seeds={"probes": args.seed, "subset": args.subset_seed})
+    print(f"{name} of {args.model} on {what}: {n_params} parameters"
           + (" (K-FAC keeps those of Linear and Conv2d layers)" if args.curvature == "kfac" else ""))
 
     summary: dict = {"model": args.model, "data": args.data, "n_samples": split.n_samples,
                      "mode": "train" if args.train_mode else "eval", "curvature": args.curvature,
                      "curvature_options": options}
     figs: list[str] = []
-    if not rd.done("eigenvalues"):
+    if not rd.done("eigenvalues", "eigenvalues.json", "eigenvectors.safetensors"):
         top = hessian.eigenvalues(obj, params=args.params, k=args.top_k, which="largest", tol=args.tol,
                                   max_steps=args.max_steps, seed=args.seed, method=args.hvp, progress=True, **curv)
         eig = {"eigenvalues": top.values, "residuals": top.residuals, "hvp_eigenvalues": top.matvecs,
@@ -115,14 +123,14 @@ def run(args) -> int:
             eig.update({"smallest_eigenvalues": bot.values, "smallest_residuals": bot.residuals,
                         "hvp_smallest": bot.matvecs, "converged_smallest": bot.converged})
             vecs["smallest"] = bot.vectors
-        from safetensors.torch import save_file
+        from ..atomic import save_safetensors
 
-        save_file({k: v.float().cpu().contiguous() for k, v in vecs.items()}, str(rd / "eigenvectors.safetensors"))
+        save_safetensors(rd / "eigenvectors.safetensors", {k: v.float() for k, v in vecs.items()})
         rd.save_json("eigenvalues.json", eig)
         rd.mark("eigenvalues")
     summary.update(rd.load_json("eigenvalues.json"))
     if args.trace:
-        if not rd.done("trace"):
+        if not rd.done("trace", "trace.json"):
             tr = hessian.trace(obj, params=args.params, method=args.trace_method, matvecs=args.trace_products,
                                seed=args.seed, hvp_method=args.hvp, progress=True, **curv)
             rd.save_json("trace.json", {"trace": tr.trace, "trace_stderr": tr.stderr, "trace_method": tr.method,
@@ -133,7 +141,7 @@ def run(args) -> int:
         figs += plot_layer_traces({k: (v["trace"], v["stderr"]) for k, v in summary["layer_traces"].items()},
                                   rd.figures, title=what, operator=name)
     if args.density:
-        if not rd.done("density"):
+        if not rd.done("density", "density.npz", "density.json"):
             d = hessian.spectral_density(obj, params=args.params, probes=args.probes, steps=args.steps, seed=args.seed,
                                          sigma_rel=args.sigma_rel, method=args.hvp, progress=True, **curv)
             rd.save_arrays("density.npz", grid=d.grid, density=d.density, nodes=d.slq.nodes, weights=d.slq.weights)
@@ -157,7 +165,7 @@ def run(args) -> int:
         lines += ["", f"Trace ({summary['trace_method']}, {summary['hvp_trace']} products): "
                   f"**{summary['trace']:.6g} ± {summary['trace_stderr']:.2g}** (1 s.e.)."]
     lines += [""] + [f"![{n}](figures/{n}.png)\n" for n in figs]
-    (rd / "report.md").write_text("\n".join(lines))
+    rd.write_text("report.md", "\n".join(lines))
     rd.complete()
     msg = f"{name}: top eigenvalue {summary['eigenvalues'][0]:.6g} (residual {summary['residuals'][0]:.1e})"
     if args.trace:

@@ -35,19 +35,21 @@ def run(args) -> int:
     from ..data import load_split
     from ..errors import UserError
     from .common import check_fit, criterion_from_args, data_name, training_data
-    from ..paths import interpolate
+    from ..paths import interpolate, non_finite
     from ..report.paths_plots import plot_interpolation
     from ..store import RunDir
-    from .common import load_model
+    from .common import load_model, require_finite, require_finite_loss
 
     if args.alphas < 5 or (args.alphas - 1) % 4:
         raise UserError(f"--alphas must be 5, 9, 13, ... (N−1 a multiple of 4), got {args.alphas}")
-    model_a = load_model(args.model, args.ckpt_a)
-    model_b = load_model(args.model, args.ckpt_b)
+    model_a = require_finite(load_model(args.model, args.ckpt_a), args.ckpt_a)
+    model_b = require_finite(load_model(args.model, args.ckpt_b), args.ckpt_b)
     t0 = time.perf_counter()
     split = load_split(args.data, args.subset, args.subset_seed)
     crit = criterion_from_args(args, model_a)
     check_fit(model_a, split, crit, args)
+    require_finite_loss(model_a, split, args.ckpt_a, args.data, "endpoint A (α = 0)", args.batch_size, crit)
+    require_finite_loss(model_b, split, args.ckpt_b, args.data, "endpoint B (α = 1)", args.batch_size, crit)
     bn_data = training_data(args, args.train_data, "--train-data") if args.bn == "recompute" else None
     run_dir = RunDir(args.out, "interpolate", {k: v for k, v in vars(args).items() if k not in ("func", "force")}, args.force)
     alphas = np.linspace(-0.5, 1.5, args.alphas)
@@ -57,6 +59,9 @@ def run(args) -> int:
     it = interpolate(model_a, model_b, {name: split}, alphas=alphas, bn=args.bn, bn_data=bn_data,
                      batch_size=args.batch_size, progress=True, loss=crit)
     run_dir.save_arrays("interpolation.npz", **it.to_arrays())
+    bad = non_finite(it.alphas, it.loss[name], where=args.data)
+    if bad:  # the arrays stay for inspection; the run is not marked complete
+        raise UserError(bad)
     fig_names = plot_interpolation(it, run_dir.figures, title_data=args.data)
     summary = {
         **{k: v for k, v in it.barriers().items()},
@@ -69,7 +74,7 @@ def run(args) -> int:
     run_dir.save_json("summary.json", summary)
     lb, eb = summary["loss_barrier"][name], summary["error_barrier"][name]
     ebt = f"{eb:.4f}" if np.isfinite(eb) else "n/a (no accuracy for this loss)"
-    (run_dir / "report.md").write_text(
+    run_dir.write_text("report.md",
         f"# Interpolation between {args.ckpt_a} and {args.ckpt_b}\n\n"
         f"Model `{args.model}`, data `{args.data}` ({split.n_samples} samples), loss `{args.loss}`.\n\n"
         f"Loss barrier: **{lb:.4f}**; error barrier: **{ebt}**.\n\n"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from .common import add_out, positive_float, positive_int
+from .common import add_out, add_ray_timeout, finite_float, positive_float, positive_int
 
 
 def register(sub) -> None:
@@ -38,7 +38,7 @@ def register(sub) -> None:
                    help="new candidates probed before each further full training (default: %(default)s)")
     p.add_argument("--init-full", type=positive_int, default=3, metavar="N",
                    help="full trainings chosen by probe val accuracy before the meta-model is used (default: %(default)s)")
-    p.add_argument("--kappa", type=float, default=1.0, metavar="K",
+    p.add_argument("--kappa", type=finite_float, default=1.0, metavar="K",
                    help="exploration bonus: score = predicted mean + K × ensemble s.d. (default: %(default)s)")
     p.add_argument("--meta", choices=("auto", "rf", "gbr"), default="auto",
                    help="meta-model: random forest, gradient boosting, or whichever cross-validates better (default: %(default)s)")
@@ -53,6 +53,7 @@ def register(sub) -> None:
                    help="run trials in this process or as Ray tasks (default: %(default)s)")
     p.add_argument("--address", default=None, metavar="ADDR",
                    help="Ray cluster address (with --backend ray; default: start a local Ray)")
+    add_ray_timeout(p)
     p.add_argument("--num-cpus", type=positive_int, default=None, metavar="N",
                    help="CPUs for a local Ray (with --backend ray; default: all)")
     add_out(p)
@@ -63,8 +64,8 @@ def run(args) -> int:
     import dataclasses
 
     from ..errors import UserError
-    from ..search.engine import Executor, LiveOracle, TaskSpec, default_storage
-    from ..search.loop import LoopConfig, probe_search
+    from ..search.engine import Executor, LiveOracle, TaskSpec, check_storage_url, default_storage, storage_error
+    from ..search.loop import LoopConfig
     from ..search.space import load_space
     from ..store import RunDir
 
@@ -84,18 +85,46 @@ def run(args) -> int:
     config = {"space": space.to_dict(), "task": dataclasses.asdict(spec), "loop": dataclasses.asdict(loop_cfg),
               "fraction": args.fraction, "probe_epochs": args.probe_epochs,
               "storage": args.storage, "study_name": args.study_name}
+    if args.storage:
+        check_storage_url(args.storage)
+    executor = Executor(args.backend, args.address, args.num_cpus, timeout=args.ray_timeout)  # Ray first: fails fast
     task = spec.load()  # load here so that errors about the data come before any output is written
     rd = RunDir(args.out, "search", config, force=args.force, seeds={"search": args.seed})
-    if rd.done("search") and (rd / "chosen.json").is_file():
+    if rd.done("search", "chosen.json"):
+        rd.complete()  # (again, if a kill came between the last two writes)
         ch = rd.load_json("chosen.json")
         print(f"search already complete: candidate #{ch['candidate']} val acc {ch['val_accuracy']:.4f}, "
               f"test acc {ch['test_accuracy']:.4f} (the test set is not read again); see {rd.path}")
         return 0
     storage = args.storage or default_storage(rd.path)
-    executor = Executor(args.backend, args.address, args.num_cpus)
-    oracle = LiveOracle(space, spec, storage, args.study_name, args.fraction, args.probe_epochs, args.seed,
-                        executor, checkpoint_dir=rd.subdir("checkpoints"),
-                        settings={"loop": dataclasses.asdict(loop_cfg)})
+    waiting = set()
+
+    def on_wait(kind, keys):  # another worker on the same storage holds these
+        if (kind, tuple(keys)) not in waiting:
+            waiting.add((kind, tuple(keys)))
+            what = "the final test evaluation" if kind == "test" else f"{kind} #" + ", #".join(map(str, keys))
+            print(f"  waiting for another worker on {storage} to finish {what}", flush=True)
+
+    oracle = None
+    try:
+        oracle = LiveOracle(space, spec, storage, args.study_name, args.fraction, args.probe_epochs, args.seed,
+                            executor, checkpoint_dir=rd.subdir("checkpoints"),
+                            settings={"loop": dataclasses.asdict(loop_cfg)}, on_wait=on_wait)
+        return _search(args, rd, space, task, loop_cfg, budget, storage, oracle)
+    except Exception as e:
+        if type(e).__module__.startswith("sqlalchemy"):  # the storage failed part-way: one line
+            raise storage_error(e, storage) from None
+        raise
+    finally:
+        if oracle is not None:
+            oracle.close()
+
+
+def _search(args, rd, space, task, loop_cfg, budget, storage, oracle) -> int:
+    import dataclasses
+
+    from ..search.loop import probe_search
+
     if oracle.reused["probes"] or oracle.reused["full"]:
         print(f"resuming: {oracle.reused['probes']} probes and {oracle.reused['full']} full trainings already in {storage}")
     print(f"searching {len(space.params)} hyperparameters on {args.dataset} ({len(task.train)} train, "
@@ -121,10 +150,12 @@ def run(args) -> int:
     oracle.on_job = on_job
     result = probe_search(oracle, loop_cfg, on_event=on_event, final_test=oracle.test_accuracy)
     ch = result.chosen
+    ckpt = f"checkpoints/candidate-{ch}.safetensors"
     chosen = {"candidate": ch, "values": oracle.values(ch), "full_config": space.complete(oracle.values(ch)),
               "val_accuracy": result.chosen_val_accuracy, "test_accuracy": result.test_accuracy,
+              "test_evaluated_by_this_worker": oracle.test_evaluated_here,
               "budget": budget, "spent": result.spent, "meta_model": result.meta_kind,
-              "checkpoint": f"checkpoints/candidate-{ch}.safetensors"}
+              "checkpoint": ckpt if (rd / ckpt).is_file() else None}
     rd.save_json("chosen.json", chosen)
     full = [e for e in events if e["kind"] == "full"]
     rd.save_json("events.json", events)
@@ -144,7 +175,7 @@ def run(args) -> int:
     summary = {"chosen": chosen, "n_probes": sum(e["kind"] == "probe" for e in events), "n_full": len(full),
                "storage": storage, "seconds": time.perf_counter() - t0}
     rd.save_json("summary.json", summary)
-    (rd / "report.md").write_text(
+    rd.write_text("report.md",
         f"# Probe-based search on {args.dataset}\n\n"
         f"Budget {budget:g} full-data epochs ({result.spent:g} spent): {summary['n_probes']} probes, "
         f"{len(full)} full trainings.\n\nChosen: candidate #{ch} `{oracle.values(ch)}`, validation accuracy "
@@ -153,5 +184,8 @@ def run(args) -> int:
     rd.mark("search")
     rd.complete()
     print(f"chosen candidate #{ch}: {oracle.values(ch)}")
-    print(f"validation accuracy {result.chosen_val_accuracy:.4f}, test accuracy {result.test_accuracy:.4f}; wrote {rd.path}")
+    how = ("evaluated now; the test set was opened once" if oracle.test_evaluated_here
+           else "recorded in the storage by the worker that evaluated it; the test set was not opened here")
+    print(f"validation accuracy {result.chosen_val_accuracy:.4f}, test accuracy {result.test_accuracy:.4f} ({how}); "
+          f"wrote {rd.path}")
     return 0

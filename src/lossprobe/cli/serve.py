@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import os
 import sys
 from pathlib import Path
 
@@ -11,11 +12,48 @@ from ..errors import UserError
 
 
 class QuietHandler(http.server.SimpleHTTPRequestHandler):
-    """Static files only (no directory listing surprises beyond the site, no scripts run)."""
+    """Regular files inside the site only: a path that leaves the site root (through '..' or a
+    symbolic link), a folder without index.html, or anything that is not a regular file is
+    404. No directory listings; every response carries the site's Content-Security-Policy."""
 
     extensions_map = {**http.server.SimpleHTTPRequestHandler.extensions_map,
                       ".js": "text/javascript", ".svg": "image/svg+xml", ".md": "text/plain; charset=utf-8",
                       ".json": "application/json", ".npz": "application/octet-stream"}
+
+    def _inside(self, path: str) -> str | None:
+        """The real path of `path` if it is a regular file inside the site root, else None."""
+        root = os.path.realpath(self.directory)
+        real = os.path.realpath(path)
+        if real != root and not real.startswith(root + os.sep):
+            return None
+        return real if os.path.isfile(real) else None
+
+    def send_head(self):
+        path = self.translate_path(self.path)
+        if os.path.isdir(path):
+            if not self.path.split("?", 1)[0].split("#", 1)[0].endswith("/"):
+                # a folder without the trailing slash: redirect like the base class, if it has a page
+                if self._inside(os.path.join(path, "index.html")) is None:
+                    self.send_error(404, "File not found")
+                    return None
+                return super().send_head()
+            path = os.path.join(path, "index.html")
+        if self._inside(path) is None:
+            self.send_error(404, "File not found")
+            return None
+        return super().send_head()
+
+    def list_directory(self, path):  # never list a folder
+        self.send_error(404, "File not found")
+        return None
+
+    def end_headers(self):
+        from ..report.site import SITE_CSP
+
+        self.send_header("Content-Security-Policy", SITE_CSP)
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("Referrer-Policy", "no-referrer")
+        super().end_headers()
 
     def log_message(self, format, *args):  # noqa: A002 - the signature of the base class
         if not getattr(self.server, "quiet", False):

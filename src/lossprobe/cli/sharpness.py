@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from .common import add_model_data, add_out, positive_int
+from .common import add_model_data, add_out, finite_float, positive_int
 
 MEASURES = ("keskar", "sam", "asam", "noise", "pacbayes", "critical")
 
@@ -36,18 +36,18 @@ def register(sub) -> None:
     add_model_data(p)
     p.add_argument("--measures", nargs="+", choices=MEASURES, default=["keskar", "sam", "asam", "noise", "pacbayes"],
                    metavar="M", help=f"measures to compute, from {', '.join(MEASURES)} (default: all but critical)")
-    p.add_argument("--epsilon", type=float, default=1e-3, help="Keskar box size ε (default: %(default)s)")
+    p.add_argument("--epsilon", type=finite_float, default=1e-3, help="Keskar box size ε (default: %(default)s)")
     p.add_argument("--ascent-steps", type=positive_int, default=10, metavar="N",
                    help="gradient-ascent steps for keskar (and for sam/asam when > 1 is wanted via --sam-steps) (default: %(default)s)")
-    p.add_argument("--rho", type=float, default=0.05, help="SAM radius ρ (default: %(default)s)")
-    p.add_argument("--asam-rho", type=float, default=0.5, help="ASAM radius ρ (default: %(default)s)")
+    p.add_argument("--rho", type=finite_float, default=0.05, help="SAM radius ρ (default: %(default)s)")
+    p.add_argument("--asam-rho", type=finite_float, default=0.5, help="ASAM radius ρ (default: %(default)s)")
     p.add_argument("--sam-steps", type=positive_int, default=1, metavar="N",
                    help="ascent steps for sam/asam; 1 is SAM's own first-order step (default: %(default)s)")
     p.add_argument("--sigmas", type=_floats, default=[0.01, 0.02, 0.05, 0.1, 0.2, 0.3], metavar="S1,S2,...",
                    help="relative noise levels σ for the noise measure (default: 0.01,0.02,0.05,0.1,0.2,0.3)")
     p.add_argument("--draws", type=positive_int, default=5, metavar="D",
                    help="noise draws per σ (and for the PAC-Bayes expectation) (default: %(default)s)")
-    p.add_argument("--pac-bound", type=float, default=0.1,
+    p.add_argument("--pac-bound", type=finite_float, default=0.1,
                    help="PAC-Bayes σ search: allowed rise of the error (fraction) (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of every random draw (default: %(default)s)")
     add_out(p)
@@ -55,27 +55,32 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    import numpy as np
+
     from .. import sharpness as S
     from ..data import load_split
     from ..errors import UserError
     from ..objective import Objective
     from ..report.curvature_plots import plot_noise_robustness
     from ..store import RunDir
-    from .common import check_fit, criterion_from_args, load_model
+    from .common import check_fit, criterion_from_args, load_model, require_finite
 
     for name in ("epsilon", "rho", "asam_rho", "pac_bound"):
         if not getattr(args, name) > 0:
             raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    model = load_model(args.model, args.ckpt)
+    model = require_finite(load_model(args.model, args.ckpt), args.ckpt)
     t0 = time.perf_counter()
     split = load_split(args.data, args.subset, args.subset_seed)
     crit = criterion_from_args(args, model)
     check_fit(model, split, crit, args)
-    rd = RunDir(args.out, "sharpness", {k: v for k, v in vars(args).items() if k not in ("func", "force")}, args.force,
-                seeds={"noise": args.seed, "subset": args.subset_seed})
     obj = Objective(model, split, loss=crit, batch_size=args.batch_size)
     what = f"{args.data} ({split.n_samples} samples)"
     ev = obj.loss_at()
+    if not np.isfinite(float(ev.loss[0])):
+        raise UserError(f"the loss at {args.ckpt} is {float(ev.loss[0])} on {args.data}: the model outputs NaN or inf, "
+                        "so its sharpness is undefined")
+    rd = RunDir(args.out, "sharpness", {k: v for k, v in vars(args).items() if k not in ("func", "force")}, args.force,
+                seeds={"noise": args.seed, "subset": args.subset_seed})
     summary: dict = {"model": args.model, "data": args.data, "n_samples": split.n_samples,
                      "loss": float(ev.loss[0]), "accuracy": float(ev.accuracy[0])}
     steps = {
@@ -87,7 +92,7 @@ def run(args) -> int:
         "critical": lambda: S.critical_point(obj, seed=args.seed).to_dict(),
     }
     for m in args.measures:
-        if not rd.done(m):
+        if not rd.done(m, f"{m}.json"):
             print(f"{m} ...", flush=True)
             rd.save_json(f"{m}.json", steps[m]())
             rd.mark(m)
@@ -112,7 +117,7 @@ def run(args) -> int:
         lines.append(f"| critical point | {c['kind']} (‖g‖={c['grad_norm']:.2e}, λmin={c['lambda_min']:.3g}, "
                      f"λmax={c['lambda_max']:.3g}) |")
     lines += [""] + [f"![{n}](figures/{n}.png)\n" for n in figs]
-    (rd / "report.md").write_text("\n".join(lines))
+    rd.write_text("report.md", "\n".join(lines))
     rd.complete()
     print("; ".join(f"{k}: {v.get('sharpness', v.get('sigma', v.get('kind', '')))}" if isinstance(v, dict) and k != "noise" else k
                     for k, v in summary.items() if k in MEASURES) + f"; wrote {rd.path}")

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import math
 import time
 
-from .common import add_model_data, add_out, positive_int
+from .common import add_model_data, add_out, add_ray_timeout, positive_int
 
 NORM_CHOICES = ("filter", "layer", "model", "unit", "none")
 DIRECTIONS_HELP = (
@@ -62,7 +63,9 @@ def _common(p: argparse.ArgumentParser, two_d: bool) -> None:
     p.add_argument("--backend", choices=("local", "ray"), default="local",
                    help="run chunks in this process, or as Ray tasks (default: %(default)s)")
     p.add_argument("--address", metavar="ADDR",
-                   help="address of an existing Ray cluster, e.g. ray://host:10001 (default: start a local one)")
+                   help="address of an existing Ray cluster, e.g. ray://host:10001 (with --backend ray; default: "
+                   "start a local one)")
+    add_ray_timeout(p)
     p.add_argument("--threads", type=positive_int, default=None, metavar="T",
                    help="torch threads while evaluating (default: torch's setting); on a shared machine "
                    "1 is often fastest, as each point is a few small matrix products")
@@ -99,11 +102,13 @@ def run(args, two_d: bool) -> int:
     from ..errors import UserError
     from ..objective import Objective
     from ..report import surface_plots as SP
-    from ..store import RunDir
+    from ..store import RunDir, readable
     from ..surface import grid_axis, slice as slice_fn, surface as surface_fn
-    from .common import check_fit, criterion_from_args, load_model
+    from .common import check_fit, criterion_from_args, load_model, require_finite, require_finite_loss
 
     m = 2 if two_d else 1
+    if args.address and args.backend != "ray":
+        raise UserError("--address needs --backend ray")
     if two_d:
         if len(args.steps) > 2:
             raise UserError(f"--steps takes one or two numbers, got {len(args.steps)}")
@@ -116,13 +121,20 @@ def run(args, two_d: bool) -> int:
         if not isinstance(sp[0], str):
             grid_axis(sp[0], sp[1], n)  # checks a given span before any work
     specs = _direction_specs(args, m)
-    model = load_model(args.model, args.checkpoint)
+    model = require_finite(load_model(args.model, args.checkpoint), args.checkpoint)
     split = load_split(args.data, args.subset, args.subset_seed)
     crit = criterion_from_args(args, model)
     check_fit(model, split, crit, args)
+    require_finite_loss(model, split, args.checkpoint, args.data, "", args.batch_size, crit)
+    if args.backend == "ray":  # join (or start) Ray now: an unreachable --address fails before any output
+        from .. import raycluster
+
+        raycluster.init(args.address, args.ray_timeout, **({} if args.address else {"include_dashboard": False}),
+                        ignore_reinit_error=True, logging_level="ERROR", log_to_driver=False)
     # how the grid is computed (threads, backend) is not what is computed: a run started
     # locally may be resumed on Ray and vice versa
-    cfg = {k: v for k, v in vars(args).items() if k not in ("func", "force", "threads", "backend", "address")}
+    cfg = {k: v for k, v in vars(args).items() if k not in ("func", "force", "threads", "backend", "address",
+                                                           "ray_timeout")}
     rd = RunDir(args.out, "surface" if two_d else "slice", cfg, args.force,
                 seeds={"direction": args.seed, "subset": args.subset_seed})
     obj = Objective(model, split, loss=crit, batch_size=args.batch_size, include_buffers=args.include_buffers)
@@ -153,7 +165,8 @@ def run(args, two_d: bool) -> int:
     fn = surface_fn if two_d else slice_fn
     res = fn(obj, None, dirs if two_d else dirs[0], span=spans if two_d else spans[0],
              steps=steps if two_d else steps[0], out=rd.subdir("grid"), backend=args.backend,
-             address=args.address, progress=True, chunk_size=args.chunk_size, threads=args.threads)
+             address=args.address, progress=True, chunk_size=args.chunk_size, threads=args.threads,
+             ray_timeout=args.ray_timeout)
     res.meta["axes"] = infos
     res.meta["axis_labels"] = [f"α{i + 1}: {_describe(info, short=True)}" for i, info in enumerate(infos)]
     if auto:
@@ -183,7 +196,7 @@ def run(args, two_d: bool) -> int:
         SP.write_vtp(res, rd / "surface.vtp", log=args.log)
         extra.append("surface.vtp")
     s = res.summary()
-    prev = rd.load_json("summary.json") if (rd / "summary.json").is_file() else {}
+    prev = rd.load_json("summary.json") if readable(rd / "summary.json") else {}  # derived: damaged means none
     # seconds of grid evaluation (this run's part when resumed; unchanged when nothing was left)
     now = res.meta.get("points_computed_now", 0)
     seconds = res.meta["seconds"] + (prev.get("seconds", 0.0) if res.meta.get("resumed_chunks") else 0.0) \
@@ -216,7 +229,7 @@ def run(args, two_d: bool) -> int:
     lines += [f"![{n}](figures/{n}.png)\n" for n in names]
     if extra:
         lines += ["Also: " + ", ".join(f"[{e}]({e})" for e in extra), ""]
-    (rd / "report.md").write_text("\n".join(lines))
+    rd.write_text("report.md", "\n".join(lines))
     rd.complete()
     print(f"centre loss {_f(s['center_loss'])}, min {_f(s['min_loss'])}, max {_f(s['max_loss'])} over {n_pts} points "
           f"in {seconds:.1f} s; wrote {rd.path}")
@@ -236,9 +249,12 @@ def _span_arg(values, option: str):
     if len(values) != 2:
         raise UserError(f"{option} takes LO HI or auto[:FACTOR], got {len(values)} values")
     try:
-        return (float(values[0]), float(values[1]))
+        lo, hi = float(values[0]), float(values[1])
     except ValueError:
         raise UserError(f"{option} takes two numbers LO HI or auto[:FACTOR], got {' '.join(values)}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise UserError(f"{option} takes finite numbers, got {' '.join(values)}")
+    return lo, hi
 
 
 EIGEN_KINDS = ("hessian", "ggn", "fisher", "efisher", "kfac")
@@ -293,11 +309,12 @@ def _norm_for(kind: str, norm_arg: str | None):
 def _directions(args, specs, obj, model, rd, two_d):
     """The directions of every axis (from the run directory when it has them: resume) and what
     each is: kind, normalisation, length, eigenvalue, the Hessian's curvature along it."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     from .. import directions as D
     from ..errors import UserError
-    from .common import load_model
+    from ..atomic import save_safetensors
+    from .common import load_model, require_finite
 
     if rd.done("directions") and (rd / "directions.safetensors").is_file():
         vecs = load_file(str(rd / "directions.safetensors"))
@@ -337,11 +354,14 @@ def _directions(args, specs, obj, model, rd, two_d):
         if k == "gradient":
             dirs[i] = D.gradient_direction(obj, norm=_norm_for("gradient", args.norm))
         elif k == "towards":
-            other = load_model(args.model, arg)
+            other = require_finite(load_model(args.model, arg), arg)
             d = D.between(obj.space.flatten(model), obj.space.flatten(other))
             dirs[i] = D.Direction(d.vector, {**d.meta, "kind": "towards", "checkpoint": arg})
     for i, d in enumerate(dirs):
         if not float(d.vector.double().norm()) > 0:
+            if specs[i][0] == "towards":
+                raise UserError(f"towards:{specs[i][1]} holds the same weights as {args.checkpoint}: the direction "
+                                "between them is zero; give a different checkpoint")
             raise UserError(f"direction d{i + 1} ({specs[i][0]}) is zero")
     along = D.curvature_along(obj, dirs)
     infos = []
@@ -349,8 +369,7 @@ def _directions(args, specs, obj, model, rd, two_d):
         info = {**d.meta, "norm": d.meta.get("norm"), "length": a["length"], "second_derivative": a["second_derivative"],
                 "rayleigh": a["rayleigh"], "curvature_operator": "hessian"}
         infos.append(info)
-    save_file({f"d{i + 1}": d.vector.detach().cpu().contiguous() for i, d in enumerate(dirs)},
-              str(rd / "directions.safetensors"))
+    save_safetensors(rd / "directions.safetensors", {f"d{i + 1}": d.vector for i, d in enumerate(dirs)})
     rd.save_json("directions.json", infos)
     rd.mark("directions")
     return [D.Direction(d.vector, info) for d, info in zip(dirs, infos)], infos

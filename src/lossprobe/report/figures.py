@@ -32,12 +32,17 @@ def new_figure(ncols: int = 1, nrows: int = 1, width: float = 5.0, height: float
 
 def save_figure(fig, directory: str | os.PathLike, name: str) -> list[Path]:
     """Save `fig` as NAME.png (150 dpi) and NAME.svg in `directory`, then close it."""
+    from ..atomic import open_atomic
+
     d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
     paths = []
-    for ext in ("png", "svg"):
-        p = d / f"{name}.{ext}"
-        fig.savefig(p, dpi=150 if ext == "png" else None, metadata={"Date": None} if ext == "svg" else None)
-        paths.append(p)
-    plt.close(fig)
+    try:
+        for ext in ("png", "svg"):
+            p = d / f"{name}.{ext}"
+            with open_atomic(p, "wb") as f:  # whole files only, even on a full disk
+                fig.savefig(f, format=ext, dpi=150 if ext == "png" else None,
+                            metadata={"Date": None} if ext == "svg" else None)
+            paths.append(p)
+    finally:
+        plt.close(fig)
     return paths

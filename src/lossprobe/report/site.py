@@ -36,7 +36,6 @@ import math
 import os
 import posixpath
 import re
-import shutil
 import string
 import sys
 from dataclasses import dataclass, field
@@ -55,6 +54,12 @@ MAX_LOAD_BYTES = 32 * 2**20  # larger .npz files are not opened for plots
 SKIP_DIRS = {"checkpoints", "site", "__pycache__"}  # top-level folders of a run never copied
 MAX_PLOTS = 16  # per page, so a run with hundreds of arrays still opens quickly
 MAX_TRACES = 16
+# Every page's Content-Security-Policy: scripts, styles, images and fonts from the site itself
+# only (plus the inline styles and data:/blob: images plotly draws with); no connections, frames,
+# plugins or forms. So a page never requests anything outside the site, whatever a run wrote.
+SITE_CSP = ("default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; "
+            "font-src 'self' data:; worker-src 'self' blob:; connect-src 'none'; object-src 'none'; frame-src 'none'; "
+            "base-uri 'none'; form-action 'none'")
 
 # Greyscale-readable trace styles: line dash and marker differ, not only the colour.
 COLORS = ("#000000", "#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9")
@@ -129,11 +134,17 @@ def flatten(d: Any, prefix: str = "", max_list: int = 8) -> list[tuple[str, Any,
 
 def _read_json(path: Path) -> tuple[Any, str | None]:
     try:
-        return json.loads(path.read_text(encoding="utf-8")), None
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return None, None
     except (OSError, ValueError) as e:
         return None, f"{path.name} could not be read ({type(e).__name__})"
+    if not text.strip():
+        return None, f"{path.name} is empty"
+    try:
+        return json.loads(text), None
+    except ValueError as e:
+        return None, f"{path.name} is not valid JSON ({getattr(e, 'msg', e)})"
 
 
 def _date(iso: str | None) -> str:
@@ -162,164 +173,96 @@ def slugify(text: str) -> str:
     return s[:80] or "run"
 
 
-# --- Markdown: escape first, then convert a small subset ------------------------------------
-_TABLE_SEP = re.compile(r"^\s*\|?\s*:?-{3,}:?\s*(\|\s*:?-{3,}:?\s*)*\|?\s*$")
+# --- Markdown: markdown-it-py with raw HTML off; links and images checked one by one --------
 _SAFE_SCHEMES = ("http://", "https://", "mailto:")
+
+
+def _markdown_parser():
+    from markdown_it import MarkdownIt
+
+    md = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False}).enable("table")
+    md.validateLink = lambda url: True  # every link becomes a token; _check_links decides what is kept
+    return md
 
 
 def markdown_to_html(text: str, resolve: Callable[[str], str | None] = lambda url: None,
                      top_level: int = 3) -> str:
-    """Convert a small Markdown subset to HTML, escaping all text first.
+    """CommonMark (with pipe tables) to HTML by markdown-it-py, with raw HTML shown as text.
 
-    Supported: ATX headings (shifted so that '#' becomes <h`top_level`>, never skipping a
-    level), paragraphs, **bold**, *italic*, `code`, fenced code blocks, pipe tables, - and 1.
-    lists, > quotes, --- rules, [links](url) and ![images](url). Raw HTML shows as text.
+    Headings are shifted so that '#' becomes <h`top_level`>, never skipping a level.
     `resolve(url)` maps a relative URL to a site URL, or None when the target is not in the
-    site (the link text is then shown without a link). Only http(s)/mailto URLs are kept as
-    external links; javascript: and data: URLs never become links.
+    site. Links: http(s) and mailto are kept (rel="noopener noreferrer"), '#anchors' too,
+    relative links when `resolve` finds them; any other link (javascript:, data:, file:,
+    '//host', a file not in the site) shows its text without a link. Images: only files of
+    the site are shown; a remote image (or data:, javascript:, ...) is replaced by a note, so
+    a page never loads anything from outside the site.
     """
-    lines = text.replace("\r\n", "\n").split("\n")
-    out: list[str] = []
-    para: list[str] = []
-    last_level = top_level - 1
-    i = 0
+    from markdown_it.token import Token
 
-    def flush():
-        if para:
-            out.append("<p>" + _inline(" ".join(s.strip() for s in para), resolve) + "</p>")
-            para.clear()
-
-    while i < len(lines):
-        line = lines[i]
-        stripped = line.strip()
-        if stripped.startswith("```"):
-            flush()
-            code = []
-            i += 1
-            while i < len(lines) and not lines[i].strip().startswith("```"):
-                code.append(lines[i])
-                i += 1
-            out.append("<pre><code>" + esc("\n".join(code)) + "</code></pre>")
-            i += 1
-            continue
-        m = re.match(r"^(#{1,6})\s+(.*?)\s*#*\s*$", line)
-        if m:
-            flush()
-            level = min(6, len(m.group(1)) + top_level - 1, last_level + 1)
-            level = max(level, top_level)
+    md = _markdown_parser()
+    tokens = md.parse(str(text).replace("\x00", ""))
+    last_level, open_tags = top_level - 1, []
+    for tok in tokens:
+        if tok.type == "heading_open":
+            n = int(tok.tag[1])
+            level = max(top_level, min(6, n + top_level - 1, last_level + 1))
             last_level = level
-            out.append(f"<h{level}>{_inline(m.group(2), resolve)}</h{level}>")
-            i += 1
-            continue
-        if not stripped:
-            flush()
-            i += 1
-            continue
-        if re.match(r"^(-{3,}|\*{3,}|_{3,})$", stripped):
-            flush()
-            out.append("<hr>")
-            i += 1
-            continue
-        if stripped.startswith("|") and i + 1 < len(lines) and _TABLE_SEP.match(lines[i + 1]):
-            flush()
-            header = _cells(stripped)
-            i += 2
-            rows = []
-            while i < len(lines) and lines[i].strip().startswith("|"):
-                rows.append(_cells(lines[i].strip()))
-                i += 1
-            h = "".join(f'<th scope="col">{_inline(c, resolve)}</th>' for c in header)
-            body = "".join("<tr>" + "".join(f"<td>{_inline(c, resolve)}</td>" for c in r) + "</tr>" for r in rows)
-            out.append(f'<div class="table-wrap"><table><thead><tr>{h}</tr></thead><tbody>{body}</tbody></table></div>')
-            continue
-        lm = re.match(r"^\s*([-*+]|\d+[.)])\s+", line)
-        if lm:
-            flush()
-            ordered = lm.group(1)[0].isdigit()
-            items = []
-            while i < len(lines):
-                m2 = re.match(r"^\s*([-*+]|\d+[.)])\s+(.*)$", lines[i])
-                if m2 and m2.group(1)[0].isdigit() == ordered:
-                    items.append(m2.group(2))
-                elif items and lines[i].startswith((" ", "\t")) and lines[i].strip():
-                    items[-1] += " " + lines[i].strip()  # continuation line
-                else:
-                    break
-                i += 1
-            tag = "ol" if ordered else "ul"
-            out.append(f"<{tag}>" + "".join(f"<li>{_inline(it, resolve)}</li>" for it in items) + f"</{tag}>")
-            continue
-        if stripped.startswith(">"):
-            flush()
-            quote_lines = []
-            while i < len(lines) and lines[i].strip().startswith(">"):
-                quote_lines.append(lines[i].strip()[1:].strip())
-                i += 1
-            out.append("<blockquote><p>" + _inline(" ".join(quote_lines), resolve) + "</p></blockquote>")
-            continue
-        para.append(line)
-        i += 1
-    flush()
-    return "\n".join(out)
+            tok.tag = f"h{level}"
+            open_tags.append(tok.tag)
+        elif tok.type == "heading_close":
+            tok.tag = open_tags.pop()
+        elif tok.type == "th_open":
+            tok.attrSet("scope", "col")
+        elif tok.type == "inline" and tok.children:
+            tok.children = _check_links(tok.children, resolve, Token)
+    rules = md.renderer.rules
+    rules["table_open"] = lambda *a: '<div class="table-wrap"><table>\n'
+    rules["table_close"] = lambda *a: "</table></div>\n"
+    return md.renderer.render(tokens, md.options, {}).strip()
 
 
-def _cells(row: str) -> list[str]:
-    row = row.strip()
-    if row.startswith("|"):
-        row = row[1:]
-    if row.endswith("|"):
-        row = row[:-1]
-    return [c.strip() for c in re.split(r"(?<!\\)\|", row)]
+def _check_links(children: list, resolve: Callable[[str], str | None], Token) -> list:
+    out, drop_close = [], []
+    for t in children:
+        if t.type == "link_open":
+            url = _safe_url(t.attrGet("href") or "", resolve)
+            drop_close.append(url is None)
+            if url is None:
+                continue  # the text stays, without the link
+            t.attrs = {"href": url}
+            if url.lower().startswith(("http://", "https://", "mailto:")):
+                t.attrSet("rel", "noopener noreferrer")
+        elif t.type == "link_close":
+            if drop_close and drop_close.pop():
+                continue
+        elif t.type == "image":
+            src = t.attrGet("src") or ""
+            url = _safe_url(src, resolve)
+            alt = "".join(c.content for c in (t.children or [])) or t.content
+            if url is None or url.lower().startswith(_SAFE_SCHEMES) or url.startswith("#"):
+                note = Token("html_inline", "", 0)
+                what = "remote image not shown" if src.lower().startswith(("http:", "https:", "//")) else \
+                    "figure not in this site"
+                note.content = f'<span class="muted">[{esc(what)}: {esc(alt or src)}]</span>'
+                out.append(note)
+                continue
+            t.attrs = {"src": url, "alt": alt, "loading": "lazy"}  # alt is rendered from t.children
+        out.append(t)
+    return out
 
 
 def _safe_url(raw: str, resolve: Callable[[str], str | None]) -> str | None:
+    from urllib.parse import unquote
+
     url = raw.strip()
     low = url.lower()
     if low.startswith(_SAFE_SCHEMES):
         return url
-    if re.match(r"^[a-z][a-z0-9+.-]*:", low) or url.startswith("//"):
+    if re.match(r"^[a-z][a-z0-9+.-]*:", low) or url.startswith(("//", "\\", "/\\")):
         return None  # javascript:, data:, file:, protocol-relative ...
     if url.startswith("#"):
         return url
-    return resolve(url)
-
-
-def _inline(text: str, resolve: Callable[[str], str | None]) -> str:
-    """Inline Markdown on one block of text; everything the user wrote is escaped."""
-    tokens: list[str] = []
-
-    def keep(fragment: str) -> str:
-        tokens.append(fragment)
-        return f"\x00{len(tokens) - 1}\x00"
-
-    text = text.replace("\x00", "")
-    # code spans first: nothing inside them is Markdown
-    text = re.sub(r"`([^`]+)`", lambda m: keep(f"<code>{esc(m.group(1))}</code>"), text)
-
-    def image(m):
-        alt, url = m.group(1), _safe_url(m.group(2), resolve)
-        if url is None or url.lower().startswith("mailto:"):
-            return keep(f'<span class="muted">[figure not in this site: {esc(alt or m.group(2))}]</span>')
-        return keep(f'<img src="{esc(url)}" alt="{esc(alt)}" loading="lazy">')
-
-    def link(m):
-        label, url = m.group(1), _safe_url(m.group(2), resolve)
-        inner = _emphasis(esc(label))
-        if url is None:
-            return keep(inner)
-        external = url.lower().startswith(("http://", "https://"))
-        rel = ' rel="noopener noreferrer"' if external else ""
-        return keep(f'<a href="{esc(url)}"{rel}>{inner}</a>')
-
-    text = re.sub(r"!\[([^\]]*)\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)", image, text)
-    text = re.sub(r"\[([^\]]+)\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)", link, text)
-    text = _emphasis(esc(text))
-    return re.sub(r"\x00(\d+)\x00", lambda m: tokens[int(m.group(1))], text)
-
-
-def _emphasis(s: str) -> str:
-    s = re.sub(r"\*\*(?=\S)(.+?)(?<=\S)\*\*", r"<strong>\1</strong>", s)
-    return re.sub(r"(?<![\w*])\*(?=[^\s*])(.+?)(?<=[^\s*])\*(?![\w*])", r"<em>\1</em>", s)
+    return resolve(unquote(url))
 
 
 def figure_captions(report_md: str) -> dict[str, str]:
@@ -863,7 +806,7 @@ def _page(title: str, body: str, root: str, nav: str = "", plots: bool = False) 
     if plots:
         scripts = (f'<script src="{root}assets/plotly.min.js"></script>\n'
                    f'<script src="{root}assets/site.js"></script>')
-    return tpl.substitute(title=esc(title), root=root, head="", nav=nav, body=body, scripts=scripts,
+    return tpl.substitute(title=esc(title), root=root, head="", nav=nav, body=body, scripts=scripts, csp=esc(SITE_CSP),
                           version=esc(__version__),
                           built=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
 
@@ -1192,7 +1135,7 @@ def render_compare(kind: str, runs: list[Run]) -> str:
 
 
 # --- the site ---------------------------------------------------------------------------------------
-def _copy_plotly(assets: Path) -> None:
+def _plotly_source() -> Path:
     try:
         import plotly
     except ImportError:
@@ -1200,47 +1143,78 @@ def _copy_plotly(assets: Path) -> None:
     src = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
     if not src.is_file():
         raise UserError(f"plotly.min.js not found in the plotly package ({src}); reinstall plotly")
-    dst = assets / "plotly.min.js"
-    if not (dst.is_file() and dst.stat().st_size == src.stat().st_size):
-        shutil.copyfile(src, dst)
+    return src
 
 
-def _prepare_out(out: Path, run_paths: list[Path]) -> None:
+def _read_manifest(out: Path) -> list[str]:
+    """Files (site-relative POSIX paths) that an earlier `lossprobe report` wrote into `out`."""
+    try:
+        m = json.loads((out / SITE_MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []  # a marker from before manifests, or damaged: delete nothing
+    files = m.get("files") if isinstance(m, dict) else None
+    return [f for f in files if isinstance(f, str)] if isinstance(files, list) else []
+
+
+def _write_manifest(out: Path, files: Iterable[str]) -> None:
+    from ..store import write_json
+
+    write_json(out / SITE_MARKER, {"written_by": "lossprobe report; rebuilt in place on each run, and only the files "
+                                                 "listed here are ever removed", "files": sorted(set(files))})
+
+
+def _inside(out: Path, rel: str) -> Path | None:
+    """out/rel if it stays inside `out` (no '..', no absolute path), else None."""
+    if not rel or rel.startswith("/") or ".." in rel.split("/"):
+        return None
+    return out / rel
+
+
+def _prepare_out(out: Path, run_paths: list[Path]) -> list[str]:
+    """Check that `out` may hold the site; return the files an earlier build wrote there."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a directory")
     for p in run_paths:
         if out.resolve() == p.resolve():
             raise UserError(f"--out {out} is the run directory itself; choose another folder, e.g. {out}/site")
-    if out.is_dir() and any(out.iterdir()):
-        if not (out / SITE_MARKER).is_file():
-            raise UserError(f"--out {out} is not empty and is not a lossprobe site; choose another folder")
-        for name in ("runs", "compare", "assets"):
-            d = out / name
-            if d.is_dir() and not d.is_symlink():
-                if name == "assets":  # keep plotly.min.js: copying 4.6 MB again is wasted work
-                    for f in d.iterdir():
-                        if f.name != "plotly.min.js":
-                            f.unlink() if f.is_file() else shutil.rmtree(f)
-                else:
-                    shutil.rmtree(d)
-        if (out / "index.html").is_file():
-            (out / "index.html").unlink()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / SITE_MARKER).write_text("written by lossprobe report; the folder is rebuilt on each run\n")
+    if not out.is_dir():
+        return []
+    from ..store import _foreign
+
+    entries = _foreign(out)
+    if entries and not (out / SITE_MARKER).is_file():
+        shown = ", ".join(entries[:4]) + (f" and {len(entries) - 4} more" if len(entries) > 4 else "")
+        raise UserError(f"--out {out} is not empty and is not a lossprobe site (it holds {shown}); lossprobe never "
+                        "deletes files it did not write: choose another folder")
+    return _read_manifest(out)
 
 
 def build_site(run_dirs: Iterable[str | os.PathLike], out: str | os.PathLike) -> Path:
     """Build the static site for `run_dirs` into folder `out`; returns the path of index.html.
 
     A folder of run directories is expanded. `out` must be empty, new, or a site built
-    before (it is then rebuilt). Raises UserError for a path that is not a run directory.
+    before: it is then rebuilt in place, and of its old files only those an earlier build
+    wrote (listed in `out/.lossprobe-site`) and this one does not are removed. One process
+    at a time writes a site (its lock). Raises UserError for a path that is not a run directory.
     """
+    from .. import atomic
+    from ..store import FolderLock
+
     out = Path(out)
     paths = expand_run_dirs(run_dirs)
     if not paths:
         raise UserError("no run directories given")
     runs = [load_run(p, exclude=[out]) for p in paths]  # every path checked before `out` is touched
     _prepare_out(out, paths)
+    lock = FolderLock(out)
+    try:
+        old_files = _prepare_out(out, paths)  # again, now that no other process can write it
+        return _build(runs, out, old_files, atomic)
+    finally:
+        lock.release()
+
+
+def _build(runs: list[Run], out: Path, old_files: list[str], atomic) -> Path:
     used: set[str] = set()
     for r in runs:
         base = slugify(r.path.name if r.path.name not in ("", ".") else r.path.resolve().name)
@@ -1250,32 +1224,48 @@ def build_site(run_dirs: Iterable[str | os.PathLike], out: str | os.PathLike) ->
         used.add(slug)
         r.slug = slug
     runs.sort(key=lambda r: (r.kind, r.started or "", r.slug))
-
-    assets = out / "assets"
-    assets.mkdir(exist_ok=True)
-    _copy_plotly(assets)
-    for name in ("site.css", "site.js"):
-        shutil.copyfile(ASSETS / name, assets / name)
-
     kinds: dict[str, list[Run]] = {}
     for r in runs:
         kinds.setdefault(r.kind, []).append(r)
     comparisons = {k: f"compare/{slugify(k)}.html" for k, rs in kinds.items() if len(rs) >= 2}
 
+    planned = ["index.html", "assets/plotly.min.js", "assets/site.css", "assets/site.js"]
+    for r in runs:
+        planned += [f"runs/{r.slug}/index.html"] + [f"runs/{r.slug}/files/{rel}" for rel, _ in r.files]
+    planned += list(comparisons.values())
+    # listed before anything is written, so that a build killed half-way leaves nothing unaccounted for
+    _write_manifest(out, set(old_files) | set(planned))
+
+    plotly_js = _plotly_source()
+    dst = out / "assets" / "plotly.min.js"
+    if not (dst.is_file() and not dst.is_symlink() and dst.stat().st_size == plotly_js.stat().st_size):
+        atomic.copy_file(plotly_js, dst)  # 4.6 MB: copied again only when it changed
+    for name in ("site.css", "site.js"):
+        atomic.copy_file(ASSETS / name, out / "assets" / name)
     for r in runs:
         d = out / "runs" / r.slug
         for rel, _ in r.files:
-            dst = d / "files" / rel
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(r.path / rel, dst)
+            atomic.copy_file(r.path / rel, d / "files" / rel)
         cmp = f"../../{comparisons[r.kind]}" if r.kind in comparisons else None
-        (d / "index.html").write_text(render_run(r, cmp), encoding="utf-8")
-    if comparisons:
-        (out / "compare").mkdir(exist_ok=True)
-        for k, link in comparisons.items():
-            (out / link).write_text(render_compare(k, kinds[k]), encoding="utf-8")
+        atomic.write_text(d / "index.html", render_run(r, cmp))
+    for k, link in comparisons.items():
+        atomic.write_text(out / link, render_compare(k, kinds[k]))
     index = out / "index.html"
-    index.write_text(render_index(runs, comparisons), encoding="utf-8")
+    atomic.write_text(index, render_index(runs, comparisons))
+    # remove what an earlier build wrote and this one did not (never anything else)
+    keep = set(planned)
+    for rel in sorted(set(old_files) - keep):
+        f = _inside(out, rel)
+        if f is not None and (f.is_file() or f.is_symlink()):
+            try:
+                f.unlink()
+            except OSError:
+                continue
+            parent = f.parent
+            while parent != out and parent.is_dir() and not any(parent.iterdir()):
+                parent.rmdir()
+                parent = parent.parent
+    _write_manifest(out, keep)
     return index
 
 

@@ -9,7 +9,6 @@ Points where the loss is NaN/inf or not computed are drawn as gaps.
 from __future__ import annotations
 
 import html
-import os
 from pathlib import Path
 from typing import Sequence
 
@@ -187,10 +186,18 @@ def write_html(surf, path, title: str = "Loss surface", log: bool = False, marks
                       scene={"xaxis_title": html.escape(lx), "yaxis_title": html.escape(ly),
                              "zaxis_title": html.escape(zlabel)},
                       margin={"l": 0, "r": 0, "t": 40, "b": 0})
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.write_html(str(path), include_plotlyjs=True, full_html=True)
-    return path
+    from ..atomic import write_text
+
+    page = fig.to_html(include_plotlyjs=True, full_html=True)
+    # nothing outside this file may load: plotly is inlined, so only inline script and style run
+    page = page.replace("<head>", f'<head><meta http-equiv="Content-Security-Policy" content="{SELF_CONTAINED_CSP}">', 1)
+    return write_text(path, page)
+
+
+# Content-Security-Policy of a self-contained HTML file (plotly.js inlined): no network at all.
+SELF_CONTAINED_CSP = ("default-src 'none'; script-src 'unsafe-inline' 'unsafe-eval'; style-src 'unsafe-inline'; "
+                      "img-src data: blob:; font-src data:; worker-src blob:; connect-src 'none'; base-uri 'none'; "
+                      "form-action 'none'; frame-src 'none'; object-src 'none'")
 
 
 def write_vtp(surf, path, log: bool = False) -> Path:
@@ -236,12 +243,9 @@ def write_vtp(surf, path, log: bool = False) -> Path:
   </PolyData>
 </VTKFile>
 """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
+    from ..atomic import write_text
+
+    return write_text(path, text)
 
 
 def plot_all(surf, directory, title_data: str = "", log: bool = False, prefix: str = "surface",

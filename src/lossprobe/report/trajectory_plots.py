@@ -324,9 +324,14 @@ def animate_paths(xs, ys, Z, paths: dict, path, title: str, log: bool = False, f
         txt.set_text(f"{title} ({int(frac * 100)}% of the run)")
         return [x for _, ln, hd in lines for x in (ln, hd)]
 
+    from ..atomic import writing_to
+
     anim = FuncAnimation(fig, update, frames=n_frames, blit=False)
-    anim.save(str(path), writer=PillowWriter(fps=fps), dpi=64)
-    plt.close(fig)
+    try:
+        with writing_to(path) as tmp:
+            anim.save(str(tmp), writer=PillowWriter(fps=fps), dpi=64)
+    finally:
+        plt.close(fig)
     return str(path)
 
 

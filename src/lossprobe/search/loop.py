@@ -50,13 +50,13 @@ class LoopConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if not self.budget > 0:
-            raise UserError(f"budget must be positive, got {self.budget}")
+        if not (self.budget > 0 and math.isfinite(self.budget)):
+            raise UserError(f"budget must be a positive, finite number, got {self.budget}")
         for k in ("probes_per_round", "init_probes", "init_full"):
             if getattr(self, k) < 1:
                 raise UserError(f"{k} must be at least 1, got {getattr(self, k)}")
-        if self.kappa < 0:
-            raise UserError(f"kappa must be >= 0, got {self.kappa}")
+        if not (self.kappa >= 0 and math.isfinite(self.kappa)):
+            raise UserError(f"kappa must be a finite number >= 0, got {self.kappa}")
 
 
 @dataclass

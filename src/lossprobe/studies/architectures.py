@@ -129,7 +129,7 @@ def run(out, config: ArchitecturesConfig | None = None, force: bool = False, pro
         for key, spec in specs.items():
             model = build(spec, seed=cfg.init_seed)
             final = ckdir / f"model_{key}.safetensors"
-            if rd.done(f"train-{key}") and final.is_file():
+            if rd.done(f"train-{key}", final.relative_to(rd.path).as_posix(), f"history_{key}.json"):
                 load_checkpoint(model, final)
                 histories[key] = History.from_dict(rd.load_json(f"history_{key}.json"))
             else:
@@ -147,7 +147,7 @@ def run(out, config: ArchitecturesConfig | None = None, force: bool = False, pro
 
         # --- curvature on the Hessian subset ------------------------------------------------
         for key, model in models.items():
-            if rd.done(f"curvature-{key}"):
+            if rd.done(f"curvature-{key}", f"curvature_{key}.json"):
                 continue
             if progress:
                 print(f"curvature of {key}: top {cfg.top_k} eigenvalues and trace on {len(h_data)} training images",
@@ -167,7 +167,7 @@ def run(out, config: ArchitecturesConfig | None = None, force: bool = False, pro
         curv = {k: rd.load_json(f"curvature_{k}.json") for k in specs}
 
         # --- noise robustness ----------------------------------------------------------------
-        if not rd.done("noise"):
+        if not rd.done("noise", "noise.json"):
             if progress:
                 print(f"noise robustness: σ {cfg.noise_sigmas} × {cfg.noise_draws} draws on {len(p_val)} validation images",
                       flush=True)
@@ -353,12 +353,12 @@ def _write_report(rd, cfg: ArchitecturesConfig, s: dict, figures: list[str]) -> 
     }
     for name in figures:
         lines += [f"![{captions.get(name, name)}](figures/{name}.png)", "", captions.get(name, ""), ""]
-    (rd / "report.md").write_text("\n".join(lines))
+    rd.write_text("report.md", "\n".join(lines))
 
 
 # --- CLI -----------------------------------------------------------------------------
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..cli.common import add_out, positive_int
+    from ..cli.common import add_out, finite_float, positive_int
 
     add_out(p, default="runs/architectures")
     p.add_argument("--config", metavar="FILE.toml",
@@ -366,20 +366,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=positive_int, help=f"training epochs of both models (default: {ArchitecturesConfig.epochs})")
     p.add_argument("--model-a", metavar="SPEC", help=f"model A (default: {ArchitecturesConfig.model_a})")
     p.add_argument("--model-b", metavar="SPEC", help=f"model B (default: {ArchitecturesConfig.model_b})")
-    p.add_argument("--lr", type=float, help=f"peak learning rate of both (default: {ArchitecturesConfig.lr})")
+    p.add_argument("--lr", type=finite_float, help=f"peak learning rate of both (default: {ArchitecturesConfig.lr})")
     p.add_argument("--hessian-subset", type=positive_int, metavar="N",
                    help=f"training images for the Hessian (default: {ArchitecturesConfig.hessian_subset})")
     p.add_argument("--threads", type=positive_int, metavar="T", help="torch threads (default: torch's choice)")
     p.add_argument("--quick", action="store_true",
-                   help="a smoke run in seconds: tiny models, 1 epoch on 2000 images, small probe subsets")
+                   help="a smoke run in seconds: tiny models, 1 epoch on 2000 images, small probe subsets"
+                   " (keys set in --config, and flags, win over it)")
 
 
 def run_cli(args) -> int:
-    overrides = dict(QUICK) if args.quick else {}
+    overrides = {}
     flags = {"epochs": args.epochs, "model_a": args.model_a, "model_b": args.model_b, "lr": args.lr,
              "hessian_subset": args.hessian_subset, "threads": args.threads}
     overrides.update({k: v for k, v in flags.items() if v is not None})
-    cfg = config_mod.load(ArchitecturesConfig, args.config, overrides)
+    cfg = config_mod.load(ArchitecturesConfig, args.config, overrides, presets=QUICK if args.quick else None)
     s = run(args.out, cfg, force=args.force)
     print(f"validation accuracy A {s['val_accuracy']['A']:.2%} (target {TARGETS['A']:.2%}), "
           f"B {s['val_accuracy']['B']:.2%} (target {TARGETS['B']:.2%}); test A {s['test_accuracy']['A']:.2%}, "

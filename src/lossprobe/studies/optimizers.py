@@ -190,7 +190,7 @@ def run(out, config: OptimizersConfig | None = None, force: bool = False, progre
     summary["seconds"] = before + time.perf_counter() - t0
     rd.save_json("timing.json", {"seconds": summary["seconds"]})
     rd.save_json("summary.json", summary)
-    (rd / "report.md").write_text(_report_toy(summary) if cfg.is_toy else _report_spiral(summary))
+    rd.write_text("report.md", _report_toy(summary) if cfg.is_toy else _report_spiral(summary))
     rd.mark("report")
     rd.complete()
     return summary
@@ -661,7 +661,9 @@ def _write_csv(path, steps, f) -> None:
         rows.append(f"{int(s)},{f['coords'][i, 0]:.8g},{f['coords'][i, 1]:.8g},{f['true_loss'][i]:.8g},"
                     f"{f['surface_loss'][i]:.8g},{f['plane_loss'][i]:.8g},{f['distance'][i]:.8g},"
                     f"{f['rel_distance'][i]:.8g},{f['sin_angle'][i]:.8g}")
-    path.write_text("\n".join(rows) + "\n")
+    from ..atomic import write_text
+
+    write_text(path, "\n".join(rows) + "\n")
 
 
 def _projection_match(planes: dict, opts: list[str]) -> dict:
@@ -817,7 +819,7 @@ def _report_spiral(s: dict) -> str:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..cli.common import add_out, positive_int
+    from ..cli.common import add_out, finite_float, positive_int
     from ..toy import TOYS
 
     p.add_argument("--dataset", default=None, metavar="spiral|toy:NAME",
@@ -833,7 +835,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", action="append", metavar="NAME=LR", help="learning rate of one optimiser (repeatable)")
     p.add_argument("--steps", type=positive_int, help="optimiser steps (default: 3000 spiral, 300 toy)")
     p.add_argument("--seed", type=int, help="initialisation seed (spiral) or gradient-noise seed (toy) (default: 0)")
-    p.add_argument("--threshold", type=float,
+    p.add_argument("--threshold", type=finite_float,
                    help="loss threshold for steps_to_threshold (default: 0.2 for spiral, the function's own for toy)")
     p.add_argument("--grid", type=positive_int, help="surface grid points per axis (default: 41)")
     p.add_argument("--no-gif", dest="gif", action="store_false", default=None,

@@ -113,7 +113,7 @@ def run(out, config: SearchBenchmarkConfig | None = None, force: bool = False, p
     fid = keys[cfg.search_fidelity]
     y = np.array([r["full"]["val_accuracy"] for r in rows])
 
-    if not rd.done("correlations"):
+    if not rd.done("correlations", "correlations.json"):
         if progress:
             print(f"correlations at fidelities {keys} over {cfg.seeds} seeds")
         corr = {}
@@ -124,7 +124,7 @@ def run(out, config: SearchBenchmarkConfig | None = None, force: bool = False, p
         rd.mark("correlations")
     cj = rd.load_json("correlations.json")
 
-    if not rd.done("replay"):
+    if not rd.done("replay", "regret.npz"):
         rs = ReplaySettings(fid, cfg.budget, cfg.seeds, cfg.target_regret, methods=METHODS)
         rep = replay_all(rows, space, rs, progress=progress)
         rd.save_arrays("regret.npz", grid=rep["grid"], **{m: c for m, c in rep["curves"].items()})
@@ -214,7 +214,7 @@ def run(out, config: SearchBenchmarkConfig | None = None, force: bool = False, p
         "table_training_seconds": seconds_table, "seconds": time.perf_counter() - t_start,
     }
     rd.save_json("summary.json", summary)
-    (rd / "report.md").write_text(_report(summary, keys, figs))
+    rd.write_text("report.md", _report(summary, keys, figs))
     rd.mark("report")
     rd.complete()
     return summary
@@ -263,7 +263,7 @@ def _report(s: dict, keys: list[str], figs: list[str]) -> str:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..cli.common import add_out, positive_int
+    from ..cli.common import add_out, finite_float, positive_int
 
     add_out(p, default="runs/search-benchmark")
     p.add_argument("--config", metavar="FILE.toml",
@@ -271,19 +271,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--space", metavar="TOML", help="search space (default: the space of examples/space.toml)")
     p.add_argument("--size", type=positive_int, help="configurations in the table (default: 200)")
     p.add_argument("--seeds", type=positive_int, help="replay seeds per method (default: 10)")
-    p.add_argument("--budget", type=float, help="budget in full-data epoch equivalents (default: 120)")
+    p.add_argument("--budget", type=finite_float, help="budget in full-data epoch equivalents (default: 120)")
     p.add_argument("--table-dir", metavar="DIR", help="where the table is cached (default: OUT/table); "
                    "share it between runs, it only grows")
     p.add_argument("--quick", action="store_true",
-                   help="a smoke run: 16 configurations on 1500 images, 3 seeds, budget 36")
+                   help="a smoke run: 16 configurations on 1500 images, 3 seeds, budget 36"
+                   " (keys set in --config, and flags, win over it)")
 
 
 def run_cli(args) -> int:
-    overrides = dict(QUICK) if args.quick else {}
+    overrides = {}
     flags = {"space": args.space, "size": args.size, "seeds": args.seeds, "budget": args.budget,
              "table_dir": args.table_dir}
     overrides.update({k: v for k, v in flags.items() if v is not None})
-    cfg = config_mod.load(SearchBenchmarkConfig, args.config, overrides)
+    cfg = config_mod.load(SearchBenchmarkConfig, args.config, overrides, presets=QUICK if args.quick else None)
     s = run(args.out, cfg, force=args.force)
     fid = s["search_fidelity"]
     print(f"table of {s['table_size']} configurations; Spearman at {fid}: meta {s['spearman'][fid]['meta'][0]:.3f}, "

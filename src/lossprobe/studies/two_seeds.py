@@ -61,6 +61,11 @@ class TwoSeedsConfig:
             v = getattr(self, k)
             if v is not None and v <= 0:
                 raise UserError(f"{k} must be positive, got {v}")
+        if self.n_val < 1:
+            raise UserError(f"n_val must be positive, got {self.n_val}")
+        if not 0 <= self.barrier_tolerance < 1:
+            raise UserError(f"barrier_tolerance must be in [0, 1), got {self.barrier_tolerance}")
+        self.train_config(0)  # epochs, lr, batch size, optimizer, schedule, momentum, weight decay
 
     def train_config(self, run: int):
         from ..train import TrainConfig
@@ -111,7 +116,7 @@ def run(out, config: TwoSeedsConfig | None = None, force: bool = False, progress
         label = f"seed {seed}"
         model = build(cfg.model, seed=seed)
         final = ckdir / f"model_seed{seed}.safetensors"
-        if rd.done(f"train-{seed}") and final.is_file():
+        if rd.done(f"train-{seed}", f"checkpoints/model_seed{seed}.safetensors", f"history_seed{seed}.json"):
             load_checkpoint(model, final)
             histories[label] = History.from_dict(rd.load_json(f"history_seed{seed}.json"))
         else:
@@ -129,7 +134,7 @@ def run(out, config: TwoSeedsConfig | None = None, force: bool = False, progress
     test_acc = [evaluate_model(m, test)[1] for m in models]
     val_acc = [h.val_accuracy[-1] for h in histories.values()]
 
-    if not rd.done("interpolate"):
+    if not rd.done("interpolate", "interpolation.npz"):
         if progress:
             print(f"interpolating on train ({len(eval_train)}) and test ({len(test)}) at {cfg.alphas} points")
         bn_data = train if cfg.bn == "recompute" else None
@@ -237,7 +242,7 @@ def _write_report(rd, cfg: TwoSeedsConfig, s: dict, figures: list[str]) -> None:
     }
     for name in figures:
         lines += [f"![{captions.get(name, name)}](figures/{name}.png)", "", captions.get(name, ""), ""]
-    (rd / "report.md").write_text("\n".join(lines))
+    rd.write_text("report.md", "\n".join(lines))
 
 
 # --- CLI -----------------------------------------------------------------------------
@@ -253,15 +258,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--different-data-order", action="store_true", default=None,
                    help="also give the second run a different data order (default: same order)")
     p.add_argument("--quick", action="store_true",
-                   help="a smoke run in seconds: 1 epoch on 4000 images, evaluation on 2000, 21 α points")
+                   help="a smoke run in seconds: 1 epoch on 4000 images, evaluation on 2000, 21 α points"
+                   " (keys set in --config, and flags, win over it)")
 
 
 def run_cli(args) -> int:
-    overrides = dict(QUICK) if args.quick else {}
+    overrides = {}
     flags = {"epochs": args.epochs, "seeds": args.seeds, "model": args.model,
              "different_data_order": args.different_data_order}
     overrides.update({k: v for k, v in flags.items() if v is not None})
-    cfg = config_mod.load(TwoSeedsConfig, args.config, overrides)
+    cfg = config_mod.load(TwoSeedsConfig, args.config, overrides, presets=QUICK if args.quick else None)
     s = run(args.out, cfg, force=args.force)
     print(f"test accuracy {s['test_accuracy'][0]:.2%} / {s['test_accuracy'][1]:.2%}; {s['verdict']}")
     print(f"wrote {args.out}/report.md ({s['seconds']:.0f} s)")

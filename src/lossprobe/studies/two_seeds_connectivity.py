@@ -34,7 +34,7 @@ def connectivity_stage(rd, cfg, models, train, eval_train, test, progress: bool 
     from ..report.connectivity_plots import plot_paths
 
     epochs = int(getattr(cfg, "curve_epochs", None) or curve_epochs or CURVE_EPOCHS)
-    if not rd.done("connectivity"):
+    if not rd.done("connectivity", "connectivity.json", "connectivity.npz"):
         _compute(rd, cfg, models, train, eval_train, test, progress, epochs)
         rd.mark("connectivity")
     res = rd.load_json("connectivity.json")

@@ -40,7 +40,7 @@ def surfaces_stage(rd, cfg, models, test, progress: bool = True) -> dict:
     sub = test.subset(n_sub, 4)
     a, b = cfg.seeds
     base = rd.subdir("surfaces")
-    if not rd.done("surfaces"):
+    if not rd.done("surfaces", "surfaces/timing.json"):
         t0 = time.perf_counter()
         _compute(base, cfg, models, sub, steps, progress)
         rd.save_json("surfaces/timing.json", {"seconds": time.perf_counter() - t0})

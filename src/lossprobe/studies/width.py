@@ -75,7 +75,7 @@ def _pair(rd, cfg: WidthConfig, width: int, pair: int, train, eval_train, test, 
     from ..train import TrainConfig, evaluate_model, fit, load_checkpoint, save_checkpoint
 
     name = f"w{width}_p{pair}"
-    if rd.done(name):
+    if rd.done(name, f"pairs/{name}.json"):
         return rd.load_json(f"pairs/{name}.json")
     t0 = time.perf_counter()
     tcfg = TrainConfig(optimizer=cfg.optimizer, lr=cfg.lr, epochs=cfg.epochs, batch_size=cfg.batch_size,
@@ -257,7 +257,7 @@ def _write_report(rd, cfg: WidthConfig, s: dict, figures: list[str]) -> None:
                   "Loss barrier (left) and error barrier (right) on test data against hidden width; lines are means "
                   "over pairs, dots the individual pairs.", ""]
     lines += [f"The study took {s['seconds']:.0f} s. Per-pair results: `pairs/`; arrays: `width.npz`.", ""]
-    (rd / "report.md").write_text("\n".join(lines))
+    rd.write_text("report.md", "\n".join(lines))
 
 
 # --- CLI -------------------------------------------------------------------------------
@@ -274,14 +274,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-subset", type=positive_int, metavar="N",
                    help="train on a seeded subset of N images (default: 20000)")
     p.add_argument("--quick", action="store_true",
-                   help="a smoke run in seconds: widths 8 and 32, 1 pair, 1 epoch on 2000 images, 5 α points")
+                   help="a smoke run in seconds: widths 8 and 32, 1 pair, 1 epoch on 2000 images, 5 α points"
+                   " (keys set in --config, and flags, win over it)")
 
 
 def run_cli(args) -> int:
-    overrides = dict(QUICK) if args.quick else {}
+    overrides = {}
     flags = {"widths": args.widths, "pairs": args.pairs, "epochs": args.epochs, "train_subset": args.train_subset}
     overrides.update({k: v for k, v in flags.items() if v is not None})
-    cfg = config_mod.load(WidthConfig, args.config, overrides)
+    cfg = config_mod.load(WidthConfig, args.config, overrides, presets=QUICK if args.quick else None)
     s = run(args.out, cfg, force=args.force)
     for c in s["pattern"]["claims"]:
         print(f"{'yes' if c['seen'] else 'no '}: {c['claim']} ({c['evidence']})")
