@@ -51,7 +51,8 @@ def test_prefix_module_is_hoisted_and_first_linear_combined(one_thread):
     model = prefix_mlp()
     data = (torch.randn(30, 20), torch.randint(0, 3, (30,)))
     how = check_equal(model, data, None)
-    assert how == {"hoisted_modules": ["0"], "first_moving_layer": "1", "linear_combination": True}
+    assert how == {"hoisted_modules": ["0"], "first_moving_layer": "1", "linear_combination": True,
+                   "folded_batchnorms": []}
 
 
 def test_head_only_directions_cost_only_the_head(one_thread):
@@ -67,6 +68,22 @@ def test_head_only_on_a_resnet(one_thread):
     data = (torch.randn(10, 3, 8, 8), torch.randint(0, 4, (10,)))
     how = check_equal(model, data, ["head.weight"], batch_size=4)
     assert how["hoisted_modules"] == ["stem", "bn", "blocks"] and how["linear_combination"]
+
+
+def test_resnet_batchnorms_fold_into_convolutions(one_thread):
+    torch.manual_seed(0)
+    model = SmallResNet().eval()
+    for m in model.modules():  # statistics and affine parameters that are not the identity
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5), m.running_var.uniform_(0.5, 2), m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    data = (torch.randn(10, 3, 8, 8), torch.randint(0, 4, (10,)))
+    weights = [n for n, p in model.named_parameters() if p.ndim > 1]  # BatchNorm does not move
+    how = check_equal(model, data, weights, batch_size=4)
+    assert how["first_moving_layer"] == "stem" and how["folded_batchnorms"] == [
+        "bn", "blocks.0.b1", "blocks.0.b2", "blocks.1.b1", "blocks.1.b2"]
+    how = check_equal(model, data, None, batch_size=4)  # everything moves: nothing folds
+    assert how["folded_batchnorms"] == []
 
 
 def test_embedding_first_model(one_thread):

@@ -293,6 +293,8 @@ class Objective:
         bar = _progress(progress, total=self.n_batches * K)
         with torch.inference_mode(), self.mode():
             for b_idx, batch in enumerate(self.batches()):
+                if K > 1 and self._hoister is not None and not self.train_mode:
+                    batch = self._hoister.layout(batch)
                 hoisted = None
                 if plan is not None:
                     def compute(batch=batch):
