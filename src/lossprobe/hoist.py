@@ -329,7 +329,7 @@ class Hoisted:
 
     outputs: dict  # (id(module), call index) -> output
     z0: torch.Tensor | None = None
-    zd: torch.Tensor | None = None
+    zd: list | None = None  # f(x; d_i) per direction
     finite: bool = True
     folds: dict = field(default_factory=dict)  # (id(conv), call index) -> (scale, shift) [C]
 
@@ -345,7 +345,7 @@ class Hoisted:
 
 
 def capture(objective, plan: Plan, batch, origin: torch.Tensor, directions: torch.Tensor | None,
-            inject: bool) -> Hoisted | None:
+            inject: bool, channels_last: bool = False) -> Hoisted | None:
     """Run the forward pass at `origin` once, up to the first moving layer, recording what
     the plan hoists; None if the pass did not go as traced."""
     wanted = {(id(c.module), c.index) for c in plan.stubs}
@@ -402,8 +402,11 @@ def capture(objective, plan: Plan, batch, origin: torch.Tensor, directions: torc
             shape = (1, -1) + (1,) * (h.z0.ndim - 2)
             h.z0 = h.z0 * st[0].view(shape) + st[1].view(shape)
             if h.zd is not None:
-                h.zd = h.zd * st[0].view((1,) + shape)
-        h.finite = h.zd is None or bool(torch.isfinite(h.zd).all())
+                h.zd = [z * st[0].view(shape) for z in h.zd]
+        if channels_last and h.z0.ndim == 4:
+            h.z0 = h.z0.contiguous(memory_format=torch.channels_last)
+            h.zd = [z.contiguous(memory_format=torch.channels_last) for z in h.zd] if h.zd is not None else None
+        h.finite = h.zd is None or all(bool(torch.isfinite(z).all()) for z in h.zd)
     return h
 
 
@@ -444,7 +447,7 @@ def layer_outputs(objective, plan: Plan, x: torch.Tensor, origin: torch.Tensor, 
         dw = d[w_e.slice].view(w_e.shape) if w_e is not None else torch.zeros_like(mod.weight)
         db = d[b_e.slice].view(b_e.shape) if b_e is not None else None
         zd.append(layer_output(mod, x, dw, db))
-    return z0, torch.stack(zd)
+    return z0, zd  # a list: each keeps the layer's output layout
 
 
 # --- per point ---------------------------------------------------------------------------------
@@ -452,8 +455,9 @@ class Runner:
     """Installs per-module stand-ins for the calls a plan hoists; `point` sets the injected
     first-layer output before each forward pass, `done` checks the pass went as planned."""
 
-    def __init__(self, plan: Plan, hoisted: Hoisted, inject: bool):
+    def __init__(self, plan: Plan, hoisted: Hoisted, inject: bool, channels_last: bool = False):
         self.plan, self.h = plan, hoisted
+        self.channels_last = channels_last
         self.inject = inject and plan.layer is not None and hoisted.z0 is not None
         skip = set(id(c) for c in plan.stubs)
         if self.inject:
@@ -479,6 +483,8 @@ class Runner:
                 act = ("fold", (id(c.module), c.index))
             elif id(c) in folded_bn:
                 act = ("identity", None)
+            elif channels_last and type(c.module) is nn.Conv2d:
+                act = ("conv", None)  # weights in channels-last too (a 1-channel input is ambiguous)
             else:
                 act = ("run", None)
             actions.setdefault(c.module, []).append(act)
@@ -507,7 +513,13 @@ class Runner:
                 w = mod.weight  # this point's weight (functional_call has swapped it in)
                 shape = (-1,) + (1,) * (w.ndim - 1)
                 b = shift if mod.bias is None else torch.addcmul(shift, mod.bias, scale)
-                return mod._conv_forward(args[0], w * scale.view(shape), b)
+                w = w * scale.view(shape)
+                if self.channels_last and w.ndim == 4:
+                    w = w.contiguous(memory_format=torch.channels_last)
+                return mod._conv_forward(args[0], w, b)
+            if kind == "conv":
+                w = mod.weight.contiguous(memory_format=torch.channels_last)
+                return mod._conv_forward(args[0], w, mod.bias)
             return orig(*args, **kwargs)
 
         return forward
@@ -543,14 +555,13 @@ class Runner:
         return True
 
 
-def combine(z0: torch.Tensor, zd: torch.Tensor, c: list[float], c_dev: torch.Tensor) -> torch.Tensor:
-    """z0 + sum_i c_i zd_i; for a few directions as fused scaled adds (cheaper than tensordot)."""
-    if len(c) <= 3:
-        out = torch.add(z0, zd[0], alpha=c[0])
-        for i in range(1, len(c)):
-            out.add_(zd[i], alpha=c[i])
-        return out
-    return z0 + torch.tensordot(c_dev, zd, dims=1)
+def combine(z0: torch.Tensor, zd: list, c: list[float], c_dev: torch.Tensor | None = None) -> torch.Tensor:
+    """z0 + sum_i c_i zd_i as fused scaled adds, in z0's memory layout (channels-last stays so)."""
+    out = torch.empty_like(z0)
+    torch.add(z0, zd[0], alpha=c[0], out=out)
+    for i in range(1, len(c)):
+        out.add_(zd[i], alpha=c[i])
+    return out
 
 
 def moving_tensors(space, directions: torch.Tensor | None) -> frozenset:
@@ -651,10 +662,11 @@ class Hoister:
             plan.clone = clone
             try:
                 with torch.inference_mode(), obj.mode(train=False):
-                    h = capture(obj, plan, batch, origin, d, inject=plan.layer is not None)
+                    cl = self.channels_last
+                    h = capture(obj, plan, batch, origin, d, inject=plan.layer is not None, channels_last=cl)
                     if h is None:
                         return None
-                    run = Runner(plan, h, inject=True)
+                    run = Runner(plan, h, inject=True, channels_last=cl)
                     good = True
                     with run.installed():
                         fast = []

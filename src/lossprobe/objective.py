@@ -298,13 +298,14 @@ class Objective:
                 hoisted = None
                 if plan is not None:
                     def compute(batch=batch):
-                        return capture(self, plan, batch, origin, directions if inject else None, inject)
+                        return capture(self, plan, batch, origin, directions if inject else None, inject,
+                                       self._hoister.channels_last)
                     hoisted = cache.get(b_idx, compute) if cache is not None else compute()
                     # a direction so large that f(x; d) overflows would turn 0·inf into NaN
                     # even at the centre: take the plain path for this batch instead
                     if hoisted is not None and not hoisted.finite:
                         hoisted = None
-                runner = Runner(plan, hoisted, inject) if hoisted is not None else None
+                runner = Runner(plan, hoisted, inject, self._hoister.channels_last) if hoisted is not None else None
                 ranges = ranges_inject if runner is not None and runner.inject else ranges_plain
                 with runner.installed() if runner is not None else contextlib.nullcontext():
                     for k in range(K):

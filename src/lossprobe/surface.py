@@ -368,6 +368,7 @@ def _compute(model_or_objective, data, dirs_in, spans, steps, *, origin=None, su
     obj.space.check_vector(origin_t, "origin")
 
     pts_all = np.stack([g.reshape(-1) for g in np.meshgrid(*axes, indexing="ij")], 1)  # [K, m]
+    hoisting = obj.hoisting(dirs, origin_t) if K > 1 else None
     if chunk_size is None:
         chunk_size = shape[-1] if m == 2 else max(1, min(64, math.ceil(K / 8)))
     if chunk_size < 1:
@@ -389,7 +390,8 @@ def _compute(model_or_objective, data, dirs_in, spans, steps, *, origin=None, su
         "data": data_meta,
         "backend": backend,
         "chunk_size": chunk_size,
-        "shortcut": obj.shortcut_active,
+        "shortcut": hoisting is not None,
+        "hoisting": hoisting,
         "batch_size": obj.batch_size,
     }
 
