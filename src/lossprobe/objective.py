@@ -121,8 +121,11 @@ class Objective:
             they move along directions too (e.g. interpolating them between two models).
         train_mode: evaluate in train mode (BatchNorm uses batch statistics, dropout is
             active). Default False: probes evaluate the deterministic network.
-        shortcut: 'auto' uses the first-layer shortcut when it is verified exact; False
-            never uses it.
+        shortcut: 'auto' hoists what does not move (see `lossprobe.hoist`: the part of the
+            forward pass before the first moving parameter, the first moving layer's
+            linear combination, eval-mode BatchNorm folded into convolutions, channels-last
+            convolutions on CPU) wherever it is verified exact; True requires it; False
+            evaluates every point with a plain forward pass.
         check: run one batch at construction so that a model that does not fit the data
             fails at once with one line.
     """

@@ -4,7 +4,7 @@
     theta(a, b) = origin + a d1 + b d2           (surface, grid [n1, n2]; rows follow d1)
 
 The grid is cut into chunks (by default one row of a surface) that are evaluated with
-`Objective.evaluate` (batches outer, points inner, first-layer shortcut) and written to
+`Objective.evaluate` (batches outer, points inner, what does not move hoisted) and written to
 ``out/chunks/`` as each finishes, atomically. What is computed is recorded by the chunk
 files themselves (the `mask`), never by a sentinel value, so a loss that is NaN or inf is
 stored as such. Killing the process and calling again with the same `out` evaluates
