@@ -160,6 +160,17 @@ def test_dict_batches_of_a_hf_model(one_thread):
     check_equal(model, case.data, None, loss="model", batch_size=5)
 
 
+def test_hf_conv1d_is_a_linear_first_moving_layer(one_thread):
+    pytest.importorskip("transformers")
+    from compat_models import cases, tiny_gpt2
+
+    case = next(c for c in cases() if c.name == "hf-gpt2")
+    names = ["transformer.h.0.attn.c_attn.weight", "transformer.h.0.attn.c_attn.bias"]
+    how = check_equal(tiny_gpt2(), case.data, names, loss="model", batch_size=5)
+    assert how["first_moving_layer"] == "transformer.h.0.attn.c_attn" and how["linear_combination"]
+    assert "transformer.wte" in how["hoisted_modules"]
+
+
 def test_surface_cache_reuses_hoisted_values(one_thread, monkeypatch):
     import lossprobe.objective as O
     from lossprobe import surface as S

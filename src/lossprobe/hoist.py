@@ -300,11 +300,10 @@ def _folds(tr: Trace, moving: frozenset, stubs: list, space) -> list:
 
 
 def _is_linear(mod: nn.Module) -> bool:
-    if isinstance(mod, nn.Embedding):
+    """Exactly these types (a subclass may compute something else in its forward)."""
+    if type(mod) is nn.Embedding:
         return mod.max_norm is None  # max_norm renormalises the table in place
-    if isinstance(mod, nn.modules.conv._ConvNd):
-        return type(mod) in LINEAR_TYPES
-    if isinstance(mod, nn.Linear):
+    if type(mod) in LINEAR_TYPES or type(mod) is nn.modules.linear.NonDynamicallyQuantizableLinear:
         return True
     return type(mod).__name__ == "Conv1D" and hasattr(mod, "nf")  # HF GPT-2: y = x @ W + b
 
