@@ -70,7 +70,10 @@ def test_head_only_on_a_resnet(one_thread):
     assert how["hoisted_modules"] == ["stem", "bn", "blocks"] and how["linear_combination"]
 
 
-def test_resnet_batchnorms_fold_into_convolutions(one_thread):
+def test_resnet_batchnorms_fold_into_convolutions(one_thread, monkeypatch):
+    import lossprobe.objective as O
+
+    monkeypatch.setattr(O, "CONV_BATCH", 3)  # per-point passes over smaller batches than batch_size
     torch.manual_seed(0)
     model = SmallResNet().eval()
     for m in model.modules():  # statistics and affine parameters that are not the identity
@@ -79,7 +82,7 @@ def test_resnet_batchnorms_fold_into_convolutions(one_thread):
             m.bias.data.uniform_(-0.2, 0.2)
     data = (torch.randn(10, 3, 8, 8), torch.randint(0, 4, (10,)))
     weights = [n for n, p in model.named_parameters() if p.ndim > 1]  # BatchNorm does not move
-    how = check_equal(model, data, weights, batch_size=4)
+    how = check_equal(model, data, weights, batch_size=8)
     assert how["first_moving_layer"] == "stem" and how["folded_batchnorms"] == [
         "bn", "blocks.0.b1", "blocks.0.b2", "blocks.1.b1", "blocks.1.b2"]
     how = check_equal(model, data, None, batch_size=4)  # everything moves: nothing folds
