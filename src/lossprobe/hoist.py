@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import weakref
 from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
@@ -563,17 +564,30 @@ def combine(z0: torch.Tensor, zd: list, c: list[float], c_dev: torch.Tensor | No
     return out
 
 
+_MOVING: dict = {}
+
+
 def moving_tensors(space, directions: torch.Tensor | None) -> frozenset:
-    """Names of the tensors in which some direction [m, P] is nonzero."""
+    """Names of the tensors in which some direction [m, P] is nonzero (the last few answers
+    are remembered for the same live tensor object at the same version: a surface asks once
+    per chunk)."""
     if directions is None or not len(directions):
         return frozenset()
+    key = (id(space), id(directions))
+    hit = _MOVING.get(key)
+    if hit is not None and hit[0]() is directions and hit[1] == directions._version and hit[2] is space:
+        return hit[3]
     nz = (directions != 0).any(0).cpu()
-    hit = torch.zeros(len(space.entries), dtype=torch.bool)
+    flags = torch.zeros(len(space.entries), dtype=torch.bool)
     offsets = torch.tensor([e.offset for e in space.entries])
     idx = torch.nonzero(nz).squeeze(1)
     if len(idx):
-        hit[torch.bucketize(idx, offsets, right=True) - 1] = True
-    return frozenset(e.name for e, h in zip(space.entries, hit.tolist()) if h)
+        flags[torch.bucketize(idx, offsets, right=True) - 1] = True
+    out = frozenset(e.name for e, h in zip(space.entries, flags.tolist()) if h)
+    if len(_MOVING) > 8:
+        _MOVING.clear()
+    _MOVING[key] = (weakref.ref(directions), directions._version, space, out)
+    return out
 
 
 # --- the objective's side -------------------------------------------------------------------------
