@@ -21,6 +21,7 @@ the next one would exceed the budget; from then on batches are rebuilt per pass.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from typing import Callable, Iterator
@@ -142,7 +143,7 @@ class GraphCache:
         if self.budget is None:
             self.budget = default_budget(obj.device)
         total, n = 0.0, 0
-        ctx = self.context() if self.context is not None else _null()
+        ctx = self.context() if self.context is not None else contextlib.nullcontext()
         with ctx, obj.mode():
             if not first and self.n_batches is not None and len(self.kept) == self.n_batches:
                 for i in range(self.n_batches):  # everything kept: no need to read the data
@@ -183,11 +184,3 @@ class GraphCache:
         """Batches kept, their bytes, the budget, and graphs built so far."""
         return {"batches": self.n_batches, "kept": len(self.kept), "bytes": self.bytes, "budget": self.budget,
                 "built": self.built}
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
