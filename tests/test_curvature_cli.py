@@ -23,7 +23,7 @@ def test_hessian_cli_summary(tmp_path, ckpt):
     out = tmp_path / "h"
     rc = main(["hessian", str(ckpt), "--model", "mlp:784-8-10", "--data", "fashion-mnist:test", "--subset", "100",
                "--top-k", "3", "--trace", "--trace-products", "12", "--density", "--probes", "2", "--steps", "10",
-               "--out", str(out)])
+               "--batch-size", "40", "--graph-budget", "50K", "--out", str(out)])
     assert rc == 0
     s = json.loads((out / "summary.json").read_text())
     ev = s["eigenvalues"]
@@ -46,6 +46,9 @@ def test_sharpness_cli_and_bad_input(tmp_path, ckpt, capsys):
     assert "different architecture" in capsys.readouterr().err
     assert main(["hessian", str(tmp_path / "missing.safetensors"), "--model", "mlp:784-8-10",
                  "--out", str(tmp_path / "bad2")]) == 2
+    assert main(["hessian", str(ckpt), "--model", "mlp:784-8-10", "--subset", "100", "--graph-budget", "lots",
+                 "--out", str(tmp_path / "bad3")]) == 2
+    assert "memory size 'lots' not understood" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("curvature", ["ggn", "fisher", "efisher", "kfac"])

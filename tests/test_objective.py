@@ -32,7 +32,7 @@ def test_first_layer_shortcut_matches_plain_evaluation(kind):
         x = torch.randn(120, 1, 12, 12)
     y = torch.randint(0, 3, (len(x),))
     obj = Objective(model, (x, y), batch_size=64)
-    assert obj._first is not None, "the shortcut should apply to a model whose first layer is Linear/Conv"
+    assert obj.hoisting()["linear_combination"], "a model whose first layer is Linear/Conv combines its outputs"
     dirs = torch.randn(2, obj.space.numel) * 0.1
     coords = torch.randn(9, 2)
     ev = obj.evaluate(coords, directions=dirs)

@@ -59,7 +59,7 @@ def test_surface_equals_plain_loop_and_centre_equals_objective(kind):
         model.eval()
     x, y = _data(kind)
     obj = Objective(model, (x, y), batch_size=50)
-    assert obj._first is not None
+    assert obj.shortcut_active
     d1, d2 = D.random_plane(model, seed=1)
     res = S.surface(model, (x, y), (d1, d2), span=((-1, 1), (-0.5, 0.5)), steps=(5, 4), batch_size=50,
                     progress=False)

@@ -40,6 +40,7 @@ from .curvature import (
     slq,
 )
 from .errors import UserError
+from .graphs import GraphCache, parse_bytes
 from .objective import Objective, second_order, warn_if_stochastic
 from .space import KINDS
 
@@ -70,13 +71,17 @@ class HessianOperator:
             kinds ('weight', 'bias', 'norm'), parameter names or module-name prefixes,
             or a boolean mask [P].
         method: 'auto', 'reverse' (double backward) or 'forward' (forward-over-reverse).
-        cache_graph: keep the gradient's graph and reuse it for every product (only the
-            second backward pass is repeated). 'auto' caches when the data is one batch
-            (memory: one batch's activations); True caches every batch's graph.
+        cache_graph: keep each batch's gradient graph and reuse it for every product (only
+            the second backward pass is repeated). 'auto' keeps graphs while their total
+            size stays within `cache_budget` and rebuilds the batches that do not fit for
+            each product; True keeps every batch's graph; False rebuilds every product.
+        cache_budget: bytes the kept graphs may take ('auto'): a number or a string such
+            as '2G'; None means half of the memory available when the first product runs
+            (CUDA free memory, or the host's available RAM). See `lossprobe.graphs`.
     """
 
     def __init__(self, objective: Objective, theta: torch.Tensor | None = None, params=None, method: str = "auto",
-                 cache_graph: bool | str = "auto"):
+                 cache_graph: bool | str = "auto", cache_budget: float | str | None = None):
         if not isinstance(objective, Objective):
             raise TypeError(f"expected a lossprobe Objective, got {type(objective).__name__}")
         if method not in METHODS:
@@ -94,10 +99,10 @@ class HessianOperator:
         self.calls = 0
         if cache_graph not in ("auto", True, False):
             raise UserError(f"cache_graph must be 'auto', True or False, got {cache_graph!r}")
-        self.cache_graph = self.method == "reverse" and (
-            cache_graph is True or (cache_graph == "auto" and objective.n_batches == 1))
-        self._graphs: list[tuple[torch.Tensor, torch.Tensor]] | None = None
-        self._n = 0
+        self.cache_graph = self.method == "reverse" and cache_graph is not False
+        budget = float("inf") if cache_graph is True else (None if cache_budget is None else parse_bytes(cache_budget))
+        self.graphs = GraphCache(objective, self.theta, _gradient_graph(objective), budget=budget,
+                                 context=second_order) if self.cache_graph else None
         with objective.mode():
             if objective.model.training:
                 warn_if_stochastic(objective.model)
@@ -147,33 +152,30 @@ class HessianOperator:
         return self.restrict(hv).to(torch.float64)
 
     def _cached_hvp(self, v: torch.Tensor) -> torch.Tensor:
-        obj = self.objective
-        if self._graphs is None:
-            self._graphs, self._n = [], 0.0
-            with obj.mode(), second_order():
-                for batch in obj.batches():
-                    th = self.theta.clone().requires_grad_(True)
-                    t = obj.terms(th, batch)
-                    g = torch.autograd.grad(t.loss, th, create_graph=True)[0] if t.loss.requires_grad else None
-                    self._graphs.append((th, g))
-                    self._n += float(t.count)
-            if self._n == 0:
-                raise UserError("the data yielded no samples")
         out = torch.zeros_like(self.theta)
-        with second_order():
-            for th, g in self._graphs:
-                if g is not None and g.requires_grad:
-                    (hv,) = torch.autograd.grad(g, th, grad_outputs=v, retain_graph=True, allow_unused=True)
-                    if hv is not None:
-                        out += hv
-        return out / self._n
+        for th, g, _ in self.graphs:
+            if g is not None and g.requires_grad:  # no graph: the loss is linear in θ, H = 0
+                (hv,) = torch.autograd.grad(g, th, grad_outputs=v, retain_graph=True, allow_unused=True)
+                if hv is not None:
+                    out += hv
+        return out / self.graphs.count
 
     def release(self) -> None:
-        """Free the cached gradient graph (it is rebuilt on the next product)."""
-        self._graphs = None
+        """Free the kept gradient graphs (they are rebuilt on the next product)."""
+        if self.graphs is not None:
+            self.graphs.release()
 
     def counting(self) -> CountingOperator:
         return CountingOperator(self.matvec, self.n, self.device)
+
+
+def _gradient_graph(objective: Objective):
+    """GraphCache builder: the batch's loss-sum gradient at th, with its graph."""
+    def build(th, batch):
+        t = objective.terms(th, batch)
+        g = torch.autograd.grad(t.loss, th, create_graph=True)[0] if t.loss.requires_grad else None
+        return g, t.count
+    return build
 
 
 def select_params(objective: Objective, params=None) -> torch.Tensor:
@@ -257,11 +259,13 @@ def hvp(objective: Objective, v: torch.Tensor, theta: torch.Tensor | None = None
     return out / n
 
 
-def _operator(objective: Objective, theta, params, method: str, curvature: str | None, options: dict | None):
+def _operator(objective: Objective, theta, params, method: str, curvature: str | None, options: dict | None,
+              cache_budget=None):
     """The Hessian, or with `curvature` another operator of `lossprobe.operators` (GGN, Fisher,
-    empirical Fisher, K-FAC), which the functions of this module accept alike."""
+    empirical Fisher, K-FAC), which the functions of this module accept alike. `cache_budget`
+    bounds the Hessian's kept gradient graphs (see `HessianOperator`)."""
     if curvature in (None, "hessian") and not options:
-        return HessianOperator(objective, theta, params, method)
+        return HessianOperator(objective, theta, params, method, cache_budget=cache_budget)
     from .operators import curvature_operator
 
     return curvature_operator(objective, curvature or "hessian", theta=theta, params=params, method=method,
@@ -269,7 +273,8 @@ def _operator(objective: Objective, theta, params, method: str, curvature: str |
 
 
 def as_linear_operator(objective: Objective, theta: torch.Tensor | None = None, params=None, method: str = "auto",
-                       curvature: str = "hessian", options: dict | None = None):
+                       curvature: str = "hessian", options: dict | None = None,
+                       cache_budget: float | str | None = None):
     """H(θ) as a `scipy.sparse.linalg.LinearOperator` (float64, shape (n, n), symmetric).
 
     Works with scipy's solvers: ``eigsh(as_linear_operator(obj), k=5, which='LA')``.
@@ -279,7 +284,7 @@ def as_linear_operator(objective: Objective, theta: torch.Tensor | None = None, 
     """
     from scipy.sparse.linalg import LinearOperator
 
-    H = _operator(objective, theta, params, method, curvature, options)
+    H = _operator(objective, theta, params, method, curvature, options, cache_budget)
 
     def mv(x):
         x = np.asarray(x, dtype=np.float64).reshape(-1)
@@ -317,6 +322,7 @@ def eigenvalues(
     progress: bool = False,
     curvature: str = "hessian",
     options: dict | None = None,
+    cache_budget: float | str | None = None,
 ) -> EigResult:
     """The k extreme Hessian eigenvalues by Lanczos (full reorthogonalisation, float64).
 
@@ -327,6 +333,8 @@ def eigenvalues(
             to 1e-5 for float32 models (the products' own rounding) and 1e-9 for float64.
         residuals: 'exact' measures each ``||Hy − θy||`` with one more product;
             'estimate' reports the Lanczos estimate |β_m s_m| (no extra products).
+        cache_budget: bytes for the gradient graphs kept across products (see
+            `HessianOperator`); None: half the available memory.
     Returns:
         `EigResult` whose ``vectors`` [k, P] are unit vectors in the full parameter space
         (zeros outside `params`), ready to use as surface directions.
@@ -334,7 +342,7 @@ def eigenvalues(
     ``curvature='ggn'|'fisher'|'efisher'|'kfac'`` takes the eigenpairs of that operator
     instead (`lossprobe.operators`; `options` such as ``{"mc_samples": 1, "seed": 0}``).
     """
-    H = _operator(objective, theta, params, method, curvature, options)
+    H = _operator(objective, theta, params, method, curvature, options, cache_budget)
     if tol is None:
         tol = 1e-9 if objective.space.dtype == torch.float64 else 1e-5
     bar, tick = _bar(progress, None)  # the number of steps is decided by convergence
@@ -363,6 +371,7 @@ def trace(
     progress: bool = False,
     curvature: str = "hessian",
     options: dict | None = None,
+    cache_budget: float | str | None = None,
 ) -> TraceResult:
     """Hessian trace with a standard error, by Hutch++ (default) or plain Hutchinson.
 
@@ -370,7 +379,7 @@ def trace(
     maps each module (e.g. '0' for '0.weight' and '0.bias') to (trace, stderr) of its
     diagonal block, from the same products. `curvature` and `options` as in `eigenvalues`.
     """
-    H = _operator(objective, theta, params, hvp_method, curvature, options)
+    H = _operator(objective, theta, params, hvp_method, curvature, options, cache_budget)
     blocks = H.blocks if per_layer else None
     bar, tick = _bar(progress, matvecs)
     try:
@@ -421,6 +430,7 @@ def spectral_density(
     progress: bool = False,
     curvature: str = "hessian",
     options: dict | None = None,
+    cache_budget: float | str | None = None,
 ) -> Density:
     """Spectral density of the Hessian by stochastic Lanczos quadrature (Ghorbani et al. 2019).
 
@@ -428,7 +438,7 @@ def spectral_density(
     broadened by Gaussians of width `sigma` (default ``sigma_rel`` × spectral range) on
     `points` grid points. `curvature` and `options` as in `eigenvalues`.
     """
-    H = _operator(objective, theta, params, method, curvature, options)
+    H = _operator(objective, theta, params, method, curvature, options, cache_budget)
     bar, tick = _bar(progress, probes * min(steps, H.n))
     try:
         q = slq(H.counting(), probes=probes, steps=steps, seed=seed, progress=tick)

@@ -7,33 +7,31 @@ Speed comes from two choices:
 
 * Data batches are the outer loop and points the inner loop, so each batch is prepared
   (sliced, moved to the device) once for all K points.
-* The first layer (Linear or Conv) is linear in its weights, so along the subspace its
-  output is ``f(x; w0) + sum_i c_i f(x; d_i)``. Those m + 1 outputs are computed once per
-  batch and combined per point, which removes most of an MLP's FLOPs. The shortcut is
-  verified numerically on the model before it is used, and dropped if it does not match.
+* Nothing that does not move is recomputed (`lossprobe.hoist`): whatever the forward pass
+  computes before it first reads a parameter that the directions move is computed once
+  per batch, and when that first moving layer is a Linear, Conv or Embedding (linear in
+  its weights) its output ``f(x; w0) + sum_i c_i f(x; d_i)`` is combined per point from
+  m + 1 outputs computed once per batch. Only the rest of the network runs per point.
+  Each plan is verified numerically against a plain forward pass before it is used.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import warnings
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
 from .batching import Data, Forward, TensorData, as_data, take
 from .errors import UserError
+from .hoist import Hoister, Plan, Runner, capture, moving_tensors
 from .losses import Criterion, Loss, Terms, criterion
 from .space import ParamSpace
-
-_FIRST_LAYER_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-
 
 @dataclass
 class Evaluation:
@@ -95,21 +93,7 @@ def check_fits(model: nn.Module, data, crit, batch_size: int = 8, model_name: st
         crit.check(model, batch, model_name or type(model).__name__, data_name or f"'{data.name}'")
 
 
-class _Injected(nn.Module):
-    """Stands in for the first layer and returns an output computed elsewhere."""
-
-    def __init__(self):
-        super().__init__()
-        self.value: torch.Tensor | None = None
-
-    def forward(self, *args, **kwargs):
-        return self.value
-
-
-def _module_linear_part(module: nn.Module, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
-    if isinstance(module, nn.Linear):
-        return F.linear(x, weight, bias)
-    return module._conv_forward(x, weight, bias)  # Conv1d/2d/3d, honours padding modes
+CONV_BATCH = 256  # samples per per-point pass of a conv net on CPU (see evaluate)
 
 
 class Objective:
@@ -138,8 +122,11 @@ class Objective:
             they move along directions too (e.g. interpolating them between two models).
         train_mode: evaluate in train mode (BatchNorm uses batch statistics, dropout is
             active). Default False: probes evaluate the deterministic network.
-        shortcut: 'auto' uses the first-layer shortcut when it is verified exact; False
-            never uses it.
+        shortcut: 'auto' hoists what does not move (see `lossprobe.hoist`: the part of the
+            forward pass before the first moving parameter, the first moving layer's
+            linear combination, eval-mode BatchNorm folded into convolutions, channels-last
+            convolutions on CPU) wherever it is verified exact; True requires it; False
+            evaluates every point with a plain forward pass.
         check: run one batch at construction so that a model that does not fit the data
             fails at once with one line.
     """
@@ -174,18 +161,14 @@ class Objective:
         self.data = data.to(self.device)
         self._call = _Call(model, self.criterion.forward)
         self.theta0 = self.space.flatten(model)
-        self._fl_cache: _FirstLayerCache | None = None
-        self._first: tuple[str, nn.Module] | None = None
+        self._fl_cache: _HoistCache | None = None
         if shortcut not in (False, "auto", True):
             raise UserError(f"shortcut must be 'auto', True or False, got {shortcut!r}")
+        self._hoister = Hoister(self) if shortcut else None
         if check:
             self.check()
-        if shortcut:
-            self._first = self._find_first_layer()
-            if self._first is not None and not self._shortcut_matches():
-                self._first = None
-            if shortcut is True and self._first is None:
-                raise UserError("the first-layer shortcut does not apply to this model")
+        if shortcut is True and not self.shortcut_active:
+            raise UserError("hoisting (the first-layer shortcut) does not apply to this model")
 
     @property
     def loss(self) -> Loss:
@@ -193,8 +176,27 @@ class Objective:
 
     @property
     def shortcut_active(self) -> bool:
-        """Whether evaluate() uses the first-layer shortcut."""
-        return self._first is not None
+        """Whether evaluate() hoists anything for directions that move every parameter
+        (for fewer moving parameters it can hoist more; see `hoisting`)."""
+        return self.hoisting() is not None
+
+    def hoisting(self, directions: torch.Tensor | None = None, origin: torch.Tensor | None = None) -> dict | None:
+        """What evaluate() computes once per batch instead of once per point for these
+        directions [m, P] (default: every parameter moves): the hoisted modules and the
+        first moving layer, or None when it takes the plain path."""
+        plan = self._plan(self._moving(directions), self.theta0 if origin is None else origin)
+        return plan.describe() if plan is not None else None
+
+    def _moving(self, directions: torch.Tensor | None) -> frozenset:
+        if directions is None:
+            return frozenset(e.name for e in self.space.entries if e.kind != "buffer")
+        directions = torch.as_tensor(directions).to(self.device)
+        return moving_tensors(self.space, directions[None] if directions.ndim == 1 else directions)
+
+    def _plan(self, moving: frozenset, origin: torch.Tensor) -> Plan | None:
+        if self._hoister is None or self.train_mode or not moving:
+            return None
+        return self._hoister.plan(moving, origin)
 
     def check(self) -> None:
         """Evaluate a few samples at the model's own parameters; one line if they do not fit."""
@@ -282,35 +284,53 @@ class Objective:
         count = torch.zeros(K, dtype=torch.float64, device=self.device)
         correct_n = torch.zeros(K, dtype=torch.float64, device=self.device)
         cache = self._fl_cache if self._fl_cache is not None and self._fl_cache.matches(origin, directions) else None
-        use_shortcut = self._first is not None and (K > m + 1 or cache is not None)
-        # With the shortcut the first layer's own weights are never read: only the other
-        # slices of θ(c) are formed per point (most of an MLP's parameters sit in layer 1).
-        ranges = self._rest_ranges() if use_shortcut and m else None
-        theta_buf = origin.clone() if ranges is not None else None
+        moving = moving_tensors(self.space, directions)
+        plan = self._plan(moving, origin) if K > 1 else None
+        # the first moving layer's m + 1 outputs pay off over more than m + 1 points (or when kept)
+        inject = plan is not None and plan.layer is not None and (K > m + 1 or cache is not None)
+        # only the moving slices of θ(c) are formed per point; the injected layer's own
+        # weights are never read (most of an MLP's parameters sit in its first layer)
+        ranges_plain = _ranges(self.space, moving)
+        ranges_inject = _ranges(self.space, plan.moving - set(plan.exclusive)) if inject else None
+        theta_buf = origin.clone() if m else None
         coords_list = coords_dev.cpu().tolist()
-        bar = _progress(progress, total=self.n_batches * K)
+        # conv nets on CPU: per-point passes over a few hundred images stay in cache
+        # (measured 1.2-1.4x faster per image than 500+, benchmarks/conv_options.py)
+        eval_bs = self.batch_size
+        if K > 1 and self._hoister is not None and not self.train_mode and isinstance(self.data, TensorData) \
+                and self._hoister.channels_last:
+            eval_bs = min(eval_bs, CONV_BATCH)
+        bar = _progress(progress, total=self.data.n_batches(eval_bs) * K)
         with torch.inference_mode(), self.mode():
-            for b_idx, batch in enumerate(self.batches()):
-                short = use_shortcut
-                if short:
-                    if cache is not None:
-                        z0, zd = cache.get(b_idx, lambda: self._first_layer_outputs(batch, origin, directions))
-                    else:
-                        z0, zd = self._first_layer_outputs(batch, origin, directions)
+            for b_idx, batch in enumerate(self.data.batches(eval_bs)):
+                if K > 1 and self._hoister is not None and not self.train_mode:
+                    batch = self._hoister.layout(batch)
+                hoisted = None
+                if plan is not None:
+                    def compute(batch=batch):
+                        return capture(self, plan, batch, origin, directions if inject else None, inject,
+                                       self._hoister.channels_last)
+                    hoisted = cache.get(b_idx, compute) if cache is not None else compute()
                     # a direction so large that f(x; d) overflows would turn 0·inf into NaN
                     # even at the centre: take the plain path for this batch instead
-                    short = cache.finite(b_idx, zd) if cache is not None else (zd is None or bool(torch.isfinite(zd).all()))
-                with self._injected(short) as inject:
+                    if hoisted is not None and not hoisted.finite:
+                        hoisted = None
+                runner = Runner(plan, hoisted, inject, self._hoister.channels_last) if hoisted is not None else None
+                ranges = ranges_inject if runner is not None and runner.inject else ranges_plain
+                with runner.installed() if runner is not None else contextlib.nullcontext():
                     for k in range(K):
-                        if short and ranges is not None:
-                            for a, b in ranges:
-                                torch.addmv(origin[a:b], directions[:, a:b].T, coords_dev[k], out=theta_buf[a:b])
-                            theta = theta_buf
-                        else:
-                            theta = torch.addmv(origin, directions.T, coords_dev[k]) if m else origin
-                        if short:
-                            inject.value = _combine(z0, zd, coords_list[k], coords_dev[k]) if m else z0
+                        theta = self._point(origin, directions, coords_dev[k], theta_buf, ranges) if m else origin
+                        if runner is not None:
+                            runner.point(coords_list[k], coords_dev[k])
                         t = self.terms(theta, batch)
+                        if runner is not None and not runner.done():
+                            # the pass did not go as traced (data-dependent control flow?):
+                            # redo this point plainly and stop hoisting
+                            runner.off = True
+                            t = self.terms(self._point(origin, directions, coords_dev[k], theta_buf,
+                                                       ranges_plain) if m else origin, batch)
+                            self._hoister.reject(plan.moving)
+                            plan, inject = None, False
                         loss_sum[k] += t.loss.double()
                         count[k] += t.count
                         if t.correct is not None:
@@ -352,17 +372,18 @@ class Objective:
 
         return hvp(self, v, theta)
 
-    # --- first-layer shortcut ----------------------------------------------------------
+    # --- hoisting ------------------------------------------------------------------------
     @contextlib.contextmanager
     def reuse_first_layer(self, origin: torch.Tensor | None, directions: torch.Tensor, max_bytes: float = 256e6):
         """Within this block, evaluate() calls with this same origin and directions reuse
-        the first layer's per-batch outputs instead of recomputing them per call.
+        the hoisted per-batch values (the point-independent modules' outputs and the first
+        moving layer's m + 1 outputs) instead of recomputing them per call.
 
         Surfaces evaluate a grid in many small chunks; without this each chunk would pay
-        m + 1 first-layer passes over the data. The cache is kept only while it fits in
+        the hoisted part of the forward pass again. The cache is kept only while it fits in
         `max_bytes`, and only for in-memory data (fixed batches).
         """
-        if self._first is None or not isinstance(self.data, TensorData):
+        if self._hoister is None or not isinstance(self.data, TensorData):
             yield
             return
         origin = self.theta0 if origin is None else origin.to(self.device, self.space.dtype)
@@ -370,144 +391,41 @@ class Objective:
         if directions.ndim == 1:
             directions = directions[None]
         old = self._fl_cache
-        self._fl_cache = _FirstLayerCache(origin, directions, max_bytes)
+        self._fl_cache = _HoistCache(origin, directions, max_bytes)
         try:
             yield
         finally:
             self._fl_cache = old
 
-    def _rest_ranges(self) -> list[tuple[int, int]]:
-        """Index ranges of θ outside the first layer's weight and bias (merged)."""
-        name, _ = self._first
-        skip = sorted(self.space[n].slice for n in (f"{name}.weight", f"{name}.bias") if n in self.space)
-        skip = [(s.start, s.stop) for s in skip]
-        ranges, pos = [], 0
-        for a, b in skip:
-            if a > pos:
-                ranges.append((pos, a))
-            pos = max(pos, b)
-        if pos < self.space.numel:
-            ranges.append((pos, self.space.numel))
-        return ranges
-
-    def _find_first_layer(self) -> tuple[str, nn.Module] | None:
-        """The first module with parameters that the forward pass calls, if Linear/Conv."""
-        names = {m: n for n, m in self.model.named_modules()}
-        order: list[nn.Module] = []
-
-        def hook(module, args):
-            if not order and any(True for _ in module.parameters(recurse=False)):
-                order.append(module)
-
-        handles = [m.register_forward_pre_hook(hook) for m in self.model.modules()]
-        try:
-            batch = take(self.data.first(self.batch_size), slice(0, 2))
-            with torch.inference_mode(), self.mode(train=False):
-                self.criterion.forward(self.model, batch)
-        except Exception:  # nothing to learn from a model that fails here: plain path
-            return None
-        finally:
-            for h in handles:
-                h.remove()
-        if not order or type(order[0]) not in _FIRST_LAYER_TYPES:
-            return None
-        module = order[0]
-        name = names[module]
-        if f"{name}.weight" not in self.space:
-            return None
-        return name, module
-
-    def _first_layer_outputs(self, batch, origin, directions):
-        name, module = self._first
-        captured: list[torch.Tensor] = []
-
-        # The first layer's input is whatever the model feeds it (after a Flatten, say):
-        # capture it by running the model up to that layer once per batch.
-        def grab(mod, args):
-            captured.append(args[0])
-            raise _Stop
-
-        h = module.register_forward_pre_hook(grab)
-        try:
-            self.criterion.forward(self.model, batch)
-        except _Stop:
-            pass
-        finally:
-            h.remove()
-        inp = captured[0]
-        w_e = self.space[f"{name}.weight"]
-        b_e = self.space[f"{name}.bias"] if f"{name}.bias" in self.space else None
-        w0 = origin[w_e.slice].view(w_e.shape)
-        b0 = origin[b_e.slice].view(b_e.shape) if b_e is not None else module.bias
-        z0 = _module_linear_part(module, inp, w0, b0)
-        zd = []
-        for d in directions:
-            dw = d[w_e.slice].view(w_e.shape)
-            db = d[b_e.slice].view(b_e.shape) if b_e is not None else None
-            zd.append(_module_linear_part(module, inp, dw, db))
-        zd = torch.stack(zd) if zd else None
-        return z0, zd
-
-    @contextlib.contextmanager
-    def _injected(self, active: bool):
-        if not active:
-            yield None
-            return
-        name, module = self._first
-        parent_name, _, child = name.rpartition(".")
-        parent = self.model.get_submodule(parent_name) if parent_name else self.model
-        stub = _Injected()
-        setattr(parent, child, stub)
-        try:
-            yield stub
-        finally:
-            setattr(parent, child, module)
-
-    def _shortcut_matches(self) -> bool:
-        """Check the shortcut against a plain forward pass at a perturbed point."""
-        batch = take(self.data.first(self.batch_size), slice(0, 64))
-        g = torch.Generator(device="cpu").manual_seed(0)
-        d = torch.randn(2, self.space.numel, generator=g).to(self.theta0) * 1e-2 * (
-            self.theta0.norm() / math.sqrt(self.space.numel) + 1e-3
-        )
-        d[:, self.space.mask(["buffer"]).to(self.device)] = 0
-        c = torch.tensor([[0.7, -0.4]], device=self.device, dtype=self.space.dtype)
-        with torch.inference_mode(), self.mode(train=False):
-            try:
-                plain = self.forward(self.theta0 + c[0] @ d, batch)
-                z0, zd = self._first_layer_outputs(batch, self.theta0, d)
-                with self._injected(True) as inject:
-                    inject.value = z0 + torch.tensordot(c[0], zd, dims=1)
-                    fast = self.forward(self.theta0 + c[0] @ d, batch)
-                plain, fast = _output_tensor(plain), _output_tensor(fast)
-            except Exception:  # an unusual first layer or output: fall back to the plain path
-                return False
-        if fast is None or plain is None or fast.shape != plain.shape:
-            return False
-        scale = plain.abs().max().clamp_min(1.0)
-        return bool(((fast - plain).abs().max() / scale) < 1e-4)
+    def _point(self, origin, directions, c, buf, ranges) -> torch.Tensor:
+        """θ(c) = origin + c @ directions, written into `buf` only on `ranges` (the rest of
+        `buf` holds the origin, where the directions are zero or the values are not read)."""
+        for a, b in ranges:
+            torch.addmv(origin[a:b], directions[:, a:b].T, c, out=buf[a:b])
+        return buf
 
 
-class _Stop(Exception):
-    pass
+def _ranges(space: ParamSpace, names) -> list[tuple[int, int]]:
+    """Merged index ranges of the named tensors in the flat vector."""
+    spans = sorted((space[n].offset, space[n].offset + space[n].numel) for n in names)
+    out: list[list[int]] = []
+    for a, b in spans:
+        if out and a <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], b)
+        else:
+            out.append([a, b])
+    return [(a, b) for a, b in out]
 
 
-def _output_tensor(out):
-    from .losses import logits_of
-
-    return logits_of(out) if out is not None else None
-
-
-class _FirstLayerCache:
-    """First-layer outputs per batch index for one (origin, directions) pair."""
+class _HoistCache:
+    """Hoisted per-batch values for one (origin, directions) pair, by batch index."""
 
     def __init__(self, origin: torch.Tensor, directions: torch.Tensor, max_bytes: float):
         self.key = self._key(origin, directions)
         self.max_bytes = max_bytes
         self.bytes = 0
         self.full = False
-        self.store: dict[int, tuple] = {}
-        self.flags: dict[int, bool] = {}
+        self.store: dict[int, object] = {}
 
     @staticmethod
     def _key(origin, directions):
@@ -517,35 +435,17 @@ class _FirstLayerCache:
     def matches(self, origin, directions) -> bool:
         return self._key(origin, directions) == self.key
 
-    def finite(self, b_idx: int, zd) -> bool:
-        """Whether the directions' first-layer outputs of batch b_idx are finite (checked once)."""
-        flag = self.flags.get(b_idx)
-        if flag is None:
-            flag = self.flags[b_idx] = zd is None or bool(torch.isfinite(zd).all())
-        return flag
-
     def get(self, b_idx: int, compute):
-        hit = self.store.get(b_idx)
-        if hit is not None:
-            return hit
-        z0, zd = compute()
-        size = z0.numel() * z0.element_size() * (1 + (len(zd) if zd is not None else 0))
+        if b_idx in self.store:
+            return self.store[b_idx]
+        h = compute()
+        size = h.nbytes() if h is not None else 0
         if not self.full and self.bytes + size <= self.max_bytes:
-            self.store[b_idx] = (z0, zd)
+            self.store[b_idx] = h
             self.bytes += size
         else:
             self.full = True
-        return z0, zd
-
-
-def _combine(z0: torch.Tensor, zd: torch.Tensor, c: list[float], c_dev: torch.Tensor) -> torch.Tensor:
-    """z0 + sum_i c_i zd_i; for a few directions as fused scaled adds (cheaper than tensordot)."""
-    if len(c) <= 3:
-        out = torch.add(z0, zd[0], alpha=c[0])
-        for i in range(1, len(c)):
-            out.add_(zd[i], alpha=c[i])
-        return out
-    return z0 + torch.tensordot(c_dev, zd, dims=1)
+        return h
 
 
 def _progress(progress, total: int):

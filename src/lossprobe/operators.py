@@ -661,7 +661,7 @@ def curvature_operator(objective: Objective, curvature: str = "ggn", theta: torc
     """
     if curvature not in CURVATURES:
         raise UserError(f"curvature must be one of {list(CURVATURES)}, got {curvature!r}")
-    allowed = {"hessian": {"cache_graph"}, "ggn": {"cache_graph"}, "efisher": {"cache_graph"},
+    allowed = {"hessian": {"cache_graph", "cache_budget"}, "ggn": {"cache_graph"}, "efisher": {"cache_graph"},
                "fisher": {"cache_graph", "mc_samples", "seed"}, "kfac": {"kfac_type", "mc_samples", "seed"}}[curvature]
     bad = sorted(set(options) - allowed)
     if bad:

@@ -4,7 +4,7 @@
     theta(a, b) = origin + a d1 + b d2           (surface, grid [n1, n2]; rows follow d1)
 
 The grid is cut into chunks (by default one row of a surface) that are evaluated with
-`Objective.evaluate` (batches outer, points inner, first-layer shortcut) and written to
+`Objective.evaluate` (batches outer, points inner, what does not move hoisted) and written to
 ``out/chunks/`` as each finishes, atomically. What is computed is recorded by the chunk
 files themselves (the `mask`), never by a sentinel value, so a loss that is NaN or inf is
 stored as such. Killing the process and calling again with the same `out` evaluates
@@ -376,6 +376,7 @@ def _compute(model_or_objective, data, dirs_in, spans, steps, *, origin=None, su
     obj.space.check_vector(origin_t, "origin")
 
     pts_all = np.stack([g.reshape(-1) for g in np.meshgrid(*axes, indexing="ij")], 1)  # [K, m]
+    hoisting = obj.hoisting(dirs, origin_t) if K > 1 else None
     if chunk_size is None:
         chunk_size = shape[-1] if m == 2 else max(1, min(64, math.ceil(K / 8)))
     if chunk_size < 1:
@@ -397,7 +398,8 @@ def _compute(model_or_objective, data, dirs_in, spans, steps, *, origin=None, su
         "data": data_meta,
         "backend": backend,
         "chunk_size": chunk_size,
-        "shortcut": obj.shortcut_active,
+        "shortcut": hoisting is not None,
+        "hoisting": hoisting,
         "batch_size": obj.batch_size,
     }
 

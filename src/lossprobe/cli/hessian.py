@@ -57,6 +57,9 @@ def register(sub) -> None:
     p.add_argument("--kfac-type", choices=("auto", "exact", "mc", "empirical"), default="auto",
                    help="K-FAC's output-gradient factor: exact (the GGN's), mc (sampled labels: the Fisher's), "
                    "empirical; auto: exact for at most 64 outputs, else mc (default: %(default)s)")
+    p.add_argument("--graph-budget", default=None, metavar="SIZE",
+                   help="memory that gradient graphs kept across products may take, e.g. 2G or 500M (0: rebuild "
+                   "every batch for every product; default: half of the available memory)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random start and probe vectors (default: %(default)s)")
     add_out(p)
     p.set_defaults(func=run)
@@ -81,6 +84,9 @@ def run(args) -> int:
         raise UserError(f"--tol must be positive, got {args.tol}")
     if not args.sigma_rel > 0:
         raise UserError(f"--sigma-rel must be positive, got {args.sigma_rel}")
+    from ..graphs import parse_bytes
+
+    budget = parse_bytes(args.graph_budget) if args.graph_budget is not None else None
     options = curvature_options(args)
     curv = {"curvature": args.curvature, "options": options}
     model = require_finite(load_model(args.model, args.ckpt), args.ckpt)
@@ -112,14 +118,15 @@ def run(args) -> int:
     figs: list[str] = []
     if not rd.done("eigenvalues", "eigenvalues.json", "eigenvectors.safetensors"):
         top = hessian.eigenvalues(obj, params=args.params, k=args.top_k, which="largest", tol=args.tol,
-                                  max_steps=args.max_steps, seed=args.seed, method=args.hvp, progress=True, **curv)
+                                  max_steps=args.max_steps, seed=args.seed, method=args.hvp, progress=True, **curv,
+                                  cache_budget=budget)
         eig = {"eigenvalues": top.values, "residuals": top.residuals, "hvp_eigenvalues": top.matvecs,
                "lanczos_steps": top.steps, "converged": top.converged}
         vecs = {"largest": top.vectors}
         if args.bottom_k:
             bot = hessian.eigenvalues(obj, params=args.params, k=args.bottom_k, which="smallest", tol=args.tol,
                                       max_steps=args.max_steps, seed=args.seed + 1, method=args.hvp, progress=True,
-                                      **curv)
+                                      **curv, cache_budget=budget)
             eig.update({"smallest_eigenvalues": bot.values, "smallest_residuals": bot.residuals,
                         "hvp_smallest": bot.matvecs, "converged_smallest": bot.converged})
             vecs["smallest"] = bot.vectors
@@ -132,7 +139,7 @@ def run(args) -> int:
     if args.trace:
         if not rd.done("trace", "trace.json"):
             tr = hessian.trace(obj, params=args.params, method=args.trace_method, matvecs=args.trace_products,
-                               seed=args.seed, hvp_method=args.hvp, progress=True, **curv)
+                               seed=args.seed, hvp_method=args.hvp, progress=True, **curv, cache_budget=budget)
             rd.save_json("trace.json", {"trace": tr.trace, "trace_stderr": tr.stderr, "trace_method": tr.method,
                                         "hvp_trace": tr.matvecs,
                                         "layer_traces": {k: {"trace": v[0], "stderr": v[1]} for k, v in tr.blocks.items()}})
@@ -143,7 +150,7 @@ def run(args) -> int:
     if args.density:
         if not rd.done("density", "density.npz", "density.json"):
             d = hessian.spectral_density(obj, params=args.params, probes=args.probes, steps=args.steps, seed=args.seed,
-                                         sigma_rel=args.sigma_rel, method=args.hvp, progress=True, **curv)
+                                         sigma_rel=args.sigma_rel, method=args.hvp, progress=True, **curv, cache_budget=budget)
             rd.save_arrays("density.npz", grid=d.grid, density=d.density, nodes=d.slq.nodes, weights=d.slq.weights)
             rd.save_json("density.json", {"sigma": d.sigma, "hvp_density": d.matvecs, "slq_trace": d.slq.trace,
                                           "slq_trace_stderr": d.slq.trace_stderr})

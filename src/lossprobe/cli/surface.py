@@ -152,14 +152,18 @@ def run(args, two_d: bool) -> int:
     # cost estimate: time a few points (also warms up), then scale by the grid
     n_pts = int(np.prod([len(a) for a in axes]))
     probe = np.zeros((min(4, n_pts), m))
+    dmat = np.stack([d.vector.numpy() for d in dirs])
     with torch_threads(args.threads):
         t0 = time.perf_counter()
-        obj.evaluate(probe, directions=np.stack([d.vector.numpy() for d in dirs]))
+        obj.evaluate(probe, directions=dmat)
         per_pt = (time.perf_counter() - t0) / len(probe)
+        how = obj.hoisting(dmat)
     shape = "×".join(str(len(a)) for a in axes)
+    hoisted = "plain forward per point" if how is None else (
+        f"computed once per batch: {', '.join(how['hoisted_modules']) or 'nothing before'}"
+        + (f" + first moving layer {how['first_moving_layer']} combined" if how["linear_combination"] else ""))
     print(f"{shape} grid = {n_pts} points on {split.n_samples} samples of {args.data} "
-          f"({obj.n_batches} batch(es) of ≤{args.batch_size}); first-layer shortcut "
-          f"{'on' if obj.shortcut_active else 'off'}; ≈{per_pt * 1e3:.1f} ms/point measured → "
+          f"({obj.n_batches} batch(es) of ≤{args.batch_size}); {hoisted}; ≈{per_pt * 1e3:.1f} ms/point measured → "
           f"estimated {per_pt * n_pts:.0f} s (progress bar below; rerun the same command to resume)")
 
     fn = surface_fn if two_d else slice_fn
