@@ -214,20 +214,20 @@ def normalise_spec(spec: PermutationSpec, model: nn.Module) -> PermutationSpec:
             g = parent[g]
         return g
 
-    seen: dict[tuple, tuple[str, Member]] = {}
+    state = model.state_dict()
+    seen: dict[tuple, str] = {}
     for g, members in canon.items():
         for m in members:
-            key = (m.name, m.axis % 64, m.start, m.length)
+            nd = state[m.name].ndim if m.name in state else 64
+            # the same axis with the same layout: one permutation (axes with different
+            # layouts, e.g. heads and the dimensions within them, compose)
+            key = (m.name, m.axis % max(nd, 1), m.inner, m.outer, m.start, m.length)
             if key in seen:
-                g0, m0 = seen[key]
-                if (m0.inner, m0.outer) != (m.inner, m.outer):
-                    raise UserError(f"permutation groups '{g0}' and '{g}' both permute {m.describe()}, with "
-                                    "different layouts: they cannot be one consistent permutation")
-                a, b = find(g0), find(g)
+                a, b = find(seen[key]), find(g)
                 if a != b:
                     parent[b] = a
             else:
-                seen[key] = (g, m)
+                seen[key] = g
     merged: dict[str, list[Member]] = {}
     names: dict[str, list[str]] = {}
     for g, members in canon.items():

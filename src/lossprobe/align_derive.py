@@ -226,7 +226,8 @@ class Builder:
                         raise UserError(f"cannot match '{name}' axis {axis} ({size} inputs) to {n} channels of its input")
                     inner = span // (n * outer)
                 resolved.append(Member(name, axis, inner, outer, start, length))
-            base = "P_" + resolved[0].name.rsplit(".", 1)[0]
+            base = ("P_" + resolved[0].name.rsplit(".", 1)[0]) if root.endswith(":out") else \
+                "P_" + root.replace(":", ".")
             blocks, onode = struct_of.get(root, (1, FIXED))
             if blocks > 1 and n % blocks == 0:
                 per = n // blocks
@@ -723,6 +724,9 @@ class _FxDerivation:
             k = (f"{prefix}", mod, 0, None, "k_proj_weight")
             v = (f"{prefix}", mod, 0, None, "v_proj_weight")
         self.b.attention(prefix, H, in_cls, out_cls, q, k, v, (f"{prefix}.out_proj", mod.out_proj))
+        if mod._qkv_same_embed_dim:  # activation matching reads Q, K, V computed from the module's inputs
+            for cls, start in ((f"{prefix}:qk", 0), (f"{prefix}:qk", E), (f"{prefix}:vo", 2 * E)):
+                self.b.probe(cls, Probe("mha_proj", prefix, -1, start=start, length=E))
         # the projections' biases live in in_proj_bias
         if mod.in_proj_bias is not None and not mod._qkv_same_embed_dim:
             self.unsupported(f"MultiheadAttention '{prefix}' with different key/value sizes and biases")
@@ -1085,7 +1089,15 @@ def record_values(model: nn.Module, batch, probes, forward=None) -> dict:
         elif p.kind == "module_in":
             handles.append(mods[p.name].register_forward_pre_hook(
                 lambda m, i, n=p.name: out.__setitem__(("module_in", n), i[0])))
-    needs_grad = any(p.kind == "module_in" for p in probes)  # nn.Transformer* fast paths skip the modules
+        elif p.kind == "mha_proj" and ("mha_proj", p.name) not in out:
+            out[("mha_proj", p.name)] = None
+
+            def proj(m, args, kwargs, n=p.name):
+                q = args[0] if args else kwargs["query"]
+                out[("mha_proj", n)] = torch.nn.functional.linear(q, m.in_proj_weight, m.in_proj_bias)
+
+            handles.append(mods[p.name].register_forward_pre_hook(proj, with_kwargs=True))
+    needs_grad = any(p.kind in ("module_in", "mha_proj") for p in probes)  # nn.Transformer* fast paths skip the modules
     modes = _keep_modes(model)
     try:
         model.eval()
