@@ -93,8 +93,8 @@ def _pair(rd, cfg: WidthConfig, width: int, pair: int, train, eval_train, test, 
             save_checkpoint(m, f)
         models.append(m.eval())
     t_train = time.perf_counter() - t0
-    spec = permutation_spec(models[0])
-    aligned = align(models[0], models[1], method="weights", spec=spec, seed=cfg.seed + pair)
+    spec = permutation_spec(models[0], example=calib)
+    aligned = align(models[0], models[1], method="weights", spec=spec, seed=cfg.seed + pair, data=calib)
     alphas = np.linspace(0, 1, cfg.alphas)
     alphas[-1] = 1.0
     splits = {"train": eval_train, "test": test}
