@@ -289,8 +289,8 @@ def random_permutation(model: nn.Module, seed: int = 0, spec: PermutationSpec | 
 def permutation_spec(model: nn.Module, example=None, forward=None) -> PermutationSpec:
     """Derive the permutation groups of `model` (see `lossprobe.align_derive`).
 
-    `example` is one batch the model runs on (the batch contract of `Objective`, with
-    `forward`): it gives the derivation every tensor's shape. Without it, an input is
+    `example` is a batch the model runs on, or data to take one from (the batch contract
+    of `Objective`, with `forward`): it gives the derivation every tensor's shape. Without it, an input is
     made up from the first layers where possible. Raises `UserError` naming the first
     operation the derivation cannot reason about.
     """

@@ -436,11 +436,13 @@ def _shapes(model: nn.Module, gm, example, forward) -> dict:
 
 # --- the example batch -------------------------------------------------------------------------
 def example_batch(model: nn.Module, data=None, forward=None, n: int = 32):
-    """The first `n` samples of `data`, or an input made up from the model's first layers
-    (None when neither is possible)."""
+    """The first `n` samples of `data` (any data form, or one batch), or an input made up
+    from the model's first layers (None when neither is possible)."""
     if data is not None:
         from .batching import as_data, take
 
+        if isinstance(data, torch.Tensor):
+            data = (data,)
         first = as_data(data, "align").first(n)
         return take(first, slice(0, n))
     return _made_up(model, forward)
@@ -518,8 +520,7 @@ def derive(model: nn.Module, example=None, forward=None) -> PermutationSpec:
     if is_hf(model):
         return hf_spec(model)
     gm = traced(model)
-    if example is None:
-        example = _made_up(model, forward)
+    example = example_batch(model, example, forward)
     shapes = _shapes(model, gm, example, forward) if example is not None else {}
     return _FxDerivation(model, gm, shapes).run()
 
