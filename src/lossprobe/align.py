@@ -620,7 +620,9 @@ def align(
         if not isinstance(spec, PermutationSpec):
             spec = PermutationSpec(dict(spec))
         spec = normalise_spec(spec, model_a)
-    if method == "weights":
+    if not spec.groups:  # nothing to permute (e.g. an LSTM with a Linear head): B as it is
+        perms = {}
+    elif method == "weights":
         perms = match_weights(sa, sb, spec, max_iter=max_iter, restarts=restarts, seed=seed)
     else:
         if data is None:
