@@ -376,19 +376,6 @@ def _as_batches(data, batch_size: int):
     yield from as_data(data, "align").batches(batch_size)
 
 
-def _graph_inputs(batch, placeholders: list[str]) -> list:
-    """The traced graph's positional inputs from a batch: all but the target of a tuple,
-    or the dict entries named like the graph's inputs."""
-    if isinstance(batch, Mapping):
-        missing = [p for p in placeholders if p not in batch]
-        if missing:
-            raise UserError(f"activation matching: the batch has no '{missing[0]}' for the model's input of that name")
-        return [batch[p] for p in placeholders]
-    if isinstance(batch, (tuple, list)):
-        return list(batch[:-1]) if len(batch) > 1 else list(batch)
-    return [batch]
-
-
 def _probe_views(values: dict, probes: Sequence[Probe]):
     for p in probes:
         v = values.get((p.kind, p.name))

@@ -103,7 +103,7 @@ def hf_spec(model: nn.Module) -> PermutationSpec:
         elif name.endswith("QuestionAnswering"):
             b.fix(b.linear("qa_outputs", use("qa_outputs"), s))
         elif name.endswith(("MaskedLM", "LMHeadModel", "ForPreTraining")):
-            t = f"cls.predictions.transform"
+            t = "cls.predictions.transform"
             c = b.linear(f"{t}.dense", use(f"{t}.dense"), s)
             b.channel_params(f"{t}.LayerNorm", use(f"{t}.LayerNorm"), c, ("weight", "bias"))
             b.fix(b.linear("cls.predictions.decoder", use("cls.predictions.decoder"), c))

@@ -26,7 +26,7 @@ BatchNorm layers); pass `layers=` / `norm_layers=` to choose yourself.
 from __future__ import annotations
 
 import copy
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .batching import TensorData, as_data
+from .batching import as_data
 from .errors import UserError
 from .losses import criterion
 from .objective import Objective, check_fits
