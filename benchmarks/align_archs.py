@@ -14,7 +14,10 @@ Tasks (small, CPU):
   the label is which of three token ranges occurs most often (1-9, 10-19, 20-29), or for
   the tied-embedding LM the most frequent token itself; an Embedding + LayerNorm model,
   the tied LM, two nn.TransformerEncoderLayer blocks and a tiny HF BERT (2 layers, 4
-  heads, hidden 32) trained from scratch from two seeds (no pretrained weights here).
+  heads, hidden 32) trained from scratch from two seeds (no pretrained weights here);
+  `bert-finetuned`: one tiny BERT trained 10 epochs on that task ("pretrained"), then
+  fine-tuned twice for 5 epochs on a second task (which token range occurs least often)
+  with a new classifier and data order from seeds 0 and 1.
 
 Prints one JSON line per architecture; --markdown FILE also writes the table.
 """
@@ -148,16 +151,19 @@ ARCHS = {  # name: (builder(seed), task, loss, epochs, lr)
     "two-input": (TwoInput, "fashion-halves", "cross_entropy", 5, 1e-3),
     "encoder": (Encoder, "tokens", "cross_entropy", 10, 1e-3),
     "bert": (None, "tokens-dict", "model", 10, 1e-3),
+    "bert-finetuned": (None, "tokens-least-dict", "model", 5, 1e-3),
 }
 
 
-def tokens(n, seed, mode=False):
+def tokens(n, seed, mode=False, least=False):
     g = torch.Generator().manual_seed(seed)
     t = torch.randint(1, 30, (n, 12), generator=g)
     if mode:
         counts = F.one_hot(t, 30).sum(1).float() + torch.arange(30) * 1e-3  # ties: the larger token
         return t, counts.argmax(1)
     counts = torch.stack([((t >= lo) & (t < hi)).sum(1) for lo, hi in ((1, 10), (10, 20), (20, 30))], 1)
+    if least:
+        return t, (counts.float() + torch.arange(3) * 1e-3).argmin(1)
     return t, (counts.float() - torch.arange(3) * 1e-3).argmax(1)
 
 
@@ -173,8 +179,9 @@ def task_data(task: str):
                 return (x[:, :392], x[:, 392:], s.y)
             return halves(tr), halves(te)
         return (tr.x, tr.y), (te.x, te.y)
-    tr, te = tokens(6000, 0, task == "tokens-mode"), tokens(2000, 1, task == "tokens-mode")
-    if task == "tokens-dict":
+    least = task.startswith("tokens-least")
+    tr, te = tokens(6000, 0, task == "tokens-mode", least), tokens(2000, 1, task == "tokens-mode", least)
+    if task.endswith("-dict"):
         def d(p):
             return {"input_ids": p[0], "attention_mask": torch.ones_like(p[0]), "labels": p[1]}
         return d(tr), d(te)
@@ -193,13 +200,26 @@ def run_arch(name: str, alphas: np.ndarray) -> dict:
     calib = as_data(train, "calibration").subset(2000, seed=4)
     t0 = time.perf_counter()
     models = []
+    if name == "bert-finetuned":  # one "pretrained" BERT (10 epochs on the majority task), fine-tuned twice
+        import copy
+
+        pre = bert(42)
+        fit(pre, task_data("tokens-dict")[0], None, TrainConfig(optimizer="adam", lr=1e-3, epochs=10, batch_size=128),
+            loss="model")
     for seed in (0, 1):
+        data_seed = 0
         if name == "bert":
             m = bert(seed)
+        elif name == "bert-finetuned":  # new classifier from `seed`, data order from `seed`
+            m = copy.deepcopy(pre)
+            torch.manual_seed(seed)
+            m.classifier.reset_parameters()
+            data_seed = seed
         else:
             torch.manual_seed(seed)
             m = builder()
-        fit(m, train, None, TrainConfig(optimizer="adam", lr=lr, epochs=epochs, batch_size=128, data_seed=0), loss=loss)
+        fit(m, train, None, TrainConfig(optimizer="adam", lr=lr, epochs=epochs, batch_size=128, data_seed=data_seed),
+            loss=loss)
         models.append(m.eval())
     t_train = time.perf_counter() - t0
     a, b = models
@@ -228,7 +248,8 @@ def run_arch(name: str, alphas: np.ndarray) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("archs", nargs="*", default=list(ARCHS), help=f"architectures (default: all of {list(ARCHS)})")
+    ap.add_argument("archs", nargs="*", default=[a for a in ARCHS if a != "bert-finetuned"],
+                    help=f"architectures (default: all of {list(ARCHS)} but bert-finetuned)")
     ap.add_argument("--markdown", metavar="FILE", help="also write the results as a Markdown table")
     args = ap.parse_args()
     torch.set_num_threads(1)
