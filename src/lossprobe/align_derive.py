@@ -425,10 +425,9 @@ def _shapes(model: nn.Module, gm, example, forward) -> dict:
         with torch.no_grad():
             fwd(_GraphCall(gm, lambda n, v: out.__setitem__(n.name, shape(v))),
                 move(example, next(model.parameters()).device))
-    except UserError:
-        raise
-    except Exception:
-        return {}
+    except Exception as e:  # derive without shapes, and say why when that is not enough
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return {"<error>": first[:200]}
     finally:
         _restore(modes)
     return out
@@ -530,6 +529,7 @@ class _FxDerivation:
         self.model = model
         self.gm = gm
         self.shapes = shapes
+        self.shape_error = shapes.pop("<error>", None)
         self.b = Builder(model, "fx-derived" if shapes else "fx-derived (no shapes)")
         self.modules = dict(gm.named_modules())
         self.val: dict[str, object] = {}
@@ -537,6 +537,9 @@ class _FxDerivation:
 
     # helpers
     def unsupported(self, what: str):
+        if "shapes unknown" in what and self.shape_error:
+            what = what.replace("shapes unknown: pass an example batch",
+                                f"shapes unknown: the example batch failed in the traced model: {self.shape_error}")
         raise UserError(
             f"cannot derive permutation groups through {what} (fx node '{self.node.name}'); "
             "pass spec=PermutationSpec(...) to align() with the groups written by hand"

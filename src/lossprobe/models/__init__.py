@@ -81,8 +81,6 @@ def cnn(
         raise UserError(f"{len(channels)} pooling blocks are too many for {image_size}×{image_size} images")
     if not 0 <= dropout < 1:
         raise UserError(f"dropout must be in [0, 1), got {dropout}")
-    if init not in INITS:
-        raise UserError(f"unknown init '{init}'; choose from {list(INITS)}")
     with _seeded(seed):
         layers: list[nn.Module] = []
         c_in, size = in_channels, image_size
