@@ -160,3 +160,28 @@ def test_check_without_data_uses_a_made_up_input_or_asks_for_data():
     with pytest.raises(UserError, match="pass data="):
         align(a, b, spec=PermutationSpec({"h": [("fc1.weight", 0), ("fc1.bias", 0), ("fc2.weight", 1)]}),
               forward=lambda m, batch: m(batch["x"]))
+
+
+def test_rmsnorm_residual_stream(one_thread):
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inp, self.norm = nn.Linear(5, 8), nn.RMSNorm(8)
+            self.up, self.down, self.out = nn.Linear(8, 12), nn.Linear(12, 8), nn.Linear(8, 2)
+
+        def forward(self, x):
+            h = self.inp(x)
+            h = h + self.down(F.gelu(self.up(self.norm(h))))  # a pre-norm residual block
+            return self.out(h)
+
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    a, b = Net().eval(), Net().eval()
+    data = (torch.randn(32, 5), torch.zeros(32, dtype=torch.long))
+    sizes = permutation_spec(a, example=data).sizes(a.state_dict())
+    assert sizes == {"P_inp": 8, "P_up": 12}  # the stream (inp, norm, down) and the block's hidden units
+    p, _ = random_permutation(a, seed=1, spec=permutation_spec(a, example=data))
+    back = align(a, p, data=data)
+    assert torch.allclose(back.inp.weight, a.inp.weight, atol=1e-6)
+    align(a, b, data=data, method="activations")

@@ -108,3 +108,15 @@ def test_width_study_cli_takes_the_recipe(tmp_path, one_thread):
     assert (t.schedule, t.augment, t.optimizer, t.weight_decay) == ("onecycle", "crop+flip", "momentum", 5e-4)
     with pytest.raises(UserError, match="augment"):
         WidthConfig(augment="bad")
+
+
+def test_recipe_from_toml_and_flags(tmp_path):
+    from lossprobe import config
+    from lossprobe.studies.two_seeds import TwoSeedsConfig
+
+    f = tmp_path / "r.toml"
+    f.write_text('warmup_epochs = 1\naugment = "crop+flip"\nschedule = "onecycle"\n')
+    t = config.load(TwoSeedsConfig, f, {"lr": 0.01, "crop_padding": 2}).train_config(0)
+    assert (t.warmup_epochs, t.augment, t.schedule, t.lr, t.crop_padding) == (1.0, "crop+flip", "onecycle", 0.01, 2)
+    with pytest.raises(UserError, match="warmup_epochs"):
+        config.load(TwoSeedsConfig, None, {"warmup_epochs": 12})
