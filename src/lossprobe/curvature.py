@@ -3,7 +3,9 @@
 Everything here takes a ``matvec(v) -> A v`` on float64 torch vectors of length ``n``
 (or a dense symmetric matrix, a `scipy.sparse.linalg.LinearOperator`, ...) and knows
 nothing about networks, so it can be tested on a dense matrix with a known spectrum.
-`lossprobe.hessian` applies them to the Hessian of an `Objective`.
+`lossprobe.hessian` applies them to the Hessian of an `Objective`, and to the GGN, Fisher,
+empirical Fisher and K-FAC operators of `lossprobe.operators` (also reachable from here:
+``lossprobe.curvature.GGNOperator`` etc.).
 
 * `lanczos`            Lanczos tridiagonalisation with full reorthogonalisation in float64.
 * `lanczos_eigs`       extreme eigenpairs, growing the Krylov space until every wanted
@@ -564,3 +566,16 @@ def gaussian_density(
         d = (grid[:, None] - t[ok][None, :]) / sigma
         dens += (np.exp(-0.5 * d * d) * w[ok][None, :]).sum(1) * norm
     return grid, dens / v
+
+
+_OPERATORS = ("GGNOperator", "FisherOperator", "EmpiricalFisherOperator", "KFACOperator", "CurvatureOperator",
+              "curvature_operator", "CURVATURES")
+
+
+def __getattr__(name: str):
+    # the network operators live in lossprobe.operators (which imports this module)
+    if name in _OPERATORS:
+        from . import operators
+
+        return getattr(operators, name)
+    raise AttributeError(f"module 'lossprobe.curvature' has no attribute '{name}'")

@@ -257,15 +257,29 @@ def hvp(objective: Objective, v: torch.Tensor, theta: torch.Tensor | None = None
     return out / n
 
 
-def as_linear_operator(objective: Objective, theta: torch.Tensor | None = None, params=None, method: str = "auto"):
+def _operator(objective: Objective, theta, params, method: str, curvature: str | None, options: dict | None):
+    """The Hessian, or with `curvature` another operator of `lossprobe.operators` (GGN, Fisher,
+    empirical Fisher, K-FAC), which the functions of this module accept alike."""
+    if curvature in (None, "hessian") and not options:
+        return HessianOperator(objective, theta, params, method)
+    from .operators import curvature_operator
+
+    return curvature_operator(objective, curvature or "hessian", theta=theta, params=params, method=method,
+                              **(options or {}))
+
+
+def as_linear_operator(objective: Objective, theta: torch.Tensor | None = None, params=None, method: str = "auto",
+                       curvature: str = "hessian", options: dict | None = None):
     """H(θ) as a `scipy.sparse.linalg.LinearOperator` (float64, shape (n, n), symmetric).
 
     Works with scipy's solvers: ``eigsh(as_linear_operator(obj), k=5, which='LA')``.
     The wrapped `HessianOperator` is available as ``.hessian`` (``.hessian.calls`` counts products).
+    ``curvature='ggn'|'fisher'|'efisher'|'kfac'`` (with `options`, see `lossprobe.operators`)
+    wraps that operator instead (also as ``.operator``).
     """
     from scipy.sparse.linalg import LinearOperator
 
-    H = HessianOperator(objective, theta, params, method)
+    H = _operator(objective, theta, params, method, curvature, options)
 
     def mv(x):
         x = np.asarray(x, dtype=np.float64).reshape(-1)
@@ -276,7 +290,7 @@ def as_linear_operator(objective: Objective, theta: torch.Tensor | None = None, 
         return np.stack([mv(X[:, j]) for j in range(X.shape[1])], 1)
 
     op = LinearOperator((H.n, H.n), matvec=mv, rmatvec=mv, matmat=mm, dtype=np.float64)
-    op.hessian = H
+    op.hessian = op.operator = H
     return op
 
 
@@ -301,6 +315,8 @@ def eigenvalues(
     residuals: str = "exact",
     method: str = "auto",
     progress: bool = False,
+    curvature: str = "hessian",
+    options: dict | None = None,
 ) -> EigResult:
     """The k extreme Hessian eigenvalues by Lanczos (full reorthogonalisation, float64).
 
@@ -314,8 +330,11 @@ def eigenvalues(
     Returns:
         `EigResult` whose ``vectors`` [k, P] are unit vectors in the full parameter space
         (zeros outside `params`), ready to use as surface directions.
+
+    ``curvature='ggn'|'fisher'|'efisher'|'kfac'`` takes the eigenpairs of that operator
+    instead (`lossprobe.operators`; `options` such as ``{"mc_samples": 1, "seed": 0}``).
     """
-    H = HessianOperator(objective, theta, params, method)
+    H = _operator(objective, theta, params, method, curvature, options)
     if tol is None:
         tol = 1e-9 if objective.space.dtype == torch.float64 else 1e-5
     bar, tick = _bar(progress, None)  # the number of steps is decided by convergence
@@ -342,14 +361,16 @@ def trace(
     theta: torch.Tensor | None = None,
     hvp_method: str = "auto",
     progress: bool = False,
+    curvature: str = "hessian",
+    options: dict | None = None,
 ) -> TraceResult:
     """Hessian trace with a standard error, by Hutch++ (default) or plain Hutchinson.
 
     `matvecs` Hessian-vector products in all. With ``per_layer``, ``result.blocks``
     maps each module (e.g. '0' for '0.weight' and '0.bias') to (trace, stderr) of its
-    diagonal block, from the same products.
+    diagonal block, from the same products. `curvature` and `options` as in `eigenvalues`.
     """
-    H = HessianOperator(objective, theta, params, hvp_method)
+    H = _operator(objective, theta, params, hvp_method, curvature, options)
     blocks = H.blocks if per_layer else None
     bar, tick = _bar(progress, matvecs)
     try:
@@ -398,14 +419,16 @@ def spectral_density(
     theta: torch.Tensor | None = None,
     method: str = "auto",
     progress: bool = False,
+    curvature: str = "hessian",
+    options: dict | None = None,
 ) -> Density:
     """Spectral density of the Hessian by stochastic Lanczos quadrature (Ghorbani et al. 2019).
 
     `probes` Rademacher vectors × `steps` Lanczos steps products. The quadrature is
     broadened by Gaussians of width `sigma` (default ``sigma_rel`` × spectral range) on
-    `points` grid points.
+    `points` grid points. `curvature` and `options` as in `eigenvalues`.
     """
-    H = HessianOperator(objective, theta, params, method)
+    H = _operator(objective, theta, params, method, curvature, options)
     bar, tick = _bar(progress, probes * min(steps, H.n))
     try:
         q = slq(H.counting(), probes=probes, steps=steps, seed=seed, progress=tick)

@@ -613,6 +613,118 @@ def _steps(steps, m: int) -> tuple[int, ...]:
     return tuple(int(s) for s in steps)
 
 
+# --- a span chosen for the user ----------------------------------------------------------
+AUTO_FACTOR = 4.0
+
+
+def parse_span(text) -> tuple[str, float] | None:
+    """'auto' or 'auto:FACTOR' -> ('auto', FACTOR); anything else None."""
+    if not isinstance(text, str) or not (text == "auto" or text.startswith("auto:")):
+        return None
+    if text == "auto":
+        return ("auto", AUTO_FACTOR)
+    try:
+        f = float(text[5:])
+    except ValueError:
+        f = float("nan")
+    if not f > 1 or not math.isfinite(f):
+        raise UserError(f"span auto:FACTOR needs a FACTOR above 1, got '{text[5:]}'")
+    return ("auto", f)
+
+
+def auto_span(objective: Objective, directions, factor: float = AUTO_FACTOR, origin=None, start=None,
+              second_derivatives=None, rel_tol: float = 0.01, max_doublings: int = 30) -> list[dict]:
+    """Per direction, the largest s such that the loss stays under `factor` × the centre loss
+    on the segment [−s·d, s·d], by a 1-D search before any grid is computed.
+
+    On each side of each direction: from `start` (per direction; by default the quadratic
+    model's answer sqrt(2(factor − 1)L/q) where a `second_derivatives` entry q = dᵀHd > 0 is
+    given, else 1) the step is
+    doubled (or halved) until the loss crosses the threshold T = factor·L(θ), then the
+    crossing is bisected until the bracket is within `rel_tol` and interpolated linearly
+    in the loss. All rays advance together, so each round is one `Objective.evaluate` of
+    2m points. The span of a direction is the nearer of its two crossings, s = min(s₋, s₊),
+    so the loss on the axis reaches T at one end and stays below it in between. A NaN or
+    inf loss counts as above T. A side where no crossing is found within 2^max_doublings
+    × start keeps that bound (`reached` False). The first crossing found by doubling is
+    taken: a loss that rises above T and falls back within one doubling is not seen.
+
+    Returns one dict per direction: span, minus, plus, threshold, factor, center_loss,
+    reached (both sides), evaluations.
+    """
+    dirs = torch.stack([torch.as_tensor(d.vector if isinstance(d, Direction) else d) for d in directions]) \
+        if not isinstance(directions, torch.Tensor) else directions
+    if dirs.ndim == 1:
+        dirs = dirs[None]
+    dirs = dirs.to(objective.device, objective.space.dtype)
+    m = dirs.shape[0]
+    if not factor > 1:
+        raise UserError(f"the auto-span factor must be above 1, got {factor}")
+    origin_t = objective.theta0 if origin is None else _origin_vector(origin, objective)
+    L0 = float(objective.evaluate(None, origin=origin_t).loss[0])
+    if not (math.isfinite(L0) and L0 > 0):
+        raise UserError(f"--span auto needs a positive, finite loss at the centre (it is {L0}); give --span LO HI")
+    T = factor * L0
+    if start is None and second_derivatives is not None:
+        start = [math.sqrt(2 * (factor - 1) * L0 / q) if q and math.isfinite(q) and q > 0 else None
+                 for q in second_derivatives]
+    starts = [1.0] * m if start is None else [float(x) if x and math.isfinite(x) and x > 0 else 1.0 for x in start]
+    # rays: (direction i, sign); state: lo (below T, with its loss), hi (above T, with its loss)
+    rays = [(i, sgn) for i in range(m) for sgn in (-1.0, 1.0)]
+    lo = {r: (0.0, L0) for r in rays}
+    hi: dict = {r: None for r in rays}
+    probe = {r: starts[r[0]] for r in rays}
+    floor = {r: starts[r[0]] * 2.0 ** -max_doublings for r in rays}
+    cap = {r: starts[r[0]] * 2.0 ** max_doublings for r in rays}
+    evals = 0
+    active = set(rays)
+    while active:
+        todo = sorted(active)
+        coords = torch.zeros(len(todo), m, dtype=torch.float64)
+        for j, (i, sgn) in enumerate(todo):
+            coords[j, i] = sgn * probe[(i, sgn)]
+        vals = objective.evaluate(coords, origin=origin_t, directions=dirs).loss
+        evals += len(todo)
+        for r, v in zip(todo, vals):
+            a = probe[r]
+            above = not (math.isfinite(v) and v < T)
+            if above:
+                hi[r] = (a, float(v) if math.isfinite(v) else float("inf"))
+            else:
+                lo[r] = (a, float(v))
+            if hi[r] is None:  # no crossing yet: double
+                if a >= cap[r]:
+                    active.discard(r)
+                else:
+                    probe[r] = a * 2
+            elif lo[r][0] == 0.0:  # above T at every step so far: halve until below
+                if hi[r][0] <= floor[r]:
+                    active.discard(r)
+                else:
+                    probe[r] = hi[r][0] / 2
+            elif hi[r][0] - lo[r][0] <= rel_tol * hi[r][0]:
+                active.discard(r)
+            else:
+                probe[r] = 0.5 * (lo[r][0] + hi[r][0])
+    out = []
+    for i in range(m):
+        side = {}
+        for sgn in (-1.0, 1.0):
+            r = (i, sgn)
+            (a0, v0), h = lo[r], hi[r]
+            if h is None:
+                side[sgn] = (a0, False)
+            elif math.isfinite(h[1]) and h[1] > v0:
+                side[sgn] = (a0 + (T - v0) / (h[1] - v0) * (h[0] - a0), True)
+            else:
+                side[sgn] = (a0 if a0 > 0 else h[0], True)
+        s = min(side[-1.0][0], side[1.0][0])
+        out.append({"span": s, "minus": side[-1.0][0], "plus": side[1.0][0], "threshold": T, "factor": factor,
+                    "center_loss": L0, "reached": side[-1.0][1] and side[1.0][1], "start": starts[i],
+                    "evaluations": evals})
+    return out
+
+
 class _CallableModule(types.ModuleType):
     """Lets ``lossprobe.surface(...)`` call the function while ``lossprobe.surface.X`` stays the module."""
 
@@ -623,4 +735,4 @@ class _CallableModule(types.ModuleType):
 sys.modules[__name__].__class__ = _CallableModule
 _ = builtins  # `slice` shadows the builtin in this module; use builtins.slice if ever needed
 
-__all__ = ["ChunkStore", "Surface", "grid_axis", "load", "slice", "surface"]
+__all__ = ["AUTO_FACTOR", "ChunkStore", "Surface", "auto_span", "grid_axis", "load", "parse_span", "slice", "surface"]
