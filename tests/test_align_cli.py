@@ -67,3 +67,13 @@ def test_bad_input_gives_one_line(ckpts, tmp_path, capsys):
     rc = main(["curve", *ckpts, "--model", "mlp:2-8-8-2", "--data", "spiral:test", "--points", "4",
                "--out", str(tmp_path / "y")])
     assert rc == 2
+
+
+def test_align_cli_activation_features(ckpts, tmp_path):
+    out = tmp_path / "act"
+    rc = main(["align", *ckpts, "--model", "mlp:2-8-8-2", "--data", "spiral:test", "--method", "activations",
+               "--features", "all", "--calib-data", "spiral:train", "--calib-subset", "200", "--alphas", "5",
+               "--out", str(out)])
+    assert rc == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert s["features"] == "all" and s["spec"] == "fx-derived" and set(s["loss_barrier"]) == {"naive", "aligned"}

@@ -6,33 +6,30 @@ Re-Basin"). `align(model_a, model_b)` finds those permutations and returns a cop
 with them applied: the same function as B, but with weights close to A's, so that the
 straight line between A and the aligned B shows how much of the barrier was symmetry.
 
-The permutation groups are derived from the model's `torch.fx` graph, so no hand-written
-"permutation spec" is needed:
+The permutation groups are derived from the model (`permutation_spec`, see
+`lossprobe.align_derive`): from its `torch.fx` graph, or from the module structure of
+HF BERT/GPT-2 models, so no hand-written "permutation spec" is needed. An operation the
+derivation does not know raises a `UserError` naming it; pass your own spec instead.
 
-* every Linear/Conv output channel axis starts a group, shared by its bias;
-* an axis flows unchanged through elementwise ops, activations, pooling and dropout;
-* BatchNorm/LayerNorm weight, bias and running statistics join the group of their input;
-* a residual addition (``a + b``) merges the groups of its operands (union-find);
-* ``flatten`` of a [N, C, H, W] tensor feeds the next Linear with C blocks of H·W inputs;
-* the model input and output axes are fixed (never permuted).
-
-An operation the derivation does not know (``torch.cat``, grouped convolutions,
-GroupNorm, ...) raises a `UserError` naming it; pass your own `PermutationSpec` instead.
+Never silently wrong: after every alignment, the aligned B is run next to B on a batch
+and must give the same outputs (within `check_tol` of the output scale); otherwise
+`align` raises one line naming the permutation groups that change the function.
 
 Weight matching (Ainsworth et al. 2022): coordinate descent over the groups, each step a
 linear assignment problem (`scipy.optimize.linear_sum_assignment`) maximising
 Σ ⟨W_A, P W_B Pᵀ⟩, in random order, with restarts; the best restart is kept.
 Activation matching: one pass over the data through both models collects the
-cross-correlation of every layer's channels; each group is assigned independently.
+cross-correlation of every group's channels at its probe points (by default the
+post-activation features, as in the papers); the same coordinate descent then
+maximises the summed correlation of matched units.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-import operator
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Mapping, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -41,334 +38,217 @@ from torch import nn
 from .errors import UserError
 
 METHODS = ("weights", "activations")
+FEATURES = ("post", "all")
+CHECK_TOL = 1e-3  # largest output difference allowed, relative to the largest output magnitude
 
 
 # --- the permutation spec -------------------------------------------------------------
+class Member(NamedTuple):
+    """One tensor axis (or a slice of it) that a group's permutation reorders.
+
+    Entries ``start .. start + length`` of axis `axis` of tensor `name` are laid out as
+    [outer, n, inner]; the permutation (of n units) reorders the middle factor, the same
+    way in each of the `outer` blocks, moving `inner` consecutive entries together.
+    `length` None means the rest of the axis. Plain layouts have outer = inner = 1.
+    """
+
+    name: str
+    axis: int
+    inner: int = 1
+    outer: int = 1
+    start: int = 0
+    length: int | None = None
+
+    def span(self, size: int) -> int:
+        return size - self.start if self.length is None else self.length
+
+    def index(self, perm: torch.Tensor, size: int) -> torch.Tensor:
+        """A full-length index along the axis that applies `perm` (for index_select)."""
+        idx = torch.arange(size, device=perm.device)
+        n = len(perm)
+        sub = (torch.arange(self.outer, device=perm.device)[:, None, None] * (n * self.inner)
+               + perm[None, :, None] * self.inner + torch.arange(self.inner, device=perm.device)[None, None, :])
+        span = self.outer * n * self.inner
+        idx[self.start:self.start + span] = sub.reshape(-1) + self.start
+        return idx
+
+    def moved(self, t: torch.Tensor, n: int) -> torch.Tensor:
+        """[n, rest]: the permuted factor in front, everything else flattened."""
+        t = t.narrow(self.axis, self.start, self.span(t.shape[self.axis])).movedim(self.axis, 0)
+        rest = t.shape[1:]
+        t = t.reshape(self.outer, n, self.inner, *rest).movedim(1, 0)
+        return t.reshape(n, -1)
+
+    def describe(self) -> str:
+        extra = []
+        if self.inner != 1:
+            extra.append(f"blocks of {self.inner}")
+        if self.outer != 1:
+            extra.append(f"in each of {self.outer} blocks")
+        if self.start or self.length is not None:
+            extra.append(f"entries {self.start}..{'' if self.length is None else self.start + self.length}")
+        return f"'{self.name}' axis {self.axis}" + (f" ({', '.join(extra)})" if extra else "")
+
+
+def as_member(m) -> Member:
+    if isinstance(m, Member):
+        return m
+    if isinstance(m, Mapping):
+        return Member(str(m["name"]), int(m["axis"]), int(m.get("inner", 1)), int(m.get("outer", 1)),
+                      int(m.get("start", 0)), None if m.get("length") is None else int(m["length"]))
+    m = tuple(m)
+    if not 2 <= len(m) <= 6:
+        raise UserError(f"a permutation group member is (name, axis[, inner[, outer[, start, length]]]), got {m}")
+    name, axis, *rest = m
+    vals = [int(v) if v is not None else None for v in rest]
+    return Member(str(name), int(axis), *vals)
+
+
+@dataclass
+class Probe:
+    """Where activation matching reads a group's units: a module's output (hook) or an fx
+    node's value, channel axis `dim`, entries `start .. start + length` of that axis
+    (None: all of it); `post` marks a feature after a nonlinearity."""
+
+    kind: str  # "module" or "node"
+    name: str
+    dim: int
+    post: bool = False
+    start: int = 0
+    length: int | None = None
+    index: int | None = None  # the element of a tuple output (HF blocks return tuples)
+    # the groups acting on the probe's channel axis: (group, outer, inner) each; empty
+    # means the group the probe is listed under, plainly
+    layout: tuple = ()
+
+
 @dataclass
 class PermutationSpec:
     """Which tensor axes each permutation acts on.
 
-    `groups` maps a group name to its members ``(tensor_name, axis, inner)``: permuting the
-    group by P (a permutation of n units) reorders axis `axis` of the tensor in blocks of
-    `inner` consecutive entries (inner > 1 where a flattened [C, H, W] feature map feeds a
-    Linear layer), so ``shape[axis] == n * inner``. Tensor names are state-dict keys
-    (parameters and buffers). Members may be given as ``(name, axis)`` with inner 1.
+    `groups` maps a group name to its members (`Member`, or tuples ``(name, axis)``,
+    ``(name, axis, inner)``, ``(name, axis, inner, outer, start, length)``). Permuting a
+    group by P (a permutation of n units) reorders each member's axis as `Member`
+    describes. Tensor names are state-dict keys (parameters and buffers); a tensor tied
+    under several names is listed once, under its first name, and `aliases` maps the
+    other names to it.
 
     `repair_layers` names the Linear/Conv modules whose outputs REPAIR rescales (hidden
     layers not followed by BatchNorm) and `norm_layers` the BatchNorm modules whose
-    statistics it re-estimates; both are filled in by `permutation_spec`.
+    statistics it re-estimates; `probes` says where activation matching reads each group;
+    `structure` records how the groups were found. All are filled in by `permutation_spec`.
     """
 
-    groups: dict[str, list[tuple[str, int, int]]]
+    groups: dict[str, list[Member]]
     repair_layers: list[str] = field(default_factory=list)
     norm_layers: list[str] = field(default_factory=list)
-    # activation-matching probes: group -> [(node name, channel dim)] (from the fx graph)
-    probes: dict[str, list[tuple[str, int]]] = field(default_factory=dict, repr=False)
+    probes: dict[str, list[Probe]] = field(default_factory=dict, repr=False)
+    aliases: dict[str, str] = field(default_factory=dict, repr=False)
+    structure: str = "hand-written"
 
     def __post_init__(self):
-        self.groups = {str(g): [(str(m[0]), int(m[1]), int(m[2]) if len(m) > 2 else 1) for m in members]
-                       for g, members in self.groups.items()}
+        self.groups = {str(g): [as_member(m) for m in members] for g, members in self.groups.items()}
 
     def sizes(self, state: Mapping[str, torch.Tensor]) -> dict[str, int]:
         """Units per group, checked against the tensors in `state`."""
         out = {}
         for g, members in self.groups.items():
             n = None
-            for name, axis, inner in members:
-                if name not in state:
-                    raise UserError(f"permutation group '{g}' names '{name}', which the model does not have")
-                t = state[name]
-                if not -t.ndim <= axis < t.ndim:
-                    raise UserError(f"permutation group '{g}': '{name}' has no axis {axis} (shape {tuple(t.shape)})")
-                size = t.shape[axis]
-                if inner <= 0 or size % inner:
-                    raise UserError(f"permutation group '{g}': axis {axis} of '{name}' ({size}) is not a multiple of {inner}")
+            for m in members:
+                if m.name not in state:
+                    raise UserError(f"permutation group '{g}' names '{m.name}', which the model does not have")
+                t = state[m.name]
+                if not -t.ndim <= m.axis < t.ndim:
+                    raise UserError(f"permutation group '{g}': '{m.name}' has no axis {m.axis} (shape {tuple(t.shape)})")
+                size = t.shape[m.axis]
+                span = m.span(size)
+                if m.inner <= 0 or m.outer <= 0 or m.start < 0 or span <= 0 or m.start + span > size \
+                        or span % (m.inner * m.outer):
+                    raise UserError(f"permutation group '{g}': {m.describe()} does not fit its size {size}")
+                k = span // (m.inner * m.outer)
                 if n is None:
-                    n = size // inner
-                elif size // inner != n:
-                    raise UserError(f"permutation group '{g}' mixes sizes {n} and {size // inner} ('{name}' axis {axis})")
+                    n = k
+                elif k != n:
+                    raise UserError(f"permutation group '{g}' mixes sizes {n} and {k} ({m.describe()})")
             if n:
                 out[g] = n
         return out
 
-    def axes_of(self) -> dict[str, list[tuple[int, str, int]]]:
-        """tensor name -> [(axis, group, inner)]"""
-        out: dict[str, list[tuple[int, str, int]]] = {}
+    def axes_of(self) -> dict[str, list[tuple[Member, str]]]:
+        """tensor name -> [(member, group)]"""
+        out: dict[str, list[tuple[Member, str]]] = {}
         for g, members in self.groups.items():
-            for name, axis, inner in members:
-                out.setdefault(name, []).append((axis, g, inner))
+            for m in members:
+                out.setdefault(m.name, []).append((m, g))
         return out
 
     def as_sets(self) -> set[frozenset]:
-        """The groups as a set of frozensets of (name, axis, inner), to compare specs."""
-        return {frozenset(m) for m in self.groups.values()}
+        """The groups as a set of frozensets of members (to compare specs)."""
+        return {frozenset(self._key(m) for m in members) for members in self.groups.values()}
+
+    @staticmethod
+    def _key(m: Member) -> tuple:
+        return (m.name, m.axis, m.inner) if (m.outer, m.start, m.length) == (1, 0, None) else tuple(m)
 
 
-# --- deriving the spec from torch.fx --------------------------------------------------------
-_PASS_MODULES = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Tanh, nn.Sigmoid,
-    nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid, nn.Softplus, nn.Softsign, nn.Tanhshrink, nn.Identity,
-    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
-    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
-    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
-    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
-)
-_ACTIVATION_MODULES = _PASS_MODULES[:17]
+# --- normalising a spec for a model: tied tensors, one axis in two groups --------------------
+def tied_aliases(model: nn.Module) -> dict[str, str]:
+    """{alias: first name} for every tensor the model holds under more than one name."""
+    from .train import tied_names
 
-_F = torch.nn.functional
-_PASS_FUNCTIONS = {
-    _F.relu, _F.relu6, _F.leaky_relu, _F.elu, _F.selu, _F.celu, _F.gelu, _F.silu, _F.mish, _F.hardtanh,
-    _F.hardswish, _F.softplus, torch.relu, torch.tanh, torch.sigmoid, _F.tanh, _F.sigmoid, _F.dropout,
-    _F.dropout2d, _F.max_pool1d, _F.max_pool2d, _F.max_pool3d, _F.avg_pool1d, _F.avg_pool2d, _F.avg_pool3d,
-    _F.adaptive_avg_pool1d, _F.adaptive_avg_pool2d, _F.adaptive_max_pool2d, operator.neg, torch.neg,
-}
-_ACTIVATION_FUNCTIONS = {_F.relu, _F.relu6, _F.leaky_relu, _F.elu, _F.selu, _F.celu, _F.gelu, _F.silu, _F.mish,
-                         _F.hardtanh, _F.hardswish, _F.softplus, torch.relu, torch.tanh, torch.sigmoid, _F.tanh,
-                         _F.sigmoid}
-_PASS_METHODS = {"relu", "relu_", "tanh", "sigmoid", "contiguous", "clone", "detach", "float", "neg", "abs"}
-_MERGE_FUNCTIONS = {operator.add, operator.iadd, operator.sub, operator.isub, operator.mul, operator.imul,
-                    operator.truediv, torch.add, torch.sub, torch.mul}
-_MERGE_METHODS = {"add", "add_", "sub", "sub_", "mul", "mul_", "div"}
-
-FIXED = "<fixed>"
+    return tied_names(model)
 
 
-class _UnionFind:
-    def __init__(self):
-        self.parent: dict[str, str] = {}
+def normalise_spec(spec: PermutationSpec, model: nn.Module) -> PermutationSpec:
+    """The spec with tied tensors under one name and groups that permute the same tensor
+    axis merged into one (so the permutation is consistent), or a one-line refusal."""
+    aliases = {**tied_aliases(model), **spec.aliases}
+    canon = {}
+    for g, members in spec.groups.items():
+        canon[g] = [m._replace(name=aliases.get(m.name, m.name)) for m in members]
+    parent = {g: g for g in canon}
 
-    def add(self, x: str) -> str:
-        self.parent.setdefault(x, x)
-        return x
+    def find(g):
+        while parent[g] != g:
+            parent[g] = parent[parent[g]]
+            g = parent[g]
+        return g
 
-    def find(self, x: str) -> str:
-        self.add(x)
-        while self.parent[x] != x:
-            self.parent[x] = self.parent[self.parent[x]]
-            x = self.parent[x]
-        return x
-
-    def union(self, a: str, b: str) -> str:
-        ra, rb = self.find(a), self.find(b)
-        if ra == rb:
-            return ra
-        if rb == FIXED:  # the fixed class absorbs whatever it meets
-            ra, rb = rb, ra
-        self.parent[rb] = ra
-        return ra
-
-
-def _trace(model: nn.Module):
-    import torch.fx
-
-    try:
-        return torch.fx.symbolic_trace(model)
-    except Exception as e:  # fx raises TraceError, TypeError, NotImplementedError, ...
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(
-            f"torch.fx could not trace {type(model).__name__} ({first}); pass spec=PermutationSpec(...) "
-            "to align() with the permutation groups written by hand"
-        ) from None
-
-
-def permutation_spec(model: nn.Module) -> PermutationSpec:
-    """Derive the permutation groups of `model` from its `torch.fx` graph.
-
-    Raises `UserError` naming the first operation it cannot reason about.
-    """
-    gm = _trace(model)
-    uf = _UnionFind()
-    uf.add(FIXED)
-    # per fx node: its channel class (None for non-tensors), whether it is a flattened
-    # feature map, and where its channel axis is (1 for conv layouts, -1 for Linear)
-    cls: dict[str, str | None] = {}
-    flat: dict[str, bool] = {}
-    cdim: dict[str, int] = {}
-    members: list[tuple[str, str, int, int | str]] = []  # (class, tensor name, axis, inner | "auto")
-    repair: list[tuple[str, str]] = []  # (module name, output class)
-    norms: list[str] = []
-    followed_by_bn: set[str] = set()
-    modules = dict(gm.named_modules())
-    probes: list[tuple[str, str, int]] = []  # (node name, class, channel dim)
-
-    def unsupported(node, what: str):
-        raise UserError(
-            f"cannot derive permutation groups through {what} (fx node '{node.name}'); "
-            "pass spec=PermutationSpec(...) to align() with the groups written by hand"
-        )
-
-    def arg_nodes(node):
-        import torch.fx
-
-        found: list = []
-        torch.fx.node.map_arg((node.args, node.kwargs), lambda a: found.append(a) or a)
-        return found
-
-    def tensor_args(node):
-        return [a for a in arg_nodes(node) if cls.get(a.name) is not None]
-
-    def single(node):
-        ts = tensor_args(node)
-        return ts[0] if ts else None
-
-    for node in gm.graph.nodes:
-        name = node.name
-        if node.op == "placeholder":
-            cls[name], flat[name], cdim[name] = FIXED, False, 1
-            continue
-        if node.op == "get_attr":
-            unsupported(node, f"a direct use of the tensor '{node.target}' (parameters must be used through modules)")
-        if node.op == "output":
-            for a in arg_nodes(node):
-                if cls.get(a.name) is not None:
-                    uf.union(cls[a.name], FIXED)
-            continue
-        src = single(node)
-        if node.op == "call_module":
-            mod = modules[node.target]
-            prefix = node.target
-            if isinstance(mod, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-                if isinstance(mod, nn.Linear):
-                    inner = "auto"
-                else:
-                    if mod.groups != 1:
-                        unsupported(node, f"grouped convolution '{prefix}' (groups={mod.groups})")
-                    inner = 1
-                if src is None:
-                    unsupported(node, f"module '{prefix}' without a tensor input")
-                members.append((cls[src.name], f"{prefix}.weight", 1, inner if flat[src.name] else 1))
-                out = uf.add(f"{prefix}:out")
-                members.append((out, f"{prefix}.weight", 0, 1))
-                if mod.bias is not None:
-                    members.append((out, f"{prefix}.bias", 0, 1))
-                cls[name], flat[name], cdim[name] = out, False, (-1 if isinstance(mod, nn.Linear) else 1)
-                repair.append((prefix, out))
-                probes.append((name, out, cdim[name]))
-                continue
-            if isinstance(mod, nn.modules.batchnorm._BatchNorm):
-                c = cls[src.name]
-                for t in ("weight", "bias", "running_mean", "running_var"):
-                    if getattr(mod, t, None) is not None:
-                        members.append((c, f"{prefix}.{t}", 0, 1))
-                if src.op == "call_module" and isinstance(modules[src.target], (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)) \
-                        and len(src.users) == 1:
-                    followed_by_bn.add(src.target)
-                cls[name], flat[name], cdim[name] = c, False, 1
-                norms.append(prefix)
-                probes.append((name, c, 1))
-                continue
-            if isinstance(mod, nn.LayerNorm):
-                if len(mod.normalized_shape) != 1:
-                    unsupported(node, f"LayerNorm '{prefix}' over {len(mod.normalized_shape)} axes")
-                c = cls[src.name]
-                for t in ("weight", "bias"):
-                    if getattr(mod, t, None) is not None:
-                        members.append((c, f"{prefix}.{t}", 0, 1))
-                cls[name], flat[name], cdim[name] = c, flat[src.name], -1
-                continue
-            if isinstance(mod, nn.Flatten):
-                if mod.start_dim != 1 or mod.end_dim != -1:
-                    unsupported(node, f"Flatten '{prefix}' with start_dim={mod.start_dim}, end_dim={mod.end_dim}")
-                cls[name], flat[name], cdim[name] = cls[src.name], True, 1
-                continue
-            if isinstance(mod, (nn.Softmax, nn.LogSoftmax)) or isinstance(mod, _PASS_MODULES):
-                if next(mod.parameters(recurse=False), None) is not None:
-                    unsupported(node, f"module '{prefix}' ({type(mod).__name__}) with parameters")
-                cls[name], flat[name], cdim[name] = cls[src.name], flat[src.name], cdim[src.name]
-                if isinstance(mod, _ACTIVATION_MODULES):
-                    probes.append((name, cls[name], cdim[name]))
-                continue
-            unsupported(node, f"module '{prefix}' of type {type(mod).__name__}")
-        target = node.target
-        tname = getattr(target, "__name__", str(target))
-        if node.op == "call_method" and target in ("size", "dim", "numel"):
-            cls[name] = None
-            continue
-        if node.op == "call_function" and target is getattr:
-            cls[name] = None
-            continue
-        if src is None:  # arithmetic on sizes and other non-tensors
-            cls[name] = None
-            continue
-        is_fn = node.op == "call_function"
-        if (is_fn and target in _PASS_FUNCTIONS) or (not is_fn and target in _PASS_METHODS):
-            cls[name], flat[name], cdim[name] = cls[src.name], flat[src.name], cdim[src.name]
-            if (is_fn and target in _ACTIVATION_FUNCTIONS) or (not is_fn and target in ("relu", "relu_", "tanh", "sigmoid")):
-                probes.append((name, cls[name], cdim[name]))
-            continue
-        if (is_fn and target in _MERGE_FUNCTIONS) or (not is_fn and target in _MERGE_METHODS):
-            ts = tensor_args(node)
-            c = cls[ts[0].name]
-            for t in ts[1:]:
-                if flat[t.name] != flat[ts[0].name]:
-                    unsupported(node, f"'{tname}' of a flattened and an unflattened tensor")
-                c = uf.union(c, cls[t.name])
-            cls[name], flat[name], cdim[name] = c, flat[ts[0].name], cdim[ts[0].name]
-            probes.append((name, c, cdim[name]))
-            continue
-        if (is_fn and target is torch.flatten) or (not is_fn and target == "flatten"):
-            start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
-            end = node.args[2] if len(node.args) > 2 else node.kwargs.get("end_dim", -1)
-            if start != 1 or end != -1:
-                unsupported(node, f"flatten(start_dim={start}, end_dim={end}) (only start_dim=1 is supported)")
-            cls[name], flat[name], cdim[name] = cls[src.name], True, 1
-            continue
-        if not is_fn and target in ("view", "reshape"):
-            shape = node.args[1:]
-            if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
-                shape = tuple(shape[0])
-            if len(shape) == 2 and shape[1] == -1:  # x.view(x.size(0), -1): a flatten
-                cls[name], flat[name], cdim[name] = cls[src.name], True, 1
-                continue
-            unsupported(node, f"'{target}' to shape {shape} (only x.{target}(N, -1) is supported)")
-        if (is_fn and target is torch.mean) or (not is_fn and target in ("mean", "amax", "sum")):
-            dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
-            dims = (dims,) if isinstance(dims, int) else tuple(dims or ())
-            if dims and all(isinstance(d, int) and d >= 2 for d in dims):  # pooling over spatial axes
-                cls[name], flat[name], cdim[name] = cls[src.name], flat[src.name], cdim[src.name]
-                continue
-            unsupported(node, f"'{tname}' over dims {dims} (only spatial dims ≥ 2 keep the channels)")
-        unsupported(node, f"operation '{tname}'")
-
-    # resolve the classes into groups
-    by_class: dict[str, list[tuple[str, int, int | str]]] = {}
-    for c, tname, axis, inner in members:
-        by_class.setdefault(uf.find(c), []).append((tname, axis, inner))
-    params = dict(model.state_dict())
-    groups: dict[str, list[tuple[str, int, int]]] = {}
-    root_name: dict[str, str] = {}
-    for root, mem in by_class.items():
-        if root == FIXED:
-            continue
-        # n: from a member whose inner is known to be 1 (an output-channel axis)
-        n = next(params[t].shape[a] for t, a, i in mem if i == 1)
-        resolved = []
-        for t, a, i in mem:
-            if i == "auto":
-                size = params[t].shape[a]
-                if size % n:
-                    raise UserError(f"cannot match '{t}' axis {a} ({size} inputs) to {n} channels of its input")
-                i = size // n
-            resolved.append((t, a, i))
-        gname = "P_" + resolved[0][0].rsplit(".", 1)[0]
-        groups[gname] = resolved
-        root_name[root] = gname
-    spec = PermutationSpec(groups)
-    spec.repair_layers = [m for m, c in repair if uf.find(c) != FIXED and m not in followed_by_bn]
-    spec.norm_layers = [m for m in norms if m in dict(model.named_modules())]
-    for node_name, c, d in probes:
-        r = uf.find(c)
-        if r in root_name:
-            spec.probes.setdefault(root_name[r], []).append((node_name, d))
-    spec.sizes(params)
-    return spec
+    state = model.state_dict()
+    seen: dict[tuple, str] = {}
+    for g, members in canon.items():
+        for m in members:
+            nd = state[m.name].ndim if m.name in state else 64
+            # the same axis with the same layout: one permutation (axes with different
+            # layouts, e.g. heads and the dimensions within them, compose)
+            key = (m.name, m.axis % max(nd, 1), m.inner, m.outer, m.start, m.length)
+            if key in seen:
+                a, b = find(seen[key]), find(g)
+                if a != b:
+                    parent[b] = a
+            else:
+                seen[key] = g
+    merged: dict[str, list[Member]] = {}
+    names: dict[str, list[str]] = {}
+    for g, members in canon.items():
+        r = find(g)
+        names.setdefault(r, []).append(g)
+        lst = merged.setdefault(r, [])
+        for m in members:
+            if m not in lst:
+                lst.append(m)
+    groups = {("+".join(names[r]) if len(names[r]) > 1 else r): mem for r, mem in merged.items()}
+    rename = {g: ("+".join(names[find(g)]) if len(names[find(g)]) > 1 else find(g)) for g in canon}
+    out = PermutationSpec(groups, list(spec.repair_layers), list(spec.norm_layers),
+                          {}, {a: c for a, c in aliases.items()}, spec.structure)
+    for g, probes in spec.probes.items():
+        out.probes.setdefault(rename.get(g, g), []).extend(probes)
+    return out
 
 
 # --- applying permutations ----------------------------------------------------------------
-def _expand(perm: torch.Tensor, inner: int) -> torch.Tensor:
-    if inner == 1:
-        return perm
-    return (perm[:, None] * inner + torch.arange(inner)).reshape(-1)
+def _as_perm(p, device=None) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(p), dtype=torch.long, device=device)
 
 
 def apply_permutation(state: Mapping[str, torch.Tensor], spec: PermutationSpec,
@@ -376,23 +256,28 @@ def apply_permutation(state: Mapping[str, torch.Tensor], spec: PermutationSpec,
     """A new state dict with every group's permutation applied to its axes.
 
     ``perms[g][i] = j`` means unit i of the result is unit j of `state` (so P·W in matrix
-    terms); permuting a model this way leaves its function unchanged.
+    terms); permuting a model this way leaves its function unchanged. Tied aliases get
+    the permuted tensor of the name they alias.
     """
     out = dict(state)
     for name, axes in spec.axes_of().items():
         t = out[name]
-        for axis, g, inner in axes:
+        for m, g in axes:
             if g not in perms:
                 continue
-            p = torch.as_tensor(np.asarray(perms[g]), dtype=torch.long, device=t.device)
-            t = torch.index_select(t, axis, _expand(p, inner))
+            p = _as_perm(perms[g], t.device)
+            t = torch.index_select(t, m.axis, m.index(p, t.shape[m.axis]))
         out[name] = t
+    for alias, name in spec.aliases.items():
+        if alias in out and name in out:
+            out[alias] = out[name]
     return out
 
 
-def random_permutation(model: nn.Module, seed: int = 0, spec: PermutationSpec | None = None) -> tuple[nn.Module, dict]:
+def random_permutation(model: nn.Module, seed: int = 0, spec: PermutationSpec | None = None,
+                       example=None) -> tuple[nn.Module, dict]:
     """A copy of `model` with its hidden units randomly permuted (same function), and the perms."""
-    spec = spec or permutation_spec(model)
+    spec = normalise_spec(spec, model) if spec is not None else permutation_spec(model, example=example)
     sizes = spec.sizes(model.state_dict())
     g = torch.Generator().manual_seed(seed)
     perms = {k: torch.randperm(n, generator=g) for k, n in sizes.items()}
@@ -401,13 +286,20 @@ def random_permutation(model: nn.Module, seed: int = 0, spec: PermutationSpec | 
     return out, perms
 
 
+def permutation_spec(model: nn.Module, example=None, forward=None) -> PermutationSpec:
+    """Derive the permutation groups of `model` (see `lossprobe.align_derive`).
+
+    `example` is a batch the model runs on, or data to take one from (the batch contract
+    of `Objective`, with `forward`): it gives the derivation every tensor's shape. Without it, an input is
+    made up from the first layers where possible. Raises `UserError` naming the first
+    operation the derivation cannot reason about.
+    """
+    from .align_derive import derive
+
+    return derive(model, example=example, forward=forward)
+
+
 # --- weight matching ---------------------------------------------------------------------
-def _moved(t: torch.Tensor, axis: int, inner: int, n: int) -> torch.Tensor:
-    """[n, rest]: the group axis (with its inner blocks) in front, everything else flattened."""
-    t = t.movedim(axis, 0)
-    return t.reshape(n, inner * int(np.prod(t.shape[1:], dtype=np.int64)))
-
-
 def match_weights(state_a: Mapping[str, torch.Tensor], state_b: Mapping[str, torch.Tensor], spec: PermutationSpec,
                   max_iter: int = 100, restarts: int = 3, seed: int = 0, include_buffers: bool = False) -> dict[str, torch.Tensor]:
     """Permutations of B's units maximising Σ ⟨θ_A, π(θ_B)⟩ over all permuted tensors.
@@ -428,20 +320,20 @@ def match_weights(state_a: Mapping[str, torch.Tensor], state_b: Mapping[str, tor
     buffers = {k for k in axes if k.endswith(("running_mean", "running_var"))}
     counted = {k for k in axes if include_buffers or k not in buffers}
 
-    def permuted_except(name: str, skip_axis: int, skip_group: str, perms) -> torch.Tensor:
+    def permuted_except(name: str, skip: Member, skip_group: str, perms) -> torch.Tensor:
         t = b64[name]
-        for axis, g, inner in axes[name]:
-            if axis == skip_axis and g == skip_group:
+        for m, g in axes[name]:
+            if m == skip and g == skip_group:
                 continue
-            t = torch.index_select(t, axis, _expand(perms[g], inner))
+            t = torch.index_select(t, m.axis, m.index(perms[g], t.shape[m.axis]))
         return t
 
     def total(perms) -> float:
         s = 0.0
         for name in counted:
             t = b64[name]
-            for axis, g, inner in axes[name]:
-                t = torch.index_select(t, axis, _expand(perms[g], inner))
+            for m, g in axes[name]:
+                t = torch.index_select(t, m.axis, m.index(perms[g], t.shape[m.axis]))
             s += float((a64[name] * t).sum())
         return s
 
@@ -456,11 +348,11 @@ def match_weights(state_a: Mapping[str, torch.Tensor], state_b: Mapping[str, tor
                 g = names[gi]
                 n = sizes[g]
                 cost = torch.zeros(n, n, dtype=torch.float64)
-                for name, axis, inner in spec.groups[g]:
-                    if name not in counted:
+                for m in spec.groups[g]:
+                    if m.name not in counted:
                         continue
-                    wa = _moved(a64[name], axis, inner, n)
-                    wb = _moved(permuted_except(name, axis, g, perms), axis, inner, n)
+                    wa = m.moved(a64[m.name], n)
+                    wb = m.moved(permuted_except(m.name, m, g, perms), n)
                     cost += wa @ wb.T
                 _, col = linear_sum_assignment(cost.numpy(), maximize=True)
                 new = torch.as_tensor(col, dtype=torch.long)
@@ -478,98 +370,182 @@ def match_weights(state_a: Mapping[str, torch.Tensor], state_b: Mapping[str, tor
 
 
 # --- activation matching ------------------------------------------------------------------
-@torch.no_grad()
-def _collect_stats(model_a: nn.Module, model_b: nn.Module, spec: PermutationSpec, data, batch_size: int = 1024):
-    """One pass of `data` through both models: per group the sums needed for the
-    correlation between every channel of A and every channel of B, over all probe nodes."""
-    import torch.fx
-
-    if not spec.probes:
-        raise UserError("activation matching needs a spec derived from the model's fx graph (no probe layers found)")
-    gms = [torch.fx.symbolic_trace(m).eval() for m in (model_a, model_b)]
-    wanted = {node for nodes in spec.probes.values() for node, _ in nodes}
-
-    class Recorder(torch.fx.Interpreter):
-        def __init__(self, gm):
-            super().__init__(gm)
-            self.seen = {}
-
-        def run_node(self, n):
-            out = super().run_node(n)
-            if n.name in wanted:
-                self.seen[n.name] = out
-            return out
-
-    stats: dict[tuple[str, str], list] = {}
-    recs = [Recorder(g) for g in gms]
-    placeholders = [n.target for n in gms[0].graph.nodes if n.op == "placeholder"]
-    for batch in _as_batches(data, batch_size):
-        inputs = _graph_inputs(batch, placeholders)
-        for r in recs:
-            r.seen = {}
-            r.run(*inputs)
-        for g, nodes in spec.probes.items():
-            for node, d in nodes:
-                xa = recs[0].seen[node].movedim(d, -1)
-                xb = recs[1].seen[node].movedim(d, -1)
-                xa = xa.reshape(-1, xa.shape[-1]).double()
-                xb = xb.reshape(-1, xb.shape[-1]).double()
-                s = stats.setdefault((g, node), [0, 0.0, 0.0, 0.0, 0.0, 0.0])
-                s[0] += xa.shape[0]
-                s[1] = s[1] + xa.sum(0)
-                s[2] = s[2] + xb.sum(0)
-                s[3] = s[3] + (xa * xa).sum(0)
-                s[4] = s[4] + (xb * xb).sum(0)
-                s[5] = s[5] + xa.T @ xb
-    return stats
-
-
 def _as_batches(data, batch_size: int):
     from .batching import as_data
 
     yield from as_data(data, "align").batches(batch_size)
 
 
-def _graph_inputs(batch, placeholders: list[str]) -> list:
-    """The traced graph's positional inputs from a batch: all but the target of a tuple,
-    or the dict entries named like the graph's inputs."""
-    from collections.abc import Mapping
+def _probe_views(values: dict, probes: Sequence[Probe]):
+    for p in probes:
+        v = values.get((p.kind, p.name))
+        if v is None:
+            continue
+        if p.index is not None:
+            v = v[p.index]
+        if not isinstance(v, torch.Tensor):
+            continue
+        v = v.movedim(p.dim, -1)
+        if p.start or p.length is not None:
+            v = v[..., p.start:p.start + (v.shape[-1] - p.start if p.length is None else p.length)]
+        yield p, v.reshape(-1, v.shape[-1]).double()
 
-    if isinstance(batch, Mapping):
-        missing = [p for p in placeholders if p not in batch]
-        if missing:
-            raise UserError(f"activation matching: the batch has no '{missing[0]}' for the model's input of that name")
-        return [batch[p] for p in placeholders]
-    if isinstance(batch, (tuple, list)):
-        return list(batch[:-1]) if len(batch) > 1 else list(batch)
-    return [batch]
+
+@torch.no_grad()
+def _collect_stats(models, spec: PermutationSpec, data, batch_size: int, forward, probes: dict[str, list[Probe]]):
+    """One pass of `data` through both models: per probe the sums needed for the correlation
+    between every unit of A and every unit of B."""
+    from .align_derive import record_values
+    from .batching import move
+
+    wanted = [p for ps in probes.values() for p, _ in ps]
+    stats: dict[tuple, list] = {}
+    for batch in _as_batches(data, batch_size):
+        seen = []
+        for m in models:
+            batch_m = move(batch, next(m.parameters()).device)
+            seen.append(record_values(m, batch_m, wanted, forward))
+        for (pa, xa), (_, xb) in zip(_probe_views(seen[0], wanted), _probe_views(seen[1], wanted)):
+            key = (pa.kind, pa.name, pa.index, pa.start, pa.length)
+            xb = xb.to(xa.device)
+            s = stats.setdefault(key, [0, 0.0, 0.0, 0.0, 0.0, 0.0])
+            s[0] += xa.shape[0]
+            s[1] = s[1] + xa.sum(0)
+            s[2] = s[2] + xb.sum(0)
+            s[3] = s[3] + (xa * xa).sum(0)
+            s[4] = s[4] + (xb * xb).sum(0)
+            s[5] = s[5] + xa.T @ xb
+    return stats
+
+
+TIE_BREAK = 1e-3  # weight of the other probes under features='post'
+
+
+def select_probes(spec: PermutationSpec, features: str = "post") -> dict[str, list[tuple[Probe, float]]]:
+    """The probes activation matching reads per group, with their weights.
+
+    'post': the post-activation features decide where a group has any (the papers'
+    choice); its other probes (the layer outputs before the activation) enter with weight
+    `TIE_BREAK` only, so that units which never activate on the data (all-zero features,
+    correlation 0 with everything) are still matched by their pre-activations.
+    'all': every probe with weight 1 (layer outputs, activations, residual sums).
+    """
+    if features not in FEATURES:
+        raise UserError(f"features must be one of {FEATURES}, got '{features}'")
+    out = {}
+    for g, ps in spec.probes.items():
+        has_post = any(p.post for p in ps)
+        if features == "post" and has_post:
+            out[g] = [(p, 1.0 if p.post else TIE_BREAK) for p in ps]
+        else:
+            out[g] = [(p, 1.0) for p in ps]
+    return out
 
 
 def match_activations(model_a: nn.Module, model_b: nn.Module, spec: PermutationSpec, data,
-                      batch_size: int = 1024) -> dict[str, torch.Tensor]:
-    """Permutations of B's units maximising the summed correlation of matched channels.
+                      batch_size: int = 1024, features: str = "post", forward=None,
+                      restarts: int = 1, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Permutations of B's units maximising the summed correlation of matched units.
 
-    Every probe layer of a group (the outputs of its Linear/Conv/BatchNorm layers,
-    activations and residual sums) contributes its A×B correlation matrix, measured in
-    one pass over `data`; each group is then one linear assignment problem.
+    Every probe of a group contributes its A×B correlation matrix, measured in one pass
+    over `data`; `features` chooses the probes (`select_probes`). Groups that share a
+    tensor axis (attention heads and the dimensions within them, GroupNorm groups and
+    the channels within them) are solved together by the coordinate descent of
+    `match_weights` on the correlation matrices; a group without probes stays as it is.
     """
-    from scipy.optimize import linear_sum_assignment
-
-    stats = _collect_stats(model_a, model_b, spec, data, batch_size)
-    perms = {}
-    for g, n in spec.sizes(model_a.state_dict()).items():
-        corr = torch.zeros(n, n, dtype=torch.float64)
-        for (gg, _node), (cnt, sa, sb, saa, sbb, sab) in stats.items():
-            if gg != g:
+    probes = select_probes(spec, features)
+    if not any(probes.values()):
+        raise UserError("activation matching found no layers to read in this model's permutation spec "
+                        "(a hand-written spec has none): use method='weights'")
+    stats = _collect_stats((model_a, model_b), spec, data, batch_size, forward, probes)
+    # correlation matrices as pseudo-tensors: maximise Σ_u C[u, π(u)] = ⟨I, C Pᵀ⟩ over each
+    # probe's B axis (axis 1), with the layout of the groups acting on the probe's axis
+    sizes = spec.sizes(model_a.state_dict())
+    eye, corr, groups = {}, {}, {}
+    for g, ps in probes.items():
+        for p, weight in ps:
+            key = (p.kind, p.name, p.index, p.start, p.length)
+            if key not in stats:
                 continue
+            cnt, sa, sb, saa, sbb, sab = stats[key]
             ma, mb = sa / cnt, sb / cnt
             cov = sab / cnt - ma[:, None] * mb[None, :]
             sd_a = (saa / cnt - ma * ma).clamp_min(0).sqrt()
             sd_b = (sbb / cnt - mb * mb).clamp_min(0).sqrt()
-            corr += cov / (sd_a[:, None] * sd_b[None, :] + 1e-12)
-        _, col = linear_sum_assignment(corr.numpy(), maximize=True)
-        perms[g] = torch.as_tensor(col, dtype=torch.long)
+            c = weight * (cov / (sd_a[:, None] * sd_b[None, :] + 1e-12)).cpu()
+            tname = f"probe:{g}:{p.kind}:{p.name}:{p.index}:{p.start}"
+            eye[tname] = torch.eye(c.shape[0], dtype=torch.float64)
+            corr[tname] = c
+            for gg, outer, inner in (p.layout or ((g, 1, 1),)):
+                if gg in sizes:
+                    groups.setdefault(gg, []).append(Member(tname, 1, inner, outer))
+    if not groups:
+        raise UserError("activation matching: the data reached none of the layers it reads")
+    pspec = PermutationSpec(groups)
+    perms = match_weights(eye, corr, pspec, restarts=restarts, seed=seed)
+    for g, n in sizes.items():
+        perms.setdefault(g, torch.arange(n))
     return perms
+
+
+# --- the check: never silently wrong ------------------------------------------------------
+def _outputs(out) -> list[torch.Tensor]:
+    from .batching import leaves
+
+    return [t for t in leaves(out) if isinstance(t, torch.Tensor) and t.is_floating_point()]
+
+
+@torch.no_grad()
+def _difference(model_b: nn.Module, other: nn.Module, batch, forward) -> tuple[float, float]:
+    """(max |output difference|, max |output|) of two models on one batch, in eval mode."""
+    from .batching import move
+
+    modes = [(m, m.training) for mod in (model_b, other) for m in mod.modules()]
+    try:
+        model_b.eval()
+        other.eval()
+        device = next(model_b.parameters()).device
+        ob = _outputs(forward(model_b, move(batch, device)))
+        oo = _outputs(forward(other, move(batch, next(other.parameters()).device)))
+    finally:
+        for m, t in modes:
+            m.training = t
+    if not ob or len(ob) != len(oo):
+        raise UserError("the alignment check found no floating-point outputs to compare: pass forward= that "
+                        "returns the model's output tensor, or check=False")
+    diff = max(float((a.double() - b.double().to(a.device)).abs().max()) for a, b in zip(ob, oo) if a.numel())
+    scale = max(float(a.double().abs().max()) for a in ob if a.numel())
+    return diff, scale
+
+
+def check_alignment(model_b: nn.Module, aligned: nn.Module, spec: PermutationSpec, perms: Mapping, batch,
+                    forward=None, tol: float = CHECK_TOL) -> float:
+    """Raise `UserError` (one line, naming the groups) unless `aligned` computes the same
+    function as `model_b` on `batch`; returns the relative difference."""
+    from .losses import criterion
+
+    fwd = criterion(forward=forward).forward
+    diff, scale = _difference(model_b, aligned, batch, fwd)
+    rel = diff / max(scale, 1e-12)
+    if rel <= tol:
+        return rel
+    # which groups break it: apply each one alone
+    sb = model_b.state_dict()
+    bad = []
+    for g, p in perms.items():
+        if bool((_as_perm(p) == torch.arange(len(p))).all()):
+            continue
+        one = copy.deepcopy(model_b)
+        one.load_state_dict(apply_permutation(sb, spec, {g: p}))
+        d, _ = _difference(model_b, one, batch, fwd)
+        if d / max(scale, 1e-12) > tol:
+            bad.append(g)
+    named = ", ".join(f"'{g}'" for g in (bad or [g for g in perms]))
+    raise UserError(
+        f"alignment check failed: the permuted model does not compute the same function as B (largest output "
+        f"difference {diff:.3g} against an output scale of {scale:.3g}); the permutation of group(s) {named} "
+        f"({spec.structure} spec) is not a symmetry of this model: pass spec= with the groups written by hand"
+    )
 
 
 # --- the public entry point -----------------------------------------------------------------
@@ -584,48 +560,78 @@ def align(
     seed: int = 0,
     batch_size: int = 1024,
     return_perms: bool = False,
+    features: str = "post",
+    forward=None,
+    check: bool = True,
+    check_tol: float = CHECK_TOL,
 ):
     """Return a copy of `model_b` with its hidden units permuted to match `model_a`.
 
     Args:
         method: 'weights' (weight matching, no data needed) or 'activations' (correlation
-            of every layer's channels over `data`).
-        data: a `Split`, (x, y) tensors, a Dataset or a DataLoader; needed for 'activations'.
-        spec: the permutation groups; derived from the fx graph of `model_a` when None.
-            A dict {group: [(state_dict_name, axis[, inner]), ...]} is accepted too.
+            of every group's units over `data`).
+        data: any data form of `Objective` (a `Split`, (x, y) tensors, a dict of arrays,
+            a Dataset or DataLoader); needed for 'activations'; its first batch also serves
+            the derivation (shapes) and the check.
+        spec: the permutation groups; derived from `model_a` when None. A dict
+            {group: [(state_dict_name, axis[, inner]), ...]} is accepted too. Groups that
+            permute the same tensor axis (or tied tensors) are merged.
+        features: activation matching reads 'post' (post-activation features where a
+            group has them, the papers' choice; default) or 'all' (every layer output,
+            activation and residual sum of the group).
+        forward: ``forward(model, batch) -> output`` (the batch contract of `Objective`).
+        check: run B and the aligned B on one batch (of `data`, or made up from the first
+            layers) and raise `UserError` naming the groups if their outputs differ by
+            more than `check_tol` times the largest output.
         restarts, max_iter, seed: weight matching's random sweep orders.
         return_perms: also return {group: LongTensor[n]} (unit i of the result is unit
             perms[g][i] of B).
 
-    The result computes the same function as `model_b` (up to rounding).
+    The result computes the same function as `model_b` (checked, up to rounding).
     """
+    from .align_derive import example_batch
+
     if method not in METHODS:
         raise UserError(f"method must be one of {METHODS}, got '{method}'")
+    if features not in FEATURES:
+        raise UserError(f"features must be one of {FEATURES}, got '{features}'")
     if not isinstance(model_a, nn.Module) or not isinstance(model_b, nn.Module):
         raise TypeError("align() takes two torch.nn.Module objects")
-    if spec is None:
-        spec = permutation_spec(model_a)
-    elif not isinstance(spec, PermutationSpec):
-        spec = PermutationSpec(dict(spec))
     sa, sb = model_a.state_dict(), model_b.state_dict()
     if set(sa) != set(sb) or any(sa[k].shape != sb[k].shape for k in sa):
         raise UserError("align() needs two models of the same architecture (their state dicts differ)")
-    if method == "weights":
+    example = example_batch(model_a, data, forward) if (check or spec is None) else None
+    if spec is None:
+        spec = permutation_spec(model_a, example=example, forward=forward)
+    else:
+        if not isinstance(spec, PermutationSpec):
+            spec = PermutationSpec(dict(spec))
+        spec = normalise_spec(spec, model_a)
+    if not spec.groups:  # nothing to permute (e.g. an LSTM with a Linear head): B as it is
+        perms = {}
+    elif method == "weights":
         perms = match_weights(sa, sb, spec, max_iter=max_iter, restarts=restarts, seed=seed)
     else:
         if data is None:
             raise UserError("method='activations' needs data= (a few thousand training samples)")
         if not spec.probes:
-            spec.probes = permutation_spec(model_a).probes
-        perms = match_activations(model_a, model_b, spec, data, batch_size)
+            derived = permutation_spec(model_a, example=example, forward=forward)
+            spec.probes = {g: ps for g, ps in derived.probes.items() if g in spec.groups}
+        perms = match_activations(model_a, model_b, spec, data, batch_size, features=features, forward=forward)
     out = copy.deepcopy(model_b)
     out.load_state_dict(apply_permutation(sb, spec, perms))
     out.train(model_b.training)
+    if check:
+        if example is None:
+            raise UserError("align() checks that the aligned model computes B's function on one batch, and could "
+                            "not make one up for this model: pass data= (a few samples), or check=False")
+        check_alignment(model_b, out, spec, perms, example, forward, check_tol)
     return (out, perms) if return_perms else out
 
 
-__all__ = ["METHODS", "PermutationSpec", "align", "apply_permutation", "match_activations", "match_weights",
-           "permutation_spec", "random_permutation"]
+__all__ = ["CHECK_TOL", "FEATURES", "METHODS", "TIE_BREAK", "Member", "PermutationSpec", "Probe", "align", "apply_permutation",
+           "check_alignment", "match_activations", "match_weights", "normalise_spec", "permutation_spec",
+           "random_permutation", "select_probes"]
 
 
 # `lossprobe.align(...)` calls `align`, while `lossprobe.align.permutation_spec` etc. stay

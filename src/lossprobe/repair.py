@@ -26,7 +26,7 @@ BatchNorm layers); pass `layers=` / `norm_layers=` to choose yourself.
 from __future__ import annotations
 
 import copy
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -43,11 +43,23 @@ class _Stop(Exception):
     pass
 
 
+def _is_hf_conv1d(module: nn.Module) -> bool:
+    return type(module).__name__ == "Conv1D" and hasattr(module, "nf")
+
+
 def _channel_view(t: torch.Tensor, module: nn.Module) -> torch.Tensor:
-    """[rows, C]: a layer output with its channel axis last (dim 1 for conv/BN, -1 for Linear)."""
-    if isinstance(module, nn.Linear):
+    """[rows, C]: a layer output with its channel axis last (dim 1 for conv/BN, -1 for Linear
+    and HF Conv1D)."""
+    if isinstance(t, (tuple, list)):
+        t = t[0]
+    if isinstance(module, nn.Linear) or _is_hf_conv1d(module):
         return t.reshape(-1, t.shape[-1])
     return t.movedim(1, -1).reshape(-1, t.shape[1])
+
+
+def _weight_out_axis(module: nn.Module) -> int:
+    """The axis of the weight that indexes output channels (HF Conv1D stores [in, out])."""
+    return 1 if _is_hf_conv1d(module) else 0
 
 
 class _Moments:
@@ -98,11 +110,18 @@ def layer_statistics(model: nn.Module, layers: Sequence[str], data, batch_size: 
     return {k: v.mean_var() for k, v in acc.items()}
 
 
-def _execution_order(model: nn.Module, names: Sequence[str], batch, forward) -> list[str]:
+def _execution_order(model: nn.Module, names: Sequence[str], batch, forward) -> tuple[list[str], dict[str, int]]:
+    """The layers in the order the forward pass first reaches them, and how often each is called."""
     mods = dict(model.named_modules())
     order: list[str] = []
-    handles = [mods[n].register_forward_pre_hook(lambda m, i, n=n: order.append(n) if n not in order else None)
-               for n in names]
+    calls = {n: 0 for n in names}
+
+    def seen(n):
+        calls[n] += 1
+        if n not in order:
+            order.append(n)
+
+    handles = [mods[n].register_forward_pre_hook(lambda m, i, n=n: seen(n)) for n in names]
     try:
         with torch.no_grad():
             forward(model.eval(), move(take(batch, slice(0, 2)), next(model.parameters()).device))
@@ -112,7 +131,7 @@ def _execution_order(model: nn.Module, names: Sequence[str], batch, forward) -> 
     missing = [n for n in names if n not in order]
     if missing:
         raise UserError(f"REPAIR: layer '{missing[0]}' is never called in the forward pass")
-    return order
+    return order, calls
 
 
 class Repairer:
@@ -144,8 +163,10 @@ class Repairer:
         for n in list(layers) + norm_layers:
             if n not in mods:
                 raise UserError(f"REPAIR: the model has no module '{n}'")
+        layers = list(dict.fromkeys(layers))  # each layer once, however often it is listed
+        norm_layers = list(dict.fromkeys(norm_layers))
         for n in layers:
-            if not isinstance(mods[n], (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            if not isinstance(mods[n], (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)) and not _is_hf_conv1d(mods[n]):
                 raise UserError(f"REPAIR: layer '{n}' is a {type(mods[n]).__name__}, not a Linear or Conv layer")
         for n in norm_layers:
             if not isinstance(mods[n], nn.modules.batchnorm._BatchNorm):
@@ -157,7 +178,8 @@ class Repairer:
             raise UserError("REPAIR needs calibration data (got an empty set)")
         self.layers = list(layers)
         self.norm_layers = norm_layers
-        self.order = _execution_order(model_a, self.layers + self.norm_layers, self.batches[0], self.forward)
+        self.order, self.calls = _execution_order(model_a, self.layers + self.norm_layers, self.batches[0],
+                                                  self.forward)
         self.stats_a = layer_statistics(model_a, self.layers, self.batches, forward=self.forward)
         self.stats_b = layer_statistics(model_b, self.layers, self.batches, forward=self.forward)
         self._names = [k for k, _ in model_a.named_parameters()] + [
@@ -173,17 +195,24 @@ class Repairer:
 
     @torch.no_grad()
     def at(self, alpha: float) -> nn.Module:
-        """The interpolated model at α with REPAIR folded into its weights (eval mode)."""
+        """The interpolated model at α with REPAIR folded into its weights (eval mode).
+
+        A layer called more than once in the forward pass (a shared module) is corrected
+        once, from its statistics pooled over all of its calls, as they were measured at
+        the endpoints; the pass then runs to the end instead of stopping at the layer.
+        """
         model = self.interpolated(float(alpha))
         mods = dict(model.named_modules())
         for name in self.order:
             mod = mods[name]
             acc = _Moments()
             is_norm = name in self.norm_layers
+            stop = self.calls.get(name, 1) == 1
 
-            def hook(m, inputs, output=None, is_norm=is_norm):
+            def hook(m, inputs, output=None, is_norm=is_norm, stop=stop):
                 acc.add(_channel_view(inputs[0] if is_norm else output, m))
-                raise _Stop
+                if stop:
+                    raise _Stop
 
             h = mod.register_forward_pre_hook(hook) if is_norm else mod.register_forward_hook(hook)
             try:
@@ -206,7 +235,9 @@ class Repairer:
             sd_t = (1 - alpha) * (va + EPS).sqrt() + alpha * (vb + EPS).sqrt()
             scale = sd_t / (var + EPS).sqrt()
             w = mod.weight
-            w.copy_((w.double() * scale.view(-1, *([1] * (w.ndim - 1)))).to(w))
+            shape = [1] * w.ndim
+            shape[_weight_out_axis(mod)] = -1
+            w.copy_((w.double() * scale.view(shape)).to(w))
             if mod.bias is not None:
                 mod.bias.copy_(((mod.bias.double() - mean) * scale + mu_t).to(mod.bias))
         return model

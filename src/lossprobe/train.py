@@ -21,19 +21,34 @@ import numpy as np
 import torch
 from torch import nn
 
-from .batching import TensorData, as_data
+from .batching import as_data
 from .errors import UserError
 from .losses import criterion
 from .objective import Objective, check_fits
 from .space import ParamSpace
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop", "adagrad")
-SCHEDULES = ("constant", "cosine", "step")
+SCHEDULES = ("constant", "cosine", "step", "linear", "onecycle")
+AUGMENTATIONS = ("none", "flip", "crop", "crop+flip")
+ONECYCLE_WARMUP = 0.25  # onecycle without warmup_epochs: the first quarter of the steps warm up
 
 
 @dataclass
 class TrainConfig:
-    """How to train. `lr` is the peak learning rate; `schedule` decays it per step."""
+    """How to train. `lr` is the peak learning rate; `schedule` decays it per step.
+
+    Schedules: ``constant``, ``cosine`` (to 0 at the last step), ``linear`` (to 0),
+    ``step`` (×`gamma` every `step_size` epochs) and ``onecycle`` (linear up, then linear
+    down to 0: a triangle). `warmup_epochs` (may be fractional) first raises the rate
+    linearly from lr/steps to lr, and the decay runs over the remaining steps; onecycle
+    without it warms up over the first quarter of training.
+
+    `augment` transforms image batches ([N, C, H, W] or [N, H, W] inputs) during training
+    only: ``flip`` mirrors half of the images left-right, ``crop`` shifts each image by up
+    to `crop_padding` pixels in each direction (a random crop of the image padded by
+    `crop_padding`, border pixels repeated), ``crop+flip`` both. The draws come from a
+    generator seeded per epoch by `data_seed`, so a resumed run repeats them exactly.
+    """
 
     optimizer: str = "adam"
     lr: float = 1e-3
@@ -48,6 +63,9 @@ class TrainConfig:
     loss: str = "cross_entropy"
     eval_batch_size: int = 4096
     trajectory_every: int = 0  # record the flat parameters every k steps (0: never)
+    warmup_epochs: float = 0.0
+    augment: str = "none"
+    crop_padding: int = 4
 
     def __post_init__(self):
         self.validate()
@@ -66,6 +84,12 @@ class TrainConfig:
             raise UserError("weight_decay must be >= 0 and momentum in [0, 1)")
         if self.trajectory_every < 0:
             raise UserError(f"trajectory_every must be >= 0, got {self.trajectory_every}")
+        if not 0 <= self.warmup_epochs < self.epochs:
+            raise UserError(f"warmup_epochs must be in [0, epochs), got {self.warmup_epochs}")
+        if self.augment not in AUGMENTATIONS:
+            raise UserError(f"unknown augment '{self.augment}'; choose from {list(AUGMENTATIONS)}")
+        if self.crop_padding < 0:
+            raise UserError(f"crop_padding must be >= 0, got {self.crop_padding}")
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -127,12 +151,75 @@ def cosine_factor(step: int, total: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
 
 
-def _lr_factor(cfg: TrainConfig, step: int, total: int, steps_per_epoch: int) -> float:
+def warmup_steps(cfg: TrainConfig, total: int, steps_per_epoch: int) -> int:
+    """Steps of linear warmup (see `TrainConfig`)."""
+    if cfg.warmup_epochs > 0:
+        return max(1, round(cfg.warmup_epochs * steps_per_epoch))
+    if cfg.schedule == "onecycle":
+        return max(1, round(ONECYCLE_WARMUP * total))
+    return 0
+
+
+def lr_factor(cfg: TrainConfig, step: int, total: int, steps_per_epoch: int) -> float:
+    """The learning rate at `step` (0-based) of `total`, as a fraction of ``cfg.lr``."""
+    w = warmup_steps(cfg, total, steps_per_epoch)
+    if step < w:
+        return (step + 1) / w
+    s, rest = step - w, max(total - w, 1)
     if cfg.schedule == "cosine":
-        return cosine_factor(step, total)
+        return cosine_factor(s, rest)
+    if cfg.schedule in ("linear", "onecycle"):
+        return max(0.0, 1.0 - s / rest)
     if cfg.schedule == "step":
         return cfg.gamma ** ((step // steps_per_epoch) // cfg.step_size)
     return 1.0
+
+
+_lr_factor = lr_factor
+
+
+def augment_batch(batch, cfg: TrainConfig, generator: torch.Generator):
+    """The batch with its images flipped and/or shifted (see `TrainConfig.augment`).
+
+    The images are the input of a tuple batch (its first element) or ``batch["pixel_values"]``
+    / the first image-shaped tensor of a dict; other entries are untouched.
+    """
+    if cfg.augment == "none":
+        return batch
+    from collections.abc import Mapping
+
+    if isinstance(batch, Mapping):
+        key = "pixel_values" if "pixel_values" in batch else next(
+            (k for k, v in batch.items() if isinstance(v, torch.Tensor) and v.is_floating_point() and v.ndim >= 3), None)
+        if key is None:
+            raise UserError(f"augment='{cfg.augment}': the batch has no image tensor ([N, C, H, W] or [N, H, W])")
+        return {**batch, key: augment_images(batch[key], cfg, generator)}
+    if isinstance(batch, (tuple, list)):
+        return type(batch)([augment_images(batch[0], cfg, generator), *batch[1:]])
+    return augment_images(batch, cfg, generator)
+
+
+def augment_images(x: torch.Tensor, cfg: TrainConfig, generator: torch.Generator) -> torch.Tensor:
+    if not (isinstance(x, torch.Tensor) and x.is_floating_point() and x.ndim in (3, 4)):
+        raise UserError(f"augment='{cfg.augment}' needs image inputs [N, C, H, W] or [N, H, W], got "
+                        f"{list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+    squeeze = x.ndim == 3
+    if squeeze:
+        x = x[:, None]
+    n, _, h, w = x.shape
+    # draws on the CPU generator, in a fixed order, whatever the augmentation
+    flip = torch.rand(n, generator=generator) < 0.5
+    shift = torch.randint(-cfg.crop_padding, cfg.crop_padding + 1, (n, 2), generator=generator)
+    if "flip" in cfg.augment:
+        x = torch.where(flip.to(x.device)[:, None, None, None], x.flip(-1), x)
+    if "crop" in cfg.augment and cfg.crop_padding > 0:
+        # a shifted image samples row i - dy, column j - dx of the original, clamped at the
+        # border (border pixels repeated: Fashion-MNIST's border is background)
+        rows = (torch.arange(h)[None, :] - shift[:, :1]).clamp(0, h - 1).to(x.device)  # [n, h]
+        cols = (torch.arange(w)[None, :] - shift[:, 1:]).clamp(0, w - 1).to(x.device)  # [n, w]
+        x = x.gather(2, rows[:, None, :, None].expand(n, x.shape[1], h, w))
+        x = x.gather(3, cols[:, None, None, :].expand(n, x.shape[1], h, w))
+    return x[:, 0] if squeeze else x
 
 
 def evaluate_model(model: nn.Module, data, loss="cross_entropy", batch_size: int = 4096, forward=None,
@@ -195,7 +282,8 @@ def fit(
             old_cfg = json.loads(saved_cfg.read_text()) if saved_cfg.is_file() else None
         except ValueError:
             old_cfg = None  # damaged: derived data, written again below
-        if old_cfg is not None and old_cfg != asdict(cfg):
+        # fields added since the run started take their defaults
+        if old_cfg is not None and {**asdict(TrainConfig()), **old_cfg} != asdict(cfg):
             raise UserError(
                 f"{ckpt} holds a training run with a different configuration; use another directory"
             )
@@ -238,11 +326,12 @@ def fit(
             # Per-epoch seeds make a resumed run draw the same batches and dropout masks.
             gen = torch.Generator().manual_seed(cfg.data_seed * 100_003 + epoch)
             torch.manual_seed(cfg.data_seed * 100_003 + epoch)
+            aug_gen = torch.Generator().manual_seed(cfg.data_seed * 100_003 + epoch + 7_919_000_000)
             run_sum, run_n = 0.0, 0.0
             for i, batch in enumerate(train.epoch(cfg.batch_size, gen, device)):
                 for g in opt.param_groups:
                     g["lr"] = cfg.lr * _lr_factor(cfg, step, total_steps, steps_per_epoch)
-                t = crit(model, batch)
+                t = crit(model, augment_batch(batch, cfg, aug_gen))
                 if not float(t.count):
                     continue
                 loss = t.loss / t.count

@@ -22,6 +22,9 @@ def register(sub) -> None:
     add_model_data(p)
     p.add_argument("--method", choices=("weights", "activations"), default="weights",
                    help="weight matching (no data needed) or activation matching on --calib-data (default: %(default)s)")
+    p.add_argument("--features", choices=("post", "all"), default="post",
+                   help="activation matching: post-activation features (the papers' choice) or every layer output, "
+                   "activation and residual sum (default: %(default)s)")
     p.add_argument("--repair", action="store_true",
                    help="also evaluate the aligned line with REPAIR at every point (statistics from --calib-data)")
     p.add_argument("--calib-data", default=None, metavar="DATA",
@@ -45,6 +48,7 @@ def run(args) -> int:
     import numpy as np
 
     from ..align import align, permutation_spec
+    from ..align_derive import example_batch
     from ..data import load_split
     from ..errors import UserError
     from ..paths import has_batchnorm, interpolate, non_finite
@@ -59,20 +63,22 @@ def run(args) -> int:
         raise UserError(f"--alphas must be odd and at least 3 (0, 0.5 and 1 on the grid), got {args.alphas}")
     model_a = require_finite(load_model(args.model, args.ckpt_a), args.ckpt_a)
     model_b = require_finite(load_model(args.model, args.ckpt_b), args.ckpt_b)
-    spec = permutation_spec(model_a)  # fails early, naming an unsupported operation
     t0 = time.perf_counter()
     split = load_split(args.data, args.subset, args.subset_seed)
     crit = criterion_from_args(args, model_a)
     check_fit(model_a, split, crit, args)
+    example = example_batch(model_a, split, crit.forward)
+    spec = permutation_spec(model_a, example=example, forward=crit.forward)  # fails early, naming an unsupported operation
     require_finite_loss(model_a, split, args.ckpt_a, args.data, "A", args.batch_size, crit)
     require_finite_loss(model_b, split, args.ckpt_b, args.data, "B", args.batch_size, crit)
     needs_calib = args.method == "activations" or args.repair or (has_batchnorm(model_a) and args.bn == "recompute")
     calib = training_data(args, args.calib_data, "--calib-data", args.calib_subset, args.subset_seed + 1) \
         if needs_calib else None
     run_dir = RunDir(args.out, "align", {k: v for k, v in vars(args).items() if k not in ("func", "force")}, args.force)
-    aligned_b, perms = align(model_a, model_b, method=args.method, data=calib, spec=spec, restarts=args.restarts,
-                             seed=args.seed, return_perms=True)
     fwd = crit.forward
+    aligned_b, perms = align(model_a, model_b, method=args.method, data=calib if calib is not None else split,
+                             spec=spec, restarts=args.restarts, seed=args.seed, return_perms=True, forward=fwd,
+                             features=args.features)
     ckdir = run_dir.subdir("checkpoints")
     save_checkpoint(aligned_b, ckdir / "aligned_b.safetensors")
     alphas = np.linspace(0, 1, args.alphas)
@@ -104,6 +110,7 @@ def run(args) -> int:
         "loss_barrier": {k: it.loss_barrier(name) for k, it in paths.items()},
         "error_barrier": {k: it.error_barrier(name) for k, it in paths.items()},
         "data": args.data, "n_eval": split.n_samples, "method": args.method,
+        "features": args.features if args.method == "activations" else None, "spec": spec.structure,
         "calibration": {"data": args.calib_data or "training split of --data", "n": calib.n_samples}
         if calib is not None else None,
         "bn": bn if has_batchnorm(model_a) else "none",

@@ -3,7 +3,9 @@
 A model spec is how the CLI names an architecture:
 
 * ``mlp:784-256-256-10`` an MLP with those layer widths (ReLU); append ``:tanh``,
-  ``:gelu``, ``:sigmoid`` or ``:elu`` for another activation.
+  ``:gelu``, ``:sigmoid`` or ``:elu`` for another activation, ``:init=kaiming`` for He
+  initialisation (normal, fan-in, zero biases; deep ReLU MLPs need it to train) instead
+  of PyTorch's default.
 * ``cnn:32-64`` a small CNN for 28×28 greyscale images with conv blocks of those channel
   counts; options ``:bn`` (BatchNorm), ``:dropout=0.25``, ``:hidden=128``, ``:classes=10``,
   ``:in=1``, ``:size=28``.
@@ -24,10 +26,15 @@ from ..errors import UserError
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "sigmoid": nn.Sigmoid, "elu": nn.ELU}
 
 
-def mlp(widths: Sequence[int], activation: str = "relu", dropout: float = 0.0, seed: int | None = None) -> nn.Sequential:
+INITS = ("default", "kaiming")
+
+
+def mlp(widths: Sequence[int], activation: str = "relu", dropout: float = 0.0, seed: int | None = None,
+        init: str = "default") -> nn.Sequential:
     """Fully connected network: widths[0] inputs, widths[-1] outputs, one activation between layers.
 
-    Inputs of any shape [N, ...] are flattened first.
+    Inputs of any shape [N, ...] are flattened first. `init`: PyTorch's default, or
+    "kaiming" (He normal, fan-in, ReLU gain; zero biases).
     """
     widths = [int(w) for w in widths]
     if len(widths) < 2 or any(w <= 0 for w in widths):
@@ -36,6 +43,8 @@ def mlp(widths: Sequence[int], activation: str = "relu", dropout: float = 0.0, s
         raise UserError(f"unknown activation '{activation}'; choose from {sorted(ACTIVATIONS)}")
     if not 0 <= dropout < 1:
         raise UserError(f"dropout must be in [0, 1), got {dropout}")
+    if init not in INITS:
+        raise UserError(f"unknown init '{init}'; choose from {list(INITS)}")
     with _seeded(seed):
         layers: list[nn.Module] = [nn.Flatten()]
         for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
@@ -44,6 +53,12 @@ def mlp(widths: Sequence[int], activation: str = "relu", dropout: float = 0.0, s
                 layers.append(ACTIVATIONS[activation]())
                 if dropout:
                     layers.append(nn.Dropout(dropout))
+        if init == "kaiming":
+            with torch.no_grad():
+                for layer in layers:
+                    if isinstance(layer, nn.Linear):
+                        nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+                        layer.bias.zero_()
         return nn.Sequential(*layers)
 
 
@@ -114,10 +129,11 @@ def build(spec: str, seed: int | None = None) -> nn.Module:
             if not rest or not rest[0]:
                 raise UserError(f"model spec '{spec}' needs widths, e.g. mlp:784-256-256-10")
             flags, kv = options(rest[1:])
-            unknown = [f for f in flags if f not in ACTIVATIONS] + [k for k in kv if k != "dropout"]
+            unknown = [f for f in flags if f not in ACTIVATIONS] + [k for k in kv if k not in ("dropout", "init")]
             if unknown:
                 raise UserError(f"unknown option '{unknown[0]}' in model spec '{spec}'")
-            return mlp(rest[0].split("-"), flags[0] if flags else "relu", float(kv.get("dropout", 0)), seed)
+            return mlp(rest[0].split("-"), flags[0] if flags else "relu", float(kv.get("dropout", 0)), seed,
+                       str(kv.get("init", "default")))
         if kind == "cnn":
             chans = rest[0].split("-") if rest and rest[0] else ["32", "64"]
             flags, kv = options(rest[1:])
@@ -150,4 +166,4 @@ def _from_function(spec: str, seed: int | None) -> nn.Module:
     return model
 
 
-__all__ = ["ACTIVATIONS", "build", "cnn", "mlp"]
+__all__ = ["ACTIVATIONS", "INITS", "build", "cnn", "mlp"]

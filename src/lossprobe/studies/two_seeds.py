@@ -38,6 +38,9 @@ class TwoSeedsConfig:
     epochs: int = 12
     batch_size: int = 128
     schedule: str = "cosine"
+    warmup_epochs: float = 0.0
+    augment: str = "none"
+    crop_padding: int = 4
     n_val: int = 10_000
     split_seed: int = 0
     train_subset: int | None = None  # train on a seeded subset of the train split
@@ -49,6 +52,7 @@ class TwoSeedsConfig:
     surface_subset: int = 2000  # surfaces stage: test images
 
     def __post_init__(self):
+        self.train_config(0)  # the recipe is valid (one line otherwise)
         if len(self.seeds) != 2 or self.seeds[0] == self.seeds[1]:
             raise UserError(f"seeds must be two different integers, got {self.seeds}")
         if self.alphas < 5 or (self.alphas - 1) % 4:
@@ -73,6 +77,7 @@ class TwoSeedsConfig:
         return TrainConfig(
             optimizer=self.optimizer, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay,
             epochs=self.epochs, batch_size=self.batch_size, schedule=self.schedule,
+            warmup_epochs=self.warmup_epochs, augment=self.augment, crop_padding=self.crop_padding,
             data_seed=self.data_seed + (run if self.different_data_order else 0),
         )
 
@@ -247,7 +252,7 @@ def _write_report(rd, cfg: TwoSeedsConfig, s: dict, figures: list[str]) -> None:
 
 # --- CLI -----------------------------------------------------------------------------
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..cli.common import add_out, positive_int
+    from ..cli.common import add_out, add_recipe, positive_int
 
     add_out(p, default="runs/two-seeds")
     p.add_argument("--config", metavar="FILE.toml",
@@ -260,12 +265,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true",
                    help="a smoke run in seconds: 1 epoch on 4000 images, evaluation on 2000, 21 α points"
                    " (keys set in --config, and flags, win over it)")
+    add_recipe(p)
 
 
 def run_cli(args) -> int:
+    from ..cli.common import recipe_overrides
+
     overrides = {}
     flags = {"epochs": args.epochs, "seeds": args.seeds, "model": args.model,
-             "different_data_order": args.different_data_order}
+             "different_data_order": args.different_data_order, **recipe_overrides(args)}
     overrides.update({k: v for k, v in flags.items() if v is not None})
     cfg = config_mod.load(TwoSeedsConfig, args.config, overrides, presets=QUICK if args.quick else None)
     s = run(args.out, cfg, force=args.force)

@@ -70,8 +70,8 @@ def _compute(rd, cfg, models, train, eval_train, test, progress, epochs) -> None
 
     # 1. align B to A by weight matching (no data needed)
     t = time.perf_counter()
-    spec = permutation_spec(model_a)
-    aligned_b = align(model_a, model_b, method="weights", spec=spec, seed=cfg.seeds[0])
+    spec = permutation_spec(model_a, example=eval_train)
+    aligned_b = align(model_a, model_b, method="weights", spec=spec, seed=cfg.seeds[0], data=eval_train)
     save_checkpoint(aligned_b, rd.subdir("checkpoints") / f"model_seed{cfg.seeds[1]}_aligned.safetensors")
     timing["align"] = time.perf_counter() - t
     if progress:
