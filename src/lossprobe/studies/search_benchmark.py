@@ -46,6 +46,50 @@ activation = "relu"
 """
 
 
+# The CNN space of the second table (same text as examples/space_cnn.toml).
+CNN_SPACE_TOML = """
+[train]
+model = "cnn"
+epochs = 3
+schedule = "cosine"
+
+[params]
+lr = { type = "float", low = 1e-4, high = 0.3, log = true }
+weight_decay = { type = "float", low = 1e-6, high = 1e-2, log = true }
+batch_size = { type = "categorical", choices = [32, 64, 128, 256] }
+optimizer = { type = "categorical", choices = ["sgd", "momentum", "adam", "rmsprop"] }
+channels = { type = "int", low = 4, high = 32, log = true }
+depth = { type = "int", low = 1, high = 3 }
+batchnorm = { type = "categorical", choices = [true, false] }
+dropout = { type = "float", low = 0.0, high = 0.5 }
+momentum = 0.9
+width = 64
+"""
+
+# The two tables the benchmark reports side by side. Sized so that each builds in about
+# 1-2.5 hours of one CPU core (every row is trained twice; see docs/search.md).
+TABLES = {
+    "mlp": {"space_toml": DEFAULT_SPACE_TOML, "size": 400, "fidelities": [[0.1, 1], [0.2, 2], [0.4, 2]],
+            "n_train": 10_000, "n_val": 5_000, "n_score_val": 5_000, "n_probe_val": 2_000},
+    "cnn": {"space_toml": CNN_SPACE_TOML, "size": 200, "fidelities": [[0.1, 1], [0.25, 2]],
+            "n_train": 4_000, "n_val": 2_000, "n_score_val": 5_000, "n_probe_val": 1_000},
+}
+
+
+def table_config(name: str, size: int | None = None):
+    """The `TableConfig` of one of the benchmark's tables ('mlp' or 'cnn')."""
+    from ..search.space import SearchSpace
+    from ..search.table import TableConfig
+
+    if name not in TABLES:
+        raise UserError(f"unknown benchmark table '{name}'; choose from {', '.join(TABLES)}")
+    t = TABLES[name]
+    space = SearchSpace.from_dict(tomllib.loads(t["space_toml"]), source=f"(built-in {name} space)")
+    return TableConfig(space=space.to_dict(), size=size or t["size"], fidelities=[list(f) for f in t["fidelities"]],
+                       n_train=t["n_train"], n_val=t["n_val"], n_score_val=t["n_score_val"],
+                       n_probe_val=t["n_probe_val"])
+
+
 @dataclass
 class SearchBenchmarkConfig:
     space: str | None = None  # TOML file of the search space (default: examples/space.toml's space)
