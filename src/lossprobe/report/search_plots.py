@@ -7,7 +7,7 @@ import numpy as np
 from .figures import new_figure, save_figure, styles
 
 
-def plot_search_progress(events: list[dict], budget: float, directory, title_data: str) -> str:
+def plot_search_progress(events: list[dict], budget: float, directory, title_data: str, xlabel: str | None = None) -> str:
     """Best final validation accuracy so far against budget spent, with every full training marked."""
     fig, ax = new_figure()
     full = [e for e in events if e["kind"] == "full"]
@@ -21,9 +21,9 @@ def plot_search_progress(events: list[dict], budget: float, directory, title_dat
         ax.scatter([e["spent"] for e in probes], [e["value"] for e in probes], marker="x", color="#D55E00",
                    s=14, label="probe (val acc at probe end)")
     ax.axvline(budget, color="#777777", linestyle=":", label="budget")
-    ax.set_xlabel("budget spent (full-data epoch equivalents)")
+    ax.set_xlabel(xlabel or "budget spent (full-data epoch equivalents)")
     ax.set_ylabel("validation accuracy")
-    ax.set_title(f"Probe-based search on {title_data}")
+    ax.set_title(f"Hyperparameter search on {title_data}")
     ax.legend(fontsize=8)
     save_figure(fig, directory, "search_progress")
     return "search_progress"

@@ -77,6 +77,16 @@ def regret_curve(rep: Replay, grid: np.ndarray) -> np.ndarray:
     return out
 
 
+def budget_to_regret(curves: np.ndarray, grid: np.ndarray, target: float) -> np.ndarray:
+    """Per seed: the smallest budget on `grid` at which regret <= target (inf if never)."""
+    out = np.full(len(curves), np.inf)
+    for i, c in enumerate(curves):
+        hit = np.where(c <= target + 1e-12)[0]
+        if len(hit):
+            out[i] = grid[hit[0]]
+    return out
+
+
 def time_to_regret(rep: Replay, target: float) -> float:
     """First time the incumbent's regret is <= target (inf if never within the replay)."""
     for t, s in zip(rep.t, rep.scores):

@@ -104,6 +104,8 @@ def probe_search(oracle: Oracle, cfg: LoopConfig, on_event: Callable[[Event, "Se
     `final_test(key)` is called exactly once, after selection, with the chosen key.
     """
     fid = cfg.fidelity or oracle.fidelities[0]
+    if math.isfinite(cfg.budget):  # the loop's budget caps the oracle's clock
+        oracle.clock.budget = min(oracle.clock.budget, float(cfg.budget))
     rng = np.random.default_rng([cfg.seed, 5])
     feats: dict = {}
     trained: dict = {}

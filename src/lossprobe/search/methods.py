@@ -367,7 +367,7 @@ class MFSearch:
         for r in range(R - 2, -1, -1):  # the highest rung with a promotable candidate goes first
             cands = list(self.done[r])
             k = len(cands) // cfg.eta
-            if k < 1:
+            if k < 1 or len(self.promoted[r]) >= k:  # at most 1/eta of a rung ever goes up (ASHA's budget split)
                 continue
             sc = self.scores(r, cands)
             top = sorted(cands, key=lambda c: -sc[c])[:k]
