@@ -120,3 +120,23 @@ def test_ray_backend_tiny_search(tmp_path):
         assert len(t["search-probes"]) >= 3 and len(t["search-full"]) >= 1
     finally:
         ray.shutdown()
+
+
+def test_default_method_never_reads_the_test_set_before_the_end():
+    from lossprobe.search.engine import LiveOracle, TaskSpec
+    from lossprobe.search.methods import DEFAULT_METHOD, run_method
+    from lossprobe.search.space import SearchSpace
+    import tomllib
+
+    space = SearchSpace.from_dict(tomllib.loads(SPACE))
+    spec = TaskSpec("spiral", 200, 100, seed=6)
+    seen = []
+    oracle = LiveOracle(space, spec, "sqlite:///:memory:", fraction=0.25, probe_epochs=1, budget=8,
+                        on_job=lambda e: seen.append(spec.load().test.touched))
+    sealed = spec.load().test
+    trace = run_method(DEFAULT_METHOD, oracle, seed=0)
+    assert seen and not any(seen) and oracle.clock.spent <= 8 + 1e-9
+    acc = oracle.test_accuracy(trace.chosen)
+    assert 0 <= acc <= 1 and sealed.accesses == [f"final evaluation of candidate {trace.chosen}"]
+    with pytest.raises(RuntimeError, match="already used"):
+        oracle.test_accuracy(trace.chosen)

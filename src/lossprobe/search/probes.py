@@ -124,6 +124,10 @@ class SealedSplit:
     def touched(self) -> bool:
         return bool(self.accesses)
 
+    def reseal(self) -> "SealedSplit":
+        """A new, unopened seal over the same data: one per search (a process may run several)."""
+        return SealedSplit(self._split)
+
     def _refuse(self, *a, **k):
         raise RuntimeError("the test set is sealed during selection; only the final evaluation may open it")
 
