@@ -64,7 +64,7 @@ lr = { type = "float", low = 1e-4, high = 0.3, log = true }
 weight_decay = { type = "float", low = 1e-6, high = 1e-2, log = true }
 batch_size = { type = "categorical", choices = [32, 64, 128, 256] }
 optimizer = { type = "categorical", choices = ["sgd", "momentum", "adam", "rmsprop"] }
-channels = { type = "int", low = 4, high = 32, log = true }
+channels = { type = "int", low = 4, high = 24, log = true }
 depth = { type = "int", low = 1, high = 3 }
 batchnorm = { type = "categorical", choices = [true, false] }
 dropout = { type = "float", low = 0.0, high = 0.5 }
@@ -72,13 +72,13 @@ momentum = 0.9
 width = 64
 """
 
-# The two tables the benchmark reports side by side. Sized so that each builds in about
-# 1-2.5 hours of one CPU core (every row is trained twice; see docs/search.md).
+# The two tables the benchmark reports side by side. Sized so that each builds in at most about
+# 1.5 hours of one CPU core (every row is trained twice; see docs/search.md).
 TABLES = {
-    "mlp": {"space_toml": DEFAULT_SPACE_TOML, "size": 400, "fidelities": [[0.1, 1], [0.2, 2], [0.4, 2]],
+    "mlp": {"space_toml": DEFAULT_SPACE_TOML, "size": 200, "fidelities": [[0.1, 1], [0.2, 2], [0.4, 2]],
             "n_train": 10_000, "n_val": 5_000, "n_score_val": 5_000, "n_probe_val": 2_000},
-    "cnn": {"space_toml": CNN_SPACE_TOML, "size": 200, "fidelities": [[0.1, 1], [0.25, 2]],
-            "n_train": 4_000, "n_val": 2_000, "n_score_val": 5_000, "n_probe_val": 1_000},
+    "cnn": {"space_toml": CNN_SPACE_TOML, "size": 150, "fidelities": [[0.1, 1], [0.2, 2]],
+            "n_train": 3_000, "n_val": 2_000, "n_score_val": 5_000, "n_probe_val": 1_000},
 }
 
 
