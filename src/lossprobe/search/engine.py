@@ -250,6 +250,7 @@ class LiveOracle:
                        "full": sum(1 for t in self.fulls.trials if t.state.name == "COMPLETE")}
         self._next = 0
         self._explicit: dict = {}
+        self._offered: dict = {}
         self.progress: dict = {}
         self.curves: dict = {}  # key -> val accuracy after epochs 0..progress
         self.probed: dict = {}
@@ -268,6 +269,8 @@ class LiveOracle:
     def values(self, key: int) -> dict:
         if key in self._explicit:
             return dict(self._explicit[key])
+        if key in self._offered:
+            return dict(self._offered[key])
         return self.space.sample(np.random.default_rng([self.seed, 7, key]))
 
     def draw(self, rng=None) -> int:
@@ -275,6 +278,22 @@ class LiveOracle:
         k = self._next
         self._next += 1
         return k
+
+    def offer(self, rng, n: int) -> list[int]:
+        """`n` new candidates drawn from the space with `rng` (not yet taken)."""
+        out = []
+        for _ in range(n):
+            k = -1 - len(self._offered)  # provisional keys; `take` gives the real one
+            self._offered[k] = self.space.sample(rng)
+            out.append(k)
+        return out
+
+    def take(self, key: int) -> int:
+        if key in self._offered:
+            values = self._offered.pop(key)
+            self._offered.clear()
+            return self.snap(values)
+        return key
 
     def snap(self, values: dict) -> int:
         """A new candidate with exactly these values (live, every suggestion can be trained)."""

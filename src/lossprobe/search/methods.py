@@ -299,6 +299,17 @@ class MFConfig:
     meta: str = "et"
     min_fit: int = 4  # finished candidates before the meta-model replaces raw rung values
     refit_every: int = 1  # refit when this many new candidates have finished
+    # how a candidate leaves a rung that is part of its full training (not the last): "top" = the
+    # rung's best 1/eta go on (ASHA); "improve" = it goes on unless the meta-model predicts it
+    # cannot beat the best finished candidate (mean + stop_kappa * s.d. below it)
+    full_rule: str = "top"
+    stop_kappa: float = 1.0
+    # which new candidate to probe: 0 = a uniformly drawn one; n > 0 = the best of n drawn ones by a
+    # meta-model of probe validation accuracy from the hyperparameters, fitted on every probe so far
+    # (refitted every `propose_refit` probes), by predicted mean + propose_kappa * s.d.
+    propose: int = 0
+    propose_kappa: float = 1.0
+    propose_refit: int = 8
     seed: int = 0
 
 
@@ -321,18 +332,24 @@ class MFSearch:
     def __init__(self, oracle, cfg: MFConfig, on_event=None):
         from .meta import MetaModel  # noqa: F401  (fail early if scikit-learn is missing)
 
+        from ..errors import UserError
+
+        if cfg.full_rule not in ("top", "improve"):
+            raise UserError(f"full_rule must be 'top' or 'improve', got '{cfg.full_rule}'")
         self.o, self.cfg, self.on_event = oracle, cfg, on_event
         fid = cfg.fidelity or oracle.fidelities[0]
         self.ladder = [tuple(r) for r in (cfg.ladder or probe_ladder(oracle.epochs, fid, cfg.eta))]
         R = len(self.ladder)
         self.done = [dict() for _ in range(R)]  # rung -> {key: value}
         self.promoted = [set() for _ in range(R)]
+        self.stopped = [set() for _ in range(R)]
         self.feats: dict = {}  # key -> {rung: features}
         self.finals: dict = {}
         self.models: dict = {}
         self._fitted_at = -10**9
         self.rng = np.random.default_rng([cfg.seed, 8])
         self.n_meta_fits = 0
+        self._prop_model, self._prop_at = None, 0
 
     def features_upto(self, key, r: int) -> dict:
         out = dict(self.o.space.encode(self.o.values(key)))
@@ -364,7 +381,24 @@ class MFSearch:
         if len(self.finals) >= cfg.min_fit and len(self.finals) - self._fitted_at >= cfg.refit_every:
             self._refit()
         R = len(self.ladder)
+        best = max(self.finals.values()) if self.finals else -math.inf
         for r in range(R - 2, -1, -1):  # the highest rung with a promotable candidate goes first
+            if cfg.full_rule == "improve" and self.ladder[r][0] == "full":
+                waiting = [c for c in self.done[r] if c not in self.promoted[r] and c not in self.stopped[r]]
+                if not waiting:
+                    continue
+                if r in self.models and math.isfinite(best):
+                    with o.clock.timed("meta"):
+                        mu, sd = self.models[r].predict([self.features_upto(c, r) for c in waiting])
+                    go = [c for c, m, s in zip(waiting, mu, sd) if m + cfg.stop_kappa * s >= best]
+                    self.stopped[r].update(c for c in waiting if c not in go)
+                else:
+                    go = waiting  # no model yet: nothing is stopped
+                if go:
+                    self.promoted[r].add(go[0])
+                    self.run(go[0], r + 1)
+                    return
+                continue
             cands = list(self.done[r])
             k = len(cands) // cfg.eta
             if k < 1 or len(self.promoted[r]) >= k:  # at most 1/eta of a rung ever goes up (ASHA's budget split)
@@ -376,7 +410,25 @@ class MFSearch:
                 self.promoted[r].add(up[0])
                 self.run(up[0], r + 1)
                 return
-        self.run(check_key(o.draw(self.rng)), 0)
+        self.run(self._new_candidate(), 0)
+
+    def _new_candidate(self):
+        o, cfg = self.o, self.cfg
+        if cfg.propose <= 0 or len(self.done[0]) < max(8, cfg.propose_refit):
+            return check_key(o.draw(self.rng))
+        from .meta import MetaModel
+
+        offers = o.offer(self.rng, cfg.propose)
+        if not offers:
+            raise OutOfBudget()
+        with o.clock.timed("meta"):
+            if self._prop_model is None or len(self.done[0]) - self._prop_at >= cfg.propose_refit:
+                keys = list(self.done[0])
+                self._prop_model = MetaModel(cfg.meta, seed=cfg.seed).fit(
+                    [o.space.encode(o.values(k)) for k in keys], [self.done[0][k] for k in keys])
+                self._prop_at = len(keys)
+            mu, sd = self._prop_model.predict([o.space.encode(o.values(k)) for k in offers])
+        return o.take(offers[int(np.argmax(mu + cfg.propose_kappa * sd))])
 
     def run(self, key, r: int) -> None:
         kind, x = self.ladder[r]

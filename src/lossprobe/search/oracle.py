@@ -177,6 +177,19 @@ class TableOracle:
         self._used.add(k)
         return k
 
+    def offer(self, rng: np.random.Generator, n: int) -> list:
+        """Up to `n` uniformly drawn untried candidates, not yet taken (see `take`)."""
+        left = [k for k in self.order if k not in self._used]
+        if not left:
+            return []
+        idx = rng.choice(len(left), size=min(n, len(left)), replace=False)
+        return [int(left[i]) for i in idx]
+
+    def take(self, key):
+        """Mark an offered candidate as used and return it."""
+        self._used.add(key)
+        return key
+
     def snap(self, values: dict):
         """The untried candidate nearest to `values` (hyperparameters encoded as the meta-model
         sees them, standardised over the pool)."""
