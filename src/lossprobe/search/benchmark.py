@@ -146,8 +146,10 @@ def km_median(times, budget: float) -> float:
 def ert_summary(times, budget: float, n_boot: int = 2000, seed: int = 0) -> dict:
     t = np.asarray(times, dtype=float)
     rng = np.random.default_rng(seed)
-    boots = [ert(t[rng.integers(0, len(t), len(t))], budget) for _ in range(n_boot)]
-    return {"ert": ert(t, budget), "interval": [float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))],
+    boots = np.array([ert(t[rng.integers(0, len(t), len(t))], budget) for _ in range(n_boot)])
+    lo, hi = (float(np.percentile(np.where(np.isinf(boots), 1e12, boots), q)) for q in (2.5, 97.5))
+    lo, hi = (math.inf if v >= 1e11 else v for v in (lo, hi))
+    return {"ert": ert(t, budget), "interval": [lo, hi],
             "success_rate": float(np.mean(t <= budget + 1e-9)), "km_median": km_median(t, budget),
             "n": int(len(t))}
 
@@ -162,11 +164,19 @@ def paired_ert_ratio(ta, tb, budget: float, n_boot: int = 2000, seed: int = 0) -
         i = rng.integers(0, len(ta), len(ta))
         ratios.append(_ratio(ert(ta[i], budget), ert(tb[i], budget)))
     ratios = np.array(ratios)
+    ratios = ratios[~np.isnan(ratios)]
+    big = np.isinf(ratios)
+    ratios = np.where(big, 1e12, ratios)  # percentiles of inf warn; map back below
+
+    def pct(q):
+        if len(ratios) == 0:
+            return math.nan
+        v = float(np.percentile(ratios, q))
+        return math.inf if v >= 1e11 else v
     ea, eb = ert(ta, budget), ert(tb, budget)
     ca, cb = np.minimum(ta, budget), np.minimum(tb, budget)
     p = float(stats.wilcoxon(ca, cb).pvalue) if np.any(ca != cb) else 1.0
-    return {"ratio": _ratio(ea, eb), "interval": [float(np.nanpercentile(ratios, 2.5)), float(np.nanpercentile(ratios, 97.5))],
-            "wilcoxon_p": p}
+    return {"ratio": _ratio(ea, eb), "interval": [pct(2.5), pct(97.5)], "wilcoxon_p": p}
 
 
 def _ratio(a: float, b: float) -> float:

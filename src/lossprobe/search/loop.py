@@ -98,10 +98,12 @@ class SearchResult:
 
 
 def probe_search(oracle: Oracle, cfg: LoopConfig, on_event: Callable[[Event, "SearchResult"], None] | None = None,
-                 final_test: Callable[[object], float] | None = None) -> SearchResult:
+                 final_test: Callable[[object], float] | None = None, allow_empty: bool = False) -> SearchResult:
     """Run the loop against `oracle` until its clock's budget is spent; return the result.
 
-    `final_test(key)` is called exactly once, after selection, with the chosen key.
+    `final_test(key)` is called exactly once, after selection, with the chosen key. A budget
+    that ends before any full training finished is a `UserError`, or (``allow_empty``, as in
+    the benchmark's replays) a result with no choice.
     """
     fid = cfg.fidelity or oracle.fidelities[0]
     if math.isfinite(cfg.budget):  # the loop's budget caps the oracle's clock
@@ -160,6 +162,9 @@ def probe_search(oracle: Oracle, cfg: LoopConfig, on_event: Callable[[Event, "Se
             emit(Event("full", k, oracle.clock.spent, value=acc, predicted=float(mean[i]), predicted_std=float(std[i])))
     except OutOfBudget:
         pass
+    if not trained and allow_empty:
+        result.spent = oracle.clock.spent
+        return result
     if not trained:
         raise UserError(f"the budget ({oracle.clock.budget:g}) is too small for one full training after probing")
     chosen = max(trained, key=trained.get)

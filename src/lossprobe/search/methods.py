@@ -276,13 +276,14 @@ def lce_search(oracle, seed: int = 0, min_epochs: int = 2, **_) -> None:
 def probe_rank(oracle, seed: int = 0, fidelity: str | None = None, **kw) -> None:
     from .loop import LoopConfig, probe_search
 
-    probe_search(oracle, LoopConfig(budget=math.inf, seed=seed, init_full=10**9, fidelity=fidelity))
+    probe_search(oracle, LoopConfig(budget=math.inf, seed=seed, init_full=10**9, fidelity=fidelity), allow_empty=True)
 
 
 def probe_meta(oracle, seed: int = 0, fidelity: str | None = None, meta: str = "et", kappa: float = 1.0, **kw) -> None:
     from .loop import LoopConfig, probe_search
 
-    probe_search(oracle, LoopConfig(budget=math.inf, seed=seed, fidelity=fidelity, meta=meta, kappa=kappa))
+    probe_search(oracle, LoopConfig(budget=math.inf, seed=seed, fidelity=fidelity, meta=meta, kappa=kappa),
+                 allow_empty=True)
 
 
 # --- the multi-fidelity loop led by the meta-model ------------------------------------------------
