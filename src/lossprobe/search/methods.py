@@ -311,6 +311,14 @@ class MFConfig:
     propose: int = 0
     propose_kappa: float = 1.0
     propose_refit: int = 8
+    # cost-aware promotion: subtract cost_weight × log(candidate's probe time / median probe time)
+    # from its score, so that of two equally promising candidates the cheaper one trains first
+    cost_weight: float = 0.0
+    # the meta-model ranks a rung only while it has ranked that rung's promoted candidates better
+    # than their raw rung values did (Spearman with their final accuracy, judged on the
+    # predictions made before they were promoted; at least `gate_min` of them); False: always
+    gate: bool = True
+    gate_min: int = 6
     seed: int = 0
 
 
@@ -351,6 +359,9 @@ class MFSearch:
         self.rng = np.random.default_rng([cfg.seed, 8])
         self.n_meta_fits = 0
         self._prop_model, self._prop_at = None, 0
+        self.predicted = [dict() for _ in range(R)]  # rung -> {key: model's prediction when promoted}
+        self._last_pred: dict = {}
+        self.cost0: dict = {}
 
     def features_upto(self, key, r: int) -> dict:
         out = dict(self.o.space.encode(self.o.values(key)))
@@ -369,12 +380,36 @@ class MFSearch:
         self.n_meta_fits += len(self.models)
         self._fitted_at = len(keys)
 
+    def use_model(self, r: int) -> bool:
+        """Whether the meta-model ranks rung r now (see MFConfig.gate)."""
+        if r not in self.models:
+            return False
+        if not self.cfg.gate:
+            return True
+        pairs = [(m, self.done[r][k], self.finals[k]) for k, m in self.predicted[r].items() if k in self.finals]
+        if len(pairs) < self.cfg.gate_min:
+            return True  # not enough evidence yet: the model gets its chance (its predictions are recorded)
+        from scipy import stats
+
+        m, raw, y = (np.array(v) for v in zip(*pairs))
+        sm, sr = stats.spearmanr(m, y).statistic, stats.spearmanr(raw, y).statistic
+        return bool(np.nan_to_num(sm, nan=-1.0) > np.nan_to_num(sr, nan=-1.0))
+
     def scores(self, r: int, keys: list) -> dict:
         if r not in self.models:
-            return {k: self.done[r][k] for k in keys}
-        with self.o.clock.timed("meta"):
-            mu, sd = self.models[r].predict([self.features_upto(k, r) for k in keys])
-        return {k: float(m + self.cfg.kappa * s) for k, m, s in zip(keys, mu, sd)}
+            out = {k: self.done[r][k] for k in keys}
+        else:
+            with self.o.clock.timed("meta"):
+                mu, sd = self.models[r].predict([self.features_upto(k, r) for k in keys])
+            pred = {k: float(m) for k, m in zip(keys, mu)}
+            self._last_pred[r] = pred
+            out = ({k: float(m + self.cfg.kappa * s) for k, m, s in zip(keys, mu, sd)} if self.use_model(r)
+                   else {k: self.done[r][k] for k in keys})
+        if self.cfg.cost_weight and self.cost0:
+            med = float(np.median(list(self.cost0.values())))
+            out = {k: v - self.cfg.cost_weight * math.log(max(self.cost0.get(k, med), 1e-9) / max(med, 1e-9))
+                   for k, v in out.items()}
+        return out
 
     def step(self) -> None:
         o, cfg = self.o, self.cfg
@@ -409,6 +444,8 @@ class MFSearch:
             up = [c for c in top if c not in self.promoted[r]]
             if up:
                 self.promoted[r].add(up[0])
+                if up[0] in self._last_pred.get(r, {}):  # what the model predicted when it went up
+                    self.predicted[r][up[0]] = self._last_pred[r][up[0]]
                 self.run(up[0], r + 1)
                 return
         self.run(self._new_candidate(), 0)
@@ -433,8 +470,11 @@ class MFSearch:
 
     def run(self, key, r: int) -> None:
         kind, x = self.ladder[r]
+        before = self.o.clock.spent
         if kind == "probe":
             f = self.o.probe(key, x)
+            if r == 0:
+                self.cost0[key] = self.o.clock.spent - before  # what the probe measurably cost
             value, rf = float(f["val_acc"]), _rung_features(self.o, key, self.ladder[r], f)
         else:
             curve = self.o.train(key, int(x))
