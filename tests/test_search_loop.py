@@ -74,12 +74,15 @@ def test_charged_cost_equals_the_measured_timings():
     real_probe, real_train = oracle.probe, oracle.train
 
     def probe(key, fid):
+        out = real_probe(key, fid)  # raises OutOfBudget (charging nothing) once the budget is spent
         probed.append((key, fid))
-        return real_probe(key, fid)
+        return out
 
     def train(key, epoch):
-        epochs.append((key, oracle.progress.get(key, 0), epoch))
-        return real_train(key, epoch)
+        start = oracle.progress.get(key, 0)
+        out = real_train(key, epoch)
+        epochs.append((key, start, epoch))
+        return out
 
     oracle.probe, oracle.train = probe, train
     run_method("mf", oracle, seed=1, fidelity=FID, min_fit=2)

@@ -69,8 +69,8 @@ def register(sub) -> None:
     p.add_argument("--meta", choices=("auto", "rf", "gbr", "et", "ridge"), default="et",
                    help="meta-model: extra trees, random forest, gradient boosting, bagged ridge, or rf/gbr by "
                    "cross-validation (default: %(default)s)")
-    p.add_argument("--eta", type=positive_int, default=3, metavar="ETA",
-                   help="multi-fidelity methods: a rung promotes its best 1/ETA (default: %(default)s)")
+    p.add_argument("--eta", type=positive_int, default=None, metavar="ETA",
+                   help="multi-fidelity methods: a rung promotes its best 1/ETA (default: 6 for mf, 3 for the others)")
     p.add_argument("--no-sharpness", action="store_true", help="method probe: leave the sharpness features out")
     p.add_argument("--seed", type=int, default=0, metavar="S",
                    help="seed of candidates, subsets, initialisations and the meta-model (default: %(default)s)")
@@ -158,7 +158,7 @@ def run(args) -> int:
         result = probe_search(oracle, loop_cfg)
         predictions = result
     else:
-        opts = {"eta": args.eta}
+        opts = {"eta": args.eta} if args.eta else {}
         if args.method == "mf":
             opts.update(kappa=kappa, meta=args.meta)
         run_method(args.method, oracle, seed=args.seed, **opts)
