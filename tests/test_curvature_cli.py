@@ -46,3 +46,18 @@ def test_sharpness_cli_and_bad_input(tmp_path, ckpt, capsys):
     assert "different architecture" in capsys.readouterr().err
     assert main(["hessian", str(tmp_path / "missing.safetensors"), "--model", "mlp:784-8-10",
                  "--out", str(tmp_path / "bad2")]) == 2
+
+
+@pytest.mark.parametrize("curvature", ["ggn", "fisher", "efisher", "kfac"])
+def test_hessian_cli_curvature_choice(tmp_path, ckpt, curvature):
+    out = tmp_path / curvature
+    rc = main(["hessian", str(ckpt), "--model", "mlp:784-8-10", "--subset", "60", "--top-k", "2", "--trace",
+               "--trace-products", "9", "--curvature", curvature, "--out", str(out)])
+    assert rc == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert s["curvature"] == curvature and min(s["eigenvalues"]) > -1e-5  # positive semi-definite
+    assert max(s["residuals"]) < 1e-3 * s["eigenvalues"][0] and s["trace"] > 0
+    if curvature == "fisher":
+        assert s["curvature_options"] == {"mc_samples": 1, "seed": 0}
+    assert "# " + {"ggn": "GGN", "fisher": "Fisher", "efisher": "Empirical Fisher", "kfac": "K-FAC"}[curvature] \
+        in (out / "report.md").read_text()

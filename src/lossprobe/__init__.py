@@ -14,7 +14,7 @@ from . import directions, surface  # noqa: E402  (surface is a callable module: 
 from .surface import Surface, slice  # noqa: E402,A004
 from . import align, curves, repair  # noqa: E402  (align is a callable module: lossprobe.align(a, b))
 from . import monitors, toy, trajectory  # noqa: E402
-from . import curvature, hessian, sharpness  # noqa: E402
+from . import curvature, hessian, operators, sharpness, topology  # noqa: E402
 
 __version__ = "0.1.0"
 

@@ -502,10 +502,12 @@ def _collect_stats(model_a: nn.Module, model_b: nn.Module, spec: PermutationSpec
 
     stats: dict[tuple[str, str], list] = {}
     recs = [Recorder(g) for g in gms]
-    for x, _ in _as_batches(data, batch_size):
+    placeholders = [n.target for n in gms[0].graph.nodes if n.op == "placeholder"]
+    for batch in _as_batches(data, batch_size):
+        inputs = _graph_inputs(batch, placeholders)
         for r in recs:
             r.seen = {}
-            r.run(x)
+            r.run(*inputs)
         for g, nodes in spec.probes.items():
             for node, d in nodes:
                 xa = recs[0].seen[node].movedim(d, -1)
@@ -523,13 +525,24 @@ def _collect_stats(model_a: nn.Module, model_b: nn.Module, spec: PermutationSpec
 
 
 def _as_batches(data, batch_size: int):
-    from .data.split import Split, as_split
+    from .batching import as_data
 
-    d = as_split(data, "align")
-    if isinstance(d, Split):
-        yield from d.batches(batch_size)
-    else:
-        yield from d
+    yield from as_data(data, "align").batches(batch_size)
+
+
+def _graph_inputs(batch, placeholders: list[str]) -> list:
+    """The traced graph's positional inputs from a batch: all but the target of a tuple,
+    or the dict entries named like the graph's inputs."""
+    from collections.abc import Mapping
+
+    if isinstance(batch, Mapping):
+        missing = [p for p in placeholders if p not in batch]
+        if missing:
+            raise UserError(f"activation matching: the batch has no '{missing[0]}' for the model's input of that name")
+        return [batch[p] for p in placeholders]
+    if isinstance(batch, (tuple, list)):
+        return list(batch[:-1]) if len(batch) > 1 else list(batch)
+    return [batch]
 
 
 def match_activations(model_a: nn.Module, model_b: nn.Module, spec: PermutationSpec, data,

@@ -3,7 +3,9 @@
 Everything here takes a ``matvec(v) -> A v`` on float64 torch vectors of length ``n``
 (or a dense symmetric matrix, a `scipy.sparse.linalg.LinearOperator`, ...) and knows
 nothing about networks, so it can be tested on a dense matrix with a known spectrum.
-`lossprobe.hessian` applies them to the Hessian of an `Objective`.
+`lossprobe.hessian` applies them to the Hessian of an `Objective`, and to the GGN, Fisher,
+empirical Fisher and K-FAC operators of `lossprobe.operators` (also reachable from here:
+``lossprobe.curvature.GGNOperator`` etc.).
 
 * `lanczos`            Lanczos tridiagonalisation with full reorthogonalisation in float64.
 * `lanczos_eigs`       extreme eigenpairs, growing the Krylov space until every wanted
@@ -388,6 +390,21 @@ def hutchinson(
     return TraceResult(trace=t, stderr=se, matvecs=op.calls, method="hutchinson", samples=tot.cpu().numpy(), blocks=blk)
 
 
+def exact_trace(op: "CountingOperator", blocks: Sequence[tuple[str, slice]] | None = None,
+                progress: Callable[[int], None] | None = None) -> TraceResult:
+    """tr(A) = Σ_i e_iᵀ A e_i with n products: what a randomised estimate spends anyway once
+    its budget reaches the dimension (a random sketch of n ±1 vectors is often singular)."""
+    diag = torch.empty(op.n, dtype=torch.float64, device=op.device)
+    for i in range(op.n):
+        e = torch.zeros(op.n, dtype=torch.float64, device=op.device)
+        e[i] = 1.0
+        diag[i] = _tick(op(e), progress)[i]
+    blk = {name: (float(diag[sl].sum()), 0.0) for name, sl in blocks} if blocks is not None else None
+    tot = float(diag.sum())
+    return TraceResult(trace=tot, stderr=0.0, matvecs=op.calls, method="exact", samples=np.array([tot]),
+                       blocks=blk, deflated=tot)
+
+
 def hutchpp(
     matvec,
     n: int | None = None,
@@ -400,7 +417,8 @@ def hutchpp(
     """Hutch++: tr(A) = tr(QᵀAQ) + tr((I−QQᵀ)A(I−QQᵀ)), Q an orthonormal basis of A·S.
 
     `matvecs` products (a multiple of 3 is best) go one third to A·S, one third to A·Q
-    and one third to Hutchinson probes on the complement. The first term is exact for a
+    and one third to Hutchinson probes on the complement. When `matvecs` reaches the
+    dimension n the trace is computed exactly with n products instead (`exact_trace`). The first term is exact for a
     given Q; the standard error is that of the Hutchinson term. Per-block traces use
     ``tr(P_b A) = Σ_c (P_b q_c)·(A q_c) + E[(P_b w)·(A w)]``, w = (I−QQᵀ)g.
     """
@@ -408,6 +426,8 @@ def hutchpp(
         raise UserError(f"Hutch++ needs at least 3 products, got {matvecs}")
     op = matvec if isinstance(matvec, CountingOperator) else CountingOperator(matvec, n, device)
     n = op.n
+    if n <= matvecs:
+        return exact_trace(op, blocks, progress)
     gen = _generator(seed)
     s = min(matvecs // 3, n)
     g_count = max(matvecs - 2 * s, 1)
@@ -546,3 +566,16 @@ def gaussian_density(
         d = (grid[:, None] - t[ok][None, :]) / sigma
         dens += (np.exp(-0.5 * d * d) * w[ok][None, :]).sum(1) * norm
     return grid, dens / v
+
+
+_OPERATORS = ("GGNOperator", "FisherOperator", "EmpiricalFisherOperator", "KFACOperator", "CurvatureOperator",
+              "curvature_operator", "CURVATURES")
+
+
+def __getattr__(name: str):
+    # the network operators live in lossprobe.operators (which imports this module)
+    if name in _OPERATORS:
+        from . import operators
+
+        return getattr(operators, name)
+    raise AttributeError(f"module 'lossprobe.curvature' has no attribute '{name}'")

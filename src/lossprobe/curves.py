@@ -30,15 +30,15 @@ import time
 from dataclasses import asdict, dataclass, field
 from math import comb
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 import torch
 from torch import nn
 from torch.func import functional_call
 
-from .data.split import Split, as_split
+from .batching import as_data
 from .errors import UserError
+from .losses import criterion
 from .space import ParamSpace
 from .train import cosine_factor
 
@@ -74,6 +74,7 @@ class Curve(nn.Module):
     Args:
         bends: number of trainable control points n ≥ 1.
         kind: 'bezier' or 'polychain'.
+        forward: ``forward(model, batch) -> output`` (the batch contract of `Objective`).
 
     Attributes:
         bends: nn.Parameter [n, P], the trainable control points in the flat layout of
@@ -81,7 +82,7 @@ class Curve(nn.Module):
         theta_a, theta_b: buffers [P], the fixed endpoints.
     """
 
-    def __init__(self, model_a: nn.Module, model_b: nn.Module, bends: int = 1, kind: str = "bezier"):
+    def __init__(self, model_a: nn.Module, model_b: nn.Module, bends: int = 1, kind: str = "bezier", forward=None):
         super().__init__()
         if bends < 1:
             raise UserError(f"a curve needs at least one bend, got {bends}")
@@ -90,8 +91,10 @@ class Curve(nn.Module):
         self.space = ParamSpace(model_a)
         self.space.check_compatible(ParamSpace(model_b))
         self.kind, self.n_bends = kind, int(bends)
+        from .objective import _Call
+
         # the model whose forward we call; its own parameters are never used
-        self.base = copy.deepcopy(model_a)
+        self.call = _Call(copy.deepcopy(model_a), criterion(forward=forward).forward)
         for p in self.base.parameters():
             p.requires_grad_(False)
         a, b = self.space.flatten(model_a), self.space.flatten(model_b)
@@ -99,6 +102,11 @@ class Curve(nn.Module):
         self.register_buffer("theta_b", b)
         frac = torch.arange(1, bends + 1, dtype=a.dtype)[:, None] / (bends + 1)
         self.bends = nn.Parameter(a + frac * (b - a))  # on the straight line
+
+    @property
+    def base(self) -> nn.Module:
+        """The model whose forward the curve calls."""
+        return self.call.model
 
     def control_points(self) -> torch.Tensor:
         """[n + 2, P]: θ_A, the bends, θ_B."""
@@ -109,9 +117,9 @@ class Curve(nn.Module):
         c = curve_weights([t], self.n_bends, self.kind)[0].to(self.theta_a)
         return c @ self.control_points()
 
-    def forward(self, x: torch.Tensor, t: float) -> torch.Tensor:
-        """The model's output at θ(t)."""
-        return functional_call(self.base, self.space.unflatten(self.point(t)), (x,), strict=False)
+    def forward(self, batch, t: float):
+        """The model's output on `batch` at θ(t)."""
+        return functional_call(self.call, self.space.unflatten(self.point(t), prefix="model."), (batch,), strict=False)
 
     def model_at(self, t: float) -> nn.Module:
         """A plain copy of the model with parameters θ(t) (buffers are model A's)."""
@@ -156,24 +164,26 @@ class CurveHistory:
     seconds: list[float] = field(default_factory=list)
 
 
-def train_curve(curve: Curve, train: Split, config: CurveTrainConfig | None = None,
-                checkpoint_dir: str | os.PathLike | None = None, progress: bool = False) -> CurveHistory:
+def train_curve(curve: Curve, train, config: CurveTrainConfig | None = None,
+                checkpoint_dir: str | os.PathLike | None = None, progress: bool = False, loss=None,
+                metric=None) -> CurveHistory:
     """Train the bends in place: per batch draw t ~ U(0, 1) and step on L(θ(t)).
 
-    With `checkpoint_dir`, the bends and optimiser are saved after every epoch and a
-    later call resumes after the last saved epoch, drawing the same batches and t.
+    `train` is any data form of `Objective`; the curve's own `forward` calls the model.
+    `loss` overrides ``config.loss`` (e.g. with a function). With `checkpoint_dir`, the
+    bends and optimiser are saved after every epoch and a later call resumes after the
+    last saved epoch, drawing the same batches and t.
     """
-    from .losses import get_loss
-
     cfg = config or CurveTrainConfig()
-    train = as_split(train, "train")
-    if not isinstance(train, Split) or len(train) == 0:
-        raise UserError("curve training needs a non-empty in-memory training split")
-    loss_fn = get_loss(cfg.loss)
+    device = curve.theta_a.device
+    train = as_data(train, "train").to(device)
+    if train.n_samples == 0:
+        raise UserError("curve training needs non-empty training data")
+    crit = criterion(loss if loss is not None else cfg.loss, model=curve.base)
     params = [curve.bends]
     opt = (torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay) if cfg.optimizer == "adam"
            else torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay))
-    steps = math.ceil(len(train) / cfg.batch_size)
+    steps = train.n_batches(cfg.batch_size)
     total = steps * cfg.epochs
     hist, start = CurveHistory(), 1
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
@@ -203,28 +213,31 @@ def train_curve(curve: Curve, train: Split, config: CurveTrainConfig | None = No
     try:
         for epoch in range(start, cfg.epochs + 1):
             g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-            order = torch.randperm(len(train), generator=g)
+            source = train.epoch(cfg.batch_size, g)  # the batch order is drawn before the t's
             ts = torch.rand(steps, generator=g, dtype=torch.float64)
-            run_s, run_n = 0.0, 0
-            for i in range(steps):
+            torch.manual_seed(cfg.seed * 100_003 + epoch)
+            run_s, run_n = 0.0, 0.0
+            for i, batch in enumerate(source):
+                if i >= steps:
+                    break
                 for pg in opt.param_groups:
                     pg["lr"] = cfg.lr * cosine_factor(step, total)
-                idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
-                x, y = train.x[idx], train.y[idx]
-                s, _ = loss_fn(curve(x, float(ts[i])), y)
-                loss = s / len(y)
+                tb = crit.terms(curve(batch, float(ts[i])), batch)
+                if not float(tb.count):
+                    continue
+                loss = tb.loss / tb.count
                 if not torch.isfinite(loss):
                     raise UserError(f"curve training diverged at epoch {epoch}, step {i + 1}; try a smaller lr (lr={cfg.lr})")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 step += 1
-                run_s += float(s.detach())
-                run_n += len(y)
+                run_s += float(tb.loss.detach())
+                run_n += float(tb.count)
                 if bar is not None:
                     bar.update(1)
             hist.epoch.append(epoch)
-            hist.batch_loss.append(run_s / run_n)
+            hist.batch_loss.append(run_s / run_n if run_n else math.nan)
             hist.seconds.append(elapsed + time.perf_counter() - t0)
             if ckpt is not None:
                 tmp = ckpt / "curve_state.pt.tmp"
@@ -262,9 +275,9 @@ class CurveEvaluation:
 
 
 @torch.no_grad()
-def evaluate_curve(curve: Curve, data: Split | Mapping[str, Split], ts=None, bn_data: Split | None = None,
+def evaluate_curve(curve: Curve, data, ts=None, bn_data=None,
                    bn_batches: int = 50, bn_seed: int = 0, loss="cross_entropy", batch_size: int = 4096,
-                   progress: bool = False) -> CurveEvaluation:
+                   progress: bool = False, metric=None) -> CurveEvaluation:
     """Loss and accuracy at θ(t) for each t (default 0, 0.05, …, 1) on each split.
 
     Models without BatchNorm: one vectorised `Objective.evaluate` call per split
@@ -285,17 +298,19 @@ def evaluate_curve(curve: Curve, data: Split | Mapping[str, Split], ts=None, bn_
 
         def model_at(i):
             m = curve.model_at(float(ts[i]))
-            return recompute_batchnorm(m, as_split(bn_data, "bn"), n_batches=bn_batches, seed=bn_seed)
+            return recompute_batchnorm(m, bn_data, n_batches=bn_batches, seed=bn_seed, forward=curve.call._fn)
 
         out.loss, out.accuracy = evaluate_per_point(model_at, len(ts), splits, loss, batch_size,
-                                                    progress="curve points" if progress else None)
+                                                    progress="curve points" if progress else None,
+                                                    forward=curve.call._fn, metric=metric)
         return out
     coords = curve_weights(ts, curve.n_bends, curve.kind).to(curve.theta_a.dtype)
     ctrl = curve.control_points().detach()
     zero = torch.zeros_like(curve.theta_a)
     base = curve.model_at(0.0)
     for k, split in splits.items():
-        obj = Objective(base, split, loss=loss, batch_size=batch_size, space=ParamSpace(base))
+        obj = Objective(base, split, loss=loss, batch_size=batch_size, space=ParamSpace(base), forward=curve.call._fn,
+                        metric=metric)
         ev = obj.evaluate(coords, origin=zero, directions=ctrl, progress=progress)
         out.loss[k], out.accuracy[k] = ev.loss, ev.accuracy
     return out

@@ -8,7 +8,8 @@ Normalisation of a random Gaussian direction d against reference weights θ
 (Li et al., 2018, "Visualizing the Loss Landscape of Neural Nets"):
 
     filter  for every weight tensor, each output filter (row of a Linear weight, output
-            channel of a Conv weight: index 0 of the tensor) is rescaled so that
+            channel of a Conv weight, the output column of an HF Conv1D or ConvTranspose
+            weight: the tensor's `Entry.unit_axis`) is rescaled so that
             ‖d_filter‖ = ‖θ_filter‖. One-dimensional tensors that are not ignored (biases,
             norm parameters, running statistics when asked for) count as one filter.
     layer   every tensor is rescaled so that ‖d_tensor‖ = ‖θ_tensor‖.
@@ -124,10 +125,8 @@ def normalize(d: torch.Tensor, reference: torch.Tensor, space: ParamSpace, norm:
         if e.kind in ignore:
             continue
         seg, w = d[e.slice], ref[e.slice]
-        if norm == "filter" and len(e.shape) >= 2:
-            r = seg.view(e.shape[0], -1)
-            wr = w.view(e.shape[0], -1)
-            r.mul_(wr.norm(dim=1, keepdim=True) / r.norm(dim=1, keepdim=True).clamp_min(1e-30))
+        if norm == "filter" and len(e.shape) >= 2 and e.unit_axis is not None:
+            seg.mul_(e.per_unit(e.units(w).norm(dim=1) / e.units(seg).norm(dim=1).clamp_min(1e-30)))
         else:  # layer norm, or a 1-D tensor under filter norm: one filter
             seg.mul_(w.norm() / seg.norm().clamp_min(1e-30))
     return d
@@ -363,5 +362,82 @@ def stack(directions: Iterable) -> torch.Tensor:
     return torch.stack([v.to(vs[0].dtype) for v in vs])
 
 
-__all__ = ["Direction", "NORMS", "between", "normalize", "pca_directions", "plane_through", "project",
-           "random_direction", "random_plane", "stack"]
+# --- directions that matter: curvature eigenvectors, the gradient --------------------------
+WHOLE_NORMS = ("unit", "model", None)
+
+
+def rescale(d: torch.Tensor, norm: str | None, reference: torch.Tensor | None = None) -> torch.Tensor:
+    """`d` scaled as a whole (its shape kept, so an eigenvector stays one): 'unit' (‖d‖ = 1),
+    'model' (‖d‖ = ‖θ‖ of `reference`) or None (as it is)."""
+    if norm not in WHOLE_NORMS:
+        raise UserError(f"this direction is scaled as a whole: norm must be 'unit', 'model' or None, got {norm!r} "
+                        "(filter or layer normalisation would change its shape)")
+    d = d.detach().to(torch.float64)
+    if norm is None:
+        return d
+    n = d.norm()
+    if not n > 0:
+        raise UserError("the direction is zero: it cannot be normalised")
+    target = 1.0 if norm == "unit" else float(reference.detach().double().norm())
+    return d * (target / n)
+
+
+def curvature_directions(objective, k: int = 2, curvature: str = "hessian", norm: str | None = "unit",
+                         params=None, seed: int = 0, options: dict | None = None, progress: bool = False,
+                         tol: float | None = None) -> list[Direction]:
+    """The top-k eigenvectors of the Hessian (or 'ggn', 'fisher', 'efisher', 'kfac') of an
+    `Objective`'s loss at its parameters, scaled as a whole (`rescale`: unit by default).
+
+    Each Direction's meta holds the eigenvalue, its residual ‖Cv − λv‖ and the products used.
+    An eigenvector's sign is arbitrary; it is fixed so that its largest entry is positive.
+    """
+    from . import hessian
+
+    r = hessian.eigenvalues(objective, params=params, k=k, which="largest", seed=seed, progress=progress,
+                            curvature=curvature, options=options, tol=tol)
+    out = []
+    for i in range(len(r.values)):
+        v = r.vectors[i].to(torch.float64)
+        if v[v.abs().argmax()] < 0:
+            v = -v
+        d = rescale(v, norm, objective.theta0)
+        out.append(Direction(d.to(objective.space.dtype), {
+            "kind": curvature, "index": i, "norm": norm, "length": float(d.norm()), "eigenvalue": float(r.values[i]),
+            "residual": float(r.residuals[i]), "matvecs": int(r.matvecs), "converged": bool(r.converged)}))
+    return out
+
+
+def gradient_direction(objective, norm: str | None = "unit") -> Direction:
+    """The gradient of the `Objective`'s mean loss at its parameters, scaled as a whole
+    (unit by default; meta: the gradient's norm and the loss)."""
+    loss, g = objective.loss_and_grad()
+    gn = float(g.double().norm())
+    if not gn > 0:
+        raise UserError("the gradient is zero at this point: it gives no direction")
+    d = rescale(g, norm, objective.theta0)
+    return Direction(d.to(objective.space.dtype), {"kind": "gradient", "norm": norm, "length": float(d.norm()),
+                                                   "gradient_norm": gn, "loss": float(loss)})
+
+
+def curvature_along(objective, directions, curvature: str = "hessian", options: dict | None = None) -> list[dict]:
+    """Per direction d: the curvature of the loss along it, one product each:
+    ``second_derivative`` = dᵀCd (d²L/da² at the centre in the direction's own units, C the
+    Hessian unless `curvature` says otherwise) and ``rayleigh`` = dᵀCd / ‖d‖² (per unit of
+    parameter length: an eigenvalue for an eigenvector)."""
+    from . import hessian
+
+    op = hessian._operator(objective, None, None, "auto", curvature, options)
+    out = []
+    for d in directions:
+        v = op.restrict(as_vector(d).to(objective.device, torch.float64))
+        cv = op.matvec(v)
+        q = float(v @ cv)
+        full = float(as_vector(d).double().norm())
+        out.append({"operator": curvature, "second_derivative": q,
+                    "rayleigh": q / full ** 2 if full > 0 else float("nan"), "length": full})
+    return out
+
+
+__all__ = ["Direction", "NORMS", "WHOLE_NORMS", "between", "curvature_along", "curvature_directions",
+           "gradient_direction", "normalize", "pca_directions", "plane_through", "project", "random_direction",
+           "random_plane", "rescale", "stack"]

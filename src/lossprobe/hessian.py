@@ -40,7 +40,7 @@ from .curvature import (
     slq,
 )
 from .errors import UserError
-from .objective import Objective, warn_if_stochastic
+from .objective import Objective, second_order, warn_if_stochastic
 from .space import KINDS
 
 METHODS = ("auto", "reverse", "forward")
@@ -149,22 +149,23 @@ class HessianOperator:
     def _cached_hvp(self, v: torch.Tensor) -> torch.Tensor:
         obj = self.objective
         if self._graphs is None:
-            self._graphs, self._n = [], 0
-            with obj.mode():
-                for x, y in obj.batches():
+            self._graphs, self._n = [], 0.0
+            with obj.mode(), second_order():
+                for batch in obj.batches():
                     th = self.theta.clone().requires_grad_(True)
-                    s, _ = obj.loss(obj.forward(th, x), y)
-                    g = torch.autograd.grad(s, th, create_graph=True)[0] if s.requires_grad else None
+                    t = obj.terms(th, batch)
+                    g = torch.autograd.grad(t.loss, th, create_graph=True)[0] if t.loss.requires_grad else None
                     self._graphs.append((th, g))
-                    self._n += len(y)
+                    self._n += float(t.count)
             if self._n == 0:
                 raise UserError("the data yielded no samples")
         out = torch.zeros_like(self.theta)
-        for th, g in self._graphs:
-            if g is not None and g.requires_grad:
-                (hv,) = torch.autograd.grad(g, th, grad_outputs=v, retain_graph=True, allow_unused=True)
-                if hv is not None:
-                    out += hv
+        with second_order():
+            for th, g in self._graphs:
+                if g is not None and g.requires_grad:
+                    (hv,) = torch.autograd.grad(g, th, grad_outputs=v, retain_graph=True, allow_unused=True)
+                    if hv is not None:
+                        out += hv
         return out / self._n
 
     def release(self) -> None:
@@ -222,29 +223,33 @@ def hvp(objective: Objective, v: torch.Tensor, theta: torch.Tensor | None = None
         space.check_vector(theta, "theta")
         space.check_vector(v, "v")
     method = DEFAULT_METHOD if method == "auto" else method
-    out, n = torch.zeros_like(theta), 0
-    with objective.mode():
+    out, n = torch.zeros_like(theta), 0.0
+    with objective.mode(), second_order():
         if method == "reverse":
-            for x, y in objective.batches():
+            for batch in objective.batches():
                 th = theta.clone().requires_grad_(True)
-                s, _ = objective.loss(objective.forward(th, x), y)
-                if s.requires_grad:
-                    (g,) = torch.autograd.grad(s, th, create_graph=True)
+                t = objective.terms(th, batch)
+                if t.loss.requires_grad:
+                    (g,) = torch.autograd.grad(t.loss, th, create_graph=True)
                     if g.requires_grad:  # False when the loss is linear in θ: H = 0
                         (hv,) = torch.autograd.grad(g @ v, th, allow_unused=True)
                         if hv is not None:
                             out += hv
-                n += len(y)
+                n += float(t.count)
         elif method == "forward":
             from torch.func import grad, jvp
 
-            for x, y in objective.batches():
-                def f(th, x=x, y=y):
-                    return objective.loss(objective.forward(th, x), y)[0]
+            for batch in objective.batches():
+                counts = []
+
+                def f(th, batch=batch):
+                    t = objective.terms(th, batch)
+                    counts.append(t.count)
+                    return t.loss
 
                 _, hv = jvp(grad(f), (theta,), (v,))
                 out += hv
-                n += len(y)
+                n += float(counts[0])
         else:
             raise UserError(f"method must be one of {list(METHODS)}, got {method!r}")
     if n == 0:
@@ -252,15 +257,29 @@ def hvp(objective: Objective, v: torch.Tensor, theta: torch.Tensor | None = None
     return out / n
 
 
-def as_linear_operator(objective: Objective, theta: torch.Tensor | None = None, params=None, method: str = "auto"):
+def _operator(objective: Objective, theta, params, method: str, curvature: str | None, options: dict | None):
+    """The Hessian, or with `curvature` another operator of `lossprobe.operators` (GGN, Fisher,
+    empirical Fisher, K-FAC), which the functions of this module accept alike."""
+    if curvature in (None, "hessian") and not options:
+        return HessianOperator(objective, theta, params, method)
+    from .operators import curvature_operator
+
+    return curvature_operator(objective, curvature or "hessian", theta=theta, params=params, method=method,
+                              **(options or {}))
+
+
+def as_linear_operator(objective: Objective, theta: torch.Tensor | None = None, params=None, method: str = "auto",
+                       curvature: str = "hessian", options: dict | None = None):
     """H(θ) as a `scipy.sparse.linalg.LinearOperator` (float64, shape (n, n), symmetric).
 
     Works with scipy's solvers: ``eigsh(as_linear_operator(obj), k=5, which='LA')``.
     The wrapped `HessianOperator` is available as ``.hessian`` (``.hessian.calls`` counts products).
+    ``curvature='ggn'|'fisher'|'efisher'|'kfac'`` (with `options`, see `lossprobe.operators`)
+    wraps that operator instead (also as ``.operator``).
     """
     from scipy.sparse.linalg import LinearOperator
 
-    H = HessianOperator(objective, theta, params, method)
+    H = _operator(objective, theta, params, method, curvature, options)
 
     def mv(x):
         x = np.asarray(x, dtype=np.float64).reshape(-1)
@@ -271,7 +290,7 @@ def as_linear_operator(objective: Objective, theta: torch.Tensor | None = None, 
         return np.stack([mv(X[:, j]) for j in range(X.shape[1])], 1)
 
     op = LinearOperator((H.n, H.n), matvec=mv, rmatvec=mv, matmat=mm, dtype=np.float64)
-    op.hessian = H
+    op.hessian = op.operator = H
     return op
 
 
@@ -296,6 +315,8 @@ def eigenvalues(
     residuals: str = "exact",
     method: str = "auto",
     progress: bool = False,
+    curvature: str = "hessian",
+    options: dict | None = None,
 ) -> EigResult:
     """The k extreme Hessian eigenvalues by Lanczos (full reorthogonalisation, float64).
 
@@ -309,8 +330,11 @@ def eigenvalues(
     Returns:
         `EigResult` whose ``vectors`` [k, P] are unit vectors in the full parameter space
         (zeros outside `params`), ready to use as surface directions.
+
+    ``curvature='ggn'|'fisher'|'efisher'|'kfac'`` takes the eigenpairs of that operator
+    instead (`lossprobe.operators`; `options` such as ``{"mc_samples": 1, "seed": 0}``).
     """
-    H = HessianOperator(objective, theta, params, method)
+    H = _operator(objective, theta, params, method, curvature, options)
     if tol is None:
         tol = 1e-9 if objective.space.dtype == torch.float64 else 1e-5
     bar, tick = _bar(progress, None)  # the number of steps is decided by convergence
@@ -337,14 +361,16 @@ def trace(
     theta: torch.Tensor | None = None,
     hvp_method: str = "auto",
     progress: bool = False,
+    curvature: str = "hessian",
+    options: dict | None = None,
 ) -> TraceResult:
     """Hessian trace with a standard error, by Hutch++ (default) or plain Hutchinson.
 
     `matvecs` Hessian-vector products in all. With ``per_layer``, ``result.blocks``
     maps each module (e.g. '0' for '0.weight' and '0.bias') to (trace, stderr) of its
-    diagonal block, from the same products.
+    diagonal block, from the same products. `curvature` and `options` as in `eigenvalues`.
     """
-    H = HessianOperator(objective, theta, params, hvp_method)
+    H = _operator(objective, theta, params, hvp_method, curvature, options)
     blocks = H.blocks if per_layer else None
     bar, tick = _bar(progress, matvecs)
     try:
@@ -393,14 +419,16 @@ def spectral_density(
     theta: torch.Tensor | None = None,
     method: str = "auto",
     progress: bool = False,
+    curvature: str = "hessian",
+    options: dict | None = None,
 ) -> Density:
     """Spectral density of the Hessian by stochastic Lanczos quadrature (Ghorbani et al. 2019).
 
     `probes` Rademacher vectors × `steps` Lanczos steps products. The quadrature is
     broadened by Gaussians of width `sigma` (default ``sigma_rel`` × spectral range) on
-    `points` grid points.
+    `points` grid points. `curvature` and `options` as in `eigenvalues`.
     """
-    H = HessianOperator(objective, theta, params, method)
+    H = _operator(objective, theta, params, method, curvature, options)
     bar, tick = _bar(progress, probes * min(steps, H.n))
     try:
         q = slq(H.counting(), probes=probes, steps=steps, seed=seed, progress=tick)

@@ -27,9 +27,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from .data.split import Split, as_split
+from .batching import Data, Forward, TensorData, as_data, take
 from .errors import UserError
-from .losses import Loss, get_loss
+from .losses import Criterion, Loss, Terms, criterion
 from .space import ParamSpace
 
 _FIRST_LAYER_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -45,6 +45,54 @@ class Evaluation:
 
     def __getitem__(self, key: str) -> np.ndarray:
         return getattr(self, key)
+
+
+class _Call(nn.Module):
+    """The model called on a batch by the criterion's forward, so that `functional_call`
+    can swap its parameters whatever the call looks like."""
+
+    def __init__(self, model: nn.Module, forward: Forward):
+        super().__init__()
+        self.model = model
+        self._fn = forward
+
+    def forward(self, batch):
+        return self._fn(self.model, batch)
+
+
+@contextlib.contextmanager
+def second_order():
+    """Attention by the math backend, whose kernels have double-backward and forward-mode
+    derivatives (the fused CPU/GPU kernels do not); the caller's setting is restored."""
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # torch without the attention module: nothing to switch
+        yield
+        return
+    with sdpa_kernel([SDPBackend.MATH]):
+        yield
+
+
+@contextlib.contextmanager
+def model_mode(model: nn.Module, train: bool = False):
+    """Put `model` in eval (or train) mode and restore every module's own flag after."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.train(train)
+    try:
+        yield model
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+def check_fits(model: nn.Module, data, crit, batch_size: int = 8, model_name: str | None = None,
+               data_name: str | None = None) -> None:
+    """Run a few samples of `data` through `model` in eval mode; one line naming the model,
+    the data and the first mismatch if they do not fit."""
+    data = as_data(data)
+    batch = take(data.first(batch_size), slice(0, 8))
+    with torch.no_grad(), model_mode(model, False):
+        crit.check(model, batch, model_name or type(model).__name__, data_name or f"'{data.name}'")
 
 
 class _Injected(nn.Module):
@@ -67,11 +115,24 @@ def _module_linear_part(module: nn.Module, x: torch.Tensor, weight: torch.Tensor
 class Objective:
     """Loss and accuracy of `model` on `data` as a function of its flat parameters.
 
+    The value is the sum of per-sample (or per-token) losses over all of `data` divided by
+    the total count (see `lossprobe.losses`), so it does not depend on `batch_size`.
+
     Args:
         model: any `nn.Module`; it is not modified (modes are restored after each call).
-        data: a `Split`, `(x, y)` tensors, a `Dataset` (kept in memory) or a `DataLoader`
-            (streamed in its own order, which must be fixed for results to be reproducible).
-        loss: 'cross_entropy', 'bce', 'mse', a `Loss`, or a function of (output, target).
+        data: a `Split`, ``(x, y)`` arrays, ``(x1, ..., xn, y)`` arrays, a dict of arrays, a
+            `Dataset` (kept in memory), a `DataLoader` or any re-iterable of batches
+            (streamed in its own order, which must be fixed for reproducible results).
+            Batches may be tuples, dicts or any nesting of them; they move to the model's
+            device.
+        loss: 'cross_entropy', 'bce', 'mse', 'model', a `Loss`, a torch loss module or
+            ``fn(output, target) -> per-sample losses [B]``; or a `Criterion`.
+        forward: ``forward(model, batch) -> output``; by default ``model(x)`` for
+            ``(x, y)``, ``model(x1, ..., xn)`` for ``(x1, ..., xn, y)``, ``model(**batch)``
+            for a dict.
+        metric: ``metric(output, target) -> [B]`` per-sample values reported as accuracy.
+        target: ``target(batch) -> target``; by default the last element of a tuple batch,
+            ``batch["labels"]`` of a dict.
         batch_size: samples per forward pass for in-memory data.
         include_buffers: put BatchNorm running statistics in the parameter vector, so
             they move along directions too (e.g. interpolating them between two models).
@@ -79,38 +140,46 @@ class Objective:
             active). Default False: probes evaluate the deterministic network.
         shortcut: 'auto' uses the first-layer shortcut when it is verified exact; False
             never uses it.
+        check: run one batch at construction so that a model that does not fit the data
+            fails at once with one line.
     """
 
     def __init__(
         self,
         model: nn.Module,
         data,
-        loss: str | Loss | Callable = "cross_entropy",
+        loss="cross_entropy",
         batch_size: int = 4096,
         include_buffers: bool = False,
         train_mode: bool = False,
         shortcut: bool | str = "auto",
         space: ParamSpace | None = None,
+        forward: Forward | None = None,
+        metric: Callable | None = None,
+        check: bool = True,
+        target: Callable | None = None,
     ):
         if batch_size <= 0:
             raise UserError(f"batch_size must be positive, got {batch_size}")
         self.model = model
         self.space = space or ParamSpace(model, include_buffers=include_buffers)
-        self.loss = get_loss(loss)
+        self.criterion = criterion(loss, forward=forward, metric=metric, model=model, target=target)
         self.batch_size = batch_size
         self.train_mode = train_mode
         self.device = self.space.device
-        data = as_split(data)
-        if isinstance(data, Split):
+        data = as_data(data)
+        if isinstance(data, TensorData):
             if len(data) == 0:
-                raise UserError(f"data split '{data.name}' is empty")
-            data = data.to(self.device)
-        self.data = data
+                raise UserError(f"data '{data.name}' is empty")
+        self.data = data.to(self.device)
+        self._call = _Call(model, self.criterion.forward)
         self.theta0 = self.space.flatten(model)
         self._fl_cache: _FirstLayerCache | None = None
         self._first: tuple[str, nn.Module] | None = None
         if shortcut not in (False, "auto", True):
             raise UserError(f"shortcut must be 'auto', True or False, got {shortcut!r}")
+        if check:
+            self.check()
         if shortcut:
             self._first = self._find_first_layer()
             if self._first is not None and not self._shortcut_matches():
@@ -118,49 +187,51 @@ class Objective:
             if shortcut is True and self._first is None:
                 raise UserError("the first-layer shortcut does not apply to this model")
 
+    @property
+    def loss(self) -> Loss:
+        return self.criterion.loss
+
+    @property
+    def shortcut_active(self) -> bool:
+        """Whether evaluate() uses the first-layer shortcut."""
+        return self._first is not None
+
+    def check(self) -> None:
+        """Evaluate a few samples at the model's own parameters; one line if they do not fit."""
+        check_fits(self.model, self.data, self.criterion, self.batch_size)
+
     # --- data ----------------------------------------------------------------------
     @property
     def n_samples(self) -> int:
-        if isinstance(self.data, Split):
-            return len(self.data)
-        return len(self.data.dataset)
+        return self.data.n_samples
 
-    def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        if isinstance(self.data, Split):
-            yield from self.data.batches(self.batch_size)
-        else:
-            for x, y in self.data:
-                yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+    def batches(self) -> Iterator:
+        """The data's batches, on the model's device, in a fixed order."""
+        return self.data.batches(self.batch_size)
 
     @property
     def n_batches(self) -> int:
-        if isinstance(self.data, Split):
-            return math.ceil(len(self.data) / self.batch_size)
-        return len(self.data)
+        return self.data.n_batches(self.batch_size)
 
     # --- modes -----------------------------------------------------------------------
-    @contextlib.contextmanager
     def mode(self, train: bool | None = None):
         """Put the model in eval (or train) mode and restore every module's flag after."""
-        train = self.train_mode if train is None else train
-        flags = [(m, m.training) for m in self.model.modules()]
-        self.model.train(train)
-        try:
-            yield
-        finally:
-            for m, flag in flags:
-                m.training = flag
+        return model_mode(self.model, self.train_mode if train is None else train)
 
-    def forward(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """Model output at flat parameters `theta` (differentiable in `theta`)."""
-        tensors = self.space.unflatten(theta)
+    def forward(self, theta: torch.Tensor, batch):
+        """Model output on `batch` at flat parameters `theta` (differentiable in `theta`)."""
+        tensors = self.space.unflatten(theta, prefix="model.")
         if self.train_mode:
             # train-mode BatchNorm updates running statistics in place: give it copies so
             # that probing never changes the user's model
             for name, b in self.model.named_buffers():
-                if name not in tensors:
-                    tensors[name] = b.clone()
-        return functional_call(self.model, tensors, (x,), strict=False)
+                if "model." + name not in tensors:
+                    tensors["model." + name] = b.clone()
+        return functional_call(self._call, tensors, (batch,), strict=False)
+
+    def terms(self, theta: torch.Tensor, batch) -> Terms:
+        """Loss terms (sums and counts) of one batch at `theta` (differentiable in `theta`)."""
+        return self.criterion.terms(self.forward(theta, batch), batch)
 
     # --- the hot path ----------------------------------------------------------------
     def evaluate(
@@ -208,7 +279,8 @@ class Objective:
 
         loss_sum = torch.zeros(K, dtype=torch.float64, device=self.device)
         correct = torch.zeros(K, dtype=torch.float64, device=self.device)
-        n = 0
+        count = torch.zeros(K, dtype=torch.float64, device=self.device)
+        correct_n = torch.zeros(K, dtype=torch.float64, device=self.device)
         cache = self._fl_cache if self._fl_cache is not None and self._fl_cache.matches(origin, directions) else None
         use_shortcut = self._first is not None and (K > m + 1 or cache is not None)
         # With the shortcut the first layer's own weights are never read: only the other
@@ -218,13 +290,13 @@ class Objective:
         coords_list = coords_dev.cpu().tolist()
         bar = _progress(progress, total=self.n_batches * K)
         with torch.inference_mode(), self.mode():
-            for b_idx, (x, y) in enumerate(self.batches()):
+            for b_idx, batch in enumerate(self.batches()):
                 short = use_shortcut
                 if short:
                     if cache is not None:
-                        z0, zd = cache.get(b_idx, lambda: self._first_layer_outputs(x, origin, directions))
+                        z0, zd = cache.get(b_idx, lambda: self._first_layer_outputs(batch, origin, directions))
                     else:
-                        z0, zd = self._first_layer_outputs(x, origin, directions)
+                        z0, zd = self._first_layer_outputs(batch, origin, directions)
                     # a direction so large that f(x; d) overflows would turn 0·inf into NaN
                     # even at the centre: take the plain path for this batch instead
                     short = cache.finite(b_idx, zd) if cache is not None else (zd is None or bool(torch.isfinite(zd).all()))
@@ -238,17 +310,19 @@ class Objective:
                             theta = torch.addmv(origin, directions.T, coords_dev[k]) if m else origin
                         if short:
                             inject.value = _combine(z0, zd, coords_list[k], coords_dev[k]) if m else z0
-                        s, c = self.loss(self.forward(theta, x), y)
-                        loss_sum[k] += s.double()
-                        if c is not None:
-                            correct[k] += c.double()
+                        t = self.terms(theta, batch)
+                        loss_sum[k] += t.loss.double()
+                        count[k] += t.count
+                        if t.correct is not None:
+                            correct[k] += t.correct.double()
+                            correct_n[k] += t.correct_count
                         bar(1)
-                n += len(y)
         bar(None)
-        if n == 0:
-            raise UserError("the data yielded no samples")
-        acc = (correct / n).cpu().numpy() if self.loss.has_accuracy else np.full(K, np.nan)
-        return Evaluation(loss=(loss_sum / n).cpu().numpy(), accuracy=acc, n=n)
+        n = int(count[0]) if K else 0
+        if K and not bool((count > 0).all()):
+            raise UserError(f"data '{self.data.name}' yielded no samples (or only ignored labels)")
+        acc = torch.where(correct_n > 0, correct / correct_n.clamp_min(1), torch.nan).cpu().numpy()
+        return Evaluation(loss=(loss_sum / count).cpu().numpy(), accuracy=acc, n=n)
 
     def loss_at(self, theta: torch.Tensor | None = None) -> Evaluation:
         """Loss and accuracy at one point (the model's own parameters by default)."""
@@ -258,29 +332,25 @@ class Objective:
     def loss_and_grad(self, theta: torch.Tensor | None = None) -> tuple[float, torch.Tensor]:
         """Mean loss and its gradient [P] at `theta`, accumulated over all batches."""
         theta = (self.theta0 if theta is None else theta).detach().requires_grad_(True)
-        total, grad, n = 0.0, torch.zeros_like(theta), 0
+        total, grad, n = 0.0, torch.zeros_like(theta), 0.0
         with self.mode():
-            for x, y in self.batches():
-                s, _ = self.loss(self.forward(theta, x), y)
-                (g,) = torch.autograd.grad(s, theta)
-                grad += g
-                total += float(s.detach())
-                n += len(y)
+            for batch in self.batches():
+                t = self.terms(theta, batch)
+                if t.loss.requires_grad:
+                    (g,) = torch.autograd.grad(t.loss, theta, allow_unused=True)
+                    if g is not None:
+                        grad += g
+                total += float(t.loss.detach())
+                n += float(t.count)
+        if n == 0:
+            raise UserError(f"data '{self.data.name}' yielded no samples")
         return total / n, grad / n
 
     def hvp(self, v: torch.Tensor, theta: torch.Tensor | None = None) -> torch.Tensor:
         """Exact Hessian-vector product H(theta) v of the mean loss, by double backward."""
-        theta = (self.theta0 if theta is None else theta).detach().requires_grad_(True)
-        v = v.to(theta)
-        out, n = torch.zeros_like(theta), 0
-        with self.mode():
-            for x, y in self.batches():
-                s, _ = self.loss(self.forward(theta, x), y)
-                (g,) = torch.autograd.grad(s, theta, create_graph=True)
-                (hv,) = torch.autograd.grad(g @ v, theta)
-                out += hv
-                n += len(y)
-        return out / n
+        from .hessian import hvp
+
+        return hvp(self, v, theta)
 
     # --- first-layer shortcut ----------------------------------------------------------
     @contextlib.contextmanager
@@ -292,7 +362,7 @@ class Objective:
         m + 1 first-layer passes over the data. The cache is kept only while it fits in
         `max_bytes`, and only for in-memory data (fixed batches).
         """
-        if self._first is None or not isinstance(self.data, Split):
+        if self._first is None or not isinstance(self.data, TensorData):
             yield
             return
         origin = self.theta0 if origin is None else origin.to(self.device, self.space.dtype)
@@ -331,10 +401,10 @@ class Objective:
 
         handles = [m.register_forward_pre_hook(hook) for m in self.model.modules()]
         try:
-            x, _ = next(self.batches())
+            batch = take(self.data.first(self.batch_size), slice(0, 2))
             with torch.inference_mode(), self.mode(train=False):
-                self.model(x[:2])
-        except StopIteration:
+                self.criterion.forward(self.model, batch)
+        except Exception:  # nothing to learn from a model that fails here: plain path
             return None
         finally:
             for h in handles:
@@ -347,7 +417,7 @@ class Objective:
             return None
         return name, module
 
-    def _first_layer_outputs(self, x, origin, directions):
+    def _first_layer_outputs(self, batch, origin, directions):
         name, module = self._first
         captured: list[torch.Tensor] = []
 
@@ -359,7 +429,7 @@ class Objective:
 
         h = module.register_forward_pre_hook(grab)
         try:
-            self.model(x)
+            self.criterion.forward(self.model, batch)
         except _Stop:
             pass
         finally:
@@ -395,8 +465,7 @@ class Objective:
 
     def _shortcut_matches(self) -> bool:
         """Check the shortcut against a plain forward pass at a perturbed point."""
-        x, y = next(self.batches())
-        x, y = x[:64], y[:64]
+        batch = take(self.data.first(self.batch_size), slice(0, 64))
         g = torch.Generator(device="cpu").manual_seed(0)
         d = torch.randn(2, self.space.numel, generator=g).to(self.theta0) * 1e-2 * (
             self.theta0.norm() / math.sqrt(self.space.numel) + 1e-3
@@ -404,15 +473,16 @@ class Objective:
         d[:, self.space.mask(["buffer"]).to(self.device)] = 0
         c = torch.tensor([[0.7, -0.4]], device=self.device, dtype=self.space.dtype)
         with torch.inference_mode(), self.mode(train=False):
-            plain = self.forward(self.theta0 + c[0] @ d, x)
             try:
-                z0, zd = self._first_layer_outputs(x, self.theta0, d)
-            except Exception:  # an unusual first layer: fall back to the plain path
+                plain = self.forward(self.theta0 + c[0] @ d, batch)
+                z0, zd = self._first_layer_outputs(batch, self.theta0, d)
+                with self._injected(True) as inject:
+                    inject.value = z0 + torch.tensordot(c[0], zd, dims=1)
+                    fast = self.forward(self.theta0 + c[0] @ d, batch)
+                plain, fast = _output_tensor(plain), _output_tensor(fast)
+            except Exception:  # an unusual first layer or output: fall back to the plain path
                 return False
-            with self._injected(True) as inject:
-                inject.value = z0 + torch.tensordot(c[0], zd, dims=1)
-                fast = self.forward(self.theta0 + c[0] @ d, x)
-        if fast is None or fast.shape != plain.shape:
+        if fast is None or plain is None or fast.shape != plain.shape:
             return False
         scale = plain.abs().max().clamp_min(1.0)
         return bool(((fast - plain).abs().max() / scale) < 1e-4)
@@ -420,6 +490,12 @@ class Objective:
 
 class _Stop(Exception):
     pass
+
+
+def _output_tensor(out):
+    from .losses import logits_of
+
+    return logits_of(out) if out is not None else None
 
 
 class _FirstLayerCache:

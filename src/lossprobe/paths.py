@@ -14,8 +14,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data.split import Split, as_split
+from .batching import Data, TensorData, as_data, move
 from .errors import UserError
+from .losses import criterion
 from .objective import Objective
 from .space import ParamSpace
 
@@ -80,14 +81,20 @@ def error_barrier(alphas, errors) -> float:
     return float(np.max(v) - 0.5 * (v0 + v1))
 
 
-def named_splits(data) -> dict[str, Split]:
-    """One split (named 'data') or a mapping of names to splits, as {name: Split}."""
-    splits = {"data": data} if not isinstance(data, Mapping) else dict(data)
-    return {k: as_split(v, k) for k, v in splits.items()}
+def named_splits(data) -> dict[str, Data]:
+    """One data set (named 'data') or a mapping of names to data sets, as {name: Data}.
+
+    A dict whose values are all arrays is one data set (columns, e.g. HF-style
+    ``{"input_ids": ..., "labels": ...}``), not a mapping of names.
+    """
+    if isinstance(data, Mapping) and not all(isinstance(v, (torch.Tensor, np.ndarray)) for v in data.values()):
+        return {k: as_data(v, k) for k, v in data.items()}
+    return {"data": as_data(data, "data")}
 
 
-def evaluate_per_point(model_at, n: int, splits: dict[str, Split], loss="cross_entropy", batch_size: int = 4096,
-                       progress: str | None = None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+def evaluate_per_point(model_at, n: int, splits: dict[str, Data], loss="cross_entropy", batch_size: int = 4096,
+                       progress: str | None = None, forward=None,
+                       metric=None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Loss and accuracy [n] on each split of the model `model_at(i)` for i = 0 … n − 1.
 
     For paths whose points are not one affine family (re-estimated BatchNorm statistics,
@@ -106,7 +113,8 @@ def evaluate_per_point(model_at, n: int, splits: dict[str, Split], loss="cross_e
     for i in points:
         m = model_at(i)
         for k, split in splits.items():
-            ev = Objective(m, split, loss=loss, batch_size=batch_size, shortcut=False).loss_at()
+            ev = Objective(m, split, loss=loss, batch_size=batch_size, shortcut=False, forward=forward, metric=metric,
+                           check=False).loss_at()
             losses[k][i], accs[k][i] = ev.loss[0], ev.accuracy[0]
     return losses, accs
 
@@ -116,11 +124,13 @@ def has_batchnorm(model: nn.Module) -> bool:
 
 
 @torch.no_grad()
-def recompute_batchnorm(model: nn.Module, data: Split, n_batches: int = 50, batch_size: int = 128, seed: int = 0) -> nn.Module:
+def recompute_batchnorm(model: nn.Module, data, n_batches: int = 50, batch_size: int = 128, seed: int = 0,
+                        forward=None) -> nn.Module:
     """Re-estimate BatchNorm running statistics by a seeded pass over training batches.
 
     The statistics are exact averages over the batches (momentum=None), not a running
-    blend. The model is left in eval mode.
+    blend. In-memory data is drawn in a seeded order; a stream gives its first
+    `n_batches` batches. The model is left in eval mode.
     """
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not bns:
@@ -130,12 +140,19 @@ def recompute_batchnorm(model: nn.Module, data: Split, n_batches: int = 50, batc
         m.reset_running_stats()
         m.momentum = None
     device = next(model.parameters()).device
-    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
+    data = as_data(data, "bn")
+    fwd = criterion(forward=forward).forward
+    if isinstance(data, TensorData):
+        limit = min(n_batches, max(1, len(data) // batch_size))
+        batches = data.epoch(batch_size, torch.Generator().manual_seed(seed))
+    else:
+        limit, batches = n_batches, data.batches()
     model.train()
     try:
-        for i in range(min(n_batches, max(1, len(data) // batch_size))):
-            idx = order[i * batch_size : (i + 1) * batch_size]
-            model(data.x[idx].to(device))
+        for i, batch in enumerate(batches):
+            if i >= limit:
+                break
+            fwd(model, move(batch, device))
     finally:
         for m, mom in saved:
             m.momentum = mom
@@ -146,22 +163,26 @@ def recompute_batchnorm(model: nn.Module, data: Split, n_batches: int = 50, batc
 def interpolate(
     model_a: nn.Module,
     model_b: nn.Module,
-    data: Split | Mapping[str, Split],
+    data,
     alphas=None,
     bn: str = "interpolate",
-    bn_data: Split | None = None,
+    bn_data=None,
     bn_batches: int = 50,
     loss="cross_entropy",
     batch_size: int = 4096,
     progress: bool = False,
+    forward=None,
+    metric=None,
 ) -> Interpolation:
     """Loss and accuracy at θ(α) = (1 − α) θ_A + α θ_B on each split of `data`.
 
     Args:
-        data: one split, or a mapping of names to splits (e.g. {'train': ..., 'test': ...}).
+        data: one data set (any form `Objective` takes), or a mapping of names to data
+            sets (e.g. {'train': ..., 'test': ...}).
         alphas: the grid; default `default_alphas()` (−0.5 … 1.5, 41 points).
         bn: for models with BatchNorm, 'interpolate' the running statistics with the
             weights, or 'recompute' them at each α from `bn_data` (seeded batches).
+        loss, forward, metric: the batch contract (see `Objective`).
     """
     if bn not in BN_MODES:
         raise UserError(f"bn must be one of {BN_MODES}, got '{bn}'")
@@ -187,13 +208,15 @@ def interpolate(
 
         def model_at(i):
             space_p.load_into(work, (1 - alphas[i]) * pa + alphas[i] * pb)
-            return recompute_batchnorm(work, as_split(bn_data, "bn"), n_batches=bn_batches)
+            return recompute_batchnorm(work, bn_data, n_batches=bn_batches, forward=forward)
 
-        out.loss, out.accuracy = evaluate_per_point(model_at, len(alphas), splits, loss, batch_size)
+        out.loss, out.accuracy = evaluate_per_point(model_at, len(alphas), splits, loss, batch_size,
+                                                    forward=forward, metric=metric)
         return out
 
     for k, split in splits.items():
-        obj = Objective(model_a, split, loss=loss, batch_size=batch_size, space=space_a)
+        obj = Objective(model_a, split, loss=loss, batch_size=batch_size, space=space_a, forward=forward,
+                        metric=metric)
         ev = obj.evaluate(coords, origin=zero, directions=ends, progress=progress)
         out.loss[k], out.accuracy[k] = ev.loss, ev.accuracy
     return out

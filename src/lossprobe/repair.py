@@ -32,7 +32,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data.split import Split, as_split
+from .batching import as_data, move, take
+from .losses import criterion
 from .errors import UserError
 
 EPS = 1e-5  # added to variances as BatchNorm does, at both the target and the measured side
@@ -67,10 +68,7 @@ class _Moments:
 def _calibration_batches(data, batch_size: int):
     if isinstance(data, _Batches):
         return data
-    d = as_split(data, "calibration")
-    if isinstance(d, Split):
-        return _Batches(d.batches(batch_size))
-    return _Batches((x, y) for x, y in d)
+    return _Batches(as_data(data, "calibration").batches(batch_size))
 
 
 class _Batches(list):
@@ -78,9 +76,12 @@ class _Batches(list):
 
 
 @torch.no_grad()
-def layer_statistics(model: nn.Module, layers: Sequence[str], data, batch_size: int = 1000) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def layer_statistics(model: nn.Module, layers: Sequence[str], data, batch_size: int = 1000,
+                     forward=None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Per-channel output mean and variance [C] (float64) of each named layer, over all of
-    `data` in eval mode (one forward pass)."""
+    `data` in eval mode (one forward pass); `forward(model, batch)` calls the model."""
+    fwd = criterion(forward=forward).forward
+    device = next(model.parameters()).device
     mods = dict(model.named_modules())
     acc = {name: _Moments() for name in layers}
     handles = [mods[name].register_forward_hook(lambda m, i, o, name=name: acc[name].add(_channel_view(o, m)))
@@ -88,8 +89,8 @@ def layer_statistics(model: nn.Module, layers: Sequence[str], data, batch_size: 
     was = model.training
     model.eval()
     try:
-        for x, _ in _calibration_batches(data, batch_size):
-            model(x)
+        for batch in _calibration_batches(data, batch_size):
+            fwd(model, move(batch, device))
     finally:
         for h in handles:
             h.remove()
@@ -97,14 +98,14 @@ def layer_statistics(model: nn.Module, layers: Sequence[str], data, batch_size: 
     return {k: v.mean_var() for k, v in acc.items()}
 
 
-def _execution_order(model: nn.Module, names: Sequence[str], x: torch.Tensor) -> list[str]:
+def _execution_order(model: nn.Module, names: Sequence[str], batch, forward) -> list[str]:
     mods = dict(model.named_modules())
     order: list[str] = []
     handles = [mods[n].register_forward_pre_hook(lambda m, i, n=n: order.append(n) if n not in order else None)
                for n in names]
     try:
         with torch.no_grad():
-            model.eval()(x[:2])
+            forward(model.eval(), move(take(batch, slice(0, 2)), next(model.parameters()).device))
     finally:
         for h in handles:
             h.remove()
@@ -122,15 +123,16 @@ class Repairer:
 
     Args:
         model_a, model_b: the endpoints (B usually already aligned to A).
-        data: calibration data: a Split, (x, y) tensors, a Dataset or a DataLoader.
+        data: calibration data: any form `Objective` takes.
         spec: a `PermutationSpec` whose repair_layers/norm_layers are used; derived from
             the fx graph when None and `layers` is None.
         layers, norm_layers: module names to repair / to re-estimate, overriding the spec.
+        forward: ``forward(model, batch) -> output`` (the batch contract of `Objective`).
     """
 
     def __init__(self, model_a: nn.Module, model_b: nn.Module, data, spec=None,
                  layers: Sequence[str] | None = None, norm_layers: Sequence[str] | None = None,
-                 batch_size: int = 1000):
+                 batch_size: int = 1000, forward=None):
         if layers is None:
             if spec is None:
                 from .align import permutation_spec
@@ -149,14 +151,15 @@ class Repairer:
             if not isinstance(mods[n], nn.modules.batchnorm._BatchNorm):
                 raise UserError(f"REPAIR: norm layer '{n}' is a {type(mods[n]).__name__}, not BatchNorm")
         self.model_a, self.model_b = model_a, model_b
+        self.forward = criterion(forward=forward).forward
         self.batches = _calibration_batches(data, batch_size)
         if not self.batches:
             raise UserError("REPAIR needs calibration data (got an empty set)")
         self.layers = list(layers)
         self.norm_layers = norm_layers
-        self.order = _execution_order(model_a, self.layers + self.norm_layers, self.batches[0][0])
-        self.stats_a = layer_statistics(model_a, self.layers, self.batches)
-        self.stats_b = layer_statistics(model_b, self.layers, self.batches)
+        self.order = _execution_order(model_a, self.layers + self.norm_layers, self.batches[0], self.forward)
+        self.stats_a = layer_statistics(model_a, self.layers, self.batches, forward=self.forward)
+        self.stats_b = layer_statistics(model_b, self.layers, self.batches, forward=self.forward)
         self._names = [k for k, _ in model_a.named_parameters()] + [
             k for k, b in model_a.named_buffers() if b.is_floating_point()]
 
@@ -184,9 +187,10 @@ class Repairer:
 
             h = mod.register_forward_pre_hook(hook) if is_norm else mod.register_forward_hook(hook)
             try:
-                for x, _ in self.batches:
+                device = next(model.parameters()).device
+                for batch in self.batches:
                     try:
-                        model(x)
+                        self.forward(model, move(batch, device))
                     except _Stop:
                         pass
             finally:
@@ -213,9 +217,9 @@ def repair(model_a: nn.Module, model_b: nn.Module, data, alpha: float = 0.5, **k
     return Repairer(model_a, model_b, data, **kwargs).at(alpha)
 
 
-def interpolate_repaired(model_a: nn.Module, model_b: nn.Module, data: Split | Mapping[str, Split], calibration,
+def interpolate_repaired(model_a: nn.Module, model_b: nn.Module, data, calibration,
                          alphas=None, loss="cross_entropy", batch_size: int = 4096, progress: bool = False,
-                         repairer: Repairer | None = None, **kwargs):
+                         repairer: Repairer | None = None, metric=None, **kwargs):
     """Loss and accuracy along α with REPAIR at every α, as a `lossprobe.paths.Interpolation`.
 
     `calibration` is the data REPAIR measures statistics on (training samples, not the
@@ -228,7 +232,8 @@ def interpolate_repaired(model_a: nn.Module, model_b: nn.Module, data: Split | M
     rep = repairer or Repairer(model_a, model_b, calibration, **kwargs)
     out = Interpolation(alphas=alphas, bn="repair")
     out.loss, out.accuracy = evaluate_per_point(lambda i: rep.at(alphas[i]), len(alphas), splits, loss, batch_size,
-                                                progress="REPAIR along α" if progress else None)
+                                                progress="REPAIR along α" if progress else None,
+                                                forward=rep.forward, metric=metric)
     return out
 
 

@@ -57,34 +57,26 @@ def _kind_mask(obj: Objective, kinds) -> torch.Tensor:
 
 
 # --- directions ----------------------------------------------------------------------
-def _filters(space, kinds):
-    """Yield (slice, n_filters, filter_size) for every tensor of the given kinds."""
-    for e in space.entries:
-        if e.kind not in kinds:
-            continue
-        if len(e.shape) >= 2:
-            yield e, e.shape[0], e.numel // e.shape[0]
-        else:
-            yield e, 1, e.numel
-
-
 def filter_noise(obj: Objective, theta: torch.Tensor | None = None, seed: int = 0,
                  kinds: Sequence[str] = ("weight",), count: int = 1) -> torch.Tensor:
     """Gaussian noise [count, P] with per-filter scale: entry std = ||w_f|| / sqrt(size_f).
 
-    A filter is one output unit (a row of a Linear weight, one output channel of a Conv
-    kernel); 1-D tensors count as one filter. Multiply by σ to get noise whose norm is
-    about σ times each filter's norm. Entries of other kinds are zero.
+    A filter is one output unit (along each weight's `Entry.unit_axis`: a row of a Linear
+    weight, one output channel of a Conv kernel); 1-D tensors count as one filter. Multiply
+    by σ to get noise whose norm is about σ times each filter's norm. Entries of other
+    kinds are zero.
     """
     theta = _theta(obj, theta)
     gen = torch.Generator().manual_seed(int(seed))
     out = torch.zeros(count, obj.space.numel, dtype=obj.space.dtype)
     noise = torch.randn(count, obj.space.numel, generator=gen, dtype=torch.float64)
     th = theta.detach().cpu().double()
-    for e, nf, fs in _filters(obj.space, kinds):
-        w = th[e.slice].view(nf, fs)
-        scale = w.norm(dim=1, keepdim=True) / math.sqrt(fs)  # [nf, 1]
-        out[:, e.slice] = (noise[:, e.slice].view(count, nf, fs) * scale).reshape(count, -1).to(out)
+    for e in obj.space.entries:
+        if e.kind not in kinds:
+            continue
+        w = e.units(th[e.slice])  # [units, size]
+        scale = e.per_unit(w.norm(dim=1) / math.sqrt(w.shape[1]))
+        out[:, e.slice] = (noise[:, e.slice] * scale).to(out)
     return out.to(obj.device)
 
 
@@ -92,16 +84,15 @@ def filter_normalized_direction(obj: Objective, theta: torch.Tensor | None = Non
                                 kinds: Sequence[str] = ("weight",)) -> torch.Tensor:
     """Random direction [P] normalised filter-wise (Li et al. 2018): each filter of the
     Gaussian direction is rescaled to the norm of the corresponding filter of θ; biases
-    and normalisation parameters are zero (the paper's choice)."""
+    and normalisation parameters are zero (the paper's choice). See
+    `lossprobe.directions.normalize`."""
+    from .directions import normalize
+
     theta = _theta(obj, theta)
     gen = torch.Generator().manual_seed(int(seed))
     d = torch.randn(obj.space.numel, generator=gen, dtype=torch.float64)
-    out = torch.zeros(obj.space.numel, dtype=torch.float64)
-    th = theta.detach().cpu().double()
-    for e, nf, fs in _filters(obj.space, kinds):
-        w = th[e.slice].view(nf, fs)
-        r = d[e.slice].view(nf, fs)
-        out[e.slice] = (r / r.norm(dim=1, keepdim=True).clamp_min(1e-12) * w.norm(dim=1, keepdim=True)).reshape(-1)
+    ignore = [k for k in ("weight", "bias", "norm", "buffer") if k not in kinds]
+    out = normalize(d, theta.detach().cpu().double(), obj.space, "filter", ignore=ignore)
     return out.to(obj.device, obj.space.dtype)
 
 

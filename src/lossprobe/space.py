@@ -5,11 +5,20 @@ offset) once; `flatten` and `unflatten` move between a flat vector of length `nu
 and the `{name: tensor}` dicts that `torch.func.functional_call` takes. `unflatten`
 returns views into the flat vector, so it copies nothing.
 
-Kinds:
-    weight  parameters of ordinary layers (Linear/Conv weights and the like)
-    bias    parameters whose name ends in "bias", outside normalisation layers
-    norm    parameters of normalisation layers (BatchNorm, LayerNorm, GroupNorm, ...)
+Kinds come from the module that owns each tensor, not from its name:
+    weight  weights of Linear, Conv, ConvTranspose, Bilinear, Embedding, RNN/LSTM/GRU
+            (``weight_ih_l*``, ``weight_hh_l*``), MultiheadAttention, HF ``Conv1D``
+    bias    their biases (including an RNN's ``bias_ih_l*`` and ``bias_hh_l*``)
+    norm    parameters of normalisation layers (BatchNorm, LayerNorm, GroupNorm, RMSNorm,
+            InstanceNorm, and any module whose class name ends in "Norm")
     buffer  floating-point buffers, e.g. BatchNorm running statistics
+Parameters of other modules fall back to their name: a tensor named ``*bias*`` with one
+dimension is a bias, anything else a weight.
+
+Each weight also records its output-unit axis (`Entry.unit_axis`), the axis that indexes
+its output units (filters): 0 for Linear, Conv, RNN and attention weights and Embedding
+rows (one token's vector), 1 for ConvTranspose and HF ``Conv1D`` (stored [in, out]).
+Filter normalisation rescales each unit along that axis.
 """
 
 from __future__ import annotations
@@ -24,12 +33,32 @@ from .errors import UserError
 
 KINDS = ("weight", "bias", "norm", "buffer")
 
-_NORM_TYPES = (
+_NORM_TYPES = tuple(t for t in (
     nn.modules.batchnorm._NormBase,
     nn.LayerNorm,
     nn.GroupNorm,
     nn.LocalResponseNorm,
-)
+    getattr(nn, "RMSNorm", None),
+) if t is not None)
+_UNIT0_TYPES = (nn.Linear, nn.Bilinear, nn.modules.conv._ConvNd, nn.Embedding, nn.EmbeddingBag,
+                nn.modules.rnn.RNNBase, nn.modules.rnn.RNNCellBase, nn.MultiheadAttention)
+
+
+def classify(module: nn.Module, pname: str, p: torch.Tensor) -> tuple[str, int | None]:
+    """(kind, output-unit axis) of parameter `pname` owned directly by `module`."""
+    cls = type(module).__name__
+    if isinstance(module, _NORM_TYPES) or cls.endswith("Norm") or cls.endswith("NormLayer"):
+        return "norm", None
+    is_bias = "bias" in pname and p.ndim <= 1
+    if isinstance(module, nn.modules.conv._ConvTransposeNd):
+        return ("bias", None) if is_bias else ("weight", 1 if p.ndim >= 2 else None)
+    if cls == "Conv1D" and p.ndim == 2:  # HF GPT-2 style: weight [in, out], y = x @ W + b
+        return "weight", 1
+    if isinstance(module, _UNIT0_TYPES) or cls == "Conv1D":
+        return ("bias", None) if is_bias else ("weight", 0 if p.ndim >= 2 else None)
+    if is_bias:
+        return "bias", None
+    return "weight", (0 if p.ndim >= 2 else None)
 
 
 @dataclass(frozen=True)
@@ -41,6 +70,25 @@ class Entry:
     kind: str
     offset: int
     numel: int
+    unit_axis: int | None = None  # axis of the output units (filters) for weights
+
+    def units(self, segment: torch.Tensor) -> torch.Tensor:
+        """This tensor's slice of a flat vector as [units, rest]: one row per output unit.
+
+        Tensors without a unit axis (biases, norm parameters) are one unit.
+        """
+        t = segment.view(self.shape)
+        if self.unit_axis is None or len(self.shape) < 2:
+            return t.reshape(1, -1)
+        return t.movedim(self.unit_axis, 0).reshape(self.shape[self.unit_axis], -1)
+
+    def per_unit(self, factors: torch.Tensor) -> torch.Tensor:
+        """Per-unit values [units] (as `units` orders them) spread over the tensor, flat [numel]."""
+        if self.unit_axis is None or len(self.shape) < 2:
+            return factors.reshape(-1)[:1].expand(self.numel)
+        shape = [1] * len(self.shape)
+        shape[self.unit_axis] = -1
+        return factors.reshape(shape).expand(self.shape).reshape(-1)
 
     @property
     def slice(self) -> slice:
@@ -60,23 +108,18 @@ class ParamSpace:
     def __init__(self, model: nn.Module, include_buffers: bool = False, trainable_only: bool = False):
         if not isinstance(model, nn.Module):
             raise TypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
-        norm_params: set[str] = set()
+        kinds: dict[str, tuple[str, int | None]] = {}
         for mname, module in model.named_modules():
-            if isinstance(module, _NORM_TYPES):
-                for pname, _ in module.named_parameters(recurse=False):
-                    norm_params.add(f"{mname}.{pname}" if mname else pname)
+            for pname, p in module.named_parameters(recurse=False):
+                kinds[f"{mname}.{pname}" if mname else pname] = classify(module, pname, p)
         entries: list[Entry] = []
         offset = 0
+        # named_parameters() lists a tied tensor once, under its first name
         for name, p in model.named_parameters():
             if trainable_only and not p.requires_grad:
                 continue
-            if name in norm_params:
-                kind = "norm"
-            elif name.rsplit(".", 1)[-1] == "bias":
-                kind = "bias"
-            else:
-                kind = "weight"
-            entries.append(Entry(name, tuple(p.shape), kind, offset, p.numel()))
+            kind, axis = kinds.get(name, ("weight", None))
+            entries.append(Entry(name, tuple(p.shape), kind, offset, p.numel(), axis))
             offset += p.numel()
         if include_buffers:
             for name, b in model.named_buffers():
@@ -120,7 +163,8 @@ class ParamSpace:
         return m
 
     def describe(self) -> list[dict]:
-        return [{"name": e.name, "shape": list(e.shape), "kind": e.kind, "numel": e.numel} for e in self.entries]
+        return [{"name": e.name, "shape": list(e.shape), "kind": e.kind, "numel": e.numel, "unit_axis": e.unit_axis}
+                for e in self.entries]
 
     # --- conversions ---------------------------------------------------------------
     def flatten(self, source: nn.Module | Mapping[str, torch.Tensor], dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -140,10 +184,10 @@ class ParamSpace:
                 out[e.slice] = t.detach().reshape(-1).to(out)
         return out
 
-    def unflatten(self, vec: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Views of `vec` shaped as the model's tensors (no copies)."""
+    def unflatten(self, vec: torch.Tensor, prefix: str = "") -> dict[str, torch.Tensor]:
+        """Views of `vec` shaped as the model's tensors (no copies), names prefixed by `prefix`."""
         self.check_vector(vec)
-        return {e.name: vec[e.slice].view(e.shape) for e in self.entries}
+        return {prefix + e.name: vec[e.slice].view(e.shape) for e in self.entries}
 
     def load_into(self, model: nn.Module, vec: torch.Tensor) -> nn.Module:
         """Copy `vec` into the model's parameters (and buffers, if in the space) in place."""

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data.split import Split, as_split
+from .batching import TensorData, as_data, leaves
 from .directions import Direction, random_direction, random_plane
 from .errors import UserError
 from .threads import torch_threads
@@ -322,14 +322,15 @@ def _directions_tensor(directions, m: int, space_numel: int) -> tuple[torch.Tens
 def _compute(model_or_objective, data, dirs_in, spans, steps, *, origin=None, subset=None, subset_seed=0,
              loss="cross_entropy", batch_size=4096, include_buffers=False, out=None, force=False,
              backend="local", address=None, chunk_size=None, progress=True, ray_retries=3,
-             on_chunk: Callable[[int, int], None] | None = None, threads: int | None = None) -> Surface:
+             on_chunk: Callable[[int, int], None] | None = None, threads: int | None = None, forward=None,
+             metric=None) -> Surface:
     if threads is not None:
         with torch_threads(threads):
             return _compute(model_or_objective, data, dirs_in, spans, steps, origin=origin, subset=subset,
                             subset_seed=subset_seed, loss=loss, batch_size=batch_size,
                             include_buffers=include_buffers, out=out, force=force, backend=backend,
                             address=address, chunk_size=chunk_size, progress=progress, ray_retries=ray_retries,
-                            on_chunk=on_chunk)
+                            on_chunk=on_chunk, forward=forward, metric=metric)
     t_start = time.perf_counter()
     if backend not in ("local", "ray"):
         raise UserError(f"backend must be 'local' or 'ray', got {backend!r}")
@@ -340,21 +341,23 @@ def _compute(model_or_objective, data, dirs_in, spans, steps, *, origin=None, su
 
     if isinstance(model_or_objective, Objective):
         obj = model_or_objective
-        if data is not None or subset:
-            raise UserError("pass data and subset to the Objective, not to surface()/slice(), when giving an Objective")
+        if data is not None or subset or forward is not None or metric is not None:
+            raise UserError("pass data, subset, forward and metric to the Objective, not to surface()/slice(), "
+                            "when giving an Objective")
         model = obj.model
-        split = obj.data if isinstance(obj.data, Split) else None
+        split = obj.data if isinstance(obj.data, TensorData) else None
         loss_name = obj.loss.name
     elif isinstance(model_or_objective, nn.Module):
         model = model_or_objective
         if data is None:
             raise UserError("data is required: a Split, (x, y) tensors, a Dataset or a DataLoader")
-        split = as_split(data)
+        split = as_data(data)
         if subset:
-            if not isinstance(split, Split):
+            if not isinstance(split, TensorData):
                 raise UserError("subset needs in-memory data (a Split or tensors), not a DataLoader")
             split = split.subset(int(subset), subset_seed)
-        obj = Objective(model, split, loss=loss, batch_size=batch_size, include_buffers=include_buffers)
+        obj = Objective(model, split, loss=loss, batch_size=batch_size, include_buffers=include_buffers,
+                        forward=forward, metric=metric)
         loss_name = obj.loss.name
     else:
         raise TypeError(f"expected an nn.Module or an Objective, got {type(model_or_objective).__name__}")
@@ -372,7 +375,7 @@ def _compute(model_or_objective, data, dirs_in, spans, steps, *, origin=None, su
     n_chunks = math.ceil(K / chunk_size)
 
     n_data = obj.n_samples
-    sub_idx = split.indices if isinstance(split, Split) else None
+    sub_idx = split.indices if isinstance(split, TensorData) else None
     data_meta = {"name": getattr(split, "name", "loader"), "n": n_data,
                  "subset": int(subset) if subset else None, "subset_seed": subset_seed if subset else None}
     meta = {
@@ -386,7 +389,7 @@ def _compute(model_or_objective, data, dirs_in, spans, steps, *, origin=None, su
         "data": data_meta,
         "backend": backend,
         "chunk_size": chunk_size,
-        "shortcut": obj._first is not None,
+        "shortcut": obj.shortcut_active,
         "batch_size": obj.batch_size,
     }
 
@@ -397,8 +400,9 @@ def _compute(model_or_objective, data, dirs_in, spans, steps, *, origin=None, su
     todo = list(range(n_chunks))
     if out is not None:
         x_digest = None
-        if isinstance(split, Split):
-            x_digest = _digest(split.x[: min(len(split), 256)], split.y, split.indices if split.indices is not None else [])
+        if isinstance(split, TensorData):
+            cols = leaves(split.tree)
+            x_digest = _digest(cols[0][: min(len(split), 256)], *cols[1:], split.indices if split.indices is not None else [])
         fp = _digest(FORMAT, origin_t, dirs, pts_all, chunk_size, loss_name, x_digest, n_data, obj.batch_size,
                      obj.space.names, obj.space.include_buffers)
         store = ChunkStore(out, fp, {"format": FORMAT, "grid_shape": list(shape), "chunks": n_chunks,
@@ -438,7 +442,7 @@ def _compute(model_or_objective, data, dirs_in, spans, steps, *, origin=None, su
                     loss_c, acc_c = _eval_chunk(obj, origin_t, dirs, pts_all[idx], tick)
                     finish(i, loss_c, acc_c)
         elif backend == "ray" and todo:
-            if not isinstance(obj.data, Split):
+            if not isinstance(obj.data, TensorData):
                 raise UserError("backend='ray' needs in-memory data (a Split or tensors), not a DataLoader")
             _run_ray(obj, model, origin_t, dirs, pts_all, todo, chunk_size, K, address, ray_retries, finish,
                      bar, include_buffers)
@@ -477,14 +481,12 @@ def _run_ray(obj, model, origin, dirs, pts_all, todo, chunk_size, K, address, re
         ray.init(**kw, ignore_reinit_error=True, logging_level="ERROR", log_to_driver=False)
         started = True
     try:
-        data = obj.data
-        if isinstance(data, Split):
-            data = data.to("cpu")
+        data = obj.data.to("cpu")
         # put once: every task gets references, Ray ships each object to a worker once
         # workers get a CPU copy (never move the caller's model off its device)
         cpu_model = model if obj.device.type == "cpu" else copy.deepcopy(model).cpu()
         refs = [ray.put(v) for v in (cpu_model, data, origin.cpu(), dirs.cpu())]
-        opts = {"loss": obj.loss, "batch_size": obj.batch_size, "include_buffers": obj.space.include_buffers,
+        opts = {"loss": obj.criterion, "batch_size": obj.batch_size, "include_buffers": obj.space.include_buffers,
                 "token": _digest(origin.cpu(), dirs.cpu(), os.getpid(), time.time())}
         task = ray.remote(max_retries=retries, retry_exceptions=True)(_ray_chunk)
         pending = {}
@@ -520,12 +522,13 @@ def surface(model_or_objective, data=None, directions=None, span=((-1, 1), (-1, 
             progress: bool = True, *, origin=None, seed: int = 0, norm: str | None = "filter",
             subset_seed: int = 0, loss="cross_entropy", batch_size: int = 4096, include_buffers: bool = False,
             chunk_size: int | None = None, force: bool = False, ray_retries: int = 3,
-            on_chunk: Callable[[int, int], None] | None = None, threads: int | None = None) -> Surface:
+            on_chunk: Callable[[int, int], None] | None = None, threads: int | None = None, forward=None,
+            metric=None) -> Surface:
     """Loss and accuracy on the 2-D grid origin + a·d1 + b·d2.
 
     Args:
         model_or_objective: an `nn.Module` (with `data`) or a ready `Objective`.
-        data: a Split, (x, y) tensors, a Dataset or a DataLoader.
+        data: any data form `Objective` takes (arrays, dict batches, a Dataset, a DataLoader).
         directions: (d1, d2) as Directions or [P] tensors, or an [2, P] tensor. Default: a
             filter-normalised random plane with `seed` and `norm`.
         span: ((lo1, hi1), (lo2, hi2)) or one (lo, hi) for both; coordinates in units of
@@ -542,6 +545,7 @@ def surface(model_or_objective, data=None, directions=None, span=((-1, 1), (-1, 
         threads: torch threads while evaluating (None: leave the setting alone). Each point is
             a few small matrix products, so on a shared or oversubscribed machine one thread
             is often much faster than several (OpenMP barriers wait for descheduled threads).
+        loss, forward, metric: the batch contract of `Objective` (with a model, not an Objective).
     Returns:
         `Surface` with coords [n1], [n2] and loss/accuracy/mask [n1, n2].
     """
@@ -553,7 +557,7 @@ def surface(model_or_objective, data=None, directions=None, span=((-1, 1), (-1, 
                     subset_seed=subset_seed, loss=loss, batch_size=batch_size, include_buffers=include_buffers,
                     out=out, force=force, backend=backend, address=address, chunk_size=chunk_size,
                     progress=progress, ray_retries=ray_retries, on_chunk=on_chunk,
-                    threads=threads)
+                    threads=threads, forward=forward, metric=metric)
 
 
 def slice(model_or_objective, data=None, direction=None, span=(-1, 1), steps: int = 51,  # noqa: A001
@@ -561,7 +565,8 @@ def slice(model_or_objective, data=None, direction=None, span=(-1, 1), steps: in
           progress: bool = True, *, origin=None, seed: int = 0, norm: str | None = "filter",
           subset_seed: int = 0, loss="cross_entropy", batch_size: int = 4096, include_buffers: bool = False,
           chunk_size: int | None = None, force: bool = False, ray_retries: int = 3,
-          on_chunk: Callable[[int, int], None] | None = None, threads: int | None = None) -> Surface:
+          on_chunk: Callable[[int, int], None] | None = None, threads: int | None = None, forward=None,
+          metric=None) -> Surface:
     """Loss and accuracy along the line origin + a·d for a on a grid over `span` (see `surface`).
 
     Returns a `Surface` with one axis: coords [n], loss/accuracy/mask [n].
@@ -574,7 +579,7 @@ def slice(model_or_objective, data=None, direction=None, span=(-1, 1), steps: in
                     subset_seed=subset_seed, loss=loss, batch_size=batch_size, include_buffers=include_buffers,
                     out=out, force=force, backend=backend, address=address, chunk_size=chunk_size,
                     progress=progress, ray_retries=ray_retries, on_chunk=on_chunk,
-                    threads=threads)
+                    threads=threads, forward=forward, metric=metric)
 
 
 def _spans(span, m: int) -> list[tuple[float, float]]:
@@ -608,6 +613,118 @@ def _steps(steps, m: int) -> tuple[int, ...]:
     return tuple(int(s) for s in steps)
 
 
+# --- a span chosen for the user ----------------------------------------------------------
+AUTO_FACTOR = 4.0
+
+
+def parse_span(text) -> tuple[str, float] | None:
+    """'auto' or 'auto:FACTOR' -> ('auto', FACTOR); anything else None."""
+    if not isinstance(text, str) or not (text == "auto" or text.startswith("auto:")):
+        return None
+    if text == "auto":
+        return ("auto", AUTO_FACTOR)
+    try:
+        f = float(text[5:])
+    except ValueError:
+        f = float("nan")
+    if not f > 1 or not math.isfinite(f):
+        raise UserError(f"span auto:FACTOR needs a FACTOR above 1, got '{text[5:]}'")
+    return ("auto", f)
+
+
+def auto_span(objective: Objective, directions, factor: float = AUTO_FACTOR, origin=None, start=None,
+              second_derivatives=None, rel_tol: float = 0.01, max_doublings: int = 30) -> list[dict]:
+    """Per direction, the largest s such that the loss stays under `factor` × the centre loss
+    on the segment [−s·d, s·d], by a 1-D search before any grid is computed.
+
+    On each side of each direction: from `start` (per direction; by default the quadratic
+    model's answer sqrt(2(factor − 1)L/q) where a `second_derivatives` entry q = dᵀHd > 0 is
+    given, else 1) the step is
+    doubled (or halved) until the loss crosses the threshold T = factor·L(θ), then the
+    crossing is bisected until the bracket is within `rel_tol` and interpolated linearly
+    in the loss. All rays advance together, so each round is one `Objective.evaluate` of
+    2m points. The span of a direction is the nearer of its two crossings, s = min(s₋, s₊),
+    so the loss on the axis reaches T at one end and stays below it in between. A NaN or
+    inf loss counts as above T. A side where no crossing is found within 2^max_doublings
+    × start keeps that bound (`reached` False). The first crossing found by doubling is
+    taken: a loss that rises above T and falls back within one doubling is not seen.
+
+    Returns one dict per direction: span, minus, plus, threshold, factor, center_loss,
+    reached (both sides), evaluations.
+    """
+    dirs = torch.stack([torch.as_tensor(d.vector if isinstance(d, Direction) else d) for d in directions]) \
+        if not isinstance(directions, torch.Tensor) else directions
+    if dirs.ndim == 1:
+        dirs = dirs[None]
+    dirs = dirs.to(objective.device, objective.space.dtype)
+    m = dirs.shape[0]
+    if not factor > 1:
+        raise UserError(f"the auto-span factor must be above 1, got {factor}")
+    origin_t = objective.theta0 if origin is None else _origin_vector(origin, objective)
+    L0 = float(objective.evaluate(None, origin=origin_t).loss[0])
+    if not (math.isfinite(L0) and L0 > 0):
+        raise UserError(f"--span auto needs a positive, finite loss at the centre (it is {L0}); give --span LO HI")
+    T = factor * L0
+    if start is None and second_derivatives is not None:
+        start = [math.sqrt(2 * (factor - 1) * L0 / q) if q and math.isfinite(q) and q > 0 else None
+                 for q in second_derivatives]
+    starts = [1.0] * m if start is None else [float(x) if x and math.isfinite(x) and x > 0 else 1.0 for x in start]
+    # rays: (direction i, sign); state: lo (below T, with its loss), hi (above T, with its loss)
+    rays = [(i, sgn) for i in range(m) for sgn in (-1.0, 1.0)]
+    lo = {r: (0.0, L0) for r in rays}
+    hi: dict = {r: None for r in rays}
+    probe = {r: starts[r[0]] for r in rays}
+    floor = {r: starts[r[0]] * 2.0 ** -max_doublings for r in rays}
+    cap = {r: starts[r[0]] * 2.0 ** max_doublings for r in rays}
+    evals = 0
+    active = set(rays)
+    while active:
+        todo = sorted(active)
+        coords = torch.zeros(len(todo), m, dtype=torch.float64)
+        for j, (i, sgn) in enumerate(todo):
+            coords[j, i] = sgn * probe[(i, sgn)]
+        vals = objective.evaluate(coords, origin=origin_t, directions=dirs).loss
+        evals += len(todo)
+        for r, v in zip(todo, vals):
+            a = probe[r]
+            above = not (math.isfinite(v) and v < T)
+            if above:
+                hi[r] = (a, float(v) if math.isfinite(v) else float("inf"))
+            else:
+                lo[r] = (a, float(v))
+            if hi[r] is None:  # no crossing yet: double
+                if a >= cap[r]:
+                    active.discard(r)
+                else:
+                    probe[r] = a * 2
+            elif lo[r][0] == 0.0:  # above T at every step so far: halve until below
+                if hi[r][0] <= floor[r]:
+                    active.discard(r)
+                else:
+                    probe[r] = hi[r][0] / 2
+            elif hi[r][0] - lo[r][0] <= rel_tol * hi[r][0]:
+                active.discard(r)
+            else:
+                probe[r] = 0.5 * (lo[r][0] + hi[r][0])
+    out = []
+    for i in range(m):
+        side = {}
+        for sgn in (-1.0, 1.0):
+            r = (i, sgn)
+            (a0, v0), h = lo[r], hi[r]
+            if h is None:
+                side[sgn] = (a0, False)
+            elif math.isfinite(h[1]) and h[1] > v0:
+                side[sgn] = (a0 + (T - v0) / (h[1] - v0) * (h[0] - a0), True)
+            else:
+                side[sgn] = (a0 if a0 > 0 else h[0], True)
+        s = min(side[-1.0][0], side[1.0][0])
+        out.append({"span": s, "minus": side[-1.0][0], "plus": side[1.0][0], "threshold": T, "factor": factor,
+                    "center_loss": L0, "reached": side[-1.0][1] and side[1.0][1], "start": starts[i],
+                    "evaluations": evals})
+    return out
+
+
 class _CallableModule(types.ModuleType):
     """Lets ``lossprobe.surface(...)`` call the function while ``lossprobe.surface.X`` stays the module."""
 
@@ -618,4 +735,4 @@ class _CallableModule(types.ModuleType):
 sys.modules[__name__].__class__ = _CallableModule
 _ = builtins  # `slice` shadows the builtin in this module; use builtins.slice if ever needed
 
-__all__ = ["ChunkStore", "Surface", "grid_axis", "load", "slice", "surface"]
+__all__ = ["AUTO_FACTOR", "ChunkStore", "Surface", "auto_span", "grid_axis", "load", "parse_span", "slice", "surface"]

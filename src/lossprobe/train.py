@@ -21,10 +21,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data.split import Split, as_split
+from .batching import TensorData, as_data
 from .errors import UserError
-from .losses import get_loss
-from .objective import Objective
+from .losses import criterion
+from .objective import Objective, check_fits
 from .space import ParamSpace
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop", "adagrad")
@@ -135,22 +135,34 @@ def _lr_factor(cfg: TrainConfig, step: int, total: int, steps_per_epoch: int) ->
     return 1.0
 
 
-def evaluate_model(model: nn.Module, data, loss="cross_entropy", batch_size: int = 4096) -> tuple[float, float]:
-    """Mean loss and accuracy of the model in eval mode on all of `data`."""
-    ev = Objective(model, data, loss=loss, batch_size=batch_size, shortcut=False).loss_at()
+def evaluate_model(model: nn.Module, data, loss="cross_entropy", batch_size: int = 4096, forward=None,
+                   metric=None) -> tuple[float, float]:
+    """Mean loss and accuracy (NaN where there is none) of the model in eval mode on all of `data`."""
+    ev = Objective(model, data, loss=loss, batch_size=batch_size, shortcut=False, forward=forward, metric=metric,
+                   check=False).loss_at()
     return float(ev.loss[0]), float(ev.accuracy[0])
 
 
 def fit(
     model: nn.Module,
-    train: Split,
-    val: Split | None = None,
+    train,
+    val=None,
     config: TrainConfig | None = None,
     checkpoint_dir: str | os.PathLike | None = None,
     progress: bool = False,
+    *,
+    loss=None,
+    forward=None,
+    metric=None,
     **overrides,
 ) -> History:
     """Train `model` in place on `train`, evaluating on all of `train` and `val` every epoch.
+
+    `train` and `val` take any data form of `lossprobe.batching.as_data`: in-memory data is
+    shuffled by ``config.data_seed``; a DataLoader is read in its own order (seed its
+    shuffling through ``torch.manual_seed``, which fit sets per epoch). `loss`, `forward`
+    and `metric` follow the batch contract of `Objective` (`loss` overrides
+    ``config.loss``, e.g. with a function).
 
     Returns the `History`. If `checkpoint_dir` is given, each epoch is saved there and a
     later call with the same directory resumes after the last saved epoch. The recorded
@@ -161,17 +173,15 @@ def fit(
     cfg = config or TrainConfig()
     if overrides:
         cfg = TrainConfig(**{**asdict(cfg), **overrides})
-    train = as_split(train, "train")
-    if not isinstance(train, Split) or (val is not None and not isinstance(as_split(val, "val"), Split)):
-        raise UserError("fit() needs in-memory data: a Split, (x, y) tensors or a Dataset")
-    val = as_split(val, "val") if val is not None else None
-    if len(train) == 0:
-        raise UserError("the training split is empty")
     device = next(model.parameters()).device
-    train = train.to(device)
-    loss_fn = get_loss(cfg.loss)
+    train = as_data(train, "train").to(device)
+    val = as_data(val, "val") if val is not None else None
+    if train.n_samples == 0:
+        raise UserError("the training split is empty")
+    crit = criterion(loss if loss is not None else cfg.loss, forward=forward, metric=metric, model=model)
+    check_fits(model, train, crit, cfg.batch_size)
     opt = make_optimizer([p for p in model.parameters() if p.requires_grad], cfg)
-    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+    steps_per_epoch = train.n_batches(cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
     space = ParamSpace(model)
     hist, trajectory, start_epoch, elapsed = History(), [], 1, 0.0
@@ -191,8 +201,8 @@ def fit(
             elapsed = hist.seconds[-1]
 
     def record(epoch: int, batch_loss: float, t0: float):
-        tl, ta = evaluate_model(model, train, cfg.loss, cfg.eval_batch_size)
-        vl, va = evaluate_model(model, val, cfg.loss, cfg.eval_batch_size) if val is not None else (math.nan, math.nan)
+        tl, ta = evaluate_model(model, train, crit, cfg.eval_batch_size)
+        vl, va = evaluate_model(model, val, crit, cfg.eval_batch_size) if val is not None else (math.nan, math.nan)
         hist.epoch.append(epoch)
         hist.train_loss.append(tl)
         hist.train_accuracy.append(ta)
@@ -220,16 +230,16 @@ def fit(
         for epoch in range(start_epoch, cfg.epochs + 1):
             model.train()
             # Per-epoch seeds make a resumed run draw the same batches and dropout masks.
-            order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.data_seed * 100_003 + epoch))
+            gen = torch.Generator().manual_seed(cfg.data_seed * 100_003 + epoch)
             torch.manual_seed(cfg.data_seed * 100_003 + epoch)
-            run_sum, run_n = 0.0, 0
-            for i in range(steps_per_epoch):
+            run_sum, run_n = 0.0, 0.0
+            for i, batch in enumerate(train.epoch(cfg.batch_size, gen, device)):
                 for g in opt.param_groups:
                     g["lr"] = cfg.lr * _lr_factor(cfg, step, total_steps, steps_per_epoch)
-                idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size].to(device)
-                x, y = train.x[idx], train.y[idx]
-                s, _ = loss_fn(model(x), y)
-                loss = s / len(y)
+                t = crit(model, batch)
+                if not float(t.count):
+                    continue
+                loss = t.loss / t.count
                 if not torch.isfinite(loss):
                     hist.stopped = f"loss became {loss.item()} at epoch {epoch}, step {i + 1}"
                     raise TrainingDiverged(
@@ -239,12 +249,12 @@ def fit(
                 loss.backward()
                 opt.step()
                 step += 1
-                run_sum += float(s.detach())
-                run_n += len(y)
+                run_sum += float(t.loss.detach())
+                run_n += float(t.count)
                 if cfg.trajectory_every and step % cfg.trajectory_every == 0:
                     trajectory.append(space.flatten(model).cpu())
             model.eval()
-            record(epoch, run_sum / run_n, t0)
+            record(epoch, run_sum / run_n if run_n else math.nan, t0)
             if ckpt is not None:
                 _save_state(ckpt, model, opt, hist, trajectory)
             if bar is not None:
@@ -266,13 +276,39 @@ def fit(
 
 # --- checkpoints -----------------------------------------------------------------------
 def save_checkpoint(model: nn.Module, path: str | os.PathLike) -> None:
-    """Save the state dict (parameters and buffers) as safetensors."""
+    """Save the state dict (parameters and buffers) as safetensors.
+
+    Tied tensors (one tensor under several names, e.g. an embedding shared with the
+    output layer) are stored once, under their first name, as HF's ``save_pretrained``
+    does; `load_checkpoint` restores every alias.
+    """
     from safetensors.torch import save_file
 
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    state, seen = {}, {}
+    for k, v in model.state_dict(keep_vars=True).items():
+        key = (v.data_ptr(), v.dtype, tuple(v.shape), v.stride()) if v.numel() else None
+        if key is not None and key in seen:
+            continue
+        if key is not None:
+            seen[key] = k
+        state[k] = v.detach().contiguous().cpu()
     tmp = f"{path}.tmp"
     save_file(state, tmp)
     os.replace(tmp, path)
+
+
+def tied_names(model: nn.Module) -> dict[str, str]:
+    """{alias: first name} for every tensor the model holds under more than one name."""
+    first: dict[int, str] = {}
+    out = {}
+    for k, v in model.state_dict(keep_vars=True).items():
+        if not v.numel():
+            continue
+        if id(v) in first:
+            out[k] = first[id(v)]
+        else:
+            first[id(v)] = k
+    return out
 
 
 def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -317,8 +353,19 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> nn.Module:
 
 
 def apply_state_dict(model: nn.Module, state: dict[str, torch.Tensor], path: str | os.PathLike = "the state dict") -> nn.Module:
-    """Copy `state` into `model` after checking every name and shape."""
+    """Copy `state` into `model` after checking every name and shape.
+
+    A tied tensor needs to be present under one of its names only (``save_pretrained``
+    files omit the copies); the others are filled from it.
+    """
     own = model.state_dict()
+    state = dict(state)
+    tied = tied_names(model)
+    for alias, name in tied.items():
+        if alias not in state and name in state:
+            state[alias] = state[name]
+        elif name not in state and alias in state:
+            state[name] = state[alias]
     for k, v in own.items():
         if k not in state:
             raise UserError(f"checkpoint {path} has no parameter '{k}': it was saved from a different architecture")

@@ -34,9 +34,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data.split import Split, as_split
+from .batching import TensorData, as_data, take, tree_map
 from .errors import UserError
-from .losses import get_loss
+from .losses import criterion
 from .monitors import TrainingMonitor
 from .objective import Objective
 from .space import ParamSpace
@@ -72,7 +72,7 @@ class Trajectory:
 
 def train_trajectory(
     model: nn.Module,
-    train: Split,
+    train,
     optimizer: str = "sgd",
     lr: float = 0.1,
     steps: int = 3000,
@@ -85,6 +85,7 @@ def train_trajectory(
     label: str | None = None,
     progress: bool = False,
     monitor: TrainingMonitor | None = None,
+    forward=None,
 ) -> Trajectory:
     """Train `model` in place for `steps` minibatch steps and record θ every `every` steps.
 
@@ -96,6 +97,8 @@ def train_trajectory(
         weight_decay: L2 penalty coefficient (torch's coupled weight decay: λθ added to
             the gradient, i.e. the gradient of the loss + λ/2 ‖θ‖²).
         monitor: a `TrainingMonitor` to fill (one is created if None).
+        loss, forward: the batch contract of `Objective`; `train` is in-memory data
+            (a `Split`, arrays, a dict of arrays or a `Dataset`).
     Returns:
         `Trajectory` with snapshots at steps 0, every, 2·every, ..., and the last step.
     """
@@ -103,10 +106,13 @@ def train_trajectory(
 
     if steps <= 0 or every <= 0 or batch_size <= 0:
         raise UserError(f"steps, every and batch_size must be positive, got {steps}, {every}, {batch_size}")
-    train = as_split(train, "train")
-    loss_fn = get_loss(loss)
+    train = as_data(train, "train")
+    if not isinstance(train, TensorData):
+        raise UserError("train_trajectory needs in-memory training data (a Split, arrays or a Dataset), not a stream")
+    crit = criterion(loss, forward=forward, model=model)
+    loss_name = crit.name if isinstance(loss, str) else "custom"
     cfg = TrainConfig(optimizer=optimizer, lr=lr, momentum=0.0 if optimizer == "rmsprop" else momentum,
-                      weight_decay=weight_decay, schedule="constant", loss=loss_fn.name)
+                      weight_decay=weight_decay, schedule="constant")
     params = [p for p in model.parameters() if p.requires_grad]
     opt = make_optimizer(params, cfg)
     space = ParamSpace(model)
@@ -130,8 +136,8 @@ def train_trajectory(
                 order, pos = torch.randperm(n, generator=g), 0
             idx = order[pos : pos + bs]
             pos += bs
-            s, _ = loss_fn(model(train.x[idx]), train.y[idx])
-            batch_loss = s / len(idx)
+            t = crit(model, take(train.tree, idx))
+            batch_loss = t.loss / t.count
             if not torch.isfinite(batch_loss):
                 raise UserError(f"training with {optimizer} (lr={lr}) diverged at step {step}; use a smaller lr")
             opt.zero_grad(set_to_none=True)
@@ -148,7 +154,7 @@ def train_trajectory(
             bar.close()
         model.eval()
     config = {"optimizer": optimizer, "lr": lr, "steps": steps, "batch_size": bs, "every": every, "seed": seed,
-              "loss": loss_fn.name, "momentum": cfg.momentum, "weight_decay": weight_decay}
+              "loss": loss_name, "momentum": cfg.momentum, "weight_decay": weight_decay}
     return Trajectory(label or optimizer, np.asarray(at), torch.stack(snaps), mon, config)
 
 
@@ -295,23 +301,17 @@ def filter_normalized_direction(model: nn.Module, origin: torch.Tensor | None = 
     """A random direction [P] with each filter scaled to the norm of the origin's filter.
 
     Li et al. (2018): a Gaussian direction; for every weight tensor, each output filter
-    (row of a Linear weight, output channel of a Conv) is rescaled to the norm of the
-    same filter at `origin`; biases and normalisation parameters are set to zero.
+    is rescaled to the norm of the same filter at `origin`; biases and normalisation
+    parameters are set to zero (`lossprobe.directions.normalize`).
     """
+    from .directions import normalize
+
     space = space or ParamSpace(model)
     origin = space.flatten(model) if origin is None else torch.as_tensor(origin)
     origin = origin.to(torch.float64).reshape(-1)
     g = torch.Generator().manual_seed(seed)
     d = torch.randn(space.numel, generator=g, dtype=torch.float64)
-    for e in space.entries:
-        seg = d[e.slice]
-        if e.kind != "weight" or len(e.shape) < 1:
-            seg.zero_()
-            continue
-        w = origin[e.slice].view(e.shape[0], -1)
-        r = seg.view(e.shape[0], -1)
-        r.mul_(w.norm(dim=1, keepdim=True) / r.norm(dim=1, keepdim=True).clamp_min(1e-12))
-    return d
+    return normalize(d, origin, space, "filter", ignore=("bias", "norm", "buffer"))
 
 
 def random_plane(model: nn.Module, origin: torch.Tensor | None = None, seed: int = 0) -> Plane:
@@ -491,7 +491,8 @@ def roughness(Z: np.ndarray, sigma: float = 1.0) -> dict:
 # --- curvature along training ------------------------------------------------------------
 
 
-def hessian_extremes(model: nn.Module, data, thetas, loss: str = "bce", dense_max: int = 2500) -> dict[str, np.ndarray]:
+def hessian_extremes(model: nn.Module, data, thetas, loss: str = "bce", dense_max: int = 2500,
+                     forward=None) -> dict[str, np.ndarray]:
     """Smallest and largest Hessian eigenvalues of the mean loss at each snapshot [T, P].
 
     Small networks (P ≤ `dense_max`): the exact dense Hessian in float64
@@ -501,20 +502,22 @@ def hessian_extremes(model: nn.Module, data, thetas, loss: str = "bce", dense_ma
     """
     from torch.func import functional_call
 
-    data = as_split(data)
+    data = as_data(data)
     space = ParamSpace(model)
     thetas = torch.as_tensor(thetas)
     lo, hi = [], []
-    if space.numel <= dense_max:
+    if space.numel <= dense_max and isinstance(data, TensorData):
+        from .objective import _Call
+
+        crit = criterion(loss, forward=forward, model=model)
         m64 = copy.deepcopy(model).double().eval()
         s64 = ParamSpace(m64)
-        x, y = data.x.double(), data.y
-        loss_fn = get_loss(loss)
-        n = len(y)
+        call = _Call(m64, crit.forward)
+        batch = tree_map(lambda t: t.double() if t.is_floating_point() else t, data.tree)
 
         def f(th):
-            s, _ = loss_fn(functional_call(m64, s64.unflatten(th), (x,)), y)
-            return s / n
+            t = crit.terms(functional_call(call, s64.unflatten(th, prefix="model."), (batch,)), batch)
+            return t.loss / t.count
 
         hess = torch.func.hessian(f)
         for th in thetas:
@@ -527,7 +530,7 @@ def hessian_extremes(model: nn.Module, data, thetas, loss: str = "bce", dense_ma
         from . import hessian as _hess
 
         work = copy.deepcopy(model)
-        obj = Objective(work, data, loss=loss)
+        obj = Objective(work, data, loss=loss, forward=forward)
         for th in thetas:
             r = _hess.eigenvalues(obj, k=1, which="both", theta=th.to(space.dtype))
             hi.append(float(r.values[0]))

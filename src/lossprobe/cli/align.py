@@ -24,7 +24,7 @@ def register(sub) -> None:
                    help="weight matching (no data needed) or activation matching on --calib-data (default: %(default)s)")
     p.add_argument("--repair", action="store_true",
                    help="also evaluate the aligned line with REPAIR at every point (statistics from --calib-data)")
-    p.add_argument("--calib-data", default=None, metavar="SET:SPLIT",
+    p.add_argument("--calib-data", default=None, metavar="DATA",
                    help="data for activation matching, REPAIR and BatchNorm statistics "
                    "(default: the training split of --data's set)")
     p.add_argument("--calib-subset", type=positive_int, default=5000, metavar="N",
@@ -52,47 +52,53 @@ def run(args) -> int:
     from ..report.connectivity_plots import plot_paths
     from ..store import RunDir
     from ..train import save_checkpoint
-    from .common import load_model
+    from .common import check_fit, criterion_from_args, data_name, load_model, training_data
 
     if args.alphas < 3 or (args.alphas - 1) % 2:
         raise UserError(f"--alphas must be odd and at least 3 (0, 0.5 and 1 on the grid), got {args.alphas}")
     model_a = load_model(args.model, args.ckpt_a)
     model_b = load_model(args.model, args.ckpt_b)
     spec = permutation_spec(model_a)  # fails early, naming an unsupported operation
-    run_dir = RunDir(args.out, "align", {k: v for k, v in vars(args).items() if k not in ("func", "force")}, args.force)
     t0 = time.perf_counter()
     split = load_split(args.data, args.subset, args.subset_seed)
-    calib_spec = args.calib_data or args.data.split(":")[0] + ":train"
+    crit = criterion_from_args(args, model_a)
+    check_fit(model_a, split, crit, args)
     needs_calib = args.method == "activations" or args.repair or (has_batchnorm(model_a) and args.bn == "recompute")
-    calib = load_split(calib_spec, args.calib_subset, args.subset_seed + 1) if needs_calib else None
+    calib = training_data(args, args.calib_data, "--calib-data", args.calib_subset, args.subset_seed + 1) \
+        if needs_calib else None
+    run_dir = RunDir(args.out, "align", {k: v for k, v in vars(args).items() if k not in ("func", "force")}, args.force)
     aligned_b, perms = align(model_a, model_b, method=args.method, data=calib, spec=spec, restarts=args.restarts,
                              seed=args.seed, return_perms=True)
+    fwd = crit.forward
     ckdir = run_dir.subdir("checkpoints")
     save_checkpoint(aligned_b, ckdir / "aligned_b.safetensors")
     alphas = np.linspace(0, 1, args.alphas)
     alphas[-1] = 1.0
-    name = args.data.split(":")[-1]
+    name = data_name(args.data)
     splits = {name: split}
     bn = args.bn if has_batchnorm(model_a) else "interpolate"
-    naive = interpolate(model_a, model_b, splits, alphas=alphas, bn=bn, bn_data=calib, batch_size=args.batch_size, progress=True)
-    aligned = interpolate(model_a, aligned_b, splits, alphas=alphas, bn=bn, bn_data=calib, batch_size=args.batch_size, progress=True)
+    naive = interpolate(model_a, model_b, splits, alphas=alphas, bn=bn, bn_data=calib, batch_size=args.batch_size,
+                        progress=True, loss=crit)
+    aligned = interpolate(model_a, aligned_b, splits, alphas=alphas, bn=bn, bn_data=calib, batch_size=args.batch_size,
+                          progress=True, loss=crit)
     paths = {"naive": naive, "aligned": aligned}
     if args.repair:
-        rep = Repairer(model_a, aligned_b, calib, spec=spec)
+        rep = Repairer(model_a, aligned_b, calib, spec=spec, forward=fwd)
         paths["aligned_repair"] = interpolate_repaired(model_a, aligned_b, splits, calib, alphas=alphas, repairer=rep,
-                                                       batch_size=args.batch_size, progress=True)
+                                                       batch_size=args.batch_size, progress=True, loss=crit)
     arrays = {"alphas": alphas}
     for k, it in paths.items():
         arrays[f"{k}_loss"], arrays[f"{k}_accuracy"] = it.loss[name], it.accuracy[name]
     run_dir.save_arrays("interpolation.npz", **arrays)
     labels = {"naive": "straight line", "aligned": f"aligned ({args.method} matching)", "aligned_repair": "aligned + REPAIR"}
     figs = plot_paths({labels[k]: (it.alphas, it.loss, it.accuracy) for k, it in paths.items()}, run_dir.figures,
-                      title_data=f"{args.data} ({len(split)})", name="alignment")
+                      title_data=f"{args.data} ({split.n_samples})", name="alignment")
     summary = {
         "loss_barrier": {k: it.loss_barrier(name) for k, it in paths.items()},
         "error_barrier": {k: it.error_barrier(name) for k, it in paths.items()},
-        "data": args.data, "n_eval": len(split), "method": args.method,
-        "calibration": {"data": calib_spec, "n": len(calib)} if calib is not None else None,
+        "data": args.data, "n_eval": split.n_samples, "method": args.method,
+        "calibration": {"data": args.calib_data or "training split of --data", "n": calib.n_samples}
+        if calib is not None else None,
         "bn": bn if has_batchnorm(model_a) else "none",
         "groups": {g: len(p) for g, p in perms.items()},
         "units_moved": {g: int((p != torch_arange(len(p))).sum()) for g, p in perms.items()},
@@ -107,7 +113,7 @@ def run(args) -> int:
     (run_dir / "report.md").write_text(
         f"# Alignment of {_md(args.ckpt_b)} to {_md(args.ckpt_a)}\n\n"
         f"Model `{_md(args.model)}`, {args.method} matching over {len(perms)} permutation groups; "
-        f"evaluated on `{_md(args.data)}` ({len(split)} samples) at {len(alphas)} points of α in [0, 1].\n\n"
+        f"evaluated on `{_md(args.data)}` ({split.n_samples} samples) at {len(alphas)} points of α in [0, 1].\n\n"
         "| path | loss barrier | error barrier |\n|---|---|---|\n" + rows + "\n"
         "The aligned checkpoint is `checkpoints/aligned_b.safetensors` (same function as B).\n\n"
         + "".join(f"![{n}](figures/{n}.png)\n\n" for n in figs)

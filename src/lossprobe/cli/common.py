@@ -5,11 +5,20 @@ from __future__ import annotations
 import argparse
 
 
-DATA_HELP = ("data split to evaluate on: fashion-mnist:train|val|test or spiral:train|val|test "
+DATA_HELP = ("data to evaluate on: fashion-mnist:train|val|test, spiral:train|val|test, cifar10:DIR[:SPLIT], "
+             "cifar100:DIR[:SPLIT], imagefolder:DIR[:size=32][:gray][:norm=half|imagenet|none], a tensor file "
+             "FILE.pt|.npz|.safetensors holding x and y (or FILE:INPUT,...,TARGET to name its tensors; a file "
+             "with 'labels' gives dict batches), or module:function[:k=v] / file.py:function returning data "
              "(default: %(default)s)")
 MODEL_HELP = ("architecture of the checkpoints: a built-in spec such as mlp:784-256-256-10, "
-              "mlp:784-256-10:tanh, cnn:32-64:bn:dropout=0.25, or package.module:function "
-              "(a function of yours that returns the nn.Module; key=value arguments may follow)")
+              "mlp:784-256-10:tanh, cnn:32-64:bn:dropout=0.25, or your function that returns the nn.Module: "
+              "module:function, package.module:function or path/to/file.py:function, key=value arguments may "
+              "follow (module:function:width=64)")
+LOSS_HELP = ("loss: cross_entropy, bce, mse (per-sample mean over outputs, as nn.MSELoss), model (the loss the "
+             "model returns, e.g. HF models given labels), or module:function[:k=v] / file.py:function "
+             "returning per-sample losses [B] from (output, target) (default: %(default)s)")
+FORWARD_HELP = ("how the model is called on a batch: module:function / file.py:function taking (model, batch) "
+                "(default: model(x) for (x, y), model(x1, ..., xn) for (x1, ..., xn, y), model(**batch) for dicts)")
 
 
 def add_out(p: argparse.ArgumentParser, default: str | None = None) -> None:
@@ -22,12 +31,14 @@ def add_out(p: argparse.ArgumentParser, default: str | None = None) -> None:
 
 def add_model_data(p: argparse.ArgumentParser, data_default: str = "fashion-mnist:test") -> None:
     p.add_argument("--model", required=True, metavar="SPEC", help=MODEL_HELP)
-    p.add_argument("--data", default=data_default, metavar="SET:SPLIT", help=DATA_HELP)
+    p.add_argument("--data", default=data_default, metavar="DATA", help=DATA_HELP)
     p.add_argument("--subset", type=positive_int, default=None, metavar="N",
                    help="evaluate on a seeded random subset of N samples (default: the whole split)")
     p.add_argument("--subset-seed", type=int, default=0, metavar="S", help="seed of --subset (default: %(default)s)")
     p.add_argument("--batch-size", type=positive_int, default=4096, metavar="B",
                    help="samples per forward pass (default: %(default)s)")
+    p.add_argument("--loss", default="cross_entropy", metavar="LOSS", help=LOSS_HELP)
+    p.add_argument("--forward", default=None, metavar="FN", help=FORWARD_HELP)
 
 
 def positive_int(text: str) -> int:
@@ -57,3 +68,57 @@ def load_model(spec: str, checkpoint: str):
 
     state = load_state_dict(checkpoint)
     return apply_state_dict(build(spec), state, checkpoint).eval()
+
+
+def data_name(spec: str) -> str:
+    """A short name for the data in tables and summaries: the split of a built-in set, else 'data'."""
+    from ..data.sources import train_counterpart
+
+    if train_counterpart(spec) is not None and spec.rsplit(":", 1)[-1] in ("train", "val", "test"):
+        return spec.rsplit(":", 1)[-1]
+    return "data"
+
+
+def training_data(args, explicit: str | None, option: str, subset: int | None = None, seed: int = 0):
+    """Training data for BatchNorm statistics, calibration or curve training: `explicit` if
+    given, else the training split of --data's built-in set; one line when there is none."""
+    from ..data.sources import load, train_counterpart
+    from ..errors import UserError
+
+    spec = explicit or train_counterpart(args.data)
+    if spec is None:
+        raise UserError(f"'{args.data}' has no training split lossprobe knows of: give {option} DATA")
+    return load(spec, subset, seed)
+
+
+def user_function(spec: str | None, what: str):
+    """The function named by --loss/--forward (with its key=value arguments bound), or None."""
+    if spec is None:
+        return None
+    import functools
+
+    from ..specs import load_callable
+
+    fn, kwargs = load_callable(spec, what)
+    return functools.partial(fn, **kwargs) if kwargs else fn
+
+
+def criterion_from_args(args, model):
+    """The batch contract from --loss and --forward (the loss name, or the user's functions)."""
+    from ..errors import UserError
+    from ..losses import BUILTIN, criterion
+    from ..specs import looks_like_code
+
+    loss = args.loss
+    if loss not in BUILTIN:
+        if not looks_like_code(loss):
+            raise UserError(f"unknown loss '{loss}'; choose from {', '.join(BUILTIN)} or give module:function")
+        loss = user_function(loss, "loss")
+    return criterion(loss, forward=user_function(getattr(args, "forward", None), "forward"), model=model)
+
+
+def check_fit(model, data, crit, args) -> None:
+    """One line naming the model, the data and the first mismatch if the model cannot take the data."""
+    from ..objective import check_fits
+
+    check_fits(model, data, crit, model_name=f"model '{args.model}'", data_name=f"'{args.data}'")

@@ -28,7 +28,7 @@ def register(sub) -> None:
     p.add_argument("--optimizer", choices=("adam", "momentum"), default="adam", help="optimizer (default: %(default)s)")
     p.add_argument("--train-batch-size", type=positive_int, default=128, metavar="B",
                    help="training batch size (default: %(default)s)")
-    p.add_argument("--train-data", default=None, metavar="SET:SPLIT",
+    p.add_argument("--train-data", default=None, metavar="DATA",
                    help="training data (default: the training split of --data's set)")
     p.add_argument("--train-subset", type=positive_int, default=None, metavar="N",
                    help="train on a seeded subset of N samples (default: all)")
@@ -48,34 +48,35 @@ def run(args) -> int:
     from ..paths import has_batchnorm, interpolate
     from ..report.connectivity_plots import plot_paths
     from ..store import RunDir
-    from .common import load_model
+    from .common import check_fit, criterion_from_args, data_name, load_model, training_data
 
     if args.points < 3 or (args.points - 1) % 2:
         raise UserError(f"--points must be odd and at least 3, got {args.points}")
     model_a = load_model(args.model, args.ckpt_a)
     model_b = load_model(args.model, args.ckpt_b)
-    curve = Curve(model_a, model_b, bends=args.bends, kind=args.kind)
+    t0 = time.perf_counter()
+    split = load_split(args.data, args.subset, args.subset_seed)
+    crit = criterion_from_args(args, model_a)
+    check_fit(model_a, split, crit, args)
+    train = training_data(args, args.train_data, "--train-data", args.train_subset, args.seed)
+    curve = Curve(model_a, model_b, bends=args.bends, kind=args.kind, forward=crit.forward)
     cfg = CurveTrainConfig(epochs=args.epochs, lr=args.lr, optimizer=args.optimizer,
                            batch_size=args.train_batch_size, seed=args.seed)
     run_dir = RunDir(args.out, "curve", {k: v for k, v in vars(args).items() if k not in ("func", "force")}, args.force)
-    t0 = time.perf_counter()
-    train_spec = args.train_data or args.data.split(":")[0] + ":train"
-    train = load_split(train_spec, args.train_subset, args.seed)
-    split = load_split(args.data, args.subset, args.subset_seed)
-    name = args.data.split(":")[-1]
-    ev_train = train.subset(min(len(train), 10_000), seed=args.seed + 1)
+    name = data_name(args.data)
+    ev_train = train.subset(min(train.n_samples, 10_000), seed=args.seed + 1) if hasattr(train, "subset") else train
     splits = {"train": ev_train, name if name != "train" else "eval": split}
-    print(f"training a {args.kind} curve with {args.bends} bend(s) for {args.epochs} epoch(s) on {len(train)} samples")
-    hist = train_curve(curve, train, cfg, checkpoint_dir=run_dir.subdir("checkpoints"), progress=True)
+    print(f"training a {args.kind} curve with {args.bends} bend(s) for {args.epochs} epoch(s) on {train.n_samples} samples")
+    hist = train_curve(curve, train, cfg, checkpoint_dir=run_dir.subdir("checkpoints"), progress=True, loss=crit)
     from safetensors.torch import save_file
 
     save_file(curve.state_for_saving(), str(run_dir / "checkpoints" / "curve.safetensors"))
     ts = np.linspace(0, 1, args.points)
     ts[-1] = 1.0
-    ev = evaluate_curve(curve, splits, ts=ts, bn_data=train, batch_size=args.batch_size, progress=True)
+    ev = evaluate_curve(curve, splits, ts=ts, bn_data=train, batch_size=args.batch_size, progress=True, loss=crit)
     bn = "recompute" if has_batchnorm(model_a) else "interpolate"
     line = interpolate(model_a, model_b, splits, alphas=ts, bn=bn, bn_data=train if bn == "recompute" else None,
-                       batch_size=args.batch_size)
+                       batch_size=args.batch_size, loss=crit)
     run_dir.save_arrays("curve.npz", ts=ts, **{f"curve_{k}": v for k, v in ev.to_arrays().items() if k != "ts"},
                         **{f"line_{k}": v for k, v in line.to_arrays().items() if k != "alphas"})
     cb, lbar = ev.barriers(), line.barriers()
@@ -87,7 +88,7 @@ def run(args) -> int:
         "error_barrier": {"curve": cb["error_barrier"], "line": lbar["error_barrier"]},
         "kind": args.kind, "bends": args.bends, "epochs": args.epochs,
         "train_batch_loss": hist.batch_loss,
-        "n_eval": {k: len(v) for k, v in splits.items()},
+        "n_eval": {k: v.n_samples for k, v in splits.items()},
         "ts": ts,
         "loss": {"curve": ev.loss, "line": line.loss},
         "accuracy": {"curve": ev.accuracy, "line": line.accuracy},
@@ -99,8 +100,8 @@ def run(args) -> int:
         for k, what in (("line", "straight line"), ("curve", label)) for s in splits)
     (run_dir / "report.md").write_text(
         f"# A {label} between two checkpoints\n\n"
-        f"Model `{args.model.replace('`', '')}`; trained {args.epochs} epoch(s) on {len(train)} samples of "
-        f"`{train_spec.replace('`', '')}`; evaluated at {len(ts)} points t in [0, 1].\n\n"
+        f"Model `{args.model.replace('`', '')}`; trained {args.epochs} epoch(s) on {train.n_samples} samples of "
+        f"`{(args.train_data or 'the training split').replace('`', '')}`; evaluated at {len(ts)} points t in [0, 1].\n\n"
         "| path | data | loss barrier | error barrier |\n|---|---|---|---|\n" + rows + "\n"
         "Bends: `checkpoints/curve.safetensors` (flat parameter vectors: bends, theta_a, theta_b).\n\n"
         + "".join(f"![{n}](figures/{n}.png)\n\n" for n in figs)

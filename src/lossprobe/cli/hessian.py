@@ -1,4 +1,5 @@
-"""`lossprobe hessian CKPT`: extreme eigenvalues, trace and spectral density of the loss Hessian."""
+"""`lossprobe hessian CKPT`: extreme eigenvalues, trace and spectral density of the loss Hessian
+(or, with --curvature, of the GGN, the Fisher, the empirical Fisher or K-FAC)."""
 
 from __future__ import annotations
 
@@ -46,6 +47,16 @@ def register(sub) -> None:
                    "results then depend on the batches and random state (a warning is printed)")
     p.add_argument("--hvp", choices=("auto", "reverse", "forward"), default="auto",
                    help="Hessian-vector product: double backward or torch.func forward-over-reverse (default: %(default)s)")
+    p.add_argument("--curvature", choices=("hessian", "ggn", "fisher", "efisher", "kfac"), default="hessian",
+                   help="the operator: the Hessian, the generalised Gauss-Newton matrix, the Fisher (labels sampled "
+                   "from the model, seeded by --seed), the empirical Fisher (the data's labels) or K-FAC (Linear and "
+                   "Conv2d layers); see docs/curvature.md (default: %(default)s)")
+    p.add_argument("--mc-samples", default="1", metavar="M",
+                   help="sampled labels per output row for --curvature fisher (or 'exact' for the exact expectation) "
+                   "and for K-FAC of type mc (default: %(default)s)")
+    p.add_argument("--kfac-type", choices=("auto", "exact", "mc", "empirical"), default="auto",
+                   help="K-FAC's output-gradient factor: exact (the GGN's), mc (sampled labels: the Fisher's), "
+                   "empirical; auto: exact for at most 64 outputs, else mc (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random start and probe vectors (default: %(default)s)")
     add_out(p)
     p.set_defaults(func=run)
@@ -62,7 +73,7 @@ def run(args) -> int:
     from ..objective import Objective
     from ..report.curvature_plots import plot_eigenvalues, plot_layer_traces, plot_spectral_density
     from ..store import RunDir
-    from .common import load_model
+    from .common import check_fit, criterion_from_args, load_model
 
     if args.bottom_k < 0:
         raise UserError(f"--bottom-k must be >= 0, got {args.bottom_k}")
@@ -70,28 +81,37 @@ def run(args) -> int:
         raise UserError(f"--tol must be positive, got {args.tol}")
     if not args.sigma_rel > 0:
         raise UserError(f"--sigma-rel must be positive, got {args.sigma_rel}")
+    options = curvature_options(args)
+    curv = {"curvature": args.curvature, "options": options}
     model = load_model(args.model, args.ckpt)
-    rd = RunDir(args.out, "hessian", {k: v for k, v in vars(args).items() if k not in ("func", "force")}, args.force,
-                seeds={"probes": args.seed, "subset": args.subset_seed})
     t0 = time.perf_counter()
     split = load_split(args.data, args.subset, args.subset_seed)
-    obj = Objective(model, split, batch_size=args.batch_size, train_mode=args.train_mode)
+    crit = criterion_from_args(args, model)
+    check_fit(model, split, crit, args)
+    rd = RunDir(args.out, "hessian", {k: v for k, v in vars(args).items() if k not in ("func", "force")}, args.force,
+                seeds={"probes": args.seed, "subset": args.subset_seed})
+    obj = Objective(model, split, loss=crit, batch_size=args.batch_size, train_mode=args.train_mode)
     if args.train_mode:
         warnings.warn("--train-mode: dropout and BatchNorm batch statistics make the Hessian depend on the batches")
-    what = f"{args.data} ({len(split)} samples), {'train' if args.train_mode else 'eval'} mode"
-    print(f"Hessian of {args.model} on {what}: {hessian.HessianOperator(obj, params=args.params).n} parameters")
+    what = f"{args.data} ({split.n_samples} samples), {'train' if args.train_mode else 'eval'} mode"
+    name = NAMES[args.curvature]
+    print(f"{name} of {args.model} on {what}: {hessian.HessianOperator(obj, params=args.params).n} parameters"
+          + (" (K-FAC keeps those of Linear and Conv2d layers)" if args.curvature == "kfac" else ""))
 
-    summary: dict = {"model": args.model, "data": args.data, "n_samples": len(split), "mode": "train" if args.train_mode else "eval"}
+    summary: dict = {"model": args.model, "data": args.data, "n_samples": split.n_samples,
+                     "mode": "train" if args.train_mode else "eval", "curvature": args.curvature,
+                     "curvature_options": options}
     figs: list[str] = []
     if not rd.done("eigenvalues"):
         top = hessian.eigenvalues(obj, params=args.params, k=args.top_k, which="largest", tol=args.tol,
-                                  max_steps=args.max_steps, seed=args.seed, method=args.hvp, progress=True)
+                                  max_steps=args.max_steps, seed=args.seed, method=args.hvp, progress=True, **curv)
         eig = {"eigenvalues": top.values, "residuals": top.residuals, "hvp_eigenvalues": top.matvecs,
                "lanczos_steps": top.steps, "converged": top.converged}
         vecs = {"largest": top.vectors}
         if args.bottom_k:
             bot = hessian.eigenvalues(obj, params=args.params, k=args.bottom_k, which="smallest", tol=args.tol,
-                                      max_steps=args.max_steps, seed=args.seed + 1, method=args.hvp, progress=True)
+                                      max_steps=args.max_steps, seed=args.seed + 1, method=args.hvp, progress=True,
+                                      **curv)
             eig.update({"smallest_eigenvalues": bot.values, "smallest_residuals": bot.residuals,
                         "hvp_smallest": bot.matvecs, "converged_smallest": bot.converged})
             vecs["smallest"] = bot.vectors
@@ -104,18 +124,18 @@ def run(args) -> int:
     if args.trace:
         if not rd.done("trace"):
             tr = hessian.trace(obj, params=args.params, method=args.trace_method, matvecs=args.trace_products,
-                               seed=args.seed, hvp_method=args.hvp, progress=True)
+                               seed=args.seed, hvp_method=args.hvp, progress=True, **curv)
             rd.save_json("trace.json", {"trace": tr.trace, "trace_stderr": tr.stderr, "trace_method": tr.method,
                                         "hvp_trace": tr.matvecs,
                                         "layer_traces": {k: {"trace": v[0], "stderr": v[1]} for k, v in tr.blocks.items()}})
             rd.mark("trace")
         summary.update(rd.load_json("trace.json"))
         figs += plot_layer_traces({k: (v["trace"], v["stderr"]) for k, v in summary["layer_traces"].items()},
-                                  rd.figures, title=what)
+                                  rd.figures, title=what, operator=name)
     if args.density:
         if not rd.done("density"):
             d = hessian.spectral_density(obj, params=args.params, probes=args.probes, steps=args.steps, seed=args.seed,
-                                         sigma_rel=args.sigma_rel, method=args.hvp, progress=True)
+                                         sigma_rel=args.sigma_rel, method=args.hvp, progress=True, **curv)
             rd.save_arrays("density.npz", grid=d.grid, density=d.density, nodes=d.slq.nodes, weights=d.slq.weights)
             rd.save_json("density.json", {"sigma": d.sigma, "hvp_density": d.matvecs, "slq_trace": d.slq.trace,
                                           "slq_trace_stderr": d.slq.trace_stderr})
@@ -125,12 +145,12 @@ def run(args) -> int:
         summary["density"] = {**dj, "integral": float(np.trapezoid(arr["density"], arr["grid"])),
                               "file": "density.npz"}
         figs += plot_spectral_density(arr["grid"], arr["density"], rd.figures, title=what,
-                                      eigenvalues=summary["eigenvalues"])
-    figs += plot_eigenvalues(summary["eigenvalues"], summary["residuals"], rd.figures, title=what)
+                                      eigenvalues=summary["eigenvalues"], operator=name)
+    figs += plot_eigenvalues(summary["eigenvalues"], summary["residuals"], rd.figures, title=what, operator=name)
     summary["seconds"] = time.perf_counter() - t0
     rd.save_json("summary.json", summary)
-    lines = [f"# Hessian of `{args.model}` at `{args.ckpt}`", "",
-             f"Data: `{args.data}` ({len(split)} samples), {summary['mode']} mode.", "",
+    lines = [f"# {name} of `{args.model}` at `{args.ckpt}`", "",
+             f"Data: `{args.data}` ({split.n_samples} samples), {summary['mode']} mode.", "",
              "| # | eigenvalue | residual ‖Hv−λv‖ |", "|---|---|---|"]
     lines += [f"| {i + 1} | {v:.6g} | {r:.2e} |" for i, (v, r) in enumerate(zip(summary["eigenvalues"], summary["residuals"]))]
     if args.trace:
@@ -139,8 +159,34 @@ def run(args) -> int:
     lines += [""] + [f"![{n}](figures/{n}.png)\n" for n in figs]
     (rd / "report.md").write_text("\n".join(lines))
     rd.complete()
-    msg = f"top eigenvalue {summary['eigenvalues'][0]:.6g} (residual {summary['residuals'][0]:.1e})"
+    msg = f"{name}: top eigenvalue {summary['eigenvalues'][0]:.6g} (residual {summary['residuals'][0]:.1e})"
     if args.trace:
         msg += f", trace {summary['trace']:.6g} ± {summary['trace_stderr']:.2g}"
     print(f"{msg}; wrote {rd.path}")
     return 0
+
+
+NAMES = {"hessian": "Hessian", "ggn": "GGN", "fisher": "Fisher", "efisher": "Empirical Fisher", "kfac": "K-FAC"}
+
+
+def curvature_options(args) -> dict:
+    """The operator's options from --curvature, --mc-samples, --kfac-type and --seed."""
+    from ..errors import UserError
+
+    text = str(args.mc_samples)
+    if text == "exact":
+        mc = None
+    else:
+        try:
+            mc = int(text)
+        except ValueError:
+            mc = 0
+        if mc < 1:
+            raise UserError(f"--mc-samples must be a positive integer or 'exact', got '{text}'")
+    if args.curvature == "fisher":
+        return {"mc_samples": mc, "seed": args.seed}
+    if args.curvature == "kfac":
+        if mc is None:
+            raise UserError("--mc-samples exact is for --curvature fisher; K-FAC takes --kfac-type exact")
+        return {"kfac_type": args.kfac_type, "mc_samples": mc, "seed": args.seed}
+    return {}

@@ -22,7 +22,9 @@ def register(sub) -> None:
                    help="number of α points from −0.5 to 1.5 (N−1 must be a multiple of 4 so that 0 and 1 are on the grid; default: %(default)s)")
     p.add_argument("--bn", choices=("interpolate", "recompute"), default="interpolate",
                    help="BatchNorm models: interpolate running statistics, or re-estimate them at each α "
-                   "from fashion-mnist training batches (default: %(default)s)")
+                   "from training batches of --data's set or --train-data (default: %(default)s)")
+    p.add_argument("--train-data", default=None, metavar="DATA",
+                   help="training data for --bn recompute (default: the training split of --data's set)")
     add_out(p)
     p.set_defaults(func=run)
 
@@ -32,6 +34,7 @@ def run(args) -> int:
 
     from ..data import load_split
     from ..errors import UserError
+    from .common import check_fit, criterion_from_args, data_name, training_data
     from ..paths import interpolate
     from ..report.paths_plots import plot_interpolation
     from ..store import RunDir
@@ -41,16 +44,18 @@ def run(args) -> int:
         raise UserError(f"--alphas must be 5, 9, 13, ... (N−1 a multiple of 4), got {args.alphas}")
     model_a = load_model(args.model, args.ckpt_a)
     model_b = load_model(args.model, args.ckpt_b)
-    run_dir = RunDir(args.out, "interpolate", {k: v for k, v in vars(args).items() if k not in ("func", "force")}, args.force)
     t0 = time.perf_counter()
     split = load_split(args.data, args.subset, args.subset_seed)
-    bn_data = load_split(args.data.split(":")[0] + ":train") if args.bn == "recompute" else None
+    crit = criterion_from_args(args, model_a)
+    check_fit(model_a, split, crit, args)
+    bn_data = training_data(args, args.train_data, "--train-data") if args.bn == "recompute" else None
+    run_dir = RunDir(args.out, "interpolate", {k: v for k, v in vars(args).items() if k not in ("func", "force")}, args.force)
     alphas = np.linspace(-0.5, 1.5, args.alphas)
     alphas[np.isclose(alphas, 0)] = 0.0
     alphas[np.isclose(alphas, 1)] = 1.0
-    name = args.data.split(":")[-1]
+    name = data_name(args.data)
     it = interpolate(model_a, model_b, {name: split}, alphas=alphas, bn=args.bn, bn_data=bn_data,
-                     batch_size=args.batch_size, progress=True)
+                     batch_size=args.batch_size, progress=True, loss=crit)
     run_dir.save_arrays("interpolation.npz", **it.to_arrays())
     fig_names = plot_interpolation(it, run_dir.figures, title_data=args.data)
     summary = {
@@ -63,12 +68,13 @@ def run(args) -> int:
     }
     run_dir.save_json("summary.json", summary)
     lb, eb = summary["loss_barrier"][name], summary["error_barrier"][name]
+    ebt = f"{eb:.4f}" if np.isfinite(eb) else "n/a (no accuracy for this loss)"
     (run_dir / "report.md").write_text(
         f"# Interpolation between {args.ckpt_a} and {args.ckpt_b}\n\n"
-        f"Model `{args.model}`, data `{args.data}` ({len(split)} samples).\n\n"
-        f"Loss barrier: **{lb:.4f}**; error barrier: **{eb:.4f}**.\n\n"
+        f"Model `{args.model}`, data `{args.data}` ({split.n_samples} samples), loss `{args.loss}`.\n\n"
+        f"Loss barrier: **{lb:.4f}**; error barrier: **{ebt}**.\n\n"
         + "".join(f"![{n}](figures/{n}.png)\n\n" for n in fig_names)
     )
     run_dir.complete()
-    print(f"loss barrier {lb:.4f}, error barrier {eb:.4f} on {args.data}; wrote {run_dir.path}")
+    print(f"loss barrier {lb:.4f}, error barrier {ebt} on {args.data}; wrote {run_dir.path}")
     return 0

@@ -61,20 +61,22 @@ def run(args) -> int:
     from ..objective import Objective
     from ..report.curvature_plots import plot_noise_robustness
     from ..store import RunDir
-    from .common import load_model
+    from .common import check_fit, criterion_from_args, load_model
 
     for name in ("epsilon", "rho", "asam_rho", "pac_bound"):
         if not getattr(args, name) > 0:
             raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     model = load_model(args.model, args.ckpt)
-    rd = RunDir(args.out, "sharpness", {k: v for k, v in vars(args).items() if k not in ("func", "force")}, args.force,
-                seeds={"noise": args.seed, "subset": args.subset_seed})
     t0 = time.perf_counter()
     split = load_split(args.data, args.subset, args.subset_seed)
-    obj = Objective(model, split, batch_size=args.batch_size)
-    what = f"{args.data} ({len(split)} samples)"
+    crit = criterion_from_args(args, model)
+    check_fit(model, split, crit, args)
+    rd = RunDir(args.out, "sharpness", {k: v for k, v in vars(args).items() if k not in ("func", "force")}, args.force,
+                seeds={"noise": args.seed, "subset": args.subset_seed})
+    obj = Objective(model, split, loss=crit, batch_size=args.batch_size)
+    what = f"{args.data} ({split.n_samples} samples)"
     ev = obj.loss_at()
-    summary: dict = {"model": args.model, "data": args.data, "n_samples": len(split),
+    summary: dict = {"model": args.model, "data": args.data, "n_samples": split.n_samples,
                      "loss": float(ev.loss[0]), "accuracy": float(ev.accuracy[0])}
     steps = {
         "keskar": lambda: S.keskar_sharpness(obj, epsilon=args.epsilon, steps=args.ascent_steps, seed=args.seed).to_dict(),

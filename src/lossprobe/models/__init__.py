@@ -7,13 +7,13 @@ A model spec is how the CLI names an architecture:
 * ``cnn:32-64`` a small CNN for 28×28 greyscale images with conv blocks of those channel
   counts; options ``:bn`` (BatchNorm), ``:dropout=0.25``, ``:hidden=128``, ``:classes=10``,
   ``:in=1``, ``:size=28``.
-* ``package.module:function`` imports a module of yours and calls ``function()`` (it may
-  take keyword arguments given as ``package.module:function:key=value:...``).
+* ``module:function``, ``package.module:function`` or ``path/to/file.py:function`` imports
+  your code and calls ``function()`` (keyword arguments as ``...:function:key=value:...``);
+  modules in the current directory are found as ``python -m`` would find them.
 """
 
 from __future__ import annotations
 
-import importlib
 from typing import Sequence
 
 import torch
@@ -101,34 +101,26 @@ class _seeded:
             torch.random.set_rng_state(self.state)
 
 
-def _options(parts: list[str]) -> tuple[list[str], dict[str, str]]:
-    flags, kv = [], {}
-    for p in parts:
-        if "=" in p:
-            k, v = p.split("=", 1)
-            kv[k] = v
-        elif p:
-            flags.append(p)
-    return flags, kv
-
-
 def build(spec: str, seed: int | None = None) -> nn.Module:
     """Build a model from a spec string (see the module docstring), initialised with `seed`."""
     if not isinstance(spec, str) or ":" not in spec:
-        raise UserError(f"unknown model spec '{spec}'; use e.g. mlp:784-256-256-10, cnn:32-64:bn or package.module:function")
+        raise UserError(f"unknown model spec '{spec}'; use e.g. mlp:784-256-256-10, cnn:32-64:bn, module:function "
+                        "or path/to/file.py:function")
+    from ..specs import options
+
     kind, *rest = spec.split(":")
     try:
         if kind == "mlp":
             if not rest or not rest[0]:
                 raise UserError(f"model spec '{spec}' needs widths, e.g. mlp:784-256-256-10")
-            flags, kv = _options(rest[1:])
+            flags, kv = options(rest[1:])
             unknown = [f for f in flags if f not in ACTIVATIONS] + [k for k in kv if k != "dropout"]
             if unknown:
                 raise UserError(f"unknown option '{unknown[0]}' in model spec '{spec}'")
             return mlp(rest[0].split("-"), flags[0] if flags else "relu", float(kv.get("dropout", 0)), seed)
         if kind == "cnn":
             chans = rest[0].split("-") if rest and rest[0] else ["32", "64"]
-            flags, kv = _options(rest[1:])
+            flags, kv = options(rest[1:])
             known = {"dropout", "hidden", "classes", "in", "size"}
             unknown = [f for f in flags if f != "bn"] + [k for k in kv if k not in known]
             if unknown:
@@ -139,36 +131,23 @@ def build(spec: str, seed: int | None = None) -> nn.Module:
         if isinstance(e, UserError):
             raise
         raise UserError(f"cannot parse model spec '{spec}': {e}") from None
-    if "." in kind and rest:
-        return _from_function(kind, rest, spec, seed)
-    raise UserError(f"unknown model spec '{spec}'; use mlp:WIDTHS, cnn:CHANNELS or package.module:function")
+    from ..specs import looks_like_code
+
+    if looks_like_code(spec):
+        return _from_function(spec, seed)
+    raise UserError(f"unknown model spec '{spec}'; use mlp:WIDTHS, cnn:CHANNELS, module:function "
+                    "or path/to/file.py:function")
 
 
-def _from_function(module_name: str, rest: list[str], spec: str, seed: int | None) -> nn.Module:
-    fn_name, *opts = rest
-    try:
-        mod = importlib.import_module(module_name)
-    except ImportError as e:
-        raise UserError(f"cannot import '{module_name}' for model spec '{spec}': {e}") from None
-    fn = getattr(mod, fn_name, None)
-    if not callable(fn):
-        raise UserError(f"'{module_name}' has no function '{fn_name}' (model spec '{spec}')")
-    _, kv = _options(opts)
-    kwargs = {k: _literal(v) for k, v in kv.items()}
+def _from_function(spec: str, seed: int | None) -> nn.Module:
+    from ..specs import call_user, load_callable
+
+    fn, kwargs = load_callable(spec, "model")
     with _seeded(seed):
-        model = fn(**kwargs)
+        model = call_user(fn, kwargs, spec, "model")
     if not isinstance(model, nn.Module):
-        raise UserError(f"'{spec}' returned {type(model).__name__}, not a torch.nn.Module")
+        raise UserError(f"model '{spec}' returned {type(model).__name__}, not a torch.nn.Module")
     return model
-
-
-def _literal(v: str):
-    for cast in (int, float):
-        try:
-            return cast(v)
-        except ValueError:
-            pass
-    return {"true": True, "false": False}.get(v.lower(), v)
 
 
 __all__ = ["ACTIVATIONS", "build", "cnn", "mlp"]

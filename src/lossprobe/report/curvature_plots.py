@@ -15,7 +15,8 @@ def _label_of(title: str, default: str) -> str:
     return f"{default} — {title}" if title else default
 
 
-def plot_eigenvalues(values, residuals, directory, title: str = "", name: str = "eigenvalues") -> list[str]:
+def plot_eigenvalues(values, residuals, directory, title: str = "", name: str = "eigenvalues",
+                     operator: str = "Hessian") -> list[str]:
     """Extreme Hessian eigenvalues (index on x, value on y) with their residuals ‖Hv − λv‖ (right)."""
     values, residuals = np.asarray(values, float), np.asarray(residuals, float)
     fig, (ax, axr) = new_figure(ncols=2, width=4.6)
@@ -23,8 +24,8 @@ def plot_eigenvalues(values, residuals, directory, title: str = "", name: str = 
     ax.plot(idx, values, "ko-", markersize=5)
     ax.axhline(0, color="0.5", linewidth=0.8, linestyle=":")
     ax.set_xlabel("eigenvalue index (as returned)")
-    ax.set_ylabel("Hessian eigenvalue λ (loss units / parameter²)")
-    ax.set_title(_label_of(title, "Extreme Hessian eigenvalues (Lanczos)"), fontsize=9)
+    ax.set_ylabel(f"{operator} eigenvalue λ (loss units / parameter²)")
+    ax.set_title(_label_of(title, f"Extreme {operator} eigenvalues (Lanczos)"), fontsize=9)
     ax.grid(alpha=0.3)
     axr.semilogy(idx, np.maximum(residuals, 1e-300), "ks--", markersize=5)
     axr.set_xlabel("eigenvalue index")
@@ -36,7 +37,7 @@ def plot_eigenvalues(values, residuals, directory, title: str = "", name: str = 
 
 
 def plot_spectral_density(grid, density, directory, title: str = "", name: str = "spectral_density",
-                          eigenvalues=None) -> list[str]:
+                          eigenvalues=None, operator: str = "Hessian") -> list[str]:
     """Hessian eigenvalue density (SLQ, Gaussian broadening) on a log scale."""
     grid, density = np.asarray(grid, float), np.asarray(density, float)
     fig, ax = new_figure(width=6.0)
@@ -48,14 +49,15 @@ def plot_spectral_density(grid, density, directory, title: str = "", name: str =
     ax.set_xlabel("eigenvalue λ")
     ax.set_ylabel("density (log scale)")
     ax.set_ylim(bottom=max(floor, density.max() * 1e-8))
-    ax.set_title(_label_of(title, "Hessian spectral density"), fontsize=9)
+    ax.set_title(_label_of(title, f"{operator} spectral density"), fontsize=9)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     save_figure(fig, directory, name)
     return [name]
 
 
-def plot_layer_traces(blocks: dict, directory, title: str = "", name: str = "layer_traces") -> list[str]:
+def plot_layer_traces(blocks: dict, directory, title: str = "", name: str = "layer_traces",
+                      operator: str = "Hessian") -> list[str]:
     """Per-layer Hessian traces (bars) with ±1 standard error. `blocks`: {layer: (trace, stderr)}."""
     names = list(blocks)
     vals = np.array([blocks[k][0] for k in names], float)
@@ -65,8 +67,8 @@ def plot_layer_traces(blocks: dict, directory, title: str = "", name: str = "lay
     ax.bar(x, vals, yerr=np.nan_to_num(errs), capsize=4, color="0.75", edgecolor="k", hatch="//")
     ax.set_xticks(x, names, rotation=45 if len(names) > 6 else 0, ha="right" if len(names) > 6 else "center")
     ax.set_xlabel("layer (module name)")
-    ax.set_ylabel("trace of the layer's Hessian block")
-    ax.set_title(_label_of(title, "Per-layer Hessian trace (±1 s.e.)"), fontsize=9)
+    ax.set_ylabel(f"trace of the layer's {operator} block")
+    ax.set_title(_label_of(title, f"Per-layer {operator} trace (±1 s.e.)"), fontsize=9)
     ax.grid(alpha=0.3, axis="y")
     save_figure(fig, directory, name)
     return [name]
