@@ -45,7 +45,7 @@ lr = { type = "float", low = 3e-3, high = 0.1, log = true }
 width = { type = "int", low = 4, high = 8 }
 depth = 1
 """
-SEARCH = "--dataset spiral --budget 3 --init-probes 2 --probes-per-round 1 --init-full 1 --fraction 0.5 --probe-epochs 1"
+SEARCH = "--dataset spiral --method probe --budget 3 --init-probes 2 --probes-per-round 1 --init-full 1 --fraction 0.5 --probe-epochs 1"
 
 # (command line with placeholders, scope) -- scope 'oos' = data/model/loss loading (out of scope)
 CASES: list[tuple[str, str]] = [

@@ -56,7 +56,7 @@ def workloads(t: Path) -> dict[str, list[str]]:
     spiral = ["--model", "mlp:2-8-2", "--data", "spiral:test"]
     return {
         "surface": ["surface", str(t / "a.safetensors"), *spiral, "--steps", "5", "--out"],
-        "search": ["search", "--space", str(t / "space.toml"), "--dataset", "spiral", "--budget", "6", "--init-probes",
+        "search": ["search", "--space", str(t / "space.toml"), "--dataset", "spiral", "--method", "probe", "--budget", "6", "--init-probes",
                    "3", "--probes-per-round", "1", "--init-full", "1", "--fraction", "0.5", "--probe-epochs", "1",
                    "--meta", "rf", "--out"],
         "two-seeds": ["study", "two-seeds", "--quick", "--config", str(t / "tiny.toml"), "--no-site", "--out"],

@@ -58,7 +58,7 @@ def install() -> None:
 
 
 # --- comparing runs (tests/test_sigkill.py, benchmarks/sigkill_matrix.py) --------------------------
-_TIMING = re.compile(r"second|time|timing|started|finished|resumed|computed_now|evaluated_by|^by$|^command$")
+_TIMING = re.compile(r"second|time|timing|started|finished|resumed|reused|computed_now|evaluated_by|^by$|^command$")
 _SKIP = re.compile(r"(^|/)(environment\.json|timing\.json|site/.*|\..*)$|\.(svg|html)$")
 
 

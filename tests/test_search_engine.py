@@ -71,7 +71,8 @@ def test_killed_search_resumes_without_losing_finished_trials(tmp_path, capsys):
     for study, trials in before.items():
         for cand, (params, value) in trials.items():
             assert after[study][cand] == (params, value)  # kept, not redone or changed
-    assert len(after["search-full"]) > len(before["search-full"])
+    # the kill may come after the last full training (budget 9 allows two): then nothing is left to train
+    assert len(after["search-full"]) >= len(before["search-full"])
     import json
 
     chosen = json.loads((out / "chosen.json").read_text())
@@ -154,3 +155,23 @@ def test_claims_one_winner_and_dead_owners_are_taken_over(tmp_path):
     c = Claims(url, "s")  # a forgotten, unreleased Claims of this very process does not block either
     assert c.claim("probe", 1) and c.claim("full", 7)
     c.release()
+
+
+def test_default_method_never_reads_the_test_set_before_the_end():
+    from lossprobe.search.engine import LiveOracle, TaskSpec
+    from lossprobe.search.methods import DEFAULT_METHOD, run_method
+    from lossprobe.search.space import SearchSpace
+    import tomllib
+
+    space = SearchSpace.from_dict(tomllib.loads(SPACE))
+    spec = TaskSpec("spiral", 200, 100, seed=6)
+    seen = []
+    oracle = LiveOracle(space, spec, "sqlite:///:memory:", fraction=0.25, probe_epochs=1, budget=8,
+                        on_job=lambda e: seen.append(spec.load().test.touched))
+    sealed = spec.load().test
+    trace = run_method(DEFAULT_METHOD, oracle, seed=0)
+    assert seen and not any(seen) and oracle.clock.spent <= 8 + 1e-9
+    acc = oracle.test_accuracy(trace.chosen)
+    assert 0 <= acc <= 1 and sealed.accesses == [f"final evaluation of candidate {trace.chosen}"]
+    assert oracle.test_accuracy(trace.chosen) == acc  # recorded in the storage: the test set is not opened again
+    assert len(sealed.accesses) == 1

@@ -2,6 +2,8 @@
 
 import math
 
+import numpy as np
+
 import pytest
 
 from lossprobe.errors import UserError
@@ -73,3 +75,60 @@ def test_sealed_split_refuses_reads_and_opens_once(task):
     assert len(fresh.open("final")) == 200
     with pytest.raises(RuntimeError, match="already used"):
         fresh.open("again")
+
+
+def test_feature_families_are_chosen_by_name(task):
+    from lossprobe.search.probes import ALL_FAMILIES, DEFAULT_FAMILIES, parse_families
+
+    assert parse_families("hessian, grad_norm") == ("curve", "grad_norm", "hessian")  # curve always, canonical order
+    assert parse_families("all") == ALL_FAMILIES and parse_families(None) == DEFAULT_FAMILIES
+    with pytest.raises(UserError, match="unknown probe feature family 'sharp'"):
+        parse_families("curve,sharp")
+    v = {"lr": 0.02, "optimizer": "adam", "width": 16}
+    r = probe(SPACE, v, task, 0.5, 1, seed=0, families="grad_norm")
+    assert list(r.features) == feature_names(SPACE, families=("curve", "grad_norm"))
+    assert "grad_norm" in r.features and "hessian_top" not in r.features and "sharpness_noise" not in r.features
+    assert set(r.family_seconds) == {"curve", "grad_norm"} and all(s >= 0 for s in r.family_seconds.values())
+    full = probe(SPACE, v, task, 0.5, 1, seed=0)
+    assert set(full.family_seconds) == set(ALL_FAMILIES)
+    assert {k: full.features[k] for k in r.features} == r.features  # the same numbers, fewer of them
+
+
+def test_table_oracle_returns_and_charges_only_the_chosen_families():
+    from lossprobe.search.oracle import TableOracle
+
+    from search_fake import fake_rows
+
+    rows = fake_rows(SPACE, 10, [(0.5, 1)], 0)
+    o = TableOracle(rows, SPACE, seed=0, families=["sharpness"])
+    k = o.draw(np.random.default_rng(0))
+    f = o.probe(k, "f0.5xe1")
+    assert "sharpness_noise" in f and "grad_norm" not in f and "hessian_top" not in f
+    cpu = {r["id"]: r for r in rows}[k]["probes"]["f0.5xe1"]["cpu"]
+    assert o.clock.spent == pytest.approx(cpu["curve"] + cpu["sharpness"])
+
+
+def test_cli_features_and_method_are_recorded(tmp_path, capsys):
+    import json
+
+    from lossprobe.cli import main
+    from lossprobe.search.methods import DEFAULT_METHOD
+
+    space = tmp_path / "space.toml"
+    space.write_text('[train]\nepochs = 2\n[params]\nlr = { type = "float", low = 3e-3, high = 0.1, log = true }\n'
+                     'width = { type = "int", low = 8, high = 32 }\n')
+    base = ["search", "--space", str(space), "--dataset", "spiral", "--budget", "6", "--fraction", "0.25"]
+    assert main(base + ["--features", "hessians", "--out", str(tmp_path / "bad")]) == 2
+    assert "unknown probe feature family 'hessians'" in capsys.readouterr().err
+    assert main(base + ["--features", "grad_norm", "--out", str(tmp_path / "a")]) == 0
+    s = json.loads((tmp_path / "a" / "summary.json").read_text())
+    assert s["features"] == ["curve", "grad_norm"]
+    assert s["method"] == DEFAULT_METHOD and s["method_is_default"] and s["default_method"] == DEFAULT_METHOD
+    import optuna
+
+    st = optuna.load_study(study_name="search-probes", storage=f"sqlite:///{tmp_path / 'a' / 'search.db'}")
+    feats = [t.user_attrs["features"] for t in st.trials]
+    assert feats and all("grad_norm" in f and "hessian_top" not in f for f in feats)
+    assert main(base + ["--method", "sh", "--out", str(tmp_path / "b")]) == 0
+    s = json.loads((tmp_path / "b" / "summary.json").read_text())
+    assert s["method"] == "sh" and not s["method_is_default"] and s["n_probes"] == 0

@@ -85,7 +85,7 @@ def test_surface_killed_anywhere_resumes_to_the_same_result(tmp_path):
 def test_search_killed_anywhere_resumes_to_the_same_result(tmp_path):
     space = tmp_path / "space.toml"
     space.write_text(SPACE)
-    args = ["search", "--space", str(space), "--dataset", "spiral", "--budget", "6", "--init-probes", "3",
+    args = ["search", "--space", str(space), "--dataset", "spiral", "--method", "probe", "--budget", "6", "--init-probes", "3",
             "--probes-per-round", "1", "--init-full", "1", "--fraction", "0.5", "--probe-epochs", "1", "--meta", "rf",
             "--out"]
     ref = tmp_path / "ref"

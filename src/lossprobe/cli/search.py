@@ -1,4 +1,4 @@
-"""`lossprobe search --space space.toml --out DIR`: probe-based hyperparameter search."""
+"""`lossprobe search --space space.toml --out DIR`: hyperparameter search (default: the benchmark's best method)."""
 
 from __future__ import annotations
 
@@ -7,17 +7,39 @@ import time
 from .common import add_out, add_ray_timeout, finite_float, positive_float, positive_int
 
 
+def parse_budget(text: str) -> tuple[float, str]:
+    """'60' -> (60, 'epochs'); '90s', '15m', '2h' -> (seconds, 'seconds')."""
+    from ..errors import UserError
+
+    t = str(text).strip().lower()
+    mult = {"s": 1.0, "m": 60.0, "h": 3600.0}
+    try:
+        if t and t[-1] in mult:
+            v, axis = float(t[:-1]) * mult[t[-1]], "seconds"
+        else:
+            v, axis = float(t), "epochs"
+    except ValueError:
+        raise UserError(f"--budget must be a number of epochs (60) or a wall-clock time (90s, 15m, 2h), got '{text}'") from None
+    if not v > 0:
+        raise UserError(f"--budget must be positive, got '{text}'")
+    return v, axis
+
+
 def register(sub) -> None:
+    from ..search.methods import DEFAULT_METHOD, METHODS
+    from ..search.probes import DEFAULT_FAMILIES, FAMILIES
+
     p = sub.add_parser(
         "search",
-        help="probe-based hyperparameter search: probe many candidates cheaply, fully train the most promising",
-        description="Probe candidates from the search space on a seeded fraction of the training data for a "
-        "few epochs, predict their final validation accuracy with a random-forest / gradient-boosting "
-        "meta-model, fully train the most promising (predicted mean + kappa × ensemble s.d.), refit, and "
-        "repeat until the budget is spent. The test set is read once, for the chosen configuration. "
-        "Trials live in Optuna studies, so a killed search resumes when the same command is run again.",
+        help="hyperparameter search on the clock: cheap probes, a multi-fidelity loop led by a meta-model, or a baseline",
+        description="Search the space for the configuration with the best final validation accuracy. The default "
+        f"method ('{DEFAULT_METHOD}') is the one the search benchmark measured best in wall-clock regret on both of "
+        "its tables (docs/search.md); --method picks another. The test set is read once, for the chosen "
+        "configuration. Trials live in Optuna studies, so a killed search resumes when the same command is run again.",
     )
     p.add_argument("--space", required=True, metavar="TOML", help="search space file (see examples/space.toml)")
+    p.add_argument("--method", choices=list(METHODS), default=DEFAULT_METHOD,
+                   help="search method (default: %(default)s, the benchmark's measured best; see docs/search.md)")
     p.add_argument("--dataset", default="fashion-mnist", metavar="NAME",
                    help="fashion-mnist, cifar10:DIR or cifar100:DIR (python-pickle batches in DIR), or spiral "
                    "(tiny synthetic) (default: %(default)s)")
@@ -25,24 +47,31 @@ def register(sub) -> None:
                    help="train on a seeded subset of N training images (default: all)")
     p.add_argument("--n-val", type=positive_int, default=None, metavar="N",
                    help="select on a seeded subset of N validation images (default: all)")
-    p.add_argument("--budget", type=positive_float, default=None, metavar="EPOCHS",
-                   help="total budget in full-data epoch equivalents, probes included "
-                   "(default: 10 full trainings, i.e. 10 × the space's epochs)")
-    p.add_argument("--fraction", type=positive_float, default=0.2, metavar="F",
+    p.add_argument("--budget", default=None, metavar="B",
+                   help="total budget: full-data epochs, probes included (e.g. 60: a probe costs fraction × epochs), "
+                   "or wall-clock time (90s, 15m, 2h: everything measured, meta-model included; no new work starts "
+                   "after it) (default: 10 full trainings in epochs)")
+    p.add_argument("--fraction", type=positive_float, default=0.1, metavar="F",
                    help="fraction of the training data a probe trains on, in (0, 1] (default: %(default)s)")
-    p.add_argument("--probe-epochs", type=positive_int, default=2, metavar="E",
+    p.add_argument("--probe-epochs", type=positive_int, default=1, metavar="E",
                    help="epochs of a probe (default: %(default)s)")
+    p.add_argument("--features", default="default", metavar="NAMES",
+                   help=f"probe feature families to compute, by name: {', '.join(FAMILIES)} (comma-separated), "
+                   f"'all', or 'default' ({', '.join(DEFAULT_FAMILIES)}: those that paid for their measured cost)")
     p.add_argument("--init-probes", type=positive_int, default=12, metavar="N",
-                   help="candidates probed before the first full training (default: %(default)s)")
+                   help="method probe: candidates probed before the first full training (default: %(default)s)")
     p.add_argument("--probes-per-round", type=positive_int, default=6, metavar="N",
-                   help="new candidates probed before each further full training (default: %(default)s)")
+                   help="method probe: new candidates probed before each further full training (default: %(default)s)")
     p.add_argument("--init-full", type=positive_int, default=3, metavar="N",
-                   help="full trainings chosen by probe val accuracy before the meta-model is used (default: %(default)s)")
-    p.add_argument("--kappa", type=finite_float, default=1.0, metavar="K",
-                   help="exploration bonus: score = predicted mean + K × ensemble s.d. (default: %(default)s)")
-    p.add_argument("--meta", choices=("auto", "rf", "gbr"), default="auto",
-                   help="meta-model: random forest, gradient boosting, or whichever cross-validates better (default: %(default)s)")
-    p.add_argument("--no-sharpness", action="store_true", help="leave the sharpness features out of the meta-model")
+                   help="method probe: full trainings chosen by probe val accuracy before the meta-model is used (default: %(default)s)")
+    p.add_argument("--kappa", type=finite_float, default=None, metavar="K",
+                   help="exploration bonus: score = predicted mean + K × ensemble s.d. (default: 1 for probe, 0 for mf)")
+    p.add_argument("--meta", choices=("auto", "rf", "gbr", "et", "ridge"), default="et",
+                   help="meta-model: extra trees, random forest, gradient boosting, bagged ridge, or rf/gbr by "
+                   "cross-validation (default: %(default)s)")
+    p.add_argument("--eta", type=positive_int, default=None, metavar="ETA",
+                   help="multi-fidelity methods: a rung promotes its best 1/ETA (default: 6 for mf, 3 for the others)")
+    p.add_argument("--no-sharpness", action="store_true", help="method probe: leave the sharpness features out")
     p.add_argument("--seed", type=int, default=0, metavar="S",
                    help="seed of candidates, subsets, initialisations and the meta-model (default: %(default)s)")
     p.add_argument("--storage", default=None, metavar="URL",
@@ -66,6 +95,7 @@ def run(args) -> int:
     from ..errors import UserError
     from ..search.engine import Executor, LiveOracle, TaskSpec, check_storage_url, default_storage, storage_error
     from ..search.loop import LoopConfig
+    from ..search.probes import parse_families
     from ..search.space import load_space
     from ..store import RunDir
 
@@ -74,17 +104,24 @@ def run(args) -> int:
         raise UserError(f"--fraction must be in (0, 1], got {args.fraction}")
     if args.address and args.backend != "ray":
         raise UserError("--address needs --backend ray")
-    budget = args.budget if args.budget is not None else 10.0 * space.epochs
-    if budget < space.epochs:
+    families = parse_families(args.features)
+    if args.budget is None:
+        budget, axis = 10.0 * space.epochs, "epochs"
+    else:
+        budget, axis = parse_budget(args.budget)
+    if axis == "epochs" and budget < space.epochs:
         raise UserError(f"--budget {budget:g} is less than one full training ({space.epochs} epochs); give at least "
                         f"{space.epochs + args.fraction * args.probe_epochs:g}")
+    kappa = args.kappa if args.kappa is not None else (1.0 if args.method == "probe" else 0.0)
     loop_cfg = LoopConfig(budget=budget, probes_per_round=args.probes_per_round, init_probes=args.init_probes,
-                          init_full=args.init_full, kappa=args.kappa, meta=args.meta,
-                          sharpness=not args.no_sharpness, seed=args.seed)
+                          init_full=args.init_full if args.method != "probe-rank" else 10**9, kappa=kappa,
+                          meta=args.meta, sharpness=not args.no_sharpness, seed=args.seed)
     spec = TaskSpec(args.dataset, args.n_train, args.n_val, args.seed)
+    method_cfg = {"method": args.method, "budget": budget, "axis": axis, "families": list(families), "eta": args.eta,
+                  "kappa": kappa, "meta": args.meta}
     config = {"space": space.to_dict(), "task": dataclasses.asdict(spec), "loop": dataclasses.asdict(loop_cfg),
-              "fraction": args.fraction, "probe_epochs": args.probe_epochs,
-              "storage": args.storage, "study_name": args.study_name}
+              "fraction": args.fraction, "probe_epochs": args.probe_epochs, "storage": args.storage,
+              "study_name": args.study_name, **method_cfg}
     if args.storage:
         check_storage_url(args.storage)
     executor = Executor(args.backend, args.address, args.num_cpus, timeout=args.ray_timeout)  # Ray first: fails fast
@@ -97,20 +134,32 @@ def run(args) -> int:
               f"test acc {ch['test_accuracy']:.4f} (the test set is not read again); see {rd.path}")
         return 0
     storage = args.storage or default_storage(rd.path)
+    unit = "s" if axis == "seconds" else " epochs"
+
+    def on_job(e):
+        head = f"[{e['spent']:8.1f}/{budget:g}{unit}]"
+        again = " (stored)" if e["reused"] else ""
+        if e["kind"] == "probe":
+            print(f"{head} probe #{e['key']:<4d} val acc {e['value']:.4f} ({e['seconds']:.2f} s){again}", flush=True)
+        else:
+            tag = "full " if e["kind"] == "full" else f"ep {e['epoch']:<2d}"
+            print(f"{head} {tag} #{e['key']:<4d} val acc {e['value']:.4f} ({e['seconds']:.2f} s){again}", flush=True)
+
     waiting = set()
 
     def on_wait(kind, keys):  # another worker on the same storage holds these
         if (kind, tuple(keys)) not in waiting:
             waiting.add((kind, tuple(keys)))
-            what = "the final test evaluation" if kind == "test" else f"{kind} #" + ", #".join(map(str, keys))
+            what = "the final test evaluation" if kind == "test" else f"{kind} " + ", ".join(map(str, keys))
             print(f"  waiting for another worker on {storage} to finish {what}", flush=True)
 
     oracle = None
     try:
         oracle = LiveOracle(space, spec, storage, args.study_name, args.fraction, args.probe_epochs, args.seed,
                             executor, checkpoint_dir=rd.subdir("checkpoints"),
-                            settings={"loop": dataclasses.asdict(loop_cfg)}, on_wait=on_wait)
-        return _search(args, rd, space, task, loop_cfg, budget, storage, oracle)
+                            settings={"loop": dataclasses.asdict(loop_cfg), **method_cfg}, on_job=on_job,
+                            families=families, axis=axis, budget=budget, on_wait=on_wait)
+        return _search(args, rd, space, task, loop_cfg, budget, unit, axis, kappa, storage, oracle)
     except Exception as e:
         if type(e).__module__.startswith("sqlalchemy"):  # the storage failed part-way: one line
             raise storage_error(e, storage) from None
@@ -120,72 +169,73 @@ def run(args) -> int:
             oracle.close()
 
 
-def _search(args, rd, space, task, loop_cfg, budget, storage, oracle) -> int:
-    import dataclasses
-
+def _search(args, rd, space, task, loop_cfg, budget, unit, axis, kappa, storage, oracle) -> int:
+    from ..errors import UserError
     from ..search.loop import probe_search
+    from ..search.methods import DEFAULT_METHOD, run_method
 
+    families = oracle.families
     if oracle.reused["probes"] or oracle.reused["full"]:
         print(f"resuming: {oracle.reused['probes']} probes and {oracle.reused['full']} full trainings already in {storage}")
     print(f"searching {len(space.params)} hyperparameters on {args.dataset} ({len(task.train)} train, "
-          f"{len(task.val)} val images); budget {budget:g} epochs; probe = {args.fraction:g} of the data × "
-          f"{args.probe_epochs} epochs (cost {oracle.probe_cost:g}), full training = {space.epochs} epochs")
+          f"{len(task.val)} val images) with '{args.method}'{' (default)' if args.method == DEFAULT_METHOD else ''}; "
+          f"budget {budget:g}{unit}; probe = {args.fraction:g} of the data × {args.probe_epochs} epochs "
+          f"(features: {', '.join(families)}), full training = {space.epochs} epochs")
     t0 = time.perf_counter()
-    events = []
-
-    def on_event(e, res):
-        d = dataclasses.asdict(e)
-        events.append(d)
-        head = f"[{e.spent:7.1f}/{budget:g}]"
-        if e.kind == "full":
-            full = [x for x in events if x["kind"] == "full"]
-            best = max(full, key=lambda x: x["value"])
-            pred = f"predicted {e.predicted:.4f} ± {e.predicted_std:.4f}" if e.predicted_std else f"probe val acc {e.predicted:.4f}"
-            print(f"{head} full  #{e.key:<4d} val acc {e.value:.4f} ({pred}); best so far #{best['key']} {best['value']:.4f}",
-                  flush=True)
-
-    def on_job(kind, key, r):  # printed as each probe finishes (the loop's own event comes per batch)
-        print(f"  probe #{key:<4d} val acc {r['features']['val_acc']:.4f} ({r['seconds']:.2f} s)", flush=True)
-
-    oracle.on_job = on_job
-    result = probe_search(oracle, loop_cfg, on_event=on_event, final_test=oracle.test_accuracy)
-    ch = result.chosen
-    ckpt = f"checkpoints/candidate-{ch}.safetensors"
+    predictions = None
+    if args.method in ("probe", "probe-rank"):
+        result = probe_search(oracle, loop_cfg)
+        predictions = result
+    else:
+        opts = {"eta": args.eta} if args.eta else {}
+        if args.method == "mf":
+            opts.update(kappa=kappa, meta=args.meta)
+        run_method(args.method, oracle, seed=args.seed, **opts)
+    ch = oracle.trace.chosen
+    if ch is None:
+        raise UserError(f"the budget ({budget:g}{unit}) ended before any full training finished; give a larger --budget")
+    val_acc = max(v for k, v in zip(oracle.trace.keys, oracle.trace.values) if k == ch)
+    test_acc = oracle.test_accuracy(ch)  # the only time the test set is read
     chosen = {"candidate": ch, "values": oracle.values(ch), "full_config": space.complete(oracle.values(ch)),
-              "val_accuracy": result.chosen_val_accuracy, "test_accuracy": result.test_accuracy,
+              "val_accuracy": val_acc, "test_accuracy": test_acc, "method": args.method, "budget": budget, "axis": axis,
+              "spent": oracle.clock.spent, "spent_by_kind": oracle.clock.by_kind,
               "test_evaluated_by_this_worker": oracle.test_evaluated_here,
-              "budget": budget, "spent": result.spent, "meta_model": result.meta_kind,
-              "checkpoint": ckpt if (rd / ckpt).is_file() else None}
+              "checkpoint": f"checkpoints/candidate-{ch}.safetensors"}
     rd.save_json("chosen.json", chosen)
+    events = oracle.events
     full = [e for e in events if e["kind"] == "full"]
     rd.save_json("events.json", events)
-    rd.save_json("predictions.json", {
-        "chosen_when_trained": [{"candidate": e["key"], "predicted": e["predicted"], "predicted_std": e["predicted_std"],
-                                 "actual": e["value"]} for e in full],
-        "last_fit_untrained": [{"candidate": k, "values": oracle.values(k), "predicted": m, "predicted_std": s}
-                               for k, (m, s) in sorted(result.predictions.items(), key=lambda kv: -kv[1][0])],
-    })
     from ..report.search_plots import plot_predicted_vs_actual, plot_search_progress
 
-    figs = [plot_search_progress(events, budget, rd.figures, args.dataset)]
-    withmeta = [e for e in full if e["predicted_std"]]
-    if withmeta:
-        figs.append(plot_predicted_vs_actual([e["predicted"] for e in withmeta], [e["predicted_std"] for e in withmeta],
-                                             [e["value"] for e in withmeta], rd.figures, args.dataset))
-    summary = {"chosen": chosen, "n_probes": sum(e["kind"] == "probe" for e in events), "n_full": len(full),
+    figs = [plot_search_progress(events, budget, rd.figures, args.dataset,
+                                 xlabel="budget spent (s)" if axis == "seconds" else None)]
+    if predictions is not None:
+        pf = [e for e in predictions.events if e.kind == "full"]
+        rd.save_json("predictions.json", {
+            "chosen_when_trained": [{"candidate": e.key, "predicted": e.predicted, "predicted_std": e.predicted_std,
+                                     "actual": e.value} for e in pf],
+            "last_fit_untrained": [{"candidate": k, "values": oracle.values(k), "predicted": m, "predicted_std": s}
+                                   for k, (m, s) in sorted(predictions.predictions.items(), key=lambda kv: -kv[1][0])],
+        })
+        withmeta = [e for e in pf if e.predicted_std]
+        if withmeta:
+            figs.append(plot_predicted_vs_actual([e.predicted for e in withmeta], [e.predicted_std for e in withmeta],
+                                                 [e.value for e in withmeta], rd.figures, args.dataset))
+    summary = {"chosen": chosen, "method": args.method, "default_method": DEFAULT_METHOD,
+               "method_is_default": args.method == DEFAULT_METHOD, "features": list(families),
+               "n_probes": sum(e["kind"] == "probe" for e in events), "n_full": len(full),
                "storage": storage, "seconds": time.perf_counter() - t0}
     rd.save_json("summary.json", summary)
     rd.write_text("report.md",
-        f"# Probe-based search on {args.dataset}\n\n"
-        f"Budget {budget:g} full-data epochs ({result.spent:g} spent): {summary['n_probes']} probes, "
+        f"# Hyperparameter search on {args.dataset} ({args.method})\n\n"
+        f"Budget {budget:g}{unit} ({oracle.clock.spent:.1f} spent): {summary['n_probes']} probes, "
         f"{len(full)} full trainings.\n\nChosen: candidate #{ch} `{oracle.values(ch)}`, validation accuracy "
-        f"**{result.chosen_val_accuracy:.4f}**, test accuracy **{result.test_accuracy:.4f}** (test set read once, "
-        "after selection).\n\n" + "".join(f"![{n}](figures/{n}.png)\n\n" for n in figs))
+        f"**{val_acc:.4f}**, test accuracy **{test_acc:.4f}** (test set read once, after selection).\n\n"
+        + "".join(f"![{n}](figures/{n}.png)\n\n" for n in figs))
     rd.mark("search")
     rd.complete()
     print(f"chosen candidate #{ch}: {oracle.values(ch)}")
     how = ("evaluated now; the test set was opened once" if oracle.test_evaluated_here
            else "recorded in the storage by the worker that evaluated it; the test set was not opened here")
-    print(f"validation accuracy {result.chosen_val_accuracy:.4f}, test accuracy {result.test_accuracy:.4f} ({how}); "
-          f"wrote {rd.path}")
+    print(f"validation accuracy {val_acc:.4f}, test accuracy {test_acc:.4f} ({how}); wrote {rd.path}")
     return 0

@@ -7,7 +7,7 @@ import numpy as np
 from .figures import new_figure, save_figure, styles
 
 
-def plot_search_progress(events: list[dict], budget: float, directory, title_data: str) -> str:
+def plot_search_progress(events: list[dict], budget: float, directory, title_data: str, xlabel: str | None = None) -> str:
     """Best final validation accuracy so far against budget spent, with every full training marked."""
     fig, ax = new_figure()
     full = [e for e in events if e["kind"] == "full"]
@@ -21,9 +21,9 @@ def plot_search_progress(events: list[dict], budget: float, directory, title_dat
         ax.scatter([e["spent"] for e in probes], [e["value"] for e in probes], marker="x", color="#D55E00",
                    s=14, label="probe (val acc at probe end)")
     ax.axvline(budget, color="#777777", linestyle=":", label="budget")
-    ax.set_xlabel("budget spent (full-data epoch equivalents)")
+    ax.set_xlabel(xlabel or "budget spent (full-data epoch equivalents)")
     ax.set_ylabel("validation accuracy")
-    ax.set_title(f"Probe-based search on {title_data}")
+    ax.set_title(f"Hyperparameter search on {title_data}")
     ax.legend(fontsize=8)
     save_figure(fig, directory, "search_progress")
     return "search_progress"
@@ -45,34 +45,41 @@ def plot_predicted_vs_actual(predicted, predicted_std, actual, directory, title_
     return "predicted_vs_actual"
 
 
-def plot_regret(grid, curves: dict, directory, title_data: str) -> str:
-    """Mean regret against budget per method with a 95% bootstrap band over seeds (log y)."""
+def plot_regret(grid, curves: dict, directory, title_data: str, unit: float | None = None,
+                name: str = "regret_vs_budget", xlabel: str | None = None) -> str:
+    """Mean regret against budget per method with a 95% bootstrap band over seeds (log y).
+
+    With `unit` (seconds of one full training) the x axis is in full trainings of measured time."""
     from ..search.benchmark import bootstrap_ci
 
-    fig, ax = new_figure(width=6.0, height=4.0)
+    fig, ax = new_figure(width=6.4, height=4.4)
+    x = np.asarray(grid) / unit if unit else np.asarray(grid)
     for (m, c), st in zip(curves.items(), styles()):
         c = np.asarray(c)
-        stats = np.array([bootstrap_ci(c[:, j], n_boot=400) for j in range(c.shape[1])])
-        y = np.maximum(stats[:, 0], 1e-4)
-        ax.plot(grid, y, label=m, markevery=max(1, len(grid) // 8), markersize=4, **st)
-        ax.fill_between(grid, np.maximum(stats[:, 1], 1e-4), np.maximum(stats[:, 2], 1e-4), color=st["color"], alpha=0.12)
+        stats = np.array([bootstrap_ci(c[:, j], n_boot=300, method="percentile") for j in range(c.shape[1])])
+        y = np.maximum(stats[:, 0], 1e-3)
+        ax.plot(x, y, label=m, markevery=max(1, len(x) // 8), markersize=4, **st)
+        ax.fill_between(x, np.maximum(stats[:, 1], 1e-3), np.maximum(stats[:, 2], 1e-3), color=st["color"], alpha=0.10)
+    ax.axhline(0.01, color="#777777", linestyle=":", linewidth=1, label="1 point")
     ax.set_yscale("log")
-    ax.set_xlabel("budget (full-data epoch equivalents, probes included)")
-    ax.set_ylabel("regret (best val acc in table − chosen;\n0 drawn at 1e-4)")
+    ax.set_xlabel(xlabel or ("wall-clock budget (median full trainings of measured CPU time)" if unit
+                             else "budget (full-data epoch equivalents, probes included)"))
+    ax.set_ylabel("regret (best true value − chosen's\nindependent score; ≤0 drawn at 1e-3)")
     ax.set_title(f"Regret vs budget (mean, 95% CI over seeds)\n{title_data}", fontsize=10)
-    ax.legend(fontsize=7, ncol=2)
-    save_figure(fig, directory, "regret_vs_budget")
-    return "regret_vs_budget"
+    ax.legend(fontsize=7, ncol=3)
+    save_figure(fig, directory, name)
+    return name
 
 
 def plot_correlations(fidelities: list[str], meta: dict, probe: dict, no_sharp: dict, ceiling, directory,
-                      title_data: str, stat: str = "spearman") -> str:
+                      title_data: str, stat: str = "spearman", name: str | None = None,
+                      third: str = "meta-model, no sharpness") -> str:
     """Held-out rank correlation per probe fidelity: meta-model, meta-model without sharpness,
     raw probe val accuracy; the seed-to-seed noise ceiling as a horizontal band."""
     fig, ax = new_figure(width=5.6, height=3.8)
     x = np.arange(len(fidelities))
     hatches = ("", "//", "..")
-    for j, (lab, d) in enumerate((("meta-model", meta), ("meta-model, no sharpness", no_sharp),
+    for j, (lab, d) in enumerate((("meta-model", meta), (third, no_sharp),
                                   ("probe val acc alone", probe))):
         m = np.array([d[f][0] for f in fidelities])
         err = np.array([[d[f][0] - d[f][1] for f in fidelities], [d[f][2] - d[f][0] for f in fidelities]])
@@ -87,5 +94,6 @@ def plot_correlations(fidelities: list[str], meta: dict, probe: dict, no_sharp: 
     ax.set_ylim(min(0, ax.get_ylim()[0]), 1.05)
     ax.set_title(f"Held-out prediction of final val acc\n{title_data}", fontsize=10)
     ax.legend(fontsize=7, loc="lower right")
-    save_figure(fig, directory, f"correlation_{stat}")
-    return f"correlation_{stat}"
+    name = name or f"correlation_{stat}"
+    save_figure(fig, directory, name)
+    return name

@@ -1,162 +1,224 @@
-"""The search benchmark: every method replayed on one precomputed table, for many seeds.
+"""The search benchmark: every method replayed on precomputed tables, for many paired seeds.
 
-The table (`lossprobe.search.table`) holds configurations drawn from the space, each
-fully trained with its per-epoch validation curve and probe features at several
-fidelities. Replaying a method on it costs no training, so every method sees the same
-configurations and the same numbers, and can be run for many seeds:
+The tables (`lossprobe.search.table`) hold configurations drawn from a space, each trained
+twice (seed 0, whose per-epoch curve on split A is what methods select on; seed 1, whose
+accuracy on the disjoint split B is the independent measurement a chosen configuration is
+scored by) and probed at several fidelities (seed 2, evaluated on split P), with measured
+CPU seconds for every piece of work. Replaying a method costs no training, so every method
+sees the same numbers and can be replayed for hundreds of seeds:
 
-* probe-based search (`loop.probe_search`) with and without the sharpness features, without
-  the exploration bonus (kappa = 0), with probes charged their measured wall time instead
-  of fraction × epochs (``probe-wall-cost``), and a heuristic that ranks candidates by
-  probe validation accuracy alone (no meta-model);
-* random search, Optuna TPE, successive halving and Hyperband (`baselines`).
+* a replay seed draws a random pool (by default 80%) of the table's rows and an order, so
+  seeds vary the configurations on offer, not only the order; seed s is the same pool and
+  order for every method (paired comparisons);
+* regret at time t = best true value in the pool (both trainings on B, averaged) minus the
+  independent score (seed 1 on B) of the incumbent at t (the finished candidate with the
+  best selection value so far); before any full training has finished it is the reference
+  minus the worst score in the pool;
+* cost is measured seconds (primary axis) or nominal full-data epochs (secondary).
 
-Reported: Spearman and Kendall correlation between the meta-model's predicted and the
-true final validation accuracy at each probe fidelity (meta-model fitted on `n_fit`
-random rows, scored on the rest), with the seed-to-seed correlation of full training
-as the noise ceiling; regret (best accuracy in the table minus the chosen one's) against
-budget with 95% bootstrap intervals over seeds; and the budget each method needs to
-reach a target regret.
+Statistics: regret at fractions of the budget with BCa bootstrap intervals over seeds;
+time to a target regret per seed (censored at the budget), summarised as the expected
+running time ERT = (Σ min(T_i, B)) / #successes with its success rate, a paired bootstrap
+interval, and the Kaplan–Meier median; paired differences against a reference method with
+BCa intervals and Wilcoxon signed-rank p-values.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import stats
 
-from .baselines import BASELINES, Trace
-from .loop import LoopConfig, probe_search
+from .methods import METHODS, run_method
+from .oracle import TableOracle
 from .probes import SHARPNESS_FEATURES
 from .space import SearchSpace
 
-METHODS = ("probe", "probe-no-sharpness", "probe-kappa0", "probe-rank", "probe-wall-cost", "random", "tpe", "sh",
-           "hyperband")
+
+def full_seconds(rows: list[dict]) -> float:
+    """Median CPU seconds of one full training in the table (the budget's unit)."""
+    return float(np.median([r["full"]["cpu_seconds"] for r in rows]))
 
 
-class TableOracle:
-    """The table as an oracle for the probe loop and for the baselines (one seed's view).
-
-    Candidates come in a seeded random order; a baseline's suggestion snaps to the nearest
-    row not yet used (hyperparameters encoded as in the meta-model, standardised).
-    """
-
-    def __init__(self, rows: list[dict], space: SearchSpace, fidelity: str, seed: int = 0):
-        self.rows = {r["id"]: r for r in rows}
-        self.space = space
-        self.epochs = space.epochs
-        self.fidelity = fidelity
-        self.order = list(np.random.default_rng([seed, 17]).permutation(sorted(self.rows)))
-        first = rows[0]["probes"][fidelity]
-        self.probe_cost = float(first["cost"])
-        self.full_cost = float(space.epochs)
-        enc = np.array([list(space.encode(self.rows[i]["values"]).values()) for i in self.order])
-        self._mu, self._sd = enc.mean(0), enc.std(0) + 1e-9
-        self._enc = (enc - self._mu) / self._sd
-        self._used: set = set()
-
-    # probe loop
-    def candidates(self, start: int, n: int) -> list:
-        return [int(k) for k in self.order[start : start + n]]
-
-    def probe_many(self, keys: list) -> list[dict]:
-        return [dict(self.rows[k]["probes"][self.fidelity]["features"]) for k in keys]
-
-    def full(self, key) -> float:
-        return float(self.rows[key]["full"]["val_accuracy"])
-
-    # baselines
-    def random_key(self, rng):
-        left = [k for k in self.order if k not in self._used]
-        if not left:
-            return None
-        k = int(left[int(rng.integers(len(left)))])
-        self._used.add(k)
-        return k
-
-    def snap(self, values: dict):
-        x = (np.array(list(self.space.encode(values).values())) - self._mu) / self._sd
-        d = ((self._enc - x) ** 2).sum(1)
-        for j in np.argsort(d):
-            k = int(self.order[j])
-            if k not in self._used:
-                self._used.add(k)
-                return k
-        return None
-
-    def curve(self, key) -> list[float]:
-        return list(self.rows[key]["full"]["val_curve"][1:])
+# --- one replay ---------------------------------------------------------------------------
 
 
-def run_method(method: str, rows: list[dict], space: SearchSpace, fidelity: str, budget: float, seed: int,
-               loop_overrides: dict | None = None) -> Trace:
-    """Replay one method for one seed; returns its incumbent trace."""
-    oracle = TableOracle(rows, space, fidelity, seed)
-    if method in BASELINES:
-        return BASELINES[method](oracle, budget, seed)
-    kw = dict(budget=budget, seed=seed, **(loop_overrides or {}))
-    if method == "probe-no-sharpness":
-        kw["sharpness"] = False
-    elif method == "probe-wall-cost":
-        # charge probes what they cost in wall time (features and evaluation included), not f × e
-        oracle.probe_cost = wall_probe_cost(rows, fidelity, oracle.full_cost)
-    elif method == "probe-kappa0":
-        kw["kappa"] = 0.0  # no exploration bonus: the predicted mean alone
-    elif method == "probe-rank":
-        kw["init_full"] = 10**9  # never fit the meta-model: rank by probe validation accuracy
-    elif method != "probe":
-        raise ValueError(f"unknown method '{method}'; choose from {list(METHODS)}")
-    res = probe_search(oracle, LoopConfig(**kw))
-    b, a, keys = res.incumbent_curve()
-    return Trace(method, list(b), list(a), keys)
+@dataclass
+class Replay:
+    method: str
+    seed: int
+    t: list  # finish times of full trainings
+    keys: list  # incumbent after each
+    scores: list  # its independent score
+    reference: float
+    floor: float
+    spent: dict  # cost by kind
+    seconds: float  # how long the replay itself took
 
 
-def wall_probe_cost(rows: list[dict], fidelity: str, full_cost: float) -> float:
-    """A probe's cost in budget units by measured wall time: median over rows of
-    (probe seconds / full-training seconds) × full_cost."""
-    ratios = [r["probes"][fidelity]["seconds"] / r["full"]["seconds"] for r in rows
-              if r["full"].get("seconds") and r["probes"][fidelity].get("seconds")]
-    return float(np.median(ratios)) * full_cost if ratios else float(rows[0]["probes"][fidelity]["cost"])
+def replay(method: str, rows: list[dict], space: SearchSpace, seed: int, budget: float, axis: str = "seconds",
+           pool: float = 0.8, families=None, options: dict | None = None, timer=time.process_time) -> Replay:
+    t0 = time.perf_counter()
+    o = TableOracle(rows, space, seed=seed, families=families, axis=axis, budget=budget, pool=pool, timer=timer)
+    tr = run_method(method, o, seed=seed, **(options or {}))
+    ts, ks = tr.incumbents()
+    return Replay(method, seed, ts, ks, [o.score(k) for k in ks], o.reference(), o.floor(), dict(o.clock.by_kind),
+                  time.perf_counter() - t0)
 
 
-def regret_curve(trace: Trace, grid: np.ndarray, best: float, floor: float) -> np.ndarray:
-    """Regret [len(grid)] of the incumbent at each budget; before any finished trial the
-    regret is best − floor (the worst accuracy in the table)."""
-    out = np.full(len(grid), best - floor)
-    for s, a in zip(trace.spent, trace.best):
-        if not math.isnan(a):
-            out[grid >= s - 1e-9] = np.minimum(out[grid >= s - 1e-9], best - a)
+def regret_curve(rep: Replay, grid: np.ndarray) -> np.ndarray:
+    """Regret [len(grid)] of the incumbent at each time on `grid`."""
+    out = np.full(len(grid), rep.reference - rep.floor)
+    for t, s in zip(rep.t, rep.scores):
+        out[grid >= t - 1e-9] = rep.reference - s
     return out
 
 
-def bootstrap_ci(values, n_boot: int = 2000, seed: int = 0, stat=np.mean) -> tuple[float, float, float]:
-    """Statistic and 95% percentile-bootstrap interval over the first axis."""
+def budget_to_regret(curves: np.ndarray, grid: np.ndarray, target: float) -> np.ndarray:
+    """Per seed: the smallest budget on `grid` at which regret <= target (inf if never)."""
+    out = np.full(len(curves), np.inf)
+    for i, c in enumerate(curves):
+        hit = np.where(c <= target + 1e-12)[0]
+        if len(hit):
+            out[i] = grid[hit[0]]
+    return out
+
+
+def time_to_regret(rep: Replay, target: float) -> float:
+    """First time the incumbent's regret is <= target (inf if never within the replay)."""
+    for t, s in zip(rep.t, rep.scores):
+        if rep.reference - s <= target + 1e-12:
+            return float(t)
+    return math.inf
+
+
+# --- statistics ---------------------------------------------------------------------------
+
+
+def bootstrap_ci(values, n_boot: int = 2000, seed: int = 0, stat=np.mean, method: str = "BCa") -> tuple[float, float, float]:
+    """Statistic and 95% bootstrap interval over the first axis (BCa by default; percentile
+    when BCa is undefined, e.g. all values equal)."""
     v = np.asarray(values, dtype=float)
     v = v[np.isfinite(v)]
     if len(v) == 0:
         return math.nan, math.nan, math.nan
+    point = float(stat(v))
+    if len(v) < 3 or np.ptp(v) == 0:
+        return point, point, point
+    if method == "BCa":
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            r = stats.bootstrap((v,), lambda x, axis: stat(x, axis=axis), n_resamples=n_boot, method="BCa",
+                                random_state=np.random.default_rng(seed), vectorized=True)
+        lo, hi = float(r.confidence_interval.low), float(r.confidence_interval.high)
+        if math.isfinite(lo) and math.isfinite(hi):
+            return point, lo, hi
     rng = np.random.default_rng(seed)
     boots = np.array([stat(v[rng.integers(0, len(v), len(v))]) for _ in range(n_boot)])
-    return float(stat(v)), float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))
+    return point, float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))
+
+
+def ert(times, budget: float) -> float:
+    """Expected running time to the target: (Σ min(T_i, budget)) / #successes (inf if none)."""
+    t = np.asarray(times, dtype=float)
+    ok = t <= budget + 1e-9
+    return float(np.minimum(t, budget).sum() / ok.sum()) if ok.any() else math.inf
+
+
+def km_median(times, budget: float) -> float:
+    """Kaplan–Meier median time to the target, runs censored at `budget` (inf if not reached)."""
+    t = np.sort(np.minimum(np.asarray(times, dtype=float), math.inf))
+    n, surv = len(t), 1.0
+    for i, ti in enumerate(t):
+        if ti > budget + 1e-9:
+            break
+        surv *= 1 - 1 / (n - i)
+        if surv <= 0.5:
+            return float(ti)
+    return math.inf
+
+
+def ert_summary(times, budget: float, n_boot: int = 2000, seed: int = 0) -> dict:
+    t = np.asarray(times, dtype=float)
+    rng = np.random.default_rng(seed)
+    boots = np.array([ert(t[rng.integers(0, len(t), len(t))], budget) for _ in range(n_boot)])
+    lo, hi = (float(np.percentile(np.where(np.isinf(boots), 1e12, boots), q)) for q in (2.5, 97.5))
+    lo, hi = (math.inf if v >= 1e11 else v for v in (lo, hi))
+    return {"ert": ert(t, budget), "interval": [lo, hi],
+            "success_rate": float(np.mean(t <= budget + 1e-9)), "km_median": km_median(t, budget),
+            "n": int(len(t))}
+
+
+def paired_ert_ratio(ta, tb, budget: float, n_boot: int = 2000, seed: int = 0) -> dict:
+    """ERT(a) / ERT(b) over the same seeds, with a paired bootstrap interval and a Wilcoxon
+    signed-rank p-value on the per-seed times censored at the budget."""
+    ta, tb = np.asarray(ta, dtype=float), np.asarray(tb, dtype=float)
+    rng = np.random.default_rng(seed)
+    ratios = []
+    for _ in range(n_boot):
+        i = rng.integers(0, len(ta), len(ta))
+        ratios.append(_ratio(ert(ta[i], budget), ert(tb[i], budget)))
+    ratios = np.array(ratios)
+    ratios = ratios[~np.isnan(ratios)]
+    big = np.isinf(ratios)
+    ratios = np.where(big, 1e12, ratios)  # percentiles of inf warn; map back below
+
+    def pct(q):
+        if len(ratios) == 0:
+            return math.nan
+        v = float(np.percentile(ratios, q))
+        return math.inf if v >= 1e11 else v
+    ea, eb = ert(ta, budget), ert(tb, budget)
+    ca, cb = np.minimum(ta, budget), np.minimum(tb, budget)
+    p = float(stats.wilcoxon(ca, cb).pvalue) if np.any(ca != cb) else 1.0
+    return {"ratio": _ratio(ea, eb), "interval": [pct(2.5), pct(97.5)], "wilcoxon_p": p}
+
+
+def _ratio(a: float, b: float) -> float:
+    if math.isinf(a) and math.isinf(b):
+        return math.nan
+    if math.isinf(b):
+        return 0.0
+    if math.isinf(a):
+        return math.inf
+    return a / b if b > 0 else math.nan
+
+
+def paired_difference(a, b, n_boot: int = 2000, seed: int = 0) -> dict:
+    """Mean of a − b over the same seeds, BCa interval, Wilcoxon signed-rank p-value."""
+    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    m, lo, hi = bootstrap_ci(d, n_boot, seed)
+    p = float(stats.wilcoxon(d).pvalue) if np.any(d != 0) else 1.0
+    return {"mean": m, "interval": [lo, hi], "wilcoxon_p": p}
+
+
+# --- correlations and the value of feature families --------------------------------------------
 
 
 def correlations(rows: list[dict], fidelity: str, n_fit: int, seeds: int, sharpness: bool = True,
-                 meta: str = "auto") -> dict:
+                 meta: str = "et", families=None) -> dict:
     """Held-out Spearman and Kendall of predicted vs true final val accuracy, per seed.
 
     Each seed fits the meta-model on `n_fit` random rows and scores the others. Also the
     correlations of the raw probe validation accuracy (no meta-model) on the same rows, and
     Spearman restricted to the held-out rows whose true accuracy is above the median
-    (``*_top``), where a search has to tell good from best.
+    (``*_top``), where a search has to tell good from best. `families` restricts the probe
+    features (hyperparameters and fidelity always included).
     """
     from .meta import MetaModel
+    from .probes import ALL_FAMILIES, FAMILIES, parse_families
 
-    y = np.array([r["full"]["val_accuracy"] for r in rows])
-    feats = [r["probes"][fidelity]["features"] for r in rows]
+    fam = parse_families(families if families is not None else ALL_FAMILIES)
+    drop = {n for f, names in FAMILIES.items() if f not in fam for n in names}
     if not sharpness:
-        feats = [{k: v for k, v in f.items() if k not in SHARPNESS_FEATURES} for f in feats]
+        drop |= set(SHARPNESS_FEATURES)
+    y = np.array([r["full"]["val_accuracy"] for r in rows])
+    feats = [{k: v for k, v in r["probes"][fidelity]["features"].items() if k not in drop} for r in rows]
     out = {"meta_spearman": [], "meta_kendall": [], "probe_spearman": [], "probe_kendall": [],
            "meta_spearman_top": [], "probe_spearman_top": []}
     for s in range(seeds):
@@ -169,7 +231,6 @@ def correlations(rows: list[dict], fidelity: str, n_fit: int, seeds: int, sharpn
         pv = np.array([feats[i]["val_acc"] for i in te])
         out["probe_spearman"].append(stats.spearmanr(pv, y[te]).statistic)
         out["probe_kendall"].append(stats.kendalltau(pv, y[te]).statistic)
-        # where selection happens: among held-out rows in the better half of true accuracy
         top = y[te] >= np.median(y[te])
         out["meta_spearman_top"].append(stats.spearmanr(mu[top], y[te][top]).statistic)
         out["probe_spearman_top"].append(stats.spearmanr(pv[top], y[te][top]).statistic)
@@ -177,8 +238,9 @@ def correlations(rows: list[dict], fidelity: str, n_fit: int, seeds: int, sharpn
 
 
 def noise_ceiling(rows: list[dict]) -> dict:
-    """Seed-to-seed Spearman and Kendall of final val accuracy on the rows trained twice."""
-    rep = [r for r in rows if "repeat" in r]
+    """Seed-to-seed Spearman and Kendall of final accuracy on split A (seed 0 vs seed 1),
+    and how well the selection signal (seed 0 on A) predicts the independent score (seed 1 on B)."""
+    rep = [r for r in rows if "repeat" in r and r["repeat"].get("val_accuracy") is not None]
     if len(rep) < 3:
         return {"n": len(rep), "spearman": [math.nan] * 3, "kendall": [math.nan] * 3}
     a = np.array([r["full"]["val_accuracy"] for r in rep])
@@ -193,50 +255,89 @@ def noise_ceiling(rows: list[dict]) -> dict:
             boots.append(fn(a[i], b[i]).statistic)
         res[name] = [float(point), float(np.nanpercentile(boots, 2.5)), float(np.nanpercentile(boots, 97.5))]
     res["mean_abs_diff"] = float(np.mean(np.abs(a - b)))
+    good = a >= np.median(a)
+    res["mean_abs_diff_top_half"] = float(np.mean(np.abs(a - b)[good]))
+    if all("score_accuracy" in r["repeat"] for r in rep):
+        s = np.array([r["repeat"]["score_accuracy"] for r in rep])
+        res["selection_vs_score_spearman"] = float(stats.spearmanr(a, s).statistic)
     return res
+
+
+# --- all replays ------------------------------------------------------------------------------
 
 
 @dataclass
 class ReplaySettings:
-    fidelity: str
-    budget: float
-    seeds: int = 10
+    budget: float  # in the axis' unit
+    seeds: int = 100
+    axis: str = "seconds"
+    pool: float = 0.8
     target_regret: float = 0.01
-    grid_points: int | None = None  # budget grid for regret curves (default: one point per budget unit, >= 25)
-    methods: tuple = METHODS
+    grid_points: int = 200
+    methods: tuple = tuple(METHODS)
+    options: dict = field(default_factory=dict)  # method -> options (e.g. fidelity)
+    families: tuple | None = None  # probe feature families (default: probes.DEFAULT_FAMILIES)
 
 
-def replay_all(rows: list[dict], space: SearchSpace, rs: ReplaySettings, progress: bool = False) -> dict:
-    """Every method × seed: regret curves [seeds, grid] on a common budget grid."""
-    best = max(r["full"]["val_accuracy"] for r in rows)
-    floor = min(r["full"]["val_accuracy"] for r in rows)
-    n = rs.grid_points or max(25, int(round(rs.budget)))
-    grid = np.linspace(0, rs.budget, n + 1)[1:]
-    curves, chosen = {}, {}
-    jobs = [(m, s) for m in rs.methods for s in range(rs.seeds)]
+def replay_all(rows: list[dict], space: SearchSpace, rs: ReplaySettings, progress: bool = False,
+               cache: dict | None = None, on_method=None) -> dict:
+    """Every method × seed: regret curves [seeds, grid] on a common grid, times to the target,
+    costs. `cache` (method -> result) skips methods already replayed; `on_method(name, result)`
+    is called as each method finishes (to save it)."""
+    grid = np.linspace(0, rs.budget, rs.grid_points + 1)[1:]
+    out = dict(cache or {})
+    todo = [m for m in rs.methods if m not in out]
     bar = None
-    if progress:
+    if progress and todo:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(jobs), unit="run", desc="replay", dynamic_ncols=True)
-    for m, s in jobs:
-        tr = run_method(m, rows, space, rs.fidelity, rs.budget, s)
-        curves.setdefault(m, []).append(regret_curve(tr, grid, best, floor))
-        chosen.setdefault(m, []).append(tr.chosen)
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(method=m)
+        bar = tqdm(total=len(todo) * rs.seeds, unit="replay", desc=f"replay ({rs.axis})", dynamic_ncols=True)
+    for m in todo:
+        curves, ttt, chosen, spent, secs = [], [], [], [], []
+        for s in range(rs.seeds):
+            rep = replay(m, rows, space, s, rs.budget, rs.axis, rs.pool, rs.families, rs.options.get(m))
+            curves.append(regret_curve(rep, grid))
+            ttt.append(time_to_regret(rep, rs.target_regret))
+            chosen.append(rep.keys[-1] if rep.keys else None)
+            spent.append(rep.spent)
+            secs.append(rep.seconds)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(method=m)
+        res = {"curves": np.array(curves), "time_to_target": np.array(ttt), "chosen": chosen,
+               "spent": {k: float(np.mean([sp.get(k, 0.0) for sp in spent])) for k in ("probe", "train", "meta")},
+               "replay_seconds": float(np.mean(secs))}
+        out[m] = res
+        if on_method is not None:
+            on_method(m, res)
     if bar is not None:
         bar.close()
-    return {"grid": grid, "curves": {m: np.array(c) for m, c in curves.items()}, "chosen": chosen,
-            "best": best, "floor": floor}
+    return {"grid": grid, "methods": out}
 
 
-def budget_to_regret(curves: np.ndarray, grid: np.ndarray, target: float) -> np.ndarray:
-    """Per seed: the smallest budget on `grid` at which regret <= target (inf if never)."""
-    out = np.full(len(curves), np.inf)
-    for i, c in enumerate(curves):
-        hit = np.where(c <= target + 1e-12)[0]
-        if len(hit):
-            out[i] = grid[hit[0]]
-    return out
+def summarize(rep: dict, budget: float, target: float, baselines: tuple, fractions=(0.25, 0.5, 1.0)) -> dict:
+    """Per method: regret at fractions of the budget, anytime regret, ERT to the target; and
+    each method against the best baseline (paired)."""
+    grid = rep["grid"]
+    per = {}
+    for m, r in rep["methods"].items():
+        c = r["curves"]
+        at = {}
+        for q in fractions:
+            j = int(np.searchsorted(grid, q * budget - 1e-9))
+            at[f"{q:g}"] = list(bootstrap_ci(c[:, min(j, c.shape[1] - 1)]))
+        per[m] = {"regret_at": at, "anytime_regret": list(bootstrap_ci(c.mean(1))),
+                  "time_to_target": ert_summary(r["time_to_target"], budget), "spent": r["spent"],
+                  "replay_seconds": r["replay_seconds"]}
+    base = [m for m in baselines if m in per]
+    best_ert = min(base, key=lambda m: (per[m]["time_to_target"]["ert"], per[m]["anytime_regret"][0])) if base else None
+    best_final = min(base, key=lambda m: (per[m]["regret_at"]["1"][0], per[m]["anytime_regret"][0])) if base else None
+    for m in per:
+        r = rep["methods"][m]
+        if best_ert is not None:
+            per[m]["vs_best_baseline_ert"] = {"baseline": best_ert, **paired_ert_ratio(
+                r["time_to_target"], rep["methods"][best_ert]["time_to_target"], budget)}
+        if best_final is not None:
+            per[m]["vs_best_baseline_final"] = {"baseline": best_final, **paired_difference(
+                r["curves"][:, -1], rep["methods"][best_final]["curves"][:, -1])}
+    return {"methods": per, "best_baseline_ert": best_ert, "best_baseline_final": best_final}

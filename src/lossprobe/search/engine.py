@@ -55,17 +55,70 @@ class TaskSpec:
         return _TASKS[key]
 
 
-def _probe_job(space_dict: dict, values: dict, spec: TaskSpec, fraction: float, epochs: int, seed: int) -> dict:
+def _probe_job(space_dict: dict, values: dict, spec: TaskSpec, fraction: float, epochs: int, seed: int,
+               families=None) -> dict:
     import torch
 
     from .probes import probe
 
     torch.set_num_threads(max(1, int(os.environ.get("LOSSPROBE_TRIAL_THREADS", "1"))))
-    r = probe(SearchSpace.from_dict(space_dict), values, spec.load(), fraction, epochs, seed=seed)
-    return {"features": r.features, "cost": r.cost, "seconds": r.seconds}
+    r = probe(SearchSpace.from_dict(space_dict), values, spec.load(), fraction, epochs, seed=seed, families=families)
+    return {"features": r.features, "cost": r.cost, "seconds": r.seconds, "family_seconds": r.family_seconds}
+
+
+class _Pause(Exception):
+    """Raised from a forward hook to stop `fit` after the requested epoch (its checkpoint is saved)."""
+
+
+def _train_job(space_dict: dict, values: dict, spec: TaskSpec, seed: int, epoch: int, ckpt_dir: str) -> dict:
+    """Continue a candidate's full training (checkpointed in `ckpt_dir`) to `epoch`.
+
+    `fit` resumes from the last saved epoch; a forward pre-hook stops it once the steps of
+    `epoch` are done (the checkpoint of `epoch` is already written then). Returns the
+    history so far, and the weights when the last epoch is done."""
+    import math
+    import time
+
+    import torch
+
+    from ..train import History, TrainingDiverged, fit
+
+    torch.set_num_threads(max(1, int(os.environ.get("LOSSPROBE_TRIAL_THREADS", "1"))))
+    space = SearchSpace.from_dict(space_dict)
+    task = spec.load()
+    model = space.build_model(values, task.input_shape, task.n_classes, seed=seed)
+    cfg = space.train_config(values, data_seed=seed)
+    ck = Path(ckpt_dir)
+    hfile = ck / "history.json"
+    start = (json.loads(hfile.read_text())["epoch"][-1] + 1) if hfile.is_file() else 1
+    allowed = max(0, epoch - start + 1) * math.ceil(len(task.train) / cfg.batch_size)
+    count = [0]
+
+    def hook(module, args):
+        if module.training and torch.is_grad_enabled():
+            count[0] += 1
+            if count[0] > allowed:
+                raise _Pause()
+
+    handle = model.register_forward_pre_hook(hook)
+    t0 = time.perf_counter()
+    diverged = False
+    try:
+        hist = fit(model, task.train, task.val, cfg, checkpoint_dir=ck).to_dict()
+    except _Pause:
+        hist = History.from_dict(json.loads(hfile.read_text())).to_dict()
+    except TrainingDiverged as e:
+        hist, diverged = e.history.to_dict(), True
+    finally:
+        handle.remove()
+    out = {"history": hist, "diverged": diverged, "wall": time.perf_counter() - t0}
+    if hist["epoch"][-1] >= space.epochs or diverged:
+        out["state"] = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    return out
 
 
 def _full_job(space_dict: dict, values: dict, spec: TaskSpec, seed: int) -> dict:
+    """A full training without checkpoints (used to rebuild a chosen model whose weights were lost)."""
     import torch
 
     from .probes import train_full
@@ -176,27 +229,56 @@ def storage_error(e: BaseException, url: str) -> UserError:
     return UserError(f"storage {url}: {first}")
 
 
+PROBE_SEED_OFFSET = 2  # probes use another initialisation, batch order and data subset than full trainings
+
+
 class LiveOracle:
-    """The probe loop's oracle backed by real training and Optuna studies (see module doc).
+    """The oracle of `lossprobe.search.oracle` backed by real training and Optuna studies (see module doc).
+
+    Args:
+        fidelities: probe fidelities [(fraction, epochs)]; methods use the first by default.
+        families: probe feature families computed (`lossprobe.search.probes.FAMILIES`).
+        axis: 'epochs' (nominal cost: a probe f × e, an epoch 1; known in advance, so the
+            budget is never overrun) or 'seconds' (measured wall time, meta-model work
+            included; no new work starts once the budget is spent).
+        budget: the clock's budget in the axis' unit.
 
     Several processes (workers) may share one storage: each piece of work is claimed first
     (`lossprobe.search.claims`), so no candidate is probed or trained twice and the sealed
-    test set is opened once, by one worker, with the result recorded in the storage."""
+    test set is opened once, by one worker, with the result recorded in the storage.
+    """
 
-    POLL = 0.5  # seconds between looks at the storage while another worker finishes a trial
+    POLL = 0.5  # seconds between looks at the storage while another worker finishes a piece of work
 
     def __init__(self, space: SearchSpace, spec: TaskSpec, storage: str, study_name: str = "search",
                  fraction: float = 0.2, probe_epochs: int = 2, seed: int = 0, executor: Executor | None = None,
                  checkpoint_dir: str | os.PathLike | None = None, settings: dict | None = None,
-                 on_job=None, on_wait=None):
+                 on_job=None, fidelities: list | None = None, families=None, axis: str = "epochs",
+                 budget: float = float("inf"), timer=None, on_wait=None):
+        import time
+
         import optuna
 
         from .claims import Claims, engine_kwargs
+        from .oracle import AXES, Clock, Trace
+        from .probes import parse_families
+        from .table import fidelity_key
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        self.space, self.spec, self.seed = space, spec, seed
-        self.fraction, self.probe_epochs = fraction, probe_epochs
-        self.probe_cost, self.full_cost = fraction * probe_epochs, float(space.epochs)
+        if axis not in AXES:
+            raise UserError(f"unknown cost axis '{axis}'; choose from {list(AXES)}")
+        self.space, self.spec, self.seed, self.axis = space, spec, seed, axis
+        fids = [tuple(f) for f in (fidelities or [(fraction, probe_epochs)])]
+        for f, e in fids:
+            if not 0 < f <= 1 or int(e) != e or e < 1:
+                raise UserError(f"a probe fidelity needs a fraction in (0, 1] and whole epochs >= 1, got {f} × {e}")
+        self._fid = {fidelity_key(f, int(e)): (float(f), int(e)) for f, e in fids}
+        self.fidelities = list(self._fid)
+        self.families = parse_families(families)
+        self.epochs = int(space.epochs)
+        self.events: list[dict] = []  # every probe and training step with the budget spent after it
+        self.clock = Clock(budget, timer=timer or time.perf_counter, measure=axis == "seconds")
+        self.trace = Trace()
         self.executor = executor or Executor()
         self.ckpt = Path(checkpoint_dir) if checkpoint_dir else None
         self.on_job = on_job
@@ -219,8 +301,8 @@ class LiveOracle:
             if _is_sqlalchemy(e):
                 raise storage_error(e, storage) from None
             raise
-        key = json.dumps({"space": space.to_dict(), "task": asdict(spec), "fraction": fraction,
-                          "probe_epochs": probe_epochs, "seed": seed, **(settings or {})}, sort_keys=True)
+        key = json.dumps({"space": space.to_dict(), "task": asdict(spec), "fidelities": self.fidelities,
+                          "families": list(self.families), "seed": seed, **(settings or {})}, sort_keys=True)
         old = self.probes.user_attrs.get("settings")
         if old is None:
             self.probes.set_user_attr("settings", key)
@@ -228,99 +310,211 @@ class LiveOracle:
             raise UserError(f"study '{study_name}' in {storage} holds a search with other settings; "
                             "use another --study-name or --out")
         self.distributions = space.distributions()
+        task = spec.load()
+        if task.test is not None:  # this search's own seal: its final evaluation opens the test set once
+            task.test = task.test.reseal()
         self._probe_cache: dict = {}
-        self._full_cache: dict = {}
+        self._train_cache: dict = {}
         self._refresh()
-        self.reused = {"probes": len(self._probe_cache), "full": len(self._full_cache)}
+        self.reused = {"probes": len(self._probe_cache),
+                       "full": sum(1 for t in self.fulls.trials if t.state.name == "COMPLETE")}
+        self._next = 0
+        self._explicit: dict = {}
+        self._offered: dict = {}
+        self.progress: dict = {}
+        self.curves: dict = {}  # key -> val accuracy after epochs 0..progress
+        self.probed: dict = {}
+        self.n_probes = 0
+
+    @property
+    def chance(self) -> float:
+        return 1.0 / self.spec.load().n_classes
+
+    def _emit(self, event: dict) -> None:
+        self.events.append(event)
+        if self.on_job is not None:
+            self.on_job(event)
 
     def _refresh(self) -> None:
         """Read the finished trials (this process's and other workers') from the storage."""
-        from optuna.trial import TrialState
-
-        for t in self.probes.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            self._probe_cache.setdefault(t.user_attrs["candidate"], t.user_attrs["features"])
-        for t in self.fulls.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            self._full_cache.setdefault(t.user_attrs["candidate"], t.value)
+        for t in self.probes.get_trials(deepcopy=False):
+            if t.state.name == "COMPLETE":
+                self._probe_cache.setdefault((t.user_attrs["candidate"], t.user_attrs.get("fidelity")), t)
+        for t in self.fulls.get_trials(deepcopy=False):
+            if t.state.name in ("COMPLETE", "PRUNED") and "epoch" in t.user_attrs:
+                self._train_cache.setdefault((t.user_attrs["candidate"], t.user_attrs["epoch"]), t)
 
     def close(self) -> None:
         """Release this worker's unfinished claims (so other workers need not wait for them to go stale)."""
         self.claims.release()
-
-    def values(self, key: int) -> dict:
-        return self.space.sample(np.random.default_rng([self.seed, 7, key]))
-
-    def candidates(self, start: int, n: int) -> list[int]:
-        return list(range(start, start + n))
 
     def _wait(self, kind: str, missing: list) -> None:
         if self.on_wait is not None:
             self.on_wait(kind, missing)
         time.sleep(self.POLL)
 
-    def probe_many(self, keys: list) -> list[dict]:
+    def _claimed(self, kind: str, item: str, cache: dict, ckey, key: int):
+        """The stored trial of this piece of work, or None when this process has claimed it and
+        must do it now; waits while another worker holds it."""
+        while True:
+            t = cache.get(ckey)
+            if self._same(t, key):
+                return t
+            if self.claims.claim(kind, item):
+                self._refresh()  # a claim taken over from a dead worker may have finished after all
+                t = cache.get(ckey)
+                if self._same(t, key):
+                    self.claims.done(kind, item)
+                    return t
+                return None
+            self._wait(kind, [item])
+            self._refresh()
+
+    # --- candidates ----------------------------------------------------------------------
+    def values(self, key: int) -> dict:
+        if key in self._explicit:
+            return dict(self._explicit[key])
+        if key in self._offered:
+            return dict(self._offered[key])
+        return self.space.sample(np.random.default_rng([self.seed, 7, key]))
+
+    def draw(self, rng=None) -> int:
+        """The next candidate, drawn from the space (candidate k has its own seeded draw)."""
+        k = self._next
+        self._next += 1
+        return k
+
+    def offer(self, rng, n: int) -> list[int]:
+        """`n` new candidates drawn from the space with `rng` (not yet taken)."""
+        out = []
+        for _ in range(n):
+            k = -1 - len(self._offered)  # provisional keys; `take` gives the real one
+            self._offered[k] = self.space.sample(rng)
+            out.append(k)
+        return out
+
+    def take(self, key: int) -> int:
+        if key in self._offered:
+            values = self._offered.pop(key)
+            self._offered.clear()
+            return self.snap(values)
+        return key
+
+    def snap(self, values: dict) -> int:
+        """A new candidate with exactly these values (live, every suggestion can be trained)."""
+        k = self.draw()
+        self._explicit[k] = {n: values[n] for n in self.space.names}
+        return k
+
+    def candidates(self, start: int, n: int) -> list[int]:
+        return list(range(start, start + n))
+
+    # --- work ---------------------------------------------------------------------------------
+    def _same(self, trial, key) -> bool:
+        return trial is not None and trial.params == self.values(key)
+
+    def probe(self, key: int, fid: str) -> dict:
         import optuna
 
-        while True:
-            todo = [k for k in keys if k not in self._probe_cache]
-            if not todo:
-                break
-            mine = [k for k in todo if self.claims.claim("probe", k)]
-            if mine:
-                self._refresh()  # a claim taken over from a dead worker may have finished after all
-                for k in [k for k in mine if k in self._probe_cache]:
-                    self.claims.done("probe", k)
-                mine = [k for k in mine if k not in self._probe_cache]
-            args = [(self.space.to_dict(), self.values(k), self.spec, self.fraction, self.probe_epochs, self.seed)
-                    for k in mine]
-            for i, r in self.executor.as_completed(_probe_job, args):  # stored as each finishes
-                k = mine[i]
-                features = json.loads(json.dumps(r["features"]))  # exactly what the storage gives back
-                self.probes.add_trial(optuna.trial.create_trial(
-                    params=self.values(k), distributions=self.distributions, value=features["val_acc"],
-                    user_attrs={"candidate": k, "features": features, "cost": r["cost"], "seconds": r["seconds"]}))
-                self.claims.done("probe", k)
-                self._probe_cache[k] = features
-                if self.on_job is not None:
-                    self.on_job("probe", k, r)
-            self._refresh()
-            rest = [k for k in keys if k not in self._probe_cache]
-            if rest:  # claimed by another worker: wait for its trials
-                self._wait("probe", rest)
-        return [self._probe_cache[k] for k in keys]
+        f, e = self._fid[fid]
+        self.clock.check(f * e if self.axis == "epochs" else None)
+        item = f"{key}@{fid}"
+        t = self._claimed("probe", item, self._probe_cache, (key, fid), key)
+        reused = t is not None
+        if reused:
+            feats, seconds = t.user_attrs["features"], t.user_attrs["seconds"]
+        else:
+            (r,) = self.executor.map(_probe_job, [(self.space.to_dict(), self.values(key), self.spec, f, e,
+                                                   self.seed + PROBE_SEED_OFFSET, self.families)])
+            feats, seconds = r["features"], r["seconds"]
+            t = optuna.trial.create_trial(
+                params=self.values(key), distributions=self.distributions, value=feats["val_acc"],
+                user_attrs={"candidate": key, "fidelity": fid, "features": feats, "cost": r["cost"],
+                            "seconds": seconds, "family_seconds": r["family_seconds"]})
+            self.probes.add_trial(t)
+            self.claims.done("probe", item)
+            self._probe_cache[(key, fid)] = t
+        self.clock.charge(f * e if self.axis == "epochs" else seconds, "probe")
+        self.n_probes += 1
+        self.probed[(key, fid)] = feats
+        self._emit({"kind": "probe", "key": key, "fidelity": fid, "spent": self.clock.spent, "value": feats["val_acc"],
+                    "seconds": seconds, "reused": reused})
+        return dict(feats)
+
+    def train(self, key: int, epoch: int) -> list[float]:
+        import optuna
+
+        epoch = int(min(max(epoch, 1), self.epochs))
+        done = self.progress.get(key, 0)
+        if epoch <= done:
+            return self.curves[key][1 : epoch + 1]
+        self.clock.check(float(epoch - done) if self.axis == "epochs" else None)
+        item = f"{key}@{epoch}"
+        t = self._claimed("train", item, self._train_cache, (key, epoch), key)
+        reused = t is not None
+        if reused:
+            curve, seconds = t.user_attrs["curve"], t.user_attrs["seconds"]
+        else:
+            ck = self._ckpt_dir(key)
+            (r,) = self.executor.map(_train_job, [(self.space.to_dict(), self.values(key), self.spec, self.seed,
+                                                   epoch, str(ck))])
+            h = r["history"]
+            chance = 1.0 / self.spec.load().n_classes
+            curve = [v if np.isfinite(v) else chance for v in h["val_accuracy"]][: epoch + 1]
+            curve += [chance] * (epoch + 1 - len(curve))  # a diverged run stays at chance
+            secs = h["seconds"] + [h["seconds"][-1]] * (epoch + 1 - len(h["seconds"]))
+            seconds = float(secs[epoch] - (secs[done] if done else 0.0))
+            if "state" in r:
+                self._save_weights(key, r["state"])
+            state = optuna.trial.TrialState.COMPLETE if epoch == self.epochs else optuna.trial.TrialState.PRUNED
+            t = optuna.trial.create_trial(
+                params=self.values(key), distributions=self.distributions, state=state,
+                value=curve[-1] if epoch == self.epochs else None,
+                intermediate_values={i: v for i, v in enumerate(curve) if i >= 1},
+                user_attrs={"candidate": key, "epoch": epoch, "curve": curve, "cost": float(epoch - done),
+                            "seconds": seconds})
+            self.fulls.add_trial(t)
+            self.claims.done("train", item)
+            self._train_cache[(key, epoch)] = t
+        self.clock.charge(float(epoch - done) if self.axis == "epochs" else float(seconds), "train")
+        self.progress[key] = epoch
+        self.curves[key] = list(curve)
+        if epoch == self.epochs:
+            self.trace.add(self.clock.spent, key, curve[-1])
+        self._emit({"kind": "full" if epoch == self.epochs else "train", "key": key, "epoch": epoch,
+                    "spent": self.clock.spent, "value": curve[-1], "seconds": seconds, "reused": reused})
+        return list(curve[1 : epoch + 1])
 
     def full(self, key: int) -> float:
-        import optuna
+        """Train `key` to the last epoch; its final validation accuracy."""
+        return self.train(key, self.epochs)[-1]
 
-        while key not in self._full_cache:
-            if not self.claims.claim("full", key):
-                self._wait("full", [key])
-                self._refresh()
-                continue
-            self._refresh()
-            if key in self._full_cache:
-                self.claims.done("full", key)
-                break
-            (r,) = self.executor.map(_full_job, [(self.space.to_dict(), self.values(key), self.spec, self.seed)])
-            if self.ckpt is not None:
-                from ..atomic import save_safetensors
+    def _ckpt_dir(self, key: int) -> Path:
+        base = self.ckpt if self.ckpt is not None else Path(os.environ.get("TMPDIR", "/tmp")) / f"lossprobe-train-{os.getpid()}"
+        d = base / "training" / f"candidate-{key}"
+        d.mkdir(parents=True, exist_ok=True)
+        return d
 
-                save_safetensors(self.ckpt / f"candidate-{key}.safetensors", r["state"])
-            self.fulls.add_trial(optuna.trial.create_trial(
-                params=self.values(key), distributions=self.distributions, value=r["val_accuracy"],
-                user_attrs={"candidate": key, "curve": r["curve"], "cost": r["cost"], "seconds": r["seconds"]}))
-            self.claims.done("full", key)
-            self._full_cache[key] = float(r["val_accuracy"])
-        return self._full_cache[key]
+    def _save_weights(self, key: int, state: dict) -> None:
+        if self.ckpt is None:
+            self._weights = getattr(self, "_weights", {})
+            self._weights[key] = state
+            return
+        from ..atomic import save_safetensors
+
+        save_safetensors(self.ckpt / f"candidate-{key}.safetensors", state)
 
     def load_model(self, key: int):
         """The fully trained network of candidate `key` (from its checkpoint, or retrained with the same seed)."""
-        from ..train import load_checkpoint
+        from ..train import apply_state_dict, load_checkpoint
 
         task = self.spec.load()
         model = self.space.build_model(self.values(key), task.input_shape, task.n_classes, seed=self.seed)
         path = self.ckpt / f"candidate-{key}.safetensors" if self.ckpt else None
         if path is not None and path.is_file():
             return load_checkpoint(model, path).eval()
+        if key in getattr(self, "_weights", {}):
+            return apply_state_dict(model, self._weights[key]).eval()
         r = _full_job(self.space.to_dict(), self.values(key), self.spec, self.seed)
         model.load_state_dict(r["state"])
         return model.eval()

@@ -3,14 +3,15 @@
     probe a batch of new candidates cheaply  ->  fit the meta-model on the fully trained ones
     ->  fully train the candidate with the highest  mean + kappa * std  ->  repeat
 
-until the budget (full-data epoch equivalents, probes included) is spent. Before the
-meta-model has `init_full` targets, candidates are ranked by their probe validation
-accuracy. The chosen configuration is the fully trained one with the best observed
+until the oracle's clock says the budget (measured seconds or nominal full-data epochs,
+probes and meta-model fitting included) is spent. Before the meta-model has `init_full`
+targets, candidates are ranked by their probe validation accuracy. The chosen configuration is the fully trained one with the best observed
 final validation accuracy; the test set is opened once, for it alone, after selection.
 
 The loop talks to an *oracle* (`Oracle`), so the same code runs live (training networks,
 `lossprobe.search.engine.LiveOracle`) and in the benchmark's replay on a precomputed
-table (`lossprobe.search.benchmark.TableOracle`).
+table (`lossprobe.search.oracle.TableOracle`). It is the ``probe`` method of
+`lossprobe.search.methods` (``probe-rank`` with ``init_full`` infinite).
 """
 
 from __future__ import annotations
@@ -23,16 +24,19 @@ import numpy as np
 
 from ..errors import UserError
 from .meta import MetaModel
+from .oracle import OutOfBudget
 from .probes import SHARPNESS_FEATURES
 
 
 class Oracle(Protocol):
-    probe_cost: float  # budget units per probe
-    full_cost: float  # budget units per full training
+    """See `lossprobe.search.oracle`: draw, probe and train candidates; a clock charges the cost."""
 
-    def candidates(self, start: int, n: int) -> list[Hashable]: ...  # new candidates number start..start+n-1
-    def probe_many(self, keys: list) -> list[dict]: ...  # feature dicts
-    def full(self, key) -> float: ...  # final validation accuracy
+    epochs: int
+    fidelities: list
+
+    def draw(self, rng) -> Hashable | None: ...
+    def probe(self, key, fidelity: str) -> dict: ...  # feature dict
+    def train(self, key, epoch: int) -> list[float]: ...  # val accuracy after epochs 1..epoch
 
 
 @dataclass
@@ -48,10 +52,11 @@ class LoopConfig:
     reselect_every: int = 5  # re-run the rf-vs-gbr cross-validation every k new targets
     sharpness: bool = True  # False: leave the sharpness features out (ablation)
     seed: int = 0
+    fidelity: str | None = None  # the oracle's probe fidelity to use (default: its first)
 
     def __post_init__(self):
-        if not (self.budget > 0 and math.isfinite(self.budget)):
-            raise UserError(f"budget must be a positive, finite number, got {self.budget}")
+        if not self.budget > 0:  # the oracle's clock enforces it; math.inf in the benchmark's replays
+            raise UserError(f"budget must be positive, got {self.budget}")
         for k in ("probes_per_round", "init_probes", "init_full"):
             if getattr(self, k) < 1:
                 raise UserError(f"{k} must be at least 1, got {getattr(self, k)}")
@@ -93,12 +98,17 @@ class SearchResult:
 
 
 def probe_search(oracle: Oracle, cfg: LoopConfig, on_event: Callable[[Event, "SearchResult"], None] | None = None,
-                 final_test: Callable[[object], float] | None = None) -> SearchResult:
-    """Run the loop against `oracle` and return the result (see module docstring).
+                 final_test: Callable[[object], float] | None = None, allow_empty: bool = False) -> SearchResult:
+    """Run the loop against `oracle` until its clock's budget is spent; return the result.
 
-    `final_test(key)` is called exactly once, after selection, with the chosen key.
+    `final_test(key)` is called exactly once, after selection, with the chosen key. A budget
+    that ends before any full training finished is a `UserError`, or (``allow_empty``, as in
+    the benchmark's replays) a result with no choice.
     """
-    spent, n_cand = 0.0, 0
+    fid = cfg.fidelity or oracle.fidelities[0]
+    if math.isfinite(cfg.budget):  # the loop's budget caps the oracle's clock
+        oracle.clock.budget = min(oracle.clock.budget, float(cfg.budget))
+    rng = np.random.default_rng([cfg.seed, 5])
     feats: dict = {}
     trained: dict = {}
     events: list[Event] = []
@@ -112,55 +122,53 @@ def probe_search(oracle: Oracle, cfg: LoopConfig, on_event: Callable[[Event, "Se
         if on_event is not None:
             on_event(e, result)
 
-    def can(cost):
-        return spent + cost <= cfg.budget + 1e-9
-
-    first = True
-    while True:
-        # 1. probe new candidates (keep enough budget for at least one full training)
-        n_new = cfg.init_probes if first else cfg.probes_per_round
-        first = False
-        affordable = int(max(0.0, cfg.budget - spent - oracle.full_cost) // oracle.probe_cost) if oracle.probe_cost > 0 else n_new
-        n_new = min(n_new, affordable)
-        keys = oracle.candidates(n_cand, n_new) if n_new > 0 else []
-        n_cand += len(keys)
-        if keys:
-            for k, f in zip(keys, oracle.probe_many(keys)):
+    n_new = cfg.init_probes
+    try:
+        while True:
+            # 1. probe new candidates
+            exhausted = False
+            for _ in range(n_new):
+                oracle.clock.check()
+                k = oracle.draw(rng)
+                if k is None:
+                    exhausted = True
+                    break
+                f = oracle.probe(k, fid)
                 feats[k] = f if cfg.sharpness else {n: v for n, v in f.items() if n not in SHARPNESS_FEATURES}
-                spent += oracle.probe_cost
-                emit(Event("probe", k, spent, value=f["val_acc"]))
-        if not can(oracle.full_cost):
-            break  # no full training fits in what is left; more probes could not pay off
-        pool = [k for k in feats if k not in trained]
-        if not pool:
-            if not keys:
-                break  # the oracle has no candidates left
-            continue
-        # 2. score the probed, untrained candidates
-        if len(trained) < max(cfg.init_full, 2):  # a meta-model needs two targets at least
-            score = np.array([feats[k]["val_acc"] for k in pool])
-            mean, std = score, np.zeros(len(pool))
-        else:
-            if meta_kind is None or (cfg.meta == "auto" and len(trained) - kind_at >= cfg.reselect_every):
-                sel = MetaModel(cfg.meta, seed=cfg.seed).fit([feats[k] for k in trained], list(trained.values()))
-                meta_kind, kind_at = sel.chosen, len(trained)
-                meta = sel
+                emit(Event("probe", k, oracle.clock.spent, value=f["val_acc"]))
+            n_new = cfg.probes_per_round
+            pool = [k for k in feats if k not in trained]
+            if not pool:
+                if exhausted:
+                    break  # the oracle has no candidates left
+                continue
+            # 2. score the probed, untrained candidates
+            if len(trained) < max(cfg.init_full, 2):  # a meta-model needs two targets at least
+                mean, std = np.array([feats[k]["val_acc"] for k in pool]), np.zeros(len(pool))
             else:
-                meta = MetaModel(meta_kind, seed=cfg.seed).fit([feats[k] for k in trained], list(trained.values()))
-            mean, std = meta.predict([feats[k] for k in pool])
-            score = mean + cfg.kappa * std
-            preds = {k: (float(m), float(s)) for k, m, s in zip(pool, mean, std)}
-        i = int(np.argmax(score))
-        k = pool[i]
-        # 3. train it fully
-        acc = float(oracle.full(k))
-        trained[k] = acc
-        spent += oracle.full_cost
-        emit(Event("full", k, spent, value=acc, predicted=float(mean[i]), predicted_std=float(std[i])))
+                with oracle.clock.timed("meta"):
+                    if meta_kind is None or (cfg.meta == "auto" and len(trained) - kind_at >= cfg.reselect_every):
+                        meta = MetaModel(cfg.meta, seed=cfg.seed).fit([feats[k] for k in trained], list(trained.values()))
+                        meta_kind, kind_at = meta.chosen, len(trained)
+                    else:
+                        meta = MetaModel(meta_kind, seed=cfg.seed).fit([feats[k] for k in trained], list(trained.values()))
+                    mean, std = meta.predict([feats[k] for k in pool])
+                preds = {k: (float(m), float(s)) for k, m, s in zip(pool, mean, std)}
+            i = int(np.argmax(mean + cfg.kappa * std))
+            k = pool[i]
+            # 3. train it fully
+            acc = float(oracle.train(k, oracle.epochs)[-1])
+            trained[k] = acc
+            emit(Event("full", k, oracle.clock.spent, value=acc, predicted=float(mean[i]), predicted_std=float(std[i])))
+    except OutOfBudget:
+        pass
+    if not trained and allow_empty:
+        result.spent = oracle.clock.spent
+        return result
     if not trained:
-        raise UserError(f"budget {cfg.budget} is too small for one full training (cost {oracle.full_cost}) after probing")
+        raise UserError(f"the budget ({oracle.clock.budget:g}) is too small for one full training after probing")
     chosen = max(trained, key=trained.get)
-    result.chosen, result.chosen_val_accuracy, result.spent = chosen, trained[chosen], spent
+    result.chosen, result.chosen_val_accuracy, result.spent = chosen, trained[chosen], oracle.clock.spent
     result.predictions, result.meta_kind = preds, meta_kind
     if final_test is not None:
         result.test_accuracy = float(final_test(chosen))  # the only time the test set is read

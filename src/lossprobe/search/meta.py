@@ -1,9 +1,11 @@
 """The meta-model: predicts the FINAL validation accuracy of full training from probe features.
 
-A scikit-learn random forest or a bagged gradient-boosting ensemble, chosen by K-fold
-cross-validation when there are enough fully trained configurations (``kind="auto"``).
-The uncertainty is the spread of the ensemble members' predictions (trees of the forest,
-or the boosting models fitted on bootstrap resamples).
+A scikit-learn random forest (``rf``), extremely randomised trees (``et``, 32 trees: the
+cheapest tree ensemble, for loops that refit often and are charged for it), a bagged
+gradient-boosting ensemble (``gbr``), or bagged ridge regressions on standardised features
+(``ridge``: milliseconds); ``auto`` picks rf or gbr by K-fold cross-validation when there are
+enough fully trained configurations. The uncertainty is the spread of the ensemble members'
+predictions (trees, or the models fitted on bootstrap resamples).
 
 Features are matched by name: `fit` records the names, and `predict` refuses a row that
 lacks one instead of filling in zeros (the published framework read its features under
@@ -18,7 +20,7 @@ import numpy as np
 
 from ..errors import UserError
 
-KINDS = ("auto", "rf", "gbr")
+KINDS = ("auto", "rf", "gbr", "et", "ridge")
 
 
 def _matrix(rows: list[dict], names: list[str]) -> np.ndarray:
@@ -64,6 +66,13 @@ class MetaModel:
         if kind == "rf":
             return RandomForestRegressor(n_estimators=self.n_estimators, max_features=0.5, min_samples_leaf=1,
                                          random_state=self.seed, n_jobs=1)
+        if kind == "et":
+            from sklearn.ensemble import ExtraTreesRegressor
+
+            return ExtraTreesRegressor(n_estimators=32, max_features=0.5, min_samples_leaf=2, random_state=self.seed,
+                                       n_jobs=1)
+        if kind == "ridge":
+            return _BaggedRidge(n_members=16, seed=self.seed)
         return _BaggedBoosting(n_members=8, seed=self.seed)
 
     def fit(self, rows: list[dict], y) -> "MetaModel":
@@ -120,7 +129,38 @@ class _BaggedBoosting:
         return np.mean([m.predict(X) for m in self.members_], 0)
 
 
+class _BaggedRidge:
+    """Ridge regressions on standardised features, fitted on bootstrap resamples (numpy only)."""
+
+    def __init__(self, n_members: int = 16, alpha: float = 1.0, seed: int = 0):
+        self.n_members, self.alpha, self.seed = n_members, alpha, seed
+
+    def fit(self, X, y):
+        self.mu_, self.sd_ = X.mean(0), X.std(0) + 1e-9
+        Z = (X - self.mu_) / self.sd_
+        rng = np.random.default_rng(self.seed)
+        self.members_ = []
+        eye = self.alpha * np.eye(Z.shape[1])
+        for _ in range(self.n_members):
+            idx = rng.integers(0, len(y), len(y))
+            z, t = Z[idx], y[idx]
+            zm, tm = z.mean(0), t.mean()
+            w = np.linalg.solve((z - zm).T @ (z - zm) + eye, (z - zm).T @ (t - tm))
+            self.members_.append((w, tm - zm @ w))
+        self.feature_importances_ = np.mean([np.abs(w) for w, _ in self.members_], 0)
+        return self
+
+    def predict_members(self, X):
+        Z = (X - self.mu_) / self.sd_
+        return np.stack([Z @ w + b for w, b in self.members_])
+
+    def predict(self, X):
+        return self.predict_members(X).mean(0)
+
+
 def _member_predictions(model, X) -> np.ndarray:
+    if isinstance(model, _BaggedRidge):
+        return model.predict_members(X)
     if hasattr(model, "estimators_") and not isinstance(model, _BaggedBoosting):
         return np.stack([t.predict(X) for t in model.estimators_])
     return np.stack([m.predict(X) for m in model.members_])

@@ -17,7 +17,18 @@ dict whose keys are exactly `feature_names(space)`:
 * ``diverged``             1 if the probe's loss became NaN/inf (other features then take
                            the fixed values of a chance-level network)
 
-The cost of a probe is f·e full-data epoch equivalents (the budget unit of the search).
+Features come in *families* (`FAMILIES`), each with its own measured cost, so a search can
+compute only those that pay for themselves (`DEFAULT_FAMILIES`, chosen by the benchmark's
+cost/value measurement; any subset by name with ``families=``):
+
+* ``curve``      the probe's training itself and its learning curve (always computed)
+* ``grad_norm``  one gradient on ≤1024 training samples
+* ``sharpness``  the weight-noise probe (``sharpness_noise``)
+* ``hessian``    the power iteration (``hessian_top``)
+
+A probe's nominal cost is f·e full-data epochs; its measured cost is `ProbeResult.seconds`
+(wall) and `ProbeResult.family_seconds` (process CPU seconds per family: ``curve`` for the
+training and its per-epoch evaluations, then one entry per extra family computed).
 """
 
 from __future__ import annotations
@@ -41,11 +52,54 @@ PROBE_FEATURES = (
 SHARPNESS_FEATURES = ("sharpness_noise", "hessian_top")
 LOSS_CAP = 10.0  # losses of diverged or exploding runs are capped so features stay finite
 
+# feature families: what each computes (hyperparameters and the fidelity are always present, free)
+FAMILIES: dict[str, tuple[str, ...]] = {
+    "curve": ("train_loss", "train_acc", "val_loss", "val_acc", "train_loss_slope", "train_acc_slope",
+              "val_loss_slope", "val_acc_slope", "diverged"),
+    "grad_norm": ("grad_norm",),
+    "sharpness": ("sharpness_noise",),
+    "hessian": ("hessian_top",),
+}
+ALL_FAMILIES = tuple(FAMILIES)
+# The families a probe computes by default: those whose held-out value paid for their measured
+# cost in the search benchmark (docs/search.md, "Which probe features pay for themselves").
+DEFAULT_FAMILIES = ("curve",)
 
-def feature_names(space: SearchSpace, sharpness: bool = True) -> list[str]:
-    """The names, in order, of the features a probe returns and the meta-model expects."""
-    names = space.encoded_names() + list(PROBE_FEATURES)
+
+def parse_families(spec) -> tuple[str, ...]:
+    """Families from a list or a comma-separated string ('curve,grad_norm'; 'all'; 'default').
+
+    ``curve`` is always included (it is the probe's training). Unknown names are one clear error."""
+    if spec is None or spec == "default":
+        return DEFAULT_FAMILIES
+    if isinstance(spec, str):
+        spec = [s.strip() for s in spec.split(",") if s.strip()]
+    names = list(spec)
+    if names == ["all"]:
+        return ALL_FAMILIES
+    bad = [n for n in names if n not in FAMILIES]
+    if bad:
+        raise UserError(f"unknown probe feature family '{bad[0]}'; choose from {', '.join(FAMILIES)} (or 'all')")
+    return tuple(f for f in ALL_FAMILIES if f == "curve" or f in names)
+
+
+def feature_names(space: SearchSpace, sharpness: bool = True, families=ALL_FAMILIES) -> list[str]:
+    """The names, in order, of the features a probe returns and the meta-model expects.
+
+    `families` (see `FAMILIES`) selects which probe features are present; ``sharpness=False``
+    drops the sharpness and Hessian features (the earlier ablation)."""
+    fam = parse_families(families)
+    keep = {"probe_fraction", "probe_epochs"} | {n for f in fam for n in FAMILIES[f]}
+    names = space.encoded_names() + [n for n in PROBE_FEATURES if n in keep]
     return names if sharpness else [n for n in names if n not in SHARPNESS_FEATURES]
+
+
+def family_of(name: str) -> str | None:
+    """The family a feature belongs to (None for hyperparameters and the fidelity)."""
+    for f, names in FAMILIES.items():
+        if name in names:
+            return f
+    return None
 
 
 class SealedSplit:
@@ -70,6 +124,10 @@ class SealedSplit:
     def touched(self) -> bool:
         return bool(self.accesses)
 
+    def reseal(self) -> "SealedSplit":
+        """A new, unopened seal over the same data: one per search (a process may run several)."""
+        return SealedSplit(self._split)
+
     def _refuse(self, *a, **k):
         raise RuntimeError("the test set is sealed during selection; only the final evaluation may open it")
 
@@ -92,6 +150,8 @@ class Task:
     name: str = "data"
     input_shape: tuple[int, ...] = ()
     n_classes: int = 10
+    probe_val: Split | None = None  # where probes are evaluated (None: `val`); disjoint from `val` when set
+    score_val: Split | None = None  # benchmark only: a held-out split never used for selection
 
     def __post_init__(self):
         if not self.input_shape:
@@ -136,9 +196,25 @@ def make_task(dataset: str = "fashion-mnist", n_train: int | None = None, n_val:
 @dataclass
 class ProbeResult:
     features: dict[str, float]
-    cost: float  # full-data epoch equivalents
+    cost: float  # full-data epoch equivalents (nominal: fraction × epochs)
     history: dict = field(default_factory=dict)
-    seconds: float = 0.0
+    seconds: float = 0.0  # wall time, everything included
+    family_seconds: dict = field(default_factory=dict)  # process CPU seconds per feature family
+
+
+class _Stopwatch:
+    """Wall and process-CPU seconds of a block (CPU time is robust to other load on a shared machine)."""
+
+    def __enter__(self):
+        import time
+
+        self._w, self._c = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc):
+        import time
+
+        self.wall, self.cpu = time.perf_counter() - self._w, time.process_time() - self._c
 
 
 def _subset_fraction(split: Split, fraction: float, seed: int) -> Split:
@@ -207,11 +283,15 @@ def _sharpness(model, data: Split, sigma: float, draws: int, seed: int, impl: st
 
 def probe(space: SearchSpace, values: dict, task: Task, fraction: float = 0.2, epochs: int = 2,
           seed: int = 0, sharpness: bool = True, hessian: bool = True, noise_sigma: float = 0.05,
-          sharpness_impl: str = "filter") -> ProbeResult:
+          sharpness_impl: str = "filter", families=ALL_FAMILIES) -> ProbeResult:
     """Train `values` on a seeded `fraction` of `task.train` for `epochs` and return its features.
 
-    The subset, the initialisation and the batch order all follow `seed`. The test split is
-    never touched. `sharpness_impl` picks the weight-noise probe (see `_sharpness`).
+    The subset, the initialisation and the batch order all follow `seed`. Validation
+    features are measured on `task.probe_val` when the task has one (a split disjoint from
+    the one full trainings are selected on), else on `task.val`. The test split is never
+    touched. `families` (names from `FAMILIES`, or 'default'/'all') selects which feature
+    families are computed; `sharpness=False` / `hessian=False` also leave those out (their
+    features are then NaN). `sharpness_impl` picks the weight-noise probe (see `_sharpness`).
     """
     import time
 
@@ -220,49 +300,74 @@ def probe(space: SearchSpace, values: dict, task: Task, fraction: float = 0.2, e
     t0 = time.perf_counter()
     if epochs <= 0:
         raise UserError(f"probe epochs must be positive, got {epochs}")
-    sub = _subset_fraction(task.train, fraction, seed=10_007 * seed + int(fraction * 1000))
-    model = space.build_model(values, task.input_shape, task.n_classes, seed=seed)
-    cfg = space.train_config(values, epochs=epochs, data_seed=seed)
-    feats = space.encode(values)
-    feats.update(probe_fraction=float(fraction), probe_epochs=float(epochs))
-    diverged = False
-    try:
-        hist = fit(model, sub, task.val, cfg)
-    except TrainingDiverged as e:
-        hist, diverged = e.history, True
-    chance = 1.0 / task.n_classes
-    h = hist.to_dict()
-    if diverged or not all(math.isfinite(v) for v in (h["train_loss"][-1], h["val_loss"][-1])):
-        diverged = True
-        feats.update(train_loss=LOSS_CAP, train_acc=chance, val_loss=LOSS_CAP, val_acc=chance,
-                     train_loss_slope=0.0, train_acc_slope=0.0, val_loss_slope=0.0, val_acc_slope=0.0,
-                     grad_norm=1e3, sharpness_noise=LOSS_CAP, hessian_top=1e3, diverged=1.0)
-    else:
-        def last(k):
-            return min(float(h[k][-1]), LOSS_CAP) if "loss" in k else float(h[k][-1])
+    fam = parse_families(families)
+    want = {"grad_norm": "grad_norm" in fam, "sharpness": sharpness and "sharpness" in fam,
+            "hessian": hessian and "hessian" in fam}
+    secs: dict[str, float] = {}
+    val = task.probe_val if task.probe_val is not None else task.val
+    with _Stopwatch() as sw:
+        sub = _subset_fraction(task.train, fraction, seed=10_007 * seed + int(fraction * 1000))
+        model = space.build_model(values, task.input_shape, task.n_classes, seed=seed)
+        cfg = space.train_config(values, epochs=epochs, data_seed=seed)
+        feats = space.encode(values)
+        feats.update(probe_fraction=float(fraction), probe_epochs=float(epochs))
+        diverged = False
+        try:
+            hist = fit(model, sub, val, cfg)
+        except TrainingDiverged as e:
+            hist, diverged = e.history, True
+        chance = 1.0 / task.n_classes
+        h = hist.to_dict()
+        if diverged or not all(math.isfinite(v) for v in (h["train_loss"][-1], h["val_loss"][-1])):
+            diverged = True
+            feats.update(train_loss=LOSS_CAP, train_acc=chance, val_loss=LOSS_CAP, val_acc=chance,
+                         train_loss_slope=0.0, train_acc_slope=0.0, val_loss_slope=0.0, val_acc_slope=0.0,
+                         grad_norm=1e3, sharpness_noise=LOSS_CAP, hessian_top=1e3, diverged=1.0)
+        else:
+            def last(k):
+                return min(float(h[k][-1]), LOSS_CAP) if "loss" in k else float(h[k][-1])
 
-        def slope(k):
-            return last(k) - (min(float(h[k][-2]), LOSS_CAP) if "loss" in k else float(h[k][-2]))
+            def slope(k):
+                return last(k) - (min(float(h[k][-2]), LOSS_CAP) if "loss" in k else float(h[k][-2]))
 
-        feats.update(train_loss=last("train_loss"), train_acc=last("train_accuracy"),
-                     val_loss=last("val_loss"), val_acc=last("val_accuracy"),
-                     train_loss_slope=slope("train_loss"), train_acc_slope=slope("train_accuracy"),
-                     val_loss_slope=slope("val_loss"), val_acc_slope=slope("val_accuracy"))
+            feats.update(train_loss=last("train_loss"), train_acc=last("train_accuracy"),
+                         val_loss=last("val_loss"), val_acc=last("val_accuracy"),
+                         train_loss_slope=slope("train_loss"), train_acc_slope=slope("train_accuracy"),
+                         val_loss_slope=slope("val_loss"), val_acc_slope=slope("val_accuracy"), diverged=0.0)
+    secs["curve"] = sw.cpu
+    if not diverged:
         from ..objective import Objective
 
         model.eval()
         gsub = sub.subset(1024, seed=seed + 7)
-        _, grad = Objective(model, gsub, shortcut=False).loss_and_grad()
-        feats["grad_norm"] = float(grad.norm())
-        feats["sharpness_noise"] = _sharpness(model, gsub, noise_sigma, 8, seed, sharpness_impl) if sharpness else math.nan
-        feats["hessian_top"] = hessian_top_eigenvalue(model, sub.subset(256, seed=seed + 8), seed=seed) if hessian else math.nan
-        feats["diverged"] = 0.0
-        for k in ("grad_norm", "sharpness_noise", "hessian_top"):
-            if not math.isfinite(feats[k]):
-                feats[k] = 1e3 if (sharpness or k == "grad_norm") and (hessian or k != "hessian_top") else math.nan
-    names = feature_names(space)
+        if want["grad_norm"]:
+            with _Stopwatch() as sw:
+                _, grad = Objective(model, gsub, shortcut=False).loss_and_grad()
+                feats["grad_norm"] = float(grad.norm())
+            secs["grad_norm"] = sw.cpu
+        if want["sharpness"]:
+            with _Stopwatch() as sw:
+                feats["sharpness_noise"] = _sharpness(model, gsub, noise_sigma, 8, seed, sharpness_impl)
+            secs["sharpness"] = sw.cpu
+        if want["hessian"]:
+            with _Stopwatch() as sw:
+                feats["hessian_top"] = hessian_top_eigenvalue(model, sub.subset(256, seed=seed + 8), seed=seed)
+            secs["hessian"] = sw.cpu
+        for k, on in (("grad_norm", want["grad_norm"]), ("sharpness_noise", want["sharpness"]),
+                      ("hessian_top", want["hessian"])):
+            if not on:
+                feats[k] = math.nan
+            elif not math.isfinite(feats[k]):
+                feats[k] = 1e3
+    else:
+        for k, on in (("grad_norm", want["grad_norm"]), ("sharpness_noise", want["sharpness"]),
+                      ("hessian_top", want["hessian"])):
+            if not on:
+                feats[k] = math.nan
+    names = feature_names(space, families=fam)
     out = {k: float(feats[k]) for k in names}
-    return ProbeResult(out, cost=float(fraction) * epochs, history=h, seconds=time.perf_counter() - t0)
+    return ProbeResult(out, cost=float(fraction) * epochs, history=h, seconds=time.perf_counter() - t0,
+                       family_seconds=secs)
 
 
 @dataclass
@@ -270,30 +375,47 @@ class FullResult:
     val_accuracy: float  # final validation accuracy (what the search maximises)
     history: dict
     cost: float  # epochs on all training data
-    seconds: float
+    seconds: float  # wall time
     model: object = None
+    cpu_seconds: float = 0.0  # process CPU time of the training (with its per-epoch evaluations)
+    extra: dict = field(default_factory=dict)  # final accuracy on each of `eval_splits`
 
 
 def train_full(space: SearchSpace, values: dict, task: Task, seed: int = 0, epochs: int | None = None,
-               keep_model: bool = False) -> FullResult:
-    """Train `values` on all of `task.train` for the space's epochs; a diverged run scores chance."""
+               keep_model: bool = False, val: Split | None | str = "task", eval_splits: dict | None = None) -> FullResult:
+    """Train `values` on all of `task.train` for the space's epochs; a diverged run scores chance.
+
+    `val` is evaluated after every epoch (default `task.val`; None: no per-epoch validation,
+    then `val_accuracy` is NaN). `eval_splits` ({name: split}) are evaluated once, on the final
+    model, outside the measured time (the benchmark's independent measurements)."""
     import time
 
-    from ..train import TrainingDiverged, fit
+    from ..train import TrainingDiverged, evaluate_model, fit
 
     t0 = time.perf_counter()
-    model = space.build_model(values, task.input_shape, task.n_classes, seed=seed)
-    cfg = space.train_config(values, epochs=epochs, data_seed=seed)
-    try:
-        hist = fit(model, task.train, task.val, cfg)
-        acc = float(hist.val_accuracy[-1])
-    except TrainingDiverged as e:
-        hist, acc = e.history, 1.0 / task.n_classes
+    val = task.val if isinstance(val, str) else val
+    chance = 1.0 / task.n_classes
+    with _Stopwatch() as sw:
+        model = space.build_model(values, task.input_shape, task.n_classes, seed=seed)
+        cfg = space.train_config(values, epochs=epochs, data_seed=seed)
+        diverged = False
+        try:
+            hist = fit(model, task.train, val, cfg)
+            acc = float(hist.val_accuracy[-1])
+        except TrainingDiverged as e:
+            hist, acc, diverged = e.history, chance, True
     h = hist.to_dict()
     # a diverged run's curve is padded with chance so every curve has epochs + 1 entries
     n = cfg.epochs + 1
     for k in ("val_accuracy", "train_accuracy"):
-        h[k] = [v if math.isfinite(v) else 1.0 / task.n_classes for v in h[k]] + [1.0 / task.n_classes] * (n - len(h[k]))
+        h[k] = [v if math.isfinite(v) else chance for v in h[k]] + [chance] * (n - len(h[k]))
     for k in ("val_loss", "train_loss"):
         h[k] = [min(v, LOSS_CAP) if math.isfinite(v) else LOSS_CAP for v in h[k]] + [LOSS_CAP] * (n - len(h[k]))
-    return FullResult(acc, h, float(cfg.epochs), time.perf_counter() - t0, model if keep_model else None)
+    if val is None and not diverged:
+        acc = math.nan
+    extra = {}
+    for name, split in (eval_splits or {}).items():
+        a = chance if diverged else float(evaluate_model(model.eval(), split)[1])
+        extra[name] = a if math.isfinite(a) else chance
+    return FullResult(acc, h, float(cfg.epochs), time.perf_counter() - t0, model if keep_model else None,
+                      cpu_seconds=sw.cpu, extra=extra)

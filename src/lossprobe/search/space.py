@@ -16,7 +16,9 @@ Format (see examples/space.toml)::
     dropout = 0.0          # a plain value fixes the parameter
 
 Known parameters: lr, momentum, weight_decay, batch_size, optimizer, width, depth,
-dropout, activation, schedule. A parameter left out takes its default (DEFAULTS).
+dropout, activation, schedule, and for CNNs channels (conv channels of the first block,
+doubling per block; 0 = width // 4) and batchnorm (true/false). A parameter left out takes
+its default (DEFAULTS).
 """
 
 from __future__ import annotations
@@ -38,9 +40,11 @@ ACTIVATIONS = ("relu", "tanh", "gelu", "sigmoid", "elu")
 DEFAULTS: dict[str, Any] = {
     "lr": 1e-3, "momentum": 0.9, "weight_decay": 0.0, "batch_size": 128, "optimizer": "adam",
     "width": 128, "depth": 2, "dropout": 0.0, "activation": "relu", "schedule": "cosine",
+    "channels": 0, "batchnorm": False,
 }
-_NUMERIC = {"lr", "momentum", "weight_decay", "batch_size", "width", "depth", "dropout"}
-_INTEGER = {"batch_size", "width", "depth"}
+_NUMERIC = {"lr", "momentum", "weight_decay", "batch_size", "width", "depth", "dropout", "channels"}
+_INTEGER = {"batch_size", "width", "depth", "channels"}
+_BOOLEAN = {"batchnorm"}
 _STRINGS = {"optimizer": OPTIMIZERS, "activation": ACTIVATIONS, "schedule": SCHEDULES}
 _RANGES = {
     "lr": (lambda v: v > 0 and math.isfinite(v), "a positive number"),
@@ -50,6 +54,7 @@ _RANGES = {
     "width": (lambda v: v >= 1, "a positive integer"),
     "depth": (lambda v: v >= 0, "a non-negative integer (hidden layers)"),
     "dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "channels": (lambda v: v >= 0, "a non-negative integer (0: width // 4)"),
 }
 TYPES = ("float", "int", "categorical")
 _PARAM_KEYS = {"type", "low", "high", "log", "choices"}
@@ -181,7 +186,9 @@ class SearchSpace:
         out: dict[str, float] = {}
         for p in self.params:
             v = values[p.name]
-            if p.type == "categorical" and isinstance(p.choices[0], str):
+            if p.type == "categorical" and isinstance(p.choices[0], bool):
+                out[f"hp_{p.name}"] = float(bool(v))
+            elif p.type == "categorical" and isinstance(p.choices[0], str):
                 for c in p.choices:
                     out[f"hp_{p.name}={c}"] = float(v == c)
             elif p.log or p.name == "batch_size":
@@ -220,8 +227,10 @@ class SearchSpace:
         if len(input_shape) != 3 or input_shape[1] != input_shape[2]:
             raise UserError(f"a CNN needs square images [C, H, W], got inputs of shape {input_shape}")
         depth = max(1, int(h["depth"]))
-        channels = [max(4, int(h["width"]) // 4) * 2**i for i in range(depth)]
-        return cnn(channels, dropout=float(h["dropout"]), hidden=int(h["width"]), n_classes=n_classes,
+        first = int(h["channels"]) or max(4, int(h["width"]) // 4)
+        channels = [first * 2**i for i in range(depth)]
+        return cnn(channels, batchnorm=bool(h["batchnorm"]), dropout=float(h["dropout"]), hidden=int(h["width"]),
+                   n_classes=n_classes,
                    in_channels=input_shape[0], image_size=input_shape[1], seed=seed)
 
     def train_config(self, values: dict, epochs: int | None = None, data_seed: int = 0):
@@ -234,6 +243,10 @@ class SearchSpace:
 
 
 def _check_value(where: str, name: str, v):
+    if name in _BOOLEAN:
+        if not isinstance(v, bool):
+            raise UserError(f"{where}: '{name}' must be true or false, got {v!r}")
+        return v
     if name in _STRINGS:
         if not isinstance(v, str) or v not in _STRINGS[name]:
             raise UserError(f"{where}: '{name}' must be one of {list(_STRINGS[name])}, got {v!r}")
@@ -267,7 +280,7 @@ def _parse_param(where: str, name: str, spec: dict) -> Param:
         if len(set(checked)) != len(checked):
             raise UserError(f"{where}: parameter '{name}' lists a choice twice: {choices}")
         return Param(name, "categorical", choices=checked)
-    if name in _STRINGS:
+    if name in _STRINGS or name in _BOOLEAN:
         raise UserError(f"{where}: parameter '{name}' takes choices (type = \"categorical\"), not a {kind} range")
     if kind == "float" and name in _INTEGER:
         raise UserError(f"{where}: parameter '{name}' is an integer; use type = \"int\"")

@@ -1,15 +1,34 @@
-"""The benchmark table: configurations from a space, each fully trained with its per-epoch
-curves and probe features at several fidelities recorded, cached on disk row by row.
+"""The benchmark table: configurations from a space, each fully trained twice with its
+per-epoch curves, probe features at several fidelities with each feature family's measured
+cost, cached on disk row by row.
 
-Layout of a table directory::
+Four disjoint data sets keep selection and scoring apart (`benchmark_task`):
 
-    table_config.json     what the table is (space, data, fidelities, seeds); a directory
-                          holding a different table is refused
-    rows/00042.json       one configuration: values, full-training curves (seed 0 and, for
-                          the first `n_repeat` rows, seed 1) and probe features per fidelity
+* **train**   a seeded subset of ``n_train`` training images (full trainings; probes train on
+              seeded fractions of it);
+* **A**       ``n_val`` validation images: the per-epoch curve of full training that every
+              search method selects on;
+* **P**       ``n_probe_val`` images from the training pool that no training uses: where probes
+              are evaluated (so probes do not see the noise of A);
+* **B**       ``n_score_val`` validation images disjoint from A: the independent measurement.
 
-Building is resumable: rows already on disk are kept, so a killed build continues where
-it stopped. Replays (see `lossprobe.search.benchmark`) read the table and never train.
+Per row (``rows/00042.json``):
+
+* ``full``    seed 0 (initialisation and batch order): the curve on A (``val_curve``, epochs
+              0..E), its final value (``val_accuracy``), the cumulative wall seconds per
+              epoch (``epoch_seconds``), process CPU seconds (``cpu_seconds``) and the final
+              model's accuracy on B (``score_accuracy``);
+* ``repeat``  seed 1, an independent training (no per-epoch validation): final accuracy on B
+              (``score_accuracy``, what a chosen configuration is scored by) and on A
+              (``val_accuracy``, the seed-to-seed noise ceiling);
+* ``probes``  per fidelity ``f{fraction}xe{epochs}``, seed 2 (another initialisation, batch
+              order and data subset than either full training): all features of every family,
+              the probe's per-epoch curves on P and its subset, and CPU seconds per family.
+
+Seconds are process CPU time with one torch thread, i.e. the wall time of a dedicated core;
+on a shared machine this is what stays stable. Building is resumable: rows already on disk
+are kept, so a killed build continues where it stopped, and the table may grow (`size`).
+Replays (`lossprobe.search.benchmark`) read the table and never train.
 """
 
 from __future__ import annotations
@@ -25,23 +44,34 @@ from ..errors import UserError
 from ..store import write_json
 from .space import SearchSpace
 
+TABLE_VERSION = 2
+FULL_SEED, SCORE_SEED, PROBE_SEED = 0, 1, 2
+
 
 def fidelity_key(fraction: float, epochs: int) -> str:
     return f"f{fraction:g}xe{epochs}"
+
+
+def parse_fidelity_key(key: str) -> tuple[float, int]:
+    f, e = key[1:].split("xe")
+    return float(f), int(e)
 
 
 @dataclass
 class TableConfig:
     space: dict
     size: int = 200
-    n_repeat: int = 50  # rows trained with a second seed: the seed-to-seed noise ceiling
+    n_repeat: int | None = None  # kept for tables of version 1; version 2 trains every row twice
     fidelities: list = field(default_factory=lambda: [[0.1, 1], [0.2, 2], [0.4, 2]])
     dataset: str = "fashion-mnist"
     n_train: int = 10_000
-    n_val: int = 5_000
+    n_val: int = 5_000  # A: selection
     data_seed: int = 0
     sample_seed: int = 0
-    sharpness_impl: str = "rms"  # the weight-noise probe the table was built with (see probes._sharpness)
+    sharpness_impl: str = "filter"  # the weight-noise probe (see probes._sharpness)
+    n_score_val: int = 5_000  # B: independent scoring
+    n_probe_val: int = 2_000  # P: probe evaluation
+    version: int = TABLE_VERSION
 
     def keys(self) -> list[str]:
         return [fidelity_key(f, e) for f, e in self.fidelities]
@@ -52,15 +82,76 @@ def sample_configs(space: SearchSpace, n: int, seed: int) -> list[dict]:
     return [space.sample(np.random.default_rng([seed, i])) for i in range(n)]
 
 
+def benchmark_task(dataset: str, n_train: int, n_val: int, n_score_val: int, n_probe_val: int, seed: int = 0,
+                   root=None):
+    """The task of a benchmark table with disjoint train / A / P / B sets (see module doc).
+
+    Fashion-MNIST: train and P from the 50k training images, A and B from the 10k validation
+    images. ``spiral`` (tests): four independently seeded spiral sets."""
+    import torch
+
+    from ..data.split import Split
+    from .probes import SealedSplit, Task
+
+    if dataset == "spiral":
+        from ..data import two_spirals
+
+        mk = lambda n, s, name: two_spirals(n=max(1, n // 2), seed=seed * 10 + s, name=name)  # noqa: E731
+        train, a, b, p = mk(n_train, 0, "train"), mk(n_val, 1, "A"), mk(n_score_val, 2, "B"), mk(n_probe_val, 3, "P")
+        return Task(train, a, SealedSplit(mk(100, 4, "test")), dataset, tuple(train.x.shape[1:]), 2,
+                    probe_val=p, score_val=b)
+    if dataset != "fashion-mnist":
+        raise UserError(f"benchmark tables are built on fashion-mnist (or spiral for tests), not '{dataset}'")
+    from ..data import fashion_mnist
+
+    ds = fashion_mnist(root=root, split_seed=seed)
+    tr_all, va_all = ds.train, ds.val
+    if n_train + n_probe_val > len(tr_all) or n_val + n_score_val > len(va_all):
+        raise UserError(f"n_train + n_probe_val must fit in {len(tr_all)} and n_val + n_score_val in {len(va_all)}")
+
+    def take(split, idx, name):
+        idx = torch.as_tensor(np.sort(idx))
+        return Split(split.x[idx], split.y[idx], name)
+
+    pt = np.random.default_rng([seed, 31]).permutation(len(tr_all))
+    pv = np.random.default_rng([seed, 32]).permutation(len(va_all))
+    train = take(tr_all, pt[:n_train], f"train[{n_train}]")
+    probe_val = take(tr_all, pt[n_train:n_train + n_probe_val], f"P[{n_probe_val}]")
+    a = take(va_all, pv[:n_val], f"A[{n_val}]")
+    b = take(va_all, pv[n_val:n_val + n_score_val], f"B[{n_score_val}]")
+    return Task(train, a, SealedSplit(ds.test), dataset, tuple(train.x.shape[1:]), 10, probe_val=probe_val,
+                score_val=b)
+
+
+def build_row(space: SearchSpace, values: dict, task, cfg: TableConfig, i: int) -> dict:
+    """Train one configuration twice and probe it at every fidelity (see module doc)."""
+    from .probes import probe, train_full
+
+    full = train_full(space, values, task, seed=FULL_SEED, eval_splits={"B": task.score_val})
+    rep = train_full(space, values, task, seed=SCORE_SEED, val=None, eval_splits={"B": task.score_val, "A": task.val})
+    row = {"id": i, "values": values,
+           "full": {"val_accuracy": full.val_accuracy, "val_curve": full.history["val_accuracy"],
+                    "train_curve": full.history["train_accuracy"], "val_loss_curve": full.history["val_loss"],
+                    "epoch_seconds": full.history["seconds"], "seconds": full.seconds,
+                    "cpu_seconds": full.cpu_seconds, "score_accuracy": full.extra["B"]},
+           "repeat": {"score_accuracy": rep.extra["B"], "val_accuracy": rep.extra["A"], "seconds": rep.seconds,
+                      "cpu_seconds": rep.cpu_seconds},
+           "probes": {}}
+    for f, e in cfg.fidelities:
+        pr = probe(space, values, task, f, int(e), seed=PROBE_SEED, sharpness_impl=cfg.sharpness_impl)
+        row["probes"][fidelity_key(f, e)] = {
+            "features": pr.features, "cost": pr.cost, "seconds": pr.seconds, "cpu": pr.family_seconds,
+            "val_curve": pr.history["val_accuracy"], "train_loss_curve": pr.history["train_loss"]}
+    return row
+
+
 def build_table(directory: str | os.PathLike, cfg: TableConfig, progress: bool = True, limit_seconds: float | None = None,
-                reverse: bool = False) -> list[dict]:
+                reverse: bool = False, log=None) -> list[dict]:
     """Build (or finish) the table in `directory` and return its rows, ordered by id.
 
     Several processes may build one table together (e.g. one with ``reverse=True``): a row
-    another process has written meanwhile is skipped."""
+    another process has written meanwhile is skipped. `log(msg)` is called after each row."""
     import time
-
-    from .probes import make_task, probe, train_full
 
     d = Path(directory)
     (d / "rows").mkdir(parents=True, exist_ok=True)
@@ -69,7 +160,9 @@ def build_table(directory: str | os.PathLike, cfg: TableConfig, progress: bool =
     # rows are drawn by index, so a table may grow: every setting but `size` must match
     if cfile.is_file():
         old = json.loads(cfile.read_text())
-        old.setdefault("sharpness_impl", "rms")  # tables written before the field existed
+        if old.get("version", 1) != TABLE_VERSION:
+            raise UserError(f"{d} holds a version-{old.get('version', 1)} benchmark table (one training seed, shared "
+                            f"validation set); version {TABLE_VERSION} is needed: use another --table-dir")
         if {k: v for k, v in old.items() if k != "size"} != {k: v for k, v in want.items() if k != "size"}:
             raise UserError(f"{d} holds a benchmark table built with other settings; use another --table-dir")
         want["size"] = max(old.get("size", 0), cfg.size)
@@ -80,34 +173,27 @@ def build_table(directory: str | os.PathLike, cfg: TableConfig, progress: bool =
     if reverse:
         todo.reverse()
     if todo:
-        task = make_task(cfg.dataset, cfg.n_train, cfg.n_val, seed=cfg.data_seed)
+        task = benchmark_task(cfg.dataset, cfg.n_train, cfg.n_val, cfg.n_score_val, cfg.n_probe_val, cfg.data_seed)
         bar = None
         if progress:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=cfg.size, initial=cfg.size - len(todo), unit="config", desc="table", dynamic_ncols=True)
         t0 = time.perf_counter()
-        for i in todo:
+        for n_done, i in enumerate(todo):
             if limit_seconds is not None and time.perf_counter() - t0 > limit_seconds:
                 break
             if (d / "rows" / f"{i:05d}.json").is_file():
                 continue  # written by another builder
-            values = configs[i]
-            full = train_full(space, values, task, seed=0)
-            row = {"id": i, "values": values,
-                   "full": {"val_accuracy": full.val_accuracy, "val_curve": full.history["val_accuracy"],
-                            "train_curve": full.history["train_accuracy"], "seconds": full.seconds},
-                   "probes": {}}
-            if i < cfg.n_repeat:
-                rep = train_full(space, values, task, seed=1)
-                row["repeat"] = {"val_accuracy": rep.val_accuracy, "val_curve": rep.history["val_accuracy"]}
-            for f, e in cfg.fidelities:
-                pr = probe(space, values, task, f, e, seed=0, sharpness_impl=cfg.sharpness_impl)
-                row["probes"][fidelity_key(f, e)] = {"features": pr.features, "cost": pr.cost, "seconds": pr.seconds}
+            row = build_row(space, configs[i], task, cfg, i)
             write_json(d / "rows" / f"{i:05d}.json", row)
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(acc=f"{full.val_accuracy:.3f}")
+                bar.set_postfix(acc=f"{row['full']['val_accuracy']:.3f}")
+            if log is not None:
+                log(f"row {i} ({n_done + 1}/{len(todo)} this run) val {row['full']['val_accuracy']:.4f} "
+                    f"score {row['repeat']['score_accuracy']:.4f} cpu {row['full']['cpu_seconds']:.1f}+"
+                    f"{row['repeat']['cpu_seconds']:.1f} s; {time.perf_counter() - t0:.0f} s elapsed")
         if bar is not None:
             bar.close()
     return load_rows(d, cfg.size)

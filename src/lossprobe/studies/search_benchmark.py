@@ -1,22 +1,28 @@
-"""Search benchmark: does probe-based search beat random search, TPE and successive halving?
+"""Search benchmark: which hyperparameter search reaches a good configuration soonest on the clock?
 
-Stages (each saved as it finishes; rerunning the same command resumes):
-    table         configurations drawn from the space, each fully trained (per-epoch curves;
-                  a second seed for the first `n_repeat`) with probe features at every
-                  fidelity; cached row by row in `table_dir` (default OUT/table), shareable
+Stages per table (each saved as it finishes; rerunning the same command resumes):
+    table         configurations drawn from the space, each fully trained twice (seed 0 for
+                  selection on split A with its per-epoch curve; seed 1 scored on the disjoint
+                  split B) and probed at several fidelities (seed 2, split P), with measured
+                  CPU seconds per piece of work; cached row by row in TABLE_DIR/NAME, shareable
     correlations  held-out Spearman/Kendall of predicted vs true final val accuracy per
-                  fidelity, with and without sharpness features, and the noise ceiling
-    replay        every method × seed on the table: regret against budget
-    report        summary.json, figures, report.md with the verdict
+                  fidelity, with and without feature families, and the noise ceiling
+    features      each probe feature family's measured cost and held-out value (Spearman and
+                  replayed regret with and without it)
+    replay        every method × seed on the table, cost in measured seconds (primary) and in
+                  nominal epochs: regret curves, time to the target regret
+    report        summary.json (with the default method the measurements choose), figures,
+                  report.md
 
-All accuracies are validation accuracies on a fixed seeded validation subset; the test
-set is never read by this study (it compares selection, not generalisation).
+Two tables by default (`TABLES`): MLPs (examples/space.toml) and CNNs (examples/space_cnn.toml)
+on Fashion-MNIST. The test set is never read by this study (it compares selection).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import time
 import tomllib
 from dataclasses import dataclass, field
@@ -46,218 +52,453 @@ activation = "relu"
 """
 
 
+# The CNN space of the second table (same text as examples/space_cnn.toml).
+CNN_SPACE_TOML = """
+[train]
+model = "cnn"
+epochs = 3
+schedule = "cosine"
+
+[params]
+lr = { type = "float", low = 1e-4, high = 0.3, log = true }
+weight_decay = { type = "float", low = 1e-6, high = 1e-2, log = true }
+batch_size = { type = "categorical", choices = [32, 64, 128, 256] }
+optimizer = { type = "categorical", choices = ["sgd", "momentum", "adam", "rmsprop"] }
+channels = { type = "int", low = 4, high = 24, log = true }
+depth = { type = "int", low = 1, high = 3 }
+batchnorm = { type = "categorical", choices = [true, false] }
+dropout = { type = "float", low = 0.0, high = 0.5 }
+momentum = 0.9
+width = 64
+"""
+
+# The two tables the benchmark reports side by side, sized for a shared 2-core machine: each
+# builds in under an hour of one CPU core (every row is trained twice; see docs/search.md).
+TABLES = {
+    "mlp": {"space_toml": DEFAULT_SPACE_TOML, "size": 200, "fidelities": [[0.1, 1], [0.2, 2], [0.4, 2]],
+            "n_train": 10_000, "n_val": 5_000, "n_score_val": 5_000, "n_probe_val": 2_000},
+    "cnn": {"space_toml": CNN_SPACE_TOML, "size": 150, "fidelities": [[0.1, 1], [0.2, 2]],
+            "n_train": 2_000, "n_val": 1_500, "n_score_val": 5_000, "n_probe_val": 1_000},
+}
+
+
+def table_config(name: str, size: int | None = None):
+    """The `TableConfig` of one of the benchmark's tables ('mlp' or 'cnn')."""
+    from ..search.space import SearchSpace
+    from ..search.table import TableConfig
+
+    if name not in TABLES:
+        raise UserError(f"unknown benchmark table '{name}'; choose from {', '.join(TABLES)}")
+    t = TABLES[name]
+    space = SearchSpace.from_dict(tomllib.loads(t["space_toml"]), source=f"(built-in {name} space)")
+    return TableConfig(space=space.to_dict(), size=size or t["size"], fidelities=[list(f) for f in t["fidelities"]],
+                       n_train=t["n_train"], n_val=t["n_val"], n_score_val=t["n_score_val"],
+                       n_probe_val=t["n_probe_val"])
+
+
 @dataclass
 class SearchBenchmarkConfig:
-    space: str | None = None  # TOML file of the search space (default: examples/space.toml's space)
-    size: int = 200  # configurations in the table
-    n_repeat: int = 50  # of them trained with a second seed (noise ceiling)
-    fidelities: list[list[float]] = field(default_factory=lambda: [[0.1, 1], [0.2, 2], [0.4, 2]])
-    search_fidelity: int = 1  # index into fidelities used by the probe-based search
-    n_train: int = 10_000
-    n_val: int = 5_000
-    data_seed: int = 0
-    seeds: int = 10
-    budget: float = 120.0  # full-data epoch equivalents (120 = 20 full trainings of 6 epochs)
+    tables: list[str] = field(default_factory=lambda: ["mlp", "cnn"])  # names in TABLES
+    space: str | None = None  # a TOML space: replaces the tables by one ("custom", MLP table settings)
+    sizes: dict = field(default_factory=dict)  # table name -> rows (default: TABLES' size)
+    table_overrides: dict = field(default_factory=dict)  # table name -> TableConfig fields (tests, --quick)
+    table_dir: str | None = None  # parent of the tables (default OUT/tables); TABLE_DIR/NAME
+    seeds: int = 100  # replay seeds per method (paired: seed s is the same pool and order for every method)
+    pool: float = 0.8  # fraction of the table each replay seed draws
+    budget_trainings: float = 20.0  # budget = this many median full trainings (measured seconds)
     target_regret: float = 0.01
-    n_fit: int = 30  # rows the meta-model is fitted on for the correlation analysis
-    table_dir: str | None = None
+    methods: list[str] = field(default_factory=list)  # default: every method
+    search_fidelity: dict = field(default_factory=dict)  # table -> probe fidelity of probe-based methods
+    n_fit: int = 30  # rows the meta-model is fitted on in the correlation analysis
+    corr_seeds: int = 20
+    feature_seeds: int = 100  # replay seeds of the feature-family ablation
+    feature_method: str = "probe"  # the method whose regret the feature ablation measures
+    epochs_axis: bool = True  # also replay with nominal costs (fraction × epochs; epochs)
 
     def __post_init__(self):
-        if self.size < 8:
-            raise UserError(f"size must be at least 8, got {self.size}")
-        if not 0 <= self.n_repeat <= self.size:
-            raise UserError(f"n_repeat must be in [0, size], got {self.n_repeat}")
-        if not self.fidelities or any(len(f) != 2 or not 0 < f[0] <= 1 or f[1] < 1 or int(f[1]) != f[1]
-                                      for f in self.fidelities):
-            raise UserError(f"fidelities must be [fraction in (0, 1], epochs >= 1] pairs, got {self.fidelities}")
-        if not 0 <= self.search_fidelity < len(self.fidelities):
-            raise UserError(f"search_fidelity must index fidelities (0..{len(self.fidelities) - 1})")
-        if self.seeds < 1 or self.budget <= 0 or not 2 <= self.n_fit < self.size:
-            raise UserError("seeds >= 1, budget > 0 and 2 <= n_fit < size are required")
+        from ..search.methods import METHODS
+
+        if not self.tables:
+            raise UserError("give at least one table")
+        bad = [t for t in self.tables if t not in TABLES and t != "custom"]
+        if bad:
+            raise UserError(f"unknown benchmark table '{bad[0]}'; choose from {', '.join(TABLES)}")
+        bad = [m for m in self.methods if m not in METHODS]
+        if bad:
+            raise UserError(f"unknown search method '{bad[0]}'; choose from {', '.join(METHODS)}")
+        if self.seeds < 1 or self.budget_trainings <= 0 or not 0 < self.pool <= 1 or self.corr_seeds < 1:
+            raise UserError("seeds >= 1, budget_trainings > 0, 0 < pool <= 1 and corr_seeds >= 1 are required")
+        if self.n_fit < 2:
+            raise UserError(f"n_fit must be at least 2, got {self.n_fit}")
 
 
-QUICK = {"size": 16, "n_repeat": 6, "fidelities": [[0.2, 1], [0.3, 2]], "n_train": 1500, "n_val": 800,
-         "seeds": 3, "budget": 36.0, "n_fit": 8}
+QUICK = {"tables": ["mlp"], "sizes": {"mlp": 16},
+         "table_overrides": {"mlp": {"fidelities": [[0.2, 1], [0.3, 2]], "n_train": 1500, "n_val": 800,
+                                     "n_score_val": 800, "n_probe_val": 400}},
+         "seeds": 3, "budget_trainings": 6.0, "n_fit": 8, "corr_seeds": 3, "feature_seeds": 3}
 
 
-def _space(cfg: SearchBenchmarkConfig):
+def _table(cfg: SearchBenchmarkConfig, name: str):
+    """(TableConfig, SearchSpace) of table `name` under `cfg`."""
     from ..search.space import SearchSpace
 
-    if cfg.space:
-        return SearchSpace.from_toml(cfg.space)
-    return SearchSpace.from_dict(tomllib.loads(DEFAULT_SPACE_TOML), source="(built-in default)")
+    if name == "custom" or cfg.space:
+        tc = table_config("mlp", cfg.sizes.get(name))
+        space = SearchSpace.from_toml(cfg.space) if cfg.space else SearchSpace.from_dict(tc.space)
+        tc.space = space.to_dict()
+    else:
+        tc = table_config(name, cfg.sizes.get(name))
+    for k, v in cfg.table_overrides.get(name, {}).items():
+        if not hasattr(tc, k):
+            raise UserError(f"table_overrides.{name}: unknown table setting '{k}'")
+        setattr(tc, k, v)
+    from ..search.space import SearchSpace as _S
+
+    return tc, _S.from_dict(tc.space, source=f"(table {name})")
+
+
+def _space(cfg: SearchBenchmarkConfig, name: str | None = None):
+    return _table(cfg, name or cfg.tables[0])[1]
+
+
+def _probe_methods():
+    return ("sh-probe", "hyperband-probe", "probe-rank", "probe", "mf")
+
+
+def _table_stages(rd, cfg: SearchBenchmarkConfig, name: str, progress: bool) -> dict:
+    from pathlib import Path
+
+    from ..search.benchmark import ReplaySettings, correlations, full_seconds, noise_ceiling, replay_all, summarize
+    from ..search.methods import BASELINES, METHODS
+    from ..search.probes import DEFAULT_FAMILIES
+    from ..search.table import build_table
+
+    tcfg, space = _table(cfg, name)
+    tdir = Path(cfg.table_dir) / name if cfg.table_dir else rd / "tables" / name
+    if progress:
+        print(f"table {name}: {tcfg.size} configurations in {tdir} (built once, reused)")
+    rows = build_table(tdir, tcfg, progress=progress)
+    if len(rows) < tcfg.size:
+        raise UserError(f"table {name} has {len(rows)} of {tcfg.size} rows; rerun to finish it")
+    keys = tcfg.keys()
+    fid = cfg.search_fidelity.get(name) or keys[0]
+    if fid not in keys:
+        raise UserError(f"search_fidelity.{name} = '{fid}' is not one of the table's fidelities {keys}")
+    unit = full_seconds(rows)
+    budget = cfg.budget_trainings * unit
+    methods = tuple(cfg.methods or METHODS)
+    options = {m: {"fidelity": fid} for m in _probe_methods()}
+
+    # --- correlations ----------------------------------------------------------------------
+    cname = f"correlations-{name}.json"
+    if not rd.done(f"correlations-{name}"):
+        if progress:
+            print(f"  correlations at fidelities {keys} over {cfg.corr_seeds} seeds")
+        corr = {}
+        for k in keys:
+            corr[k] = {"all": correlations(rows, k, cfg.n_fit, cfg.corr_seeds),
+                       "default": correlations(rows, k, cfg.n_fit, cfg.corr_seeds, families=DEFAULT_FAMILIES),
+                       "no_sharpness": correlations(rows, k, cfg.n_fit, cfg.corr_seeds, sharpness=False)}
+        rd.save_json(cname, {"per_fidelity": corr, "noise_ceiling": noise_ceiling(rows)})
+        rd.mark(f"correlations-{name}")
+    corr = rd.load_json(cname)
+
+    # --- feature families: cost and value ------------------------------------------------------
+    fname = f"features-{name}.json"
+    if not rd.done(f"features-{name}"):
+        if progress:
+            print(f"  feature families: cost and value at {fid}")
+        rd.save_json(fname, _feature_study(rows, space, cfg, fid, budget, progress))
+        rd.mark(f"features-{name}")
+    feat = rd.load_json(fname)
+
+    # --- replays --------------------------------------------------------------------------------
+    axes = [("seconds", budget)] + ([("epochs", cfg.budget_trainings * space.epochs)] if cfg.epochs_axis else [])
+    summaries = {}
+    for axis, b in axes:
+        rs = ReplaySettings(budget=b, seeds=cfg.seeds, axis=axis, pool=cfg.pool, target_regret=cfg.target_regret,
+                            methods=methods, options=options)
+        cache = {}
+        for m in methods:
+            f = rd / f"replay-{name}-{axis}-{m}.npz"
+            if f.is_file():
+                a = rd.load_arrays(f.name)
+                j = rd.load_json(f"replay-{name}-{axis}-{m}.json")
+                cache[m] = {"curves": a["curves"], "time_to_target": a["time_to_target"], **j}
+
+        def save(m, res, name=name, axis=axis):
+            rd.save_json(f"replay-{name}-{axis}-{m}.json", {k: res[k] for k in ("chosen", "spent", "replay_seconds")})
+            rd.save_arrays(f"replay-{name}-{axis}-{m}.npz", curves=res["curves"], time_to_target=res["time_to_target"])
+
+        rep = replay_all(rows, space, rs, progress=progress, cache=cache, on_method=save)
+        summaries[axis] = {"budget": b, **summarize(rep, b, cfg.target_regret, BASELINES)}
+        if axis == "seconds":
+            grid, curves = rep["grid"], {m: rep["methods"][m]["curves"] for m in methods}
+    ys = np.array([r["repeat"]["score_accuracy"] for r in rows])
+    return {"rows": rows, "tcfg": tcfg, "space": space, "fidelity": fid, "unit_seconds": unit, "budget": budget,
+            "correlations": corr, "features": feat, "replay": summaries, "grid": grid, "curves": curves,
+            "best_score": float(ys.max()), "median_score": float(np.median(ys)), "table_dir": str(tdir)}
+
+
+def _feature_study(rows, space, cfg: SearchBenchmarkConfig, fid: str, budget: float, progress: bool) -> dict:
+    """Each extra family's measured cost, and its value: held-out Spearman and replayed regret of
+    `cfg.feature_method` with the base probe (hyperparameters + learning curve) and with the family."""
+    from ..search.benchmark import ReplaySettings, correlations, paired_difference, paired_ert_ratio, replay_all
+    from ..search.probes import ALL_FAMILIES
+
+    extra = [f for f in ALL_FAMILIES if f != "curve"]
+    full = np.median([r["full"]["cpu_seconds"] for r in rows])
+    cost = {}
+    for f in ALL_FAMILIES:
+        c = np.array([r["probes"][fid]["cpu"].get(f, 0.0) for r in rows])
+        base = np.array([r["probes"][fid]["cpu"].get("curve", 0.0) for r in rows])
+        cost[f] = {"median_seconds": float(np.median(c)), "vs_probe_training": float(np.median(c / np.maximum(base, 1e-9))),
+                   "vs_full_training": float(np.median(c) / full)}
+    sets = {"base": ("curve",), **{f"+{f}": ("curve", f) for f in extra}, "all": ALL_FAMILIES}
+    sp = {k: correlations(rows, fid, cfg.n_fit, cfg.corr_seeds, families=v)["meta_spearman"] for k, v in sets.items()}
+    out = {"fidelity": fid, "cost": cost, "spearman": {}, "replay": {}, "method": cfg.feature_method}
+    for k in sets:
+        out["spearman"][k] = {"mean": float(np.mean(sp[k])),
+                              "vs_base": paired_difference(sp[k], sp["base"]) if k != "base" else None}
+    reps = {}
+    for k, v in sets.items():
+        rs = ReplaySettings(budget=budget, seeds=cfg.feature_seeds, pool=cfg.pool, target_regret=cfg.target_regret,
+                            methods=(cfg.feature_method,), options={cfg.feature_method: {"fidelity": fid}}, families=v)
+        reps[k] = replay_all(rows, space, rs, progress=progress)["methods"][cfg.feature_method]
+    for k in sets:
+        c = reps[k]["curves"]
+        d = {"anytime_regret": float(c.mean()), "regret_at_budget": float(c[:, -1].mean()),
+             "success_rate": float(np.mean(reps[k]["time_to_target"] <= budget))}
+        if k != "base":
+            d["anytime_vs_base"] = paired_difference(c.mean(1), reps["base"]["curves"].mean(1))
+            d["ert_ratio_vs_base"] = paired_ert_ratio(reps[k]["time_to_target"], reps["base"]["time_to_target"], budget)
+        out["replay"][k] = d
+    # a family pays for itself when, charged its cost, it lowers the anytime regret significantly
+    pays = {}
+    for f in extra:
+        a = out["replay"][f"+{f}"]["anytime_vs_base"]
+        pays[f] = bool(a["interval"][1] < 0)
+    out["pays"] = pays
+    return out
+
+
+def _ci(v):
+    return [float(x) for x in v]
+
+
+def _oracle_regret(rows, space, seeds: int, pool: float) -> float:
+    """Mean regret of choosing, in each seed's pool, the row with the best selection value
+    (seed 0 on A): the floor any method that selects on A faces."""
+    from ..search.oracle import TableOracle
+
+    out = []
+    for s in range(seeds):
+        o = TableOracle(rows, space, seed=s, pool=pool)
+        k = max(o.rows, key=lambda i: o.rows[i]["full"]["val_accuracy"])
+        out.append(o.reference() - o.score(k))
+    return float(np.mean(out))
+
+
+def _targets(rep: dict, method: str) -> dict:
+    """The issue's targets for `method` against the best baseline (seconds axis)."""
+    m = rep["methods"].get(method)
+    if m is None:
+        return {}
+    e = m["vs_best_baseline_ert"]
+    f = m["vs_best_baseline_final"]
+    t1 = bool(math.isfinite(e["ratio"]) and e["ratio"] <= 0.6 and e["interval"][1] < 1 and e["wilcoxon_p"] < 0.05)
+    if f["interval"][1] < 0:
+        final = "better"
+    elif f["interval"][0] > 0:
+        final = "worse"
+    else:
+        final = "tie (the 95% interval of the paired difference contains 0)"
+    return {"method": method, "baseline_ert": e["baseline"], "ert_ratio": e["ratio"], "ert_ratio_interval": e["interval"],
+            "ert_wilcoxon_p": e["wilcoxon_p"], "target_time_met": t1,
+            "baseline_final": f["baseline"], "final_regret_difference": f["mean"], "final_interval": f["interval"],
+            "final_verdict": final, "target_final_met": final != "worse"}
 
 
 def run(out, config: SearchBenchmarkConfig | None = None, force: bool = False, progress: bool = True) -> dict:
     from ..report.search_plots import plot_correlations, plot_regret
-    from ..search.benchmark import (METHODS, ReplaySettings, bootstrap_ci, budget_to_regret, correlations,
-                                    noise_ceiling, replay_all)
-    from ..search.table import TableConfig, build_table
+    from ..search.benchmark import bootstrap_ci
+    from ..search.methods import DEFAULT_METHOD
+    from ..search.probes import DEFAULT_FAMILIES
     from ..store import RunDir
 
     cfg = config or SearchBenchmarkConfig()
+    if cfg.space:
+        cfg = dataclasses.replace(cfg, tables=["custom"])
     t_start = time.perf_counter()
-    space = _space(cfg)
     rd = RunDir(out, "search-benchmark", dataclasses.asdict(cfg), force=force, seeds={"seeds": cfg.seeds})
-    tcfg = TableConfig(space=space.to_dict(), size=cfg.size, n_repeat=cfg.n_repeat,
-                       fidelities=[[float(f), int(e)] for f, e in cfg.fidelities], n_train=cfg.n_train,
-                       n_val=cfg.n_val, data_seed=cfg.data_seed)
-    tdir = cfg.table_dir or str(rd / "table")
-    if progress:
-        print(f"table: {cfg.size} configurations in {tdir} (built once, reused)")
-    rows = build_table(tdir, tcfg, progress=progress)
-    if len(rows) < cfg.size:
-        raise UserError(f"the table has {len(rows)} of {cfg.size} rows; rerun to finish it")
-    rd.mark("table")
-    keys = tcfg.keys()
-    fid = keys[cfg.search_fidelity]
-    y = np.array([r["full"]["val_accuracy"] for r in rows])
+    res = {name: _table_stages(rd, cfg, name, progress) for name in cfg.tables}
 
-    if not rd.done("correlations", "correlations.json"):
-        if progress:
-            print(f"correlations at fidelities {keys} over {cfg.seeds} seeds")
-        corr = {}
-        for k in keys:
-            corr[k] = {"with": correlations(rows, k, cfg.n_fit, cfg.seeds),
-                       "without": correlations(rows, k, cfg.n_fit, cfg.seeds, sharpness=False)}
-        rd.save_json("correlations.json", {"per_fidelity": corr, "noise_ceiling": noise_ceiling(rows)})
-        rd.mark("correlations")
-    cj = rd.load_json("correlations.json")
+    tables, figs = {}, []
+    fractions = ("0.25", "0.5", "1")
+    for name, r in res.items():
+        corr, fid = r["correlations"], r["fidelity"]
+        spearman = {}
+        for k, c in corr["per_fidelity"].items():
+            spearman[k] = {"meta": _ci(bootstrap_ci(c["all"]["meta_spearman"])),
+                           "meta_default_features": _ci(bootstrap_ci(c["default"]["meta_spearman"])),
+                           "meta_no_sharpness": _ci(bootstrap_ci(c["no_sharpness"]["meta_spearman"])),
+                           "probe_val_acc": _ci(bootstrap_ci(c["all"]["probe_spearman"])),
+                           "meta_top_half": _ci(bootstrap_ci(c["all"]["meta_spearman_top"])),
+                           "probe_val_acc_top_half": _ci(bootstrap_ci(c["all"]["probe_spearman_top"]))}
+        tc = r["tcfg"]
+        rep = r["replay"]["seconds"]
+        tables[name] = {
+            "size": len(r["rows"]), "table_dir": r["table_dir"], "model": r["space"].model,
+            "n_train": tc.n_train, "n_val": tc.n_val, "n_score_val": tc.n_score_val, "n_probe_val": tc.n_probe_val,
+            "full_training_epochs": r["space"].epochs, "fidelities": tc.keys(), "search_fidelity": fid,
+            "full_training_seconds": r["unit_seconds"], "budget_seconds": r["budget"],
+            "budget_trainings": cfg.budget_trainings, "best_score": r["best_score"], "median_score": r["median_score"],
+            "oracle_regret": _oracle_regret(r["rows"], r["space"], cfg.seeds, cfg.pool),
+            "table_cpu_hours": float(sum(x["full"]["cpu_seconds"] + x["repeat"]["cpu_seconds"]
+                                         + sum(sum(p["cpu"].values()) for p in x["probes"].values())
+                                         for x in r["rows"]) / 3600),
+            "spearman": spearman, "noise_ceiling": corr["noise_ceiling"], "features": r["features"],
+            "replay": r["replay"], "targets": {m: _targets(rep, m) for m in ("mf", "probe")},
+        }
+        title = (f"{name.upper()} table: Fashion-MNIST ({tc.n_train} train / {tc.n_val} val), {len(r['rows'])} "
+                 f"configurations, {cfg.seeds} seeds")
+        figs.append(plot_regret(r["grid"], r["curves"], rd.figures, title, unit=r["unit_seconds"],
+                                name=f"regret_vs_seconds_{name}"))
+        figs.append(plot_correlations(list(spearman), {k: v["meta"] for k, v in spearman.items()},
+                                      {k: v["probe_val_acc"] for k, v in spearman.items()},
+                                      {k: v["meta_default_features"] for k, v in spearman.items()},
+                                      corr["noise_ceiling"]["spearman"], rd.figures, title, "spearman",
+                                      name=f"correlation_spearman_{name}", third="meta-model, default features"))
 
-    if not rd.done("replay", "regret.npz"):
-        rs = ReplaySettings(fid, cfg.budget, cfg.seeds, cfg.target_regret, methods=METHODS)
-        rep = replay_all(rows, space, rs, progress=progress)
-        rd.save_arrays("regret.npz", grid=rep["grid"], **{m: c for m, c in rep["curves"].items()})
-        rd.save_json("chosen.json", {"chosen": rep["chosen"], "best": rep["best"], "floor": rep["floor"]})
-        rd.mark("replay")
-    arr = rd.load_arrays("regret.npz")
-    grid = arr.pop("grid")
-    curves = {m: arr[m] for m in METHODS if m in arr}
+    # --- the default method: lowest regret at 25/50/100% of the wall-clock budget, on every table
+    common = set.intersection(*(set(t["replay"]["seconds"]["methods"]) for t in tables.values()))
+    score = {m: float(np.mean([t["replay"]["seconds"]["methods"][m]["regret_at"][q][0]
+                               for t in tables.values() for q in fractions])) for m in sorted(common)}
+    best = min(score, key=score.get)
+    runner = min((m for m in score if m != best), key=score.get, default=None)
+    default = {"measured": best, "criterion": "mean regret at 25%, 50% and 100% of the wall-clock budget, "
+               "averaged over the tables", "scores": score, "runner_up": runner, "in_code": DEFAULT_METHOD,
+               "agrees": best == DEFAULT_METHOD}
+    # families that pay for themselves on every table where they were measured
+    pays = {f: all(t["features"]["pays"].get(f, False) for t in tables.values())
+            for f in next(iter(tables.values()))["features"]["pays"]}
+    fam = {"measured": ["curve"] + [f for f, ok in pays.items() if ok], "in_code": list(DEFAULT_FAMILIES),
+           "pays": pays}
+    fam["agrees"] = sorted(fam["measured"]) == sorted(fam["in_code"])
 
-    # --- statistics -------------------------------------------------------------------
-    def ci(v):
-        return list(bootstrap_ci(v))
-
-    spearman, kendall = {}, {}
-    for k in keys:
-        c = cj["per_fidelity"][k]
-        spearman[k] = {"meta": ci(c["with"]["meta_spearman"]), "meta_no_sharpness": ci(c["without"]["meta_spearman"]),
-                       "probe_val_acc": ci(c["with"]["probe_spearman"]),
-                       "meta_top_half": ci(c["with"]["meta_spearman_top"]),
-                       "probe_val_acc_top_half": ci(c["with"]["probe_spearman_top"])}
-        kendall[k] = {"meta": ci(c["with"]["meta_kendall"]), "meta_no_sharpness": ci(c["without"]["meta_kendall"]),
-                      "probe_val_acc": ci(c["with"]["probe_kendall"])}
-    ceiling = cj["noise_ceiling"]
-    regret_at_budget = {m: ci(c[:, -1]) for m, c in curves.items()}
-    b2r = {}
-    for m, c in curves.items():
-        b = budget_to_regret(c, grid, cfg.target_regret)
-        reached = np.isfinite(b)
-        b2r[m] = {"mean": ci(np.where(reached, b, cfg.budget))[0] if reached.any() else None,
-                  "interval": ci(np.where(reached, b, cfg.budget))[1:], "median": float(np.median(np.where(reached, b, np.inf))),
-                  "reached": f"{int(reached.sum())}/{len(b)}"}
-    half = int(np.searchsorted(grid, cfg.budget / 2 - 1e-9))
-    regret_at_half = {m: ci(c[:, min(half, c.shape[1] - 1)]) for m, c in curves.items()}
-    # anytime quality: regret averaged over the budget grid (area under the regret curve / budget)
-    mean_regret = {m: ci(c.mean(1)) for m, c in curves.items()}
-    base = {m: regret_at_budget[m][0] for m in ("random", "tpe", "sh", "hyperband") if m in regret_at_budget}
-    best_base = min(base, key=lambda m: (base[m], mean_regret[m][0]))
-    pm, bm = regret_at_budget["probe"], regret_at_budget[best_base]
-    if pm[2] < bm[1]:
-        verdict = f"probe-based search beats the best baseline ({best_base}) at the full budget: the 95% intervals do not overlap"
-    elif abs(pm[0] - bm[0]) < 1e-9:
-        verdict = f"probe-based search ties with the best baseline ({best_base}) at the full budget (mean regret {pm[0]:.4f})"
-    elif pm[0] < bm[0]:
-        verdict = (f"probe-based search has a lower mean regret than the best baseline ({best_base}) at the full budget "
-                   f"({pm[0]:.4f} vs {bm[0]:.4f}), but the 95% intervals overlap: not a clear win")
-    else:
-        verdict = (f"probe-based search does NOT beat the best baseline ({best_base}) at the full budget "
-                   f"(mean regret {pm[0]:.4f} vs {bm[0]:.4f})")
-    verdict += (f"; averaged over budgets (anytime regret, which counts the budget spent before the first full "
-                f"training ends) probe {mean_regret['probe'][0]:.4f} vs {best_base} {mean_regret[best_base][0]:.4f}")
-    b_probe = b2r["probe"]
-    fastest = min((m for m in base), key=lambda m: b2r[m]["mean"] if b2r[m]["mean"] is not None else np.inf)
-    if b_probe["mean"] is not None and b2r[fastest]["mean"] is not None:
-        verdict += (f"; to reach regret <= {cfg.target_regret} it needs {b_probe['mean']:.1f} epochs "
-                    f"(reached {b_probe['reached']}) against {b2r[fastest]['mean']:.1f} for {fastest} "
-                    f"(reached {b2r[fastest]['reached']})")
-    meta_vs_rank = regret_at_budget["probe"][0] - regret_at_budget["probe-rank"][0]
-    verdict += ("; the meta-model " + ("does not improve on" if meta_vs_rank >= -1e-9 else "improves on")
-                + f" ranking candidates by probe validation accuracy alone (mean regret {regret_at_budget['probe'][0]:.4f} "
-                f"vs {regret_at_budget['probe-rank'][0]:.4f}; budget to target {b_probe['mean'] or float('nan'):.1f} vs "
-                f"{b2r['probe-rank']['mean'] or float('nan'):.1f})")
-    sharp = regret_at_budget["probe"][0] - regret_at_budget["probe-no-sharpness"][0]
-    fs = spearman[fid]
-    sharp_verdict = (f"sharpness features change held-out Spearman at {fid} by {fs['meta'][0] - fs['meta_no_sharpness'][0]:+.3f} "
-                     f"and mean regret at budget by {sharp:+.4f} (negative = they help)")
-
-    title = f"Fashion-MNIST ({cfg.n_train} train / {cfg.n_val} val), {len(rows)} configurations, {cfg.seeds} seeds"
-    figs = [plot_regret(grid, curves, rd.figures, title)]
-    for stat, d in (("spearman", spearman), ("kendall", kendall)):
-        figs.append(plot_correlations(keys, {k: d[k]["meta"] for k in keys}, {k: d[k]["probe_val_acc"] for k in keys},
-                                      {k: d[k]["meta_no_sharpness"] for k in keys}, ceiling[stat], rd.figures, title, stat))
-    from ..search.benchmark import wall_probe_cost
-
-    wall_cost = {k: wall_probe_cost(rows, k, float(space.epochs)) for k in keys}
-    seconds_table = float(sum(r["full"]["seconds"] + sum(p["seconds"] for p in r["probes"].values()) for r in rows))
-    summary = {
-        "study": "search-benchmark", "table_size": len(rows), "table_dir": tdir, "search_fidelity": fid,
-        "budget": cfg.budget, "full_training_epochs": space.epochs, "seeds": cfg.seeds,
-        "best_in_table": float(y.max()), "median_in_table": float(np.median(y)),
-        "spearman": spearman, "kendall": kendall, "noise_ceiling": ceiling,
-        "regret_at_budget": regret_at_budget, "regret_at_half_budget": regret_at_half,
-        "mean_regret_over_budget": mean_regret,
-        "budget_to_regret": b2r, "target_regret": cfg.target_regret,
-        "verdict": verdict, "sharpness_ablation": sharp_verdict,
-        "probe_cost_nominal": {k: float(rows[0]["probes"][k]["cost"]) for k in keys},
-        "probe_cost_wall": wall_cost,
-        "table_training_seconds": seconds_table, "seconds": time.perf_counter() - t_start,
-    }
+    verdict = []
+    for name, t in tables.items():
+        for m in ("mf", "probe"):
+            g = t["targets"].get(m)
+            if not g:
+                continue
+            verdict.append(
+                f"{name}: {m} needs {g['ert_ratio']:.2f}× [{g['ert_ratio_interval'][0]:.2f}, {g['ert_ratio_interval'][1]:.2f}] "
+                f"the expected wall-clock time of the best baseline ({g['baseline_ert']}) to reach regret <= "
+                f"{cfg.target_regret} (target <= 0.6×, significant: {'met' if g['target_time_met'] else 'missed'}); "
+                f"at the full budget vs {g['baseline_final']}: {g['final_verdict']} "
+                f"(difference {g['final_regret_difference']:+.4f})")
+    summary = {"study": "search-benchmark", "tables": tables, "default_method": default, "default_families": fam,
+               "seeds": cfg.seeds, "pool": cfg.pool, "target_regret": cfg.target_regret, "verdict": verdict,
+               "seconds": time.perf_counter() - t_start}
     rd.save_json("summary.json", summary)
-    rd.write_text("report.md", _report(summary, keys, figs))
+    rd.write_text("report.md", _report(summary, figs))
     rd.mark("report")
     rd.complete()
     return summary
 
 
-def _fmt(v):
-    return f"{v[0]:.3f} [{v[1]:.3f}, {v[2]:.3f}]"
+def _fmt(v, d=3):
+    return f"{v[0]:.{d}f} [{v[1]:.{d}f}, {v[2]:.{d}f}]"
 
 
-def _report(s: dict, keys: list[str], figs: list[str]) -> str:
-    lines = [f"# Search benchmark ({s['table_size']} configurations, {s['seeds']} seeds)", "",
-             f"Budget {s['budget']:g} full-data epochs ({s['budget'] / s['full_training_epochs']:g} full trainings); "
-             f"probe-based search probes at {s['search_fidelity']}. Best final val accuracy in the table "
-             f"{s['best_in_table']:.4f}, median {s['median_in_table']:.4f}.", "",
-             f"**Verdict:** {s['verdict']}.", "", f"**Sharpness ablation:** {s['sharpness_ablation']}.", "",
-             "## Predicting final validation accuracy (held-out, mean [95% CI] over seeds)", "",
-             "| fidelity | Spearman meta | Spearman meta w/o sharpness | Spearman probe val acc | Kendall meta | Kendall probe val acc "
-             "| Spearman meta, top half | Spearman probe val acc, top half |",
+def _num(x, d=2):
+    return "∞" if x is None or (isinstance(x, float) and math.isinf(x)) else f"{x:.{d}f}"
+
+
+def regret_table(t: dict, axis: str = "seconds") -> list[str]:
+    """Markdown rows: method × regret at 25/50/100% of the budget, ERT to the target, vs best baseline."""
+    rep = t["replay"][axis]
+    unit = t["full_training_seconds"] if axis == "seconds" else t["full_training_epochs"]
+    lines = ["| method | regret at 25% | at 50% | at 100% | ERT to 1 point (full trainings) | success | "
+             "ERT / best baseline [95% CI], p |", "|---|---|---|---|---|---|---|"]
+    order = sorted(rep["methods"], key=lambda m: rep["methods"][m]["regret_at"]["1"][0])
+    for m in order:
+        r = rep["methods"][m]
+        tt = r["time_to_target"]
+        e = r.get("vs_best_baseline_ert", {})
+        rel = (f"{_num(e.get('ratio'))} [{_num(e['interval'][0])}, {_num(e['interval'][1])}], {e['wilcoxon_p']:.2g}"
+               if e and m != e.get("baseline") else "(best baseline)" if e else "")
+        lines.append(f"| {m} | {_fmt(r['regret_at']['0.25'])} | {_fmt(r['regret_at']['0.5'])} | {_fmt(r['regret_at']['1'])} | "
+                     f"{_num(tt['ert'] / unit if math.isfinite(tt['ert']) else math.inf, 1)} "
+                     f"[{_num(tt['interval'][0] / unit, 1)}, {_num(tt['interval'][1] / unit, 1)}] | "
+                     f"{tt['success_rate']:.0%} | {rel} |")
+    return lines
+
+
+def feature_table(t: dict) -> list[str]:
+    f = t["features"]
+    lines = [f"Probe fidelity {f['fidelity']}; regret of `{f['method']}` replays charged each family's measured cost.", "",
+             "| probe features | cost per probe (s) | × probe training | × full training | held-out Spearman "
+             "(Δ vs base [95% CI]) | anytime regret (Δ vs base [95% CI]) | ERT ratio vs base | pays for itself |",
              "|---|---|---|---|---|---|---|---|"]
-    for k in keys:
-        sp, kd = s["spearman"][k], s["kendall"][k]
-        lines.append(f"| {k} | {_fmt(sp['meta'])} | {_fmt(sp['meta_no_sharpness'])} | {_fmt(sp['probe_val_acc'])} | "
-                     f"{_fmt(kd['meta'])} | {_fmt(kd['probe_val_acc'])} | {_fmt(sp['meta_top_half'])} | "
-                     f"{_fmt(sp['probe_val_acc_top_half'])} |")
-    nc = s["noise_ceiling"]
-    if nc.get("n", 0) >= 3:
-        lines += ["", f"Noise ceiling (seed 0 vs seed 1 full training, {nc['n']} configurations): Spearman "
-                  f"{_fmt(nc['spearman'])}, Kendall {_fmt(nc['kendall'])}, mean |Δacc| {nc['mean_abs_diff']:.4f}."]
-    lines += ["", "Top half: Spearman among held-out configurations whose true accuracy is above the median, "
-              "where a search must tell good from best."]
-    lines += ["", "## Regret (best in table − chosen, validation accuracy), mean [95% CI] over seeds", "",
-              f"| method | regret at budget {s['budget']:g} | regret at half budget | regret averaged over budgets | budget to regret ≤ {s['target_regret']} (mean [CI], reached) |",
-              "|---|---|---|---|---|"]
-    for m, v in s["regret_at_budget"].items():
-        b = s["budget_to_regret"][m]
-        bt = f"{b['mean']:.1f} [{b['interval'][0]:.1f}, {b['interval'][1]:.1f}], {b['reached']}" if b["mean"] is not None else f"never, {b['reached']}"
-        lines.append(f"| {m} | {_fmt(v)} | {_fmt(s['regret_at_half_budget'][m])} | "
-                     f"{_fmt(s['mean_regret_over_budget'][m])} | {bt} |")
-    lines += ["", "Probe cost per fidelity, nominal (fraction × epochs) vs measured wall time in the same units: "
-              + ", ".join(f"{k} {s['probe_cost_nominal'][k]:.2f} vs {s['probe_cost_wall'][k]:.2f}" for k in keys)
-              + "; `probe-wall-cost` replays `probe` with the wall-time charge."]
-    lines += ["", "Budget to regret counts seeds that never reach the target at the full budget as the full budget.",
-              "Baselines on the table: suggestions of TPE/SH/Hyperband snap to the nearest untried row.", ""]
+    for k in f["spearman"]:
+        fams = ["curve"] if k == "base" else (["curve", k[1:]] if k.startswith("+") else list(f["cost"]))
+        c = sum(f["cost"][x]["median_seconds"] for x in fams)
+        vp = sum(f["cost"][x]["vs_probe_training"] for x in fams if x != "curve")
+        vf = sum(f["cost"][x]["vs_full_training"] for x in fams)
+        sp = f["spearman"][k]
+        rp = f["replay"][k]
+        dsp = f" ({sp['vs_base']['mean']:+.3f} [{sp['vs_base']['interval'][0]:+.3f}, {sp['vs_base']['interval'][1]:+.3f}])" \
+            if sp["vs_base"] else ""
+        dr = (f" ({rp['anytime_vs_base']['mean']:+.4f} [{rp['anytime_vs_base']['interval'][0]:+.4f}, "
+              f"{rp['anytime_vs_base']['interval'][1]:+.4f}])") if "anytime_vs_base" in rp else ""
+        er = f"{_num(rp['ert_ratio_vs_base']['ratio'])}" if "ert_ratio_vs_base" in rp else ""
+        pay = ("yes" if f["pays"].get(k[1:]) else "no") if k.startswith("+") else ""
+        name = {"base": "base: hyperparameters + learning curve", "all": "all families"}.get(k, k)
+        lines.append(f"| {name} | {c:.3f} | {1 + vp:.2f} | {vf:.3f} | {sp['mean']:.3f}{dsp} | "
+                     f"{rp['anytime_regret']:.4f}{dr} | {er} | {pay} |")
+    return lines
+
+
+def _report(s: dict, figs: list[str]) -> str:
+    lines = [f"# Search benchmark ({len(s['tables'])} tables, {s['seeds']} paired seeds per method)", "",
+             "Cost is measured CPU seconds of one core (probes with the features they compute, full-training "
+             "epochs, meta-model fitting); regret is the best true value in the seed's pool (both trainings "
+             "scored on the held-out split B, averaged) minus the independent score (seed 1 on B) of the "
+             "configuration the method would return at that time.", "",
+             f"**Default method (measured):** `{s['default_method']['measured']}` — {s['default_method']['criterion']}"
+             f"; runner-up `{s['default_method']['runner_up']}`. `lossprobe search` uses `{s['default_method']['in_code']}`"
+             + ("." if s["default_method"]["agrees"] else " — **this disagrees with the measurement**."), "",
+             f"**Default probe features (measured):** {', '.join(s['default_families']['measured'])}; in code: "
+             f"{', '.join(s['default_families']['in_code'])}.", ""]
+    lines += ["**Targets:**", ""] + [f"- {v}" for v in s["verdict"]] + [""]
+    for name, t in s["tables"].items():
+        lines += [f"## Table `{name}`: {t['size']} {t['model'].upper()} configurations", "",
+                  f"{t['full_training_epochs']} epochs on {t['n_train']} Fashion-MNIST training images; selection on "
+                  f"{t['n_val']} validation images (A), independent score on {t['n_score_val']} others (B), probes "
+                  f"evaluated on {t['n_probe_val']} unused training images (P). One full training takes "
+                  f"{t['full_training_seconds']:.2f} s (median); budget {t['budget_seconds']:.1f} s = "
+                  f"{t['budget_trainings']:g} full trainings. Best score in the table {t['best_score']:.4f}, median "
+                  f"{t['median_score']:.4f}. Regret of selecting the best seed-0 value of the whole pool (the floor "
+                  f"for any method that selects on A): {t['oracle_regret']:.4f}. Table cost {t['table_cpu_hours']:.2f} CPU hours.",
+                  "", "### Wall-clock regret (mean [95% BCa CI])", ""] + regret_table(t, "seconds")
+        if "epochs" in t["replay"]:
+            lines += ["", "### Nominal cost (probe = fraction × epochs, meta-model free)", ""] + regret_table(t, "epochs")
+        lines += ["", "### Probe feature families: measured cost and value", ""] + feature_table(t)
+        nc = t["noise_ceiling"]
+        lines += ["", "### Predicting final validation accuracy (held-out Spearman, mean [95% CI])", "",
+                  "| fidelity | meta, all features | meta, default features | probe val acc alone | meta, top half | probe val acc, top half |",
+                  "|---|---|---|---|---|---|"]
+        for k, v in t["spearman"].items():
+            lines.append(f"| {k} | {_fmt(v['meta'])} | {_fmt(v['meta_default_features'])} | {_fmt(v['probe_val_acc'])} | "
+                         f"{_fmt(v['meta_top_half'])} | {_fmt(v['probe_val_acc_top_half'])} |")
+        if nc.get("n", 0) >= 3:
+            lines += ["", f"Noise ceiling (seed 0 vs seed 1 on A, {nc['n']} configurations): Spearman {_fmt(nc['spearman'])}, "
+                      f"mean |Δacc| {nc['mean_abs_diff']:.4f} (top half {nc.get('mean_abs_diff_top_half', math.nan):.4f})."]
+        lines.append("")
+    lines += ["ERT = (Σ over seeds of min(time to target, budget)) / #successes, in median full trainings; "
+              "the ratio's interval is a paired bootstrap over seeds, p a Wilcoxon signed-rank test on the censored times.", ""]
     lines += [f"![{n}](figures/{n}.png)\n" for n in figs]
     return "\n".join(lines) + "\n"
 
@@ -268,29 +509,36 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_out(p, default="runs/search-benchmark")
     p.add_argument("--config", metavar="FILE.toml",
                    help="TOML file with any of: " + ", ".join(f.name for f in dataclasses.fields(SearchBenchmarkConfig)))
-    p.add_argument("--space", metavar="TOML", help="search space (default: the space of examples/space.toml)")
-    p.add_argument("--size", type=positive_int, help="configurations in the table (default: 200)")
-    p.add_argument("--seeds", type=positive_int, help="replay seeds per method (default: 10)")
-    p.add_argument("--budget", type=finite_float, help="budget in full-data epoch equivalents (default: 120)")
-    p.add_argument("--table-dir", metavar="DIR", help="where the table is cached (default: OUT/table); "
-                   "share it between runs, it only grows")
+    p.add_argument("--tables", nargs="+", choices=list(TABLES), help="tables to benchmark (default: mlp cnn)")
+    p.add_argument("--space", metavar="TOML", help="benchmark one table of this space instead (MLP table settings)")
+    p.add_argument("--seeds", type=positive_int, help="replay seeds per method (default: 100)")
+    p.add_argument("--budget", type=finite_float, help="budget in median full trainings (default: 20)")
+    p.add_argument("--methods", nargs="+", metavar="METHOD", help="methods to replay (default: all)")
+    p.add_argument("--table-dir", metavar="DIR", help="parent directory of the cached tables, DIR/mlp and DIR/cnn "
+                   "(default: OUT/tables); share it between runs, it only grows")
     p.add_argument("--quick", action="store_true",
-                   help="a smoke run: 16 configurations on 1500 images, 3 seeds, budget 36"
+                   help="a smoke run: one table of 16 configurations on 1500 images, 3 seeds"
                    " (keys set in --config, and flags, win over it)")
 
 
 def run_cli(args) -> int:
     overrides = {}
-    flags = {"space": args.space, "size": args.size, "seeds": args.seeds, "budget": args.budget,
-             "table_dir": args.table_dir}
+    flags = {"tables": args.tables, "space": args.space, "seeds": args.seeds, "budget_trainings": args.budget,
+             "methods": args.methods, "table_dir": args.table_dir}
     overrides.update({k: v for k, v in flags.items() if v is not None})
     cfg = config_mod.load(SearchBenchmarkConfig, args.config, overrides, presets=QUICK if args.quick else None)
     s = run(args.out, cfg, force=args.force)
-    fid = s["search_fidelity"]
-    print(f"table of {s['table_size']} configurations; Spearman at {fid}: meta {s['spearman'][fid]['meta'][0]:.3f}, "
-          f"probe val acc {s['spearman'][fid]['probe_val_acc'][0]:.3f}, ceiling {s['noise_ceiling']['spearman'][0]:.3f}")
-    for m, v in s["regret_at_budget"].items():
-        print(f"  regret at budget {s['budget']:g}: {m:<20s} {_fmt(v)}")
-    print(s["verdict"])
+    for name, t in s["tables"].items():
+        rep = t["replay"]["seconds"]["methods"]
+        print(f"table {name}: {t['size']} configurations, budget {t['budget_seconds']:.0f} s")
+        for m in sorted(rep, key=lambda m: rep[m]["regret_at"]["1"][0]):
+            r = rep[m]
+            print(f"  {m:<16s} regret at 25/50/100%: {r['regret_at']['0.25'][0]:.4f} {r['regret_at']['0.5'][0]:.4f} "
+                  f"{r['regret_at']['1'][0]:.4f}; ERT to {s['target_regret']}: "
+                  f"{_num(r['time_to_target']['ert'] / t['full_training_seconds'], 1)} full trainings "
+                  f"({r['time_to_target']['success_rate']:.0%} reach it)")
+    for v in s["verdict"]:
+        print(v)
+    print(f"default method (measured): {s['default_method']['measured']}")
     print(f"wrote {args.out}/report.md ({s['seconds']:.0f} s)")
     return 0
