@@ -114,7 +114,6 @@ def main() -> None:
         ph = PyHessian(model, crit, data=(data.x, data.y), cuda=False)
         setup = time.perf_counter() - t
         counter = {"n": 0}
-        import sys
 
         phmod = sys.modules["pyhessian.hessian"]  # the package re-exports the class under the same name
 
