@@ -5,13 +5,13 @@ runs are prepared first, in a temporary folder) and is classified as
 
 * one_line_error: exit status != 0 and stderr is exactly one line starting 'lossprobe: error:';
 * traceback:      a Python traceback on stderr;
+* one_line_warning: exit status 0 with one 'lossprobe: warning:' line, for the values the
+                  issue asks to accept with a warning (--subset larger than the data);
 * silent_accept:  exit status 0 (the bad input was taken);
 * other:          anything else (a non-zero exit with several lines, or a timeout).
 
 A few cases are not bad input but damage lossprobe must repair (a truncated file of a run
-that is resumed); they expect exit 0 and count as 'recovered'. Cases whose cause lies in
-loading data, models or losses (being rewritten elsewhere) are counted separately under
-'out_of_scope'. After every case the user's files planted in the output folders must
+that is resumed); they expect exit 0 and count as 'recovered'. After every case the user's files planted in the output folders must
 still be there ('foreign_files_lost' counts violations).
 
 Prints one JSON line: counts per class, in scope and out of scope, per command, and the
@@ -47,7 +47,7 @@ depth = 1
 """
 SEARCH = "--dataset spiral --method probe --budget 3 --init-probes 2 --probes-per-round 1 --init-full 1 --fraction 0.5 --probe-epochs 1"
 
-# (command line with placeholders, scope) -- scope 'oos' = data/model/loss loading (out of scope)
+# (command line with placeholders, scope) -- every case is in scope since the batch contract (issue 11) landed
 CASES: list[tuple[str, str]] = [
     # --- the program itself
     ("", "in"), ("bogus", "in"), ("--bogus", "in"), ("study", "in"), ("study bogus", "in"), ("interpolate", "in"),
@@ -93,16 +93,16 @@ CASES: list[tuple[str, str]] = [
     (f"search --space {{SPACE}} {SEARCH} --out {{FOREIGN}} --force", "in"),
     ("report {RUN} --out {FOREIGN}", "in"),
     # --- interpolate: data/model loading (out of scope)
-    ("interpolate {A} {B} --model bogus --data spiral:test --out {OUT}", "oos"),
-    ("interpolate {A} {B} --model mlp:abc --data spiral:test --out {OUT}", "oos"),
-    ("interpolate {A} {B} --model mlp:2-8-3 --data spiral:test --out {OUT}", "oos"),
-    ("interpolate {A} {B} --model nonexistent.module:fn --data spiral:test --out {OUT}", "oos"),
-    ("interpolate {A} {B} --model os:getcwd --data spiral:test --out {OUT}", "oos"),
-    ("interpolate {A} {B} --model mlp:2-8-2 --data bogus:test --out {OUT}", "oos"),
-    ("interpolate {A} {B} --model mlp:2-8-2 --data spiral:bogus --out {OUT}", "oos"),
-    ("interpolate {A} {B} --model mlp:2-8-2 --data spiral:test --subset 999999999 --out {OUT}", "oos"),
-    ("interpolate {A} {B} --model mlp:2-8-2 --data fashion-mnist --out {OUT}", "oos"),
-    ("interpolate {A784} {B784} --model mlp:784-8-10 --data spiral:test --out {OUT}", "oos"),
+    ("interpolate {A} {B} --model bogus --data spiral:test --out {OUT}", "in"),
+    ("interpolate {A} {B} --model mlp:abc --data spiral:test --out {OUT}", "in"),
+    ("interpolate {A} {B} --model mlp:2-8-3 --data spiral:test --out {OUT}", "in"),
+    ("interpolate {A} {B} --model nonexistent.module:fn --data spiral:test --out {OUT}", "in"),
+    ("interpolate {A} {B} --model os:getcwd --data spiral:test --out {OUT}", "in"),
+    ("interpolate {A} {B} --model mlp:2-8-2 --data bogus:test --out {OUT}", "in"),
+    ("interpolate {A} {B} --model mlp:2-8-2 --data spiral:bogus --out {OUT}", "in"),
+    ("interpolate {A} {B} --model mlp:2-8-2 --data spiral:test --subset 999999999 --out {OUT}", "in"),
+    ("interpolate {A} {B} --model mlp:2-8-2 --data fashion-mnist --out {OUT}", "in"),
+    ("interpolate {A784} {B784} --model mlp:784-8-10 --data spiral:test --out {OUT}", "in"),
     # --- surface / slice
     (f"surface {{A}} {M} --steps 0 --out {{OUT}}", "in"),
     (f"surface {{A}} {M} --steps -1 --out {{OUT}}", "in"),
@@ -143,8 +143,8 @@ CASES: list[tuple[str, str]] = [
     (f"slice {{NAN}} {M} --steps 5 --out {{OUT}}", "in"),
     (f"slice {{EVIL}} {M} --steps 5 --out {{OUT}}", "in"),
     (f"slice {{A}} {M} --steps 5 --norm x --out {{OUT}}", "in"),
-    ("surface {A} --model mlp:2-8-2 --data spiral:nope --steps 3 --out {OUT}", "oos"),
-    ("slice {A} --model cnn:4 --data spiral:test --steps 3 --out {OUT}", "oos"),
+    ("surface {A} --model mlp:2-8-2 --data spiral:nope --steps 3 --out {OUT}", "in"),
+    ("slice {A} --model cnn:4 --data spiral:test --steps 3 --out {OUT}", "in"),
     # --- hessian
     (f"hessian {{A}} {M} --top-k 0 --out {{OUT}}", "in"),
     (f"hessian {{A}} {M} --top-k -1 --out {{OUT}}", "in"),
@@ -198,7 +198,7 @@ CASES: list[tuple[str, str]] = [
     (f"align {{A}} {{NAN}} {M} --out {{OUT}}", "in"),
     (f"align {{A}} {{WRONG}} {M} --out {{OUT}}", "in"),
     (f"align {{A}} {{DIR}} {M} --out {{OUT}}", "in"),
-    ("align {A} {B} --model mlp:2-8-2 --data spiral:test --calib-data bogus --method activations --out {OUT}", "oos"),
+    ("align {A} {B} --model mlp:2-8-2 --data spiral:test --calib-data bogus --method activations --out {OUT}", "in"),
     # --- curve
     (f"curve {{A}} {{B}} {M} --bends 0 --out {{OUT}}", "in"),
     (f"curve {{A}} {{B}} {M} --epochs 0 --out {{OUT}}", "in"),
@@ -213,7 +213,7 @@ CASES: list[tuple[str, str]] = [
     (f"curve {{A}} {{B}} {M} --train-subset 0 --out {{OUT}}", "in"),
     (f"curve {{A}} {{NAN}} {M} --out {{OUT}}", "in"),
     (f"curve {{EVIL}} {{B}} {M} --out {{OUT}}", "in"),
-    ("curve {A} {B} --model mlp:2-8-2 --data spiral:test --train-data bogus --out {OUT}", "oos"),
+    ("curve {A} {B} --model mlp:2-8-2 --data spiral:test --train-data bogus --out {OUT}", "in"),
     # --- report
     ("report {T}/missing --out {OUT}", "in"),
     ("report {FILE} --out {OUT}", "in"),
@@ -265,8 +265,8 @@ CASES: list[tuple[str, str]] = [
     (f"search --space {{SPACE}} {SEARCH} --n-train 0 --out {{OUT}}", "in"),
     (f"search --space {{SPACE}} {SEARCH} --seed x --out {{OUT}}", "in"),
     (f"search --space {{SPACE}} {SEARCH} --out {{FILE}}", "in"),
-    (f"search --space {{SPACE}} {SEARCH} --dataset bogus --out {{OUT}}", "oos"),
-    (f"search --space {{SPACE}} {SEARCH} --dataset cifar10:{{T}}/nope --out {{OUT}}", "oos"),
+    (f"search --space {{SPACE}} {SEARCH} --dataset bogus --out {{OUT}}", "in"),
+    (f"search --space {{SPACE}} {SEARCH} --dataset cifar10:{{T}}/nope --out {{OUT}}", "in"),
     # --- study two-seeds
     ("study two-seeds --epochs 0 --out {OUT}", "in"),
     ("study two-seeds --epochs -3 --out {OUT}", "in"),
@@ -287,8 +287,8 @@ CASES: list[tuple[str, str]] = [
     ("study two-seeds --config {BADTOL} --out {OUT}", "in"),
     ("study two-seeds --quick --out {FILE}", "in"),
     ("study two-seeds --quick --out {OTHERRUN}", "in"),
-    ("study two-seeds --quick --model bogus --out {OUT}", "oos"),
-    ("study two-seeds --quick --model mlp:2-8-2 --out {OUT}", "oos"),
+    ("study two-seeds --quick --model bogus --out {OUT}", "in"),
+    ("study two-seeds --quick --model mlp:2-8-2 --out {OUT}", "in"),
     # --- study width
     ("study width --widths 32 8 --out {OUT}", "in"),
     ("study width --widths 0 8 --out {OUT}", "in"),
@@ -306,7 +306,7 @@ CASES: list[tuple[str, str]] = [
     ("study architectures --threads 0 --out {OUT}", "in"),
     ("study architectures --config {DIR} --out {OUT}", "in"),
     ("study architectures --quick --config {NEGEPOCHS} --out {OUT}", "in"),
-    ("study architectures --quick --model-a bogus --out {OUT}", "oos"),
+    ("study architectures --quick --model-a bogus --out {OUT}", "in"),
     # --- study optimizers
     ("study optimizers --dataset bogus --out {OUT}", "in"),
     ("study optimizers --dataset toy:bogus --out {OUT}", "in"),
@@ -455,6 +455,9 @@ def classify(rc: int | None, err: str) -> str:
     if "Traceback (most recent call last)" in err:
         return "traceback"
     if rc == 0:
+        # a value the issue asks to accept with a warning (e.g. --subset beyond the data): one warning line
+        if any(ln.startswith("lossprobe: warning:") for ln in err.splitlines()):
+            return "one_line_warning"
         return "silent_accept"
     lines = [ln for ln in err.splitlines() if ln.strip()]
     if len(lines) == 1 and lines[0].startswith("lossprobe: error:"):
@@ -583,7 +586,7 @@ def main() -> int:
                               "stderr": err.strip().splitlines()[-2:]})
     finally:
         shutil.rmtree(t, ignore_errors=True)
-    classes = ("one_line_error", "traceback", "silent_accept", "other")
+    classes = ("one_line_error", "one_line_warning", "traceback", "silent_accept", "other")
 
     def counts(rs):
         c = collections.Counter(r["class"] for r in rs)
@@ -604,7 +607,7 @@ def main() -> int:
         "pickle_payload_ran": os.path.exists("/tmp/lossprobe-bad-inputs-pwned"),
         "recovered_after_damage": {"n": len(recovered), "ok": sum(r["ok"] for r in recovered)},
         "not_one_line_in_scope": [{k: r[k] for k in ("cmd", "class", "rc", "stderr")}
-                                  for r in ins if r["class"] != "one_line_error"],
+                                  for r in ins if r["class"] not in ("one_line_error", "one_line_warning")],
         "out_of_scope": {"n": len(oos), **counts(oos),
                          "not_one_line": [{k: r[k] for k in ("cmd", "class", "rc", "stderr")}
                                           for r in oos if r["class"] != "one_line_error"]},

@@ -84,6 +84,9 @@ def test_kappa_and_other_floats_must_be_finite(ck, tmp_path, capsys):
              "--epsilon", "finite")
     one_line(capsys, lp(["surface", str(ck / "a.safetensors"), *M, "--span", "nan", "1", "--out", str(tmp_path / "u")]),
              "--span", "finite")
+    for bad in ("inf", "nan", "infm"):
+        rc = lp(["search", "--space", str(ck / "space.toml"), *SEARCH, "--budget", bad, "--out", str(tmp_path / "b")])
+        one_line(capsys, rc, "--budget")
     assert not (tmp_path / "o").exists() and not (tmp_path / "s").exists()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 from .common import add_out, add_ray_timeout, finite_float, positive_float, positive_int
@@ -20,8 +21,8 @@ def parse_budget(text: str) -> tuple[float, str]:
             v, axis = float(t), "epochs"
     except ValueError:
         raise UserError(f"--budget must be a number of epochs (60) or a wall-clock time (90s, 15m, 2h), got '{text}'") from None
-    if not v > 0:
-        raise UserError(f"--budget must be positive, got '{text}'")
+    if not (v > 0 and math.isfinite(v)):
+        raise UserError(f"--budget must be a positive, finite number, got '{text}'")
     return v, axis
 
 
