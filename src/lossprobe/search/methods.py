@@ -535,7 +535,7 @@ METHODS = {
 # The method `lossprobe search` uses by default: the one the search benchmark measured best in
 # wall-clock regret on both tables (docs/search.md; the benchmark's summary.json records its
 # own measured choice under default_method and whether it agrees with this).
-DEFAULT_METHOD = "mf"
+DEFAULT_METHOD = "probe-rank"
 BASELINES = ("random", "tpe", "sh", "hyperband", "sh-probe", "hyperband-probe", "asha", "bohb", "lce", "probe-rank")
 
 
