@@ -91,8 +91,11 @@ def test_search_killed_anywhere_resumes_to_the_same_result(tmp_path):
     ref = tmp_path / "ref"
     seq = write_sequence(lambda: main([*args, str(ref)]), ref)
     want = run_state(ref)
-    # mid-search (a trained candidate not yet stored as a trial), and after the test result was recorded
-    for k in pick(seq, "checkpoints/candidate-", "chosen.json")[:2]:
+    # mid-search (a trained candidate not yet stored as a trial), after the test result was recorded,
+    # and while a training writes its final model copy (its last epoch already recorded as done)
+    last_copy = max(i for i, p in enumerate(seq, 1) if p.startswith("checkpoints/training/")
+                    and p.endswith("/model.safetensors"))
+    for k in pick(seq, "checkpoints/candidate-", "chosen.json")[:2] + [last_copy]:
         out = tmp_path / f"k{k}"
         got = killed_then_resumed([*args, str(out)], out, k)
         assert got == want, (k, seq[k - 1])

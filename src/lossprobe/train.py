@@ -293,6 +293,9 @@ def fit(
             hist, trajectory = resumed
             start_epoch = hist.epoch[-1] + 1
             elapsed = hist.seconds[-1]
+            # a kill while the last epoch wrote its model.safetensors copy leaves an older copy
+            # behind; history.json already counts that epoch, so no later save would replace it
+            save_checkpoint(model, ckpt / "model.safetensors")
 
     def record(epoch: int, batch_loss: float, t0: float):
         tl, ta = evaluate_model(model, train, crit, cfg.eval_batch_size)
