@@ -5,7 +5,7 @@ Layout (a study or command writes what applies):
     environment.json   versions, seeds, CPU threads, command line, start time
     summary.json       the key numbers
     status.json        stages finished so far (for resuming), and 'complete' at the end
-    *.npz              arrays
+    *.npz              arrays (with the axes of their 2-D grids, see `save_arrays`)
     checkpoints/       safetensors weights
     figures/           PNG and SVG
     report.md          figures and a verdict
@@ -107,6 +107,63 @@ def readable(path: str | os.PathLike) -> bool:
         return True
     except Exception:  # noqa: BLE001 - any failure to read means: recompute it
         return False
+
+
+# --- arrays and the axes of their grids ---------------------------------------------------
+GRIDS_KEY = "_grids"  # reserved .npz entry: the producer's declaration of its 2-D grids (JSON text)
+_GRID_FIELDS = {"rows", "cols", "row_label", "col_label"}
+
+
+def _check_grids(arrays: dict[str, Any], grids: dict[str, dict]) -> dict[str, dict]:
+    """The declaration as plain JSON types; ValueError when it does not fit the arrays."""
+    out = {}
+    for z, spec in grids.items():
+        if not isinstance(spec, dict) or not {"rows", "cols"} <= set(spec) or set(spec) - _GRID_FIELDS:
+            raise ValueError(f"grid '{z}' must be a dict with 'rows' and 'cols' (and optional 'row_label', "
+                             f"'col_label'), got {spec!r}")
+        shape = np.shape(arrays[z]) if z in arrays else None
+        if shape is None or len(shape) != 2:
+            raise ValueError(f"grid '{z}' is not a 2-D array among the arrays saved")
+        for key, n in (("rows", shape[0]), ("cols", shape[1])):
+            c = spec[key]
+            if c not in arrays or np.shape(arrays[c]) != (n,):
+                raise ValueError(f"grid '{z}' {shape}: its {key} coordinate '{c}' must be a 1-D array of length {n}")
+        out[str(z)] = {k: str(v) for k, v in spec.items()}
+    return out
+
+
+def save_arrays(path: str | os.PathLike, arrays: dict[str, Any], grids: dict[str, dict] | None = None) -> Path:
+    """Write `arrays` to the .npz `path` atomically, with the axes of its 2-D arrays.
+
+    `grids` declares, for each 2-D array Z, which 1-D arrays are its coordinates:
+    ``{"loss": {"rows": "ys", "cols": "xs", "row_label": "y", "col_label": "x"}}`` means
+    loss[i, j] is the value at (ys[i], xs[j]); the labels are optional axis titles. It is
+    stored inside the same file (entry GRIDS_KEY, JSON text: no pickle), so it can never
+    disagree with the arrays it describes; readers get it back with `grids_of`. Without a
+    declaration, readers such as the report site guess the axes from names and lengths."""
+    if GRIDS_KEY in arrays:
+        raise ValueError(f"'{GRIDS_KEY}' is reserved for the grid declaration; rename that array")
+    if grids:
+        arrays = {**arrays, GRIDS_KEY: np.array(json.dumps(_check_grids(arrays, grids)))}
+    return atomic.save_npz(path, **arrays)
+
+
+def grids_of(arrays: dict[str, np.ndarray]) -> dict[str, dict[str, str]]:
+    """The grid declaration stored in a loaded .npz (see `save_arrays`): {2-D array: {rows,
+    cols[, row_label, col_label]}}, only the entries that still fit the arrays; {} when the
+    file has none (written before declarations existed, or by another program)."""
+    raw = arrays.get(GRIDS_KEY)
+    try:
+        grids = json.loads(str(raw[()])) if raw is not None and raw.shape == () else {}
+    except (ValueError, TypeError):
+        return {}
+    out = {}
+    for z, spec in grids.items() if isinstance(grids, dict) else ():
+        try:
+            out.update(_check_grids(arrays, {z: spec}))
+        except (ValueError, TypeError):
+            pass  # damaged or hand-edited: that array falls back to the reader's guess
+    return out
 
 
 # --- one writer per folder ----------------------------------------------------------------
@@ -356,14 +413,17 @@ class RunDir:
     def write_text(self, name: str, text: str) -> Path:
         return atomic.write_text(self.path / name, text)
 
-    def save_arrays(self, name: str, **arrays) -> Path:
-        return atomic.save_npz(self.path / name, **arrays)
+    def save_arrays(self, name: str, grids: dict[str, dict] | None = None, **arrays) -> Path:
+        """Arrays to NAME (.npz), atomically; `grids` declares the axes of 2-D arrays (see the
+        module function `save_arrays`)."""
+        return save_arrays(self.path / name, arrays, grids)
 
     def load_arrays(self, name: str) -> dict[str, np.ndarray]:
+        """The arrays of NAME (the grid declaration is left out: it describes arrays, it is not one)."""
         p = self.path / name
         try:
             with np.load(p) as f:
-                return {k: f[k] for k in f.files}
+                return {k: f[k] for k in f.files if k != GRIDS_KEY}
         except FileNotFoundError:
             raise UserError(f"{p} does not exist") from None
         except OSError as e:

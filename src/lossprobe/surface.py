@@ -170,16 +170,26 @@ class Surface:
 
     def save(self, path) -> Path:
         """Write arrays to PATH.npz and metadata to PATH.json (PATH a directory: surface.npz/json)."""
-        from .atomic import save_npz
+        from .store import save_arrays
 
         npz, js = self._paths(path)
         arrays = {f"coords_{i}": c for i, c in enumerate(self.coords)}
         arrays.update(loss=self.loss, accuracy=self.accuracy, mask=self.mask)
         if self.subset_indices is not None:
             arrays["subset_indices"] = self.subset_indices
-        save_npz(npz, **arrays)
+        save_arrays(npz, arrays, self._grids())
         write_json(js, {"format": FORMAT, "ndim": self.ndim, "meta": self.meta})
         return npz
+
+    def _grids(self) -> dict | None:
+        """The axes of a 2-D surface for readers of the .npz: rows follow d1 (coords_0)."""
+        if self.ndim != 2:
+            return None
+        spec = {"rows": "coords_0", "cols": "coords_1"}
+        labels = self.meta.get("axis_labels")
+        if isinstance(labels, (list, tuple)) and len(labels) == 2:
+            spec.update(row_label=str(labels[0]), col_label=str(labels[1]))
+        return {k: spec for k in ("loss", "accuracy", "mask")}
 
     @classmethod
     def load(cls, path) -> "Surface":

@@ -363,6 +363,14 @@ class PlaneSurface:
         return {f"{prefix}xs": self.xs, f"{prefix}ys": self.ys, f"{prefix}loss": self.loss,
                 f"{prefix}accuracy": self.accuracy}
 
+    @staticmethod
+    def grids(prefix: str = "") -> dict[str, dict[str, str]]:
+        """The axes of the arrays of `to_arrays(prefix)`, for `RunDir.save_arrays(grids=...)`:
+        rows are y, columns x (a square grid gives readers no other way to tell)."""
+        spec = {"rows": f"{prefix}ys", "cols": f"{prefix}xs", "row_label": "y (plane direction 2)",
+                "col_label": "x (plane direction 1)"}
+        return {f"{prefix}loss": spec, f"{prefix}accuracy": spec}
+
 
 def grid_extent(coords: np.ndarray, margin: float = 0.2, minimum: float = 0.0) -> tuple[tuple[float, float], tuple[float, float]]:
     """A box around the projected points [K, 2] and the origin, widened by `margin` of its

@@ -18,9 +18,12 @@ small Markdown subset converted), and plotly plots for arrays it recognises:
 * curves: in any .npz, a 1-D x array (alphas, sigmas, epsilons, steps, ...) and the 1-D
   arrays of the same length, grouped by the prefix before the first '_' (loss_train and
   loss_test share a plot);
-* 2-D surfaces: a 2-D array (``loss`` first) whose two axes match 1-D coordinate arrays
-  (rows: Z.shape[0], columns: Z.shape[1]; arrays named x/y go to the x/y axes), drawn as a
-  rotatable 3-D surface and as a contour map;
+* 2-D surfaces: the 2-D arrays (``loss`` first) whose axes the producer declared in the
+  .npz (`lossprobe.store.save_arrays(grids=...)`: rows -> plotly y, columns -> x, with its
+  axis labels); in files without a declaration (older runs, other programs), a 2-D array
+  whose two axes match 1-D coordinate arrays by length (rows: Z.shape[0], columns:
+  Z.shape[1]; arrays named x/y go to the x/y axes), a guess that cannot tell the axes of a
+  square grid apart. Drawn as a rotatable 3-D surface and as a contour map;
 * learning curves: history*.json files as written by `lossprobe.train.History.to_dict`.
 
 All text from a run (names, notes, config values, report.md) is HTML-escaped; inline
@@ -46,6 +49,7 @@ from urllib.parse import quote
 import numpy as np
 
 from ..errors import UserError
+from ..store import GRIDS_KEY, grids_of
 
 ASSETS = Path(__file__).with_name("site_assets")
 SITE_MARKER = ".lossprobe-site"
@@ -290,6 +294,7 @@ class Run:
     arrays: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # npz path -> arrays
     histories: dict[str, dict] = field(default_factory=dict)  # label -> History.to_dict()
     axis_labels: dict[str, dict[str, str]] = field(default_factory=dict)  # npz -> {array name: axis title}
+    grids: dict[str, dict[str, dict]] = field(default_factory=dict)  # npz -> declared axes (store.grids_of)
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -385,7 +390,10 @@ def load_run(path: str | os.PathLike, exclude: Iterable[Path] = ()) -> Run:
         if rel.endswith(".npz") and n <= MAX_LOAD_BYTES:
             try:
                 with np.load(p / rel, allow_pickle=False) as f:
-                    run.arrays[rel] = {k: f[k] for k in f.files}
+                    arrays = {k: f[k] for k in f.files}
+                run.grids[rel] = grids_of(arrays)
+                arrays.pop(GRIDS_KEY, None)
+                run.arrays[rel] = arrays
                 run.axis_labels[rel] = _axis_labels(p / (rel[:-4] + ".json"), run.arrays[rel])
             except Exception as e:  # a damaged array file must not stop the site
                 run.problems.append(f"{rel} could not be read ({type(e).__name__})")
@@ -567,13 +575,16 @@ def _is_x_name(name: str) -> bool:
     return low in X_NAMES or re.fullmatch(r"(coords?|grid|axis)(_?\d+)?", low) is not None
 
 
-def curve_groups(arrays: dict[str, np.ndarray]) -> list[tuple[str, str, dict[str, np.ndarray]]]:
+def curve_groups(arrays: dict[str, np.ndarray],
+                 grids: dict[str, dict] | None = None) -> list[tuple[str, str, dict[str, np.ndarray]]]:
     """[(x name, group name, {series name: y})]: arrays against an x array of the same length,
     one group per metric (loss_train, loss_test -> group 'loss', series 'train' and 'test').
 
     y is 1-D, or 2-D [len(x), k] / [k, len(x)] with k <= 64 repeats (seeds, pairs), drawn as
-    the mean with min-max error bars. 2-D arrays whose both axes have coordinates are surfaces.
+    the mean with min-max error bars. 2-D arrays whose both axes have coordinates are surfaces
+    (`grids`: the file's declared axes, see `surface_axes`).
     """
+    surfaces = surface_axes(arrays, grids)
     xs = [k for k in arrays if _is_x_name(k) and _is_num_1d(arrays[k])]
     used = set(xs)
     out = []
@@ -585,7 +596,7 @@ def curve_groups(arrays: dict[str, np.ndarray]) -> list[tuple[str, str, dict[str
                 continue
             if a.ndim == 1 and a.size == n:
                 y = a
-            elif a.ndim == 2 and n in a.shape and not all(_surface_axes(arrays, k)):
+            elif a.ndim == 2 and n in a.shape and k not in surfaces:
                 y = a if a.shape[0] == n else a.T
                 if y.shape[1] > 64 or y.shape[0] != n:
                     continue
@@ -598,8 +609,27 @@ def curve_groups(arrays: dict[str, np.ndarray]) -> list[tuple[str, str, dict[str
     return out
 
 
+def surface_axes(arrays: dict[str, np.ndarray], grids: dict[str, dict] | None = None) -> dict[str, dict]:
+    """{2-D array: {'rows': coordinate name, 'cols': coordinate name[, 'row_label', 'col_label']}}.
+
+    The producer's declaration (`grids`, as `lossprobe.store.grids_of` reads it) when the file
+    has one: then only the declared arrays are surfaces. Otherwise guessed per array from
+    names and lengths (`_surface_axes`), for run directories written before declarations."""
+    if grids:
+        return {z: g for z, g in grids.items() if z in arrays}
+    out = {}
+    for k, a in arrays.items():
+        if a.ndim == 2:
+            row, col = _surface_axes(arrays, k)
+            if row is not None and col is not None:
+                out[k] = {"rows": row, "cols": col}
+    return out
+
+
 def _surface_axes(arrays: dict[str, np.ndarray], zname: str) -> tuple[str | None, str | None]:
-    """(row coordinate name, column coordinate name) for 2-D array `zname`, or None for an index."""
+    """The guess: (row coordinate name, column coordinate name) for 2-D array `zname`, None
+    where no 1-D array fits. Names x/y decide; else the first fitting array in the file is the
+    row coordinate, so a square grid whose x comes first is drawn transposed."""
     m, n = arrays[zname].shape
     ones = [k for k in arrays if k != zname and _is_num_1d(arrays[k])]
     rows = [k for k in ones if arrays[k].size == m]
@@ -615,23 +645,23 @@ def _surface_axes(arrays: dict[str, np.ndarray], zname: str) -> tuple[str | None
 
 
 def surface_plots(rel: str, arrays: dict[str, np.ndarray], label: str = "",
-                  axis_labels: dict[str, str] | None = None) -> list[Plot]:
-    """3-D surface and contour plots for the 2-D arrays of one .npz (loss-like arrays first)."""
-    twod = [k for k in arrays if arrays[k].ndim == 2 and min(arrays[k].shape) >= 2
+                  axis_labels: dict[str, str] | None = None, grids: dict[str, dict] | None = None) -> list[Plot]:
+    """3-D surface and contour plots for the 2-D arrays of one .npz (loss-like arrays first).
+    z[i][j] is the value at (y[i], x[j]): rows go to plotly's y, columns to x."""
+    axes = surface_axes(arrays, grids)
+    twod = [k for k in arrays if k in axes and min(arrays[k].shape) >= 2
             and np.issubdtype(arrays[k].dtype, np.number) and not np.iscomplexobj(arrays[k])]
-    # a 2-D array is a surface only if both of its axes match coordinate vectors
-    twod = [k for k in twod if all(v is not None for v in _surface_axes(arrays, k))]
     losses = [k for k in twod if "loss" in k.lower()]
     chosen = losses or twod[:2]
     plots = []
     for zk in chosen[:3]:
         z = np.asarray(arrays[zk], dtype=np.float64)
-        rk, ck = _surface_axes(arrays, zk)
-        y = arrays[rk] if rk else np.arange(z.shape[0])
-        x = arrays[ck] if ck else np.arange(z.shape[1])
+        g = axes[zk]
+        rk, ck = g["rows"], g["cols"]
+        y, x = arrays[rk], arrays[ck]
         names = axis_labels or {}
-        xl = names.get(ck, ck) if ck else "column index"
-        yl = names.get(rk, rk) if rk else "row index"
+        xl = g.get("col_label") or names.get(ck, ck)
+        yl = g.get("row_label") or names.get(rk, rk)
         zl = zk.replace("_", " ")
         finite = z[np.isfinite(z)]
         rng = f"{finite.min():.4g} to {finite.max():.4g}" if finite.size else "no finite values"
@@ -641,7 +671,7 @@ def surface_plots(rel: str, arrays: dict[str, np.ndarray], label: str = "",
                 "name": zl, "hovertemplate": hover, "colorbar": {"title": {"text": zl}},
                 "contours": {"z": {"show": True, "usecolormap": False, "color": "#222", "width": 1,
                                    "project": {"z": False}}}}
-        short = f"({rk or 'row'}, {ck or 'column'})"
+        short = f"({rk}, {ck})"
         lay = _layout(f"{zl} over {short} — {where}", xl, yl)
         lay["scene"] = {"xaxis": {"title": {"text": xl}}, "yaxis": {"title": {"text": yl}},
                         "zaxis": {"title": {"text": zl}}, "camera": {"eye": {"x": 1.5, "y": -1.5, "z": 1.0}},
@@ -667,9 +697,9 @@ def surface_plots(rel: str, arrays: dict[str, np.ndarray], label: str = "",
 
 
 def curve_plots(rel: str, arrays: dict[str, np.ndarray], label: str = "",
-                axis_labels: dict[str, str] | None = None) -> list[Plot]:
+                axis_labels: dict[str, str] | None = None, grids: dict[str, dict] | None = None) -> list[Plot]:
     plots = []
-    for xk, group, series in curve_groups(arrays):
+    for xk, group, series in curve_groups(arrays, grids):
         x = arrays[xk]
         xl = (axis_labels or {}).get(xk) or X_LABELS.get(xk, xk)
         data = [_curve_trace(s, x, y, i, xk) for i, (s, y) in enumerate(list(series.items())[:MAX_TRACES])]
@@ -771,7 +801,7 @@ def run_plots(run: Run) -> tuple[list[Plot], int]:
     # the same curve in several files (one file per optimiser, say) is one plot with all lines
     by_key: dict[str, list[tuple[str, Plot]]] = {}
     for rel in order:
-        for p in curve_plots(rel, run.arrays[rel], axis_labels=run.axis_labels.get(rel)):
+        for p in curve_plots(rel, run.arrays[rel], axis_labels=run.axis_labels.get(rel), grids=run.grids.get(rel)):
             by_key.setdefault(p.key.split(":", 1)[1], []).append((rel, p))
     plots = []
     for k, members in by_key.items():
@@ -787,7 +817,7 @@ def run_plots(run: Run) -> tuple[list[Plot], int]:
     plots += history_plots(run.histories)
     n_surface_files, omitted = 0, 0
     for rel in order:
-        sp = surface_plots(rel, run.arrays[rel], axis_labels=run.axis_labels.get(rel))
+        sp = surface_plots(rel, run.arrays[rel], axis_labels=run.axis_labels.get(rel), grids=run.grids.get(rel))
         if sp and n_surface_files >= MAX_SURFACE_FILES:
             omitted += len(sp)
             continue

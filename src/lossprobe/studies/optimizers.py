@@ -155,14 +155,15 @@ QUICK_TOY = {"steps": 60, "gif": False}
 # --- stages ------------------------------------------------------------------------------
 
 
-def _stage(rd, name: str, compute, progress: bool):
-    """Load stage `name` if it finished before, else compute (arrays, meta), save, mark."""
+def _stage(rd, name: str, compute, progress: bool, grids: dict | None = None):
+    """Load stage `name` if it finished before, else compute (arrays, meta), save (with the
+    axes of the 2-D arrays declared in `grids`), mark."""
     if rd.done(name) and (rd / f"{name}.npz").is_file() and (rd / f"{name}.json").is_file():
         return rd.load_arrays(f"{name}.npz"), rd.load_json(f"{name}.json")
     if progress:
         print(f"[optimizers] {name}")
     arrays, meta = compute()
-    rd.save_arrays(f"{name}.npz", **arrays)
+    rd.save_arrays(f"{name}.npz", grids=grids, **arrays)
     rd.save_json(f"{name}.json", meta)
     rd.mark(name)
     return arrays, meta
@@ -409,7 +410,7 @@ def _run_spiral(rd, cfg: OptimizersConfig, progress: bool) -> dict:
                     arrays[f"{o}_{k}"] = v
                 meta["fidelity"][o] = fidelity_summary(f, cfg.near)
             return arrays, meta
-        return _stage(rd, f"plane-{key}", compute, progress)
+        return _stage(rd, f"plane-{key}", compute, progress, grids=PlaneSurface.grids("surface_"))
 
     planes = {}
     theta0 = thetas[opts[0]][0].to(torch.float64)
@@ -483,7 +484,7 @@ def _run_spiral(rd, cfg: OptimizersConfig, progress: bool) -> dict:
             meta["roughness"] = roughness(surf.loss)
             return arrays, meta
 
-        basins = _stage(rd, "basins", compute_basins, progress)
+        basins = _stage(rd, "basins", compute_basins, progress, grids=PlaneSurface.grids("surface_"))
 
     # 5. regularisation and architecture
     variant_specs = {"base": (widths, 0.0), "l2": (widths, cfg.l2), "wide": ([cfg.wide], 0.0),
@@ -510,7 +511,8 @@ def _run_spiral(rd, cfg: OptimizersConfig, progress: bool) -> dict:
                     "explained_variance_ratio": pca.explained_variance_ratio.tolist()}
             return arrays, meta
 
-        variants[v] = _stage(rd, f"variant-{v}", compute_variant, progress)
+        variants[v] = _stage(rd, f"variant-{v}", compute_variant, progress,
+                             grids={**PlaneSurface.grids("pca_"), **PlaneSurface.grids("random_")})
 
     # 6. figures, per-point tables, summary
     figs = []

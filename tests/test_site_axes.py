@@ -1,0 +1,145 @@
+"""Declared grid axes: producers say which 1-D arrays are the rows and columns of a 2-D
+array (`lossprobe.store.save_arrays(grids=...)`), and the report site draws them so."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lossprobe import store
+from lossprobe.report import site
+from lossprobe.store import RunDir
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _f(r, c):
+    """A value that is not symmetric in its arguments, so a transposed z is caught."""
+    return 10.0 * r + c**2 + 0.5 * r * c
+
+
+def _surfaces(run, rel):
+    plots = [p for p in site.run_plots(run)[0] if p.key.startswith(f"{rel}:")]
+    surface = next(p for p in plots if p.surface)
+    contour = next(p for p in plots if p.data[0]["type"] == "contour")
+    return surface, contour
+
+
+def _check_orientation(trace, rows, cols, fn):
+    """plotly: z[i][j] is the value at (y[i], x[j]); rows must be y, columns x."""
+    assert trace["y"] == pytest.approx(list(rows)) and trace["x"] == pytest.approx(list(cols))
+    z = np.array(trace["z"], dtype=float)
+    assert z.shape == (len(rows), len(cols))
+    for i, r in enumerate(rows):
+        for j, c in enumerate(cols):
+            assert z[i, j] == pytest.approx(fn(r, c))
+
+
+# rows first and columns first in the file: a guess by position would be wrong for one of them
+@pytest.mark.parametrize("shape", [(3, 5), (4, 4)])
+@pytest.mark.parametrize("orientation", ["d1_rows", "y_rows"])
+def test_declared_axes_decide_plotly_x_and_y(tmp_path, shape, orientation):
+    m, n = shape
+    rows = np.linspace(-2.0, 1.0, m)  # distinct values per axis: x and y cannot be mistaken
+    cols = np.linspace(0.25, 3.0, n)
+    z = _f(rows[:, None], cols[None, :])
+    if orientation == "d1_rows":  # as lossprobe.surface.Surface: coords_0 (d1) on the rows
+        rk, ck, arrays = "coords_0", "coords_1", {"coords_0": rows, "coords_1": cols}
+    else:  # as trajectory.PlaneSurface: loss[iy, ix], and xs is written first
+        rk, ck, arrays = "surface_ys", "surface_xs", {"surface_xs": cols, "surface_ys": rows}
+    grids = {"surface_loss": {"rows": rk, "cols": ck, "row_label": "rows here", "col_label": "columns here"}}
+    rd = RunDir(tmp_path / "r", "test", {"shape": list(shape), "orientation": orientation})
+    rd.save_arrays("grid.npz", grids=grids, surface_loss=z, **arrays)
+    run = site.load_run(rd.path)
+    assert run.grids["grid.npz"]["surface_loss"]["rows"] == rk
+    assert store.GRIDS_KEY not in run.arrays["grid.npz"]
+    surface, contour = _surfaces(run, "grid.npz")
+    for plot in (surface, contour):
+        _check_orientation(plot.data[0], rows, cols, _f)
+    assert surface.layout["scene"]["xaxis"]["title"]["text"] == "columns here"
+    assert surface.layout["scene"]["yaxis"]["title"]["text"] == "rows here"
+    assert contour.layout["xaxis"]["title"]["text"] == "columns here"
+    # the declared surface is not also drawn as a family of curves
+    assert all(s != "surface_loss" for _, _, series in site.curve_groups(run.arrays["grid.npz"], run.grids["grid.npz"])
+               for s in series)
+
+
+def test_surface_save_declares_d1_on_the_rows(tmp_path):
+    from lossprobe.surface import Surface
+
+    c0, c1 = np.linspace(-1.0, 1.0, 4), np.linspace(0.5, 2.0, 4)  # square: only the declaration tells
+    loss = _f(c0[:, None], c1[None, :])
+    s = Surface([c0, c1], loss, loss / 10, np.ones((4, 4), bool), {"axis_labels": ["along d1", "along d2"]})
+    rd = RunDir(tmp_path / "s", "surface", {})
+    s.save(rd.path)
+    back = Surface.load(rd.path)  # the declaration does not disturb reopening
+    assert np.array_equal(back.loss, loss) and np.array_equal(back.coords[0], c0)
+    with np.load(rd / "surface.npz") as f:
+        grids = store.grids_of({k: f[k] for k in f.files})
+    assert grids["loss"] == {"rows": "coords_0", "cols": "coords_1", "row_label": "along d1",
+                             "col_label": "along d2"}
+    surface, _ = _surfaces(site.load_run(rd.path), "surface.npz")
+    _check_orientation(surface.data[0], c0, c1, _f)
+    assert surface.layout["scene"]["yaxis"]["title"]["text"] == "along d1"
+
+
+def test_optimizer_study_plane_surface_is_drawn_with_y_on_the_rows(tmp_path):
+    """Regression: the optimiser study's square plane grids (surface_xs, surface_ys,
+    surface_loss[iy, ix]) were drawn transposed. Its own stage code writes a tiny one here."""
+    from lossprobe import trajectory as T
+    from lossprobe.data import two_spirals
+    from lossprobe.models import mlp
+    from lossprobe.objective import Objective
+    from lossprobe.studies import optimizers
+
+    model = mlp([2, 4, 1], seed=0)
+    obj = Objective(model, two_spirals(20, 0.1, 1.5, seed=0), loss="bce")
+    plane = T.random_plane(model, seed=0)
+    surf = T.plane_surface(obj, plane, ((-1.0, 0.5), (-0.25, 2.0)), n=4)
+    assert not np.allclose(surf.loss, surf.loss.T)  # else orientation could not be seen
+    rd = RunDir(tmp_path / "o", "optimizers", {"tiny": True})
+    optimizers._stage(rd, "plane-test", lambda: (surf.to_arrays("surface_"), {}), False,
+                      grids=T.PlaneSurface.grids("surface_"))
+    surface, contour = _surfaces(site.load_run(rd.path), "plane-test.npz")
+
+    def loss_at(y, x):  # the true loss at plane coordinates (x, y), computed afresh
+        theta = plane.point(torch.tensor([[x, y]], dtype=torch.float64)).to(obj.space.dtype)
+        return float(T.losses_at(obj, theta)[0][0])
+
+    for plot in (surface, contour):
+        trace = plot.data[0]
+        assert trace["x"] == pytest.approx(list(surf.xs)) and trace["y"] == pytest.approx(list(surf.ys))
+        z = np.array(trace["z"], dtype=float)
+        for i, j in ((0, 3), (3, 0), (1, 2)):
+            assert z[i, j] == pytest.approx(loss_at(surf.ys[i], surf.xs[j]), rel=1e-4)
+    assert surface.layout["scene"]["xaxis"]["title"]["text"].startswith("x")
+    # reopening a finished stage gives the arrays without the declaration entry
+    arrays, _ = optimizers._stage(rd, "plane-test", lambda: pytest.fail("recomputed"), False)
+    assert set(arrays) == set(surf.to_arrays("surface_"))
+
+
+def test_files_without_a_declaration_still_use_the_guess(tmp_path):
+    from lossprobe.atomic import save_npz
+
+    rd = RunDir(tmp_path / "old", "surface", {})
+    c0, c1 = np.linspace(-1, 1, 3), np.linspace(-1, 1, 5)
+    save_npz(rd / "surface.npz", coords_0=c0, coords_1=c1, loss=_f(c0[:, None], c1[None, :]))  # as before
+    run = site.load_run(rd.path)
+    assert run.grids["surface.npz"] == {}
+    surface, _ = _surfaces(run, "surface.npz")
+    _check_orientation(surface.data[0], c0, c1, _f)
+
+
+def test_declarations_are_checked_when_written_and_ignored_when_damaged(tmp_path):
+    xs, ys, z = np.arange(3.0), np.arange(4.0), np.zeros((4, 3))
+    with pytest.raises(ValueError, match="length 4"):
+        store.save_arrays(tmp_path / "a.npz", {"xs": xs, "ys": ys, "z": z}, {"z": {"rows": "xs", "cols": "ys"}})
+    with pytest.raises(ValueError, match="2-D"):
+        store.save_arrays(tmp_path / "a.npz", {"xs": xs, "z": xs}, {"z": {"rows": "xs", "cols": "xs"}})
+    with pytest.raises(ValueError, match="reserved"):
+        store.save_arrays(tmp_path / "a.npz", {store.GRIDS_KEY: xs})
+    # a declaration that no longer fits its arrays (edited by hand) is dropped, not trusted
+    bad = {"xs": xs, "ys": ys, "z": z, store.GRIDS_KEY: np.array('{"z": {"rows": "xs", "cols": "ys"}}')}
+    assert store.grids_of(bad) == {}
+    assert store.grids_of({**bad, store.GRIDS_KEY: np.array("not json")}) == {}
