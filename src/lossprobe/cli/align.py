@@ -30,8 +30,8 @@ def register(sub) -> None:
     p.add_argument("--calib-data", default=None, metavar="DATA",
                    help="data for activation matching, REPAIR and BatchNorm statistics "
                    "(default: the training split of --data's set)")
-    p.add_argument("--calib-subset", type=positive_int, default=5000, metavar="N",
-                   help="seeded subset size of --calib-data (default: %(default)s)")
+    p.add_argument("--calib-subset", type=positive_int, default=None, metavar="N",
+                   help="seeded subset size of --calib-data (default: 5000, or all of it when smaller)")
     p.add_argument("--alphas", type=int, default=21, metavar="N",
                    help="number of α points from 0 to 1 (N−1 must be even so that 0.5 is on the grid; default: %(default)s)")
     p.add_argument("--bn", choices=("interpolate", "recompute"), default="recompute",
@@ -72,8 +72,8 @@ def run(args) -> int:
     require_finite_loss(model_a, split, args.ckpt_a, args.data, "A", args.batch_size, crit)
     require_finite_loss(model_b, split, args.ckpt_b, args.data, "B", args.batch_size, crit)
     needs_calib = args.method == "activations" or args.repair or (has_batchnorm(model_a) and args.bn == "recompute")
-    calib = training_data(args, args.calib_data, "--calib-data", args.calib_subset, args.subset_seed + 1) \
-        if needs_calib else None
+    calib = training_data(args, args.calib_data, "--calib-data", args.calib_subset or 5000, args.subset_seed + 1,
+                          subset_option="--calib-subset", warn=args.calib_subset is not None) if needs_calib else None
     run_dir = RunDir(args.out, "align", {k: v for k, v in vars(args).items() if k not in ("func", "force")}, args.force)
     fwd = crit.forward
     aligned_b, perms = align(model_a, model_b, method=args.method, data=calib if calib is not None else split,

@@ -170,16 +170,18 @@ def data_name(spec: str) -> str:
     return "data"
 
 
-def training_data(args, explicit: str | None, option: str, subset: int | None = None, seed: int = 0):
+def training_data(args, explicit: str | None, option: str, subset: int | None = None, seed: int = 0,
+                  subset_option: str = "--subset", warn: bool = True):
     """Training data for BatchNorm statistics, calibration or curve training: `explicit` if
-    given, else the training split of --data's built-in set; one line when there is none."""
+    given, else the training split of --data's built-in set; one line when there is none.
+    `subset_option` names the option that set `subset` in the warning when it exceeds the data."""
     from ..data.sources import load, train_counterpart
     from ..errors import UserError
 
     spec = explicit or train_counterpart(args.data)
     if spec is None:
         raise UserError(f"'{args.data}' has no training split lossprobe knows of: give {option} DATA")
-    return load(spec, subset, seed)
+    return load(spec, subset, seed, option=subset_option, warn=warn)
 
 
 def user_function(spec: str | None, what: str):

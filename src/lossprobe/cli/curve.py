@@ -61,7 +61,8 @@ def run(args) -> int:
     check_fit(model_a, split, crit, args)
     require_finite_loss(model_a, split, args.ckpt_a, args.data, "endpoint A (t = 0)", args.batch_size, crit)
     require_finite_loss(model_b, split, args.ckpt_b, args.data, "endpoint B (t = 1)", args.batch_size, crit)
-    train = training_data(args, args.train_data, "--train-data", args.train_subset, args.seed)
+    train = training_data(args, args.train_data, "--train-data", args.train_subset, args.seed,
+                          subset_option="--train-subset")
     curve = Curve(model_a, model_b, bends=args.bends, kind=args.kind, forward=crit.forward)
     cfg = CurveTrainConfig(epochs=args.epochs, lr=args.lr, optimizer=args.optimizer,
                            batch_size=args.train_batch_size, seed=args.seed)

@@ -38,10 +38,12 @@ FORMS = ("fashion-mnist:SPLIT, spiral:SPLIT, cifar10:DIR, cifar100:DIR, imagefol
          "FILE.pt|.npz|.safetensors[:KEYS], module:function")
 
 
-def load(spec: str, subset: int | None = None, seed: int = 0, flatten: bool = False) -> Data:
+def load(spec: str, subset: int | None = None, seed: int = 0, flatten: bool = False, option: str = "--subset",
+         warn: bool = True) -> Data:
     """The data named by `spec` (see the module doc); `subset` takes a seeded subset.
 
-    A `subset` at least as large as the data uses all of it, with a one-line warning.
+    A `subset` at least as large as the data uses all of it, with a one-line warning naming
+    `option` (none when `warn` is False: a default the user did not choose).
     """
     if not isinstance(spec, str) or not spec:
         raise UserError(f"--data must name a data set ({FORMS})")
@@ -50,8 +52,8 @@ def load(spec: str, subset: int | None = None, seed: int = 0, flatten: bool = Fa
         if not isinstance(data, TensorData):
             raise UserError(f"--subset needs in-memory data; '{spec}' is a stream of batches")
         if subset >= len(data):
-            if subset > len(data):
-                print(f"lossprobe: warning: --subset {subset} is larger than {spec} ({len(data)} samples); "
+            if subset > len(data) and warn:
+                print(f"lossprobe: warning: {option} {subset} is larger than {spec} ({len(data)} samples); "
                       "using all of it", file=sys.stderr)
             return data
         data = data.subset(subset, seed)
