@@ -29,7 +29,6 @@ import numpy as np
 import torch
 
 from .curvature import (
-    CountingOperator,
     EigResult,
     SLQResult,
     TraceResult,
@@ -41,7 +40,8 @@ from .curvature import (
 )
 from .errors import UserError
 from .graphs import GraphCache, parse_bytes
-from .objective import Objective, second_order, warn_if_stochastic
+from .objective import Objective, second_order
+from .operators import CurvatureOperator
 from .space import KINDS
 
 METHODS = ("auto", "reverse", "forward")
@@ -58,7 +58,7 @@ __all__ = [
 ]
 
 
-class HessianOperator:
+class HessianOperator(CurvatureOperator):
     """H(θ) of the objective's mean loss, restricted to the chosen parameters.
 
     Acts on float64 vectors of length ``n`` (the number of selected parameters) and
@@ -80,76 +80,24 @@ class HessianOperator:
             (CUDA free memory, or the host's available RAM). See `lossprobe.graphs`.
     """
 
+    name = "hessian"
+
     def __init__(self, objective: Objective, theta: torch.Tensor | None = None, params=None, method: str = "auto",
                  cache_graph: bool | str = "auto", cache_budget: float | str | None = None):
-        if not isinstance(objective, Objective):
-            raise TypeError(f"expected a lossprobe Objective, got {type(objective).__name__}")
         if method not in METHODS:
             raise UserError(f"method must be one of {list(METHODS)}, got {method!r}")
-        self.objective = objective
-        space = objective.space
-        self.theta = (objective.theta0 if theta is None else theta).detach().to(objective.device, space.dtype)
-        space.check_vector(self.theta, "theta")
+        super().__init__(objective, theta, params, cache_graph)
         self.method = DEFAULT_METHOD if method == "auto" else method
-        self.mask = select_params(objective, params)
-        self.index = torch.nonzero(self.mask).squeeze(1).to(objective.device)
-        self.full = bool(self.mask.all())
-        self.n = int(self.mask.sum())
-        self.device = objective.device
-        self.calls = 0
-        if cache_graph not in ("auto", True, False):
-            raise UserError(f"cache_graph must be 'auto', True or False, got {cache_graph!r}")
+        # the gradient graphs are kept per batch within the budget (not only for one-batch data)
         self.cache_graph = self.method == "reverse" and cache_graph is not False
         budget = float("inf") if cache_graph is True else (None if cache_budget is None else parse_bytes(cache_budget))
         self.graphs = GraphCache(objective, self.theta, _gradient_graph(objective), budget=budget,
                                  context=second_order) if self.cache_graph else None
-        with objective.mode():
-            if objective.model.training:
-                warn_if_stochastic(objective.model)
-        # blocks (module name, slice of the selected coordinates), in layout order
-        self.blocks: list[tuple[str, slice]] = []
-        pos, groups = 0, {}
-        for e in space.entries:
-            k = int(self.mask[e.slice].sum())
-            if not k:
-                continue
-            module = e.name.rpartition(".")[0] or e.name
-            if module in groups and groups[module].stop == pos:
-                groups[module] = slice(groups[module].start, pos + k)
-            else:
-                groups[module if module not in groups else f"{e.name}"] = slice(pos, pos + k)
-            pos += k
-        self.blocks = list(groups.items())
 
-    # --- vectors ---------------------------------------------------------------------
-    def embed(self, v: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """Selected-coordinate vector(s) [.., n] -> full parameter vector(s) [.., P] (zeros elsewhere)."""
-        v = v.to(self.device)
-        dtype = dtype or v.dtype
-        if self.full:
-            return v.to(dtype)
-        out = torch.zeros(*v.shape[:-1], self.objective.space.numel, dtype=dtype, device=self.device)
-        out[..., self.index] = v.to(dtype)
-        return out
-
-    def restrict(self, full: torch.Tensor) -> torch.Tensor:
-        return full if self.full else full[..., self.index]
-
-    # --- products --------------------------------------------------------------------
-    def __call__(self, v: torch.Tensor) -> torch.Tensor:
-        return self.matvec(v)
-
-    def matvec(self, v: torch.Tensor) -> torch.Tensor:
-        """H v for v [n] (any float dtype); returns float64 [n]."""
-        if v.shape != (self.n,):
-            raise UserError(f"vector has shape {tuple(v.shape)}, expected ({self.n},)")
-        self.calls += 1
-        full = self.embed(v, self.objective.space.dtype)
+    def _apply(self, full: torch.Tensor) -> torch.Tensor:
         if self.cache_graph:
-            hv = self._cached_hvp(full)
-        else:
-            hv = hvp(self.objective, full, self.theta, method=self.method, check=False)
-        return self.restrict(hv).to(torch.float64)
+            return self._cached_hvp(full)
+        return hvp(self.objective, full, self.theta, method=self.method, check=False)
 
     def _cached_hvp(self, v: torch.Tensor) -> torch.Tensor:
         out = torch.zeros_like(self.theta)
@@ -164,9 +112,6 @@ class HessianOperator:
         """Free the kept gradient graphs (they are rebuilt on the next product)."""
         if self.graphs is not None:
             self.graphs.release()
-
-    def counting(self) -> CountingOperator:
-        return CountingOperator(self.matvec, self.n, self.device)
 
 
 def _gradient_graph(objective: Objective):

@@ -27,10 +27,10 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from .batching import Data, Forward, TensorData, as_data, take
+from .batching import Forward, TensorData, as_data, take
 from .errors import UserError
 from .hoist import Hoister, Plan, Runner, capture, moving_tensors
-from .losses import Criterion, Loss, Terms, criterion
+from .losses import Loss, Terms, criterion
 from .space import ParamSpace
 
 @dataclass

@@ -242,7 +242,7 @@ class OutputLoss:
 
 # --- the operators ------------------------------------------------------------------------
 def _blocks(space, mask) -> list[tuple[str, slice]]:
-    """(module name, slice of the selected coordinates) in layout order (as the Hessian's)."""
+    """(module name, slice of the selected coordinates) in layout order: per-layer traces."""
     pos, groups = 0, {}
     for e in space.entries:
         k = int(mask[e.slice].sum())
