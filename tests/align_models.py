@@ -6,6 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# the same tiny models as the compatibility matrix's (tied embedding, GroupNorm CNN)
+from compat_models import GroupNormCNN, TiedLM  # noqa: F401
+
 
 class SharedLayer(nn.Module):
     """One hidden Linear applied twice (a module called more than once)."""
@@ -23,20 +26,6 @@ class SharedLayer(nn.Module):
         return self.fc3(h)
 
 
-class TiedLM(nn.Module):
-    """Token classifier whose output layer shares the embedding matrix (tied weights)."""
-
-    def __init__(self, vocab=20, dim=8):
-        super().__init__()
-        self.emb = nn.Embedding(vocab, dim)
-        self.mix = nn.Linear(dim, dim)
-        self.out = nn.Linear(dim, vocab, bias=False)
-        self.out.weight = self.emb.weight
-
-    def forward(self, tokens):
-        return self.out(torch.tanh(self.mix(self.emb(tokens).mean(1))))
-
-
 class Standardised(nn.Module):
     """Standardises its raw input inside forward, before any permuted layer."""
 
@@ -47,17 +36,6 @@ class Standardised(nn.Module):
     def forward(self, x):
         x = (x - x.mean(1, keepdim=True)) / (x.std(1, keepdim=True) + 1e-5)
         return self.fc3(F.relu(self.fc2(F.relu(self.fc1(x)))))
-
-
-class GroupNormCNN(nn.Module):
-    def __init__(self, classes=4):
-        super().__init__()
-        self.net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.GroupNorm(2, 8), nn.ReLU(), nn.MaxPool2d(2),
-                                 nn.Conv2d(8, 8, 3, padding=1), nn.GroupNorm(4, 8), nn.ReLU(), nn.Flatten(),
-                                 nn.Linear(8 * 4 * 4, classes))
-
-    def forward(self, x):
-        return self.net(x)
 
 
 class LayerNormCNN(nn.Module):
