@@ -50,6 +50,16 @@ def hf_spec(model: nn.Module) -> PermutationSpec:
         seen.add(name)
         return mods[name]
 
+    def norm(name, cls):  # a LayerNorm over the channels of `cls`; activation matching reads its output
+        b.channel_params(name, use(name), cls, ("weight", "bias"))
+        b.probe(cls, Probe("module", name, -1))
+
+    def mlp(fc, act, proj):  # hidden units between two Linears, read after the activation
+        h = b.linear(fc, use(fc), s)
+        b.probe(h, Probe("module", fc, -1))
+        b.probe(h, Probe("module", act, -1, post=True))
+        b.linear(proj, use(proj), h, out_cls=s)
+
     def heads_of(name):
         if not (name in mods and isinstance(mods[name], nn.Linear)):
             raise UserError(f"HF {mt}: expected a Linear layer '{name}'")
@@ -66,8 +76,7 @@ def hf_spec(model: nn.Module) -> PermutationSpec:
             if f"{p}embeddings.{e}" in mods:
                 use(f"{p}embeddings.{e}")
                 b.add(s, f"{p}embeddings.{e}.weight", 1)
-        b.channel_params(f"{p}embeddings.LayerNorm", use(f"{p}embeddings.LayerNorm"), s, ("weight", "bias"))
-        b.probe(s, Probe("module", f"{p}embeddings.LayerNorm", -1))
+        norm(f"{p}embeddings.LayerNorm", s)
         for i in range(cfg.num_hidden_layers):
             L = f"{p}encoder.layer.{i}"
             a = f"{L}.attention"
@@ -81,14 +90,9 @@ def hf_spec(model: nn.Module) -> PermutationSpec:
             for x, cls in (("query", f"{L}.attention:qk"), ("key", f"{L}.attention:qk"), ("value", f"{L}.attention:vo")):
                 b.repair.append((f"{a}.self.{x}", cls))
                 b.probe(cls, Probe("module", f"{a}.self.{x}", -1))
-            b.channel_params(f"{a}.output.LayerNorm", use(f"{a}.output.LayerNorm"), s, ("weight", "bias"))
-            b.probe(s, Probe("module", f"{a}.output.LayerNorm", -1))
-            h = b.linear(f"{L}.intermediate.dense", use(f"{L}.intermediate.dense"), s)
-            b.probe(h, Probe("module", f"{L}.intermediate.dense", -1))
-            b.probe(h, Probe("module", f"{L}.intermediate", -1, post=True))
-            b.linear(f"{L}.output.dense", use(f"{L}.output.dense"), h, out_cls=s)
-            b.channel_params(f"{L}.output.LayerNorm", use(f"{L}.output.LayerNorm"), s, ("weight", "bias"))
-            b.probe(s, Probe("module", f"{L}.output.LayerNorm", -1))
+            norm(f"{a}.output.LayerNorm", s)
+            mlp(f"{L}.intermediate.dense", f"{L}.intermediate", f"{L}.output.dense")
+            norm(f"{L}.output.LayerNorm", s)
         pooled = None
         if f"{p}pooler.dense" in mods:
             pooled = b.linear(f"{p}pooler.dense", use(f"{p}pooler.dense"), s)
@@ -127,8 +131,7 @@ def hf_spec(model: nn.Module) -> PermutationSpec:
             b.add(s, f"{p}{e}.weight", 1)
         for i in range(cfg.n_layer):
             L = f"{p}h.{i}"
-            b.channel_params(f"{L}.ln_1", use(f"{L}.ln_1"), s, ("weight", "bias"))
-            b.probe(s, Probe("module", f"{L}.ln_1", -1))
+            norm(f"{L}.ln_1", s)
             ca = use(f"{L}.attn.c_attn")
             b.attention(f"{L}.attn", H, s, s,
                         (f"{L}.attn.c_attn", ca, 0, E, "weight"), (f"{L}.attn.c_attn", ca, E, E, "weight"),
@@ -137,14 +140,9 @@ def hf_spec(model: nn.Module) -> PermutationSpec:
             b.probe(f"{L}.attn:qk", Probe("module", f"{L}.attn.c_attn", -1, start=0, length=E))
             b.probe(f"{L}.attn:qk", Probe("module", f"{L}.attn.c_attn", -1, start=E, length=E))
             b.probe(f"{L}.attn:vo", Probe("module", f"{L}.attn.c_attn", -1, start=2 * E, length=E))
-            b.channel_params(f"{L}.ln_2", use(f"{L}.ln_2"), s, ("weight", "bias"))
-            b.probe(s, Probe("module", f"{L}.ln_2", -1))
-            h = b.linear(f"{L}.mlp.c_fc", use(f"{L}.mlp.c_fc"), s)
-            b.probe(h, Probe("module", f"{L}.mlp.c_fc", -1))
-            b.probe(h, Probe("module", f"{L}.mlp.act", -1, post=True))
-            b.linear(f"{L}.mlp.c_proj", use(f"{L}.mlp.c_proj"), h, out_cls=s)
-        b.channel_params(f"{p}ln_f", use(f"{p}ln_f"), s, ("weight", "bias"))
-        b.probe(s, Probe("module", f"{p}ln_f", -1))
+            norm(f"{L}.ln_2", s)
+            mlp(f"{L}.mlp.c_fc", f"{L}.mlp.act", f"{L}.mlp.c_proj")
+        norm(f"{p}ln_f", s)
         name = type(model).__name__
         if name.endswith("LMHeadModel"):
             b.fix(b.linear("lm_head", use("lm_head"), s))
