@@ -144,12 +144,20 @@ def open_atomic(path: str | os.PathLike, mode: str = "wb", encoding: str | None 
         f = open(tmp, "xb") if mode == "wb" else open(tmp, "x", encoding=encoding, newline="")
     except OSError as e:
         raise describe(e, path, needed=size_hint) from None
-    try:
+    with _replacing(tmp, path, size_hint):
         try:
             yield f
             _fsync_file(f, path)
         finally:
             f.close()
+
+
+@contextlib.contextmanager
+def _replacing(tmp: Path, path: Path, size_hint: int | None = None) -> Iterator[None]:
+    """Around the block that writes and fsyncs `tmp`: renames it to `path` and fsyncs the folder
+    when the block ends; otherwise removes it, an OS error becoming one line naming `path`."""
+    try:
+        yield
         os.replace(tmp, path)
     except OSError as e:
         needed = size_hint or _tmp_size(tmp)
@@ -175,19 +183,10 @@ def writing_to(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     makedirs(path.parent)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.{secrets.token_hex(4)}{TMP_SUFFIX}{path.suffix}")
-    try:
+    with _replacing(tmp, path):
         yield tmp
         with open(tmp, "rb+") as f:
             _fsync_file(f, path)
-        os.replace(tmp, path)
-    except OSError as e:
-        needed = _tmp_size(tmp)
-        _unlink_quietly(tmp)
-        raise describe(e, path, needed=needed) from None
-    except BaseException:
-        _unlink_quietly(tmp)
-        raise
-    fsync_dir(path.parent)
 
 
 def is_temp(name: str) -> bool:
