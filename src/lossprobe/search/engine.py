@@ -459,9 +459,8 @@ class LiveOracle:
             (r,) = self.executor.map(_train_job, [(self.space.to_dict(), self.values(key), self.spec, self.seed,
                                                    epoch, str(ck))])
             h = r["history"]
-            chance = 1.0 / self.spec.load().n_classes
-            curve = [v if np.isfinite(v) else chance for v in h["val_accuracy"]][: epoch + 1]
-            curve += [chance] * (epoch + 1 - len(curve))  # a diverged run stays at chance
+            curve = [v if np.isfinite(v) else self.chance for v in h["val_accuracy"]][: epoch + 1]
+            curve += [self.chance] * (epoch + 1 - len(curve))  # a diverged run stays at chance
             secs = h["seconds"] + [h["seconds"][-1]] * (epoch + 1 - len(h["seconds"]))
             seconds = float(secs[epoch] - (secs[done] if done else 0.0))
             if "state" in r:
