@@ -111,6 +111,8 @@ def readable(path: str | os.PathLike) -> bool:
 
 # --- arrays and the axes of their grids ---------------------------------------------------
 GRIDS_KEY = "_grids"  # reserved .npz entry: the producer's declaration of its 2-D grids (JSON text)
+PLOTS_KEY = "_plots"  # reserved .npz entry: the producer's plot declarations (`lossprobe.plotspec`, JSON text)
+RESERVED_KEYS = (GRIDS_KEY, PLOTS_KEY)
 _GRID_FIELDS = {"rows", "cols", "row_label", "col_label"}
 
 
@@ -132,20 +134,31 @@ def _check_grids(arrays: dict[str, Any], grids: dict[str, dict]) -> dict[str, di
     return out
 
 
-def save_arrays(path: str | os.PathLike, arrays: dict[str, Any], grids: dict[str, dict] | None = None) -> Path:
+def save_arrays(path: str | os.PathLike, arrays: dict[str, Any], grids: dict[str, dict] | None = None,
+                plots=None) -> Path:
     """Write `arrays` to the .npz `path` atomically, with the axes of its 2-D arrays.
 
     `grids` declares, for each 2-D array Z, which 1-D arrays are its coordinates:
     ``{"loss": {"rows": "ys", "cols": "xs", "row_label": "y", "col_label": "x"}}`` means
     loss[i, j] is the value at (ys[i], xs[j]); the labels are optional axis titles. It is
     stored inside the same file (entry GRIDS_KEY, JSON text: no pickle), so it can never
-    disagree with the arrays it describes; readers get it back with `grids_of`. Without a
-    declaration, readers such as the report site guess the axes from names and lengths."""
-    if GRIDS_KEY in arrays:
-        raise ValueError(f"'{GRIDS_KEY}' is reserved for the grid declaration; rename that array")
+    disagree with the arrays it describes; readers get it back with `grids_of`.
+
+    `plots` is a list of `lossprobe.plotspec.PlotSpec`: what the producer asks readers (the
+    report site, figures) to draw from these arrays; checked against the arrays and stored
+    the same way (entry PLOTS_KEY); readers get it back with `plots_of`. Arrays no
+    declaration names are listed by readers, never drawn by guesswork."""
+    for key in RESERVED_KEYS:
+        if key in arrays:
+            raise ValueError(f"'{key}' is reserved for declarations; rename that array")
+    extra = {}
     if grids:
-        arrays = {**arrays, GRIDS_KEY: np.array(json.dumps(_check_grids(arrays, grids)))}
-    return atomic.save_npz(path, **arrays)
+        extra[GRIDS_KEY] = np.array(json.dumps(_check_grids(arrays, grids)))
+    if plots:
+        from .plotspec import dumps
+
+        extra[PLOTS_KEY] = np.array(dumps(plots, arrays))
+    return atomic.save_npz(path, **arrays, **extra)
 
 
 def grids_of(arrays: dict[str, np.ndarray]) -> dict[str, dict[str, str]]:
@@ -164,6 +177,20 @@ def grids_of(arrays: dict[str, np.ndarray]) -> dict[str, dict[str, str]]:
         except (ValueError, TypeError):
             pass  # damaged or hand-edited: that array falls back to the reader's guess
     return out
+
+
+def plots_of(arrays: dict[str, np.ndarray]) -> list:
+    """The plot declarations stored in a loaded .npz (see `save_arrays`), only those that
+    still fit the arrays. A file with only a grid declaration (written before plot
+    declarations existed) yields one surface plot per declared grid; a file with neither, []."""
+    from .plotspec import loads, surface
+
+    raw = arrays.get(PLOTS_KEY)
+    if raw is not None and raw.shape == ():
+        return loads(str(raw[()]), arrays)
+    return [surface(z, z, g["rows"], g["cols"], xlabel=g.get("col_label", g["cols"]),
+                    ylabel=g.get("row_label", g["rows"]), zlabel=z)
+            for z, g in grids_of(arrays).items()]
 
 
 # --- one writer per folder ----------------------------------------------------------------
@@ -413,17 +440,17 @@ class RunDir:
     def write_text(self, name: str, text: str) -> Path:
         return atomic.write_text(self.path / name, text)
 
-    def save_arrays(self, name: str, grids: dict[str, dict] | None = None, **arrays) -> Path:
-        """Arrays to NAME (.npz), atomically; `grids` declares the axes of 2-D arrays (see the
-        module function `save_arrays`)."""
-        return save_arrays(self.path / name, arrays, grids)
+    def save_arrays(self, name: str, grids: dict[str, dict] | None = None, plots=None, **arrays) -> Path:
+        """Arrays to NAME (.npz), atomically; `grids` declares the axes of 2-D arrays and
+        `plots` what to draw from them (see the module function `save_arrays`)."""
+        return save_arrays(self.path / name, arrays, grids, plots)
 
     def load_arrays(self, name: str) -> dict[str, np.ndarray]:
-        """The arrays of NAME (the grid declaration is left out: it describes arrays, it is not one)."""
+        """The arrays of NAME (the declarations are left out: they describe arrays, they are not ones)."""
         p = self.path / name
         try:
             with np.load(p) as f:
-                return {k: f[k] for k in f.files if k != GRIDS_KEY}
+                return {k: f[k] for k in f.files if k not in RESERVED_KEYS}
         except FileNotFoundError:
             raise UserError(f"{p} does not exist") from None
         except OSError as e:
