@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, ClassVar, Sequence
 
 import numpy as np
 import torch
 from scipy.linalg import eigh_tridiagonal
 
 from .errors import UserError
+from .results import Result, json_float, register
 
 MatVec = Callable[[torch.Tensor], torch.Tensor]
 
@@ -206,8 +207,9 @@ def _orth_against(w: torch.Tensor, B: torch.Tensor | None) -> torch.Tensor:
     return w
 
 
+@register
 @dataclass
-class EigResult:
+class EigResult(Result):
     """Extreme eigenpairs of a symmetric operator.
 
     values [k] float64 (largest first for 'largest', smallest first for 'smallest';
@@ -226,10 +228,42 @@ class EigResult:
     residual_kind: str = "exact"
     all_ritz_values: np.ndarray | None = None
 
+    NAME: ClassVar[str] = "eigenvalues"
+
     def to_dict(self) -> dict:
+        """The JSON form (eigenvectors are left out: `save` keeps them)."""
         return {"eigenvalues": self.values.tolist(), "residuals": self.residuals.tolist(), "matvecs": self.matvecs,
                 "lanczos_steps": self.steps, "converged": self.converged, "which": self.which,
                 "residual_kind": self.residual_kind}
+
+    @classmethod
+    def from_dict(cls, d) -> "EigResult":
+        return cls(np.asarray(d["eigenvalues"], float), np.asarray(d["residuals"], float), None, d["matvecs"],
+                   d["lanczos_steps"], d["converged"], d["which"], d.get("residual_kind", "exact"))
+
+    def summary(self) -> dict:
+        return self.to_dict()
+
+    def to_arrays(self, prefix: str = "") -> dict[str, np.ndarray]:
+        out = {f"{prefix}eigenvalues": self.values, f"{prefix}residuals": self.residuals}
+        if self.vectors is not None:
+            out[f"{prefix}vectors"] = torch.as_tensor(self.vectors).detach().cpu().double().numpy()
+        if self.all_ritz_values is not None:
+            out[f"{prefix}all_ritz_values"] = np.asarray(self.all_ritz_values)
+        return out
+
+    def metadata(self) -> dict:
+        return {"matvecs": self.matvecs, "lanczos_steps": self.steps, "converged": self.converged, "which": self.which,
+                "residual_kind": self.residual_kind}
+
+    @classmethod
+    def from_arrays(cls, arrays, metadata=None, prefix: str = "") -> "EigResult":
+        m = metadata or {}
+        vec = arrays.get(f"{prefix}vectors")
+        return cls(np.asarray(arrays[f"{prefix}eigenvalues"]), np.asarray(arrays[f"{prefix}residuals"]),
+                   None if vec is None else torch.from_numpy(np.asarray(vec)), m.get("matvecs", 0),
+                   m.get("lanczos_steps", 0), bool(m.get("converged", False)), m.get("which", "largest"),
+                   m.get("residual_kind", "exact"), arrays.get(f"{prefix}all_ritz_values"))
 
 
 def _pick(theta: np.ndarray, k: int, which: str) -> np.ndarray:
@@ -317,8 +351,9 @@ def lanczos_eigs(
 
 
 # --- trace ---------------------------------------------------------------------------
+@register
 @dataclass
-class TraceResult:
+class TraceResult(Result):
     """A trace estimate with its standard error (over the random probes).
 
     trace, stderr: floats; blocks: {name: (trace, stderr)} when blocks were given;
@@ -335,11 +370,37 @@ class TraceResult:
     blocks: dict[str, tuple[float, float]] | None = None
     deflated: float = 0.0
 
+    NAME: ClassVar[str] = "trace"
+
     def to_dict(self) -> dict:
-        d = {"trace": self.trace, "trace_stderr": self.stderr, "matvecs": self.matvecs, "method": self.method}
+        """The JSON form (the per-probe samples are left out: `save` keeps them)."""
+        d = {"trace": self.trace, "trace_stderr": self.stderr, "matvecs": self.matvecs, "method": self.method,
+             "deflated": self.deflated}
         if self.blocks is not None:
             d["blocks"] = {k: {"trace": v[0], "stderr": v[1]} for k, v in self.blocks.items()}
         return d
+
+    @classmethod
+    def from_dict(cls, d, samples=None) -> "TraceResult":
+        blocks = d.get("blocks")
+        nan = float("nan")
+        return cls(json_float(d["trace"]), json_float(d["trace_stderr"]), d["matvecs"], d["method"],
+                   np.zeros(0) if samples is None else np.asarray(samples),
+                   None if blocks is None else {k: (json_float(v["trace"]), json_float(v.get("stderr", nan))) for k, v in blocks.items()},
+                   json_float(d.get("deflated", 0.0)))
+
+    def summary(self) -> dict:
+        return self.to_dict()
+
+    def to_arrays(self, prefix: str = "") -> dict[str, np.ndarray]:
+        return {f"{prefix}samples": np.asarray(self.samples)}
+
+    def metadata(self) -> dict:
+        return self.to_dict()
+
+    @classmethod
+    def from_arrays(cls, arrays, metadata=None, prefix: str = "") -> "TraceResult":
+        return cls.from_dict(metadata or {}, samples=arrays[f"{prefix}samples"])
 
 
 def _block_sums(x: torch.Tensor, blocks) -> torch.Tensor | None:

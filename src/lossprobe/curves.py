@@ -39,6 +39,7 @@ from torch.func import functional_call
 from .batching import as_data
 from .errors import UserError
 from .losses import criterion
+from .paths import PathEvaluation
 from .space import ParamSpace
 from .train import cosine_factor
 
@@ -261,27 +262,7 @@ def train_curve(curve: Curve, train, config: CurveTrainConfig | None = None,
     return hist
 
 
-@dataclass
-class CurveEvaluation:
-    """Loss and accuracy at points t of a curve on each named split."""
-
-    ts: np.ndarray
-    loss: dict[str, np.ndarray] = field(default_factory=dict)
-    accuracy: dict[str, np.ndarray] = field(default_factory=dict)
-
-    def barriers(self) -> dict[str, dict[str, float]]:
-        """{'loss_barrier': {split: v}, 'error_barrier': {split: v}} along the curve (t in [0, 1])."""
-        from .paths import error_barrier, loss_barrier
-
-        return {"loss_barrier": {s: loss_barrier(self.ts, self.loss[s]) for s in self.loss},
-                "error_barrier": {s: error_barrier(self.ts, 1 - self.accuracy[s]) for s in self.loss}}
-
-    def to_arrays(self, prefix: str = "") -> dict[str, np.ndarray]:
-        out = {f"{prefix}ts": self.ts}
-        for s in self.loss:
-            out[f"{prefix}loss_{s}"] = self.loss[s]
-            out[f"{prefix}accuracy_{s}"] = self.accuracy[s]
-        return out
+CurveEvaluation = PathEvaluation  # a curve's evaluation: PathEvaluation(ts=...)
 
 
 @torch.no_grad()

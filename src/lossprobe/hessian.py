@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -39,6 +40,7 @@ from .curvature import (
     slq,
 )
 from .errors import UserError
+from .results import Result, json_float, register
 from .graphs import GraphCache, parse_bytes
 from .objective import Objective, second_order
 from .operators import CurvatureOperator
@@ -340,8 +342,9 @@ def trace(
     return r
 
 
+@register
 @dataclass
-class Density:
+class Density(Result):
     """Hessian spectral density: grid [G] (eigenvalue axis), density [G] (integrates to 1),
     the SLQ quadrature (nodes/weights [v, m]), broadening `sigma`, products used, and
     the SLQ trace estimate with its standard error."""
@@ -355,10 +358,45 @@ class Density:
     def matvecs(self) -> int:
         return self.slq.matvecs
 
-    def to_dict(self) -> dict:
-        return {"grid": self.grid.tolist(), "density": self.density.tolist(), "sigma": self.sigma,
-                "matvecs": self.matvecs, "slq_trace": self.slq.trace, "slq_trace_stderr": self.slq.trace_stderr,
-                "nodes": self.slq.nodes.tolist(), "weights": self.slq.weights.tolist()}
+    NAME: ClassVar[str] = "density"
+    GRIDDED: ClassVar[bool] = True
+
+    def to_arrays(self, prefix: str = "") -> dict[str, np.ndarray]:
+        return {f"{prefix}grid": self.grid, f"{prefix}density": self.density, f"{prefix}nodes": self.slq.nodes,
+                f"{prefix}weights": self.slq.weights}
+
+    def metadata(self) -> dict:
+        return {"sigma": self.sigma, "matvecs": self.matvecs, "n": self.slq.n, "slq_trace": self.slq.trace,
+                "slq_trace_stderr": self.slq.trace_stderr}
+
+    @classmethod
+    def from_arrays(cls, arrays, metadata=None, prefix: str = "") -> "Density":
+        m = metadata or {}
+        nan = float("nan")
+        slq_ = SLQResult(np.asarray(arrays[f"{prefix}nodes"]), np.asarray(arrays[f"{prefix}weights"]),
+                         m.get("matvecs", 0), m.get("n", 0), json_float(m.get("slq_trace", nan)),
+                         json_float(m.get("slq_trace_stderr", nan)))
+        return cls(np.asarray(arrays[f"{prefix}grid"]), np.asarray(arrays[f"{prefix}density"]),
+                   json_float(m.get("sigma", nan)), slq_)
+
+    def summary(self) -> dict:
+        return {"sigma": self.sigma, "matvecs": self.matvecs, "slq_trace": self.slq.trace,
+                "slq_trace_stderr": self.slq.trace_stderr, "support": [float(self.grid[0]), float(self.grid[-1])]}
+
+    def plots(self, prefix: str = "") -> list:
+        from .plotspec import Series, line
+
+        return [line("Hessian spectral density (SLQ)", f"{prefix}grid", [Series(f"{prefix}density", "density")],
+                     xlabel="eigenvalue λ", ylabel="density", log_y=True)]
+
+    def to_xarray(self):
+        """xarray.Dataset: the density over the eigenvalue axis, and the SLQ nodes and weights."""
+        from .results import xarray
+
+        xr = xarray()
+        return xr.Dataset({"density": (("eigenvalue",), self.density),
+                           "nodes": (("probe", "node"), self.slq.nodes), "weights": (("probe", "node"), self.slq.weights)},
+                          coords={"eigenvalue": self.grid}, attrs={"sigma": self.sigma, "matvecs": self.matvecs})
 
 
 def spectral_density(

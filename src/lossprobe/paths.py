@@ -7,8 +7,8 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
-from typing import Mapping
+from dataclasses import dataclass
+from typing import ClassVar, Mapping
 
 import numpy as np
 import torch
@@ -17,7 +17,9 @@ from torch import nn
 from .batching import Data, TensorData, as_data, move
 from .errors import UserError
 from .losses import criterion
+from . import results as results_mod
 from .objective import Objective
+from .results import Result, register
 from .space import ParamSpace
 
 BN_MODES = ("interpolate", "recompute")
@@ -28,34 +30,126 @@ def default_alphas() -> np.ndarray:
     return np.arange(-10, 31) / 20.0
 
 
-@dataclass
-class Interpolation:
-    """Loss and accuracy along α on each named split."""
+@register
+@dataclass(init=False)
+class PathEvaluation(Result):
+    """Loss and accuracy at points of a path between two models, on each named split.
 
-    alphas: np.ndarray
-    loss: dict[str, np.ndarray] = field(default_factory=dict)
-    accuracy: dict[str, np.ndarray] = field(default_factory=dict)
-    bn: str = "interpolate"
+    One type for straight lines (``axis='alpha'``: θ(α) = (1 − α) θ_A + α θ_B, α may leave
+    [0, 1]) and curves (``axis='t'``: θ(t) on a trained curve, t in [0, 1]). `t` holds the
+    coordinates; `alphas` and `ts` are the same array under the names each kind uses.
+    ``PathEvaluation(alphas=...)`` is a line and ``PathEvaluation(ts=...)`` a curve (the names
+    `Interpolation` and `CurveEvaluation` are this class). `bn` says how BatchNorm
+    statistics were set along the path.
+    """
+
+    NAME: ClassVar[str] = "path"
+    GRIDDED: ClassVar[bool] = True
+
+    t: np.ndarray
+    loss: dict[str, np.ndarray]
+    accuracy: dict[str, np.ndarray]
+    bn: str
+    axis: str
+
+    def __init__(self, t=None, loss=None, accuracy=None, bn: str = "interpolate", axis: str | None = None, *,
+                 alphas=None, ts=None):
+        given = [v for v in (t, alphas, ts) if v is not None]
+        if len(given) != 1:
+            raise UserError("a path evaluation needs its coordinates once: t, alphas (a line) or ts (a curve)")
+        self.t = np.asarray(given[0], dtype=float)
+        self.axis = axis or ("t" if ts is not None else "alpha")
+        if self.axis not in ("alpha", "t"):
+            raise UserError(f"axis must be 'alpha' (a line) or 't' (a curve), got {self.axis!r}")
+        self.loss = dict(loss or {})
+        self.accuracy = dict(accuracy or {})
+        self.bn = bn
+
+    @property
+    def alphas(self) -> np.ndarray:
+        return self.t
+
+    @property
+    def ts(self) -> np.ndarray:
+        return self.t
+
+    @property
+    def splits(self) -> list[str]:
+        return list(self.loss)
 
     def loss_barrier(self, split: str) -> float:
-        return loss_barrier(self.alphas, self.loss[split])
+        return loss_barrier(self.t, self.loss[split])
 
     def error_barrier(self, split: str) -> float:
-        return error_barrier(self.alphas, 1.0 - self.accuracy[split])
+        return error_barrier(self.t, 1.0 - self.accuracy[split])
 
     def barriers(self) -> dict[str, dict[str, float]]:
-        """{'loss_barrier': {split: value}, 'error_barrier': {split: value}}"""
+        """{'loss_barrier': {split: value}, 'error_barrier': {split: value}} over [0, 1]."""
         return {
             "loss_barrier": {s: self.loss_barrier(s) for s in self.loss},
             "error_barrier": {s: self.error_barrier(s) for s in self.loss},
         }
 
+    # --- the result contract ---
+    @property
+    def _coord_name(self) -> str:
+        return "alphas" if self.axis == "alpha" else "ts"
+
     def to_arrays(self, prefix: str = "") -> dict[str, np.ndarray]:
-        out = {f"{prefix}alphas": self.alphas}
+        out = {f"{prefix}{self._coord_name}": self.t}
         for s in self.loss:
             out[f"{prefix}loss_{s}"] = self.loss[s]
             out[f"{prefix}accuracy_{s}"] = self.accuracy[s]
         return out
+
+    def metadata(self) -> dict:
+        return {"axis": self.axis, "bn": self.bn, "splits": self.splits}
+
+    @classmethod
+    def from_arrays(cls, arrays, metadata=None, prefix: str = "") -> "PathEvaluation":
+        """Rebuild from `to_arrays(prefix)`; without metadata the axis and splits are read
+        from the array names (alphas or ts; loss_<split>)."""
+        metadata = dict(metadata or {})
+        axis = metadata.get("axis") or ("alpha" if f"{prefix}alphas" in arrays else "t")
+        coord = arrays[f"{prefix}{'alphas' if axis == 'alpha' else 'ts'}"]
+        splits = metadata.get("splits") or [k[len(prefix) + 5:] for k in arrays
+                                            if k.startswith(f"{prefix}loss_") and f"{prefix}accuracy_{k[len(prefix) + 5:]}" in arrays]
+        return cls(coord, {s: np.asarray(arrays[f"{prefix}loss_{s}"]) for s in splits},
+                   {s: np.asarray(arrays[f"{prefix}accuracy_{s}"]) for s in splits},
+                   bn=metadata.get("bn", "interpolate"), axis=axis)
+
+    def summary(self) -> dict:
+        out = {"points": len(self.t), "axis": self.axis, "bn": self.bn}
+        has_ends = bool(np.any(self.t == 0.0) and np.any(self.t == 1.0))
+        if has_ends and self.loss:
+            out.update(self.barriers())
+        for s in self.loss:
+            out[f"loss_{s}_ends"] = [float(self.loss[s][np.argmin(np.abs(self.t - e))]) for e in (0.0, 1.0)]
+        return out
+
+    def plots(self, prefix: str = "", title: str | None = None) -> list:
+        from .plotspec import Series, line
+
+        x = f"{prefix}{self._coord_name}"
+        xlabel = "α (0 = first model, 1 = second model)" if self.axis == "alpha" else "t (position along the curve)"
+        what = title or ("straight line between the models" if self.axis == "alpha" else "curve between the models")
+        return [line(f"loss along the {what}", x,
+                     [Series(f"{prefix}loss_{s}", s, group=s, dash=i > 0) for i, s in enumerate(self.loss)],
+                     xlabel=xlabel, ylabel="loss"),
+                line(f"accuracy along the {what}", x,
+                     [Series(f"{prefix}accuracy_{s}", s, group=s, dash=i > 0) for i, s in enumerate(self.loss)],
+                     xlabel=xlabel, ylabel="accuracy")]
+
+    def to_xarray(self):
+        """xarray.Dataset: loss and accuracy over (split, alpha|t)."""
+        xr = results_mod.xarray()
+        splits = self.splits
+        return xr.Dataset({"loss": (("split", self.axis), np.stack([self.loss[s] for s in splits])),
+                           "accuracy": (("split", self.axis), np.stack([self.accuracy[s] for s in splits]))},
+                          coords={"split": splits, self.axis: self.t}, attrs={"bn": self.bn})
+
+
+Interpolation = PathEvaluation  # the straight line (alphas=...)
 
 
 def _endpoints(alphas: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, float]:

@@ -25,13 +25,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import numpy as np
 import torch
 
 from .errors import UserError
 from .objective import Objective
+from .results import Record, Result, json_float, register
+from .store import to_jsonable
 
 __all__ = [
     "keskar_sharpness",
@@ -97,8 +99,9 @@ def filter_normalized_direction(obj: Objective, theta: torch.Tensor | None = Non
 
 
 # --- worst case ------------------------------------------------------------------------
+@register
 @dataclass
-class SharpnessResult:
+class SharpnessResult(Record):
     """A worst-case sharpness measurement.
 
     loss: L(θ); perturbed_loss: L(θ+δ*) at the best perturbation found; rise: their
@@ -116,8 +119,7 @@ class SharpnessResult:
     grad_evals: int = 0
     delta_norm: float = 0.0
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    NAME: ClassVar[str] = "sharpness"
 
 
 def keskar_sharpness(
@@ -215,8 +217,9 @@ def sam_sharpness(
 
 
 # --- average case ------------------------------------------------------------------------
+@register
 @dataclass
-class NoiseRobustness:
+class NoiseRobustness(Result):
     """Loss and accuracy under relative Gaussian weight noise.
 
     sigmas [S]; loss/accuracy [S, D] per draw; *_mean, *_std [S] over the D draws;
@@ -247,11 +250,59 @@ class NoiseRobustness:
     def accuracy_std(self):
         return self.accuracy.std(1, ddof=1) if self.draws > 1 else np.zeros(len(self.sigmas))
 
+    NAME: ClassVar[str] = "noise_robustness"
+    GRIDDED: ClassVar[bool] = True
+
     def to_dict(self) -> dict:
-        return {"sigmas": self.sigmas.tolist(), "loss_mean": self.loss_mean.tolist(), "loss_std": self.loss_std.tolist(),
-                "accuracy_mean": self.accuracy_mean.tolist(), "accuracy_std": self.accuracy_std.tolist(),
-                "clean_loss": self.clean_loss, "clean_accuracy": self.clean_accuracy, "draws": self.draws,
+        """Means and standard deviations over the draws, and every draw ('loss', 'accuracy' [S][D])."""
+        return to_jsonable({"sigmas": self.sigmas, "loss_mean": self.loss_mean, "loss_std": self.loss_std,
+                            "accuracy_mean": self.accuracy_mean, "accuracy_std": self.accuracy_std,
+                            "clean_loss": self.clean_loss, "clean_accuracy": self.clean_accuracy, "draws": self.draws,
+                            "seed": self.seed, "loss": self.loss, "accuracy": self.accuracy})
+
+    @classmethod
+    def from_dict(cls, d) -> "NoiseRobustness":
+        f = lambda k: np.asarray(d[k], dtype=float)  # noqa: E731
+        return cls(f("sigmas"), f("loss"), f("accuracy"), json_float(d["clean_loss"]), json_float(d["clean_accuracy"]),
+                   int(d["draws"]), int(d["seed"]))
+
+    def summary(self) -> dict:
+        d = self.to_dict()
+        return {k: v for k, v in d.items() if k not in ("loss", "accuracy")}
+
+    def to_arrays(self, prefix: str = "") -> dict[str, np.ndarray]:
+        return {f"{prefix}sigmas": self.sigmas, f"{prefix}loss": self.loss, f"{prefix}accuracy": self.accuracy,
+                f"{prefix}loss_mean": self.loss_mean, f"{prefix}accuracy_mean": self.accuracy_mean}
+
+    def metadata(self) -> dict:
+        return {"clean_loss": self.clean_loss, "clean_accuracy": self.clean_accuracy, "draws": self.draws,
                 "seed": self.seed}
+
+    @classmethod
+    def from_arrays(cls, arrays, metadata=None, prefix: str = "") -> "NoiseRobustness":
+        m = metadata or {}
+        return cls(np.asarray(arrays[f"{prefix}sigmas"]), np.asarray(arrays[f"{prefix}loss"]),
+                   np.asarray(arrays[f"{prefix}accuracy"]), json_float(m.get("clean_loss")),
+                   json_float(m.get("clean_accuracy")), int(m.get("draws", arrays[f"{prefix}loss"].shape[1])),
+                   int(m.get("seed", 0)))
+
+    def plots(self, prefix: str = "") -> list:
+        from .plotspec import Series, line
+
+        x = f"{prefix}sigmas"
+        return [line("loss under weight noise", x, [Series(f"{prefix}loss_mean", "mean loss over draws")],
+                     xlabel="σ (noise relative to each filter's norm)", ylabel="loss"),
+                line("accuracy under weight noise", x, [Series(f"{prefix}accuracy_mean", "mean accuracy over draws")],
+                     xlabel="σ (noise relative to each filter's norm)", ylabel="accuracy")]
+
+    def to_xarray(self):
+        """xarray.Dataset: loss and accuracy over (sigma, draw)."""
+        from .results import xarray
+
+        xr = xarray()
+        return xr.Dataset({"loss": (("sigma", "draw"), self.loss), "accuracy": (("sigma", "draw"), self.accuracy)},
+                          coords={"sigma": self.sigmas, "draw": np.arange(self.draws)},
+                          attrs={"clean_loss": self.clean_loss, "clean_accuracy": self.clean_accuracy, "seed": self.seed})
 
 
 def noise_robustness(
@@ -287,8 +338,9 @@ def noise_robustness(
     return NoiseRobustness(sig, loss, acc, float(ev.loss[-1]), float(ev.accuracy[-1]), draws, seed)
 
 
+@register
 @dataclass
-class PacBayesSigma:
+class PacBayesSigma(Record):
     """Result of the PAC-Bayes σ search: sigma (the largest σ found within the bound),
     measure 1/σ² (Jiang et al.'s flatness measure, larger = sharper), the criterion,
     the bound, and every (σ, rise) evaluated."""
@@ -301,8 +353,7 @@ class PacBayesSigma:
     evaluated: list[tuple[float, float]]
     clean: float
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    NAME: ClassVar[str] = "pac_bayes_sigma"
 
 
 def pac_bayes_sigma(

@@ -30,7 +30,7 @@ import time
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, ClassVar
 
 import numpy as np
 import torch
@@ -40,7 +40,9 @@ from .batching import TensorData, as_data, leaves
 from .directions import Direction, random_direction, random_plane
 from .errors import UserError
 from .threads import torch_threads
+from . import results
 from .objective import Objective
+from .results import Result, register
 from .store import to_jsonable, write_json
 
 FORMAT = 1
@@ -86,29 +88,66 @@ def _as_pair(v, what: str):
 
 
 # --- the result ----------------------------------------------------------------------
+DIRECTION_DIMS = {1: ("d1",), 2: ("d1", "d2")}
+PLANE_DIMS = ("y", "x")  # a plane surface: rows are y (plane direction 2), columns x (direction 1)
+_DIM_LABELS = {"d1": "direction 1", "d2": "direction 2", "x": "x (plane direction 1)", "y": "y (plane direction 2)"}
+
+
+def _coord_name(dim: str, i: int) -> str:
+    """The array name of a coordinate in files: xs/ys on a plane, coords_<i> along directions."""
+    return {"x": "xs", "y": "ys"}.get(dim, f"coords_{i}")
+
+
+@register
 @dataclass
-class Surface:
-    """Loss and accuracy on a grid of one (slice) or two (surface) axes.
+class Surface(Result):
+    """Loss and accuracy on a grid of one (slice) or two (surface) named axes.
+
+    One type for every grid of the loss: surfaces along random or chosen directions
+    (dims ``("d1",)`` or ``("d1", "d2")``, row i at coords[0][i] along d1) and surfaces on
+    a plane through optimiser paths (dims ``("y", "x")``: rows follow the plane's second
+    direction, as an image of the plane is drawn). `dims` names the array axes in order,
+    like an xarray DataArray, so a reader never has to guess which axis is which.
 
     Attributes:
-        coords: list of 1-D coordinate arrays, one per direction: [n] or [n1], [n2].
+        coords: list of 1-D coordinate arrays, one per dim: [n] or [n1], [n2].
         loss: mean loss, shape [n] or [n1, n2] (float64; NaN where not computed, or
-            where the loss itself was NaN: `mask` tells the two apart). Row i of a
-            surface is coords[0][i] along d1.
+            where the loss itself was NaN: `mask` tells the two apart).
         accuracy: same shape (NaN where not computed, the loss has no accuracy, or the
             loss was not finite).
-        mask: bool, same shape: True where the point has been computed.
+        mask: bool, same shape: True where the point has been computed (None: all).
         meta: directions' metadata, spans, steps, data (name, n, subset seed), origin
             description, timing, backend.
         subset_indices: rows of the data split used (None: the whole split).
+        dims: the names of the axes (default: d1[, d2]).
     """
+
+    NAME: ClassVar[str] = "surface"
+    GRIDDED: ClassVar[bool] = True
 
     coords: list
     loss: np.ndarray
     accuracy: np.ndarray
-    mask: np.ndarray
+    mask: np.ndarray | None = None
     meta: dict = field(default_factory=dict)
     subset_indices: np.ndarray | None = None
+    dims: tuple[str, ...] | None = None
+
+    def __post_init__(self):
+        self.coords = [np.asarray(c) for c in self.coords]
+        if self.mask is None:
+            self.mask = np.ones(np.shape(self.loss), dtype=bool)
+        if self.dims is None:
+            self.dims = DIRECTION_DIMS.get(len(self.coords), tuple(f"d{i + 1}" for i in range(len(self.coords))))
+        self.dims = tuple(self.dims)
+        if len(self.dims) != len(self.coords) or len(set(self.dims)) != len(self.dims):
+            raise UserError(f"a surface needs one distinct name per axis, got dims {self.dims} for {len(self.coords)} axes")
+
+    @classmethod
+    def plane(cls, xs, ys, loss, accuracy, meta: dict | None = None) -> "Surface":
+        """A surface on a plane: loss and accuracy [len(ys), len(xs)] (rows are y)."""
+        return cls([np.asarray(ys), np.asarray(xs)], np.asarray(loss), np.asarray(accuracy), meta=dict(meta or {}),
+                   dims=PLANE_DIMS)
 
     @property
     def ndim(self) -> int:
@@ -126,6 +165,22 @@ class Surface:
     def complete(self) -> bool:
         return bool(self.mask.all())
 
+    def coord(self, dim: str) -> np.ndarray:
+        """The coordinates along the axis named `dim`."""
+        if dim not in self.dims:
+            raise UserError(f"this surface has axes {', '.join(self.dims)}, not '{dim}'")
+        return self.coords[self.dims.index(dim)]
+
+    @property
+    def xs(self) -> np.ndarray:
+        """Coordinates along a plane's x (its first direction)."""
+        return self.coord("x")
+
+    @property
+    def ys(self) -> np.ndarray:
+        """Coordinates along a plane's y (its second direction)."""
+        return self.coord("y")
+
     def center_index(self) -> tuple[int, ...] | None:
         idx = []
         for c in self.coords:
@@ -141,9 +196,24 @@ class Surface:
         return float(self.loss[i]) if i is not None else float("nan")
 
     def grid_points(self) -> np.ndarray:
-        """All grid coordinates [K, m] in row-major (C) order of the arrays."""
+        """All grid coordinates [K, m] in row-major (C) order of the arrays (columns in `dims` order)."""
         mesh = np.meshgrid(*self.coords, indexing="ij")
         return np.stack([m.reshape(-1) for m in mesh], 1)
+
+    def interpolate(self, points, dims: tuple[str, ...] | None = None) -> np.ndarray:
+        """Multilinear interpolation of the loss at `points` [K, ndim]; NaN outside the grid.
+
+        The columns of `points` are the axes named by `dims` (default: this surface's dims);
+        e.g. ``plane.interpolate(xy, dims=("x", "y"))`` for points given as (x, y)."""
+        from scipy.interpolate import RegularGridInterpolator
+
+        dims = tuple(dims or self.dims)
+        if sorted(dims) != sorted(self.dims):
+            raise UserError(f"points name axes {dims}; this surface has {self.dims}")
+        f = RegularGridInterpolator(tuple(self.coords), self.loss, method="linear", bounds_error=False,
+                                    fill_value=np.nan)
+        c = np.asarray(points, dtype=float).reshape(-1, self.ndim)
+        return f(c[:, [dims.index(d) for d in self.dims]])
 
     def summary(self) -> dict:
         finite = self.loss[self.mask & np.isfinite(self.loss)]
@@ -160,7 +230,82 @@ class Surface:
             "points_per_second": self.meta.get("points_per_second"),
         }
 
-    # --- files ---
+    # --- the result contract ---
+    def axis_labels(self) -> list[str]:
+        labels = self.meta.get("axis_labels")
+        if isinstance(labels, (list, tuple)) and len(labels) == self.ndim:
+            return [str(x) for x in labels]
+        return [_DIM_LABELS.get(d, d) for d in self.dims]
+
+    def to_arrays(self, prefix: str = "") -> dict[str, np.ndarray]:
+        """Coordinates (xs/ys on a plane, coords_<i> along directions), loss, accuracy, the
+        mask when some point is not computed, and the subset indices when there are some;
+        each name after `prefix`."""
+        out = {prefix + _coord_name(d, i): c for i, (d, c) in enumerate(zip(self.dims, self.coords))}
+        if self.dims == PLANE_DIMS:  # x first, as plane files have always been written
+            out = {prefix + "xs": out[prefix + "xs"], prefix + "ys": out[prefix + "ys"]}
+        out[prefix + "loss"] = self.loss
+        out[prefix + "accuracy"] = self.accuracy
+        if not self.complete:
+            out[prefix + "mask"] = self.mask
+        if self.subset_indices is not None:
+            out[prefix + "subset_indices"] = self.subset_indices
+        return out
+
+    def metadata(self) -> dict:
+        return {"ndim": self.ndim, "dims": list(self.dims), "meta": self.meta}
+
+    @classmethod
+    def from_arrays(cls, arrays, metadata=None, prefix: str = "") -> "Surface":
+        metadata = dict(metadata or {})
+        dims = metadata.get("dims")
+        if dims is None:  # files written before dims were saved: planes have xs/ys, others coords_<i>
+            if prefix + "xs" in arrays and prefix + "ys" in arrays:
+                dims = PLANE_DIMS
+            else:
+                n = metadata.get("ndim") or sum(1 for k in arrays if k.startswith(prefix + "coords_"))
+                dims = DIRECTION_DIMS.get(n, tuple(f"d{i + 1}" for i in range(n)))
+        coords = [np.asarray(arrays[prefix + _coord_name(d, i)]) for i, d in enumerate(dims)]
+        mask = arrays.get(prefix + "mask")
+        return cls(coords, np.asarray(arrays[prefix + "loss"]), np.asarray(arrays[prefix + "accuracy"]),
+                   None if mask is None else np.asarray(mask).astype(bool), dict(metadata.get("meta") or {}),
+                   arrays.get(prefix + "subset_indices"), tuple(dims))
+
+    def plots(self, prefix: str = "") -> list:
+        from .plotspec import Series, line, surface
+
+        a = self.to_arrays(prefix)
+        labels = self.axis_labels()
+        title = str(self.meta.get("title") or "loss")
+        if self.ndim == 1:
+            return [line(title, prefix + _coord_name(self.dims[0], 0), [Series(prefix + "loss", "loss")],
+                         xlabel=labels[0], ylabel="loss")]
+        if self.ndim != 2:
+            return []
+        rows, cols = (prefix + _coord_name(d, i) for i, d in enumerate(self.dims))
+        out = [surface(title, prefix + "loss", rows, cols, xlabel=labels[1], ylabel=labels[0], zlabel="loss")]
+        if np.isfinite(a[prefix + "accuracy"]).any():
+            out.append(surface(f"{title}: accuracy", prefix + "accuracy", rows, cols, xlabel=labels[1],
+                               ylabel=labels[0], zlabel="accuracy"))
+        return out
+
+    def grids(self, prefix: str = "") -> dict | None:
+        """The axes of a 2-D surface for `store.save_arrays(grids=...)` (names of `to_arrays(prefix)`)."""
+        if self.ndim != 2:
+            return None
+        labels = self.axis_labels()
+        rows, cols = (prefix + _coord_name(d, i) for i, d in enumerate(self.dims))
+        spec = {"rows": rows, "cols": cols, "row_label": labels[0], "col_label": labels[1]}
+        return {prefix + k: spec for k in ("loss", "accuracy", "mask") if k != "mask" or not self.complete}
+
+    def to_xarray(self):
+        """xarray.Dataset with loss, accuracy and mask over this surface's named dims."""
+        xr = results.xarray()
+        coords = {d: c for d, c in zip(self.dims, self.coords)}
+        return xr.Dataset({k: (self.dims, getattr(self, k)) for k in ("loss", "accuracy", "mask")}, coords=coords,
+                          attrs={"axis_labels": self.axis_labels()})
+
+    # --- files: the established layout (surface.npz + surface.json with "meta") ---
     @staticmethod
     def _paths(path) -> tuple[Path, Path]:
         p = Path(path)
@@ -173,36 +318,26 @@ class Surface:
         from .store import save_arrays
 
         npz, js = self._paths(path)
-        arrays = {f"coords_{i}": c for i, c in enumerate(self.coords)}
-        arrays.update(loss=self.loss, accuracy=self.accuracy, mask=self.mask)
-        if self.subset_indices is not None:
-            arrays["subset_indices"] = self.subset_indices
-        save_arrays(npz, arrays, self._grids())
-        write_json(js, {"format": FORMAT, "ndim": self.ndim, "meta": self.meta})
+        arrays = {**self.to_arrays(), "mask": self.mask}  # the file always says what was computed
+        grids = self.grids()
+        if grids is not None:
+            grids["mask"] = grids["loss"]
+        save_arrays(npz, arrays, grids, plots=self.plots())
+        write_json(js, {"type": "Surface", "format": FORMAT, **to_jsonable(self.metadata())})
         return npz
-
-    def _grids(self) -> dict | None:
-        """The axes of a 2-D surface for readers of the .npz: rows follow d1 (coords_0)."""
-        if self.ndim != 2:
-            return None
-        spec = {"rows": "coords_0", "cols": "coords_1"}
-        labels = self.meta.get("axis_labels")
-        if isinstance(labels, (list, tuple)) and len(labels) == 2:
-            spec.update(row_label=str(labels[0]), col_label=str(labels[1]))
-        return {k: spec for k in ("loss", "accuracy", "mask")}
 
     @classmethod
     def load(cls, path) -> "Surface":
         """Reopen a surface written by `save` (or a surface `out` directory)."""
+        from .store import RESERVED_KEYS
+
         npz, js = cls._paths(path)
         if not npz.is_file():
             raise UserError(f"no saved surface at {npz}")
-        info = json.loads(js.read_text()) if js.is_file() else {"ndim": None, "meta": {}}
+        info = json.loads(js.read_text()) if js.is_file() else {}
         with np.load(npz) as f:
-            ndim = info.get("ndim") or sum(1 for k in f.files if k.startswith("coords_"))
-            coords = [f[f"coords_{i}"] for i in range(ndim)]
-            sub = f["subset_indices"] if "subset_indices" in f.files else None
-            return cls(coords, f["loss"], f["accuracy"], f["mask"].astype(bool), info.get("meta", {}), sub)
+            arrays = {k: f[k] for k in f.files if k not in RESERVED_KEYS}
+        return cls.from_arrays(arrays, info)
 
 
 def load(path) -> Surface:

@@ -40,6 +40,7 @@ from .losses import criterion
 from .monitors import TrainingMonitor
 from .objective import Objective
 from .space import ParamSpace
+from .surface import Surface
 
 # --- training with a recorded trajectory ------------------------------------------------
 
@@ -341,35 +342,22 @@ def random_plane(model: nn.Module, origin: torch.Tensor | None = None, seed: int
 # --- surfaces on a plane ------------------------------------------------------------------
 
 
-@dataclass
 class PlaneSurface:
-    """Loss [ny, nx] and accuracy [ny, nx] on the grid xs [nx] × ys [ny] of a plane (rows are y)."""
+    """Deprecated: a plane surface is a `lossprobe.surface.Surface` with dims ("y", "x").
 
-    xs: np.ndarray
-    ys: np.ndarray
-    loss: np.ndarray
-    accuracy: np.ndarray
+    ``PlaneSurface(xs, ys, loss, accuracy)`` returns ``Surface.plane(xs, ys, loss, accuracy)``
+    (loss and accuracy [ny, nx], rows are y)."""
 
-    def interpolate(self, coords) -> np.ndarray:
-        """Bilinear interpolation of the loss at coordinates [K, 2]; NaN outside the grid."""
-        from scipy.interpolate import RegularGridInterpolator
+    def __new__(cls, xs, ys, loss, accuracy):
+        import warnings
 
-        f = RegularGridInterpolator((self.ys, self.xs), self.loss, method="linear", bounds_error=False,
-                                    fill_value=np.nan)
-        c = np.asarray(coords, dtype=float).reshape(-1, 2)
-        return f(c[:, ::-1])
-
-    def to_arrays(self, prefix: str = "") -> dict[str, np.ndarray]:
-        return {f"{prefix}xs": self.xs, f"{prefix}ys": self.ys, f"{prefix}loss": self.loss,
-                f"{prefix}accuracy": self.accuracy}
+        warnings.warn("PlaneSurface is Surface.plane(xs, ys, loss, accuracy) now", DeprecationWarning, stacklevel=2)
+        return Surface.plane(xs, ys, loss, accuracy)
 
     @staticmethod
     def grids(prefix: str = "") -> dict[str, dict[str, str]]:
-        """The axes of the arrays of `to_arrays(prefix)`, for `RunDir.save_arrays(grids=...)`:
-        rows are y, columns x (a square grid gives readers no other way to tell)."""
-        spec = {"rows": f"{prefix}ys", "cols": f"{prefix}xs", "row_label": "y (plane direction 2)",
-                "col_label": "x (plane direction 1)"}
-        return {f"{prefix}loss": spec, f"{prefix}accuracy": spec}
+        """The grid declaration of a plane surface's `to_arrays(prefix)` (rows y, columns x)."""
+        return Surface.plane(np.zeros(2), np.zeros(2), np.zeros((2, 2)), np.zeros((2, 2))).grids(prefix)
 
 
 def grid_extent(coords: np.ndarray, margin: float = 0.2, minimum: float = 0.0) -> tuple[tuple[float, float], tuple[float, float]]:
@@ -383,8 +371,9 @@ def grid_extent(coords: np.ndarray, margin: float = 0.2, minimum: float = 0.0) -
     return (float(lo[0]), float(hi[0])), (float(lo[1]), float(hi[1]))
 
 
-def plane_surface(objective: Objective, plane: Plane, extent, n: int = 41, progress: bool = False) -> PlaneSurface:
-    """Loss and accuracy on an n×n grid of the plane over extent ((x0, x1), (y0, y1)).
+def plane_surface(objective: Objective, plane: Plane, extent, n: int = 41, progress: bool = False) -> Surface:
+    """Loss and accuracy on an n×n grid of the plane over extent ((x0, x1), (y0, y1)): a
+    `Surface` with dims ("y", "x") (rows are y).
 
     One call of the core evaluator (`Objective.evaluate`) for all n² points.
     """
@@ -396,13 +385,14 @@ def plane_surface(objective: Objective, plane: Plane, extent, n: int = 41, progr
     coords = torch.from_numpy(np.stack([X.ravel(), Y.ravel()], 1))
     ev = objective.evaluate(coords, origin=plane.origin.to(objective.space.dtype),
                             directions=plane.directions.to(objective.space.dtype), progress=progress)
-    return PlaneSurface(xs, ys, ev.loss.reshape(n, n), ev.accuracy.reshape(n, n))
+    return Surface.plane(xs, ys, ev.loss.reshape(n, n), ev.accuracy.reshape(n, n),
+                         meta={"axis_labels": ["y (plane direction 2)", "x (plane direction 1)"], "plane": plane.kind})
 
 
 # --- fidelity of a drawn path -------------------------------------------------------------
 
 
-def path_fidelity(objective: Objective, plane: Plane, thetas, surface: PlaneSurface | None = None,
+def path_fidelity(objective: Objective, plane: Plane, thetas, surface: Surface | None = None,
                   true_loss: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """For every snapshot [T, P]: coordinates, distance from the plane, and three losses.
 
@@ -424,7 +414,7 @@ def path_fidelity(objective: Objective, plane: Plane, thetas, surface: PlaneSurf
         true_loss, _ = losses_at(objective, thetas)
     proj = plane.point(coords)
     plane_loss, _ = losses_at(objective, proj)
-    surf = surface.interpolate(coords) if surface is not None else np.full(len(coords), np.nan)
+    surf = surface.interpolate(coords, dims=("x", "y")) if surface is not None else np.full(len(coords), np.nan)
     return {"coords": coords, "distance": dist, "rel_distance": rel, "sin_angle": sin_angle,
             "true_loss": np.asarray(true_loss, float),
             "plane_loss": plane_loss, "surface_loss": surf}

@@ -1,0 +1,209 @@
+"""Every result type honours one contract (in the spirit of scikit-learn's check_estimator):
+to_dict/from_dict, save/load, summary, plot declarations that fit its arrays, and to_xarray
+for gridded results."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import lossprobe  # noqa: F401 - registers every result type
+from lossprobe import store
+from lossprobe.curvature import EigResult, SLQResult, TraceResult
+from lossprobe.errors import UserError
+from lossprobe.hessian import Density
+from lossprobe.paths import PathEvaluation
+from lossprobe.results import RESULT_TYPES, load_result
+from lossprobe.sharpness import NoiseRobustness, PacBayesSigma, SharpnessResult
+from lossprobe.surface import Surface
+
+rng = np.random.default_rng(0)
+
+
+def _surface_2d():
+    loss = rng.random((3, 5))
+    loss[1, 2] = np.nan  # a computed NaN stays NaN
+    mask = np.ones((3, 5), bool)
+    mask[2, 4] = False
+    return Surface([np.linspace(-1, 1, 3), np.linspace(-2, 2, 5)], loss, rng.random((3, 5)), mask,
+                   {"axis_labels": ["d1 (filter)", "d2 (filter)"], "seconds": 1.5}, np.arange(7))
+
+
+EXAMPLES = {
+    "Surface": [
+        _surface_2d,
+        lambda: Surface([np.linspace(-1, 1, 4)], rng.random(4), rng.random(4)),
+        lambda: Surface.plane(np.linspace(0, 1, 5), np.linspace(-1, 0, 3), rng.random((3, 5)), rng.random((3, 5))),
+    ],
+    "PathEvaluation": [
+        lambda: PathEvaluation(alphas=np.arange(-2, 7) / 4, loss={"train": rng.random(9), "test": rng.random(9)},
+                               accuracy={"train": rng.random(9), "test": rng.random(9)}, bn="recompute"),
+        lambda: PathEvaluation(ts=np.linspace(0, 1, 5), loss={"val": rng.random(5)}, accuracy={"val": rng.random(5)}),
+    ],
+    "EigResult": [
+        lambda: EigResult(np.array([3.0, -1.0]), np.array([1e-7, 2e-7]), torch.randn(2, 6, dtype=torch.float64), 40, 20,
+                          True, "both", "exact", np.array([3.0, 1.0, -1.0])),
+    ],
+    "TraceResult": [
+        lambda: TraceResult(12.5, 0.3, 100, "hutch++", rng.random(50), {"0.weight": (10.0, 0.2), "0.bias": (2.5, float("nan"))},
+                            1.25),
+    ],
+    "Density": [
+        lambda: Density(np.linspace(-1, 5, 50), rng.random(50), 0.06,
+                        SLQResult(rng.random((2, 4)), rng.random((2, 4)), 8, 10, 11.0, 0.5)),
+    ],
+    "NoiseRobustness": [
+        lambda: NoiseRobustness(np.array([0.0, 0.1, 0.2]), rng.random((3, 4)), rng.random((3, 4)), 0.3, 0.9, 4, 7),
+    ],
+    "SharpnessResult": [
+        lambda: SharpnessResult("keskar", 1e-3, 0.2, 0.25, 0.05, 25.0, [0.21, 0.25], 20, 1e-3),
+    ],
+    "PacBayesSigma": [
+        lambda: PacBayesSigma(0.05, 400.0, "error", 0.1, "absolute", [[0.01, 0.02], [0.1, 0.3]], 0.1),
+    ],
+}
+
+
+def _cases():
+    for name, makers in EXAMPLES.items():
+        for i, make in enumerate(makers):
+            yield pytest.param(make, id=f"{name}-{i}")
+
+
+def test_every_result_type_is_checked():
+    """A new result type cannot skip this file: each registered type has an example here."""
+    assert set(RESULT_TYPES) <= set(EXAMPLES), sorted(set(RESULT_TYPES) - set(EXAMPLES))
+
+
+def _same(a, b):
+    """Equal JSON documents / arrays, NaN equal to NaN."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and set(a) == set(b), (a.keys(), getattr(b, "keys", lambda: b)())
+        for k in a:
+            _same(a[k], b[k])
+    elif isinstance(a, (list, tuple, np.ndarray)):
+        a, b = np.asarray(a, dtype=object), np.asarray(b, dtype=object)
+        assert a.shape == b.shape
+        for x, y in zip(a.reshape(-1), b.reshape(-1)):
+            _same(x, y)
+    elif isinstance(a, float) and np.isnan(a):
+        assert b is None or (isinstance(b, float) and np.isnan(b))
+    else:
+        assert a == b or (a is None and isinstance(b, float) and np.isnan(b)), (a, b)
+
+
+def _arrays_equal(x: dict, y: dict):
+    assert set(x) == set(y)
+    for k in x:
+        a, b = np.asarray(x[k]), np.asarray(y[k])
+        assert a.shape == b.shape, k
+        assert np.array_equal(a, b, equal_nan=a.dtype.kind == "f"), k
+
+
+@pytest.mark.parametrize("make", _cases())
+def test_dict_round_trip(make):
+    r = make()
+    d = json.loads(json.dumps(store.to_jsonable(r.to_dict())))  # through real JSON text
+    back = type(r).from_dict(d)
+    _same(store.to_jsonable(r.to_dict()), store.to_jsonable(back.to_dict()))
+
+
+@pytest.mark.parametrize("make", _cases())
+def test_save_load_round_trip(make, tmp_path):
+    r = make()
+    npz = r.save(tmp_path)
+    assert npz.is_file()
+    back = type(r).load(tmp_path)
+    _arrays_equal(r.to_arrays(), back.to_arrays())
+    _same(store.to_jsonable(r.metadata()), store.to_jsonable(back.metadata()))
+    again = load_result(npz)  # any result reopens without naming its type
+    assert type(again) is type(r)
+    _arrays_equal(r.to_arrays(), again.to_arrays())
+
+
+@pytest.mark.parametrize("make", _cases())
+def test_summary_is_json(make):
+    s = make().summary()
+    assert isinstance(s, dict) and s
+    json.dumps(store.to_jsonable(s))
+
+
+@pytest.mark.parametrize("make", _cases())
+def test_plot_declarations_fit_the_arrays(make, tmp_path):
+    r = make()
+    for prefix in ("", "p_"):
+        arrays = r.to_arrays(prefix)
+        specs = r.plots(prefix)
+        for s in specs:
+            s.check(arrays)  # raises when a name or a shape does not fit
+        store.save_arrays(tmp_path / "a.npz", arrays, plots=specs)
+        with np.load(tmp_path / "a.npz") as f:
+            assert [s.to_dict() for s in store.plots_of(dict(f))] == [s.to_dict() for s in specs]
+    if isinstance(r, (Surface, PathEvaluation, Density, NoiseRobustness)):
+        assert r.plots(), "a gridded result declares what to draw"
+
+
+@pytest.mark.parametrize("make", _cases())
+def test_to_xarray(make):
+    r = make()
+    if not r.GRIDDED:
+        with pytest.raises(TypeError):
+            r.to_xarray()
+        return
+    pytest.importorskip("xarray")
+    ds = r.to_xarray()
+    assert ds.sizes and all(n > 0 for n in ds.sizes.values())
+
+
+def test_prefixed_arrays_rebuild_the_same_result():
+    """Studies keep several results in one file under prefixes: from_arrays(prefix) gets each back."""
+    a, b = EXAMPLES["PathEvaluation"][0](), EXAMPLES["Surface"][2]()
+    arrays = {**a.to_arrays("line_"), **b.to_arrays("plane_")}
+    _arrays_equal(PathEvaluation.from_arrays(arrays, prefix="line_").to_arrays(), a.to_arrays())
+    _arrays_equal(Surface.from_arrays(arrays, prefix="plane_").to_arrays(), b.to_arrays())
+
+
+def test_plane_surface_orientation_is_declared_not_guessed():
+    """z[i, j] is the value at (y = ys[i], x = xs[j]): the declaration, xarray and interpolation agree."""
+    xs, ys = np.arange(5.0), np.arange(3.0) * 10
+    z = ys[:, None] + xs[None, :] / 10  # asymmetric: 3 rows (y) × 5 columns (x)
+    s = Surface.plane(xs, ys, z, np.zeros_like(z))
+    (spec, *_) = s.plots()
+    assert (spec.rows, spec.cols) == ("ys", "xs")
+    assert spec.ylabel.startswith("y") and spec.xlabel.startswith("x")
+    assert s.interpolate([[4.0, 20.0]], dims=("x", "y"))[0] == pytest.approx(20.4)
+    assert s.interpolate([[20.0, 4.0]])[0] == pytest.approx(20.4)  # default: columns in dims order (y, x)
+    pytest.importorskip("xarray")
+    assert float(s.to_xarray().loss.sel(x=4.0, y=20.0)) == pytest.approx(20.4)
+
+
+def test_a_path_evaluation_is_a_line_or_a_curve():
+    line = PathEvaluation(alphas=[0, 0.5, 1], loss={"a": np.array([1.0, 3.0, 1.0])}, accuracy={"a": np.array([1.0, 0.5, 1.0])})
+    curve = PathEvaluation(ts=[0, 0.5, 1], loss={"a": np.array([1.0, 3.0, 1.0])}, accuracy={"a": np.array([1.0, 0.5, 1.0])})
+    assert (line.axis, curve.axis) == ("alpha", "t")
+    assert "alphas" in line.to_arrays() and "ts" in curve.to_arrays()
+    assert line.barriers() == curve.barriers() == {"loss_barrier": {"a": 2.0}, "error_barrier": {"a": 0.5}}
+    from lossprobe import Interpolation
+    from lossprobe.curves import CurveEvaluation
+
+    assert Interpolation is CurveEvaluation is PathEvaluation
+    with pytest.raises(UserError):
+        PathEvaluation(alphas=[0, 1], ts=[0, 1])
+
+
+def test_load_refuses_another_type(tmp_path):
+    EXAMPLES["Density"][0]().save(tmp_path / "d.npz")
+    with pytest.raises(UserError, match="holds a Density"):
+        NoiseRobustness.load(tmp_path / "d.npz")
+
+
+def test_old_surface_files_still_open(tmp_path):
+    """A surface.json written before dims were stored (format 1, 'ndim' and 'meta' only)."""
+    s = _surface_2d()
+    s.save(tmp_path)
+    info = json.loads((tmp_path / "surface.json").read_text())
+    (tmp_path / "surface.json").write_text(json.dumps({"format": 1, "ndim": 2, "meta": info["meta"]}))
+    back = Surface.load(tmp_path)
+    assert back.dims == ("d1", "d2")
+    _arrays_equal(s.to_arrays(), back.to_arrays())
