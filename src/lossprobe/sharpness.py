@@ -24,12 +24,14 @@ All functions take an `Objective` (model, loss, data; eval mode by default).
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
 import numpy as np
 import torch
 
+from .directions import random_direction
 from .errors import UserError
 from .objective import Objective
 
@@ -82,18 +84,17 @@ def filter_noise(obj: Objective, theta: torch.Tensor | None = None, seed: int = 
 
 def filter_normalized_direction(obj: Objective, theta: torch.Tensor | None = None, seed: int = 0,
                                 kinds: Sequence[str] = ("weight",)) -> torch.Tensor:
-    """Random direction [P] normalised filter-wise (Li et al. 2018): each filter of the
-    Gaussian direction is rescaled to the norm of the corresponding filter of θ; biases
-    and normalisation parameters are zero (the paper's choice). See
-    `lossprobe.directions.normalize`."""
-    from .directions import normalize
+    """Deprecated: use ``lossprobe.directions.random_direction(obj.space, seed, norm="filter",
+    reference=θ)``, which this calls.
 
-    theta = _theta(obj, theta)
-    gen = torch.Generator().manual_seed(int(seed))
-    d = torch.randn(obj.space.numel, generator=gen, dtype=torch.float64)
+    Random direction [P] normalised filter-wise (Li et al. 2018); parameters of kinds
+    other than `kinds` (by default biases and normalisation parameters) are zero."""
+    warnings.warn("lossprobe.sharpness.filter_normalized_direction is deprecated; use "
+                  "lossprobe.directions.random_direction(space, seed=seed, norm='filter', reference=theta)",
+                  DeprecationWarning, stacklevel=2)
     ignore = [k for k in ("weight", "bias", "norm", "buffer") if k not in kinds]
-    out = normalize(d, theta.detach().cpu().double(), obj.space, "filter", ignore=ignore)
-    return out.to(obj.device, obj.space.dtype)
+    d = random_direction(obj.space, seed=seed, norm="filter", ignore=ignore, reference=_theta(obj, theta))
+    return d.vector.to(obj.device, obj.space.dtype)
 
 
 # --- worst case ------------------------------------------------------------------------
