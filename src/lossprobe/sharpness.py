@@ -31,6 +31,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .critical import CriticalPoint
 from .directions import random_direction
 from .errors import UserError
 from .objective import Objective
@@ -45,6 +46,7 @@ __all__ = [
     "filter_noise",
     "filter_normalized_direction",
     "NoiseRobustness",
+    "CriticalPoint",
 ]
 
 
@@ -372,26 +374,6 @@ def pac_bayes_sigma(
 
 
 # --- critical points ---------------------------------------------------------------------
-@dataclass
-class CriticalPoint:
-    """kind: 'minimum', 'maximum', 'saddle', 'degenerate' (a zero eigenvalue within
-    tolerance decides nothing) or 'not critical' (gradient too large). grad_norm,
-    lambda_max, lambda_min, condition_number (max|λ| / min|λ| over the extremes, inf when
-    one is zero; for a minimum λmax/λmin), the tolerances used."""
-
-    kind: str
-    grad_norm: float
-    lambda_max: float
-    lambda_min: float
-    condition_number: float
-    grad_tol: float
-    eig_tol: float
-    residuals: list[float] = field(default_factory=list)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
 def classify_critical_point(grad_norm: float, lambda_min: float, lambda_max: float,
                             grad_tol: float = 1e-3, eig_tol: float = 1e-6) -> CriticalPoint:
     """Classify from ||∇L|| and the extreme Hessian eigenvalues.
@@ -416,7 +398,7 @@ def classify_critical_point(grad_norm: float, lambda_min: float, lambda_max: flo
         kind = "saddle"
     else:
         kind = "degenerate"
-    return CriticalPoint(kind, float(grad_norm), lmax, lmin, cond, grad_tol, eig_tol)
+    return CriticalPoint(None, None, (lmin, lmax), kind, min(a, b) <= tau, float(grad_norm), cond, grad_tol, eig_tol)
 
 
 def critical_point(objective: Objective, theta: torch.Tensor | None = None, params=None,
@@ -426,11 +408,12 @@ def critical_point(objective: Objective, theta: torch.Tensor | None = None, para
     from .hessian import HessianOperator, eigenvalues
 
     theta = _theta(objective, theta)
-    _, g = objective.loss_and_grad(theta)
+    loss, g = objective.loss_and_grad(theta)
     H = HessianOperator(objective, theta, params)
     gn = float(H.restrict(g).norm())
     r = eigenvalues(objective, params=params, k=1, which="both", theta=theta, seed=seed, **eig_kwargs)
     lmax, lmin = float(r.values[0]), float(r.values[-1])
     cp = classify_critical_point(gn, lmin, lmax, grad_tol, eig_tol)
+    cp.value = float(loss)
     cp.residuals = r.residuals.tolist()
     return cp
