@@ -61,15 +61,21 @@ def _kind_mask(obj: Objective, kinds) -> torch.Tensor:
 
 
 # --- directions ----------------------------------------------------------------------
+NOISE_SCALES = ("filter", "tensor")
+
+
 def filter_noise(obj: Objective, theta: torch.Tensor | None = None, seed: int = 0,
-                 kinds: Sequence[str] = ("weight",), count: int = 1) -> torch.Tensor:
+                 kinds: Sequence[str] = ("weight",), count: int = 1, per: str = "filter") -> torch.Tensor:
     """Gaussian noise [count, P] with per-filter scale: entry std = ||w_f|| / sqrt(size_f).
 
     A filter is one output unit (along each weight's `Entry.unit_axis`: a row of a Linear
-    weight, one output channel of a Conv kernel); 1-D tensors count as one filter. Multiply
-    by σ to get noise whose norm is about σ times each filter's norm. Entries of other
-    kinds are zero.
+    weight, one output channel of a Conv kernel); 1-D tensors count as one filter. With
+    ``per="tensor"`` every tensor counts as one filter (entry std = the tensor's RMS value).
+    Multiply by σ to get noise whose norm is about σ times each filter's norm. Entries of
+    other kinds are zero.
     """
+    if per not in NOISE_SCALES:
+        raise UserError(f"per must be one of {list(NOISE_SCALES)}, got {per!r}")
     theta = _theta(obj, theta)
     gen = torch.Generator().manual_seed(int(seed))
     out = torch.zeros(count, obj.space.numel, dtype=obj.space.dtype)
@@ -78,8 +84,12 @@ def filter_noise(obj: Objective, theta: torch.Tensor | None = None, seed: int = 
     for e in obj.space.entries:
         if e.kind not in kinds:
             continue
-        w = e.units(th[e.slice])  # [units, size]
-        scale = e.per_unit(w.norm(dim=1) / math.sqrt(w.shape[1]))
+        if per == "tensor":
+            w = th[e.slice]
+            scale = w.norm() / math.sqrt(w.numel())
+        else:
+            w = e.units(th[e.slice])  # [units, size]
+            scale = e.per_unit(w.norm(dim=1) / math.sqrt(w.shape[1]))
         out[:, e.slice] = (noise[:, e.slice] * scale).to(out)
     return out.to(obj.device)
 
@@ -265,12 +275,13 @@ def noise_robustness(
     kinds: Sequence[str] = ("weight",),
     theta: torch.Tensor | None = None,
     progress: bool = False,
+    per: str = "filter",
 ) -> NoiseRobustness:
     """Mean and std of loss and accuracy at θ + σ·n_j, n_j = `filter_noise` draws j = 1..D.
 
-    σ is relative: each filter gets noise of about σ times its own norm (so layers of
-    different scale are perturbed alike, and BatchNorm's scale invariance does not hide
-    the perturbation). The same D draws are reused for every σ, so the curves are smooth
+    σ is relative: each filter (``per="tensor"``: each tensor) gets noise of about σ times
+    its own norm (so layers of different scale are perturbed alike, and BatchNorm's scale
+    invariance does not hide the perturbation). The same D draws are reused for every σ, so the curves are smooth
     in σ. All points go through one `Objective.evaluate` call.
     """
     sig = np.asarray(sigmas, dtype=np.float64).reshape(-1)
@@ -279,7 +290,7 @@ def noise_robustness(
     if draws < 1:
         raise UserError(f"draws must be at least 1, got {draws}")
     theta = _theta(objective, theta)
-    N = filter_noise(objective, theta, seed, kinds, count=draws)  # [D, P]
+    N = filter_noise(objective, theta, seed, kinds, count=draws, per=per)  # [D, P]
     coords = np.zeros((len(sig) * draws + 1, draws))
     for i, s in enumerate(sig):
         for j in range(draws):
