@@ -14,6 +14,7 @@ dict whose keys are exactly `feature_names(space)`:
                            `Objective.evaluate` call): per filter through
                            `lossprobe.sharpness.noise_robustness` (default), or per tensor
 * ``hessian_top``          top Hessian eigenvalue by power iteration on ≤256 samples
+                           (`lossprobe.curvature.power_iteration`)
 * ``diverged``             1 if the probe's loss became NaN/inf (other features then take
                            the fixed values of a chance-level network)
 
@@ -225,21 +226,16 @@ def _subset_fraction(split: Split, fraction: float, seed: int) -> Split:
 
 
 def hessian_top_eigenvalue(model, data: Split, iters: int = 10, seed: int = 0) -> float:
-    """Largest-magnitude Hessian eigenvalue of the mean loss by power iteration (HVPs)."""
+    """Largest-magnitude Hessian eigenvalue of the mean loss by power iteration
+    (`lossprobe.curvature.power_iteration` on the `HessianOperator`)."""
+    from ..curvature import power_iteration
+    from ..hessian import HessianOperator
     from ..objective import Objective
 
     obj = Objective(model, data, shortcut=False)
-    g = torch.Generator().manual_seed(seed)
-    v = torch.randn(obj.theta0.numel(), generator=g).to(obj.theta0)
-    v /= v.norm()
-    lam = 0.0
-    for _ in range(iters):
-        hv = obj.hvp(v)
-        lam = float(v @ hv)
-        nrm = hv.norm()
-        if not torch.isfinite(nrm) or nrm == 0:
-            break
-        v = hv / nrm
+    # plain products (no kept graphs) and an iterate in the model's dtype: the feature's numbers as measured so far
+    H = HessianOperator(obj, cache_graph=False)
+    lam, _ = power_iteration(H.counting(), iters=iters, seed=seed, dtype=obj.space.dtype)
     return lam
 
 
