@@ -37,9 +37,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-import numpy as np
-import torch
-
 from ..data.split import Split
 from ..errors import UserError
 from .space import SearchSpace
