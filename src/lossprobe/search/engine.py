@@ -143,11 +143,9 @@ def _sqlite_file(url: str) -> str | None:
 def check_storage_url(url: str) -> None:
     """Refuse, in one line, a storage URL that cannot work (not a URL, no such driver, driver
     not installed) before anything is written."""
-    try:
-        from sqlalchemy.engine import make_url
-        from sqlalchemy.exc import ArgumentError, NoSuchModuleError
-    except ImportError:  # pragma: no cover - Optuna depends on SQLAlchemy
-        return
+    from sqlalchemy.engine import make_url  # installed with Optuna
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
     try:
         u = make_url(url)
     except ArgumentError:
