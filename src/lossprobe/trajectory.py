@@ -43,6 +43,7 @@ from .losses import criterion
 from .monitors import TrainingMonitor
 from .objective import Objective
 from .space import ParamSpace
+from .train import TrainConfig, TrainingDiverged, make_optimizer, run_epoch
 
 # --- training with a recorded trajectory ------------------------------------------------
 
@@ -104,9 +105,10 @@ def train_trajectory(
             (a `Split`, arrays, a dict of arrays or a `Dataset`).
     Returns:
         `Trajectory` with snapshots at steps 0, every, 2·every, ..., and the last step.
+    The steps run in `lossprobe.train.run_epoch` (fit's inner loop), one seeded permutation
+    of the data per epoch (its last incomplete batch dropped); a NaN or inf loss raises
+    `TrainingDiverged` (``.history``: the trajectory recorded so far).
     """
-    from .train import TrainConfig, make_optimizer
-
     if steps <= 0 or every <= 0 or batch_size <= 0:
         raise UserError(f"steps, every and batch_size must be positive, got {steps}, {every}, {batch_size}")
     train = as_data(train, "train")
@@ -124,40 +126,43 @@ def train_trajectory(
     g = torch.Generator().manual_seed(seed)
     n = len(train)
     bs = min(batch_size, n)
+    per_epoch = n // bs  # a seeded permutation per epoch; its last incomplete batch is dropped
     snaps, at = [space.flatten(model).detach().float().cpu().clone()], [0]
-    order, pos = torch.randperm(n, generator=g), 0
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=steps, desc=label or optimizer, unit="step", leave=False, dynamic_ncols=True,
                    mininterval=1.0)
+    config = {"optimizer": optimizer, "lr": lr, "steps": steps, "batch_size": bs, "every": every, "seed": seed,
+              "loss": loss_name, "momentum": cfg.momentum, "weight_decay": weight_decay}
+
+    def record(state) -> None:
+        mon.record(state.loss)
+
+    def snapshot(state) -> None:
+        if state.step % every == 0 or state.step == steps:
+            snaps.append(space.flatten(model).detach().float().cpu().clone())
+            at.append(state.step)
+        if bar is not None:
+            bar.update(1)
+
     model.train()
+    step, epoch = 0, 0
     try:
-        for step in range(1, steps + 1):
-            if pos + bs > n:
-                order, pos = torch.randperm(n, generator=g), 0
-            idx = order[pos : pos + bs]
-            pos += bs
-            t = crit(model, take(train.tree, idx))
-            batch_loss = t.loss / t.count
-            if not torch.isfinite(batch_loss):
-                raise UserError(f"training with {optimizer} (lr={lr}) diverged at step {step}; use a smaller lr")
-            opt.zero_grad(set_to_none=True)
-            batch_loss.backward()
-            mon.record(batch_loss)
-            opt.step()
-            if step % every == 0 or step == steps:
-                snaps.append(space.flatten(model).detach().float().cpu().clone())
-                at.append(step)
-            if bar is not None:
-                bar.update(1)
+        while step < steps:
+            epoch += 1
+            order = torch.randperm(n, generator=g)
+            batches = (take(train.tree, order[j * bs: (j + 1) * bs]) for j in range(min(per_epoch, steps - step)))
+            step, _, _ = run_epoch(opt, batches, lambda i, batch: crit(model, batch), epoch=epoch, step=step, lr=lr,
+                                   before_step=record, on_step=snapshot)
+    except TrainingDiverged as e:
+        e.history = Trajectory(label or optimizer, np.asarray(at), torch.stack(snaps), mon, config)
+        raise
     finally:
         if bar is not None:
             bar.close()
         model.eval()
-    config = {"optimizer": optimizer, "lr": lr, "steps": steps, "batch_size": bs, "every": every, "seed": seed,
-              "loss": loss_name, "momentum": cfg.momentum, "weight_decay": weight_decay}
     return Trajectory(label or optimizer, np.asarray(at), torch.stack(snaps), mon, config)
 
 
