@@ -230,7 +230,6 @@ def lr_factor(cfg: TrainConfig, step: int, total: int, steps_per_epoch: int) -> 
     return 1.0
 
 
-_lr_factor = lr_factor
 
 
 def augment_batch(batch, cfg: TrainConfig, generator: torch.Generator):
