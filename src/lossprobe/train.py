@@ -230,8 +230,6 @@ def lr_factor(cfg: TrainConfig, step: int, total: int, steps_per_epoch: int) -> 
     return 1.0
 
 
-
-
 def augment_batch(batch, cfg: TrainConfig, generator: torch.Generator):
     """The batch with its images flipped and/or shifted (see `TrainConfig.augment`).
 
