@@ -242,3 +242,12 @@ def test_cached_graph_products_equal_uncached():
     for H in (Hc, Hf, Hm):
         assert torch.allclose(H.matvec(v), ref, atol=1e-12)
         assert torch.allclose(H.matvec(2 * v), 2 * ref, atol=1e-12)  # graph reused
+
+
+def test_power_iteration_finds_the_dominant_eigenvalue():
+    spectrum = np.concatenate([[-9.0], np.linspace(-1, 3, 39)])  # largest magnitude is negative
+    A, _ = _quadratic(spectrum=spectrum)
+    lam, v = C.power_iteration(A, iters=200, seed=1)
+    assert abs(lam + 9.0) < 1e-8 and abs(float(v.norm()) - 1) < 1e-12
+    with pytest.raises(UserError):
+        C.power_iteration(A, iters=0)

@@ -10,6 +10,8 @@ empirical Fisher and K-FAC operators of `lossprobe.operators` (also reachable fr
 * `lanczos`            Lanczos tridiagonalisation with full reorthogonalisation in float64.
 * `lanczos_eigs`       extreme eigenpairs, growing the Krylov space until every wanted
                        Ritz pair's residual ``||A y - θ y||`` is below tolerance.
+* `power_iteration`    the dominant eigenvalue by a fixed number of power steps (a cheap
+                       estimate without residuals).
 * `hutchinson`         trace by Rademacher probes, with a standard error (and per block).
 * `hutchpp`            Hutch++ (Meyer, Musco, Musco & Woodruff 2021): exact trace on a
                        sketched top subspace plus Hutchinson on the rest.
@@ -348,6 +350,32 @@ def lanczos_eigs(
     return EigResult(values=np.asarray(vals, dtype=np.float64), residuals=np.asarray(res, dtype=np.float64),
                      vectors=Y, matvecs=op.calls, steps=st.steps, converged=converged, which=which,
                      residual_kind=residuals, all_ritz_values=theta)
+
+
+# --- power iteration -----------------------------------------------------------------
+def power_iteration(matvec, iters: int = 10, seed: int | torch.Generator | None = 0, n: int | None = None,
+                    dtype: torch.dtype = torch.float64, device=None) -> tuple[float, torch.Tensor]:
+    """The dominant (largest-magnitude) eigenvalue of a symmetric operator by `iters` power
+    steps from a seeded Gaussian start: (the Rayleigh quotient vᵀAv of the last iterate, v).
+
+    A cheap, unchecked estimate (no residual, no convergence test; `lanczos_eigs` gives
+    both). It stops early when Av is zero or not finite. `dtype` is the precision the
+    iterate is drawn and kept in (the products are computed by the operator as always).
+    """
+    if iters < 1:
+        raise UserError(f"iters must be at least 1, got {iters}")
+    op = matvec if isinstance(matvec, CountingOperator) else CountingOperator(matvec, n, device)
+    v = torch.randn(op.n, generator=_generator(seed), dtype=dtype).to(op.device)
+    v /= v.norm()
+    lam = 0.0
+    for _ in range(iters):
+        av = op(v).to(dtype)
+        lam = float(v @ av)
+        nrm = av.norm()
+        if not torch.isfinite(nrm) or nrm == 0:
+            break
+        v = av / nrm
+    return lam, v
 
 
 # --- trace ---------------------------------------------------------------------------

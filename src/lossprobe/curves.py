@@ -23,6 +23,7 @@ space of parameters only; buffers are not part of it.
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import math
 import os
@@ -41,7 +42,7 @@ from .errors import UserError
 from .losses import criterion
 from .paths import PathEvaluation
 from .space import ParamSpace
-from .train import cosine_factor
+from .train import TrainingDiverged, cosine_factor, run_epoch
 
 KINDS = ("bezier", "polychain")
 
@@ -173,7 +174,8 @@ def train_curve(curve: Curve, train, config: CurveTrainConfig | None = None,
     `train` is any data form of `Objective`; the curve's own `forward` calls the model.
     `loss` overrides ``config.loss`` (e.g. with a function). With `checkpoint_dir`, the
     bends and optimiser are saved after every epoch and a later call resumes after the
-    last saved epoch, drawing the same batches and t.
+    last saved epoch, drawing the same batches and t. The steps run in `lossprobe.train.run_epoch`
+    (fit's inner loop); a NaN or inf loss raises `TrainingDiverged` (``.history``: the epochs done).
     """
     cfg = config or CurveTrainConfig()
     device = curve.theta_a.device
@@ -228,26 +230,10 @@ def train_curve(curve: Curve, train, config: CurveTrainConfig | None = None,
             source = train.epoch(cfg.batch_size, g)  # the batch order is drawn before the t's
             ts = torch.rand(steps, generator=g, dtype=torch.float64)
             torch.manual_seed(cfg.seed * 100_003 + epoch)
-            run_s, run_n = 0.0, 0.0
-            for i, batch in enumerate(source):
-                if i >= steps:
-                    break
-                for pg in opt.param_groups:
-                    pg["lr"] = cfg.lr * cosine_factor(step, total)
-                tb = crit.terms(curve(batch, float(ts[i])), batch)
-                if not float(tb.count):
-                    continue
-                loss = tb.loss / tb.count
-                if not torch.isfinite(loss):
-                    raise UserError(f"curve training diverged at epoch {epoch}, step {i + 1}; try a smaller lr (lr={cfg.lr})")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                step += 1
-                run_s += float(tb.loss.detach())
-                run_n += float(tb.count)
-                if bar is not None:
-                    bar.update(1)
+            step, run_s, run_n = run_epoch(
+                opt, itertools.islice(source, steps), lambda i, batch: crit.terms(curve(batch, float(ts[i])), batch),
+                epoch=epoch, step=step, lr=cfg.lr, lr_at=lambda s: cfg.lr * cosine_factor(s, total),
+                on_step=(lambda state: bar.update(1)) if bar is not None else None)
             hist.epoch.append(epoch)
             hist.batch_loss.append(run_s / run_n if run_n else math.nan)
             hist.seconds.append(elapsed + time.perf_counter() - t0)
@@ -255,6 +241,9 @@ def train_curve(curve: Curve, train, config: CurveTrainConfig | None = None,
                 atomic.save_torch(ckpt / "curve_state.pt", {"bends": curve.bends.detach(), "optimizer": opt.state_dict(),
                                                             "history": asdict(hist)})
                 atomic.write_text(ckpt / "curve_history.json", json.dumps(asdict(hist)))
+    except TrainingDiverged as e:
+        e.history = hist
+        raise
     finally:
         if bar is not None:
             bar.close()

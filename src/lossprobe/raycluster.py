@@ -1,4 +1,5 @@
-"""Starting or joining Ray with a deadline: an unreachable `--address` is one line, not a hang."""
+"""Ray for lossprobe: starting or joining it with a deadline (an unreachable `--address` is
+one line, not a hang), and the one `Executor` that surfaces and search run their jobs on."""
 
 from __future__ import annotations
 
@@ -81,3 +82,83 @@ def init(address: str | None = None, timeout: float = DEFAULT_TIMEOUT, **kw) -> 
         where = f"join the Ray cluster at {address}" if address else "start a local Ray"
         raise UserError(f"could not {where}: {first}") from None
     return True
+
+
+# --- running jobs here or on Ray ---------------------------------------------------------
+BACKENDS = ("local", "ray")
+ALIASES = {"inprocess": "local"}  # the search's earlier name for the local backend
+DEFAULT_RETRIES = 3  # times Ray reruns a failed task (a lost worker, an exception) before giving up
+
+
+def backend_name(backend: str) -> str:
+    """The canonical name of a backend ('local' or 'ray'; 'inprocess' means 'local')."""
+    name = ALIASES.get(backend, backend)
+    if name not in BACKENDS:
+        raise UserError(f"unknown backend {backend!r}; use local (or inprocess) or ray")
+    return name
+
+
+class Executor:
+    """Runs jobs in this process (``backend='local'``, alias 'inprocess') or as Ray tasks
+    (``backend='ray'``: joins the cluster at `address` within `timeout` seconds, or starts a
+    local Ray with `num_cpus`).
+
+    Ray tasks take one CPU each and are rerun up to `retries` times when they fail. `close`
+    (or leaving a ``with`` block) shuts Ray down if this executor started it. `put` shares a
+    large argument once (a Ray object reference; the value itself locally).
+    """
+
+    def __init__(self, backend: str = "local", address: str | None = None, num_cpus: int | None = None,
+                 timeout: float = DEFAULT_TIMEOUT, retries: int = DEFAULT_RETRIES):
+        self.backend = backend_name(backend)
+        self.retries = int(retries)
+        self._started = False
+        if self.backend == "ray":
+            kw = {"ignore_reinit_error": True, "logging_level": "ERROR", "log_to_driver": False}
+            if not address:
+                kw["include_dashboard"] = False
+                if num_cpus is not None:
+                    kw["num_cpus"] = num_cpus
+            self._started = init(address, timeout, **kw)
+            import ray
+
+            self._ray = ray
+            self._remote: dict = {}
+
+    def put(self, value):
+        return self._ray.put(value) if self.backend == "ray" else value
+
+    def map(self, fn, arglist: list[tuple]) -> list:
+        out = [None] * len(arglist)
+        for i, r in self.as_completed(fn, arglist):
+            out[i] = r
+        return out
+
+    def as_completed(self, fn, arglist: list[tuple]):
+        """Yield (index, result) as each job finishes, so callers can store it at once."""
+        if self.backend == "local":
+            for i, a in enumerate(arglist):
+                yield i, fn(*a)
+            return
+        ray = self._ray
+        if fn not in self._remote:
+            self._remote[fn] = ray.remote(num_cpus=1, max_retries=self.retries, retry_exceptions=True)(fn)
+        refs = [self._remote[fn].remote(*a) for a in arglist]
+        index = {r: i for i, r in enumerate(refs)}
+        pending = list(refs)
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            for r in done:
+                yield index[r], ray.get(r)
+
+    def close(self) -> None:
+        """Shut Ray down if this executor started it (a Ray that was running already stays)."""
+        if self._started:
+            self._started = False
+            self._ray.shutdown()
+
+    def __enter__(self) -> "Executor":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

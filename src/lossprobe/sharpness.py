@@ -24,12 +24,15 @@ All functions take an `Objective` (model, loss, data; eval mode by default).
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import ClassVar, Sequence
 
 import numpy as np
 import torch
 
+from .critical import CriticalPoint
+from .directions import random_direction
 from .errors import UserError
 from .objective import Objective
 from .results import Record, Result, json_float, register
@@ -45,6 +48,7 @@ __all__ = [
     "filter_noise",
     "filter_normalized_direction",
     "NoiseRobustness",
+    "CriticalPoint",
 ]
 
 
@@ -59,15 +63,21 @@ def _kind_mask(obj: Objective, kinds) -> torch.Tensor:
 
 
 # --- directions ----------------------------------------------------------------------
+NOISE_SCALES = ("filter", "tensor")
+
+
 def filter_noise(obj: Objective, theta: torch.Tensor | None = None, seed: int = 0,
-                 kinds: Sequence[str] = ("weight",), count: int = 1) -> torch.Tensor:
+                 kinds: Sequence[str] = ("weight",), count: int = 1, per: str = "filter") -> torch.Tensor:
     """Gaussian noise [count, P] with per-filter scale: entry std = ||w_f|| / sqrt(size_f).
 
     A filter is one output unit (along each weight's `Entry.unit_axis`: a row of a Linear
-    weight, one output channel of a Conv kernel); 1-D tensors count as one filter. Multiply
-    by σ to get noise whose norm is about σ times each filter's norm. Entries of other
-    kinds are zero.
+    weight, one output channel of a Conv kernel); 1-D tensors count as one filter. With
+    ``per="tensor"`` every tensor counts as one filter (entry std = the tensor's RMS value).
+    Multiply by σ to get noise whose norm is about σ times each filter's norm. Entries of
+    other kinds are zero.
     """
+    if per not in NOISE_SCALES:
+        raise UserError(f"per must be one of {list(NOISE_SCALES)}, got {per!r}")
     theta = _theta(obj, theta)
     gen = torch.Generator().manual_seed(int(seed))
     out = torch.zeros(count, obj.space.numel, dtype=obj.space.dtype)
@@ -76,26 +86,29 @@ def filter_noise(obj: Objective, theta: torch.Tensor | None = None, seed: int = 
     for e in obj.space.entries:
         if e.kind not in kinds:
             continue
-        w = e.units(th[e.slice])  # [units, size]
-        scale = e.per_unit(w.norm(dim=1) / math.sqrt(w.shape[1]))
+        if per == "tensor":
+            w = th[e.slice]
+            scale = w.norm() / math.sqrt(w.numel())
+        else:
+            w = e.units(th[e.slice])  # [units, size]
+            scale = e.per_unit(w.norm(dim=1) / math.sqrt(w.shape[1]))
         out[:, e.slice] = (noise[:, e.slice] * scale).to(out)
     return out.to(obj.device)
 
 
 def filter_normalized_direction(obj: Objective, theta: torch.Tensor | None = None, seed: int = 0,
                                 kinds: Sequence[str] = ("weight",)) -> torch.Tensor:
-    """Random direction [P] normalised filter-wise (Li et al. 2018): each filter of the
-    Gaussian direction is rescaled to the norm of the corresponding filter of θ; biases
-    and normalisation parameters are zero (the paper's choice). See
-    `lossprobe.directions.normalize`."""
-    from .directions import normalize
+    """Deprecated: use ``lossprobe.directions.random_direction(obj.space, seed, norm="filter",
+    reference=θ)``, which this calls.
 
-    theta = _theta(obj, theta)
-    gen = torch.Generator().manual_seed(int(seed))
-    d = torch.randn(obj.space.numel, generator=gen, dtype=torch.float64)
+    Random direction [P] normalised filter-wise (Li et al. 2018); parameters of kinds
+    other than `kinds` (by default biases and normalisation parameters) are zero."""
+    warnings.warn("lossprobe.sharpness.filter_normalized_direction is deprecated; use "
+                  "lossprobe.directions.random_direction(space, seed=seed, norm='filter', reference=theta)",
+                  DeprecationWarning, stacklevel=2)
     ignore = [k for k in ("weight", "bias", "norm", "buffer") if k not in kinds]
-    out = normalize(d, theta.detach().cpu().double(), obj.space, "filter", ignore=ignore)
-    return out.to(obj.device, obj.space.dtype)
+    d = random_direction(obj.space, seed=seed, norm="filter", ignore=ignore, reference=_theta(obj, theta))
+    return d.vector.to(obj.device, obj.space.dtype)
 
 
 # --- worst case ------------------------------------------------------------------------
@@ -313,12 +326,13 @@ def noise_robustness(
     kinds: Sequence[str] = ("weight",),
     theta: torch.Tensor | None = None,
     progress: bool = False,
+    per: str = "filter",
 ) -> NoiseRobustness:
     """Mean and std of loss and accuracy at θ + σ·n_j, n_j = `filter_noise` draws j = 1..D.
 
-    σ is relative: each filter gets noise of about σ times its own norm (so layers of
-    different scale are perturbed alike, and BatchNorm's scale invariance does not hide
-    the perturbation). The same D draws are reused for every σ, so the curves are smooth
+    σ is relative: each filter (``per="tensor"``: each tensor) gets noise of about σ times
+    its own norm (so layers of different scale are perturbed alike, and BatchNorm's scale
+    invariance does not hide the perturbation). The same D draws are reused for every σ, so the curves are smooth
     in σ. All points go through one `Objective.evaluate` call.
     """
     sig = np.asarray(sigmas, dtype=np.float64).reshape(-1)
@@ -327,7 +341,7 @@ def noise_robustness(
     if draws < 1:
         raise UserError(f"draws must be at least 1, got {draws}")
     theta = _theta(objective, theta)
-    N = filter_noise(objective, theta, seed, kinds, count=draws)  # [D, P]
+    N = filter_noise(objective, theta, seed, kinds, count=draws, per=per)  # [D, P]
     coords = np.zeros((len(sig) * draws + 1, draws))
     for i, s in enumerate(sig):
         for j in range(draws):
@@ -422,26 +436,6 @@ def pac_bayes_sigma(
 
 
 # --- critical points ---------------------------------------------------------------------
-@dataclass
-class CriticalPoint:
-    """kind: 'minimum', 'maximum', 'saddle', 'degenerate' (a zero eigenvalue within
-    tolerance decides nothing) or 'not critical' (gradient too large). grad_norm,
-    lambda_max, lambda_min, condition_number (max|λ| / min|λ| over the extremes, inf when
-    one is zero; for a minimum λmax/λmin), the tolerances used."""
-
-    kind: str
-    grad_norm: float
-    lambda_max: float
-    lambda_min: float
-    condition_number: float
-    grad_tol: float
-    eig_tol: float
-    residuals: list[float] = field(default_factory=list)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
 def classify_critical_point(grad_norm: float, lambda_min: float, lambda_max: float,
                             grad_tol: float = 1e-3, eig_tol: float = 1e-6) -> CriticalPoint:
     """Classify from ||∇L|| and the extreme Hessian eigenvalues.
@@ -466,7 +460,7 @@ def classify_critical_point(grad_norm: float, lambda_min: float, lambda_max: flo
         kind = "saddle"
     else:
         kind = "degenerate"
-    return CriticalPoint(kind, float(grad_norm), lmax, lmin, cond, grad_tol, eig_tol)
+    return CriticalPoint(None, None, (lmin, lmax), kind, min(a, b) <= tau, float(grad_norm), cond, grad_tol, eig_tol)
 
 
 def critical_point(objective: Objective, theta: torch.Tensor | None = None, params=None,
@@ -476,11 +470,12 @@ def critical_point(objective: Objective, theta: torch.Tensor | None = None, para
     from .hessian import HessianOperator, eigenvalues
 
     theta = _theta(objective, theta)
-    _, g = objective.loss_and_grad(theta)
+    loss, g = objective.loss_and_grad(theta)
     H = HessianOperator(objective, theta, params)
     gn = float(H.restrict(g).norm())
     r = eigenvalues(objective, params=params, k=1, which="both", theta=theta, seed=seed, **eig_kwargs)
     lmax, lmin = float(r.values[0]), float(r.values[-1])
     cp = classify_critical_point(gn, lmin, lmax, grad_tol, eig_tol)
+    cp.value = float(loss)
     cp.residuals = r.residuals.tolist()
     return cp

@@ -42,6 +42,7 @@ from .errors import UserError
 from .threads import torch_threads
 from . import results
 from .objective import Objective
+from .raycluster import Executor, backend_name
 from .results import Result, register
 from .store import to_jsonable, write_json
 
@@ -485,8 +486,7 @@ def _compute(model_or_objective, data, dirs_in, spans, steps, *, origin=None, su
                             address=address, chunk_size=chunk_size, progress=progress, ray_retries=ray_retries,
                             on_chunk=on_chunk, forward=forward, metric=metric, ray_timeout=ray_timeout)
     t_start = time.perf_counter()
-    if backend not in ("local", "ray"):
-        raise UserError(f"backend must be 'local' or 'ray', got {backend!r}")
+    backend = backend_name(backend)
     m = len(spans)
     axes = [grid_axis(lo, hi, n) for (lo, hi), n in zip(spans, steps)]
     shape = tuple(len(a) for a in axes)
@@ -588,19 +588,11 @@ def _compute(model_or_objective, data, dirs_in, spans, steps, *, origin=None, su
                    desc=f"{meta['kind']} {'×'.join(map(str, shape))}")
     t_eval = time.perf_counter()
     try:
-        if backend == "local" and todo:
-            nb = max(1, obj.n_batches)
-            tick = (lambda n: bar.update(n / nb)) if bar is not None else None
-            with obj.reuse_first_layer(origin_t, dirs):
-                for i in todo:
-                    idx = np.arange(i * chunk_size, min(K, (i + 1) * chunk_size))
-                    loss_c, acc_c = _eval_chunk(obj, origin_t, dirs, pts_all[idx], tick)
-                    finish(i, loss_c, acc_c)
-        elif backend == "ray" and todo:
-            if not isinstance(obj.data, TensorData):
+        if todo:
+            if backend == "ray" and not isinstance(obj.data, TensorData):
                 raise UserError("backend='ray' needs in-memory data (a Split or tensors), not a DataLoader")
-            _run_ray(obj, model, origin_t, dirs, pts_all, todo, chunk_size, K, address, ray_retries, finish,
-                     bar, include_buffers, ray_timeout)
+            with Executor(backend, address, timeout=ray_timeout, retries=ray_retries) as ex:
+                _run_chunks(ex, obj, model, origin_t, dirs, pts_all, todo, chunk_size, K, finish, bar)
     finally:
         if bar is not None:
             bar.n = round(bar.n)
@@ -625,39 +617,29 @@ def _origin_vector(origin, obj: Objective) -> torch.Tensor:
     return torch.as_tensor(origin).to(obj.device, obj.space.dtype).reshape(-1)
 
 
-def _run_ray(obj, model, origin, dirs, pts_all, todo, chunk_size, K, address, retries, finish, bar, include_buffers,
-             timeout=30.0):
-    from . import raycluster
-
-    kw = {} if address else {"include_dashboard": False}
-    started = raycluster.init(address, timeout, **kw, ignore_reinit_error=True, logging_level="ERROR",
-                              log_to_driver=False)
-    import ray
-
-    try:
-        data = obj.data.to("cpu")
-        # put once: every task gets references, Ray ships each object to a worker once
-        # workers get a CPU copy (never move the caller's model off its device)
-        cpu_model = model if obj.device.type == "cpu" else copy.deepcopy(model).cpu()
-        refs = [ray.put(v) for v in (cpu_model, data, origin.cpu(), dirs.cpu())]
-        opts = {"loss": obj.criterion, "batch_size": obj.batch_size, "include_buffers": obj.space.include_buffers,
-                "token": _digest(origin.cpu(), dirs.cpu(), os.getpid(), time.time())}
-        task = ray.remote(max_retries=retries, retry_exceptions=True)(_ray_chunk)
-        pending = {}
-        for i in todo:
-            idx = np.arange(i * chunk_size, min(K, (i + 1) * chunk_size))
-            pending[task.remote(*refs, opts, pts_all[idx])] = i
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            for r in ready:
-                i = pending.pop(r)
-                loss_c, acc_c = ray.get(r)
-                finish(i, loss_c, acc_c)
-                if bar is not None:
-                    bar.update(len(loss_c))
-    finally:
-        if started:
-            ray.shutdown()
+def _run_chunks(ex: Executor, obj, model, origin, dirs, pts_all, todo, chunk_size, K, finish, bar) -> None:
+    """Evaluate the chunks `todo` on the executor: here with `obj` (its hoisted first layer
+    reused across chunks, the bar ticking per batch), or as Ray tasks that share the model,
+    data, origin and directions (put once) and build their own objective."""
+    chunks = [pts_all[i * chunk_size: min(K, (i + 1) * chunk_size)] for i in todo]
+    if ex.backend == "local":
+        nb = max(1, obj.n_batches)
+        tick = (lambda n: bar.update(n / nb)) if bar is not None else None
+        with obj.reuse_first_layer(origin, dirs):
+            for j, (loss_c, acc_c) in ex.as_completed(_eval_chunk, [(obj, origin, dirs, c, tick) for c in chunks]):
+                finish(todo[j], loss_c, acc_c)
+        return
+    data = obj.data.to("cpu")
+    # put once: every task gets references, Ray ships each object to a worker once;
+    # workers get a CPU copy (never move the caller's model off its device)
+    cpu_model = model if obj.device.type == "cpu" else copy.deepcopy(model).cpu()
+    refs = [ex.put(v) for v in (cpu_model, data, origin.cpu(), dirs.cpu())]
+    opts = {"loss": obj.criterion, "batch_size": obj.batch_size, "include_buffers": obj.space.include_buffers,
+            "token": _digest(origin.cpu(), dirs.cpu(), os.getpid(), time.time())}
+    for j, (loss_c, acc_c) in ex.as_completed(_ray_chunk, [(*refs, opts, c) for c in chunks]):
+        finish(todo[j], loss_c, acc_c)
+        if bar is not None:
+            bar.update(len(loss_c))
 
 
 def _default_directions(model_or_objective, m: int, seed: int, norm, origin) -> list[Direction]:

@@ -36,6 +36,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from .critical import CriticalPoint
 from .errors import UserError
 
 DTYPE = torch.float64
@@ -217,22 +218,6 @@ def get_toy(name: str) -> ToyFunction:
 
 
 # --- critical points -------------------------------------------------------------------
-
-
-@dataclass
-class CriticalPoint:
-    """A point where the gradient vanishes, with the Hessian's eigenvalues and its kind."""
-
-    point: tuple[float, float]
-    value: float
-    eigenvalues: tuple[float, float]
-    kind: str  # 'minimum' | 'maximum' | 'saddle'
-    degenerate: bool  # the Hessian is singular: `kind` came from the ring test
-    grad_norm: float
-
-    def to_dict(self) -> dict:
-        return {"point": list(self.point), "value": self.value, "eigenvalues": list(self.eigenvalues),
-                "kind": self.kind, "degenerate": self.degenerate, "grad_norm": self.grad_norm}
 
 
 def classify(toy: ToyFunction | Callable, point, tol: float = 1e-6, ring: float = 1e-3) -> CriticalPoint:

@@ -128,7 +128,62 @@ class History:
 
 
 class TrainingDiverged(UserError):
-    """The loss became NaN or inf; the history up to that point is kept."""
+    """The loss became NaN or inf. ``.stopped`` says where; ``.history`` holds what the
+    training loop recorded up to that point (fit: a `History`)."""
+
+    def __init__(self, stopped: str, lr: float):
+        super().__init__(f"training diverged: {stopped}; try a smaller learning rate (lr={lr})")
+        self.stopped = stopped
+        self.history = None
+
+
+@dataclass
+class StepState:
+    """What step hooks see: the epoch (1-based), the batch's index in it (1-based), the
+    optimiser steps taken so far, and the batch's mean loss (a 0-d tensor with its graph)."""
+
+    epoch: int
+    index: int
+    step: int
+    loss: torch.Tensor
+
+
+def run_epoch(opt: torch.optim.Optimizer, batches, batch_terms, *, epoch: int, step: int, lr: float,
+              lr_at=None, before_step=None, on_step=None) -> tuple[int, float, float]:
+    """One pass of minibatch steps: the inner loop of `fit`, `lossprobe.curves.train_curve`
+    and `lossprobe.trajectory.train_trajectory`.
+
+    For batch i of `batches`: set every group's learning rate to ``lr_at(step)`` (when
+    given), compute ``terms = batch_terms(i, batch)`` (a `lossprobe.losses.Terms`), skip a
+    batch without samples, and stop with `TrainingDiverged` if the mean loss is NaN or inf
+    (the one divergence rule, before the step that would spread it); else backward,
+    ``before_step(state)`` (gradients are there, weights not yet updated), the optimiser
+    step, ``on_step(state)``. `lr` is named in the divergence message.
+
+    Returns (steps taken so far, sum of the batches' loss sums, their sample count).
+    """
+    run_sum, run_n = 0.0, 0.0
+    for i, batch in enumerate(batches):
+        if lr_at is not None:
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step)
+        t = batch_terms(i, batch)
+        if not float(t.count):
+            continue
+        loss = t.loss / t.count
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(f"loss became {loss.item()} at epoch {epoch}, step {i + 1}", lr)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if before_step is not None:
+            before_step(StepState(epoch, i + 1, step, loss))
+        opt.step()
+        step += 1
+        run_sum += float(t.loss.detach())
+        run_n += float(t.count)
+        if on_step is not None:
+            on_step(StepState(epoch, i + 1, step, loss))
+    return step, run_sum, run_n
 
 
 def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -173,9 +228,6 @@ def lr_factor(cfg: TrainConfig, step: int, total: int, steps_per_epoch: int) -> 
     if cfg.schedule == "step":
         return cfg.gamma ** ((step // steps_per_epoch) // cfg.step_size)
     return 1.0
-
-
-_lr_factor = lr_factor
 
 
 def augment_batch(batch, cfg: TrainConfig, generator: torch.Generator):
@@ -241,6 +293,8 @@ def fit(
     loss=None,
     forward=None,
     metric=None,
+    on_step=None,
+    on_epoch=None,
     **overrides,
 ) -> History:
     """Train `model` in place on `train`, evaluating on all of `train` and `val` every epoch.
@@ -256,6 +310,10 @@ def fit(
     parameter trajectory (``config.trajectory_every > 0``) is saved as
     ``trajectory.npy`` [T, P] in `checkpoint_dir` and kept as ``history.trajectory``.
     Raises `TrainingDiverged` (with ``.history``) if the loss becomes NaN or inf.
+
+    Hooks: ``on_step(state)`` after every optimiser step (a `StepState`), ``on_epoch(history)``
+    after every epoch is recorded (and checkpointed). Both run in the training process and
+    must not draw from torch's global random generator, or the run's numbers change.
     """
     cfg = config or TrainConfig()
     if overrides:
@@ -323,6 +381,13 @@ def fit(
 
         bar = tqdm(total=cfg.epochs, initial=start_epoch - 1, unit="epoch", dynamic_ncols=True, leave=False)
     step = (start_epoch - 1) * steps_per_epoch
+
+    def step_hook(state: StepState) -> None:
+        if cfg.trajectory_every and state.step % cfg.trajectory_every == 0:
+            trajectory.append(space.flatten(model).cpu())
+        if on_step is not None:
+            on_step(state)
+
     try:
         for epoch in range(start_epoch, cfg.epochs + 1):
             model.train()
@@ -330,36 +395,22 @@ def fit(
             gen = torch.Generator().manual_seed(cfg.data_seed * 100_003 + epoch)
             torch.manual_seed(cfg.data_seed * 100_003 + epoch)
             aug_gen = torch.Generator().manual_seed(cfg.data_seed * 100_003 + epoch + 7_919_000_000)
-            run_sum, run_n = 0.0, 0.0
-            for i, batch in enumerate(train.epoch(cfg.batch_size, gen, device)):
-                for g in opt.param_groups:
-                    g["lr"] = cfg.lr * _lr_factor(cfg, step, total_steps, steps_per_epoch)
-                t = crit(model, augment_batch(batch, cfg, aug_gen))
-                if not float(t.count):
-                    continue
-                loss = t.loss / t.count
-                if not torch.isfinite(loss):
-                    hist.stopped = f"loss became {loss.item()} at epoch {epoch}, step {i + 1}"
-                    raise TrainingDiverged(
-                        f"training diverged: {hist.stopped}; try a smaller learning rate (lr={cfg.lr})"
-                    )
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                step += 1
-                run_sum += float(t.loss.detach())
-                run_n += float(t.count)
-                if cfg.trajectory_every and step % cfg.trajectory_every == 0:
-                    trajectory.append(space.flatten(model).cpu())
+            step, run_sum, run_n = run_epoch(
+                opt, train.epoch(cfg.batch_size, gen, device),
+                lambda i, batch: crit(model, augment_batch(batch, cfg, aug_gen)), epoch=epoch, step=step, lr=cfg.lr,
+                lr_at=lambda s: cfg.lr * lr_factor(cfg, s, total_steps, steps_per_epoch), on_step=step_hook)
             model.eval()
             record(epoch, run_sum / run_n if run_n else math.nan, t0)
             if ckpt is not None:
                 _save_state(ckpt, model, opt, hist, trajectory)
+            if on_epoch is not None:
+                on_epoch(hist)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(train_acc=f"{hist.train_accuracy[-1]:.3f}", val_acc=f"{hist.val_accuracy[-1]:.3f}")
     except TrainingDiverged as e:
         model.eval()
+        hist.stopped = e.stopped
         e.history = hist
         if ckpt is not None:
             _write_json(ckpt / "history.json", hist.to_dict())

@@ -27,6 +27,7 @@ roughness numbers for a surface, and the extreme Hessian eigenvalues along a run
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -35,12 +36,15 @@ import torch
 from torch import nn
 
 from .batching import TensorData, as_data, take, tree_map
+from .directions import pca_directions, random_direction
+from .directions import random_plane as directions_random_plane
 from .errors import UserError
 from .losses import criterion
 from .monitors import TrainingMonitor
 from .objective import Objective
 from .space import ParamSpace
 from .surface import Surface
+from .train import TrainConfig, TrainingDiverged, make_optimizer, run_epoch
 
 # --- training with a recorded trajectory ------------------------------------------------
 
@@ -102,9 +106,10 @@ def train_trajectory(
             (a `Split`, arrays, a dict of arrays or a `Dataset`).
     Returns:
         `Trajectory` with snapshots at steps 0, every, 2·every, ..., and the last step.
+    The steps run in `lossprobe.train.run_epoch` (fit's inner loop), one seeded permutation
+    of the data per epoch (its last incomplete batch dropped); a NaN or inf loss raises
+    `TrainingDiverged` (``.history``: the trajectory recorded so far).
     """
-    from .train import TrainConfig, make_optimizer
-
     if steps <= 0 or every <= 0 or batch_size <= 0:
         raise UserError(f"steps, every and batch_size must be positive, got {steps}, {every}, {batch_size}")
     train = as_data(train, "train")
@@ -122,40 +127,43 @@ def train_trajectory(
     g = torch.Generator().manual_seed(seed)
     n = len(train)
     bs = min(batch_size, n)
+    per_epoch = n // bs  # a seeded permutation per epoch; its last incomplete batch is dropped
     snaps, at = [space.flatten(model).detach().float().cpu().clone()], [0]
-    order, pos = torch.randperm(n, generator=g), 0
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=steps, desc=label or optimizer, unit="step", leave=False, dynamic_ncols=True,
                    mininterval=1.0)
+    config = {"optimizer": optimizer, "lr": lr, "steps": steps, "batch_size": bs, "every": every, "seed": seed,
+              "loss": loss_name, "momentum": cfg.momentum, "weight_decay": weight_decay}
+
+    def record(state) -> None:
+        mon.record(state.loss)
+
+    def snapshot(state) -> None:
+        if state.step % every == 0 or state.step == steps:
+            snaps.append(space.flatten(model).detach().float().cpu().clone())
+            at.append(state.step)
+        if bar is not None:
+            bar.update(1)
+
     model.train()
+    step, epoch = 0, 0
     try:
-        for step in range(1, steps + 1):
-            if pos + bs > n:
-                order, pos = torch.randperm(n, generator=g), 0
-            idx = order[pos : pos + bs]
-            pos += bs
-            t = crit(model, take(train.tree, idx))
-            batch_loss = t.loss / t.count
-            if not torch.isfinite(batch_loss):
-                raise UserError(f"training with {optimizer} (lr={lr}) diverged at step {step}; use a smaller lr")
-            opt.zero_grad(set_to_none=True)
-            batch_loss.backward()
-            mon.record(batch_loss)
-            opt.step()
-            if step % every == 0 or step == steps:
-                snaps.append(space.flatten(model).detach().float().cpu().clone())
-                at.append(step)
-            if bar is not None:
-                bar.update(1)
+        while step < steps:
+            epoch += 1
+            order = torch.randperm(n, generator=g)
+            batches = (take(train.tree, order[j * bs: (j + 1) * bs]) for j in range(min(per_epoch, steps - step)))
+            step, _, _ = run_epoch(opt, batches, lambda i, batch: crit(model, batch), epoch=epoch, step=step, lr=lr,
+                                   before_step=record, on_step=snapshot)
+    except TrainingDiverged as e:
+        e.history = Trajectory(label or optimizer, np.asarray(at), torch.stack(snaps), mon, config)
+        raise
     finally:
         if bar is not None:
             bar.close()
         model.eval()
-    config = {"optimizer": optimizer, "lr": lr, "steps": steps, "batch_size": bs, "every": every, "seed": seed,
-              "loss": loss_name, "momentum": cfg.momentum, "weight_decay": weight_decay}
     return Trajectory(label or optimizer, np.asarray(at), torch.stack(snaps), mon, config)
 
 
@@ -247,7 +255,7 @@ def pca_plane(thetas, origin: torch.Tensor | None = None, center: bool = False, 
             through the snapshots' mean (which becomes the origin).
         chunk: parameters per block when forming the Gram matrix; memory is T² + chunk·T.
     A single trajectory with the last snapshot (or the mean) as origin goes to
-    `lossprobe.directions.pca_directions` (the same method) when it is installed.
+    `lossprobe.directions.pca_directions` (the same method).
     Returns:
         `Plane` with orthonormal directions and explained_variance_ratio [2]: λ_k / Σλ,
         the share of Σ_t ‖θ_t − origin‖² along direction k.
@@ -268,17 +276,12 @@ def pca_plane(thetas, origin: torch.Tensor | None = None, center: bool = False, 
     if origin.numel() != P:
         raise UserError(f"origin has {origin.numel()} entries, the snapshots have {P}")
     if not isinstance(thetas, (list, tuple)) and (center or origin_given_last(first, origin)):
-        try:  # the surfaces issue's implementation: same Gram-matrix method and ratios
-            from .directions import pca_directions
-
-            dirs, evr = pca_directions(X, k=2, center="mean" if center else "final", block=chunk)
-            D = torch.stack([d.vector for d in dirs]).to(torch.float64)
-            q, _ = torch.linalg.qr(D.T)  # re-orthonormalise in float64 (they are float32)
-            D = (q * torch.sign((q.T * D).sum(1))).T.contiguous()
-            return Plane(origin, D, "pca", np.asarray(evr, dtype=float),
-                         note="centred" if center else "through origin")
-        except ImportError:
-            pass
+        # the same Gram-matrix method and ratios as lossprobe.directions.pca_directions
+        dirs, evr = pca_directions(X, k=2, center="mean" if center else "final", block=chunk)
+        D = torch.stack([d.vector for d in dirs]).to(torch.float64)
+        q, _ = torch.linalg.qr(D.T)  # re-orthonormalise in float64 (they are float32)
+        D = (q * torch.sign((q.T * D).sum(1))).T.contiguous()
+        return Plane(origin, D, "pca", np.asarray(evr, dtype=float), note="centred" if center else "through origin")
     G = _gram(X, origin, chunk)
     evals, U = torch.linalg.eigh(G)  # ascending
     evals, U = evals.flip(0).clamp_min(0), U.flip(1)
@@ -299,43 +302,29 @@ def pca_plane(thetas, origin: torch.Tensor | None = None, center: bool = False, 
 
 def filter_normalized_direction(model: nn.Module, origin: torch.Tensor | None = None, seed: int = 0,
                                 space: ParamSpace | None = None) -> torch.Tensor:
-    """A random direction [P] with each filter scaled to the norm of the origin's filter.
+    """Deprecated: use ``lossprobe.directions.random_direction(model, seed, norm="filter")``.
 
-    Li et al. (2018): a Gaussian direction; for every weight tensor, each output filter
-    is rescaled to the norm of the same filter at `origin`; biases and normalisation
-    parameters are set to zero (`lossprobe.directions.normalize`).
-    """
-    from .directions import normalize
-
+    A random direction [P] (float64) with each filter scaled to the norm of the origin's
+    filter; biases, normalisation parameters and buffers are zero (Li et al. 2018)."""
+    warnings.warn("lossprobe.trajectory.filter_normalized_direction is deprecated; use "
+                  "lossprobe.directions.random_direction(model, seed=seed, norm='filter')", DeprecationWarning,
+                  stacklevel=2)
     space = space or ParamSpace(model)
     origin = space.flatten(model) if origin is None else torch.as_tensor(origin)
-    origin = origin.to(torch.float64).reshape(-1)
-    g = torch.Generator().manual_seed(seed)
-    d = torch.randn(space.numel, generator=g, dtype=torch.float64)
-    return normalize(d, origin, space, "filter", ignore=("bias", "norm", "buffer"))
+    d = random_direction(space, seed=seed, norm="filter", ignore=("bias", "norm", "buffer"),
+                         reference=origin.reshape(-1))
+    return d.vector.to(torch.float64)
 
 
 def random_plane(model: nn.Module, origin: torch.Tensor | None = None, seed: int = 0) -> Plane:
-    """A random filter-normalised plane through `origin` (default: the model's parameters).
-
-    Uses `lossprobe.directions.random_plane(seed, norm="filter")` (biases and
-    normalisation parameters zero) when that module is installed, else two
-    `filter_normalized_direction`s with seeds `seed` and `seed + 1` (same rule).
-    """
+    """The random plane of `lossprobe.directions.random_plane` as a `Plane` through `origin`
+    (default: the model's parameters): two filter-normalised directions from one generator
+    seeded with `seed`, biases and normalisation parameters zero."""
     space = ParamSpace(model)
     origin = space.flatten(model) if origin is None else torch.as_tensor(origin)
     origin = origin.to(torch.float64).reshape(-1)
-    dirs = None
-    try:  # the surfaces issue's implementation (lossprobe.directions), when present
-        from .directions import random_plane as _random_plane
-
-        d1, d2 = _random_plane(space, seed=seed, norm="filter", reference=origin.to(space.dtype))
-        dirs = torch.stack([d1.vector, d2.vector]).to(torch.float64).cpu()
-    except ImportError:
-        dirs = None
-    if dirs is None:
-        dirs = torch.stack([filter_normalized_direction(model, origin, seed, space),
-                            filter_normalized_direction(model, origin, seed + 1, space)])
+    d1, d2 = directions_random_plane(space, seed=seed, norm="filter", reference=origin.to(space.dtype))
+    dirs = torch.stack([d1.vector, d2.vector]).to(torch.float64).cpu()
     return Plane(origin, dirs, "random", None, note="filter-normalised")
 
 

@@ -16,8 +16,9 @@ it is computed (`lossprobe.search.claims`), so none is stored twice, and the fin
 evaluation happens once, recorded in the storage (``final_test`` user attribute of
 ``NAME-full``). ``optuna-dashboard sqlite:///OUT/search.db`` shows both studies.
 
-Trials run in this process (``backend="inprocess"``) or as Ray tasks (``backend="ray"``,
-optionally on a cluster at ``address``); each Ray worker loads the data itself.
+Trials run on `lossprobe.raycluster.Executor` (the one surfaces use): in this process
+(``backend="local"``, also called "inprocess") or as Ray tasks (``backend="ray"``, optionally
+on a cluster at ``address``, failed tasks retried); each Ray worker loads the data itself.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
+from ..raycluster import Executor
 from .space import SearchSpace
 
 _TASKS: dict = {}
@@ -130,48 +132,6 @@ def _full_job(space_dict: dict, values: dict, spec: TaskSpec, seed: int) -> dict
             "seconds": r.seconds, "state": state}
 
 
-class Executor:
-    """Runs jobs in this process, or as Ray tasks (``backend='ray'``)."""
-
-    def __init__(self, backend: str = "inprocess", address: str | None = None, num_cpus: int | None = None,
-                 timeout: float = 30.0):
-        if backend not in ("inprocess", "ray"):
-            raise UserError(f"unknown backend '{backend}'; use inprocess or ray")
-        self.backend = backend
-        if backend == "ray":
-            from .. import raycluster
-
-            kw = {"include_dashboard": False, "ignore_reinit_error": True, "log_to_driver": False}
-            raycluster.init(address, timeout, **kw) if address else raycluster.init(None, timeout, num_cpus=num_cpus, **kw)
-            import ray
-
-            self._ray = ray
-            self._remote = {}
-
-    def map(self, fn, arglist: list[tuple]) -> list:
-        out = [None] * len(arglist)
-        for i, r in self.as_completed(fn, arglist):
-            out[i] = r
-        return out
-
-    def as_completed(self, fn, arglist: list[tuple]):
-        """Yield (index, result) as each job finishes, so callers can store it at once."""
-        if self.backend == "inprocess":
-            for i, a in enumerate(arglist):
-                yield i, fn(*a)
-            return
-        ray = self._ray
-        if fn not in self._remote:
-            self._remote[fn] = ray.remote(num_cpus=1)(fn)
-        refs = [self._remote[fn].remote(*a) for a in arglist]
-        index = {r: i for i, r in enumerate(refs)}
-        pending = list(refs)
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            for r in done:
-                yield index[r], ray.get(r)
-
-
 def default_storage(out: str | os.PathLike) -> str:
     return f"sqlite:///{Path(out).resolve() / 'search.db'}"
 
@@ -183,11 +143,9 @@ def _sqlite_file(url: str) -> str | None:
 def check_storage_url(url: str) -> None:
     """Refuse, in one line, a storage URL that cannot work (not a URL, no such driver, driver
     not installed) before anything is written."""
-    try:
-        from sqlalchemy.engine import make_url
-        from sqlalchemy.exc import ArgumentError, NoSuchModuleError
-    except ImportError:  # pragma: no cover - Optuna depends on SQLAlchemy
-        return
+    from sqlalchemy.engine import make_url  # installed with Optuna
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
     try:
         u = make_url(url)
     except ArgumentError:
@@ -345,8 +303,10 @@ class LiveOracle:
                 self._train_cache.setdefault((t.user_attrs["candidate"], t.user_attrs["epoch"]), t)
 
     def close(self) -> None:
-        """Release this worker's unfinished claims (so other workers need not wait for them to go stale)."""
+        """Release this worker's unfinished claims (so other workers need not wait for them to go stale),
+        and shut down a Ray that the executor started."""
         self.claims.release()
+        self.executor.close()
 
     def _wait(self, kind: str, missing: list) -> None:
         if self.on_wait is not None:

@@ -14,6 +14,7 @@ dict whose keys are exactly `feature_names(space)`:
                            `Objective.evaluate` call): per filter through
                            `lossprobe.sharpness.noise_robustness` (default), or per tensor
 * ``hessian_top``          top Hessian eigenvalue by power iteration on ≤256 samples
+                           (`lossprobe.curvature.power_iteration`)
 * ``diverged``             1 if the probe's loss became NaN/inf (other features then take
                            the fixed values of a chance-level network)
 
@@ -35,9 +36,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-
-import numpy as np
-import torch
 
 from ..data.split import Split
 from ..errors import UserError
@@ -224,40 +222,17 @@ def _subset_fraction(split: Split, fraction: float, seed: int) -> Split:
     return split.subset(n, seed=seed) if n < len(split) else split
 
 
-def weight_noise_sharpness(model, data: Split, sigma: float = 0.05, draws: int = 8, seed: int = 0) -> float:
-    """Mean rise of the loss when each parameter tensor gets Gaussian noise of std
-    `sigma` × its RMS value (relative noise), over `draws` seeded draws. Unitless loss (nats)."""
-    from ..objective import Objective
-
-    obj = Objective(model, data, shortcut=False)
-    theta = obj.theta0
-    scale = torch.empty_like(theta)
-    for e in obj.space.entries:
-        w = theta[e.slice]
-        scale[e.slice] = w.pow(2).mean().sqrt().clamp_min(1e-8)
-    g = torch.Generator().manual_seed(seed)
-    dirs = torch.randn(draws, theta.numel(), generator=g).to(theta) * (sigma * scale)
-    ev = obj.evaluate(torch.eye(draws), origin=theta, directions=dirs)
-    base = obj.loss_at().loss[0]
-    return float(np.mean(ev.loss) - base)
-
-
 def hessian_top_eigenvalue(model, data: Split, iters: int = 10, seed: int = 0) -> float:
-    """Largest-magnitude Hessian eigenvalue of the mean loss by power iteration (HVPs)."""
+    """Largest-magnitude Hessian eigenvalue of the mean loss by power iteration
+    (`lossprobe.curvature.power_iteration` on the `HessianOperator`)."""
+    from ..curvature import power_iteration
+    from ..hessian import HessianOperator
     from ..objective import Objective
 
     obj = Objective(model, data, shortcut=False)
-    g = torch.Generator().manual_seed(seed)
-    v = torch.randn(obj.theta0.numel(), generator=g).to(obj.theta0)
-    v /= v.norm()
-    lam = 0.0
-    for _ in range(iters):
-        hv = obj.hvp(v)
-        lam = float(v @ hv)
-        nrm = hv.norm()
-        if not torch.isfinite(nrm) or nrm == 0:
-            break
-        v = hv / nrm
+    # plain products (no kept graphs) and an iterate in the model's dtype: the feature's numbers as measured so far
+    H = HessianOperator(obj, cache_graph=False)
+    lam, _ = power_iteration(H.counting(), iters=iters, seed=seed, dtype=obj.space.dtype)
     return lam
 
 
@@ -265,20 +240,29 @@ SHARPNESS_IMPLS = ("filter", "rms")
 
 
 def _sharpness(model, data: Split, sigma: float, draws: int, seed: int, impl: str = "filter") -> float:
-    """Loss rise under relative Gaussian weight noise of size `sigma`.
+    """Mean rise of the loss under relative Gaussian weight noise of size `sigma`, over
+    `draws` seeded draws (`lossprobe.sharpness.noise_robustness`).
 
-    impl="filter": `lossprobe.sharpness.noise_robustness` (noise scaled per filter, weights
-    only); impl="rms": `weight_noise_sharpness` (noise scaled per tensor, all parameters).
+    impl="filter": noise scaled per filter, weights only; impl="rms": noise scaled per
+    tensor (std = `sigma` × the tensor's RMS value), all parameters.
     """
-    if impl == "rms":
-        return weight_noise_sharpness(model, data, sigma, draws, seed)
-    if impl != "filter":
+    if impl not in SHARPNESS_IMPLS:
         raise UserError(f"unknown sharpness implementation '{impl}'; choose from {list(SHARPNESS_IMPLS)}")
     from ..objective import Objective
     from ..sharpness import noise_robustness
+    from ..space import KINDS
 
-    r = noise_robustness(Objective(model, data, shortcut=False), sigmas=(sigma,), draws=draws, seed=seed)
+    kinds, per = (("weight",), "filter") if impl == "filter" else (KINDS, "tensor")
+    r = noise_robustness(Objective(model, data, shortcut=False), sigmas=(sigma,), draws=draws, seed=seed,
+                         kinds=kinds, per=per)
     return float(r.loss_mean[0] - r.clean_loss)
+
+
+def weight_noise_sharpness(model, data: Split, sigma: float = 0.05, draws: int = 8, seed: int = 0) -> float:
+    """Mean rise of the loss when each parameter tensor gets Gaussian noise of std
+    `sigma` × its RMS value (relative noise), over `draws` seeded draws. Unitless loss (nats).
+    The per-tensor case of `_sharpness` (impl="rms")."""
+    return _sharpness(model, data, sigma, draws, seed, "rms")
 
 
 def probe(space: SearchSpace, values: dict, task: Task, fraction: float = 0.2, epochs: int = 2,

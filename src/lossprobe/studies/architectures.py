@@ -264,16 +264,10 @@ def run(out, config: ArchitecturesConfig | None = None, force: bool = False, pro
 
 
 def _filter_direction(model, seed: int):
-    """A filter-normalised random direction (Li et al. 2018), from lossprobe.directions if present."""
-    try:
-        from ..directions import random_direction
+    """A filter-normalised random direction (Li et al. 2018)."""
+    from ..directions import random_direction
 
-        return random_direction(model, seed=seed, norm="filter").vector
-    except ImportError:  # pragma: no cover - the surfaces module is part of the package now
-        from ..objective import Objective
-        from ..sharpness import filter_normalized_direction
-
-        return filter_normalized_direction(Objective(model, (np.zeros((1, 1)), np.zeros(1))), seed=seed)
+    return random_direction(model, seed=seed, norm="filter").vector
 
 
 def _slice_rise(sl: dict) -> dict:
