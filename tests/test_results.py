@@ -17,6 +17,8 @@ from lossprobe.paths import PathEvaluation
 from lossprobe.results import RESULT_TYPES, load_result
 from lossprobe.sharpness import NoiseRobustness, PacBayesSigma, SharpnessResult
 from lossprobe.surface import Surface
+from lossprobe.critical import CriticalPoint
+from lossprobe.train import History
 
 rng = np.random.default_rng(0)
 
@@ -58,6 +60,15 @@ EXAMPLES = {
     ],
     "SharpnessResult": [
         lambda: SharpnessResult("keskar", 1e-3, 0.2, 0.25, 0.05, 25.0, [0.21, 0.25], 20, 1e-3),
+    ],
+    "CriticalPoint": [
+        lambda: CriticalPoint((1.0, -2.0), 0.5, (-1.0, 3.0), "saddle", False, 1e-9),
+        lambda: CriticalPoint(None, 0.2, (1e-3, 40.0), "minimum", False, 1e-5, 4e4, 1e-3, 1e-6, [1e-8, 2e-8]),
+    ],
+    "History": [
+        lambda: History([0, 1, 2], [2.3, 0.6, 0.4], [0.1, 0.8, 0.9], [2.3, 0.7, 0.5], [0.1, 0.75, 0.85], [0.9, 0.5],
+                        [1e-3, 5e-4], [0.0, 1.0, 2.0], None),
+        lambda: History([0, 1], [2.3, float("nan")], [0.1, 0.1], [], [], [float("nan")], [1e-3], [0.0, 1.0], "diverged"),
     ],
     "PacBayesSigma": [
         lambda: PacBayesSigma(0.05, 400.0, "error", 0.1, "absolute", [[0.01, 0.02], [0.1, 0.3]], 0.1),

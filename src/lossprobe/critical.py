@@ -8,10 +8,14 @@ Lanczos). Fields a producer does not measure stay None.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
+
+from .results import Record, register
 
 
+@register
 @dataclass
-class CriticalPoint:
+class CriticalPoint(Record):
     """A critical point and its kind.
 
     point: the coordinates (toy functions; None for a network's θ). value: the function or
@@ -53,6 +57,17 @@ class CriticalPoint:
             out.update(lambda_max=self.lambda_max, lambda_min=self.lambda_min, condition_number=self.condition_number,
                        grad_tol=self.grad_tol, eig_tol=self.eig_tol, residuals=list(self.residuals))
         return out
+
+    NAME: ClassVar[str] = "critical_point"
+
+    @classmethod
+    def from_dict(cls, d) -> "CriticalPoint":
+        from .results import json_float
+
+        point = d.get("point")
+        return cls(None if point is None else tuple(point), d.get("value"), tuple(json_float(v) for v in d["eigenvalues"]),
+                   d["kind"], bool(d["degenerate"]), json_float(d["grad_norm"]), d.get("condition_number"),
+                   d.get("grad_tol"), d.get("eig_tol"), list(d.get("residuals", [])))
 
 
 __all__ = ["CriticalPoint"]

@@ -15,6 +15,7 @@ import math
 import os
 import time
 from dataclasses import asdict, dataclass, field, fields
+from typing import ClassVar
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ from torch import nn
 from .batching import as_data
 from .errors import UserError
 from .losses import criterion
+from .results import Record, register
 from .objective import Objective, check_fits
 from .space import ParamSpace
 
@@ -100,9 +102,12 @@ class TrainConfig:
         return cls(**d)
 
 
+@register
 @dataclass
-class History:
+class History(Record):
     """Per-epoch learning curves. Epoch 0 is the initial model, before any step."""
+
+    NAME: ClassVar[str] = "history"
 
     epoch: list[int] = field(default_factory=list)
     train_loss: list[float] = field(default_factory=list)
@@ -114,12 +119,29 @@ class History:
     seconds: list[float] = field(default_factory=list)  # cumulative wall time
     stopped: str | None = None  # why training stopped early, if it did
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    def summary(self) -> dict:
+        last = lambda v: v[-1] if v else None  # noqa: E731
+        return {"epochs": last(self.epoch), "train_loss": last(self.train_loss), "train_accuracy": last(self.train_accuracy),
+                "val_loss": last(self.val_loss), "val_accuracy": last(self.val_accuracy),
+                "generalization_gap": last(self.generalization_gap), "seconds": last(self.seconds), "stopped": self.stopped}
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "History":
-        return cls(**d)
+    def plots(self, prefix: str = "") -> list:
+        from .plotspec import Series, line
+
+        n = len(self.epoch)
+        out = []
+        for what in ("loss", "accuracy"):
+            series = [Series(f"{prefix}{split}_{what}", label, group=split, dash=split == "val")
+                      for split, label in (("train", "train"), ("val", "validation"))
+                      if n and len(getattr(self, f"{split}_{what}")) == n]
+            if series:
+                out.append(line(f"learning curves: {what}", f"{prefix}epoch", series, xlabel="epoch", ylabel=what))
+        return out
+
+    def to_arrays(self, prefix: str = "") -> dict:
+        """The per-epoch curves (batch_loss and lr have one entry per epoch after the first)."""
+        return {f"{prefix}{k}": np.asarray(getattr(self, k), dtype=float if k != "epoch" else np.int64)
+                for k in ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy")}
 
     @property
     def generalization_gap(self) -> list[float]:
