@@ -17,6 +17,17 @@ EVIL_NAME = "<script>window.__pwned = 1</script> evil & co"
 EVIL_NOTE = '<img src=x onerror="window.__pwned = 2"> note with "quotes"'
 
 
+def path_plots(it) -> list:
+    """What a reader should draw from `Interpolation.to_arrays()`: loss and accuracy along α."""
+    from lossprobe.plotspec import Series, line
+
+    xl = "α (0 = first model, 1 = second model)"
+    return [line("Loss along the path α", "alphas", [Series(f"loss_{s}", s) for s in it.loss], xlabel=xl,
+                 ylabel="mean cross-entropy loss"),
+            line("Accuracy along the path α", "alphas", [Series(f"accuracy_{s}", s) for s in it.accuracy],
+                 xlabel=xl, ylabel="accuracy (fraction correct)")]
+
+
 def _pair(root: Path, name: str, seeds: tuple[int, int]) -> Path:
     from lossprobe.data import two_spirals
     from lossprobe.models import mlp
@@ -38,7 +49,7 @@ def _pair(root: Path, name: str, seeds: tuple[int, int]) -> Path:
         models.append(m.eval())
         hists[f"seed {s}"] = h
     it = interpolate(models[0], models[1], {"train": train, "test": val}, alphas=np.linspace(-0.5, 1.5, 9))
-    rd.save_arrays("interpolation.npz", **it.to_arrays())
+    rd.save_arrays("interpolation.npz", plots=path_plots(it), **it.to_arrays())
     figs = plot_learning_curves(hists, rd.figures, title="mlp:2-16-16-2, spirals")
     figs += plot_interpolation(it, rd.figures, title_data="spirals")
     b = it.barriers()
@@ -76,7 +87,12 @@ def _surface(root: Path) -> Path:
     ev = obj.evaluate(torch.tensor(np.stack([xx.ravel(), yy.ravel()], 1)), directions=d)
     loss, acc = ev.loss.reshape(7, 9), ev.accuracy.reshape(7, 9)
     rd = RunDir(root / "surface", "surface", {"model": "mlp:2-8-2", "grid": [7, 9], "directions": "random"})
-    rd.save_arrays("surface.npz", x=x, y=y, loss=loss, accuracy=acc)
+    from lossprobe.plotspec import surface
+
+    # the loss is declared; the accuracy is saved but not declared, so the site lists it without a plot
+    rd.save_arrays("surface.npz", plots=[surface("Loss over the plane", "loss", rows="y", cols="x", xlabel="x",
+                                                 ylabel="y", zlabel="mean cross-entropy loss")],
+                   x=x, y=y, loss=loss, accuracy=acc)
     fig, ax = new_figure()
     cs = ax.contour(x, y, loss, levels=8, colors="k")
     ax.clabel(cs, fontsize=7)

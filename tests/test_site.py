@@ -120,20 +120,25 @@ def test_key_numbers_prefer_headline_values():
     assert not {"seconds", "seeds", "n_train", "study", "alphas", "verdict"} & set(keys)
 
 
-def test_curve_and_surface_detection():
+def test_declared_lines_and_surfaces_are_drawn_and_nothing_else():
+    from lossprobe.plotspec import Series, line, surface
+
     a = {"alphas": np.linspace(0, 1, 5), "loss_train": np.ones(5), "loss_test": np.zeros(5),
          "accuracy_train": np.ones(5), "other": np.ones(3)}
-    groups = {(x, g): sorted(s) for x, g, s in site.curve_groups(a)}
-    assert groups == {("alphas", "loss"): ["test", "train"], ("alphas", "accuracy"): ["train"]}
+    specs = [line("Loss", "alphas", [Series("loss_train", "train"), Series("loss_test", "test")]),
+             line("Accuracy", "alphas", ["accuracy_train"])]
+    plots = site.declared_plots("a.npz", specs, a)
+    assert [sorted(t["name"] for t in p.data) for p in plots] == [["test", "train"], ["accuracy_train"]]
     s = {"x": np.linspace(-1, 1, 4), "y": np.linspace(-1, 1, 3), "loss": np.arange(12.0).reshape(3, 4)}
-    plots = site.surface_plots("s.npz", s)
+    spec = surface("loss", "loss", rows="y", cols="x")
+    plots = site.surface_plots("s.npz", spec, s)
     assert [p.surface for p in plots] == [True, False]
     t = plots[0].data[0]
     assert t["type"] == "surface" and len(t["x"]) == 4 and len(t["y"]) == 3 and len(t["z"]) == 3
     s["loss"][0, 0] = np.nan  # gaps become null, never NaN in JSON
-    assert site.surface_plots("s.npz", s)[0].data[0]["z"][0][0] is None
-    # no coordinate vector for either axis: not treated as a surface
-    assert site.surface_plots("t.npz", {"trajectory": np.zeros((6, 7))}) == []
+    assert site.surface_plots("s.npz", spec, s)[0].data[0]["z"][0][0] is None
+    # nothing declared: nothing drawn, whatever the arrays are called
+    assert site.declared_plots("t.npz", [], {**a, **s}) == []
 
 
 # --- the built site ------------------------------------------------------------------------------
@@ -373,23 +378,26 @@ def test_posix_rel_paths_are_quoted():
 
 
 def test_generic_arrays_of_other_studies():
+    from lossprobe import store
+    from lossprobe.plotspec import Series, line
+
     rng = np.random.default_rng(0)
-    # lossprobe.surface.Surface.save: coords_0, coords_1, loss, accuracy, mask
+    # lossprobe.surface.Surface.save: coords_0, coords_1, loss, accuracy, mask, with a grid declaration
     surf = {"coords_0": np.linspace(-1, 1, 5), "coords_1": np.linspace(-1, 1, 6), "loss": rng.random((5, 6)),
             "accuracy": rng.random((5, 6)), "mask": np.ones((5, 6), bool)}
-    plots = site.surface_plots("surface.npz", surf)
+    surf[store.GRIDS_KEY] = np.array(json.dumps({"loss": {"rows": "coords_0", "cols": "coords_1"}}))
+    plots = site.declared_plots("surface.npz", store.plots_of(surf), surf)
     assert [p.data[0]["type"] for p in plots] == ["surface", "contour"]
     assert len(plots[0].data[0]["x"]) == 6 and len(plots[0].data[0]["y"]) == 5
-    assert site.curve_groups(surf) == []
-    # repeats per x value (widths x pairs): mean with min-max bars, grouped by metric words
-    w = {"widths": np.array([8, 16, 32]), "naive_loss_barrier_test": rng.random((3, 4)),
-         "aligned_loss_barrier_test": rng.random((3, 4)), "endpoint_accuracy_test": rng.random((4, 3))}
-    groups = {g: sorted(s) for _, g, s in site.curve_groups(w)}
-    assert groups == {"loss barrier": ["aligned test", "naive test"], "accuracy": ["endpoint test"]}
-    plots = site.curve_plots("width.npz", w)
-    t = plots[0].data[0]
-    assert np.allclose(t["y"], w["naive_loss_barrier_test"].mean(1)) and "error_y" in t
-    assert site.surface_plots("width.npz", w) == []  # one axis without coordinates: not a surface
+    # one line per declared series; 2-D arrays without a declaration are not drawn
+    w = {"widths": np.array([8.0, 16, 32]), "naive": rng.random(3), "aligned": rng.random(3),
+         "per_pair": rng.random((3, 4))}
+    spec = line("Loss barrier against width", "widths", [Series("naive", "naive"), Series("aligned", "aligned")],
+                xlabel="hidden width", ylabel="loss barrier", log_x=True)
+    plots = site.declared_plots("width.npz", [spec], w)
+    assert len(plots) == 1 and [t["name"] for t in plots[0].data] == ["naive", "aligned"]
+    assert plots[0].layout["xaxis"]["type"] == "log" and plots[0].layout["xaxis"]["title"]["text"] == "hidden width"
+    assert np.allclose(plots[0].data[0]["y"], w["naive"])
     json.dumps([p.data for p in plots], allow_nan=False)
 
 
@@ -397,25 +405,31 @@ def test_surface_axis_titles_from_the_saved_metadata(tmp_path):
     from lossprobe.store import RunDir, write_json
 
     rd = RunDir(tmp_path / "s", "surface", {"steps": 3})
-    rd.save_arrays("surface.npz", coords_0=np.linspace(-1, 1, 3), coords_1=np.linspace(-1, 1, 4),
+    # as Surface.save writes it without axis_labels: the grid declared, its titles in surface.json
+    rd.save_arrays("surface.npz", grids={"loss": {"rows": "coords_0", "cols": "coords_1"}},
+                   coords_0=np.linspace(-1, 1, 3), coords_1=np.linspace(-1, 1, 4),
                    loss=np.ones((3, 4)), accuracy=np.ones((3, 4)), mask=np.ones((3, 4), bool))
     write_json(rd / "surface.json", {"meta": {"directions": [{"kind": "random", "norm": "filter"},
                                                              {"kind": "pca", "norm": "none"}]}})
     run = site.load_run(rd.path)
-    assert run.axis_labels["surface.npz"] == {"coords_0": "direction 1 (random, filter-normalised)",
-                                              "coords_1": "direction 2 (pca)"}
+    (spec,) = run.plots["surface.npz"]
+    assert (spec.ylabel, spec.xlabel) == ("direction 1 (random, filter-normalised)", "direction 2 (pca)")
     surf = site.run_plots(run)[0][0]
     assert surf.layout["scene"]["yaxis"]["title"]["text"] == "direction 1 (random, filter-normalised)"
 
 
 def test_same_curve_in_several_files_is_one_plot_and_surfaces_are_capped(tmp_path):
+    from lossprobe.plotspec import Series, line, surface
     from lossprobe.store import RunDir
 
     rd = RunDir(tmp_path / "o", "optimizers", {"quick": True})
+    curve = line("Training loss", "steps", [Series("loss", "loss")], xlabel="step", ylabel="loss")
+    plane = surface("Loss over the plane", "loss", rows="y", cols="x")
     for k, opt in enumerate(("sgd", "adam")):
-        rd.save_arrays(f"train-{opt}.npz", steps=np.arange(5), loss=np.linspace(1, k / 4, 5))
+        rd.save_arrays(f"train-{opt}.npz", plots=[curve], steps=np.arange(5), loss=np.linspace(1, k / 4, 5))
     for i in range(site.MAX_SURFACE_FILES + 2):
-        rd.save_arrays(f"plane-{i}.npz", x=np.linspace(0, 1, 3), y=np.linspace(0, 1, 4), loss=np.full((4, 3), i))
+        rd.save_arrays(f"plane-{i}.npz", plots=[plane], x=np.linspace(0, 1, 3), y=np.linspace(0, 1, 4),
+                       loss=np.full((4, 3), i))
     plots, omitted = site.run_plots(site.load_run(rd.path))
     curves = [p for p in plots if not p.surface and p.data[0]["type"] == "scatter"]
     assert len(curves) == 1 and sorted(t["name"] for t in curves[0].data) == ["train-adam · loss", "train-sgd · loss"]

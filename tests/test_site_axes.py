@@ -1,5 +1,6 @@
-"""Declared grid axes: producers say which 1-D arrays are the rows and columns of a 2-D
-array (`lossprobe.store.save_arrays(grids=...)`), and the report site draws them so."""
+"""Declared axes: producers say which 1-D arrays are the rows and columns of a 2-D array
+(`lossprobe.store.save_arrays(plots=[plotspec.surface(...)])`, or the older `grids=...`),
+and the report site draws them so; what no declaration names is listed, never drawn."""
 
 from __future__ import annotations
 
@@ -52,7 +53,8 @@ def test_declared_axes_decide_plotly_x_and_y(tmp_path, shape, orientation):
     rd = RunDir(tmp_path / "r", "test", {"shape": list(shape), "orientation": orientation})
     rd.save_arrays("grid.npz", grids=grids, surface_loss=z, **arrays)
     run = site.load_run(rd.path)
-    assert run.grids["grid.npz"]["surface_loss"]["rows"] == rk
+    (spec,) = run.plots["grid.npz"]
+    assert (spec.z, spec.rows, spec.cols) == ("surface_loss", rk, ck)
     assert store.GRIDS_KEY not in run.arrays["grid.npz"]
     surface, contour = _surfaces(run, "grid.npz")
     for plot in (surface, contour):
@@ -61,8 +63,7 @@ def test_declared_axes_decide_plotly_x_and_y(tmp_path, shape, orientation):
     assert surface.layout["scene"]["yaxis"]["title"]["text"] == "rows here"
     assert contour.layout["xaxis"]["title"]["text"] == "columns here"
     # the declared surface is not also drawn as a family of curves
-    assert all(s != "surface_loss" for _, _, series in site.curve_groups(run.arrays["grid.npz"], run.grids["grid.npz"])
-               for s in series)
+    assert [p.data[0]["type"] for p in site.run_plots(run)[0]] == ["surface", "contour"]
 
 
 def test_surface_save_declares_d1_on_the_rows(tmp_path):
@@ -119,16 +120,54 @@ def test_optimizer_study_plane_surface_is_drawn_with_y_on_the_rows(tmp_path):
     assert set(arrays) == set(surf.to_arrays("surface_"))
 
 
-def test_files_without_a_declaration_still_use_the_guess(tmp_path):
+def test_asymmetric_declared_surface_puts_cols_on_x_and_rows_on_y(tmp_path):
+    """z[i, j] = 10 i + j over 3 rows × 5 cols: the plotly spec must hold z[i][j] at (cols[j], rows[i])."""
+    from lossprobe.plotspec import surface
+
+    rows, cols = np.array([100.0, 200.0, 300.0]), np.array([-2.0, -1.0, 0.0, 1.0, 2.0])
+    z = np.arange(3)[:, None] * 10.0 + np.arange(5)[None, :]
+    spec = surface("Test surface", "z", rows="r", cols="c", xlabel="column axis", ylabel="row axis", zlabel="value")
+    rd = RunDir(tmp_path / "a", "test", {})
+    rd.save_arrays("asym.npz", plots=[spec], c=cols, z=z, r=rows)  # cols written first: order must not matter
+    site.build_site([rd.path], tmp_path / "site")
+    src = (tmp_path / "site/runs/a/index.html").read_text()
+    import json
+    import re
+
+    specs = [json.loads(s) for s in re.findall(r'<script type="application/json" id="plot-\d+-data">(.*?)</script>', src)]
+    assert [s["data"][0]["type"] for s in specs] == ["surface", "contour"]
+    for s in specs:
+        t = s["data"][0]
+        assert t["x"] == list(cols) and t["y"] == list(rows)
+        assert np.array(t["z"]).shape == (3, 5)
+        for i in range(3):
+            for j in range(5):
+                assert t["z"][i][j] == 10 * i + j
+    assert specs[0]["layout"]["scene"]["xaxis"]["title"]["text"] == "column axis"
+    assert specs[0]["layout"]["scene"]["yaxis"]["title"]["text"] == "row axis"
+    assert specs[1]["layout"]["xaxis"]["title"]["text"] == "column axis"
+    assert specs[1]["layout"]["yaxis"]["title"]["text"] == "row axis"
+
+
+def test_undeclared_arrays_are_listed_not_drawn(tmp_path):
     from lossprobe.atomic import save_npz
+    from lossprobe.plotspec import line
 
     rd = RunDir(tmp_path / "old", "surface", {})
     c0, c1 = np.linspace(-1, 1, 3), np.linspace(-1, 1, 5)
-    save_npz(rd / "surface.npz", coords_0=c0, coords_1=c1, loss=_f(c0[:, None], c1[None, :]))  # as before
+    # as before declarations: a surface-looking file, and a file with one declared line and one extra array
+    save_npz(rd / "surface.npz", coords_0=c0, coords_1=c1, loss=_f(c0[:, None], c1[None, :]))
+    rd.save_arrays("path.npz", plots=[line("Loss along t", "ts", ["loss"])], ts=c0, loss=c0**2,
+                   loss_extra=c0**3)
     run = site.load_run(rd.path)
-    assert run.grids["surface.npz"] == {}
-    surface, _ = _surfaces(run, "surface.npz")
-    _check_orientation(surface.data[0], c0, c1, _f)
+    assert run.plots["surface.npz"] == []
+    plots, omitted = site.run_plots(run)
+    assert omitted == 0 and len(plots) == 1 and [t["name"] for t in plots[0].data] == ["loss"]
+    site.build_site([rd.path], tmp_path / "site")
+    page = (tmp_path / "site/runs/old/index.html").read_text()
+    assert "coords_0 3 float64" in page and "none declared to be drawn" in page
+    assert "loss_extra 3 float64" in page and "not drawn (no plot declares them): loss_extra" in page
+    assert page.count('class="plot-block"') == 1
 
 
 def test_declarations_are_checked_when_written_and_ignored_when_damaged(tmp_path):

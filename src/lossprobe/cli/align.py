@@ -53,11 +53,11 @@ def run(args) -> int:
     from ..errors import UserError
     from ..paths import has_batchnorm, interpolate, non_finite
     from ..repair import Repairer, interpolate_repaired
-    from ..report.connectivity_plots import plot_paths
+    from ..report.figures import plot_declared
     from ..store import RunDir
     from ..train import save_checkpoint
-    from .common import (check_fit, criterion_from_args, data_name, load_model, require_finite, require_finite_loss,
-                         training_data)
+    from .common import (check_fit, criterion_from_args, data_name, load_model, loss_label, path_plots, require_finite,
+                         require_finite_loss, training_data)
 
     if args.alphas < 3 or (args.alphas - 1) % 2:
         raise UserError(f"--alphas must be odd and at least 3 (0, 0.5 and 1 on the grid), got {args.alphas}")
@@ -98,14 +98,16 @@ def run(args) -> int:
     arrays = {"alphas": alphas}
     for k, it in paths.items():
         arrays[f"{k}_loss"], arrays[f"{k}_accuracy"] = it.loss[name], it.accuracy[name]
-    run_dir.save_arrays("interpolation.npz", **arrays)
+    labels = {"naive": "straight line", "aligned": f"aligned ({args.method} matching)", "aligned_repair": "aligned + REPAIR"}
+    plots = path_plots("alphas", "α (0 = checkpoint A, 1 = checkpoint B aligned to A)",
+                       [(labels[k], f"{k}_loss", f"{k}_accuracy", "", False) for k in paths], loss_label(args), arrays)
+    run_dir.save_arrays("interpolation.npz", plots=plots, **arrays)
     for k, it in paths.items():
         bad = non_finite(it.alphas, it.loss[name], where=f"{args.data}, {k} path")
         if bad:  # the arrays stay for inspection; the run is not marked complete
             raise UserError(bad)
-    labels = {"naive": "straight line", "aligned": f"aligned ({args.method} matching)", "aligned_repair": "aligned + REPAIR"}
-    figs = plot_paths({labels[k]: (it.alphas, it.loss, it.accuracy) for k, it in paths.items()}, run_dir.figures,
-                      title_data=f"{args.data} ({split.n_samples})", name="alignment")
+    figs = plot_declared(plots, arrays, run_dir.figures, "alignment",
+                         title=f"Paths from A to B: {args.data} ({split.n_samples})")
     summary = {
         "loss_barrier": {k: it.loss_barrier(name) for k, it in paths.items()},
         "error_barrier": {k: it.error_barrier(name) for k, it in paths.items()},

@@ -215,3 +215,26 @@ def check_fit(model, data, crit, args) -> None:
     from ..objective import check_fits
 
     check_fits(model, data, crit, model_name=f"model '{args.model}'", data_name=f"'{args.data}'")
+
+
+def path_plots(x: str, xlabel: str, series: list[tuple[str, str, str, str, bool]], loss_label: str,
+               arrays: dict) -> list:
+    """Plot declarations for loss and accuracy along paths between two models (store them with
+    the arrays: `RunDir.save_arrays(plots=...)`). `series` lists (label, loss array, accuracy
+    array, group, dashed) per path and split; the accuracy plot is left out when no accuracy is
+    finite (a loss without one)."""
+    import numpy as np
+
+    from ..plotspec import Series, line
+
+    plots = [line("Loss along the path", x, [Series(lo, lab, g, d) for lab, lo, _, g, d in series], xlabel=xlabel,
+                  ylabel=loss_label)]
+    if any(np.isfinite(arrays[acc]).any() for _, _, acc, _, _ in series):
+        plots.append(line("Accuracy along the path", x, [Series(acc, lab, g, d) for lab, _, acc, g, d in series],
+                          xlabel=xlabel, ylabel="accuracy (fraction correct)"))
+    return plots
+
+
+def loss_label(args) -> str:
+    """The axis title of the loss a command evaluates (--loss)."""
+    return f"mean loss per sample ({args.loss})"

@@ -46,10 +46,10 @@ def run(args) -> int:
     from ..data import load_split
     from ..errors import UserError
     from ..paths import has_batchnorm, interpolate, non_finite
-    from ..report.connectivity_plots import plot_paths
+    from ..report.figures import plot_declared
     from ..store import RunDir
-    from .common import (check_fit, criterion_from_args, data_name, load_model, require_finite, require_finite_loss,
-                         training_data)
+    from .common import (check_fit, criterion_from_args, data_name, load_model, loss_label, path_plots, require_finite,
+                         require_finite_loss, training_data)
 
     if args.points < 3 or (args.points - 1) % 2:
         raise UserError(f"--points must be odd and at least 3, got {args.points}")
@@ -81,17 +81,22 @@ def run(args) -> int:
     bn = "recompute" if has_batchnorm(model_a) else "interpolate"
     line = interpolate(model_a, model_b, splits, alphas=ts, bn=bn, bn_data=train if bn == "recompute" else None,
                        batch_size=args.batch_size, loss=crit)
-    run_dir.save_arrays("curve.npz", ts=ts, **{f"curve_{k}": v for k, v in ev.to_arrays().items() if k != "ts"},
-                        **{f"line_{k}": v for k, v in line.to_arrays().items() if k != "alphas"})
+    label = f"{args.kind} curve ({args.bends} bend{'s' if args.bends > 1 else ''})"
+    arrays = {"ts": ts, **{f"curve_{k}": v for k, v in ev.to_arrays().items() if k != "ts"},
+              **{f"line_{k}": v for k, v in line.to_arrays().items() if k != "alphas"}}
+    # one colour per path; the training split dashed, the evaluation split solid
+    plots = path_plots("ts", "position along the path t (0 = checkpoint A, 1 = checkpoint B)",
+                       [(f"{what}, {s}", f"{p}_loss_{s}", f"{p}_accuracy_{s}", what, s == "train")
+                        for p, what in (("line", "straight line"), ("curve", label)) for s in splits],
+                       loss_label(args), arrays)
+    run_dir.save_arrays("curve.npz", plots=plots, **arrays)
     for what, path in (("curve", ev), ("straight line", line)):
         for s_name in splits:
             bad = non_finite(ts, path.loss[s_name], name="t", where=f"{s_name}, {what}")
             if bad:  # the arrays stay for inspection; the run is not marked complete
                 raise UserError(bad)
     cb, lbar = ev.barriers(), line.barriers()
-    label = f"{args.kind} curve ({args.bends} bend{'s' if args.bends > 1 else ''})"
-    figs = plot_paths({"straight line": (ts, line.loss, line.accuracy), label: (ts, ev.loss, ev.accuracy)},
-                      run_dir.figures, title_data=args.data.split(":")[0], name="curve")
+    figs = plot_declared(plots, arrays, run_dir.figures, "curve", title=f"Paths from A to B: {args.data.split(':')[0]}")
     summary = {
         "loss_barrier": {"curve": cb["loss_barrier"], "line": lbar["loss_barrier"]},
         "error_barrier": {"curve": cb["error_barrier"], "line": lbar["error_barrier"]},

@@ -74,6 +74,7 @@ def run(args) -> int:
     from ..data import load_split
     from ..errors import UserError
     from ..objective import Objective
+    from ..plotspec import Series, line
     from ..report.curvature_plots import plot_eigenvalues, plot_layer_traces, plot_spectral_density
     from ..store import RunDir
     from .common import check_fit, criterion_from_args, load_model, require_finite
@@ -151,7 +152,11 @@ def run(args) -> int:
         if not rd.done("density", "density.npz", "density.json"):
             d = hessian.spectral_density(obj, params=args.params, probes=args.probes, steps=args.steps, seed=args.seed,
                                          sigma_rel=args.sigma_rel, method=args.hvp, progress=True, **curv, cache_budget=budget)
-            rd.save_arrays("density.npz", grid=d.grid, density=d.density, nodes=d.slq.nodes, weights=d.slq.weights)
+            density = line(f"{name} spectral density (SLQ, Gaussian broadening)", "grid",
+                           [Series("density", "SLQ density")], xlabel=f"eigenvalue λ of the {name}",
+                           ylabel="eigenvalue density", log_y=True)
+            rd.save_arrays("density.npz", plots=[density], grid=d.grid, density=d.density, nodes=d.slq.nodes,
+                           weights=d.slq.weights)
             rd.save_json("density.json", {"sigma": d.sigma, "hvp_density": d.matvecs, "slq_trace": d.slq.trace,
                                           "slq_trace_stderr": d.slq.trace_stderr})
             rd.mark("density")

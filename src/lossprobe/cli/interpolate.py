@@ -38,7 +38,7 @@ def run(args) -> int:
     from ..paths import interpolate, non_finite
     from ..report.paths_plots import plot_interpolation
     from ..store import RunDir
-    from .common import load_model, require_finite, require_finite_loss
+    from .common import load_model, loss_label, path_plots, require_finite, require_finite_loss
 
     if args.alphas < 5 or (args.alphas - 1) % 4:
         raise UserError(f"--alphas must be 5, 9, 13, ... (N−1 a multiple of 4), got {args.alphas}")
@@ -58,7 +58,10 @@ def run(args) -> int:
     name = data_name(args.data)
     it = interpolate(model_a, model_b, {name: split}, alphas=alphas, bn=args.bn, bn_data=bn_data,
                      batch_size=args.batch_size, progress=True, loss=crit)
-    run_dir.save_arrays("interpolation.npz", **it.to_arrays())
+    arrays = it.to_arrays()
+    plots = path_plots("alphas", "α (0 = checkpoint A, 1 = checkpoint B)",
+                       [(name, f"loss_{name}", f"accuracy_{name}", "", False)], loss_label(args), arrays)
+    run_dir.save_arrays("interpolation.npz", plots=plots, **arrays)
     bad = non_finite(it.alphas, it.loss[name], where=args.data)
     if bad:  # the arrays stay for inspection; the run is not marked complete
         raise UserError(bad)

@@ -19,16 +19,15 @@ def plot_interpolation(it, directory, title_data: str = "", name: str = "interpo
         loss, acc = it.loss[split], it.accuracy[split]
         ax_l.plot(a, loss, label=split, markersize=4, **st)
         ax_a.plot(a, 100 * acc, label=split, markersize=4, **st)
-        # the barrier: largest rise above the chord between the endpoints
-        inside = (a >= 0) & (a <= 1)
+        # the barrier as lossprobe.paths defines it; the arrow stands where the loss rises most above the chord
+        barrier = it.loss_barrier(split)
         l0, l1 = loss[a == 0][0], loss[a == 1][0]
         chord = (1 - a) * l0 + a * l1
-        gap = np.where(inside, loss - chord, -np.inf)
-        i = int(np.argmax(gap))
+        i = int(np.argmax(np.where((a >= 0) & (a <= 1), loss - chord, -np.inf)))
         ax_l.plot([0, 1], [l0, l1], color=st["color"], linestyle=":", linewidth=1)
-        ax_l.annotate("", xy=(a[i], loss[i]), xytext=(a[i], chord[i]),
+        ax_l.annotate("", xy=(a[i], chord[i] + barrier), xytext=(a[i], chord[i]),
                       arrowprops={"arrowstyle": "<->", "color": st["color"]})
-        ax_l.text(a[i] + 0.03, chord[i] + (0.35 + 0.3 * j) * gap[i], f"{split} barrier {gap[i]:.3f}",
+        ax_l.text(a[i] + 0.03, chord[i] + (0.35 + 0.3 * j) * barrier, f"{split} barrier {barrier:.3f}",
                   color=st["color"], fontsize=8, va="center",
                   bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1})
     for ax in (ax_l, ax_a):

@@ -1,0 +1,71 @@
+"""The commands declare what to draw from the arrays they save (`lossprobe.plotspec`), and
+matplotlib (`report.figures.draw`) draws a declaration with the axes the site gives it."""
+
+import numpy as np
+import pytest
+
+from conftest import tiny_mlp
+from lossprobe import store
+from lossprobe.cli import main
+from lossprobe.train import save_checkpoint
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture
+def ckpts(tmp_path, spiral):
+    from lossprobe.train import TrainConfig, fit
+
+    paths = []
+    for s in (0, 1):
+        m = tiny_mlp(s, (2, 8, 8, 2))
+        fit(m, spiral, None, TrainConfig(epochs=1, lr=1e-2))
+        p = tmp_path / f"m{s}.safetensors"
+        save_checkpoint(m, p)
+        paths.append(str(p))
+    return paths
+
+
+def _plots(path):
+    with np.load(path) as f:
+        return store.plots_of({k: f[k] for k in f.files})
+
+
+def test_path_commands_declare_loss_and_accuracy_along_the_path(ckpts, tmp_path):
+    from lossprobe.report import site
+
+    common = ["--model", "mlp:2-8-8-2", "--data", "spiral:test"]
+    assert main(["interpolate", *ckpts, *common, "--alphas", "5", "--out", str(tmp_path / "i")]) == 0
+    assert main(["align", *ckpts, *common, "--alphas", "5", "--out", str(tmp_path / "a")]) == 0
+    assert main(["curve", *ckpts, *common, "--epochs", "1", "--points", "5", "--out", str(tmp_path / "c")]) == 0
+    loss, acc = _plots(tmp_path / "i" / "interpolation.npz")
+    assert (loss.x, [s.y for s in loss.series]) == ("alphas", ["loss_test"])
+    assert loss.xlabel.startswith("α") and "cross_entropy" in loss.ylabel and acc.ylabel.startswith("accuracy")
+    loss, _ = _plots(tmp_path / "a" / "interpolation.npz")
+    assert [s.y for s in loss.series] == ["naive_loss", "aligned_loss"]
+    loss, _ = _plots(tmp_path / "c" / "curve.npz")
+    groups = [s.group for s in loss.series]  # one colour per path, the splits of a path share it
+    assert loss.x == "ts" and len(set(groups)) == 2 and groups[0] == "straight line"
+    assert [s.dash for s in loss.series if s.y.endswith("_train")] == [True, True]
+    # the site draws exactly these: two line plots per run, nothing guessed
+    for d in ("i", "a", "c"):
+        plots, omitted = site.run_plots(site.load_run(tmp_path / d))
+        assert [p.base for p in plots] == ["Loss along the path", "Accuracy along the path"] and omitted == 0
+
+
+def test_draw_puts_cols_on_x_and_rows_on_y_and_uses_the_declared_scales():
+    from lossprobe.plotspec import line, surface
+    from lossprobe.report.figures import draw
+
+    rows, cols = np.array([10.0, 20.0, 30.0]), np.linspace(-2, 2, 5)
+    z = np.arange(3)[:, None] * 10.0 + np.arange(5)[None, :]
+    ax = draw(surface("s", "z", rows="r", cols="c", xlabel="cols here", ylabel="rows here"), {"z": z, "r": rows, "c": cols})
+    assert ax.get_xlabel() == "cols here" and ax.get_ylabel() == "rows here"
+    mesh = ax.collections[0]
+    assert np.array_equal(np.asarray(mesh.get_array()).reshape(3, 5), z)  # rows of z along y
+    x0, x1 = ax.get_xlim()
+    y0, y1 = ax.get_ylim()
+    assert x0 <= -2 and x1 >= 2 and y0 <= 10 and 30 <= y1 < 40
+    ax = draw(line("l", "x", ["y"], xlabel="width", ylabel="loss", log_x=True, log_y=True),
+              {"x": np.array([1.0, 10, 100]), "y": np.array([1.0, 0.1, 0.01])})
+    assert (ax.get_xscale(), ax.get_yscale(), ax.get_xlabel(), ax.get_ylabel()) == ("log", "log", "width", "loss")
