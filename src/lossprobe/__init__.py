@@ -7,7 +7,9 @@ points ``origin + coords @ directions`` of parameter space; every probe is built
 from . import data, models
 from .errors import UserError
 from .objective import Evaluation, Objective
-from .paths import Interpolation, error_barrier, interpolate, loss_barrier
+from .paths import Interpolation, PathEvaluation, error_barrier, interpolate, loss_barrier
+from . import plotspec, results  # noqa: E402  (the result contract and plot declarations)
+from .results import load_result  # noqa: E402
 from .space import ParamSpace
 from .train import History, TrainConfig, fit, load_checkpoint, save_checkpoint
 from . import directions, surface  # noqa: E402  (surface is a callable module: lossprobe.surface(...))
@@ -23,6 +25,7 @@ __all__ = [
     "History",
     "Interpolation",
     "Objective",
+    "PathEvaluation",
     "ParamSpace",
     "TrainConfig",
     "UserError",
@@ -36,8 +39,11 @@ __all__ = [
     "fit",
     "interpolate",
     "load_checkpoint",
+    "load_result",
     "loss_barrier",
     "models",
+    "plotspec",
+    "results",
     "save_checkpoint",
     "slice",
     "surface",

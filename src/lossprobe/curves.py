@@ -93,10 +93,10 @@ class Curve(nn.Module):
         self.space = ParamSpace(model_a)
         self.space.check_compatible(ParamSpace(model_b))
         self.kind, self.n_bends = kind, int(bends)
-        from .objective import _Call
+        from .objective import BatchCall
 
         # the model whose forward we call; its own parameters are never used
-        self.call = _Call(copy.deepcopy(model_a), criterion(forward=forward).forward)
+        self.call = BatchCall(copy.deepcopy(model_a), criterion(forward=forward).forward)
         for p in self.base.parameters():
             p.requires_grad_(False)
         a, b = self.space.flatten(model_a), self.space.flatten(model_b)
@@ -278,18 +278,18 @@ def evaluate_curve(curve: Curve, data, ts=None, bn_data=None,
 
         def model_at(i):
             m = curve.model_at(float(ts[i]))
-            return recompute_batchnorm(m, bn_data, n_batches=bn_batches, seed=bn_seed, forward=curve.call._fn)
+            return recompute_batchnorm(m, bn_data, n_batches=bn_batches, seed=bn_seed, forward=curve.call.batch_forward)
 
         out.loss, out.accuracy = evaluate_per_point(model_at, len(ts), splits, loss, batch_size,
                                                     progress="curve points" if progress else None,
-                                                    forward=curve.call._fn, metric=metric)
+                                                    forward=curve.call.batch_forward, metric=metric)
         return out
     coords = curve_weights(ts, curve.n_bends, curve.kind).to(curve.theta_a.dtype)
     ctrl = curve.control_points().detach()
     zero = torch.zeros_like(curve.theta_a)
     base = curve.model_at(0.0)
     for k, split in splits.items():
-        obj = Objective(base, split, loss=loss, batch_size=batch_size, space=ParamSpace(base), forward=curve.call._fn,
+        obj = Objective(base, split, loss=loss, batch_size=batch_size, space=ParamSpace(base), forward=curve.call.batch_forward,
                         metric=metric)
         ev = obj.evaluate(coords, origin=zero, directions=ctrl, progress=progress)
         out.loss[k], out.accuracy[k] = ev.loss, ev.accuracy

@@ -185,7 +185,7 @@ def trace(objective, theta: torch.Tensor, batch) -> Trace | None:
     def off(mod, args, out):
         mode.active = False
 
-    call = objective._call
+    call = objective.call
     handles = [call.register_forward_pre_hook(on), call.register_forward_hook(off)]
     for mod in model.modules():
         handles.append(mod.register_forward_pre_hook(pre))

@@ -68,7 +68,7 @@ class Loss:
 
     def __init__(self, name: str, fn: Callable, correct: Callable | None = None):
         self.name = name
-        self._fn = fn
+        self.fn = fn
         self._correct = correct
 
     @property
@@ -76,7 +76,7 @@ class Loss:
         return self._correct is not None
 
     def terms(self, output, target, batch=None) -> Terms:
-        s, n = self._fn(output, target, batch)
+        s, n = self.fn(output, target, batch)
         if self._correct is None:
             return Terms(s, n, None, 0)
         got = self._correct(output, target, batch)

@@ -45,17 +45,17 @@ class Evaluation:
         return getattr(self, key)
 
 
-class _Call(nn.Module):
+class BatchCall(nn.Module):
     """The model called on a batch by the criterion's forward, so that `functional_call`
     can swap its parameters whatever the call looks like."""
 
     def __init__(self, model: nn.Module, forward: Forward):
         super().__init__()
         self.model = model
-        self._fn = forward
+        self.batch_forward = forward  # forward(model, batch) -> output
 
     def forward(self, batch):
-        return self._fn(self.model, batch)
+        return self.batch_forward(self.model, batch)
 
 
 @contextlib.contextmanager
@@ -159,7 +159,7 @@ class Objective:
             if len(data) == 0:
                 raise UserError(f"data '{data.name}' is empty")
         self.data = data.to(self.device)
-        self._call = _Call(model, self.criterion.forward)
+        self.call = BatchCall(model, self.criterion.forward)
         self.theta0 = self.space.flatten(model)
         self._fl_cache: _HoistCache | None = None
         if shortcut not in (False, "auto", True):
@@ -229,7 +229,7 @@ class Objective:
             for name, b in self.model.named_buffers():
                 if "model." + name not in tensors:
                     tensors["model." + name] = b.clone()
-        return functional_call(self._call, tensors, (batch,), strict=False)
+        return functional_call(self.call, tensors, (batch,), strict=False)
 
     def terms(self, theta: torch.Tensor, batch) -> Terms:
         """Loss terms (sums and counts) of one batch at `theta` (differentiable in `theta`)."""

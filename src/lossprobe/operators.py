@@ -68,7 +68,7 @@ class OutputLoss:
 
     def __init__(self, objective: Objective):
         crit = objective.criterion
-        fn = crit.loss._fn
+        fn = crit.loss.fn
         self.target = crit.target
         self.causal = False
         self.loss_fn = None
@@ -160,7 +160,7 @@ class OutputLoss:
         """For a user loss: z as a leaf and the gradient of the loss sum w.r.t. it (with graph)."""
         zl = z.detach().requires_grad_(True)
         with torch.enable_grad():
-            s, _ = self.loss_fn._fn(zl, y, batch)
+            s, _ = self.loss_fn.fn(zl, y, batch)
             (g,) = torch.autograd.grad(s, zl, create_graph=True)
         return zl, g
 
@@ -169,7 +169,7 @@ class OutputLoss:
         zl = z.detach().requires_grad_(True)
         with torch.enable_grad():
             if self.kind == "generic":
-                s, _ = self.loss_fn._fn(zl, y, batch)
+                s, _ = self.loss_fn.fn(zl, y, batch)
             elif self.kind == "cross_entropy":
                 s = (F.cross_entropy(zl, y, reduction="sum") if y.is_floating_point()
                      else F.cross_entropy(zl, y, reduction="sum", ignore_index=IGNORE_INDEX))

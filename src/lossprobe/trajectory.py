@@ -494,12 +494,12 @@ def hessian_extremes(model: nn.Module, data, thetas, loss: str = "bce", dense_ma
     thetas = torch.as_tensor(thetas)
     lo, hi = [], []
     if space.numel <= dense_max and isinstance(data, TensorData):
-        from .objective import _Call
+        from .objective import BatchCall
 
         crit = criterion(loss, forward=forward, model=model)
         m64 = copy.deepcopy(model).double().eval()
         s64 = ParamSpace(m64)
-        call = _Call(m64, crit.forward)
+        call = BatchCall(m64, crit.forward)
         batch = tree_map(lambda t: t.double() if t.is_floating_point() else t, data.tree)
 
         def f(th):
