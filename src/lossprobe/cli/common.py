@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import math
+
+# the checkers live with the study configurations (whose fields name them); re-exported for the subcommands
+from ..config import comma_list, finite_float, nonneg_float, positive_float, positive_int  # noqa: F401
 
 
 DATA_HELP = ("data to evaluate on: fashion-mnist:train|val|test, spiral:train|val|test, cifar10:DIR[:SPLIT], "
@@ -65,46 +67,6 @@ RECIPE_FLAGS = ("optimizer", "lr", "weight_decay", "schedule", "warmup_epochs", 
 
 def recipe_overrides(args) -> dict:
     return {k: getattr(args, k) for k in RECIPE_FLAGS if getattr(args, k, None) is not None}
-
-
-def nonneg_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got '{text}'") from None
-    if not v >= 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
-    return v
-
-
-def positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
-    return v
-
-
-def positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got '{text}'") from None
-    if not (v > 0 and math.isfinite(v)):
-        raise argparse.ArgumentTypeError(f"expected a positive, finite number, got {text}")
-    return v
-
-
-def finite_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
-    if not math.isfinite(v):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text}")
-    return v
 
 
 def add_ray_timeout(p: argparse.ArgumentParser) -> None:
