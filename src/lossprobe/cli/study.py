@@ -50,7 +50,8 @@ def add_arguments(p, study) -> None:
             kw["choices"] = kw["choices"]()
         if kw.get("action") in ("store_true", "store_false", "append") or "action" not in kw:
             kw.setdefault("default", None)  # None: not given, so the file or a preset decides
-        p.add_argument(f.metadata["flag"], dest=f.name, help=f.metadata["help"], **kw)
+        text = f.metadata["help"]
+        p.add_argument(f.metadata["flag"], dest=f.name, help=text() if callable(text) else text, **kw)
     for preset in study.presets:
         p.add_argument(f"--{preset.name}", action="store_true", help=preset.help)
 

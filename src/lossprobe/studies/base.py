@@ -35,7 +35,8 @@ def option(default: Any = MISSING, *, default_factory: Callable[[], Any] | Any =
     """A configuration field with its command-line flag: ``epochs: int = option(12, flag="--epochs",
     type=positive_int, help="...")``. `argparse_kw` are passed to `add_argument` (type, nargs,
     metavar, choices (a tuple, or a function returning one, read when the parser is built),
-    action). A field without `flag` is set from the TOML file only; `help` documents it there."""
+    action). `help` may also be a function returning the text (read when the parser is built).
+    A field without `flag` is set from the TOML file only."""
     return field(default=default, default_factory=default_factory,
                  metadata={"help": help, "flag": flag, "argparse": argparse_kw})
 
@@ -157,6 +158,23 @@ class Study:
         return f"runs/{self.name}"
 
 
+def array_stage(name: str, compute: Callable[["Context"], tuple[dict, dict]], grids: dict | None = None,
+                plots: Callable[[dict], list] | list | None = None) -> Stage:
+    """A stage whose outputs are (arrays, meta), saved as NAME.npz (with the axes of its 2-D
+    arrays, `grids`, and what to draw, `plots`: a list of PlotSpec or a function of the arrays
+    returning one) and NAME.json."""
+
+    def run(ctx):
+        ctx.say(f"[{ctx.rd.kind}] {name}")
+        arrays, meta = compute(ctx)
+        ctx.rd.save_arrays(f"{name}.npz", grids=grids, plots=plots(arrays) if callable(plots) else plots, **arrays)
+        ctx.rd.save_json(f"{name}.json", meta)
+        return arrays, meta
+
+    return Stage(name, run, load=lambda ctx: (ctx.rd.load_arrays(f"{name}.npz"), ctx.rd.load_json(f"{name}.json")),
+                 files=(f"{name}.npz", f"{name}.json"))
+
+
 TIMING = "timing.json"
 
 
@@ -210,4 +228,4 @@ def run_study(study: Study, out, config=None, force: bool = False, progress: boo
     return summary
 
 
-__all__ = ["Context", "Preset", "Stage", "Study", "flags", "option", "recipe", "run_stage", "run_study"]
+__all__ = ["Context", "Preset", "Stage", "Study", "array_stage", "flags", "option", "recipe", "run_stage", "run_study"]
