@@ -45,30 +45,6 @@ def add_model_data(p: argparse.ArgumentParser, data_default: str = "fashion-mnis
     p.add_argument("--forward", default=None, metavar="FN", help=FORWARD_HELP)
 
 
-def add_recipe(p: argparse.ArgumentParser) -> None:
-    """Training-recipe flags shared by the studies that train (TrainConfig fields of the same names)."""
-    from ..train import AUGMENTATIONS, SCHEDULES
-
-    p.add_argument("--optimizer", metavar="NAME", help="optimizer (adam, momentum, sgd, nesterov, adamw, ...)")
-    p.add_argument("--lr", type=positive_float, help="peak learning rate")
-    p.add_argument("--weight-decay", type=nonneg_float, metavar="WD", help="weight decay")
-    p.add_argument("--schedule", choices=SCHEDULES,
-                   help="learning-rate schedule: constant, cosine, step, linear (to 0), onecycle (up then down)")
-    p.add_argument("--warmup", type=nonneg_float, metavar="EPOCHS", dest="warmup_epochs",
-                   help="linear warmup over this many epochs (may be fractional) before the schedule's decay")
-    p.add_argument("--augment", choices=AUGMENTATIONS,
-                   help="image augmentation during training: flip (left-right), crop (shift by up to "
-                   "--crop-padding pixels), crop+flip")
-    p.add_argument("--crop-padding", type=int, metavar="PX", help="largest shift of --augment crop (default 4)")
-
-
-RECIPE_FLAGS = ("optimizer", "lr", "weight_decay", "schedule", "warmup_epochs", "augment", "crop_padding")
-
-
-def recipe_overrides(args) -> dict:
-    return {k: getattr(args, k) for k in RECIPE_FLAGS if getattr(args, k, None) is not None}
-
-
 def add_ray_timeout(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ray-timeout", type=positive_float, default=30.0, metavar="SECONDS",
                    help="give up joining the Ray cluster at --address after this long (default: %(default)s)")

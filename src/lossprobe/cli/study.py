@@ -23,16 +23,11 @@ def register(sub) -> None:
                        "study's defaults, --quick (and other presets), the --config TOML file, the flags given.")
     studies = p.add_subparsers(dest="study", metavar="STUDY", required=True)
     for name, (module, help_text) in STUDIES.items():
-        mod = importlib.import_module(module)
+        study = importlib.import_module(module).STUDY
         sp = studies.add_parser(name, help=help_text, description=help_text)
+        add_arguments(sp, study)
         sp.add_argument("--no-site", action="store_true",
                         help="do not build the HTML report site in DIR/site at the end")
-        if not hasattr(mod, "STUDY"):  # MIGRATION
-            mod.add_arguments(sp)
-            sp.set_defaults(func=_with_site(mod.run_cli))
-            continue
-        study = mod.STUDY
-        add_arguments(sp, study)
         sp.set_defaults(func=_with_site(lambda args, study=study: run_cli(study, args)))
 
 

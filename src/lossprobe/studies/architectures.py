@@ -401,7 +401,6 @@ def _threads(cfg: ArchitecturesConfig):
 
 STUDY = Study(
     name="architectures",
-    help="MLP vs CNN with BatchNorm and dropout: learning curves, gap, noise robustness, slices, Hessian",
     config=ArchitecturesConfig, stages=_stages, prepare=_prepare, inputs=_inputs, cli_lines=_cli_lines, wrap=_threads,
     presets=(Preset("quick", QUICK, "a smoke run in seconds: tiny models, 1 epoch on 2000 images, small probe subsets"
                     " (keys set in --config, and flags, win over it)"),),

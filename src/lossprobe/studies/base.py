@@ -142,8 +142,7 @@ class Study:
     records; `inputs(ctx)` loads what every stage shares (data). The last stage's output is the
     summary the study returns. `cli_lines(summary, out)` are the lines the command prints."""
 
-    name: str
-    help: str
+    name: str  # as in `lossprobe.studies.STUDIES`, which also holds its one-line help
     config: type
     stages: Callable[[Any], list[Stage]]
     prepare: Callable[[Any], dict] = lambda cfg: {}

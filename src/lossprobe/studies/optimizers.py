@@ -225,7 +225,6 @@ def _cli_lines(s: dict, out) -> list[str]:
 
 STUDY = Study(
     name="optimizers",
-    help="optimiser paths on a spiral network's landscape or an analytic function, with honest projections",
     config=OptimizersConfig, stages=_stages, inputs=_inputs, cli_lines=_cli_lines, wrap=_threads,
     prepare=lambda cfg: {"init": cfg.seed, "data": cfg.data_seed, "basins": cfg.basin_seeds},
     presets=(Preset("quick", lambda given: QUICK_TOY if given.is_toy else QUICK,

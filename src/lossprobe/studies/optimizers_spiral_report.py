@@ -7,8 +7,6 @@ and summarise the same saved numbers.
 
 from __future__ import annotations
 
-import numpy as np
-
 from ..trajectory import PlaneSurface
 
 

@@ -310,7 +310,7 @@ def _cli_lines(s: dict, out) -> list[str]:
 
 
 STUDY = Study(
-    name="two-seeds", help="train the same MLP from two seeds and test whether the solutions share a basin",
+    name="two-seeds",
     config=TwoSeedsConfig, stages=_stages, prepare=_prepare, inputs=_inputs, cli_lines=_cli_lines,
     presets=(Preset("quick", QUICK, "a smoke run in seconds: 1 epoch on 4000 images, evaluation on 2000, 21 α points"
                     " (keys set in --config, and flags, win over it)"),),

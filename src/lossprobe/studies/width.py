@@ -399,7 +399,7 @@ def _cli_lines(s: dict, out) -> list[str]:
 
 
 STUDY = Study(
-    name="width", help="pairs of MLPs of increasing width: barrier vs width naive, after alignment and with REPAIR",
+    name="width",
     config=WidthConfig, stages=_stages, prepare=_prepare, inputs=_inputs, cli_lines=_cli_lines,
     presets=(Preset("quick", QUICK, "a smoke run in seconds: widths 8 and 32, 1 pair, 1 epoch on 2000 images, 5 α points"
                     " (keys set in --config, and flags, win over it)"),
