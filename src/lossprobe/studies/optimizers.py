@@ -208,7 +208,7 @@ def _threads(cfg: OptimizersConfig):
 
 
 def _cli_lines(s: dict, out) -> list[str]:
-    from .optimizers_spiral_report import _fmt
+    from .optimizers_spiral_report import fmt
 
     lines = []
     for o, r in s["optimizers"].items():
@@ -218,8 +218,8 @@ def _cli_lines(s: dict, out) -> list[str]:
     for g, r in s.get("projection_match", {}).items():
         if g == "by_distance":
             continue
-        lines.append(f"{g:10s} |true − contour| median near the plane {_fmt(r['median_abs_diff_near'])} "
-                     f"({r['n_near']} points), far {_fmt(r['median_abs_diff_far'])} ({r['n_far']} points)")
+        lines.append(f"{g:10s} |true − contour| median near the plane {fmt(r['median_abs_diff_near'])} "
+                     f"({r['n_near']} points), far {fmt(r['median_abs_diff_far'])} ({r['n_far']} points)")
     return lines + [f"wrote {out}/report.md ({s['seconds']:.0f} s)"]
 
 

@@ -216,7 +216,8 @@ def _stall_text(plateaus: list[dict]) -> str:
     return ", ".join(f"{p['start']}–{p['end']}" for p in plateaus) or "none"
 
 
-def _fmt(v, spec=".4f"):
+def fmt(v, spec=".4f") -> str:
+    """`v` formatted with `spec`, or — when there is none."""
     return "—" if v is None else format(v, spec)
 
 
@@ -254,15 +255,15 @@ def report(s: dict) -> str:
     for g, r in pm.items():
         if g == "by_distance":
             continue
-        L.append(f"| {names[g]} | {r['n_near']} | {_fmt(r['median_abs_diff_near'])} | {_fmt(r['max_abs_diff_near'])} | "
-                 f"{r['n_far']} | {_fmt(r['median_abs_diff_far'])} | {_fmt(r['max_abs_diff_far'])} | "
-                 f"{_fmt(r['corr_rel_distance_abs_diff'], '.2f')} | {_fmt(r['share_true_below_contour'], '.0%')} |")
+        L.append(f"| {names[g]} | {r['n_near']} | {fmt(r['median_abs_diff_near'])} | {fmt(r['max_abs_diff_near'])} | "
+                 f"{r['n_far']} | {fmt(r['median_abs_diff_far'])} | {fmt(r['max_abs_diff_far'])} | "
+                 f"{fmt(r['corr_rel_distance_abs_diff'], '.2f')} | {fmt(r['share_true_below_contour'], '.0%')} |")
     L += ["", "All planes pooled, by distance from the plane (relative to the window's half-width):", "",
           "| distance / half-width | points | median \\|true − contour\\| | 90th percentile |", "|---|---|---|---|"]
     for b in pm["by_distance"]:
         hi = "∞" if b["rel_distance_to"] is None else f"{b['rel_distance_to']:g}"
-        L.append(f"| {b['rel_distance_from']:g} – {hi} | {b['n']} | {_fmt(b['median_abs_diff'])} | "
-                 f"{_fmt(b['p90_abs_diff'])} |")
+        L.append(f"| {b['rel_distance_from']:g} – {hi} | {b['n']} | {fmt(b['median_abs_diff'])} | "
+                 f"{fmt(b['p90_abs_diff'])} |")
     L += ["", "| surface | explained variance (PC1, PC2) | roughness: mean \\|Z − smoothed\\| | relative to range | "
           "positive 2nd differences |", "|---|---|---|---|---|"]
     for key, r in s["surfaces"].items():
@@ -295,7 +296,7 @@ def report(s: dict) -> str:
         fid = b.get("fidelity", {})
         if fid:
             L += ["", "How faithful the seeds' picture is: median |true − contour| per seed "
-                  + ", ".join(f"{k}: {_fmt(v['all'].get('median_abs_diff_surface'))}" for k, v in fid.items())
+                  + ", ".join(f"{k}: {fmt(v['all'].get('median_abs_diff_surface'))}" for k, v in fid.items())
                   + "; median distance / window half-width "
                   + ", ".join(f"{k}: {v['median_rel_distance']:.2f}" for k, v in fid.items()) + "."]
         L += ["", "![interp](figures/seed_interpolation.png)", "", "![seeds](figures/paths_seeds.png)", ""]
