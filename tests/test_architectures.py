@@ -32,6 +32,22 @@ def test_quick_study_summary_and_resume(tmp_path):
     assert {"train-A", "train-B", "curvature-A", "curvature-B", "noise", "slices"} <= set(status["done"])
     s2 = run(d, cfg, progress=False)
     assert s2["top_eigenvalue"] == s["top_eigenvalue"] and s2["noise_robustness"] == s["noise_robustness"]
+    # the numbers of the summary are those of the files each stage saved
+    for k in ("A", "B"):
+        h = json.loads((d / f"history_{k}.json").read_text())
+        assert s["train_accuracy"][k] == h["train_accuracy"][-1] and s["val_accuracy"][k] == h["val_accuracy"][-1]
+        assert s["generalization_gap"][k] == pytest.approx(h["train_accuracy"][-1] - h["val_accuracy"][-1], abs=1e-15)
+        assert s["generalization_gap_per_epoch"][k] == pytest.approx(
+            [a - b for a, b in zip(h["train_accuracy"], h["val_accuracy"])], abs=1e-15)
+        c = json.loads((d / f"curvature_{k}.json").read_text())
+        assert s["top_eigenvalue"][k] == max(c["eigenvalues"]) == c["eigenvalues"][0]
+        assert s["trace"][k] == c["trace"] and c["trace"] == pytest.approx(
+            sum(v["trace"] for v in c["layer_traces"].values()), rel=1e-6)
+        sl = json.loads((d / "slices.json").read_text())[k]
+        loss = sl["loss"]["train"]
+        assert sl["alphas"][len(loss) // 2] == 0.0
+        assert s["slice_loss_rise_at_span"][k] == pytest.approx((loss[0] + loss[-1]) / 2 - loss[len(loss) // 2])
+        assert s["meets_targets"][k] == (s["val_accuracy"][k] >= s["targets_val_accuracy"][k])
 
 
 def test_registered_and_bad_config_rejected(tmp_path):

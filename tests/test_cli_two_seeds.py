@@ -179,3 +179,34 @@ def test_help_explains_options(capsys):
     text = capsys.readouterr().out
     for opt in ("--out", "--config", "--epochs", "--seeds", "--quick", "--force"):
         assert opt in text
+
+
+@needs_fashion
+def test_study_barriers_are_those_of_its_saved_paths(quick_run):
+    """summary.json's barriers and verdict follow from the arrays the study saved."""
+    from lossprobe.paths import error_barrier, loss_barrier
+    from lossprobe.store import plots_of
+
+    out, _ = quick_run
+    s = json.loads((out / "summary.json").read_text())
+    it = dict(np.load(out / "interpolation.npz"))
+    conn = dict(np.load(out / "connectivity.npz"))
+    for split in ("train", "test"):
+        assert s["loss_barrier"][split] == loss_barrier(it["alphas"], it[f"loss_{split}"])
+        assert s["error_barrier"][split] == error_barrier(it["alphas"], 1 - it[f"accuracy_{split}"])
+        assert s["loss"][split] == it[f"loss_{split}"].tolist()
+        for p in ("aligned", "aligned_repair", "curve"):
+            assert s["loss_barrier"][p][split] == pytest.approx(
+                loss_barrier(conn["alphas"], conn[f"{p}_loss_{split}"]), abs=1e-12)
+            assert s["error_barrier"][p][split] == pytest.approx(
+                error_barrier(conn["alphas"], 1 - conn[f"{p}_accuracy_{split}"]), abs=1e-12)
+    tol = json.loads((out / "config.json").read_text())["barrier_tolerance"]
+    assert s["same_basin"] == (max(s["error_barrier"]["train"], s["error_barrier"]["test"]) <= tol)
+    assert s["same_basin_up_to_permutation"] == (max(s["error_barrier"]["aligned"].values()) <= tol)
+    # the grid runs past both endpoints (α in [−0.5, 1.5]), the barriers only look inside [0, 1]
+    assert it["alphas"][0] < 0 and it["alphas"][-1] > 1
+    # what to draw is declared with the arrays: loss and accuracy against α
+    plots = plots_of(it)
+    assert [p.x for p in plots] == ["alphas", "alphas"] and plots[0].xlabel.startswith("α")
+    assert {sr.y for sr in plots[0].series} == {"loss_train", "loss_test"}
+    assert len(plots_of(conn)) == 2

@@ -96,3 +96,32 @@ def test_bad_input_is_one_line(tmp_path, capsys, args, expect):
     code = main(["study", "optimizers", "--quick", "--out", str(tmp_path / "x"), *args])
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("lossprobe: error:") and len(err.splitlines()) == 1 and expect in err, err
+
+
+def test_spiral_summary_follows_from_its_arrays(spiral_run):
+    """Final losses, thresholds, Hessian extremes and basin barriers in summary.json are those of
+    the arrays the stages saved; plane surfaces declare rows = y, columns = x."""
+    import numpy as np
+
+    from lossprobe.paths import error_barrier, loss_barrier
+    from lossprobe.store import plots_of
+
+    out, _ = spiral_run
+    s = json.loads((out / "summary.json").read_text())
+    for o, r in s["optimizers"].items():
+        a = np.load(out / f"train-{o}.npz")
+        assert r["final_loss"] == float(a["loss"][-1]) and r["final_accuracy"] == float(a["accuracy"][-1])
+        below = np.flatnonzero(a["loss"] < s["threshold"])
+        assert r["steps_to_threshold"] == (int(a["steps"][below[0]]) if len(below) else None)
+        h = np.load(out / "hessian.npz")
+        assert r["hessian"]["min_final"] == float(h[f"{o}_min"][-1]) and r["hessian"]["max_final"] == float(h[f"{o}_max"][-1])
+        assert [p.x for p in plots_of(dict(a))] == ["steps", "steps"]
+    b = dict(np.load(out / "basins.npz"))
+    pair = s["basins"]["pairs"]["0-1"]
+    assert pair["loss_barrier_test"] == loss_barrier(b["pair0-1_alphas"], b["pair0-1_loss_test"])
+    assert pair["error_barrier_train"] == error_barrier(b["pair0-1_alphas"], 1 - b["pair0-1_accuracy_train"])
+    plane = dict(np.load(out / "plane-pca-shared.npz"))
+    (loss_plot, _) = [p for p in plots_of(plane) if p.kind == "surface"]
+    assert (loss_plot.z, loss_plot.rows, loss_plot.cols) == ("surface_loss", "surface_ys", "surface_xs")
+    assert plane["surface_loss"].shape == (len(plane["surface_ys"]), len(plane["surface_xs"]))
+    assert loss_plot.ylabel.startswith("y") and loss_plot.xlabel.startswith("x")

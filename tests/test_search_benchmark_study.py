@@ -3,6 +3,8 @@ method recorded in summary.json, report, resume."""
 
 import json
 
+import pytest
+
 from lossprobe.search.methods import DEFAULT_METHOD, METHODS
 from lossprobe.studies.search_benchmark import QUICK, SearchBenchmarkConfig, _table, run
 
@@ -37,6 +39,16 @@ def test_study_on_a_cached_table(tmp_path):
     report = (tmp_path / "out" / "report.md").read_text()
     assert "Default method (measured)" in report and "| mf |" in report and "pays for itself" in report
     assert (tmp_path / "out" / "figures" / "regret_vs_seconds_mlp.png").is_file()
+    # the regret at the full budget is the mean over seeds of the end of each saved regret curve
+    import numpy as np
+
+    from lossprobe.store import plots_of
+
+    for m, r in rep.items():
+        a = dict(np.load(tmp_path / "out" / f"replay-mlp-seconds-{m}.npz"))
+        assert a["curves"].shape == (4, len(a["cost"])) and a["cost"][-1] == t["budget_seconds"]
+        assert r["regret_at"]["1"][0] == pytest.approx(a["curves"][:, -1].mean(), abs=1e-12)
+        assert np.array_equal(a["mean_regret"], a["curves"].mean(0)) and plots_of(a)[0].x == "cost"
     # rerun resumes: nothing is recomputed, same numbers
     s2 = run(tmp_path / "out", cfg, progress=False)
     assert s2["tables"]["mlp"]["replay"] == s["tables"]["mlp"]["replay"]

@@ -466,7 +466,8 @@ class RunDir:
         return save_figure(fig, self.figures, name)
 
     # --- stages (resume) -------------------------------------------------------------
-    def _status(self) -> dict:
+    def status(self) -> dict:
+        """status.json: {'done': [stages finished], 'complete': bool[, 'finished': time]}."""
         f = self.path / "status.json"
         try:
             st = json.loads(f.read_text())
@@ -479,16 +480,21 @@ class RunDir:
     def done(self, stage: str, *files: str) -> bool:
         """True if `stage` finished and each of `files` (relative names) is whole; a damaged
         file means the stage is computed again."""
-        return stage in self._status()["done"] and all(readable(self.path / f) for f in files)
+        return stage in self.status()["done"] and all(readable(self.path / f) for f in files)
 
     def mark(self, stage: str) -> None:
-        st = self._status()
+        st = self.status()
         if stage not in st["done"]:
             st["done"].append(stage)
         write_json(self.path / "status.json", st)
 
+    @property
+    def is_complete(self) -> bool:
+        """True once `complete()` was called: every stage of the run finished."""
+        return bool(self.status().get("complete"))
+
     def complete(self) -> None:
-        st = self._status()
+        st = self.status()
         st["complete"] = True
         st["finished"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         write_json(self.path / "status.json", st)

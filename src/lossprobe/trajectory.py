@@ -545,3 +545,47 @@ __all__ = [
     "hessian_extremes", "losses_at", "near_saddles", "path_fidelity", "pca_plane", "plane_surface",
     "random_plane", "roughness", "train_trajectory",
 ]
+
+
+def projection_match(groups: dict[str, list[tuple[dict, float]]]) -> dict:
+    """How well drawn points match the contour under them, near the plane and far from it.
+
+    `groups` maps a name (a kind of plane) to its paths, each as (the arrays `path_fidelity`
+    returned, the relative distance up to which a point counts as near the plane). Per group:
+    counts and the median and largest |true loss − contour loss| of near and far points, their
+    correlation with the distance, and the share of points whose true loss is below the contour;
+    and 'by_distance': all groups pooled, binned by relative distance."""
+    out = {}
+    all_rel, all_d = [], []
+    for group, paths in groups.items():
+        near_d, far_d, rel_all, d_all, below = [], [], [], [], []
+        thr = None
+        for f, thr in paths:
+            ok = np.isfinite(f["surface_loss"])
+            d = np.abs(f["true_loss"] - f["surface_loss"])
+            near_d += list(d[ok & (f["rel_distance"] <= thr)])
+            far_d += list(d[ok & (f["rel_distance"] > thr)])
+            rel_all += list(f["rel_distance"][ok])
+            d_all += list(d[ok])
+            below += list((f["true_loss"] < f["surface_loss"])[ok & (f["rel_distance"] > 0)])
+        corr = float(np.corrcoef(rel_all, d_all)[0, 1]) if len(d_all) > 2 and np.std(d_all) > 0 else None
+        all_rel.append(np.asarray(rel_all))
+        all_d.append(np.asarray(d_all))
+        out[group] = {"near_threshold": thr, "n_near": len(near_d), "n_far": len(far_d),
+                      "median_abs_diff_near": float(np.median(near_d)) if near_d else None,
+                      "median_abs_diff_far": float(np.median(far_d)) if far_d else None,
+                      "max_abs_diff_near": float(np.max(near_d)) if near_d else None,
+                      "max_abs_diff_far": float(np.max(far_d)) if far_d else None,
+                      "corr_rel_distance_abs_diff": corr,
+                      # off the plane the optimiser usually sits lower than the contour under it
+                      "share_true_below_contour": float(np.mean(below)) if below else None}
+    rel, d = np.concatenate(all_rel), np.concatenate(all_d)
+    edges = [0.0, 0.01, 0.03, 0.1, 0.3, np.inf]
+    bins = []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        m = (rel >= lo) & (rel < hi) if lo > 0 else (rel < hi)
+        bins.append({"rel_distance_from": lo, "rel_distance_to": None if np.isinf(hi) else hi, "n": int(m.sum()),
+                     "median_abs_diff": float(np.median(d[m])) if m.any() else None,
+                     "p90_abs_diff": float(np.quantile(d[m], 0.9)) if m.any() else None})
+    out["by_distance"] = bins
+    return out

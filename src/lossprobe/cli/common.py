@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import math
+
+# the checkers live with the study configurations (whose fields name them); re-exported for the subcommands
+from ..config import comma_list, finite_float, nonneg_float, positive_float, positive_int  # noqa: F401
 
 
 DATA_HELP = ("data to evaluate on: fashion-mnist:train|val|test, spiral:train|val|test, cifar10:DIR[:SPLIT], "
@@ -41,70 +43,6 @@ def add_model_data(p: argparse.ArgumentParser, data_default: str = "fashion-mnis
                    help="samples per forward pass (default: %(default)s)")
     p.add_argument("--loss", default="cross_entropy", metavar="LOSS", help=LOSS_HELP)
     p.add_argument("--forward", default=None, metavar="FN", help=FORWARD_HELP)
-
-
-def add_recipe(p: argparse.ArgumentParser) -> None:
-    """Training-recipe flags shared by the studies that train (TrainConfig fields of the same names)."""
-    from ..train import AUGMENTATIONS, SCHEDULES
-
-    p.add_argument("--optimizer", metavar="NAME", help="optimizer (adam, momentum, sgd, nesterov, adamw, ...)")
-    p.add_argument("--lr", type=positive_float, help="peak learning rate")
-    p.add_argument("--weight-decay", type=nonneg_float, metavar="WD", help="weight decay")
-    p.add_argument("--schedule", choices=SCHEDULES,
-                   help="learning-rate schedule: constant, cosine, step, linear (to 0), onecycle (up then down)")
-    p.add_argument("--warmup", type=nonneg_float, metavar="EPOCHS", dest="warmup_epochs",
-                   help="linear warmup over this many epochs (may be fractional) before the schedule's decay")
-    p.add_argument("--augment", choices=AUGMENTATIONS,
-                   help="image augmentation during training: flip (left-right), crop (shift by up to "
-                   "--crop-padding pixels), crop+flip")
-    p.add_argument("--crop-padding", type=int, metavar="PX", help="largest shift of --augment crop (default 4)")
-
-
-RECIPE_FLAGS = ("optimizer", "lr", "weight_decay", "schedule", "warmup_epochs", "augment", "crop_padding")
-
-
-def recipe_overrides(args) -> dict:
-    return {k: getattr(args, k) for k in RECIPE_FLAGS if getattr(args, k, None) is not None}
-
-
-def nonneg_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got '{text}'") from None
-    if not v >= 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
-    return v
-
-
-def positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
-    return v
-
-
-def positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got '{text}'") from None
-    if not (v > 0 and math.isfinite(v)):
-        raise argparse.ArgumentTypeError(f"expected a positive, finite number, got {text}")
-    return v
-
-
-def finite_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
-    if not math.isfinite(v):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text}")
-    return v
 
 
 def add_ray_timeout(p: argparse.ArgumentParser) -> None:

@@ -1,8 +1,16 @@
-"""`lossprobe study NAME`: the ready-made studies (see lossprobe.studies.STUDIES)."""
+"""`lossprobe study NAME`: the ready-made studies (see lossprobe.studies.STUDIES).
+
+Each study's flags are built here from its configuration's fields (`lossprobe.studies.base.option`),
+and every value follows one rule (`lossprobe.config.load`):
+defaults < presets (--quick, --deep) < the --config TOML file < explicit flags.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
+
+from .common import add_out
 
 
 def register(sub) -> None:
@@ -11,15 +19,60 @@ def register(sub) -> None:
     p = sub.add_parser("study", help="run a ready-made study end to end and write a report",
                        description="Run a ready-made study. Each writes a run directory with config.json, "
                        "environment.json, summary.json, arrays, figures and report.md; rerunning the same "
-                       "command on the same --out resumes it.")
+                       "command on the same --out resumes it. Every value comes from, in rising priority: the "
+                       "study's defaults, --quick (and other presets), the --config TOML file, the flags given.")
     studies = p.add_subparsers(dest="study", metavar="STUDY", required=True)
     for name, (module, help_text) in STUDIES.items():
+        study = importlib.import_module(module).STUDY
         sp = studies.add_parser(name, help=help_text, description=help_text)
-        mod = importlib.import_module(module)
-        mod.add_arguments(sp)
+        add_arguments(sp, study)
         sp.add_argument("--no-site", action="store_true",
                         help="do not build the HTML report site in DIR/site at the end")
-        sp.set_defaults(func=_with_site(mod.run_cli))
+        sp.set_defaults(func=_with_site(lambda args, study=study: run_cli(study, args)))
+
+
+def add_arguments(p, study) -> None:
+    """--out, --force, --config, one flag per flagged configuration field, one per preset."""
+    from ..studies.base import flags
+
+    add_out(p, default=study.default_out)
+    p.add_argument("--config", metavar="FILE.toml",
+                   help="TOML file with any of: " + ", ".join(f.name for f in dataclasses.fields(study.config))
+                   + " (its keys win over presets such as --quick; flags win over it)")
+    for f in flags(study.config):
+        kw = dict(f.metadata["argparse"])
+        if callable(kw.get("choices")):
+            kw["choices"] = kw["choices"]()
+        if kw.get("action") in ("store_true", "store_false", "append") or "action" not in kw:
+            kw.setdefault("default", None)  # None: not given, so the file or a preset decides
+        text = f.metadata["help"]
+        p.add_argument(f.metadata["flag"], dest=f.name, help=text() if callable(text) else text, **kw)
+    for preset in study.presets:
+        p.add_argument(f"--{preset.name}", action="store_true", help=preset.help)
+
+
+def load_config(study, args):
+    """The configuration from the defaults, the presets asked for, --config and the flags given."""
+    from .. import config as config_mod
+    from ..studies.base import flags
+
+    overrides = {f.name: getattr(args, f.name) for f in flags(study.config) if getattr(args, f.name) is not None}
+    chosen = [p for p in study.presets if getattr(args, p.name.replace("-", "_"))]
+    presets = {}
+    if chosen:
+        given = config_mod.load(study.config, args.config, overrides)  # what the user set, for presets that depend on it
+        for p in chosen:
+            presets.update(p.resolve(given))
+    return config_mod.load(study.config, args.config, overrides, presets=presets or None)
+
+
+def run_cli(study, args) -> int:
+    from ..studies.base import run_study
+
+    summary = run_study(study, args.out, load_config(study, args), force=args.force)
+    for line in study.cli_lines(summary, args.out):
+        print(line)
+    return 0
 
 
 def _with_site(run_cli):

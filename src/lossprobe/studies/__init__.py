@@ -1,5 +1,6 @@
-"""Ready-made studies. Each module has `add_arguments(parser)`, `run_cli(args)` and a
-Python function that runs the study from code."""
+"""Ready-made studies. Each module declares `STUDY` (a `lossprobe.studies.base.Study`: a
+configuration dataclass and its stages; `lossprobe study NAME` builds its flags from it) and a
+`run(out, config)` function that runs the study from code."""
 
 # name -> (module, one-line help)
 STUDIES = {

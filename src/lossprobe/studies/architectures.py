@@ -20,15 +20,13 @@ Stages, each saved as it finishes so that rerunning the same command resumes:
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
-from .. import config as config_mod
+from ..config import finite_float, positive_int
 from ..errors import UserError
+from .base import Preset, Stage, Study, option, run_study
 
 # Validation accuracies the published study with this design reports (MLP / CNN with BN and dropout).
 TARGETS = {"A": 0.8769, "B": 0.9132}
@@ -36,15 +34,17 @@ TARGETS = {"A": 0.8769, "B": 0.9132}
 
 @dataclass
 class ArchitecturesConfig:
-    model_a: str = "mlp:784-256-256-10"
-    model_b: str = "cnn:32-64:bn:dropout=0.25"
+    model_a: str = option("mlp:784-256-256-10", flag="--model-a", metavar="SPEC",
+                          help="model A (default: mlp:784-256-256-10)")
+    model_b: str = option("cnn:32-64:bn:dropout=0.25", flag="--model-b", metavar="SPEC",
+                          help="model B (default: cnn:32-64:bn:dropout=0.25)")
     init_seed: int = 0
     data_seed: int = 0
     optimizer: str = "adam"
-    lr: float = 2e-3
+    lr: float = option(2e-3, flag="--lr", type=finite_float, help="peak learning rate of both (default: 0.002)")
     momentum: float = 0.9
     weight_decay: float = 0.0
-    epochs: int = 6
+    epochs: int = option(6, flag="--epochs", type=positive_int, help="training epochs of both models (default: 6)")
     batch_size: int = 128
     eval_batch_size: int = 256  # CPU: small evaluation batches avoid huge conv activations (measured 1.7× faster than 4096)
     schedule: str = "cosine"
@@ -52,16 +52,18 @@ class ArchitecturesConfig:
     split_seed: int = 0
     train_subset: int | None = None  # train on a seeded subset of the train split
     eval_subset: int | None = None  # evaluate val/test on seeded subsets
-    hessian_subset: int = 2000  # training images for the Hessian
+    hessian_subset: int = option(2000, flag="--hessian-subset", type=positive_int, metavar="N",
+                                 help="training images for the Hessian (default: 2000)")
     top_k: int = 3
     trace_products: int = 30
-    noise_sigmas: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.2, 0.3, 0.5])
+    noise_sigmas: list[float] = option(default_factory=lambda: [0.05, 0.1, 0.2, 0.3, 0.5])
     noise_draws: int = 3
     probe_subset: int = 2000  # images (train and val) for noise robustness and slices
     slice_steps: int = 21
     slice_span: float = 1.0
     seed: int = 0  # seed of probe vectors, noise draws and slice directions
-    threads: int | None = None  # torch intra-op threads (None: torch's default)
+    threads: int | None = option(None, flag="--threads", type=positive_int, metavar="T",
+                                 help="torch threads (default: torch's choice)")
 
     def __post_init__(self):
         for k in ("epochs", "eval_batch_size", "hessian_subset", "top_k", "trace_products", "noise_draws", "probe_subset", "slice_steps"):
@@ -95,124 +97,153 @@ QUICK = {"epochs": 1, "train_subset": 2000, "eval_subset": 500, "model_a": "mlp:
          "noise_sigmas": [0.1, 0.5], "noise_draws": 2, "probe_subset": 200, "slice_steps": 5}
 
 
-def run(out, config: ArchitecturesConfig | None = None, force: bool = False, progress: bool = True) -> dict:
-    """Run the study into directory `out` and return its summary dict."""
+SPECS = ("A", "B")
 
-    from .. import hessian, sharpness
-    from ..data import fashion_mnist
+
+def _specs(cfg: ArchitecturesConfig) -> dict:
+    return {"A": cfg.model_a, "B": cfg.model_b}
+
+
+def _prepare(cfg: ArchitecturesConfig) -> dict:
     from ..models import build
-    from ..objective import Objective
-    from ..store import RunDir
-    from ..threads import torch_threads
-    from ..train import History, evaluate_model, fit, load_checkpoint, save_checkpoint
 
-    cfg = config or ArchitecturesConfig()
-    t_start = time.perf_counter()
-    specs = {"A": cfg.model_a, "B": cfg.model_b}
-    for s in specs.values():
+    for s in _specs(cfg).values():
         build(s)  # reject a bad spec before touching the output directory
-    rd = RunDir(out, "architectures", dataclasses.asdict(cfg), force=force,
-                seeds={"init": cfg.init_seed, "data": cfg.data_seed, "split": cfg.split_seed, "probes": cfg.seed})
-    with torch_threads(cfg.threads):
-        timing = rd.load_json("timing.json") if rd.resumed and (rd / "timing.json").is_file() else {}
-        ds = fashion_mnist(n_val=cfg.n_val, split_seed=cfg.split_seed)
-        train = ds.train.subset(cfg.train_subset, seed=cfg.split_seed) if cfg.train_subset else ds.train
-        val, test = ds.val, ds.test
-        if cfg.eval_subset:
-            val, test = val.subset(cfg.eval_subset, 1), test.subset(cfg.eval_subset, 2)
-        h_data = train.subset(min(cfg.hessian_subset, len(train)), 3)
-        p_train = train.subset(min(cfg.probe_subset, len(train)), 4)
-        p_val = val.subset(min(cfg.probe_subset, len(val)), 5)
+    return {"init": cfg.init_seed, "data": cfg.data_seed, "split": cfg.split_seed, "probes": cfg.seed}
 
-        models, histories = {}, {}
-        ckdir = rd.subdir("checkpoints")
-        for key, spec in specs.items():
-            model = build(spec, seed=cfg.init_seed)
-            final = ckdir / f"model_{key}.safetensors"
-            if rd.done(f"train-{key}", final.relative_to(rd.path).as_posix(), f"history_{key}.json"):
-                load_checkpoint(model, final)
-                histories[key] = History.from_dict(rd.load_json(f"history_{key}.json"))
-            else:
-                if progress:
-                    print(f"training {key} = {spec} ({cfg.epochs} epochs on {len(train)} images)", flush=True)
-                t = time.perf_counter()
-                hist = fit(model, train, val, cfg.train_config(), checkpoint_dir=ckdir / key, progress=progress)
-                timing[f"train_{key}"] = time.perf_counter() - t
-                rd.save_json("timing.json", timing)
-                save_checkpoint(model, final)
-                rd.save_json(f"history_{key}.json", hist.to_dict())
-                histories[key] = hist
-                rd.mark(f"train-{key}")
-            models[key] = model.eval()
 
-        # --- curvature on the Hessian subset ------------------------------------------------
-        for key, model in models.items():
-            if rd.done(f"curvature-{key}", f"curvature_{key}.json"):
-                continue
-            if progress:
-                print(f"curvature of {key}: top {cfg.top_k} eigenvalues and trace on {len(h_data)} training images",
-                      flush=True)
-            t = time.perf_counter()
-            obj = Objective(model, h_data, batch_size=len(h_data))
-            eig = hessian.eigenvalues(obj, k=cfg.top_k, seed=cfg.seed, progress=progress)
-            tr = hessian.trace(obj, matvecs=cfg.trace_products, seed=cfg.seed, progress=progress)
-            rd.save_json(f"curvature_{key}.json", {
-                "eigenvalues": eig.values, "residuals": eig.residuals, "hvp_eigenvalues": eig.matvecs,
-                "converged": eig.converged, "trace": tr.trace, "trace_stderr": tr.stderr, "hvp_trace": tr.matvecs,
-                "layer_traces": {k: {"trace": v[0], "stderr": v[1]} for k, v in tr.blocks.items()},
-            })
-            timing[f"curvature_{key}"] = time.perf_counter() - t
-            rd.save_json("timing.json", timing)
-            rd.mark(f"curvature-{key}")
-        curv = {k: rd.load_json(f"curvature_{k}.json") for k in specs}
+def _inputs(ctx) -> dict:
+    from ..data import fashion_mnist
 
-        # --- noise robustness ----------------------------------------------------------------
-        if not rd.done("noise", "noise.json"):
-            if progress:
-                print(f"noise robustness: σ {cfg.noise_sigmas} × {cfg.noise_draws} draws on {len(p_val)} validation images",
-                      flush=True)
-            t = time.perf_counter()
-            res = {}
-            for key, model in models.items():
-                obj = Objective(model, p_val, batch_size=cfg.eval_batch_size)
-                res[key] = sharpness.noise_robustness(obj, sigmas=cfg.noise_sigmas, draws=cfg.noise_draws,
-                                                      seed=cfg.seed, progress=progress).to_dict()
-            rd.save_json("noise.json", res)
-            timing["noise"] = time.perf_counter() - t
-            rd.save_json("timing.json", timing)
-            rd.mark("noise")
-        noise = rd.load_json("noise.json")
+    cfg = ctx.cfg
+    ds = fashion_mnist(n_val=cfg.n_val, split_seed=cfg.split_seed)
+    train = ds.train.subset(cfg.train_subset, seed=cfg.split_seed) if cfg.train_subset else ds.train
+    val, test = ds.val, ds.test
+    if cfg.eval_subset:
+        val, test = val.subset(cfg.eval_subset, 1), test.subset(cfg.eval_subset, 2)
+    return {"train": train, "val": val, "test": test, "h_data": train.subset(min(cfg.hessian_subset, len(train)), 3),
+            "p_train": train.subset(min(cfg.probe_subset, len(train)), 4),
+            "p_val": val.subset(min(cfg.probe_subset, len(val)), 5)}
 
-        # --- 1-D slices ----------------------------------------------------------------------
-        if not rd.done("slices"):
-            if progress:
-                print(f"1-D slices: {cfg.slice_steps} points in [−{cfg.slice_span}, {cfg.slice_span}] on "
-                      f"{len(p_train)} train / {len(p_val)} validation images", flush=True)
-            t = time.perf_counter()
-            slices = {}
-            for key, model in models.items():
-                d = _filter_direction(model, cfg.seed)
-                alphas = np.linspace(-cfg.slice_span, cfg.slice_span, cfg.slice_steps)
-                alphas[cfg.slice_steps // 2] = 0.0
-                sl = {"alphas": alphas, "loss": {}, "accuracy": {}}
-                for name, split in (("train", p_train), ("validation", p_val)):
-                    ev = Objective(model, split, batch_size=cfg.eval_batch_size).evaluate(alphas, directions=d,
-                                                                                          progress=progress)
-                    sl["loss"][name], sl["accuracy"][name] = ev.loss, ev.accuracy
-                slices[key] = sl
-            rd.save_json("slices.json", slices)
-            timing["slices"] = time.perf_counter() - t
-            rd.save_json("timing.json", timing)
-            rd.mark("slices")
-        slices = rd.load_json("slices.json")
 
-        test_acc = {k: evaluate_model(m, test, batch_size=cfg.eval_batch_size)[1] for k, m in models.items()}
+def _train(ctx, key: str):
+    from ..models import build
+    from ..train import fit, save_checkpoint
 
-    # --- report --------------------------------------------------------------------------
+    rd, cfg, train = ctx.rd, ctx.cfg, ctx.inputs["train"]
+    spec = _specs(cfg)[key]
+    model = build(spec, seed=cfg.init_seed)
+    ctx.say(f"training {key} = {spec} ({cfg.epochs} epochs on {len(train)} images)")
+    ckdir = rd.subdir("checkpoints")
+    hist = fit(model, train, ctx.inputs["val"], cfg.train_config(), checkpoint_dir=ckdir / key, progress=ctx.progress)
+    save_checkpoint(model, ckdir / f"model_{key}.safetensors")
+    rd.save_json(f"history_{key}.json", hist.to_dict())
+    return model.eval(), hist
+
+
+def _load_trained(ctx, key: str):
+    from ..models import build
+    from ..train import History, load_checkpoint
+
+    model = build(_specs(ctx.cfg)[key], seed=ctx.cfg.init_seed)
+    load_checkpoint(model, ctx.rd / "checkpoints" / f"model_{key}.safetensors")
+    return model.eval(), History.from_dict(ctx.rd.load_json(f"history_{key}.json"))
+
+
+def _model(ctx, key: str):
+    return ctx.out[f"train-{key}"][0]
+
+
+def _curvature(ctx, key: str) -> dict:
+    """Top eigenvalues (Lanczos) and trace (Hutch++, per layer) on the Hessian subset."""
+    from .. import hessian
+    from ..objective import Objective
+
+    cfg, h_data = ctx.cfg, ctx.inputs["h_data"]
+    ctx.say(f"curvature of {key}: top {cfg.top_k} eigenvalues and trace on {len(h_data)} training images")
+    obj = Objective(_model(ctx, key), h_data, batch_size=len(h_data))
+    eig = hessian.eigenvalues(obj, k=cfg.top_k, seed=cfg.seed, progress=ctx.progress)
+    tr = hessian.trace(obj, matvecs=cfg.trace_products, seed=cfg.seed, progress=ctx.progress)
+    ctx.rd.save_json(f"curvature_{key}.json", {
+        "eigenvalues": eig.values, "residuals": eig.residuals, "hvp_eigenvalues": eig.matvecs,
+        "converged": eig.converged, "trace": tr.trace, "trace_stderr": tr.stderr, "hvp_trace": tr.matvecs,
+        "layer_traces": {k: {"trace": v[0], "stderr": v[1]} for k, v in tr.blocks.items()},
+    })
+    return ctx.rd.load_json(f"curvature_{key}.json")
+
+
+def _noise(ctx) -> dict:
+    """Accuracy and loss under relative Gaussian weight noise, on the validation probe subset."""
+    from .. import sharpness
+    from ..objective import Objective
+
+    cfg, p_val = ctx.cfg, ctx.inputs["p_val"]
+    ctx.say(f"noise robustness: σ {cfg.noise_sigmas} × {cfg.noise_draws} draws on {len(p_val)} validation images")
+    res = {}
+    for key in SPECS:
+        obj = Objective(_model(ctx, key), p_val, batch_size=cfg.eval_batch_size)
+        res[key] = sharpness.noise_robustness(obj, sigmas=cfg.noise_sigmas, draws=cfg.noise_draws,
+                                              seed=cfg.seed, progress=ctx.progress).to_dict()
+    ctx.rd.save_json("noise.json", res)
+    return ctx.rd.load_json("noise.json")
+
+
+def _slices(ctx) -> dict:
+    """1-D loss slices along a filter-normalised random direction through each model."""
+    from ..objective import Objective
+
+    cfg, p_train, p_val = ctx.cfg, ctx.inputs["p_train"], ctx.inputs["p_val"]
+    ctx.say(f"1-D slices: {cfg.slice_steps} points in [−{cfg.slice_span}, {cfg.slice_span}] on "
+            f"{len(p_train)} train / {len(p_val)} validation images")
+    slices = {}
+    for key in SPECS:
+        model = _model(ctx, key)
+        d = _filter_direction(model, cfg.seed)
+        alphas = np.linspace(-cfg.slice_span, cfg.slice_span, cfg.slice_steps)
+        alphas[cfg.slice_steps // 2] = 0.0
+        sl = {"alphas": alphas, "loss": {}, "accuracy": {}}
+        for name, split in (("train", p_train), ("validation", p_val)):
+            ev = Objective(model, split, batch_size=cfg.eval_batch_size).evaluate(alphas, directions=d,
+                                                                                  progress=ctx.progress)
+            sl["loss"][name], sl["accuracy"][name] = ev.loss, ev.accuracy
+        slices[key] = sl
+    ctx.rd.save_json("slices.json", slices)
+    return ctx.rd.load_json("slices.json")
+
+
+def _evaluate(ctx) -> dict:
+    from ..train import evaluate_model
+
+    return {k: evaluate_model(_model(ctx, k), ctx.inputs["test"], batch_size=ctx.cfg.eval_batch_size)[1]
+            for k in SPECS}
+
+
+def _stages(cfg: ArchitecturesConfig) -> list[Stage]:
+    json_stage = lambda name, fn, file: Stage(name, fn, load=lambda ctx: ctx.rd.load_json(file),  # noqa: E731
+                                               files=(file,))
+    return (
+        [Stage(f"train-{k}", lambda ctx, k=k: _train(ctx, k), load=lambda ctx, k=k: _load_trained(ctx, k),
+               files=(f"checkpoints/model_{k}.safetensors", f"history_{k}.json")) for k in SPECS]
+        + [json_stage(f"curvature-{k}", lambda ctx, k=k: _curvature(ctx, k), f"curvature_{k}.json") for k in SPECS]
+        + [json_stage("noise", _noise, "noise.json"), json_stage("slices", _slices, "slices.json"),
+           Stage("evaluate", _evaluate, resume=False), Stage("report", _report, resume=False)]
+    )
+
+
+def _report(ctx) -> dict:
+    import time
+
     from ..report.curvature_plots import (plot_curvature_comparison, plot_generalization_gap, plot_layer_traces,
                                           plot_noise_robustness, plot_slices)
     from ..report.training_plots import plot_learning_curves
 
+    rd, cfg = ctx.rd, ctx.cfg
+    specs = _specs(cfg)
+    train, val, test, h_data, p_train, p_val = (ctx.inputs[k] for k in ("train", "val", "test", "h_data", "p_train",
+                                                                        "p_val"))
+    histories = {k: ctx.out[f"train-{k}"][1] for k in SPECS}
+    curv = {k: ctx.out[f"curvature-{k}"] for k in SPECS}
+    noise, slices, test_acc = ctx.out["noise"], ctx.out["slices"], ctx.out["evaluate"]
     labels = {"A": f"A: {cfg.model_a}", "B": f"B: {cfg.model_b}"}
     data_desc = f"Fashion-MNIST ({len(train)} train images)"
     figs = plot_learning_curves({labels[k]: h for k, h in histories.items()}, rd.figures, title=data_desc)
@@ -230,8 +261,12 @@ def run(out, config: ArchitecturesConfig | None = None, force: bool = False, pro
 
     val_acc = {k: h.val_accuracy[-1] for k, h in histories.items()}
     train_acc = {k: h.train_accuracy[-1] for k, h in histories.items()}
-    timing["total"] = sum(v for k, v in timing.items() if k != "total") + 0.0
-    wall = time.perf_counter() - t_start
+    # seconds of the computing stages (as computed, possibly in an earlier call), named as in the report
+    timing = {name.replace("-", "_"): ctx.seconds[name] for name in
+              [f"train-{k}" for k in SPECS] + [f"curvature-{k}" for k in SPECS] + ["noise", "slices"]
+              if name in ctx.seconds}
+    timing["total"] = sum(timing.values()) + 0.0
+    wall = time.perf_counter() - ctx.started
     summary = {
         "study": "architectures",
         "models": specs,
@@ -258,8 +293,6 @@ def run(out, config: ArchitecturesConfig | None = None, force: bool = False, pro
     }
     rd.save_json("summary.json", summary)
     _write_report(rd, cfg, summary, figs)
-    rd.mark("report")
-    rd.complete()
     return summary
 
 
@@ -350,36 +383,30 @@ def _write_report(rd, cfg: ArchitecturesConfig, s: dict, figures: list[str]) -> 
     rd.write_text("report.md", "\n".join(lines))
 
 
-# --- CLI -----------------------------------------------------------------------------
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..cli.common import add_out, finite_float, positive_int
-
-    add_out(p, default="runs/architectures")
-    p.add_argument("--config", metavar="FILE.toml",
-                   help="TOML file with any of: " + ", ".join(f.name for f in dataclasses.fields(ArchitecturesConfig)))
-    p.add_argument("--epochs", type=positive_int, help=f"training epochs of both models (default: {ArchitecturesConfig.epochs})")
-    p.add_argument("--model-a", metavar="SPEC", help=f"model A (default: {ArchitecturesConfig.model_a})")
-    p.add_argument("--model-b", metavar="SPEC", help=f"model B (default: {ArchitecturesConfig.model_b})")
-    p.add_argument("--lr", type=finite_float, help=f"peak learning rate of both (default: {ArchitecturesConfig.lr})")
-    p.add_argument("--hessian-subset", type=positive_int, metavar="N",
-                   help=f"training images for the Hessian (default: {ArchitecturesConfig.hessian_subset})")
-    p.add_argument("--threads", type=positive_int, metavar="T", help="torch threads (default: torch's choice)")
-    p.add_argument("--quick", action="store_true",
-                   help="a smoke run in seconds: tiny models, 1 epoch on 2000 images, small probe subsets"
-                   " (keys set in --config, and flags, win over it)")
+# --- the study --------------------------------------------------------------------------
+def _cli_lines(s: dict, out) -> list[str]:
+    return [f"validation accuracy A {s['val_accuracy']['A']:.2%} (target {TARGETS['A']:.2%}), "
+            f"B {s['val_accuracy']['B']:.2%} (target {TARGETS['B']:.2%}); test A {s['test_accuracy']['A']:.2%}, "
+            f"B {s['test_accuracy']['B']:.2%}",
+            f"top eigenvalue A {s['top_eigenvalue']['A']:.4g}, B {s['top_eigenvalue']['B']:.4g}; "
+            f"trace A {s['trace']['A']:.4g}, B {s['trace']['B']:.4g}",
+            f"wrote {out}/report.md ({s['seconds']['this_call']:.0f} s)"]
 
 
-def run_cli(args) -> int:
-    overrides = {}
-    flags = {"epochs": args.epochs, "model_a": args.model_a, "model_b": args.model_b, "lr": args.lr,
-             "hessian_subset": args.hessian_subset, "threads": args.threads}
-    overrides.update({k: v for k, v in flags.items() if v is not None})
-    cfg = config_mod.load(ArchitecturesConfig, args.config, overrides, presets=QUICK if args.quick else None)
-    s = run(args.out, cfg, force=args.force)
-    print(f"validation accuracy A {s['val_accuracy']['A']:.2%} (target {TARGETS['A']:.2%}), "
-          f"B {s['val_accuracy']['B']:.2%} (target {TARGETS['B']:.2%}); test A {s['test_accuracy']['A']:.2%}, "
-          f"B {s['test_accuracy']['B']:.2%}")
-    print(f"top eigenvalue A {s['top_eigenvalue']['A']:.4g}, B {s['top_eigenvalue']['B']:.4g}; "
-          f"trace A {s['trace']['A']:.4g}, B {s['trace']['B']:.4g}")
-    print(f"wrote {args.out}/report.md ({s['seconds']['this_call']:.0f} s)")
-    return 0
+def _threads(cfg: ArchitecturesConfig):
+    from ..threads import torch_threads
+
+    return torch_threads(cfg.threads)
+
+
+STUDY = Study(
+    name="architectures",
+    config=ArchitecturesConfig, stages=_stages, prepare=_prepare, inputs=_inputs, cli_lines=_cli_lines, wrap=_threads,
+    presets=(Preset("quick", QUICK, "a smoke run in seconds: tiny models, 1 epoch on 2000 images, small probe subsets"
+                    " (keys set in --config, and flags, win over it)"),),
+)
+
+
+def run(out, config: ArchitecturesConfig | None = None, force: bool = False, progress: bool = True) -> dict:
+    """Run the study into directory `out` and return its summary dict."""
+    return run_study(STUDY, out, config, force=force, progress=progress)

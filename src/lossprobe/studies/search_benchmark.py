@@ -20,17 +20,15 @@ on Fashion-MNIST. The test set is never read by this study (it compares selectio
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import math
-import time
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
-from .. import config as config_mod
+from ..config import finite_float, positive_int
 from ..errors import UserError
+from .base import Preset, Stage, Study, option, run_study
 
 # Same text as examples/space.toml, so the study runs from an installed package.
 DEFAULT_SPACE_TOML = """
@@ -98,17 +96,24 @@ def table_config(name: str, size: int | None = None):
 
 @dataclass
 class SearchBenchmarkConfig:
-    tables: list[str] = field(default_factory=lambda: ["mlp", "cnn"])  # names in TABLES
-    space: str | None = None  # a TOML space: replaces the tables by one ("custom", MLP table settings)
-    sizes: dict = field(default_factory=dict)  # table name -> rows (default: TABLES' size)
-    table_overrides: dict = field(default_factory=dict)  # table name -> TableConfig fields (tests, --quick)
-    table_dir: str | None = None  # parent of the tables (default OUT/tables); TABLE_DIR/NAME
-    seeds: int = 100  # replay seeds per method (paired: seed s is the same pool and order for every method)
+    tables: list[str] = option(default_factory=lambda: ["mlp", "cnn"], flag="--tables", nargs="+",  # names in TABLES
+                               choices=tuple(TABLES), help="tables to benchmark (default: mlp cnn)")
+    space: str | None = option(None, flag="--space", metavar="TOML",  # replaces the tables by one ("custom")
+                               help="benchmark one table of this space instead (MLP table settings)")
+    sizes: dict = option(default_factory=dict)  # table name -> rows (default: TABLES' size)
+    table_overrides: dict = option(default_factory=dict)  # table name -> TableConfig fields (tests, --quick)
+    table_dir: str | None = option(None, flag="--table-dir", metavar="DIR",  # TABLE_DIR/NAME
+                                   help="parent directory of the cached tables, DIR/mlp and DIR/cnn "
+                                   "(default: OUT/tables); share it between runs, it only grows")
+    seeds: int = option(100, flag="--seeds", type=positive_int,  # paired: seed s is the same pool and order for every method
+                        help="replay seeds per method (default: 100)")
     pool: float = 0.8  # fraction of the table each replay seed draws
-    budget_trainings: float = 20.0  # budget = this many median full trainings (measured seconds)
+    budget_trainings: float = option(20.0, flag="--budget", type=finite_float,  # in measured seconds
+                                     help="budget in median full trainings (default: 20)")
     target_regret: float = 0.01
-    methods: list[str] = field(default_factory=list)  # default: every method
-    search_fidelity: dict = field(default_factory=dict)  # table -> probe fidelity of probe-based methods
+    methods: list[str] = option(default_factory=list, flag="--methods", nargs="+", metavar="METHOD",
+                                help="methods to replay (default: all)")
+    search_fidelity: dict = option(default_factory=dict)  # table -> probe fidelity of probe-based methods
     n_fit: int = 30  # rows the meta-model is fitted on in the correlation analysis
     corr_seeds: int = 20
     feature_seeds: int = 100  # replay seeds of the feature-family ablation
@@ -130,6 +135,8 @@ class SearchBenchmarkConfig:
             raise UserError("seeds >= 1, budget_trainings > 0, 0 < pool <= 1 and corr_seeds >= 1 are required")
         if self.n_fit < 2:
             raise UserError(f"n_fit must be at least 2, got {self.n_fit}")
+        if self.space:  # one table of the user's space
+            self.tables = ["custom"]
 
 
 QUICK = {"tables": ["mlp"], "sizes": {"mlp": 16},
@@ -165,19 +172,19 @@ def _probe_methods():
     return ("sh-probe", "hyperband-probe", "probe-rank", "probe", "mf")
 
 
-def _table_stages(rd, cfg: SearchBenchmarkConfig, name: str, progress: bool) -> dict:
+def _build(ctx, name: str) -> dict:
+    """Table `name`, built once (row by row, resumable) in TABLE_DIR/NAME, and what its replays need."""
     from pathlib import Path
 
-    from ..search.benchmark import ReplaySettings, correlations, full_seconds, noise_ceiling, replay_all, summarize
-    from ..search.methods import BASELINES, METHODS
-    from ..search.probes import DEFAULT_FAMILIES
+    from ..search.benchmark import full_seconds
+    from ..search.methods import METHODS
     from ..search.table import build_table
 
+    cfg = ctx.cfg
     tcfg, space = _table(cfg, name)
-    tdir = Path(cfg.table_dir) / name if cfg.table_dir else rd / "tables" / name
-    if progress:
-        print(f"table {name}: {tcfg.size} configurations in {tdir} (built once, reused)")
-    rows = build_table(tdir, tcfg, progress=progress)
+    tdir = Path(cfg.table_dir) / name if cfg.table_dir else ctx.rd / "tables" / name
+    ctx.say(f"table {name}: {tcfg.size} configurations in {tdir} (built once, reused)")
+    rows = build_table(tdir, tcfg, progress=ctx.progress)
     if len(rows) < tcfg.size:
         raise UserError(f"table {name} has {len(rows)} of {tcfg.size} rows; rerun to finish it")
     keys = tcfg.keys()
@@ -185,34 +192,47 @@ def _table_stages(rd, cfg: SearchBenchmarkConfig, name: str, progress: bool) -> 
     if fid not in keys:
         raise UserError(f"search_fidelity.{name} = '{fid}' is not one of the table's fidelities {keys}")
     unit = full_seconds(rows)
-    budget = cfg.budget_trainings * unit
-    methods = tuple(cfg.methods or METHODS)
-    options = {m: {"fidelity": fid} for m in _probe_methods()}
+    ys = np.array([r["repeat"]["score_accuracy"] for r in rows])
+    return {"rows": rows, "tcfg": tcfg, "space": space, "fidelity": fid, "unit_seconds": unit,
+            "budget": cfg.budget_trainings * unit, "methods": tuple(cfg.methods or METHODS),
+            "best_score": float(ys.max()), "median_score": float(np.median(ys)), "table_dir": str(tdir)}
 
-    # --- correlations ----------------------------------------------------------------------
-    cname = f"correlations-{name}.json"
-    if not rd.done(f"correlations-{name}"):
-        if progress:
-            print(f"  correlations at fidelities {keys} over {cfg.corr_seeds} seeds")
-        corr = {}
-        for k in keys:
-            corr[k] = {"all": correlations(rows, k, cfg.n_fit, cfg.corr_seeds),
-                       "default": correlations(rows, k, cfg.n_fit, cfg.corr_seeds, families=DEFAULT_FAMILIES),
-                       "no_sharpness": correlations(rows, k, cfg.n_fit, cfg.corr_seeds, sharpness=False)}
-        rd.save_json(cname, {"per_fidelity": corr, "noise_ceiling": noise_ceiling(rows)})
-        rd.mark(f"correlations-{name}")
-    corr = rd.load_json(cname)
 
-    # --- feature families: cost and value ------------------------------------------------------
-    fname = f"features-{name}.json"
-    if not rd.done(f"features-{name}"):
-        if progress:
-            print(f"  feature families: cost and value at {fid}")
-        rd.save_json(fname, _feature_study(rows, space, cfg, fid, budget, progress))
-        rd.mark(f"features-{name}")
-    feat = rd.load_json(fname)
+def _correlations(ctx, name: str) -> dict:
+    """Held-out Spearman/Kendall per fidelity, with and without feature families; the noise ceiling."""
+    from ..search.benchmark import correlations, noise_ceiling
+    from ..search.probes import DEFAULT_FAMILIES
 
-    # --- replays --------------------------------------------------------------------------------
+    cfg, t = ctx.cfg, ctx.out[f"table-{name}"]
+    rows, keys = t["rows"], t["tcfg"].keys()
+    ctx.say(f"  correlations at fidelities {keys} over {cfg.corr_seeds} seeds")
+    corr = {}
+    for k in keys:
+        corr[k] = {"all": correlations(rows, k, cfg.n_fit, cfg.corr_seeds),
+                   "default": correlations(rows, k, cfg.n_fit, cfg.corr_seeds, families=DEFAULT_FAMILIES),
+                   "no_sharpness": correlations(rows, k, cfg.n_fit, cfg.corr_seeds, sharpness=False)}
+    ctx.rd.save_json(f"correlations-{name}.json", {"per_fidelity": corr, "noise_ceiling": noise_ceiling(rows)})
+    return ctx.rd.load_json(f"correlations-{name}.json")
+
+
+def _features(ctx, name: str) -> dict:
+    t = ctx.out[f"table-{name}"]
+    ctx.say(f"  feature families: cost and value at {t['fidelity']}")
+    ctx.rd.save_json(f"features-{name}.json",
+                     _feature_study(t["rows"], t["space"], ctx.cfg, t["fidelity"], t["budget"], ctx.progress))
+    return ctx.rd.load_json(f"features-{name}.json")
+
+
+def _replays(ctx, name: str) -> dict:
+    """Every method × seed on the table, on the seconds axis (and nominal epochs); each method's
+    replay is saved as it finishes (replay-NAME-AXIS-METHOD.npz/.json) and reused by a rerun."""
+    from .. import plotspec
+    from ..search.benchmark import ReplaySettings, replay_all, summarize
+    from ..search.methods import BASELINES
+
+    cfg, rd, t = ctx.cfg, ctx.rd, ctx.out[f"table-{name}"]
+    rows, space, methods, budget = t["rows"], t["space"], t["methods"], t["budget"]
+    options = {m: {"fidelity": t["fidelity"]} for m in _probe_methods()}
     axes = [("seconds", budget)] + ([("epochs", cfg.budget_trainings * space.epochs)] if cfg.epochs_axis else [])
     summaries = {}
     for axis, b in axes:
@@ -225,19 +245,43 @@ def _table_stages(rd, cfg: SearchBenchmarkConfig, name: str, progress: bool) -> 
                 a = rd.load_arrays(f.name)
                 j = rd.load_json(f"replay-{name}-{axis}-{m}.json")
                 cache[m] = {"curves": a["curves"], "time_to_target": a["time_to_target"], **j}
+        cost = np.linspace(0, rs.budget, rs.grid_points + 1)[1:]  # replay_all's grid
 
-        def save(m, res, name=name, axis=axis):
+        def save(m, res, axis=axis, cost=cost):
             rd.save_json(f"replay-{name}-{axis}-{m}.json", {k: res[k] for k in ("chosen", "spent", "replay_seconds")})
-            rd.save_arrays(f"replay-{name}-{axis}-{m}.npz", curves=res["curves"], time_to_target=res["time_to_target"])
+            rd.save_arrays(f"replay-{name}-{axis}-{m}.npz", curves=res["curves"], time_to_target=res["time_to_target"],
+                           cost=cost, mean_regret=res["curves"].mean(0), plots=[plotspec.line(
+                               f"{m} on table {name}: regret against cost (mean over {cfg.seeds} seeds)", "cost",
+                               [plotspec.Series("mean_regret", m)],
+                               xlabel="cost (measured seconds)" if axis == "seconds" else "cost (nominal epochs)",
+                               ylabel="regret (best true score − score of the returned configuration)")])
 
-        rep = replay_all(rows, space, rs, progress=progress, cache=cache, on_method=save)
+        rep = replay_all(rows, space, rs, progress=ctx.progress, cache=cache, on_method=save)
         summaries[axis] = {"budget": b, **summarize(rep, b, cfg.target_regret, BASELINES)}
         if axis == "seconds":
             grid, curves = rep["grid"], {m: rep["methods"][m]["curves"] for m in methods}
-    ys = np.array([r["repeat"]["score_accuracy"] for r in rows])
-    return {"rows": rows, "tcfg": tcfg, "space": space, "fidelity": fid, "unit_seconds": unit, "budget": budget,
-            "correlations": corr, "features": feat, "replay": summaries, "grid": grid, "curves": curves,
-            "best_score": float(ys.max()), "median_score": float(np.median(ys)), "table_dir": str(tdir)}
+    return {"replay": summaries, "grid": grid, "curves": curves}
+
+
+def _stages(cfg: SearchBenchmarkConfig) -> list[Stage]:
+    out = []
+    for name in cfg.tables:
+        out += [
+            Stage(f"table-{name}", lambda ctx, name=name: _build(ctx, name), resume=False),  # the table caches itself
+            Stage(f"correlations-{name}", lambda ctx, name=name: _correlations(ctx, name),
+                  load=lambda ctx, name=name: ctx.rd.load_json(f"correlations-{name}.json"),
+                  files=(f"correlations-{name}.json",)),
+            Stage(f"features-{name}", lambda ctx, name=name: _features(ctx, name),
+                  load=lambda ctx, name=name: ctx.rd.load_json(f"features-{name}.json"), files=(f"features-{name}.json",)),
+            Stage(f"replay-{name}", lambda ctx, name=name: _replays(ctx, name), resume=False),  # cached per method
+        ]
+    return out + [Stage("report", _report, resume=False)]
+
+
+def _results(ctx, name: str) -> dict:
+    """Everything measured on table `name` (what `_report` reads)."""
+    return {**ctx.out[f"table-{name}"], "correlations": ctx.out[f"correlations-{name}"],
+            "features": ctx.out[f"features-{name}"], **ctx.out[f"replay-{name}"]}
 
 
 def _feature_study(rows, space, cfg: SearchBenchmarkConfig, fid: str, budget: float, progress: bool) -> dict:
@@ -319,20 +363,14 @@ def _targets(rep: dict, method: str) -> dict:
             "final_verdict": final, "target_final_met": final != "worse"}
 
 
-def run(out, config: SearchBenchmarkConfig | None = None, force: bool = False, progress: bool = True) -> dict:
+def _report(ctx) -> dict:
     from ..report.search_plots import plot_correlations, plot_regret
     from ..search.benchmark import bootstrap_ci
     from ..search.methods import DEFAULT_METHOD
     from ..search.probes import DEFAULT_FAMILIES
-    from ..store import RunDir
 
-    cfg = config or SearchBenchmarkConfig()
-    if cfg.space:
-        cfg = dataclasses.replace(cfg, tables=["custom"])
-    t_start = time.perf_counter()
-    rd = RunDir(out, "search-benchmark", dataclasses.asdict(cfg), force=force, seeds={"seeds": cfg.seeds})
-    res = {name: _table_stages(rd, cfg, name, progress) for name in cfg.tables}
-
+    cfg, rd = ctx.cfg, ctx.rd
+    res = {name: _results(ctx, name) for name in cfg.tables}
     tables, figs = {}, []
     fractions = ("0.25", "0.5", "1")
     for name, r in res.items():
@@ -400,11 +438,9 @@ def run(out, config: SearchBenchmarkConfig | None = None, force: bool = False, p
                 f"(difference {g['final_regret_difference']:+.4f})")
     summary = {"study": "search-benchmark", "tables": tables, "default_method": default, "default_families": fam,
                "seeds": cfg.seeds, "pool": cfg.pool, "target_regret": cfg.target_regret, "verdict": verdict,
-               "seconds": time.perf_counter() - t_start}
+               "seconds": ctx.elapsed()}
     rd.save_json("summary.json", summary)
-    rd.write_text("report.md", _report(summary, figs))
-    rd.mark("report")
-    rd.complete()
+    rd.write_text("report.md", _report_text(summary, figs))
     return summary
 
 
@@ -461,7 +497,7 @@ def feature_table(t: dict) -> list[str]:
     return lines
 
 
-def _report(s: dict, figs: list[str]) -> str:
+def _report_text(s: dict, figs: list[str]) -> str:
     lines = [f"# Search benchmark ({len(s['tables'])} tables, {s['seeds']} paired seeds per method)", "",
              "Cost is measured CPU seconds of one core (probes with the features they compute, full-training "
              "epochs, meta-model fitting); regret is the best true value in the seed's pool (both trainings "
@@ -503,42 +539,30 @@ def _report(s: dict, figs: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..cli.common import add_out, finite_float, positive_int
-
-    add_out(p, default="runs/search-benchmark")
-    p.add_argument("--config", metavar="FILE.toml",
-                   help="TOML file with any of: " + ", ".join(f.name for f in dataclasses.fields(SearchBenchmarkConfig)))
-    p.add_argument("--tables", nargs="+", choices=list(TABLES), help="tables to benchmark (default: mlp cnn)")
-    p.add_argument("--space", metavar="TOML", help="benchmark one table of this space instead (MLP table settings)")
-    p.add_argument("--seeds", type=positive_int, help="replay seeds per method (default: 100)")
-    p.add_argument("--budget", type=finite_float, help="budget in median full trainings (default: 20)")
-    p.add_argument("--methods", nargs="+", metavar="METHOD", help="methods to replay (default: all)")
-    p.add_argument("--table-dir", metavar="DIR", help="parent directory of the cached tables, DIR/mlp and DIR/cnn "
-                   "(default: OUT/tables); share it between runs, it only grows")
-    p.add_argument("--quick", action="store_true",
-                   help="a smoke run: one table of 16 configurations on 1500 images, 3 seeds"
-                   " (keys set in --config, and flags, win over it)")
-
-
-def run_cli(args) -> int:
-    overrides = {}
-    flags = {"tables": args.tables, "space": args.space, "seeds": args.seeds, "budget_trainings": args.budget,
-             "methods": args.methods, "table_dir": args.table_dir}
-    overrides.update({k: v for k, v in flags.items() if v is not None})
-    cfg = config_mod.load(SearchBenchmarkConfig, args.config, overrides, presets=QUICK if args.quick else None)
-    s = run(args.out, cfg, force=args.force)
+# --- the study --------------------------------------------------------------------------
+def _cli_lines(s: dict, out) -> list[str]:
+    lines = []
     for name, t in s["tables"].items():
         rep = t["replay"]["seconds"]["methods"]
-        print(f"table {name}: {t['size']} configurations, budget {t['budget_seconds']:.0f} s")
+        lines.append(f"table {name}: {t['size']} configurations, budget {t['budget_seconds']:.0f} s")
         for m in sorted(rep, key=lambda m: rep[m]["regret_at"]["1"][0]):
             r = rep[m]
-            print(f"  {m:<16s} regret at 25/50/100%: {r['regret_at']['0.25'][0]:.4f} {r['regret_at']['0.5'][0]:.4f} "
-                  f"{r['regret_at']['1'][0]:.4f}; ERT to {s['target_regret']}: "
-                  f"{_num(r['time_to_target']['ert'] / t['full_training_seconds'], 1)} full trainings "
-                  f"({r['time_to_target']['success_rate']:.0%} reach it)")
-    for v in s["verdict"]:
-        print(v)
-    print(f"default method (measured): {s['default_method']['measured']}")
-    print(f"wrote {args.out}/report.md ({s['seconds']:.0f} s)")
-    return 0
+            lines.append(f"  {m:<16s} regret at 25/50/100%: {r['regret_at']['0.25'][0]:.4f} "
+                         f"{r['regret_at']['0.5'][0]:.4f} {r['regret_at']['1'][0]:.4f}; ERT to {s['target_regret']}: "
+                         f"{_num(r['time_to_target']['ert'] / t['full_training_seconds'], 1)} full trainings "
+                         f"({r['time_to_target']['success_rate']:.0%} reach it)")
+    return lines + list(s["verdict"]) + [f"default method (measured): {s['default_method']['measured']}",
+                                         f"wrote {out}/report.md ({s['seconds']:.0f} s)"]
+
+
+STUDY = Study(
+    name="search-benchmark",
+    config=SearchBenchmarkConfig, stages=_stages, cli_lines=_cli_lines, prepare=lambda cfg: {"seeds": cfg.seeds},
+    presets=(Preset("quick", QUICK, "a smoke run: one table of 16 configurations on 1500 images, 3 seeds"
+                    " (keys set in --config, and flags, win over it)"),),
+)
+
+
+def run(out, config: SearchBenchmarkConfig | None = None, force: bool = False, progress: bool = True) -> dict:
+    """Run the benchmark into directory `out` and return its summary dict."""
+    return run_study(STUDY, out, config, force=force, progress=progress)

@@ -6,41 +6,45 @@ accuracy. Do they lie in one basin (no barrier on the straight line between them
 Stages, each saved as it finishes so that rerunning the same command resumes:
     train-<seed>   training of each network (itself resumable per epoch)
     interpolate    loss and accuracy along α on the full train and test splits
-    report         figures, summary.json, report.md
+    connectivity   the aligned line, aligned + REPAIR, a trained Bezier curve (two_seeds_connectivity)
+    surfaces       2-D surfaces around each solution and through both and A's init (two_seeds_surfaces)
+    report         figures, summary.json, report.md (every run)
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
-from .. import config as config_mod
+from ..config import positive_int
 from ..errors import UserError
-from .two_seeds_connectivity import report_lines
+from . import two_seeds_connectivity as connectivity
+from . import two_seeds_surfaces as surfaces
+from .base import Preset, Stage, Study, option, recipe, run_study
 
 BARRIER_TOLERANCE = 0.02  # Frankle et al. (2020) call an error barrier under 2% "linearly connected"
 
 
 @dataclass
 class TwoSeedsConfig:
-    model: str = "mlp:784-256-256-10"
-    seeds: list[int] = field(default_factory=lambda: [0, 1])
+    model: str = option("mlp:784-256-256-10", flag="--model", metavar="SPEC",
+                        help="model spec (default: mlp:784-256-256-10)")
+    seeds: list[int] = option(default_factory=lambda: [0, 1], flag="--seeds", type=int, nargs=2, metavar=("A", "B"),
+                              help="the two initialisation seeds (default: 0 1)")
     data_seed: int = 0
-    different_data_order: bool = False  # True: run i uses data_seed + i
-    optimizer: str = "adam"
-    lr: float = 1e-3
+    different_data_order: bool = option(False, flag="--different-data-order", action="store_true",
+                                        help="also give the second run a different data order (default: same order)")
+    optimizer: str = recipe("optimizer", "adam")
+    lr: float = recipe("lr", 1e-3)
     momentum: float = 0.9
-    weight_decay: float = 0.0
-    epochs: int = 12
+    weight_decay: float = recipe("weight_decay", 0.0)
+    epochs: int = option(12, flag="--epochs", type=positive_int, help="training epochs per network (default: 12)")
     batch_size: int = 128
-    schedule: str = "cosine"
-    warmup_epochs: float = 0.0
-    augment: str = "none"
-    crop_padding: int = 4
+    schedule: str = recipe("schedule", "cosine")
+    warmup_epochs: float = recipe("warmup_epochs", 0.0)
+    augment: str = recipe("augment", "none")
+    crop_padding: int = recipe("crop_padding", 4)
     n_val: int = 10_000
     split_seed: int = 0
     train_subset: int | None = None  # train on a seeded subset of the train split
@@ -50,6 +54,7 @@ class TwoSeedsConfig:
     barrier_tolerance: float = BARRIER_TOLERANCE
     surface_steps: int = 21  # surfaces stage: grid points per axis (two_seeds_surfaces)
     surface_subset: int = 2000  # surfaces stage: test images
+    curve_epochs: int = connectivity.CURVE_EPOCHS  # connectivity stage: training epochs of the Bezier bend
 
     def __post_init__(self):
         self.train_config(0)  # the recipe is valid (one line otherwise)
@@ -61,6 +66,8 @@ class TwoSeedsConfig:
             raise UserError(f"bn must be 'interpolate' or 'recompute', got '{self.bn}'")
         if self.surface_steps < 1 or self.surface_subset < 1:
             raise UserError(f"surface_steps and surface_subset must be positive, got {self.surface_steps}, {self.surface_subset}")
+        if self.curve_epochs < 1:
+            raise UserError(f"curve_epochs must be positive, got {self.curve_epochs}")
         for k in ("train_subset", "eval_subset"):
             v = getattr(self, k)
             if v is not None and v <= 0:
@@ -69,7 +76,6 @@ class TwoSeedsConfig:
             raise UserError(f"n_val must be positive, got {self.n_val}")
         if not 0 <= self.barrier_tolerance < 1:
             raise UserError(f"barrier_tolerance must be in [0, 1), got {self.barrier_tolerance}")
-        self.train_config(0)  # epochs, lr, batch size, optimizer, schedule, momentum, weight decay
 
     def train_config(self, run: int):
         from ..train import TrainConfig
@@ -91,73 +97,125 @@ def alpha_grid(n: int) -> np.ndarray:
     return (np.arange(n) - q) / (2 * q)
 
 
-def run(out, config: TwoSeedsConfig | None = None, force: bool = False, progress: bool = True) -> dict:
-    """Run the study into directory `out` and return its summary dict."""
-    from ..data import fashion_mnist
+# --- stages --------------------------------------------------------------------------------
+def _prepare(cfg: TwoSeedsConfig) -> dict:
     from ..models import build
-    from ..paths import interpolate
-    from ..report.paths_plots import plot_interpolation
-    from ..report.training_plots import plot_learning_curves
-    from ..store import RunDir
-    from ..train import History, fit, load_checkpoint, save_checkpoint
 
-    cfg = config or TwoSeedsConfig()
-    t_start = time.perf_counter()
     build(cfg.model)  # reject a bad spec before touching the output directory
-    rd = RunDir(out, "two-seeds", dataclasses.asdict(cfg), force=force,
-                seeds={"init": cfg.seeds, "data": [cfg.train_config(i).data_seed for i in range(2)],
-                       "split": cfg.split_seed})
-    elapsed_before = rd.load_json("timing.json")["seconds"] if rd.resumed and (rd / "timing.json").is_file() else 0.0
+    return {"init": cfg.seeds, "data": [cfg.train_config(i).data_seed for i in range(2)], "split": cfg.split_seed}
+
+
+def _inputs(ctx) -> dict:
+    from ..data import fashion_mnist
+
+    cfg = ctx.cfg
     ds = fashion_mnist(n_val=cfg.n_val, split_seed=cfg.split_seed)
     train = ds.train.subset(cfg.train_subset, seed=cfg.split_seed) if cfg.train_subset else ds.train
     val, test = ds.val, ds.test
     if cfg.eval_subset:
         val, test = val.subset(cfg.eval_subset, 1), test.subset(cfg.eval_subset, 2)
     eval_train = train.subset(cfg.eval_subset, 3) if cfg.eval_subset else train
+    return {"train": train, "val": val, "test": test, "eval_train": eval_train, "alphas": alpha_grid(cfg.alphas)}
 
-    models, histories = [], {}
+
+def _train(ctx, i: int, seed: int):
+    """Train the network of init seed `seed` (run i); (model, History)."""
+    from ..models import build
+    from ..train import fit, save_checkpoint
+
+    rd, cfg, train = ctx.rd, ctx.cfg, ctx.inputs["train"]
+    model = build(cfg.model, seed=seed)
+    ctx.say(f"training {cfg.model} from init seed {seed} ({cfg.epochs} epochs on {len(train)} images)")
     ckdir = rd.subdir("checkpoints")
-    for i, seed in enumerate(cfg.seeds):
-        label = f"seed {seed}"
-        model = build(cfg.model, seed=seed)
-        final = ckdir / f"model_seed{seed}.safetensors"
-        if rd.done(f"train-{seed}", f"checkpoints/model_seed{seed}.safetensors", f"history_seed{seed}.json"):
-            load_checkpoint(model, final)
-            histories[label] = History.from_dict(rd.load_json(f"history_seed{seed}.json"))
-        else:
-            if progress:
-                print(f"training {cfg.model} from init seed {seed} ({cfg.epochs} epochs on {len(train)} images)")
-            hist = fit(model, train, val, cfg.train_config(i), checkpoint_dir=ckdir / f"seed{seed}", progress=progress)
-            save_checkpoint(model, final)
-            rd.save_json(f"history_seed{seed}.json", hist.to_dict())
-            histories[label] = hist
-            rd.mark(f"train-{seed}")
-        models.append(model.eval())
+    hist = fit(model, train, ctx.inputs["val"], cfg.train_config(i), checkpoint_dir=ckdir / f"seed{seed}",
+               progress=ctx.progress)
+    save_checkpoint(model, ckdir / f"model_seed{seed}.safetensors")
+    rd.save_json(f"history_seed{seed}.json", hist.to_dict())
+    return model.eval(), hist
 
-    from ..train import evaluate_model
 
-    test_acc = [evaluate_model(m, test)[1] for m in models]
-    val_acc = [h.val_accuracy[-1] for h in histories.values()]
+def _load_trained(ctx, seed: int):
+    from ..models import build
+    from ..train import History, load_checkpoint
 
-    if not rd.done("interpolate", "interpolation.npz"):
-        if progress:
-            print(f"interpolating on train ({len(eval_train)}) and test ({len(test)}) at {cfg.alphas} points")
-        bn_data = train if cfg.bn == "recompute" else None
-        it = interpolate(models[0], models[1], {"train": eval_train, "test": test}, alphas=alpha_grid(cfg.alphas),
-                         bn=cfg.bn, bn_data=bn_data, progress=progress)
-        rd.save_arrays("interpolation.npz", **it.to_arrays())
-        rd.mark("interpolate")
+    model = build(ctx.cfg.model, seed=seed)
+    load_checkpoint(model, ctx.rd / "checkpoints" / f"model_seed{seed}.safetensors")
+    return model.eval(), History.from_dict(ctx.rd.load_json(f"history_seed{seed}.json"))
+
+
+def _models(ctx) -> list:
+    return [ctx.out[f"train-{s}"][0] for s in ctx.cfg.seeds]
+
+
+def _interpolate(ctx):
+    from .. import plotspec
+    from ..paths import interpolate
+
+    cfg, eval_train, test = ctx.cfg, ctx.inputs["eval_train"], ctx.inputs["test"]
+    ctx.say(f"interpolating on train ({len(eval_train)}) and test ({len(test)}) at {cfg.alphas} points")
+    bn_data = ctx.inputs["train"] if cfg.bn == "recompute" else None
+    model_a, model_b = _models(ctx)
+    it = interpolate(model_a, model_b, {"train": eval_train, "test": test}, alphas=ctx.inputs["alphas"],
+                     bn=cfg.bn, bn_data=bn_data, progress=ctx.progress)
+    a, b = cfg.seeds
+    kw = dict(xlabel=f"α (0: seed {a}, 1: seed {b})")
+    ctx.rd.save_arrays("interpolation.npz", plots=[
+        plotspec.line("Loss along (1−α)θ_A + αθ_B", "alphas", [plotspec.Series("loss_train", "train"),
+                                                               plotspec.Series("loss_test", "test", dash=True)],
+                      ylabel="loss (cross-entropy)", **kw),
+        plotspec.line("Accuracy along (1−α)θ_A + αθ_B", "alphas",
+                      [plotspec.Series("accuracy_train", "train"), plotspec.Series("accuracy_test", "test", dash=True)],
+                      ylabel="accuracy", **kw),
+    ], **it.to_arrays())
+    return _load_interpolation(ctx)
+
+
+def _load_interpolation(ctx):
+    """The straight line as saved (a resumed run and a fresh one read the same numbers)."""
     from ..paths import Interpolation
 
-    from .two_seeds_connectivity import connectivity_stage
+    arr = ctx.rd.load_arrays("interpolation.npz")
+    return Interpolation(alphas=arr["alphas"], loss={s: arr[f"loss_{s}"] for s in ("train", "test")},
+                         accuracy={s: arr[f"accuracy_{s}"] for s in ("train", "test")})
 
-    conn = connectivity_stage(rd, cfg, models, train, eval_train, test, progress)  # aligned, REPAIR, curve
-    from .two_seeds_surfaces import surfaces_stage
 
-    surf = surfaces_stage(rd, cfg, models, test, progress)  # 2-D surfaces around A, B and through A, B, init
-    arr = rd.load_arrays("interpolation.npz")
-    it = Interpolation(alphas=arr["alphas"], loss={s: arr[f"loss_{s}"] for s in ("train", "test")},
-                       accuracy={s: arr[f"accuracy_{s}"] for s in ("train", "test")})
+def _evaluate(ctx) -> dict:
+    from ..train import evaluate_model
+
+    return {"test_accuracy": [evaluate_model(m, ctx.inputs["test"])[1] for m in _models(ctx)]}
+
+
+def _stages(cfg: TwoSeedsConfig) -> list[Stage]:
+    """train-<seed> ×2, the test accuracies, the straight line, the other paths (connectivity),
+    the surfaces, the report."""
+    trains = [Stage(f"train-{seed}", lambda ctx, i=i, seed=seed: _train(ctx, i, seed),
+                    load=lambda ctx, seed=seed: _load_trained(ctx, seed),
+                    files=(f"checkpoints/model_seed{seed}.safetensors", f"history_seed{seed}.json"))
+              for i, seed in enumerate(cfg.seeds)]
+    return trains + [
+        Stage("evaluate", _evaluate, resume=False),
+        Stage("interpolate", _interpolate, load=_load_interpolation, files=("interpolation.npz",)),
+        Stage("connectivity", lambda ctx: connectivity.compute(ctx, _models(ctx)), load=connectivity.load,
+              files=connectivity.FILES),  # aligned, REPAIR, curve
+        Stage("surfaces", lambda ctx: surfaces.compute(ctx, _models(ctx)), load=surfaces.load,
+              files=surfaces.FILES),  # 2-D surfaces around A, B and through A, B, init
+        Stage("report", _report, resume=False),
+    ]
+
+
+def _report(ctx) -> dict:
+    from ..report.paths_plots import plot_interpolation
+    from ..report.training_plots import plot_learning_curves
+
+    rd, cfg = ctx.rd, ctx.cfg
+    train, val, test, eval_train = (ctx.inputs[k] for k in ("train", "val", "test", "eval_train"))
+    histories = {f"seed {s}": ctx.out[f"train-{s}"][1] for s in cfg.seeds}
+    test_acc = ctx.out["evaluate"]["test_accuracy"]
+    val_acc = [h.val_accuracy[-1] for h in histories.values()]
+    it = ctx.out["interpolate"]
+    conn = ctx.out["connectivity"]
+    conn_figs = connectivity.figures(ctx, it, conn)
+    surf = surfaces.summary_and_figures(ctx, ctx.out["surfaces"])
     barriers = it.barriers()
     lb, eb = barriers["loss_barrier"], barriers["error_barrier"]
     lb.update(conn["loss_barrier"])  # adds keys aligned, aligned_repair, curve
@@ -179,8 +237,7 @@ def run(out, config: TwoSeedsConfig | None = None, force: bool = False, progress
     fig_lc = plot_learning_curves(histories, rd.figures, title=f"{cfg.model}, Fashion-MNIST")
     fig_it = plot_interpolation(it, rd.figures, title_data=f"Fashion-MNIST train ({len(eval_train)} images) and test ({len(test)} images)",
                                 label_a=f"seed {cfg.seeds[0]}", label_b=f"seed {cfg.seeds[1]}")
-    seconds = elapsed_before + time.perf_counter() - t_start
-    rd.save_json("timing.json", {"seconds": seconds})
+    seconds = ctx.elapsed()
     summary = {
         "study": "two-seeds",
         "model": cfg.model,
@@ -203,9 +260,7 @@ def run(out, config: TwoSeedsConfig | None = None, force: bool = False, progress
         "surfaces": surf["summary"],
     }
     rd.save_json("summary.json", summary)
-    _write_report(rd, cfg, summary, fig_lc + fig_it + conn["figures"] + surf["figures"])
-    rd.mark("report")
-    rd.complete()
+    _write_report(rd, cfg, summary, fig_lc + fig_it + conn_figs + surf["figures"])
     return summary
 
 
@@ -235,14 +290,12 @@ def _write_report(rd, cfg: TwoSeedsConfig, s: dict, figures: list[str]) -> None:
         f"The study took {s['seconds']:.0f} s. Arrays: `interpolation.npz`; checkpoints: `checkpoints/`.",
         "",
     ]
-    lines += report_lines(s)
-    from .two_seeds_surfaces import CAPTIONS as SURFACE_CAPTIONS, report_lines as surface_lines
-
-    lines += surface_lines(s)
+    lines += connectivity.report_lines(s)
+    lines += surfaces.report_lines(s)
     captions = {
         "learning_curves": "Learning curves: loss and accuracy on the whole training split (eval mode, solid) and the validation split (dashed).",
         "interpolation": "Loss and accuracy along the straight line between the two solutions; the dotted chord joins the endpoint losses and the arrow marks the barrier.",
-        **SURFACE_CAPTIONS,
+        **surfaces.CAPTIONS,
         "connectivity": "Loss and error along four paths between the two solutions: the straight line, the line after permutation alignment, the aligned line with REPAIR, and a trained Bezier curve.",
     }
     for name in figures:
@@ -250,33 +303,20 @@ def _write_report(rd, cfg: TwoSeedsConfig, s: dict, figures: list[str]) -> None:
     rd.write_text("report.md", "\n".join(lines))
 
 
-# --- CLI -----------------------------------------------------------------------------
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..cli.common import add_out, add_recipe, positive_int
-
-    add_out(p, default="runs/two-seeds")
-    p.add_argument("--config", metavar="FILE.toml",
-                   help="TOML file with any of: " + ", ".join(f.name for f in dataclasses.fields(TwoSeedsConfig)))
-    p.add_argument("--epochs", type=positive_int, help="training epochs per network (default: 12)")
-    p.add_argument("--seeds", type=int, nargs=2, metavar=("A", "B"), help="the two initialisation seeds (default: 0 1)")
-    p.add_argument("--model", metavar="SPEC", help="model spec (default: mlp:784-256-256-10)")
-    p.add_argument("--different-data-order", action="store_true", default=None,
-                   help="also give the second run a different data order (default: same order)")
-    p.add_argument("--quick", action="store_true",
-                   help="a smoke run in seconds: 1 epoch on 4000 images, evaluation on 2000, 21 α points"
-                   " (keys set in --config, and flags, win over it)")
-    add_recipe(p)
+# --- the study --------------------------------------------------------------------------
+def _cli_lines(s: dict, out) -> list[str]:
+    return [f"test accuracy {s['test_accuracy'][0]:.2%} / {s['test_accuracy'][1]:.2%}; {s['verdict']}",
+            f"wrote {out}/report.md ({s['seconds']:.0f} s)"]
 
 
-def run_cli(args) -> int:
-    from ..cli.common import recipe_overrides
+STUDY = Study(
+    name="two-seeds",
+    config=TwoSeedsConfig, stages=_stages, prepare=_prepare, inputs=_inputs, cli_lines=_cli_lines,
+    presets=(Preset("quick", QUICK, "a smoke run in seconds: 1 epoch on 4000 images, evaluation on 2000, 21 α points"
+                    " (keys set in --config, and flags, win over it)"),),
+)
 
-    overrides = {}
-    flags = {"epochs": args.epochs, "seeds": args.seeds, "model": args.model,
-             "different_data_order": args.different_data_order, **recipe_overrides(args)}
-    overrides.update({k: v for k, v in flags.items() if v is not None})
-    cfg = config_mod.load(TwoSeedsConfig, args.config, overrides, presets=QUICK if args.quick else None)
-    s = run(args.out, cfg, force=args.force)
-    print(f"test accuracy {s['test_accuracy'][0]:.2%} / {s['test_accuracy'][1]:.2%}; {s['verdict']}")
-    print(f"wrote {args.out}/report.md ({s['seconds']:.0f} s)")
-    return 0
+
+def run(out, config: TwoSeedsConfig | None = None, force: bool = False, progress: bool = True) -> dict:
+    """Run the study into directory `out` and return its summary dict."""
+    return run_study(STUDY, out, config, force=force, progress=progress)

@@ -12,14 +12,15 @@ After the straight-line interpolation, three more paths between the same two net
 Each path is evaluated at the α points of the study's grid that lie in [0, 1] on the same
 train and test data as the straight line, so the four barriers compare like with like.
 The stage is saved as it finishes ('connectivity' in status.json) and its curve training
-resumes per epoch.
+resumes per epoch. Its functions take the study's `Context` (lossprobe.studies.base): the
+configuration, the data and the α grid come from there, the straight line from the caller.
 """
 
 from __future__ import annotations
 
 import time
 
-CURVE_EPOCHS = 2  # training epochs of the Bezier bend (the whole stage is budgeted at ~60 s on 2 cores)
+CURVE_EPOCHS = 2  # default training epochs of the Bezier bend (config curve_epochs) (the whole stage is budgeted at ~60 s on 2 cores)
 CURVE_LR = 1e-3
 CALIBRATION_SAMPLES = 5000  # training images REPAIR measures statistics on
 PATHS = ("aligned", "aligned_repair", "curve")
@@ -27,42 +28,48 @@ LABELS = {"naive": "straight line", "aligned": "aligned (weight matching)", "ali
           "curve": "Bezier curve (1 bend, trained)"}
 
 
-def connectivity_stage(rd, cfg, models, train, eval_train, test, progress: bool = True,
-                       curve_epochs: int | None = None) -> dict:
-    """Run (or reload) the stage; returns {'loss_barrier': {path: {split: v}}, 'error_barrier': …,
-    'figures': [names], 'seconds': s} for path in aligned, aligned_repair, curve."""
+FILES = ("connectivity.json", "connectivity.npz")
+SPLITS = ("train", "test")
+
+
+def compute(ctx, models) -> dict:
+    """Compute the three paths between `models` (A, B) and save them; returns `load(ctx)`."""
+    _compute(ctx, models)
+    return load(ctx)
+
+
+def load(ctx) -> dict:
+    """{'loss_barrier': {path: {split: v}}, 'error_barrier': …, 'method', 'timing', 'seconds', 'arrays'}
+    for path in aligned, aligned_repair, curve, as saved."""
+    return {**ctx.rd.load_json("connectivity.json"), "arrays": ctx.rd.load_arrays("connectivity.npz")}
+
+
+def figures(ctx, naive, conn: dict) -> list[str]:
+    """The figure of the four paths: `naive` the straight line (an Interpolation), `conn` from `load`."""
     from ..report.connectivity_plots import plot_paths
 
-    epochs = int(getattr(cfg, "curve_epochs", None) or curve_epochs or CURVE_EPOCHS)
-    if not rd.done("connectivity", "connectivity.json", "connectivity.npz"):
-        _compute(rd, cfg, models, train, eval_train, test, progress, epochs)
-        rd.mark("connectivity")
-    res = rd.load_json("connectivity.json")
-    arr = rd.load_arrays("connectivity.npz")
-    naive = rd.load_arrays("interpolation.npz")
-    splits = ("train", "test")
-    paths = {LABELS["naive"]: (naive["alphas"], {s: naive[f"loss_{s}"] for s in splits},
-                               {s: naive[f"accuracy_{s}"] for s in splits})}
+    cfg, arr = ctx.cfg, conn["arrays"]
+    paths = {LABELS["naive"]: (naive.alphas, dict(naive.loss), dict(naive.accuracy))}
     for p in PATHS:
-        paths[LABELS[p]] = (arr["alphas"], {s: arr[f"{p}_loss_{s}"] for s in splits},
-                            {s: arr[f"{p}_accuracy_{s}"] for s in splits})
+        paths[LABELS[p]] = (arr["alphas"], {s: arr[f"{p}_loss_{s}"] for s in SPLITS},
+                            {s: arr[f"{p}_accuracy_{s}"] for s in SPLITS})
     a, b = cfg.seeds
-    figs = plot_paths(paths, rd.figures, title_data=f"Fashion-MNIST, {cfg.model}", name="connectivity",
+    return plot_paths(paths, ctx.rd.figures, title_data=f"Fashion-MNIST, {cfg.model}", name="connectivity",
                       label_a=f"seed {a}", label_b=f"seed {b}")
-    return {**res, "figures": figs}
 
 
-def _compute(rd, cfg, models, train, eval_train, test, progress, epochs) -> None:
+def _compute(ctx, models) -> None:
     from ..align import align, permutation_spec
     from ..curves import Curve, CurveTrainConfig, evaluate_curve, train_curve
     from ..paths import interpolate
     from ..repair import Repairer, interpolate_repaired
     from ..train import save_checkpoint
-    from .two_seeds import alpha_grid
 
+    rd, cfg, progress, epochs = ctx.rd, ctx.cfg, ctx.progress, ctx.cfg.curve_epochs
+    train, eval_train, test = ctx.inputs["train"], ctx.inputs["eval_train"], ctx.inputs["test"]
     t0 = time.perf_counter()
     model_a, model_b = models
-    grid = alpha_grid(cfg.alphas)
+    grid = ctx.inputs["alphas"]
     alphas = grid[(grid >= 0) & (grid <= 1)]
     splits = {"train": eval_train, "test": test}
     bn_data = train if cfg.bn == "recompute" else None
@@ -106,7 +113,7 @@ def _compute(rd, cfg, models, train, eval_train, test, progress, epochs) -> None
         for s in ("train", "test"):
             arrays[f"{p}_loss_{s}"] = obj.loss[s]
             arrays[f"{p}_accuracy_{s}"] = obj.accuracy[s]
-    rd.save_arrays("connectivity.npz", **arrays)
+    rd.save_arrays("connectivity.npz", plots=_plots(cfg), **arrays)
     rd.save_json("connectivity.json", {
         "loss_barrier": {p: results[p]["loss_barrier"] for p in PATHS},
         "error_barrier": {p: results[p]["error_barrier"] for p in PATHS},
@@ -116,6 +123,19 @@ def _compute(rd, cfg, models, train, eval_train, test, progress, epochs) -> None
         "timing": timing,
         "seconds": time.perf_counter() - t0,
     })
+
+
+def _plots(cfg) -> list:
+    """Loss and error of the three paths against α (the straight line is in interpolation.npz)."""
+    from .. import plotspec
+    from ..plotspec import Series
+
+    a, b = cfg.seeds
+    kw = dict(xlabel=f"α (0: seed {a}, 1: seed {b} or its aligned copy)")
+    return [plotspec.line(f"{what} along the paths between the two solutions", "alphas",
+                          [Series(f"{p}_{key}_{s}", f"{LABELS[p]}, {s}", group=p, dash=s == "test")
+                           for p in PATHS for s in SPLITS], ylabel=ylabel, **kw)
+            for what, key, ylabel in (("Loss", "loss", "loss (cross-entropy)"), ("Accuracy", "accuracy", "accuracy"))]
 
 
 def report_lines(summary: dict) -> list[str]:
@@ -140,4 +160,4 @@ def report_lines(summary: dict) -> list[str]:
     return lines
 
 
-__all__ = ["connectivity_stage", "report_lines"]
+__all__ = ["FILES", "compute", "figures", "load", "report_lines"]

@@ -30,23 +30,40 @@ CAPTIONS = {
 }
 
 
-def surfaces_stage(rd, cfg, models, test, progress: bool = True) -> dict:
-    """Compute (or reload) the three surfaces; returns {'summary': {...}, 'figures': [names]}."""
+FILES = ("surfaces/timing.json",)
+KEYS = ("A", "B", "plane")
+
+
+def _subset(ctx):
+    return ctx.inputs["test"].subset(ctx.cfg.surface_subset, 4)
+
+
+def compute(ctx, models) -> dict:
+    """Compute the three surfaces around / through `models` (A, B) into surfaces/; returns `load(ctx)`."""
+    t0 = time.perf_counter()
+    _compute(ctx.rd.subdir("surfaces"), ctx.cfg, models, _subset(ctx), ctx.cfg.surface_steps, ctx.progress)
+    ctx.rd.save_json("surfaces/timing.json", {"seconds": time.perf_counter() - t0})
+    return load(ctx)
+
+
+def load(ctx) -> dict:
+    """{'A', 'B', 'plane': lossprobe.surface.Surface, 'seconds': s} as saved."""
     from .. import surface as S
+
+    base = ctx.rd / "surfaces"
+    return {**{k: S.load(base / k) for k in KEYS}, "seconds": ctx.rd.load_json("surfaces/timing.json")["seconds"]}
+
+
+def summary_and_figures(ctx, saved: dict) -> dict:
+    """The surfaces' numbers for summary.json and their figures; {'summary': {...}, 'figures': [names]}."""
     from ..report.surface_plots import plot_filled_contour, write_html
 
-    steps = int(getattr(cfg, "surface_steps", 21))
-    n_sub = int(getattr(cfg, "surface_subset", 2000))
-    sub = test.subset(n_sub, 4)
+    rd, cfg = ctx.rd, ctx.cfg
+    steps = cfg.surface_steps
+    sub = _subset(ctx)
     a, b = cfg.seeds
-    base = rd.subdir("surfaces")
-    if not rd.done("surfaces", "surfaces/timing.json"):
-        t0 = time.perf_counter()
-        _compute(base, cfg, models, sub, steps, progress)
-        rd.save_json("surfaces/timing.json", {"seconds": time.perf_counter() - t0})
-        rd.mark("surfaces")
-    res = {k: S.load(base / k) for k in ("A", "B", "plane")}
-    seconds = rd.load_json("surfaces/timing.json")["seconds"]
+    res = {k: saved[k] for k in KEYS}
+    seconds = saved["seconds"]
     title = f"Fashion-MNIST test ({len(sub)} images), {cfg.model}"
     figs = []
     for k, seed in (("A", a), ("B", b)):
@@ -90,7 +107,7 @@ def _ring_mean(r, radius: float):
     return float(v.mean()) if v.size else None
 
 
-def _compute(base, cfg, models, sub, steps, progress) -> None:
+def _compute(base, cfg, models, sub, steps: int, progress: bool) -> None:
     from .. import directions as D
     from .. import surface as S
     from ..models import build

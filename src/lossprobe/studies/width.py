@@ -14,15 +14,14 @@ trained checkpoints; then the figure, summary.json and report.md.
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
-from .. import config as config_mod
+from ..config import positive_int
 from ..errors import UserError
+from .base import Preset, Stage, Study, option, recipe, run_study
 
 METHODS = ("naive", "aligned", "aligned_repair")
 LABELS = {"naive": "naive (straight line)", "aligned": "aligned (weight matching)", "aligned_repair": "aligned + REPAIR"}
@@ -36,26 +35,29 @@ def labels(cfg) -> dict:
 
 @dataclass
 class WidthConfig:
-    widths: list[int] = field(default_factory=lambda: [16, 32, 64, 128, 256, 512])
-    depth: int = 2  # hidden layers of width w
+    widths: list[int] = option(default_factory=lambda: [16, 32, 64, 128, 256, 512], flag="--widths",
+                               type=positive_int, nargs="+", metavar="W",
+                               help="hidden widths, increasing (default: 16 32 64 128 256 512)")
+    depth: int = option(2, flag="--depth", type=positive_int, help="hidden layers of width w (default: 2; --deep: 10)")
     init: str = "default"  # "kaiming": He initialisation (deep ReLU MLPs need it)
     method: str = "weights"  # alignment: weight matching, or "activations" (on the calibration images)
     features: str = "post"  # activation matching's features (see lossprobe.align)
-    pairs: int = 3  # independently trained pairs per width
-    epochs: int = 6
-    train_subset: int | None = 20_000  # seeded subset of the training split (None: all 50 000)
+    pairs: int = option(3, flag="--pairs", type=positive_int, help="pairs of networks per width (default: 3)")
+    epochs: int = option(6, flag="--epochs", type=positive_int, help="training epochs per network (default: 6)")
+    train_subset: int | None = option(20_000, flag="--train-subset", type=positive_int, metavar="N",
+                                      help="train on a seeded subset of N images (default: 20000)")
     eval_subset: int = 5000  # test images (and training images) the barriers are measured on
     calib_subset: int = 2000  # training images REPAIR measures statistics on
     alphas: int = 11  # points in [0, 1]
-    optimizer: str = "adam"
-    lr: float = 1e-3
+    optimizer: str = recipe("optimizer", "adam")
+    lr: float = recipe("lr", 1e-3)
     momentum: float = 0.9
-    weight_decay: float = 0.0
+    weight_decay: float = recipe("weight_decay", 0.0)
     batch_size: int = 128
-    schedule: str = "cosine"
-    warmup_epochs: float = 0.0
-    augment: str = "none"
-    crop_padding: int = 4
+    schedule: str = recipe("schedule", "cosine")
+    warmup_epochs: float = recipe("warmup_epochs", 0.0)
+    augment: str = recipe("augment", "none")
+    crop_padding: int = recipe("crop_padding", 4)
     data_seed: int = 0
     split_seed: int = 0
     seed: int = 0  # pair p uses initialisation seeds seed + 2p and seed + 2p + 1
@@ -110,16 +112,17 @@ DEEP = {"widths": [256], "depth": 10, "init": "kaiming", "method": "activations"
 PUBLISHED_DEEP_REPAIR_MIDPOINT = 0.735  # Jordan et al. 2022: 10-layer MLP, width 512, Fashion-MNIST
 
 
-def _pair(rd, cfg: WidthConfig, width: int, pair: int, train, eval_train, test, calib, progress: bool) -> dict:
+def _pair(ctx, width: int, pair: int) -> dict:
+    """Train one pair of width `width`, align it, and measure the three paths; pairs/w<W>_p<P>.json."""
     from ..align import align, permutation_spec
     from ..models import build
     from ..paths import interpolate
     from ..repair import Repairer, interpolate_repaired
     from ..train import evaluate_model, fit, load_checkpoint, save_checkpoint
 
-    name = f"w{width}_p{pair}"
-    if rd.done(name, f"pairs/{name}.json"):
-        return rd.load_json(f"pairs/{name}.json")
+    rd, cfg, progress = ctx.rd, ctx.cfg, ctx.progress
+    train, eval_train, test, calib = (ctx.inputs[k] for k in ("train", "eval_train", "test", "calib"))
+    name = _pair_name(width, pair)
     t0 = time.perf_counter()
     tcfg = cfg.train_config()
     ckdir = rd.subdir("checkpoints")
@@ -161,34 +164,47 @@ def _pair(rd, cfg: WidthConfig, width: int, pair: int, train, eval_train, test, 
     }
     rd.subdir("pairs")
     rd.save_json(f"pairs/{name}.json", out)
-    rd.mark(name)
     return out
 
 
-def run(out, config: WidthConfig | None = None, force: bool = False, progress: bool = True) -> dict:
-    """Run the width study into directory `out`; returns the summary dict."""
-    from ..data import fashion_mnist
-    from ..report.connectivity_plots import plot_width
-    from ..store import RunDir
+def _pair_name(width: int, pair: int) -> str:
+    return f"w{width}_p{pair}"
 
-    cfg = config or WidthConfig()
-    t_start = time.perf_counter()
-    rd = RunDir(out, "width", dataclasses.asdict(cfg), force=force,
-                seeds={"init": [cfg.seed, cfg.seed + 2 * cfg.pairs - 1], "data": cfg.data_seed, "split": cfg.split_seed})
-    elapsed_before = rd.load_json("timing.json")["seconds"] if rd.resumed and (rd / "timing.json").is_file() else 0.0
+
+def _prepare(cfg: WidthConfig) -> dict:
+    return {"init": [cfg.seed, cfg.seed + 2 * cfg.pairs - 1], "data": cfg.data_seed, "split": cfg.split_seed}
+
+
+def _inputs(ctx) -> dict:
+    from ..data import fashion_mnist
+
+    cfg = ctx.cfg
     ds = fashion_mnist(split_seed=cfg.split_seed)
     train = ds.train.subset(cfg.train_subset, seed=cfg.split_seed) if cfg.train_subset else ds.train
-    test = ds.test.subset(cfg.eval_subset, 2)
-    eval_train = train.subset(cfg.eval_subset, 3)
-    calib = train.subset(cfg.calib_subset, 4)
-    results = []
+    return {"train": train, "test": ds.test.subset(cfg.eval_subset, 2), "eval_train": train.subset(cfg.eval_subset, 3),
+            "calib": train.subset(cfg.calib_subset, 4)}
+
+
+def _stages(cfg: WidthConfig) -> list[Stage]:
+    """One stage per (width, pair), then the report."""
+    stages = []
     total = len(cfg.widths) * cfg.pairs
     for w in cfg.widths:
         for p in range(cfg.pairs):
-            if progress:
-                print(f"[{len(results) + 1}/{total}] width {w}, pair {p}: {cfg.spec(w)} × 2, {cfg.epochs} epochs on {len(train)} images")
-            results.append(_pair(rd, cfg, w, p, train, eval_train, test, calib, progress))
+            name = _pair_name(w, p)
 
+            def compute(ctx, w=w, p=p, k=len(stages) + 1):
+                ctx.say(f"[{k}/{total}] width {w}, pair {p}: {cfg.spec(w)} × 2, {cfg.epochs} epochs on "
+                        f"{len(ctx.inputs['train'])} images")
+                return _pair(ctx, w, p)
+
+            stages.append(Stage(name, compute, load=lambda ctx, name=name: ctx.rd.load_json(f"pairs/{name}.json"),
+                                files=(f"pairs/{name}.json",)))
+    return stages + [Stage("report", _report, resume=False)]
+
+
+def barrier_tables(cfg: WidthConfig, results: list[dict]) -> dict:
+    """[width, pair] arrays per method of every measured quantity, from the pairs' results."""
     nw, npairs = len(cfg.widths), cfg.pairs
     grid = {w: i for i, w in enumerate(cfg.widths)}
 
@@ -200,35 +216,68 @@ def run(out, config: WidthConfig | None = None, force: bool = False, progress: b
                 out[m][grid[r["width"]], r["pair"]] = v[split] if split else v
         return out
 
-    lb, eb = table("loss_barrier", "test"), table("error_barrier", "test")
-    lb_tr, eb_tr = table("loss_barrier", "train"), table("error_barrier", "train")
-    mid = table("midpoint_test_accuracy")
     endpoint_acc = np.zeros((nw, npairs))
     for r in results:
         endpoint_acc[grid[r["width"]], r["pair"]] = float(np.mean(r["test_accuracy"]))
+    return {"loss_barrier_test": table("loss_barrier", "test"), "error_barrier_test": table("error_barrier", "test"),
+            "loss_barrier_train": table("loss_barrier", "train"), "error_barrier_train": table("error_barrier", "train"),
+            "midpoint_accuracy_test": table("midpoint_test_accuracy"), "endpoint_accuracy_test": endpoint_acc}
+
+
+def _save_arrays(rd, cfg: WidthConfig, t: dict) -> None:
+    """width.npz: [width, pair] arrays; width_mean.npz: their means over pairs, with what to draw."""
+    from .. import plotspec
+    from ..plotspec import Series
+
+    lb, eb, mid = t["loss_barrier_test"], t["error_barrier_test"], t["midpoint_accuracy_test"]
     rd.save_arrays("width.npz", widths=np.array(cfg.widths),
                    **{f"{m}_loss_barrier_test": lb[m] for m in METHODS},
                    **{f"{m}_error_barrier_test": eb[m] for m in METHODS},
                    **{f"{m}_midpoint_accuracy_test": mid[m] for m in METHODS},
-                   endpoint_accuracy_test=endpoint_acc)
+                   endpoint_accuracy_test=t["endpoint_accuracy_test"])
+    # the [width, pair] tables have no 1-D series to draw; their means over pairs do
+    L = labels(cfg)
+    means = {"widths": np.array(cfg.widths), "endpoint_accuracy_test": t["endpoint_accuracy_test"].mean(1)}
+    for key, table in (("loss_barrier_test", lb), ("error_barrier_test", eb), ("midpoint_accuracy_test", mid)):
+        means.update({f"{m}_{key}": table[m].mean(1) for m in METHODS})
+    kw = dict(xlabel="hidden width", log_x=True)
+    rd.save_arrays("width_mean.npz", plots=[
+        plotspec.line("Error barrier on test data against width (mean over pairs)", "widths",
+                      [Series(f"{m}_error_barrier_test", L[m]) for m in METHODS], ylabel="error barrier", **kw),
+        plotspec.line("Loss barrier on test data against width (mean over pairs)", "widths",
+                      [Series(f"{m}_loss_barrier_test", L[m]) for m in METHODS], ylabel="loss barrier", **kw),
+        plotspec.line("Test accuracy at the midpoint against width (mean over pairs)", "widths",
+                      [Series("endpoint_accuracy_test", "endpoints", dash=True)]
+                      + [Series(f"{m}_midpoint_accuracy_test", L[m]) for m in METHODS],
+                      ylabel="test accuracy", **kw),
+    ], **means)
+
+
+def _report(ctx) -> dict:
+    from ..report.connectivity_plots import plot_width
+
+    rd, cfg = ctx.rd, ctx.cfg
+    results = [ctx.out[_pair_name(w, p)] for w in cfg.widths for p in range(cfg.pairs)]
+    npairs = cfg.pairs
+    t = barrier_tables(cfg, results)
+    lb, eb, mid, endpoint_acc = (t["loss_barrier_test"], t["error_barrier_test"], t["midpoint_accuracy_test"],
+                                 t["endpoint_accuracy_test"])
+    lb_tr, eb_tr = t["loss_barrier_train"], t["error_barrier_train"]
+    _save_arrays(rd, cfg, t)
     LABELS = labels(cfg)
+    test = ctx.inputs["test"]
     figs = plot_width(cfg.widths, {LABELS[m]: {"loss_barrier": lb[m], "error_barrier": eb[m]} for m in METHODS},
                       rd.figures, title_data=f"MLP 784-w×{cfg.depth}-10, Fashion-MNIST test ({len(test)})",
                       n_pairs=npairs)
-    pattern = _pattern(cfg.widths, {m: eb[m].mean(1) for m in METHODS}, {m: mid[m].mean(1) for m in METHODS},
-                       endpoint_acc.mean(1))
-    deep = _deep_claim(mid, endpoint_acc) if cfg.depth >= 3 else None
-    if deep is not None:
-        pattern["claims"].append(deep)
-        pattern["all_seen"] = bool(all(c["seen"] for c in pattern["claims"]))
-    seconds = elapsed_before + time.perf_counter() - t_start
-    rd.save_json("timing.json", {"seconds": seconds})
+    pattern = claims(cfg, t)
+    seconds = ctx.elapsed()
     summary = {
         "study": "width",
         "widths": cfg.widths,
         "pairs_per_width": npairs,
         "models": [cfg.spec(w) for w in cfg.widths],
-        "n_train": len(train), "n_eval": {"train": len(eval_train), "test": len(test)}, "n_calibration": len(calib),
+        "n_train": len(ctx.inputs["train"]), "n_eval": {"train": len(ctx.inputs["eval_train"]), "test": len(test)},
+        "n_calibration": len(ctx.inputs["calib"]),
         "endpoint_test_accuracy_mean": endpoint_acc.mean(1),
         "loss_barrier_test_mean": {m: lb[m].mean(1) for m in METHODS},
         "error_barrier_test_mean": {m: eb[m].mean(1) for m in METHODS},
@@ -241,9 +290,19 @@ def run(out, config: WidthConfig | None = None, force: bool = False, progress: b
     }
     rd.save_json("summary.json", summary)
     _write_report(rd, cfg, summary, figs)
-    rd.mark("report")
-    rd.complete()
     return summary
+
+
+def claims(cfg: WidthConfig, t: dict) -> dict:
+    """The published pattern's claims, seen or not, from the [width, pair] tables of `barrier_tables`."""
+    eb, mid, endpoint_acc = t["error_barrier_test"], t["midpoint_accuracy_test"], t["endpoint_accuracy_test"]
+    pattern = _pattern(cfg.widths, {m: eb[m].mean(1) for m in METHODS}, {m: mid[m].mean(1) for m in METHODS},
+                       endpoint_acc.mean(1))
+    deep = _deep_claim(mid, endpoint_acc) if cfg.depth >= 3 else None
+    if deep is not None:
+        pattern["claims"].append(deep)
+        pattern["all_seen"] = bool(all(c["seen"] for c in pattern["claims"]))
+    return pattern
 
 
 def _deep_claim(mid: dict, endpoint_acc) -> dict:
@@ -333,43 +392,25 @@ def _write_report(rd, cfg: WidthConfig, s: dict, figures: list[str]) -> None:
     rd.write_text("report.md", "\n".join(lines))
 
 
-# --- CLI -------------------------------------------------------------------------------
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..cli.common import add_out, add_recipe, positive_int
-
-    add_out(p, default="runs/width")
-    p.add_argument("--config", metavar="FILE.toml",
-                   help="TOML file with any of: " + ", ".join(f.name for f in dataclasses.fields(WidthConfig)))
-    p.add_argument("--widths", type=positive_int, nargs="+", metavar="W",
-                   help="hidden widths, increasing (default: 16 32 64 128 256 512)")
-    p.add_argument("--pairs", type=positive_int, help="pairs of networks per width (default: 3)")
-    p.add_argument("--epochs", type=positive_int, help="training epochs per network (default: 6)")
-    p.add_argument("--train-subset", type=positive_int, metavar="N",
-                   help="train on a seeded subset of N images (default: 20000)")
-    p.add_argument("--depth", type=positive_int, help="hidden layers of width w (default: 2; --deep: 10)")
-    p.add_argument("--quick", action="store_true",
-                   help="a smoke run in seconds: widths 8 and 32, 1 pair, 1 epoch on 2000 images, 5 α points"
-                   " (keys set in --config, and flags, win over it)")
-    p.add_argument("--deep", action="store_true",
-                   help="the deep-MLP setting of REPAIR: 10 hidden layers of width 256 (He init), 20 epochs on 20000 "
-                   "training images with SGD + momentum, a one-cycle schedule, weight decay 5e-4, crops and flips, "
-                   "aligned by activation matching (post-activation features) as in the paper; the "
-                   "report compares the REPAIRed midpoint with the published 73.5%% (keys set in --config, and "
-                   "flags, win over it)")
-    add_recipe(p)
+# --- the study --------------------------------------------------------------------------
+def _cli_lines(s: dict, out) -> list[str]:
+    return [f"{'yes' if c['seen'] else 'no '}: {c['claim']} ({c['evidence']})" for c in s["pattern"]["claims"]] + \
+        [f"wrote {out}/report.md ({s['seconds']:.0f} s)"]
 
 
-def run_cli(args) -> int:
-    from ..cli.common import recipe_overrides
+STUDY = Study(
+    name="width",
+    config=WidthConfig, stages=_stages, prepare=_prepare, inputs=_inputs, cli_lines=_cli_lines,
+    presets=(Preset("quick", QUICK, "a smoke run in seconds: widths 8 and 32, 1 pair, 1 epoch on 2000 images, 5 α points"
+                    " (keys set in --config, and flags, win over it)"),
+             Preset("deep", DEEP, "the deep-MLP setting of REPAIR: 10 hidden layers of width 256 (He init), 20 epochs "
+                    "on 20000 training images with SGD + momentum, a one-cycle schedule, weight decay 5e-4, crops and "
+                    "flips, aligned by activation matching (post-activation features) as in the paper; the report "
+                    "compares the REPAIRed midpoint with the published 73.5%% (keys set in --config, and flags, win "
+                    "over it)")),
+)
 
-    overrides = {}
-    flags = {"widths": args.widths, "pairs": args.pairs, "epochs": args.epochs, "train_subset": args.train_subset,
-             "depth": args.depth, **recipe_overrides(args)}
-    overrides.update({k: v for k, v in flags.items() if v is not None})
-    presets = {**(QUICK if args.quick else {}), **(DEEP if args.deep else {})}
-    cfg = config_mod.load(WidthConfig, args.config, overrides, presets=presets or None)
-    s = run(args.out, cfg, force=args.force)
-    for c in s["pattern"]["claims"]:
-        print(f"{'yes' if c['seen'] else 'no '}: {c['claim']} ({c['evidence']})")
-    print(f"wrote {args.out}/report.md ({s['seconds']:.0f} s)")
-    return 0
+
+def run(out, config: WidthConfig | None = None, force: bool = False, progress: bool = True) -> dict:
+    """Run the width study into directory `out`; returns the summary dict."""
+    return run_study(STUDY, out, config, force=force, progress=progress)
