@@ -341,6 +341,12 @@ class Surface(Result):
         return cls.from_arrays(arrays, info)
 
 
+def plane_grids(prefix: str = "") -> dict[str, dict[str, str]]:
+    """The grid declaration of a plane surface's `to_arrays(prefix)` (rows y, columns x), for
+    `RunDir.save_arrays(grids=...)` before the surface exists."""
+    return Surface.plane(np.zeros(2), np.zeros(2), np.zeros((2, 2)), np.zeros((2, 2))).grids(prefix)
+
+
 def load(path) -> Surface:
     """Reopen a saved surface (see `Surface.save`)."""
     return Surface.load(path)

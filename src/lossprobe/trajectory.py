@@ -345,8 +345,10 @@ class PlaneSurface:
 
     @staticmethod
     def grids(prefix: str = "") -> dict[str, dict[str, str]]:
-        """The grid declaration of a plane surface's `to_arrays(prefix)` (rows y, columns x)."""
-        return Surface.plane(np.zeros(2), np.zeros(2), np.zeros((2, 2)), np.zeros((2, 2))).grids(prefix)
+        """Deprecated: `lossprobe.surface.plane_grids(prefix)`."""
+        from .surface import plane_grids
+
+        return plane_grids(prefix)
 
 
 def grid_extent(coords: np.ndarray, margin: float = 0.2, minimum: float = 0.0) -> tuple[tuple[float, float], tuple[float, float]]:
@@ -540,13 +542,6 @@ def near_saddles(hmin: np.ndarray, hmax: np.ndarray, grad: np.ndarray, neg_ratio
     return np.nonzero(mask)[0]
 
 
-__all__ = [
-    "Plane", "PlaneSurface", "Trajectory", "filter_normalized_direction", "fidelity_summary", "grid_extent",
-    "hessian_extremes", "losses_at", "near_saddles", "path_fidelity", "pca_plane", "plane_surface",
-    "random_plane", "roughness", "train_trajectory",
-]
-
-
 def projection_match(groups: dict[str, list[tuple[dict, float]]]) -> dict:
     """How well drawn points match the contour under them, near the plane and far from it.
 
@@ -589,3 +584,11 @@ def projection_match(groups: dict[str, list[tuple[dict, float]]]) -> dict:
                      "p90_abs_diff": float(np.quantile(d[m], 0.9)) if m.any() else None})
     out["by_distance"] = bins
     return out
+
+
+__all__ = [
+    "Plane", "PlaneSurface", "Trajectory", "filter_normalized_direction", "fidelity_summary", "grid_extent",
+    "hessian_extremes", "losses_at", "near_saddles", "path_fidelity", "pca_plane", "plane_surface",
+    "projection_match",
+    "random_plane", "roughness", "train_trajectory",
+]

@@ -120,7 +120,7 @@ def plot_plane_paths(surface, paths: dict, directory, name: str, title: str, log
                      origin_label: str = "origin") -> list[str]:
     """Projected paths over a plane's loss contours.
 
-    `surface` is a `PlaneSurface`; `paths` maps a label to coords [T, 2] (the projected
+    `surface` is a plane `Surface` (dims y, x); `paths` maps a label to coords [T, 2] (the projected
     snapshots). The plane's origin is marked with a circle.
     """
     fig, ax = new_figure(width=6.5, height=5.4)

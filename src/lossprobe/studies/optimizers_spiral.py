@@ -80,7 +80,7 @@ def inputs(ctx) -> dict:
 
 
 def surface_plots(prefix: str, what: str) -> list:
-    """Loss and accuracy on a plane grid saved by PlaneSurface.to_arrays(prefix): rows are y, columns x."""
+    """Loss and accuracy on a plane grid saved by `Surface.to_arrays(prefix)`: rows are y, columns x."""
     kw = dict(rows=f"{prefix}ys", cols=f"{prefix}xs", xlabel="x (plane direction 1)", ylabel="y (plane direction 2)")
     return [plotspec.surface(f"Training loss on {what}", f"{prefix}loss", zlabel="mean BCE loss", **kw),
             plotspec.surface(f"Training accuracy on {what}", f"{prefix}accuracy", zlabel="accuracy", **kw)]
@@ -124,7 +124,7 @@ def _paths(ctx) -> dict:
 # --- 2. planes, surfaces and the fidelity of every drawn point -----------------------------
 def _plane_stage(key: str, make_plane, paths: list[str], minimum: float = 0.0) -> Stage:
     """`make_plane(ctx)` builds the plane (only when the stage is computed)."""
-    from ..trajectory import PlaneSurface
+    from ..surface import plane_grids
 
     def compute(ctx):
         from ..trajectory import fidelity_summary, grid_extent, path_fidelity, plane_surface, roughness
@@ -149,7 +149,7 @@ def _plane_stage(key: str, make_plane, paths: list[str], minimum: float = 0.0) -
         x["space"].load_into(x["ref_model"], obj.theta0)  # a random plane moved it to a run's end
         return arrays, meta
 
-    return array_stage(f"plane-{key}", compute, grids=PlaneSurface.grids("surface_"),
+    return array_stage(f"plane-{key}", compute, grids=plane_grids("surface_"),
                        plots=surface_plots("surface_", f"the {key} plane"))
 
 
@@ -266,7 +266,7 @@ def _basin_plots(arrays: dict) -> list:
 
 # --- 5. regularisation and architecture ----------------------------------------------------
 def _variant_stage(v: str, vw: list[int], wd: float) -> Stage:
-    from ..trajectory import PlaneSurface
+    from ..surface import plane_grids
 
     def compute(ctx):
         from ..objective import Objective
@@ -291,7 +291,7 @@ def _variant_stage(v: str, vw: list[int], wd: float) -> Stage:
                 "explained_variance_ratio": pca.explained_variance_ratio.tolist()}
         return arrays, meta
 
-    return array_stage(f"variant-{v}", compute, grids={**PlaneSurface.grids("pca_"), **PlaneSurface.grids("random_")},
+    return array_stage(f"variant-{v}", compute, grids={**plane_grids("pca_"), **plane_grids("random_")},
                        plots=surface_plots("pca_", f"variant {v}'s PCA plane")
                        + surface_plots("random_", f"a random plane through variant {v}'s solution"))
 
@@ -319,6 +319,6 @@ def stages(cfg) -> list[Stage]:
 
 
 def _surface_grids():
-    from ..trajectory import PlaneSurface
+    from ..surface import plane_grids
 
-    return PlaneSurface.grids("surface_")
+    return plane_grids("surface_")

@@ -7,7 +7,7 @@ and summarise the same saved numbers.
 
 from __future__ import annotations
 
-from ..trajectory import PlaneSurface
+from ..surface import Surface
 
 
 def _planes(ctx) -> dict:
@@ -22,7 +22,7 @@ def _variants(ctx) -> dict:
 
 
 def _surface_of(a, prefix="surface_"):
-    return PlaneSurface(a[f"{prefix}xs"], a[f"{prefix}ys"], a[f"{prefix}loss"], a[f"{prefix}accuracy"])
+    return Surface.from_arrays(a, prefix=prefix)
 
 
 def figures(ctx) -> dict:

@@ -172,11 +172,9 @@ def _interpolate(ctx):
 
 def _load_interpolation(ctx):
     """The straight line as saved (a resumed run and a fresh one read the same numbers)."""
-    from ..paths import Interpolation
+    from ..paths import PathEvaluation
 
-    arr = ctx.rd.load_arrays("interpolation.npz")
-    return Interpolation(alphas=arr["alphas"], loss={s: arr[f"loss_{s}"] for s in ("train", "test")},
-                         accuracy={s: arr[f"accuracy_{s}"] for s in ("train", "test")})
+    return PathEvaluation.from_arrays(ctx.rd.load_arrays("interpolation.npz"))
 
 
 def _evaluate(ctx) -> dict:
