@@ -156,6 +156,19 @@ def test_plot_declarations_fit_the_arrays(make, tmp_path):
 
 
 @pytest.mark.parametrize("make", _cases())
+def test_figure_draws_the_declarations(make, tmp_path):
+    r = make()
+    if not r.plots():
+        with pytest.raises(TypeError):
+            r.figure()
+        return
+    assert r.figure(tmp_path, "f") == ["f"]
+    assert (tmp_path / "f.png").stat().st_size > 0
+    fig = r.figure()
+    assert len(fig.axes) >= len(r.plots())  # one panel per declaration (colour bars add axes)
+
+
+@pytest.mark.parametrize("make", _cases())
 def test_to_xarray(make):
     r = make()
     if not r.GRIDDED:

@@ -16,6 +16,7 @@ result the same
                                nested lists}}) and back
     save(path) / load(path)    PATH.npz (arrays and plot declarations) + PATH.json (type,
                                format, metadata); PATH a folder means FOLDER/<NAME>.npz/.json
+    figure(directory)          the declared plots drawn with matplotlib
     to_xarray()                labelled dimensions and coordinates, for gridded results
                                (xarray is optional: ``pip install lossprobe[xarray]``)
 
@@ -112,6 +113,21 @@ class Result:
         with np.load(npz, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files if k not in RESERVED_KEYS}
         return cls.from_arrays(arrays, info.get("metadata", {}))
+
+    def figure(self, directory=None, name: str | None = None, title: str = ""):
+        """Draw `plots()` with matplotlib (the declarations the report site draws with plotly):
+        saved as NAME.png/.svg in `directory` when given (returns [NAME]), else the Figure."""
+        from .report.figures import draw, new_figure, plot_declared
+
+        specs, arrays = self.plots(), self.to_arrays()
+        if not specs:
+            raise TypeError(f"{type(self).__name__} declares nothing to draw; use summary()")
+        if directory is not None:
+            return plot_declared(specs, arrays, directory, name or self.NAME, title)
+        fig, axes = new_figure(ncols=len(specs))
+        for spec, ax in zip(specs, np.atleast_1d(axes)):
+            draw(spec, arrays, ax)
+        return fig
 
     def to_xarray(self):
         """An xarray.Dataset with labelled dimensions and coordinates (gridded results only)."""

@@ -175,7 +175,7 @@ def grids_of(arrays: dict[str, np.ndarray]) -> dict[str, dict[str, str]]:
         try:
             out.update(_check_grids(arrays, {z: spec}))
         except (ValueError, TypeError):
-            pass  # damaged or hand-edited: that array falls back to the reader's guess
+            pass  # damaged or hand-edited: readers list that array instead of drawing it
     return out
 
 

@@ -79,8 +79,9 @@ def register(sub) -> None:
                    help="Optuna storage URL, e.g. sqlite:///search.db or postgresql://... (default: sqlite file OUT/search.db)")
     p.add_argument("--study-name", default="search", metavar="NAME",
                    help="Optuna study name prefix; studies NAME-probes and NAME-full (default: %(default)s)")
-    p.add_argument("--backend", choices=("inprocess", "ray"), default="inprocess",
-                   help="run trials in this process or as Ray tasks (default: %(default)s)")
+    p.add_argument("--backend", choices=("local", "ray", "inprocess"), default="local",
+                   help="run trials in this process (local; 'inprocess' is the same) or as Ray tasks, with the "
+                        "same names, retries and shutdown as `lossprobe surface --backend` (default: %(default)s)")
     p.add_argument("--address", default=None, metavar="ADDR",
                    help="Ray cluster address (with --backend ray; default: start a local Ray)")
     add_ray_timeout(p)
