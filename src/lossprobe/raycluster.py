@@ -3,7 +3,9 @@ one line, not a hang), and the one `Executor` that surfaces and search run their
 
 from __future__ import annotations
 
+import os
 import socket
+import sys
 import threading
 import time
 from urllib.parse import urlsplit
@@ -33,6 +35,18 @@ def _host_port(address: str) -> tuple[str, int] | None:
         return host.strip("[]"), int(port)
     except ValueError:
         raise UserError(f"--address {address}: the port '{port}' is not a number") from None
+
+
+_HUNG_INITS: list[threading.Thread] = []  # ray.init calls still waiting for a cluster that never answered
+
+
+def leave_if_ray_init_hangs(code: int) -> None:
+    """Exit now with `code` when a `ray.init` is still stuck in its thread: letting the
+    interpreter finalise under it aborts the process (SIGABRT) after the one-line error."""
+    if any(t.is_alive() for t in _HUNG_INITS):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 def init(address: str | None = None, timeout: float = DEFAULT_TIMEOUT, **kw) -> bool:
@@ -72,6 +86,7 @@ def init(address: str | None = None, timeout: float = DEFAULT_TIMEOUT, **kw) -> 
     th.start()
     th.join(max(1.0, timeout - (time.monotonic() - t0)) if address else None)
     if th.is_alive():
+        _HUNG_INITS.append(th)
         raise UserError(f"the Ray cluster at {address} did not answer within {timeout:g} s; check --address "
                         "(and that the cluster runs the same Ray version), or raise --ray-timeout")
     if "error" in result:

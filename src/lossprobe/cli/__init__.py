@@ -85,9 +85,11 @@ def main(argv: list[str] | None = None) -> int:
         print("lossprobe: error: out of memory; use a smaller --subset or batch size", file=sys.stderr)
         return 2
     finally:
+        from ..raycluster import leave_if_ray_init_hangs
         from ..store import release_all_locks
 
         release_all_locks()
+        leave_if_ray_init_hangs(2)
 
 
 def _first_line(e: BaseException) -> str:

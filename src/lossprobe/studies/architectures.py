@@ -26,7 +26,7 @@ import numpy as np
 
 from ..config import finite_float, positive_int
 from ..errors import UserError
-from .base import Preset, Stage, Study, option, run_study
+from .base import Preset, Stage, Study, fashion_splits, option, run_study
 
 # Validation accuracies the published study with this design reports (MLP / CNN with BN and dropout).
 TARGETS = {"A": 0.8769, "B": 0.9132}
@@ -113,14 +113,8 @@ def _prepare(cfg: ArchitecturesConfig) -> dict:
 
 
 def _inputs(ctx) -> dict:
-    from ..data import fashion_mnist
-
     cfg = ctx.cfg
-    ds = fashion_mnist(n_val=cfg.n_val, split_seed=cfg.split_seed)
-    train = ds.train.subset(cfg.train_subset, seed=cfg.split_seed) if cfg.train_subset else ds.train
-    val, test = ds.val, ds.test
-    if cfg.eval_subset:
-        val, test = val.subset(cfg.eval_subset, 1), test.subset(cfg.eval_subset, 2)
+    train, val, test = fashion_splits(cfg)
     return {"train": train, "val": val, "test": test, "h_data": train.subset(min(cfg.hessian_subset, len(train)), 3),
             "p_train": train.subset(min(cfg.probe_subset, len(train)), 4),
             "p_val": val.subset(min(cfg.probe_subset, len(val)), 5)}

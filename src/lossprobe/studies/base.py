@@ -157,6 +157,20 @@ class Study:
         return f"runs/{self.name}"
 
 
+def fashion_splits(cfg) -> tuple:
+    """Fashion-MNIST train, validation and test as the studies use them: the split of
+    `cfg.n_val` validation images by `cfg.split_seed`, a seeded `cfg.train_subset` of the
+    training images, and validation/test cut to seeded `cfg.eval_subset`s (seeds 1 and 2)."""
+    from ..data import fashion_mnist
+
+    ds = fashion_mnist(n_val=cfg.n_val, split_seed=cfg.split_seed)
+    train = ds.train.subset(cfg.train_subset, seed=cfg.split_seed) if cfg.train_subset else ds.train
+    val, test = ds.val, ds.test
+    if cfg.eval_subset:
+        val, test = val.subset(cfg.eval_subset, 1), test.subset(cfg.eval_subset, 2)
+    return train, val, test
+
+
 def array_stage(name: str, compute: Callable[["Context"], tuple[dict, dict]], grids: dict | None = None,
                 plots: Callable[[dict], list] | list | None = None) -> Stage:
     """A stage whose outputs are (arrays, meta), saved as NAME.npz (with the axes of its 2-D

@@ -21,7 +21,7 @@ from ..config import positive_int
 from ..errors import UserError
 from . import two_seeds_connectivity as connectivity
 from . import two_seeds_surfaces as surfaces
-from .base import Preset, Stage, Study, option, recipe, run_study
+from .base import Preset, Stage, Study, fashion_splits, option, recipe, run_study
 
 BARRIER_TOLERANCE = 0.02  # Frankle et al. (2020) call an error barrier under 2% "linearly connected"
 
@@ -106,14 +106,8 @@ def _prepare(cfg: TwoSeedsConfig) -> dict:
 
 
 def _inputs(ctx) -> dict:
-    from ..data import fashion_mnist
-
     cfg = ctx.cfg
-    ds = fashion_mnist(n_val=cfg.n_val, split_seed=cfg.split_seed)
-    train = ds.train.subset(cfg.train_subset, seed=cfg.split_seed) if cfg.train_subset else ds.train
-    val, test = ds.val, ds.test
-    if cfg.eval_subset:
-        val, test = val.subset(cfg.eval_subset, 1), test.subset(cfg.eval_subset, 2)
+    train, val, test = fashion_splits(cfg)
     eval_train = train.subset(cfg.eval_subset, 3) if cfg.eval_subset else train
     return {"train": train, "val": val, "test": test, "eval_train": eval_train, "alphas": alpha_grid(cfg.alphas)}
 
