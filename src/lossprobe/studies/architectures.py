@@ -20,6 +20,7 @@ Stages, each saved as it finishes so that rerunning the same command resumes:
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -173,11 +174,15 @@ def _noise(ctx) -> dict:
 
     cfg, p_val = ctx.cfg, ctx.inputs["p_val"]
     ctx.say(f"noise robustness: σ {cfg.noise_sigmas} × {cfg.noise_draws} draws on {len(p_val)} validation images")
-    res = {}
+    res, arrays, plots = {}, {}, []
     for key in SPECS:
         obj = Objective(_model(ctx, key), p_val, batch_size=cfg.eval_batch_size)
-        res[key] = sharpness.noise_robustness(obj, sigmas=cfg.noise_sigmas, draws=cfg.noise_draws,
-                                              seed=cfg.seed, progress=ctx.progress).to_dict()
+        r = sharpness.noise_robustness(obj, sigmas=cfg.noise_sigmas, draws=cfg.noise_draws, seed=cfg.seed,
+                                       progress=ctx.progress)
+        res[key] = r.to_dict()
+        arrays.update(r.to_arrays(f"{key}_"))
+        plots += [dataclasses.replace(p, title=f"model {key}: {p.title}") for p in r.plots(f"{key}_")]
+    ctx.rd.save_arrays("noise.npz", plots=plots, **arrays)
     ctx.rd.save_json("noise.json", res)
     return ctx.rd.load_json("noise.json")
 
@@ -201,8 +206,26 @@ def _slices(ctx) -> dict:
                                                                                   progress=ctx.progress)
             sl["loss"][name], sl["accuracy"][name] = ev.loss, ev.accuracy
         slices[key] = sl
+    arrays = {}
+    for key, sl in slices.items():
+        arrays[f"{key}_alphas"] = sl["alphas"]
+        arrays.update({f"{key}_{what}_{split}": v for what in ("loss", "accuracy") for split, v in sl[what].items()})
+    ctx.rd.save_arrays("slices.npz", plots=_slice_plots(slices), **arrays)
     ctx.rd.save_json("slices.json", slices)
     return ctx.rd.load_json("slices.json")
+
+
+def _slice_plots(slices: dict) -> list:
+    """Loss and accuracy along each model's slice, train solid and validation dashed."""
+    from .. import plotspec
+
+    out = []
+    for key, sl in slices.items():
+        for what in ("loss", "accuracy"):
+            series = [plotspec.Series(f"{key}_{what}_{s}", s, group=s, dash=s != "train") for s in sl[what]]
+            out.append(plotspec.line(f"model {key}: {what} along a filter-normalised random direction", f"{key}_alphas",
+                                     series, xlabel="step along the direction (0 = the trained model)", ylabel=what))
+    return out
 
 
 def _evaluate(ctx) -> dict:
