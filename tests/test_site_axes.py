@@ -96,7 +96,7 @@ def test_optimizer_study_plane_surface_is_drawn_with_y_on_the_rows(tmp_path):
 
     model = mlp([2, 4, 1], seed=0)
     obj = Objective(model, two_spirals(20, 0.1, 1.5, seed=0), loss="bce")
-    plane = T.random_plane(model, seed=0)
+    plane = T.Plane.random(model, seed=0)
     surf = T.plane_surface(obj, plane, ((-1.0, 0.5), (-0.25, 2.0)), n=4)
     assert not np.allclose(surf.loss, surf.loss.T)  # else orientation could not be seen
     rd = RunDir(tmp_path / "o", "optimizers", {"tiny": True})

@@ -92,14 +92,14 @@ def test_point_on_the_plane_has_zero_distance_and_matching_loss(run):
 
 def test_random_plane_is_filter_normalised(run):
     model, _, _ = run
-    plane = T.random_plane(model, seed=0)
+    plane = T.Plane.random(model, seed=0)
     assert plane.directions.shape == (2, plane.origin.numel())
     w = model[1].weight.detach().double()
     d = plane.directions[0][: w.numel()].view_as(w)
     assert torch.allclose(d.norm(dim=1), w.norm(dim=1), rtol=1e-6)
     b = plane.directions[0][w.numel() : w.numel() + model[1].bias.numel()]
     assert torch.all(b == 0)
-    again = T.random_plane(model, seed=0)
+    again = T.Plane.random(model, seed=0)
     assert torch.equal(plane.directions, again.directions)
 
 

@@ -225,6 +225,18 @@ class Plane:
         rel = torch.where(norm > 0, dist / norm.clamp_min(1e-300), torch.zeros_like(dist))
         return coords.numpy(), dist.numpy(), rel.numpy()
 
+    @classmethod
+    def random(cls, model: nn.Module, origin: torch.Tensor | None = None, seed: int = 0) -> "Plane":
+        """The plane through `origin` (default: the model's parameters) spanned by the two
+        filter-normalised directions of `lossprobe.directions.random_plane` (one generator
+        seeded with `seed`; biases and normalisation parameters zero)."""
+        space = ParamSpace(model)
+        origin = space.flatten(model) if origin is None else torch.as_tensor(origin)
+        origin = origin.to(torch.float64).reshape(-1)
+        d1, d2 = directions_random_plane(space, seed=seed, norm="filter", reference=origin.to(space.dtype))
+        dirs = torch.stack([d1.vector, d2.vector]).to(torch.float64).cpu()
+        return cls(origin, dirs, "random", None, note="filter-normalised")
+
 
 def _gram(X_rows: Sequence[torch.Tensor], origin: torch.Tensor, chunk: int) -> torch.Tensor:
     T = len(X_rows)
@@ -317,15 +329,12 @@ def filter_normalized_direction(model: nn.Module, origin: torch.Tensor | None = 
 
 
 def random_plane(model: nn.Module, origin: torch.Tensor | None = None, seed: int = 0) -> Plane:
-    """The random plane of `lossprobe.directions.random_plane` as a `Plane` through `origin`
-    (default: the model's parameters): two filter-normalised directions from one generator
-    seeded with `seed`, biases and normalisation parameters zero."""
-    space = ParamSpace(model)
-    origin = space.flatten(model) if origin is None else torch.as_tensor(origin)
-    origin = origin.to(torch.float64).reshape(-1)
-    d1, d2 = directions_random_plane(space, seed=seed, norm="filter", reference=origin.to(space.dtype))
-    dirs = torch.stack([d1.vector, d2.vector]).to(torch.float64).cpu()
-    return Plane(origin, dirs, "random", None, note="filter-normalised")
+    """Deprecated: `Plane.random(model, origin, seed)` (`lossprobe.directions.random_plane`
+    gives the two directions themselves)."""
+    import warnings
+
+    warnings.warn("trajectory.random_plane is Plane.random now", DeprecationWarning, stacklevel=2)
+    return Plane.random(model, origin, seed)
 
 
 # --- surfaces on a plane ------------------------------------------------------------------

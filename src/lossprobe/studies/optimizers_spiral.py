@@ -170,13 +170,13 @@ def _own_pca(o: str):
 
 def _random_through_end(o: str):
     def make(ctx):
-        from ..trajectory import random_plane
+        from ..trajectory import Plane
 
         x = ctx.inputs
         # filter-normalised at the run's final point: the reference network sits there until
         # the plane stage ends (it then returns to the common initialisation)
         x["space"].load_into(x["ref_model"], ctx.out["paths"]["thetas"][o][-1])
-        return random_plane(x["ref_model"], seed=ctx.cfg.seed)
+        return Plane.random(x["ref_model"], seed=ctx.cfg.seed)
 
     return make
 
@@ -270,7 +270,7 @@ def _variant_stage(v: str, vw: list[int], wd: float) -> Stage:
 
     def compute(ctx):
         from ..objective import Objective
-        from ..trajectory import grid_extent, losses_at, pca_plane, plane_surface, random_plane, roughness
+        from ..trajectory import Plane, grid_extent, losses_at, pca_plane, plane_surface, roughness
 
         cfg, x, p = ctx.cfg, ctx.inputs, ctx.out["paths"]
         train, test = x["train"], x["test"]
@@ -282,7 +282,7 @@ def _variant_stage(v: str, vw: list[int], wd: float) -> Stage:
         pca = pca_plane(tj.thetas)
         c = pca.project(tj.thetas)[0]
         s_pca = plane_surface(vobj, pca, grid_extent(c), cfg.grid)
-        rnd = random_plane(model, seed=cfg.seed)
+        rnd = Plane.random(model, seed=cfg.seed)
         s_rnd = plane_surface(vobj, rnd, ((-1.0, 1.0), (-1.0, 1.0)), cfg.grid)
         arrays = {**s_pca.to_arrays("pca_"), **s_rnd.to_arrays("random_"), "coords": c}
         meta = {"widths": [2, *vw, 1], "weight_decay": wd, "params": int(tj.thetas.shape[1]),
