@@ -523,7 +523,9 @@ def _open_rdb(url: str, kwargs: dict):
         try:
             return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
         except Exception as e:  # noqa: BLE001 - only the creation race is retried
-            if not (_is_sqlalchemy(e) and "already exists" in str(e)) or attempt == 5:
+            # the loser sees the winner's tables ("already exists") or its schema version row
+            race = ("already exists", "UNIQUE constraint failed: alembic_version")
+            if not (_is_sqlalchemy(e) and any(r in str(e) for r in race)) or attempt == 5:
                 raise
             time.sleep(0.2 * (attempt + 1))
 
