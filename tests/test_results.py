@@ -76,10 +76,8 @@ EXAMPLES = {
 }
 
 
-def _cases():
-    for name, makers in EXAMPLES.items():
-        for i, make in enumerate(makers):
-            yield pytest.param(make, id=f"{name}-{i}")
+def _cases() -> list:
+    return [pytest.param(make, id=f"{name}-{i}") for name, makers in EXAMPLES.items() for i, make in enumerate(makers)]
 
 
 def test_every_result_type_is_checked():
