@@ -110,3 +110,21 @@ def test_stages_resume_and_are_timed(tmp_path):
     assert calls[-2:] == ["count", "total"]
     with pytest.raises(UserError, match="at most 10"):
         Tiny(11)  # validated once, by the dataclass
+
+
+def test_a_run_written_before_a_config_key_existed_still_resumes(tmp_path):
+    """A key added to a study's configuration later (e.g. curve_epochs) does not orphan an unfinished
+    run whose config.json lacks it, as long as this run uses the key's default."""
+    from lossprobe.store import RunDir
+
+    old = RunDir(tmp_path / "a", "k", {"epochs": 3})
+    old.mark("train")
+    old.close()
+    again = RunDir(tmp_path / "a", "k", {"epochs": 3, "curve_epochs": 2}, defaults={"epochs": 12, "curve_epochs": 2})
+    assert again.resumed and again.done("train")
+    again.close()
+    RunDir(tmp_path / "b", "k", {"epochs": 3}).close()
+    with pytest.raises(UserError, match="different run"):  # not the default: another run
+        RunDir(tmp_path / "b", "k", {"epochs": 3, "curve_epochs": 5}, defaults={"epochs": 12, "curve_epochs": 2})
+    with pytest.raises(UserError, match="different run"):  # a changed key is never excused
+        RunDir(tmp_path / "b", "k", {"epochs": 4, "curve_epochs": 2}, defaults={"epochs": 4, "curve_epochs": 2})

@@ -353,10 +353,15 @@ class RunDir:
     (see the module doc). The lock is released when the RunDir is garbage-collected, by
     `close()`, or when the process ends."""
 
-    def __init__(self, path: str | os.PathLike, kind: str, config: dict, force: bool = False, seeds: dict | None = None):
+    def __init__(self, path: str | os.PathLike, kind: str, config: dict, force: bool = False, seeds: dict | None = None,
+                 defaults: dict | None = None):
+        """`defaults`: the configuration's default values. A run written before a key existed
+        (its config.json lacks it) is the same run when this run's value of that key is its
+        default, so upgrading lossprobe does not stop an unfinished run from resuming."""
         self.path = Path(path)
         self.kind = kind
         self.config = {"kind": kind, **to_jsonable(config)}
+        self.defaults = to_jsonable(defaults or {})
         self.resumed = False
         self.moved_aside: Path | None = None
         if self.path.exists() and not self.path.is_dir():
@@ -382,6 +387,17 @@ class RunDir:
                 "lossprobe never moves or deletes files it did not write: choose another --out"
             )
 
+    def _same_run(self, old) -> bool:
+        """`old` (a config.json read back) describes this run: equal, or equal but for keys
+        added since it was written whose value here is their default."""
+        if old == self.config:
+            return True
+        if not isinstance(old, dict) or set(old) - set(self.config):
+            return False
+        missing = object()
+        return (all(old[k] == self.config[k] for k in old)
+                and all(self.config[k] == self.defaults.get(k, missing) for k in set(self.config) - set(old)))
+
     def _open(self, force: bool, seeds: dict | None) -> None:
         cfg_file = self.path / "config.json"
         foreign = _foreign(self.path)
@@ -392,7 +408,7 @@ class RunDir:
                 old = json.loads(cfg_file.read_text())
             except (OSError, ValueError):
                 old = None
-            if old == self.config and not force:
+            if self._same_run(old) and not force:
                 self.resumed = True
             elif force:
                 self.moved_aside = move_aside(self.path)

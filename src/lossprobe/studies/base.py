@@ -221,7 +221,8 @@ def run_study(study: Study, out, config=None, force: bool = False, progress: boo
     cfg = config if config is not None else study.config()
     t0 = time.perf_counter()
     seeds = study.prepare(cfg)  # before the run directory is touched
-    rd = RunDir(out, study.name, dataclasses.asdict(cfg), force=force, seeds=seeds)
+    rd = RunDir(out, study.name, dataclasses.asdict(cfg), force=force, seeds=seeds,
+                defaults=dataclasses.asdict(type(cfg)()))
     ctx = Context(cfg, rd, progress, started=t0)
     if study.reopen_complete and rd.resumed and rd.is_complete and (rd / "summary.json").is_file() \
             and (rd / "report.md").is_file():
