@@ -44,6 +44,20 @@ def tiny_mlp(seed=0, widths=(2, 8, 2)):
     return mlp(widths, seed=seed).eval()
 
 
+def spiral_checkpoints(folder, data, epochs: int, widths=(2, 8, 8, 2)) -> list[str]:
+    """Two tiny MLPs (seeds 0 and 1) trained on `data` for `epochs`, saved as FOLDER/m0, m1.safetensors."""
+    from lossprobe.train import TrainConfig, fit, save_checkpoint
+
+    paths = []
+    for s in (0, 1):
+        m = tiny_mlp(s, widths)
+        fit(m, data, None, TrainConfig(epochs=epochs, lr=1e-2))
+        p = folder / f"m{s}.safetensors"
+        save_checkpoint(m, p)
+        paths.append(str(p))
+    return paths
+
+
 def tiny_cnn(seed=0, batchnorm=True, dropout=0.0):
     from lossprobe.models import cnn
 

@@ -4,23 +4,13 @@ import json
 
 import pytest
 
-from conftest import tiny_mlp
+from conftest import spiral_checkpoints
 from lossprobe.cli import main
-from lossprobe.train import save_checkpoint
 
 
 @pytest.fixture
 def ckpts(tmp_path, spiral):
-    from lossprobe.train import TrainConfig, fit
-
-    paths = []
-    for s in (0, 1):
-        m = tiny_mlp(s, (2, 8, 8, 2))
-        fit(m, spiral, None, TrainConfig(epochs=3, lr=1e-2))
-        p = tmp_path / f"m{s}.safetensors"
-        save_checkpoint(m, p)
-        paths.append(str(p))
-    return paths
+    return spiral_checkpoints(tmp_path, spiral, epochs=3)
 
 
 def test_align_cli_writes_summary_with_three_paths(ckpts, tmp_path, capsys):

@@ -4,26 +4,16 @@ matplotlib (`report.figures.draw`) draws a declaration with the axes the site gi
 import numpy as np
 import pytest
 
-from conftest import tiny_mlp
+from conftest import spiral_checkpoints
 from lossprobe import store
 from lossprobe.cli import main
-from lossprobe.train import save_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
 def ckpts(tmp_path, spiral):
-    from lossprobe.train import TrainConfig, fit
-
-    paths = []
-    for s in (0, 1):
-        m = tiny_mlp(s, (2, 8, 8, 2))
-        fit(m, spiral, None, TrainConfig(epochs=1, lr=1e-2))
-        p = tmp_path / f"m{s}.safetensors"
-        save_checkpoint(m, p)
-        paths.append(str(p))
-    return paths
+    return spiral_checkpoints(tmp_path, spiral, epochs=1)
 
 
 def _plots(path):
