@@ -112,8 +112,9 @@ class PathEvaluation(Result):
         metadata = dict(metadata or {})
         axis = metadata.get("axis") or ("alpha" if f"{prefix}alphas" in arrays else "t")
         coord = arrays[f"{prefix}{'alphas' if axis == 'alpha' else 'ts'}"]
-        splits = metadata.get("splits") or [k[len(prefix) + 5:] for k in arrays
-                                            if k.startswith(f"{prefix}loss_") and f"{prefix}accuracy_{k[len(prefix) + 5:]}" in arrays]
+        head = f"{prefix}loss_"
+        splits = metadata.get("splits") or [k[len(head):] for k in arrays
+                                            if k.startswith(head) and f"{prefix}accuracy_{k[len(head):]}" in arrays]
         return cls(coord, {s: np.asarray(arrays[f"{prefix}loss_{s}"]) for s in splits},
                    {s: np.asarray(arrays[f"{prefix}accuracy_{s}"]) for s in splits},
                    bn=metadata.get("bn", "interpolate"), axis=axis)

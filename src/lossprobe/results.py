@@ -108,11 +108,9 @@ class Result:
         info = json.loads(js.read_text()) if js.is_file() else {}
         if info.get("type") not in (None, cls.__name__):
             raise UserError(f"{npz} holds a {info['type']}, not a {cls.__name__}")
-        from .store import RESERVED_KEYS
+        from .store import load_arrays
 
-        with np.load(npz, allow_pickle=False) as f:
-            arrays = {k: f[k] for k in f.files if k not in RESERVED_KEYS}
-        return cls.from_arrays(arrays, info.get("metadata", {}))
+        return cls.from_arrays(load_arrays(npz), info.get("metadata", {}))
 
     def figure(self, directory=None, name: str | None = None, title: str = ""):
         """Draw `plots()` with matplotlib (the declarations the report site draws with plotly):

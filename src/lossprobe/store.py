@@ -179,6 +179,23 @@ def grids_of(arrays: dict[str, np.ndarray]) -> dict[str, dict[str, str]]:
     return out
 
 
+def load_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """The arrays of the .npz `path` (the declarations are left out: they describe arrays, they
+    are not ones); a missing, unreadable or damaged file is one UserError."""
+    p = Path(path)
+    try:
+        with np.load(p) as f:
+            return {k: f[k] for k in f.files if k not in RESERVED_KEYS}
+    except FileNotFoundError:
+        raise UserError(f"{p} does not exist") from None
+    except OSError as e:
+        if e.errno is not None:
+            raise atomic.describe(e, p, "read") from None
+        raise UserError(f"{p} is damaged (not a readable .npz file)") from None
+    except (ValueError, EOFError, KeyError):
+        raise UserError(f"{p} is damaged (not a readable .npz file)") from None
+
+
 def plots_of(arrays: dict[str, np.ndarray]) -> list:
     """The plot declarations stored in a loaded .npz (see `save_arrays`), only those that
     still fit the arrays. A file with only a grid declaration (written before plot
@@ -462,19 +479,8 @@ class RunDir:
         return save_arrays(self.path / name, arrays, grids, plots)
 
     def load_arrays(self, name: str) -> dict[str, np.ndarray]:
-        """The arrays of NAME (the declarations are left out: they describe arrays, they are not ones)."""
-        p = self.path / name
-        try:
-            with np.load(p) as f:
-                return {k: f[k] for k in f.files if k not in RESERVED_KEYS}
-        except FileNotFoundError:
-            raise UserError(f"{p} does not exist") from None
-        except OSError as e:
-            if e.errno is not None:
-                raise atomic.describe(e, p, "read") from None
-            raise UserError(f"{p} is damaged (not a readable .npz file)") from None
-        except (ValueError, EOFError, KeyError):
-            raise UserError(f"{p} is damaged (not a readable .npz file)") from None
+        """The arrays of NAME (see the module function `load_arrays`)."""
+        return load_arrays(self.path / name)
 
     def save_figure(self, fig, name: str) -> list[Path]:
         from .report.figures import save_figure

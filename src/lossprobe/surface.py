@@ -242,7 +242,7 @@ class Surface(Result):
         """Coordinates (xs/ys on a plane, coords_<i> along directions), loss, accuracy, the
         mask when some point is not computed, and the subset indices when there are some;
         each name after `prefix`."""
-        out = {prefix + _coord_name(d, i): c for i, (d, c) in enumerate(zip(self.dims, self.coords))}
+        out = dict(zip(self._coord_names(prefix), self.coords))
         if self.dims == PLANE_DIMS:  # x first, as plane files have always been written
             out = {prefix + "xs": out[prefix + "xs"], prefix + "ys": out[prefix + "ys"]}
         out[prefix + "loss"] = self.loss
@@ -252,6 +252,9 @@ class Surface(Result):
         if self.subset_indices is not None:
             out[prefix + "subset_indices"] = self.subset_indices
         return out
+
+    def _coord_names(self, prefix: str = "") -> list[str]:
+        return [prefix + _coord_name(d, i) for i, d in enumerate(self.dims)]
 
     def metadata(self) -> dict:
         return {"ndim": self.ndim, "dims": list(self.dims), "meta": self.meta}
@@ -275,17 +278,16 @@ class Surface(Result):
     def plots(self, prefix: str = "") -> list:
         from .plotspec import Series, line, surface
 
-        a = self.to_arrays(prefix)
         labels = self.axis_labels()
         title = str(self.meta.get("title") or "loss")
         if self.ndim == 1:
-            return [line(title, prefix + _coord_name(self.dims[0], 0), [Series(prefix + "loss", "loss")],
+            return [line(title, self._coord_names(prefix)[0], [Series(prefix + "loss", "loss")],
                          xlabel=labels[0], ylabel="loss")]
         if self.ndim != 2:
             return []
-        rows, cols = (prefix + _coord_name(d, i) for i, d in enumerate(self.dims))
+        rows, cols = self._coord_names(prefix)
         out = [surface(title, prefix + "loss", rows, cols, xlabel=labels[1], ylabel=labels[0], zlabel="loss")]
-        if np.isfinite(a[prefix + "accuracy"]).any():
+        if np.isfinite(self.accuracy).any():
             out.append(surface(f"{title}: accuracy", prefix + "accuracy", rows, cols, xlabel=labels[1],
                                ylabel=labels[0], zlabel="accuracy"))
         return out
@@ -295,7 +297,7 @@ class Surface(Result):
         if self.ndim != 2:
             return None
         labels = self.axis_labels()
-        rows, cols = (prefix + _coord_name(d, i) for i, d in enumerate(self.dims))
+        rows, cols = self._coord_names(prefix)
         spec = {"rows": rows, "cols": cols, "row_label": labels[0], "col_label": labels[1]}
         return {prefix + k: spec for k in ("loss", "accuracy", "mask") if k != "mask" or not self.complete}
 
@@ -330,15 +332,13 @@ class Surface(Result):
     @classmethod
     def load(cls, path) -> "Surface":
         """Reopen a surface written by `save` (or a surface `out` directory)."""
-        from .store import RESERVED_KEYS
+        from .store import load_arrays
 
         npz, js = cls._paths(path)
         if not npz.is_file():
             raise UserError(f"no saved surface at {npz}")
         info = json.loads(js.read_text()) if js.is_file() else {}
-        with np.load(npz) as f:
-            arrays = {k: f[k] for k in f.files if k not in RESERVED_KEYS}
-        return cls.from_arrays(arrays, info)
+        return cls.from_arrays(load_arrays(npz), info)
 
 
 def plane_grids(prefix: str = "") -> dict[str, dict[str, str]]:
