@@ -26,7 +26,6 @@ by overriding `to_dict`/`from_dict`; the files written by `save` are unaffected.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, ClassVar, Mapping
 
@@ -105,7 +104,9 @@ class Result:
         npz, js = _paths(path, cls.NAME)
         if not npz.is_file():
             raise UserError(f"no saved {cls.__name__} at {npz}")
-        info = json.loads(js.read_text()) if js.is_file() else {}
+        from .store import read_json
+
+        info = read_json(js) if js.is_file() else {}
         if info.get("type") not in (None, cls.__name__):
             raise UserError(f"{npz} holds a {info['type']}, not a {cls.__name__}")
         from .store import load_arrays
@@ -198,10 +199,12 @@ def register(cls: type) -> type:
 
 def load_result(path):
     """Reopen any saved result (PATH.npz/.json): the type is read from the .json."""
+    from .store import read_json
+
     npz, js = _paths(path, "result")
     if Path(path).is_dir():
         found = sorted(Path(path).glob("*.json"))
-        types = [(p, json.loads(p.read_text()).get("type")) for p in found if p.with_suffix(".npz").is_file()]
+        types = [(p, read_json(p).get("type")) for p in found if p.with_suffix(".npz").is_file()]
         types = [(p, t) for p, t in types if t in RESULT_TYPES]
         if len(types) != 1:
             raise UserError(f"{path} holds {len(types)} saved results; name the .npz file")
@@ -210,7 +213,7 @@ def load_result(path):
     else:
         if not js.is_file():
             raise UserError(f"no saved result at {js}")
-        kind = json.loads(js.read_text()).get("type")
+        kind = read_json(js).get("type")
     if kind not in RESULT_TYPES:
         raise UserError(f"{js} does not name a known result type (got {kind!r})")
     return RESULT_TYPES[kind].load(npz)

@@ -332,12 +332,12 @@ class Surface(Result):
     @classmethod
     def load(cls, path) -> "Surface":
         """Reopen a surface written by `save` (or a surface `out` directory)."""
-        from .store import load_arrays
+        from .store import load_arrays, read_json
 
         npz, js = cls._paths(path)
         if not npz.is_file():
             raise UserError(f"no saved surface at {npz}")
-        info = json.loads(js.read_text()) if js.is_file() else {}
+        info = read_json(js) if js.is_file() else {}
         return cls.from_arrays(load_arrays(npz), info)
 
 
