@@ -189,11 +189,11 @@ def task_data(task: str):
 
 
 def run_arch(name: str, alphas: np.ndarray) -> dict:
-    from lossprobe.align import align, permutation_spec, random_permutation
-    from lossprobe.batching import as_data
-    from lossprobe.paths import interpolate
-    from lossprobe.repair import Repairer, interpolate_repaired
-    from lossprobe.train import TrainConfig, evaluate_model, fit
+    from lossprobe.connectivity.alignment.matching import align, permutation_spec, random_permutation
+    from lossprobe.core.batching import as_data
+    from lossprobe.connectivity.paths import interpolate
+    from lossprobe.connectivity.repair import Repairer, interpolate_repaired
+    from lossprobe.training.loop import TrainConfig, evaluate_model, fit
 
     builder, task, loss, epochs, lr = ARCHS[name]
     train, test = task_data(task)

@@ -340,7 +340,7 @@ def _prepare(t: Path) -> dict[str, str]:
 
     from lossprobe.cli import main
     from lossprobe.models import build
-    from lossprobe.train import save_checkpoint
+    from lossprobe.training.checkpoints import save_checkpoint
 
     torch.set_num_threads(1)
     p = {"T": str(t)}

@@ -32,10 +32,11 @@ def main() -> None:
     ap.add_argument("--no-curvlinops", action="store_true")
     args = ap.parse_args()
 
-    from lossprobe import Objective, hessian
+    from lossprobe import Objective
+    from lossprobe.curvature import hessian
     from lossprobe.data import fashion_mnist
     from lossprobe.models import build
-    from lossprobe.train import load_checkpoint
+    from lossprobe.training.checkpoints import load_checkpoint
 
     cfg = json.load(open(os.path.join(args.run, "config.json")))
     cfg = cfg.get("config", cfg)
@@ -77,7 +78,7 @@ def _curvlinops(model, obj, data) -> dict:
         from curvlinops import FisherMCLinearOperator, GGNLinearOperator
     except ImportError as e:
         return {"skipped": f"curvlinops not importable: {e}"}
-    from lossprobe.operators import FisherOperator, GGNOperator
+    from lossprobe.curvature.operators import FisherOperator, GGNOperator
 
     params = [p for p in model.parameters() if p.requires_grad]
     x, y = data.x, data.y

@@ -33,9 +33,9 @@ def device() -> str | None:
 
 def run_all(case, dev: str) -> dict:
     import lossprobe as lp
-    from lossprobe import hessian, sharpness
-    from lossprobe.batching import move
-    from lossprobe.curves import Curve, CurveTrainConfig, evaluate_curve, train_curve
+    from lossprobe.curvature import hessian, sharpness
+    from lossprobe.core.batching import move
+    from lossprobe.connectivity.curves import Curve, CurveTrainConfig, evaluate_curve, train_curve
 
     a, b = case.build(0).to(dev), case.build(1).to(dev)
     data = move(case.data, dev)

@@ -59,11 +59,12 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    from lossprobe import Objective, hessian
-    from lossprobe.curvature import hutchpp, lanczos
+    from lossprobe import Objective
+    from lossprobe.curvature import hessian
+    from lossprobe.curvature.algorithms import hutchpp, lanczos
     from lossprobe.data import fashion_mnist
     from lossprobe.models import build
-    from lossprobe.train import TrainConfig, fit
+    from lossprobe.training.loop import TrainConfig, fit
 
     ds = fashion_mnist()
     if args.multi_only:
@@ -242,10 +243,11 @@ def multi_batch(args, ds) -> dict:
     """Top eigenvalue on the full test set in batches of 4096: lossprobe vs PyHessian vs eigsh."""
     from scipy.sparse.linalg import eigsh
 
-    from lossprobe import Objective, hessian
-    from lossprobe.curvature import lanczos
+    from lossprobe import Objective
+    from lossprobe.curvature import hessian
+    from lossprobe.curvature.algorithms import lanczos
     from lossprobe.models import build
-    from lossprobe.train import TrainConfig, fit
+    from lossprobe.training.loop import TrainConfig, fit
 
     spec, bs = "mlp:784-128-10", 4096
     model = build(spec, seed=args.seed)

@@ -48,7 +48,7 @@ TINY = "train_subset = 300\neval_subset = 100\nalphas = 5\nsurface_steps = 3\nsu
 
 def workloads(t: Path) -> dict[str, list[str]]:
     from lossprobe.models import build
-    from lossprobe.train import save_checkpoint
+    from lossprobe.training.checkpoints import save_checkpoint
 
     save_checkpoint(build("mlp:2-8-2", seed=0), t / "a.safetensors")
     (t / "space.toml").write_text(SPACE)

@@ -14,7 +14,7 @@ Prints ONE JSON line. Cases (each measured side by side in this run):
 
     python benchmarks/surface.py [--threads 1] [--repeats 2] [--quick]
 
-* lossprobe: `lossprobe.surface.surface` (chunks, first-layer shortcut, batches outer).
+* lossprobe: `lossprobe.landscape.surfaces.surface` (chunks, first-layer shortcut, batches outer).
 * plain loop: copy θ(a, b) into the module, run a forward pass, per point (same directions
   and grid as lossprobe: its losses are the reference for `max_abs_diff`).
 * loss-landscapes: `loss_landscapes.random_plane(model, Loss(...), steps=21,
@@ -136,8 +136,8 @@ def run_case(name, model, x, y, steps, repeats, ll_mod, only=None, ll_modules=No
     """`only`: parameter-name prefixes the directions move (None: filter-normalised random
     directions as Li et al., biases and norms fixed); `ll_modules`: the modules
     loss-landscapes perturbs (its GeneralModelWrapper), None for the whole model."""
-    from lossprobe import surface as S
-    from lossprobe import directions as D
+    from lossprobe.landscape import surfaces as S
+    from lossprobe.core import directions as D
     from lossprobe import ParamSpace
 
     model.eval()

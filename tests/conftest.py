@@ -25,7 +25,7 @@ needs_fashion = pytest.mark.skipif(not _fashion_available(),
 def one_thread():
     """One torch thread for the test: with tiny tensors a second thread only adds barrier
     waits, which on a loaded machine cost far more than the work."""
-    from lossprobe.threads import torch_threads
+    from lossprobe.runtime.threads import torch_threads
 
     with torch_threads(1):
         yield
@@ -46,7 +46,8 @@ def tiny_mlp(seed=0, widths=(2, 8, 2)):
 
 def spiral_checkpoints(folder, data, epochs: int, widths=(2, 8, 8, 2)) -> list[str]:
     """Two tiny MLPs (seeds 0 and 1) trained on `data` for `epochs`, saved as FOLDER/m0, m1.safetensors."""
-    from lossprobe.train import TrainConfig, fit, save_checkpoint
+    from lossprobe.training.loop import TrainConfig, fit
+    from lossprobe.training.checkpoints import save_checkpoint
 
     paths = []
     for s in (0, 1):

@@ -26,7 +26,7 @@ from pathlib import Path
 
 
 def install() -> None:
-    from lossprobe import atomic
+    from lossprobe.results import atomic
 
     kill_at = int(os.environ.get("LOSSPROBE_FAULT_KILL_AT", "0") or 0)
     sleep_at = int(os.environ.get("LOSSPROBE_FAULT_SLEEP_AT", "0") or 0)
@@ -122,7 +122,7 @@ def run_state(d: Path) -> dict:
 def write_sequence(fn, out: Path) -> list[str]:
     """Run fn() (which must return 0) in this process, recording the files it writes durably, in order
     (paths relative to `out` where they are inside it)."""
-    from lossprobe import atomic
+    from lossprobe.results import atomic
 
     real = atomic._fsync_file
     seq: list[str] = []

@@ -12,7 +12,7 @@ import numpy as np
 
 from lossprobe.search.probes import feature_names
 from lossprobe.search.table import fidelity_key, sample_configs
-from lossprobe.store import write_json
+from lossprobe.results.store import write_json
 
 
 def quality(v: dict) -> float:

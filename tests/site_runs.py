@@ -19,7 +19,7 @@ EVIL_NOTE = '<img src=x onerror="window.__pwned = 2"> note with "quotes"'
 
 def path_plots(it) -> list:
     """What a reader should draw from `Interpolation.to_arrays()`: loss and accuracy along α."""
-    from lossprobe.plotspec import Series, line
+    from lossprobe.results.plotspec import Series, line
 
     xl = "α (0 = first model, 1 = second model)"
     return [line("Loss along the path α", "alphas", [Series(f"loss_{s}", s) for s in it.loss], xlabel=xl,
@@ -31,11 +31,12 @@ def path_plots(it) -> list:
 def _pair(root: Path, name: str, seeds: tuple[int, int]) -> Path:
     from lossprobe.data import two_spirals
     from lossprobe.models import mlp
-    from lossprobe.paths import interpolate
-    from lossprobe.report.paths_plots import plot_interpolation
-    from lossprobe.report.training_plots import plot_learning_curves
-    from lossprobe.store import RunDir
-    from lossprobe.train import TrainConfig, fit, save_checkpoint
+    from lossprobe.connectivity.paths import interpolate
+    from lossprobe.figures.paths import plot_interpolation
+    from lossprobe.figures.training import plot_learning_curves
+    from lossprobe.results.store import RunDir
+    from lossprobe.training.loop import TrainConfig, fit
+    from lossprobe.training.checkpoints import save_checkpoint
 
     train, val = two_spirals(n=80, seed=0), two_spirals(n=60, seed=1)
     rd = RunDir(root / name, "spiral-pair", {"model": "mlp:2-16-16-2", "seeds": list(seeds), "epochs": 3,
@@ -71,9 +72,9 @@ def _pair(root: Path, name: str, seeds: tuple[int, int]) -> Path:
 def _surface(root: Path) -> Path:
     from lossprobe.data import two_spirals
     from lossprobe.models import mlp
-    from lossprobe.objective import Objective
-    from lossprobe.report.figures import new_figure
-    from lossprobe.store import RunDir
+    from lossprobe.core.objective import Objective
+    from lossprobe.results.drawing import new_figure
+    from lossprobe.results.store import RunDir
 
     data = two_spirals(n=60, seed=2)
     model = mlp((2, 8, 2), seed=0).eval()
@@ -87,7 +88,7 @@ def _surface(root: Path) -> Path:
     ev = obj.evaluate(torch.tensor(np.stack([xx.ravel(), yy.ravel()], 1)), directions=d)
     loss, acc = ev.loss.reshape(7, 9), ev.accuracy.reshape(7, 9)
     rd = RunDir(root / "surface", "surface", {"model": "mlp:2-8-2", "grid": [7, 9], "directions": "random"})
-    from lossprobe.plotspec import surface
+    from lossprobe.results.plotspec import surface
 
     # the loss is declared; the accuracy is saved but not declared, so the site lists it without a plot
     rd.save_arrays("surface.npz", plots=[surface("Loss over the plane", "loss", rows="y", cols="x", xlabel="x",
@@ -106,7 +107,7 @@ def _surface(root: Path) -> Path:
 
 
 def _evil(root: Path) -> Path:
-    from lossprobe.store import RunDir
+    from lossprobe.results.store import RunDir
 
     rd = RunDir(root / "evil", "spiral-pair", {"name": EVIL_NAME, "note": EVIL_NOTE, "lr": "</td></tr><script>x</script>"})
     rd.save_json("summary.json", {"verdict": "<b>not bold</b>", "loss_barrier": {"test": 0.5}})

@@ -6,9 +6,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from conftest import tiny_cnn, tiny_mlp
-from lossprobe.align import PermutationSpec, align, apply_permutation, match_weights, permutation_spec, random_permutation
+from lossprobe.connectivity.alignment.spec import PermutationSpec
+from lossprobe.connectivity.alignment.matching import (
+    align, apply_permutation, match_weights, permutation_spec, random_permutation,
+)
 from lossprobe.errors import UserError
-from lossprobe.paths import interpolate
+from lossprobe.connectivity.paths import interpolate
 
 
 class Block(nn.Module):

@@ -6,12 +6,13 @@ import torch
 from torch import nn
 
 from align_models import LOSS, SharedLayer, TiedLM, build, data_for
-from lossprobe.align import PermutationSpec, align, permutation_spec, random_permutation
+from lossprobe.connectivity.alignment.spec import PermutationSpec
+from lossprobe.connectivity.alignment.matching import align, permutation_spec, random_permutation
 from lossprobe.errors import UserError
-from lossprobe.losses import criterion, logits_of
-from lossprobe.paths import interpolate
-from lossprobe.repair import Repairer, interpolate_repaired
-from lossprobe.train import evaluate_model
+from lossprobe.core.losses import criterion, logits_of
+from lossprobe.connectivity.paths import interpolate
+from lossprobe.connectivity.repair import Repairer, interpolate_repaired
+from lossprobe.training.loop import evaluate_model
 
 ARCHS = ["shared", "tied", "standardised", "groupnorm", "layernorm", "embedding", "two-input", "encoder", "bert",
          "gpt2"]

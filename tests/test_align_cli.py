@@ -28,7 +28,7 @@ def test_align_cli_writes_summary_with_three_paths(ckpts, tmp_path, capsys):
     # the aligned checkpoint computes the same function as B
     from lossprobe.cli.common import load_model
     from lossprobe.data import load_split
-    from lossprobe.train import evaluate_model
+    from lossprobe.training.loop import evaluate_model
 
     test = load_split("spiral:test")
     b = evaluate_model(load_model("mlp:2-8-8-2", ckpts[1]), test)

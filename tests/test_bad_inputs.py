@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 import torch
 
-from lossprobe import config as config_mod
+from lossprobe.runtime import config as config_mod
 from lossprobe.cli import main
 from lossprobe.errors import UserError
 from lossprobe.models import build
-from lossprobe.train import save_checkpoint
+from lossprobe.training.checkpoints import save_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -113,7 +113,7 @@ def test_quick_is_a_preset_that_the_config_file_and_flags_override(tmp_path, cap
 
 
 def test_a_non_finite_loss_on_the_line_exits_non_zero_naming_where(ck, tmp_path, capsys):
-    from lossprobe.paths import non_finite
+    from lossprobe.connectivity.paths import non_finite
 
     rc = lp(["interpolate", str(ck / "a.safetensors"), str(ck / "huge.safetensors"), *M, "--out", str(tmp_path / "i")])
     one_line(capsys, rc, "endpoint B (α = 1)", "huge.safetensors", "nan")
@@ -128,7 +128,7 @@ def test_a_non_finite_loss_on_the_line_exits_non_zero_naming_where(ck, tmp_path,
 
 
 def test_empty_or_damaged_json_is_named(tmp_path):
-    from lossprobe.store import read_json
+    from lossprobe.results.store import read_json
 
     f = tmp_path / "summary.json"
     f.write_text("")
@@ -206,7 +206,7 @@ def test_damaged_sqlite_storage(ck, tmp_path, capsys):
 
 
 def test_ray_address_parsing():
-    from lossprobe.raycluster import _host_port
+    from lossprobe.runtime.cluster import _host_port
 
     assert _host_port("10.0.0.1:6379") == ("10.0.0.1", 6379)
     assert _host_port("ray://head:10001") == ("head", 10001)

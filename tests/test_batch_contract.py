@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import lossprobe as lp
-from lossprobe import hessian
+from lossprobe.curvature import hessian
 from lossprobe.cli import main
 from lossprobe.errors import UserError
 

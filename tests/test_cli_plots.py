@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from conftest import spiral_checkpoints
-from lossprobe import store
+from lossprobe.results import store
 from lossprobe.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -44,8 +44,8 @@ def test_path_commands_declare_loss_and_accuracy_along_the_path(ckpts, tmp_path)
 
 
 def test_draw_puts_cols_on_x_and_rows_on_y_and_uses_the_declared_scales():
-    from lossprobe.plotspec import line, surface
-    from lossprobe.report.figures import draw
+    from lossprobe.results.plotspec import line, surface
+    from lossprobe.results.drawing import draw
 
     rows, cols = np.array([10.0, 20.0, 30.0]), np.linspace(-2, 2, 5)
     z = np.arange(3)[:, None] * 10.0 + np.arange(5)[None, :]

@@ -13,7 +13,7 @@ import torch
 from conftest import needs_fashion
 from lossprobe.cli import main
 from lossprobe.models import build
-from lossprobe.train import save_checkpoint
+from lossprobe.training.checkpoints import save_checkpoint
 
 QUICK = ["study", "two-seeds", "--quick"]
 
@@ -184,8 +184,8 @@ def test_help_explains_options(capsys):
 @needs_fashion
 def test_study_barriers_are_those_of_its_saved_paths(quick_run):
     """summary.json's barriers and verdict follow from the arrays the study saved."""
-    from lossprobe.paths import error_barrier, loss_barrier
-    from lossprobe.store import plots_of
+    from lossprobe.connectivity.paths import error_barrier, loss_barrier
+    from lossprobe.results.store import plots_of
 
     out, _ = quick_run
     s = json.loads((out / "summary.json").read_text())

@@ -17,9 +17,9 @@ import pytest
 import torch
 
 import lossprobe as lp
-from lossprobe import hessian, sharpness
-from lossprobe.curves import Curve, CurveTrainConfig, evaluate_curve, train_curve
-from lossprobe.paths import recompute_batchnorm
+from lossprobe.curvature import hessian, sharpness
+from lossprobe.connectivity.curves import Curve, CurveTrainConfig, evaluate_curve, train_curve
+from lossprobe.connectivity.paths import recompute_batchnorm
 
 from compat_models import cases
 

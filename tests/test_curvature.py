@@ -8,8 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from lossprobe import Objective, hessian
-from lossprobe import curvature as C
+from lossprobe import Objective
+from lossprobe.curvature import hessian
+from lossprobe.curvature import algorithms as C
 from lossprobe.errors import UserError
 
 

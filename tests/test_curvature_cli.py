@@ -6,7 +6,7 @@ import pytest
 
 from lossprobe.cli import main
 from lossprobe.models import build
-from lossprobe.train import save_checkpoint
+from lossprobe.training.checkpoints import save_checkpoint
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from conftest import tiny_cnn, tiny_mlp
-from lossprobe.curves import Curve, CurveTrainConfig, curve_weights, evaluate_curve, train_curve
+from lossprobe.connectivity.curves import Curve, CurveTrainConfig, curve_weights, evaluate_curve, train_curve
 from lossprobe.errors import UserError
-from lossprobe.space import ParamSpace
-from lossprobe.train import evaluate_model
+from lossprobe.core.space import ParamSpace
+from lossprobe.training.loop import evaluate_model
 
 
 @pytest.mark.parametrize("kind", ["bezier", "polychain"])
@@ -26,7 +26,7 @@ def test_endpoints_exact_and_start_on_line(kind, bends):
 
 
 def test_training_keeps_endpoints_and_lowers_midpoint_loss(spiral):
-    from lossprobe.train import TrainConfig, fit
+    from lossprobe.training.loop import TrainConfig, fit
 
     ms = []
     for s in (0, 1):

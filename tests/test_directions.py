@@ -4,7 +4,7 @@ import torch
 
 from conftest import tiny_cnn, tiny_mlp
 from lossprobe import ParamSpace, UserError
-from lossprobe import directions as D
+from lossprobe.core import directions as D
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lossprobe import atomic
+from lossprobe.results import atomic
 from lossprobe.cli import main
 from lossprobe.models import build
-from lossprobe.train import save_checkpoint
+from lossprobe.training.checkpoints import save_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -156,7 +156,7 @@ def test_a_second_writer_is_refused_with_one_line_and_the_first_finishes(ckpts, 
 
 
 def test_lock_is_shared_within_a_process_and_released_by_the_kernel(tmp_path):
-    from lossprobe.store import LOCK_NAME, FolderLock
+    from lossprobe.results.store import LOCK_NAME, FolderLock
 
     a = FolderLock(tmp_path / "d")
     b = FolderLock(tmp_path / "d")  # the same process may reopen its own run

@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from conftest import tiny_mlp
-from lossprobe import Objective, UserError, hessian
-from lossprobe.graphs import parse_bytes
+from lossprobe import Objective, UserError
+from lossprobe.curvature import hessian
+from lossprobe.core.graphs import parse_bytes
 
 
 def _obj(dtype=torch.float64, n=35, batch_size=7):

@@ -71,7 +71,7 @@ def test_head_only_on_a_resnet(one_thread):
 
 
 def test_resnet_batchnorms_fold_into_convolutions(one_thread, monkeypatch):
-    import lossprobe.objective as O
+    import lossprobe.core.objective as O
 
     monkeypatch.setattr(O, "CONV_BATCH", 3)  # per-point passes over smaller batches than batch_size
     torch.manual_seed(0)
@@ -175,8 +175,8 @@ def test_hf_conv1d_is_a_linear_first_moving_layer(one_thread):
 
 
 def test_surface_cache_reuses_hoisted_values(one_thread, monkeypatch):
-    import lossprobe.objective as O
-    from lossprobe import surface as S
+    import lossprobe.core.objective as O
+    from lossprobe.landscape import surfaces as S
 
     model = prefix_mlp()
     data = (torch.randn(40, 20), torch.randint(0, 3, (40,)))

@@ -6,7 +6,7 @@ import torch
 
 from lossprobe.errors import UserError
 from lossprobe.models import mlp
-from lossprobe.monitors import TrainingMonitor, detect_plateaus, grad_norm, rolling_variance, weight_norm
+from lossprobe.trajectories.monitors import TrainingMonitor, detect_plateaus, grad_norm, rolling_variance, weight_norm
 
 
 def test_norms_match_flat_vectors():

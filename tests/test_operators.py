@@ -8,8 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lossprobe import Objective, hessian
-from lossprobe import operators as O
+from lossprobe import Objective
+from lossprobe.curvature import hessian
+from lossprobe.curvature import operators as O
 from lossprobe.errors import UserError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -243,7 +244,7 @@ def test_hf_bert_dict_batches_ggn_and_fisher_against_dense():
     idx = torch.nonzero(op.mask).squeeze(1)
     with obj.mode():
         th = obj.theta0.clone().requires_grad_(True)
-        from lossprobe.objective import second_order
+        from lossprobe.core.objective import second_order
 
         with second_order():
             z = obj.forward(th, data).logits

@@ -103,8 +103,8 @@ def test_spiral_summary_follows_from_its_arrays(spiral_run):
     the arrays the stages saved; plane surfaces declare rows = y, columns = x."""
     import numpy as np
 
-    from lossprobe.paths import error_barrier, loss_barrier
-    from lossprobe.store import plots_of
+    from lossprobe.connectivity.paths import error_barrier, loss_barrier
+    from lossprobe.results.store import plots_of
 
     out, _ = spiral_run
     s = json.loads((out / "summary.json").read_text())

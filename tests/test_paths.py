@@ -5,8 +5,8 @@ import torch
 from conftest import tiny_cnn, tiny_mlp
 from lossprobe import UserError, interpolate
 from lossprobe.data import Split
-from lossprobe.paths import default_alphas, error_barrier, loss_barrier
-from lossprobe.train import evaluate_model
+from lossprobe.connectivity.paths import default_alphas, error_barrier, loss_barrier
+from lossprobe.training.loop import evaluate_model
 
 
 def _data(n=200, d=2, classes=2, seed=0):

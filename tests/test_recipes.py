@@ -7,7 +7,7 @@ import torch
 
 from lossprobe.errors import UserError
 from lossprobe.models import build
-from lossprobe.train import TrainConfig, augment_images, fit, lr_factor
+from lossprobe.training.loop import TrainConfig, augment_images, fit, lr_factor
 
 
 def _factors(cfg, total, spe):
@@ -74,7 +74,7 @@ def test_warmup_and_augmentation_resume_identically(tmp_path, monkeypatch, one_t
     fit(again, data, data, cfg)
     for p, q in zip(ref.parameters(), again.parameters()):
         assert torch.equal(p, q)  # seeded: the same run twice gives the same weights
-    import lossprobe.train as tr
+    import lossprobe.training.loop as tr
 
     real, calls = tr.evaluate_model, {"n": 0}
 
@@ -111,7 +111,7 @@ def test_width_study_cli_takes_the_recipe(tmp_path, one_thread):
 
 
 def test_recipe_from_toml_and_flags(tmp_path):
-    from lossprobe import config
+    from lossprobe.runtime import config
     from lossprobe.studies.two_seeds import TwoSeedsConfig
 
     f = tmp_path / "r.toml"

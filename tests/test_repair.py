@@ -3,7 +3,7 @@
 import torch
 
 from conftest import tiny_cnn, tiny_mlp
-from lossprobe.repair import Repairer, interpolate_repaired, layer_statistics, repair
+from lossprobe.connectivity.repair import Repairer, interpolate_repaired, layer_statistics, repair
 
 
 def _max_diff(a, b):
@@ -60,7 +60,7 @@ def test_interpolate_repaired_reproduces_endpoints():
     a, b = tiny_mlp(0, (6, 16, 16, 2)), tiny_mlp(1, (6, 16, 16, 2))
     data = _data((6,))
     it = interpolate_repaired(a, b, {"d": data}, data, alphas=[0, 0.5, 1])
-    from lossprobe.train import evaluate_model
+    from lossprobe.training.loop import evaluate_model
 
     la, lb = evaluate_model(a, data)[0], evaluate_model(b, data)[0]
     assert abs(it.loss["d"][0] - la) < 1e-4 and abs(it.loss["d"][2] - lb) < 1e-4

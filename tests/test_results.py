@@ -9,16 +9,16 @@ import pytest
 import torch
 
 import lossprobe  # noqa: F401 - registers every result type
-from lossprobe import store
-from lossprobe.curvature import EigResult, SLQResult, TraceResult
+from lossprobe.results import store
+from lossprobe.curvature.algorithms import EigResult, SLQResult, TraceResult
 from lossprobe.errors import UserError
-from lossprobe.hessian import Density
-from lossprobe.paths import PathEvaluation
-from lossprobe.results import RESULT_TYPES, load_result
-from lossprobe.sharpness import NoiseRobustness, PacBayesSigma, SharpnessResult
-from lossprobe.surface import Surface
-from lossprobe.critical import CriticalPoint
-from lossprobe.train import History
+from lossprobe.curvature.hessian import Density
+from lossprobe.connectivity.paths import PathEvaluation
+from lossprobe.results.contract import RESULT_TYPES, load_result
+from lossprobe.curvature.sharpness import NoiseRobustness, PacBayesSigma, SharpnessResult
+from lossprobe.landscape.surfaces import Surface
+from lossprobe.curvature.critical import CriticalPoint
+from lossprobe.training.loop import History
 
 rng = np.random.default_rng(0)
 
@@ -207,7 +207,7 @@ def test_a_path_evaluation_is_a_line_or_a_curve():
     assert "alphas" in line.to_arrays() and "ts" in curve.to_arrays()
     assert line.barriers() == curve.barriers() == {"loss_barrier": {"a": 2.0}, "error_barrier": {"a": 0.5}}
     from lossprobe import Interpolation
-    from lossprobe.curves import CurveEvaluation
+    from lossprobe.connectivity.curves import CurveEvaluation
 
     assert Interpolation is CurveEvaluation is PathEvaluation
     with pytest.raises(UserError):

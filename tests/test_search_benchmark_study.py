@@ -42,7 +42,7 @@ def test_study_on_a_cached_table(tmp_path):
     # the regret at the full budget is the mean over seeds of the end of each saved regret curve
     import numpy as np
 
-    from lossprobe.store import plots_of
+    from lossprobe.results.store import plots_of
 
     for m, r in rep.items():
         a = dict(np.load(tmp_path / "out" / f"replay-mlp-seconds-{m}.npz"))

@@ -6,11 +6,14 @@ import math
 import numpy as np
 import pytest
 
-from lossprobe.search.benchmark import (bootstrap_ci, budget_to_regret, correlations, ert, km_median, noise_ceiling,
-                                        paired_ert_ratio, regret_curve, replay, time_to_regret)
+from lossprobe.search.benchmark import (
+    bootstrap_ci, budget_to_regret, correlations, ert, km_median, noise_ceiling, paired_ert_ratio, regret_curve,
+    replay, time_to_regret,
+)
 from lossprobe.search.loop import LoopConfig, probe_search
-from lossprobe.search.methods import (BASELINES, METHODS, MFConfig, MFSearch, full_rungs, probe_ladder, run_method,
-                                      successive_halving)
+from lossprobe.search.methods import (
+    BASELINES, METHODS, MFConfig, MFSearch, full_rungs, probe_ladder, run_method, successive_halving,
+)
 from lossprobe.search.oracle import OutOfBudget, TableOracle
 from lossprobe.search.space import SearchSpace
 

@@ -8,8 +8,7 @@ import pytest
 
 from lossprobe.errors import UserError
 from lossprobe.search.meta import MetaModel
-from lossprobe.search.probes import (PROBE_FEATURES, SealedSplit, feature_names, make_task, probe,
-                                     train_full)
+from lossprobe.search.probes import PROBE_FEATURES, SealedSplit, feature_names, make_task, probe, train_full
 from lossprobe.search.space import SearchSpace
 
 SPACE = SearchSpace.from_dict({"train": {"epochs": 3}, "params": {

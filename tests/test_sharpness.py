@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from lossprobe import Objective
-from lossprobe import sharpness as S
+from lossprobe.curvature import sharpness as S
 from lossprobe.errors import UserError
 
 

@@ -17,10 +17,10 @@ import pytest
 
 from conftest import needs_fashion
 from faults import run_state, write_sequence
-from lossprobe import atomic
+from lossprobe.results import atomic
 from lossprobe.cli import main
 from lossprobe.models import build
-from lossprobe.train import save_checkpoint
+from lossprobe.training.checkpoints import save_checkpoint
 
 pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
 

@@ -121,7 +121,7 @@ def test_key_numbers_prefer_headline_values():
 
 
 def test_declared_lines_and_surfaces_are_drawn_and_nothing_else():
-    from lossprobe.plotspec import Series, line, surface
+    from lossprobe.results.plotspec import Series, line, surface
 
     a = {"alphas": np.linspace(0, 1, 5), "loss_train": np.ones(5), "loss_test": np.zeros(5),
          "accuracy_train": np.ones(5), "other": np.ones(3)}
@@ -378,11 +378,11 @@ def test_posix_rel_paths_are_quoted():
 
 
 def test_generic_arrays_of_other_studies():
-    from lossprobe import store
-    from lossprobe.plotspec import Series, line
+    from lossprobe.results import store
+    from lossprobe.results.plotspec import Series, line
 
     rng = np.random.default_rng(0)
-    # lossprobe.surface.Surface.save: coords_0, coords_1, loss, accuracy, mask, with a grid declaration
+    # lossprobe.landscape.surfaces.Surface.save: coords_0, coords_1, loss, accuracy, mask, with a grid declaration
     surf = {"coords_0": np.linspace(-1, 1, 5), "coords_1": np.linspace(-1, 1, 6), "loss": rng.random((5, 6)),
             "accuracy": rng.random((5, 6)), "mask": np.ones((5, 6), bool)}
     surf[store.GRIDS_KEY] = np.array(json.dumps({"loss": {"rows": "coords_0", "cols": "coords_1"}}))
@@ -402,7 +402,7 @@ def test_generic_arrays_of_other_studies():
 
 
 def test_surface_axis_titles_from_the_saved_metadata(tmp_path):
-    from lossprobe.store import RunDir, write_json
+    from lossprobe.results.store import RunDir, write_json
 
     rd = RunDir(tmp_path / "s", "surface", {"steps": 3})
     # as Surface.save writes it without axis_labels: the grid declared, its titles in surface.json
@@ -419,8 +419,8 @@ def test_surface_axis_titles_from_the_saved_metadata(tmp_path):
 
 
 def test_same_curve_in_several_files_is_one_plot_and_surfaces_are_capped(tmp_path):
-    from lossprobe.plotspec import Series, line, surface
-    from lossprobe.store import RunDir
+    from lossprobe.results.plotspec import Series, line, surface
+    from lossprobe.results.store import RunDir
 
     rd = RunDir(tmp_path / "o", "optimizers", {"quick": True})
     curve = line("Training loss", "steps", [Series("loss", "loss")], xlabel="step", ylabel="loss")

@@ -1,5 +1,5 @@
 """Declared axes: producers say which 1-D arrays are the rows and columns of a 2-D array
-(`lossprobe.store.save_arrays(plots=[plotspec.surface(...)])`, or the older `grids=...`),
+(`lossprobe.results.store.save_arrays(plots=[plotspec.surface(...)])`, or the older `grids=...`),
 and the report site draws them so; what no declaration names is listed, never drawn."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from lossprobe import store
+from lossprobe.results import store
 from lossprobe.report import site
-from lossprobe.store import RunDir
+from lossprobe.results.store import RunDir
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -45,7 +45,7 @@ def test_declared_axes_decide_plotly_x_and_y(tmp_path, shape, orientation):
     rows = np.linspace(-2.0, 1.0, m)  # distinct values per axis: x and y cannot be mistaken
     cols = np.linspace(0.25, 3.0, n)
     z = _f(rows[:, None], cols[None, :])
-    if orientation == "d1_rows":  # as lossprobe.surface.Surface: coords_0 (d1) on the rows
+    if orientation == "d1_rows":  # as lossprobe.landscape.surfaces.Surface: coords_0 (d1) on the rows
         rk, ck, arrays = "coords_0", "coords_1", {"coords_0": rows, "coords_1": cols}
     else:  # as trajectory.PlaneSurface: loss[iy, ix], and xs is written first
         rk, ck, arrays = "surface_ys", "surface_xs", {"surface_xs": cols, "surface_ys": rows}
@@ -67,7 +67,7 @@ def test_declared_axes_decide_plotly_x_and_y(tmp_path, shape, orientation):
 
 
 def test_surface_save_declares_d1_on_the_rows(tmp_path):
-    from lossprobe.surface import Surface
+    from lossprobe.landscape.surfaces import Surface
 
     c0, c1 = np.linspace(-1.0, 1.0, 4), np.linspace(0.5, 2.0, 4)  # square: only the declaration tells
     loss = _f(c0[:, None], c1[None, :])
@@ -88,10 +88,10 @@ def test_surface_save_declares_d1_on_the_rows(tmp_path):
 def test_optimizer_study_plane_surface_is_drawn_with_y_on_the_rows(tmp_path):
     """Regression: the optimiser study's square plane grids (surface_xs, surface_ys,
     surface_loss[iy, ix]) were drawn transposed. Its own stage code writes a tiny one here."""
-    from lossprobe import trajectory as T
+    from lossprobe.trajectories import trajectory as T
     from lossprobe.data import two_spirals
     from lossprobe.models import mlp
-    from lossprobe.objective import Objective
+    from lossprobe.core.objective import Objective
     from lossprobe.studies import optimizers
 
     model = mlp([2, 4, 1], seed=0)
@@ -122,7 +122,7 @@ def test_optimizer_study_plane_surface_is_drawn_with_y_on_the_rows(tmp_path):
 
 def test_asymmetric_declared_surface_puts_cols_on_x_and_rows_on_y(tmp_path):
     """z[i, j] = 10 i + j over 3 rows × 5 cols: the plotly spec must hold z[i][j] at (cols[j], rows[i])."""
-    from lossprobe.plotspec import surface
+    from lossprobe.results.plotspec import surface
 
     rows, cols = np.array([100.0, 200.0, 300.0]), np.array([-2.0, -1.0, 0.0, 1.0, 2.0])
     z = np.arange(3)[:, None] * 10.0 + np.arange(5)[None, :]
@@ -150,8 +150,8 @@ def test_asymmetric_declared_surface_puts_cols_on_x_and_rows_on_y(tmp_path):
 
 
 def test_undeclared_arrays_are_listed_not_drawn(tmp_path):
-    from lossprobe.atomic import save_npz
-    from lossprobe.plotspec import line
+    from lossprobe.results.atomic import save_npz
+    from lossprobe.results.plotspec import line
 
     rd = RunDir(tmp_path / "old", "surface", {})
     c0, c1 = np.linspace(-1, 1, 3), np.linspace(-1, 1, 5)

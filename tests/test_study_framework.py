@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import pytest
 
 from lossprobe.cli.study import add_arguments, load_config
-from lossprobe.config import positive_int
+from lossprobe.runtime.config import positive_int
 from lossprobe.errors import UserError
 from lossprobe.studies import STUDIES
 from lossprobe.studies.base import Preset, Stage, Study, option, run_study
@@ -115,7 +115,7 @@ def test_stages_resume_and_are_timed(tmp_path):
 def test_a_run_written_before_a_config_key_existed_still_resumes(tmp_path):
     """A key added to a study's configuration later (e.g. curve_epochs) does not orphan an unfinished
     run whose config.json lacks it, as long as this run uses the key's default."""
-    from lossprobe.store import RunDir
+    from lossprobe.results.store import RunDir
 
     old = RunDir(tmp_path / "a", "k", {"epochs": 3})
     old.mark("train")

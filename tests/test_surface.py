@@ -7,9 +7,9 @@ import torch.nn.functional as F
 
 from conftest import tiny_cnn, tiny_mlp
 from lossprobe import Objective, ParamSpace, UserError
-from lossprobe import directions as D
-from lossprobe import surface as S
-from lossprobe.surface import Surface, grid_axis
+from lossprobe.core import directions as D
+from lossprobe.landscape import surfaces as S
+from lossprobe.landscape.surfaces import Surface, grid_axis
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -138,7 +138,7 @@ def test_bad_inputs_give_one_clear_line():
 
 
 def test_plots_and_exports(tmp_path):
-    from lossprobe.report import surface_plots as SP
+    from lossprobe.figures import surfaces as SP
 
     model = tiny_mlp(widths=(6, 8, 2))
     x, y = _data("mlp")
@@ -162,7 +162,7 @@ def test_plots_and_exports(tmp_path):
 def test_cli_surface_and_slice(tmp_path, capsys):
     from lossprobe.cli import main
     from lossprobe.models import build
-    from lossprobe.train import save_checkpoint
+    from lossprobe.training.checkpoints import save_checkpoint
 
     ck = tmp_path / "m.safetensors"
     save_checkpoint(build("mlp:2-8-2", seed=0), ck)

@@ -12,9 +12,9 @@ from torch import nn
 from lossprobe import Objective
 from lossprobe.cli import main
 from lossprobe.models import build
-from lossprobe.surface import auto_span
-from lossprobe.topology import persistence
-from lossprobe.train import save_checkpoint
+from lossprobe.landscape.surfaces import auto_span
+from lossprobe.landscape.topology import persistence
+from lossprobe.training.checkpoints import save_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SPEC = "mlp:784-8-10"

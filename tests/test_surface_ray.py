@@ -8,7 +8,7 @@ ray = pytest.importorskip("ray")
 
 
 def test_ray_backend_equals_local(tmp_path):
-    from lossprobe import surface
+    from lossprobe.landscape import surfaces as surface
     from lossprobe.models import mlp
 
     g = torch.Generator().manual_seed(0)

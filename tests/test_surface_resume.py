@@ -24,8 +24,8 @@ SCRIPT = textwrap.dedent("""
     if __name__ == "__main__":
         model, data = setup()
         # slow each chunk down so that the parent can kill us part-way
-        surface.surface(model, data, steps=(5, 4), chunk_size=1, out=sys.argv[1], progress=False,
-                        on_chunk=lambda i, n: time.sleep(0.25))
+        surface(model, data, steps=(5, 4), chunk_size=1, out=sys.argv[1], progress=False,
+                on_chunk=lambda i, n: time.sleep(0.25))
 """)
 
 
@@ -58,7 +58,7 @@ def test_sigkill_then_resume_computes_only_missing_chunks(tmp_path):
         import job
     finally:
         sys.path.remove(str(tmp_path))
-    from lossprobe import surface
+    from lossprobe.landscape import surfaces as surface
 
     n = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from lossprobe import toy
+from lossprobe.trajectories import toy
 from lossprobe.errors import UserError
 
 WITH_MINIMA = [name for name, t in toy.TOYS.items() if t.minima]

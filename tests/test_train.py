@@ -6,7 +6,8 @@ import torch
 from conftest import tiny_mlp
 from lossprobe import TrainConfig, UserError, fit, load_checkpoint, save_checkpoint
 from lossprobe.models import build
-from lossprobe.train import TrainingDiverged, load_state_dict
+from lossprobe.training.loop import TrainingDiverged
+from lossprobe.training.checkpoints import load_state_dict
 
 
 def test_fit_records_history_and_learns(spiral):
@@ -33,7 +34,7 @@ def test_interrupted_training_resumes_to_identical_weights(spiral, tmp_path, mon
     cfg = TrainConfig(epochs=4, batch_size=16, trajectory_every=5)
     ref = build("mlp:2-8-2", seed=0)
     h_ref = fit(ref, spiral, spiral, cfg)
-    import lossprobe.train as tr
+    import lossprobe.training.loop as tr
 
     real = tr.evaluate_model
     calls = {"n": 0}

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from lossprobe import trajectory as T
+from lossprobe.trajectories import trajectory as T
 from lossprobe.data import two_spirals
 from lossprobe.errors import UserError
 from lossprobe.models import mlp
-from lossprobe.objective import Objective
+from lossprobe.core.objective import Objective
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -133,7 +133,7 @@ def test_hessian_extremes_match_a_dense_reference(run):
 
 def test_pca_plane_agrees_with_the_fallback(run):
     _, _, tj = run
-    a = T.pca_plane(tj.thetas)  # lossprobe.directions.pca_directions when installed
+    a = T.pca_plane(tj.thetas)  # lossprobe.core.directions.pca_directions when installed
     b = T.pca_plane([tj.thetas])  # always the Gram-matrix code here
     assert np.allclose(a.explained_variance_ratio, b.explained_variance_ratio, atol=1e-6)
     # the same subspace: projecting one basis on the other keeps its length

@@ -2,9 +2,9 @@
 
 import numpy as np
 
-from lossprobe import toy
-from lossprobe.report import trajectory_plots as P
-from lossprobe.trajectory import PlaneSurface
+from lossprobe.trajectories import toy
+from lossprobe.figures import trajectories as P
+from lossprobe.trajectories.trajectory import PlaneSurface
 
 
 def test_toy_paths_figure_and_gif(tmp_path):

@@ -48,14 +48,14 @@ def test_width_study_claims_follow_from_its_arrays(tmp_path):
     assert seen["the aligned barrier shrinks with width"] == bool(err["aligned"][1] < err["aligned"][0])
     assert s["pattern"]["all_seen"] == all(seen.values())
     # each pair's barriers are the barriers of its saved test loss curves
-    from lossprobe.paths import loss_barrier
+    from lossprobe.connectivity.paths import loss_barrier
 
     p = json.loads((tmp_path / "w" / "pairs" / "w8_p1.json").read_text())
     for m in ("naive", "aligned", "aligned_repair"):
         assert p["loss_barrier"][m]["test"] == pytest.approx(loss_barrier(p["alphas"], p["loss_test"][m]), abs=1e-12)
         assert a[f"{m}_loss_barrier_test"][1, 1] == p["loss_barrier"][m]["test"]
     # the means over pairs are declared as line plots against width
-    from lossprobe.store import plots_of
+    from lossprobe.results.store import plots_of
 
     plots = plots_of(dict(np.load(tmp_path / "w" / "width_mean.npz")))
     assert plots and all(pl.x == "widths" and pl.log_x for pl in plots)

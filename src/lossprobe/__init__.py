@@ -2,23 +2,45 @@
 
 The core is one evaluator, `Objective.evaluate`, that returns loss and accuracy at many
 points ``origin + coords @ directions`` of parameter space; every probe is built on it.
+The package is layered, each layer importing only those below it (checked in CI):
+
+    core          objective, batches, losses, parameter space, directions, hoisting, graphs
+    results       the result contract, plot declarations, run directories, atomic writes
+    runtime       configurations, threads, Ray
+    models, data  built-in models and data sets
+    training      the training loop and checkpoints
+    curvature     Lanczos / Hutch++ / SLQ, curvature operators, sharpness
+    landscape     slices, surfaces, directions, topology
+    connectivity  interpolation, curves, permutation alignment, REPAIR
+    trajectories  optimiser trajectories, toy landscapes, training monitors
+    search        probe-based hyperparameter search
+    figures       the studies' matplotlib figures
+    studies       ready-made studies: a configuration and stages
+    report, cli   faces: the report site and the command line
 """
 
-from . import data, models
-from .errors import UserError
-from .objective import Evaluation, Objective
-from .paths import Interpolation, PathEvaluation, error_barrier, interpolate, loss_barrier
-from . import plotspec, results  # noqa: E402  (the result contract and plot declarations)
-from .results import load_result  # noqa: E402
-from .space import ParamSpace
-from .train import History, TrainConfig, fit, load_checkpoint, save_checkpoint
-from . import directions, surface  # noqa: E402  (surface is a callable module: lossprobe.surface(...))
-from .surface import Surface, slice  # noqa: E402,A004
-from . import align, curves, repair  # noqa: E402  (align is a callable module: lossprobe.align(a, b))
-from . import monitors, toy, trajectory  # noqa: E402
-from . import curvature, hessian, operators, sharpness, topology  # noqa: E402
+import importlib
 
-__version__ = "0.1.0"
+from lossprobe import _moved, curvature, data, models, results
+from lossprobe._version import __version__
+from lossprobe.connectivity import (
+    PathEvaluation,
+    align,
+    curves,
+    error_barrier,
+    interpolate,
+    loss_barrier,
+    paths,
+    repair,
+)
+from lossprobe.connectivity.paths import Interpolation
+from lossprobe.core import Evaluation, Objective, ParamSpace
+from lossprobe.curvature import hessian, operators, sharpness
+from lossprobe.errors import UserError
+from lossprobe.landscape import Surface, directions, slice, surface, topology  # noqa: A004  (lp.slice is the 1-D probe)
+from lossprobe.results import load_result, plotspec
+from lossprobe.training import History, TrainConfig, fit, load_checkpoint, save_checkpoint
+from lossprobe.trajectories import monitors, toy, trajectory
 
 __all__ = [
     "Evaluation",
@@ -27,40 +49,49 @@ __all__ = [
     "Objective",
     "PathEvaluation",
     "ParamSpace",
+    "Surface",
     "TrainConfig",
     "UserError",
+    "__version__",
     "align",
+    "curvature",
     "curves",
-    "repair",
-    "Surface",
     "data",
     "directions",
     "error_barrier",
     "fit",
+    "hessian",
     "interpolate",
     "load_checkpoint",
     "load_result",
     "loss_barrier",
     "models",
+    "monitors",
+    "operators",
+    "paths",
     "plotspec",
+    "repair",
     "results",
     "save_checkpoint",
+    "sharpness",
     "slice",
     "surface",
+    "topology",
+    "toy",
+    "trajectory",
 ]
 
-# Imported on first use: search pulls in Optuna and scikit-learn, the report site plotly,
-# and neither is needed for the rest of the library or to start the CLI.
-_LAZY = {"search", "report"}
+# Imported on first use (start-up time): search pulls in Optuna and scikit-learn, the report
+# site plotly, studies and figures matplotlib's pyplot; none is needed to start the CLI.
+_LAZY = {"search", "report", "studies", "figures"}
 
 
 def __getattr__(name: str):
     if name in _LAZY:
-        import importlib
 
         module = importlib.import_module(f".{name}", __name__)
         if name == "report":
             importlib.import_module(".report.site", __name__)
         globals()[name] = module
         return module
-    raise AttributeError(f"module 'lossprobe' has no attribute '{name}'")
+    return _moved.attribute(name)

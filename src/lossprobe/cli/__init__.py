@@ -1,7 +1,8 @@
 """The `lossprobe` command line.
 
 Each subcommand lives in its own module under `lossprobe.cli` with a `register(subparsers)`
-function; add the module's name to COMMANDS to expose it.
+function; add it to COMMANDS to expose it. A command module parses, calls the library and
+presents what it returns: it computes nothing itself.
 """
 
 from __future__ import annotations
@@ -12,20 +13,24 @@ import os
 import sys
 import warnings
 
-from ..errors import UserError
+from lossprobe._version import __version__
+from lossprobe.errors import UserError
 
-COMMANDS = [
-    "lossprobe.cli.study",
-    "lossprobe.cli.interpolate",
-    "lossprobe.cli.hessian",
-    "lossprobe.cli.sharpness",
-    "lossprobe.cli.report",
-    "lossprobe.cli.serve",
-    "lossprobe.cli.align",
-    "lossprobe.cli.curve",
-    "lossprobe.cli.search",
-    "lossprobe.cli.surface",
-]
+# command -> the module that registers it (`register(subparsers)`); `lossprobe COMMAND ...` imports
+# only that module, so a command does not wait for the imports of the others (matplotlib, SQLAlchemy)
+COMMANDS = {
+    "study": "lossprobe.cli.study",
+    "interpolate": "lossprobe.cli.interpolate",
+    "hessian": "lossprobe.cli.hessian",
+    "sharpness": "lossprobe.cli.sharpness",
+    "report": "lossprobe.cli.report",
+    "serve": "lossprobe.cli.serve",
+    "align": "lossprobe.cli.align",
+    "curve": "lossprobe.cli.curve",
+    "search": "lossprobe.cli.search",
+    "surface": "lossprobe.cli.surface",
+    "slice": "lossprobe.cli.surface",
+}
 
 
 class Parser(argparse.ArgumentParser):
@@ -37,8 +42,8 @@ class Parser(argparse.ArgumentParser):
                      f"(see 'lossprobe {cmd + ' ' if cmd else ''}--help')\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from .. import __version__
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser with every command, or with only the one `argv` names (the others' help is then unused)."""
 
     parser = Parser(
         prog="lossprobe",
@@ -48,13 +53,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"lossprobe {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMANDS:
+    chosen = next((a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("-")), None)
+    modules = [COMMANDS[chosen]] if chosen in COMMANDS else COMMANDS.values()
+    for name in dict.fromkeys(modules):
         importlib.import_module(name).register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         print("lossprobe: error: give a command, e.g. 'lossprobe study two-seeds'; 'lossprobe --help' lists them",
@@ -76,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:  # permission denied, read-only file system, disk full, ...: one line naming the file
         if debug:
             raise
-        from ..atomic import describe
+        from lossprobe.results.atomic import describe
 
         action = "read" if isinstance(e, (FileNotFoundError, IsADirectoryError, NotADirectoryError)) else "write"
         print(f"lossprobe: error: {_first_line(describe(e, action=action))}", file=sys.stderr)
@@ -85,8 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         print("lossprobe: error: out of memory; use a smaller --subset or batch size", file=sys.stderr)
         return 2
     finally:
-        from ..raycluster import leave_if_ray_init_hangs
-        from ..store import release_all_locks
+        from lossprobe.results.store import release_all_locks
+        from lossprobe.runtime.cluster import leave_if_ray_init_hangs
 
         release_all_locks()
         leave_if_ray_init_hangs(2)

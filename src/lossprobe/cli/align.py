@@ -4,7 +4,32 @@ from __future__ import annotations
 
 import time
 
-from .common import add_model_data, add_out, positive_int
+import numpy as np
+import torch
+
+from lossprobe.cli.common import (
+    add_model_data,
+    add_out,
+    check_fit,
+    criterion_from_args,
+    data_name,
+    load_model,
+    loss_label,
+    path_plots,
+    positive_int,
+    require_finite,
+    require_finite_loss,
+    training_data,
+)
+from lossprobe.connectivity.alignment.fx import example_batch
+from lossprobe.connectivity.alignment.matching import align, permutation_spec
+from lossprobe.connectivity.paths import has_batchnorm, interpolate, non_finite
+from lossprobe.connectivity.repair import Repairer, interpolate_repaired
+from lossprobe.data import load_split
+from lossprobe.errors import UserError
+from lossprobe.results.drawing import plot_declared
+from lossprobe.results.store import RunDir
+from lossprobe.training.checkpoints import save_checkpoint
 
 
 def register(sub) -> None:
@@ -45,20 +70,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    import numpy as np
-
-    from ..align import align, permutation_spec
-    from ..align_derive import example_batch
-    from ..data import load_split
-    from ..errors import UserError
-    from ..paths import has_batchnorm, interpolate, non_finite
-    from ..repair import Repairer, interpolate_repaired
-    from ..report.figures import plot_declared
-    from ..store import RunDir
-    from ..train import save_checkpoint
-    from .common import (check_fit, criterion_from_args, data_name, load_model, loss_label, path_plots, require_finite,
-                         require_finite_loss, training_data)
-
     if args.alphas < 3 or (args.alphas - 1) % 2:
         raise UserError(f"--alphas must be odd and at least 3 (0, 0.5 and 1 on the grid), got {args.alphas}")
     model_a = require_finite(load_model(args.model, args.ckpt_a), args.ckpt_a)
@@ -141,8 +152,6 @@ def run(args) -> int:
 
 
 def torch_arange(n: int):
-    import torch
-
     return torch.arange(n)
 
 

@@ -3,10 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import functools
+import math
+
+import numpy as np
+import torch
+
+from lossprobe.core.losses import BUILTIN, criterion
+from lossprobe.core.objective import check_fits
+from lossprobe.core.specs import load_callable, looks_like_code
+from lossprobe.data.sources import load, train_counterpart
+from lossprobe.errors import UserError
+from lossprobe.models import build
+from lossprobe.results.plotspec import Series, line
 
 # the checkers live with the study configurations (whose fields name them); re-exported for the subcommands
-from ..config import comma_list, finite_float, nonneg_float, positive_float, positive_int  # noqa: F401
-
+from lossprobe.runtime.config import comma_list, finite_float, nonneg_float, positive_float, positive_int  # noqa: F401
+from lossprobe.training.checkpoints import apply_state_dict, load_state_dict
+from lossprobe.training.loop import evaluate_model
 
 DATA_HELP = ("data to evaluate on: fashion-mnist:train|val|test, spiral:train|val|test, cifar10:DIR[:SPLIT], "
              "cifar100:DIR[:SPLIT], imagefolder:DIR[:size=32][:gray][:norm=half|imagenet|none], a tensor file "
@@ -52,8 +66,6 @@ def add_ray_timeout(p: argparse.ArgumentParser) -> None:
 
 def require_finite(model, checkpoint: str):
     """Refuse a model with NaN or infinite parameters or buffers, naming the checkpoint; returns the model."""
-    import torch
-
     bad = total = 0
     first = None
     for name, t in model.state_dict().items():
@@ -64,7 +76,6 @@ def require_finite(model, checkpoint: str):
             bad += n
             total += t.numel()
     if bad:
-        from ..errors import UserError
 
         raise UserError(f"checkpoint {checkpoint} has {bad} non-finite value(s) (NaN or inf) among its {total} "
                         f"weights, first in '{first}'; loss, barriers and curvature are undefined there")
@@ -76,13 +87,8 @@ def require_finite_loss(model, split, checkpoint: str, data: str, label: str = "
     """The loss of `model` on `split` under the criterion `crit` (default cross-entropy); a NaN or
     infinite loss is one line naming the checkpoint (`label`, e.g. 'endpoint A (α = 0)', says
     which role it plays)."""
-    import math
-
-    from ..train import evaluate_model
-
     loss = evaluate_model(model, split, loss=crit if crit is not None else "cross_entropy", batch_size=batch_size)[0]
     if not math.isfinite(loss):
-        from ..errors import UserError
 
         what = f"{label}, {checkpoint}" if label else checkpoint
         raise UserError(f"the loss at {what} is {loss} on {data}: the model outputs NaN or inf there, so "
@@ -92,17 +98,12 @@ def require_finite_loss(model, split, checkpoint: str, data: str, label: str = "
 
 def load_model(spec: str, checkpoint: str):
     """Build the architecture from `spec` and load `checkpoint` into it (safely, file checked first)."""
-    from ..models import build
-    from ..train import apply_state_dict, load_state_dict
-
     state = load_state_dict(checkpoint)
     return apply_state_dict(build(spec), state, checkpoint).eval()
 
 
 def data_name(spec: str) -> str:
     """A short name for the data in tables and summaries: the split of a built-in set, else 'data'."""
-    from ..data.sources import train_counterpart
-
     if train_counterpart(spec) is not None and spec.rsplit(":", 1)[-1] in ("train", "val", "test"):
         return spec.rsplit(":", 1)[-1]
     return "data"
@@ -113,9 +114,6 @@ def training_data(args, explicit: str | None, option: str, subset: int | None = 
     """Training data for BatchNorm statistics, calibration or curve training: `explicit` if
     given, else the training split of --data's built-in set; one line when there is none.
     `subset_option` names the option that set `subset` in the warning when it exceeds the data."""
-    from ..data.sources import load, train_counterpart
-    from ..errors import UserError
-
     spec = explicit or train_counterpart(args.data)
     if spec is None:
         raise UserError(f"'{args.data}' has no training split lossprobe knows of: give {option} DATA")
@@ -126,9 +124,6 @@ def user_function(spec: str | None, what: str):
     """The function named by --loss/--forward (with its key=value arguments bound), or None."""
     if spec is None:
         return None
-    import functools
-
-    from ..specs import load_callable
 
     fn, kwargs = load_callable(spec, what)
     return functools.partial(fn, **kwargs) if kwargs else fn
@@ -136,10 +131,6 @@ def user_function(spec: str | None, what: str):
 
 def criterion_from_args(args, model):
     """The batch contract from --loss and --forward (the loss name, or the user's functions)."""
-    from ..errors import UserError
-    from ..losses import BUILTIN, criterion
-    from ..specs import looks_like_code
-
     loss = args.loss
     if loss not in BUILTIN:
         if not looks_like_code(loss):
@@ -150,8 +141,6 @@ def criterion_from_args(args, model):
 
 def check_fit(model, data, crit, args) -> None:
     """One line naming the model, the data and the first mismatch if the model cannot take the data."""
-    from ..objective import check_fits
-
     check_fits(model, data, crit, model_name=f"model '{args.model}'", data_name=f"'{args.data}'")
 
 
@@ -161,10 +150,6 @@ def path_plots(x: str, xlabel: str, series: list[tuple[str, str, str, str, bool]
     the arrays: `RunDir.save_arrays(plots=...)`). `series` lists (label, loss array, accuracy
     array, group, dashed) per path and split; the accuracy plot is left out when no accuracy is
     finite (a loss without one)."""
-    import numpy as np
-
-    from ..plotspec import Series, line
-
     plots = [line("Loss along the path", x, [Series(lo, lab, g, d) for lab, lo, _, g, d in series], xlabel=xlabel,
                   ylabel=loss_label)]
     if any(np.isfinite(arrays[acc]).any() for _, _, acc, _, _ in series):

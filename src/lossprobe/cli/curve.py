@@ -4,7 +4,30 @@ from __future__ import annotations
 
 import time
 
-from .common import add_model_data, add_out, positive_float, positive_int
+import numpy as np
+
+from lossprobe.cli.common import (
+    add_model_data,
+    add_out,
+    check_fit,
+    criterion_from_args,
+    data_name,
+    load_model,
+    loss_label,
+    path_plots,
+    positive_float,
+    positive_int,
+    require_finite,
+    require_finite_loss,
+    training_data,
+)
+from lossprobe.connectivity.curves import Curve, CurveTrainConfig, evaluate_curve, train_curve
+from lossprobe.connectivity.paths import has_batchnorm, interpolate, non_finite
+from lossprobe.data import load_split
+from lossprobe.errors import UserError
+from lossprobe.results.atomic import save_safetensors
+from lossprobe.results.drawing import plot_declared
+from lossprobe.results.store import RunDir
 
 
 def register(sub) -> None:
@@ -40,17 +63,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    import numpy as np
-
-    from ..curves import Curve, CurveTrainConfig, evaluate_curve, train_curve
-    from ..data import load_split
-    from ..errors import UserError
-    from ..paths import has_batchnorm, interpolate, non_finite
-    from ..report.figures import plot_declared
-    from ..store import RunDir
-    from .common import (check_fit, criterion_from_args, data_name, load_model, loss_label, path_plots, require_finite,
-                         require_finite_loss, training_data)
-
     if args.points < 3 or (args.points - 1) % 2:
         raise UserError(f"--points must be odd and at least 3, got {args.points}")
     model_a = require_finite(load_model(args.model, args.ckpt_a), args.ckpt_a)
@@ -72,7 +84,6 @@ def run(args) -> int:
     splits = {"train": ev_train, name if name != "train" else "eval": split}
     print(f"training a {args.kind} curve with {args.bends} bend(s) for {args.epochs} epoch(s) on {train.n_samples} samples")
     hist = train_curve(curve, train, cfg, checkpoint_dir=run_dir.subdir("checkpoints"), progress=True, loss=crit)
-    from ..atomic import save_safetensors
 
     save_safetensors(run_dir / "checkpoints" / "curve.safetensors", curve.state_for_saving())
     ts = np.linspace(0, 1, args.points)

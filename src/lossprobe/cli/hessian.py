@@ -4,8 +4,29 @@
 from __future__ import annotations
 
 import time
+import warnings
 
-from .common import add_model_data, add_out, finite_float, positive_int
+import numpy as np
+
+from lossprobe.cli.common import (
+    add_model_data,
+    add_out,
+    check_fit,
+    criterion_from_args,
+    finite_float,
+    load_model,
+    positive_int,
+    require_finite,
+)
+from lossprobe.core.graphs import parse_bytes
+from lossprobe.core.objective import Objective
+from lossprobe.curvature import hessian
+from lossprobe.data import load_split
+from lossprobe.errors import UserError
+from lossprobe.figures.curvature import plot_eigenvalues, plot_layer_traces, plot_spectral_density
+from lossprobe.results.atomic import save_safetensors
+from lossprobe.results.plotspec import Series, line
+from lossprobe.results.store import RunDir
 
 
 def register(sub) -> None:
@@ -66,26 +87,12 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    import warnings
-
-    import numpy as np
-
-    from .. import hessian
-    from ..data import load_split
-    from ..errors import UserError
-    from ..objective import Objective
-    from ..plotspec import Series, line
-    from ..report.curvature_plots import plot_eigenvalues, plot_layer_traces, plot_spectral_density
-    from ..store import RunDir
-    from .common import check_fit, criterion_from_args, load_model, require_finite
-
     if args.bottom_k < 0:
         raise UserError(f"--bottom-k must be >= 0, got {args.bottom_k}")
     if args.tol is not None and not args.tol > 0:
         raise UserError(f"--tol must be positive, got {args.tol}")
     if not args.sigma_rel > 0:
         raise UserError(f"--sigma-rel must be positive, got {args.sigma_rel}")
-    from ..graphs import parse_bytes
 
     budget = parse_bytes(args.graph_budget) if args.graph_budget is not None else None
     options = curvature_options(args)
@@ -131,7 +138,6 @@ def run(args) -> int:
             eig.update({"smallest_eigenvalues": bot.values, "smallest_residuals": bot.residuals,
                         "hvp_smallest": bot.matvecs, "converged_smallest": bot.converged})
             vecs["smallest"] = bot.vectors
-        from ..atomic import save_safetensors
 
         save_safetensors(rd / "eigenvectors.safetensors", {k: v.float() for k, v in vecs.items()})
         rd.save_json("eigenvalues.json", eig)
@@ -191,8 +197,6 @@ NAMES = {"hessian": "Hessian", "ggn": "GGN", "fisher": "Fisher", "efisher": "Emp
 
 def curvature_options(args) -> dict:
     """The operator's options from --curvature, --mc-samples, --kfac-type and --seed."""
-    from ..errors import UserError
-
     text = str(args.mc_samples)
     if text == "exact":
         mc = None

@@ -4,7 +4,26 @@ from __future__ import annotations
 
 import time
 
-from .common import add_model_data, add_out
+import numpy as np
+
+from lossprobe.cli.common import (
+    add_model_data,
+    add_out,
+    check_fit,
+    criterion_from_args,
+    data_name,
+    load_model,
+    loss_label,
+    path_plots,
+    require_finite,
+    require_finite_loss,
+    training_data,
+)
+from lossprobe.connectivity.paths import interpolate, non_finite
+from lossprobe.data import load_split
+from lossprobe.errors import UserError
+from lossprobe.figures.paths import plot_interpolation
+from lossprobe.results.store import RunDir
 
 
 def register(sub) -> None:
@@ -30,16 +49,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    import numpy as np
-
-    from ..data import load_split
-    from ..errors import UserError
-    from .common import check_fit, criterion_from_args, data_name, training_data
-    from ..paths import interpolate, non_finite
-    from ..report.paths_plots import plot_interpolation
-    from ..store import RunDir
-    from .common import load_model, loss_label, path_plots, require_finite, require_finite_loss
-
     if args.alphas < 5 or (args.alphas - 1) % 4:
         raise UserError(f"--alphas must be 5, 9, 13, ... (N−1 a multiple of 4), got {args.alphas}")
     model_a = require_finite(load_model(args.model, args.ckpt_a), args.ckpt_a)

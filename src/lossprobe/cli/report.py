@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from lossprobe.report.site import build_site, expand_run_dirs
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -22,8 +24,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..report.site import build_site, expand_run_dirs
-
     index = build_site(args.run_dirs, args.out)
     n = len(expand_run_dirs(args.run_dirs))
     print(f"wrote a site of {n} run(s): {index}")

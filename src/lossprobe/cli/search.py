@@ -2,16 +2,30 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 
-from .common import add_out, add_ray_timeout, finite_float, positive_float, positive_int
+from lossprobe.cli.common import add_out, add_ray_timeout, finite_float, positive_float, positive_int
+from lossprobe.errors import UserError
+from lossprobe.figures.search import plot_predicted_vs_actual, plot_search_progress
+from lossprobe.results.store import RunDir
+from lossprobe.search.engine import (
+    Executor,
+    LiveOracle,
+    TaskSpec,
+    check_storage_url,
+    default_storage,
+    storage_error,
+)
+from lossprobe.search.loop import LoopConfig, probe_search
+from lossprobe.search.methods import DEFAULT_METHOD, METHODS, run_method
+from lossprobe.search.probes import DEFAULT_FAMILIES, FAMILIES, parse_families
+from lossprobe.search.space import load_space
 
 
 def parse_budget(text: str) -> tuple[float, str]:
     """'60' -> (60, 'epochs'); '90s', '15m', '2h' -> (seconds, 'seconds')."""
-    from ..errors import UserError
-
     t = str(text).strip().lower()
     mult = {"s": 1.0, "m": 60.0, "h": 3600.0}
     try:
@@ -27,9 +41,6 @@ def parse_budget(text: str) -> tuple[float, str]:
 
 
 def register(sub) -> None:
-    from ..search.methods import DEFAULT_METHOD, METHODS
-    from ..search.probes import DEFAULT_FAMILIES, FAMILIES
-
     p = sub.add_parser(
         "search",
         help="hyperparameter search on the clock: cheap probes, a multi-fidelity loop led by a meta-model, or a baseline",
@@ -92,15 +103,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    import dataclasses
-
-    from ..errors import UserError
-    from ..search.engine import Executor, LiveOracle, TaskSpec, check_storage_url, default_storage, storage_error
-    from ..search.loop import LoopConfig
-    from ..search.probes import parse_families
-    from ..search.space import load_space
-    from ..store import RunDir
-
     space = load_space(args.space)
     if not 0 < args.fraction <= 1:
         raise UserError(f"--fraction must be in (0, 1], got {args.fraction}")
@@ -172,10 +174,6 @@ def run(args) -> int:
 
 
 def _search(args, rd, space, task, loop_cfg, budget, unit, axis, kappa, storage, oracle) -> int:
-    from ..errors import UserError
-    from ..search.loop import probe_search
-    from ..search.methods import DEFAULT_METHOD, run_method
-
     families = oracle.families
     if oracle.reused["probes"] or oracle.reused["full"]:
         print(f"resuming: {oracle.reused['probes']} probes and {oracle.reused['full']} full trainings already in {storage}")
@@ -207,7 +205,6 @@ def _search(args, rd, space, task, loop_cfg, budget, unit, axis, kappa, storage,
     events = oracle.events
     full = [e for e in events if e["kind"] == "full"]
     rd.save_json("events.json", events)
-    from ..report.search_plots import plot_predicted_vs_actual, plot_search_progress
 
     figs = [plot_search_progress(events, budget, rd.figures, args.dataset,
                                  xlabel="budget spent (s)" if axis == "seconds" else None)]

@@ -8,7 +8,8 @@ import os
 import sys
 from pathlib import Path
 
-from ..errors import UserError
+from lossprobe.errors import UserError
+from lossprobe.report.site import SITE_CSP
 
 
 class QuietHandler(http.server.SimpleHTTPRequestHandler):
@@ -48,8 +49,6 @@ class QuietHandler(http.server.SimpleHTTPRequestHandler):
         return None
 
     def end_headers(self):
-        from ..report.site import SITE_CSP
-
         self.send_header("Content-Security-Policy", SITE_CSP)
         self.send_header("X-Content-Type-Options", "nosniff")
         self.send_header("Referrer-Policy", "no-referrer")

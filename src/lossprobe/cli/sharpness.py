@@ -2,16 +2,32 @@
 
 from __future__ import annotations
 
+import argparse
 import time
 
-from .common import add_model_data, add_out, finite_float, positive_int
+import numpy as np
+
+from lossprobe.cli.common import (
+    add_model_data,
+    add_out,
+    check_fit,
+    criterion_from_args,
+    finite_float,
+    load_model,
+    positive_int,
+    require_finite,
+)
+from lossprobe.core.objective import Objective
+from lossprobe.curvature import sharpness as S
+from lossprobe.data import load_split
+from lossprobe.errors import UserError
+from lossprobe.figures.curvature import plot_noise_robustness
+from lossprobe.results.store import RunDir
 
 MEASURES = ("keskar", "sam", "asam", "noise", "pacbayes", "critical")
 
 
 def _floats(text: str) -> list[float]:
-    import argparse
-
     try:
         vals = [float(t) for t in text.split(",") if t.strip()]
     except ValueError:
@@ -55,16 +71,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    import numpy as np
-
-    from .. import sharpness as S
-    from ..data import load_split
-    from ..errors import UserError
-    from ..objective import Objective
-    from ..report.curvature_plots import plot_noise_robustness
-    from ..store import RunDir
-    from .common import check_fit, criterion_from_args, load_model, require_finite
-
     for name in ("epsilon", "rho", "asam_rho", "pac_bound"):
         if not getattr(args, name) > 0:
             raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")

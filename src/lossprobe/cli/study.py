@@ -10,12 +10,14 @@ from __future__ import annotations
 import dataclasses
 import importlib
 
-from .common import add_out
+from lossprobe.cli.common import add_out
+from lossprobe.report.site import build_run_site
+from lossprobe.runtime import config as config_mod
+from lossprobe.studies import STUDIES
+from lossprobe.studies.base import flags, run_study
 
 
 def register(sub) -> None:
-    from ..studies import STUDIES
-
     p = sub.add_parser("study", help="run a ready-made study end to end and write a report",
                        description="Run a ready-made study. Each writes a run directory with config.json, "
                        "environment.json, summary.json, arrays, figures and report.md; rerunning the same "
@@ -33,8 +35,6 @@ def register(sub) -> None:
 
 def add_arguments(p, study) -> None:
     """--out, --force, --config, one flag per flagged configuration field, one per preset."""
-    from ..studies.base import flags
-
     add_out(p, default=study.default_out)
     p.add_argument("--config", metavar="FILE.toml",
                    help="TOML file with any of: " + ", ".join(f.name for f in dataclasses.fields(study.config))
@@ -53,9 +53,6 @@ def add_arguments(p, study) -> None:
 
 def load_config(study, args):
     """The configuration from the defaults, the presets asked for, --config and the flags given."""
-    from .. import config as config_mod
-    from ..studies.base import flags
-
     overrides = {f.name: getattr(args, f.name) for f in flags(study.config) if getattr(args, f.name) is not None}
     chosen = [p for p in study.presets if getattr(args, p.name.replace("-", "_"))]
     presets = {}
@@ -67,8 +64,6 @@ def load_config(study, args):
 
 
 def run_cli(study, args) -> int:
-    from ..studies.base import run_study
-
     summary = run_study(study, args.out, load_config(study, args), force=args.force)
     for line in study.cli_lines(summary, args.out):
         print(line)
@@ -81,7 +76,6 @@ def _with_site(run_cli):
     def run(args) -> int:
         code = run_cli(args)
         if code == 0 and not args.no_site:
-            from ..report.site import build_run_site
 
             site = build_run_site(args.out)
             if site is not None:

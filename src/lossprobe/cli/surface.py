@@ -4,9 +4,39 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import time
+from pathlib import Path
 
-from .common import add_model_data, add_out, add_ray_timeout, positive_int
+import numpy as np
+
+from lossprobe.cli.common import (
+    add_model_data,
+    add_out,
+    add_ray_timeout,
+    check_fit,
+    criterion_from_args,
+    load_model,
+    positive_int,
+    require_finite,
+    require_finite_loss,
+)
+from lossprobe.core.objective import Objective
+from lossprobe.data import load_split
+from lossprobe.errors import UserError
+from lossprobe.figures import surfaces as SP
+from lossprobe.landscape import directions as D
+from lossprobe.landscape.surfaces import auto_span, grid_axis, parse_span
+from lossprobe.landscape.surfaces import slice as slice_fn
+from lossprobe.landscape.surfaces import surface as surface_fn
+from lossprobe.landscape.topology import marks as topo_marks
+from lossprobe.landscape.topology import persistence
+from lossprobe.models import build
+from lossprobe.results.atomic import save_safetensors
+from lossprobe.results.store import RunDir, readable
+from lossprobe.runtime import cluster as raycluster
+from lossprobe.runtime.threads import torch_threads
+from lossprobe.training.checkpoints import apply_state_dict, load_state_dict
 
 NORM_CHOICES = ("filter", "layer", "model", "unit", "none")
 DIRECTIONS_HELP = (
@@ -96,16 +126,6 @@ def register(sub) -> None:
 
 
 def run(args, two_d: bool) -> int:
-    import numpy as np
-
-    from ..data import load_split
-    from ..errors import UserError
-    from ..objective import Objective
-    from ..report import surface_plots as SP
-    from ..store import RunDir, readable
-    from ..surface import grid_axis, slice as slice_fn, surface as surface_fn
-    from .common import check_fit, criterion_from_args, load_model, require_finite, require_finite_loss
-
     m = 2 if two_d else 1
     if args.address and args.backend != "ray":
         raise UserError("--address needs --backend ray")
@@ -127,7 +147,6 @@ def run(args, two_d: bool) -> int:
     check_fit(model, split, crit, args)
     require_finite_loss(model, split, args.checkpoint, args.data, "", args.batch_size, crit)
     if args.backend == "ray":  # join (or start) Ray now: an unreachable --address fails before any output
-        from .. import raycluster
 
         raycluster.init(args.address, args.ray_timeout, **({} if args.address else {"include_dashboard": False}),
                         ignore_reinit_error=True, logging_level="ERROR", log_to_driver=False)
@@ -138,7 +157,6 @@ def run(args, two_d: bool) -> int:
     rd = RunDir(args.out, "surface" if two_d else "slice", cfg, args.force,
                 seeds={"direction": args.seed, "subset": args.subset_seed})
     obj = Objective(model, split, loss=crit, batch_size=args.batch_size, include_buffers=args.include_buffers)
-    from ..threads import torch_threads
 
     with torch_threads(args.threads):
         dirs, infos = _directions(args, specs, obj, model, rd, two_d)
@@ -178,7 +196,6 @@ def run(args, two_d: bool) -> int:
     topo = None
     marks = None
     if two_d and not args.no_topology:
-        from ..topology import marks as topo_marks, persistence
 
         topo = persistence(np.where(res.mask, res.loss, np.nan))
         marks = topo_marks(topo, res.coords)
@@ -242,9 +259,6 @@ def run(args, two_d: bool) -> int:
 
 def _span_arg(values, option: str):
     """--span values: ('auto', FACTOR) or (LO, HI)."""
-    from ..errors import UserError
-    from ..surface import parse_span
-
     if len(values) == 1:
         got = parse_span(values[0])
         if got is None:
@@ -267,8 +281,6 @@ KINDS = ("random", "gradient", "pca", "towards") + EIGEN_KINDS
 
 def _direction_specs(args, m: int) -> list[tuple[str, str | None]]:
     """(kind, argument) per axis from --directions (and the deprecated --towards)."""
-    from ..errors import UserError
-
     given = list(args.directions or [])
     if args.towards:
         if given:
@@ -298,8 +310,6 @@ def _direction_specs(args, m: int) -> list[tuple[str, str | None]]:
 
 def _norm_for(kind: str, norm_arg: str | None):
     """The normalisation of an axis: --norm, or the kind's default."""
-    from ..errors import UserError
-
     if kind == "towards":
         return None
     if norm_arg is None:
@@ -314,11 +324,6 @@ def _directions(args, specs, obj, model, rd, two_d):
     """The directions of every axis (from the run directory when it has them: resume) and what
     each is: kind, normalisation, length, eigenvalue, the Hessian's curvature along it."""
     from safetensors.torch import load_file
-
-    from .. import directions as D
-    from ..errors import UserError
-    from ..atomic import save_safetensors
-    from .common import load_model, require_finite
 
     if rd.done("directions") and (rd / "directions.safetensors").is_file():
         vecs = load_file(str(rd / "directions.safetensors"))
@@ -382,15 +387,6 @@ def _directions(args, specs, obj, model, rd, two_d):
 def _trajectory(path: str, obj, model_spec: str):
     """A recorded trajectory for PCA: a .npy [T, P], a directory with one trajectory*.npy, or a
     directory of checkpoints (sorted by name; each flattened in the surface's parameter layout)."""
-    import re
-    from pathlib import Path
-
-    import numpy as np
-
-    from ..errors import UserError
-    from ..models import build
-    from ..train import apply_state_dict, load_state_dict
-
     p = Path(path)
     if p.is_file() and p.suffix == ".npy":
         arr = np.load(p, mmap_mode="r")
@@ -423,8 +419,6 @@ def _trajectory(path: str, obj, model_spec: str):
 
 def _spans(span_specs, obj, dirs, infos, rd):
     """(lo, hi) per axis: given, or chosen by the 1-D search (stored in the run directory)."""
-    from ..surface import auto_span
-
     if not any(isinstance(sp[0], str) for sp in span_specs):
         return [tuple(sp) for sp in span_specs], None
     if rd.done("auto-span") and (rd / "auto_span.json").is_file():
@@ -470,6 +464,4 @@ def _describe_curvature(info: dict) -> str:
 
 def _f(v) -> str:
     """A loss for text: 4 decimals, or 'n/a' when there is none (all points NaN/inf)."""
-    import math
-
     return f"{v:.4f}" if isinstance(v, float) and math.isfinite(v) else "n/a"

@@ -21,8 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import UserError
-from .split import Split
+from lossprobe.core.batching import Split
+from lossprobe.errors import UserError
+from lossprobe.models import cnn
 
 _ALLOWED = {
     ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
@@ -123,8 +124,6 @@ def cifar(root: str | os.PathLike | None, kind: str = "cifar10", n_val: int | No
 def cifar_cnn(n_classes: int = 10, channels=(32, 64, 128), hidden: int = 256, dropout: float = 0.25,
               batchnorm: bool = True, seed: int | None = None):
     """A small CNN for 32×32×3 images: three conv3×3-BN-ReLU-pool blocks, one hidden layer."""
-    from ..models import cnn
-
     return cnn(channels, batchnorm=batchnorm, dropout=dropout, hidden=hidden, n_classes=n_classes,
                in_channels=3, image_size=32, seed=seed)
 

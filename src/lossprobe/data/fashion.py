@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import UserError
-from .split import Split
+from lossprobe.core.batching import Split
+from lossprobe.errors import UserError
 
 FILES = {
     "train_images": "train-images-idx3-ubyte.gz",

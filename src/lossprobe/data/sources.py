@@ -28,8 +28,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..batching import Data, TensorData, as_data
-from ..errors import UserError
+from lossprobe.core.batching import Data, Split, TensorData, as_data
+from lossprobe.core.specs import call_user, load_callable, looks_like_code, options
+from lossprobe.data.cifar import cifar
+from lossprobe.data.fashion import fashion_mnist
+from lossprobe.data.spiral import two_spirals
+from lossprobe.errors import UserError
 
 BUILTIN_SETS = ("fashion-mnist", "spiral", "cifar10", "cifar100")
 TENSOR_SUFFIXES = (".pt", ".pth", ".npz", ".safetensors")
@@ -73,28 +77,23 @@ def train_counterpart(spec: str) -> str | None:
 
 
 def _load(spec: str, flatten: bool) -> Data:
-    from ..specs import call_user, load_callable, looks_like_code
-
     name, _, rest = spec.partition(":")
     if name == "fashion-mnist":
         if rest not in ("train", "val", "test"):
             raise UserError(f"say which split of Fashion-MNIST: fashion-mnist:train, fashion-mnist:val or "
                             f"fashion-mnist:test (got '{spec}')")
-        from .fashion import fashion_mnist
 
         return fashion_mnist(flatten=flatten)[rest]
     if name == "spiral":
         seeds = {"train": 0, "val": 1, "test": 2}
         if rest not in seeds:
             raise UserError(f"say which split of the spirals: spiral:train, spiral:val or spiral:test (got '{spec}')")
-        from .spiral import two_spirals
 
         return two_spirals(n=200, seed=seeds[rest], name=f"spiral:{rest}")
     if name in ("cifar10", "cifar100"):
         root, _, part = rest.rpartition(":") if rest.endswith((":train", ":val", ":test")) else (rest, "", "test")
         if not root:
             raise UserError(f"give the directory of the {name} batches: {name}:DIR[:train|val|test]")
-        from .cifar import cifar
 
         return getattr(cifar(root, name), part)
     if name == "imagefolder":
@@ -172,7 +171,6 @@ def _folder_args(rest: str, spec: str):
     root, *opts = rest.split(":")
     if not root:
         raise UserError(f"give the folder: imagefolder:DIR (got '{spec}')")
-    from ..specs import options
 
     flags, kv = options(opts)
     unknown = [f for f in flags if f != "gray"] + [k for k in kv if k not in ("size", "norm")]
@@ -191,8 +189,6 @@ def image_folder(root: str, size: int = 32, gray: bool = False, norm: str = "hal
     """Images in one subfolder per class (labels from the sorted folder names), as a `Split`
     of float images [N, C, size, size] (see the module doc for the normalisation)."""
     from PIL import Image
-
-    from .split import Split
 
     d = Path(root)
     if not d.is_dir():

@@ -6,8 +6,8 @@ import math
 
 import torch
 
-from ..errors import UserError
-from .split import Split
+from lossprobe.core.batching import Split
+from lossprobe.errors import UserError
 
 
 def two_spirals(n: int = 200, noise: float = 0.1, turns: float = 1.5, seed: int = 0, name: str = "spiral") -> Split:

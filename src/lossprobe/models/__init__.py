@@ -21,7 +21,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..errors import UserError
+from lossprobe.core.specs import call_user, load_callable, looks_like_code, options
+from lossprobe.errors import UserError
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "sigmoid": nn.Sigmoid, "elu": nn.ELU}
 
@@ -121,7 +122,6 @@ def build(spec: str, seed: int | None = None) -> nn.Module:
     if not isinstance(spec, str) or ":" not in spec:
         raise UserError(f"unknown model spec '{spec}'; use e.g. mlp:784-256-256-10, cnn:32-64:bn, module:function "
                         "or path/to/file.py:function")
-    from ..specs import options
 
     kind, *rest = spec.split(":")
     try:
@@ -147,7 +147,6 @@ def build(spec: str, seed: int | None = None) -> nn.Module:
         if isinstance(e, UserError):
             raise
         raise UserError(f"cannot parse model spec '{spec}': {e}") from None
-    from ..specs import looks_like_code
 
     if looks_like_code(spec):
         return _from_function(spec, seed)
@@ -156,8 +155,6 @@ def build(spec: str, seed: int | None = None) -> nn.Module:
 
 
 def _from_function(spec: str, seed: int | None) -> nn.Module:
-    from ..specs import call_user, load_callable
-
     fn, kwargs = load_callable(spec, "model")
     with _seeded(seed):
         model = call_user(fn, kwargs, spec, "model")

@@ -19,13 +19,12 @@ from typing import Hashable, Protocol
 
 import numpy as np
 
-from .space import SearchSpace
+from lossprobe.search.space import SearchSpace
 
 
 class CurveOracle(Protocol):
     space: SearchSpace
     epochs: int
-
     def snap(self, values: dict) -> Hashable: ...
     def random_key(self, rng: np.random.Generator) -> Hashable | None: ...
     def curve(self, key) -> list[float]: ...

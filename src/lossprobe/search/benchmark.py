@@ -27,15 +27,18 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import stats
+from tqdm.auto import tqdm
 
-from .methods import METHODS, run_method
-from .oracle import TableOracle
-from .probes import SHARPNESS_FEATURES
-from .space import SearchSpace
+from lossprobe.search.meta import MetaModel
+from lossprobe.search.methods import METHODS, run_method
+from lossprobe.search.oracle import TableOracle
+from lossprobe.search.probes import ALL_FAMILIES, FAMILIES, SHARPNESS_FEATURES, parse_families
+from lossprobe.search.space import SearchSpace
 
 
 def full_seconds(rows: list[dict]) -> float:
@@ -109,7 +112,6 @@ def bootstrap_ci(values, n_boot: int = 2000, seed: int = 0, stat=np.mean, method
     if len(v) < 3 or np.ptp(v) == 0:
         return point, point, point
     if method == "BCa":
-        import warnings
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -210,9 +212,6 @@ def correlations(rows: list[dict], fidelity: str, n_fit: int, seeds: int, sharpn
     (``*_top``), where a search has to tell good from best. `families` restricts the probe
     features (hyperparameters and fidelity always included).
     """
-    from .meta import MetaModel
-    from .probes import ALL_FAMILIES, FAMILIES, parse_families
-
     fam = parse_families(families if families is not None else ALL_FAMILIES)
     drop = {n for f, names in FAMILIES.items() if f not in fam for n in names}
     if not sharpness:
@@ -289,7 +288,6 @@ def replay_all(rows: list[dict], space: SearchSpace, rs: ReplaySettings, progres
     todo = [m for m in rs.methods if m not in out]
     bar = None
     if progress and todo:
-        from tqdm.auto import tqdm
 
         bar = tqdm(total=len(todo) * rs.seeds, unit="replay", desc=f"replay ({rs.axis})", dynamic_ncols=True)
     for m in todo:

@@ -23,6 +23,8 @@ import threading
 import time
 import weakref
 
+import sqlalchemy as sa
+
 _LIVE: set[str] = set()  # owners (Claims objects) alive in this process
 HEARTBEAT = 10.0
 STALE = 90.0
@@ -48,8 +50,6 @@ class Claims:
     """Claims of work on the database at `url` for the search called `study`."""
 
     def __init__(self, url: str, study: str):
-        import sqlalchemy as sa
-
         self.study = study
         self.host = socket.gethostname()
         self.pid = os.getpid()
@@ -106,7 +106,6 @@ class Claims:
         if not self.enabled:
             self._mine.add((kind, str(item)))
             return True
-        import sqlalchemy as sa
 
         t = self.table
         now = time.time()

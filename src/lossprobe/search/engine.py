@@ -24,16 +24,27 @@ on a cluster at ``address``, failed tasks retried); each Ray worker loads the da
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
-from ..errors import UserError
-from ..raycluster import Executor
-from .space import SearchSpace
+from lossprobe.errors import UserError
+from lossprobe.results.atomic import save_safetensors
+from lossprobe.runtime.cluster import Executor
+from lossprobe.search.claims import Claims, engine_kwargs
+from lossprobe.search.oracle import AXES, Clock, Trace
+from lossprobe.search.probes import make_task, parse_families, probe, train_full
+from lossprobe.search.space import SearchSpace
+from lossprobe.search.table import fidelity_key
+from lossprobe.training.checkpoints import apply_state_dict, load_checkpoint
+from lossprobe.training.loop import History, TrainingDiverged, evaluate_model, fit
 
 _TASKS: dict = {}
 
@@ -50,7 +61,6 @@ class TaskSpec:
     def load(self):
         key = (self.dataset, self.n_train, self.n_val, self.seed)
         if key not in _TASKS:
-            from .probes import make_task
 
             _TASKS.clear()  # keep one data set per process
             _TASKS[key] = make_task(self.dataset, self.n_train, self.n_val, self.seed)
@@ -59,10 +69,6 @@ class TaskSpec:
 
 def _probe_job(space_dict: dict, values: dict, spec: TaskSpec, fraction: float, epochs: int, seed: int,
                families=None) -> dict:
-    import torch
-
-    from .probes import probe
-
     torch.set_num_threads(max(1, int(os.environ.get("LOSSPROBE_TRIAL_THREADS", "1"))))
     r = probe(SearchSpace.from_dict(space_dict), values, spec.load(), fraction, epochs, seed=seed, families=families)
     return {"features": r.features, "cost": r.cost, "seconds": r.seconds, "family_seconds": r.family_seconds}
@@ -78,13 +84,6 @@ def _train_job(space_dict: dict, values: dict, spec: TaskSpec, seed: int, epoch:
     `fit` resumes from the last saved epoch; a forward pre-hook stops it once the steps of
     `epoch` are done (the checkpoint of `epoch` is already written then). Returns the
     history so far, and the weights when the last epoch is done."""
-    import math
-    import time
-
-    import torch
-
-    from ..train import History, TrainingDiverged, fit
-
     torch.set_num_threads(max(1, int(os.environ.get("LOSSPROBE_TRIAL_THREADS", "1"))))
     space = SearchSpace.from_dict(space_dict)
     task = spec.load()
@@ -121,10 +120,6 @@ def _train_job(space_dict: dict, values: dict, spec: TaskSpec, seed: int, epoch:
 
 def _full_job(space_dict: dict, values: dict, spec: TaskSpec, seed: int) -> dict:
     """A full training without checkpoints (used to rebuild a chosen model whose weights were lost)."""
-    import torch
-
-    from .probes import train_full
-
     torch.set_num_threads(max(1, int(os.environ.get("LOSSPROBE_TRIAL_THREADS", "1"))))
     r = train_full(SearchSpace.from_dict(space_dict), values, spec.load(), seed=seed, keep_model=True)
     state = {k: v.detach().cpu().contiguous() for k, v in r.model.state_dict().items()}
@@ -143,9 +138,6 @@ def _sqlite_file(url: str) -> str | None:
 def check_storage_url(url: str) -> None:
     """Refuse, in one line, a storage URL that cannot work (not a URL, no such driver, driver
     not installed) before anything is written."""
-    from sqlalchemy.engine import make_url  # installed with Optuna
-    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
-
     try:
         u = make_url(url)
     except ArgumentError:
@@ -213,14 +205,7 @@ class LiveOracle:
                  checkpoint_dir: str | os.PathLike | None = None, settings: dict | None = None,
                  on_job=None, fidelities: list | None = None, families=None, axis: str = "epochs",
                  budget: float = float("inf"), timer=None, on_wait=None):
-        import time
-
         import optuna
-
-        from .claims import Claims, engine_kwargs
-        from .oracle import AXES, Clock, Trace
-        from .probes import parse_families
-        from .table import fidelity_key
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         if axis not in AXES:
@@ -459,14 +444,11 @@ class LiveOracle:
             self._weights = getattr(self, "_weights", {})
             self._weights[key] = state
             return
-        from ..atomic import save_safetensors
 
         save_safetensors(self.ckpt / f"candidate-{key}.safetensors", state)
 
     def load_model(self, key: int):
         """The fully trained network of candidate `key` (from its checkpoint, or retrained with the same seed)."""
-        from ..train import apply_state_dict, load_checkpoint
-
         task = self.spec.load()
         model = self.space.build_model(self.values(key), task.input_shape, task.n_classes, seed=self.seed)
         path = self.ckpt / f"candidate-{key}.safetensors" if self.ckpt else None
@@ -494,8 +476,6 @@ class LiveOracle:
         The worker that claims the final evaluation opens the test split (once per process:
         `SealedSplit`) and records the result in the storage; any other worker, and any
         later run on the same storage, reads the recorded number instead."""
-        from ..train import evaluate_model
-
         while True:
             got = self.recorded_test(key)
             if got is not None:

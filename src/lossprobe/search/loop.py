@@ -22,10 +22,10 @@ from typing import Callable, Hashable, Protocol
 
 import numpy as np
 
-from ..errors import UserError
-from .meta import MetaModel
-from .oracle import OutOfBudget
-from .probes import SHARPNESS_FEATURES
+from lossprobe.errors import UserError
+from lossprobe.search.meta import MetaModel
+from lossprobe.search.oracle import OutOfBudget
+from lossprobe.search.probes import SHARPNESS_FEATURES
 
 
 class Oracle(Protocol):
@@ -33,7 +33,6 @@ class Oracle(Protocol):
 
     epochs: int
     fidelities: list
-
     def draw(self, rng) -> Hashable | None: ...
     def probe(self, key, fidelity: str) -> dict: ...  # feature dict
     def train(self, key, epoch: int) -> list[float]: ...  # val accuracy after epochs 1..epoch

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import UserError
+from lossprobe.errors import UserError
 
 KINDS = ("auto", "rf", "gbr", "et", "ridge")
 

@@ -33,11 +33,15 @@ Methods (``METHODS``):
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .oracle import OutOfBudget, check_key, learning_curve_features
+from lossprobe.errors import UserError
+from lossprobe.search.loop import LoopConfig, probe_search
+from lossprobe.search.meta import MetaModel
+from lossprobe.search.oracle import OutOfBudget, check_key, learning_curve_features
 
 # --- ladders ----------------------------------------------------------------------------
 
@@ -222,7 +226,6 @@ def _curve_families(t: np.ndarray, y: np.ndarray) -> list:
                  ([0, -1, 1e-3], [1.5, 2, 5])),  # power law
                 (lambda s, a, b, c: a - b * np.exp(-c * s), [y[-1], max(y[-1] - y[0], 1e-3), 0.5],
                  ([0, -1, 1e-3], [1.5, 2, 5]))]  # exponential
-        import warnings
 
         for f, p0, bounds in fams:
             try:
@@ -274,14 +277,10 @@ def lce_search(oracle, seed: int = 0, min_epochs: int = 2, **_) -> None:
 
 
 def probe_rank(oracle, seed: int = 0, fidelity: str | None = None, **kw) -> None:
-    from .loop import LoopConfig, probe_search
-
     probe_search(oracle, LoopConfig(budget=math.inf, seed=seed, init_full=10**9, fidelity=fidelity), allow_empty=True)
 
 
 def probe_meta(oracle, seed: int = 0, fidelity: str | None = None, meta: str = "et", kappa: float = 1.0, **kw) -> None:
-    from .loop import LoopConfig, probe_search
-
     probe_search(oracle, LoopConfig(budget=math.inf, seed=seed, fidelity=fidelity, meta=meta, kappa=kappa),
                  allow_empty=True)
 
@@ -345,10 +344,6 @@ class MFSearch:
     """State of one multi-fidelity search (see module doc); `run()` spends the budget."""
 
     def __init__(self, oracle, cfg: MFConfig, on_event=None):
-        from .meta import MetaModel  # noqa: F401  (fail early if scikit-learn is missing)
-
-        from ..errors import UserError
-
         if cfg.full_rule not in ("top", "improve"):
             raise UserError(f"full_rule must be 'top' or 'improve', got '{cfg.full_rule}'")
         self.o, self.cfg, self.on_event = oracle, cfg, on_event
@@ -376,8 +371,6 @@ class MFSearch:
         return out
 
     def _refit(self) -> None:
-        from .meta import MetaModel
-
         keys = list(self.finals)
         y = [self.finals[k] for k in keys]
         with self.o.clock.timed("meta"):
@@ -463,7 +456,6 @@ class MFSearch:
         o, cfg = self.o, self.cfg
         if cfg.propose <= 0 or len(self.done[0]) < max(8, cfg.propose_refit):
             return check_key(o.draw(self.rng))
-        from .meta import MetaModel
 
         offers = o.offer(self.rng, cfg.propose)
         if not offers:
@@ -541,8 +533,6 @@ BASELINES = ("random", "tpe", "sh", "hyperband", "sh-probe", "hyperband-probe", 
 
 def run_method(name: str, oracle, seed: int = 0, **options):
     """Run method `name` against `oracle` until its budget is spent; returns ``oracle.trace``."""
-    from ..errors import UserError
-
     if name not in METHODS:
         raise UserError(f"unknown search method '{name}'; choose from {', '.join(METHODS)}")
     try:

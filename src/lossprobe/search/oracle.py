@@ -30,8 +30,9 @@ from typing import Callable, Hashable
 
 import numpy as np
 
-from ..errors import UserError
-from .space import SearchSpace
+from lossprobe.errors import UserError
+from lossprobe.search.probes import DEFAULT_FAMILIES, feature_names, parse_families
+from lossprobe.search.space import SearchSpace
 
 AXES = ("seconds", "epochs")
 
@@ -135,8 +136,6 @@ class TableOracle:
 
     def __init__(self, rows: list[dict], space: SearchSpace, seed: int = 0, families=None, axis: str = "seconds",
                  budget: float = math.inf, pool: float = 1.0, timer: Callable[[], float] = time.process_time):
-        from .probes import DEFAULT_FAMILIES, feature_names, parse_families
-
         if axis not in AXES:
             raise UserError(f"unknown cost axis '{axis}'; choose from {list(AXES)}")
         if not 0 < pool <= 1:

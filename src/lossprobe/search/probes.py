@@ -35,11 +35,20 @@ training and its per-epoch evaluations, then one entry per extra family computed
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 
-from ..data.split import Split
-from ..errors import UserError
-from .space import SearchSpace
+from lossprobe.core.batching import Split
+from lossprobe.core.objective import Objective
+from lossprobe.core.space import KINDS
+from lossprobe.curvature.algorithms import power_iteration
+from lossprobe.curvature.operators import HessianOperator
+from lossprobe.curvature.sharpness import noise_robustness
+from lossprobe.data import fashion_mnist, two_spirals
+from lossprobe.data.cifar import cifar
+from lossprobe.errors import UserError
+from lossprobe.search.space import SearchSpace
+from lossprobe.training.loop import TrainingDiverged, evaluate_model, fit
 
 PROBE_FEATURES = (
     "probe_fraction", "probe_epochs",
@@ -165,19 +174,16 @@ def make_task(dataset: str = "fashion-mnist", n_train: int | None = None, n_val:
     `n_train`/`n_val` take seeded subsets; the test split is sealed (see `SealedSplit`).
     """
     if dataset == "fashion-mnist":
-        from ..data import fashion_mnist
 
         ds = fashion_mnist(root=root, split_seed=seed)
         train, val, test, n_classes = ds.train, ds.val, ds.test, 10
     elif dataset == "spiral":  # tiny synthetic task for tests and demos: n points per class
-        from ..data import two_spirals
 
         train = two_spirals(n=(n_train or 400) // 2, seed=seed, name="spiral:train")
         val = two_spirals(n=(n_val or 200) // 2, seed=seed + 1, name="spiral:val")
         test, n_classes = two_spirals(n=100, seed=seed + 2, name="spiral:test"), 2
         n_train = n_val = None
     elif dataset.split(":")[0] in ("cifar10", "cifar100"):
-        from ..data.cifar import cifar
 
         kind, _, path = dataset.partition(":")
         ds = cifar(path or root, kind=kind, split_seed=seed)
@@ -204,14 +210,10 @@ class _Stopwatch:
     """Wall and process-CPU seconds of a block (CPU time is robust to other load on a shared machine)."""
 
     def __enter__(self):
-        import time
-
         self._w, self._c = time.perf_counter(), time.process_time()
         return self
 
     def __exit__(self, *exc):
-        import time
-
         self.wall, self.cpu = time.perf_counter() - self._w, time.process_time() - self._c
 
 
@@ -225,10 +227,6 @@ def _subset_fraction(split: Split, fraction: float, seed: int) -> Split:
 def hessian_top_eigenvalue(model, data: Split, iters: int = 10, seed: int = 0) -> float:
     """Largest-magnitude Hessian eigenvalue of the mean loss by power iteration
     (`lossprobe.curvature.power_iteration` on the `HessianOperator`)."""
-    from ..curvature import power_iteration
-    from ..hessian import HessianOperator
-    from ..objective import Objective
-
     obj = Objective(model, data, shortcut=False)
     # plain products (no kept graphs) and an iterate in the model's dtype: the feature's numbers as measured so far
     H = HessianOperator(obj, cache_graph=False)
@@ -248,9 +246,6 @@ def _sharpness(model, data: Split, sigma: float, draws: int, seed: int, impl: st
     """
     if impl not in SHARPNESS_IMPLS:
         raise UserError(f"unknown sharpness implementation '{impl}'; choose from {list(SHARPNESS_IMPLS)}")
-    from ..objective import Objective
-    from ..sharpness import noise_robustness
-    from ..space import KINDS
 
     kinds, per = (("weight",), "filter") if impl == "filter" else (KINDS, "tensor")
     r = noise_robustness(Objective(model, data, shortcut=False), sigmas=(sigma,), draws=draws, seed=seed,
@@ -277,10 +272,6 @@ def probe(space: SearchSpace, values: dict, task: Task, fraction: float = 0.2, e
     families are computed; `sharpness=False` / `hessian=False` also leave those out (their
     features are then NaN). `sharpness_impl` picks the weight-noise probe (see `_sharpness`).
     """
-    import time
-
-    from ..train import TrainingDiverged, fit
-
     t0 = time.perf_counter()
     if epochs <= 0:
         raise UserError(f"probe epochs must be positive, got {epochs}")
@@ -320,7 +311,6 @@ def probe(space: SearchSpace, values: dict, task: Task, fraction: float = 0.2, e
                          val_loss_slope=slope("val_loss"), val_acc_slope=slope("val_accuracy"), diverged=0.0)
     secs["curve"] = sw.cpu
     if not diverged:
-        from ..objective import Objective
 
         model.eval()
         gsub = sub.subset(1024, seed=seed + 7)
@@ -372,10 +362,6 @@ def train_full(space: SearchSpace, values: dict, task: Task, seed: int = 0, epoc
     `val` is evaluated after every epoch (default `task.val`; None: no per-epoch validation,
     then `val_accuracy` is NaN). `eval_splits` ({name: split}) are evaluated once, on the final
     model, outside the measured time (the benchmark's independent measurements)."""
-    import time
-
-    from ..train import TrainingDiverged, evaluate_model, fit
-
     t0 = time.perf_counter()
     val = task.val if isinstance(val, str) else val
     chance = 1.0 / task.n_classes

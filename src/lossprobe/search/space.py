@@ -30,7 +30,10 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import UserError
+from lossprobe.errors import UserError
+from lossprobe.models import cnn, mlp
+from lossprobe.runtime.config import read_toml
+from lossprobe.training.loop import TrainConfig
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop", "adagrad")
 SCHEDULES = ("constant", "cosine", "step")
@@ -113,8 +116,6 @@ class SearchSpace:
     # --- construction ------------------------------------------------------------
     @classmethod
     def from_toml(cls, path: str | os.PathLike) -> "SearchSpace":
-        from ..config import read_toml
-
         return cls.from_dict(read_toml(path, "search space file"), source=str(path))
 
     @classmethod
@@ -218,8 +219,6 @@ class SearchSpace:
     # --- what a configuration means ----------------------------------------------
     def build_model(self, values: dict, input_shape: tuple[int, ...], n_classes: int, seed: int):
         """The network of a configuration for inputs of `input_shape` (without the batch dim)."""
-        from ..models import cnn, mlp
-
         h = self.complete(values)
         if self.model == "mlp":
             widths = [int(np.prod(input_shape))] + [int(h["width"])] * int(h["depth"]) + [n_classes]
@@ -234,8 +233,6 @@ class SearchSpace:
                    in_channels=input_shape[0], image_size=input_shape[1], seed=seed)
 
     def train_config(self, values: dict, epochs: int | None = None, data_seed: int = 0):
-        from ..train import TrainConfig
-
         h = self.complete(values)
         return TrainConfig(optimizer=h["optimizer"], lr=float(h["lr"]), momentum=float(h["momentum"]),
                            weight_decay=float(h["weight_decay"]), batch_size=int(h["batch_size"]),

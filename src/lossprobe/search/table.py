@@ -35,14 +35,20 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
+from tqdm.auto import tqdm
 
-from ..errors import UserError
-from ..store import write_json
-from .space import SearchSpace
+from lossprobe.core.batching import Split
+from lossprobe.data import fashion_mnist, two_spirals
+from lossprobe.errors import UserError
+from lossprobe.results.store import write_json
+from lossprobe.search.probes import SealedSplit, Task, probe, train_full
+from lossprobe.search.space import SearchSpace
 
 TABLE_VERSION = 2
 FULL_SEED, SCORE_SEED, PROBE_SEED = 0, 1, 2
@@ -88,13 +94,7 @@ def benchmark_task(dataset: str, n_train: int, n_val: int, n_score_val: int, n_p
 
     Fashion-MNIST: train and P from the 50k training images, A and B from the 10k validation
     images. ``spiral`` (tests): four independently seeded spiral sets."""
-    import torch
-
-    from ..data.split import Split
-    from .probes import SealedSplit, Task
-
     if dataset == "spiral":
-        from ..data import two_spirals
 
         mk = lambda n, s, name: two_spirals(n=max(1, n // 2), seed=seed * 10 + s, name=name)  # noqa: E731
         train, a, b, p = mk(n_train, 0, "train"), mk(n_val, 1, "A"), mk(n_score_val, 2, "B"), mk(n_probe_val, 3, "P")
@@ -102,7 +102,6 @@ def benchmark_task(dataset: str, n_train: int, n_val: int, n_score_val: int, n_p
                     probe_val=p, score_val=b)
     if dataset != "fashion-mnist":
         raise UserError(f"benchmark tables are built on fashion-mnist (or spiral for tests), not '{dataset}'")
-    from ..data import fashion_mnist
 
     ds = fashion_mnist(root=root, split_seed=seed)
     tr_all, va_all = ds.train, ds.val
@@ -125,8 +124,6 @@ def benchmark_task(dataset: str, n_train: int, n_val: int, n_score_val: int, n_p
 
 def build_row(space: SearchSpace, values: dict, task, cfg: TableConfig, i: int) -> dict:
     """Train one configuration twice and probe it at every fidelity (see module doc)."""
-    from .probes import probe, train_full
-
     full = train_full(space, values, task, seed=FULL_SEED, eval_splits={"B": task.score_val})
     rep = train_full(space, values, task, seed=SCORE_SEED, val=None, eval_splits={"B": task.score_val, "A": task.val})
     row = {"id": i, "values": values,
@@ -151,8 +148,6 @@ def build_table(directory: str | os.PathLike, cfg: TableConfig, progress: bool =
 
     Several processes may build one table together (e.g. one with ``reverse=True``): a row
     another process has written meanwhile is skipped. `log(msg)` is called after each row."""
-    import time
-
     d = Path(directory)
     (d / "rows").mkdir(parents=True, exist_ok=True)
     cfile = d / "table_config.json"
@@ -176,7 +171,6 @@ def build_table(directory: str | os.PathLike, cfg: TableConfig, progress: bool =
         task = benchmark_task(cfg.dataset, cfg.n_train, cfg.n_val, cfg.n_score_val, cfg.n_probe_val, cfg.data_seed)
         bar = None
         if progress:
-            from tqdm.auto import tqdm
 
             bar = tqdm(total=cfg.size, initial=cfg.size - len(todo), unit="config", desc="table", dynamic_ncols=True)
         t0 = time.perf_counter()

@@ -21,13 +21,30 @@ Stages, each saved as it finishes so that rerunning the same command resumes:
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass
 
 import numpy as np
 
-from ..config import finite_float, positive_int
-from ..errors import UserError
-from .base import Preset, Stage, Study, fashion_splits, option, run_study
+from lossprobe.core.directions import random_direction
+from lossprobe.core.objective import Objective
+from lossprobe.curvature import hessian, sharpness
+from lossprobe.errors import UserError
+from lossprobe.figures.curvature import (
+    plot_curvature_comparison,
+    plot_generalization_gap,
+    plot_layer_traces,
+    plot_noise_robustness,
+    plot_slices,
+)
+from lossprobe.figures.training import plot_learning_curves
+from lossprobe.models import build
+from lossprobe.results import plotspec
+from lossprobe.runtime.config import finite_float, positive_int
+from lossprobe.runtime.threads import torch_threads
+from lossprobe.studies.base import Preset, Stage, Study, fashion_splits, option, run_study
+from lossprobe.training.checkpoints import load_checkpoint, save_checkpoint
+from lossprobe.training.loop import History, TrainConfig, evaluate_model, fit
 
 # Validation accuracies the published study with this design reports (MLP / CNN with BN and dropout).
 TARGETS = {"A": 0.8769, "B": 0.9132}
@@ -86,8 +103,6 @@ class ArchitecturesConfig:
             raise UserError(f"threads must be positive, got {self.threads}")
 
     def train_config(self):
-        from ..train import TrainConfig
-
         return TrainConfig(optimizer=self.optimizer, lr=self.lr, momentum=self.momentum,
                            weight_decay=self.weight_decay, epochs=self.epochs, batch_size=self.batch_size,
                            schedule=self.schedule, data_seed=self.data_seed, eval_batch_size=self.eval_batch_size)
@@ -106,8 +121,6 @@ def _specs(cfg: ArchitecturesConfig) -> dict:
 
 
 def _prepare(cfg: ArchitecturesConfig) -> dict:
-    from ..models import build
-
     for s in _specs(cfg).values():
         build(s)  # reject a bad spec before touching the output directory
     return {"init": cfg.init_seed, "data": cfg.data_seed, "split": cfg.split_seed, "probes": cfg.seed}
@@ -122,9 +135,6 @@ def _inputs(ctx) -> dict:
 
 
 def _train(ctx, key: str):
-    from ..models import build
-    from ..train import fit, save_checkpoint
-
     rd, cfg, train = ctx.rd, ctx.cfg, ctx.inputs["train"]
     spec = _specs(cfg)[key]
     model = build(spec, seed=cfg.init_seed)
@@ -137,9 +147,6 @@ def _train(ctx, key: str):
 
 
 def _load_trained(ctx, key: str):
-    from ..models import build
-    from ..train import History, load_checkpoint
-
     model = build(_specs(ctx.cfg)[key], seed=ctx.cfg.init_seed)
     load_checkpoint(model, ctx.rd / "checkpoints" / f"model_{key}.safetensors")
     return model.eval(), History.from_dict(ctx.rd.load_json(f"history_{key}.json"))
@@ -151,9 +158,6 @@ def _model(ctx, key: str):
 
 def _curvature(ctx, key: str) -> dict:
     """Top eigenvalues (Lanczos) and trace (Hutch++, per layer) on the Hessian subset."""
-    from .. import hessian
-    from ..objective import Objective
-
     cfg, h_data = ctx.cfg, ctx.inputs["h_data"]
     ctx.say(f"curvature of {key}: top {cfg.top_k} eigenvalues and trace on {len(h_data)} training images")
     obj = Objective(_model(ctx, key), h_data, batch_size=len(h_data))
@@ -169,9 +173,6 @@ def _curvature(ctx, key: str) -> dict:
 
 def _noise(ctx) -> dict:
     """Accuracy and loss under relative Gaussian weight noise, on the validation probe subset."""
-    from .. import sharpness
-    from ..objective import Objective
-
     cfg, p_val = ctx.cfg, ctx.inputs["p_val"]
     ctx.say(f"noise robustness: σ {cfg.noise_sigmas} × {cfg.noise_draws} draws on {len(p_val)} validation images")
     res, arrays, plots = {}, {}, []
@@ -189,8 +190,6 @@ def _noise(ctx) -> dict:
 
 def _slices(ctx) -> dict:
     """1-D loss slices along a filter-normalised random direction through each model."""
-    from ..objective import Objective
-
     cfg, p_train, p_val = ctx.cfg, ctx.inputs["p_train"], ctx.inputs["p_val"]
     ctx.say(f"1-D slices: {cfg.slice_steps} points in [−{cfg.slice_span}, {cfg.slice_span}] on "
             f"{len(p_train)} train / {len(p_val)} validation images")
@@ -217,8 +216,6 @@ def _slices(ctx) -> dict:
 
 def _slice_plots(slices: dict) -> list:
     """Loss and accuracy along each model's slice, train solid and validation dashed."""
-    from .. import plotspec
-
     out = []
     for key, sl in slices.items():
         for what in ("loss", "accuracy"):
@@ -229,8 +226,6 @@ def _slice_plots(slices: dict) -> list:
 
 
 def _evaluate(ctx) -> dict:
-    from ..train import evaluate_model
-
     return {k: evaluate_model(_model(ctx, k), ctx.inputs["test"], batch_size=ctx.cfg.eval_batch_size)[1]
             for k in SPECS}
 
@@ -248,12 +243,6 @@ def _stages(cfg: ArchitecturesConfig) -> list[Stage]:
 
 
 def _report(ctx) -> dict:
-    import time
-
-    from ..report.curvature_plots import (plot_curvature_comparison, plot_generalization_gap, plot_layer_traces,
-                                          plot_noise_robustness, plot_slices)
-    from ..report.training_plots import plot_learning_curves
-
     rd, cfg = ctx.rd, ctx.cfg
     specs = _specs(cfg)
     train, val, test, h_data, p_train, p_val = (ctx.inputs[k] for k in ("train", "val", "test", "h_data", "p_train",
@@ -315,8 +304,6 @@ def _report(ctx) -> dict:
 
 def _filter_direction(model, seed: int):
     """A filter-normalised random direction (Li et al. 2018)."""
-    from ..directions import random_direction
-
     return random_direction(model, seed=seed, norm="filter").vector
 
 
@@ -411,8 +398,6 @@ def _cli_lines(s: dict, out) -> list[str]:
 
 
 def _threads(cfg: ArchitecturesConfig):
-    from ..threads import torch_threads
-
     return torch_threads(cfg.threads)
 
 

@@ -22,10 +22,16 @@ is built from these declarations by `lossprobe.cli.study`; nothing here imports 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
+
+from lossprobe.data import fashion_mnist
+from lossprobe.results.store import RunDir
+from lossprobe.runtime.config import nonneg_float, positive_float
+from lossprobe.training.loop import AUGMENTATIONS, SCHEDULES
 
 MISSING = dataclasses.MISSING
 
@@ -47,14 +53,10 @@ def flags(config_cls) -> list[dataclasses.Field]:
 
 
 def _schedules():
-    from ..train import SCHEDULES
-
     return SCHEDULES
 
 
 def _augmentations():
-    from ..train import AUGMENTATIONS
-
     return AUGMENTATIONS
 
 
@@ -62,8 +64,6 @@ def recipe(name: str, default: Any) -> Any:
     """A training-recipe field (TrainConfig's field of the same name) with the flag every study
     that trains gives it: --optimizer, --lr, --weight-decay, --schedule, --warmup, --augment,
     --crop-padding."""
-    from ..config import nonneg_float, positive_float
-
     flags = {
         "optimizer": dict(flag="--optimizer", metavar="NAME",
                           help="optimizer (adam, momentum, sgd, nesterov, adamw, ...)"),
@@ -161,8 +161,6 @@ def fashion_splits(cfg) -> tuple:
     """Fashion-MNIST train, validation and test as the studies use them: the split of
     `cfg.n_val` validation images by `cfg.split_seed`, a seeded `cfg.train_subset` of the
     training images, and validation/test cut to seeded `cfg.eval_subset`s (seeds 1 and 2)."""
-    from ..data import fashion_mnist
-
     ds = fashion_mnist(n_val=cfg.n_val, split_seed=cfg.split_seed)
     train = ds.train.subset(cfg.train_subset, seed=cfg.split_seed) if cfg.train_subset else ds.train
     val, test = ds.val, ds.test
@@ -214,10 +212,6 @@ def save_timing(ctx: Context) -> None:
 def run_study(study: Study, out, config=None, force: bool = False, progress: bool = True) -> dict:
     """Run `study` with `config` (default: the configuration's defaults) into the run directory
     `out`, resuming what an earlier call finished; returns the summary (the last stage's output)."""
-    import contextlib
-
-    from ..store import RunDir
-
     cfg = config if config is not None else study.config()
     t0 = time.perf_counter()
     seeds = study.prepare(cfg)  # before the run directory is touched

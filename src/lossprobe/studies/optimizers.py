@@ -29,20 +29,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..config import comma_list, finite_float, positive_int
-from ..errors import UserError
-from .base import Context, Preset, Stage, Study, array_stage, option, run_stage, run_study
+from lossprobe.errors import UserError
+from lossprobe.runtime.config import comma_list, finite_float, positive_int
+from lossprobe.studies.base import Context, Preset, Stage, Study, array_stage, option, run_stage, run_study
 
 NET_OPTIMIZERS = ("sgd", "gd", "momentum", "nesterov", "rmsprop", "adam", "adamw", "adagrad")
 NET_DEFAULT_OPTIMIZERS = ["sgd", "momentum", "adam", "rmsprop"]
-NET_LR = {"sgd": 0.1, "gd": 0.5, "momentum": 0.05, "nesterov": 0.05, "rmsprop": 0.005, "adam": 0.01,
-          "adamw": 0.01, "adagrad": 0.1}
-NET_THRESHOLD = 0.2
 VARIANTS = ("base", "l2", "wide", "deep")
 
 
 def _dataset_help() -> str:
-    from ..toy import TOYS
+    from lossprobe.trajectories.toy import TOYS
 
     return ("spiral (a 2-16-1 ReLU network on two spirals, default) or an analytic function: "
             + ", ".join(f"toy:{k}" for k in TOYS))
@@ -95,7 +92,7 @@ class OptimizersConfig:
         if self.dataset != "spiral" and not self.dataset.startswith("toy:"):
             raise UserError(f"unknown dataset '{self.dataset}'; use spiral or toy:NAME (e.g. toy:rosenbrock)")
         if self.is_toy:
-            from ..toy import OPTIMIZERS, get_toy
+            from lossprobe.trajectories.toy import OPTIMIZERS, get_toy
 
             get_toy(self.dataset)
             allowed = OPTIMIZERS
@@ -150,7 +147,7 @@ class OptimizersConfig:
         if self.optimizers:
             return list(self.optimizers)
         if self.is_toy:
-            from ..toy import OPTIMIZERS
+            from lossprobe.trajectories.toy import OPTIMIZERS
 
             return list(OPTIMIZERS)
         return list(NET_DEFAULT_OPTIMIZERS)
@@ -174,9 +171,9 @@ def _stage(rd, name: str, compute, progress: bool, grids: dict | None = None, pl
 def _part(cfg: OptimizersConfig):
     """The module with the stages of the dataset: optimizers_toy or optimizers_spiral."""
     if cfg.is_toy:
-        from . import optimizers_toy as part
+        from lossprobe.studies import optimizers_toy as part
     else:
-        from . import optimizers_spiral as part
+        from lossprobe.studies import optimizers_spiral as part
     return part
 
 
@@ -189,8 +186,8 @@ def _stages(cfg: OptimizersConfig) -> list[Stage]:
 
 
 def _report(ctx) -> dict:
-    from .optimizers_spiral_report import report as spiral_report
-    from .optimizers_toy import report as toy_report
+    from lossprobe.studies.optimizers_spiral_report import report as spiral_report
+    from lossprobe.studies.optimizers_toy import report as toy_report
 
     summary = ctx.out["summary"]
     summary["seconds"] = ctx.elapsed()
@@ -200,7 +197,7 @@ def _report(ctx) -> dict:
 
 
 def _threads(cfg: OptimizersConfig):
-    from ..threads import torch_threads
+    from lossprobe.runtime.threads import torch_threads
 
     # A 2-16-1 network is far too small to split across threads: on a loaded machine the
     # synchronisation costs 10-40× (measured: 300 Adam steps 0.37 s on 1 thread, 16 s on 2).
@@ -208,7 +205,7 @@ def _threads(cfg: OptimizersConfig):
 
 
 def _cli_lines(s: dict, out) -> list[str]:
-    from .optimizers_spiral_report import fmt
+    from lossprobe.studies.optimizers_spiral_report import fmt
 
     lines = []
     for o, r in s["optimizers"].items():

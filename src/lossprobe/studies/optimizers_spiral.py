@@ -16,30 +16,50 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
+import torch
 
-from .. import plotspec
-from ..plotspec import Series
-from .base import Stage, array_stage
-from .optimizers import NET_LR, NET_THRESHOLD
+from lossprobe.connectivity.paths import interpolate
+from lossprobe.core.objective import Objective
+from lossprobe.core.space import ParamSpace
+from lossprobe.data import two_spirals
+from lossprobe.landscape.surfaces import plane_grids
+from lossprobe.models import mlp
+from lossprobe.results import plotspec
+from lossprobe.results.plotspec import Series
+from lossprobe.studies import optimizers_spiral_report as report
+from lossprobe.studies.base import Stage, array_stage
+from lossprobe.training.checkpoints import save_checkpoint
+from lossprobe.trajectories.trajectory import (
+    Plane,
+    Trajectory,
+    fidelity_summary,
+    grid_extent,
+    hessian_extremes,
+    losses_at,
+    near_saddles,
+    path_fidelity,
+    pca_plane,
+    plane_surface,
+    roughness,
+    train_trajectory,
+)
+
+NET_LR = {"sgd": 0.1, "gd": 0.5, "momentum": 0.05, "nesterov": 0.05, "rmsprop": 0.005, "adam": 0.01,
+          "adamw": 0.01, "adagrad": 0.1}
+NET_THRESHOLD = 0.2
 
 
 def _spiral_data(cfg):
-    from ..data import two_spirals
-
     train = two_spirals(cfg.n_points, cfg.spiral_noise, cfg.turns, seed=cfg.data_seed, name="spiral-train")
     test = two_spirals(cfg.n_points, cfg.spiral_noise, cfg.turns, seed=cfg.data_seed + 1000, name="spiral-test")
     return train, test
 
 
 def _net(widths, seed):
-    from ..models import mlp
-
     return mlp([2, *widths, 1], seed=seed)
 
 
 def _train(cfg, train, widths, optimizer, lr, seed, weight_decay=0.0, label=None, progress=False):
-    from ..trajectory import train_trajectory
-
     model = _net(widths, seed)
     bs = len(train) if optimizer == "gd" else cfg.batch_size
     opt = "sgd" if optimizer == "gd" else optimizer
@@ -52,8 +72,6 @@ def _train(cfg, train, widths, optimizer, lr, seed, weight_decay=0.0, label=None
 def _train_or_reuse(cfg, train, widths, optimizer, lr, seed, weight_decay, label, progress, thetas, steps):
     """The run of the first stage when it is the same run (same optimiser, init seed, no L2), else train."""
     if seed == cfg.seed and weight_decay == 0 and optimizer in thetas:
-        from ..space import ParamSpace
-        from ..trajectory import Trajectory
 
         model = _net(widths, seed)
         ParamSpace(model).load_into(model, thetas[optimizer][-1].to(next(model.parameters()).dtype))
@@ -64,9 +82,6 @@ def _train_or_reuse(cfg, train, widths, optimizer, lr, seed, weight_decay, label
 
 def inputs(ctx) -> dict:
     """The data, the reference network and objectives every spiral stage shares."""
-    from ..objective import Objective
-    from ..space import ParamSpace
-
     cfg = ctx.cfg
     train, test = _spiral_data(cfg)
     widths = list(cfg.hidden)
@@ -89,9 +104,6 @@ def surface_plots(prefix: str, what: str) -> list:
 # --- 1. training runs from one initialisation ----------------------------------------------
 def _train_stage(o: str) -> Stage:
     def compute(ctx):
-        from ..train import save_checkpoint
-        from ..trajectory import losses_at
-
         cfg, x = ctx.cfg, ctx.inputs
         model, tj = _train(cfg, x["train"], x["widths"], o, x["lrs"][o], cfg.seed, progress=ctx.progress)
         save_checkpoint(model, x["ckdir"] / f"{o}.safetensors")
@@ -113,8 +125,6 @@ def _train_stage(o: str) -> Stage:
 
 def _paths(ctx) -> dict:
     """The recorded trajectories of the training stages: thetas, steps and true losses per optimiser."""
-    import torch
-
     trajs = {o: ctx.out[f"train-{o}"] for o in ctx.inputs["opts"]}
     return {"trajs": trajs, "thetas": {o: torch.from_numpy(a["thetas"]) for o, (a, _) in trajs.items()},
             "steps": {o: a["steps"] for o, (a, _) in trajs.items()},
@@ -124,11 +134,7 @@ def _paths(ctx) -> dict:
 # --- 2. planes, surfaces and the fidelity of every drawn point -----------------------------
 def _plane_stage(key: str, make_plane, paths: list[str], minimum: float = 0.0) -> Stage:
     """`make_plane(ctx)` builds the plane (only when the stage is computed)."""
-    from ..surface import plane_grids
-
     def compute(ctx):
-        from ..trajectory import fidelity_summary, grid_extent, path_fidelity, plane_surface, roughness
-
         cfg, obj, p = ctx.cfg, ctx.inputs["obj"], ctx.out["paths"]
         plane = make_plane(ctx)
         coords = np.concatenate([plane.project(p["thetas"][o])[0] for o in paths])
@@ -154,24 +160,16 @@ def _plane_stage(key: str, make_plane, paths: list[str], minimum: float = 0.0) -
 
 
 def _shared_pca(ctx):
-    import torch
-
-    from ..trajectory import pca_plane
-
     opts, thetas = ctx.inputs["opts"], ctx.out["paths"]["thetas"]
     return pca_plane([thetas[o] for o in opts], origin=thetas[opts[0]][0].to(torch.float64))
 
 
 def _own_pca(o: str):
-    from ..trajectory import pca_plane
-
     return lambda ctx: pca_plane(ctx.out["paths"]["thetas"][o])
 
 
 def _random_through_end(o: str):
     def make(ctx):
-        from ..trajectory import Plane
-
         x = ctx.inputs
         # filter-normalised at the run's final point: the reference network sits there until
         # the plane stage ends (it then returns to the common initialisation)
@@ -183,8 +181,6 @@ def _random_through_end(o: str):
 
 # --- 3. curvature along training -----------------------------------------------------------
 def _hessian(ctx):
-    from ..trajectory import hessian_extremes, near_saddles
-
     cfg, x, p = ctx.cfg, ctx.inputs, ctx.out["paths"]
     obj, steps, thetas = x["obj"], p["steps"], p["thetas"]
     arrays, meta = {}, {}
@@ -210,10 +206,6 @@ def _hessian_plots(arrays: dict) -> list:
 
 # --- 4. initialisation and basins ----------------------------------------------------------
 def _basins(ctx):
-    from ..paths import interpolate
-    from ..train import save_checkpoint
-    from ..trajectory import fidelity_summary, grid_extent, losses_at, path_fidelity, pca_plane, plane_surface, roughness
-
     cfg, x, p = ctx.cfg, ctx.inputs, ctx.out["paths"]
     obj, obj_test, train, test = x["obj"], x["obj_test"], x["train"], x["test"]
     models, arrays, meta = {}, {}, {"seeds": cfg.basin_seeds, "optimizer": cfg.basin_optimizer,
@@ -266,12 +258,7 @@ def _basin_plots(arrays: dict) -> list:
 
 # --- 5. regularisation and architecture ----------------------------------------------------
 def _variant_stage(v: str, vw: list[int], wd: float) -> Stage:
-    from ..surface import plane_grids
-
     def compute(ctx):
-        from ..objective import Objective
-        from ..trajectory import Plane, grid_extent, losses_at, pca_plane, plane_surface, roughness
-
         cfg, x, p = ctx.cfg, ctx.inputs, ctx.out["paths"]
         train, test = x["train"], x["test"]
         model, tj = _train_or_reuse(cfg, train, vw, cfg.basin_optimizer, x["lrs"][cfg.basin_optimizer], cfg.seed,
@@ -298,8 +285,6 @@ def _variant_stage(v: str, vw: list[int], wd: float) -> Stage:
 
 def stages(cfg) -> list[Stage]:
     """Training and analysis, in the order they run; then the figures, tables and summary."""
-    from . import optimizers_spiral_report as report
-
     opts = cfg.optimizer_list()
     widths = list(cfg.hidden)
     variant_specs = {"base": (widths, 0.0), "l2": (widths, cfg.l2), "wide": ([cfg.wide], 0.0),
@@ -319,6 +304,4 @@ def stages(cfg) -> list[Stage]:
 
 
 def _surface_grids():
-    from ..surface import plane_grids
-
     return plane_grids("surface_")

@@ -7,7 +7,12 @@ and summarise the same saved numbers.
 
 from __future__ import annotations
 
-from ..surface import Surface
+from lossprobe.figures import trajectories as P
+from lossprobe.landscape.surfaces import Surface
+from lossprobe.results.atomic import write_text
+from lossprobe.trajectories.monitors import TrainingMonitor, detect_plateaus
+from lossprobe.trajectories.toy import steps_to_threshold
+from lossprobe.trajectories.trajectory import projection_match
 
 
 def _planes(ctx) -> dict:
@@ -27,8 +32,6 @@ def _surface_of(a, prefix="surface_"):
 
 def figures(ctx) -> dict:
     """Every figure of the spiral study; {'figures': [names], 'gif': note}."""
-    from ..report import trajectory_plots as P
-
     cfg, rd, x, p = ctx.cfg, ctx.rd, ctx.inputs, ctx.out["paths"]
     opts, arch, train, threshold = x["opts"], x["arch"], x["train"], x["threshold"]
     trajs, steps, true_loss = p["trajs"], p["steps"], p["true_loss"]
@@ -39,14 +42,12 @@ def figures(ctx) -> dict:
     figs += P.plot_values(curves, rd.figures, "training_loss",
                           f"Full-batch training loss (BCE) at recorded steps, {arch} ReLU on two spirals ({len(train)} points)",
                           ylabel="mean BCE loss", threshold=threshold, log=False)
-    from ..monitors import TrainingMonitor
 
     mons = {}
     for o, (a, m) in trajs.items():
         mon = TrainingMonitor(None, **{k: v for k, v in m["monitor"]["plateau_settings"].items()})
         mon.grad_norm, mon.weight_norm, mon.loss = list(a["grad_norm"]), list(a["weight_norm"]), list(a["batch_loss"])
         mons[o] = mon
-    from ..monitors import detect_plateaus
 
     stalls_by_opt = {o: [(p.start, p.end) for p in detect_plateaus(a["loss"], window=cfg.plateau_window,
                                                                     threshold=cfg.plateau_threshold, steps=a["steps"])]
@@ -129,9 +130,6 @@ def write_tables(ctx) -> None:
 
 def summary(ctx) -> dict:
     """The numbers of summary.json (the study adds its seconds)."""
-    from ..toy import steps_to_threshold
-    from ..trajectory import projection_match
-
     cfg, x = ctx.cfg, ctx.inputs
     opts, arch, train, test, threshold, lrs = x["opts"], x["arch"], x["train"], x["test"], x["threshold"], x["lrs"]
     trajs = ctx.out["paths"]["trajs"]
@@ -139,7 +137,6 @@ def summary(ctx) -> dict:
     hmeta = ctx.out["hessian"][1]
     drawn = ctx.out["figures"]
     figs, gif_note = drawn["figures"], drawn["gif"]
-    from ..monitors import detect_plateaus
 
     per_opt = {}
     for o in opts:
@@ -206,7 +203,6 @@ def _write_csv(path, steps, f) -> None:
         rows.append(f"{int(s)},{f['coords'][i, 0]:.8g},{f['coords'][i, 1]:.8g},{f['true_loss'][i]:.8g},"
                     f"{f['surface_loss'][i]:.8g},{f['plane_loss'][i]:.8g},{f['distance'][i]:.8g},"
                     f"{f['rel_distance'][i]:.8g},{f['sin_angle'][i]:.8g}")
-    from ..atomic import write_text
 
     write_text(path, "\n".join(rows) + "\n")
 

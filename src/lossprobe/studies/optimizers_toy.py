@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Stage, array_stage
+from lossprobe.figures import trajectories as P
+from lossprobe.studies.base import Stage, array_stage
+from lossprobe.trajectories import toy as T
+from lossprobe.trajectories.trajectory import roughness
 
 
 def inputs(ctx) -> dict:
-    from .. import toy as T
-
     cfg = ctx.cfg
     fn = T.get_toy(cfg.dataset)
     return {"fn": fn, "threshold": cfg.threshold if cfg.threshold is not None else fn.threshold,
@@ -22,8 +23,6 @@ def inputs(ctx) -> dict:
 
 
 def _runs(ctx):
-    from .. import toy as T
-
     cfg, x = ctx.cfg, ctx.inputs
     arrays, meta = {}, {}
     for o in x["opts"]:
@@ -35,17 +34,11 @@ def _runs(ctx):
 
 
 def _critical_points(ctx):
-    from .. import toy as T
-
     return {}, {"critical_points": [c.to_dict() for c in T.find_critical_points(ctx.inputs["fn"])]}
 
 
 def _summary(ctx) -> dict:
     """Figures and the numbers of summary.json (the study adds its seconds)."""
-    from .. import toy as T
-    from ..report import trajectory_plots as P
-    from ..trajectory import roughness
-
     cfg, rd, x = ctx.cfg, ctx.rd, ctx.inputs
     fn, threshold, opts, start = x["fn"], x["threshold"], x["opts"], x["start"]
     arrs, meta = ctx.out["runs"]

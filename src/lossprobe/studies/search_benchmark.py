@@ -23,12 +23,32 @@ from __future__ import annotations
 import math
 import tomllib
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from ..config import finite_float, positive_int
-from ..errors import UserError
-from .base import Preset, Stage, Study, option, run_study
+from lossprobe.errors import UserError
+from lossprobe.figures.search import plot_correlations, plot_regret
+from lossprobe.results import plotspec
+from lossprobe.runtime.config import finite_float, positive_int
+from lossprobe.search.benchmark import (
+    ReplaySettings,
+    bootstrap_ci,
+    correlations,
+    full_seconds,
+    noise_ceiling,
+    paired_difference,
+    paired_ert_ratio,
+    replay_all,
+    summarize,
+)
+from lossprobe.search.methods import BASELINES, DEFAULT_METHOD, METHODS
+from lossprobe.search.oracle import TableOracle
+from lossprobe.search.probes import ALL_FAMILIES, DEFAULT_FAMILIES
+from lossprobe.search.space import SearchSpace
+from lossprobe.search.space import SearchSpace as _S
+from lossprobe.search.table import TableConfig, build_table
+from lossprobe.studies.base import Preset, Stage, Study, option, run_study
 
 # Same text as examples/space.toml, so the study runs from an installed package.
 DEFAULT_SPACE_TOML = """
@@ -82,9 +102,6 @@ TABLES = {
 
 def table_config(name: str, size: int | None = None):
     """The `TableConfig` of one of the benchmark's tables ('mlp' or 'cnn')."""
-    from ..search.space import SearchSpace
-    from ..search.table import TableConfig
-
     if name not in TABLES:
         raise UserError(f"unknown benchmark table '{name}'; choose from {', '.join(TABLES)}")
     t = TABLES[name]
@@ -121,8 +138,6 @@ class SearchBenchmarkConfig:
     epochs_axis: bool = True  # also replay with nominal costs (fraction × epochs; epochs)
 
     def __post_init__(self):
-        from ..search.methods import METHODS
-
         if not self.tables:
             raise UserError("give at least one table")
         bad = [t for t in self.tables if t not in TABLES and t != "custom"]
@@ -147,8 +162,6 @@ QUICK = {"tables": ["mlp"], "sizes": {"mlp": 16},
 
 def _table(cfg: SearchBenchmarkConfig, name: str):
     """(TableConfig, SearchSpace) of table `name` under `cfg`."""
-    from ..search.space import SearchSpace
-
     if name == "custom" or cfg.space:
         tc = table_config("mlp", cfg.sizes.get(name))
         space = SearchSpace.from_toml(cfg.space) if cfg.space else SearchSpace.from_dict(tc.space)
@@ -159,7 +172,6 @@ def _table(cfg: SearchBenchmarkConfig, name: str):
         if not hasattr(tc, k):
             raise UserError(f"table_overrides.{name}: unknown table setting '{k}'")
         setattr(tc, k, v)
-    from ..search.space import SearchSpace as _S
 
     return tc, _S.from_dict(tc.space, source=f"(table {name})")
 
@@ -174,12 +186,6 @@ def _probe_methods():
 
 def _build(ctx, name: str) -> dict:
     """Table `name`, built once (row by row, resumable) in TABLE_DIR/NAME, and what its replays need."""
-    from pathlib import Path
-
-    from ..search.benchmark import full_seconds
-    from ..search.methods import METHODS
-    from ..search.table import build_table
-
     cfg = ctx.cfg
     tcfg, space = _table(cfg, name)
     tdir = Path(cfg.table_dir) / name if cfg.table_dir else ctx.rd / "tables" / name
@@ -200,9 +206,6 @@ def _build(ctx, name: str) -> dict:
 
 def _correlations(ctx, name: str) -> dict:
     """Held-out Spearman/Kendall per fidelity, with and without feature families; the noise ceiling."""
-    from ..search.benchmark import correlations, noise_ceiling
-    from ..search.probes import DEFAULT_FAMILIES
-
     cfg, t = ctx.cfg, ctx.out[f"table-{name}"]
     rows, keys = t["rows"], t["tcfg"].keys()
     ctx.say(f"  correlations at fidelities {keys} over {cfg.corr_seeds} seeds")
@@ -226,10 +229,6 @@ def _features(ctx, name: str) -> dict:
 def _replays(ctx, name: str) -> dict:
     """Every method × seed on the table, on the seconds axis (and nominal epochs); each method's
     replay is saved as it finishes (replay-NAME-AXIS-METHOD.npz/.json) and reused by a rerun."""
-    from .. import plotspec
-    from ..search.benchmark import ReplaySettings, replay_all, summarize
-    from ..search.methods import BASELINES
-
     cfg, rd, t = ctx.cfg, ctx.rd, ctx.out[f"table-{name}"]
     rows, space, methods, budget = t["rows"], t["space"], t["methods"], t["budget"]
     options = {m: {"fidelity": t["fidelity"]} for m in _probe_methods()}
@@ -287,9 +286,6 @@ def _results(ctx, name: str) -> dict:
 def _feature_study(rows, space, cfg: SearchBenchmarkConfig, fid: str, budget: float, progress: bool) -> dict:
     """Each extra family's measured cost, and its value: held-out Spearman and replayed regret of
     `cfg.feature_method` with the base probe (hyperparameters + learning curve) and with the family."""
-    from ..search.benchmark import ReplaySettings, correlations, paired_difference, paired_ert_ratio, replay_all
-    from ..search.probes import ALL_FAMILIES
-
     extra = [f for f in ALL_FAMILIES if f != "curve"]
     full = np.median([r["full"]["cpu_seconds"] for r in rows])
     cost = {}
@@ -333,8 +329,6 @@ def _ci(v):
 def _oracle_regret(rows, space, seeds: int, pool: float) -> float:
     """Mean regret of choosing, in each seed's pool, the row with the best selection value
     (seed 0 on A): the floor any method that selects on A faces."""
-    from ..search.oracle import TableOracle
-
     out = []
     for s in range(seeds):
         o = TableOracle(rows, space, seed=s, pool=pool)
@@ -364,11 +358,6 @@ def _targets(rep: dict, method: str) -> dict:
 
 
 def _report(ctx) -> dict:
-    from ..report.search_plots import plot_correlations, plot_regret
-    from ..search.benchmark import bootstrap_ci
-    from ..search.methods import DEFAULT_METHOD
-    from ..search.probes import DEFAULT_FAMILIES
-
     cfg, rd = ctx.cfg, ctx.rd
     res = {name: _results(ctx, name) for name in cfg.tables}
     tables, figs = {}, []

@@ -17,11 +17,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..config import positive_int
-from ..errors import UserError
-from . import two_seeds_connectivity as connectivity
-from . import two_seeds_surfaces as surfaces
-from .base import Preset, Stage, Study, fashion_splits, option, recipe, run_study
+from lossprobe.connectivity.paths import PathEvaluation, interpolate
+from lossprobe.errors import UserError
+from lossprobe.figures.paths import plot_interpolation
+from lossprobe.figures.training import plot_learning_curves
+from lossprobe.models import build
+from lossprobe.results import plotspec
+from lossprobe.runtime.config import positive_int
+from lossprobe.studies import two_seeds_connectivity as connectivity
+from lossprobe.studies import two_seeds_surfaces as surfaces
+from lossprobe.studies.base import Preset, Stage, Study, fashion_splits, option, recipe, run_study
+from lossprobe.training.checkpoints import load_checkpoint, save_checkpoint
+from lossprobe.training.loop import History, TrainConfig, evaluate_model, fit
 
 BARRIER_TOLERANCE = 0.02  # Frankle et al. (2020) call an error barrier under 2% "linearly connected"
 
@@ -78,8 +85,6 @@ class TwoSeedsConfig:
             raise UserError(f"barrier_tolerance must be in [0, 1), got {self.barrier_tolerance}")
 
     def train_config(self, run: int):
-        from ..train import TrainConfig
-
         return TrainConfig(
             optimizer=self.optimizer, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay,
             epochs=self.epochs, batch_size=self.batch_size, schedule=self.schedule,
@@ -99,8 +104,6 @@ def alpha_grid(n: int) -> np.ndarray:
 
 # --- stages --------------------------------------------------------------------------------
 def _prepare(cfg: TwoSeedsConfig) -> dict:
-    from ..models import build
-
     build(cfg.model)  # reject a bad spec before touching the output directory
     return {"init": cfg.seeds, "data": [cfg.train_config(i).data_seed for i in range(2)], "split": cfg.split_seed}
 
@@ -114,9 +117,6 @@ def _inputs(ctx) -> dict:
 
 def _train(ctx, i: int, seed: int):
     """Train the network of init seed `seed` (run i); (model, History)."""
-    from ..models import build
-    from ..train import fit, save_checkpoint
-
     rd, cfg, train = ctx.rd, ctx.cfg, ctx.inputs["train"]
     model = build(cfg.model, seed=seed)
     ctx.say(f"training {cfg.model} from init seed {seed} ({cfg.epochs} epochs on {len(train)} images)")
@@ -129,9 +129,6 @@ def _train(ctx, i: int, seed: int):
 
 
 def _load_trained(ctx, seed: int):
-    from ..models import build
-    from ..train import History, load_checkpoint
-
     model = build(ctx.cfg.model, seed=seed)
     load_checkpoint(model, ctx.rd / "checkpoints" / f"model_seed{seed}.safetensors")
     return model.eval(), History.from_dict(ctx.rd.load_json(f"history_seed{seed}.json"))
@@ -142,9 +139,6 @@ def _models(ctx) -> list:
 
 
 def _interpolate(ctx):
-    from .. import plotspec
-    from ..paths import interpolate
-
     cfg, eval_train, test = ctx.cfg, ctx.inputs["eval_train"], ctx.inputs["test"]
     ctx.say(f"interpolating on train ({len(eval_train)}) and test ({len(test)}) at {cfg.alphas} points")
     bn_data = ctx.inputs["train"] if cfg.bn == "recompute" else None
@@ -166,14 +160,10 @@ def _interpolate(ctx):
 
 def _load_interpolation(ctx):
     """The straight line as saved (a resumed run and a fresh one read the same numbers)."""
-    from ..paths import PathEvaluation
-
     return PathEvaluation.from_arrays(ctx.rd.load_arrays("interpolation.npz"))
 
 
 def _evaluate(ctx) -> dict:
-    from ..train import evaluate_model
-
     return {"test_accuracy": [evaluate_model(m, ctx.inputs["test"])[1] for m in _models(ctx)]}
 
 
@@ -196,9 +186,6 @@ def _stages(cfg: TwoSeedsConfig) -> list[Stage]:
 
 
 def _report(ctx) -> dict:
-    from ..report.paths_plots import plot_interpolation
-    from ..report.training_plots import plot_learning_curves
-
     rd, cfg = ctx.rd, ctx.cfg
     train, val, test, eval_train = (ctx.inputs[k] for k in ("train", "val", "test", "eval_train"))
     histories = {f"seed {s}": ctx.out[f"train-{s}"][1] for s in cfg.seeds}

@@ -20,6 +20,15 @@ from __future__ import annotations
 
 import time
 
+from lossprobe.connectivity.alignment.matching import align, permutation_spec
+from lossprobe.connectivity.curves import Curve, CurveTrainConfig, evaluate_curve, train_curve
+from lossprobe.connectivity.paths import interpolate
+from lossprobe.connectivity.repair import Repairer, interpolate_repaired
+from lossprobe.figures.connectivity import plot_paths
+from lossprobe.results import plotspec
+from lossprobe.results.plotspec import Series
+from lossprobe.training.checkpoints import save_checkpoint
+
 CURVE_EPOCHS = 2  # default training epochs of the Bezier bend (config curve_epochs) (the whole stage is budgeted at ~60 s on 2 cores)
 CURVE_LR = 1e-3
 CALIBRATION_SAMPLES = 5000  # training images REPAIR measures statistics on
@@ -46,8 +55,6 @@ def load(ctx) -> dict:
 
 def figures(ctx, naive, conn: dict) -> list[str]:
     """The figure of the four paths: `naive` the straight line (an Interpolation), `conn` from `load`."""
-    from ..report.connectivity_plots import plot_paths
-
     cfg, arr = ctx.cfg, conn["arrays"]
     paths = {LABELS["naive"]: (naive.alphas, dict(naive.loss), dict(naive.accuracy))}
     for p in PATHS:
@@ -59,12 +66,6 @@ def figures(ctx, naive, conn: dict) -> list[str]:
 
 
 def _compute(ctx, models) -> None:
-    from ..align import align, permutation_spec
-    from ..curves import Curve, CurveTrainConfig, evaluate_curve, train_curve
-    from ..paths import interpolate
-    from ..repair import Repairer, interpolate_repaired
-    from ..train import save_checkpoint
-
     rd, cfg, progress, epochs = ctx.rd, ctx.cfg, ctx.progress, ctx.cfg.curve_epochs
     train, eval_train, test = ctx.inputs["train"], ctx.inputs["eval_train"], ctx.inputs["test"]
     t0 = time.perf_counter()
@@ -127,9 +128,6 @@ def _compute(ctx, models) -> None:
 
 def _plots(cfg) -> list:
     """Loss and error of the three paths against α (the straight line is in interpolation.npz)."""
-    from .. import plotspec
-    from ..plotspec import Series
-
     a, b = cfg.seeds
     kw = dict(xlabel=f"α (0: seed {a}, 1: seed {b} or its aligned copy)")
     return [plotspec.line(f"{what} along the paths between the two solutions", "alphas",

@@ -17,6 +17,12 @@ import time
 
 import numpy as np
 
+from lossprobe.core import directions as D
+from lossprobe.core.objective import Objective
+from lossprobe.figures.surfaces import plot_filled_contour, write_html
+from lossprobe.landscape import surfaces as S
+from lossprobe.models import build
+
 # Each grid point is a few small matrix products: one thread avoids OpenMP barrier waits,
 # which on a shared 2-core machine made this stage 10× slower with two (measured: 18 s vs 1.5 s).
 THREADS = 1
@@ -48,16 +54,12 @@ def compute(ctx, models) -> dict:
 
 def load(ctx) -> dict:
     """{'A', 'B', 'plane': lossprobe.surface.Surface, 'seconds': s} as saved."""
-    from .. import surface as S
-
     base = ctx.rd / "surfaces"
     return {**{k: S.load(base / k) for k in KEYS}, "seconds": ctx.rd.load_json("surfaces/timing.json")["seconds"]}
 
 
 def summary_and_figures(ctx, saved: dict) -> dict:
     """The surfaces' numbers for summary.json and their figures; {'summary': {...}, 'figures': [names]}."""
-    from ..report.surface_plots import plot_filled_contour, write_html
-
     rd, cfg = ctx.rd, ctx.cfg
     steps = cfg.surface_steps
     sub = _subset(ctx)
@@ -108,11 +110,6 @@ def _ring_mean(r, radius: float):
 
 
 def _compute(base, cfg, models, sub, steps: int, progress: bool) -> None:
-    from .. import directions as D
-    from .. import surface as S
-    from ..models import build
-    from ..objective import Objective
-
     for k, model in zip(("A", "B"), models):
         obj = Objective(model, sub)
         d1, d2 = D.random_plane(model, seed=0, norm="filter")

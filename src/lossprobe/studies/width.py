@@ -19,9 +19,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..config import positive_int
-from ..errors import UserError
-from .base import Preset, Stage, Study, option, recipe, run_study
+from lossprobe.connectivity.alignment.matching import FEATURES, align, permutation_spec
+from lossprobe.connectivity.alignment.matching import METHODS as ALIGN_METHODS
+from lossprobe.connectivity.paths import interpolate
+from lossprobe.connectivity.repair import Repairer, interpolate_repaired
+from lossprobe.data import fashion_mnist
+from lossprobe.errors import UserError
+from lossprobe.figures.connectivity import plot_width
+from lossprobe.models import INITS, build
+from lossprobe.results import plotspec
+from lossprobe.results.plotspec import Series
+from lossprobe.runtime.config import positive_int
+from lossprobe.studies.base import Preset, Stage, Study, option, recipe, run_study
+from lossprobe.training.checkpoints import load_checkpoint, save_checkpoint
+from lossprobe.training.loop import TrainConfig, evaluate_model, fit
 
 METHODS = ("naive", "aligned", "aligned_repair")
 LABELS = {"naive": "naive (straight line)", "aligned": "aligned (weight matching)", "aligned_repair": "aligned + REPAIR"}
@@ -75,19 +86,15 @@ class WidthConfig:
         if self.alphas < 3 or (self.alphas - 1) % 2:
             raise UserError(f"alphas must be odd and at least 3 (0.5 on the grid), got {self.alphas}")
         self.train_config()  # the recipe is valid (one line otherwise)
-        from ..models import INITS
 
         if self.init not in INITS:
             raise UserError(f"init must be one of {list(INITS)}, got '{self.init}'")
-        from ..align import FEATURES, METHODS as ALIGN_METHODS
 
         if self.method not in ALIGN_METHODS or self.features not in FEATURES:
             raise UserError(f"method must be one of {list(ALIGN_METHODS)} and features one of {list(FEATURES)}, "
                             f"got '{self.method}', '{self.features}'")
 
     def train_config(self):
-        from ..train import TrainConfig
-
         return TrainConfig(optimizer=self.optimizer, lr=self.lr, momentum=self.momentum,
                            weight_decay=self.weight_decay, epochs=self.epochs, batch_size=self.batch_size,
                            schedule=self.schedule, warmup_epochs=self.warmup_epochs, augment=self.augment,
@@ -114,12 +121,6 @@ PUBLISHED_DEEP_REPAIR_MIDPOINT = 0.735  # Jordan et al. 2022: 10-layer MLP, widt
 
 def _pair(ctx, width: int, pair: int) -> dict:
     """Train one pair of width `width`, align it, and measure the three paths; pairs/w<W>_p<P>.json."""
-    from ..align import align, permutation_spec
-    from ..models import build
-    from ..paths import interpolate
-    from ..repair import Repairer, interpolate_repaired
-    from ..train import evaluate_model, fit, load_checkpoint, save_checkpoint
-
     rd, cfg, progress = ctx.rd, ctx.cfg, ctx.progress
     train, eval_train, test, calib = (ctx.inputs[k] for k in ("train", "eval_train", "test", "calib"))
     name = _pair_name(width, pair)
@@ -176,8 +177,6 @@ def _prepare(cfg: WidthConfig) -> dict:
 
 
 def _inputs(ctx) -> dict:
-    from ..data import fashion_mnist
-
     cfg = ctx.cfg
     ds = fashion_mnist(split_seed=cfg.split_seed)
     train = ds.train.subset(cfg.train_subset, seed=cfg.split_seed) if cfg.train_subset else ds.train
@@ -226,9 +225,6 @@ def barrier_tables(cfg: WidthConfig, results: list[dict]) -> dict:
 
 def _save_arrays(rd, cfg: WidthConfig, t: dict) -> None:
     """width.npz: [width, pair] arrays; width_mean.npz: their means over pairs, with what to draw."""
-    from .. import plotspec
-    from ..plotspec import Series
-
     lb, eb, mid = t["loss_barrier_test"], t["error_barrier_test"], t["midpoint_accuracy_test"]
     rd.save_arrays("width.npz", widths=np.array(cfg.widths),
                    **{f"{m}_loss_barrier_test": lb[m] for m in METHODS},
@@ -254,8 +250,6 @@ def _save_arrays(rd, cfg: WidthConfig, t: dict) -> None:
 
 
 def _report(ctx) -> dict:
-    from ..report.connectivity_plots import plot_width
-
     rd, cfg = ctx.rd, ctx.cfg
     results = [ctx.out[_pair_name(w, p)] for w in cfg.widths for p in range(cfg.pairs)]
     npairs = cfg.pairs

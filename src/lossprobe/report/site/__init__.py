@@ -18,14 +18,25 @@ The package, by concern:
     write.py     the output folder, its manifest and assets; build_site, build_run_site
 """
 
-from .content import flatten, key_numbers
-from .load import MAX_COPY_BYTES, MAX_LOAD_BYTES, Run, expand_run_dirs, load_run
-from .markdown import figure_captions, markdown_to_html
-from .markup import ASSETS, SITE_CSP, esc, fmt, href, json_for_script, slugify
-from .pages import render_compare, render_index, render_run
-from .plots import (MAX_PLOTS, MAX_SURFACE_FILES, MAX_TRACES, Plot, compare_plots, declared_plots, history_plots,
-                    line_plot, overlay, run_plots, surface_plots)
-from .write import SITE_MARKER, build_run_site, build_site
+from lossprobe.report.site.content import flatten, key_numbers
+from lossprobe.report.site.load import MAX_COPY_BYTES, MAX_LOAD_BYTES, Run, expand_run_dirs, load_run
+from lossprobe.report.site.markdown import figure_captions, markdown_to_html
+from lossprobe.report.site.markup import ASSETS, SITE_CSP, esc, fmt, href, json_for_script, slugify
+from lossprobe.report.site.pages import render_compare, render_index, render_run
+from lossprobe.report.site.plots import (
+           MAX_PLOTS,
+           MAX_SURFACE_FILES,
+           MAX_TRACES,
+           Plot,
+           compare_plots,
+           declared_plots,
+           history_plots,
+           line_plot,
+           overlay,
+           run_plots,
+           surface_plots,
+)
+from lossprobe.report.site.write import SITE_MARKER, build_run_site, build_site
 
 __all__ = ["ASSETS", "MAX_COPY_BYTES", "MAX_LOAD_BYTES", "MAX_PLOTS", "MAX_SURFACE_FILES", "MAX_TRACES", "Plot", "Run",
            "SITE_CSP", "SITE_MARKER", "build_run_site", "build_site", "compare_plots", "declared_plots", "esc",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from .markup import fmt
+from lossprobe.report.site.markup import fmt
 
 
 def flatten(d: Any, prefix: str = "", max_list: int = 8) -> list[tuple[str, Any, str]]:

@@ -6,6 +6,7 @@ Array files (.npz) are read with the plot declarations their producer stored in 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -15,9 +16,9 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from ...errors import UserError
-from ...store import PLOTS_KEY, RESERVED_KEYS, plots_of
-from .markup import size
+from lossprobe.errors import UserError
+from lossprobe.report.site.markup import size
+from lossprobe.results.store import PLOTS_KEY, RESERVED_KEYS, plots_of
 
 MAX_COPY_BYTES = 64 * 2**20  # larger files are listed, not copied into the site
 MAX_LOAD_BYTES = 32 * 2**20  # larger .npz files are not opened for plots
@@ -171,8 +172,6 @@ def _sidecar_labels(specs: list, meta_file: Path, arrays: dict[str, np.ndarray])
     """Surface plots declared only by a grid without axis titles (`lossprobe.surface.Surface.save`
     of a run without meta.axis_labels) get their titles from the JSON saved next to the .npz:
     the kinds of its directions. The axes themselves stay as declared."""
-    import dataclasses
-
     if not meta_file.is_file():
         return specs
     info, _ = read_json(meta_file)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import posixpath
 import re
 from typing import Callable
+from urllib.parse import unquote
 
-from .markup import esc
+from lossprobe.report.site.markup import esc
 
 _SAFE_SCHEMES = ("http://", "https://", "mailto:")
 
@@ -86,8 +87,6 @@ def _check_links(children: list, resolve: Callable[[str], str | None], Token) ->
 
 
 def _safe_url(raw: str, resolve: Callable[[str], str | None]) -> str | None:
-    from urllib.parse import unquote
-
     url = raw.strip()
     low = url.lower()
     if low.startswith(_SAFE_SCHEMES):

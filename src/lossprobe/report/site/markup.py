@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from lossprobe._version import __version__
+
 ASSETS = Path(__file__).resolve().parent.parent / "site_assets"
 # Every page's Content-Security-Policy: scripts, styles, images and fonts from the site itself
 # only (plus the inline styles and data:/blob: images plotly draws with); no connections, frames,
@@ -87,8 +89,6 @@ def size(n: int) -> str:
 
 def page(title: str, body: str, root: str, nav: str = "", plots: bool = False) -> str:
     """A whole page from site_assets/page.html; `plots` adds plotly and the site's script."""
-    from ... import __version__
-
     tpl = string.Template((ASSETS / "page.html").read_text(encoding="utf-8"))
     scripts = ""
     if plots:

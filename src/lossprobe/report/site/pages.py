@@ -8,11 +8,11 @@ from urllib.parse import quote
 
 import numpy as np
 
-from .content import flatten, key_numbers
-from .load import Run
-from .markdown import figure_captions, markdown_to_html
-from .markup import badge, date, esc, fmt, href, kv_table, page, plot_html, size
-from .plots import compare_plots, drawn_arrays, run_plots
+from lossprobe.report.site.content import flatten, key_numbers
+from lossprobe.report.site.load import Run
+from lossprobe.report.site.markdown import figure_captions, markdown_to_html
+from lossprobe.report.site.markup import badge, date, esc, fmt, href, kv_table, page, plot_html, size
+from lossprobe.report.site.plots import compare_plots, drawn_arrays, run_plots
 
 
 def _badge(run: Run) -> str:

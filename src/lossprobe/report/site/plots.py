@@ -16,13 +16,14 @@ from history*.json files (`lossprobe.train.History.to_dict`), which are JSON, no
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import posixpath
 from dataclasses import dataclass
 
 import numpy as np
 
-from .markup import esc, fmt
+from lossprobe.report.site.markup import esc, fmt
 
 # Greyscale-readable trace styles: line dash and marker differ, not only the colour.
 COLORS = ("#000000", "#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9")
@@ -212,8 +213,6 @@ def overlay(members: list[tuple[str, Plot]], title: str, description: str, key: 
 
 
 def _signature(arrays: dict[str, np.ndarray]) -> str:
-    import hashlib
-
     h = hashlib.sha1()
     for k in sorted(arrays):
         a = np.ascontiguousarray(arrays[k])

@@ -19,11 +19,12 @@ import sys
 from pathlib import Path
 from typing import Iterable
 
-from ... import atomic
-from ...errors import UserError
-from .load import Run, expand_run_dirs, load_run
-from .markup import ASSETS, slugify
-from .pages import render_compare, render_index, render_run
+from lossprobe.errors import UserError
+from lossprobe.report.site.load import Run, expand_run_dirs, load_run
+from lossprobe.report.site.markup import ASSETS, slugify
+from lossprobe.report.site.pages import render_compare, render_index, render_run
+from lossprobe.results import atomic
+from lossprobe.results.store import FolderLock, _foreign, write_json
 
 SITE_MARKER = ".lossprobe-site"
 
@@ -50,8 +51,6 @@ def _read_manifest(out: Path) -> list[str]:
 
 
 def _write_manifest(out: Path, files: Iterable[str]) -> None:
-    from ...store import write_json
-
     write_json(out / SITE_MARKER, {"written_by": "lossprobe report; rebuilt in place on each run, and only the files "
                                                  "listed here are ever removed", "files": sorted(set(files))})
 
@@ -72,7 +71,6 @@ def _prepare_out(out: Path, run_paths: list[Path]) -> list[str]:
             raise UserError(f"--out {out} is the run directory itself; choose another folder, e.g. {out}/site")
     if not out.is_dir():
         return []
-    from ...store import _foreign
 
     entries = _foreign(out)
     if entries and not (out / SITE_MARKER).is_file():
@@ -90,8 +88,6 @@ def build_site(run_dirs: Iterable[str | os.PathLike], out: str | os.PathLike) ->
     wrote (listed in `out/.lossprobe-site`) and this one does not are removed. One process
     at a time writes a site (its lock). Raises UserError for a path that is not a run directory.
     """
-    from ...store import FolderLock
-
     out = Path(out)
     paths = expand_run_dirs(run_dirs)
     if not paths:

@@ -1,0 +1,399 @@
+"""Directions in parameter space: random (normalised), between models, planes, PCA.
+
+Every function returns `Direction` objects: a flat vector [P] in the layout of a
+`ParamSpace` plus a `meta` dict saying how it was made (kind, seed, normalisation, ...),
+so a saved surface can be reproduced.
+
+Normalisation of a random Gaussian direction d against reference weights θ
+(Li et al., 2018, "Visualizing the Loss Landscape of Neural Nets"):
+
+    filter  for every weight tensor, each output filter (row of a Linear weight, output
+            channel of a Conv weight, the output column of an HF Conv1D or ConvTranspose
+            weight: the tensor's `Entry.unit_axis`) is rescaled so that
+            ‖d_filter‖ = ‖θ_filter‖. One-dimensional tensors that are not ignored (biases,
+            norm parameters, running statistics when asked for) count as one filter.
+    layer   every tensor is rescaled so that ‖d_tensor‖ = ‖θ_tensor‖.
+    model   the whole vector is rescaled so that ‖d‖ = ‖θ‖ (over the entries not ignored).
+    None    the raw N(0, 1) draw.
+
+Ignored kinds (default biases and normalisation parameters, as Li et al. do) are zero in
+the direction, so those parameters stay at the reference value along it.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from lossprobe.core.space import KINDS, ParamSpace
+from lossprobe.errors import UserError
+
+NORMS = ("filter", "layer", "model", None)
+
+
+@dataclass
+class Direction:
+    """A direction [P] in parameter space and how it was made.
+
+    Attributes:
+        vector: flat tensor [P] (the dtype and device of the space it was made for).
+        meta: JSON-friendly description: kind ('random', 'between', 'plane', 'pca', 'given'),
+            seed, norm, ignore, include_buffers, and kind-specific fields.
+    """
+
+    vector: torch.Tensor
+    meta: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return self.vector.numel()
+
+    @property
+    def norm(self) -> float:
+        return float(self.vector.double().norm())
+
+    def to(self, *args, **kwargs) -> "Direction":
+        return Direction(self.vector.to(*args, **kwargs), dict(self.meta))
+
+    def __repr__(self) -> str:
+        return f"Direction(P={len(self)}, norm={self.norm:.4g}, meta={self.meta})"
+
+
+def as_vector(obj, space: ParamSpace | None = None) -> torch.Tensor:
+    """A flat [P] tensor from a Direction, a tensor/array, a module or a state dict."""
+    if isinstance(obj, Direction):
+        return obj.vector
+    if isinstance(obj, nn.Module) or isinstance(obj, dict):
+        if space is None:
+            if not isinstance(obj, nn.Module):
+                raise UserError("a state dict needs a ParamSpace to be flattened")
+            space = ParamSpace(obj)
+        return space.flatten(obj)
+    if isinstance(obj, (torch.Tensor, np.ndarray, list, tuple)):
+        t = torch.as_tensor(obj)
+        return t.reshape(-1) if t.ndim != 1 else t
+    raise TypeError(f"expected a Direction, a tensor, a module or a state dict, got {type(obj).__name__}")
+
+
+# --- random directions ------------------------------------------------------------------
+def _space_and_reference(space_or_model, include_buffers: bool, reference) -> tuple[ParamSpace, torch.Tensor | None]:
+    if isinstance(space_or_model, ParamSpace):
+        space = space_or_model
+        ref = None
+    elif isinstance(space_or_model, nn.Module):
+        space = ParamSpace(space_or_model, include_buffers=include_buffers)
+        ref = space.flatten(space_or_model)
+    else:
+        raise TypeError(f"expected a ParamSpace or an nn.Module, got {type(space_or_model).__name__}")
+    if reference is not None:
+        ref = as_vector(reference, space)
+        space.check_vector(ref, "reference")
+    return space, ref
+
+
+def _check_options(norm, ignore) -> tuple[str, ...]:
+    if norm not in NORMS:
+        raise UserError(f"norm must be one of 'filter', 'layer', 'model' or None, got {norm!r}")
+    ignore = (ignore,) if isinstance(ignore, str) else tuple(ignore or ())
+    bad = [k for k in ignore if k not in KINDS]
+    if bad:
+        raise UserError(f"unknown kind(s) {bad} in ignore; choose from {list(KINDS)}")
+    return ignore
+
+
+def normalize(d: torch.Tensor, reference: torch.Tensor, space: ParamSpace, norm: str | None,
+              ignore: Sequence[str] = ("bias", "norm")) -> torch.Tensor:
+    """Return a normalised copy of direction `d` [P] against `reference` [P] (see module doc)."""
+    ignore = _check_options(norm, ignore)
+    d = d.detach().to(torch.float64).clone()
+    keep = ~space.mask(ignore) if ignore else torch.ones(space.numel, dtype=torch.bool)
+    d[~keep.to(d.device)] = 0
+    if norm is None:
+        return d
+    if reference is None:
+        raise UserError(f"norm='{norm}' needs reference weights: pass a model or reference=θ")
+    ref = reference.detach().to(d.device, torch.float64)
+    if norm == "model":
+        k = keep.to(d.device)
+        return d * (ref[k].norm() / d[k].norm().clamp_min(1e-30))
+    for e in space.entries:
+        if e.kind in ignore:
+            continue
+        seg, w = d[e.slice], ref[e.slice]
+        if norm == "filter" and len(e.shape) >= 2 and e.unit_axis is not None:
+            seg.mul_(e.per_unit(e.units(w).norm(dim=1) / e.units(seg).norm(dim=1).clamp_min(1e-30)))
+        else:  # layer norm, or a 1-D tensor under filter norm: one filter
+            seg.mul_(w.norm() / seg.norm().clamp_min(1e-30))
+    return d
+
+
+def _draw(space: ParamSpace, g: torch.Generator) -> torch.Tensor:
+    # Drawn on the CPU in float64 so the same seed gives the same direction on any device.
+    return torch.randn(space.numel, generator=g, dtype=torch.float64)
+
+
+def random_direction(space_or_model, seed: int = 0, norm: str | None = "filter",
+                     ignore: Sequence[str] = ("bias", "norm"), include_buffers: bool = False,
+                     reference=None) -> Direction:
+    """A seeded Gaussian direction [P], normalised against the reference weights.
+
+    Args:
+        space_or_model: an `nn.Module` (its parameters are the reference unless
+            `reference` is given) or a `ParamSpace` (then `reference` is needed for
+            filter/layer/model normalisation).
+        seed: seed of the Gaussian draw (CPU generator; identical across devices).
+        norm: 'filter' (Li et al.), 'layer', 'model' or None.
+        ignore: parameter kinds set to zero in the direction ('bias', 'norm', 'buffer',
+            'weight'). Pass () to move every parameter.
+        include_buffers: put BatchNorm running statistics in the space (and so, unless
+            'buffer' is in `ignore`, in the direction).
+        reference: θ [P] (tensor, Direction or module) to normalise against.
+    """
+    space, ref = _space_and_reference(space_or_model, include_buffers, reference)
+    ignore = _check_options(norm, ignore)
+    g = torch.Generator().manual_seed(int(seed))
+    d = normalize(_draw(space, g), ref, space, norm, ignore)
+    meta = {"kind": "random", "seed": int(seed), "index": 0, "norm": norm, "ignore": list(ignore),
+            "include_buffers": space.include_buffers}
+    return Direction(d.to(space.dtype).to(space.device), meta)
+
+
+def random_plane(space_or_model, seed: int = 0, norm: str | None = "filter",
+                 ignore: Sequence[str] = ("bias", "norm"), include_buffers: bool = False,
+                 reference=None, orthogonal: bool = False) -> tuple[Direction, Direction]:
+    """Two seeded Gaussian directions (the first equals `random_direction(seed)`).
+
+    Both come from one generator seeded with `seed` (the second is the next draw).
+    With `orthogonal=True` the second is made orthogonal to the first (Gram–Schmidt)
+    and rescaled to its norm before projection; filter normalisation then holds only
+    approximately for it (in high dimension the projection removes very little).
+    """
+    space, ref = _space_and_reference(space_or_model, include_buffers, reference)
+    ignore = _check_options(norm, ignore)
+    g = torch.Generator().manual_seed(int(seed))
+    d1 = normalize(_draw(space, g), ref, space, norm, ignore)
+    d2 = normalize(_draw(space, g), ref, space, norm, ignore)
+    cos = float(d1 @ d2 / (d1.norm() * d2.norm()).clamp_min(1e-30))
+    if orthogonal:
+        n2 = d2.norm()
+        d2 = d2 - (d2 @ d1) / (d1 @ d1).clamp_min(1e-30) * d1
+        d2 = d2 * (n2 / d2.norm().clamp_min(1e-30))
+    base = {"kind": "random", "seed": int(seed), "norm": norm, "ignore": list(ignore),
+            "include_buffers": space.include_buffers, "orthogonal": bool(orthogonal), "cosine_before": cos}
+    return (Direction(d1.to(space.dtype).to(space.device), {**base, "index": 0}),
+            Direction(d2.to(space.dtype).to(space.device), {**base, "index": 1}))
+
+
+# --- directions between models ------------------------------------------------------------
+def between(model_a, model_b, space: ParamSpace | None = None) -> Direction:
+    """θ_B − θ_A [P]: from model (or vector) A to B; A + 1·d is B."""
+    if space is None and isinstance(model_a, nn.Module):
+        space = ParamSpace(model_a)
+        if isinstance(model_b, nn.Module):
+            space.check_compatible(ParamSpace(model_b))
+    a, b = as_vector(model_a, space), as_vector(model_b, space)
+    if a.shape != b.shape:
+        raise UserError(f"the two points have {a.numel()} and {b.numel()} parameters: they must match")
+    d = b.to(a.dtype) - a
+    return Direction(d, {"kind": "between", "norm": None, "length": float(d.double().norm())})
+
+
+def plane_through(theta0, theta1, theta2, space: ParamSpace | None = None) -> tuple[Direction, Direction]:
+    """Directions (d1, d2) of the plane through three points, with θ0 as its origin.
+
+    Gram–Schmidt without rescaling: d1 = θ1 − θ0 and d2 = the part of θ2 − θ0 orthogonal
+    to d1. So θ0 sits at coordinates (0, 0), θ1 at (1, 0) and θ2 at (x2, 1) with
+    x2 = ⟨θ2 − θ0, d1⟩ / ‖d1‖²; `meta['points']` lists them and `meta['lengths']`
+    gives ‖d1‖ and ‖d2‖ (one unit along each axis, in parameter units).
+    Points may be models, state dicts (with `space`) or flat tensors.
+    """
+    if space is None and isinstance(theta0, nn.Module):
+        space = ParamSpace(theta0)
+    t0, t1, t2 = (as_vector(t, space).to(torch.float64) for t in (theta0, theta1, theta2))
+    if not (t0.shape == t1.shape == t2.shape):
+        raise UserError("the three points must have the same number of parameters")
+    d1 = t1 - t0
+    n1 = float(d1 @ d1)
+    if n1 == 0:
+        raise UserError("the first two points are identical: they do not define a direction")
+    v = t2 - t0
+    x2 = float(v @ d1) / n1
+    d2 = v - x2 * d1
+    if float(d2.norm()) <= 1e-5 * float(v.norm()):  # float32 inputs: rounding leaves ~1e-7
+        raise UserError("the three points are (nearly) on one line: they do not define a plane")
+    dtype = as_vector(theta0, space).dtype
+    meta = {"kind": "plane", "norm": None, "points": {"theta0": [0.0, 0.0], "theta1": [1.0, 0.0], "theta2": [x2, 1.0]},
+            "lengths": [n1 ** 0.5, float(d2.norm())]}
+    return (Direction(d1.to(dtype), {**meta, "index": 0}), Direction(d2.to(dtype), {**meta, "index": 1}))
+
+
+# --- PCA of a trajectory ------------------------------------------------------------------
+def _rows(trajectory, tmpdir: str | None):
+    """Rows of the trajectory as an indexable object: a tensor, an array, or a memmap on disk."""
+    if isinstance(trajectory, torch.Tensor):
+        if trajectory.ndim != 2:
+            raise UserError(f"a trajectory tensor must be [T, P], got shape {tuple(trajectory.shape)}")
+        return trajectory.detach().cpu()
+    if isinstance(trajectory, np.ndarray):
+        if trajectory.ndim != 2:
+            raise UserError(f"a trajectory array must be [T, P], got shape {trajectory.shape}")
+        return trajectory
+    if isinstance(trajectory, (str, os.PathLike)):
+        return np.load(trajectory, mmap_mode="r")
+    # An iterable of vectors (e.g. a generator reading checkpoints): spill to a memory-mapped
+    # file so that memory stays bounded and we can read it twice (Gram matrix, then directions).
+    fd, path = tempfile.mkstemp(suffix=".f32", dir=tmpdir)
+    P, T = None, 0
+    with os.fdopen(fd, "wb") as f:
+        for v in trajectory:
+            v = as_vector(v).detach().cpu().to(torch.float32).numpy()
+            if P is None:
+                P = v.size
+            elif v.size != P:
+                os.unlink(path)
+                raise UserError(f"trajectory vector {T} has {v.size} entries, the first has {P}")
+            f.write(v.tobytes())
+            T += 1
+    if not T:
+        os.unlink(path)
+        raise UserError("the trajectory is empty")
+    mm = np.memmap(path, dtype=np.float32, mode="r", shape=(T, P))
+    return mm
+
+
+def _block(X, i0: int, i1: int) -> torch.Tensor:
+    b = X[:, i0:i1]
+    return b.to(torch.float64) if isinstance(b, torch.Tensor) else torch.from_numpy(np.asarray(b, dtype=np.float64))
+
+
+def pca_directions(trajectory, k: int = 2, center: str = "final", block: int = 1 << 18,
+                   tmpdir: str | None = None) -> tuple[list[Direction], np.ndarray]:
+    """Top-k principal directions of a recorded trajectory and their explained variance.
+
+    Args:
+        trajectory: [T, P] tensor or array (or a path to a .npy file, memory-mapped), or an
+            iterable of T flat vectors / Directions (spilled to a temporary memory-mapped file).
+        k: number of directions.
+        center: 'final' (differences to the last point, as Li et al.) or 'mean'.
+        block: parameters per block when forming the Gram matrix.
+    Memory: the T×T Gram matrix (float64) plus one [T, block] slab at a time; never a
+    [T, P] copy or a P×P matrix. Cost O(T² P).
+    Returns:
+        (directions, explained_variance_ratio [k]): unit-norm directions [P] (float32),
+        signed so that the trajectory's first point has a negative coordinate along
+        each; ratios are λ_i / Σλ of the centred points.
+    """
+    if center not in ("final", "mean"):
+        raise UserError(f"center must be 'final' or 'mean', got {center!r}")
+    X = _rows(trajectory, tmpdir)
+    T, P = X.shape
+    if k < 1:
+        raise UserError(f"k must be at least 1, got {k}")
+    if T < 2:
+        raise UserError(f"a trajectory needs at least 2 points for PCA, got {T}")
+    G = torch.zeros(T, T, dtype=torch.float64)
+    for i0 in range(0, P, block):
+        b = _block(X, i0, i0 + block)
+        G += b @ b.T
+    # Centre the Gram matrix without touching X again: Gc = (X − 1cᵀ)(X − 1cᵀ)ᵀ.
+    if center == "mean":
+        J = torch.eye(T, dtype=torch.float64) - 1.0 / T
+        Gc = J @ G @ J
+        W = J  # rows of centred X are W @ X
+    else:
+        W = torch.eye(T, dtype=torch.float64)
+        W[:, -1] -= 1.0
+        Gc = W @ G @ W.T
+    Gc = (Gc + Gc.T) / 2
+    evals, evecs = torch.linalg.eigh(Gc)
+    evals, evecs = evals.flip(0).clamp_min(0), evecs.flip(1)
+    total = float(evals.sum())
+    rank = int((evals > 1e-12 * max(total, 1e-300)).sum())
+    if rank < k:
+        raise UserError(f"the trajectory spans only {rank} direction(s) around its {center} point; asked for k={k}")
+    # v_i = Xcᵀ u_i / sqrt(λ_i) with Xc = W X, formed block by block.
+    C = (W.T @ evecs[:, :k]) / evals[:k].sqrt()  # [T, k]
+    V = torch.empty(k, P, dtype=torch.float64)
+    for i0 in range(0, P, block):
+        V[:, i0:i0 + block] = C.T @ _block(X, i0, i0 + block)
+    # Sign: the first trajectory point should lie on the negative side of each axis.
+    coords0 = (evecs[0, :k] * evals[:k].sqrt())  # coordinate of row 0 of Xc along v_i
+    for i in range(k):
+        if coords0[i] > 0:
+            V[i] = -V[i]
+    evr = (evals[:k] / total).numpy() if total > 0 else np.zeros(k)
+    if isinstance(X, np.memmap) and not isinstance(trajectory, (str, os.PathLike)):
+        path = X.filename
+        del X
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+    dirs = [Direction(V[i].to(torch.float32), {"kind": "pca", "norm": "unit", "index": i, "center": center,
+                                               "explained_variance_ratio": float(evr[i]), "points": T})
+            for i in range(k)]
+    return dirs, evr
+
+
+def project(points, origin, directions: Sequence[Direction] | torch.Tensor) -> np.ndarray:
+    """Least-squares coordinates [T, m] of points [T, P] on the plane origin + c @ directions."""
+    D = torch.stack([as_vector(d).to(torch.float64) for d in directions]) if not isinstance(directions, torch.Tensor) \
+        else directions.to(torch.float64)
+    X = torch.as_tensor(np.asarray(points) if not isinstance(points, torch.Tensor) else points).to(torch.float64)
+    o = as_vector(origin).to(torch.float64)
+    A = D @ D.T
+    return torch.linalg.solve(A, D @ (X - o).T).T.numpy()
+
+
+def stack(directions: Iterable) -> torch.Tensor:
+    """Directions (Direction objects, [P] tensors, or one [m, P] tensor) as an [m, P] tensor."""
+    if isinstance(directions, torch.Tensor):
+        return directions[None] if directions.ndim == 1 else directions
+    if isinstance(directions, Direction):
+        return directions.vector[None]
+    vs = [as_vector(d) for d in directions]
+    if not vs:
+        raise UserError("no directions given")
+    return torch.stack([v.to(vs[0].dtype) for v in vs])
+
+
+# --- directions that matter: curvature eigenvectors, the gradient --------------------------
+WHOLE_NORMS = ("unit", "model", None)
+
+
+def rescale(d: torch.Tensor, norm: str | None, reference: torch.Tensor | None = None) -> torch.Tensor:
+    """`d` scaled as a whole (its shape kept, so an eigenvector stays one): 'unit' (‖d‖ = 1),
+    'model' (‖d‖ = ‖θ‖ of `reference`) or None (as it is)."""
+    if norm not in WHOLE_NORMS:
+        raise UserError(f"this direction is scaled as a whole: norm must be 'unit', 'model' or None, got {norm!r} "
+                        "(filter or layer normalisation would change its shape)")
+    d = d.detach().to(torch.float64)
+    if norm is None:
+        return d
+    n = d.norm()
+    if not n > 0:
+        raise UserError("the direction is zero: it cannot be normalised")
+    target = 1.0 if norm == "unit" else float(reference.detach().double().norm())
+    return d * (target / n)
+
+
+def gradient_direction(objective, norm: str | None = "unit") -> Direction:
+    """The gradient of the `Objective`'s mean loss at its parameters, scaled as a whole
+    (unit by default; meta: the gradient's norm and the loss)."""
+    loss, g = objective.loss_and_grad()
+    gn = float(g.double().norm())
+    if not gn > 0:
+        raise UserError("the gradient is zero at this point: it gives no direction")
+    d = rescale(g, norm, objective.theta0)
+    return Direction(d.to(objective.space.dtype), {"kind": "gradient", "norm": norm, "length": float(d.norm()),
+                                                   "gradient_norm": gn, "loss": float(loss)})
+
+
+__all__ = ["Direction", "NORMS", "WHOLE_NORMS", "between",
+           "gradient_direction", "normalize", "pca_directions", "plane_through", "project", "random_direction",
+           "random_plane", "rescale", "stack"]

@@ -1,0 +1,531 @@
+"""The objective: a model, a loss and data, evaluated at points of parameter space.
+
+The hot path of every probe is `Objective.evaluate(coords, origin, directions)`: loss and
+accuracy at the K points ``origin + coords @ directions`` of an affine subspace.
+
+Speed comes from two choices:
+
+* Data batches are the outer loop and points the inner loop, so each batch is prepared
+  (sliced, moved to the device) once for all K points.
+* Nothing that does not move is recomputed (`lossprobe.hoist`): whatever the forward pass
+  computes before it first reads a parameter that the directions move is computed once
+  per batch, and when that first moving layer is a Linear, Conv or Embedding (linear in
+  its weights) its output ``f(x; w0) + sum_i c_i f(x; d_i)`` is combined per point from
+  m + 1 outputs computed once per batch. Only the rest of the network runs per point.
+  Each plan is verified numerically against a plain forward pass before it is used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call, grad, jvp
+from tqdm.auto import tqdm
+
+from lossprobe.core.batching import Forward, TensorData, as_data, take
+from lossprobe.core.hoist import Hoister, Plan, Runner, capture, moving_tensors
+from lossprobe.core.losses import Loss, Terms, criterion
+from lossprobe.core.space import ParamSpace
+from lossprobe.errors import UserError
+
+
+@dataclass
+class Evaluation:
+    """Mean loss [K] and accuracy [K] (NaN when the loss has no accuracy) over `n` samples."""
+
+    loss: np.ndarray
+    accuracy: np.ndarray
+    n: int
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        return getattr(self, key)
+
+
+class BatchCall(nn.Module):
+    """The model called on a batch by the criterion's forward, so that `functional_call`
+    can swap its parameters whatever the call looks like."""
+
+    def __init__(self, model: nn.Module, forward: Forward):
+        super().__init__()
+        self.model = model
+        self.batch_forward = forward  # forward(model, batch) -> output
+
+    def forward(self, batch):
+        return self.batch_forward(self.model, batch)
+
+
+@contextlib.contextmanager
+def second_order():
+    """Attention by the math backend, whose kernels have double-backward and forward-mode
+    derivatives (the fused CPU/GPU kernels do not); the caller's setting is restored."""
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # torch without the attention module: nothing to switch
+        yield
+        return
+    with sdpa_kernel([SDPBackend.MATH]):
+        yield
+
+
+@contextlib.contextmanager
+def model_mode(model: nn.Module, train: bool = False):
+    """Put `model` in eval (or train) mode and restore every module's own flag after."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.train(train)
+    try:
+        yield model
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+def check_fits(model: nn.Module, data, crit, batch_size: int = 8, model_name: str | None = None,
+               data_name: str | None = None) -> None:
+    """Run a few samples of `data` through `model` in eval mode; one line naming the model,
+    the data and the first mismatch if they do not fit."""
+    data = as_data(data)
+    batch = take(data.first(batch_size), slice(0, 8))
+    with torch.no_grad(), model_mode(model, False):
+        crit.check(model, batch, model_name or type(model).__name__, data_name or f"'{data.name}'")
+
+
+METHODS = ("auto", "reverse", "forward")
+DEFAULT_METHOD = "reverse"  # measured faster on CPU by benchmarks/hessian.py (see docs/curvature.md)
+CONV_BATCH = 256  # samples per per-point pass of a conv net on CPU (see evaluate)
+
+
+class Objective:
+    """Loss and accuracy of `model` on `data` as a function of its flat parameters.
+
+    The value is the sum of per-sample (or per-token) losses over all of `data` divided by
+    the total count (see `lossprobe.losses`), so it does not depend on `batch_size`.
+
+    Args:
+        model: any `nn.Module`; it is not modified (modes are restored after each call).
+        data: a `Split`, ``(x, y)`` arrays, ``(x1, ..., xn, y)`` arrays, a dict of arrays, a
+            `Dataset` (kept in memory), a `DataLoader` or any re-iterable of batches
+            (streamed in its own order, which must be fixed for reproducible results).
+            Batches may be tuples, dicts or any nesting of them; they move to the model's
+            device.
+        loss: 'cross_entropy', 'bce', 'mse', 'model', a `Loss`, a torch loss module or
+            ``fn(output, target) -> per-sample losses [B]``; or a `Criterion`.
+        forward: ``forward(model, batch) -> output``; by default ``model(x)`` for
+            ``(x, y)``, ``model(x1, ..., xn)`` for ``(x1, ..., xn, y)``, ``model(**batch)``
+            for a dict.
+        metric: ``metric(output, target) -> [B]`` per-sample values reported as accuracy.
+        target: ``target(batch) -> target``; by default the last element of a tuple batch,
+            ``batch["labels"]`` of a dict.
+        batch_size: samples per forward pass for in-memory data.
+        include_buffers: put BatchNorm running statistics in the parameter vector, so
+            they move along directions too (e.g. interpolating them between two models).
+        train_mode: evaluate in train mode (BatchNorm uses batch statistics, dropout is
+            active). Default False: probes evaluate the deterministic network.
+        shortcut: 'auto' hoists what does not move (see `lossprobe.hoist`: the part of the
+            forward pass before the first moving parameter, the first moving layer's
+            linear combination, eval-mode BatchNorm folded into convolutions, channels-last
+            convolutions on CPU) wherever it is verified exact; True requires it; False
+            evaluates every point with a plain forward pass.
+        check: run one batch at construction so that a model that does not fit the data
+            fails at once with one line.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        data,
+        loss="cross_entropy",
+        batch_size: int = 4096,
+        include_buffers: bool = False,
+        train_mode: bool = False,
+        shortcut: bool | str = "auto",
+        space: ParamSpace | None = None,
+        forward: Forward | None = None,
+        metric: Callable | None = None,
+        check: bool = True,
+        target: Callable | None = None,
+    ):
+        if batch_size <= 0:
+            raise UserError(f"batch_size must be positive, got {batch_size}")
+        self.model = model
+        self.space = space or ParamSpace(model, include_buffers=include_buffers)
+        self.criterion = criterion(loss, forward=forward, metric=metric, model=model, target=target)
+        self.batch_size = batch_size
+        self.train_mode = train_mode
+        self.device = self.space.device
+        data = as_data(data)
+        if isinstance(data, TensorData):
+            if len(data) == 0:
+                raise UserError(f"data '{data.name}' is empty")
+        self.data = data.to(self.device)
+        self.call = BatchCall(model, self.criterion.forward)
+        self.theta0 = self.space.flatten(model)
+        self._fl_cache: _HoistCache | None = None
+        if shortcut not in (False, "auto", True):
+            raise UserError(f"shortcut must be 'auto', True or False, got {shortcut!r}")
+        self._hoister = Hoister(self) if shortcut else None
+        if check:
+            self.check()
+        if shortcut is True and not self.shortcut_active:
+            raise UserError("hoisting (the first-layer shortcut) does not apply to this model")
+
+    @property
+    def loss(self) -> Loss:
+        return self.criterion.loss
+
+    @property
+    def shortcut_active(self) -> bool:
+        """Whether evaluate() hoists anything for directions that move every parameter
+        (for fewer moving parameters it can hoist more; see `hoisting`)."""
+        return self.hoisting() is not None
+
+    def hoisting(self, directions: torch.Tensor | None = None, origin: torch.Tensor | None = None) -> dict | None:
+        """What evaluate() computes once per batch instead of once per point for these
+        directions [m, P] (default: every parameter moves): the hoisted modules and the
+        first moving layer, or None when it takes the plain path."""
+        plan = self._plan(self._moving(directions), self.theta0 if origin is None else origin)
+        return plan.describe() if plan is not None else None
+
+    def _moving(self, directions: torch.Tensor | None) -> frozenset:
+        if directions is None:
+            return frozenset(e.name for e in self.space.entries if e.kind != "buffer")
+        directions = torch.as_tensor(directions).to(self.device)
+        return moving_tensors(self.space, directions[None] if directions.ndim == 1 else directions)
+
+    def _plan(self, moving: frozenset, origin: torch.Tensor) -> Plan | None:
+        if self._hoister is None or self.train_mode or not moving:
+            return None
+        return self._hoister.plan(moving, origin)
+
+    def check(self) -> None:
+        """Evaluate a few samples at the model's own parameters; one line if they do not fit."""
+        check_fits(self.model, self.data, self.criterion, self.batch_size)
+
+    # --- data ----------------------------------------------------------------------
+    @property
+    def n_samples(self) -> int:
+        return self.data.n_samples
+
+    def batches(self) -> Iterator:
+        """The data's batches, on the model's device, in a fixed order."""
+        return self.data.batches(self.batch_size)
+
+    @property
+    def n_batches(self) -> int:
+        return self.data.n_batches(self.batch_size)
+
+    # --- modes -----------------------------------------------------------------------
+    def mode(self, train: bool | None = None):
+        """Put the model in eval (or train) mode and restore every module's flag after."""
+        return model_mode(self.model, self.train_mode if train is None else train)
+
+    def forward(self, theta: torch.Tensor, batch):
+        """Model output on `batch` at flat parameters `theta` (differentiable in `theta`)."""
+        tensors = self.space.unflatten(theta, prefix="model.")
+        if self.train_mode:
+            # train-mode BatchNorm updates running statistics in place: give it copies so
+            # that probing never changes the user's model
+            for name, b in self.model.named_buffers():
+                if "model." + name not in tensors:
+                    tensors["model." + name] = b.clone()
+        return functional_call(self.call, tensors, (batch,), strict=False)
+
+    def terms(self, theta: torch.Tensor, batch) -> Terms:
+        """Loss terms (sums and counts) of one batch at `theta` (differentiable in `theta`)."""
+        return self.criterion.terms(self.forward(theta, batch), batch)
+
+    # --- the hot path ----------------------------------------------------------------
+    def evaluate(
+        self,
+        coords: torch.Tensor | np.ndarray | None = None,
+        origin: torch.Tensor | None = None,
+        directions: torch.Tensor | None = None,
+        progress: bool | Callable[[int], None] = False,
+    ) -> Evaluation:
+        """Mean loss and accuracy at the points ``origin + coords @ directions``.
+
+        Args:
+            coords: [K, m] coordinates (or [K] when m = 1). None means the origin alone.
+            origin: [P] flat parameters; defaults to the model's own.
+            directions: [m, P] (or [P] for one direction).
+            progress: show a progress bar, or a callback called with the number of
+                point-batches done.
+        Returns:
+            `Evaluation` with loss and accuracy arrays of shape [K] (float64).
+        """
+        origin = self.theta0 if origin is None else origin.to(self.device, self.space.dtype)
+        self.space.check_vector(origin, "origin")
+        if directions is None:
+            directions = torch.zeros(0, self.space.numel, device=self.device, dtype=self.space.dtype)
+        directions = torch.as_tensor(directions).to(self.device, self.space.dtype)
+        if directions.ndim == 1:
+            directions = directions[None]
+        m = directions.shape[0]
+        if directions.ndim != 2 or directions.shape[1] != self.space.numel:
+            raise UserError(
+                f"directions have shape {tuple(directions.shape)}, expected (m, {self.space.numel}) "
+                "to match the model's parameters"
+            )
+        if coords is None:
+            coords = torch.zeros(1, m)
+        coords = torch.as_tensor(coords, dtype=torch.float64)
+        if coords.ndim == 1:
+            coords = coords[:, None] if m == 1 else coords[None]
+        if coords.ndim != 2 or coords.shape[1] != m:
+            raise UserError(f"coords have shape {tuple(coords.shape)}, expected (K, {m}) for {m} direction(s)")
+        K = coords.shape[0]
+        if not torch.isfinite(coords).all():
+            raise UserError("coords contain NaN or inf")
+        coords_dev = coords.to(self.device, self.space.dtype)
+
+        loss_sum = torch.zeros(K, dtype=torch.float64, device=self.device)
+        correct = torch.zeros(K, dtype=torch.float64, device=self.device)
+        count = torch.zeros(K, dtype=torch.float64, device=self.device)
+        correct_n = torch.zeros(K, dtype=torch.float64, device=self.device)
+        cache = self._fl_cache if self._fl_cache is not None and self._fl_cache.matches(origin, directions) else None
+        moving = moving_tensors(self.space, directions)
+        plan = self._plan(moving, origin) if K > 1 else None
+        # the first moving layer's m + 1 outputs pay off over more than m + 1 points (or when kept)
+        inject = plan is not None and plan.layer is not None and (K > m + 1 or cache is not None)
+        # only the moving slices of θ(c) are formed per point; the injected layer's own
+        # weights are never read (most of an MLP's parameters sit in its first layer)
+        ranges_plain = _ranges(self.space, moving)
+        ranges_inject = _ranges(self.space, plan.moving - set(plan.exclusive)) if inject else None
+        theta_buf = origin.clone() if m else None
+        coords_list = coords_dev.cpu().tolist()
+        # conv nets on CPU: per-point passes over a few hundred images stay in cache
+        # (measured 1.2-1.4x faster per image than 500+, benchmarks/conv_options.py)
+        eval_bs = self.batch_size
+        if K > 1 and self._hoister is not None and not self.train_mode and isinstance(self.data, TensorData) \
+                and self._hoister.channels_last:
+            eval_bs = min(eval_bs, CONV_BATCH)
+        bar = _progress(progress, total=self.data.n_batches(eval_bs) * K)
+        with torch.inference_mode(), self.mode():
+            for b_idx, batch in enumerate(self.data.batches(eval_bs)):
+                if K > 1 and self._hoister is not None and not self.train_mode:
+                    batch = self._hoister.layout(batch)
+                hoisted = None
+                if plan is not None:
+                    def compute(batch=batch):
+                        return capture(self, plan, batch, origin, directions if inject else None, inject,
+                                       self._hoister.channels_last)
+                    hoisted = cache.get(b_idx, compute) if cache is not None else compute()
+                    # a direction so large that f(x; d) overflows would turn 0·inf into NaN
+                    # even at the centre: take the plain path for this batch instead
+                    if hoisted is not None and not hoisted.finite:
+                        hoisted = None
+                runner = Runner(plan, hoisted, inject, self._hoister.channels_last) if hoisted is not None else None
+                ranges = ranges_inject if runner is not None and runner.inject else ranges_plain
+                with runner.installed() if runner is not None else contextlib.nullcontext():
+                    for k in range(K):
+                        theta = self._point(origin, directions, coords_dev[k], theta_buf, ranges) if m else origin
+                        if runner is not None:
+                            runner.point(coords_list[k], coords_dev[k])
+                        t = self.terms(theta, batch)
+                        if runner is not None and not runner.done():
+                            # the pass did not go as traced (data-dependent control flow?):
+                            # redo this point plainly and stop hoisting
+                            runner.off = True
+                            t = self.terms(self._point(origin, directions, coords_dev[k], theta_buf,
+                                                       ranges_plain) if m else origin, batch)
+                            self._hoister.reject(plan.moving)
+                            plan, inject = None, False
+                        loss_sum[k] += t.loss.double()
+                        count[k] += t.count
+                        if t.correct is not None:
+                            correct[k] += t.correct.double()
+                            correct_n[k] += t.correct_count
+                        bar(1)
+        bar(None)
+        n = int(count[0]) if K else 0
+        if K and not bool((count > 0).all()):
+            raise UserError(f"data '{self.data.name}' yielded no samples (or only ignored labels)")
+        acc = torch.where(correct_n > 0, correct / correct_n.clamp_min(1), torch.nan).cpu().numpy()
+        return Evaluation(loss=(loss_sum / count).cpu().numpy(), accuracy=acc, n=n)
+
+    def loss_at(self, theta: torch.Tensor | None = None) -> Evaluation:
+        """Loss and accuracy at one point (the model's own parameters by default)."""
+        return self.evaluate(None, origin=theta)
+
+    # --- gradients -------------------------------------------------------------------
+    def loss_and_grad(self, theta: torch.Tensor | None = None) -> tuple[float, torch.Tensor]:
+        """Mean loss and its gradient [P] at `theta`, accumulated over all batches."""
+        theta = (self.theta0 if theta is None else theta).detach().requires_grad_(True)
+        total, grad, n = 0.0, torch.zeros_like(theta), 0.0
+        with self.mode():
+            for batch in self.batches():
+                t = self.terms(theta, batch)
+                if t.loss.requires_grad:
+                    (g,) = torch.autograd.grad(t.loss, theta, allow_unused=True)
+                    if g is not None:
+                        grad += g
+                total += float(t.loss.detach())
+                n += float(t.count)
+        if n == 0:
+            raise UserError(f"data '{self.data.name}' yielded no samples")
+        return total / n, grad / n
+
+    def hvp(self, v: torch.Tensor, theta: torch.Tensor | None = None) -> torch.Tensor:
+        """Exact Hessian-vector product H(theta) v of the mean loss, by double backward."""
+        return hvp(self, v, theta)
+
+    # --- hoisting ------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def reuse_first_layer(self, origin: torch.Tensor | None, directions: torch.Tensor, max_bytes: float = 256e6):
+        """Within this block, evaluate() calls with this same origin and directions reuse
+        the hoisted per-batch values (the point-independent modules' outputs and the first
+        moving layer's m + 1 outputs) instead of recomputing them per call.
+
+        Surfaces evaluate a grid in many small chunks; without this each chunk would pay
+        the hoisted part of the forward pass again. The cache is kept only while it fits in
+        `max_bytes`, and only for in-memory data (fixed batches).
+        """
+        if self._hoister is None or not isinstance(self.data, TensorData):
+            yield
+            return
+        origin = self.theta0 if origin is None else origin.to(self.device, self.space.dtype)
+        directions = torch.as_tensor(directions).to(self.device, self.space.dtype)
+        if directions.ndim == 1:
+            directions = directions[None]
+        old = self._fl_cache
+        self._fl_cache = _HoistCache(origin, directions, max_bytes)
+        try:
+            yield
+        finally:
+            self._fl_cache = old
+
+    def _point(self, origin, directions, c, buf, ranges) -> torch.Tensor:
+        """θ(c) = origin + c @ directions, written into `buf` only on `ranges` (the rest of
+        `buf` holds the origin, where the directions are zero or the values are not read)."""
+        for a, b in ranges:
+            torch.addmv(origin[a:b], directions[:, a:b].T, c, out=buf[a:b])
+        return buf
+
+
+def hvp(objective: Objective, v: torch.Tensor, theta: torch.Tensor | None = None, method: str = "auto",
+        check: bool = True) -> torch.Tensor:
+    """Exact Hessian-vector product H(θ) v [P] of the objective's mean loss over all its data.
+
+    Sums per batch (sample-weighted) and divides by the sample count. Parameters the loss
+    does not use give zeros. `method`: 'reverse' (double backward), 'forward'
+    (``torch.func`` jvp of grad) or 'auto'.
+    """
+    space = objective.space
+    theta = (objective.theta0 if theta is None else theta).detach().to(objective.device, space.dtype)
+    v = v.detach().to(objective.device, space.dtype)
+    if check:
+        space.check_vector(theta, "theta")
+        space.check_vector(v, "v")
+    method = DEFAULT_METHOD if method == "auto" else method
+    out, n = torch.zeros_like(theta), 0.0
+    with objective.mode(), second_order():
+        if method == "reverse":
+            for batch in objective.batches():
+                th = theta.clone().requires_grad_(True)
+                t = objective.terms(th, batch)
+                if t.loss.requires_grad:
+                    (g,) = torch.autograd.grad(t.loss, th, create_graph=True)
+                    if g.requires_grad:  # False when the loss is linear in θ: H = 0
+                        (hv,) = torch.autograd.grad(g @ v, th, allow_unused=True)
+                        if hv is not None:
+                            out += hv
+                n += float(t.count)
+        elif method == "forward":
+
+            for batch in objective.batches():
+                counts = []
+
+                def f(th, batch=batch):
+                    t = objective.terms(th, batch)
+                    counts.append(t.count)
+                    return t.loss
+
+                _, hv = jvp(grad(f), (theta,), (v,))
+                out += hv
+                n += float(counts[0])
+        else:
+            raise UserError(f"method must be one of {list(METHODS)}, got {method!r}")
+    if n == 0:
+        raise UserError("the data yielded no samples")
+    return out / n
+
+
+def _ranges(space: ParamSpace, names) -> list[tuple[int, int]]:
+    """Merged index ranges of the named tensors in the flat vector."""
+    spans = sorted((space[n].offset, space[n].offset + space[n].numel) for n in names)
+    out: list[list[int]] = []
+    for a, b in spans:
+        if out and a <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], b)
+        else:
+            out.append([a, b])
+    return [(a, b) for a, b in out]
+
+
+class _HoistCache:
+    """Hoisted per-batch values for one (origin, directions) pair, by batch index."""
+
+    def __init__(self, origin: torch.Tensor, directions: torch.Tensor, max_bytes: float):
+        self.key = self._key(origin, directions)
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self.full = False
+        self.store: dict[int, object] = {}
+
+    @staticmethod
+    def _key(origin, directions):
+        return (origin.data_ptr(), tuple(origin.shape), directions.data_ptr(), tuple(directions.shape),
+                origin._version, directions._version)
+
+    def matches(self, origin, directions) -> bool:
+        return self._key(origin, directions) == self.key
+
+    def get(self, b_idx: int, compute):
+        if b_idx in self.store:
+            return self.store[b_idx]
+        h = compute()
+        size = h.nbytes() if h is not None else 0
+        if not self.full and self.bytes + size <= self.max_bytes:
+            self.store[b_idx] = h
+            self.bytes += size
+        else:
+            self.full = True
+        return h
+
+
+def _progress(progress, total: int):
+    """Return a function advance(n) / advance(None) to close."""
+    if callable(progress):
+        def advance(n):
+            if n is not None:
+                progress(n)
+        return advance
+    if not progress:
+        return lambda n: None
+
+    bar = tqdm(total=total, unit="pt·batch", dynamic_ncols=True, leave=False)
+
+    def advance(n):
+        if n is None:
+            bar.close()
+        else:
+            bar.update(n)
+
+    return advance
+
+
+def warn_if_stochastic(model: nn.Module) -> None:
+    """Warn when a model in train mode has dropout or BatchNorm (results would be noisy)."""
+    if model.training and any(
+        isinstance(m, (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm)) for m in model.modules()
+    ):
+        warnings.warn(
+            "the model is in train mode and has dropout or BatchNorm: losses depend on the batch "
+            "and the random state; evaluate in eval mode for reproducible numbers",
+            stacklevel=2,
+        )

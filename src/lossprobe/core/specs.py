@@ -1,0 +1,113 @@
+"""The user's own code named on the command line: ``module:function``, ``package.module:function``
+or ``path/to/file.py:function``, each optionally followed by ``:key=value`` arguments.
+
+Used for models (``--model``), data (``--data``), losses (``--loss``) and forward
+functions (``--forward``). Values of ``key=value`` become int, float, bool or str.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from lossprobe.errors import UserError
+
+
+def literal(v: str):
+    """'3' -> 3, '0.5' -> 0.5, 'true' -> True, anything else stays a string."""
+    for cast in (int, float):
+        try:
+            return cast(v)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(v.lower(), v)
+
+
+def options(parts: list[str]) -> tuple[list[str], dict[str, Any]]:
+    """Split ``['bn', 'dropout=0.1']`` into flags and ``{key: literal(value)}``."""
+    flags, kv = [], {}
+    for p in parts:
+        if "=" in p:
+            k, v = p.split("=", 1)
+            kv[k] = literal(v)
+        elif p:
+            flags.append(p)
+    return flags, kv
+
+
+def looks_like_code(spec: str) -> bool:
+    """Whether `spec` names a function: 'mod:fn', 'pkg.mod:fn' or 'file.py:fn'."""
+    head, _, rest = spec.partition(":")
+    name = rest.split(":", 1)[0]
+    return bool(head) and name.isidentifier() and (
+        head.endswith(".py") or all(p.isidentifier() for p in head.split(".")))
+
+
+def load_callable(spec: str, what: str) -> tuple[Callable, dict[str, Any]]:
+    """The function named by `spec` and its ``key=value`` arguments.
+
+    `what` names the option in error messages ('model', 'data', 'loss', ...).
+    """
+    head, _, rest = spec.partition(":")
+    fn_name, *opts = rest.split(":")
+    if not head or not fn_name:
+        raise UserError(f"{what} '{spec}' must look like module:function or path/to/file.py:function")
+    module = _import(head, spec, what)
+    fn = getattr(module, fn_name, None)
+    if fn is None:
+        raise UserError(f"{head} has no '{fn_name}' ({what} '{spec}')")
+    if not callable(fn):
+        raise UserError(f"'{fn_name}' in {head} is a {type(fn).__name__}, not a function ({what} '{spec}')")
+    return fn, options(opts)[1]
+
+
+def call_user(fn: Callable, kwargs: dict, spec: str, what: str):
+    """Call the user's function; anything it raises becomes one line naming the spec."""
+    try:
+        return fn(**kwargs)
+    except UserError:
+        raise
+    except Exception as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise UserError(f"{what} '{spec}' raised {type(e).__name__}" + (f": {msg}" if msg else "")) from None
+
+
+def _import(head: str, spec: str, what: str):
+    if head.endswith(".py"):
+        path = Path(head).expanduser()
+        if not path.is_file():
+            raise UserError(f"{what} '{spec}': file {path} does not exist")
+        name = f"lossprobe_user_{abs(hash(str(path.resolve())))}"
+        if name in sys.modules:
+            return sys.modules[name]
+        loader_spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(loader_spec)
+        # the file may import its neighbours, as it would when run as a script
+        sys.path.insert(0, str(path.resolve().parent))
+        try:
+            loader_spec.loader.exec_module(module)
+        except Exception as e:
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise UserError(f"{what} '{spec}': importing {path} raised {type(e).__name__}"
+                            + (f": {msg}" if msg else "")) from None
+        finally:
+            sys.path.remove(str(path.resolve().parent))
+        sys.modules[name] = module
+        return module
+    # modules in the current directory, as `python -m` would find them
+    if "" not in sys.path and "." not in sys.path:
+        sys.path.insert(0, "")
+    try:
+        return importlib.import_module(head)
+    except ImportError as e:
+        raise UserError(f"cannot import '{head}' for {what} '{spec}': {e}") from None
+    except Exception as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise UserError(f"{what} '{spec}': importing {head} raised {type(e).__name__}"
+                        + (f": {msg}" if msg else "")) from None
+
+
+__all__ = ["call_user", "literal", "load_callable", "looks_like_code", "options"]

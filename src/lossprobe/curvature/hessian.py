@@ -1,0 +1,279 @@
+"""The Hessian of an objective's loss: products, extreme eigenpairs, trace and spectral density.
+
+    >>> from lossprobe import Objective, hessian
+    >>> obj = Objective(model, data)                     # eval mode by default
+    >>> eig = hessian.eigenvalues(obj, k=5)              # largest first, with residuals
+    >>> eig.values, eig.residuals, eig.vectors           # vectors [k, P]: surface directions
+    >>> tr = hessian.trace(obj)                          # Hutch++, value ± stderr, per layer
+    >>> dens = hessian.spectral_density(obj)             # SLQ, Gaussian broadening
+    >>> A = hessian.as_linear_operator(obj)              # scipy LinearOperator: eigsh(A, ...)
+
+Products H v are exact (no finite differences): the loss over all of the objective's data
+(sample-weighted sums over batches, divided by the sample count) is differentiated twice.
+Two ways are implemented: double backward (reverse-over-reverse) and ``torch.func``
+forward-over-reverse (``jvp`` of ``grad``); ``method="auto"`` uses the one that
+`benchmarks/hessian.py` measured faster (reverse-over-reverse on CPU, see docs/curvature.md).
+
+`params` restricts the Hessian to some parameters: None means every parameter that
+requires a gradient (frozen parameters and BatchNorm running statistics are left out;
+unused parameters simply give zero rows). The algorithms (Lanczos, Hutch++, SLQ) live
+in `lossprobe.curvature` and work on any symmetric operator.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from lossprobe.core.objective import Objective, hvp
+from lossprobe.curvature.algorithms import (
+    EigResult,
+    SLQResult,
+    TraceResult,
+    gaussian_density,
+    hutchinson,
+    hutchpp,
+    lanczos_eigs,
+    slq,
+)
+from lossprobe.curvature.operators import HessianOperator, curvature_operator
+from lossprobe.errors import UserError
+from lossprobe.results.contract import Result, json_float, register, xarray
+from lossprobe.results.plotspec import Series, line
+
+__all__ = [
+    "HessianOperator",
+    "as_linear_operator",
+    "eigenvalues",
+    "trace",
+    "spectral_density",
+    "hvp",
+    "Density",
+]
+
+
+def _operator(objective: Objective, theta, params, method: str, curvature: str | None, options: dict | None,
+              cache_budget=None):
+    """The Hessian, or with `curvature` another operator of `lossprobe.operators` (GGN, Fisher,
+    empirical Fisher, K-FAC), which the functions of this module accept alike. `cache_budget`
+    bounds the Hessian's kept gradient graphs (see `HessianOperator`)."""
+    if curvature in (None, "hessian") and not options:
+        return HessianOperator(objective, theta, params, method, cache_budget=cache_budget)
+
+    return curvature_operator(objective, curvature or "hessian", theta=theta, params=params, method=method,
+                              **(options or {}))
+
+
+def as_linear_operator(objective: Objective, theta: torch.Tensor | None = None, params=None, method: str = "auto",
+                       curvature: str = "hessian", options: dict | None = None,
+                       cache_budget: float | str | None = None):
+    """H(θ) as a `scipy.sparse.linalg.LinearOperator` (float64, shape (n, n), symmetric).
+
+    Works with scipy's solvers: ``eigsh(as_linear_operator(obj), k=5, which='LA')``.
+    The wrapped `HessianOperator` is available as ``.hessian`` (``.hessian.calls`` counts products).
+    ``curvature='ggn'|'fisher'|'efisher'|'kfac'`` (with `options`, see `lossprobe.operators`)
+    wraps that operator instead (also as ``.operator``).
+    """
+    from scipy.sparse.linalg import LinearOperator
+
+    H = _operator(objective, theta, params, method, curvature, options, cache_budget)
+
+    def mv(x):
+        x = np.asarray(x, dtype=np.float64).reshape(-1)
+        return H.matvec(torch.from_numpy(x)).cpu().numpy()
+
+    def mm(X):
+        X = np.asarray(X, dtype=np.float64)
+        return np.stack([mv(X[:, j]) for j in range(X.shape[1])], 1)
+
+    op = LinearOperator((H.n, H.n), matvec=mv, rmatvec=mv, matmat=mm, dtype=np.float64)
+    op.hessian = op.operator = H
+    return op
+
+
+def _bar(progress: bool, total: int | None, unit: str = "Hv"):
+    if not progress:
+        return None, None
+
+    bar = tqdm(total=total, unit=unit, dynamic_ncols=True, leave=False)
+    return bar, bar.update
+
+
+def eigenvalues(
+    objective: Objective,
+    params=None,
+    k: int = 1,
+    which: str = "largest",
+    theta: torch.Tensor | None = None,
+    tol: float | None = None,
+    max_steps: int = 300,
+    seed: int = 0,
+    residuals: str = "exact",
+    method: str = "auto",
+    progress: bool = False,
+    curvature: str = "hessian",
+    options: dict | None = None,
+    cache_budget: float | str | None = None,
+) -> EigResult:
+    """The k extreme Hessian eigenvalues by Lanczos (full reorthogonalisation, float64).
+
+    Args:
+        which: 'largest' (algebraically, largest first), 'smallest' (most negative first)
+            or 'both' (k largest then k smallest).
+        tol: stop when every wanted Ritz pair has ``||Hy − θy|| ≤ tol · max|θ|``; defaults
+            to 1e-5 for float32 models (the products' own rounding) and 1e-9 for float64.
+        residuals: 'exact' measures each ``||Hy − θy||`` with one more product;
+            'estimate' reports the Lanczos estimate |β_m s_m| (no extra products).
+        cache_budget: bytes for the gradient graphs kept across products (see
+            `HessianOperator`); None: half the available memory.
+    Returns:
+        `EigResult` whose ``vectors`` [k, P] are unit vectors in the full parameter space
+        (zeros outside `params`), ready to use as surface directions.
+
+    ``curvature='ggn'|'fisher'|'efisher'|'kfac'`` takes the eigenpairs of that operator
+    instead (`lossprobe.operators`; `options` such as ``{"mc_samples": 1, "seed": 0}``).
+    """
+    H = _operator(objective, theta, params, method, curvature, options, cache_budget)
+    if tol is None:
+        tol = 1e-9 if objective.space.dtype == torch.float64 else 1e-5
+    bar, tick = _bar(progress, None)  # the number of steps is decided by convergence
+    try:
+        r = lanczos_eigs(H.counting(), k=k, which=which, tol=tol, max_steps=max_steps, seed=seed,
+                         residuals=residuals, progress=tick)
+    finally:
+        if bar is not None:
+            bar.close()
+    r.vectors = H.embed(r.vectors)
+    if not r.converged:
+        warnings.warn(f"Lanczos stopped at max_steps={max_steps} before reaching tol={tol:g}; "
+                      f"residuals are {np.array2string(r.residuals, precision=2)}", stacklevel=2)
+    return r
+
+
+def trace(
+    objective: Objective,
+    params=None,
+    method: str = "hutch++",
+    matvecs: int = 99,
+    seed: int = 0,
+    per_layer: bool = True,
+    theta: torch.Tensor | None = None,
+    hvp_method: str = "auto",
+    progress: bool = False,
+    curvature: str = "hessian",
+    options: dict | None = None,
+    cache_budget: float | str | None = None,
+) -> TraceResult:
+    """Hessian trace with a standard error, by Hutch++ (default) or plain Hutchinson.
+
+    `matvecs` Hessian-vector products in all. With ``per_layer``, ``result.blocks``
+    maps each module (e.g. '0' for '0.weight' and '0.bias') to (trace, stderr) of its
+    diagonal block, from the same products. `curvature` and `options` as in `eigenvalues`.
+    """
+    H = _operator(objective, theta, params, hvp_method, curvature, options, cache_budget)
+    blocks = H.blocks if per_layer else None
+    bar, tick = _bar(progress, matvecs)
+    try:
+        if method in ("hutch++", "hutchpp"):
+            r = hutchpp(H.counting(), matvecs=matvecs, seed=seed, blocks=blocks, progress=tick)
+        elif method == "hutchinson":
+            r = hutchinson(H.counting(), samples=matvecs, seed=seed, blocks=blocks, progress=tick)
+        else:
+            raise UserError(f"trace method must be 'hutch++' or 'hutchinson', got {method!r}")
+    finally:
+        if bar is not None:
+            bar.close()
+    return r
+
+
+@register
+@dataclass
+class Density(Result):
+    """Hessian spectral density: grid [G] (eigenvalue axis), density [G] (integrates to 1),
+    the SLQ quadrature (nodes/weights [v, m]), broadening `sigma`, products used, and
+    the SLQ trace estimate with its standard error."""
+
+    grid: np.ndarray
+    density: np.ndarray
+    sigma: float
+    slq: SLQResult
+
+    @property
+    def matvecs(self) -> int:
+        return self.slq.matvecs
+
+    NAME: ClassVar[str] = "density"
+    GRIDDED: ClassVar[bool] = True
+
+    def to_arrays(self, prefix: str = "") -> dict[str, np.ndarray]:
+        return {f"{prefix}grid": self.grid, f"{prefix}density": self.density, f"{prefix}nodes": self.slq.nodes,
+                f"{prefix}weights": self.slq.weights}
+
+    def metadata(self) -> dict:
+        return {"sigma": self.sigma, "matvecs": self.matvecs, "n": self.slq.n, "slq_trace": self.slq.trace,
+                "slq_trace_stderr": self.slq.trace_stderr}
+
+    @classmethod
+    def from_arrays(cls, arrays, metadata=None, prefix: str = "") -> "Density":
+        m = metadata or {}
+        nan = float("nan")
+        slq_ = SLQResult(np.asarray(arrays[f"{prefix}nodes"]), np.asarray(arrays[f"{prefix}weights"]),
+                         m.get("matvecs", 0), m.get("n", 0), json_float(m.get("slq_trace", nan)),
+                         json_float(m.get("slq_trace_stderr", nan)))
+        return cls(np.asarray(arrays[f"{prefix}grid"]), np.asarray(arrays[f"{prefix}density"]),
+                   json_float(m.get("sigma", nan)), slq_)
+
+    def summary(self) -> dict:
+        return {"sigma": self.sigma, "matvecs": self.matvecs, "slq_trace": self.slq.trace,
+                "slq_trace_stderr": self.slq.trace_stderr, "support": [float(self.grid[0]), float(self.grid[-1])]}
+
+    def plots(self, prefix: str = "") -> list:
+        return [line("Hessian spectral density (SLQ)", f"{prefix}grid", [Series(f"{prefix}density", "density")],
+                     xlabel="eigenvalue λ", ylabel="density", log_y=True)]
+
+    def to_xarray(self):
+        """xarray.Dataset: the density over the eigenvalue axis, and the SLQ nodes and weights."""
+        xr = xarray()
+        return xr.Dataset({"density": (("eigenvalue",), self.density),
+                           "nodes": (("probe", "node"), self.slq.nodes), "weights": (("probe", "node"), self.slq.weights)},
+                          coords={"eigenvalue": self.grid}, attrs={"sigma": self.sigma, "matvecs": self.matvecs})
+
+
+def spectral_density(
+    objective: Objective,
+    params=None,
+    probes: int = 4,
+    steps: int = 80,
+    seed: int = 0,
+    sigma: float | None = None,
+    sigma_rel: float = 0.01,
+    points: int = 1000,
+    theta: torch.Tensor | None = None,
+    method: str = "auto",
+    progress: bool = False,
+    curvature: str = "hessian",
+    options: dict | None = None,
+    cache_budget: float | str | None = None,
+) -> Density:
+    """Spectral density of the Hessian by stochastic Lanczos quadrature (Ghorbani et al. 2019).
+
+    `probes` Rademacher vectors × `steps` Lanczos steps products. The quadrature is
+    broadened by Gaussians of width `sigma` (default ``sigma_rel`` × spectral range) on
+    `points` grid points. `curvature` and `options` as in `eigenvalues`.
+    """
+    H = _operator(objective, theta, params, method, curvature, options, cache_budget)
+    bar, tick = _bar(progress, probes * min(steps, H.n))
+    try:
+        q = slq(H.counting(), probes=probes, steps=steps, seed=seed, progress=tick)
+    finally:
+        if bar is not None:
+            bar.close()
+    lo, hi = float(np.nanmin(q.nodes)), float(np.nanmax(q.nodes))
+    s = sigma if sigma is not None else sigma_rel * max(hi - lo, 1e-12)
+    grid, dens = gaussian_density(q.nodes, q.weights, sigma=s, points=points)
+    return Density(grid=grid, density=dens, sigma=s, slq=q)

@@ -1,0 +1,518 @@
+"""The run directory: everything needed to reopen, compare and rerun a result.
+
+Layout (a study or command writes what applies):
+    config.json        all that is needed to rerun (study name and every option)
+    environment.json   versions, seeds, CPU threads, command line, start time
+    summary.json       the key numbers
+    status.json        stages finished so far (for resuming), and 'complete' at the end
+    *.npz              arrays (with the axes of their 2-D grids, see `save_arrays`)
+    checkpoints/       safetensors weights
+    figures/           PNG and SVG
+    report.md          figures and a verdict
+
+    .lossprobe-run     marks the folder as a lossprobe run directory
+    .lossprobe.lock    the lock that keeps a second process out while one writes
+
+Reopening an existing directory with the same configuration resumes it. A directory that
+holds another run is refused unless `force=True`, which moves the old run aside to
+DIR.old-<time> (nothing is deleted). A non-empty folder that is not a lossprobe run is
+always refused: lossprobe never removes or moves files it did not write. One process at a
+time writes a run directory (an OS lock, see `FolderLock`).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import sys
+import weakref
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lossprobe._version import __version__
+from lossprobe.errors import BusyError, UserError
+from lossprobe.results import atomic
+from lossprobe.results.plotspec import dumps, loads, surface
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Convert numpy scalars/arrays, tensors, paths and tuples to JSON types; NaN/inf become None."""
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "detach") and hasattr(obj, "cpu"):
+        obj = obj.detach().cpu().numpy()
+    if isinstance(obj, np.ndarray):
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write JSON atomically and durably (a reader never sees half a file; see lossprobe.atomic)."""
+    atomic.write_text(path, json.dumps(to_jsonable(obj), indent=2, allow_nan=False) + "\n")
+
+
+def read_json(path: str | os.PathLike, what: str = "") -> Any:
+    """The JSON in `path`; a missing, unreadable or damaged file is one line naming it."""
+    p = Path(path)
+    label = f"{what} {p}" if what else str(p)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{label} does not exist") from None
+    except IsADirectoryError:
+        raise UserError(f"{label} is a folder, not a JSON file") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{label} is damaged: it is not UTF-8 text") from None
+    except OSError as e:
+        raise atomic.describe(e, p, "read") from None
+    if not text.strip():
+        raise UserError(f"{label} is empty (damaged or cut short); it should hold JSON")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{label} is damaged: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
+
+
+def readable(path: str | os.PathLike) -> bool:
+    """True if `path` exists and is whole: JSON parses, .npz/.npy/.safetensors open."""
+    p = Path(path)
+    if not p.is_file():
+        return False
+    try:
+        if p.suffix == ".json":
+            json.loads(p.read_text(encoding="utf-8"))
+        elif p.suffix == ".npz":
+            with np.load(p) as f:
+                for k in f.files:
+                    f[k]
+        elif p.suffix == ".npy":
+            np.load(p)
+        elif p.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(p), "pt") as f:
+                for k in f.keys():
+                    f.get_tensor(k)
+        return True
+    except Exception:  # noqa: BLE001 - any failure to read means: recompute it
+        return False
+
+
+# --- arrays and the axes of their grids ---------------------------------------------------
+GRIDS_KEY = "_grids"  # reserved .npz entry: the producer's declaration of its 2-D grids (JSON text)
+PLOTS_KEY = "_plots"  # reserved .npz entry: the producer's plot declarations (`lossprobe.plotspec`, JSON text)
+RESERVED_KEYS = (GRIDS_KEY, PLOTS_KEY)
+_GRID_FIELDS = {"rows", "cols", "row_label", "col_label"}
+
+
+def _check_grids(arrays: dict[str, Any], grids: dict[str, dict]) -> dict[str, dict]:
+    """The declaration as plain JSON types; ValueError when it does not fit the arrays."""
+    out = {}
+    for z, spec in grids.items():
+        if not isinstance(spec, dict) or not {"rows", "cols"} <= set(spec) or set(spec) - _GRID_FIELDS:
+            raise ValueError(f"grid '{z}' must be a dict with 'rows' and 'cols' (and optional 'row_label', "
+                             f"'col_label'), got {spec!r}")
+        shape = np.shape(arrays[z]) if z in arrays else None
+        if shape is None or len(shape) != 2:
+            raise ValueError(f"grid '{z}' is not a 2-D array among the arrays saved")
+        for key, n in (("rows", shape[0]), ("cols", shape[1])):
+            c = spec[key]
+            if c not in arrays or np.shape(arrays[c]) != (n,):
+                raise ValueError(f"grid '{z}' {shape}: its {key} coordinate '{c}' must be a 1-D array of length {n}")
+        out[str(z)] = {k: str(v) for k, v in spec.items()}
+    return out
+
+
+def save_arrays(path: str | os.PathLike, arrays: dict[str, Any], grids: dict[str, dict] | None = None,
+                plots=None) -> Path:
+    """Write `arrays` to the .npz `path` atomically, with the axes of its 2-D arrays.
+
+    `grids` declares, for each 2-D array Z, which 1-D arrays are its coordinates:
+    ``{"loss": {"rows": "ys", "cols": "xs", "row_label": "y", "col_label": "x"}}`` means
+    loss[i, j] is the value at (ys[i], xs[j]); the labels are optional axis titles. It is
+    stored inside the same file (entry GRIDS_KEY, JSON text: no pickle), so it can never
+    disagree with the arrays it describes; readers get it back with `grids_of`.
+
+    `plots` is a list of `lossprobe.plotspec.PlotSpec`: what the producer asks readers (the
+    report site, figures) to draw from these arrays; checked against the arrays and stored
+    the same way (entry PLOTS_KEY); readers get it back with `plots_of`. Arrays no
+    declaration names are listed by readers, never drawn by guesswork."""
+    for key in RESERVED_KEYS:
+        if key in arrays:
+            raise ValueError(f"'{key}' is reserved for declarations; rename that array")
+    extra = {}
+    if grids:
+        extra[GRIDS_KEY] = np.array(json.dumps(_check_grids(arrays, grids)))
+    if plots:
+
+        extra[PLOTS_KEY] = np.array(dumps(plots, arrays))
+    return atomic.save_npz(path, **arrays, **extra)
+
+
+def grids_of(arrays: dict[str, np.ndarray]) -> dict[str, dict[str, str]]:
+    """The grid declaration stored in a loaded .npz (see `save_arrays`): {2-D array: {rows,
+    cols[, row_label, col_label]}}, only the entries that still fit the arrays; {} when the
+    file has none (written before declarations existed, or by another program)."""
+    raw = arrays.get(GRIDS_KEY)
+    try:
+        grids = json.loads(str(raw[()])) if raw is not None and raw.shape == () else {}
+    except (ValueError, TypeError):
+        return {}
+    out = {}
+    for z, spec in grids.items() if isinstance(grids, dict) else ():
+        try:
+            out.update(_check_grids(arrays, {z: spec}))
+        except (ValueError, TypeError):
+            pass  # damaged or hand-edited: readers list that array instead of drawing it
+    return out
+
+
+def load_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """The arrays of the .npz `path` (the declarations are left out: they describe arrays, they
+    are not ones); a missing, unreadable or damaged file is one UserError."""
+    p = Path(path)
+    try:
+        with np.load(p) as f:
+            return {k: f[k] for k in f.files if k not in RESERVED_KEYS}
+    except FileNotFoundError:
+        raise UserError(f"{p} does not exist") from None
+    except OSError as e:
+        if e.errno is not None:
+            raise atomic.describe(e, p, "read") from None
+        raise UserError(f"{p} is damaged (not a readable .npz file)") from None
+    except (ValueError, EOFError, KeyError):
+        raise UserError(f"{p} is damaged (not a readable .npz file)") from None
+
+
+def plots_of(arrays: dict[str, np.ndarray]) -> list:
+    """The plot declarations stored in a loaded .npz (see `save_arrays`), only those that
+    still fit the arrays. A file with only a grid declaration (written before plot
+    declarations existed) yields one surface plot per declared grid; a file with neither, []."""
+    raw = arrays.get(PLOTS_KEY)
+    if raw is not None and raw.shape == ():
+        return loads(str(raw[()]), arrays)
+    return [surface(z, z, g["rows"], g["cols"], xlabel=g.get("col_label", g["cols"]),
+                    ylabel=g.get("row_label", g["rows"]), zlabel=z)
+            for z, g in grids_of(arrays).items()]
+
+
+# --- one writer per folder ----------------------------------------------------------------
+LOCK_NAME = ".lossprobe.lock"
+_HELD: dict[str, list] = {}  # real path -> [fd, holders] for the locks this process holds
+
+
+class FolderLock:
+    """An exclusive `fcntl.flock` on FOLDER/.lossprobe.lock, held until `release()` (or the
+    process ends: the kernel drops it, so a killed run never leaves a stale lock). A process
+    may take the lock on one folder several times; it is released when every holder has."""
+
+    def __init__(self, folder: str | os.PathLike, what: str = "--out"):
+        import fcntl
+
+        self.folder = Path(folder)
+        atomic.makedirs(self.folder)
+        self.key = os.path.realpath(self.folder)
+        self._held = False
+        if self.key in _HELD:
+            _HELD[self.key][1] += 1
+            self._entry = _HELD[self.key]
+            self._held = True
+            return
+        lock = self.folder / LOCK_NAME
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise atomic.describe(e, lock, "create the lock file") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            except OSError:
+                pid = "?"
+            os.close(fd)
+            raise BusyError(f"{self.folder} is in use by pid {pid}; wait for it or use another {what}") from None
+        except OSError as e:  # a file system without flock
+            os.close(fd)
+            raise atomic.describe(e, lock, "lock") from None
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError:
+            pass
+        self._entry = _HELD[self.key] = [fd, 1]
+        self._held = True
+
+    def release(self) -> None:
+        if not self._held:
+            return
+        self._held = False
+        entry = _HELD.get(self.key)
+        if entry is None or entry is not self._entry:  # already released by release_all_locks
+            return
+        entry[1] -= 1
+        if entry[1] <= 0:
+            del _HELD[self.key]
+            try:
+                os.close(entry[0])
+            except OSError:
+                pass
+
+
+def environment(seeds: dict | None = None) -> dict:
+    versions = {"lossprobe": __version__, "python": platform.python_version(), "torch": torch.__version__,
+                "numpy": np.__version__}
+    for mod in ("scipy", "matplotlib", "safetensors"):
+        try:
+            versions[mod] = __import__(mod).__version__
+        except Exception:
+            pass
+    return {
+        "versions": versions,
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": "cpu",
+        "seeds": seeds or {},
+        "command": sys.argv,
+        "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def release_all_locks() -> None:
+    """Release every folder lock this process holds (the CLI does so when a command ends)."""
+    for key, entry in list(_HELD.items()):
+        del _HELD[key]
+        try:
+            os.close(entry[0])
+        except OSError:
+            pass
+
+
+RUN_MARKER = ".lossprobe-run"
+_OURS = {LOCK_NAME, RUN_MARKER}
+
+
+def _listing(names: list[str], limit: int = 4) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _foreign(folder: Path) -> list[str]:
+    """Entries of `folder` other than lossprobe's lock, marker and temporary files."""
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError as e:
+        raise atomic.describe(e, folder, "read the folder") from None
+    return [n + ("/" if (folder / n).is_dir() else "") for n in names
+            if n not in _OURS and not atomic.is_temp(n)]
+
+
+def is_run_dir(folder: str | os.PathLike) -> bool:
+    """True if `folder` was written by lossprobe as a run directory (its marker, or for runs
+    from before the marker existed, config.json with a kind and environment.json from lossprobe)."""
+    folder = Path(folder)
+    if (folder / RUN_MARKER).is_file():
+        return True
+    try:
+        cfg = json.loads((folder / "config.json").read_text())
+        env = json.loads((folder / "environment.json").read_text())
+        return isinstance(cfg, dict) and "kind" in cfg and "lossprobe" in env.get("versions", {})
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def move_aside(folder: Path) -> Path:
+    """Move everything in `folder` (but its lock) into a new sibling FOLDER.old-<time>; returns it."""
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    dest = folder.with_name(f"{folder.name}.old-{stamp}")
+    k = 2
+    while dest.exists():
+        dest = folder.with_name(f"{folder.name}.old-{stamp}-{k}")
+        k += 1
+    atomic.makedirs(dest)
+    for name in sorted(os.listdir(folder)):
+        if name == LOCK_NAME:
+            continue
+        try:
+            os.rename(folder / name, dest / name)
+        except OSError as e:
+            raise atomic.describe(e, folder / name, "move aside") from None
+    atomic.fsync_dir(dest)
+    atomic.fsync_dir(folder)
+    return dest
+
+
+class RunDir:
+    """A run directory for `kind` (a study or command name) with configuration `config`.
+
+    Opening one takes its lock (a second process gets one line naming the pid that holds
+    it), removes temporary files a killed run left, and then resumes, starts, or refuses
+    (see the module doc). The lock is released when the RunDir is garbage-collected, by
+    `close()`, or when the process ends."""
+
+    def __init__(self, path: str | os.PathLike, kind: str, config: dict, force: bool = False, seeds: dict | None = None,
+                 defaults: dict | None = None):
+        """`defaults`: the configuration's default values. A run written before a key existed
+        (its config.json lacks it) is the same run when this run's value of that key is its
+        default, so upgrading lossprobe does not stop an unfinished run from resuming."""
+        self.path = Path(path)
+        self.kind = kind
+        self.config = {"kind": kind, **to_jsonable(config)}
+        self.defaults = to_jsonable(defaults or {})
+        self.resumed = False
+        self.moved_aside: Path | None = None
+        if self.path.exists() and not self.path.is_dir():
+            raise UserError(f"--out {self.path} is a file, not a directory")
+        if self.path.is_dir():  # refused before the lock file is created: nothing is added to a foreign folder
+            self._refuse_foreign(_foreign(self.path))
+        self._lock = FolderLock(self.path)
+        self._finalizer = weakref.finalize(self, self._lock.release)
+        try:
+            self._open(force, seeds)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Release the lock (also done when the RunDir is garbage-collected or the process ends)."""
+        self._finalizer()
+
+    def _refuse_foreign(self, foreign: list[str]) -> None:
+        if foreign and not is_run_dir(self.path):
+            raise UserError(
+                f"{self.path} is not empty and is not a lossprobe run (it holds {_listing(foreign)}); "
+                "lossprobe never moves or deletes files it did not write: choose another --out"
+            )
+
+    def _same_run(self, old) -> bool:
+        """`old` (a config.json read back) describes this run: equal, or equal but for keys
+        added since it was written whose value here is their default."""
+        if old == self.config:
+            return True
+        if not isinstance(old, dict) or set(old) - set(self.config):
+            return False
+        missing = object()
+        return (all(old[k] == self.config[k] for k in old)
+                and all(self.config[k] == self.defaults.get(k, missing) for k in set(self.config) - set(old)))
+
+    def _open(self, force: bool, seeds: dict | None) -> None:
+        cfg_file = self.path / "config.json"
+        foreign = _foreign(self.path)
+        if foreign and (self.path / RUN_MARKER).is_file() and not cfg_file.exists():
+            pass  # a run killed before its config.json was written: nothing was computed, start it
+        elif foreign and is_run_dir(self.path):
+            try:
+                old = json.loads(cfg_file.read_text())
+            except (OSError, ValueError):
+                old = None
+            if self._same_run(old) and not force:
+                self.resumed = True
+            elif force:
+                self.moved_aside = move_aside(self.path)
+                print(f"lossprobe: moved the previous run in {self.path} to {self.moved_aside}", file=sys.stderr)
+            else:
+                what = old.get("kind", "another run") if isinstance(old, dict) else "a run whose config.json is damaged"
+                raise UserError(
+                    f"{self.path} already holds a different run ({what}); use --force to move it aside "
+                    f"to {self.path.name}.old-<time>, or choose another --out"
+                )
+        else:
+            self._refuse_foreign(foreign)
+        atomic.remove_stale_temps(self.path)  # ours (by name), left by a killed process; we hold the lock
+        if not (self.resumed and (self.path / RUN_MARKER).is_file()):
+            write_json(self.path / RUN_MARKER, {"kind": self.kind, "written_by": "lossprobe"})
+        atomic.makedirs(self.path / "figures")
+        write_json(cfg_file, self.config)
+        env_file = self.path / "environment.json"
+        env = environment(seeds)
+        if self.resumed:
+            try:
+                env["resumed_from"] = json.loads(env_file.read_text()).get("started")
+            except (OSError, ValueError, AttributeError):
+                pass
+        write_json(env_file, env)
+
+    # --- files ---------------------------------------------------------------------
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def figures(self) -> Path:
+        return self.path / "figures"
+
+    def subdir(self, name: str) -> Path:
+        return atomic.makedirs(self.path / name)
+
+    def save_json(self, name: str, obj: Any) -> Path:
+        write_json(self.path / name, obj)
+        return self.path / name
+
+    def load_json(self, name: str) -> Any:
+        return read_json(self.path / name)
+
+    def write_text(self, name: str, text: str) -> Path:
+        return atomic.write_text(self.path / name, text)
+
+    def save_arrays(self, name: str, grids: dict[str, dict] | None = None, plots=None, **arrays) -> Path:
+        """Arrays to NAME (.npz), atomically; `grids` declares the axes of 2-D arrays and
+        `plots` what to draw from them (see the module function `save_arrays`)."""
+        return save_arrays(self.path / name, arrays, grids, plots)
+
+    def load_arrays(self, name: str) -> dict[str, np.ndarray]:
+        """The arrays of NAME (see the module function `load_arrays`)."""
+        return load_arrays(self.path / name)
+
+    def save_figure(self, fig, name: str) -> list[Path]:
+        from lossprobe.results.drawing import save_figure
+
+        return save_figure(fig, self.figures, name)
+
+    # --- stages (resume) -------------------------------------------------------------
+    def status(self) -> dict:
+        """status.json: {'done': [stages finished], 'complete': bool[, 'finished': time]}."""
+        f = self.path / "status.json"
+        try:
+            st = json.loads(f.read_text())
+            if isinstance(st, dict) and isinstance(st.get("done"), list):
+                return st
+        except (OSError, ValueError):
+            pass  # missing or damaged: derived data, so the stages are recomputed
+        return {"done": [], "complete": False}
+
+    def done(self, stage: str, *files: str) -> bool:
+        """True if `stage` finished and each of `files` (relative names) is whole; a damaged
+        file means the stage is computed again."""
+        return stage in self.status()["done"] and all(readable(self.path / f) for f in files)
+
+    def mark(self, stage: str) -> None:
+        st = self.status()
+        if stage not in st["done"]:
+            st["done"].append(stage)
+        write_json(self.path / "status.json", st)
+
+    @property
+    def is_complete(self) -> bool:
+        """True once `complete()` was called: every stage of the run finished."""
+        return bool(self.status().get("complete"))
+
+    def complete(self) -> None:
+        st = self.status()
+        st["complete"] = True
+        st["finished"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        write_json(self.path / "status.json", st)
