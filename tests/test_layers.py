@@ -19,8 +19,7 @@ PACKAGE = ROOT / "src" / "lossprobe"
 # Dependencies a function may import lazily, each for a reason its comment names: optional
 # extras, a platform, or import time that `import lossprobe` / `lossprobe --help` should not pay.
 LAZY_OK = ("ray", "transformers", "xarray", "selenium", "fcntl", "sklearn", "scipy.optimize", "scipy.stats",
-           "scipy.interpolate", "scipy.ndimage", "torch.nn.attention", "lossprobe.results.drawing",
-           "matplotlib")
+           "scipy.interpolate", "scipy.ndimage", "torch.nn.attention", "lossprobe.results.drawing")
 
 
 def test_layer_contracts_hold():
@@ -105,7 +104,7 @@ def _function_level_imports():
 def test_imports_inside_functions_are_lazy_for_a_reason(rule):
     bad = []
     for path, line, name, text, above in _function_level_imports():
-        if rule == "allowed" and not name.startswith(LAZY_OK) and name.split(".")[0] not in ("optuna",):
+        if rule == "allowed" and not name.startswith(LAZY_OK):
             bad.append(f"{path}:{line}: {text.strip()}")
         if rule == "commented" and "#" not in text and not above.strip().startswith("#"):
             bad.append(f"{path}:{line}: {text.strip()} (say why it is lazy in a comment)")

@@ -15,6 +15,9 @@ import warnings
 
 from lossprobe._version import __version__
 from lossprobe.errors import UserError
+from lossprobe.results.atomic import describe
+from lossprobe.results.store import release_all_locks
+from lossprobe.runtime.cluster import leave_if_ray_init_hangs
 
 # command -> the module that registers it (`register(subparsers)`); `lossprobe COMMAND ...` imports
 # only that module, so a command does not wait for the imports of the others (matplotlib, SQLAlchemy)
@@ -83,8 +86,6 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:  # permission denied, read-only file system, disk full, ...: one line naming the file
         if debug:
             raise
-        from lossprobe.results.atomic import describe
-
         action = "read" if isinstance(e, (FileNotFoundError, IsADirectoryError, NotADirectoryError)) else "write"
         print(f"lossprobe: error: {_first_line(describe(e, action=action))}", file=sys.stderr)
         return 1
@@ -92,9 +93,6 @@ def main(argv: list[str] | None = None) -> int:
         print("lossprobe: error: out of memory; use a smaller --subset or batch size", file=sys.stderr)
         return 2
     finally:
-        from lossprobe.results.store import release_all_locks
-        from lossprobe.runtime.cluster import leave_if_ray_init_hangs
-
         release_all_locks()
         leave_if_ray_init_hangs(2)
 

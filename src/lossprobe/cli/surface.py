@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from safetensors.torch import load_file
 
 from lossprobe.cli.common import (
     add_model_data,
@@ -323,7 +324,6 @@ def _norm_for(kind: str, norm_arg: str | None):
 def _directions(args, specs, obj, model, rd, two_d):
     """The directions of every axis (from the run directory when it has them: resume) and what
     each is: kind, normalisation, length, eigenvalue, the Hessian's curvature along it."""
-    from safetensors.torch import load_file
 
     if rd.done("directions") and (rd / "directions.safetensors").is_file():
         vecs = load_file(str(rd / "directions.safetensors"))

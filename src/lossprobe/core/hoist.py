@@ -615,8 +615,6 @@ class Hoister:
             obj = self.obj
             if obj.device.type == "cpu" and any(isinstance(m, nn.Conv2d) for m in obj.model.modules()):
                 try:
-                    from lossprobe.core.batching import take
-
                     batch = take(obj.data.first(obj.batch_size), slice(0, 64))
                     if any(_image(t) for t in tree_flatten(batch)[0]):
                         with torch.inference_mode(), obj.mode(train=False):
@@ -636,8 +634,6 @@ class Hoister:
             self._traced = True
             obj = self.obj
             try:
-                from lossprobe.core.batching import take
-
                 batch = take(obj.data.first(obj.batch_size), slice(0, 2))
                 with torch.inference_mode(), obj.mode(train=False):
                     self._trace = trace(obj, obj.theta0, batch)

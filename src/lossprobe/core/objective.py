@@ -65,7 +65,7 @@ def second_order():
     """Attention by the math backend, whose kernels have double-backward and forward-mode
     derivatives (the fused CPU/GPU kernels do not); the caller's setting is restored."""
     try:
-        from torch.nn.attention import SDPBackend, sdpa_kernel
+        from torch.nn.attention import SDPBackend, sdpa_kernel  # lazy: absent before torch 2.2 (the floor is 2.1)
     except ImportError:  # torch without the attention module: nothing to switch
         yield
         return

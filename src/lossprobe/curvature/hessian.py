@@ -28,6 +28,7 @@ from typing import ClassVar
 
 import numpy as np
 import torch
+from scipy.sparse.linalg import LinearOperator
 from tqdm.auto import tqdm
 
 from lossprobe.core.objective import Objective, hvp
@@ -79,7 +80,6 @@ def as_linear_operator(objective: Objective, theta: torch.Tensor | None = None, 
     ``curvature='ggn'|'fisher'|'efisher'|'kfac'`` (with `options`, see `lossprobe.operators`)
     wraps that operator instead (also as ``.operator``).
     """
-    from scipy.sparse.linalg import LinearOperator
 
     H = _operator(objective, theta, params, method, curvature, options, cache_budget)
 

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
+from safetensors.torch import load_file
 
 from lossprobe.core.batching import Data, Split, TensorData, as_data
 from lossprobe.core.specs import call_user, load_callable, looks_like_code, options
@@ -143,8 +145,6 @@ def _read_tensors(p: Path) -> dict[str, torch.Tensor]:
             with np.load(p, allow_pickle=False) as z:
                 return {k: torch.from_numpy(np.ascontiguousarray(z[k])) for k in z.files}
         if suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             return load_file(str(p))
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except ValueError as e:
@@ -188,7 +188,6 @@ def _folder_args(rest: str, spec: str):
 def image_folder(root: str, size: int = 32, gray: bool = False, norm: str = "half") -> TensorData:
     """Images in one subfolder per class (labels from the sorted folder names), as a `Split`
     of float images [N, C, size, size] (see the module doc for the normalisation)."""
-    from PIL import Image
 
     d = Path(root)
     if not d.is_dir():

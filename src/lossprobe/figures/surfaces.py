@@ -12,7 +12,9 @@ import html
 from pathlib import Path
 from typing import Sequence
 
+import matplotlib.pyplot as plt
 import numpy as np
+import plotly.graph_objects as go
 
 from lossprobe.results.atomic import write_text
 from lossprobe.results.drawing import new_figure, save_figure, styles
@@ -149,7 +151,6 @@ def plot_surface3d(surf, directory, name: str = "surface_3d", title_data: str = 
     """A 3-D view of the loss surface (matplotlib)."""
     z, zlabel = _values(surf, log)
     X, Y = _grid(surf)
-    import matplotlib.pyplot as plt
 
     fig = plt.figure(figsize=(6.0, 4.8), constrained_layout=True)
     ax = fig.add_subplot(projection="3d")
@@ -169,7 +170,6 @@ def _centre(surf):
 
 def write_html(surf, path, title: str = "Loss surface", log: bool = False, marks=None) -> Path:
     """A self-contained interactive 3-D surface (plotly with its JavaScript inlined: works offline)."""
-    import plotly.graph_objects as go
 
     z, zlabel = _values(surf, log)
     x, y = surf.coords

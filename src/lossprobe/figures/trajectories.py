@@ -12,7 +12,9 @@ import importlib.util
 import textwrap
 from itertools import chain, islice
 
+import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.animation import FuncAnimation, PillowWriter
 
 from lossprobe.results.atomic import writing_to
 from lossprobe.results.drawing import new_figure, save_figure
@@ -295,8 +297,6 @@ def animate_paths(xs, ys, Z, paths: dict, path, title: str, log: bool = False, f
     """
     if not have_pillow():
         return None
-    import matplotlib.pyplot as plt
-    from matplotlib.animation import FuncAnimation, PillowWriter
 
     fig, ax = new_figure(width=5.5, height=4.6)
     _contour(ax, xs, ys, Z, log=log)

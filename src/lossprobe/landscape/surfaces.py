@@ -40,8 +40,10 @@ from lossprobe.core.directions import Direction, random_direction, random_plane
 from lossprobe.core.objective import Objective
 from lossprobe.errors import UserError
 from lossprobe.results import contract as results
+from lossprobe.results import plotspec
 from lossprobe.results.atomic import makedirs, save_npz
 from lossprobe.results.contract import Result, register
+from lossprobe.results.plotspec import Series, line
 from lossprobe.results.store import FolderLock, load_arrays, read_json, save_arrays, to_jsonable, write_json
 from lossprobe.runtime.cluster import Executor, backend_name
 from lossprobe.runtime.threads import torch_threads
@@ -206,6 +208,7 @@ class Surface(Result):
 
         The columns of `points` are the axes named by `dims` (default: this surface's dims);
         e.g. ``plane.interpolate(xy, dims=("x", "y"))`` for points given as (x, y)."""
+        # lazy: scipy.interpolate adds ~0.15 s to `import lossprobe`
         from scipy.interpolate import RegularGridInterpolator
 
         dims = tuple(dims or self.dims)
@@ -276,8 +279,6 @@ class Surface(Result):
                    arrays.get(prefix + "subset_indices"), tuple(dims))
 
     def plots(self, prefix: str = "") -> list:
-        from lossprobe.results.plotspec import Series, line, surface
-
         labels = self.axis_labels()
         title = str(self.meta.get("title") or "loss")
         if self.ndim == 1:
@@ -286,9 +287,9 @@ class Surface(Result):
         if self.ndim != 2:
             return []
         rows, cols = self._coord_names(prefix)
-        out = [surface(title, prefix + "loss", rows, cols, xlabel=labels[1], ylabel=labels[0], zlabel="loss")]
+        out = [plotspec.surface(title, prefix + "loss", rows, cols, xlabel=labels[1], ylabel=labels[0], zlabel="loss")]
         if np.isfinite(self.accuracy).any():
-            out.append(surface(f"{title}: accuracy", prefix + "accuracy", rows, cols, xlabel=labels[1],
+            out.append(plotspec.surface(f"{title}: accuracy", prefix + "accuracy", rows, cols, xlabel=labels[1],
                                ylabel=labels[0], zlabel="accuracy"))
         return out
 

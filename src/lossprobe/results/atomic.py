@@ -28,6 +28,7 @@ from typing import IO, Any, Iterator
 
 import numpy as np
 import torch
+from safetensors.torch import save
 
 from lossprobe.errors import StorageError
 
@@ -239,7 +240,6 @@ def save_npy(path: str | os.PathLike, array: Any) -> Path:
 
 def save_safetensors(path: str | os.PathLike, tensors: dict) -> Path:
     """A dict of tensors as a safetensors file, atomically."""
-    from safetensors.torch import save
 
     return write_bytes(path, save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}))
 

@@ -112,7 +112,11 @@ class Result:
     def figure(self, directory=None, name: str | None = None, title: str = ""):
         """Draw `plots()` with matplotlib (the declarations the report site draws with plotly):
         saved as NAME.png/.svg in `directory` when given (returns [NAME]), else the Figure."""
-        from lossprobe.results.drawing import draw, new_figure, plot_declared
+        from lossprobe.results.drawing import (  # lazy: matplotlib adds ~0.3 s to `import lossprobe`
+            draw,
+            new_figure,
+            plot_declared,
+        )
 
         specs, arrays = self.plots(), self.to_arrays()
         if not specs:
@@ -174,7 +178,7 @@ def json_float(v) -> float:
 def xarray():
     """The xarray module, or one clear line saying how to install it."""
     try:
-        import xarray as xr
+        import xarray as xr  # lazy: xarray is an optional extra
     except ModuleNotFoundError:
         raise UserError("to_xarray needs xarray: pip install 'lossprobe[xarray]' (or pip install xarray)") from None
     return xr

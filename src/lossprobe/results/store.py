@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import safe_open
 
 from lossprobe._version import __version__
 from lossprobe.errors import BusyError, UserError
@@ -102,8 +103,6 @@ def readable(path: str | os.PathLike) -> bool:
         elif p.suffix == ".npy":
             np.load(p)
         elif p.suffix == ".safetensors":
-            from safetensors import safe_open
-
             with safe_open(str(p), "pt") as f:
                 for k in f.keys():
                     f.get_tensor(k)
@@ -221,7 +220,7 @@ class FolderLock:
     may take the lock on one folder several times; it is released when every holder has."""
 
     def __init__(self, folder: str | os.PathLike, what: str = "--out"):
-        import fcntl
+        import fcntl  # lazy: POSIX only
 
         self.folder = Path(folder)
         atomic.makedirs(self.folder)
@@ -479,7 +478,7 @@ class RunDir:
         return load_arrays(self.path / name)
 
     def save_figure(self, fig, name: str) -> list[Path]:
-        from lossprobe.results.drawing import save_figure
+        from lossprobe.results.drawing import save_figure  # lazy: matplotlib adds ~0.3 s to `import lossprobe`
 
         return save_figure(fig, self.figures, name)
 

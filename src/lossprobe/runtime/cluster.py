@@ -55,7 +55,7 @@ def init(address: str | None = None, timeout: float = DEFAULT_TIMEOUT, **kw) -> 
 
     Raises UserError naming the address when the cluster cannot be reached in time."""
     try:
-        import ray
+        import ray  # lazy: Ray is an optional extra
     except ImportError:
         raise UserError("the Ray backend needs Ray: pip install 'lossprobe[ray]'") from None
     if ray.is_initialized():
@@ -135,7 +135,7 @@ class Executor:
                 if num_cpus is not None:
                     kw["num_cpus"] = num_cpus
             self._started = init(address, timeout, **kw)
-            import ray
+            import ray  # lazy: Ray is an optional extra
 
             self._ray = ray
             self._remote: dict = {}

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Hashable, Protocol
 
 import numpy as np
+import optuna
 
 from lossprobe.search.space import SearchSpace
 
@@ -66,7 +67,6 @@ def random_search(oracle: CurveOracle, budget: float, seed: int = 0) -> Trace:
 
 
 def _optuna_search(oracle: CurveOracle, budget: float, seed: int, sampler, pruner, method: str) -> Trace:
-    import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # a fixed name: Optuna's Hyperband assigns brackets by a hash of the study name, so a
@@ -101,14 +101,12 @@ def _optuna_search(oracle: CurveOracle, budget: float, seed: int, sampler, prune
 
 def tpe_search(oracle: CurveOracle, budget: float, seed: int = 0) -> Trace:
     """Optuna's TPE sampler, every trial trained to the end."""
-    import optuna
 
     return _optuna_search(oracle, budget, seed, optuna.samplers.TPESampler(seed=seed), None, "tpe")
 
 
 def successive_halving(oracle: CurveOracle, budget: float, seed: int = 0, reduction_factor: int = 3) -> Trace:
     """Random sampling with Optuna's (asynchronous) successive-halving pruner, 1 epoch minimum."""
-    import optuna
 
     pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=reduction_factor)
     return _optuna_search(oracle, budget, seed, optuna.samplers.RandomSampler(seed=seed), pruner, "sh")
@@ -116,7 +114,6 @@ def successive_halving(oracle: CurveOracle, budget: float, seed: int = 0, reduct
 
 def hyperband(oracle: CurveOracle, budget: float, seed: int = 0, reduction_factor: int = 3) -> Trace:
     """Random sampling with Optuna's Hyperband pruner (brackets of successive halving)."""
-    import optuna
 
     pruner = optuna.pruners.HyperbandPruner(min_resource=1, max_resource=oracle.epochs, reduction_factor=reduction_factor)
     return _optuna_search(oracle, budget, seed, optuna.samplers.RandomSampler(seed=seed), pruner, "hyperband")

@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import optuna
 import torch
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
@@ -205,7 +206,6 @@ class LiveOracle:
                  checkpoint_dir: str | os.PathLike | None = None, settings: dict | None = None,
                  on_job=None, fidelities: list | None = None, families=None, axis: str = "epochs",
                  budget: float = float("inf"), timer=None, on_wait=None):
-        import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         if axis not in AXES:
@@ -359,7 +359,6 @@ class LiveOracle:
         return trial is not None and trial.params == self.values(key)
 
     def probe(self, key: int, fid: str) -> dict:
-        import optuna
 
         f, e = self._fid[fid]
         self.clock.check(f * e if self.axis == "epochs" else None)
@@ -387,7 +386,6 @@ class LiveOracle:
         return dict(feats)
 
     def train(self, key: int, epoch: int) -> list[float]:
-        import optuna
 
         epoch = int(min(max(epoch, 1), self.epochs))
         done = self.progress.get(key, 0)
@@ -497,7 +495,6 @@ class LiveOracle:
 def _open_rdb(url: str, kwargs: dict):
     """Optuna's RDBStorage at `url`; two workers creating the same new database at once race on
     its tables, so the loser retries (the tables exist by then)."""
-    import optuna
 
     for attempt in range(6):
         try:

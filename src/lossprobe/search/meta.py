@@ -61,13 +61,13 @@ class MetaModel:
             raise UserError(f"unknown meta-model '{self.kind}'; choose from {list(KINDS)}")
 
     def _make(self, kind: str):
-        from sklearn.ensemble import RandomForestRegressor
+        from sklearn.ensemble import RandomForestRegressor  # lazy: scikit-learn's ensembles add ~0.9 s
 
         if kind == "rf":
             return RandomForestRegressor(n_estimators=self.n_estimators, max_features=0.5, min_samples_leaf=1,
                                          random_state=self.seed, n_jobs=1)
         if kind == "et":
-            from sklearn.ensemble import ExtraTreesRegressor
+            from sklearn.ensemble import ExtraTreesRegressor  # lazy: scikit-learn's ensembles add ~0.9 s
 
             return ExtraTreesRegressor(n_estimators=32, max_features=0.5, min_samples_leaf=2, random_state=self.seed,
                                        n_jobs=1)
@@ -113,7 +113,7 @@ class _BaggedBoosting:
         self.n_members, self.seed = n_members, seed
 
     def fit(self, X, y):
-        from sklearn.ensemble import GradientBoostingRegressor
+        from sklearn.ensemble import GradientBoostingRegressor  # lazy: scikit-learn's ensembles add ~0.9 s
 
         rng = np.random.default_rng(self.seed)
         self.members_ = []

@@ -37,6 +37,8 @@ import warnings
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+import optuna
+from scipy import stats
 
 from lossprobe.errors import UserError
 from lossprobe.search.loop import LoopConfig, probe_search
@@ -86,7 +88,6 @@ def _row_sampler(oracle, inner, rng):
     """An Optuna sampler whose every trial gets a candidate's configuration: the inner sampler's
     suggestion snapped to the nearest untried candidate, or (inner None) a uniformly drawn one.
     The study therefore records, and TPE learns from, what was actually trained."""
-    import optuna
 
     class RowSampler(optuna.samplers.BaseSampler):
         def __init__(self):
@@ -128,7 +129,6 @@ def _row_sampler(oracle, inner, rng):
 
 
 def _optuna_search(oracle, seed: int, name: str, tpe: bool, pruner) -> None:
-    import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     inner = optuna.samplers.TPESampler(seed=seed) if tpe else None
@@ -158,14 +158,12 @@ def tpe_search(oracle, seed: int = 0, **_) -> None:
 
 
 def asha(oracle, seed: int = 0, eta: int = 3, **_) -> None:
-    import optuna
 
     _optuna_search(oracle, seed, "asha", False,
                    optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=eta))
 
 
 def bohb(oracle, seed: int = 0, eta: int = 3, **_) -> None:
-    import optuna
 
     _optuna_search(oracle, seed, "bohb", True,
                    optuna.pruners.HyperbandPruner(min_resource=1, max_resource=oracle.epochs, reduction_factor=eta))
@@ -211,7 +209,7 @@ def hyperband(oracle, seed: int = 0, ladder=None, eta: int = 3, **_) -> None:
 
 def _curve_families(t: np.ndarray, y: np.ndarray) -> list:
     """Fitted curve families as callables of the epoch (least squares; skipped if they fail)."""
-    from scipy.optimize import curve_fit
+    from scipy.optimize import curve_fit  # lazy: scipy.optimize adds ~0.15 s
 
     out = []
     lt = np.log(t)
@@ -388,7 +386,6 @@ class MFSearch:
         pairs = [(m, self.done[r][k], self.finals[k]) for k, m in self.predicted[r].items() if k in self.finals]
         if len(pairs) < self.cfg.gate_min:
             return True  # not enough evidence yet: the model gets its chance (its predictions are recorded)
-        from scipy import stats
 
         m, raw, y = (np.array(v) for v in zip(*pairs))
         sm, sr = stats.spearmanr(m, y).statistic, stats.spearmanr(raw, y).statistic

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import optuna
 
 from lossprobe.errors import UserError
 from lossprobe.models import cnn, mlp
@@ -94,7 +95,6 @@ class Param:
         return trial.suggest_float(self.name, float(self.low), float(self.high), log=self.log)
 
     def distribution(self):
-        import optuna
 
         if self.type == "categorical":
             return optuna.distributions.CategoricalDistribution(list(self.choices))

@@ -31,7 +31,11 @@ from dataclasses import dataclass, field
 
 from lossprobe.errors import UserError
 from lossprobe.runtime.config import comma_list, finite_float, positive_int
+from lossprobe.runtime.threads import torch_threads
+from lossprobe.studies import optimizers_spiral, optimizers_spiral_report, optimizers_toy
 from lossprobe.studies.base import Context, Preset, Stage, Study, array_stage, option, run_stage, run_study
+from lossprobe.studies.optimizers_spiral_report import fmt
+from lossprobe.trajectories.toy import OPTIMIZERS, TOYS, get_toy
 
 NET_OPTIMIZERS = ("sgd", "gd", "momentum", "nesterov", "rmsprop", "adam", "adamw", "adagrad")
 NET_DEFAULT_OPTIMIZERS = ["sgd", "momentum", "adam", "rmsprop"]
@@ -39,8 +43,6 @@ VARIANTS = ("base", "l2", "wide", "deep")
 
 
 def _dataset_help() -> str:
-    from lossprobe.trajectories.toy import TOYS
-
     return ("spiral (a 2-16-1 ReLU network on two spirals, default) or an analytic function: "
             + ", ".join(f"toy:{k}" for k in TOYS))
 
@@ -92,8 +94,6 @@ class OptimizersConfig:
         if self.dataset != "spiral" and not self.dataset.startswith("toy:"):
             raise UserError(f"unknown dataset '{self.dataset}'; use spiral or toy:NAME (e.g. toy:rosenbrock)")
         if self.is_toy:
-            from lossprobe.trajectories.toy import OPTIMIZERS, get_toy
-
             get_toy(self.dataset)
             allowed = OPTIMIZERS
             if self.start and len(self.start) != 2:
@@ -147,8 +147,6 @@ class OptimizersConfig:
         if self.optimizers:
             return list(self.optimizers)
         if self.is_toy:
-            from lossprobe.trajectories.toy import OPTIMIZERS
-
             return list(OPTIMIZERS)
         return list(NET_DEFAULT_OPTIMIZERS)
 
@@ -170,11 +168,7 @@ def _stage(rd, name: str, compute, progress: bool, grids: dict | None = None, pl
 
 def _part(cfg: OptimizersConfig):
     """The module with the stages of the dataset: optimizers_toy or optimizers_spiral."""
-    if cfg.is_toy:
-        from lossprobe.studies import optimizers_toy as part
-    else:
-        from lossprobe.studies import optimizers_spiral as part
-    return part
+    return optimizers_toy if cfg.is_toy else optimizers_spiral
 
 
 def _inputs(ctx) -> dict:
@@ -186,27 +180,20 @@ def _stages(cfg: OptimizersConfig) -> list[Stage]:
 
 
 def _report(ctx) -> dict:
-    from lossprobe.studies.optimizers_spiral_report import report as spiral_report
-    from lossprobe.studies.optimizers_toy import report as toy_report
-
     summary = ctx.out["summary"]
     summary["seconds"] = ctx.elapsed()
     ctx.rd.save_json("summary.json", summary)
-    ctx.rd.write_text("report.md", toy_report(summary) if ctx.cfg.is_toy else spiral_report(summary))
+    ctx.rd.write_text("report.md", optimizers_toy.report(summary) if ctx.cfg.is_toy else optimizers_spiral_report.report(summary))
     return summary
 
 
 def _threads(cfg: OptimizersConfig):
-    from lossprobe.runtime.threads import torch_threads
-
     # A 2-16-1 network is far too small to split across threads: on a loaded machine the
     # synchronisation costs 10-40× (measured: 300 Adam steps 0.37 s on 1 thread, 16 s on 2).
     return torch_threads(cfg.threads)
 
 
 def _cli_lines(s: dict, out) -> list[str]:
-    from lossprobe.studies.optimizers_spiral_report import fmt
-
     lines = []
     for o, r in s["optimizers"].items():
         acc = f", accuracy {r['final_accuracy']:.1%}" if r.get("final_accuracy") is not None else ""

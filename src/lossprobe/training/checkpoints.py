@@ -13,11 +13,13 @@ import os
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from torch import nn
 
 from lossprobe.core.space import tied_names
 from lossprobe.errors import UserError
-from lossprobe.results.atomic import save_safetensors
+from lossprobe.results.atomic import describe, save_safetensors
 
 
 def save_checkpoint(model: nn.Module, path: str | os.PathLike) -> None:
@@ -55,14 +57,10 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         with open(p, "rb") as fh:
             head = fh.read(16)
     except OSError as e:
-        from lossprobe.results.atomic import describe
-
         raise describe(e, p, "read") from None
     if not head:
         raise UserError(f"checkpoint {p} is empty")
     if p.suffix == ".safetensors" or (len(head) > 8 and head[8:9] == b"{"):
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
 
         try:
             state = load_file(str(p))

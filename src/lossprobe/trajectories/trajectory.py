@@ -465,7 +465,7 @@ def roughness(Z: np.ndarray, sigma: float = 1.0) -> dict:
             for a rough, non-convex surface.
         range: max − min.
     """
-    from scipy.ndimage import gaussian_filter
+    from scipy.ndimage import gaussian_filter  # lazy: scipy.ndimage adds ~0.07 s to `import lossprobe`
 
     Z = np.asarray(Z, dtype=float)
     if Z.ndim != 2 or min(Z.shape) < 3:

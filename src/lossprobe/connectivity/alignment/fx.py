@@ -261,8 +261,6 @@ def _made_up(model: nn.Module, forward):
         for c in candidates:
             try:
                 with torch.no_grad():
-                    from lossprobe.core.batching import move
-
                     fwd(model, move(c, next(model.parameters()).device))
                 return c
             except Exception:

@@ -157,7 +157,7 @@ def match_weights(state_a: Mapping[str, torch.Tensor], state_b: Mapping[str, tor
     inner product wins. Buffers (BatchNorm statistics) are permuted but only count in the
     objective with `include_buffers`.
     """
-    from scipy.optimize import linear_sum_assignment
+    from scipy.optimize import linear_sum_assignment  # lazy: scipy.optimize adds ~0.15 s to `import lossprobe`
 
     sizes = spec.sizes(state_a)
     spec.sizes(state_b)

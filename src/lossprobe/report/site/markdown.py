@@ -7,13 +7,15 @@ import re
 from typing import Callable
 from urllib.parse import unquote
 
+from markdown_it import MarkdownIt
+from markdown_it.token import Token
+
 from lossprobe.report.site.markup import esc
 
 _SAFE_SCHEMES = ("http://", "https://", "mailto:")
 
 
 def _markdown_parser():
-    from markdown_it import MarkdownIt
 
     md = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False}).enable("table")
     md.validateLink = lambda url: True  # every link becomes a token; _check_links decides what is kept
@@ -32,7 +34,6 @@ def markdown_to_html(text: str, resolve: Callable[[str], str | None] = lambda ur
     the site are shown; a remote image (or data:, javascript:, ...) is replaced by a note, so
     a page never loads anything from outside the site.
     """
-    from markdown_it.token import Token
 
     md = _markdown_parser()
     tokens = md.parse(str(text).replace("\x00", ""))

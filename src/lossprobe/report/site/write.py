@@ -19,6 +19,8 @@ import sys
 from pathlib import Path
 from typing import Iterable
 
+import plotly
+
 from lossprobe.errors import UserError
 from lossprobe.report.site.load import Run, expand_run_dirs, load_run
 from lossprobe.report.site.markup import ASSETS, slugify
@@ -30,10 +32,6 @@ SITE_MARKER = ".lossprobe-site"
 
 
 def _plotly_source() -> Path:
-    try:
-        import plotly
-    except ImportError:
-        raise UserError("the report site needs plotly: pip install plotly") from None
     src = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
     if not src.is_file():
         raise UserError(f"plotly.min.js not found in the plotly package ({src}); reinstall plotly")
