@@ -33,7 +33,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from lossprobe import Objective
-    from lossprobe.curvature import hessian
+    from lossprobe.curvature import curvature_operator, hessian
     from lossprobe.data import fashion_mnist
     from lossprobe.models import build
     from lossprobe.training.checkpoints import load_checkpoint
@@ -57,9 +57,9 @@ def main() -> None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 t0 = time.perf_counter()
-                e = hessian.eigenvalues(obj, k=1, curvature=c, options=opts)
+                e = hessian.eigenvalues(curvature_operator(obj, c, **opts), k=1)
                 t1 = time.perf_counter()
-                tr = hessian.trace(obj, matvecs=args.trace_products, curvature=c, options=opts, per_layer=False)
+                tr = hessian.trace(curvature_operator(obj, c, **opts), matvecs=args.trace_products, per_layer=False)
                 t2 = time.perf_counter()
             rows[c] = {"top": float(e.values[0]), "residual": float(e.residuals[0]), "eig_products": e.matvecs,
                        "eig_seconds": t1 - t0, "trace": tr.trace, "trace_stderr": tr.stderr,

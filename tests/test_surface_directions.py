@@ -100,7 +100,7 @@ def test_second_derivative_along_the_top_hessian_eigenvector_is_lambda1(tmp_path
     assert abs(fd - lam) < 0.01 * lam
     # the eigenvalue is printed in the report and stored with the directions
     assert f"{lam:.4g}" in (out / "report.md").read_text()
-    assert json.loads((out / "directions.json").read_text())[0]["eigenvalue"] == lam
+    assert json.loads((out / "directions.json").read_text())["directions"][0]["eigenvalue"] == lam
 
 
 def test_each_directions_form_from_the_cli(tmp_path, ckpt):

@@ -3,7 +3,7 @@
 ``import lossprobe.hessian`` or ``from lossprobe.batching import as_data`` still work: a finder
 on `sys.meta_path` answers each old name with the module at its new home (the same module
 object, so monkeypatching through the old name still reaches the code) and warns once per
-name with a `LossprobeDeprecationWarning` (a `FutureWarning`, so users see it by default).
+name with a `lossprobe.errors.LossprobeDeprecationWarning` (a `FutureWarning`, so users see it).
 Old names that are top-level attributes today (``lp.hessian``, ``lp.directions``, ...) are
 not deprecated as attributes; `attribute` answers the rest (``lp.batching``) the same way.
 """
@@ -15,7 +15,8 @@ import importlib.abc
 import importlib.util
 import sys
 import types
-import warnings
+
+from lossprobe.errors import warn_deprecated
 
 OLD = {
     "align": "connectivity.alignment",
@@ -60,18 +61,8 @@ OLD = {
 }
 
 
-class LossprobeDeprecationWarning(FutureWarning):
-    """A name lossprobe still answers but will drop in the next release."""
-
-
-_warned: set[str] = set()
-
-
 def _warn(old: str, new: str) -> None:
-    if old not in _warned:
-        _warned.add(old)
-        warnings.warn(f"lossprobe.{old} moved to lossprobe.{new}; the old path stops working in the next release",
-                      LossprobeDeprecationWarning, stacklevel=3)
+    warn_deprecated(f"lossprobe.{old}", f"lossprobe.{new}", stacklevel=4)
 
 
 def _target(old: str) -> types.ModuleType:

@@ -14,7 +14,7 @@ import sys
 import warnings
 
 from lossprobe._version import __version__
-from lossprobe.errors import UserError
+from lossprobe.errors import UserError, first_line
 from lossprobe.results.atomic import describe
 from lossprobe.results.store import release_all_locks
 from lossprobe.runtime.cluster import leave_if_ray_init_hangs
@@ -81,13 +81,13 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, ValueError, TypeError) as e:
         if debug:
             raise
-        print(f"lossprobe: error: {_first_line(e)}", file=sys.stderr)
+        print(f"lossprobe: error: {first_line(e)}", file=sys.stderr)
         return 2
     except OSError as e:  # permission denied, read-only file system, disk full, ...: one line naming the file
         if debug:
             raise
         action = "read" if isinstance(e, (FileNotFoundError, IsADirectoryError, NotADirectoryError)) else "write"
-        print(f"lossprobe: error: {_first_line(describe(e, action=action))}", file=sys.stderr)
+        print(f"lossprobe: error: {first_line(describe(e, action=action))}", file=sys.stderr)
         return 1
     except MemoryError:
         print("lossprobe: error: out of memory; use a smaller --subset or batch size", file=sys.stderr)
@@ -95,11 +95,6 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         release_all_locks()
         leave_if_ray_init_hangs(2)
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 if __name__ == "__main__":

@@ -10,22 +10,17 @@ import torch
 from lossprobe.cli.common import (
     add_model_data,
     add_out,
-    check_fit,
-    criterion_from_args,
     data_name,
-    load_model,
+    load_pair,
     loss_label,
     path_plots,
     positive_int,
-    require_finite,
-    require_finite_loss,
     training_data,
 )
 from lossprobe.connectivity.alignment.fx import example_batch
 from lossprobe.connectivity.alignment.matching import align, permutation_spec
 from lossprobe.connectivity.paths import has_batchnorm, interpolate, non_finite
 from lossprobe.connectivity.repair import Repairer, interpolate_repaired
-from lossprobe.data import load_split
 from lossprobe.errors import UserError
 from lossprobe.results.drawing import plot_declared
 from lossprobe.results.store import RunDir
@@ -72,16 +67,11 @@ def register(sub) -> None:
 def run(args) -> int:
     if args.alphas < 3 or (args.alphas - 1) % 2:
         raise UserError(f"--alphas must be odd and at least 3 (0, 0.5 and 1 on the grid), got {args.alphas}")
-    model_a = require_finite(load_model(args.model, args.ckpt_a), args.ckpt_a)
-    model_b = require_finite(load_model(args.model, args.ckpt_b), args.ckpt_b)
     t0 = time.perf_counter()
-    split = load_split(args.data, args.subset, args.subset_seed)
-    crit = criterion_from_args(args, model_a)
-    check_fit(model_a, split, crit, args)
+    a, b = load_pair(args, ("A", "B"))
+    model_a, model_b, split, crit = a.model, b.model, a.data, a.objective.criterion
     example = example_batch(model_a, split, crit.forward)
     spec = permutation_spec(model_a, example=example, forward=crit.forward)  # fails early, naming an unsupported operation
-    require_finite_loss(model_a, split, args.ckpt_a, args.data, "A", args.batch_size, crit)
-    require_finite_loss(model_b, split, args.ckpt_b, args.data, "B", args.batch_size, crit)
     needs_calib = args.method == "activations" or args.repair or (has_batchnorm(model_a) and args.bn == "recompute")
     calib = training_data(args, args.calib_data, "--calib-data", args.calib_subset or 5000, args.subset_seed + 1,
                           subset_option="--calib-subset", warn=args.calib_subset is not None) if needs_calib else None
@@ -136,13 +126,12 @@ def run(args) -> int:
     }
     run_dir.save_json("summary.json", summary)
     lb, eb = summary["loss_barrier"], summary["error_barrier"]
-    rows = "".join(f"| {labels[k]} | {lb[k]:.4f} | {eb[k]:.2%} |\n" for k in paths)
+    sections = "".join(f"**{labels[k]}.** {it.report()}\n\n" for k, it in paths.items())
     run_dir.write_text("report.md",
         f"# Alignment of {_md(args.ckpt_b)} to {_md(args.ckpt_a)}\n\n"
         f"Model `{_md(args.model)}`, {args.method} matching over {len(perms)} permutation groups; "
         f"evaluated on `{_md(args.data)}` ({split.n_samples} samples) at {len(alphas)} points of α in [0, 1].\n\n"
-        "| path | loss barrier | error barrier |\n|---|---|---|\n" + rows + "\n"
-        "The aligned checkpoint is `checkpoints/aligned_b.safetensors` (same function as B).\n\n"
+        + sections + "The aligned checkpoint is `checkpoints/aligned_b.safetensors` (same function as B).\n\n"
         + "".join(f"![{n}](figures/{n}.png)\n\n" for n in figs)
     )
     run_dir.complete()

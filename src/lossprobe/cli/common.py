@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import argparse
 import functools
-import math
+from dataclasses import dataclass
 
 import numpy as np
-import torch
+from torch import nn
 
-from lossprobe.core.losses import BUILTIN, criterion
-from lossprobe.core.objective import check_fits
+from lossprobe.core.batching import Data
+from lossprobe.core.losses import BUILTIN, Criterion, criterion
+from lossprobe.core.objective import Objective, require_finite
 from lossprobe.core.specs import load_callable, looks_like_code
+from lossprobe.data import load_split
 from lossprobe.data.sources import load, train_counterpart
 from lossprobe.errors import UserError
 from lossprobe.models import build
@@ -20,7 +22,6 @@ from lossprobe.results.plotspec import Series, line
 # the checkers live with the study configurations (whose fields name them); re-exported for the subcommands
 from lossprobe.runtime.config import comma_list, finite_float, nonneg_float, positive_float, positive_int  # noqa: F401
 from lossprobe.training.checkpoints import apply_state_dict, load_state_dict
-from lossprobe.training.loop import evaluate_model
 
 DATA_HELP = ("data to evaluate on: fashion-mnist:train|val|test, spiral:train|val|test, cifar10:DIR[:SPLIT], "
              "cifar100:DIR[:SPLIT], imagefolder:DIR[:size=32][:gray][:norm=half|imagenet|none], a tensor file "
@@ -64,42 +65,48 @@ def add_ray_timeout(p: argparse.ArgumentParser) -> None:
                    help="give up joining the Ray cluster at --address after this long (default: %(default)s)")
 
 
-def require_finite(model, checkpoint: str):
-    """Refuse a model with NaN or infinite parameters or buffers, naming the checkpoint; returns the model."""
-    bad = total = 0
-    first = None
-    for name, t in model.state_dict().items():
-        if t.is_floating_point():
-            n = int((~torch.isfinite(t)).sum())
-            if n and first is None:
-                first = name
-            bad += n
-            total += t.numel()
-    if bad:
+@dataclass
+class Setup:
+    """What a command works on: the model at a checkpoint, the data, and their `Objective`,
+    checked once (finite weights, the model takes the data, a finite loss)."""
 
-        raise UserError(f"checkpoint {checkpoint} has {bad} non-finite value(s) (NaN or inf) among its {total} "
-                        f"weights, first in '{first}'; loss, barriers and curvature are undefined there")
-    return model
+    model: nn.Module
+    data: Data
+    objective: Objective
+    checkpoint: str
+    loss: float  # at the checkpoint, over all the data
 
 
-def require_finite_loss(model, split, checkpoint: str, data: str, label: str = "", batch_size: int = 4096,
-                        crit=None) -> float:
-    """The loss of `model` on `split` under the criterion `crit` (default cross-entropy); a NaN or
-    infinite loss is one line naming the checkpoint (`label`, e.g. 'endpoint A (α = 0)', says
-    which role it plays)."""
-    loss = evaluate_model(model, split, loss=crit if crit is not None else "cross_entropy", batch_size=batch_size)[0]
-    if not math.isfinite(loss):
-
-        what = f"{label}, {checkpoint}" if label else checkpoint
-        raise UserError(f"the loss at {what} is {loss} on {data}: the model outputs NaN or inf there, so "
-                        "barriers, curvature and surfaces around it are undefined")
-    return loss
-
-
-def load_model(spec: str, checkpoint: str):
-    """Build the architecture from `spec` and load `checkpoint` into it (safely, file checked first)."""
+def load_model(spec: str, checkpoint: str) -> nn.Module:
+    """Build the architecture from `spec` and load `checkpoint` into it (safely, file checked
+    first); a checkpoint with NaN or infinite weights is refused in one line."""
     state = load_state_dict(checkpoint)
-    return apply_state_dict(build(spec), state, checkpoint).eval()
+    return require_finite(apply_state_dict(build(spec), state, checkpoint).eval(), f"checkpoint {checkpoint}")
+
+
+def load_setup(args, checkpoint: str, role: str = "", data: Data | None = None, crit: Criterion | None = None,
+               model: nn.Module | None = None, **objective_options) -> Setup:
+    """The `Setup` of one checkpoint from --model, --data, --subset, --loss, --forward and
+    --batch-size; `role` names it in messages ('endpoint A (α = 0)'); `data`, `crit` and the
+    loaded `model` are reused when a command has several checkpoints; `objective_options` go
+    to `Objective`."""
+    model = model if model is not None else load_model(args.model, checkpoint)
+    data = data if data is not None else load_split(args.data, args.subset, args.subset_seed)
+    crit = crit if crit is not None else criterion_from_args(args, model)
+    obj = Objective(model, data, loss=crit, batch_size=args.batch_size, check=False, **objective_options)
+    obj.check(f"model '{args.model}'", f"'{args.data}'")
+    loss = obj.require_finite_loss(f"{role}, {checkpoint}" if role else checkpoint, args.data)
+    return Setup(model, data, obj, checkpoint, loss)
+
+
+def load_pair(args, roles: tuple[str, str] = ("A", "B"), **objective_options) -> tuple[Setup, Setup]:
+    """The setups of the two checkpoints CKPT_A and CKPT_B on the same data and loss."""
+    # both checkpoints first: a missing or foreign one is named before any data is read
+    model_a, model_b = load_model(args.model, args.ckpt_a), load_model(args.model, args.ckpt_b)
+    a = load_setup(args, args.ckpt_a, roles[0], model=model_a, **objective_options)
+    b = load_setup(args, args.ckpt_b, roles[1], data=a.data, crit=a.objective.criterion, model=model_b,
+                   **objective_options)
+    return a, b
 
 
 def data_name(spec: str) -> str:
@@ -137,11 +144,6 @@ def criterion_from_args(args, model):
             raise UserError(f"unknown loss '{loss}'; choose from {', '.join(BUILTIN)} or give module:function")
         loss = user_function(loss, "loss")
     return criterion(loss, forward=user_function(getattr(args, "forward", None), "forward"), model=model)
-
-
-def check_fit(model, data, crit, args) -> None:
-    """One line naming the model, the data and the first mismatch if the model cannot take the data."""
-    check_fits(model, data, crit, model_name=f"model '{args.model}'", data_name=f"'{args.data}'")
 
 
 def path_plots(x: str, xlabel: str, series: list[tuple[str, str, str, str, bool]], loss_label: str,

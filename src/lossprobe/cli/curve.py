@@ -9,21 +9,16 @@ import numpy as np
 from lossprobe.cli.common import (
     add_model_data,
     add_out,
-    check_fit,
-    criterion_from_args,
     data_name,
-    load_model,
+    load_pair,
     loss_label,
     path_plots,
     positive_float,
     positive_int,
-    require_finite,
-    require_finite_loss,
     training_data,
 )
 from lossprobe.connectivity.curves import Curve, CurveTrainConfig, evaluate_curve, train_curve
 from lossprobe.connectivity.paths import has_batchnorm, interpolate, non_finite
-from lossprobe.data import load_split
 from lossprobe.errors import UserError
 from lossprobe.results.atomic import save_safetensors
 from lossprobe.results.drawing import plot_declared
@@ -65,14 +60,9 @@ def register(sub) -> None:
 def run(args) -> int:
     if args.points < 3 or (args.points - 1) % 2:
         raise UserError(f"--points must be odd and at least 3, got {args.points}")
-    model_a = require_finite(load_model(args.model, args.ckpt_a), args.ckpt_a)
-    model_b = require_finite(load_model(args.model, args.ckpt_b), args.ckpt_b)
     t0 = time.perf_counter()
-    split = load_split(args.data, args.subset, args.subset_seed)
-    crit = criterion_from_args(args, model_a)
-    check_fit(model_a, split, crit, args)
-    require_finite_loss(model_a, split, args.ckpt_a, args.data, "endpoint A (t = 0)", args.batch_size, crit)
-    require_finite_loss(model_b, split, args.ckpt_b, args.data, "endpoint B (t = 1)", args.batch_size, crit)
+    a, b = load_pair(args, ("endpoint A (t = 0)", "endpoint B (t = 1)"))
+    model_a, model_b, split, crit = a.model, b.model, a.data, a.objective.criterion
     train = training_data(args, args.train_data, "--train-data", args.train_subset, args.seed,
                           subset_option="--train-subset")
     curve = Curve(model_a, model_b, bends=args.bends, kind=args.kind, forward=crit.forward)
@@ -120,15 +110,12 @@ def run(args) -> int:
         "seconds": time.perf_counter() - t0,
     }
     run_dir.save_json("summary.json", summary)
-    rows = "".join(
-        f"| {what} | {s} | {summary['loss_barrier'][k][s]:.4f} | {summary['error_barrier'][k][s]:.2%} |\n"
-        for k, what in (("line", "straight line"), ("curve", label)) for s in splits)
+    sections = "".join(f"**{what}.** {path.report()}\n\n" for what, path in (("Straight line", line), (label, ev)))
     run_dir.write_text("report.md",
         f"# A {label} between two checkpoints\n\n"
         f"Model `{args.model.replace('`', '')}`; trained {args.epochs} epoch(s) on {train.n_samples} samples of "
         f"`{(args.train_data or 'the training split').replace('`', '')}`; evaluated at {len(ts)} points t in [0, 1].\n\n"
-        "| path | data | loss barrier | error barrier |\n|---|---|---|---|\n" + rows + "\n"
-        "Bends: `checkpoints/curve.safetensors` (flat parameter vectors: bends, theta_a, theta_b).\n\n"
+        + sections + "Bends: `checkpoints/curve.safetensors` (flat parameter vectors: bends, theta_a, theta_b).\n\n"
         + "".join(f"![{n}](figures/{n}.png)\n\n" for n in figs)
     )
     run_dir.complete()

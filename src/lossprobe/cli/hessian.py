@@ -3,29 +3,29 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
 
 import numpy as np
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 
 from lossprobe.cli.common import (
     add_model_data,
     add_out,
-    check_fit,
-    criterion_from_args,
     finite_float,
-    load_model,
+    load_setup,
     positive_int,
-    require_finite,
 )
 from lossprobe.core.graphs import parse_bytes
-from lossprobe.core.objective import Objective
 from lossprobe.curvature import hessian
-from lossprobe.data import load_split
+from lossprobe.curvature.algorithms import EigResult, TraceResult
+from lossprobe.curvature.hessian import Density
+from lossprobe.curvature.operators import NAMES, curvature_operator
 from lossprobe.errors import UserError
 from lossprobe.figures.curvature import plot_eigenvalues, plot_layer_traces, plot_spectral_density
 from lossprobe.results.atomic import save_safetensors
-from lossprobe.results.plotspec import Series, line
 from lossprobe.results.store import RunDir
 
 
@@ -93,106 +93,96 @@ def run(args) -> int:
         raise UserError(f"--tol must be positive, got {args.tol}")
     if not args.sigma_rel > 0:
         raise UserError(f"--sigma-rel must be positive, got {args.sigma_rel}")
-
-    budget = parse_bytes(args.graph_budget) if args.graph_budget is not None else None
     options = curvature_options(args)
-    curv = {"curvature": args.curvature, "options": options}
-    model = require_finite(load_model(args.model, args.ckpt), args.ckpt)
+    if args.graph_budget is not None:
+        budget = parse_bytes(args.graph_budget)  # checked whatever the curvature
+        if args.curvature == "hessian":
+            options["cache_budget"] = budget
     t0 = time.perf_counter()
-    split = load_split(args.data, args.subset, args.subset_seed)
-    crit = criterion_from_args(args, model)
-    check_fit(model, split, crit, args)
-    obj = Objective(model, split, loss=crit, batch_size=args.batch_size, train_mode=args.train_mode)
+    setup = load_setup(args, args.ckpt, train_mode=args.train_mode)
+    obj = setup.objective
     if args.train_mode:
         warnings.warn("--train-mode: dropout and BatchNorm batch statistics make the Hessian depend on the batches")
-    what = f"{args.data} ({split.n_samples} samples), {'train' if args.train_mode else 'eval'} mode"
+    what = f"{args.data} ({obj.n_samples} samples), {'train' if args.train_mode else 'eval'} mode"
     name = NAMES[args.curvature]
-    centre = float(obj.loss_at().loss[0])
-    if not np.isfinite(centre):
-        raise UserError(f"the loss at {args.ckpt} is {centre} on {args.data}: the model outputs NaN or inf, so its "
-                        f"{name} is undefined")
-    n_params = hessian.HessianOperator(obj, params=args.params).n
-    if max(args.top_k, args.bottom_k) > n_params:
-        raise UserError(f"--top-k {args.top_k} / --bottom-k {args.bottom_k}: the {name} has only {n_params} "
+    title = name[0].upper() + name[1:]  # at the start of a sentence
+    op = curvature_operator(obj, args.curvature, params=args.params, method=args.hvp, **options)
+    if max(args.top_k, args.bottom_k) > op.n:
+        raise UserError(f"--top-k {args.top_k} / --bottom-k {args.bottom_k}: the {name} has only {op.n} "
                         "eigenvalues (one per parameter)")
     rd = RunDir(args.out, "hessian", {k: v for k, v in vars(args).items() if k not in ("func", "force")}, args.force,
                 seeds={"probes": args.seed, "subset": args.subset_seed})
-    print(f"{name} of {args.model} on {what}: {n_params} parameters"
+    print(f"{title} of {args.model} on {what}: {op.n} parameters"
           + (" (K-FAC keeps those of Linear and Conv2d layers)" if args.curvature == "kfac" else ""))
-
-    summary: dict = {"model": args.model, "data": args.data, "n_samples": split.n_samples,
+    eig = dict(tol=args.tol, max_steps=args.max_steps, progress=True)
+    top = _stage(rd, "eigenvalues", EigResult,
+                 lambda: hessian.eigenvalues(op, args.top_k, "largest", seed=args.seed, **eig), vectors="largest")
+    bottom = _stage(rd, "eigenvalues_smallest", EigResult,
+                    lambda: hessian.eigenvalues(op, args.bottom_k, "smallest", seed=args.seed + 1, **eig),
+                    vectors="smallest") if args.bottom_k else None
+    tr = _stage(rd, "trace", TraceResult, lambda: hessian.trace(op, args.trace_method, args.trace_products,
+                                                                 args.seed, progress=True)) if args.trace else None
+    dens = _stage(rd, "density", Density, lambda: hessian.spectral_density(
+        op, args.probes, args.steps, args.seed, sigma_rel=args.sigma_rel, progress=True)) if args.density else None
+    summary: dict = {"model": args.model, "data": args.data, "n_samples": obj.n_samples,
                      "mode": "train" if args.train_mode else "eval", "curvature": args.curvature,
-                     "curvature_options": options}
+                     "curvature_options": curvature_options(args),
+                     "eigenvalues": top.values, "residuals": top.residuals, "hvp_eigenvalues": top.matvecs,
+                     "lanczos_steps": top.steps, "converged": top.converged}
+    if bottom is not None:
+        summary.update({"smallest_eigenvalues": bottom.values, "smallest_residuals": bottom.residuals,
+                        "hvp_smallest": bottom.matvecs, "converged_smallest": bottom.converged})
     figs: list[str] = []
-    if not rd.done("eigenvalues", "eigenvalues.json", "eigenvectors.safetensors"):
-        top = hessian.eigenvalues(obj, params=args.params, k=args.top_k, which="largest", tol=args.tol,
-                                  max_steps=args.max_steps, seed=args.seed, method=args.hvp, progress=True, **curv,
-                                  cache_budget=budget)
-        eig = {"eigenvalues": top.values, "residuals": top.residuals, "hvp_eigenvalues": top.matvecs,
-               "lanczos_steps": top.steps, "converged": top.converged}
-        vecs = {"largest": top.vectors}
-        if args.bottom_k:
-            bot = hessian.eigenvalues(obj, params=args.params, k=args.bottom_k, which="smallest", tol=args.tol,
-                                      max_steps=args.max_steps, seed=args.seed + 1, method=args.hvp, progress=True,
-                                      **curv, cache_budget=budget)
-            eig.update({"smallest_eigenvalues": bot.values, "smallest_residuals": bot.residuals,
-                        "hvp_smallest": bot.matvecs, "converged_smallest": bot.converged})
-            vecs["smallest"] = bot.vectors
-
-        save_safetensors(rd / "eigenvectors.safetensors", {k: v.float() for k, v in vecs.items()})
-        rd.save_json("eigenvalues.json", eig)
-        rd.mark("eigenvalues")
-    summary.update(rd.load_json("eigenvalues.json"))
-    if args.trace:
-        if not rd.done("trace", "trace.json"):
-            tr = hessian.trace(obj, params=args.params, method=args.trace_method, matvecs=args.trace_products,
-                               seed=args.seed, hvp_method=args.hvp, progress=True, **curv, cache_budget=budget)
-            rd.save_json("trace.json", {"trace": tr.trace, "trace_stderr": tr.stderr, "trace_method": tr.method,
-                                        "hvp_trace": tr.matvecs,
-                                        "layer_traces": {k: {"trace": v[0], "stderr": v[1]} for k, v in tr.blocks.items()}})
-            rd.mark("trace")
-        summary.update(rd.load_json("trace.json"))
-        figs += plot_layer_traces({k: (v["trace"], v["stderr"]) for k, v in summary["layer_traces"].items()},
-                                  rd.figures, title=what, operator=name)
-    if args.density:
-        if not rd.done("density", "density.npz", "density.json"):
-            d = hessian.spectral_density(obj, params=args.params, probes=args.probes, steps=args.steps, seed=args.seed,
-                                         sigma_rel=args.sigma_rel, method=args.hvp, progress=True, **curv, cache_budget=budget)
-            density = line(f"{name} spectral density (SLQ, Gaussian broadening)", "grid",
-                           [Series("density", "SLQ density")], xlabel=f"eigenvalue λ of the {name}",
-                           ylabel="eigenvalue density", log_y=True)
-            rd.save_arrays("density.npz", plots=[density], grid=d.grid, density=d.density, nodes=d.slq.nodes,
-                           weights=d.slq.weights)
-            rd.save_json("density.json", {"sigma": d.sigma, "hvp_density": d.matvecs, "slq_trace": d.slq.trace,
-                                          "slq_trace_stderr": d.slq.trace_stderr})
-            rd.mark("density")
-        arr = rd.load_arrays("density.npz")
-        dj = rd.load_json("density.json")
-        summary["density"] = {**dj, "integral": float(np.trapezoid(arr["density"], arr["grid"])),
+    if tr is not None:
+        summary.update({"trace": tr.trace, "trace_stderr": tr.stderr, "trace_method": tr.method,
+                        "hvp_trace": tr.matvecs,
+                        "layer_traces": {k: {"trace": v[0], "stderr": v[1]} for k, v in tr.blocks.items()}})
+        figs += plot_layer_traces(tr.blocks, rd.figures, title=what, operator=name)
+    if dens is not None:
+        summary["density"] = {**dens.summary(), "integral": float(np.trapezoid(dens.density, dens.grid)),
                               "file": "density.npz"}
-        figs += plot_spectral_density(arr["grid"], arr["density"], rd.figures, title=what,
-                                      eigenvalues=summary["eigenvalues"], operator=name)
-    figs += plot_eigenvalues(summary["eigenvalues"], summary["residuals"], rd.figures, title=what, operator=name)
+        figs += plot_spectral_density(dens.grid, dens.density, rd.figures, title=what, eigenvalues=top.values,
+                                      operator=name)
+    figs += plot_eigenvalues(top.values, top.residuals, rd.figures, title=what, operator=name)
     summary["seconds"] = time.perf_counter() - t0
     rd.save_json("summary.json", summary)
-    lines = [f"# {name} of `{args.model}` at `{args.ckpt}`", "",
-             f"Data: `{args.data}` ({split.n_samples} samples), {summary['mode']} mode.", "",
-             "| # | eigenvalue | residual ‖Hv−λv‖ |", "|---|---|---|"]
-    lines += [f"| {i + 1} | {v:.6g} | {r:.2e} |" for i, (v, r) in enumerate(zip(summary["eigenvalues"], summary["residuals"]))]
-    if args.trace:
-        lines += ["", f"Trace ({summary['trace_method']}, {summary['hvp_trace']} products): "
-                  f"**{summary['trace']:.6g} ± {summary['trace_stderr']:.2g}** (1 s.e.)."]
-    lines += [""] + [f"![{n}](figures/{n}.png)\n" for n in figs]
+    lines = [f"# {title} of `{args.model}` at `{args.ckpt}`", "",
+             f"Data: `{args.data}` ({obj.n_samples} samples), {summary['mode']} mode.", ""]
+    for r in (top, bottom, tr, dens):
+        if r is not None:
+            lines += [r.report(), ""]
+    lines += [f"![{n}](figures/{n}.png)\n" for n in figs]
     rd.write_text("report.md", "\n".join(lines))
     rd.complete()
-    msg = f"{name}: top eigenvalue {summary['eigenvalues'][0]:.6g} (residual {summary['residuals'][0]:.1e})"
-    if args.trace:
-        msg += f", trace {summary['trace']:.6g} ± {summary['trace_stderr']:.2g}"
+    msg = f"{title}: top eigenvalue {top.values[0]:.6g} (residual {top.residuals[0]:.1e})"
+    if tr is not None:
+        msg += f", trace {tr.trace:.6g} ± {tr.stderr:.2g}"
     print(f"{msg}; wrote {rd.path}")
     return 0
 
 
-NAMES = {"hessian": "Hessian", "ggn": "GGN", "fisher": "Fisher", "efisher": "Empirical Fisher", "kfac": "K-FAC"}
+def _stage(rd, name: str, kind, compute, vectors: str | None = None):
+    """A result kept in the run directory as NAME.npz/.json by its own `save` (computed, or
+    reloaded when a previous run finished it). Eigenvectors go to eigenvectors.safetensors
+    (float32, usable as surface directions) instead of the result's file."""
+    files = (f"{name}.npz", f"{name}.json") + (("eigenvectors.safetensors",) if vectors else ())
+    if rd.done(name, *files):
+        return kind.load(rd / f"{name}.npz")
+    result = compute()
+    if vectors:
+        save_safetensors(rd / "eigenvectors.safetensors", {**_kept_vectors(rd), vectors: result.vectors.float()})
+        result = dataclasses.replace(result, vectors=None)
+    result.save(rd / f"{name}.npz")
+    rd.mark(name)
+    return result
+
+
+def _kept_vectors(rd) -> dict:
+    f = rd / "eigenvectors.safetensors"
+    try:
+        return load_file(str(f)) if f.is_file() else {}
+    except (SafetensorError, OSError):
+        return {}  # damaged: this run's eigenvectors are written again
 
 
 def curvature_options(args) -> dict:

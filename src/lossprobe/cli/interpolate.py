@@ -9,18 +9,13 @@ import numpy as np
 from lossprobe.cli.common import (
     add_model_data,
     add_out,
-    check_fit,
-    criterion_from_args,
     data_name,
-    load_model,
+    load_pair,
     loss_label,
     path_plots,
-    require_finite,
-    require_finite_loss,
     training_data,
 )
 from lossprobe.connectivity.paths import interpolate, non_finite
-from lossprobe.data import load_split
 from lossprobe.errors import UserError
 from lossprobe.figures.paths import plot_interpolation
 from lossprobe.results.store import RunDir
@@ -51,22 +46,17 @@ def register(sub) -> None:
 def run(args) -> int:
     if args.alphas < 5 or (args.alphas - 1) % 4:
         raise UserError(f"--alphas must be 5, 9, 13, ... (N−1 a multiple of 4), got {args.alphas}")
-    model_a = require_finite(load_model(args.model, args.ckpt_a), args.ckpt_a)
-    model_b = require_finite(load_model(args.model, args.ckpt_b), args.ckpt_b)
     t0 = time.perf_counter()
-    split = load_split(args.data, args.subset, args.subset_seed)
-    crit = criterion_from_args(args, model_a)
-    check_fit(model_a, split, crit, args)
-    require_finite_loss(model_a, split, args.ckpt_a, args.data, "endpoint A (α = 0)", args.batch_size, crit)
-    require_finite_loss(model_b, split, args.ckpt_b, args.data, "endpoint B (α = 1)", args.batch_size, crit)
+    a, b = load_pair(args, ("endpoint A (α = 0)", "endpoint B (α = 1)"))
+    split = a.data
     bn_data = training_data(args, args.train_data, "--train-data") if args.bn == "recompute" else None
     run_dir = RunDir(args.out, "interpolate", {k: v for k, v in vars(args).items() if k not in ("func", "force")}, args.force)
     alphas = np.linspace(-0.5, 1.5, args.alphas)
     alphas[np.isclose(alphas, 0)] = 0.0
     alphas[np.isclose(alphas, 1)] = 1.0
     name = data_name(args.data)
-    it = interpolate(model_a, model_b, {name: split}, alphas=alphas, bn=args.bn, bn_data=bn_data,
-                     batch_size=args.batch_size, progress=True, loss=crit)
+    it = interpolate(a.model, b.model, {name: split}, alphas=alphas, bn=args.bn, bn_data=bn_data,
+                     batch_size=args.batch_size, progress=True, loss=a.objective.criterion)
     arrays = it.to_arrays()
     plots = path_plots("alphas", "α (0 = checkpoint A, 1 = checkpoint B)",
                        [(name, f"loss_{name}", f"accuracy_{name}", "", False)], loss_label(args), arrays)
@@ -86,12 +76,10 @@ def run(args) -> int:
     run_dir.save_json("summary.json", summary)
     lb, eb = summary["loss_barrier"][name], summary["error_barrier"][name]
     ebt = f"{eb:.4f}" if np.isfinite(eb) else "n/a (no accuracy for this loss)"
-    run_dir.write_text("report.md",
-        f"# Interpolation between {args.ckpt_a} and {args.ckpt_b}\n\n"
-        f"Model `{args.model}`, data `{args.data}` ({split.n_samples} samples), loss `{args.loss}`.\n\n"
-        f"Loss barrier: **{lb:.4f}**; error barrier: **{ebt}**.\n\n"
-        + "".join(f"![{n}](figures/{n}.png)\n\n" for n in fig_names)
-    )
+    run_dir.write_text("report.md", "\n".join([
+        f"# Interpolation between {args.ckpt_a} and {args.ckpt_b}", "",
+        f"Model `{args.model}`, data `{args.data}` ({split.n_samples} samples), loss `{args.loss}`.", "",
+        it.report(), ""] + [f"![{n}](figures/{n}.png)\n" for n in fig_names]))
     run_dir.complete()
     print(f"loss barrier {lb:.4f}, error barrier {ebt} on {args.data}; wrote {run_dir.path}")
     return 0

@@ -5,21 +5,15 @@ from __future__ import annotations
 import argparse
 import time
 
-import numpy as np
-
 from lossprobe.cli.common import (
     add_model_data,
     add_out,
-    check_fit,
-    criterion_from_args,
     finite_float,
-    load_model,
+    load_setup,
     positive_int,
-    require_finite,
 )
-from lossprobe.core.objective import Objective
 from lossprobe.curvature import sharpness as S
-from lossprobe.data import load_split
+from lossprobe.curvature.critical import CriticalPoint
 from lossprobe.errors import UserError
 from lossprobe.figures.curvature import plot_noise_robustness
 from lossprobe.results.store import RunDir
@@ -74,57 +68,50 @@ def run(args) -> int:
     for name in ("epsilon", "rho", "asam_rho", "pac_bound"):
         if not getattr(args, name) > 0:
             raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    model = require_finite(load_model(args.model, args.ckpt), args.ckpt)
     t0 = time.perf_counter()
-    split = load_split(args.data, args.subset, args.subset_seed)
-    crit = criterion_from_args(args, model)
-    check_fit(model, split, crit, args)
-    obj = Objective(model, split, loss=crit, batch_size=args.batch_size)
-    what = f"{args.data} ({split.n_samples} samples)"
+    setup = load_setup(args, args.ckpt)
+    obj = setup.objective
+    what = f"{args.data} ({obj.n_samples} samples)"
     ev = obj.loss_at()
-    if not np.isfinite(float(ev.loss[0])):
-        raise UserError(f"the loss at {args.ckpt} is {float(ev.loss[0])} on {args.data}: the model outputs NaN or inf, "
-                        "so its sharpness is undefined")
     rd = RunDir(args.out, "sharpness", {k: v for k, v in vars(args).items() if k not in ("func", "force")}, args.force,
                 seeds={"noise": args.seed, "subset": args.subset_seed})
-    summary: dict = {"model": args.model, "data": args.data, "n_samples": split.n_samples,
+    summary: dict = {"model": args.model, "data": args.data, "n_samples": obj.n_samples,
                      "loss": float(ev.loss[0]), "accuracy": float(ev.accuracy[0])}
-    steps = {
-        "keskar": lambda: S.keskar_sharpness(obj, epsilon=args.epsilon, steps=args.ascent_steps, seed=args.seed).to_dict(),
-        "sam": lambda: S.sam_sharpness(obj, rho=args.rho, steps=args.sam_steps).to_dict(),
-        "asam": lambda: S.sam_sharpness(obj, rho=args.asam_rho, adaptive=True, steps=args.sam_steps).to_dict(),
-        "noise": lambda: S.noise_robustness(obj, sigmas=args.sigmas, draws=args.draws, seed=args.seed, progress=True).to_dict(),
-        "pacbayes": lambda: S.pac_bayes_sigma(obj, bound=args.pac_bound, draws=args.draws, seed=args.seed).to_dict(),
-        "critical": lambda: S.critical_point(obj, seed=args.seed).to_dict(),
+    measures = {
+        "keskar": (S.SharpnessResult, lambda: S.keskar_sharpness(obj, epsilon=args.epsilon, steps=args.ascent_steps,
+                                                                 seed=args.seed)),
+        "sam": (S.SharpnessResult, lambda: S.sam_sharpness(obj, rho=args.rho, steps=args.sam_steps)),
+        "asam": (S.SharpnessResult, lambda: S.sam_sharpness(obj, rho=args.asam_rho, adaptive=True,
+                                                            steps=args.sam_steps)),
+        "noise": (S.NoiseRobustness, lambda: S.noise_robustness(obj, sigmas=args.sigmas, draws=args.draws,
+                                                                seed=args.seed, progress=True)),
+        "pacbayes": (S.PacBayesSigma, lambda: S.pac_bayes_sigma(obj, bound=args.pac_bound, draws=args.draws,
+                                                                seed=args.seed)),
+        "critical": (CriticalPoint, lambda: S.critical_point(obj, seed=args.seed)),
     }
+    results = {}
     for m in args.measures:
-        if not rd.done(m, f"{m}.json"):
+        kind, compute = measures[m]
+        if rd.done(m, f"{m}.npz", f"{m}.json"):
+            results[m] = kind.load(rd / f"{m}.npz")
+        else:
             print(f"{m} ...", flush=True)
-            rd.save_json(f"{m}.json", steps[m]())
+            results[m] = compute()
+            results[m].save(rd / f"{m}.npz")
             rd.mark(m)
-        summary[m] = rd.load_json(f"{m}.json")
+        summary[m] = results[m].to_dict()
     figs = []
-    if "noise" in summary:
+    if "noise" in results:
         figs += plot_noise_robustness({args.model: summary["noise"]}, rd.figures, title=what)
     summary["seconds"] = time.perf_counter() - t0
     rd.save_json("summary.json", summary)
     lines = [f"# Sharpness of `{args.model}` at `{args.ckpt}`", "", f"Data: {what}; loss {summary['loss']:.4f}, "
-             f"accuracy {summary['accuracy']:.2%}.", "", "| measure | value |", "|---|---|"]
-    if "keskar" in summary:
-        lines.append(f"| Keskar ε={args.epsilon} sharpness (%) | {summary['keskar']['sharpness']:.4g} |")
-    if "sam" in summary:
-        lines.append(f"| SAM ρ={args.rho} loss rise | {summary['sam']['rise']:.4g} |")
-    if "asam" in summary:
-        lines.append(f"| ASAM ρ={args.asam_rho} loss rise | {summary['asam']['rise']:.4g} |")
-    if "pacbayes" in summary:
-        lines.append(f"| PAC-Bayes σ (error rise ≤ {args.pac_bound}) | {summary['pacbayes']['sigma']:.4g} |")
-    if "critical" in summary:
-        c = summary["critical"]
-        lines.append(f"| critical point | {c['kind']} (‖g‖={c['grad_norm']:.2e}, λmin={c['lambda_min']:.3g}, "
-                     f"λmax={c['lambda_max']:.3g}) |")
-    lines += [""] + [f"![{n}](figures/{n}.png)\n" for n in figs]
+             f"accuracy {summary['accuracy']:.2%}.", ""]
+    for r in results.values():
+        lines += [r.report(), ""]
+    lines += [f"![{n}](figures/{n}.png)\n" for n in figs]
     rd.write_text("report.md", "\n".join(lines))
     rd.complete()
-    print("; ".join(f"{k}: {v.get('sharpness', v.get('sigma', v.get('kind', '')))}" if isinstance(v, dict) and k != "noise" else k
+    print("; ".join(f"{k}: {v.get('sharpness', v.get('sigma', v.get('kind', '')))}" if k != "noise" else k
                     for k, v in summary.items() if k in MEASURES) + f"; wrote {rd.path}")
     return 0

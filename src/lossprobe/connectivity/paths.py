@@ -130,6 +130,16 @@ class PathEvaluation(Result):
             out[f"loss_{s}_ends"] = [float(self.loss[s][np.argmin(np.abs(self.t - e))]) for e in (0.0, 1.0)]
         return out
 
+    def report(self) -> str:
+        what = "straight line" if self.axis == "alpha" else "curve"
+        b = self.barriers()
+        lines = [f"Barriers along the {what} ({len(self.t)} points; BatchNorm statistics: {self.bn}):", "",
+                 "| split | loss barrier | error barrier |", "|---|---|---|"]
+        for s in self.loss:
+            eb = b["error_barrier"][s]
+            lines.append(f"| {s} | {b['loss_barrier'][s]:.4f} | {f'{eb:.2%}' if np.isfinite(eb) else 'n/a'} |")
+        return "\n".join(lines)
+
     def plots(self, prefix: str = "", title: str | None = None) -> list:
         x = f"{prefix}{self._coord_name}"
         xlabel = "α (0 = first model, 1 = second model)" if self.axis == "alpha" else "t (position along the curve)"

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lossprobe.errors import UserError
+from lossprobe.errors import UserError, first_line
 
 Batch = Any
 Forward = Callable[[nn.Module, Batch], Any]
@@ -305,7 +305,7 @@ def as_data(data, name: str = "data") -> Data:
         try:
             parts = list(loader)
         except (RuntimeError, TypeError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            first = first_line(e)
             raise UserError(f"data '{name}': its samples cannot be stacked into batches ({first}); "
                             "pass a DataLoader with your own collate_fn") from None
         return _concat(parts, name)

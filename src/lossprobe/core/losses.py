@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lossprobe.core.batching import Forward, batch_len, default_forward, default_target, describe
-from lossprobe.errors import UserError
+from lossprobe.errors import UserError, first_line
 
 IGNORE_INDEX = -100
 
@@ -62,14 +62,25 @@ def logits_of(output) -> torch.Tensor:
                     "pass forward= that returns the output tensor, or loss='model' for the loss the model computes")
 
 
+KINDS = ("cross_entropy", "bce", "mse", "model", "custom")
+
+
 class Loss:
     """A loss: ``fn(output, target, batch) -> (sum, count)`` and an optional accuracy of the
-    same form (None where accuracy means nothing)."""
+    same form (None where accuracy means nothing).
 
-    def __init__(self, name: str, fn: Callable, correct: Callable | None = None):
+    `kind` says which loss it is, whatever its `name`: one of the built-in likelihoods
+    ('cross_entropy', 'bce', 'mse'), the model's own loss ('model'), or 'custom' (a user's
+    function or torch loss module, known only through its values).
+    """
+
+    def __init__(self, name: str, fn: Callable, correct: Callable | None = None, kind: str = "custom"):
+        if kind not in KINDS:
+            raise ValueError(f"loss kind must be one of {KINDS}, got {kind!r}")
         self.name = name
         self.fn = fn
         self._correct = correct
+        self.kind = kind
 
     @property
     def has_accuracy(self) -> bool:
@@ -245,14 +256,14 @@ def get_loss(loss, model: nn.Module | None = None) -> Loss:
         return loss
     if isinstance(loss, str):
         if loss == "cross_entropy":
-            return Loss("cross_entropy", _ce, _ce_correct)
+            return Loss("cross_entropy", _ce, _ce_correct, kind="cross_entropy")
         if loss == "bce":
-            return Loss("bce", _bce, _bce_correct)
+            return Loss("bce", _bce, _bce_correct, kind="bce")
         if loss == "mse":
-            return Loss("mse", _mse, None)
+            return Loss("mse", _mse, None, kind="mse")
         if loss == "model":
             causal = is_causal_lm(model)
-            return Loss("model", _model_loss(causal), _model_correct(causal))
+            return Loss("model", _model_loss(causal), _model_correct(causal), kind="model")
         raise UserError(f"unknown loss '{loss}'; choose from {list(BUILTIN)} or pass a function")
     if isinstance(loss, nn.modules.loss._Loss):
         if getattr(loss, "reduction", "none") != "none":
@@ -320,7 +331,7 @@ class Criterion:
         except UserError:
             raise
         except Exception as e:  # the user's model raised: shape, dtype, keyword
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            msg = first_line(e)
             how = "" if self.forward is not default_forward else (
                 "; the default forward calls " + ("model(**batch)" if isinstance(batch, Mapping) else
                                                   "model(x1, ..., xn) on all but the last element")
@@ -332,7 +343,7 @@ class Criterion:
         except UserError:
             raise
         except Exception as e:
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            msg = first_line(e)
             shape = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise UserError(f"loss '{self.name}' fails on {model_name}'s output {shape} for {data_name} "
                             f"{describe(batch)}: {type(e).__name__}: {msg}") from None
@@ -347,4 +358,4 @@ def criterion(loss="cross_entropy", forward: Forward | None = None, metric: Call
     return Criterion(loss, forward=forward, target=target, metric=metric, model=model)
 
 
-__all__ = ["BUILTIN", "Criterion", "Loss", "Terms", "criterion", "get_loss", "is_causal_lm", "logits_of"]
+__all__ = ["BUILTIN", "KINDS", "Criterion", "Loss", "Terms", "criterion", "get_loss", "is_causal_lm", "logits_of"]

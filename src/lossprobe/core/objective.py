@@ -95,6 +95,24 @@ def check_fits(model: nn.Module, data, crit, batch_size: int = 8, model_name: st
         crit.check(model, batch, model_name or type(model).__name__, data_name or f"'{data.name}'")
 
 
+
+def require_finite(model: nn.Module, what: str = "the model") -> nn.Module:
+    """Refuse a model with NaN or infinite parameters or buffers in one line naming `what` (a
+    checkpoint, say) and the first such tensor; returns the model."""
+    bad = total = 0
+    first = None
+    for name, t in model.state_dict().items():
+        if t.is_floating_point():
+            n = int((~torch.isfinite(t)).sum())
+            if n and first is None:
+                first = name
+            bad += n
+            total += t.numel()
+    if bad:
+        raise UserError(f"{what} has {bad} non-finite value(s) (NaN or inf) among its {total} weights, first in "
+                        f"'{first}'; loss, barriers and curvature are undefined there")
+    return model
+
 METHODS = ("auto", "reverse", "forward")
 DEFAULT_METHOD = "reverse"  # measured faster on CPU by benchmarks/hessian.py (see docs/curvature.md)
 CONV_BATCH = 256  # samples per per-point pass of a conv net on CPU (see evaluate)
@@ -202,9 +220,19 @@ class Objective:
             return None
         return self._hoister.plan(moving, origin)
 
-    def check(self) -> None:
-        """Evaluate a few samples at the model's own parameters; one line if they do not fit."""
-        check_fits(self.model, self.data, self.criterion, self.batch_size)
+    def check(self, model_name: str | None = None, data_name: str | None = None) -> None:
+        """Evaluate a few samples at the model's own parameters; one line naming the model and
+        the data (by these names, when given) if they do not fit."""
+        check_fits(self.model, self.data, self.criterion, self.batch_size, model_name, data_name)
+
+    def require_finite_loss(self, where: str = "the model's parameters", data_name: str | None = None) -> float:
+        """The loss at the model's own parameters over all the data; one line naming `where`
+        (a checkpoint, say) when it is NaN or infinite, as every probe around it would be."""
+        loss = float(self.loss_at().loss[0])
+        if not np.isfinite(loss):
+            raise UserError(f"the loss at {where} is {loss} on {data_name or repr(self.data.name)}: the model outputs "
+                            "NaN or inf there, so barriers, curvature, sharpness and surfaces around it are undefined")
+        return loss
 
     # --- data ----------------------------------------------------------------------
     @property
@@ -405,6 +433,28 @@ class Objective:
         for a, b in ranges:
             torch.addmv(origin[a:b], directions[:, a:b].T, c, out=buf[a:b])
         return buf
+
+
+def as_objective(model_or_objective, data=None, *, subset: int | None = None, subset_seed: int = 0,
+                 **options) -> Objective:
+    """The `Objective` a probe works on: an Objective as it is, or one built from a model and
+    its data with `options` (loss, forward, metric, target, batch_size, include_buffers,
+    train_mode, ...: see `Objective`); `subset` takes a seeded subset of in-memory data."""
+    if isinstance(model_or_objective, Objective):
+        given = [k for k, v in {"data": data, "subset": subset, **options}.items() if v is not None]
+        if given:
+            raise UserError(f"pass {', '.join(given)} to the Objective, not to the probe, when giving an Objective")
+        return model_or_objective
+    if not isinstance(model_or_objective, nn.Module):
+        raise TypeError(f"expected an nn.Module or an Objective, got {type(model_or_objective).__name__}")
+    if data is None:
+        raise UserError("data is required: a Split, (x, y) tensors, a Dataset or a DataLoader")
+    data = as_data(data)
+    if subset:
+        if not isinstance(data, TensorData):
+            raise UserError("subset needs in-memory data (a Split or tensors), not a DataLoader")
+        data = data.subset(int(subset), subset_seed)
+    return Objective(model_or_objective, data, **options)
 
 
 def hvp(objective: Objective, v: torch.Tensor, theta: torch.Tensor | None = None, method: str = "auto",

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from lossprobe.errors import UserError
+from lossprobe.errors import UserError, first_line
 
 
 def literal(v: str):
@@ -71,8 +71,7 @@ def call_user(fn: Callable, kwargs: dict, spec: str, what: str):
     except UserError:
         raise
     except Exception as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise UserError(f"{what} '{spec}' raised {type(e).__name__}" + (f": {msg}" if msg else "")) from None
+        raise UserError(f"{what} '{spec}' raised {type(e).__name__}" + (f": {first_line(e)}" if str(e).strip() else "")) from None
 
 
 def _import(head: str, spec: str, what: str):
@@ -90,9 +89,8 @@ def _import(head: str, spec: str, what: str):
         try:
             loader_spec.loader.exec_module(module)
         except Exception as e:
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
             raise UserError(f"{what} '{spec}': importing {path} raised {type(e).__name__}"
-                            + (f": {msg}" if msg else "")) from None
+                            + (f": {first_line(e)}" if str(e).strip() else "")) from None
         finally:
             sys.path.remove(str(path.resolve().parent))
         sys.modules[name] = module
@@ -105,9 +103,8 @@ def _import(head: str, spec: str, what: str):
     except ImportError as e:
         raise UserError(f"cannot import '{head}' for {what} '{spec}': {e}") from None
     except Exception as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise UserError(f"{what} '{spec}': importing {head} raised {type(e).__name__}"
-                        + (f": {msg}" if msg else "")) from None
+                        + (f": {first_line(e)}" if str(e).strip() else "")) from None
 
 
 __all__ = ["call_user", "literal", "load_callable", "looks_like_code", "options"]

@@ -245,6 +245,14 @@ class EigResult(Result):
     def summary(self) -> dict:
         return self.to_dict()
 
+    def report(self) -> str:
+        order = {"largest": "largest first", "smallest": "smallest first", "both": "largest, then smallest"}
+        lines = [f"Eigenvalues ({order.get(self.which, self.which)}; Lanczos, {self.matvecs} products"
+                 f"{'' if self.converged else ', not converged'}):", "",
+                 "| # | eigenvalue | residual ‖Hv−λv‖ |", "|---|---|---|"]
+        lines += [f"| {i + 1} | {v:.6g} | {r:.2e} |" for i, (v, r) in enumerate(zip(self.values, self.residuals))]
+        return "\n".join(lines)
+
     def to_arrays(self, prefix: str = "") -> dict[str, np.ndarray]:
         out = {f"{prefix}eigenvalues": self.values, f"{prefix}residuals": self.residuals}
         if self.vectors is not None:
@@ -418,6 +426,10 @@ class TraceResult(Result):
 
     def summary(self) -> dict:
         return self.to_dict()
+
+    def report(self) -> str:
+        return (f"Trace ({self.method}, {self.matvecs} products): **{self.trace:.6g} ± {self.stderr:.2g}** "
+                "(1 s.e.).")
 
     def to_arrays(self, prefix: str = "") -> dict[str, np.ndarray]:
         return {f"{prefix}samples": np.asarray(self.samples)}

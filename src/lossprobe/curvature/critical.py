@@ -60,6 +60,11 @@ class CriticalPoint(Record):
 
     NAME: ClassVar[str] = "critical_point"
 
+    def report(self) -> str:
+        text = f"Critical point: **{self.kind}** (‖∇L‖ = {self.grad_norm:.2e}, λmin = {self.lambda_min:.3g}, " \
+               f"λmax = {self.lambda_max:.3g})."
+        return text if not self.degenerate else text + " Degenerate: an extreme eigenvalue is within the tolerance of 0."
+
     @classmethod
     def from_dict(cls, d) -> "CriticalPoint":
         point = d.get("point")

@@ -42,13 +42,14 @@ from lossprobe.curvature.algorithms import (
     lanczos_eigs,
     slq,
 )
-from lossprobe.curvature.operators import HessianOperator, curvature_operator
-from lossprobe.errors import UserError
+from lossprobe.curvature.operators import CurvatureOperator, HessianOperator, curvature_operator
+from lossprobe.errors import UserError, warn_deprecated
 from lossprobe.results.contract import Result, json_float, register, xarray
 from lossprobe.results.plotspec import Series, line
 
 __all__ = [
     "HessianOperator",
+    "operator",
     "as_linear_operator",
     "eigenvalues",
     "trace",
@@ -58,30 +59,49 @@ __all__ = [
 ]
 
 
-def _operator(objective: Objective, theta, params, method: str, curvature: str | None, options: dict | None,
-              cache_budget=None):
-    """The Hessian, or with `curvature` another operator of `lossprobe.operators` (GGN, Fisher,
-    empirical Fisher, K-FAC), which the functions of this module accept alike. `cache_budget`
-    bounds the Hessian's kept gradient graphs (see `HessianOperator`)."""
-    if curvature in (None, "hessian") and not options:
-        return HessianOperator(objective, theta, params, method, cache_budget=cache_budget)
-
-    return curvature_operator(objective, curvature or "hessian", theta=theta, params=params, method=method,
-                              **(options or {}))
+LEGACY = {"params", "theta", "method", "hvp_method", "options", "cache_budget"}
 
 
-def as_linear_operator(objective: Objective, theta: torch.Tensor | None = None, params=None, method: str = "auto",
-                       curvature: str = "hessian", options: dict | None = None,
-                       cache_budget: float | str | None = None):
-    """H(θ) as a `scipy.sparse.linalg.LinearOperator` (float64, shape (n, n), symmetric).
+def operator(op, curvature: str = "hessian", **legacy) -> CurvatureOperator:
+    """The operator a curvature probe works on.
 
-    Works with scipy's solvers: ``eigsh(as_linear_operator(obj), k=5, which='LA')``.
-    The wrapped `HessianOperator` is available as ``.hessian`` (``.hessian.calls`` counts products).
-    ``curvature='ggn'|'fisher'|'efisher'|'kfac'`` (with `options`, see `lossprobe.operators`)
-    wraps that operator instead (also as ``.operator``).
+    A `CurvatureOperator` (`HessianOperator`, `GGNOperator`, ... built with whatever
+    parameters it needs) passes through; an `Objective` gives its operator named by
+    `curvature` ('hessian', 'ggn', 'fisher', 'efisher', 'kfac') at default settings. The
+    keywords the probes took before they took operators (``params``, ``theta``, ``method`` /
+    ``hvp_method``, ``options``, ``cache_budget``) still build the operator, with a warning.
     """
+    if isinstance(op, CurvatureOperator):
+        if legacy:
+            raise UserError(f"{sorted(legacy)} configure the operator: pass them when building it, not to the probe")
+        return op
+    if not isinstance(op, Objective):
+        raise TypeError(f"expected a curvature operator or an Objective, got {type(op).__name__}")
+    if legacy:
+        bad = sorted(set(legacy) - LEGACY)
+        if bad:
+            raise TypeError(f"unexpected keyword argument(s) {bad}")
+        warn_deprecated("passing " + ", ".join(sorted(legacy)) + " to a curvature probe",
+                        "an operator built with them, e.g. eigenvalues(HessianOperator(objective, params=...), k=...)",
+                        stacklevel=4)
+        kw = dict(legacy.pop("options", None) or {})
+        if "hvp_method" in legacy:
+            legacy["method"] = legacy.pop("hvp_method")
+        if legacy.get("cache_budget") is not None:
+            kw["cache_budget"] = legacy.pop("cache_budget")
+        legacy.pop("cache_budget", None)
+        return curvature_operator(op, curvature or "hessian", **legacy, **kw)
+    return curvature_operator(op, curvature or "hessian")
 
-    H = _operator(objective, theta, params, method, curvature, options, cache_budget)
+
+def as_linear_operator(op, curvature: str = "hessian", **legacy):
+    """A curvature operator (or an `Objective`'s operator named by `curvature`, see `operator`)
+    as a `scipy.sparse.linalg.LinearOperator` (float64, shape (n, n), symmetric).
+
+    Works with scipy's solvers: ``eigsh(as_linear_operator(obj), k=5, which='LA')``. The
+    wrapped operator is available as ``.operator`` (and ``.hessian``; ``.calls`` counts products).
+    """
+    H = operator(op, curvature, **legacy)
 
     def mv(x):
         x = np.asarray(x, dtype=np.float64).reshape(-1)
@@ -105,42 +125,36 @@ def _bar(progress: bool, total: int | None, unit: str = "Hv"):
 
 
 def eigenvalues(
-    objective: Objective,
-    params=None,
+    op,
     k: int = 1,
     which: str = "largest",
-    theta: torch.Tensor | None = None,
     tol: float | None = None,
     max_steps: int = 300,
     seed: int = 0,
     residuals: str = "exact",
-    method: str = "auto",
     progress: bool = False,
     curvature: str = "hessian",
-    options: dict | None = None,
-    cache_budget: float | str | None = None,
+    **legacy,
 ) -> EigResult:
-    """The k extreme Hessian eigenvalues by Lanczos (full reorthogonalisation, float64).
+    """The k extreme eigenvalues of a curvature operator by Lanczos (full reorthogonalisation, float64).
 
     Args:
+        op: a `CurvatureOperator` (e.g. ``HessianOperator(objective, params="weight")``), or an
+            `Objective`, whose operator named by `curvature` is taken at default settings.
         which: 'largest' (algebraically, largest first), 'smallest' (most negative first)
             or 'both' (k largest then k smallest).
         tol: stop when every wanted Ritz pair has ``||Hy − θy|| ≤ tol · max|θ|``; defaults
             to 1e-5 for float32 models (the products' own rounding) and 1e-9 for float64.
         residuals: 'exact' measures each ``||Hy − θy||`` with one more product;
             'estimate' reports the Lanczos estimate |β_m s_m| (no extra products).
-        cache_budget: bytes for the gradient graphs kept across products (see
-            `HessianOperator`); None: half the available memory.
+
     Returns:
         `EigResult` whose ``vectors`` [k, P] are unit vectors in the full parameter space
-        (zeros outside `params`), ready to use as surface directions.
-
-    ``curvature='ggn'|'fisher'|'efisher'|'kfac'`` takes the eigenpairs of that operator
-    instead (`lossprobe.operators`; `options` such as ``{"mc_samples": 1, "seed": 0}``).
+        (zeros outside the operator's parameters), ready to use as surface directions.
     """
-    H = _operator(objective, theta, params, method, curvature, options, cache_budget)
+    H = operator(op, curvature, **legacy)
     if tol is None:
-        tol = 1e-9 if objective.space.dtype == torch.float64 else 1e-5
+        tol = 1e-9 if H.objective.space.dtype == torch.float64 else 1e-5
     bar, tick = _bar(progress, None)  # the number of steps is decided by convergence
     try:
         r = lanczos_eigs(H.counting(), k=k, which=which, tol=tol, max_steps=max_steps, seed=seed,
@@ -156,26 +170,23 @@ def eigenvalues(
 
 
 def trace(
-    objective: Objective,
-    params=None,
+    op,
     method: str = "hutch++",
     matvecs: int = 99,
     seed: int = 0,
     per_layer: bool = True,
-    theta: torch.Tensor | None = None,
-    hvp_method: str = "auto",
     progress: bool = False,
     curvature: str = "hessian",
-    options: dict | None = None,
-    cache_budget: float | str | None = None,
+    **legacy,
 ) -> TraceResult:
-    """Hessian trace with a standard error, by Hutch++ (default) or plain Hutchinson.
+    """The trace of a curvature operator (see `eigenvalues` for `op` and `curvature`) with a
+    standard error, by Hutch++ (default) or plain Hutchinson.
 
-    `matvecs` Hessian-vector products in all. With ``per_layer``, ``result.blocks``
-    maps each module (e.g. '0' for '0.weight' and '0.bias') to (trace, stderr) of its
-    diagonal block, from the same products. `curvature` and `options` as in `eigenvalues`.
+    `matvecs` operator-vector products in all. With ``per_layer``, ``result.blocks`` maps each
+    module (e.g. '0' for '0.weight' and '0.bias') to (trace, stderr) of its diagonal block,
+    from the same products.
     """
-    H = _operator(objective, theta, params, hvp_method, curvature, options, cache_budget)
+    H = operator(op, curvature, **legacy)
     blocks = H.blocks if per_layer else None
     bar, tick = _bar(progress, matvecs)
     try:
@@ -245,28 +256,25 @@ class Density(Result):
 
 
 def spectral_density(
-    objective: Objective,
-    params=None,
+    op,
     probes: int = 4,
     steps: int = 80,
     seed: int = 0,
     sigma: float | None = None,
     sigma_rel: float = 0.01,
     points: int = 1000,
-    theta: torch.Tensor | None = None,
-    method: str = "auto",
     progress: bool = False,
     curvature: str = "hessian",
-    options: dict | None = None,
-    cache_budget: float | str | None = None,
+    **legacy,
 ) -> Density:
-    """Spectral density of the Hessian by stochastic Lanczos quadrature (Ghorbani et al. 2019).
+    """Spectral density of a curvature operator (see `eigenvalues` for `op` and `curvature`) by
+    stochastic Lanczos quadrature (Ghorbani et al. 2019).
 
     `probes` Rademacher vectors × `steps` Lanczos steps products. The quadrature is
     broadened by Gaussians of width `sigma` (default ``sigma_rel`` × spectral range) on
-    `points` grid points. `curvature` and `options` as in `eigenvalues`.
+    `points` grid points.
     """
-    H = _operator(objective, theta, params, method, curvature, options, cache_budget)
+    H = operator(op, curvature, **legacy)
     bar, tick = _bar(progress, probes * min(steps, H.n))
     try:
         q = slq(H.counting(), probes=probes, steps=steps, seed=seed, progress=tick)

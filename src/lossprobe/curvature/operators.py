@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lossprobe.core.graphs import GraphCache, parse_bytes
-from lossprobe.core.losses import IGNORE_INDEX, _bce, _ce, _ce_layout, _model_labels, _mse, is_causal_lm, logits_of
+from lossprobe.core.losses import IGNORE_INDEX, _ce_layout, _model_labels, is_causal_lm, logits_of
 from lossprobe.core.objective import DEFAULT_METHOD, METHODS, Objective, hvp, second_order, warn_if_stochastic
 from lossprobe.core.space import KINDS
 from lossprobe.curvature.algorithms import CountingOperator
@@ -70,23 +70,13 @@ class OutputLoss:
 
     def __init__(self, objective: Objective):
         crit = objective.criterion
-        fn = crit.loss.fn
+        kind = crit.loss.kind
         self.target = crit.target
-        self.causal = False
-        self.loss_fn = None
-        if fn is _ce:
-            self.kind = "cross_entropy"
-        elif fn is _bce:
-            self.kind = "bce"
-        elif fn is _mse:
-            self.kind = "mse"
-        elif crit.loss.name == "model":
-            self.kind = "cross_entropy"
-            self.causal = is_causal_lm(objective.model)
-        else:
-            self.kind = "generic"
-            self.loss_fn = crit.loss
-        self.from_model = crit.loss.name == "model"
+        self.causal = kind == "model" and is_causal_lm(objective.model)
+        self.loss_fn = crit.loss if kind == "custom" else None
+        # the model's own loss is the cross-entropy of its logits (HF classification and LM heads)
+        self.kind = {"model": "cross_entropy", "custom": "generic"}.get(kind, kind)
+        self.from_model = kind == "model"
         self.name = crit.loss.name
 
     def rows(self, output, batch):
@@ -297,6 +287,7 @@ class CurvatureOperator:
     """
 
     name = "curvature"
+    work_dtype: torch.dtype | None = None  # the dtype `_apply` works in; None: the model's
 
     def __init__(self, objective: Objective, theta: torch.Tensor | None = None, params=None,
                  cache_graph: bool | str = "auto", mask: torch.Tensor | None = None):
@@ -341,7 +332,7 @@ class CurvatureOperator:
         if v.shape != (self.n,):
             raise UserError(f"vector has shape {tuple(v.shape)}, expected ({self.n},)")
         self.calls += 1
-        out = self._apply(self.embed(v, self.objective.space.dtype))
+        out = self._apply(self.embed(v, self.work_dtype or self.objective.space.dtype))
         return self.restrict(out).to(torch.float64)
 
     def counting(self) -> CountingOperator:
@@ -596,6 +587,7 @@ class KFACOperator(CurvatureOperator):
     """
 
     name = "kfac"
+    work_dtype = torch.float64  # the Kronecker factors are float64
 
     def __init__(self, objective, theta=None, params=None, kfac_type: str = "auto", mc_samples: int = 1,
                  seed: int = 0):
@@ -737,12 +729,6 @@ class KFACOperator(CurvatureOperator):
             out[w.slice] = Y.reshape(-1).to(out.dtype)
         return out
 
-    def matvec(self, v: torch.Tensor) -> torch.Tensor:
-        if v.shape != (self.n,):
-            raise UserError(f"vector has shape {tuple(v.shape)}, expected ({self.n},)")
-        self.calls += 1
-        full = self.embed(v, torch.float64)
-        return self.restrict(self._apply(full)).to(torch.float64)
 
 
 # --- construction ---------------------------------------------------------------------------

@@ -137,6 +137,13 @@ class SharpnessResult(Record):
 
     NAME: ClassVar[str] = "sharpness"
 
+    def report(self) -> str:
+        what = {"keskar": f"Keskar ε={self.radius:g} sharpness: **{self.sharpness:.4g}%**",
+                "sam": f"SAM ρ={self.radius:g} sharpness: **{self.rise:.4g}** (loss rise)",
+                "asam": f"ASAM ρ={self.radius:g} sharpness: **{self.rise:.4g}** (loss rise)"}.get(
+            self.measure, f"{self.measure} sharpness: **{self.sharpness:.4g}**")
+        return f"{what}; loss {self.loss:.4g} → {self.perturbed_loss:.4g} after {self.grad_evals} gradients."
+
 
 def keskar_sharpness(
     objective: Objective,
@@ -269,6 +276,13 @@ class NoiseRobustness(Result):
     NAME: ClassVar[str] = "noise_robustness"
     GRIDDED: ClassVar[bool] = True
 
+    def report(self) -> str:
+        rows = [f"| {sg:g} | {lm:.4g} ± {ls:.2g} | {am:.2%} |" for sg, lm, ls, am in
+                zip(self.sigmas, self.loss_mean, self.loss_std, self.accuracy_mean)]
+        return "\n".join([f"Under relative Gaussian weight noise ({self.draws} draws per σ; clean loss "
+                          f"{self.clean_loss:.4g}, accuracy {self.clean_accuracy:.2%}):", "",
+                          "| σ | loss (mean ± s.d.) | accuracy |", "|---|---|---|", *rows])
+
     def to_dict(self) -> dict:
         """Means and standard deviations over the draws, and every draw ('loss', 'accuracy' [S][D])."""
         return to_jsonable({"sigmas": self.sigmas, "loss_mean": self.loss_mean, "loss_std": self.loss_std,
@@ -368,6 +382,10 @@ class PacBayesSigma(Record):
 
     NAME: ClassVar[str] = "pac_bayes_sigma"
 
+    def report(self) -> str:
+        return (f"PAC-Bayes σ ({self.criterion} rise ≤ {self.bound:g} under {self.noise} noise): **{self.sigma:.4g}** "
+                f"(flatness measure 1/σ² = {self.measure:.4g}).")
+
 
 def pac_bayes_sigma(
     objective: Objective,
@@ -464,13 +482,14 @@ def classify_critical_point(grad_norm: float, lambda_min: float, lambda_max: flo
 
 def critical_point(objective: Objective, theta: torch.Tensor | None = None, params=None,
                    grad_tol: float = 1e-3, eig_tol: float = 1e-6, seed: int = 0, **eig_kwargs) -> CriticalPoint:
-    """Gradient norm and extreme eigenvalues (Lanczos, `lossprobe.hessian.eigenvalues` with
-    which='both', k=1) at θ, classified by `classify_critical_point`."""
+    """Gradient norm and extreme eigenvalues (Lanczos, `lossprobe.curvature.hessian.eigenvalues`
+    with which='both', k=1) at θ, classified by `classify_critical_point`. `eig_kwargs` go to
+    `eigenvalues` (tol, max_steps, residuals, progress)."""
     theta = _theta(objective, theta)
     loss, g = objective.loss_and_grad(theta)
     H = HessianOperator(objective, theta, params)
     gn = float(H.restrict(g).norm())
-    r = eigenvalues(objective, params=params, k=1, which="both", theta=theta, seed=seed, **eig_kwargs)
+    r = eigenvalues(H, k=1, which="both", seed=seed, **eig_kwargs)
     lmax, lmin = float(r.values[0]), float(r.values[-1])
     cp = classify_critical_point(gn, lmin, lmax, grad_tol, eig_tol)
     cp.value = float(loss)

@@ -35,7 +35,7 @@ from lossprobe.core.specs import call_user, load_callable, looks_like_code, opti
 from lossprobe.data.cifar import cifar
 from lossprobe.data.fashion import fashion_mnist
 from lossprobe.data.spiral import two_spirals
-from lossprobe.errors import UserError
+from lossprobe.errors import UserError, first_line
 
 BUILTIN_SETS = ("fashion-mnist", "spiral", "cifar10", "cifar100")
 TENSOR_SUFFIXES = (".pt", ".pth", ".npz", ".safetensors")
@@ -151,9 +151,9 @@ def _read_tensors(p: Path) -> dict[str, torch.Tensor]:
         if "pickle" in str(e).lower():
             raise UserError(f"data file {p} holds pickled objects, which lossprobe does not load: save plain "
                             "arrays (numpy.savez) or tensors") from None
-        raise UserError(f"data file {p} could not be read: {str(e).strip().splitlines()[0]}") from None
+        raise UserError(f"data file {p} could not be read: {first_line(e)}") from None
     except Exception as e:  # torch's UnpicklingError, safetensors' errors, zip errors, ...
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise UserError(f"data file {p} could not be read safely ({first}); lossprobe never runs code from a "
                         "data file: save tensors by name (torch.save({'x': x, 'y': y}), numpy.savez)") from None
     if isinstance(obj, (tuple, list)) and len(obj) >= 2 and all(isinstance(t, torch.Tensor) for t in obj):
@@ -206,7 +206,7 @@ def image_folder(root: str, size: int = 32, gray: bool = False, norm: str = "hal
                     im = im.convert(mode).resize((size, size), Image.BILINEAR)
                     xs.append(np.asarray(im, dtype=np.float32) / 255.0)
             except Exception as e:
-                raise UserError(f"image {f} could not be read: {str(e).strip().splitlines()[0]}") from None
+                raise UserError(f"image {f} could not be read: {first_line(e)}") from None
             ys.append(label)
     if not xs:
         raise UserError(f"image folder {d} has class subfolders {classes[:5]} but no images "

@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import plotly.graph_objects as go
 
+from lossprobe.landscape.topology import marks
 from lossprobe.results.atomic import write_text
 from lossprobe.results.drawing import new_figure, save_figure, styles
 
@@ -166,6 +167,16 @@ def plot_surface3d(surf, directory, name: str = "surface_3d", title_data: str = 
 
 def _centre(surf):
     return [(0.0, 0.0, "centre")] if surf.center_index() is not None else []
+
+
+def topology_marks(surf) -> list[tuple[float, float, str]]:
+    """Marks for the figures of a surface whose `topology()` was computed: the centre, the
+    global minimum (one mark when they coincide) and the significant basins and saddles."""
+    found = marks(surf.meta["topology"], surf.coords)
+    centre = _centre(surf)
+    if centre and found and found[0][:2] == (0.0, 0.0):
+        return [(0.0, 0.0, "centre = global min")] + found[1:]
+    return centre + found
 
 
 def write_html(surf, path, title: str = "Loss surface", log: bool = False, marks=None) -> Path:

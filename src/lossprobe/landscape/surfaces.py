@@ -26,22 +26,26 @@ import math
 import os
 import time
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable, ClassVar
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from lossprobe.core.batching import TensorData, as_data, leaves
-from lossprobe.core.directions import Direction, random_direction, random_plane
-from lossprobe.core.objective import Objective
+from lossprobe.core.batching import TensorData, leaves
+from lossprobe.core.directions import Direction
+from lossprobe.core.objective import Objective, as_objective
 from lossprobe.errors import UserError
+from lossprobe.landscape import directions as D
+from lossprobe.landscape.topology import persistence
 from lossprobe.results import contract as results
 from lossprobe.results import plotspec
-from lossprobe.results.atomic import makedirs, save_npz
+from lossprobe.results.atomic import makedirs, save_npz, save_safetensors
 from lossprobe.results.contract import Result, register
 from lossprobe.results.plotspec import Series, line
 from lossprobe.results.store import FolderLock, load_arrays, read_json, save_arrays, to_jsonable, write_json
@@ -234,11 +238,54 @@ class Surface(Result):
             "points_per_second": self.meta.get("points_per_second"),
         }
 
+    def topology(self) -> dict:
+        """Basins and saddles of a 2-D surface: the 0-dimensional persistence of its sublevel
+        sets (`lossprobe.landscape.topology.persistence`), also kept in ``meta['topology']``
+        (the 20 most persistent pairs) for the summary and the report."""
+        if self.ndim != 2:
+            raise UserError("topology needs a 2-D surface")
+        topo = persistence(np.where(self.mask, self.loss, np.nan))
+        self.meta["topology"] = {**topo, "pairs": topo["pairs"][:20]}
+        return topo
+
+    def report(self) -> str:
+        """A Markdown section for report.md: what each axis is, the loss over the grid, the
+        automatic spans and the topology where there are some."""
+        kind = "surface" if self.ndim == 2 else "slice"
+        metas = [d if isinstance(d, dict) else {} for d in self.meta.get("directions") or [{}] * self.ndim]
+        spans = self.meta.get("spans") or [[float(c[0]), float(c[-1])] for c in self.coords]
+        auto = self.meta.get("auto_span")
+        lines = [f"Grid {'×'.join(map(str, self.grid_shape))} ({kind}) on {self.meta.get('data', {}).get('n', '?')} "
+                 "samples.", "",
+                 "| axis | direction | length ‖d‖ | span | d²L/da² at the centre | curvature dᵀHd/‖d‖² |",
+                 "|---|---|---|---|---|---|"]
+        for i, (meta, (lo, hi)) in enumerate(zip(metas, spans)):
+            lines.append(f"| d{i + 1} | {D.describe(meta) if meta.get('kind') else 'given'} | "
+                         f"{_num(meta.get('length'))} | {lo:.4g} … {hi:.4g}{' (auto)' if auto else ''} | "
+                         f"{_num(meta.get('second_derivative'))} | {_num(meta.get('rayleigh'))} |")
+        if auto:
+            lines += ["", f"Spans chosen automatically: on each axis the loss stays under {auto[0]['factor']:g} × the "
+                      f"centre loss ({auto[0]['threshold']:.4g}) up to the span ({auto[0]['evaluations']} evaluations)."]
+        s = self.summary()
+        seconds = self.meta.get("seconds")
+        lines += ["", f"Loss at the centre: **{_num(s['center_loss'], '.4f')}**; range {_num(s['min_loss'], '.4f')} … "
+                  f"{_num(s['max_loss'], '.4f')}; {s['non_finite']} non-finite point(s)."
+                  + (f" Computed in {seconds:.1f} s." if isinstance(seconds, (int, float)) else "")]
+        topo = self.meta.get("topology")
+        if topo:
+            lines += ["", f"Topology (0-dimensional persistence of the sublevel sets, 4-neighbour grid): "
+                      f"**{topo['basins']} basin(s)**, {topo['saddles']} saddle(s) between them, counting basins "
+                      f"that persist more than {topo['tolerance']:.3g}; marked on the figures."]
+        return "\n".join(lines)
+
     # --- the result contract ---
     def axis_labels(self) -> list[str]:
         labels = self.meta.get("axis_labels")
         if isinstance(labels, (list, tuple)) and len(labels) == self.ndim:
             return [str(x) for x in labels]
+        given = [d.get("axis_label") for d in self.meta.get("directions") or [] if isinstance(d, dict)]
+        if len(given) == self.ndim and all(given):
+            return [str(x) for x in given]
         return [_DIM_LABELS.get(d, d) for d in self.dims]
 
     def to_arrays(self, prefix: str = "") -> dict[str, np.ndarray]:
@@ -336,6 +383,11 @@ class Surface(Result):
             raise UserError(f"no saved surface at {npz}")
         info = read_json(js) if js.is_file() else {}
         return cls.from_arrays(load_arrays(npz), info)
+
+
+def _num(v, fmt: str = ".4g") -> str:
+    """A number for a report in format `fmt` (losses: '.4f'), or 'n/a' when there is none."""
+    return f"{v:{fmt}}" if isinstance(v, (int, float)) and math.isfinite(v) else "n/a"
 
 
 def plane_grids(prefix: str = "") -> dict[str, dict[str, str]]:
@@ -469,47 +521,19 @@ def _directions_tensor(directions, m: int, space_numel: int) -> tuple[torch.Tens
     return torch.stack([v.to(vecs[0].dtype) for v in vecs]), metas
 
 
-def _compute(model_or_objective, data, dirs_in, spans, steps, *, origin=None, subset=None, subset_seed=0,
-             loss="cross_entropy", batch_size=4096, include_buffers=False, out=None, force=False,
-             backend="local", address=None, chunk_size=None, progress=True, ray_retries=3,
-             on_chunk: Callable[[int, int], None] | None = None, threads: int | None = None, forward=None,
-             metric=None, ray_timeout: float = 30.0) -> Surface:
-    if threads is not None:
-        with torch_threads(threads):
-            return _compute(model_or_objective, data, dirs_in, spans, steps, origin=origin, subset=subset,
-                            subset_seed=subset_seed, loss=loss, batch_size=batch_size,
-                            include_buffers=include_buffers, out=out, force=force, backend=backend,
-                            address=address, chunk_size=chunk_size, progress=progress, ray_retries=ray_retries,
-                            on_chunk=on_chunk, forward=forward, metric=metric, ray_timeout=ray_timeout)
+def _compute(obj: Objective, dirs_in, spans, steps, *, origin=None, out=None, force=False, run: GridRun,
+             subset: dict | None = None) -> Surface:
+    """The grid origin + Σ a_i d_i over `spans` × `steps`, chunked and stored in `out` (resumable)."""
     t_start = time.perf_counter()
-    backend = backend_name(backend)
+    backend = backend_name(run.backend)
     m = len(spans)
     axes = [grid_axis(lo, hi, n) for (lo, hi), n in zip(spans, steps)]
     shape = tuple(len(a) for a in axes)
     K = int(np.prod(shape))
-
-    if isinstance(model_or_objective, Objective):
-        obj = model_or_objective
-        if data is not None or subset or forward is not None or metric is not None:
-            raise UserError("pass data, subset, forward and metric to the Objective, not to surface()/slice(), "
-                            "when giving an Objective")
-        model = obj.model
-        split = obj.data if isinstance(obj.data, TensorData) else None
-        loss_name = obj.loss.name
-    elif isinstance(model_or_objective, nn.Module):
-        model = model_or_objective
-        if data is None:
-            raise UserError("data is required: a Split, (x, y) tensors, a Dataset or a DataLoader")
-        split = as_data(data)
-        if subset:
-            if not isinstance(split, TensorData):
-                raise UserError("subset needs in-memory data (a Split or tensors), not a DataLoader")
-            split = split.subset(int(subset), subset_seed)
-        obj = Objective(model, split, loss=loss, batch_size=batch_size, include_buffers=include_buffers,
-                        forward=forward, metric=metric)
-        loss_name = obj.loss.name
-    else:
-        raise TypeError(f"expected an nn.Module or an Objective, got {type(model_or_objective).__name__}")
+    model = obj.model
+    split = obj.data if isinstance(obj.data, TensorData) else None
+    loss_name = obj.loss.name
+    chunk_size, progress, on_chunk = run.chunk_size, run.progress, run.on_chunk
 
     dirs, dir_meta = _directions_tensor(dirs_in, m, obj.space.numel)
     dirs = dirs.to(obj.device, obj.space.dtype)
@@ -526,8 +550,8 @@ def _compute(model_or_objective, data, dirs_in, spans, steps, *, origin=None, su
 
     n_data = obj.n_samples
     sub_idx = split.indices if isinstance(split, TensorData) else None
-    data_meta = {"name": getattr(split, "name", "loader"), "n": n_data,
-                 "subset": int(subset) if subset else None, "subset_seed": subset_seed if subset else None}
+    data_meta = {"name": getattr(split, "name", "loader"), "n": n_data, "subset": None, "subset_seed": None,
+                 **(subset or {})}
     meta = {
         "kind": "slice" if m == 1 else "surface",
         "directions": dir_meta,
@@ -586,7 +610,7 @@ def _compute(model_or_objective, data, dirs_in, spans, steps, *, origin=None, su
         if todo:
             if backend == "ray" and not isinstance(obj.data, TensorData):
                 raise UserError("backend='ray' needs in-memory data (a Split or tensors), not a DataLoader")
-            with Executor(backend, address, timeout=ray_timeout, retries=ray_retries) as ex:
+            with Executor(backend, run.address, timeout=run.ray_timeout, retries=run.ray_retries) as ex:
                 _run_chunks(ex, obj, model, origin_t, dirs, pts_all, todo, chunk_size, K, finish, bar)
     finally:
         if bar is not None:
@@ -637,83 +661,261 @@ def _run_chunks(ex: Executor, obj, model, origin, dirs, pts_all, todo, chunk_siz
             bar.update(len(loss_c))
 
 
-def _default_directions(model_or_objective, m: int, seed: int, norm, origin) -> list[Direction]:
-    model = model_or_objective.model if isinstance(model_or_objective, Objective) else model_or_objective
-    include_buffers = model_or_objective.space.include_buffers if isinstance(model_or_objective, Objective) else False
-    ref = None
-    if origin is not None:
-        ref = origin.vector if isinstance(origin, Direction) else origin
-    if m == 1:
-        return [random_direction(model, seed=seed, norm=norm, include_buffers=include_buffers, reference=ref)]
-    return list(random_plane(model, seed=seed, norm=norm, include_buffers=include_buffers, reference=ref))
+@dataclass(frozen=True)
+class GridRun:
+    """How a grid is computed, not what: in this process or as Ray tasks (`backend`, the
+    cluster's `address`, reached within `ray_timeout` seconds, failed tasks retried
+    `ray_retries` times), in chunks of `chunk_size` points (default: one row of a surface),
+    with `threads` torch threads (None: leave the setting alone; each point is a few small
+    matrix products, so on a shared machine one thread is often fastest), a progress bar, and
+    ``on_chunk(i, n_chunks)`` after each stored chunk. The numbers do not depend on any of it,
+    so a run started here may be resumed on Ray and the other way round."""
+
+    backend: str = "local"
+    address: str | None = None
+    ray_timeout: float = 30.0
+    ray_retries: int = 3
+    chunk_size: int | None = None
+    threads: int | None = None
+    progress: bool = True
+    on_chunk: Callable[[int, int], None] | None = None
 
 
-def surface(model_or_objective, data=None, directions=None, span=((-1, 1), (-1, 1)), steps=(51, 51),
-            subset: int | None = None, out=None, backend: str = "local", address: str | None = None,
-            progress: bool = True, *, origin=None, seed: int = 0, norm: str | None = "filter",
-            subset_seed: int = 0, loss="cross_entropy", batch_size: int = 4096, include_buffers: bool = False,
-            chunk_size: int | None = None, force: bool = False, ray_retries: int = 3,
-            on_chunk: Callable[[int, int], None] | None = None, threads: int | None = None, forward=None,
-            metric=None, ray_timeout: float = 30.0) -> Surface:
+RUN_OPTIONS = tuple(f.name for f in fields(GridRun))
+
+
+def surface(model_or_objective, data=None, directions="random", span=(-1, 1), steps=51, *, origin=None,
+            seed: int = 0, norm: str | None = "auto", include_bias: bool = False, orthogonal: bool = False,
+            out=None, force: bool = False, run: GridRun | None = None, **options) -> Surface:
     """Loss and accuracy on the 2-D grid origin + a·d1 + b·d2.
 
     Args:
         model_or_objective: an `nn.Module` (with `data`) or a ready `Objective`.
         data: any data form `Objective` takes (arrays, dict batches, a Dataset, a DataLoader).
-        directions: (d1, d2) as Directions or [P] tensors, or an [2, P] tensor. Default: a
-            filter-normalised random plane with `seed` and `norm`.
-        span: ((lo1, hi1), (lo2, hi2)) or one (lo, hi) for both; coordinates in units of
-            the directions.
-        steps: (n1, n2) or one n for both; 0 is always a grid point (see `grid_axis`).
-        subset: evaluate on a seeded subset of this many samples (indices recorded).
-        out: directory for chunks and the result; rerunning with the same arguments
-            resumes, only missing chunks are evaluated.
-        backend: 'local' (in-process) or 'ray' (chunks as Ray tasks; `address` of an
-            existing cluster, reached within `ray_timeout` seconds, or a local Ray instance is started).
+        directions: names from the direction language of `lossprobe.directions` ('random',
+            'hessian', 'ggn', 'fisher', 'efisher', 'kfac', 'gradient', 'pca:PATH',
+            'towards:CKPT'), one or one per axis (('hessian', 'random')); or the directions
+            themselves: two Directions or [P] tensors, or a [2, P] tensor.
+        span: (lo, hi) for both axes or ((lo1, hi1), (lo2, hi2)), in units of the directions;
+            'auto' (or 'auto:FACTOR', or per axis) for the largest symmetric span at which the
+            loss on the axis stays under FACTOR × the centre loss (`auto_span`, factor 4).
+        steps: n for an n × n grid, or (n1, n2); 0 is always a grid point (see `grid_axis`).
         origin: the centre θ [P] (a tensor or a model); default the model's parameters.
-        chunk_size: points per chunk (default: one row of the grid).
-        on_chunk: called as on_chunk(i, n_chunks) after chunk i is stored.
-        threads: torch threads while evaluating (None: leave the setting alone). Each point is
-            a few small matrix products, so on a shared or oversubscribed machine one thread
-            is often much faster than several (OpenMP barriers wait for descheduled threads).
-        loss, forward, metric: the batch contract of `Objective` (with a model, not an Objective).
+        seed, norm, include_bias, orthogonal: how named directions are drawn and scaled
+            (`lossprobe.directions.resolve`; norm 'auto' is each kind's default: filter for
+            random directions, unit length for the others).
+        out: folder for the directions, the chunks and the result; rerunning with the same
+            arguments resumes, and only missing chunks are evaluated.
+        run: how the grid is computed (`GridRun`: backend, chunks, threads, progress); its
+            fields may also be given as keywords (``backend='ray'``).
+        options: when given a model, how its `Objective` is built: loss, forward, metric,
+            target, batch_size, include_buffers, train_mode, subset, subset_seed.
+
     Returns:
         `Surface` with coords [n1], [n2] and loss/accuracy/mask [n1, n2].
     """
-    spans = _spans(span, 2)
-    steps_t = _steps(steps, 2)
-    if directions is None:
-        directions = _default_directions(model_or_objective, 2, seed, norm, origin)
-    return _compute(model_or_objective, data, directions, spans, steps_t, origin=origin, subset=subset,
-                    subset_seed=subset_seed, loss=loss, batch_size=batch_size, include_buffers=include_buffers,
-                    out=out, force=force, backend=backend, address=address, chunk_size=chunk_size,
-                    progress=progress, ray_retries=ray_retries, on_chunk=on_chunk,
-                    threads=threads, forward=forward, metric=metric, ray_timeout=ray_timeout)
+    return grid(model_or_objective, data, directions, span, steps, m=2, origin=origin, seed=seed, norm=norm,
+                include_bias=include_bias, orthogonal=orthogonal, out=out, force=force, run=run, **options)
 
 
-def slice(model_or_objective, data=None, direction=None, span=(-1, 1), steps: int = 51,  # noqa: A001
-          subset: int | None = None, out=None, backend: str = "local", address: str | None = None,
-          progress: bool = True, *, origin=None, seed: int = 0, norm: str | None = "filter",
-          subset_seed: int = 0, loss="cross_entropy", batch_size: int = 4096, include_buffers: bool = False,
-          chunk_size: int | None = None, force: bool = False, ray_retries: int = 3,
-          on_chunk: Callable[[int, int], None] | None = None, threads: int | None = None, forward=None,
-          metric=None, ray_timeout: float = 30.0) -> Surface:
-    """Loss and accuracy along the line origin + a·d for a on a grid over `span` (see `surface`).
+def slice(model_or_objective, data=None, direction="random", span=(-1, 1), steps=51, *, origin=None,  # noqa: A001
+          seed: int = 0, norm: str | None = "auto", include_bias: bool = False, out=None, force: bool = False,
+          run: GridRun | None = None, **options) -> Surface:
+    """Loss and accuracy along the line origin + a·d for a on a grid over `span` (the options
+    as in `surface`, with one direction: a name, a Direction or a [P] tensor).
 
     Returns a `Surface` with one axis: coords [n], loss/accuracy/mask [n].
     """
-    spans = _spans(span, 1)
-    steps_t = _steps(steps, 1)
-    if direction is None:
-        direction = _default_directions(model_or_objective, 1, seed, norm, origin)
-    return _compute(model_or_objective, data, direction, spans, steps_t, origin=origin, subset=subset,
-                    subset_seed=subset_seed, loss=loss, batch_size=batch_size, include_buffers=include_buffers,
-                    out=out, force=force, backend=backend, address=address, chunk_size=chunk_size,
-                    progress=progress, ray_retries=ray_retries, on_chunk=on_chunk,
-                    threads=threads, forward=forward, metric=metric, ray_timeout=ray_timeout)
+    return grid(model_or_objective, data, direction, span, steps, m=1, origin=origin, seed=seed, norm=norm,
+                include_bias=include_bias, out=out, force=force, run=run, **options)
 
 
-def _spans(span, m: int) -> list[tuple[float, float]]:
+def grid(model_or_objective, data=None, directions="random", span=(-1, 1), steps=51, *, m: int, origin=None,
+         seed: int = 0, norm: str | None = "auto", include_bias: bool = False, orthogonal: bool = False, out=None,
+         force: bool = False, run: GridRun | None = None, **options) -> Surface:
+    """The grid of `m` (1 or 2) axes behind `slice` and `surface` (see `surface`): `plan`, then `compute`."""
+    run_kw = {k: options.pop(k) for k in list(options) if k in RUN_OPTIONS}
+    if run_kw and run is not None:
+        raise UserError(f"give {', '.join(sorted(run_kw))} in run=GridRun(...) or as keywords, not both")
+    run = run or GridRun(**run_kw)
+    subset = {"subset": int(options["subset"]), "subset_seed": options.get("subset_seed", 0)} \
+        if options.get("subset") else None
+    obj = as_objective(model_or_objective, data, **options)
+    with torch_threads(run.threads):
+        p = plan(obj, directions, span, steps, m=m, origin=origin, seed=seed, norm=norm, include_bias=include_bias,
+                 orthogonal=orthogonal, out=out, progress=run.progress)
+        return compute(obj, p, out=out, force=force, run=run, subset=subset)
+
+
+@dataclass
+class GridPlan:
+    """What a grid will evaluate: its directions (with what each is), the span and number of
+    points of each axis, the origin, and the automatic spans' search when there was one."""
+
+    directions: list
+    spans: list
+    steps: tuple
+    origin: object = None
+    auto_span: list | None = None
+
+    @property
+    def m(self) -> int:
+        return len(self.spans)
+
+    @property
+    def points(self) -> int:
+        return int(np.prod(self.steps))
+
+    def axes(self) -> list[np.ndarray]:
+        return [grid_axis(lo, hi, n) for (lo, hi), n in zip(self.spans, self.steps)]
+
+    def metas(self) -> list[dict]:
+        return [dict(d.meta) if isinstance(d, Direction) else {"kind": "given"} for d in self.directions]
+
+    def describe(self) -> list[str]:
+        """One line per axis: what the direction is, how the loss curves along it, its span."""
+        lines = []
+        for i, (meta, (lo, hi)) in enumerate(zip(self.metas(), self.spans)):
+            text = f"d{i + 1}: {D.describe(meta)}"
+            if meta.get("second_derivative") is not None:
+                text += f"; d²L/da² = {meta['second_derivative']:.4g}, dᵀHd/‖d‖² = {meta['rayleigh']:.4g}"
+            text += f"; span {lo:.4g} … {hi:.4g}"
+            if self.auto_span:
+                a = self.auto_span[i]
+                text += (f" (auto: loss ≤ {a['factor']:g} × centre {a['center_loss']:.4g} up to ±{a['span']:.4g}"
+                         f"{'' if a['reached'] else ', threshold not reached'})")
+            lines.append(text)
+        return lines
+
+    def estimate(self, objective: Objective, points: int = 4) -> dict:
+        """Time a few points (this also warms up) and say what is computed once per batch:
+        {'seconds_per_point', 'seconds' (for the whole grid), 'hoisting' (None: a plain
+        forward pass per point)}."""
+        dirs = _directions_tensor(self.directions, self.m, objective.space.numel)[0].to(objective.device,
+                                                                                      objective.space.dtype)
+        origin = objective.theta0 if self.origin is None else _origin_vector(self.origin, objective)
+        probe = np.zeros((max(1, min(points, self.points)), self.m))
+        t0 = time.perf_counter()
+        objective.evaluate(probe, origin=origin, directions=dirs)
+        per = (time.perf_counter() - t0) / len(probe)
+        return {"seconds_per_point": per, "seconds": per * self.points,
+                "hoisting": objective.hoisting(dirs, origin) if self.points > 1 else None}
+
+
+def plan(objective: Objective, directions="random", span=(-1, 1), steps=51, *, m: int, origin=None, seed: int = 0,
+         norm: str | None = "auto", include_bias: bool = False, orthogonal: bool = False, out=None,
+         progress: bool = False) -> GridPlan:
+    """The `GridPlan` of a grid (the arguments as in `surface`): named directions resolved, 'auto'
+    spans searched; both kept in `out`, so a resumed run reuses them."""
+    spans = _spans(span, m)
+    steps_t = _steps(steps, m)
+    for sp, n in zip(spans, steps_t):
+        if sp[0] != "auto":
+            grid_axis(sp[0], sp[1], n)  # a given span is checked before any work
+    dirs = _directions(objective, directions, m, origin, seed, norm, include_bias, orthogonal, progress, out)
+    spans, auto = _auto_spans(objective, spans, dirs, origin, out)
+    return GridPlan(dirs, spans, steps_t, origin, auto)
+
+
+def compute(objective: Objective, plan: GridPlan, *, out=None, force: bool = False, run: GridRun | None = None,
+            subset: dict | None = None) -> Surface:
+    """Evaluate a `GridPlan` (see `surface` for `out`, `force` and `run`; `subset` records how
+    the objective's data was subsampled)."""
+    run = run or GridRun()
+    with torch_threads(run.threads):
+        res = _compute(objective, plan.directions, plan.spans, plan.steps, origin=plan.origin, out=out, force=force,
+                       run=run, subset=subset)
+    if plan.auto_span:
+        res.meta["auto_span"] = plan.auto_span
+        if out is not None:
+            res.save(out)
+    return res
+
+
+def _named(directions) -> bool:
+    return isinstance(directions, str) or (
+        isinstance(directions, (list, tuple)) and bool(directions) and all(isinstance(d, str) for d in directions))
+
+
+def _directions(obj: Objective, directions, m: int, origin, seed, norm, include_bias, orthogonal, progress,
+                out) -> list:
+    """Directions as given, or resolved from their names (`lossprobe.directions.resolve`) and
+    kept in `out` so that a resumed run reuses them (eigenvectors cost a Lanczos run)."""
+    if directions is None:
+        directions = "random"
+    if not _named(directions):
+        return directions
+    request = {"names": [directions] if isinstance(directions, str) else list(directions), "m": m, "seed": seed,
+               "norm": norm, "include_bias": include_bias, "orthogonal": orthogonal,
+               "origin": origin is not None}
+    kept = _kept_directions(out, request, obj)
+    if kept is not None:
+        return kept
+    dirs = D.resolve(obj, directions, m, norm=norm, seed=seed, include_bias=include_bias, orthogonal=orthogonal,
+                     progress=progress, reference=None if origin is None else _origin_vector(origin, obj))
+    for i, d in enumerate(dirs):
+        d.meta["axis_label"] = f"α{i + 1}: {D.describe(d.meta, short=True)}"
+    if out is not None:
+        makedirs(Path(out))
+        save_safetensors(Path(out) / "directions.safetensors", {f"d{i + 1}": d.vector for i, d in enumerate(dirs)})
+        write_json(Path(out) / "directions.json", {"request": request, "directions": [d.meta for d in dirs]})
+    return dirs
+
+
+def _kept_directions(out, request: dict, obj: Objective) -> list | None:
+    """The directions a previous run with the same request stored in `out`, or None."""
+    if out is None:
+        return None
+    vf, jf = Path(out) / "directions.safetensors", Path(out) / "directions.json"
+    if not (vf.is_file() and jf.is_file()):
+        return None
+    try:
+        info = read_json(jf)
+        vecs = load_file(str(vf))
+        if info.get("request") != to_jsonable(request):
+            return None
+        return [Direction(vecs[f"d{i + 1}"].to(obj.device, obj.space.dtype), meta)
+                for i, meta in enumerate(info["directions"])]
+    except (UserError, OSError, KeyError, TypeError, ValueError, SafetensorError):
+        return None  # damaged: derived data, computed again
+
+
+def _auto_spans(obj: Objective, spans, dirs, origin, out) -> tuple[list[tuple[float, float]], list | None]:
+    """(lo, hi) per axis, with 'auto' axes chosen by `auto_span` (kept in `out` for a resume)."""
+    if not any(sp[0] == "auto" for sp in spans):
+        return spans, None
+    factor = max(sp[1] for sp in spans if sp[0] == "auto")
+    auto = None
+    kept = Path(out) / "auto_span.json" if out is not None else None
+    if kept is not None and kept.is_file():
+        try:
+            got = read_json(kept)
+            auto = got["auto_span"] if got.get("factor") == factor and len(got["auto_span"]) == len(spans) else None
+        except (UserError, OSError, KeyError, TypeError):
+            auto = None
+    if auto is None:
+        second = [d.meta.get("second_derivative") if isinstance(d, Direction) else None for d in dirs]
+        auto = auto_span(obj, dirs, factor=factor, origin=origin,
+                         second_derivatives=second if any(q is not None for q in second) else None)
+        if kept is not None:
+            write_json(kept, {"factor": factor, "auto_span": auto})
+    return [(-a["span"], a["span"]) if sp[0] == "auto" else sp for sp, a in zip(spans, auto)], auto
+
+
+def _spans(span, m: int) -> list[tuple]:
+    """Per axis (lo, hi), or ('auto', FACTOR) for a span chosen by `auto_span`."""
+    if isinstance(span, str):
+        span = [span] * m
+    if isinstance(span, (list, tuple)) and any(isinstance(sp, str) for sp in span):
+        if len(span) != m:
+            raise UserError(f"span: one entry per axis ({m}), got {len(span)}")
+        out = []
+        for sp in span:
+            auto = parse_span(sp) if isinstance(sp, str) else None
+            if isinstance(sp, str) and auto is None:
+                raise UserError(f"span takes (lo, hi) or 'auto[:FACTOR]', got '{sp}'")
+            out.append(auto if auto is not None else _spans(sp, 1)[0])
+        return out
     try:
         arr = np.asarray(span, dtype=float)
     except (TypeError, ValueError):
@@ -856,4 +1058,5 @@ def auto_span(objective: Objective, directions, factor: float = AUTO_FACTOR, ori
     return out
 
 
-__all__ = ["AUTO_FACTOR", "ChunkStore", "Surface", "auto_span", "grid_axis", "load", "parse_span", "slice", "surface"]
+__all__ = ["AUTO_FACTOR", "ChunkStore", "GridPlan", "GridRun", "Surface", "auto_span", "compute", "grid", "grid_axis",
+           "load", "parse_span", "plan", "slice", "surface"]

@@ -9,7 +9,8 @@ A result is a dataclass that mixes in `Result` and supplies four small pieces:
     summary()                  the key numbers, as JSON values
 
 and, where it has something to draw, ``plots(prefix)``: the `lossprobe.plotspec`
-declarations over the names of ``to_arrays(prefix)``. From those the mixin gives every
+declarations over the names of ``to_arrays(prefix)``; where a table of its summary is not
+the best words for it, ``report()``: its section of a report.md. From those the mixin gives every
 result the same
 
     to_dict() / from_dict(d)   one JSON document ({'type', **metadata, 'arrays': {name:
@@ -45,6 +46,10 @@ def _paths(path, name: str) -> tuple[Path, Path]:
     return p / f"{name}.npz", p / f"{name}.json"
 
 
+def _cell(v) -> str:
+    return f"{v:.6g}" if isinstance(v, float) else str(v)
+
+
 def _jsonable(v: Any) -> Any:
     return to_jsonable(v)
 
@@ -72,6 +77,12 @@ class Result:
 
     def plots(self, prefix: str = "") -> list:
         return []
+
+    def report(self) -> str:
+        """A Markdown section on this result for a report.md (default: its summary's numbers
+        as a table); a command or study puts its own context around it."""
+        rows = [(k, v) for k, v in self.summary().items() if isinstance(v, (int, float, str, bool)) or v is None]
+        return "\n".join(["| quantity | value |", "|---|---|"] + [f"| {k} | {_cell(v)} |" for k, v in rows])
 
     # --- what the contract gives ---
     def to_dict(self) -> dict:

@@ -36,7 +36,7 @@ import torch
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
-from lossprobe.errors import UserError
+from lossprobe.errors import UserError, first_line
 from lossprobe.results.atomic import save_safetensors
 from lossprobe.runtime.cluster import Executor
 from lossprobe.search.claims import Claims, engine_kwargs
@@ -240,7 +240,7 @@ class LiveOracle:
             raise
         except Exception as e:  # noqa: BLE001 - SQLAlchemy, drivers and Optuna raise many types
             if isinstance(e, (ImportError, ValueError, RuntimeError)) and not _is_sqlalchemy(e):
-                raise UserError(f"cannot open Optuna storage '{storage}': {str(e).strip().splitlines()[0]}") from None
+                raise UserError(f"cannot open Optuna storage '{storage}': {first_line(e)}") from None
             if _is_sqlalchemy(e):
                 raise storage_error(e, storage) from None
             raise

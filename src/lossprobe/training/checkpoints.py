@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from lossprobe.core.space import tied_names
-from lossprobe.errors import UserError
+from lossprobe.errors import UserError, first_line
 from lossprobe.results.atomic import describe, save_safetensors
 
 
@@ -70,7 +70,7 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         try:
             state = torch.load(p, map_location="cpu", weights_only=True)
         except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            first = first_line(e)
             raise UserError(
                 f"checkpoint {p} could not be loaded safely (weights_only=True refused it: {first}); "
                 "lossprobe never runs code from a checkpoint: save a plain state_dict or safetensors"

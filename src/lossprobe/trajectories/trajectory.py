@@ -44,6 +44,7 @@ from lossprobe.core.losses import criterion
 from lossprobe.core.objective import BatchCall, Objective
 from lossprobe.core.space import ParamSpace
 from lossprobe.curvature import hessian as _hess
+from lossprobe.curvature.operators import HessianOperator
 from lossprobe.errors import UserError
 from lossprobe.landscape.surfaces import Surface, plane_grids
 from lossprobe.training.loop import TrainConfig, TrainingDiverged, make_optimizer, run_epoch
@@ -522,7 +523,7 @@ def hessian_extremes(model: nn.Module, data, thetas, loss: str = "bce", dense_ma
         work = copy.deepcopy(model)
         obj = Objective(work, data, loss=loss, forward=forward)
         for th in thetas:
-            r = _hess.eigenvalues(obj, k=1, which="both", theta=th.to(space.dtype))
+            r = _hess.eigenvalues(HessianOperator(obj, theta=th.to(space.dtype)), k=1, which="both")
             hi.append(float(r.values[0]))
             lo.append(float(r.values[1]))
         method = "lanczos"

@@ -43,7 +43,7 @@ from lossprobe.connectivity.alignment.hf import hf_spec, is_hf
 from lossprobe.connectivity.alignment.spec import PermutationSpec, Probe
 from lossprobe.core.batching import as_data, move, take
 from lossprobe.core.losses import criterion
-from lossprobe.errors import UserError
+from lossprobe.errors import UserError, first_line
 
 
 # --- values in the fx graph ----------------------------------------------------------------
@@ -115,7 +115,7 @@ def _trace(model: nn.Module):
     try:
         return torch.fx.symbolic_trace(model)
     except Exception as e:  # fx raises TraceError, TypeError, NotImplementedError, ...
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise UserError(
             f"torch.fx could not trace {type(model).__name__} ({first}); pass spec=PermutationSpec(...) "
             "to align() with the permutation groups written by hand"
@@ -192,7 +192,7 @@ def _shapes(model: nn.Module, gm, example, forward) -> dict:
             fwd(_GraphCall(gm, lambda n, v: out.__setitem__(n.name, shape(v))),
                 move(example, next(model.parameters()).device))
     except Exception as e:  # derive without shapes, and say why when that is not enough
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         return {"<error>": first[:200]}
     finally:
         _restore(modes)
