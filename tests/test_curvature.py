@@ -212,10 +212,25 @@ def test_frozen_and_unused_parameters():
     v = torch.zeros(obj.space.numel, dtype=torch.float64)
     v[obj.space["extra.weight"].slice] = 1
     assert torch.count_nonzero(hessian.hvp(obj, v)) == 0
-    sub = hessian.eigenvalues(obj, params=["net.2"], k=1)
+    sub = hessian.eigenvalues(hessian.HessianOperator(obj, params=["net.2"]), k=1)
     assert torch.count_nonzero(sub.vectors[0][: obj.space["net.2.weight"].offset]) == 0
     with pytest.raises(UserError):
-        hessian.eigenvalues(obj, params=["nope"])
+        hessian.HessianOperator(obj, params=["nope"])
+
+
+def test_probe_keywords_that_configure_the_operator_still_work_with_a_warning():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+    obj = Objective(m, (torch.randn(20, 3), torch.randint(0, 2, (20,))))
+    new = hessian.eigenvalues(hessian.HessianOperator(obj, params="weight"), k=2)
+    from lossprobe.errors import LossprobeDeprecationWarning, _warned
+
+    _warned.clear()
+    with pytest.warns(LossprobeDeprecationWarning, match="params"):
+        old = hessian.eigenvalues(obj, params="weight", k=2)
+    np.testing.assert_array_equal(old.values, new.values)
+    with pytest.raises(UserError, match="configure the operator"):
+        hessian.eigenvalues(hessian.HessianOperator(obj), params="weight")
 
 
 def test_eval_mode_default_and_train_mode_warning():

@@ -48,7 +48,7 @@ def test_budget_is_honoured_and_the_rest_is_rebuilt(one_thread):
 
 def test_eigenvalues_take_a_budget(one_thread):
     obj = _obj()
-    a = hessian.eigenvalues(obj, k=2, cache_budget=0)
+    a = hessian.eigenvalues(hessian.HessianOperator(obj, cache_budget=0), k=2)
     b = hessian.eigenvalues(obj, k=2)
     assert a.values == pytest.approx(b.values, rel=1e-9)
 

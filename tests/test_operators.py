@@ -204,7 +204,7 @@ def test_generic_api_eigenvalues_trace_density_and_linear_operator():
     assert np.all(r.residuals < 1e-8 * ev[-1].item()) and r.vectors.shape == (2, obj.space.numel)
     tr = hessian.trace(obj, curvature="ggn", matvecs=99)  # 99 ≥ n = 38: exact
     assert abs(tr.trace - float(torch.trace(G))) < 1e-9 * float(torch.trace(G))
-    d = hessian.spectral_density(obj, curvature="fisher", options={"mc_samples": None}, probes=2, steps=10)
+    d = hessian.spectral_density(O.FisherOperator(obj, mc_samples=None), probes=2, steps=10)
     assert abs(np.trapezoid(d.density, d.grid) - 1) < 1e-3
     A = hessian.as_linear_operator(obj, curvature="efisher")
     v = np.random.default_rng(0).standard_normal(A.shape[0])
@@ -213,7 +213,7 @@ def test_generic_api_eigenvalues_trace_density_and_linear_operator():
     with pytest.raises(UserError, match="curvature must be one of"):
         hessian.eigenvalues(obj, curvature="gauss")
     with pytest.raises(UserError, match="takes no option"):
-        hessian.eigenvalues(obj, curvature="ggn", options={"mc_samples": 2})
+        O.curvature_operator(obj, "ggn", mc_samples=2)
 
 
 def test_cached_and_streamed_products_agree():

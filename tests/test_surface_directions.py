@@ -172,3 +172,24 @@ def test_persistence_counts_two_basins_and_their_saddle():
     assert abs(p["death"] - z[20, 10]) < 1e-12
     bowl = a ** 2 + b ** 2
     assert persistence(bowl)["basins"] == 1 and persistence(bowl)["saddles"] == 0
+
+
+def test_a_run_directory_from_before_the_layout_change_resumes_without_recomputing(tmp_path, ckpt):
+    """lossprobe 0.1 wrote directions.json as a list of direction infos and auto_span.json as a
+    list; a rerun reads neither as its own, computes the same directions and spans again, and
+    takes every chunk of the grid from the old run."""
+    args = ["surface", str(ckpt), "--model", SPEC, "--subset", "60", "--steps", "3", "--directions", "hessian",
+            "--span", "auto", "--out", str(tmp_path / "old")]
+    assert main(args) == 0
+    out = tmp_path / "old"
+    before = json.loads((out / "summary.json").read_text())
+    (out / "directions.json").write_text(json.dumps(json.loads((out / "directions.json").read_text())["directions"]))
+    (out / "auto_span.json").write_text(json.dumps(json.loads((out / "auto_span.json").read_text())["auto_span"]))
+    chunks = sorted((out / "grid" / "chunks").glob("chunk_*.npz"))
+    stamps = [c.stat().st_mtime_ns for c in chunks]
+    assert main(args) == 0
+    after = json.loads((out / "summary.json").read_text())
+    assert after["resumed_chunks"] == len(chunks) == 3
+    assert [c.stat().st_mtime_ns for c in chunks] == stamps  # no chunk written again
+    assert after["spans"] == before["spans"] and after["center_loss"] == before["center_loss"]
+    assert isinstance(json.loads((out / "directions.json").read_text()), dict)  # rewritten in the new form

@@ -876,7 +876,7 @@ def _kept_directions(out, request: dict, obj: Objective) -> list | None:
             return None
         return [Direction(vecs[f"d{i + 1}"].to(obj.device, obj.space.dtype), meta)
                 for i, meta in enumerate(info["directions"])]
-    except (UserError, OSError, KeyError, TypeError, ValueError, SafetensorError):
+    except (UserError, OSError, KeyError, TypeError, ValueError, AttributeError, SafetensorError):
         return None  # damaged: derived data, computed again
 
 
@@ -891,7 +891,7 @@ def _auto_spans(obj: Objective, spans, dirs, origin, out) -> tuple[list[tuple[fl
         try:
             got = read_json(kept)
             auto = got["auto_span"] if got.get("factor") == factor and len(got["auto_span"]) == len(spans) else None
-        except (UserError, OSError, KeyError, TypeError):
+        except (UserError, OSError, KeyError, TypeError, AttributeError):
             auto = None
     if auto is None:
         second = [d.meta.get("second_derivative") if isinstance(d, Direction) else None for d in dirs]
