@@ -1,12 +1,24 @@
-"""`lossprobe search --space space.toml --out DIR`: hyperparameter search (default: the benchmark's best method)."""
+"""`lossprobe search --space space.toml --out DIR`: hyperparameter search (default: the benchmark's best method).
+
+With ``--model file.py:build --data TRAIN`` it searches your own model (`lossprobe.search.tune.run`);
+without, the built-in mlp/cnn on ``--dataset``.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 
-from lossprobe.cli.common import add_out, add_ray_timeout, finite_float, positive_float, positive_int
+from lossprobe.cli.common import (
+    DATA_HELP,
+    FORWARD_HELP,
+    LOSS_HELP,
+    add_out,
+    add_ray_timeout,
+    finite_float,
+    positive_float,
+    positive_int,
+)
 from lossprobe.errors import UserError
 from lossprobe.figures.search import plot_predicted_vs_actual, plot_search_progress
 from lossprobe.results.store import RunDir
@@ -22,43 +34,64 @@ from lossprobe.search.loop import LoopConfig, probe_search
 from lossprobe.search.methods import DEFAULT_METHOD, METHODS, run_method
 from lossprobe.search.probes import DEFAULT_FAMILIES, FAMILIES, parse_families
 from lossprobe.search.space import load_space
+from lossprobe.search.tune import parse_budget
+from lossprobe.search.tune import run as run_user_search
 
-
-def parse_budget(text: str) -> tuple[float, str]:
-    """'60' -> (60, 'epochs'); '90s', '15m', '2h' -> (seconds, 'seconds')."""
-    t = str(text).strip().lower()
-    mult = {"s": 1.0, "m": 60.0, "h": 3600.0}
-    try:
-        if t and t[-1] in mult:
-            v, axis = float(t[:-1]) * mult[t[-1]], "seconds"
-        else:
-            v, axis = float(t), "epochs"
-    except ValueError:
-        raise UserError(f"--budget must be a number of epochs (60) or a wall-clock time (90s, 15m, 2h), got '{text}'") from None
-    if not (v > 0 and math.isfinite(v)):
-        raise UserError(f"--budget must be a positive, finite number, got '{text}'")
-    return v, axis
+USER_ONLY = ("data", "val_data", "test_data", "probe_data", "forward", "objective", "direction", "val_fraction",
+             "probe_split")
 
 
 def register(sub) -> None:
     p = sub.add_parser(
         "search",
         help="hyperparameter search on the clock: cheap probes, a multi-fidelity loop led by a meta-model, or a baseline",
-        description="Search the space for the configuration with the best final validation accuracy. The default "
-        f"method ('{DEFAULT_METHOD}') is the one the search benchmark measured best in wall-clock regret on both of "
-        "its tables (docs/search.md); --method picks another. The test set is read once, for the chosen "
-        "configuration. Trials live in Optuna studies, so a killed search resumes when the same command is run again.",
+        description="Search the space for the configuration with the best final validation accuracy (or your "
+        "objective). Your own model: --model file.py:build --data TRAIN, with a space whose [model] table holds the "
+        "builder's arguments and whose [train] table holds fit's options (docs/search.md); without --model, the "
+        f"built-in mlp/cnn on --dataset. The default method ('{DEFAULT_METHOD}') is the one the search benchmark "
+        "measured best in wall-clock regret on both of its tables (docs/search.md); --method picks another. The "
+        "test set is read once, for the chosen configuration. Trials live in Optuna studies, so a killed search "
+        "resumes when the same command is run again.",
     )
-    p.add_argument("--space", required=True, metavar="TOML", help="search space file (see examples/space.toml)")
+    p.add_argument("--space", required=True, metavar="TOML",
+                   help="search space file (see examples/space.toml; with --model, examples/space_regression.toml)")
     p.add_argument("--method", choices=list(METHODS), default=DEFAULT_METHOD,
                    help="search method (default: %(default)s, the benchmark's measured best; see docs/search.md)")
-    p.add_argument("--dataset", default="fashion-mnist", metavar="NAME",
-                   help="fashion-mnist, cifar10:DIR or cifar100:DIR (python-pickle batches in DIR), or spiral "
-                   "(tiny synthetic) (default: %(default)s)")
+    p.add_argument("--model", default=None, metavar="SPEC",
+                   help="your model builder: path/to/file.py:function or module:function (key=value arguments may "
+                   "follow), called with the space's [model] values; each worker imports it itself")
+    p.add_argument("--data", default=None, metavar="TRAIN",
+                   help="with --model: the training data. " + DATA_HELP.replace(" (default: %(default)s)", ""))
+    p.add_argument("--val-data", default=None, metavar="DATA",
+                   help="with --model: the selection split (default: --val-fraction of the training data, carved "
+                   "by a seeded permutation)")
+    p.add_argument("--test-data", default=None, metavar="DATA",
+                   help="with --model: the test split, read once for the chosen configuration (default: no test "
+                   "evaluation)")
+    p.add_argument("--probe-data", default=None, metavar="DATA",
+                   help="with --model: where probes are evaluated (default: --probe-split of the training data, "
+                   "carved after the validation split, so never the selection split)")
+    p.add_argument("--loss", default="cross_entropy", metavar="LOSS", help="with --model: the " + LOSS_HELP)
+    p.add_argument("--forward", default=None, metavar="FN", help="with --model: " + FORWARD_HELP)
+    p.add_argument("--objective", default="accuracy", metavar="OBJ",
+                   help="with --model: what the search optimises on the validation split: accuracy (maximised), "
+                   "loss (the --loss, minimised) or module:function / file.py:function returning a per-sample "
+                   "metric [B] from (output, target) (maximised unless --direction min) (default: %(default)s)")
+    p.add_argument("--direction", choices=("max", "min"), default=None,
+                   help="with --model and a metric objective: maximise (default) or minimise it")
+    p.add_argument("--val-fraction", type=positive_float, default=0.2, metavar="F",
+                   help="with --model and no --val-data: share of the training data carved off for selection "
+                   "(default: %(default)s)")
+    p.add_argument("--probe-split", type=positive_float, default=0.1, metavar="F",
+                   help="with --model and no --probe-data: share of the training data carved off for evaluating "
+                   "probes (default: %(default)s)")
+    p.add_argument("--dataset", default=None, metavar="NAME",
+                   help="built-in mlp/cnn only: fashion-mnist, cifar10:DIR or cifar100:DIR (python-pickle batches in "
+                   "DIR), or spiral (tiny synthetic) (default: fashion-mnist)")
     p.add_argument("--n-train", type=positive_int, default=None, metavar="N",
-                   help="train on a seeded subset of N training images (default: all)")
+                   help="built-in mlp/cnn only: train on a seeded subset of N training images (default: all)")
     p.add_argument("--n-val", type=positive_int, default=None, metavar="N",
-                   help="select on a seeded subset of N validation images (default: all)")
+                   help="built-in mlp/cnn only: select on a seeded subset of N validation images (default: all)")
     p.add_argument("--budget", default=None, metavar="B",
                    help="total budget: full-data epochs, probes included (e.g. 60: a probe costs fraction × epochs), "
                    "or wall-clock time (90s, 15m, 2h: everything measured, meta-model included; no new work starts "
@@ -103,6 +136,14 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    if args.model is not None:
+        return _run_user(args)
+    given = [o for o in USER_ONLY if getattr(args, o) not in (None, p_default(o))]
+    if given or args.loss != "cross_entropy":
+        opt = "--" + (given[0] if given else "loss").replace("_", "-")
+        raise UserError(f"{opt} is for your own model: give --model file.py:build and --data TRAIN (the built-in "
+                        "mlp/cnn train on --dataset with cross-entropy)")
+    args.dataset = args.dataset or "fashion-mnist"
     space = load_space(args.space)
     if not 0 < args.fraction <= 1:
         raise UserError(f"--fraction must be in (0, 1], got {args.fraction}")
@@ -237,4 +278,33 @@ def _search(args, rd, space, task, loop_cfg, budget, unit, axis, kappa, storage,
     how = ("evaluated now; the test set was opened once" if oracle.test_evaluated_here
            else "recorded in the storage by the worker that evaluated it; the test set was not opened here")
     print(f"validation accuracy {val_acc:.4f}, test accuracy {test_acc:.4f} ({how}); wrote {rd.path}")
+    return 0
+
+
+_DEFAULTS = {"objective": "accuracy", "val_fraction": 0.2, "probe_split": 0.1}
+
+
+def p_default(option: str):
+    return _DEFAULTS.get(option)
+
+
+def _run_user(args) -> int:
+    """`lossprobe search --model file.py:build --data TRAIN ...`: your own model (lossprobe.search.tune.run)."""
+    if args.dataset is not None or args.n_train or args.n_val:
+        opt = "--dataset" if args.dataset is not None else ("--n-train" if args.n_train else "--n-val")
+        raise UserError(f"{opt} is for the built-in mlp/cnn; with --model give your data with --data TRAIN "
+                        "[--val-data VAL] [--test-data TEST]")
+    if args.data is None:
+        raise UserError("--model needs --data: the training data (a tensor file, module:function, "
+                        "imagefolder:DIR, ...)")
+    run_user_search(
+        args.model, args.data, args.space, val_data=args.val_data, test_data=args.test_data,
+        probe_data=args.probe_data, loss=args.loss, forward=args.forward, objective=args.objective,
+        direction=args.direction, method=args.method, budget=args.budget, out=args.out, storage=args.storage,
+        study_name=args.study_name, seed=args.seed, fraction=args.fraction, probe_epochs=args.probe_epochs,
+        features=args.features, val_fraction=args.val_fraction, probe_split=args.probe_split,
+        backend=args.backend, address=args.address, num_cpus=args.num_cpus, ray_timeout=args.ray_timeout,
+        eta=args.eta, kappa=args.kappa, meta=args.meta, init_probes=args.init_probes,
+        probes_per_round=args.probes_per_round, init_full=args.init_full, sharpness=not args.no_sharpness,
+        force=args.force, verbose=True)
     return 0

@@ -42,9 +42,9 @@ from lossprobe.runtime.cluster import Executor
 from lossprobe.search.claims import Claims, engine_kwargs
 from lossprobe.search.oracle import AXES, Clock, Trace
 from lossprobe.search.probes import make_task, parse_families, probe, train_full
-from lossprobe.search.space import SearchSpace
+from lossprobe.search.space import SearchSpace, space_from_dict
 from lossprobe.search.table import fidelity_key
-from lossprobe.training.checkpoints import apply_state_dict, load_checkpoint
+from lossprobe.training.checkpoints import apply_state_dict, load_checkpoint, save_checkpoint
 from lossprobe.training.loop import History, TrainingDiverged, evaluate_model, fit
 
 _TASKS: dict = {}
@@ -68,63 +68,65 @@ class TaskSpec:
         return _TASKS[key]
 
 
-def _probe_job(space_dict: dict, values: dict, spec: TaskSpec, fraction: float, epochs: int, seed: int,
+def _probe_job(space_dict: dict, values: dict, spec, fraction: float, epochs: int, seed: int,
                families=None) -> dict:
     torch.set_num_threads(max(1, int(os.environ.get("LOSSPROBE_TRIAL_THREADS", "1"))))
-    r = probe(SearchSpace.from_dict(space_dict), values, spec.load(), fraction, epochs, seed=seed, families=families)
+    r = probe(space_from_dict(space_dict), values, spec.load(), fraction, epochs, seed=seed, families=families)
     return {"features": r.features, "cost": r.cost, "seconds": r.seconds, "family_seconds": r.family_seconds}
 
 
 class _Pause(Exception):
-    """Raised from a forward hook to stop `fit` after the requested epoch (its checkpoint is saved)."""
+    """Raised from `fit`'s epoch hook to stop it after the requested epoch (its checkpoint is saved)."""
 
 
-def _train_job(space_dict: dict, values: dict, spec: TaskSpec, seed: int, epoch: int, ckpt_dir: str) -> dict:
+def _train_job(space_dict: dict, values: dict, spec, seed: int, epoch: int, ckpt_dir: str) -> dict:
     """Continue a candidate's full training (checkpointed in `ckpt_dir`) to `epoch`.
 
-    `fit` resumes from the last saved epoch; a forward pre-hook stops it once the steps of
-    `epoch` are done (the checkpoint of `epoch` is already written then). Returns the
-    history so far, and the weights when the last epoch is done."""
+    `fit` resumes from the last saved epoch and its epoch hook stops it once `epoch` is
+    recorded and checkpointed. Returns the history so far, the search's value after each
+    epoch (`curve`, from the task: accuracy, or your objective) and the value a diverged run
+    gets (`fallback`), and the weights when the last epoch is done."""
     torch.set_num_threads(max(1, int(os.environ.get("LOSSPROBE_TRIAL_THREADS", "1"))))
-    space = SearchSpace.from_dict(space_dict)
+    space = space_from_dict(space_dict)
     task = spec.load()
-    model = space.build_model(values, task.input_shape, task.n_classes, seed=seed)
-    cfg = space.train_config(values, data_seed=seed)
+    model = task.build_model(space, values, seed)
+    cfg = task.train_config(space, values, data_seed=seed)
     ck = Path(ckpt_dir)
     hfile = ck / "history.json"
-    start = (json.loads(hfile.read_text())["epoch"][-1] + 1) if hfile.is_file() else 1
-    allowed = max(0, epoch - start + 1) * math.ceil(len(task.train) / cfg.batch_size)
-    count = [0]
+    saved = History.from_dict(json.loads(hfile.read_text())) if hfile.is_file() else None
 
-    def hook(module, args):
-        if module.training and torch.is_grad_enabled():
-            count[0] += 1
-            if count[0] > allowed:
-                raise _Pause()
+    def stop(h):
+        if h.epoch[-1] >= epoch:
+            raise _Pause()
 
-    handle = model.register_forward_pre_hook(hook)
     t0 = time.perf_counter()
     diverged = False
-    try:
-        hist = fit(model, task.train, task.val, cfg, checkpoint_dir=ck).to_dict()
-    except _Pause:
-        hist = History.from_dict(json.loads(hfile.read_text())).to_dict()
-    except TrainingDiverged as e:
-        hist, diverged = e.history.to_dict(), True
-    finally:
-        handle.remove()
-    out = {"history": hist, "diverged": diverged, "wall": time.perf_counter() - t0}
+    last = saved.epoch[-1] if saved is not None and not saved.stopped and saved.epoch else -1
+    if epoch <= last < space.epochs and (ck / f"model-{last}.safetensors").is_file():
+        # a killed run trained further than its stored trials say: read what it saved, and (as fit does on
+        # resuming) renew the model.safetensors copy, which a kill while it was written may have left older
+        hist = saved.to_dict()
+        save_checkpoint(load_checkpoint(model, ck / f"model-{last}.safetensors"), ck / "model.safetensors")
+    else:
+        try:
+            hist = fit(model, task.train, task.val, cfg, checkpoint_dir=ck, on_epoch=stop, **task.fit_kwargs()).to_dict()
+        except _Pause:
+            hist = History.from_dict(json.loads(hfile.read_text())).to_dict()
+        except TrainingDiverged as e:
+            hist, diverged = e.history.to_dict(), True
+    out = {"history": hist, "diverged": diverged, "wall": time.perf_counter() - t0,
+           "curve": task.scores(hist, "val", task.loss_cap(hist)), "fallback": task.fallback(hist)}
     if hist["epoch"][-1] >= space.epochs or diverged:
         out["state"] = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     return out
 
 
-def _full_job(space_dict: dict, values: dict, spec: TaskSpec, seed: int) -> dict:
+def _full_job(space_dict: dict, values: dict, spec, seed: int) -> dict:
     """A full training without checkpoints (used to rebuild a chosen model whose weights were lost)."""
     torch.set_num_threads(max(1, int(os.environ.get("LOSSPROBE_TRIAL_THREADS", "1"))))
-    r = train_full(SearchSpace.from_dict(space_dict), values, spec.load(), seed=seed, keep_model=True)
+    r = train_full(space_from_dict(space_dict), values, spec.load(), seed=seed, keep_model=True)
     state = {k: v.detach().cpu().contiguous() for k, v in r.model.state_dict().items()}
-    return {"val_accuracy": r.val_accuracy, "curve": r.history["val_accuracy"], "cost": r.cost,
+    return {"val_accuracy": r.val_accuracy, "curve": r.curve, "cost": r.cost,
             "seconds": r.seconds, "state": state}
 
 
@@ -229,6 +231,7 @@ class LiveOracle:
         self.storage_url = storage
         self.study_name = study_name
         self.test_evaluated_here: bool | None = None
+        self.test_record: dict | None = None
         try:
             rdb = _open_rdb(storage, engine_kwargs(storage))
             self.probes = optuna.create_study(storage=rdb, study_name=f"{study_name}-probes",
@@ -244,7 +247,8 @@ class LiveOracle:
             if _is_sqlalchemy(e):
                 raise storage_error(e, storage) from None
             raise
-        key = json.dumps({"space": space.to_dict(), "task": asdict(spec), "fidelities": self.fidelities,
+        described = spec.describe() if hasattr(spec, "describe") else asdict(spec)
+        key = json.dumps({"space": space.to_dict(), "task": described, "fidelities": self.fidelities,
                           "families": list(self.families), "seed": seed, **(settings or {})}, sort_keys=True)
         old = self.probes.user_attrs.get("settings")
         if old is None:
@@ -271,7 +275,7 @@ class LiveOracle:
 
     @property
     def chance(self) -> float:
-        return 1.0 / self.spec.load().n_classes
+        return self.spec.load().chance
 
     def _emit(self, event: dict) -> None:
         self.events.append(event)
@@ -401,9 +405,9 @@ class LiveOracle:
             ck = self._ckpt_dir(key)
             (r,) = self.executor.map(_train_job, [(self.space.to_dict(), self.values(key), self.spec, self.seed,
                                                    epoch, str(ck))])
-            h = r["history"]
-            curve = [v if np.isfinite(v) else self.chance for v in h["val_accuracy"]][: epoch + 1]
-            curve += [self.chance] * (epoch + 1 - len(curve))  # a diverged run stays at chance
+            h, fb = r["history"], r["fallback"]
+            curve = [v if np.isfinite(v) else fb for v in r["curve"]][: epoch + 1]
+            curve += [fb] * (epoch + 1 - len(curve))  # a diverged run stays at chance
             secs = h["seconds"] + [h["seconds"][-1]] * (epoch + 1 - len(h["seconds"]))
             seconds = float(secs[epoch] - (secs[done] if done else 0.0))
             if "state" in r:
@@ -447,8 +451,7 @@ class LiveOracle:
 
     def load_model(self, key: int):
         """The fully trained network of candidate `key` (from its checkpoint, or retrained with the same seed)."""
-        task = self.spec.load()
-        model = self.space.build_model(self.values(key), task.input_shape, task.n_classes, seed=self.seed)
+        model = self.spec.load().build_model(self.space, self.values(key), self.seed)
         path = self.ckpt / f"candidate-{key}.safetensors" if self.ckpt else None
         if path is not None and path.is_file():
             return load_checkpoint(model, path).eval()
@@ -459,13 +462,18 @@ class LiveOracle:
         return model.eval()
 
     def recorded_test(self, key: int) -> float | None:
-        """The test accuracy of candidate `key` recorded in the storage by any worker, if any."""
+        """The test value of candidate `key` recorded in the storage by any worker, if any."""
+        rec = self.recorded_test_record(key)
+        return None if rec is None else float(rec.get("test_value", rec.get("test_accuracy")))
+
+    def recorded_test_record(self, key: int) -> dict | None:
+        """The whole record of candidate `key`'s test evaluation in the storage, if any."""
         rec = self.fulls.user_attrs.get("final_test")
         if isinstance(rec, dict) and rec.get("candidate") == key:
-            return float(rec["test_accuracy"])
+            return rec
         state, value, _ = self.claims.status("test", key)
         if state == "done" and isinstance(value, dict):
-            return float(value["test_accuracy"])
+            return value
         return None
 
     def test_accuracy(self, key: int) -> float:
@@ -473,23 +481,41 @@ class LiveOracle:
 
         The worker that claims the final evaluation opens the test split (once per process:
         `SealedSplit`) and records the result in the storage; any other worker, and any
-        later run on the same storage, reads the recorded number instead."""
+        later run on the same storage, reads the recorded number instead. For your own
+        model (`lossprobe.search.user`) the number is the objective in its units (accuracy,
+        loss or metric); `test_record` holds the loss and the accuracy (or metric) too."""
         while True:
-            got = self.recorded_test(key)
-            if got is not None:
+            rec = self.recorded_test_record(key)
+            if rec is not None:
                 self.test_evaluated_here = bool(self.test_evaluated_here)
-                return got
+                self.test_record = rec
+                return float(rec.get("test_value", rec.get("test_accuracy")))
             if self.claims.claim("test", key):
                 break
             self._wait("test", [key])
         model = self.load_model(key)
-        test = self.spec.load().test.open(f"final evaluation of candidate {key}")
-        acc = float(evaluate_model(model, test)[1])
-        record = {"candidate": key, "test_accuracy": acc, "by": self.claims.owner}
+        task = self.spec.load()
+        test = task.test.open(f"final evaluation of candidate {key}")
+        contract = task.fit_kwargs()
+        loss, acc = evaluate_model(model, test, **contract)
+        if contract:  # your own model: the objective in its units, with the loss and accuracy (or metric)
+            value = float(task.value(loss, acc))
+            record = {"candidate": key, "test_value": value, "test_loss": _finite(loss),
+                      "test_accuracy": _finite(acc), "by": self.claims.owner}
+        else:
+            value = float(acc)
+            record = {"candidate": key, "test_accuracy": value, "by": self.claims.owner}
         self.fulls.set_user_attr("final_test", record)
         self.claims.done("test", key, record)
         self.test_evaluated_here = True
-        return acc
+        self.test_record = record
+        return value
+
+    test_value = test_accuracy
+
+
+def _finite(v: float) -> float | None:
+    return float(v) if math.isfinite(v) else None
 
 
 def _open_rdb(url: str, kwargs: dict):

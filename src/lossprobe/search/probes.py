@@ -34,11 +34,12 @@ training and its per-epoch evaluations, then one entry per extra family computed
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from dataclasses import dataclass, field
 
-from lossprobe.core.batching import Split
+from lossprobe.core.batching import Data, Split, Stream, batch_len
 from lossprobe.core.objective import Objective
 from lossprobe.core.space import KINDS
 from lossprobe.curvature.algorithms import power_iteration
@@ -166,6 +167,41 @@ class Task:
         if isinstance(self.test, Split):
             self.test = SealedSplit(self.test)
 
+    # --- what a configuration means on this task: the built-in mlp/cnn (`lossprobe.search.user.UserTask`
+    # builds your own model, with your loss and objective) ---
+    def build_model(self, space: SearchSpace, values: dict, seed: int):
+        """The network of configuration `values`, initialised with `seed`."""
+        return space.build_model(values, self.input_shape, self.n_classes, seed=seed)
+
+    def train_config(self, space: SearchSpace, values: dict, epochs: int | None = None, data_seed: int = 0):
+        return space.train_config(values, epochs=epochs, data_seed=data_seed)
+
+    def fit_kwargs(self) -> dict:
+        """The batch contract (loss=, forward=, metric=) that `fit` and `evaluate_model` get."""
+        return {}
+
+    @property
+    def chance(self) -> float:
+        """The value of a network that learned nothing (curves of diverged runs stay there)."""
+        return 1.0 / self.n_classes
+
+    def loss_cap(self, history: dict) -> float:
+        """Losses above this are capped in probe features (diverged or exploding runs)."""
+        return LOSS_CAP
+
+    def scores(self, history: dict, split: str, cap: float | None = None) -> list[float]:
+        """The search's value (higher is better) after each epoch on `split` ('train' or 'val') of a
+        training's history: its accuracy here."""
+        return list(history[f"{split}_accuracy"])
+
+    def fallback(self, history: dict) -> float:
+        """The value a diverged training is given."""
+        return self.chance
+
+    def value(self, loss: float, accuracy: float) -> float:
+        """The objective, in its own units, from a loss and an accuracy (or metric): the accuracy here."""
+        return accuracy
+
 
 def make_task(dataset: str = "fashion-mnist", n_train: int | None = None, n_val: int | None = None,
               seed: int = 0, root=None) -> Task:
@@ -217,17 +253,54 @@ class _Stopwatch:
         self.wall, self.cpu = time.perf_counter() - self._w, time.process_time() - self._c
 
 
-def _subset_fraction(split: Split, fraction: float, seed: int) -> Split:
+def _subset_fraction(split: Data, fraction: float, seed: int) -> Data:
     if not 0 < fraction <= 1:
         raise UserError(f"probe fraction must be in (0, 1], got {fraction}")
+    if isinstance(split, Stream):  # batches in the stream's own order: the first `fraction` of them
+        nb = split.n_batches()
+        return _Prefix(split, max(1, int(round(fraction * nb)))) if fraction < 1 else split
     n = max(1, int(round(fraction * len(split))))
     return split.subset(n, seed=seed) if n < len(split) else split
 
 
-def hessian_top_eigenvalue(model, data: Split, iters: int = 10, seed: int = 0) -> float:
+def _samples(data: Data, n: int, seed: int) -> Data:
+    """A seeded subset of about `n` samples (in-memory data), or the first batches holding `n` (a stream)."""
+    if not isinstance(data, Stream):
+        return data.subset(n, seed=seed)
+    batches, got = [], 0
+    for b in data.batches():
+        batches.append(b)
+        got += batch_len(b)
+        if got >= n:
+            break
+    return Stream(batches, f"{data.name}[{got}]")
+
+
+class _Prefix(Stream):
+    """The first `n` batches of a stream, each time it is read (a probe's share of a DataLoader)."""
+
+    def __init__(self, stream: Stream, n: int):
+        super().__init__(stream.source, f"{stream.name}[:{n} batches]", stream.device)
+        self.n = n
+
+    def batches(self, batch_size: int | None = None):
+        return itertools.islice(super().batches(batch_size), self.n)
+
+    def n_batches(self, batch_size: int | None = None) -> int:
+        return self.n
+
+    @property
+    def n_samples(self) -> int:
+        return sum(batch_len(b) for b in self.batches())
+
+    def to(self, device) -> "_Prefix":
+        return _Prefix(Stream(self.source, self.name, device), self.n)
+
+
+def hessian_top_eigenvalue(model, data: Split, iters: int = 10, seed: int = 0, **contract) -> float:
     """Largest-magnitude Hessian eigenvalue of the mean loss by power iteration
-    (`lossprobe.curvature.power_iteration` on the `HessianOperator`)."""
-    obj = Objective(model, data, shortcut=False)
+    (`lossprobe.curvature.power_iteration` on the `HessianOperator`); `contract`: loss=, forward=."""
+    obj = Objective(model, data, shortcut=False, **contract)
     # plain products (no kept graphs) and an iterate in the model's dtype: the feature's numbers as measured so far
     H = HessianOperator(obj, cache_graph=False)
     lam, _ = power_iteration(H.counting(), iters=iters, seed=seed, dtype=obj.space.dtype)
@@ -237,7 +310,7 @@ def hessian_top_eigenvalue(model, data: Split, iters: int = 10, seed: int = 0) -
 SHARPNESS_IMPLS = ("filter", "rms")
 
 
-def _sharpness(model, data: Split, sigma: float, draws: int, seed: int, impl: str = "filter") -> float:
+def _sharpness(model, data: Split, sigma: float, draws: int, seed: int, impl: str = "filter", **contract) -> float:
     """Mean rise of the loss under relative Gaussian weight noise of size `sigma`, over
     `draws` seeded draws (`lossprobe.sharpness.noise_robustness`).
 
@@ -248,7 +321,7 @@ def _sharpness(model, data: Split, sigma: float, draws: int, seed: int, impl: st
         raise UserError(f"unknown sharpness implementation '{impl}'; choose from {list(SHARPNESS_IMPLS)}")
 
     kinds, per = (("weight",), "filter") if impl == "filter" else (KINDS, "tensor")
-    r = noise_robustness(Objective(model, data, shortcut=False), sigmas=(sigma,), draws=draws, seed=seed,
+    r = noise_robustness(Objective(model, data, shortcut=False, **contract), sigmas=(sigma,), draws=draws, seed=seed,
                          kinds=kinds, per=per)
     return float(r.loss_mean[0] - r.clean_loss)
 
@@ -280,30 +353,36 @@ def probe(space: SearchSpace, values: dict, task: Task, fraction: float = 0.2, e
             "hessian": hessian and "hessian" in fam}
     secs: dict[str, float] = {}
     val = task.probe_val if task.probe_val is not None else task.val
+    contract = task.fit_kwargs()
     with _Stopwatch() as sw:
         sub = _subset_fraction(task.train, fraction, seed=10_007 * seed + int(fraction * 1000))
-        model = space.build_model(values, task.input_shape, task.n_classes, seed=seed)
-        cfg = space.train_config(values, epochs=epochs, data_seed=seed)
+        model = task.build_model(space, values, seed)
+        cfg = task.train_config(space, values, epochs=epochs, data_seed=seed)
         feats = space.encode(values)
         feats.update(probe_fraction=float(fraction), probe_epochs=float(epochs))
         diverged = False
         try:
-            hist = fit(model, sub, val, cfg)
+            hist = fit(model, sub, val, cfg, **contract)
         except TrainingDiverged as e:
             hist, diverged = e.history, True
-        chance = 1.0 / task.n_classes
         h = hist.to_dict()
-        if diverged or not all(math.isfinite(v) for v in (h["train_loss"][-1], h["val_loss"][-1])):
+        cap = task.loss_cap(h)
+        tr, va = task.scores(h, "train", cap), task.scores(h, "val", cap)
+        if diverged or not all(math.isfinite(v) for v in (h["train_loss"][-1], h["val_loss"][-1], tr[-1], va[-1])):
             diverged = True
-            feats.update(train_loss=LOSS_CAP, train_acc=chance, val_loss=LOSS_CAP, val_acc=chance,
+            chance = task.fallback(h)
+            feats.update(train_loss=cap, train_acc=chance, val_loss=cap, val_acc=chance,
                          train_loss_slope=0.0, train_acc_slope=0.0, val_loss_slope=0.0, val_acc_slope=0.0,
-                         grad_norm=1e3, sharpness_noise=LOSS_CAP, hessian_top=1e3, diverged=1.0)
+                         grad_norm=1e3, sharpness_noise=cap, hessian_top=1e3, diverged=1.0)
         else:
+            curves = {"train_loss": h["train_loss"], "val_loss": h["val_loss"], "train_accuracy": tr,
+                      "val_accuracy": va}
+
             def last(k):
-                return min(float(h[k][-1]), LOSS_CAP) if "loss" in k else float(h[k][-1])
+                return min(float(curves[k][-1]), cap) if "loss" in k else float(curves[k][-1])
 
             def slope(k):
-                return last(k) - (min(float(h[k][-2]), LOSS_CAP) if "loss" in k else float(h[k][-2]))
+                return last(k) - (min(float(curves[k][-2]), cap) if "loss" in k else float(curves[k][-2]))
 
             feats.update(train_loss=last("train_loss"), train_acc=last("train_accuracy"),
                          val_loss=last("val_loss"), val_acc=last("val_accuracy"),
@@ -313,19 +392,21 @@ def probe(space: SearchSpace, values: dict, task: Task, fraction: float = 0.2, e
     if not diverged:
 
         model.eval()
-        gsub = sub.subset(1024, seed=seed + 7)
+        gsub = _samples(sub, 1024, seed=seed + 7)
+        obj_kw = {k: v for k, v in contract.items() if k in ("loss", "forward")}
         if want["grad_norm"]:
             with _Stopwatch() as sw:
-                _, grad = Objective(model, gsub, shortcut=False).loss_and_grad()
+                _, grad = Objective(model, gsub, shortcut=False, **obj_kw).loss_and_grad()
                 feats["grad_norm"] = float(grad.norm())
             secs["grad_norm"] = sw.cpu
         if want["sharpness"]:
             with _Stopwatch() as sw:
-                feats["sharpness_noise"] = _sharpness(model, gsub, noise_sigma, 8, seed, sharpness_impl)
+                feats["sharpness_noise"] = _sharpness(model, gsub, noise_sigma, 8, seed, sharpness_impl, **obj_kw)
             secs["sharpness"] = sw.cpu
         if want["hessian"]:
             with _Stopwatch() as sw:
-                feats["hessian_top"] = hessian_top_eigenvalue(model, sub.subset(256, seed=seed + 8), seed=seed)
+                feats["hessian_top"] = hessian_top_eigenvalue(model, _samples(sub, 256, seed=seed + 8), seed=seed,
+                                                              **obj_kw)
             secs["hessian"] = sw.cpu
         for k, on in (("grad_norm", want["grad_norm"]), ("sharpness_noise", want["sharpness"]),
                       ("hessian_top", want["hessian"])):
@@ -353,6 +434,7 @@ class FullResult:
     model: object = None
     cpu_seconds: float = 0.0  # process CPU time of the training (with its per-epoch evaluations)
     extra: dict = field(default_factory=dict)  # final accuracy on each of `eval_splits`
+    curve: list = field(default_factory=list)  # the search's value after epochs 0..E (diverged: chance)
 
 
 def train_full(space: SearchSpace, values: dict, task: Task, seed: int = 0, epochs: int | None = None,
@@ -364,28 +446,35 @@ def train_full(space: SearchSpace, values: dict, task: Task, seed: int = 0, epoc
     model, outside the measured time (the benchmark's independent measurements)."""
     t0 = time.perf_counter()
     val = task.val if isinstance(val, str) else val
-    chance = 1.0 / task.n_classes
+    contract = task.fit_kwargs()
     with _Stopwatch() as sw:
-        model = space.build_model(values, task.input_shape, task.n_classes, seed=seed)
-        cfg = space.train_config(values, epochs=epochs, data_seed=seed)
+        model = task.build_model(space, values, seed)
+        cfg = task.train_config(space, values, epochs=epochs, data_seed=seed)
         diverged = False
         try:
-            hist = fit(model, task.train, val, cfg)
-            acc = float(hist.val_accuracy[-1])
+            hist = fit(model, task.train, val, cfg, **contract)
+            h = hist.to_dict()
+            acc = float(task.scores(h, "val", task.loss_cap(h))[-1])
         except TrainingDiverged as e:
-            hist, acc, diverged = e.history, chance, True
-    h = hist.to_dict()
+            hist, diverged = e.history, True
+            h = hist.to_dict()
+            acc = task.fallback(h)
+    chance = task.fallback(h)
+    if val is not None and not diverged and not math.isfinite(acc):
+        acc, diverged = chance, True
+    curve = [v if math.isfinite(v) else chance for v in task.scores(h, "val", task.loss_cap(h))]
     # a diverged run's curve is padded with chance so every curve has epochs + 1 entries
     n = cfg.epochs + 1
     for k in ("val_accuracy", "train_accuracy"):
         h[k] = [v if math.isfinite(v) else chance for v in h[k]] + [chance] * (n - len(h[k]))
     for k in ("val_loss", "train_loss"):
         h[k] = [min(v, LOSS_CAP) if math.isfinite(v) else LOSS_CAP for v in h[k]] + [LOSS_CAP] * (n - len(h[k]))
+    curve += [chance] * (n - len(curve))
     if val is None and not diverged:
         acc = math.nan
     extra = {}
     for name, split in (eval_splits or {}).items():
-        a = chance if diverged else float(evaluate_model(model.eval(), split)[1])
+        a = chance if diverged else float(task.value(*evaluate_model(model.eval(), split, **contract)))
         extra[name] = a if math.isfinite(a) else chance
     return FullResult(acc, h, float(cfg.epochs), time.perf_counter() - t0, model if keep_model else None,
-                      cpu_seconds=sw.cpu, extra=extra)
+                      cpu_seconds=sw.cpu, extra=extra, curve=curve)

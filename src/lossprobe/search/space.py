@@ -23,6 +23,8 @@ its default (DEFAULTS).
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import math
 import os
 from dataclasses import dataclass, field
@@ -121,6 +123,9 @@ class SearchSpace:
     @classmethod
     def from_dict(cls, data: dict, source: str = "<dict>") -> "SearchSpace":
         where = f"search space {source}"
+        if "model" in data and "params" not in data:
+            raise UserError(f"{where}: a [model] table passes values to your own model builder: give it with "
+                            "--model file.py:build (build= in Python); the built-in mlp/cnn take [train] and [params]")
         unknown = [k for k in data if k not in ("train", "params")]
         if unknown:
             raise UserError(f"{where}: unknown section '{unknown[0]}'; use [train] and [params]")
@@ -134,7 +139,8 @@ class SearchSpace:
                 raise UserError(f"{where}: 'train.{k}' must be a {_TRAIN_KEYS[k].__name__}, got {v!r}")
         model = train.get("model", "mlp")
         if model not in ("mlp", "cnn"):
-            raise UserError(f"{where}: train.model must be 'mlp' or 'cnn', got '{model}'")
+            raise UserError(f"{where}: train.model must be 'mlp' or 'cnn', got '{model}'; for your own model give "
+                            "--model file.py:build and put its arguments in a [model] table")
         epochs = train.get("epochs", 6)
         if epochs <= 0:
             raise UserError(f"{where}: train.epochs must be positive, got {epochs}")
@@ -299,5 +305,299 @@ def _parse_param(where: str, name: str, spec: dict) -> Param:
     return Param(name, kind, low=low, high=high, log=log)
 
 
-def load_space(path: str | os.PathLike) -> SearchSpace:
-    return SearchSpace.from_toml(path)
+def load_space(path: str | os.PathLike, builder=None, builder_kwargs: dict | None = None) -> SearchSpace:
+    """The space in the TOML file at `path`: the built-in format ([train] and [params]), or, with
+    `builder` (your function or class that returns the nn.Module), the format with [model] and
+    [train] tables (`UserSpace`), its names checked against the builder's signature and `fit`'s options."""
+    if builder is None:
+        return SearchSpace.from_toml(path)
+    return UserSpace.from_dict(read_toml(path, "search space file"), source=str(path), builder=builder,
+                               builder_kwargs=builder_kwargs)
+
+
+def space_from_dict(data: dict, source: str = "<dict>") -> SearchSpace:
+    """A space from its `to_dict()` form: the built-in format has [params], the builder format does not."""
+    if "params" in data:
+        return SearchSpace.from_dict(data, source=source)
+    return UserSpace.from_dict(data, source=source)
+
+
+# --- a space for your own model builder ---------------------------------------------------------
+# fit's options that the search sets itself, and why (a space's [train] table may not set them)
+SEARCH_SETS = {"data_seed": "the search seeds every training itself (--seed)",
+               "loss": "the loss is given with --loss (loss= in Python)",
+               "trajectory_every": "a search records no parameter trajectories"}
+# fit's options that only take a fixed value, and why
+FIXED_ONLY = {"epochs": "it is the length of a full training, the search's top fidelity",
+              "eval_batch_size": "it changes no number, only memory use"}
+USER_EPOCHS = 6  # a full training's epochs when [train] does not say
+_SCALAR = (bool, int, float, str)
+
+
+def fit_options() -> dict[str, str]:
+    """`fit`'s options (`TrainConfig` fields) that a space's [train] table may set, with their kind
+    ('int', 'float' or 'str')."""
+    return {f.name: str(f.type) for f in dataclasses.fields(TrainConfig) if f.name not in SEARCH_SETS}
+
+
+def describe_builder(builder) -> str:
+    """'name(signature)' of a model builder, for error messages."""
+    name = getattr(builder, "__qualname__", None) or getattr(builder, "__name__", None) or type(builder).__name__
+    try:
+        return f"{name}{inspect.signature(builder)}"
+    except (TypeError, ValueError):
+        return f"{name}(...)"
+
+
+def check_builder_names(builder, names, where: str = "search space") -> None:
+    """One line when a [model] name is not a keyword the builder takes, or when the builder needs
+    an argument that [model] does not give. A builder whose signature cannot be read is not checked."""
+    try:
+        sig = inspect.signature(builder)
+    except (TypeError, ValueError):
+        return
+    P = inspect.Parameter
+    params = list(sig.parameters.values())
+    any_name = any(p.kind is P.VAR_KEYWORD for p in params)
+    keywords = [p.name for p in params if p.kind in (P.POSITIONAL_OR_KEYWORD, P.KEYWORD_ONLY)]
+    for n in names:
+        if not any_name and n not in keywords:
+            near = [k for k in keywords if k.lower() == n.lower() or k.replace("_", "") == n.replace("_", "")]
+            hint = f" (did you mean '{near[0]}'?)" if near else ""
+            raise UserError(f"{where}: [model] '{n}' is not a parameter of the model builder "
+                            f"{describe_builder(builder)}{hint}; [model] names must be its keyword arguments")
+    needed = [p.name for p in params if p.kind in (P.POSITIONAL_OR_KEYWORD, P.KEYWORD_ONLY)
+              and p.default is P.empty and p.name not in names]
+    if needed:
+        raise UserError(f"{where}: the model builder {describe_builder(builder)} needs '{needed[0]}', which "
+                        "[model] does not give: add a value or a range for it")
+
+
+@dataclass
+class UserSpace(SearchSpace):
+    """A space for your own model builder: a [model] table whose values are the builder's keyword
+    arguments and a [train] table whose values are `fit`'s options (`TrainConfig`), each a fixed
+    value or a range::
+
+        [model]
+        width = { low = 16, high = 256, log = true }     # int range (integer bounds)
+        dropout = { low = 0.0, high = 0.5 }              # float range
+        activation = { choices = ["relu", "gelu"] }       # choices
+        layers = 2                                        # a fixed value
+
+        [train]
+        epochs = 6                                        # a full training (fixed)
+        optimizer = "adamw"
+        lr = { low = 1e-5, high = 1e-2, log = true }
+        weight_decay = { low = 1e-6, high = 0.1, log = true }
+        warmup_epochs = { low = 0.0, high = 1.0 }
+
+    A range's type follows its bounds (integers: int) unless ``type`` says otherwise. Names are
+    checked against the builder's signature and fit's options before anything runs (one line
+    naming the parameter); the search seeds every training itself and takes the loss from
+    ``--loss``, so [train] cannot set ``data_seed``, ``loss`` or ``trajectory_every``.
+    """
+
+    tables: dict = field(default_factory=dict)  # name -> "model" | "train", for searched and fixed names
+    model: str = "builder"
+
+    @classmethod
+    def from_toml(cls, path: str | os.PathLike, builder=None, builder_kwargs: dict | None = None) -> "UserSpace":
+        return cls.from_dict(read_toml(path, "search space file"), source=str(path), builder=builder,
+                             builder_kwargs=builder_kwargs)
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "<dict>", builder=None,
+                  builder_kwargs: dict | None = None) -> "UserSpace":
+        """Validated. `builder`: the model builder whose signature the [model] names are checked
+        against (None: not checked); `builder_kwargs`: values its spec already fixes
+        (file.py:build:width=64), which [model] may not give again."""
+        where = f"search space {source}"
+        if "params" in data:
+            raise UserError(f"{where}: with your own model builder, put each hyperparameter in [model] (the "
+                            "builder's arguments) or [train] (fit's options) instead of [params]")
+        unknown = [k for k in data if k not in ("model", "train")]
+        if unknown:
+            raise UserError(f"{where}: unknown section '{unknown[0]}'; use [model] (the builder's arguments) and "
+                            "[train] (fit's options)")
+        tables: dict[str, str] = {}
+        params: list[Param] = []
+        fixed: dict[str, Any] = {}
+        options = fit_options()
+        raw = {}
+        for table in ("model", "train"):
+            t = data.get(table, {})
+            if not isinstance(t, dict):
+                raise UserError(f"{where}: '{table}' must be a table ([{table}])")
+            for name, spec in t.items():
+                if name in tables:
+                    raise UserError(f"{where}: '{name}' is in both [model] and [train]; a name goes to one of them")
+                tables[name] = table
+                raw[name] = spec
+        for name in (builder_kwargs or {}):
+            if tables.get(name) == "model":
+                raise UserError(f"{where}: [model] '{name}' is fixed already by the builder's spec "
+                                f"({name}={builder_kwargs[name]!r}); give it in one place")
+        for name, table in tables.items():
+            if table != "train":
+                continue
+            if name in SEARCH_SETS:
+                raise UserError(f"{where}: [train] '{name}' cannot be set in a search space: {SEARCH_SETS[name]}")
+            if name not in options:
+                raise UserError(f"{where}: [train] '{name}' is not an option of fit; its options are "
+                                f"{', '.join(sorted(options))}")
+            if name in FIXED_ONLY and isinstance(raw[name], dict):
+                raise UserError(f"{where}: [train] '{name}' takes a fixed value, not a range: {FIXED_ONLY[name]}")
+        if builder is not None:
+            check_builder_names(builder, [n for n, t in tables.items() if t == "model"] + list(builder_kwargs or {}),
+                                where)
+        epochs = raw.pop("epochs", USER_EPOCHS)
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs <= 0:
+            raise UserError(f"{where}: [train] 'epochs' must be a positive integer, got {epochs!r}")
+        tables.pop("epochs", None)
+        train_fixed = {n: v for n, v in raw.items() if tables[n] == "train" and not isinstance(v, dict)}
+        for n, v in train_fixed.items():
+            _check_fit_value(where, n, v, options[n], {}, epochs)
+        _check_fit_value(where, None, None, None, train_fixed, epochs)
+        for name, spec in raw.items():
+            table = tables[name]
+            if isinstance(spec, dict):
+                p = _parse_user_param(where, table, name, spec, options.get(name) if table == "train" else None)
+                if table == "train":
+                    for v in (p.choices if p.type == "categorical" else (p.low, p.high)):
+                        _check_fit_value(where, name, v, options[name], train_fixed, epochs)
+                params.append(p)
+            else:
+                if table == "model" and isinstance(spec, list) and any(isinstance(v, dict) for v in spec):
+                    raise UserError(f"{where}: [model] '{name}' holds tables; give numbers, strings, booleans or "
+                                    "lists of them")
+                fixed[name] = spec
+        if not params:
+            raise UserError(f"{where}: every parameter is fixed; give at least one a range or choices")
+        return cls(params=params, fixed=fixed, epochs=epochs, source=source, tables=tables)
+
+    # --- what a configuration means ------------------------------------------------
+    def complete(self, values: dict) -> dict:
+        """Every value of a configuration: fixed ones and the searched `values`."""
+        out = dict(self.fixed)
+        for k, v in values.items():
+            if k not in self.tables:
+                raise UserError(f"unknown hyperparameter '{k}'; this space has {', '.join(self.tables)}")
+            out[k] = v
+        return out
+
+    def model_kwargs(self, values: dict) -> dict:
+        """The builder's keyword arguments of a configuration ([model])."""
+        return {k: v for k, v in self.complete(values).items() if self.tables[k] == "model"}
+
+    def train_kwargs(self, values: dict) -> dict:
+        """fit's options of a configuration ([train], without epochs)."""
+        return {k: v for k, v in self.complete(values).items() if self.tables[k] == "train"}
+
+    def train_config(self, values: dict, epochs: int | None = None, data_seed: int = 0):
+        return TrainConfig(**self.train_kwargs(values), epochs=int(epochs or self.epochs), data_seed=data_seed)
+
+    def build_model(self, values, input_shape=None, n_classes=None, seed=0):
+        raise TypeError("a builder space's models are built by its task (UserTask.build_model)")
+
+    def encode(self, values: dict) -> dict[str, float]:
+        """As `SearchSpace.encode`; choices that are not all numbers (or all booleans) are one-hot."""
+        out: dict[str, float] = {}
+        for p in self.params:
+            v = values[p.name]
+            if p.type == "categorical":
+                if all(isinstance(c, bool) for c in p.choices):
+                    out[f"hp_{p.name}"] = float(bool(v))
+                elif all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in p.choices):
+                    pos = all(c > 0 for c in p.choices)
+                    out[f"hp_log10_{p.name}" if p.name == "batch_size" and pos else f"hp_{p.name}"] = (
+                        math.log10(float(v)) if p.name == "batch_size" and pos else float(v))
+                else:
+                    for c in p.choices:
+                        out[f"hp_{p.name}={c}"] = float(v == c)
+            elif p.log:
+                out[f"hp_log10_{p.name}"] = math.log10(float(v))
+            else:
+                out[f"hp_{p.name}"] = float(v)
+        return out
+
+    def to_dict(self) -> dict:
+        out: dict[str, dict] = {"model": {}, "train": {"epochs": self.epochs}}
+        for p in self.params:
+            d: dict[str, Any] = {"type": p.type}
+            if p.type == "categorical":
+                d["choices"] = list(p.choices)
+            else:
+                d.update(low=p.low, high=p.high, log=p.log)
+            out[self.tables[p.name]][p.name] = d
+        for k, v in self.fixed.items():
+            out[self.tables[k]][k] = v
+        return out
+
+
+def _check_fit_value(where: str, name: str | None, value, kind: str | None, fixed: dict, epochs: int) -> None:
+    """One line when `value` of fit's option `name` has the wrong type or fails `TrainConfig`'s checks
+    together with the `fixed` options (name None: check the fixed options together)."""
+    if name is not None:
+        ok = {"int": isinstance(value, int) and not isinstance(value, bool),
+              "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+              "str": isinstance(value, str)}.get(kind, True)
+        if not ok:
+            what = {"int": "an integer", "float": "a number", "str": "a string"}[kind]
+            raise UserError(f"{where}: [train] '{name}' must be {what}, got {value!r}")
+    try:
+        TrainConfig(**{**fixed, **({name: value} if name else {}), "epochs": epochs})
+    except UserError as e:
+        raise UserError(f"{where}: [train]{f' {name!r}' if name else ''}: {e}") from None
+
+
+def _parse_user_param(where: str, table: str, name: str, spec: dict, kind: str | None) -> Param:
+    """A range or choices of the builder format; the type follows the bounds unless `type` is given."""
+    label = f"[{table}] '{name}'"
+    bad = [k for k in spec if k not in _PARAM_KEYS]
+    if bad:
+        raise UserError(f"{where}: {label} has unknown key '{bad[0]}'; a range has low, high and optionally "
+                        "log = true (and type = \"int\" or \"float\"), choices have choices = [...]")
+    t = spec.get("type")
+    if t is None:
+        t = "categorical" if "choices" in spec else (
+            "int" if kind != "float" and all(isinstance(spec.get(k), int) and not isinstance(spec.get(k), bool)
+                                             for k in ("low", "high"))
+            else "float")
+    if t not in TYPES:
+        raise UserError(f"{where}: {label}: type must be \"float\", \"int\" or \"categorical\", got {t!r}")
+    if t == "categorical":
+        choices = spec.get("choices")
+        if any(k in spec for k in ("low", "high", "log")):
+            raise UserError(f"{where}: {label} takes choices, not low/high/log")
+        if not isinstance(choices, list) or not choices:
+            raise UserError(f"{where}: {label} needs a non-empty list of choices")
+        if not all(isinstance(c, _SCALAR) for c in choices):
+            raise UserError(f"{where}: {label}: choices must be numbers, strings or booleans, got {choices!r}")
+        if len({(type(c), c) for c in choices}) != len(choices):
+            raise UserError(f"{where}: {label} lists a choice twice: {choices}")
+        return Param(name, "categorical", choices=tuple(choices))
+    if kind == "str":
+        raise UserError(f"{where}: {label} is a name: give choices = [...], not a range")
+    if kind == "int" and t == "float":
+        raise UserError(f"{where}: {label} is an integer; give integer low and high (or type = \"int\")")
+    if "choices" in spec:
+        raise UserError(f"{where}: {label} of type {t} takes low/high, not choices")
+    for k in ("low", "high"):
+        if k not in spec:
+            raise UserError(f"{where}: {label} needs '{k}'")
+        v = spec[k]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise UserError(f"{where}: {label}: '{k}' must be a finite number, got {v!r}")
+    low, high = spec["low"], spec["high"]
+    if t == "int" and not all(isinstance(v, int) for v in (low, high)):
+        raise UserError(f"{where}: {label} is an int range; give integer low and high")
+    log = spec.get("log", False)
+    if not isinstance(log, bool):
+        raise UserError(f"{where}: {label}: log must be true or false, got {log!r}")
+    if not low < high:
+        raise UserError(f"{where}: {label} needs low < high, got low={low}, high={high}")
+    if log and low <= 0:
+        raise UserError(f"{where}: {label} is log-scaled, so low must be > 0 (got {low})")
+    return Param(name, t, low=int(low) if t == "int" else float(low), high=int(high) if t == "int" else float(high),
+                 log=log)
