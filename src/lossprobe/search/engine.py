@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -436,7 +437,9 @@ class LiveOracle:
         return self.train(key, self.epochs)[-1]
 
     def _ckpt_dir(self, key: int) -> Path:
-        base = self.ckpt if self.ckpt is not None else Path(os.environ.get("TMPDIR", "/tmp")) / f"lossprobe-train-{os.getpid()}"
+        if self.ckpt is None and getattr(self, "_scratch", None) is None:  # this oracle's own (another may share the process)
+            self._scratch = Path(tempfile.mkdtemp(prefix=f"lossprobe-train-{os.getpid()}-"))
+        base = self.ckpt if self.ckpt is not None else self._scratch
         d = base / "training" / f"candidate-{key}"
         d.mkdir(parents=True, exist_ok=True)
         return d

@@ -24,6 +24,7 @@ its default (DEFAULTS).
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import inspect
 import math
 import os
@@ -362,7 +363,7 @@ def check_builder_names(builder, names, where: str = "search space") -> None:
     keywords = [p.name for p in params if p.kind in (P.POSITIONAL_OR_KEYWORD, P.KEYWORD_ONLY)]
     for n in names:
         if not any_name and n not in keywords:
-            near = [k for k in keywords if k.lower() == n.lower() or k.replace("_", "") == n.replace("_", "")]
+            near = difflib.get_close_matches(n, keywords, n=1)
             hint = f" (did you mean '{near[0]}'?)" if near else ""
             raise UserError(f"{where}: [model] '{n}' is not a parameter of the model builder "
                             f"{describe_builder(builder)}{hint}; [model] names must be its keyword arguments")

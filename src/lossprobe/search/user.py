@@ -375,6 +375,9 @@ class UserTask(Task):
     def check(self, space: UserSpace, seed: int = 0) -> None:
         """Before any work: a configuration of the space builds, the model takes batches of each split
         and the loss gives the objective its numbers (one line naming the first problem)."""
+        if isinstance(self.train, Stream) and "batch_size" in space.tables:
+            raise UserError("the training data is a stream of batches (a DataLoader?), whose batches are fixed: "
+                            "[train] 'batch_size' would change nothing; leave it out, or pass in-memory data")
         values = space.sample(np.random.default_rng([seed, 7, 0]))
         model = self.build_model(space, values, seed)
         crit = criterion(self.loss, forward=self.forward, metric=self.goal.metric, model=model)
