@@ -155,10 +155,6 @@ class SearchRun(Result):
                             [Series(f"{prefix}full_value", "full training (final value)", group="full", dash=True),
                              Series(f"{prefix}best_value", "best so far", group="best")],
                             xlabel=f"budget spent ({unit})", ylabel=ylabel))
-        if any(e["kind"] == "probe" for e in self.history):
-            out.append(line(f"search: probes ({self.objective} on the probe split)", f"{prefix}probe_spent",
-                            [Series(f"{prefix}probe_value", "probe")], xlabel=f"budget spent ({unit})",
-                            ylabel=f"probe {self.objective}"))
         return out
 
     # --- use ---

@@ -250,6 +250,9 @@ class UserTaskSpec:
 
     def _load(self) -> "UserTask":
         builder, bkw, bname = resolve_builder(self.build)
+        if isinstance(self.build, str) and ".py:" in self.build:  # file.py:build, not the whole path
+            head, _, rest = self.build.partition(".py:")
+            bname = f"{Path(head).name}.py:{rest}"
         loss = self.loss
         if isinstance(loss, str) and loss not in BUILTIN:
             if not looks_like_code(loss):
