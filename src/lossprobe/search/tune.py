@@ -262,7 +262,11 @@ def run(build, train_data, space, *, val_data=None, test_data=None, probe_data=N
     executor = Executor(backend, address, num_cpus, timeout=ray_timeout)  # Ray first: fails fast
     if out is None:
         out = tempfile.mkdtemp(prefix="lossprobe-search-")
-    rd = RunDir(out, "search", config, force=force, seeds={"search": seed})
+    try:
+        rd = RunDir(out, "search", config, force=force, seeds={"search": seed})
+    except BaseException:
+        executor.close()  # a Ray this call started
+        raise
     say = print if verbose else (lambda *a, **k: None)
     if rd.done("search", "chosen.json", "search.json"):
         rd.complete()  # (again, if a kill came between the last two writes)
