@@ -105,7 +105,7 @@ class Surface(Result):
     """Loss and accuracy on a grid of one (slice) or two (surface) named axes.
 
     One type for every grid of the loss: surfaces along random or chosen directions
-    (dims ``("d1",)`` or ``("d1", "d2")``, row i at coords[0][i] along d1) and surfaces on
+    (dims ``("d1",)`` or ``("d1", "d2")``, row i at ``coords[0][i]`` along d1) and surfaces on
     a plane through optimiser paths (dims ``("y", "x")``: rows follow the plane's second
     direction, as an image of the plane is drawn). `dims` names the array axes in order,
     like an xarray DataArray, so a reader never has to guess which axis is which.
@@ -675,7 +675,9 @@ def surface(model_or_objective, data=None, directions=None, span=((-1, 1), (-1, 
         threads: torch threads while evaluating (None: leave the setting alone). Each point is
             a few small matrix products, so on a shared or oversubscribed machine one thread
             is often much faster than several (OpenMP barriers wait for descheduled threads).
-        loss, forward, metric: the batch contract of `Objective` (with a model, not an Objective).
+        loss: the batch contract of `Objective`, with `forward` and `metric` (with a model, not an Objective).
+        forward: ``forward(model, batch) -> output``.
+        metric: ``metric(output, target) -> per-sample values`` instead of accuracy.
     Returns:
         `Surface` with coords [n1], [n2] and loss/accuracy/mask [n1, n2].
     """
