@@ -55,6 +55,26 @@ def test_block_parser():
     assert not problems(Block("p.md", 1, "sh", "make demo\n", "installs everything"))
 
 
+@pytest.mark.parametrize("case", ["old module path", "failing command"])
+def test_runner_fails_on_a_broken_example(case, tmp_path):
+    """The runner can fail: an example on an old module path (a deprecation warning is an
+    error), and a command that exits non-zero, each named by its page and line; a marked block
+    is not run."""
+    broken = {"old module path": "```python\nfrom lossprobe.train import fit\n```\n",
+              "failing command": "```sh\nlossprobe interpolate a.safetensors b.safetensors --model mlp:2-3-2 "
+                                 "--data spiral:test --out runs/ab\n```\n"}[case]
+    page = tmp_path / "page.md"
+    page.write_text("<!-- no-run: needs a GPU -->\n```python\nraise SystemExit(3)\n```\n\n"
+                    "```python\nimport lossprobe as lp\n```\n\n" + broken)
+    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "doc_examples.py"), str(page)], cwd=tmp_path,
+                          env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert f"{page}:2 (python): not run: needs a GPU" in proc.stdout
+    assert f"{page}:6: ok" in proc.stdout
+    assert f"EXAMPLE FAILED: {page}:10" in proc.stderr
+    assert ("LossprobeDeprecationWarning" if case == "old module path" else "a.safetensors does not exist") in proc.stderr
+
+
 @pytest.mark.parametrize("block", MARKED, ids=[b.name for b in MARKED])
 def test_marked_not_to_run(block):
     pytest.skip(f"{block.name} ```{block.lang} not run: {block.no_run}")
