@@ -150,10 +150,13 @@ def run_page(page: str) -> int:
     import tomllib
     import warnings
 
-    import lossprobe._moved as moved
+    try:
+        from lossprobe.errors import LossprobeDeprecationWarning
+    except ImportError:  # where lossprobe._moved defines it
+        from lossprobe._moved import LossprobeDeprecationWarning
 
-    # an example that uses an old module path or a deprecated name fails
-    warnings.simplefilter("error", moved.LossprobeDeprecationWarning)
+    # an example that uses an old module path or a deprecated name or keyword fails
+    warnings.simplefilter("error", LossprobeDeprecationWarning)
     warnings.filterwarnings("error", message=r".*(lossprobe\.|trajectory\.|PlaneSurface)", category=DeprecationWarning)
     namespace = {"__name__": "__main__"}
     for block in blocks(page):
