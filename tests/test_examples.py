@@ -6,7 +6,7 @@ names the page, the block's line and the command. Blocks marked
 
 The pages are independent, so their runs start together when the first page's test runs, two
 at a time (each with one torch thread: on a 2-core machine that halves the wall time); each
-page's test then waits for its own run. About 5 CPU minutes in all, README.md the longest.
+page's test then waits for its own run. About 6 CPU minutes in all (README.md about 100 s).
 """
 
 from __future__ import annotations
