@@ -304,7 +304,9 @@ def interpolate(
         alphas: the grid; default `default_alphas()` (−0.5 … 1.5, 41 points).
         bn: for models with BatchNorm, 'interpolate' the running statistics with the
             weights, or 'recompute' them at each α from `bn_data` (seeded batches).
-        loss, forward, metric: the batch contract (see `Objective`).
+        loss: the batch contract (see `Objective`), with `forward` and `metric`.
+        forward: ``forward(model, batch) -> output``.
+        metric: ``metric(output, target) -> per-sample values`` instead of accuracy.
     """
     if bn not in BN_MODES:
         raise UserError(f"bn must be one of {BN_MODES}, got '{bn}'")

@@ -143,11 +143,13 @@ class Repairer:
     thousand training samples). `at(alpha)` returns the repaired interpolated model.
 
     Args:
-        model_a, model_b: the endpoints (B usually already aligned to A).
+        model_a: the first endpoint.
+        model_b: the second endpoint (usually already aligned to A).
         data: calibration data: any form `Objective` takes.
         spec: a `PermutationSpec` whose repair_layers/norm_layers are used; derived from
             the fx graph when None and `layers` is None.
-        layers, norm_layers: module names to repair / to re-estimate, overriding the spec.
+        layers: module names to repair, overriding the spec.
+        norm_layers: module names to re-estimate, overriding the spec.
         forward: ``forward(model, batch) -> output`` (the batch contract of `Objective`).
     """
 

@@ -284,7 +284,7 @@ class NoiseRobustness(Result):
                           "| σ | loss (mean ± s.d.) | accuracy |", "|---|---|---|", *rows])
 
     def to_dict(self) -> dict:
-        """Means and standard deviations over the draws, and every draw ('loss', 'accuracy' [S][D])."""
+        """Means and standard deviations over the draws, and every draw ('loss', 'accuracy' `[S][D]`)."""
         return to_jsonable({"sigmas": self.sigmas, "loss_mean": self.loss_mean, "loss_std": self.loss_std,
                             "accuracy_mean": self.accuracy_mean, "accuracy_std": self.accuracy_std,
                             "clean_loss": self.clean_loss, "clean_accuracy": self.clean_accuracy, "draws": self.draws,

@@ -4,7 +4,7 @@
     spiral:train|val|test             the synthetic two-spiral set
     cifar10:DIR[:train|val|test]      CIFAR-10 / CIFAR-100 python batches in DIR (default: test)
     cifar100:DIR[:train|val|test]
-    imagefolder:DIR[:size=32][:gray][:norm=half|imagenet|none]
+    `imagefolder:DIR[:size=32][:gray][:norm=half|imagenet|none]`
                                       one subfolder of images per class (sorted names give
                                       labels 0, 1, ...); images resized to size×size (bilinear),
                                       RGB unless `gray`, scaled to [0, 1], then normalised:

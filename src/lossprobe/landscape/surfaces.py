@@ -111,7 +111,7 @@ class Surface(Result):
     """Loss and accuracy on a grid of one (slice) or two (surface) named axes.
 
     One type for every grid of the loss: surfaces along random or chosen directions
-    (dims ``("d1",)`` or ``("d1", "d2")``, row i at coords[0][i] along d1) and surfaces on
+    (dims ``("d1",)`` or ``("d1", "d2")``, row i at ``coords[0][i]`` along d1) and surfaces on
     a plane through optimiser paths (dims ``("y", "x")``: rows follow the plane's second
     direction, as an image of the plane is drawn). `dims` names the array axes in order,
     like an xarray DataArray, so a reader never has to guess which axis is which.
@@ -701,14 +701,17 @@ def surface(model_or_objective, data=None, directions="random", span=(-1, 1), st
             loss on the axis stays under FACTOR × the centre loss (`auto_span`, factor 4).
         steps: n for an n × n grid, or (n1, n2); 0 is always a grid point (see `grid_axis`).
         origin: the centre θ [P] (a tensor or a model); default the model's parameters.
-        seed, norm, include_bias, orthogonal: how named directions are drawn and scaled
-            (`lossprobe.directions.resolve`; norm 'auto' is each kind's default: filter for
-            random directions, unit length for the others).
+        seed: seed of random directions (and of the Lanczos start vector of eigenvectors).
+        norm: how named directions are scaled ('auto': each kind's default, filter for random
+            directions and unit length for the others; see `lossprobe.directions.axis_norm`).
+        include_bias: move biases and normalisation parameters along random directions too.
+        orthogonal: make a second random direction orthogonal to the first.
         out: folder for the directions, the chunks and the result; rerunning with the same
             arguments resumes, and only missing chunks are evaluated.
         run: how the grid is computed (`GridRun`: backend, chunks, threads, progress); its
             fields may also be given as keywords (``backend='ray'``).
-        options: when given a model, how its `Objective` is built: loss, forward, metric,
+        force: start afresh when `out` holds the chunks of a different grid.
+        **options: when given a model, how its `Objective` is built: loss, forward, metric,
             target, batch_size, include_buffers, train_mode, subset, subset_seed.
 
     Returns:

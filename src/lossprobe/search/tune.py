@@ -209,21 +209,30 @@ def run(build, train_data, space, *, val_data=None, test_data=None, probe_data=N
         build: callable returning an nn.Module from the [model] values, or a 'file.py:build' spec.
         train_data: any data form of the batch contract, or a ``--data`` spec string.
         space: a TOML file, a dict ``{"model": {...}, "train": {...}}`` or a `UserSpace`.
-        val_data, probe_data: selection and probe-evaluation splits (default: carved from
-            `train_data` by a seeded permutation, `val_fraction` and `probe_split` of it).
+        val_data: the selection split (default: carved from `train_data` by a seeded
+            permutation, `val_fraction` of it).
+        probe_data: the split probes are evaluated on (default: carved from what remains of
+            `train_data`, `probe_split` of it; never the selection split).
         test_data: evaluated once, for the chosen configuration (default: no test evaluation).
-        loss, forward: the batch contract, as every probe takes it.
+        loss: the loss, as every probe takes it (a name, a 'module:function' spec or a function).
+        forward: how the model is called on a batch (see `lossprobe.core.batching`).
         objective: 'accuracy', 'loss' (minimised) or a metric ``fn(output, target) -> [B]``
             (maximised; ``direction='min'`` minimises it).
         method: any of `lossprobe.search.methods.METHODS`.
         budget: full-data epochs (a number, probes included) or wall-clock time ('90s', '15m');
             default 10 full trainings in epochs.
-        out: the run directory (default: a new temporary folder); `storage`: an Optuna storage URL
-            (default: OUT/search.db) that several workers may share.
-        fraction, probe_epochs, features: the probes (a `fraction` of the training data for
-            `probe_epochs`; feature families by name).
-        eta, kappa, meta, init_probes, probes_per_round, init_full, sharpness: method settings,
-            as ``lossprobe search`` takes them.
+        out: the run directory (default: a new temporary folder).
+        storage: an Optuna storage URL (default: OUT/search.db) that several workers may share.
+        fraction: the share of the training data a probe trains on.
+        probe_epochs: how long a probe trains.
+        features: the probe feature families, by name.
+        eta: the promotion ratio of successive-halving methods.
+        kappa: the exploration weight of the meta-model methods.
+        meta: the meta-model (see `lossprobe.search.meta`).
+        init_probes: probes before the first full training (meta-model methods).
+        probes_per_round: probes between full trainings (meta-model methods).
+        init_full: full trainings before the meta-model is refitted.
+        sharpness: include the sharpness probe features.
         verbose: print one line per probe and training step.
     """
     t_start = time.perf_counter()

@@ -190,13 +190,17 @@ class UserTaskSpec:
     Args:
         build: 'path/to/file.py:build[:k=v]', 'module:build', or a callable returning an nn.Module
             from keyword arguments (the [model] values).
-        train, val, test, probe: data: a ``--data`` spec string (read by each process itself) or
-            any data form (`as_data`). `val`/`probe` None: carved from `train` (module doc);
-            `test` None: no test evaluation.
-        loss, forward: the batch contract (a loss name, a 'module:function' spec or a function).
-        objective, direction: see `goal`.
-        val_fraction, probe_split: shares of the training data carved off for selection and for
-            evaluating probes when `val` / `probe` are not given.
+        train: the training data: a ``--data`` spec string (read by each process itself) or
+            any data form (`as_data`).
+        val: the selection split (as `train`); None: carved from `train` (module doc).
+        test: evaluated once for the chosen configuration (as `train`); None: no test evaluation.
+        probe: the split probes are evaluated on (as `train`); None: carved from `train`.
+        loss: the loss (a name, a 'module:function' spec or a function).
+        forward: how the model is called on a batch (None: the default forward).
+        objective: what the search optimises (see `goal`).
+        direction: 'max' or 'min' (see `goal`).
+        val_fraction: the share of the training data carved off for selection when `val` is None.
+        probe_split: the share carved off for evaluating probes when `probe` is None.
         seed: seeds the carving (the search's seed).
     """
 

@@ -129,7 +129,9 @@ class TrainingMonitor:
 
     Args:
         model: the model (or an iterable of parameters) being trained.
-        window, threshold, relative: the plateau detector's settings (`detect_plateaus`).
+        window: the plateau detector's window (`detect_plateaus`).
+        threshold: its variance threshold.
+        relative: whether it divides each window's variance by its squared mean loss.
     """
 
     def __init__(self, model, window: int = 50, threshold: float = 1e-4, relative: bool = True):

@@ -106,7 +106,7 @@ def train_trajectory(
         weight_decay: L2 penalty coefficient (torch's coupled weight decay: λθ added to
             the gradient, i.e. the gradient of the loss + λ/2 ‖θ‖²).
         monitor: a `TrainingMonitor` to fill (one is created if None).
-        loss, forward: the batch contract of `Objective`; `train` is in-memory data
+        loss: the batch contract of `Objective` (with `forward`); `train` is in-memory data
             (a `Split`, arrays, a dict of arrays or a `Dataset`).
     Returns:
         `Trajectory` with snapshots at steps 0, every, 2·every, ..., and the last step.

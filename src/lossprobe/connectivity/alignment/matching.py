@@ -419,9 +419,11 @@ def align(
         check: run B and the aligned B on one batch (of `data`, or made up from the first
             layers) and raise `UserError` naming the groups if their outputs differ by
             more than `check_tol` times the largest output.
-        restarts, max_iter, seed: weight matching's random sweep orders.
+        restarts: weight matching's random sweep orders: how many (the best is kept).
+        max_iter: weight matching's sweeps per order, at most.
+        seed: the seed of the sweep orders.
         return_perms: also return {group: LongTensor[n]} (unit i of the result is unit
-            perms[g][i] of B).
+            `perms[g][i]` of B).
 
     The result computes the same function as `model_b` (checked, up to rounding).
     """

@@ -7,7 +7,7 @@ from array names:
 * line: one trace per series against the declared x, one colour per series group, dashed
   where the series says so, axis titles and log axes from the declaration;
 * surface: a rotatable 3-D surface and a contour map of z with x = the declared cols and
-  y = the declared rows, so z[i][j] is drawn at (cols[j], rows[i]).
+  y = the declared rows, so `z[i][j]` is drawn at (cols[j], rows[i]).
 
 Arrays no declaration names are listed on the run page, not drawn. Learning curves come
 from history*.json files (`lossprobe.train.History.to_dict`), which are JSON, not arrays.
@@ -123,7 +123,7 @@ def line_plot(rel: str, spec, arrays: dict) -> Plot:
 
 
 def surface_plots(rel: str, spec, arrays: dict) -> list[Plot]:
-    """A declared surface as a 3-D surface and a contour map: x = cols, y = rows, z[i][j] at (cols[j], rows[i])."""
+    """A declared surface as a 3-D surface and a contour map: x = cols, y = rows, `z[i][j]` at (cols[j], rows[i])."""
     z = np.asarray(arrays[spec.z], dtype=np.float64)
     zl = spec.zlabel or spec.z
     if spec.log_z:
