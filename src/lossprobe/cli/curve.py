@@ -10,6 +10,7 @@ from lossprobe.cli.common import (
     add_model_data,
     add_out,
     data_name,
+    inputs_of,
     load_pair,
     loss_label,
     path_plots,
@@ -68,7 +69,8 @@ def run(args) -> int:
     curve = Curve(model_a, model_b, bends=args.bends, kind=args.kind, forward=crit.forward)
     cfg = CurveTrainConfig(epochs=args.epochs, lr=args.lr, optimizer=args.optimizer,
                            batch_size=args.train_batch_size, seed=args.seed)
-    run_dir = RunDir(args.out, "curve", {k: v for k, v in vars(args).items() if k not in ("func", "force")}, args.force)
+    run_dir = RunDir(args.out, "curve", {k: v for k, v in vars(args).items() if k not in ("func", "force")}, args.force,
+                     inputs=inputs_of(args))
     name = data_name(args.data)
     ev_train = train.subset(min(train.n_samples, 10_000), seed=args.seed + 1) if hasattr(train, "subset") else train
     splits = {"train": ev_train, name if name != "train" else "eval": split}

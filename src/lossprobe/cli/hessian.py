@@ -15,6 +15,7 @@ from lossprobe.cli.common import (
     add_model_data,
     add_out,
     finite_float,
+    inputs_of,
     load_setup,
     positive_int,
 )
@@ -111,7 +112,7 @@ def run(args) -> int:
         raise UserError(f"--top-k {args.top_k} / --bottom-k {args.bottom_k}: the {name} has only {op.n} "
                         "eigenvalues (one per parameter)")
     rd = RunDir(args.out, "hessian", {k: v for k, v in vars(args).items() if k not in ("func", "force")}, args.force,
-                seeds={"probes": args.seed, "subset": args.subset_seed})
+                seeds={"probes": args.seed, "subset": args.subset_seed}, inputs=inputs_of(args))
     print(f"{title} of {args.model} on {what}: {op.n} parameters"
           + (" (K-FAC keeps those of Linear and Conv2d layers)" if args.curvature == "kfac" else ""))
     eig = dict(tol=args.tol, max_steps=args.max_steps, progress=True)

@@ -9,6 +9,7 @@ from lossprobe.cli.common import (
     add_model_data,
     add_out,
     finite_float,
+    inputs_of,
     load_setup,
     positive_int,
 )
@@ -74,7 +75,7 @@ def run(args) -> int:
     what = f"{args.data} ({obj.n_samples} samples)"
     ev = obj.loss_at()
     rd = RunDir(args.out, "sharpness", {k: v for k, v in vars(args).items() if k not in ("func", "force")}, args.force,
-                seeds={"noise": args.seed, "subset": args.subset_seed})
+                seeds={"noise": args.seed, "subset": args.subset_seed}, inputs=inputs_of(args))
     summary: dict = {"model": args.model, "data": args.data, "n_samples": obj.n_samples,
                      "loss": float(ev.loss[0]), "accuracy": float(ev.accuracy[0])}
     measures = {

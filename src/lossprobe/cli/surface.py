@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from lossprobe.cli.common import add_model_data, add_out, add_ray_timeout, load_setup, positive_int
+from lossprobe.cli.common import add_model_data, add_out, add_ray_timeout, inputs_of, load_setup, positive_int
 from lossprobe.errors import UserError
 from lossprobe.figures import surfaces as SP
 from lossprobe.landscape import directions as D
@@ -125,7 +125,8 @@ def run(args, two_d: bool) -> int:
     cfg = {k: v for k, v in vars(args).items() if k not in ("func", "force", "threads", "backend", "address",
                                                            "ray_timeout")}
     rd = RunDir(args.out, "surface" if two_d else "slice", cfg, args.force,
-                seeds={"direction": args.seed, "subset": args.subset_seed})
+                seeds={"direction": args.seed, "subset": args.subset_seed},
+                inputs=inputs_of(args, **D.input_files(names, m)))
     obj = setup.objective
     with torch_threads(args.threads):
         p = plan(obj, names, span if two_d else span[0], steps, m=m, seed=args.seed, norm=args.norm or "auto",

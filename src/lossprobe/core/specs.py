@@ -107,4 +107,23 @@ def _import(head: str, spec: str, what: str):
                         + (f": {first_line(e)}" if str(e).strip() else "")) from None
 
 
-__all__ = ["call_user", "literal", "load_callable", "looks_like_code", "options"]
+def source_file(spec: str) -> Path | None:
+    """The file of the user's code that `spec` ('file.py:fn' or 'module:fn') names, for the
+    fingerprints of a run's inputs (None when it is not code or has no file)."""
+    if not isinstance(spec, str) or not looks_like_code(spec):
+        return None
+    head = spec.partition(":")[0]
+    if head.endswith(".py"):
+        return Path(head).expanduser()
+    module = sys.modules.get(head)
+    f = getattr(module, "__file__", None)
+    if f is None:
+        try:
+            found = importlib.util.find_spec(head)
+        except (ImportError, ValueError):
+            return None
+        f = getattr(found, "origin", None)
+    return Path(f) if f and Path(f).is_file() else None
+
+
+__all__ = ["call_user", "literal", "load_callable", "looks_like_code", "options", "source_file"]

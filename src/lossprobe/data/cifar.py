@@ -67,6 +67,12 @@ def read_batch(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     return x.reshape(-1, 3, 32, 32), y
 
 
+def cifar_files(kind: str) -> list[str]:
+    """The names of the batch files of CIFAR-10 or CIFAR-100."""
+    _, train, test, _, _ = _LAYOUT[kind]
+    return list(train) + list(test)
+
+
 def _find(root: Path, kind: str) -> Path:
     sub, train, test, _, _ = _LAYOUT[kind]
     for d in (root, root / sub):

@@ -31,8 +31,8 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from lossprobe.core.batching import Data, Split, TensorData, as_data
-from lossprobe.core.specs import call_user, load_callable, looks_like_code, options
-from lossprobe.data.cifar import cifar
+from lossprobe.core.specs import call_user, load_callable, looks_like_code, options, source_file
+from lossprobe.data.cifar import cifar, cifar_files
 from lossprobe.data.fashion import fashion_mnist
 from lossprobe.data.spiral import two_spirals
 from lossprobe.errors import UserError, first_line
@@ -110,6 +110,33 @@ def _load(spec: str, flatten: bool) -> Data:
         raise UserError(f"--data {spec}: a file or folder needs its form: FILE.pt/.npz/.safetensors, or "
                         f"imagefolder:{spec}")
     raise UserError(f"unknown data set '{spec}'; use one of {FORMS}")
+
+
+def files_of(spec: str) -> dict:
+    """{what: path or (folder, select)} of the files the data `spec` reads, for the fingerprints
+    of a run's inputs (`results.store.RunDir`); built-in sets that lossprobe verifies itself
+    (Fashion-MNIST, the spirals) have none."""
+    if not isinstance(spec, str):
+        return {}
+    name, _, rest = spec.partition(":")
+    if name in ("cifar10", "cifar100"):
+        root, _, part = rest.rpartition(":") if rest.endswith((":train", ":val", ":test")) else (rest, "", "test")
+        wanted = set(cifar_files(name))
+        return {"folder": (root, lambda rel: rel.rsplit("/", 1)[-1] in wanted)} if root else {}
+    if name == "imagefolder":
+        root = rest.split(":")[0]
+        return {"folder": (root, _is_image)} if root else {}
+    path_part, _, _ = spec.partition(":") if not spec.endswith(TENSOR_SUFFIXES) else (spec, "", "")
+    if path_part.endswith(TENSOR_SUFFIXES):
+        return {"file": path_part}
+    code = source_file(spec)
+    return {"code": code} if code is not None else {}
+
+
+def _is_image(rel: str) -> bool:
+    parts = rel.split("/")
+    return len(parts) >= 2 and not any(p.startswith(".") for p in parts) and \
+        Path(rel).suffix.lower() in IMAGE_SUFFIXES
 
 
 # --- tensor files -------------------------------------------------------------------------
@@ -221,4 +248,4 @@ def image_folder(root: str, size: int = 32, gray: bool = False, norm: str = "hal
     return split
 
 
-__all__ = ["BUILTIN_SETS", "image_folder", "load", "tensor_file", "train_counterpart"]
+__all__ = ["BUILTIN_SETS", "files_of", "image_folder", "load", "tensor_file", "train_counterpart"]

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import errno as _errno
 import os
+import re
 import secrets
 import shutil
 from pathlib import Path
@@ -193,9 +194,13 @@ def writing_to(path: str | os.PathLike) -> Iterator[Path]:
             _fsync_file(f, path)
 
 
+_TEMP_NAME = re.compile(r"\A\..+\.\d+\.[0-9a-f]{8}" + re.escape(TMP_SUFFIX) + r"(\.[^./]*)?\Z", re.S)
+
+
 def is_temp(name: str) -> bool:
-    """True for the name of a temporary file of this module."""
-    return TMP_SUFFIX in name
+    """True for the name of a temporary file of this module (``.NAME.<pid>.<8 hex digits>.lossprobe-tmp``,
+    see `_tmp_path` and `writing_to`): a user's file that merely contains the suffix is not one."""
+    return bool(_TEMP_NAME.match(name))
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
