@@ -23,11 +23,29 @@ class BusyError(UserError):
     """Another process is writing the same run directory (or site)."""
 
 
+class Interrupt(Exception):
+    """Raised on purpose to leave a loop early (a training paused at its epoch, a spent search
+    budget, a pass stopped at the layer it measures): error wrappers such as
+    `core.batching.at_batch` let it through unchanged."""
+
+
 def first_line(e: BaseException) -> str:
     """The first line of an exception's message, or its type's name when it has none: what a
     one-line error quotes of an exception raised by torch, a user's model or a file reader."""
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
+
+
+def refused_pickle(e: BaseException) -> str | None:
+    """For torch.load(weights_only=True) refusing a pickle (a class, a function or an opcode its
+    safe unpickler does not run), the reason torch gives, without torch's advice to load the
+    file with weights_only=False; None for any other failure (a damaged file)."""
+    text = str(e)
+    if "WeightsUnpickler error" not in text and "Unsupported global" not in text:
+        return None
+    tail = text.split("WeightsUnpickler error:", 1)[-1]
+    lines = [ln.strip() for ln in tail.splitlines() if ln.strip()]
+    return lines[0] if lines else "not plain tensors"
 
 
 class LossprobeDeprecationWarning(FutureWarning):

@@ -110,6 +110,8 @@ def cifar(root: str | os.PathLike | None, kind: str = "cifar10", n_val: int | No
     xt, yt = (np.concatenate(a) for a in zip(*(read_batch(d / f) for f in test_files)))
     if y.max(initial=0) >= n_classes or yt.max(initial=0) >= n_classes:
         raise UserError(f"{d}: labels exceed {n_classes - 1}; is this {kind}?")
+    if y.min(initial=0) < 0 or yt.min(initial=0) < 0:
+        raise UserError(f"{d}: a label is {min(y.min(initial=0), yt.min(initial=0))}; {kind} labels are 0..{n_classes - 1}")
     if n_val is None:
         n_val = min(5000, len(x) // 10)
     if not 0 <= n_val < len(x):

@@ -433,9 +433,13 @@ class ChunkStore:
         plan_file = self.dir / "plan.json"
         if plan_file.is_file():
             try:
-                old = json.loads(plan_file.read_text()).get("fingerprint")
+                old_plan = json.loads(plan_file.read_text())
+                old = old_plan.get("fingerprint")
+                # the digest of every sample (plans written before it existed have none)
+                if old_plan.get("data_sha256") not in (None, plan.get("data_sha256")):
+                    old = None
                 damaged = False
-            except (ValueError, AttributeError, OSError):
+            except (ValueError, AttributeError, OSError, RecursionError):
                 old, damaged = None, True  # derived data: start the grid again
             if old != fingerprint:
                 if not (force or damaged):
@@ -580,8 +584,10 @@ def _compute(obj: Objective, dirs_in, spans, steps, *, origin=None, out=None, fo
             x_digest = _digest(cols[0][: min(len(split), 256)], *cols[1:], split.indices if split.indices is not None else [])
         fp = _digest(FORMAT, origin_t, dirs, pts_all, chunk_size, loss_name, x_digest, n_data, obj.batch_size,
                      obj.space.names, obj.space.include_buffers)
+        # every sample, not only the rows in `fp` (kept as it was, so older grids still resume)
+        full = _digest(*leaves(split.tree)) if isinstance(split, TensorData) else None
         store = ChunkStore(out, fp, {"format": FORMAT, "grid_shape": list(shape), "chunks": n_chunks,
-                                      "chunk_size": chunk_size, "meta": meta}, force=force)
+                                      "chunk_size": chunk_size, "meta": meta, "data_sha256": full}, force=force)
         for i in sorted(store.done(n_chunks)):
             got = store.read(i)
             if got is None:
@@ -874,9 +880,17 @@ def _kept_directions(out, request: dict, obj: Objective) -> list | None:
         vecs = load_file(str(vf))
         if info.get("request") != to_jsonable(request):
             return None
-        return [Direction(vecs[f"d{i + 1}"].to(obj.device, obj.space.dtype), meta)
-                for i, meta in enumerate(info["directions"])]
-    except (UserError, OSError, KeyError, TypeError, ValueError, AttributeError, SafetensorError):
+        metas = info["directions"]
+        if not isinstance(metas, list) or len(metas) != request["m"] or not all(isinstance(x, dict) for x in metas):
+            return None  # the wrong shape: computed again
+        out = []
+        for i, meta in enumerate(metas):
+            v = vecs[f"d{i + 1}"]
+            if v.ndim != 1 or v.numel() != obj.space.numel or not v.is_floating_point() or not torch.isfinite(v).all():
+                return None
+            out.append(Direction(v.to(obj.device, obj.space.dtype), meta))
+        return out
+    except (UserError, OSError, KeyError, TypeError, ValueError, AttributeError, SafetensorError, RecursionError):
         return None  # damaged: derived data, computed again
 
 
@@ -891,6 +905,9 @@ def _auto_spans(obj: Objective, spans, dirs, origin, out) -> tuple[list[tuple[fl
         try:
             got = read_json(kept)
             auto = got["auto_span"] if got.get("factor") == factor and len(got["auto_span"]) == len(spans) else None
+            if auto is not None and not all(isinstance(a, dict) and isinstance(a.get("span"), (int, float))
+                                            and math.isfinite(a["span"]) and a["span"] > 0 for a in auto):
+                auto = None  # damaged: searched again
         except (UserError, OSError, KeyError, TypeError, AttributeError):
             auto = None
     if auto is None:

@@ -40,6 +40,7 @@ import re
 import secrets
 import sys
 import weakref
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -198,6 +199,9 @@ def load_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """The arrays of the .npz `path` (the declarations are left out: they describe arrays, they
     are not ones); a missing, unreadable or damaged file is one UserError."""
     p = Path(path)
+    problem = npz_limit_problem(p) if p.is_file() else None
+    if problem:
+        raise UserError(f"{p} {problem}")
     try:
         with np.load(p) as f:
             return {k: f[k] for k in f.files if k not in RESERVED_KEYS}
@@ -209,6 +213,66 @@ def load_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise UserError(f"{p} is damaged (not a readable .npz file)") from None
     except (ValueError, EOFError, KeyError):
         raise UserError(f"{p} is damaged (not a readable .npz file)") from None
+
+
+def npz_sizes(path: str | os.PathLike) -> tuple[int, int]:
+    """(bytes in memory, bytes on disk) of the .npz `path`, from its zip directory and the
+    header of each array, without decompressing anything: a file whose arrays would expand far
+    beyond its size (a zip bomb) can be refused before it takes the memory. Raises ValueError
+    (or a zip/OS error) for a file that is not a readable .npz."""
+    total = 0
+    packed = os.path.getsize(path)
+    with zipfile.ZipFile(path) as z:
+        for info in z.infolist():
+            size = info.file_size
+            if info.filename.endswith(".npy"):
+                with z.open(info) as f:
+                    version = np.lib.format.read_magic(f)
+                    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                        np.lib.format.read_array_header_2_0
+                    shape, _, dtype = read(f)
+                size = max(size, int(np.prod(shape, dtype=np.float64)) * dtype.itemsize)
+            total += size
+    return total, packed
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to this process now (Linux: MemAvailable), or None if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+BOMB_BYTES = 256 * 10 ** 6  # an .npz expanding to more than this ...
+BOMB_RATIO = 100  # ... and to more than this many times its size on disk is refused as a zip bomb
+
+
+def npz_limit_problem(path: str | os.PathLike, limit: int | None = None) -> str | None:
+    """Why the .npz `path` must not be loaded, or None: it would expand beyond `limit` bytes
+    (default: the memory available), or far beyond its size on disk (`BOMB_BYTES` and
+    `BOMB_RATIO`: deflate of constant data, a zip bomb). Not readable as an .npz: None (the
+    reader says so)."""
+    try:
+        total, packed = npz_sizes(path)
+    except Exception:  # noqa: BLE001 - damaged or not an .npz: the loader's own message
+        return None
+    mb = lambda n: f"{n / 1e6:,.0f} MB" if n >= 1e6 else f"{n / 1e3:,.0f} kB"  # noqa: E731
+    if total > BOMB_BYTES and total > BOMB_RATIO * max(packed, 1):
+        return (f"would expand from {mb(packed)} on disk to {mb(total)} in memory (a zip bomb?); lossprobe "
+                "refuses compressed arrays that grow more than 100-fold beyond 256 MB: save them uncompressed "
+                "(numpy.savez)")
+    limit = available_memory() if limit is None else limit
+    if limit is not None and total > limit:
+        return f"needs {mb(total)} in memory, more than the {mb(limit)} available"
+    return None
 
 
 def plots_of(arrays: dict[str, np.ndarray]) -> list:

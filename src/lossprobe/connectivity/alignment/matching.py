@@ -36,7 +36,7 @@ from torch import nn
 
 from lossprobe.connectivity.alignment.fx import derive, example_batch, record_values
 from lossprobe.connectivity.alignment.spec import Member, PermutationSpec, Probe
-from lossprobe.core.batching import as_data, leaves, move
+from lossprobe.core.batching import as_data, at_batch, leaves, move
 from lossprobe.core.losses import criterion
 from lossprobe.core.space import tied_names
 from lossprobe.errors import UserError
@@ -327,21 +327,22 @@ def _collect_stats(models, spec: PermutationSpec, data, batch_size: int, forward
     between every unit of A and every unit of B."""
     wanted = [p for ps in probes.values() for p, _ in ps]
     stats: dict[tuple, list] = {}
-    for batch in _as_batches(data, batch_size):
-        seen = []
-        for m in models:
-            batch_m = move(batch, next(m.parameters()).device)
-            seen.append(record_values(m, batch_m, wanted, forward))
-        for (pa, xa), (_, xb) in zip(_probe_views(seen[0], wanted), _probe_views(seen[1], wanted)):
-            key = (pa.kind, pa.name, pa.index, pa.start, pa.length)
-            xb = xb.to(xa.device)
-            s = stats.setdefault(key, [0, 0.0, 0.0, 0.0, 0.0, 0.0])
-            s[0] += xa.shape[0]
-            s[1] = s[1] + xa.sum(0)
-            s[2] = s[2] + xb.sum(0)
-            s[3] = s[3] + (xa * xa).sum(0)
-            s[4] = s[4] + (xb * xb).sum(0)
-            s[5] = s[5] + xa.T @ xb
+    for i, batch in enumerate(_as_batches(data, batch_size)):
+        with at_batch(i, order="the data read for activation matching"):
+            seen = []
+            for m in models:
+                batch_m = move(batch, next(m.parameters()).device)
+                seen.append(record_values(m, batch_m, wanted, forward))
+            for (pa, xa), (_, xb) in zip(_probe_views(seen[0], wanted), _probe_views(seen[1], wanted)):
+                key = (pa.kind, pa.name, pa.index, pa.start, pa.length)
+                xb = xb.to(xa.device)
+                s = stats.setdefault(key, [0, 0.0, 0.0, 0.0, 0.0, 0.0])
+                s[0] += xa.shape[0]
+                s[1] = s[1] + xa.sum(0)
+                s[2] = s[2] + xb.sum(0)
+                s[3] = s[3] + (xa * xa).sum(0)
+                s[4] = s[4] + (xb * xb).sum(0)
+                s[5] = s[5] + xa.T @ xb
     return stats
 
 
