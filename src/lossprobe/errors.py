@@ -29,6 +29,14 @@ class Interrupt(Exception):
     `core.batching.at_batch` let it through unchanged."""
 
 
+def describe_exception(e: BaseException) -> str:
+    """'TypeError: what it says' for an exception a user's code raised, in one line;
+    'sys.exit(2)' for SystemExit."""
+    if isinstance(e, SystemExit):
+        return f"it called sys.exit({e.code!r})" if e.code is not None else "it called sys.exit()"
+    return f"{type(e).__name__}: {first_line(e)}" if str(e).strip() else type(e).__name__
+
+
 def first_line(e: BaseException) -> str:
     """The first line of an exception's message, or its type's name when it has none: what a
     one-line error quotes of an exception raised by torch, a user's model or a file reader."""

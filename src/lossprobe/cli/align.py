@@ -16,6 +16,7 @@ from lossprobe.cli.common import (
     loss_label,
     path_plots,
     positive_int,
+    seed_int,
     training_data,
 )
 from lossprobe.connectivity.alignment.fx import example_batch
@@ -60,7 +61,7 @@ def register(sub) -> None:
                    "on --calib-data (default: %(default)s, the fair comparison with REPAIR)")
     p.add_argument("--restarts", type=positive_int, default=3, metavar="R",
                    help="weight matching: restarts with different random sweep orders (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the sweep orders (default: %(default)s)")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the sweep orders (default: %(default)s)")
     add_out(p)
     p.set_defaults(func=run)
 

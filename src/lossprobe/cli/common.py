@@ -20,7 +20,14 @@ from lossprobe.models import build
 from lossprobe.results.plotspec import Series, line
 
 # the checkers live with the study configurations (whose fields name them); re-exported for the subcommands
-from lossprobe.runtime.config import comma_list, finite_float, nonneg_float, positive_float, positive_int  # noqa: F401
+from lossprobe.runtime.config import (  # noqa: F401
+    comma_list,
+    finite_float,
+    nonneg_float,
+    positive_float,
+    positive_int,
+    seed_int,
+)
 from lossprobe.training.checkpoints import apply_state_dict, load_state_dict
 
 DATA_HELP = ("data to evaluate on: fashion-mnist:train|val|test, spiral:train|val|test, cifar10:DIR[:SPLIT], "
@@ -53,7 +60,7 @@ def add_model_data(p: argparse.ArgumentParser, data_default: str = "fashion-mnis
     p.add_argument("--data", default=data_default, metavar="DATA", help=DATA_HELP)
     p.add_argument("--subset", type=positive_int, default=None, metavar="N",
                    help="evaluate on a seeded random subset of N samples (default: the whole split)")
-    p.add_argument("--subset-seed", type=int, default=0, metavar="S", help="seed of --subset (default: %(default)s)")
+    p.add_argument("--subset-seed", type=seed_int, default=0, metavar="S", help="seed of --subset (default: %(default)s)")
     p.add_argument("--batch-size", type=positive_int, default=4096, metavar="B",
                    help="samples per forward pass (default: %(default)s)")
     p.add_argument("--loss", default="cross_entropy", metavar="LOSS", help=LOSS_HELP)

@@ -16,6 +16,7 @@ from lossprobe.cli.common import (
     path_plots,
     positive_float,
     positive_int,
+    seed_int,
     training_data,
 )
 from lossprobe.connectivity.curves import Curve, CurveTrainConfig, evaluate_curve, train_curve
@@ -53,7 +54,7 @@ def register(sub) -> None:
                    help="train on a seeded subset of N samples (default: all)")
     p.add_argument("--points", type=int, default=21, metavar="K",
                    help="evaluation points t in [0, 1]; K−1 must be even so that 0.5 is on the grid (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="seed of batch order and t (default: %(default)s)")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of batch order and t (default: %(default)s)")
     add_out(p)
     p.set_defaults(func=run)
 

@@ -18,6 +18,7 @@ from lossprobe.cli.common import (
     inputs_of,
     load_setup,
     positive_int,
+    seed_int,
 )
 from lossprobe.core.graphs import parse_bytes
 from lossprobe.curvature import hessian
@@ -82,7 +83,7 @@ def register(sub) -> None:
     p.add_argument("--graph-budget", default=None, metavar="SIZE",
                    help="memory that gradient graphs kept across products may take, e.g. 2G or 500M (0: rebuild "
                    "every batch for every product; default: half of the available memory)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random start and probe vectors (default: %(default)s)")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the random start and probe vectors (default: %(default)s)")
     add_out(p)
     p.set_defaults(func=run)
 

@@ -6,7 +6,7 @@ import dataclasses
 import math
 import time
 
-from lossprobe.cli.common import add_out, add_ray_timeout, finite_float, positive_float, positive_int
+from lossprobe.cli.common import add_out, add_ray_timeout, finite_float, positive_float, positive_int, seed_int
 from lossprobe.errors import UserError
 from lossprobe.figures.search import plot_predicted_vs_actual, plot_search_progress
 from lossprobe.results.store import RunDir
@@ -84,7 +84,7 @@ def register(sub) -> None:
     p.add_argument("--eta", type=positive_int, default=None, metavar="ETA",
                    help="multi-fidelity methods: a rung promotes its best 1/ETA (default: 6 for mf, 3 for the others)")
     p.add_argument("--no-sharpness", action="store_true", help="method probe: leave the sharpness features out")
-    p.add_argument("--seed", type=int, default=0, metavar="S",
+    p.add_argument("--seed", type=seed_int, default=0, metavar="S",
                    help="seed of candidates, subsets, initialisations and the meta-model (default: %(default)s)")
     p.add_argument("--storage", default=None, metavar="URL",
                    help="Optuna storage URL, e.g. sqlite:///search.db or postgresql://... (default: sqlite file OUT/search.db)")

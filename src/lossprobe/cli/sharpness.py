@@ -12,6 +12,7 @@ from lossprobe.cli.common import (
     inputs_of,
     load_setup,
     positive_int,
+    seed_int,
 )
 from lossprobe.curvature import sharpness as S
 from lossprobe.curvature.critical import CriticalPoint
@@ -60,7 +61,7 @@ def register(sub) -> None:
                    help="noise draws per σ (and for the PAC-Bayes expectation) (default: %(default)s)")
     p.add_argument("--pac-bound", type=finite_float, default=0.1,
                    help="PAC-Bayes σ search: allowed rise of the error (fraction) (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="seed of every random draw (default: %(default)s)")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of every random draw (default: %(default)s)")
     add_out(p)
     p.set_defaults(func=run)
 

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lossprobe.errors import Interrupt, UserError, first_line
+from lossprobe.errors import Interrupt, UserError, describe_exception, first_line
 
 Batch = Any
 Forward = Callable[[nn.Module, Batch], Any]
@@ -104,10 +104,12 @@ def at_batch(index: int, data=None, batch_size: int | None = None, order: str | 
     a data's batches runs its body inside this."""
     try:
         yield
-    except (UserError, OSError, MemoryError, Interrupt):
+    except (UserError, OSError, MemoryError, Interrupt, KeyboardInterrupt, GeneratorExit):
         raise
-    except Exception as e:
-        raise BatchError(f"{where(index, data, batch_size, order)}: {type(e).__name__}: {first_line(e)}") from e
+    except BaseException as e:  # SystemExit and other BaseExceptions from the user's code too
+        if getattr(type(e), "passes_wrappers", False):  # lossprobe's own control flow (hoisting's Stop)
+            raise
+        raise BatchError(f"{where(index, data, batch_size, order)}: {describe_exception(e)}") from e
 
 
 # --- the defaults --------------------------------------------------------------------------

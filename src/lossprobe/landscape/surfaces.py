@@ -965,6 +965,7 @@ def _steps(steps, m: int) -> tuple[int, ...]:
 
 # --- a span chosen for the user ----------------------------------------------------------
 AUTO_FACTOR = 4.0
+AUTO_FACTOR_MAX = 1e6
 
 
 def parse_span(text) -> tuple[str, float] | None:
@@ -979,6 +980,9 @@ def parse_span(text) -> tuple[str, float] | None:
         f = float("nan")
     if not f > 1 or not math.isfinite(f):
         raise UserError(f"span auto:FACTOR needs a FACTOR above 1, got '{text[5:]}'")
+    if f > AUTO_FACTOR_MAX:
+        raise UserError(f"span auto:FACTOR takes a FACTOR up to {AUTO_FACTOR_MAX:g} (× the centre loss), got "
+                        f"'{text[5:]}': a larger one only finds where the loss overflows; give --span LO HI")
     return ("auto", f)
 
 
@@ -997,7 +1001,8 @@ def auto_span(objective: Objective, directions, factor: float = AUTO_FACTOR, ori
     so the loss on the axis reaches T at one end and stays below it in between. A NaN or
     inf loss counts as above T. A side where no crossing is found within 2^max_doublings
     × start keeps that bound (`reached` False). The first crossing found by doubling is
-    taken: a loss that rises above T and falls back within one doubling is not seen.
+    taken: a loss that rises above T and falls back within one doubling is not seen. A side
+    whose loss turns NaN or inf before reaching T keeps the last finite point (`reached` False).
 
     Returns one dict per direction: span, minus, plus, threshold, factor, center_loss,
     reached (both sides), evaluations.
@@ -1066,8 +1071,8 @@ def auto_span(objective: Objective, directions, factor: float = AUTO_FACTOR, ori
                 side[sgn] = (a0, False)
             elif math.isfinite(h[1]) and h[1] > v0:
                 side[sgn] = (a0 + (T - v0) / (h[1] - v0) * (h[0] - a0), True)
-            else:
-                side[sgn] = (a0 if a0 > 0 else h[0], True)
+            else:  # the loss became NaN or inf before it reached the threshold: not reached
+                side[sgn] = (a0 if a0 > 0 else h[0], False)
         s = min(side[-1.0][0], side[1.0][0])
         out.append({"span": s, "minus": side[-1.0][0], "plus": side[1.0][0], "threshold": T, "factor": factor,
                     "center_loss": L0, "reached": side[-1.0][1] and side[1.0][1], "start": starts[i],

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import errno as _errno
+import io
 import os
 import re
 import secrets
@@ -250,10 +251,12 @@ def save_safetensors(path: str | os.PathLike, tensors: dict) -> Path:
 
 
 def save_torch(path: str | os.PathLike, obj: Any) -> Path:
-    """torch.save of plain state (tensors, numbers, dicts) to `path`, atomically."""
-    with open_atomic(path, "wb") as f:
-        torch.save(obj, f)
-    return Path(path)
+    """torch.save of plain state (tensors, numbers, dicts) to `path`, atomically. Serialised in
+    memory first, so that a write error (a full disk) is an OSError naming the file, never
+    torch's RuntimeError from inside its writer."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return write_bytes(path, buf.getbuffer())
 
 
 def remove_stale_temps(folder: str | os.PathLike) -> int:
