@@ -49,11 +49,16 @@ def refused_pickle(e: BaseException) -> str | None:
     safe unpickler does not run), the reason torch gives, without torch's advice to load the
     file with weights_only=False; None for any other failure (a damaged file)."""
     text = str(e)
-    if "WeightsUnpickler error" not in text and "Unsupported global" not in text:
+    if "Weights only load failed" not in text:
         return None
-    tail = text.split("WeightsUnpickler error:", 1)[-1]
-    lines = [ln.strip() for ln in tail.splitlines() if ln.strip()]
-    return lines[0] if lines else "not plain tensors"
+    skip = ("Weights only load failed", "Please file an issue", "Check the documentation")
+    for ln in text.splitlines():
+        ln = ln.strip()
+        if ln.startswith("WeightsUnpickler error:"):
+            ln = ln[len("WeightsUnpickler error:"):].strip()
+        if ln and not ln.startswith(skip):
+            return ln
+    return "not plain tensors"
 
 
 class LossprobeDeprecationWarning(FutureWarning):

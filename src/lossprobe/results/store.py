@@ -478,7 +478,9 @@ class RunDir:
         ('checkpoint', '--data file', ...; `select(relative path)` picks a folder's files):
         fingerprinted now (`results.inputs`), recorded in inputs.json when the run starts and
         compared when it resumes."""
-        self.path = Path(path)
+        # absolute from the start: '.', '..' and relative paths keep naming this folder even after
+        # --force moved the old run (and with it, perhaps, the current directory) aside
+        self.path = Path(os.path.abspath(path))
         self.kind = kind
         self.config = {"kind": kind, **to_jsonable(config)}
         self.defaults = to_jsonable(defaults or {})
