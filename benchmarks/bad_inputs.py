@@ -28,6 +28,7 @@ import concurrent.futures
 import json
 import os
 import pickle
+import re
 import shlex
 import shutil
 import subprocess
@@ -352,7 +353,8 @@ ROUND2: list[tuple[str, str]] = [
     (f"hessian {{A}} {M} --forward {{USER}}/fwdmod.py:late --batch-size 100 --out {{OUT}}", "later_batch"),
     (f"slice {{A}} {D2} {{USER}}/datamod.py:stream --steps 3 --out {{OUT}}", "later_batch"),
     (f"hessian {{A}} {D2} {{USER}}/datamod.py:late_labels --batch-size 50 --out {{OUT}}", "later_batch"),
-    (f"align {{A}} {{B}} {M} --method activations --calib-data {{LATELAB}} --out {{OUT}}", "later_batch"),
+    (f"sharpness {{A}} {D2} {{USER}}/datamod.py:stream --measures sam --out {{OUT}}", "later_batch"),
+    (f"hessian {{A}} {D2} {{USER}}/datamod.py:stream --curvature ggn --out {{OUT}}", "later_batch"),
     # kind 6: more tracebacks
     (f"@enospc=curve_state.pt curve {{A}} {{B}} {M} --epochs 1 --out {{OUT}}", "tracebacks"),
     ("@enospc=optimizer-1.pt study two-seeds --quick --model mlp:784-8-10 --epochs 1 --out {OUT}", "tracebacks"),
@@ -800,7 +802,7 @@ def _stale_cases(t: Path, p: dict[str, str]) -> list[dict]:
          f"--out {out('images')}", lambda: Image.fromarray(np.full((8, 8, 3), 255, np.uint8)).save(
              d / "images" / "a" / "0.png"), False),
         ("search space file (config)", f"search --space {space} {SEARCH} --out {out('space')}",
-         append(space, "[ignored]\nnote = 1\n"), False),
+         lambda: Path(space).write_text(SPACE_S.replace("high = 8", "high = 9")), False),
         ("study --config file (config)", f"study optimizers --dataset toy:rosenbrock --quick --no-site "
          f"--config {toyconf} --out {out('toy')}", lambda: Path(toyconf).write_text("steps = 30\n"), False),
     ]
@@ -1041,7 +1043,10 @@ def run_interrupts(p: dict[str, str], timeout: float) -> list[dict]:
             proc.kill()
             _, err = proc.communicate()
         lines = [ln for ln in err.replace("\r", "\n").splitlines() if ln.strip() and "%|" not in ln]
-        cls = "traceback" if "Traceback" in err else (
+        # a Ctrl-C while the interpreter itself starts (site, .pth files), before any of lossprobe's
+        # code runs, gets Python's own traceback: out of lossprobe's reach, counted apart
+        before = "Traceback" in err and "lossprobe" not in err.split("KeyboardInterrupt")[0]
+        cls = "interpreter_startup" if before else "traceback" if "Traceback" in err else (
             "one_line_error" if proc.returncode == 130 and lines and lines[-1].startswith("lossprobe: interrupted")
             else ("finished" if proc.returncode == 0 else "other"))
         out.append({"delay": delay, "rc": proc.returncode, "class": cls, "stderr": lines[-1:]})
@@ -1083,10 +1088,14 @@ def classify(rc: int | None, err: str) -> str:
         if any(ln.startswith("lossprobe: warning:") for ln in err.splitlines()):
             return "one_line_warning"
         return "silent_accept"
-    lines = [ln for ln in err.splitlines() if ln.strip()]
+    # one error line, after the progress bars of the work done before it (a full disk mid-run)
+    lines = [ln for ln in err.replace("\r", "\n").splitlines() if ln.strip() and not PROGRESS.search(ln)]
     if len(lines) == 1 and lines[0].startswith("lossprobe: error:"):
         return "one_line_error"
     return "other"
+
+
+PROGRESS = re.compile(r"\d+%\||/s\]\s*$|\[\d\d:\d\d")  # tqdm's bars
 
 
 def run_case_forked(cmd: str, timeout: float) -> tuple[int | None, str, float]:
@@ -1287,7 +1296,8 @@ def round2(t: Path, p: dict[str, str], runner, args, root: str) -> dict:
                                                   for r in stale),
             "memory_over_1gb": len(memory_hogs),
             "per_kind": by_kind,
-            "stale": {"n": len(stale), **collections.Counter(r["class"] for r in stale)},
+            "stale": {"n": len(stale), **collections.Counter(r["class"] for r in stale),
+                      "refusals": {r["name"]: " ".join(r["stderr"])[17:137] for r in stale}},
             "foreign": {"n": len(foreign), "ways": len({r["way"] for r in foreign}),
                         "commands": len(_foreign_commands(p)), **collections.Counter(r["class"] for r in foreign)},
             "serve": {"n": len(served), **collections.Counter(r["class"] for r in served)},

@@ -33,7 +33,7 @@ def describe_exception(e: BaseException) -> str:
     """'TypeError: what it says' for an exception a user's code raised, in one line;
     'sys.exit(2)' for SystemExit."""
     if isinstance(e, SystemExit):
-        return f"it called sys.exit({e.code!r})" if e.code is not None else "it called sys.exit()"
+        return f"SystemExit: it called sys.exit({'' if e.code is None else repr(e.code)})"
     return f"{type(e).__name__}: {first_line(e)}" if str(e).strip() else type(e).__name__
 
 

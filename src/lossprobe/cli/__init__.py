@@ -110,6 +110,12 @@ def main(argv: list[str] | None = None) -> int:
     except MemoryError:
         print("lossprobe: error: out of memory; use a smaller --subset or batch size", file=sys.stderr)
         return 2
+    except SystemExit as e:  # sys.exit from the user's code (lossprobe's own code never calls it)
+        if debug:
+            raise
+        print(f"lossprobe: error: the command stopped: your code called sys.exit({'' if e.code is None else repr(e.code)})",
+              file=sys.stderr)
+        return 2
     finally:
         release_all_locks()
         leave_if_ray_init_hangs(2)

@@ -21,6 +21,7 @@ from lossprobe.cli.common import (
 )
 from lossprobe.connectivity.curves import Curve, CurveTrainConfig, evaluate_curve, train_curve
 from lossprobe.connectivity.paths import has_batchnorm, interpolate, non_finite
+from lossprobe.core.objective import check_fits
 from lossprobe.errors import UserError
 from lossprobe.results.atomic import save_safetensors
 from lossprobe.results.drawing import plot_declared
@@ -67,6 +68,7 @@ def run(args) -> int:
     model_a, model_b, split, crit = a.model, b.model, a.data, a.objective.criterion
     train = training_data(args, args.train_data, "--train-data", args.train_subset, args.seed,
                           subset_option="--train-subset")
+    check_fits(model_a, train, crit, f"model '{args.model}'", f"the training data '{train.name}'")  # before any output
     curve = Curve(model_a, model_b, bends=args.bends, kind=args.kind, forward=crit.forward)
     cfg = CurveTrainConfig(epochs=args.epochs, lr=args.lr, optimizer=args.optimizer,
                            batch_size=args.train_batch_size, seed=args.seed)

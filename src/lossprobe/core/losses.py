@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lossprobe.core.batching import Forward, batch_len, default_forward, default_target, describe
-from lossprobe.errors import UserError, first_line
+from lossprobe.errors import UserError, describe_exception
 
 IGNORE_INDEX = -100
 
@@ -429,25 +429,26 @@ class Criterion:
         the loss (`target_problem`) so that a bad label anywhere is one line before any work."""
         try:
             out = self.forward(model, batch)
-        except UserError:
+        except (UserError, KeyboardInterrupt, GeneratorExit):
             raise
-        except Exception as e:  # the user's model raised: shape, dtype, keyword
-            msg = first_line(e)
+        except BaseException as e:  # the user's model raised: shape, dtype, keyword (or exited)
+            if getattr(type(e), "passes_wrappers", False):
+                raise
+            msg = describe_exception(e)
             how = "" if self.forward is not default_forward else (
                 "; the default forward calls " + ("model(**batch)" if isinstance(batch, Mapping) else
                                                   "model(x1, ..., xn) on all but the last element")
                 + ": pass forward=(lambda model, batch: ...) if your model is called differently")
             raise UserError(f"{model_name} cannot be called on a batch of {data_name} {describe(batch)}: "
-                            f"{type(e).__name__}: {msg}{how}") from None
+                            f"{msg}{how}") from None
         try:
             t = self.terms(out, batch)
-        except UserError:
+        except (UserError, KeyboardInterrupt, GeneratorExit):
             raise
-        except Exception as e:
-            msg = first_line(e)
+        except BaseException as e:  # the loss (or the user's target or metric) raised, or exited
             shape = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise UserError(f"loss '{self.name}' fails on {model_name}'s output {shape} for {data_name} "
-                            f"{describe(batch)}: {type(e).__name__}: {msg}") from None
+                            f"{describe(batch)}: {describe_exception(e)}") from None
         if targets is not None:
             try:
                 y = self.target(targets)

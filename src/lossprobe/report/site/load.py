@@ -38,6 +38,8 @@ def read_json(path: Path) -> tuple[Any, str | None]:
         return json.loads(text), None
     except ValueError as e:
         return None, f"{path.name} is not valid JSON ({getattr(e, 'msg', e)})"
+    except RecursionError:
+        return None, f"{path.name} is nested too deeply to read"
 
 
 @dataclass
