@@ -1067,6 +1067,11 @@ def _damage(p: dict[str, str]) -> None:
     Path(p["SURF"], "summary.json").write_text("")
     chunk = sorted(Path(p["SURF"], "grid", "chunks").glob("chunk_*.npz"))[0]
     chunk.write_bytes(chunk.read_bytes()[:20])
+    # the directions kept for a resume: one of the wrong shape, one truncated (issue 23)
+    info = json.loads(Path(p["SURF"], "directions.json").read_text())
+    Path(p["SURF"], "directions.json").write_text(json.dumps({**info, "directions": [1, 2, 3]}))
+    vf = Path(p["SURF"], "directions.safetensors")
+    vf.write_bytes(vf.read_bytes()[:40])
 
 
 def _command(tpl: str) -> str:
@@ -1304,7 +1309,8 @@ def round2(t: Path, p: dict[str, str], runner, args, root: str) -> dict:
             "interrupt": {"n": len(interrupts), **collections.Counter(r["class"] for r in interrupts)},
             "not_right": [{k: r.get(k) for k in ("cmd", "name", "path", "when", "class", "rc", "stderr", "lost")}
                           for g in groups.values() for r in g
-                          if r.get("class") not in ("one_line_error", "refused", "finished", "moved_whole")
+                          if r.get("class") not in ("one_line_error", "one_line_warning", "refused", "finished",
+                                                    "moved_whole")
                           or r.get("lost")]
             + [r for r in valid if not r["ok"]] + memory_hogs
             + [{"name": r["name"], "valid_resume_ok": r["valid_resume_ok"], "first_run_ok": r["first_run_ok"]}

@@ -110,19 +110,24 @@ def _prepare_out(out: Path, run_paths: list[Path]) -> tuple[list[str], dict[str,
     return _read_manifest(out)
 
 
-def build_site(run_dirs: Iterable[str | os.PathLike], out: str | os.PathLike) -> Path:
+def build_site(run_dirs: Iterable[str | os.PathLike], out: str | os.PathLike, warn=None) -> Path:
     """Build the static site for `run_dirs` into folder `out`; returns the path of index.html.
 
     A folder of run directories is expanded. `out` must be empty, new, or a site built
     before: it is then rebuilt in place, and of its old files only those an earlier build
     wrote (listed in `out/.lossprobe-site`) and this one does not are removed. One process
     at a time writes a site (its lock). Raises UserError for a path that is not a run directory.
+    `warn(run_path, problem)` is told of each problem a run has (a damaged file, an array file
+    not opened); the pages show them in any case.
     """
     out = Path(out)
     paths = expand_run_dirs(run_dirs)
     if not paths:
         raise UserError("no run directories given")
     runs = [load_run(p, exclude=[out]) for p in paths]  # every path checked before `out` is touched
+    for r in runs:
+        for problem in r.problems if warn is not None else ():
+            warn(r.path, problem)
     _prepare_out(out, paths)
     lock = FolderLock(out)
     try:
