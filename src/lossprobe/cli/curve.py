@@ -68,7 +68,8 @@ def run(args) -> int:
     model_a, model_b, split, crit = a.model, b.model, a.data, a.objective.criterion
     train = training_data(args, args.train_data, "--train-data", args.train_subset, args.seed,
                           subset_option="--train-subset")
-    check_fits(model_a, train, crit, f"model '{args.model}'", f"the training data '{train.name}'")  # before any output
+    check_fits(model_a, train, crit, model_name=f"model '{args.model}'",  # before any output
+               data_name=f"the training data '{train.name}'")
     curve = Curve(model_a, model_b, bends=args.bends, kind=args.kind, forward=crit.forward)
     cfg = CurveTrainConfig(epochs=args.epochs, lr=args.lr, optimizer=args.optimizer,
                            batch_size=args.train_batch_size, seed=args.seed)

@@ -7,6 +7,7 @@ import math
 import time
 
 from lossprobe.cli.common import add_out, add_ray_timeout, finite_float, positive_float, positive_int, seed_int
+from lossprobe.data.sources import files_of
 from lossprobe.errors import UserError
 from lossprobe.figures.search import plot_predicted_vs_actual, plot_search_progress
 from lossprobe.results.store import RunDir
@@ -130,7 +131,8 @@ def run(args) -> int:
         check_storage_url(args.storage)
     executor = Executor(args.backend, args.address, args.num_cpus, timeout=args.ray_timeout)  # Ray first: fails fast
     task = spec.load()  # load here so that errors about the data come before any output is written
-    rd = RunDir(args.out, "search", config, force=args.force, seeds={"search": args.seed})
+    rd = RunDir(args.out, "search", config, force=args.force, seeds={"search": args.seed},
+                inputs={f"--dataset {what}": v for what, v in files_of(args.dataset).items()})
     if rd.done("search", "chosen.json"):
         rd.complete()  # (again, if a kill came between the last two writes)
         ch = rd.load_json("chosen.json")
