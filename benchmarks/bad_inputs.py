@@ -1045,7 +1045,9 @@ def run_interrupts(p: dict[str, str], timeout: float) -> list[dict]:
         lines = [ln for ln in err.replace("\r", "\n").splitlines() if ln.strip() and "%|" not in ln]
         # a Ctrl-C while the interpreter itself starts (site, .pth files), before any of lossprobe's
         # code runs, gets Python's own traceback: out of lossprobe's reach, counted apart
-        before = "Traceback" in err and "lossprobe" not in err.split("KeyboardInterrupt")[0]
+        frames = [f for f in re.findall(r'File "([^"]+)"', err) if "lossprobe" in f and "__editable__" not in f]
+        before = "Traceback" in err and all(f.endswith(os.path.join("lossprobe", "__init__.py")) for f in frames) \
+            and (not frames or "import _start" in err)  # at most the line that installs the handler
         cls = "interpreter_startup" if before else "traceback" if "Traceback" in err else (
             "one_line_error" if proc.returncode == 130 and lines and lines[-1].startswith("lossprobe: interrupted")
             else ("finished" if proc.returncode == 0 else "other"))
@@ -1306,7 +1308,9 @@ def round2(t: Path, p: dict[str, str], runner, args, root: str) -> dict:
             "foreign": {"n": len(foreign), "ways": len({r["way"] for r in foreign}),
                         "commands": len(_foreign_commands(p)), **collections.Counter(r["class"] for r in foreign)},
             "serve": {"n": len(served), **collections.Counter(r["class"] for r in served)},
-            "interrupt": {"n": len(interrupts), **collections.Counter(r["class"] for r in interrupts)},
+            "interrupt": {"n": len(interrupts), **collections.Counter(r["class"] for r in interrupts),
+                          "note": "interpreter_startup: Ctrl-C before lossprobe's first line runs (site, runpy, "
+                                  "the import of lossprobe._start): Python's own traceback, out of reach"},
             "not_right": [{k: r.get(k) for k in ("cmd", "name", "path", "when", "class", "rc", "stderr", "lost")}
                           for g in groups.values() for r in g
                           if r.get("class") not in ("one_line_error", "one_line_warning", "refused", "finished",
