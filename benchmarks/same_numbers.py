@@ -39,7 +39,7 @@ def strip_timing(obj):
     return obj
 
 
-NOT_RESULTS = {"summary.json", "config.json", "environment.json", "status.json", "timing.json", "plan.json"}
+NOT_RESULTS = {"summary.json", "config.json", "environment.json", "status.json", "timing.json", "plan.json", "inputs.json"}
 SKIP_DIRS = {"site", "checkpoints", "figures"}
 
 

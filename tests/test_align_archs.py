@@ -128,8 +128,92 @@ def test_unpermuted_tensors_pass_any_operation_and_cat_split_getitem_work(one_th
 
 def test_groupnorm_groups_and_channels_within_them():
     spec = permutation_spec(build("groupnorm"), example=data_for("groupnorm"))
-    assert spec.sizes(build("groupnorm").state_dict()) == {"P_net.0": 4, "P_net.1.groups": 2, "P_net.4": 2,
-                                                           "P_net.5.groups": 4}
+    # the whole symmetry group: the GroupNorm groups, and one permutation within each group
+    assert spec.sizes(build("groupnorm").state_dict()) == {
+        "P_net.0[0]": 4, "P_net.0[1]": 4, "P_net.1.groups": 2,
+        "P_net.4[0]": 2, "P_net.4[1]": 2, "P_net.4[2]": 2, "P_net.4[3]": 2, "P_net.5.groups": 4}
+    assert spec.blocks == {"P_net.1.groups": [["P_net.0[0]", "P_net.0[1]"]],
+                           "P_net.5.groups": [[f"P_net.4[{b}]" for b in range(4)]]}
+
+
+def _wreath(channels: int, blocks: int, g: torch.Generator) -> torch.Tensor:
+    """A random element of the symmetry group of `blocks` blocks of channels: the blocks
+    permuted, and the channels of each block permuted independently of the others."""
+    per = channels // blocks
+    order = torch.randperm(blocks, generator=g)
+    return torch.cat([order[b] * per + torch.randperm(per, generator=g) for b in range(blocks)])
+
+
+def _max_difference(a: nn.Module, b: nn.Module) -> float:
+    sa, sb = a.state_dict(), b.state_dict()
+    return max(float((sa[k] - sb[k]).abs().max()) for k in sa if sa[k].is_floating_point())
+
+
+@pytest.mark.parametrize("seed", [3, 4])
+def test_groupnorm_copy_permuted_independently_in_each_group_aligns_back(seed, one_thread):
+    """Written without the spec: each GroupNorm group's channels permuted on their own (the
+    same function); weight and activation matching both bring the copy back exactly."""
+    model, data = build("groupnorm", 0), data_for("groupnorm")
+    g = torch.Generator().manual_seed(seed)
+    p0, p1 = _wreath(8, 2, g), _wreath(8, 4, g)
+    assert any(not torch.equal(p1[2 * b:2 * b + 2] - p1[2 * b:2 * b + 2].min(), torch.tensor([0, 1]))
+               for b in range(4))  # some group's channels are reordered inside it
+    sd = {k: v.clone() for k, v in model.state_dict().items()}
+    for k in ("net.0.weight", "net.0.bias", "net.1.weight", "net.1.bias"):
+        sd[k] = sd[k][p0]
+    sd["net.4.weight"] = sd["net.4.weight"][:, p0][p1]
+    for k in ("net.4.bias", "net.5.weight", "net.5.bias"):
+        sd[k] = sd[k][p1]
+    sd["net.8.weight"] = sd["net.8.weight"].reshape(4, 8, 16)[:, p1].reshape(4, 128)
+    copy = build("groupnorm", 0)
+    copy.load_state_dict(sd)
+    assert torch.allclose(_out(model, data, "cross_entropy"), _out(copy, data, "cross_entropy"), atol=1e-5)
+    assert _max_difference(model, copy) > 0.1
+    for method in ("weights", "activations"):
+        assert _max_difference(model, align(model, copy, method=method, data=data)) < 1e-6, method
+
+
+def test_attention_copy_permuted_independently_in_each_head_aligns_back(one_thread):
+    """nn.TransformerEncoderLayer, written without the spec: heads permuted, and each head's
+    Q/K dimensions and V dimensions permuted on their own (the same function)."""
+    model, data = build("encoder", 0), data_for("encoder")
+    g = torch.Generator().manual_seed(5)
+    sd = {k: v.clone() for k, v in model.state_dict().items()}
+    E, H = 16, 4
+    d = E // H
+    for layer in range(2):
+        pre = f"layers.{layer}.self_attn"
+        heads = torch.randperm(H, generator=g)
+        qk = torch.cat([heads[h] * d + torch.randperm(d, generator=g) for h in range(H)])
+        vo = torch.cat([heads[h] * d + torch.randperm(d, generator=g) for h in range(H)])
+        rows = torch.cat([qk, E + qk, 2 * E + vo])
+        sd[f"{pre}.in_proj_weight"] = sd[f"{pre}.in_proj_weight"][rows]
+        sd[f"{pre}.in_proj_bias"] = sd[f"{pre}.in_proj_bias"][rows]
+        sd[f"{pre}.out_proj.weight"] = sd[f"{pre}.out_proj.weight"][:, vo]
+    copy = build("encoder", 0)
+    copy.load_state_dict(sd)
+    assert torch.allclose(_out(model, data, "cross_entropy"), _out(copy, data, "cross_entropy"), atol=1e-5)
+    assert _max_difference(model, copy) > 0.1
+    spec = permutation_spec(model, example=data)
+    assert all(len(fams) == 2 and all(len(f) == H for f in fams) for fams in spec.blocks.values())
+    for method in ("weights", "activations"):
+        assert _max_difference(model, align(model, copy, method=method, data=data)) < 1e-5, method
+
+
+@pytest.mark.parametrize("name", ["bert", "gpt2"])
+def test_hf_copy_permuted_independently_in_each_head_aligns_back(name, one_thread):
+    _needs(name)
+    model, data = build(name, 0), data_for(name)
+    spec = permutation_spec(model, example=data)
+    heads = [og for og in spec.blocks if og.endswith(".heads")]
+    assert heads and all(len(spec.blocks[og]) == 2 for og in heads)  # Q/K and V/O dimensions per head
+    copy, perms = random_permutation(model, seed=7, spec=spec)
+    within = [perms[w].tolist() for og in heads for f in spec.blocks[og] for w in f]
+    assert len({tuple(p) for p in within}) > 1  # the heads' own permutations differ
+    loss = LOSS[name]
+    assert torch.allclose(_out(model, data, loss), _out(copy, data, loss), atol=1e-4)
+    for method in ("weights", "activations"):
+        assert _max_difference(model, align(model, copy, method=method, data=data)) < 1e-5, method
 
 
 @pytest.mark.parametrize("name", ["bert", "gpt2", "encoder"])
@@ -139,7 +223,7 @@ def test_attention_groups(name):
     sizes = permutation_spec(m, example=data_for(name)).sizes(m.state_dict())
     heads = [g for g in sizes if g.endswith(".heads")]
     assert heads and all(sizes[g] == (4 if name == "encoder" else 2) for g in heads)
-    assert any(g.endswith(".qk") for g in sizes) and any(g.endswith(".vo") for g in sizes)
+    assert any(".qk[" in g for g in sizes) and any(".vo[" in g for g in sizes)  # one group per head each
     assert max(sizes.values()) == {"bert": 32, "gpt2": 64, "encoder": 32}[name]  # the MLP's hidden units
 
 

@@ -19,6 +19,9 @@ The package is layered, each layer importing only those below it (checked in CI)
     report, cli   faces: the report site and the command line
 """
 
+from lossprobe import _start  # noqa: F401 - first of all: Ctrl-C while the library imports (see there)
+
+# isort: split
 import importlib
 
 from lossprobe import _moved, curvature, data, models, results

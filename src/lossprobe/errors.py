@@ -23,11 +23,42 @@ class BusyError(UserError):
     """Another process is writing the same run directory (or site)."""
 
 
+class Interrupt(Exception):
+    """Raised on purpose to leave a loop early (a training paused at its epoch, a spent search
+    budget, a pass stopped at the layer it measures): error wrappers such as
+    `core.batching.at_batch` let it through unchanged."""
+
+
+def describe_exception(e: BaseException) -> str:
+    """'TypeError: what it says' for an exception a user's code raised, in one line;
+    'sys.exit(2)' for SystemExit."""
+    if isinstance(e, SystemExit):
+        return f"SystemExit: it called sys.exit({'' if e.code is None else repr(e.code)})"
+    return f"{type(e).__name__}: {first_line(e)}" if str(e).strip() else type(e).__name__
+
+
 def first_line(e: BaseException) -> str:
     """The first line of an exception's message, or its type's name when it has none: what a
     one-line error quotes of an exception raised by torch, a user's model or a file reader."""
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
+
+
+def refused_pickle(e: BaseException) -> str | None:
+    """For torch.load(weights_only=True) refusing a pickle (a class, a function or an opcode its
+    safe unpickler does not run), the reason torch gives, without torch's advice to load the
+    file with weights_only=False; None for any other failure (a damaged file)."""
+    text = str(e)
+    if "Weights only load failed" not in text:
+        return None
+    skip = ("Weights only load failed", "Please file an issue", "Check the documentation")
+    for ln in text.splitlines():
+        ln = ln.strip()
+        if ln.startswith("WeightsUnpickler error:"):
+            ln = ln[len("WeightsUnpickler error:"):].strip()
+        if ln and not ln.startswith(skip):
+            return ln
+    return "not plain tensors"
 
 
 class LossprobeDeprecationWarning(FutureWarning):

@@ -10,9 +10,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import re
+import signal
 import sys
+import threading
 import warnings
 
+from lossprobe._start import interrupted
 from lossprobe._version import __version__
 from lossprobe.errors import UserError, first_line
 from lossprobe.results.atomic import describe
@@ -36,8 +40,16 @@ COMMANDS = {
 }
 
 
+NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|infinity|nan)$", re.IGNORECASE)
+
+
 class Parser(argparse.ArgumentParser):
-    """argparse, with a mistake reported as one line (what was wrong, where to read more) and exit 2."""
+    """argparse, with a mistake reported as one line (what was wrong, where to read more) and exit 2.
+    A value such as -1e6, -.5 or -inf is a (negative) number, not an option."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = NEGATIVE_NUMBER
 
     def error(self, message: str):
         cmd = self.prog.split(" ", 1)[1] if " " in self.prog else ""
@@ -64,7 +76,13 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser(argv)
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is interrupted:
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C is KeyboardInterrupt again (lossprobe._start)
+    try:
+        parser = build_parser(argv)
+    except KeyboardInterrupt:
+        print("lossprobe: interrupted while starting; nothing was written", file=sys.stderr)
+        return 130
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         print("lossprobe: error: give a command, e.g. 'lossprobe study two-seeds'; 'lossprobe --help' lists them",
@@ -91,6 +109,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except MemoryError:
         print("lossprobe: error: out of memory; use a smaller --subset or batch size", file=sys.stderr)
+        return 2
+    except SystemExit as e:  # sys.exit from the user's code (lossprobe's own code never calls it)
+        if debug:
+            raise
+        print(f"lossprobe: error: the command stopped: your code called sys.exit({'' if e.code is None else repr(e.code)})",
+              file=sys.stderr)
         return 2
     finally:
         release_all_locks()

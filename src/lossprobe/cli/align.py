@@ -11,10 +11,12 @@ from lossprobe.cli.common import (
     add_model_data,
     add_out,
     data_name,
+    inputs_of,
     load_pair,
     loss_label,
     path_plots,
     positive_int,
+    seed_int,
     training_data,
 )
 from lossprobe.connectivity.alignment.fx import example_batch
@@ -59,7 +61,7 @@ def register(sub) -> None:
                    "on --calib-data (default: %(default)s, the fair comparison with REPAIR)")
     p.add_argument("--restarts", type=positive_int, default=3, metavar="R",
                    help="weight matching: restarts with different random sweep orders (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the sweep orders (default: %(default)s)")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the sweep orders (default: %(default)s)")
     add_out(p)
     p.set_defaults(func=run)
 
@@ -75,7 +77,8 @@ def run(args) -> int:
     needs_calib = args.method == "activations" or args.repair or (has_batchnorm(model_a) and args.bn == "recompute")
     calib = training_data(args, args.calib_data, "--calib-data", args.calib_subset or 5000, args.subset_seed + 1,
                           subset_option="--calib-subset", warn=args.calib_subset is not None) if needs_calib else None
-    run_dir = RunDir(args.out, "align", {k: v for k, v in vars(args).items() if k not in ("func", "force")}, args.force)
+    run_dir = RunDir(args.out, "align", {k: v for k, v in vars(args).items() if k not in ("func", "force")}, args.force,
+                     inputs=inputs_of(args))
     fwd = crit.forward
     aligned_b, perms = align(model_a, model_b, method=args.method, data=calib if calib is not None else split,
                              spec=spec, restarts=args.restarts, seed=args.seed, return_perms=True, forward=fwd,

@@ -12,15 +12,22 @@ from torch import nn
 from lossprobe.core.batching import Data
 from lossprobe.core.losses import BUILTIN, Criterion, criterion
 from lossprobe.core.objective import Objective, require_finite
-from lossprobe.core.specs import load_callable, looks_like_code
+from lossprobe.core.specs import load_callable, looks_like_code, source_file
 from lossprobe.data import load_split
-from lossprobe.data.sources import load, train_counterpart
+from lossprobe.data.sources import files_of, load, train_counterpart
 from lossprobe.errors import UserError
 from lossprobe.models import build
 from lossprobe.results.plotspec import Series, line
 
 # the checkers live with the study configurations (whose fields name them); re-exported for the subcommands
-from lossprobe.runtime.config import comma_list, finite_float, nonneg_float, positive_float, positive_int  # noqa: F401
+from lossprobe.runtime.config import (  # noqa: F401
+    comma_list,
+    finite_float,
+    nonneg_float,
+    positive_float,
+    positive_int,
+    seed_int,
+)
 from lossprobe.training.checkpoints import apply_state_dict, load_state_dict
 
 DATA_HELP = ("data to evaluate on: fashion-mnist:train|val|test, spiral:train|val|test, cifar10:DIR[:SPLIT], "
@@ -53,7 +60,7 @@ def add_model_data(p: argparse.ArgumentParser, data_default: str = "fashion-mnis
     p.add_argument("--data", default=data_default, metavar="DATA", help=DATA_HELP)
     p.add_argument("--subset", type=positive_int, default=None, metavar="N",
                    help="evaluate on a seeded random subset of N samples (default: the whole split)")
-    p.add_argument("--subset-seed", type=int, default=0, metavar="S", help="seed of --subset (default: %(default)s)")
+    p.add_argument("--subset-seed", type=seed_int, default=0, metavar="S", help="seed of --subset (default: %(default)s)")
     p.add_argument("--batch-size", type=positive_int, default=4096, metavar="B",
                    help="samples per forward pass (default: %(default)s)")
     p.add_argument("--loss", default="cross_entropy", metavar="LOSS", help=LOSS_HELP)
@@ -107,6 +114,28 @@ def load_pair(args, roles: tuple[str, str] = ("A", "B"), **objective_options) ->
     b = load_setup(args, args.ckpt_b, roles[1], data=a.data, crit=a.objective.criterion, model=model_b,
                    **objective_options)
     return a, b
+
+
+def inputs_of(args, **extra) -> dict:
+    """{what: path or (folder, select)} of every file a command reads, from its arguments
+    (checkpoints, --data, --calib-data, --train-data, the code of --model, --loss and
+    --forward) and `extra`: fingerprinted by its run directory, so that a resumed run proves
+    it reads what it started with (`results.store.RunDir`)."""
+    out = {}
+    for attr, what in (("ckpt", "checkpoint"), ("checkpoint", "checkpoint"), ("ckpt_a", "checkpoint A"),
+                       ("ckpt_b", "checkpoint B")):
+        if getattr(args, attr, None):
+            out[what] = getattr(args, attr)
+    for attr, option in (("data", "--data"), ("calib_data", "--calib-data"), ("train_data", "--train-data")):
+        spec = getattr(args, attr, None)
+        if spec:
+            out.update({f"{option} {what}": v for what, v in files_of(spec).items()})
+    for attr, option in (("model", "--model"), ("loss", "--loss"), ("forward", "--forward")):
+        code = source_file(getattr(args, attr, None))
+        if code is not None:
+            out[f"{option} code"] = code
+    out.update(extra)
+    return out
 
 
 def data_name(spec: str) -> str:

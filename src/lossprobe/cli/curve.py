@@ -10,15 +10,18 @@ from lossprobe.cli.common import (
     add_model_data,
     add_out,
     data_name,
+    inputs_of,
     load_pair,
     loss_label,
     path_plots,
     positive_float,
     positive_int,
+    seed_int,
     training_data,
 )
 from lossprobe.connectivity.curves import Curve, CurveTrainConfig, evaluate_curve, train_curve
 from lossprobe.connectivity.paths import has_batchnorm, interpolate, non_finite
+from lossprobe.core.objective import check_fits
 from lossprobe.errors import UserError
 from lossprobe.results.atomic import save_safetensors
 from lossprobe.results.drawing import plot_declared
@@ -52,7 +55,7 @@ def register(sub) -> None:
                    help="train on a seeded subset of N samples (default: all)")
     p.add_argument("--points", type=int, default=21, metavar="K",
                    help="evaluation points t in [0, 1]; K−1 must be even so that 0.5 is on the grid (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="seed of batch order and t (default: %(default)s)")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of batch order and t (default: %(default)s)")
     add_out(p)
     p.set_defaults(func=run)
 
@@ -65,10 +68,13 @@ def run(args) -> int:
     model_a, model_b, split, crit = a.model, b.model, a.data, a.objective.criterion
     train = training_data(args, args.train_data, "--train-data", args.train_subset, args.seed,
                           subset_option="--train-subset")
+    check_fits(model_a, train, crit, model_name=f"model '{args.model}'",  # before any output
+               data_name=f"the training data '{train.name}'")
     curve = Curve(model_a, model_b, bends=args.bends, kind=args.kind, forward=crit.forward)
     cfg = CurveTrainConfig(epochs=args.epochs, lr=args.lr, optimizer=args.optimizer,
                            batch_size=args.train_batch_size, seed=args.seed)
-    run_dir = RunDir(args.out, "curve", {k: v for k, v in vars(args).items() if k not in ("func", "force")}, args.force)
+    run_dir = RunDir(args.out, "curve", {k: v for k, v in vars(args).items() if k not in ("func", "force")}, args.force,
+                     inputs=inputs_of(args))
     name = data_name(args.data)
     ev_train = train.subset(min(train.n_samples, 10_000), seed=args.seed + 1) if hasattr(train, "subset") else train
     splits = {"train": ev_train, name if name != "train" else "eval": split}

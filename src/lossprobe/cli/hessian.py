@@ -15,8 +15,10 @@ from lossprobe.cli.common import (
     add_model_data,
     add_out,
     finite_float,
+    inputs_of,
     load_setup,
     positive_int,
+    seed_int,
 )
 from lossprobe.core.graphs import parse_bytes
 from lossprobe.curvature import hessian
@@ -81,7 +83,7 @@ def register(sub) -> None:
     p.add_argument("--graph-budget", default=None, metavar="SIZE",
                    help="memory that gradient graphs kept across products may take, e.g. 2G or 500M (0: rebuild "
                    "every batch for every product; default: half of the available memory)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random start and probe vectors (default: %(default)s)")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the random start and probe vectors (default: %(default)s)")
     add_out(p)
     p.set_defaults(func=run)
 
@@ -111,7 +113,7 @@ def run(args) -> int:
         raise UserError(f"--top-k {args.top_k} / --bottom-k {args.bottom_k}: the {name} has only {op.n} "
                         "eigenvalues (one per parameter)")
     rd = RunDir(args.out, "hessian", {k: v for k, v in vars(args).items() if k not in ("func", "force")}, args.force,
-                seeds={"probes": args.seed, "subset": args.subset_seed})
+                seeds={"probes": args.seed, "subset": args.subset_seed}, inputs=inputs_of(args))
     print(f"{title} of {args.model} on {what}: {op.n} parameters"
           + (" (K-FAC keeps those of Linear and Conv2d layers)" if args.curvature == "kfac" else ""))
     eig = dict(tol=args.tol, max_steps=args.max_steps, progress=True)

@@ -10,6 +10,7 @@ from lossprobe.cli.common import (
     add_model_data,
     add_out,
     data_name,
+    inputs_of,
     load_pair,
     loss_label,
     path_plots,
@@ -50,7 +51,8 @@ def run(args) -> int:
     a, b = load_pair(args, ("endpoint A (α = 0)", "endpoint B (α = 1)"))
     split = a.data
     bn_data = training_data(args, args.train_data, "--train-data") if args.bn == "recompute" else None
-    run_dir = RunDir(args.out, "interpolate", {k: v for k, v in vars(args).items() if k not in ("func", "force")}, args.force)
+    run_dir = RunDir(args.out, "interpolate", {k: v for k, v in vars(args).items() if k not in ("func", "force")}, args.force,
+                     inputs=inputs_of(args))
     alphas = np.linspace(-0.5, 1.5, args.alphas)
     alphas[np.isclose(alphas, 0)] = 0.0
     alphas[np.isclose(alphas, 1)] = 1.0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from lossprobe.report.site import build_site, expand_run_dirs
 
 
@@ -24,7 +26,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    index = build_site(args.run_dirs, args.out)
+    index = build_site(args.run_dirs, args.out,
+                       warn=lambda run, problem: print(f"lossprobe: warning: {run}: {problem}", file=sys.stderr))
     n = len(expand_run_dirs(args.run_dirs))
     print(f"wrote a site of {n} run(s): {index}")
     print(f"open it in a browser, or run: lossprobe serve {args.out}")

@@ -18,7 +18,9 @@ from lossprobe.cli.common import (
     finite_float,
     positive_float,
     positive_int,
+    seed_int,
 )
+from lossprobe.data.sources import files_of
 from lossprobe.errors import UserError
 from lossprobe.figures.search import plot_predicted_vs_actual, plot_search_progress
 from lossprobe.results.store import RunDir
@@ -117,7 +119,7 @@ def register(sub) -> None:
     p.add_argument("--eta", type=positive_int, default=None, metavar="ETA",
                    help="multi-fidelity methods: a rung promotes its best 1/ETA (default: 6 for mf, 3 for the others)")
     p.add_argument("--no-sharpness", action="store_true", help="method probe: leave the sharpness features out")
-    p.add_argument("--seed", type=int, default=0, metavar="S",
+    p.add_argument("--seed", type=seed_int, default=0, metavar="S",
                    help="seed of candidates, subsets, initialisations and the meta-model (default: %(default)s)")
     p.add_argument("--storage", default=None, metavar="URL",
                    help="Optuna storage URL, e.g. sqlite:///search.db or postgresql://... (default: sqlite file OUT/search.db)")
@@ -171,7 +173,8 @@ def run(args) -> int:
         check_storage_url(args.storage)
     executor = Executor(args.backend, args.address, args.num_cpus, timeout=args.ray_timeout)  # Ray first: fails fast
     task = spec.load()  # load here so that errors about the data come before any output is written
-    rd = RunDir(args.out, "search", config, force=args.force, seeds={"search": args.seed})
+    rd = RunDir(args.out, "search", config, force=args.force, seeds={"search": args.seed},
+                inputs={f"--dataset {what}": v for what, v in files_of(args.dataset).items()})
     if rd.done("search", "chosen.json"):
         rd.complete()  # (again, if a kill came between the last two writes)
         ch = rd.load_json("chosen.json")

@@ -5,7 +5,10 @@ from __future__ import annotations
 import functools
 import http.server
 import os
+import stat
 import sys
+import threading
+import urllib.parse
 from pathlib import Path
 
 from lossprobe.errors import UserError
@@ -13,36 +16,94 @@ from lossprobe.report.site import SITE_CSP
 
 
 class QuietHandler(http.server.SimpleHTTPRequestHandler):
-    """Regular files inside the site only: a path that leaves the site root (through '..' or a
-    symbolic link), a folder without index.html, or anything that is not a regular file is
-    404. No directory listings; every response carries the site's Content-Security-Policy."""
+    """Regular files inside the site only, opened through a descriptor of the site folder taken
+    once when the server starts: replacing the folder (or a subfolder) by a symbolic link while
+    serving exposes nothing, and a symbolic link, a name starting with '.' (the lock, the
+    manifest), '..', a NUL byte, a folder without index.html, or anything that is not a regular
+    file is 404. No directory listings; every response carries the site's
+    Content-Security-Policy."""
 
     extensions_map = {**http.server.SimpleHTTPRequestHandler.extensions_map,
                       ".js": "text/javascript", ".svg": "image/svg+xml", ".md": "text/plain; charset=utf-8",
                       ".json": "application/json", ".npz": "application/octet-stream"}
 
-    def _inside(self, path: str) -> str | None:
-        """The real path of `path` if it is a regular file inside the site root, else None."""
-        root = os.path.realpath(self.directory)
-        real = os.path.realpath(path)
-        if real != root and not real.startswith(root + os.sep):
+    def _root(self) -> int:
+        """The descriptor of the site root (the server's, opened once)."""
+        fd = getattr(self.server, "site_root_fd", None)
+        if fd is None:
+            with _ROOT_LOCK:
+                fd = getattr(self.server, "site_root_fd", None)
+                if fd is None:
+                    fd = self.server.site_root_fd = open_root(self.directory)
+        return fd
+
+    def _parts(self) -> list[str] | None:
+        """The request path's components, or None for one that is never served."""
+        raw = self.path.split("?", 1)[0].split("#", 1)[0]
+        try:
+            path = urllib.parse.unquote(raw, errors="strict")
+        except UnicodeDecodeError:
             return None
-        return real if os.path.isfile(real) else None
+        parts = [p for p in path.split("/") if p]
+        if any(p.startswith(".") or "\0" in p or "\\" in p for p in parts):
+            return None
+        return parts
+
+    def _open(self, parts: list[str]) -> tuple[int, os.stat_result] | None:
+        """(descriptor, stat) of the regular file `parts` under the root, never following a link."""
+        fd = os.dup(self._root())
+        try:
+            for name in parts[:-1]:
+                nxt = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+                os.close(fd)
+                fd = nxt
+            if parts:
+                nxt = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=fd)
+                os.close(fd)
+                fd = nxt
+            st = os.fstat(fd)
+        except (OSError, ValueError):
+            os.close(fd)
+            return None
+        return fd, st
 
     def send_head(self):
-        path = self.translate_path(self.path)
-        if os.path.isdir(path):
-            if not self.path.split("?", 1)[0].split("#", 1)[0].endswith("/"):
-                # a folder without the trailing slash: redirect like the base class, if it has a page
-                if self._inside(os.path.join(path, "index.html")) is None:
-                    self.send_error(404, "File not found")
-                    return None
-                return super().send_head()
-            path = os.path.join(path, "index.html")
-        if self._inside(path) is None:
+        parts = self._parts()
+        got = self._open(parts) if parts is not None else None
+        if got is not None and stat.S_ISDIR(got[1].st_mode):
+            os.close(got[0])
+            page = self._open([*parts, "index.html"])
+            if page is None or not stat.S_ISREG(page[1].st_mode):
+                if page is not None:
+                    os.close(page[0])
+                got = None
+            elif not self.path.split("?", 1)[0].split("#", 1)[0].endswith("/"):
+                os.close(page[0])  # a folder without the trailing slash: redirect, as the base class does
+                self.send_response(301)
+                self.send_header("Location", self.path.split("?", 1)[0] + "/")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return None
+            else:
+                got, parts = page, [*parts, "index.html"]
+        if got is None or not stat.S_ISREG(got[1].st_mode):
+            if got is not None:
+                os.close(got[0])
             self.send_error(404, "File not found")
             return None
-        return super().send_head()
+        fd, st = got
+        f = os.fdopen(fd, "rb")
+        os.set_blocking(fd, True)
+        try:
+            self.send_response(200)
+            self.send_header("Content-type", self.guess_type(parts[-1]))
+            self.send_header("Content-Length", str(st.st_size))
+            self.send_header("Last-Modified", self.date_time_string(int(st.st_mtime)))
+            self.end_headers()
+        except BaseException:
+            f.close()
+            raise
+        return f
 
     def list_directory(self, path):  # never list a folder
         self.send_error(404, "File not found")
@@ -59,6 +120,14 @@ class QuietHandler(http.server.SimpleHTTPRequestHandler):
             super().log_message(format, *args)
 
 
+_ROOT_LOCK = threading.Lock()
+
+
+def open_root(site: str | os.PathLike) -> int:
+    """A descriptor of the site folder, resolved once (what the server serves from)."""
+    return os.open(os.path.realpath(site), os.O_RDONLY | os.O_DIRECTORY)
+
+
 def make_server(site: str | Path, host: str = "127.0.0.1", port: int = 8000, quiet: bool = False):
     """A ThreadingHTTPServer serving folder `site` (port 0 picks a free port)."""
     site = Path(site)
@@ -71,6 +140,7 @@ def make_server(site: str | Path, host: str = "127.0.0.1", port: int = 8000, qui
         server = http.server.ThreadingHTTPServer((host, port), handler)
     except OSError as e:
         raise UserError(f"cannot listen on {host}:{port} ({e.strerror or e}); choose another --port or --host") from None
+    server.site_root_fd = open_root(site)
     server.quiet = quiet
     server.daemon_threads = True
     return server
@@ -109,4 +179,5 @@ def run(args) -> int:
         print("stopped")
     finally:
         server.server_close()
+        os.close(server.site_root_fd)
     return 0

@@ -9,8 +9,10 @@ from lossprobe.cli.common import (
     add_model_data,
     add_out,
     finite_float,
+    inputs_of,
     load_setup,
     positive_int,
+    seed_int,
 )
 from lossprobe.curvature import sharpness as S
 from lossprobe.curvature.critical import CriticalPoint
@@ -59,7 +61,7 @@ def register(sub) -> None:
                    help="noise draws per σ (and for the PAC-Bayes expectation) (default: %(default)s)")
     p.add_argument("--pac-bound", type=finite_float, default=0.1,
                    help="PAC-Bayes σ search: allowed rise of the error (fraction) (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="seed of every random draw (default: %(default)s)")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of every random draw (default: %(default)s)")
     add_out(p)
     p.set_defaults(func=run)
 
@@ -74,7 +76,7 @@ def run(args) -> int:
     what = f"{args.data} ({obj.n_samples} samples)"
     ev = obj.loss_at()
     rd = RunDir(args.out, "sharpness", {k: v for k, v in vars(args).items() if k not in ("func", "force")}, args.force,
-                seeds={"noise": args.seed, "subset": args.subset_seed})
+                seeds={"noise": args.seed, "subset": args.subset_seed}, inputs=inputs_of(args))
     summary: dict = {"model": args.model, "data": args.data, "n_samples": obj.n_samples,
                      "loss": float(ev.loss[0]), "accuracy": float(ev.accuracy[0])}
     measures = {

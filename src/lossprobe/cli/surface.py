@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from lossprobe.cli.common import add_model_data, add_out, add_ray_timeout, load_setup, positive_int
+from lossprobe.cli.common import add_model_data, add_out, add_ray_timeout, inputs_of, load_setup, positive_int, seed_int
 from lossprobe.errors import UserError
 from lossprobe.figures import surfaces as SP
 from lossprobe.landscape import directions as D
@@ -36,7 +36,7 @@ def _common(p: argparse.ArgumentParser, two_d: bool) -> None:
                    "the norm of the checkpoint's filter), layer, model (‖d‖ = ‖θ‖), unit (‖d‖ = 1) or none. Random "
                    "directions take any (default filter); eigenvector, gradient and PCA directions are scaled as a "
                    "whole so that their shape is kept: unit (default), model or none")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random direction(s) and of the Lanczos start "
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the random direction(s) and of the Lanczos start "
                    "vector (default: %(default)s)")
     p.add_argument("--include-bias", action="store_true",
                    help="move biases and normalisation parameters too (default: they stay fixed, as Li et al.)")
@@ -109,6 +109,9 @@ def run(args, two_d: bool) -> int:
         if len(args.steps) > 2:
             raise UserError(f"--steps takes one or two numbers, got {len(args.steps)}")
         steps = tuple(args.steps) * (2 if len(args.steps) == 1 else 1)
+        if min(steps) < 2:
+            raise UserError(f"--steps {' '.join(map(str, args.steps))}: a surface needs at least 2 points per axis; "
+                            "for one axis use 'lossprobe slice'")
         span = [_span_arg(args.span, "--span"), _span_arg(args.span2 or args.span, "--span2")]
     else:
         steps, span = (args.steps,), [_span_arg(args.span, "--span")]
@@ -125,7 +128,8 @@ def run(args, two_d: bool) -> int:
     cfg = {k: v for k, v in vars(args).items() if k not in ("func", "force", "threads", "backend", "address",
                                                            "ray_timeout")}
     rd = RunDir(args.out, "surface" if two_d else "slice", cfg, args.force,
-                seeds={"direction": args.seed, "subset": args.subset_seed})
+                seeds={"direction": args.seed, "subset": args.subset_seed},
+                inputs=inputs_of(args, **D.input_files(names, m)))
     obj = setup.objective
     with torch_threads(args.threads):
         p = plan(obj, names, span if two_d else span[0], steps, m=m, seed=args.seed, norm=args.norm or "auto",

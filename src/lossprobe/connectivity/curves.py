@@ -47,7 +47,7 @@ from lossprobe.connectivity.paths import (
 )
 from lossprobe.core.batching import as_data
 from lossprobe.core.losses import criterion
-from lossprobe.core.objective import BatchCall, Objective
+from lossprobe.core.objective import BatchCall, Objective, check_fits
 from lossprobe.core.space import ParamSpace
 from lossprobe.errors import UserError
 from lossprobe.results import atomic
@@ -191,6 +191,10 @@ def train_curve(curve: Curve, train, config: CurveTrainConfig | None = None,
     if train.n_samples == 0:
         raise UserError("curve training needs non-empty training data")
     crit = criterion(loss if loss is not None else cfg.loss, model=curve.base)
+    # endpoint A (the model the curve calls, at its own weights) on a few samples, and the
+    # targets of all of them against the loss: bad data is one line before any step
+    check_fits(curve.base, train, criterion(crit.loss, forward=curve.call.batch_forward, model=curve.base),
+               data_name=f"the training data '{train.name}'")
     params = [curve.bends]
     opt = (torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay) if cfg.optimizer == "adam"
            else torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay))

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from lossprobe.core.batching import Data, TensorData, as_data, move
+from lossprobe.core.batching import Data, TensorData, as_data, at_batch, move
 from lossprobe.core.losses import criterion
 from lossprobe.core.objective import Objective
 from lossprobe.core.space import ParamSpace
@@ -274,7 +274,8 @@ def recompute_batchnorm(model: nn.Module, data, n_batches: int = 50, batch_size:
         for i, batch in enumerate(batches):
             if i >= limit:
                 break
-            fwd(model, move(batch, device))
+            with at_batch(i, data, batch_size, "the BatchNorm statistics pass" if isinstance(data, TensorData) else None):
+                fwd(model, move(batch, device))
     finally:
         for m, mom in saved:
             m.momentum = mom

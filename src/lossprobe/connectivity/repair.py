@@ -34,14 +34,14 @@ from torch import nn
 
 from lossprobe.connectivity.alignment.matching import permutation_spec
 from lossprobe.connectivity.paths import Interpolation, evaluate_per_point, named_splits
-from lossprobe.core.batching import as_data, move, take
+from lossprobe.core.batching import as_data, at_batch, move, take
 from lossprobe.core.losses import criterion
-from lossprobe.errors import UserError
+from lossprobe.errors import Interrupt, UserError
 
 EPS = 1e-5  # added to variances as BatchNorm does, at both the target and the measured side
 
 
-class _Stop(Exception):
+class _Stop(Interrupt):
     pass
 
 
@@ -103,8 +103,9 @@ def layer_statistics(model: nn.Module, layers: Sequence[str], data, batch_size: 
     was = model.training
     model.eval()
     try:
-        for batch in _calibration_batches(data, batch_size):
-            fwd(model, move(batch, device))
+        for i, batch in enumerate(_calibration_batches(data, batch_size)):
+            with at_batch(i, order="the calibration data"):
+                fwd(model, move(batch, device))
     finally:
         for h in handles:
             h.remove()
@@ -220,11 +221,12 @@ class Repairer:
             h = mod.register_forward_pre_hook(hook) if is_norm else mod.register_forward_hook(hook)
             try:
                 device = next(model.parameters()).device
-                for batch in self.batches:
-                    try:
-                        self.forward(model, move(batch, device))
-                    except _Stop:
-                        pass
+                for i, batch in enumerate(self.batches):
+                    with at_batch(i, order="the calibration data"):
+                        try:
+                            self.forward(model, move(batch, device))
+                        except _Stop:
+                            pass
             finally:
                 h.remove()
             mean, var = acc.mean_var()

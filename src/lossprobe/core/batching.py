@@ -17,6 +17,7 @@ and is read in its own order. `as_data` turns what a user passes into one of the
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Mapping
 from typing import Any, Callable, Iterable, Iterator
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lossprobe.errors import UserError, first_line
+from lossprobe.errors import Interrupt, UserError, describe_exception, first_line
 
 Batch = Any
 Forward = Callable[[nn.Module, Batch], Any]
@@ -68,6 +69,47 @@ def batch_len(batch: Batch) -> int:
 def take(batch: Batch, index) -> Batch:
     """Rows `index` (a slice or an index tensor) of every leaf with a batch dimension."""
     return tree_map(lambda t: t[index] if t.ndim else t, batch)
+
+
+# --- errors inside a batch ------------------------------------------------------------------
+class BatchError(UserError):
+    """Something raised while one batch was processed (the user's model, loss or forward on
+    it, or reading it); the message names the batch. The original exception is its cause."""
+
+
+def where(index: int, data=None, batch_size: int | None = None, order: str | None = None) -> str:
+    """"batch 3 of 5 of data 'x.npz' (samples 4096-6143)": the batch `index` (0-based) of
+    `data` read in order with `batch_size`; "batch 3 of epoch 2 of data 'x.npz'" for a
+    shuffled `order` (e.g. 'epoch 2')."""
+    name = f" of data '{getattr(data, 'name', 'data')}'" if data is not None else ""
+    if order is not None:
+        return f"batch {index + 1} of {order}{name}"
+    total, rows = "", ""
+    try:
+        nb = data.n_batches(batch_size) if isinstance(data, TensorData) else None
+        if nb:
+            total = f" of {nb}"
+            bs = batch_size or len(data)
+            rows = f" (samples {index * bs}-{min(len(data), (index + 1) * bs) - 1})"
+    except Exception:  # noqa: BLE001 - a description only
+        pass
+    return f"batch {index + 1}{total}{name}{rows}"
+
+
+@contextlib.contextmanager
+def at_batch(index: int, data=None, batch_size: int | None = None, order: str | None = None):
+    """Around the work on one batch: any exception (but a `UserError`, which already says what
+    is wrong, an `OSError`, which names its file, and `MemoryError`) becomes one `BatchError`
+    line naming the batch (`where`) and quoting the exception, chained to it. Every loop over
+    a data's batches runs its body inside this."""
+    try:
+        yield
+    except (UserError, OSError, MemoryError, Interrupt, KeyboardInterrupt, GeneratorExit):
+        raise
+    except BaseException as e:  # SystemExit and other BaseExceptions from the user's code too
+        if getattr(type(e), "passes_wrappers", False):  # lossprobe's own control flow (hoisting's Stop)
+            raise
+        raise BatchError(f"{where(index, data, batch_size, order)}: {describe_exception(e)}") from e
 
 
 # --- the defaults --------------------------------------------------------------------------
@@ -138,6 +180,10 @@ class TensorData(Data):
 
     def __init__(self, tree, name: str = "data", indices: np.ndarray | None = None):
         tree = tree_map(torch.as_tensor, _arrays_to_tensors(tree))
+        for t in leaves(tree):
+            if t.layout != torch.strided or t.is_meta:
+                raise UserError(f"data '{name}' holds a {'meta' if t.is_meta else str(t.layout).split('.')[-1]} "
+                                "tensor; lossprobe reads dense tensors with values (use .to_dense())")
         sizes = {int(t.shape[0]) for t in leaves(tree) if t.ndim}
         if not sizes:
             raise UserError(f"data '{name}' holds no tensors with a sample dimension")
@@ -202,8 +248,21 @@ class Stream(Data):
         self._count: tuple[int, int] | None = None
 
     def batches(self, batch_size: int | None = None) -> Iterator[Batch]:
-        for b in self.source:
+        for b in self._read():
             yield move(b, self.device) if self.device is not None else b
+
+    def _read(self) -> Iterator[Batch]:
+        """The source's batches; an exception while reading one names it (`at_batch`)."""
+        it = iter(self.source)
+        i = 0
+        while True:
+            with at_batch(i, self):  # the user's DataLoader or generator reading batch i
+                try:
+                    b = next(it)
+                except StopIteration:
+                    return
+            yield b
+            i += 1
 
     def epoch(self, batch_size: int, generator: torch.Generator | None = None, device=None) -> Iterator[Batch]:
         return self.batches()
@@ -211,7 +270,7 @@ class Stream(Data):
     def _counts(self) -> tuple[int, int]:
         if self._count is None:
             nb = ns = 0
-            for b in self.source:
+            for b in self._read():
                 nb += 1
                 ns += batch_len(b)
             self._count = (nb, ns)
@@ -329,5 +388,5 @@ def _concat(parts: list, name: str) -> TensorData:
     return TensorData(tree, name)
 
 
-__all__ = ["Data", "Split", "Stream", "TensorData", "as_data", "batch_len", "default_forward", "default_target",
-           "describe", "leaves", "move", "take", "tree_map"]
+__all__ = ["BatchError", "Data", "Split", "Stream", "TensorData", "as_data", "at_batch", "batch_len", "default_forward",
+           "default_target", "describe", "leaves", "move", "take", "tree_map", "where"]

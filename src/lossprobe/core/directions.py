@@ -233,18 +233,24 @@ def plane_through(theta0, theta1, theta2, space: ParamSpace | None = None) -> tu
 
 
 # --- PCA of a trajectory ------------------------------------------------------------------
-def _rows(trajectory, tmpdir: str | None):
-    """Rows of the trajectory as an indexable object: a tensor, an array, or a memmap on disk."""
+def _rows(trajectory, tmpdir: str | None) -> tuple:
+    """(rows, spill): the trajectory's rows as an indexable object (a tensor, an array, or a
+    memmap on disk) and the temporary file this function created for them (None when it
+    created none). Only that file is ever deleted: a user's .npy, memory-mapped or not,
+    stays."""
     if isinstance(trajectory, torch.Tensor):
         if trajectory.ndim != 2:
             raise UserError(f"a trajectory tensor must be [T, P], got shape {tuple(trajectory.shape)}")
-        return trajectory.detach().cpu()
+        return trajectory.detach().cpu(), None
     if isinstance(trajectory, np.ndarray):
         if trajectory.ndim != 2:
             raise UserError(f"a trajectory array must be [T, P], got shape {trajectory.shape}")
-        return trajectory
+        return trajectory, None
     if isinstance(trajectory, (str, os.PathLike)):
-        return np.load(trajectory, mmap_mode="r")
+        arr = np.load(trajectory, mmap_mode="r")
+        if arr.ndim != 2:
+            raise UserError(f"the trajectory {trajectory} must be [T, P], got shape {arr.shape}")
+        return arr, None
     # An iterable of vectors (e.g. a generator reading checkpoints): spill to a memory-mapped
     # file so that memory stays bounded and we can read it twice (Gram matrix, then directions).
     fd, path = tempfile.mkstemp(suffix=".f32", dir=tmpdir)
@@ -263,7 +269,7 @@ def _rows(trajectory, tmpdir: str | None):
         os.unlink(path)
         raise UserError("the trajectory is empty")
     mm = np.memmap(path, dtype=np.float32, mode="r", shape=(T, P))
-    return mm
+    return mm, path
 
 
 def _block(X, i0: int, i1: int) -> torch.Tensor:
@@ -290,7 +296,19 @@ def pca_directions(trajectory, k: int = 2, center: str = "final", block: int = 1
     """
     if center not in ("final", "mean"):
         raise UserError(f"center must be 'final' or 'mean', got {center!r}")
-    X = _rows(trajectory, tmpdir)
+    X, spill = _rows(trajectory, tmpdir)
+    try:
+        return _pca(X, k, center, block)
+    finally:
+        if spill is not None:  # the file this call wrote, and only that one
+            del X
+            try:
+                os.unlink(spill)
+            except OSError:
+                pass
+
+
+def _pca(X, k: int, center: str, block: int) -> tuple[list[Direction], np.ndarray]:
     T, P = X.shape
     if k < 1:
         raise UserError(f"k must be at least 1, got {k}")
@@ -299,7 +317,13 @@ def pca_directions(trajectory, k: int = 2, center: str = "final", block: int = 1
     G = torch.zeros(T, T, dtype=torch.float64)
     for i0 in range(0, P, block):
         b = _block(X, i0, i0 + block)
+        if not torch.isfinite(b).all():
+            bad = (~torch.isfinite(b)).any(1).nonzero()[:, 0].tolist()
+            raise UserError(f"the trajectory has NaN or infinite values (in point(s) {bad[:5]} of {T}, parameter "
+                            f"block {i0}): its principal directions are undefined")
         G += b @ b.T
+    if not torch.isfinite(G).all():
+        raise UserError("the trajectory's values are too large: their products overflow (inf); rescale it")
     # Centre the Gram matrix without touching X again: Gc = (X − 1cᵀ)(X − 1cᵀ)ᵀ.
     if center == "mean":
         J = torch.eye(T, dtype=torch.float64) - 1.0 / T
@@ -327,13 +351,6 @@ def pca_directions(trajectory, k: int = 2, center: str = "final", block: int = 1
         if coords0[i] > 0:
             V[i] = -V[i]
     evr = (evals[:k] / total).numpy() if total > 0 else np.zeros(k)
-    if isinstance(X, np.memmap) and not isinstance(trajectory, (str, os.PathLike)):
-        path = X.filename
-        del X
-        try:
-            os.unlink(path)
-        except OSError:
-            pass
     dirs = [Direction(V[i].to(torch.float32), {"kind": "pca", "norm": "unit", "index": i, "center": center,
                                                "explained_variance_ratio": float(evr[i]), "points": T})
             for i in range(k)]

@@ -28,6 +28,7 @@ from typing import Callable, Iterator
 
 import torch
 
+from lossprobe.core.batching import at_batch
 from lossprobe.errors import UserError
 
 DEFAULT_FRACTION = 0.5
@@ -157,7 +158,8 @@ class GraphCache:
                     total += hit[2]
                     yield hit
                     continue
-                th, item, count, size = self._build(batch)
+                with at_batch(i, obj.data, obj.batch_size):
+                    th, item, count, size = self._build(batch)
                 total += count
                 if first and not self.full and self.bytes + size <= self.budget:
                     self.kept[i] = (th, item, count)

@@ -59,6 +59,8 @@ class Stop(BaseException):
     """Raised by a hook to end a capture pass once everything needed is recorded (a
     BaseException so that a model's own ``except Exception`` does not swallow it)."""
 
+    passes_wrappers = True  # `batching.at_batch` lets it through
+
 
 def _func_name(func) -> str:
     owner = getattr(func, "__self__", None)

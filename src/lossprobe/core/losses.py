@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lossprobe.core.batching import Forward, batch_len, default_forward, default_target, describe
-from lossprobe.errors import UserError, first_line
+from lossprobe.errors import UserError, describe_exception
 
 IGNORE_INDEX = -100
 
@@ -227,11 +227,25 @@ def _user_loss(fn: Callable) -> Callable:
         if v.ndim == 0:
             raise UserError(f"the loss function '{name}' returned one number (a batch mean?): lossprobe needs "
                             "per-sample losses [B] to weight batches correctly; use reduction='none'")
+        n = _samples(y, batch)
+        if n is not None and len(v) != n and len(v) % n:
+            raise UserError(f"the loss function '{name}' returned {len(v)} value(s) for a batch of {n} samples: "
+                            "lossprobe needs one loss per sample [B] to weight batches correctly")
         if v.ndim > 1:
             v = v.reshape(len(v), -1).mean(1)
         return v.sum(), len(v)
 
     return f
+
+
+def _samples(y, batch) -> int | None:
+    """Samples in a batch: the target's first dimension, else the batch's (None if unknown)."""
+    if isinstance(y, torch.Tensor) and y.ndim:
+        return int(y.shape[0])
+    try:
+        return batch_len(batch)
+    except UserError:
+        return None
 
 
 def _user_metric(fn: Callable) -> Callable:
@@ -248,6 +262,90 @@ def _user_metric(fn: Callable) -> Callable:
 
 
 BUILTIN = ("cross_entropy", "bce", "mse", "model")
+
+
+# --- targets: one check per kind of loss, over all the data ---------------------------------------
+def _first_bad(mask: torch.Tensor, y: torch.Tensor) -> tuple[int, object]:
+    """(sample, value) of the first True in `mask` (shaped like `y`)."""
+    flat = mask.reshape(-1).nonzero()[0, 0]
+    per = max(1, y[0].numel()) if y.ndim else 1
+    return int(flat) // per, y.reshape(-1)[flat].item()
+
+
+def _classes(z: torch.Tensor | None, y: torch.Tensor) -> int | None:
+    """The number of classes of outputs `z` (one batch) for labels `y` (all samples), by the
+    layouts `_ce_layout` accepts; None when they do not fit (the batch check says so)."""
+    if z is None or z.ndim < 1:
+        return None
+    if tuple(y.shape[1:]) == tuple(z.shape[1:-1]):
+        return int(z.shape[-1])
+    if z.ndim >= 3 and tuple(y.shape[1:]) == tuple(z.shape[2:]):
+        return int(z.shape[1])
+    return None
+
+
+def target_problem(kind: str, y, z: torch.Tensor | None) -> str | None:
+    """What is wrong with the targets `y` (of all the samples) for a loss of `kind`, given the
+    outputs `z` of one batch, or None. One rule per kind:
+
+    cross_entropy  class labels: integers (or floats without a fraction) in [0, C) or -100,
+                   C the outputs' classes; class probabilities (floats of the outputs' shape):
+                   in [0, 1], summing to 1 over the classes
+    bce            targets in [0, 1]
+    mse            finite targets
+    model          integer labels in [0, C) or -100, C the last axis of the model's logits
+    custom         (the user's loss: nothing is known about its targets)
+    """
+    if not isinstance(y, torch.Tensor) or y.numel() == 0 or kind == "custom":
+        return None
+    if y.is_complex():
+        return f"the targets are complex ({y.dtype}); a loss needs real targets"
+    floating = y.is_floating_point()
+    if floating and not bool(torch.isfinite(y).all()):
+        i, v = _first_bad(~torch.isfinite(y), y)
+        return f"the targets hold {v} (NaN or infinite), first at sample {i}"
+    if kind == "cross_entropy":
+        if floating and z is not None and z.ndim >= 1 and tuple(y.shape[1:]) == tuple(z.shape[1:]):
+            lo, hi = float(y.min()), float(y.max())
+            if lo < 0 or hi > 1:
+                i, v = _first_bad((y < 0) | (y > 1), y)
+                return (f"cross_entropy reads targets of the outputs' shape as class probabilities, but they hold "
+                        f"{v:g} at sample {i} (values from {lo:g} to {hi:g}; probabilities lie in [0, 1]): are the "
+                        "inputs named as the target? (--data FILE:INPUTS,TARGET)")
+            sums = y.double().sum(-1)
+            if bool(((sums - 1).abs() > 1e-3).any()):
+                i, v = _first_bad((sums - 1).abs() > 1e-3, sums)
+                return (f"cross_entropy reads targets of the outputs' shape as class probabilities, but those of "
+                        f"sample {i} sum to {v:.4g}, not 1")
+            return None
+        if floating:
+            frac = y != torch.round(y)
+            if bool(frac.any()):
+                i, v = _first_bad(frac, y)
+                return (f"the labels are floats with a fraction ({v:g} at sample {i}): cross_entropy needs integer "
+                        "class labels, or class probabilities with the outputs' shape")
+        return _label_range(y, _classes(z, y), "class")
+    if kind == "bce":
+        lo, hi = float(y.min()), float(y.max())
+        if lo < 0 or hi > 1:
+            i, v = _first_bad((y < 0) | (y > 1), y)
+            return f"bce targets must lie in [0, 1], found {v:g} at sample {i} (values from {lo:g} to {hi:g})"
+        return None
+    if kind == "model" and not floating and y.dtype != torch.bool and z is not None and z.ndim >= 1:
+        return _label_range(y, int(z.shape[-1]), "label")
+    return None
+
+
+def _label_range(y: torch.Tensor, n: int | None, what: str) -> str | None:
+    if n is None:
+        return None
+    yl = y.long()
+    bad = (yl != IGNORE_INDEX) & ((yl < 0) | (yl >= n))
+    if bool(bad.any()):
+        i, v = _first_bad(bad, yl)
+        return (f"{what} {v} at sample {i} is outside the model's {n} outputs 0..{n - 1} "
+                f"({IGNORE_INDEX} marks an ignored position)")
+    return None
 
 
 def get_loss(loss, model: nn.Module | None = None) -> Loss:
@@ -324,29 +422,44 @@ class Criterion:
     def __call__(self, model: nn.Module, batch) -> Terms:
         return self.terms(self.forward(model, batch), batch)
 
-    def check(self, model: nn.Module, batch, model_name: str = "the model", data_name: str = "the data") -> Terms:
-        """Run one batch and turn a failure into one line naming model, data and the problem."""
+    def check(self, model: nn.Module, batch, model_name: str = "the model", data_name: str = "the data",
+              targets=None) -> Terms:
+        """Run one batch and turn a failure into one line naming model, data and the problem.
+        `targets`: a batch of every sample (in-memory data), whose targets are checked against
+        the loss (`target_problem`) so that a bad label anywhere is one line before any work."""
         try:
             out = self.forward(model, batch)
-        except UserError:
+        except (UserError, KeyboardInterrupt, GeneratorExit):
             raise
-        except Exception as e:  # the user's model raised: shape, dtype, keyword
-            msg = first_line(e)
+        except BaseException as e:  # the user's model raised: shape, dtype, keyword (or exited)
+            if getattr(type(e), "passes_wrappers", False):
+                raise
+            msg = describe_exception(e)
             how = "" if self.forward is not default_forward else (
                 "; the default forward calls " + ("model(**batch)" if isinstance(batch, Mapping) else
                                                   "model(x1, ..., xn) on all but the last element")
                 + ": pass forward=(lambda model, batch: ...) if your model is called differently")
             raise UserError(f"{model_name} cannot be called on a batch of {data_name} {describe(batch)}: "
-                            f"{type(e).__name__}: {msg}{how}") from None
+                            f"{msg}{how}") from None
         try:
             t = self.terms(out, batch)
-        except UserError:
+        except (UserError, KeyboardInterrupt, GeneratorExit):
             raise
-        except Exception as e:
-            msg = first_line(e)
+        except BaseException as e:  # the loss (or the user's target or metric) raised, or exited
             shape = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise UserError(f"loss '{self.name}' fails on {model_name}'s output {shape} for {data_name} "
-                            f"{describe(batch)}: {type(e).__name__}: {msg}") from None
+                            f"{describe(batch)}: {describe_exception(e)}") from None
+        if targets is not None:
+            try:
+                y = self.target(targets)
+                z = logits_of(out)
+            except Exception:  # noqa: BLE001 - nothing to check against; every batch is checked as it comes
+                y, z = None, None
+            if self.loss.kind == "model":
+                y = _model_labels(y, targets)
+            problem = target_problem(self.loss.kind, y, z)
+            if problem:
+                raise UserError(f"{data_name}: {problem}")
         return t
 
 
@@ -358,4 +471,5 @@ def criterion(loss="cross_entropy", forward: Forward | None = None, metric: Call
     return Criterion(loss, forward=forward, target=target, metric=metric, model=model)
 
 
-__all__ = ["BUILTIN", "KINDS", "Criterion", "Loss", "Terms", "criterion", "get_loss", "is_causal_lm", "logits_of"]
+__all__ = ["BUILTIN", "KINDS", "Criterion", "Loss", "Terms", "criterion", "get_loss", "is_causal_lm", "logits_of",
+           "target_problem"]

@@ -28,7 +28,7 @@ from torch import nn
 from torch.func import functional_call, grad, jvp
 from tqdm.auto import tqdm
 
-from lossprobe.core.batching import Forward, TensorData, as_data, take
+from lossprobe.core.batching import Forward, TensorData, as_data, at_batch, leaves, take
 from lossprobe.core.hoist import Hoister, Plan, Runner, capture, moving_tensors
 from lossprobe.core.losses import Loss, Terms, criterion
 from lossprobe.core.space import ParamSpace
@@ -88,12 +88,31 @@ def model_mode(model: nn.Module, train: bool = False):
 def check_fits(model: nn.Module, data, crit, batch_size: int = 8, model_name: str | None = None,
                data_name: str | None = None) -> None:
     """Run a few samples of `data` through `model` in eval mode; one line naming the model,
-    the data and the first mismatch if they do not fit."""
+    the data and the first mismatch if they do not fit. The targets of every sample of
+    in-memory data are checked against the loss too (`losses.target_problem`)."""
     data = as_data(data)
     batch = take(data.first(batch_size), slice(0, 8))
     with torch.no_grad(), model_mode(model, False):
-        crit.check(model, batch, model_name or type(model).__name__, data_name or f"'{data.name}'")
+        crit.check(model, batch, model_name or type(model).__name__, data_name or f"'{data.name}'",
+                   targets=data.tree if isinstance(data, TensorData) else None)
 
+
+
+def non_finite_data(data) -> str | None:
+    """'holds N NaN or infinite value(s) in its inputs, first at sample i' for in-memory data
+    with such values in a floating-point tensor, else None."""
+    if not isinstance(data, TensorData):
+        return None
+    n, first = 0, None
+    for t in leaves(data.tree):
+        if t.is_floating_point() or t.is_complex():
+            bad = ~torch.isfinite(t)
+            k = int(bad.sum())
+            if k:
+                n += k
+                i = int(bad.reshape(len(t), -1).any(1).nonzero()[0, 0]) if t.ndim else 0
+                first = i if first is None else min(first, i)
+    return f"holds {n} NaN or infinite value(s), first at sample {first}" if n else None
 
 
 def require_finite(model: nn.Module, what: str = "the model") -> nn.Module:
@@ -230,6 +249,10 @@ class Objective:
         (a checkpoint, say) when it is NaN or infinite, as every probe around it would be."""
         loss = float(self.loss_at().loss[0])
         if not np.isfinite(loss):
+            bad = non_finite_data(self.data)
+            if bad:
+                raise UserError(f"data {data_name or repr(self.data.name)} {bad}: the loss is {loss} there, whatever "
+                                "the model; remove or fix those samples")
             raise UserError(f"the loss at {where} is {loss} on {data_name or repr(self.data.name)}: the model outputs "
                             "NaN or inf there, so barriers, curvature, sharpness and surfaces around it are undefined")
         return loss
@@ -335,40 +358,41 @@ class Objective:
         bar = _progress(progress, total=self.data.n_batches(eval_bs) * K)
         with torch.inference_mode(), self.mode():
             for b_idx, batch in enumerate(self.data.batches(eval_bs)):
-                if K > 1 and self._hoister is not None and not self.train_mode:
-                    batch = self._hoister.layout(batch)
-                hoisted = None
-                if plan is not None:
-                    def compute(batch=batch):
-                        return capture(self, plan, batch, origin, directions if inject else None, inject,
-                                       self._hoister.channels_last)
-                    hoisted = cache.get(b_idx, compute) if cache is not None else compute()
-                    # a direction so large that f(x; d) overflows would turn 0·inf into NaN
-                    # even at the centre: take the plain path for this batch instead
-                    if hoisted is not None and not hoisted.finite:
-                        hoisted = None
-                runner = Runner(plan, hoisted, inject, self._hoister.channels_last) if hoisted is not None else None
-                ranges = ranges_inject if runner is not None and runner.inject else ranges_plain
-                with runner.installed() if runner is not None else contextlib.nullcontext():
-                    for k in range(K):
-                        theta = self._point(origin, directions, coords_dev[k], theta_buf, ranges) if m else origin
-                        if runner is not None:
-                            runner.point(coords_list[k], coords_dev[k])
-                        t = self.terms(theta, batch)
-                        if runner is not None and not runner.done():
-                            # the pass did not go as traced (data-dependent control flow?):
-                            # redo this point plainly and stop hoisting
-                            runner.off = True
-                            t = self.terms(self._point(origin, directions, coords_dev[k], theta_buf,
-                                                       ranges_plain) if m else origin, batch)
-                            self._hoister.reject(plan.moving)
-                            plan, inject = None, False
-                        loss_sum[k] += t.loss.double()
-                        count[k] += t.count
-                        if t.correct is not None:
-                            correct[k] += t.correct.double()
-                            correct_n[k] += t.correct_count
-                        bar(1)
+                with at_batch(b_idx, self.data, eval_bs):
+                    if K > 1 and self._hoister is not None and not self.train_mode:
+                        batch = self._hoister.layout(batch)
+                    hoisted = None
+                    if plan is not None:
+                        def compute(batch=batch):
+                            return capture(self, plan, batch, origin, directions if inject else None, inject,
+                                           self._hoister.channels_last)
+                        hoisted = cache.get(b_idx, compute) if cache is not None else compute()
+                        # a direction so large that f(x; d) overflows would turn 0·inf into NaN
+                        # even at the centre: take the plain path for this batch instead
+                        if hoisted is not None and not hoisted.finite:
+                            hoisted = None
+                    runner = Runner(plan, hoisted, inject, self._hoister.channels_last) if hoisted is not None else None
+                    ranges = ranges_inject if runner is not None and runner.inject else ranges_plain
+                    with runner.installed() if runner is not None else contextlib.nullcontext():
+                        for k in range(K):
+                            theta = self._point(origin, directions, coords_dev[k], theta_buf, ranges) if m else origin
+                            if runner is not None:
+                                runner.point(coords_list[k], coords_dev[k])
+                            t = self.terms(theta, batch)
+                            if runner is not None and not runner.done():
+                                # the pass did not go as traced (data-dependent control flow?):
+                                # redo this point plainly and stop hoisting
+                                runner.off = True
+                                t = self.terms(self._point(origin, directions, coords_dev[k], theta_buf,
+                                                           ranges_plain) if m else origin, batch)
+                                self._hoister.reject(plan.moving)
+                                plan, inject = None, False
+                            loss_sum[k] += t.loss.double()
+                            count[k] += t.count
+                            if t.correct is not None:
+                                correct[k] += t.correct.double()
+                                correct_n[k] += t.correct_count
+                            bar(1)
         bar(None)
         n = int(count[0]) if K else 0
         if K and not bool((count > 0).all()):
@@ -386,14 +410,15 @@ class Objective:
         theta = (self.theta0 if theta is None else theta).detach().requires_grad_(True)
         total, grad, n = 0.0, torch.zeros_like(theta), 0.0
         with self.mode():
-            for batch in self.batches():
-                t = self.terms(theta, batch)
-                if t.loss.requires_grad:
-                    (g,) = torch.autograd.grad(t.loss, theta, allow_unused=True)
-                    if g is not None:
-                        grad += g
-                total += float(t.loss.detach())
-                n += float(t.count)
+            for i, batch in enumerate(self.batches()):
+                with at_batch(i, self.data, self.batch_size):
+                    t = self.terms(theta, batch)
+                    if t.loss.requires_grad:
+                        (g,) = torch.autograd.grad(t.loss, theta, allow_unused=True)
+                        if g is not None:
+                            grad += g
+                    total += float(t.loss.detach())
+                    n += float(t.count)
         if n == 0:
             raise UserError(f"data '{self.data.name}' yielded no samples")
         return total / n, grad / n
@@ -475,29 +500,31 @@ def hvp(objective: Objective, v: torch.Tensor, theta: torch.Tensor | None = None
     out, n = torch.zeros_like(theta), 0.0
     with objective.mode(), second_order():
         if method == "reverse":
-            for batch in objective.batches():
-                th = theta.clone().requires_grad_(True)
-                t = objective.terms(th, batch)
-                if t.loss.requires_grad:
-                    (g,) = torch.autograd.grad(t.loss, th, create_graph=True)
-                    if g.requires_grad:  # False when the loss is linear in θ: H = 0
-                        (hv,) = torch.autograd.grad(g @ v, th, allow_unused=True)
-                        if hv is not None:
-                            out += hv
-                n += float(t.count)
+            for i, batch in enumerate(objective.batches()):
+                with at_batch(i, objective.data, objective.batch_size):
+                    th = theta.clone().requires_grad_(True)
+                    t = objective.terms(th, batch)
+                    if t.loss.requires_grad:
+                        (g,) = torch.autograd.grad(t.loss, th, create_graph=True)
+                        if g.requires_grad:  # False when the loss is linear in θ: H = 0
+                            (hv,) = torch.autograd.grad(g @ v, th, allow_unused=True)
+                            if hv is not None:
+                                out += hv
+                    n += float(t.count)
         elif method == "forward":
 
-            for batch in objective.batches():
-                counts = []
+            for i, batch in enumerate(objective.batches()):
+                with at_batch(i, objective.data, objective.batch_size):
+                    counts = []
 
-                def f(th, batch=batch):
-                    t = objective.terms(th, batch)
-                    counts.append(t.count)
-                    return t.loss
+                    def f(th, batch=batch):
+                        t = objective.terms(th, batch)
+                        counts.append(t.count)
+                        return t.loss
 
-                _, hv = jvp(grad(f), (theta,), (v,))
-                out += hv
-                n += float(counts[0])
+                    _, hv = jvp(grad(f), (theta,), (v,))
+                    out += hv
+                    n += float(counts[0])
         else:
             raise UserError(f"method must be one of {list(METHODS)}, got {method!r}")
     if n == 0:

@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lossprobe.core.batching import at_batch
 from lossprobe.core.graphs import GraphCache, parse_bytes
 from lossprobe.core.losses import IGNORE_INDEX, _ce_layout, _model_labels, is_causal_lm, logits_of
 from lossprobe.core.objective import DEFAULT_METHOD, METHODS, Objective, hvp, second_order, warn_if_stochastic
@@ -434,10 +435,11 @@ class _OutputSpaceOperator(CurvatureOperator):
         obj, n = self.objective, 0.0
         with torch.no_grad(), obj.mode(), second_order():
             for i, batch in enumerate(obj.batches()):
-                out = obj.forward(self.theta, batch)
-                if i == 0 and self.loss.from_model:
-                    self.loss.check_model_loss(out, batch)
-                n += float(obj.criterion.terms(out, batch).count)
+                with at_batch(i, obj.data, obj.batch_size):
+                    out = obj.forward(self.theta, batch)
+                    if i == 0 and self.loss.from_model:
+                        self.loss.check_model_loss(out, batch)
+                    n += float(obj.criterion.terms(out, batch).count)
         if n == 0:
             raise UserError("the data yielded no samples")
         return n
@@ -462,7 +464,8 @@ class _OutputSpaceOperator(CurvatureOperator):
             return
         keep = [] if self.cache_graph else None
         for i, batch in enumerate(obj.batches()):
-            b = self._build(batch, i)
+            with at_batch(i, obj.data, obj.batch_size):
+                b = self._build(batch, i)
             if keep is not None:
                 keep.append(b)
             yield b
@@ -657,32 +660,33 @@ class KFACOperator(CurvatureOperator):
         try:
             with obj.mode(), second_order(), torch.enable_grad():
                 for i, batch in enumerate(obj.batches()):
-                    acts.clear()
-                    th = self.theta.clone().requires_grad_(True)
-                    out = obj.forward(th, batch)
-                    if i == 0 and self.loss.from_model:
-                        self.loss.check_model_loss(out, batch)
-                    n += float(obj.criterion.terms(out, batch).count)
-                    z, y = self.loss.rows(out, batch)
-                    if how == "auto":
-                        how = "exact" if z.shape[-1] <= 64 and self.loss.kind != "generic" else (
-                            "mc" if self.loss.has_likelihood else "empirical")
-                    if how == "mc":
-                        r = self.loss.factors(z, y, "mc", self.loss.sample(z, y, self.mc_samples, gen))
-                    else:
-                        r = self.loss.factors(z, y, how)
-                    for k, a_list in acts.items():
-                        a = torch.cat(a_list).double()
-                        SA[k] = a.T @ a if SA[k] is None else SA[k] + a.T @ a
-                        R[k] += a.shape[0]
-                    if not z.requires_grad:
-                        continue
-                    for s in range(r.shape[0]):
-                        grads.clear()
-                        torch.autograd.grad(z, th, grad_outputs=r[s].to(z.dtype), retain_graph=s + 1 < r.shape[0])
-                        for k, g_list in grads.items():
-                            g = torch.cat(g_list).double()
-                            SG[k] = g.T @ g if SG[k] is None else SG[k] + g.T @ g
+                    with at_batch(i, obj.data, obj.batch_size):
+                        acts.clear()
+                        th = self.theta.clone().requires_grad_(True)
+                        out = obj.forward(th, batch)
+                        if i == 0 and self.loss.from_model:
+                            self.loss.check_model_loss(out, batch)
+                        n += float(obj.criterion.terms(out, batch).count)
+                        z, y = self.loss.rows(out, batch)
+                        if how == "auto":
+                            how = "exact" if z.shape[-1] <= 64 and self.loss.kind != "generic" else (
+                                "mc" if self.loss.has_likelihood else "empirical")
+                        if how == "mc":
+                            r = self.loss.factors(z, y, "mc", self.loss.sample(z, y, self.mc_samples, gen))
+                        else:
+                            r = self.loss.factors(z, y, how)
+                        for k, a_list in acts.items():
+                            a = torch.cat(a_list).double()
+                            SA[k] = a.T @ a if SA[k] is None else SA[k] + a.T @ a
+                            R[k] += a.shape[0]
+                        if not z.requires_grad:
+                            continue
+                        for s in range(r.shape[0]):
+                            grads.clear()
+                            torch.autograd.grad(z, th, grad_outputs=r[s].to(z.dtype), retain_graph=s + 1 < r.shape[0])
+                            for k, g_list in grads.items():
+                                g = torch.cat(g_list).double()
+                                SG[k] = g.T @ g if SG[k] is None else SG[k] + g.T @ g
         finally:
             for h in handles:
                 h.remove()

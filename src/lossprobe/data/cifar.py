@@ -67,6 +67,12 @@ def read_batch(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     return x.reshape(-1, 3, 32, 32), y
 
 
+def cifar_files(kind: str) -> list[str]:
+    """The names of the batch files of CIFAR-10 or CIFAR-100."""
+    _, train, test, _, _ = _LAYOUT[kind]
+    return list(train) + list(test)
+
+
 def _find(root: Path, kind: str) -> Path:
     sub, train, test, _, _ = _LAYOUT[kind]
     for d in (root, root / sub):
@@ -104,6 +110,8 @@ def cifar(root: str | os.PathLike | None, kind: str = "cifar10", n_val: int | No
     xt, yt = (np.concatenate(a) for a in zip(*(read_batch(d / f) for f in test_files)))
     if y.max(initial=0) >= n_classes or yt.max(initial=0) >= n_classes:
         raise UserError(f"{d}: labels exceed {n_classes - 1}; is this {kind}?")
+    if y.min(initial=0) < 0 or yt.min(initial=0) < 0:
+        raise UserError(f"{d}: a label is {min(y.min(initial=0), yt.min(initial=0))}; {kind} labels are 0..{n_classes - 1}")
     if n_val is None:
         n_val = min(5000, len(x) // 10)
     if not 0 <= n_val < len(x):

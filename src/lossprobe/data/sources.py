@@ -23,6 +23,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -31,11 +32,12 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from lossprobe.core.batching import Data, Split, TensorData, as_data
-from lossprobe.core.specs import call_user, load_callable, looks_like_code, options
-from lossprobe.data.cifar import cifar
+from lossprobe.core.specs import call_user, load_callable, looks_like_code, options, source_file
+from lossprobe.data.cifar import cifar, cifar_files
 from lossprobe.data.fashion import fashion_mnist
 from lossprobe.data.spiral import two_spirals
-from lossprobe.errors import UserError, first_line
+from lossprobe.errors import UserError, first_line, refused_pickle
+from lossprobe.results.store import npz_limit_problem
 
 BUILTIN_SETS = ("fashion-mnist", "spiral", "cifar10", "cifar100")
 TENSOR_SUFFIXES = (".pt", ".pth", ".npz", ".safetensors")
@@ -112,6 +114,33 @@ def _load(spec: str, flatten: bool) -> Data:
     raise UserError(f"unknown data set '{spec}'; use one of {FORMS}")
 
 
+def files_of(spec: str) -> dict:
+    """{what: path or (folder, select)} of the files the data `spec` reads, for the fingerprints
+    of a run's inputs (`results.store.RunDir`); built-in sets that lossprobe verifies itself
+    (Fashion-MNIST, the spirals) have none."""
+    if not isinstance(spec, str):
+        return {}
+    name, _, rest = spec.partition(":")
+    if name in ("cifar10", "cifar100"):
+        root, _, part = rest.rpartition(":") if rest.endswith((":train", ":val", ":test")) else (rest, "", "test")
+        wanted = set(cifar_files(name))
+        return {"folder": (root, lambda rel: rel.rsplit("/", 1)[-1] in wanted)} if root else {}
+    if name == "imagefolder":
+        root = rest.split(":")[0]
+        return {"folder": (root, _is_image)} if root else {}
+    path_part, _, _ = spec.partition(":") if not spec.endswith(TENSOR_SUFFIXES) else (spec, "", "")
+    if path_part.endswith(TENSOR_SUFFIXES):
+        return {"file": path_part}
+    code = source_file(spec)
+    return {"code": code} if code is not None else {}
+
+
+def _is_image(rel: str) -> bool:
+    """The files `image_folder` reads: images in class folders (whose names do not start with '.')."""
+    parts = rel.split("/")
+    return len(parts) >= 2 and not parts[0].startswith(".") and Path(rel).suffix.lower() in IMAGE_SUFFIXES
+
+
 # --- tensor files -------------------------------------------------------------------------
 def tensor_file(path: str, keys: list[str] | None = None) -> Data:
     """Tensors saved by name in a .pt (weights_only), .npz or .safetensors file (see module doc)."""
@@ -134,12 +163,29 @@ def tensor_file(path: str, keys: list[str] | None = None) -> Data:
                     f"e.g. --data {p}:INPUTS,TARGET")
 
 
+def _head(p: Path) -> bytes:
+    try:
+        with open(p, "rb") as f:
+            return f.read(16)
+    except OSError:
+        return b""
+
+
 def _names(tensors: dict) -> str:
     return ", ".join(f"'{k}' {list(v.shape)}" for k, v in tensors.items()) or "no tensors"
 
 
 def _read_tensors(p: Path) -> dict[str, torch.Tensor]:
     suffix = p.suffix
+    if suffix == ".npz":
+        problem = npz_limit_problem(p)
+        if problem:
+            raise UserError(f"data file {p} {problem}")
+    elif suffix not in (".safetensors",):
+        head = _head(p)
+        if head[:2] != b"PK" and head[:1] != b"\x80":  # neither torch's zip format nor a pickle
+            raise UserError(f"data file {p} is damaged or not a torch file (it starts with bytes {head[:8].hex(' ')}); "
+                            "save tensors by name (torch.save({'x': x, 'y': y}), numpy.savez)")
     try:
         if suffix == ".npz":
             with np.load(p, allow_pickle=False) as z:
@@ -147,15 +193,21 @@ def _read_tensors(p: Path) -> dict[str, torch.Tensor]:
         if suffix == ".safetensors":
             return load_file(str(p))
         obj = torch.load(p, map_location="cpu", weights_only=True)
+    except MemoryError:
+        raise UserError(f"data file {p} does not fit in memory") from None
     except ValueError as e:
         if "pickle" in str(e).lower():
             raise UserError(f"data file {p} holds pickled objects, which lossprobe does not load: save plain "
                             "arrays (numpy.savez) or tensors") from None
-        raise UserError(f"data file {p} could not be read: {first_line(e)}") from None
+        raise UserError(f"data file {p} is damaged or not a {suffix} file: {first_line(e)}") from None
     except Exception as e:  # torch's UnpicklingError, safetensors' errors, zip errors, ...
-        first = first_line(e)
-        raise UserError(f"data file {p} could not be read safely ({first}); lossprobe never runs code from a "
-                        "data file: save tensors by name (torch.save({'x': x, 'y': y}), numpy.savez)") from None
+        why = refused_pickle(e)
+        if why is not None:  # weights_only met a class, a function or an opcode: not plain tensors, refused
+            raise UserError(f"data file {p} holds more than tensors (torch's safe loader refused it: {why}); "
+                            "lossprobe never runs code from a data file: save tensors by name "
+                            "(torch.save({'x': x, 'y': y}), numpy.savez)") from None
+        raise UserError(f"data file {p} is damaged or not a {suffix} file ({type(e).__name__}: "
+                        f"{first_line(e)})") from None
     if isinstance(obj, (tuple, list)) and len(obj) >= 2 and all(isinstance(t, torch.Tensor) for t in obj):
         return {"x": obj[0], "y": obj[-1]} if len(obj) == 2 else {f"t{i}": t for i, t in enumerate(obj)}
     if isinstance(obj, dict) and obj and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
@@ -197,14 +249,24 @@ def image_folder(root: str, size: int = 32, gray: bool = False, norm: str = "hal
         raise UserError(f"image folder {d} has no class subfolders: put the images of each class in DIR/CLASS/")
     xs, ys = [], []
     mode = "L" if gray else "RGB"
+    files = {c: [f for f in sorted((d / c).rglob("*")) if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()]
+             for c in classes}
+    empty = [c for c in classes if not files[c]]
+    if empty and len(empty) < len(classes):
+        raise UserError(f"image folder {d}: class folder '{empty[0]}' holds no images; labels are the positions of "
+                        f"the sorted class folders ({', '.join(classes[:4])}{', ...' if len(classes) > 4 else ''}), so "
+                        "an empty one would shift them: add its images or remove the folder")
     for label, c in enumerate(classes):
-        for f in sorted((d / c).rglob("*")):
-            if f.suffix.lower() not in IMAGE_SUFFIXES or not f.is_file():
-                continue
+        for f in files[c]:
             try:
-                with Image.open(f) as im:
-                    im = im.convert(mode).resize((size, size), Image.BILINEAR)
-                    xs.append(np.asarray(im, dtype=np.float32) / 255.0)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("error", Image.DecompressionBombWarning)
+                    with Image.open(f) as im:
+                        im = im.convert(mode).resize((size, size), Image.BILINEAR)
+                        xs.append(np.asarray(im, dtype=np.float32) / 255.0)
+            except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+                raise UserError(f"image {f} is larger than the {Image.MAX_IMAGE_PIXELS} pixels lossprobe decodes (a "
+                                "decompression bomb?); resize it") from None
             except Exception as e:
                 raise UserError(f"image {f} could not be read: {first_line(e)}") from None
             ys.append(label)
@@ -221,4 +283,4 @@ def image_folder(root: str, size: int = 32, gray: bool = False, norm: str = "hal
     return split
 
 
-__all__ = ["BUILTIN_SETS", "image_folder", "load", "tensor_file", "train_counterpart"]
+__all__ = ["BUILTIN_SETS", "files_of", "image_folder", "load", "tensor_file", "train_counterpart"]

@@ -176,6 +176,24 @@ def load_trajectory(path, objective):
     return arr
 
 
+_TRAJECTORY_FILES = (".safetensors", ".pt", ".pth")
+
+
+def input_files(specs, m: int = 2, option: str = "--directions") -> dict:
+    """{what: path or (folder, select)} of the files the named directions read (the checkpoint
+    of towards:CKPT, the trajectory or checkpoints of pca:PATH), for a run's input fingerprints."""
+    out = {}
+    for kind, arg in parse(specs, m, option):
+        if kind == "towards":
+            out[f"{option} towards: checkpoint"] = arg
+        elif kind == "pca":
+            p = Path(arg)
+            out[f"{option} pca: trajectory"] = p if p.is_file() else (
+                p, lambda rel: rel.rsplit("/", 1)[-1].startswith("trajectory") and rel.endswith(".npy")
+                or rel.endswith(_TRAJECTORY_FILES))
+    return out
+
+
 def towards(objective, checkpoint) -> Direction:
     """θ_CKPT − θ: from the objective's point to a checkpoint of the same model (at coordinate 1)."""
     other = apply_state_dict(copy.deepcopy(objective.model), load_state_dict(str(checkpoint)), str(checkpoint))
@@ -269,6 +287,7 @@ def describe(meta: dict, short: bool = False) -> str:
 
 
 __all__ = ["EIGEN_KINDS", "KINDS", "Direction", "NORMS", "WHOLE_NORMS", "as_vector", "axis_norm", "describe",
+           "input_files",
            "load_trajectory", "parse", "resolve", "towards", "between", "curvature_along", "curvature_directions",
            "gradient_direction", "normalize", "pca_directions", "plane_through", "project", "random_direction",
            "random_plane", "rescale", "stack"]

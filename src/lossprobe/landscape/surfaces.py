@@ -433,9 +433,13 @@ class ChunkStore:
         plan_file = self.dir / "plan.json"
         if plan_file.is_file():
             try:
-                old = json.loads(plan_file.read_text()).get("fingerprint")
+                old_plan = json.loads(plan_file.read_text())
+                old = old_plan.get("fingerprint")
+                # the digest of every sample (plans written before it existed have none)
+                if old_plan.get("data_sha256") not in (None, plan.get("data_sha256")):
+                    old = None
                 damaged = False
-            except (ValueError, AttributeError, OSError):
+            except (ValueError, AttributeError, OSError, RecursionError):
                 old, damaged = None, True  # derived data: start the grid again
             if old != fingerprint:
                 if not (force or damaged):
@@ -580,8 +584,10 @@ def _compute(obj: Objective, dirs_in, spans, steps, *, origin=None, out=None, fo
             x_digest = _digest(cols[0][: min(len(split), 256)], *cols[1:], split.indices if split.indices is not None else [])
         fp = _digest(FORMAT, origin_t, dirs, pts_all, chunk_size, loss_name, x_digest, n_data, obj.batch_size,
                      obj.space.names, obj.space.include_buffers)
+        # every sample, not only the rows in `fp` (kept as it was, so older grids still resume)
+        full = _digest(*leaves(split.tree)) if isinstance(split, TensorData) else None
         store = ChunkStore(out, fp, {"format": FORMAT, "grid_shape": list(shape), "chunks": n_chunks,
-                                      "chunk_size": chunk_size, "meta": meta}, force=force)
+                                      "chunk_size": chunk_size, "meta": meta, "data_sha256": full}, force=force)
         for i in sorted(store.done(n_chunks)):
             got = store.read(i)
             if got is None:
@@ -877,9 +883,17 @@ def _kept_directions(out, request: dict, obj: Objective) -> list | None:
         vecs = load_file(str(vf))
         if info.get("request") != to_jsonable(request):
             return None
-        return [Direction(vecs[f"d{i + 1}"].to(obj.device, obj.space.dtype), meta)
-                for i, meta in enumerate(info["directions"])]
-    except (UserError, OSError, KeyError, TypeError, ValueError, AttributeError, SafetensorError):
+        metas = info["directions"]
+        if not isinstance(metas, list) or len(metas) != request["m"] or not all(isinstance(x, dict) for x in metas):
+            return None  # the wrong shape: computed again
+        out = []
+        for i, meta in enumerate(metas):
+            v = vecs[f"d{i + 1}"]
+            if v.ndim != 1 or v.numel() != obj.space.numel or not v.is_floating_point() or not torch.isfinite(v).all():
+                return None
+            out.append(Direction(v.to(obj.device, obj.space.dtype), meta))
+        return out
+    except (UserError, OSError, KeyError, TypeError, ValueError, AttributeError, SafetensorError, RecursionError):
         return None  # damaged: derived data, computed again
 
 
@@ -894,6 +908,9 @@ def _auto_spans(obj: Objective, spans, dirs, origin, out) -> tuple[list[tuple[fl
         try:
             got = read_json(kept)
             auto = got["auto_span"] if got.get("factor") == factor and len(got["auto_span"]) == len(spans) else None
+            if auto is not None and not all(isinstance(a, dict) and isinstance(a.get("span"), (int, float))
+                                            and math.isfinite(a["span"]) and a["span"] > 0 for a in auto):
+                auto = None  # damaged: searched again
         except (UserError, OSError, KeyError, TypeError, AttributeError):
             auto = None
     if auto is None:
@@ -951,6 +968,7 @@ def _steps(steps, m: int) -> tuple[int, ...]:
 
 # --- a span chosen for the user ----------------------------------------------------------
 AUTO_FACTOR = 4.0
+AUTO_FACTOR_MAX = 1e6
 
 
 def parse_span(text) -> tuple[str, float] | None:
@@ -965,6 +983,9 @@ def parse_span(text) -> tuple[str, float] | None:
         f = float("nan")
     if not f > 1 or not math.isfinite(f):
         raise UserError(f"span auto:FACTOR needs a FACTOR above 1, got '{text[5:]}'")
+    if f > AUTO_FACTOR_MAX:
+        raise UserError(f"span auto:FACTOR takes a FACTOR up to {AUTO_FACTOR_MAX:g} (× the centre loss), got "
+                        f"'{text[5:]}': a larger one only finds where the loss overflows; give --span LO HI")
     return ("auto", f)
 
 
@@ -983,7 +1004,8 @@ def auto_span(objective: Objective, directions, factor: float = AUTO_FACTOR, ori
     so the loss on the axis reaches T at one end and stays below it in between. A NaN or
     inf loss counts as above T. A side where no crossing is found within 2^max_doublings
     × start keeps that bound (`reached` False). The first crossing found by doubling is
-    taken: a loss that rises above T and falls back within one doubling is not seen.
+    taken: a loss that rises above T and falls back within one doubling is not seen. A side
+    whose loss turns NaN or inf before reaching T keeps the last finite point (`reached` False).
 
     Returns one dict per direction: span, minus, plus, threshold, factor, center_loss,
     reached (both sides), evaluations.
@@ -1052,8 +1074,8 @@ def auto_span(objective: Objective, directions, factor: float = AUTO_FACTOR, ori
                 side[sgn] = (a0, False)
             elif math.isfinite(h[1]) and h[1] > v0:
                 side[sgn] = (a0 + (T - v0) / (h[1] - v0) * (h[0] - a0), True)
-            else:
-                side[sgn] = (a0 if a0 > 0 else h[0], True)
+            else:  # the loss became NaN or inf before it reached the threshold: not reached
+                side[sgn] = (a0 if a0 > 0 else h[0], False)
         s = min(side[-1.0][0], side[1.0][0])
         out.append({"span": s, "minus": side[-1.0][0], "plus": side[1.0][0], "threshold": T, "factor": factor,
                     "center_loss": L0, "reached": side[-1.0][1] and side[1.0][1], "start": starts[i],

@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 from lossprobe.core.specs import call_user, load_callable, looks_like_code, options
-from lossprobe.errors import UserError
+from lossprobe.errors import UserError, first_line
+from lossprobe.results.store import available_memory
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "sigmoid": nn.Sigmoid, "elu": nn.ELU}
 
@@ -132,8 +133,13 @@ def build(spec: str, seed: int | None = None) -> nn.Module:
             unknown = [f for f in flags if f not in ACTIVATIONS] + [k for k in kv if k not in ("dropout", "init")]
             if unknown:
                 raise UserError(f"unknown option '{unknown[0]}' in model spec '{spec}'")
-            return mlp(rest[0].split("-"), flags[0] if flags else "relu", float(kv.get("dropout", 0)), seed,
-                       str(kv.get("init", "default")))
+            if len(flags) > 1:
+                raise UserError(f"model spec '{spec}' names {len(flags)} activations ({', '.join(flags)}); an MLP "
+                                "has one")
+            widths = rest[0].split("-")
+            _fits_in_memory(spec, _mlp_parameters([int(w) for w in widths]))
+            return _allocating(spec, lambda: mlp(widths, flags[0] if flags else "relu", float(kv.get("dropout", 0)),
+                                                 seed, str(kv.get("init", "default"))))
         if kind == "cnn":
             chans = rest[0].split("-") if rest and rest[0] else ["32", "64"]
             flags, kv = options(rest[1:])
@@ -141,8 +147,14 @@ def build(spec: str, seed: int | None = None) -> nn.Module:
             unknown = [f for f in flags if f != "bn"] + [k for k in kv if k not in known]
             if unknown:
                 raise UserError(f"unknown option '{unknown[0]}' in model spec '{spec}'")
-            return cnn(chans, "bn" in flags, float(kv.get("dropout", 0)), int(kv.get("hidden", 128)),
-                       int(kv.get("classes", 10)), int(kv.get("in", 1)), int(kv.get("size", 28)), seed)
+            if flags.count("bn") > 1:
+                raise UserError(f"model spec '{spec}' names bn twice")
+            args = ([int(c) for c in chans], int(kv.get("hidden", 128)), int(kv.get("classes", 10)),
+                    int(kv.get("in", 1)), int(kv.get("size", 28)))
+            if min(args[0] + list(args[1:])) > 0:
+                _fits_in_memory(spec, _cnn_parameters(*args))
+            return _allocating(spec, lambda: cnn(chans, "bn" in flags, float(kv.get("dropout", 0)), args[1], args[2],
+                                                 args[3], args[4], seed))
     except ValueError as e:
         if isinstance(e, UserError):
             raise
@@ -152,6 +164,40 @@ def build(spec: str, seed: int | None = None) -> nn.Module:
         return _from_function(spec, seed)
     raise UserError(f"unknown model spec '{spec}'; use mlp:WIDTHS, cnn:CHANNELS, module:function "
                     "or path/to/file.py:function")
+
+
+def _mlp_parameters(widths: list[int]) -> int:
+    return sum(a * b + b for a, b in zip(widths[:-1], widths[1:]))
+
+
+def _cnn_parameters(channels: list[int], hidden: int, classes: int, c_in: int, size: int) -> int:
+    n = 0
+    for c in channels:
+        n += c_in * c * 9 + 3 * c  # conv, its bias or BatchNorm
+        c_in, size = c, max(size // 2, 1)
+    return n + (c_in * size * size + 1) * hidden + (hidden + 1) * classes
+
+
+def _fits_in_memory(spec: str, n: int) -> None:
+    """Refuse a built-in model whose float32 parameters cannot fit in the memory available."""
+    need = 4 * n
+    have = available_memory()
+    if need > 2 ** 40 or (have is not None and need > have):
+        raise UserError(f"model spec '{spec}' has {n:,} parameters ({need / 1e9:,.1f} GB in float32), more than "
+                        f"the {have / 1e9:,.1f} GB of memory available" if have is not None else
+                        f"model spec '{spec}' has {n:,} parameters ({need / 1e9:,.1f} GB in float32): too large")
+
+
+def _allocating(spec: str, build_fn):
+    """build_fn(), an allocation failure being one line naming the spec."""
+    try:
+        return build_fn()
+    except MemoryError:
+        raise UserError(f"model spec '{spec}' does not fit in memory") from None
+    except RuntimeError as e:
+        if "alloc" in str(e).lower() or "memory" in str(e).lower():
+            raise UserError(f"model spec '{spec}' does not fit in memory ({first_line(e)})") from None
+        raise
 
 
 def _from_function(spec: str, seed: int | None) -> nn.Module:

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import contextlib
 import errno as _errno
+import io
 import os
+import re
 import secrets
 import shutil
 from pathlib import Path
@@ -193,9 +195,13 @@ def writing_to(path: str | os.PathLike) -> Iterator[Path]:
             _fsync_file(f, path)
 
 
+_TEMP_NAME = re.compile(r"\A\..+\.\d+\.[0-9a-f]{8}" + re.escape(TMP_SUFFIX) + r"(\.[^./]*)?\Z", re.S)
+
+
 def is_temp(name: str) -> bool:
-    """True for the name of a temporary file of this module."""
-    return TMP_SUFFIX in name
+    """True for the name of a temporary file of this module (``.NAME.<pid>.<8 hex digits>.lossprobe-tmp``,
+    see `_tmp_path` and `writing_to`): a user's file that merely contains the suffix is not one."""
+    return bool(_TEMP_NAME.match(name))
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -245,10 +251,12 @@ def save_safetensors(path: str | os.PathLike, tensors: dict) -> Path:
 
 
 def save_torch(path: str | os.PathLike, obj: Any) -> Path:
-    """torch.save of plain state (tensors, numbers, dicts) to `path`, atomically."""
-    with open_atomic(path, "wb") as f:
-        torch.save(obj, f)
-    return Path(path)
+    """torch.save of plain state (tensors, numbers, dicts) to `path`, atomically. Serialised in
+    memory first, so that a write error (a full disk) is an OSError naming the file, never
+    torch's RuntimeError from inside its writer."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return write_bytes(path, buf.getbuffer())
 
 
 def remove_stale_temps(folder: str | os.PathLike) -> int:

@@ -10,14 +10,23 @@ Layout (a study or command writes what applies):
     figures/           PNG and SVG
     report.md          figures and a verdict
 
-    .lossprobe-run     marks the folder as a lossprobe run directory
+    inputs.json        fingerprints of the files the run reads (`results.inputs`)
+    .lossprobe-run     marks the folder as a lossprobe run directory (with its random run id)
     .lossprobe.lock    the lock that keeps a second process out while one writes
 
-Reopening an existing directory with the same configuration resumes it. A directory that
-holds another run is refused unless `force=True`, which moves the old run aside to
-DIR.old-<time> (nothing is deleted). A non-empty folder that is not a lossprobe run is
-always refused: lossprobe never removes or moves files it did not write. One process at a
-time writes a run directory (an OS lock, see `FolderLock`).
+A folder is a lossprobe run directory if and only if it holds the marker `.lossprobe-run`
+that lossprobe wrote when the run started: a copy of a run's config.json, environment.json
+or summary.json beside a user's files does not make a folder a run. Reopening a run
+directory with the same configuration resumes it, once the inputs it records are shown to
+be unchanged (a changed checkpoint, data file or code file is refused in one line naming
+it). A directory that holds another run is refused unless `force=True`, which moves the old
+run aside to DIR.old-<time> (nothing is deleted; refused when a file the command reads lies
+inside it). A non-empty folder that is not a lossprobe run is always refused: lossprobe
+never removes or moves files it did not write. One process at a time writes a run
+directory (an OS lock, see `FolderLock`).
+
+A run directory written before inputs.json existed resumes with a one-line warning that its
+inputs could not be checked, and records them from then on.
 """
 
 from __future__ import annotations
@@ -27,8 +36,11 @@ import json
 import math
 import os
 import platform
+import re
+import secrets
 import sys
 import weakref
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +51,7 @@ from safetensors import safe_open
 from lossprobe._version import __version__
 from lossprobe.errors import BusyError, UserError
 from lossprobe.results import atomic
+from lossprobe.results.inputs import changed, fingerprint
 from lossprobe.results.plotspec import dumps, loads, surface
 
 
@@ -86,6 +99,8 @@ def read_json(path: str | os.PathLike, what: str = "") -> Any:
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise UserError(f"{label} is damaged: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
+    except RecursionError:
+        raise UserError(f"{label} is damaged: its JSON is nested too deeply to read") from None
 
 
 def readable(path: str | os.PathLike) -> bool:
@@ -95,7 +110,7 @@ def readable(path: str | os.PathLike) -> bool:
         return False
     try:
         if p.suffix == ".json":
-            json.loads(p.read_text(encoding="utf-8"))
+            json.loads(p.read_text(encoding="utf-8"))  # RecursionError is an Exception too
         elif p.suffix == ".npz":
             with np.load(p) as f:
                 for k in f.files:
@@ -184,6 +199,9 @@ def load_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """The arrays of the .npz `path` (the declarations are left out: they describe arrays, they
     are not ones); a missing, unreadable or damaged file is one UserError."""
     p = Path(path)
+    problem = npz_limit_problem(p) if p.is_file() else None
+    if problem:
+        raise UserError(f"{p} {problem}")
     try:
         with np.load(p) as f:
             return {k: f[k] for k in f.files if k not in RESERVED_KEYS}
@@ -195,6 +213,66 @@ def load_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise UserError(f"{p} is damaged (not a readable .npz file)") from None
     except (ValueError, EOFError, KeyError):
         raise UserError(f"{p} is damaged (not a readable .npz file)") from None
+
+
+def npz_sizes(path: str | os.PathLike) -> tuple[int, int]:
+    """(bytes in memory, bytes on disk) of the .npz `path`, from its zip directory and the
+    header of each array, without decompressing anything: a file whose arrays would expand far
+    beyond its size (a zip bomb) can be refused before it takes the memory. Raises ValueError
+    (or a zip/OS error) for a file that is not a readable .npz."""
+    total = 0
+    packed = os.path.getsize(path)
+    with zipfile.ZipFile(path) as z:
+        for info in z.infolist():
+            size = info.file_size
+            if info.filename.endswith(".npy"):
+                with z.open(info) as f:
+                    version = np.lib.format.read_magic(f)
+                    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                        np.lib.format.read_array_header_2_0
+                    shape, _, dtype = read(f)
+                size = max(size, int(np.prod(shape, dtype=np.float64)) * dtype.itemsize)
+            total += size
+    return total, packed
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to this process now (Linux: MemAvailable), or None if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+BOMB_BYTES = 256 * 10 ** 6  # an .npz expanding to more than this ...
+BOMB_RATIO = 100  # ... and to more than this many times its size on disk is refused as a zip bomb
+
+
+def npz_limit_problem(path: str | os.PathLike, limit: int | None = None) -> str | None:
+    """Why the .npz `path` must not be loaded, or None: it would expand beyond `limit` bytes
+    (default: the memory available), or far beyond its size on disk (`BOMB_BYTES` and
+    `BOMB_RATIO`: deflate of constant data, a zip bomb). Not readable as an .npz: None (the
+    reader says so)."""
+    try:
+        total, packed = npz_sizes(path)
+    except Exception:  # noqa: BLE001 - damaged or not an .npz: the loader's own message
+        return None
+    mb = lambda n: f"{n / 1e6:,.0f} MB" if n >= 1e6 else f"{n / 1e3:,.0f} kB"  # noqa: E731
+    if total > BOMB_BYTES and total > BOMB_RATIO * max(packed, 1):
+        return (f"would expand from {mb(packed)} on disk to {mb(total)} in memory (a zip bomb?); lossprobe "
+                "refuses compressed arrays that grow more than 100-fold beyond 256 MB: save them uncompressed "
+                "(numpy.savez)")
+    limit = available_memory() if limit is None else limit
+    if limit is not None and total > limit:
+        return f"needs {mb(total)} in memory, more than the {mb(limit)} available"
+    return None
 
 
 def plots_of(arrays: dict[str, np.ndarray]) -> list:
@@ -304,12 +382,32 @@ def release_all_locks() -> None:
 
 
 RUN_MARKER = ".lossprobe-run"
-_OURS = {LOCK_NAME, RUN_MARKER}
+INPUTS_FILE = "inputs.json"
+_NONE = object()
+_LOCK_TEXT = re.compile(r"\A(\d+\n?)?\Z")
 
 
 def _listing(names: list[str], limit: int = 4) -> str:
     shown = ", ".join(names[:limit])
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _ours(folder: Path, name: str) -> bool:
+    """Whether `name` in `folder` is lossprobe's own bookkeeping: a temporary file of
+    `atomic`, the marker it wrote, or the lock (empty or a pid); a file of the user's that
+    merely bears one of these names is not."""
+    if atomic.is_temp(name):
+        return True
+    p = folder / name
+    if name == RUN_MARKER:
+        return read_marker(folder) is not None
+    if name == LOCK_NAME:
+        try:
+            return p.is_file() and not p.is_symlink() and p.stat().st_size < 64 \
+                and bool(_LOCK_TEXT.match(p.read_text(errors="replace")))
+        except OSError:
+            return False
+    return False
 
 
 def _foreign(folder: Path) -> list[str]:
@@ -318,26 +416,31 @@ def _foreign(folder: Path) -> list[str]:
         names = sorted(os.listdir(folder))
     except OSError as e:
         raise atomic.describe(e, folder, "read the folder") from None
-    return [n + ("/" if (folder / n).is_dir() else "") for n in names
-            if n not in _OURS and not atomic.is_temp(n)]
+    return [n + ("/" if (folder / n).is_dir() else "") for n in names if not _ours(folder, n)]
+
+
+def read_marker(folder: str | os.PathLike) -> dict | None:
+    """The marker lossprobe wrote into a run directory when the run started ({kind,
+    written_by, run_id}), or None: no marker, a link, or a file lossprobe did not write."""
+    p = Path(folder) / RUN_MARKER
+    try:
+        if p.is_symlink() or not p.is_file() or p.stat().st_size > 4096:
+            return None
+        m = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+    return m if isinstance(m, dict) and m.get("written_by") == "lossprobe" else None
 
 
 def is_run_dir(folder: str | os.PathLike) -> bool:
-    """True if `folder` was written by lossprobe as a run directory (its marker, or for runs
-    from before the marker existed, config.json with a kind and environment.json from lossprobe)."""
-    folder = Path(folder)
-    if (folder / RUN_MARKER).is_file():
-        return True
-    try:
-        cfg = json.loads((folder / "config.json").read_text())
-        env = json.loads((folder / "environment.json").read_text())
-        return isinstance(cfg, dict) and "kind" in cfg and "lossprobe" in env.get("versions", {})
-    except (OSError, ValueError, AttributeError):
-        return False
+    """True if `folder` is a lossprobe run directory: it holds the marker lossprobe wrote when
+    the run started. Copies of config.json or environment.json do not make one."""
+    return read_marker(folder) is not None
 
 
 def move_aside(folder: Path) -> Path:
     """Move everything in `folder` (but its lock) into a new sibling FOLDER.old-<time>; returns it."""
+    folder = Path(os.path.abspath(folder))  # '.', '..' and relative paths name the folder itself
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     dest = folder.with_name(f"{folder.name}.old-{stamp}")
     k = 2
@@ -366,20 +469,32 @@ class RunDir:
     `close()`, or when the process ends."""
 
     def __init__(self, path: str | os.PathLike, kind: str, config: dict, force: bool = False, seeds: dict | None = None,
-                 defaults: dict | None = None):
+                 defaults: dict | None = None, inputs: dict | None = None):
         """`defaults`: the configuration's default values. A run written before a key existed
         (its config.json lacks it) is the same run when this run's value of that key is its
-        default, so upgrading lossprobe does not stop an unfinished run from resuming."""
-        self.path = Path(path)
+        default, so upgrading lossprobe does not stop an unfinished run from resuming.
+
+        `inputs`: {what: path or (path, select)} for every file or folder the run reads
+        ('checkpoint', '--data file', ...; `select(relative path)` picks a folder's files):
+        fingerprinted now (`results.inputs`), recorded in inputs.json when the run starts and
+        compared when it resumes."""
+        # absolute from the start: '.', '..' and relative paths keep naming this folder even after
+        # --force moved the old run (and with it, perhaps, the current directory) aside
+        self.path = Path(os.path.abspath(path))
         self.kind = kind
         self.config = {"kind": kind, **to_jsonable(config)}
         self.defaults = to_jsonable(defaults or {})
         self.resumed = False
         self.moved_aside: Path | None = None
+        self.run_id: str | None = None
         if self.path.exists() and not self.path.is_dir():
             raise UserError(f"--out {self.path} is a file, not a directory")
         if self.path.is_dir():  # refused before the lock file is created: nothing is added to a foreign folder
             self._refuse_foreign(_foreign(self.path))
+        self._input_paths = {}
+        for what, spec in (inputs or {}).items():
+            p, select = spec if isinstance(spec, tuple) else (spec, None)
+            self._input_paths[what] = (Path(p), select)
         self._lock = FolderLock(self.path)
         self._finalizer = weakref.finalize(self, self._lock.release)
         try:
@@ -394,8 +509,11 @@ class RunDir:
 
     def _refuse_foreign(self, foreign: list[str]) -> None:
         if foreign and not is_run_dir(self.path):
+            hint = ""
+            if {"config.json", "environment.json"} & set(foreign):
+                hint = " (a copy of a run's files does not make a run: only lossprobe's own marker does)"
             raise UserError(
-                f"{self.path} is not empty and is not a lossprobe run (it holds {_listing(foreign)}); "
+                f"{self.path} is not empty and is not a lossprobe run (it holds {_listing(foreign)}){hint}; "
                 "lossprobe never moves or deletes files it did not write: choose another --out"
             )
 
@@ -410,40 +528,111 @@ class RunDir:
         return (all(old[k] == self.config[k] for k in old)
                 and all(self.config[k] == self.defaults.get(k, missing) for k in set(self.config) - set(old)))
 
+    def _differences(self, old) -> str:
+        """What differs between `old` (config.json read back) and this run, for the refusal."""
+        if not isinstance(old, dict):
+            return "a run whose config.json is damaged"
+        if old.get("kind") != self.kind:
+            return str(old.get("kind", "another run"))
+
+        def short(v) -> str:
+            text = json.dumps(v, sort_keys=True) if v is not _NONE else "(not set)"
+            return text if len(text) <= 40 else text[:37] + "..."
+
+        keys = [k for k in sorted(set(old) | set(self.config)) if old.get(k, _NONE) != self.config.get(k, _NONE)]
+        shown = ", ".join(f"{k}: {short(old.get(k, _NONE))} → {short(self.config.get(k, _NONE))}" for k in keys[:3])
+        return f"{self.kind} with other options: {shown}" + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+
+    def _inputs_inside(self) -> list[str]:
+        """The inputs of this command that lie inside the run directory (which --force would move)."""
+        root = os.path.realpath(self.path)
+        out = []
+        for what, (p, _) in self._input_paths.items():
+            real = os.path.realpath(p)
+            if real == root or real.startswith(root + os.sep):
+                out.append(f"{p} ({what})")
+        return out
+
+    def _fingerprints(self) -> dict:
+        return {what: fingerprint(p, select, exclude=[self.path]) for what, (p, select) in self._input_paths.items()
+                if p.exists()}
+
+    def _check_inputs(self, fps: dict, marker: dict) -> dict | None:
+        """Compare this run's inputs with those recorded when it started; one line naming the
+        first that changed. Returns the record to write (None: it is up to date)."""
+        f = self.path / INPUTS_FILE
+        if not f.exists():
+            print(f"lossprobe: warning: {self.path} was started by an earlier lossprobe that did not record its "
+                  "inputs; resuming without checking that they are unchanged", file=sys.stderr)
+            return fps
+        try:
+            rec = json.loads(f.read_text(encoding="utf-8"))
+            ok = isinstance(rec, dict) and isinstance(rec.get("inputs"), dict) and rec.get("run_id") == marker.get(
+                "run_id")
+        except (OSError, ValueError, RecursionError):
+            ok = False
+        if not ok:
+            raise UserError(f"{f} is damaged or belongs to another run, so lossprobe cannot check that this run's "
+                            "inputs are unchanged; use --force to move the run aside and start afresh")
+        old = rec["inputs"]
+        for what, new in fps.items():
+            if what in old:
+                why = changed(old[what], new)
+                if why is not None:
+                    raise UserError(
+                        f"{self.path} holds a run started with other inputs: the {what} {new['path']} has changed "
+                        f"since ({why}); use --force to move the old run aside and start afresh, or choose another "
+                        "--out")
+        if set(fps) - set(old):
+            return {**old, **fps}
+        return None
+
     def _open(self, force: bool, seeds: dict | None) -> None:
         cfg_file = self.path / "config.json"
         foreign = _foreign(self.path)
-        if foreign and (self.path / RUN_MARKER).is_file() and not cfg_file.exists():
-            pass  # a run killed before its config.json was written: nothing was computed, start it
-        elif foreign and is_run_dir(self.path):
+        marker = read_marker(self.path)
+        if foreign and marker is not None and not cfg_file.exists():
+            marker = None  # a run killed before its config.json was written: nothing was computed, start it
+        elif foreign and marker is not None:
             try:
                 old = json.loads(cfg_file.read_text())
-            except (OSError, ValueError):
+            except (OSError, ValueError, RecursionError):
                 old = None
             if self._same_run(old) and not force:
                 self.resumed = True
             elif force:
+                inside = self._inputs_inside()
+                if inside:
+                    raise UserError(f"--force would move {_listing(inside, 2)}, which this command reads, aside with "
+                                    f"the old run in {self.path}; choose another --out (or move it out first)")
                 self.moved_aside = move_aside(self.path)
+                marker = None
                 print(f"lossprobe: moved the previous run in {self.path} to {self.moved_aside}", file=sys.stderr)
             else:
-                what = old.get("kind", "another run") if isinstance(old, dict) else "a run whose config.json is damaged"
                 raise UserError(
-                    f"{self.path} already holds a different run ({what}); use --force to move it aside "
-                    f"to {self.path.name}.old-<time>, or choose another --out"
+                    f"{self.path} already holds a different run ({self._differences(old)}); use --force to move it "
+                    f"aside to {Path(os.path.abspath(self.path)).name}.old-<time>, or choose another --out"
                 )
         else:
             self._refuse_foreign(foreign)
+            marker = None
+        fps = self._fingerprints()
+        record = self._check_inputs(fps, marker) if self.resumed else fps
         atomic.remove_stale_temps(self.path)  # ours (by name), left by a killed process; we hold the lock
-        if not (self.resumed and (self.path / RUN_MARKER).is_file()):
-            write_json(self.path / RUN_MARKER, {"kind": self.kind, "written_by": "lossprobe"})
+        self.run_id = (marker or {}).get("run_id") or secrets.token_hex(16)
+        if marker is None or "run_id" not in marker:
+            write_json(self.path / RUN_MARKER, {"kind": self.kind, "written_by": "lossprobe", "run_id": self.run_id})
+        if record is not None:
+            write_json(self.path / INPUTS_FILE, {"run_id": self.run_id, "inputs": record})
         atomic.makedirs(self.path / "figures")
         write_json(cfg_file, self.config)
         env_file = self.path / "environment.json"
         env = environment(seeds)
+        env["run_id"] = self.run_id
         if self.resumed:
             try:
                 env["resumed_from"] = json.loads(env_file.read_text()).get("started")
-            except (OSError, ValueError, AttributeError):
+            except (OSError, ValueError, AttributeError, RecursionError):
                 pass
         write_json(env_file, env)
 

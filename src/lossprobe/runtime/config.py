@@ -36,6 +36,20 @@ def positive_int(text: str) -> int:
     return v
 
 
+SEED_MAX = 2 ** 63 - 1
+
+
+def seed_int(text: str) -> int:
+    """A seed: an integer from 0 to 2**63 - 1 (what every generator lossprobe uses accepts)."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a seed (an integer from 0 to {SEED_MAX}), got '{text}'") from None
+    if not 0 <= v <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"expected a seed from 0 to {SEED_MAX}, got {v}")
+    return v
+
+
 def positive_float(text: str) -> float:
     try:
         v = float(text)
@@ -132,6 +146,8 @@ def read_toml(path: str | os.PathLike, what: str = "config file") -> dict:
         raise UserError(f"{what} {path} is not valid TOML: it is not UTF-8 text") from None
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"{what} {path} is not valid TOML: {e}") from None
+    except RecursionError:
+        raise UserError(f"{what} {path} is nested too deeply to read") from None
 
 
 def load(cls: type[T], path: str | os.PathLike | None = None, overrides: dict | None = None,

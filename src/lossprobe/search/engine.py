@@ -37,7 +37,7 @@ import torch
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
-from lossprobe.errors import UserError, first_line
+from lossprobe.errors import Interrupt, UserError, first_line
 from lossprobe.results.atomic import save_safetensors
 from lossprobe.runtime.cluster import Executor
 from lossprobe.search.claims import Claims, engine_kwargs
@@ -76,7 +76,7 @@ def _probe_job(space_dict: dict, values: dict, spec, fraction: float, epochs: in
     return {"features": r.features, "cost": r.cost, "seconds": r.seconds, "family_seconds": r.family_seconds}
 
 
-class _Pause(Exception):
+class _Pause(Interrupt):
     """Raised from `fit`'s epoch hook to stop it after the requested epoch (its checkpoint is saved)."""
 
 

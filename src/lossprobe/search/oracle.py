@@ -30,14 +30,14 @@ from typing import Callable, Hashable
 
 import numpy as np
 
-from lossprobe.errors import UserError
+from lossprobe.errors import Interrupt, UserError
 from lossprobe.search.probes import DEFAULT_FAMILIES, feature_names, parse_families
 from lossprobe.search.space import SearchSpace
 
 AXES = ("seconds", "epochs")
 
 
-class OutOfBudget(Exception):
+class OutOfBudget(Interrupt):
     """The budget is spent (or no untried candidate is left): the method stops here."""
 
 

@@ -36,6 +36,8 @@ from typing import Any, ClassVar, Mapping
 
 import numpy as np
 
+from lossprobe.core.specs import source_file
+from lossprobe.data.sources import files_of
 from lossprobe.errors import UserError
 from lossprobe.results.contract import Result, register
 from lossprobe.results.plotspec import Series, line
@@ -182,6 +184,24 @@ def _nan(v):
     return math.nan if v is None else float(v)
 
 
+def _inputs(spec: UserTaskSpec, space) -> dict:
+    """The files a search reads, for its run directory's fingerprints (a resume after one of them
+    changed is refused naming it): data given as specs, the code of the builder, loss, forward
+    and objective given as 'file.py:fn' or 'module:fn', and the space file."""
+    out = {}
+    for what, data in (("training data", spec.train), ("validation data", spec.val), ("test data", spec.test),
+                       ("probe data", spec.probe)):
+        out.update({f"{what} {k}": v for k, v in files_of(data).items()})
+    for what, code in (("model builder", spec.build), ("loss", spec.loss), ("forward", spec.forward),
+                       ("objective", spec.objective)):
+        f = source_file(code)
+        if f is not None:
+            out[f"{what} code"] = f
+    if isinstance(space, (str, os.PathLike)):
+        out["search space"] = space
+    return out
+
+
 def _space(space, builder, builder_kwargs) -> UserSpace:
     if isinstance(space, UserSpace):
         check_builder_names(builder, [n for n, t in space.tables.items() if t == "model"] + list(builder_kwargs),
@@ -245,6 +265,7 @@ def run(build, train_data, space, *, val_data=None, test_data=None, probe_data=N
     spec = UserTaskSpec(build, train_data, val_data, test_data, probe_data, loss, forward, objective, direction,
                         val_fraction, probe_split, seed)
     builder, builder_kwargs, _ = resolve_builder(spec.build)
+    space_arg = space
     space = _space(space, builder, builder_kwargs)  # names checked before any data is read
     families = parse_families(features)
     if budget is None:
@@ -272,7 +293,7 @@ def run(build, train_data, space, *, val_data=None, test_data=None, probe_data=N
     if out is None:
         out = tempfile.mkdtemp(prefix="lossprobe-search-")
     try:
-        rd = RunDir(out, "search", config, force=force, seeds={"search": seed})
+        rd = RunDir(out, "search", config, force=force, seeds={"search": seed}, inputs=_inputs(spec, space_arg))
     except BaseException:
         executor.close()  # a Ray this call started
         raise

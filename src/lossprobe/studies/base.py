@@ -151,6 +151,7 @@ class Study:
     cli_lines: Callable[[dict, str], list[str]] = lambda summary, out: []
     wrap: Callable[[Any], Any] | None = None  # a context manager factory around the stages, e.g. torch threads
     reopen_complete: bool = False  # a finished run is reopened (its summary.json returned), not redrawn
+    files: Callable[[Any], dict] = lambda cfg: {}  # {what: path} of the files the study reads (fingerprinted)
 
     @property
     def default_out(self) -> str:
@@ -216,7 +217,7 @@ def run_study(study: Study, out, config=None, force: bool = False, progress: boo
     t0 = time.perf_counter()
     seeds = study.prepare(cfg)  # before the run directory is touched
     rd = RunDir(out, study.name, dataclasses.asdict(cfg), force=force, seeds=seeds,
-                defaults=dataclasses.asdict(type(cfg)()))
+                defaults=dataclasses.asdict(type(cfg)()), inputs=study.files(cfg))
     ctx = Context(cfg, rd, progress, started=t0)
     if study.reopen_complete and rd.resumed and rd.is_complete and (rd / "summary.json").is_file() \
             and (rd / "report.md").is_file():

@@ -30,7 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from lossprobe.errors import UserError
-from lossprobe.runtime.config import comma_list, finite_float, positive_int
+from lossprobe.runtime.config import comma_list, finite_float, positive_int, seed_int
 from lossprobe.runtime.threads import torch_threads
 from lossprobe.studies import optimizers_spiral, optimizers_spiral_report, optimizers_toy
 from lossprobe.studies.base import Context, Preset, Stage, Study, array_stage, option, run_stage, run_study
@@ -59,7 +59,7 @@ class OptimizersConfig:
                             help="learning rate of one optimiser (repeatable)")
     steps: int | None = option(None, flag="--steps", type=positive_int,
                                help="optimiser steps (default: 3000 spiral, 300 toy)")
-    seed: int = option(0, flag="--seed", type=int,
+    seed: int = option(0, flag="--seed", type=seed_int,
                        help="initialisation seed (spiral) or gradient-noise seed (toy) (default: 0)")
     data_seed: int = 0  # spiral data and minibatch order
     threshold: float | None = option(None, flag="--threshold", type=finite_float,

@@ -547,6 +547,7 @@ def _cli_lines(s: dict, out) -> list[str]:
 STUDY = Study(
     name="search-benchmark",
     config=SearchBenchmarkConfig, stages=_stages, cli_lines=_cli_lines, prepare=lambda cfg: {"seeds": cfg.seeds},
+    files=lambda cfg: {"--space file": cfg.space} if cfg.space else {},
     presets=(Preset("quick", QUICK, "a smoke run: one table of 16 configurations on 1500 images, 3 seeds"
                     " (keys set in --config, and flags, win over it)"),),
 )

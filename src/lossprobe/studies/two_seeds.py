@@ -23,7 +23,7 @@ from lossprobe.figures.paths import plot_interpolation
 from lossprobe.figures.training import plot_learning_curves
 from lossprobe.models import build
 from lossprobe.results import plotspec
-from lossprobe.runtime.config import positive_int
+from lossprobe.runtime.config import positive_int, seed_int
 from lossprobe.studies import two_seeds_connectivity as connectivity
 from lossprobe.studies import two_seeds_surfaces as surfaces
 from lossprobe.studies.base import Preset, Stage, Study, fashion_splits, option, recipe, run_study
@@ -37,7 +37,7 @@ BARRIER_TOLERANCE = 0.02  # Frankle et al. (2020) call an error barrier under 2%
 class TwoSeedsConfig:
     model: str = option("mlp:784-256-256-10", flag="--model", metavar="SPEC",
                         help="model spec (default: mlp:784-256-256-10)")
-    seeds: list[int] = option(default_factory=lambda: [0, 1], flag="--seeds", type=int, nargs=2, metavar=("A", "B"),
+    seeds: list[int] = option(default_factory=lambda: [0, 1], flag="--seeds", type=seed_int, nargs=2, metavar=("A", "B"),
                               help="the two initialisation seeds (default: 0 1)")
     data_seed: int = 0
     different_data_order: bool = option(False, flag="--different-data-order", action="store_true",

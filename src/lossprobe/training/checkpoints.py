@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from lossprobe.core.space import tied_names
-from lossprobe.errors import UserError, first_line
+from lossprobe.errors import UserError, first_line, refused_pickle
 from lossprobe.results.atomic import describe, save_safetensors
 
 
@@ -67,20 +67,32 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         except (SafetensorError, OSError, ValueError) as e:
             raise UserError(f"checkpoint {p} is not a valid safetensors file: {e}") from None
     else:
+        if head[:2] != b"PK" and head[:1] != b"\x80":  # neither torch's zip format nor a pickle
+            raise UserError(f"checkpoint {p} is damaged or not a checkpoint file (it starts with bytes "
+                            f"{head[:8].hex(' ')}); save a state_dict with torch.save or as safetensors")
         try:
             state = torch.load(p, map_location="cpu", weights_only=True)
+        except MemoryError:
+            raise UserError(f"checkpoint {p} does not fit in memory") from None
         except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
-            first = first_line(e)
+            why = refused_pickle(e)
+            if why is None:  # not a pickle that weights_only refused: a damaged file
+                raise UserError(f"checkpoint {p} is damaged or not a torch checkpoint ({type(e).__name__}: "
+                                f"{first_line(e)})") from None
             raise UserError(
-                f"checkpoint {p} could not be loaded safely (weights_only=True refused it: {first}); "
-                "lossprobe never runs code from a checkpoint: save a plain state_dict or safetensors"
-            ) from None
+                f"checkpoint {p} could not be loaded safely: it holds more than tensors (torch's safe loader "
+                f"refused it: {why}); lossprobe never runs code from a checkpoint: save a plain state_dict or "
+                "safetensors") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not state or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
     ):
         raise UserError(f"checkpoint {p} is not a state dict (a mapping of parameter names to tensors)")
+    for k, v in state.items():
+        if v.layout != torch.strided or v.is_meta:
+            kind = "meta (no values)" if v.is_meta else str(v.layout).split(".")[-1]
+            raise UserError(f"checkpoint {p}: '{k}' is a {kind} tensor; save dense tensors with values")
     return state
 
 
@@ -106,6 +118,11 @@ def apply_state_dict(model: nn.Module, state: dict[str, torch.Tensor], path: str
     for k, v in own.items():
         if k not in state:
             raise UserError(f"checkpoint {path} has no parameter '{k}': it was saved from a different architecture")
+        got = state[k]
+        if (got.is_complex() and not v.is_complex()) or (got.dtype == torch.bool) != (v.dtype == torch.bool) \
+                or (v.is_floating_point() and not (got.is_floating_point() or got.is_complex())):
+            raise UserError(f"checkpoint {path}: '{k}' holds {str(got.dtype).replace('torch.', '')} values, the model "
+                            f"expects {str(v.dtype).replace('torch.', '')}; lossprobe does not cast them silently")
         if tuple(state[k].shape) != tuple(v.shape):
             raise UserError(
                 f"checkpoint {path}: parameter '{k}' has shape {tuple(state[k].shape)}, the model expects "

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from lossprobe.core.batching import as_data
+from lossprobe.core.batching import as_data, at_batch
 from lossprobe.core.losses import criterion
 from lossprobe.core.objective import Objective, check_fits
 from lossprobe.core.space import ParamSpace
@@ -192,14 +192,16 @@ def run_epoch(opt: torch.optim.Optimizer, batches, batch_terms, *, epoch: int, s
         if lr_at is not None:
             for g in opt.param_groups:
                 g["lr"] = lr_at(step)
-        t = batch_terms(i, batch)
+        with at_batch(i, order=f"epoch {epoch}"):  # the model and the loss on it (not the callbacks)
+            t = batch_terms(i, batch)
         if not float(t.count):
             continue
         loss = t.loss / t.count
         if not torch.isfinite(loss):
             raise TrainingDiverged(f"loss became {loss.item()} at epoch {epoch}, step {i + 1}", lr)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        with at_batch(i, order=f"epoch {epoch}"):
+            loss.backward()
         if before_step is not None:
             before_step(StepState(epoch, i + 1, step, loss))
         opt.step()
@@ -459,9 +461,12 @@ def _save_state(ckpt: Path, model, opt, hist: History, trajectory) -> None:
     if trajectory:
         save_npy(ckpt / f"trajectory-{e}.npy", torch.stack(trajectory).numpy())
     _write_json(ckpt / "history.json", hist.to_dict())
-    for old in list(ckpt.glob("model-*.safetensors")) + list(ckpt.glob("optimizer-*.pt")) + list(ckpt.glob("trajectory-*.npy")):
-        if old.stem.rsplit("-", 1)[-1] != str(e):
-            old.unlink(missing_ok=True)
+    # the files of the epochs this history saved before, and nothing else of the folder (a user's
+    # model-best.safetensors or a trajectory another tool wrote stays)
+    for k in hist.epoch[:-1]:
+        if k != e:
+            for old in (f"model-{k}.safetensors", f"optimizer-{k}.pt", f"trajectory-{k}.npy"):
+                (ckpt / old).unlink(missing_ok=True)
     save_checkpoint(model, ckpt / "model.safetensors")
 
 

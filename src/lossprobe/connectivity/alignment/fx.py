@@ -14,14 +14,15 @@ Each class then becomes one permutation group (two for GroupNorm and attention, 
   (a flattened [C, H, W] map feeds a Linear with C blocks of H·W inputs), ``transpose``,
   ``permute``, ``getitem``, ``split`` and ``cat`` along other axes move it.
 * BatchNorm, LayerNorm, RMSNorm and GroupNorm parameters follow their channels. GroupNorm
-  normalises within groups of channels, so its class is split into two groups: whole
-  GroupNorm groups, and one permutation of the channels within a group (the same in each).
+  normalises within groups of channels, so its class is split: whole GroupNorm groups, and
+  one permutation of the channels within each group, independent of the others (the
+  whole symmetry group; `PermutationSpec.blocks` records the structure).
 * A module called more than once, and tensors tied under several names, merge the classes
   that meet on one tensor axis, so the permutation stays consistent.
 * Attention (``nn.MultiheadAttention``, ``nn.TransformerEncoderLayer``, HF BERT and GPT-2
-  blocks): the heads are one group, the per-head dimensions of Q and K another (the same
-  permutation in every head), those of V and the output projection's inputs a third; the
-  MLP's hidden units a fourth; the residual stream is one group for the whole model.
+  blocks): the heads are one group, the dimensions of Q and K within each head one group
+  per head, those of V and the output projection's inputs one group per head; the MLP's
+  hidden units another; the residual stream is one group for the whole model.
 
 Shapes come from running the graph once on an example batch; without one, an input is
 made up from the first layers where that is possible, and otherwise the derivation falls

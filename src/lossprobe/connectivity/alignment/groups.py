@@ -188,6 +188,7 @@ class Builder:
             return name
 
         outer_name: dict[str, str] = {}
+        block_families: dict[str, list[list[str]]] = {}
         for root, lst in members.items():
             if root == FIXED or root not in n_of:
                 continue
@@ -207,7 +208,19 @@ class Builder:
             if blocks > 1 and n % blocks == 0:
                 per = n // blocks
                 lay = []
-                if per > 1:
+                family = []
+                if per > 1 and all(m.outer == 1 for m in resolved):
+                    # the whole symmetry group: one permutation of the channels within each block
+                    # (GroupNorm group, attention head), independent of the others, and (below)
+                    # the permutation of the blocks themselves
+                    for b in range(blocks):
+                        w = gname(f"{base}[{b}]")
+                        groups[w] = [m._replace(start=m.start + b * per * m.inner, length=per * m.inner)
+                                     for m in resolved]
+                        family.append(w)
+                        lay.append((w, 1, 1, b * per, per))
+                        main.setdefault(root, w)
+                elif per > 1:  # a layout that cannot be sliced per block: one permutation shared by all
                     w = gname(base)
                     groups[w] = [m._replace(outer=m.outer * blocks) for m in resolved]
                     lay.append((w, blocks, 1))
@@ -218,6 +231,8 @@ class Builder:
                         groups[outer_name[onode]] = []
                     og = outer_name[onode]
                     groups[og] += [m._replace(inner=m.inner * per) for m in resolved]
+                    if family:
+                        block_families.setdefault(og, []).append(family)
                     lay.append((og, 1, per))
                     main.setdefault(root, og)
                 layout[root] = tuple(lay)
@@ -227,12 +242,13 @@ class Builder:
                 layout[root] = ((g, 1, 1),)
                 main[root] = g
         groups = {g: m for g, m in groups.items() if m}
-        spec = PermutationSpec(groups, structure=self.structure)
+        spec = PermutationSpec(groups, structure=self.structure, blocks=block_families)
         spec.sizes(self.state)
         sizes = spec.sizes(self.state)
         trivial = [g for g, n in sizes.items() if n <= 1]
         for g in trivial:
             del spec.groups[g]
+        spec.blocks = {og: fams for og, fams in spec.blocks.items() if og in spec.groups}
         seen_r: list[str] = []
         for m, c in self.repair:
             if find(c) != FIXED and m not in self.followed_by_bn and m not in seen_r:

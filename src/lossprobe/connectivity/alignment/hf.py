@@ -6,8 +6,8 @@ read from the modules, the way the blocks are known to compute:
 
 * the residual stream (embeddings, every block's residual adds and LayerNorms, the final
   LayerNorm, the heads' inputs): one group for the whole model;
-* per attention block: the heads (one group), the per-head dimensions of Q and K (one
-  permutation used in every head), those of V and the output projection's inputs;
+* per attention block: the heads (one group), the dimensions of Q and K within each head
+  (one group per head), those of V and the output projection's inputs (one per head);
 * per MLP: its hidden units;
 * BERT's pooler: its units. The classifier's outputs and the vocabulary stay fixed; an LM
   head tied to the word embeddings permutes with the stream.

@@ -36,7 +36,7 @@ from torch import nn
 
 from lossprobe.connectivity.alignment.fx import derive, example_batch, record_values
 from lossprobe.connectivity.alignment.spec import Member, PermutationSpec, Probe
-from lossprobe.core.batching import as_data, leaves, move
+from lossprobe.core.batching import as_data, at_batch, leaves, move
 from lossprobe.core.losses import criterion
 from lossprobe.core.space import tied_names
 from lossprobe.errors import UserError
@@ -88,8 +88,11 @@ def normalise_spec(spec: PermutationSpec, model: nn.Module) -> PermutationSpec:
                 lst.append(m)
     groups = {("+".join(names[r]) if len(names[r]) > 1 else r): mem for r, mem in merged.items()}
     rename = {g: ("+".join(names[find(g)]) if len(names[find(g)]) > 1 else find(g)) for g in canon}
+    # a structured group keeps its families only where no group of it was merged with another
+    blocks = {og: fams for og, fams in spec.blocks.items()
+              if all(rename.get(g) == g for g in [og, *(w for f in fams for w in f)])}
     out = PermutationSpec(groups, list(spec.repair_layers), list(spec.norm_layers),
-                          {}, {a: c for a, c in aliases.items()}, spec.structure)
+                          {}, {a: c for a, c in aliases.items()}, spec.structure, blocks)
     for g, probes in spec.probes.items():
         out.probes.setdefault(rename.get(g, g), []).extend(probes)
     return out
@@ -154,7 +157,10 @@ def match_weights(state_a: Mapping[str, torch.Tensor], state_b: Mapping[str, tor
     Coordinate descent: each group in turn solves a linear assignment problem with the other
     groups held fixed, in a random order per sweep, until a sweep improves nothing.
     `restarts` runs with different orders; the permutation set with the largest total
-    inner product wins. Buffers (BatchNorm statistics) are permuted but only count in the
+    inner product wins. A structured group (`PermutationSpec.blocks`: GroupNorm groups,
+    attention heads) is one coordinate together with the permutations within its blocks:
+    for every pair of blocks the best assignment of their channels, then the best
+    assignment of blocks on those values, so the whole symmetry group is searched. Buffers (BatchNorm statistics) are permuted but only count in the
     objective with `include_buffers`.
     """
     from scipy.optimize import linear_sum_assignment  # lazy: scipy.optimize adds ~0.15 s to `import lossprobe`
@@ -167,13 +173,25 @@ def match_weights(state_a: Mapping[str, torch.Tensor], state_b: Mapping[str, tor
     buffers = {k for k in axes if k.endswith(("running_mean", "running_var"))}
     counted = {k for k in axes if include_buffers or k not in buffers}
 
-    def permuted_except(name: str, skip: Member, skip_group: str, perms) -> torch.Tensor:
-        t = b64[name]
-        for m, g in axes[name]:
-            if m == skip and g == skip_group:
+    def sides(name: str, k: int, perms) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A', B') for member k of `name`'s axes: ⟨A, Q_after P Q_before B⟩ = ⟨A', P B'⟩ with
+        B' = B under every other member applied before it (and those on other axes, which
+        commute with it) and A' = A under the inverses of the members on the same axis
+        applied after it. Permutations of one axis need not commute (the blocks of a
+        GroupNorm or of attention heads, and one permutation within each block)."""
+        a, t = a64[name], b64[name]
+        lst = axes[name]
+        nd = max(t.ndim, 1)
+        axis = lst[k][0].axis % nd
+        for j, (m, g) in enumerate(lst):
+            if j == k or (j > k and m.axis % nd == axis):
                 continue
             t = torch.index_select(t, m.axis, m.index(perms[g], t.shape[m.axis]))
-        return t
+        for j in range(len(lst) - 1, k, -1):
+            m, g = lst[j]
+            if m.axis % nd == axis:
+                a = torch.index_select(a, m.axis, torch.argsort(m.index(perms[g], a.shape[m.axis])))
+        return a, t
 
     def total(perms) -> float:
         s = 0.0
@@ -184,6 +202,68 @@ def match_weights(state_a: Mapping[str, torch.Tensor], state_b: Mapping[str, tor
             s += float((a64[name] * t).sum())
         return s
 
+    order = {g: i for i, g in enumerate(spec.groups)}
+    # structured groups (see PermutationSpec.blocks): the blocks' permutation and one permutation
+    # within each block are solved jointly, the families' groups are no coordinates of their own
+    blocks = {og: [f for f in fams if len(f) == sizes.get(og) and all(w in sizes for w in f)
+                   and len({sizes[w] for w in f}) == 1]
+              for og, fams in spec.blocks.items() if og in sizes}
+    blocks = {og: fams for og, fams in blocks.items() if fams}
+    inside = {w for fams in blocks.values() for f in fams for w in f}
+
+    def composite(og: str, family: list[str], perms) -> torch.Tensor:
+        """Unit i (of the family's G·per channels) of the result is channel comp[i] of B."""
+        G, per = sizes[og], sizes[family[0]]
+        t = torch.arange(G * per)
+        for h in sorted([og, *family], key=order.__getitem__):
+            m = Member("units", 0, per) if h == og else Member("units", 0, 1, 1, family.index(h) * per, per)
+            t = t[m.index(perms[h], G * per)]
+        return t
+
+    def joint_step(og: str, perms) -> bool:
+        """The best permutation of og's blocks together with the best permutation within each
+        block (the other groups held fixed): per pair of blocks (b of A, c of B) and family, a
+        linear assignment of their channels; then an assignment of blocks on the summed values."""
+        G = sizes[og]
+        struct = {og, *(w for f in blocks[og] for w in f)}
+        fixed = {**perms, **{h: torch.arange(sizes[h]) for h in struct}}
+        value = torch.zeros(G, G, dtype=torch.float64)
+        current = 0.0
+        solved = []
+        for family in blocks[og]:
+            per = sizes[family[0]]
+            K = torch.zeros(G * per, G * per, dtype=torch.float64)
+            for m0 in spec.groups[family[0]]:
+                if m0.name not in counted:
+                    continue
+                mu = m0._replace(length=G * per * m0.inner)
+                t = b64[m0.name]
+                for m, g in axes[m0.name]:
+                    if g not in struct:
+                        t = torch.index_select(t, m.axis, m.index(fixed[g], t.shape[m.axis]))
+                K += mu.moved(a64[m0.name], G * per) @ mu.moved(t, G * per).T
+            sub = {}
+            for b in range(G):
+                for c in range(G):
+                    blk = K[b * per:(b + 1) * per, c * per:(c + 1) * per]
+                    _, col = linear_sum_assignment(blk.numpy(), maximize=True)
+                    value[b, c] += float(blk[torch.arange(per), torch.as_tensor(col)].sum())
+                    sub[b, c] = torch.as_tensor(col, dtype=torch.long)
+            current += float(K[torch.arange(G * per), composite(og, family, perms)].sum())
+            solved.append((family, sub))
+        _, sig = linear_sum_assignment(value.numpy(), maximize=True)
+        new_val = float(value[torch.arange(G), torch.as_tensor(sig)].sum())
+        if not new_val > current + 1e-12 * max(1.0, abs(current)):
+            return False
+        sig = torch.as_tensor(sig, dtype=torch.long)
+        inv = torch.argsort(sig)
+        perms[og] = sig
+        for family, sub in solved:
+            within_first = order[family[0]] < order[og]
+            for c, w in enumerate(family):  # block c's group: of B's block c, or of the result's
+                perms[w] = sub[int(inv[c]), c] if within_first else sub[c, int(sig[c])]
+        return True
+
     rng = np.random.default_rng(seed)
     best, best_score = None, -math.inf
     names = sorted(sizes)
@@ -193,14 +273,19 @@ def match_weights(state_a: Mapping[str, torch.Tensor], state_b: Mapping[str, tor
             improved = False
             for gi in rng.permutation(len(names)):
                 g = names[gi]
+                if g in inside:
+                    continue
+                if g in blocks:
+                    improved |= joint_step(g, perms)
+                    continue
                 n = sizes[g]
                 cost = torch.zeros(n, n, dtype=torch.float64)
                 for m in spec.groups[g]:
                     if m.name not in counted:
                         continue
-                    wa = m.moved(a64[m.name], n)
-                    wb = m.moved(permuted_except(m.name, m, g, perms), n)
-                    cost += wa @ wb.T
+                    k = axes[m.name].index((m, g))
+                    a, b = sides(m.name, k, perms)
+                    cost += m.moved(a, n) @ m.moved(b, n).T
                 _, col = linear_sum_assignment(cost.numpy(), maximize=True)
                 new = torch.as_tensor(col, dtype=torch.long)
                 old_val = float(cost[torch.arange(n), perms[g]].sum())
@@ -242,21 +327,22 @@ def _collect_stats(models, spec: PermutationSpec, data, batch_size: int, forward
     between every unit of A and every unit of B."""
     wanted = [p for ps in probes.values() for p, _ in ps]
     stats: dict[tuple, list] = {}
-    for batch in _as_batches(data, batch_size):
-        seen = []
-        for m in models:
-            batch_m = move(batch, next(m.parameters()).device)
-            seen.append(record_values(m, batch_m, wanted, forward))
-        for (pa, xa), (_, xb) in zip(_probe_views(seen[0], wanted), _probe_views(seen[1], wanted)):
-            key = (pa.kind, pa.name, pa.index, pa.start, pa.length)
-            xb = xb.to(xa.device)
-            s = stats.setdefault(key, [0, 0.0, 0.0, 0.0, 0.0, 0.0])
-            s[0] += xa.shape[0]
-            s[1] = s[1] + xa.sum(0)
-            s[2] = s[2] + xb.sum(0)
-            s[3] = s[3] + (xa * xa).sum(0)
-            s[4] = s[4] + (xb * xb).sum(0)
-            s[5] = s[5] + xa.T @ xb
+    for i, batch in enumerate(_as_batches(data, batch_size)):
+        with at_batch(i, order="the data read for activation matching"):
+            seen = []
+            for m in models:
+                batch_m = move(batch, next(m.parameters()).device)
+                seen.append(record_values(m, batch_m, wanted, forward))
+            for (pa, xa), (_, xb) in zip(_probe_views(seen[0], wanted), _probe_views(seen[1], wanted)):
+                key = (pa.kind, pa.name, pa.index, pa.start, pa.length)
+                xb = xb.to(xa.device)
+                s = stats.setdefault(key, [0, 0.0, 0.0, 0.0, 0.0, 0.0])
+                s[0] += xa.shape[0]
+                s[1] = s[1] + xa.sum(0)
+                s[2] = s[2] + xb.sum(0)
+                s[3] = s[3] + (xa * xa).sum(0)
+                s[4] = s[4] + (xb * xb).sum(0)
+                s[5] = s[5] + xa.T @ xb
     return stats
 
 
@@ -318,12 +404,13 @@ def match_activations(model_a: nn.Module, model_b: nn.Module, spec: PermutationS
             tname = f"probe:{g}:{p.kind}:{p.name}:{p.index}:{p.start}"
             eye[tname] = torch.eye(c.shape[0], dtype=torch.float64)
             corr[tname] = c
-            for gg, outer, inner in (p.layout or ((g, 1, 1),)):
-                if gg in sizes:
-                    groups.setdefault(gg, []).append(Member(tname, 1, inner, outer))
+            for gg, outer, inner, *part in (p.layout or ((g, 1, 1),)):
+                if gg in sizes:  # part: (start, length) of a group acting on one block of the axis
+                    groups.setdefault(gg, []).append(Member(tname, 1, inner, outer, *part))
     if not groups:
         raise UserError("activation matching: the data reached none of the layers it reads")
-    pspec = PermutationSpec(groups)
+    # the groups act on each probe's axis in the order they act on the model's tensors
+    pspec = PermutationSpec({g: groups[g] for g in spec.groups if g in groups}, blocks=spec.blocks)
     perms = match_weights(eye, corr, pspec, restarts=restarts, seed=seed)
     for g, n in sizes.items():
         perms.setdefault(g, torch.arange(n))

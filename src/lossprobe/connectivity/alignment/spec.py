@@ -111,6 +111,12 @@ class PermutationSpec:
     layers not followed by BatchNorm) and `norm_layers` the BatchNorm modules whose
     statistics it re-estimates; `probes` says where activation matching reads each group;
     `structure` records how the groups were found. All are filled in by `permutation_spec`.
+
+    `blocks` records the structured symmetries: for a group that permutes whole blocks of
+    channels (GroupNorm groups, attention heads), the families of groups that permute the
+    channels within each block, one group per block in block order (a family per kind of
+    block the group moves: the heads' Q/K dimensions and their V dimensions). Matching
+    solves such a group jointly with its families (`matching.match_weights`).
     """
 
     groups: dict[str, list[Member]]
@@ -119,6 +125,7 @@ class PermutationSpec:
     probes: dict[str, list[Probe]] = field(default_factory=dict, repr=False)
     aliases: dict[str, str] = field(default_factory=dict, repr=False)
     structure: str = "hand-written"
+    blocks: dict[str, list[list[str]]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
         self.groups = {str(g): [as_member(m) for m in members] for g, members in self.groups.items()}

@@ -18,10 +18,11 @@ import numpy as np
 
 from lossprobe.errors import UserError
 from lossprobe.report.site.markup import size
-from lossprobe.results.store import PLOTS_KEY, RESERVED_KEYS, plots_of
+from lossprobe.results.store import PLOTS_KEY, RESERVED_KEYS, npz_limit_problem, plots_of
 
 MAX_COPY_BYTES = 64 * 2**20  # larger files are listed, not copied into the site
 MAX_LOAD_BYTES = 32 * 2**20  # larger .npz files are not opened for plots
+MAX_EXPANDED_BYTES = 512 * 2**20  # nor those whose arrays take more than this in memory
 SKIP_DIRS = {"checkpoints", "site", "__pycache__"}  # top-level folders of a run never copied
 
 
@@ -38,6 +39,8 @@ def read_json(path: Path) -> tuple[Any, str | None]:
         return json.loads(text), None
     except ValueError as e:
         return None, f"{path.name} is not valid JSON ({getattr(e, 'msg', e)})"
+    except RecursionError:
+        return None, f"{path.name} is nested too deeply to read"
 
 
 @dataclass
@@ -149,6 +152,10 @@ def load_run(path: str | os.PathLike, exclude: Iterable[Path] = ()) -> Run:
         run.not_copied.append(("checkpoints/", total, f"{n_files} checkpoint files stay in the run directory"))
     for rel, n in run.files:
         if rel.endswith(".npz") and n <= MAX_LOAD_BYTES:
+            problem = npz_limit_problem(p / rel, limit=MAX_EXPANDED_BYTES)
+            if problem:  # a zip bomb, or arrays too large for a page: listed, not opened
+                run.problems.append(f"{rel} was not opened: it {problem}")
+                continue
             try:
                 with np.load(p / rel, allow_pickle=False) as f:
                     arrays = {k: f[k] for k in f.files}

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -38,19 +39,49 @@ def _plotly_source() -> Path:
     return src
 
 
-def _read_manifest(out: Path) -> list[str]:
-    """Files (site-relative POSIX paths) that an earlier `lossprobe report` wrote into `out`."""
+def _read_manifest(out: Path) -> tuple[list[str], dict[str, str] | None]:
+    """Files (site-relative POSIX paths) that an earlier `lossprobe report` wrote into `out`, and
+    the SHA-256 of each as written (None for a manifest from before the digests)."""
     try:
         m = json.loads((out / SITE_MARKER).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return []  # a marker from before manifests, or damaged: delete nothing
+    except (OSError, ValueError, RecursionError):
+        return [], {}  # damaged: delete nothing, overwrite nothing
     files = m.get("files") if isinstance(m, dict) else None
-    return [f for f in files if isinstance(f, str)] if isinstance(files, list) else []
+    files = [f for f in files if isinstance(f, str)] if isinstance(files, list) else []
+    digests = m.get("sha256") if isinstance(m, dict) else None
+    if digests is None:
+        return files, None
+    return files, {k: v for k, v in digests.items() if isinstance(k, str) and isinstance(v, str)} \
+        if isinstance(digests, dict) else {}
 
 
-def _write_manifest(out: Path, files: Iterable[str]) -> None:
+def _digest(f: Path) -> str | None:
+    """SHA-256 of a regular file (None for anything else)."""
+    if f.is_symlink() or not f.is_file():
+        return None
+    h = hashlib.sha256()
+    with open(f, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _ours(out: Path, rel: str, digests: dict[str, str] | None) -> bool:
+    """Whether out/rel holds what lossprobe wrote there (its digest matches the manifest's);
+    with a manifest from before the digests, whether it is listed (the old rule)."""
+    f = _inside(out, rel)
+    if f is None:
+        return False
+    if digests is None:
+        return True
+    return rel in digests and _digest(f) == digests[rel]
+
+
+def _write_manifest(out: Path, files: Iterable[str], digests: dict[str, str]) -> None:
+    files = sorted(set(files))
     write_json(out / SITE_MARKER, {"written_by": "lossprobe report; rebuilt in place on each run, and only the files "
-                                                 "listed here are ever removed", "files": sorted(set(files))})
+                                                 "listed here, holding what it wrote, are ever replaced or removed",
+                                   "files": files, "sha256": {f: digests[f] for f in files if f in digests}})
 
 
 def _inside(out: Path, rel: str) -> Path | None:
@@ -60,15 +91,16 @@ def _inside(out: Path, rel: str) -> Path | None:
     return out / rel
 
 
-def _prepare_out(out: Path, run_paths: list[Path]) -> list[str]:
-    """Check that `out` may hold the site; return the files an earlier build wrote there."""
+def _prepare_out(out: Path, run_paths: list[Path]) -> tuple[list[str], dict[str, str] | None]:
+    """Check that `out` may hold the site; return the files an earlier build wrote there (and
+    their digests, see `_read_manifest`)."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a directory")
     for p in run_paths:
         if out.resolve() == p.resolve():
             raise UserError(f"--out {out} is the run directory itself; choose another folder, e.g. {out}/site")
     if not out.is_dir():
-        return []
+        return [], {}
 
     entries = _foreign(out)
     if entries and not (out / SITE_MARKER).is_file():
@@ -78,29 +110,34 @@ def _prepare_out(out: Path, run_paths: list[Path]) -> list[str]:
     return _read_manifest(out)
 
 
-def build_site(run_dirs: Iterable[str | os.PathLike], out: str | os.PathLike) -> Path:
+def build_site(run_dirs: Iterable[str | os.PathLike], out: str | os.PathLike, warn=None) -> Path:
     """Build the static site for `run_dirs` into folder `out`; returns the path of index.html.
 
     A folder of run directories is expanded. `out` must be empty, new, or a site built
     before: it is then rebuilt in place, and of its old files only those an earlier build
     wrote (listed in `out/.lossprobe-site`) and this one does not are removed. One process
     at a time writes a site (its lock). Raises UserError for a path that is not a run directory.
+    `warn(run_path, problem)` is told of each problem a run has (a damaged file, an array file
+    not opened); the pages show them in any case.
     """
     out = Path(out)
     paths = expand_run_dirs(run_dirs)
     if not paths:
         raise UserError("no run directories given")
     runs = [load_run(p, exclude=[out]) for p in paths]  # every path checked before `out` is touched
+    for r in runs:
+        for problem in r.problems if warn is not None else ():
+            warn(r.path, problem)
     _prepare_out(out, paths)
     lock = FolderLock(out)
     try:
-        old_files = _prepare_out(out, paths)  # again, now that no other process can write it
-        return _build(runs, out, old_files)
+        old_files, digests = _prepare_out(out, paths)  # again, now that no other process can write it
+        return _build(runs, out, old_files, digests)
     finally:
         lock.release()
 
 
-def _build(runs: list[Run], out: Path, old_files: list[str]) -> Path:
+def _build(runs: list[Run], out: Path, old_files: list[str], digests: dict[str, str] | None) -> Path:
     used: set[str] = set()
     for r in runs:
         base = slugify(r.path.name if r.path.name not in ("", ".") else r.path.resolve().name)
@@ -119,8 +156,15 @@ def _build(runs: list[Run], out: Path, old_files: list[str]) -> Path:
     for r in runs:
         planned += [f"runs/{r.slug}/index.html"] + [f"runs/{r.slug}/files/{rel}" for rel, _ in r.files]
     planned += list(comparisons.values())
+    # a file of the user's where the site puts one of its own is never overwritten
+    for rel in planned:
+        f = out / rel
+        if (f.exists() or f.is_symlink()) and not _ours(out, rel, digests):
+            raise UserError(f"--out {out} holds {rel}, which lossprobe did not write (or which changed since): it "
+                            "would be overwritten; choose another folder")
+    kept = dict(digests or {})
     # listed before anything is written, so that a build killed half-way leaves nothing unaccounted for
-    _write_manifest(out, set(old_files) | set(planned))
+    _write_manifest(out, set(old_files) | set(planned), kept)
 
     plotly_js = _plotly_source()
     dst = out / "assets" / "plotly.min.js"
@@ -138,11 +182,11 @@ def _build(runs: list[Run], out: Path, old_files: list[str]) -> Path:
         atomic.write_text(out / link, render_compare(k, kinds[k]))
     index = out / "index.html"
     atomic.write_text(index, render_index(runs, comparisons))
-    # remove what an earlier build wrote and this one did not (never anything else)
+    # remove what an earlier build wrote and this one did not (never anything else, nor a file changed since)
     keep = set(planned)
     for rel in sorted(set(old_files) - keep):
         f = _inside(out, rel)
-        if f is not None and (f.is_file() or f.is_symlink()):
+        if f is not None and f.is_file() and not f.is_symlink() and _ours(out, rel, digests):
             try:
                 f.unlink()
             except OSError:
@@ -151,7 +195,7 @@ def _build(runs: list[Run], out: Path, old_files: list[str]) -> Path:
             while parent != out and parent.is_dir() and not any(parent.iterdir()):
                 parent.rmdir()
                 parent = parent.parent
-    _write_manifest(out, keep)
+    _write_manifest(out, keep, {rel: d for rel in keep if (d := _digest(out / rel)) is not None})
     return index
 
 
