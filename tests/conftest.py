@@ -63,3 +63,22 @@ def tiny_cnn(seed=0, batchnorm=True, dropout=0.0):
     from lossprobe.models import cnn
 
     return cnn((4, 8), batchnorm=batchnorm, dropout=dropout, hidden=16, image_size=12, seed=seed).eval()
+
+
+def finished_stages(study, cfg, run_dir) -> dict:
+    """What a rerun of `study` in `run_dir` must leave alone: for each stage recorded as finished
+    in status.json, the mtime (ns) of each file it wrote and the seconds timing.json says it
+    took. A stage computed again writes its files again (atomically: a new inode and mtime)
+    and records new seconds, so comparing this before and after a rerun catches recomputation
+    even where the numbers come out the same."""
+    import json
+    from pathlib import Path
+
+    run_dir = Path(run_dir)
+    done = set(json.loads((run_dir / "status.json").read_text())["done"])
+    seconds = json.loads((run_dir / "timing.json").read_text())["stages"]
+    out = {}
+    for stage in study.stages(cfg):
+        if stage.resume and stage.name in done:
+            out[stage.name] = ({f: (run_dir / f).stat().st_mtime_ns for f in stage.files}, seconds[stage.name])
+    return out

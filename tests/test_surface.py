@@ -176,8 +176,12 @@ def test_cli_surface_and_slice(tmp_path, capsys):
     assert s["grid_shape"] == [5, 3] and s["points"] == 15
     assert (out / "surface.html").is_file() and (out / "surface.vtp").is_file()
     assert "estimated" in capsys.readouterr().out
+    stamps = lambda: {c.name: c.stat().st_mtime_ns for c in (out / "grid" / "chunks").glob("chunk_*.npz")}  # noqa: E731
+    before = stamps()
+    assert len(before) == 5
     assert main(args) == 0  # same command, same directory: resumes (nothing left to compute)
     assert json.loads((out / "summary.json").read_text())["resumed_chunks"] == 5
+    assert stamps() == before  # no chunk computed (written) again
     assert main(["slice", str(ck), "--model", "mlp:2-8-2", "--data", "spiral:test", "--steps", "4",
                  "--out", str(tmp_path / "sl")]) == 0
     capsys.readouterr()

@@ -1,0 +1,143 @@
+"""Can the tests fail? Each entry below breaks the library on purpose in a throwaway copy of
+src/ and runs the tests meant to catch that fault against the copy (PYTHONPATH puts it first,
+subprocesses of the CLI inherit it); the tests must fail there and pass on the real code.
+
+Prints one JSON line per broken copy: its name, the fault, the tests, how many of them fail on
+the broken copy with pytest's summary line (all of them should), the tests that did not catch
+the fault, and pytest's summary on the real code; exits 1 when a test passes on a broken copy
+or fails on the real code.
+
+    python benchmarks/broken_copies.py            # every broken copy
+    python benchmarks/broken_copies.py NAME ...   # these only
+    python benchmarks/broken_copies.py --list
+    python benchmarks/broken_copies.py --before REV [NAME ...]   # also run REV's tests on each broken copy
+
+`--before REV` shows what the strengthening bought: the same tests as they were at REV (e.g.
+the commit before they were strengthened), run on the same broken copy, usually pass.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# name: (fault, file under src/lossprobe, [(text, replacement), ...], tests)
+BROKEN = {
+    "fit-ignores-checkpoint": (
+        "fit retrains from epoch 0 instead of loading the checkpoint directory",
+        "training/loop.py",
+        [("        resumed = _load_state(ckpt, model, opt)\n", "        resumed = None\n")],
+        ["tests/test_train.py::test_interrupted_training_resumes_to_identical_weights",
+         "tests/test_recipes.py::test_warmup_and_augmentation_resume_identically"],
+    ),
+    "curve-ignores-checkpoint": (
+        "train_curve trains the bends from epoch 1 instead of loading curve_state.pt",
+        "connectivity/curves.py",
+        [("        if f.is_file():\n", "        if False:\n")],
+        ["tests/test_curves.py::test_resume_gives_the_same_bends"],
+    ),
+    "stages-recomputed": (
+        "run_stage computes a stage again although status.json says it finished",
+        "studies/base.py",
+        [("    if stage.resume and rd.done(stage.name, *stage.files):", "    if False:")],
+        ["tests/test_study_framework.py::test_stages_resume_and_are_timed",
+         "tests/test_architectures.py::test_quick_study_summary_and_resume",
+         "tests/test_width.py::test_width_study_tiny",
+         "tests/test_search_benchmark_study.py::test_study_on_a_cached_table"],
+    ),
+    "replays-recomputed": (
+        "the search benchmark replays every method again instead of reusing its saved replay",
+        "studies/search_benchmark.py",
+        [("            if f.is_file():\n", "            if False:\n")],
+        ["tests/test_search_benchmark_study.py::test_study_on_a_cached_table"],
+    ),
+    "surface-chunks-recomputed": (
+        "a resumed surface computes every chunk again (and still reports the chunks it found)",
+        "landscape/surfaces.py",
+        [('        meta["resumed_chunks"] = n_chunks - len(todo)\n',
+          '        meta["resumed_chunks"] = n_chunks - len(todo)\n        todo = list(range(n_chunks))\n')],
+        ["tests/test_surface.py::test_resume_skips_done_chunks_and_refuses_another_surface",
+         "tests/test_surface.py::test_cli_surface_and_slice",
+         "tests/test_surface_resume.py::test_sigkill_then_resume_computes_only_missing_chunks",
+         "tests/test_bad_inputs.py::test_damaged_derived_files_are_recomputed_on_resume"],
+    ),
+}
+
+
+def run_tests(src: Path, tests: list[str], root: Path = ROOT) -> dict:
+    """Run `tests` with lossprobe imported from `src`: {"rc", "failed": the tests (of those asked
+    for) with a failing test, "summary": pytest's last line, "seconds"}."""
+    env = {**os.environ, "PYTHONPATH": str(src)}
+    where = subprocess.run([sys.executable, "-c", "import lossprobe; print(lossprobe.__file__)"], env=env,
+                           capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    if not where.startswith(str(src)):
+        raise SystemExit(f"lossprobe imports from {where}, not from {src}")
+    t = time.perf_counter()
+    p = subprocess.run([sys.executable, "-m", "pytest", "-rfE", "-p", "no:cacheprovider", *tests], env=env,
+                       capture_output=True, text=True, cwd=root)
+    lines = [line for line in p.stdout.splitlines() if line.strip()]
+    failing = [line.split()[1] for line in lines if line.startswith(("FAILED ", "ERROR "))]
+    return {"rc": p.returncode, "failed": [x for x in tests if any(f == x or f.startswith(x + "[") or
+                                                                   f.startswith(x + "::") for f in failing)],
+            "summary": lines[-1].strip("= ") if lines else "", "seconds": round(time.perf_counter() - t, 1)}
+
+
+def broken_copy(tmp: Path, file: str, edits: list[tuple[str, str]]) -> Path:
+    src = tmp / "src"
+    shutil.copytree(ROOT / "src", src, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    path = src / "lossprobe" / file
+    text = path.read_text()
+    for old, new in edits:
+        if text.count(old) != 1:
+            raise SystemExit(f"{file}: the text to break occurs {text.count(old)} times, not once: {old!r}")
+        text = text.replace(old, new)
+    path.write_text(text)
+    return src
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["--list"]:
+        for name, (fault, *_rest) in BROKEN.items():
+            print(f"{name}: {fault}")
+        return 0
+    before = None
+    if argv[:1] == ["--before"]:
+        before, argv = argv[1], argv[2:]
+    names = argv or list(BROKEN)
+    unknown = [n for n in names if n not in BROKEN]
+    if unknown:
+        raise SystemExit(f"unknown broken copies {unknown}; see --list")
+    bad = 0
+    for name in names:
+        fault, file, edits, tests = BROKEN[name]
+        line = {"name": name, "fault": fault, "tests": tests}
+        with tempfile.TemporaryDirectory(prefix=f"broken-{name}-") as tmp:
+            src = broken_copy(Path(tmp), file, edits)
+            broken = run_tests(src, tests)
+            if before is not None:
+                old = Path(tmp) / "before"
+                old.mkdir()
+                archive = subprocess.run(["git", "-C", str(ROOT), "archive", before], capture_output=True, check=True)
+                subprocess.run(["tar", "-x", "-C", str(old)], input=archive.stdout, check=True)
+                was = run_tests(src, tests, root=old)
+        real = run_tests(ROOT / "src", tests)
+        survived = [x for x in tests if x not in broken["failed"]]
+        bad += bool(survived) or real["rc"] != 0
+        line.update({"broken": f"{len(broken['failed'])}/{len(tests)} tests fail: {broken['summary']}",
+                     "not_caught_by": survived, "real": real["summary"]})
+        if before is not None:
+            line[f"tests_at_{before}_on_broken"] = f"{len(was['failed'])}/{len(tests)} fail: {was['summary']}"
+        print(json.dumps(line), flush=True)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
