@@ -69,6 +69,38 @@ BROKEN = {
          "tests/test_surface_resume.py::test_sigkill_then_resume_computes_only_missing_chunks",
          "tests/test_bad_inputs.py::test_damaged_derived_files_are_recomputed_on_resume"],
     ),
+    "eig-save-drops-ritz-values": (
+        "EigResult.to_arrays leaves all_ritz_values out, so save/load loses them",
+        "curvature/algorithms.py",
+        [('            out[f"{prefix}all_ritz_values"] = np.asarray(self.all_ritz_values)\n', "            pass\n")],
+        ["tests/test_results.py::test_save_load_round_trip[EigResult-0]"],
+    ),
+    "eig-json-drops-ritz-values": (
+        "EigResult.to_dict leaves all_ritz_values out (as it did before), so the JSON round trip loses them",
+        "curvature/algorithms.py",
+        [('            d["all_ritz_values"] = np.asarray(self.all_ritz_values).tolist()\n', "            pass\n")],
+        ["tests/test_results.py::test_dict_round_trip[EigResult-0]"],
+    ),
+    "surface-drops-subset-indices": (
+        "Surface.to_arrays leaves the subset indices out",
+        "landscape/surfaces.py",
+        [('            out[prefix + "subset_indices"] = self.subset_indices\n', "            pass\n")],
+        ["tests/test_results.py::test_save_load_round_trip[Surface-0]",
+         "tests/test_results.py::test_dict_round_trip[Surface-0]"],
+    ),
+    "noise-drops-seed": (
+        "NoiseRobustness.metadata leaves the seed out (from_arrays then says 0)",
+        "curvature/sharpness.py",
+        [('"draws": self.draws,\n                "seed": self.seed}', '"draws": self.draws}')],
+        ["tests/test_results.py::test_save_load_round_trip[NoiseRobustness-0]"],  # to_dict is its own
+    ),
+    "record-null-stays-none": (
+        "Record.from_dict keeps JSON's null where a float field held NaN (History before this fix)",
+        "results/contract.py",
+        [("_nan_for_null(d[f.name], hints.get(f.name))", "d[f.name]")],
+        ["tests/test_results.py::test_save_load_round_trip[History-1]",
+         "tests/test_results.py::test_dict_round_trip[History-1]"],
+    ),
 }
 
 
