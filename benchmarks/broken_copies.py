@@ -113,6 +113,36 @@ BROKEN = {
         [("        return order[::-1][:k]\n", "        return order[::-1][1:k + 1]\n")],
         ["tests/test_compat.py::test_hessian_top_eigenvalue"],
     ),
+    "write-bytes-in-place": (
+        "write_bytes (JSON, safetensors, report.md) writes straight to the final name, not through open_atomic",
+        "results/atomic.py",
+        [('    with open_atomic(path, "wb", size_hint=len(data)) as f:\n        f.write(data)\n',
+          '    Path(path).parent.mkdir(parents=True, exist_ok=True)\n    with open(path, "wb") as f:\n'
+          '        f.write(data)\n')],
+        ["tests/test_faults.py::test_full_tmpfs_is_one_line_leaves_whole_files_and_resumes"],
+    ),
+    "figures-in-place": (
+        "save_figure writes PNG/SVG with savefig straight to the final name",
+        "results/drawing.py",
+        [('            with open_atomic(p, "wb") as f:  # whole files only, even on a full disk\n',
+          '            p.parent.mkdir(parents=True, exist_ok=True)\n            with open(p, "wb") as f:\n')],
+        ["tests/test_faults.py::test_full_tmpfs_is_one_line_leaves_whole_files_and_resumes"],
+    ),
+    "temp-left-on-error": (
+        "a failed atomic write leaves its temporary file behind",
+        "results/atomic.py",
+        [("        _unlink_quietly(tmp)\n        raise describe(e, path, needed=needed) from None\n",
+          "        raise describe(e, path, needed=needed) from None\n")],
+        ["tests/test_faults.py::test_full_tmpfs_is_one_line_leaves_whole_files_and_resumes"],
+    ),
+    "mkdir-error-escapes": (
+        "makedirs lets an OS error out as a RuntimeError (a traceback, not the one line)",
+        "results/atomic.py",
+        [('            raise describe(e, d, "create the folder") from None\n',
+          '            raise RuntimeError(f"mkdir {d} failed") from e\n')],
+        ["tests/test_faults.py::test_read_only_mount_is_one_line_and_writes_nothing",
+         "tests/test_faults.py::test_unwritable_out_is_one_line"],
+    ),
 }
 
 
