@@ -143,6 +143,48 @@ BROKEN = {
         ["tests/test_faults.py::test_read_only_mount_is_one_line_and_writes_nothing",
          "tests/test_faults.py::test_unwritable_out_is_one_line"],
     ),
+    "toy-paths-draw-nothing": (
+        "plot_toy_paths saves the contours but draws no optimiser path",
+        "figures/trajectories.py",
+        [("    for (label, r), st in zip(runs.items(), styles()):\n",
+          "    for (label, r), st in zip(list(runs.items())[:0], styles()):\n")],
+        ["tests/test_trajectory_plots.py::test_toy_paths_figure_and_gif"],
+    ),
+    "plane-paths-drop-last": (
+        "plot_plane_paths leaves the last path out",
+        "figures/trajectories.py",
+        [("    for (label, c), st in zip(paths.items(), styles()):\n        c = np.asarray(c)\n"
+          "        ax.plot(c[:, 0], c[:, 1], color=st[\"color\"], linestyle=st[\"linestyle\"], linewidth=1.3,",
+          "    for (label, c), st in zip(list(paths.items())[:-1], styles()):\n        c = np.asarray(c)\n"
+          "        ax.plot(c[:, 0], c[:, 1], color=st[\"color\"], linestyle=st[\"linestyle\"], linewidth=1.3,")],
+        ["tests/test_trajectory_plots.py::test_plane_paths_and_fidelity_figures"],
+    ),
+    "fidelity-drops-surface-series": (
+        "plot_fidelity leaves out the dashed surface-loss series",
+        "figures/trajectories.py",
+        [('        ax_l.plot(steps, f["surface_loss"], color=st["color"], linestyle="--", linewidth=1,\n'
+          '                  label=f"{label}: contour under the point")\n', "")],
+        ["tests/test_trajectory_plots.py::test_plane_paths_and_fidelity_figures"],
+    ),
+    "declared-plot-drops-series": (
+        "draw (Result.figure, plot_declared) draws only the first series of a line declaration",
+        "results/drawing.py",
+        [("        for s in spec.series:\n", "        for s in spec.series[:1]:\n")],
+        ["tests/test_results.py::test_figure_draws_the_declarations",
+         "tests/test_cli_plots.py::test_path_commands_declare_loss_and_accuracy_along_the_path"],
+    ),
+    "slice-figure-drops-accuracy": (
+        "plot_slice draws no accuracy curve",
+        "figures/surfaces.py",
+        [('    ax_a.plot(x, 100 * acc, markersize=3, **{**st, "linestyle": "--", "marker": "s"})\n', "")],
+        ["tests/test_surface.py::test_plots_and_exports"],
+    ),
+    "interpolation-figure-drops-accuracy": (
+        "plot_interpolation (the interpolate command's figure) draws no accuracy curve",
+        "figures/paths.py",
+        [("        ax_a.plot(a, 100 * acc, label=split, markersize=4, **st)\n", "")],
+        ["tests/test_cli_plots.py::test_path_commands_declare_loss_and_accuracy_along_the_path"],
+    ),
 }
 
 

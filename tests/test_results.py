@@ -10,7 +10,9 @@ import pytest
 import torch
 
 import lossprobe  # noqa: F401 - registers every result type
+from conftest import assert_drawn_as_declared
 from lossprobe.results import store
+from lossprobe.results.drawing import captured_figures
 from lossprobe.curvature.algorithms import EigResult, SLQResult, TraceResult
 from lossprobe.errors import UserError
 from lossprobe.curvature.hessian import Density
@@ -216,10 +218,11 @@ def test_figure_draws_the_declarations(make, tmp_path):
         with pytest.raises(TypeError):
             r.figure()
         return
-    assert r.figure(tmp_path, "f") == ["f"]
-    assert (tmp_path / "f.png").stat().st_size > 0
-    fig = r.figure()
-    assert len(fig.axes) >= len(r.plots())  # one panel per declaration (colour bars add axes)
+    with captured_figures() as saved:
+        assert r.figure(tmp_path, "f") == ["f"]
+    assert (tmp_path / "f.png").stat().st_size > 0 and [n for n, _ in saved] == ["f"]
+    assert_drawn_as_declared(saved[0][1], r.plots(), r.to_arrays())
+    assert_drawn_as_declared(r.figure(), r.plots(), r.to_arrays())  # the Figure itself, unsaved
 
 
 @pytest.mark.parametrize("make", _cases())
