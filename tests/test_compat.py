@@ -108,7 +108,7 @@ def test_hessian_top_eigenvalue(case):
     top = float(exact[-1])
     # the top is well apart from the next one, so a wrong eigenvalue cannot pass for it
     assert top - float(exact[-2]) > 0.05 * abs(top), exact[-3:]
-    eig_block = hessian.eigenvalues(obj, params=[block], k=1, seed=0)
+    eig_block = hessian.eigenvalues(HessianOperator(obj, params=[block]), k=1, seed=0)
     close(eig_block.values[0], top, rel=1e-4, abs_=1e-6)
     eig = hessian.eigenvalues(obj, k=1, max_steps=40, seed=0)
     v = eig.vectors[0].double()
