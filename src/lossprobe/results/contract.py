@@ -27,8 +27,8 @@ by overriding `to_dict`/`from_dict`; the files written by `save` are unaffected.
 Every dataclass field survives ``save``/``load`` (tests/test_results.py compares them field by
 field). ``to_dict``/``from_dict`` keeps every field too, except those a type names in
 `JSON_OMITS`: per-probe or per-parameter data too large for a JSON document (e.g.
-`EigResult.vectors`, [k, P]), which come back empty (None) from `from_dict` and which only
-`save` keeps.
+`EigResult.vectors`, [k, P]), which come back empty (None, or an empty array) from
+`from_dict` and which only `save` keeps.
 """
 
 from __future__ import annotations
