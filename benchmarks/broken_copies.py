@@ -135,6 +135,16 @@ BROKEN = {
           "        raise describe(e, path, needed=needed) from None\n")],
         ["tests/test_faults.py::test_full_tmpfs_is_one_line_leaves_whole_files_and_resumes"],
     ),
+    "safetensors-error-escapes": (
+        "save_safetensors writes with safetensors' own (Rust) writer into the temporary file: atomic, but a "
+        "full disk raises SafetensorError, not OSError, so the command ends in a traceback",
+        "results/atomic.py",
+        [("    return write_bytes(path, save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}))\n",
+          "    from safetensors.torch import save_file\n\n    with writing_to(path) as tmp:\n"
+          "        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))\n"
+          "    return Path(path)\n")],
+        ["tests/test_faults.py::test_full_tmpfs_is_one_line_leaves_whole_files_and_resumes"],
+    ),
     "mkdir-error-escapes": (
         "makedirs lets an OS error out as a RuntimeError (a traceback, not the one line)",
         "results/atomic.py",

@@ -8,7 +8,8 @@ PLAN.json is a list of steps, done in order:
     {"mount": DIR, "size": "64k"}         a tmpfs of that size on DIR (created if missing)
     {"remount": DIR, "options": "ro"}     mount -o remount,OPTIONS (e.g. "ro", "rw,size=64m")
     {"mkdir": DIR}                        a folder (on a mount before it is made read-only)
-    {"run": [ARGS...]}                    `lossprobe ARGS...` in this process: {"rc", "err"}
+    {"run": [ARGS...]}                    `lossprobe ARGS...` in this process: {"rc", "err"} (an
+                                          exception that escapes: rc 1 and its traceback in err)
     {"copy": [SRC, DST]}                  copy SRC (on a mount) to DST (outside), temporary files
                                           included, so the test can inspect what was left there
 
@@ -24,6 +25,7 @@ import json
 import shutil
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 
@@ -51,7 +53,11 @@ def main(plan_file: str, result_file: str) -> None:
         elif "run" in step:
             err = io.StringIO()
             with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-                rc = lossprobe(step["run"])
+                try:
+                    rc = lossprobe(step["run"])
+                except Exception:  # what `python -m lossprobe` would do: a traceback, exit status 1
+                    traceback.print_exc()
+                    rc = 1
             results.append({"rc": rc, "err": err.getvalue()})
         elif "copy" in step:
             src, dst = step["copy"]

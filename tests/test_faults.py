@@ -413,9 +413,10 @@ def test_read_only_mount_is_one_line_and_writes_nothing(mounting, ckpts, tmp_pat
     assert sorted(str(p.relative_to(left)) for p in left.rglob("*")) == [f"old-{c}" for c in sorted(COMMANDS)]
 
 
-@pytest.mark.parametrize("command", ["interpolate", "surface"])  # figures, arrays, JSON; chunks, plotly's page
+@pytest.mark.parametrize("command", ["interpolate",  # JSON, npz, PNG, SVG, markdown
+                                     pytest.param("surface", marks=pytest.mark.slow)])  # + safetensors, chunks, plotly
 def test_full_tmpfs_is_one_line_leaves_whole_files_and_resumes(mounting, ckpts, tmp_path, capsys, command):
-    """On a tmpfs too small for the run (filling up at points spread over its writes), the
+    """On a tmpfs too small for the run (filling up at each kind of file it writes), the
     command stops with one line, wherever the disk fills up, leaving no temporary file and no file
     cut short; with the space grown, the same command finishes the run (after the middle one of
     those failures), with the numbers of a run that never failed."""
@@ -423,11 +424,15 @@ def test_full_tmpfs_is_one_line_leaves_whole_files_and_resumes(mounting, ckpts, 
     ok(capsys, COMMANDS[command](ckpts, ref))
     # the run's files in the order they were (last) written, and the pages (tmpfs counts whole
     # pages) the run holds once each is written: a disk one page smaller fills up there or before.
-    # Five such points: spread over the writes, and at the largest file (the surface's plotly page)
+    # One such point at the first file of each kind (each writer: JSON, npz, safetensors, PNG, SVG,
+    # markdown, plotly's page), and one at the largest file
     written = sorted(files(ref).values(), key=lambda p: p.stat().st_mtime_ns)
     pages = [-(-p.stat().st_size // 4096) for p in written]
-    held, n = np.cumsum(pages), len(written)
-    sizes = [max(1, int(held[i]) - 1) for i in sorted({0, n // 4, n // 2, 3 * n // 4, int(np.argmax(pages))})]
+    held = np.cumsum(pages)
+    first = {}
+    for i, p in enumerate(written):
+        first.setdefault(p.suffix or p.name, i)
+    sizes = sorted({max(1, int(held[i]) - 1) for i in {*first.values(), int(np.argmax(pages))}})
     grown = 2 * int(held[-1]) + 256  # room for the files and a new copy of the largest while it replaces the old
     resume = (len(sizes) // 2,)  # part of the run is on the disk, part is not
     plan = []
