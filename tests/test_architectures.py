@@ -5,7 +5,8 @@ import json
 import pytest
 
 from lossprobe.studies import STUDIES
-from lossprobe.studies.architectures import QUICK, ArchitecturesConfig, run
+from conftest import finished_stages
+from lossprobe.studies.architectures import QUICK, STUDY, ArchitecturesConfig, run
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -30,7 +31,10 @@ def test_quick_study_summary_and_resume(tmp_path):
     # a rerun resumes every stage: same numbers, nothing retrained
     status = json.loads((d / "status.json").read_text())
     assert {"train-A", "train-B", "curvature-A", "curvature-B", "noise", "slices"} <= set(status["done"])
+    stamps = finished_stages(STUDY, cfg, d)
+    assert {"train-A", "train-B", "curvature-A", "curvature-B", "noise", "slices"} <= set(stamps)
     s2 = run(d, cfg, progress=False)
+    assert finished_stages(STUDY, cfg, d) == stamps  # no finished stage computed again
     assert s2["top_eigenvalue"] == s["top_eigenvalue"] and s2["noise_robustness"] == s["noise_robustness"]
     # the numbers of the summary are those of the files each stage saved
     for k in ("A", "B"):

@@ -148,11 +148,17 @@ def test_damaged_derived_files_are_recomputed_on_resume(ck, tmp_path, capsys):
     want = np.load(out / "surface.npz")["loss"]
     (out / "summary.json").write_text("")
     (out / "status.json").write_text("{")
-    chunk = sorted((out / "grid" / "chunks").glob("chunk_*.npz"))[1]
+    chunks = sorted((out / "grid" / "chunks").glob("chunk_*.npz"))
+    chunk = chunks[1]
     chunk.write_bytes(chunk.read_bytes()[:30])
+    stamps = lambda: [c.stat().st_mtime_ns for c in chunks]  # noqa: E731
+    before = stamps()
     assert main(args) == 0
     np.testing.assert_array_equal(np.load(out / "surface.npz")["loss"], want)
     assert json.loads((out / "summary.json").read_text())["resumed_chunks"] == 2
+    after = stamps()  # only the damaged chunk was computed (and written) again
+    assert after[0] == before[0] and after[2] == before[2] and after[1] != before[1]
+    assert len(chunks) == 3 and np.load(chunk)["loss"].shape == (3,)
 
 
 def test_a_folder_given_as_a_checkpoint(ck, tmp_path, capsys):

@@ -20,6 +20,7 @@ import lossprobe as lp
 from lossprobe.curvature import hessian, sharpness
 from lossprobe.connectivity.curves import Curve, CurveTrainConfig, evaluate_curve, train_curve
 from lossprobe.connectivity.paths import recompute_batchnorm
+from lossprobe.curvature.operators import HessianOperator, dense
 
 from compat_models import cases
 
@@ -27,6 +28,8 @@ CASES = {c.name: c for c in cases()}
 # a small parameter block per model whose exact Hessian trace is cheap to form densely
 TRACE_BLOCK = {"resnet": "bn", "lstm": "head.bias", "groupnorm": "net.1", "tied": "mix.bias", "two-input": "head",
                "regression": "net.2", "hf-bert": "classifier.bias", "hf-gpt2": "transformer.ln_f.bias"}
+# and one whose dense Hessian's top eigenvalue is simple (the mse head's is doubled: one copy per output)
+EIG_BLOCK = {**TRACE_BLOCK, "regression": "net.0.bias"}
 
 
 @pytest.fixture(autouse=True)
@@ -94,11 +97,23 @@ def _rayleigh(case, model, v):
 
 
 def test_hessian_top_eigenvalue(case):
+    """The top eigenvalue is the top one: on a small block, the largest of all eigenvalues of the
+    dense block Hessian (eigvalsh); on the whole model, at least that (a principal submatrix's
+    largest eigenvalue never exceeds the matrix's), with vᵀHv of the hand-written loss equal to it."""
     model = case.build(0)
     obj = lp.Objective(model, case.data, batch_size=case.batch_size, **case.kwargs)
+    block = EIG_BLOCK[case.name]
+    D = dense(HessianOperator(obj, params=[block]))
+    exact = torch.linalg.eigvalsh(0.5 * (D + D.T))  # ascending
+    top = float(exact[-1])
+    # the top is well apart from the next one, so a wrong eigenvalue cannot pass for it
+    assert top - float(exact[-2]) > 0.05 * abs(top), exact[-3:]
+    eig_block = hessian.eigenvalues(HessianOperator(obj, params=[block]), k=1, seed=0)
+    close(eig_block.values[0], top, rel=1e-4, abs_=1e-6)
     eig = hessian.eigenvalues(obj, k=1, max_steps=40, seed=0)
     v = eig.vectors[0].double()
     lam = float(eig.values[0])
+    assert lam >= top * (1 - 1e-4) - 1e-6, (lam, top)
     with torch.nn.attention.sdpa_kernel([torch.nn.attention.SDPBackend.MATH]):
         rq = _rayleigh(case, model, v / v.norm())
     assert abs(rq - lam) <= 2e-3 * abs(lam) + 1e-5, (rq, lam, eig.residuals)

@@ -44,27 +44,42 @@ def test_training_keeps_endpoints_and_lowers_midpoint_loss(spiral):
     assert after.barriers()["loss_barrier"]["data"] < before.barriers()["loss_barrier"]["data"]
 
 
-def test_resume_gives_the_same_bends(spiral, tmp_path):
+def test_resume_gives_the_same_bends(spiral, tmp_path, monkeypatch):
+    import lossprobe.connectivity.curves as curves
+
     a, b = tiny_mlp(0), tiny_mlp(1)
     cfg2 = CurveTrainConfig(epochs=2, lr=1e-2, batch_size=50, seed=3)
     c1 = Curve(a, b)
     train_curve(c1, spiral, cfg2)
     c2 = Curve(a, b)
     train_curve(c2, spiral, CurveTrainConfig(epochs=1, lr=1e-2, batch_size=50, seed=3), checkpoint_dir=tmp_path)
-    # a different config in the same directory is refused; the right one resumes at epoch 2
+    # a different config in the same directory is refused
     with pytest.raises(UserError):
         train_curve(Curve(a, b), spiral, cfg2, checkpoint_dir=tmp_path)
-    (tmp_path / "curve_config.json").unlink()
-    # an epoch-1 state trained under the 2-epoch schedule is what resuming needs: redo it properly
-    c3 = Curve(a, b)
-    import shutil
 
-    shutil.rmtree(tmp_path)
-    h = train_curve(c3, spiral, cfg2, checkpoint_dir=tmp_path)
+    # every epoch's steps go through run_epoch: count them, or stop the run in epoch 2
+    real, trained = curves.run_epoch, []
+
+    def counted(opt, batches, batch_terms, *, epoch, **kw):
+        if epoch == stop_at:
+            raise KeyboardInterrupt
+        trained.append(epoch)
+        return real(opt, batches, batch_terms, epoch=epoch, **kw)
+
+    monkeypatch.setattr(curves, "run_epoch", counted)
+    run = tmp_path / "run"
+    stop_at = 2
+    with pytest.raises(KeyboardInterrupt):
+        train_curve(Curve(a, b), spiral, cfg2, checkpoint_dir=run)
+    assert trained == [1]
+    stop_at, trained = None, []
+    c3 = Curve(a, b)
+    h = train_curve(c3, spiral, cfg2, checkpoint_dir=run)  # resumes after epoch 1
+    assert trained == [2] and h.epoch == [1, 2]
     c4 = Curve(a, b)
-    h4 = train_curve(c4, spiral, cfg2, checkpoint_dir=tmp_path)  # already finished: loads, trains nothing
+    h4 = train_curve(c4, spiral, cfg2, checkpoint_dir=run)  # already finished: loads, trains nothing
+    assert trained == [2] and h4.epoch == [1, 2]
     assert torch.equal(c3.bends, c1.bends) and torch.equal(c4.bends, c1.bends)
-    assert h4.epoch == h.epoch == [1, 2]
 
 
 def test_batchnorm_curve_reestimates_statistics():

@@ -1,5 +1,10 @@
 """Nothing lost, nothing leaked: --force never touches the user's files, one writer per run
-directory, and a read-only or full disk gives one line and leaves no partial file."""
+directory, and a read-only or full disk gives one line and leaves no partial file.
+
+The disk errors are tested twice: faked in this process (a patched open, ENOSPC at one chosen
+file's fsync), which runs anywhere, and on real file systems (a read-only tmpfs, a tmpfs that
+fills up; permission bits with root's override dropped), which needs root: those skip, saying
+why, where mounting is impossible."""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ import io
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -49,7 +55,12 @@ def ok(capsys, argv):
 
 def one_line(capsys, rc, *expect, code=None, after_progress=False):
     """The command failed with one line (after the progress bars of the work done before, if allowed)."""
-    err = capsys.readouterr().err.strip()
+    return one_line_in(capsys.readouterr().err, rc, *expect, code=code, after_progress=after_progress)
+
+
+def one_line_in(err: str, rc, *expect, code=None, after_progress=False):
+    """`one_line` for the standard error `err` of a command run elsewhere."""
+    err = err.strip()
     assert rc != 0 and (code is None or rc == code), (rc, err)
     assert "Traceback" not in err
     lines = [ln for ln in err.replace("\r", "\n").splitlines() if ln.strip()]
@@ -236,13 +247,25 @@ def test_read_only_site_is_one_line(ckpts, tmp_path, monkeypatch, capsys):
     one_line(capsys, rc, "read-only file system", code=1)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through permissions")
 def test_unwritable_out_is_one_line(ckpts, tmp_path, capsys):
+    """Root writes through permission bits, so as root the command runs in a child process without
+    the capabilities that let it (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH), as a user would."""
     locked = tmp_path / "locked"
     locked.mkdir()
     locked.chmod(0o555)
     try:
-        one_line(capsys, main(interpolate_args(ckpts, locked / "out")), "permission denied", code=1)
+        if os.geteuid() != 0:
+            one_line(capsys, main(interpolate_args(ckpts, locked / "out")), "permission denied", code=1)
+            return
+        if not shutil.which("setpriv"):
+            pytest.skip("root writes through permission bits and setpriv (util-linux) is missing to drop that")
+        p = subprocess.run(["setpriv", "--bounding-set", "-dac_override,-dac_read_search", sys.executable, "-m",
+                            "lossprobe", *interpolate_args(ckpts, locked / "out")],
+                           capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+        if "setpriv:" in p.stderr:
+            pytest.skip(f"cannot drop root's capabilities here: {p.stderr.strip()}")
+        one_line_in(p.stderr, p.returncode, "permission denied", str(locked / "out"), code=1)
+        assert list(locked.iterdir()) == []
     finally:
         locked.chmod(0o755)
 
@@ -307,3 +330,143 @@ def test_atomic_writes_are_whole_or_absent(tmp_path, monkeypatch):
             f.write("half")
             raise KeyError("boom")
     assert not (tmp_path / "y.txt").exists() and no_temp_files(tmp_path)
+
+
+# --- real file systems: a read-only mount and a full tmpfs ----------------------------------------
+# The tests above fake the errors (a patched open, an ENOSPC at one chosen fsync); these mount
+# real file systems, as root, in a private mount namespace (tests/mounted.py), so every writer
+# meets the kernel's own EROFS and ENOSPC wherever it writes, and nothing outlives the test.
+@pytest.fixture(scope="module")
+def mounting(tmp_path_factory):
+    """Skip, saying why, where a tmpfs cannot be mounted (not root, no CAP_SYS_ADMIN, no unshare)."""
+    if not shutil.which("unshare"):
+        pytest.skip("cannot mount a tmpfs: unshare (util-linux) is missing")
+    probe = tmp_path_factory.mktemp("probe")
+    p = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                        f"mount -t tmpfs -o size=64k tmpfs {probe} && mount -o remount,ro {probe}"],
+                       capture_output=True, text=True)
+    if p.returncode:
+        pytest.skip(f"cannot mount a tmpfs here (needs root with CAP_SYS_ADMIN): {p.stderr.strip() or p.returncode}")
+
+
+def run_mounted(plan: list, tmp_path: Path) -> list[dict]:
+    """Do `plan` (see tests/mounted.py) in a private mount namespace; the results of its runs."""
+    plan_file, result_file = tmp_path / "plan.json", tmp_path / "result.json"
+    plan_file.write_text(json.dumps(plan, default=str))
+    p = subprocess.run(["unshare", "--mount", "--propagation", "private", sys.executable, str(HERE / "mounted.py"),
+                        str(plan_file), str(result_file)], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert p.returncode == 0, p.stderr[-3000:]
+    return json.loads(result_file.read_text())
+
+
+def whole(path: Path) -> None:
+    """`path` is a whole file of its kind (not cut short by a full disk)."""
+    data = path.read_bytes()
+    kind = path.suffix
+    if path.name == ".lossprobe.lock":
+        pass  # written in place (flock needs a fixed file); only the pid in it, which a full disk may keep out
+    elif kind in (".md", ".csv"):
+        assert data.strip(), path
+    elif path.name == ".lossprobe-run":
+        json.loads(data)
+    elif kind == ".json":
+        json.loads(data)
+    elif kind == ".npz":
+        with np.load(path) as f:
+            for k in f.files:
+                f[k]
+    elif kind == ".png":
+        assert data.startswith(b"\x89PNG") and data.endswith(b"IEND\xaeB`\x82"), path
+    elif kind == ".svg":
+        assert data.rstrip().endswith(b"</svg>"), path
+    elif kind == ".html":
+        assert data.rstrip().endswith(b"</html>"), path
+    elif kind == ".safetensors":
+        from safetensors.numpy import load
+
+        load(data)
+    else:
+        raise AssertionError(f"whole() does not know how to check {path}; teach it")
+
+
+def files(root: Path) -> dict[str, Path]:
+    return {str(p.relative_to(root)): p for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_read_only_mount_is_one_line_and_writes_nothing(mounting, ckpts, tmp_path, capsys):
+    """Every command, to a new --out and to an existing empty one on a read-only file system, and
+    `report` building a site there: one line naming the folder, nothing written."""
+    run = tmp_path / "run"
+    ok(capsys, interpolate_args(ckpts, run))
+    ro = tmp_path / "ro"
+    plan = [{"mount": ro, "size": "1m"}] + [{"mkdir": ro / f"old-{c}"} for c in sorted(COMMANDS)]
+    plan.append({"remount": ro, "options": "ro"})
+    outs = [ro / f"{age}-{c}" for c in sorted(COMMANDS) for age in ("new", "old")]
+    plan += [{"run": COMMANDS[o.name.split("-", 1)[1]](ckpts, o)} for o in outs]
+    plan += [{"run": ["report", str(run), "--out", str(ro / "site")]}, {"copy": [ro, tmp_path / "left"]}]
+    results = run_mounted(plan, tmp_path)
+    for out, r in zip([*outs, ro / "site"], results):
+        one_line_in(r["err"], r["rc"], "read-only file system", code=1)
+        assert str(ro) in r["err"], r["err"]
+    left = tmp_path / "left"
+    assert sorted(str(p.relative_to(left)) for p in left.rglob("*")) == [f"old-{c}" for c in sorted(COMMANDS)]
+
+
+@pytest.mark.parametrize("command", ["interpolate",  # JSON, npz, PNG, SVG, markdown
+                                     pytest.param("surface", marks=pytest.mark.slow)])  # + safetensors, chunks, plotly
+def test_full_tmpfs_is_one_line_leaves_whole_files_and_resumes(mounting, ckpts, tmp_path, capsys, command):
+    """On a tmpfs too small for the run (filling up at each kind of file it writes), the
+    command stops with one line, wherever the disk fills up, leaving no temporary file and no file
+    cut short; with the space grown, the same command finishes the run (after the middle one of
+    those failures), with the numbers of a run that never failed."""
+    ref = tmp_path / "ref"
+    ok(capsys, COMMANDS[command](ckpts, ref))
+    # the run's files in the order they were (last) written, and the pages (tmpfs counts whole
+    # pages) the run holds once each is written: a disk one page smaller fills up there or before.
+    # One such point at the first file of each kind (each writer: JSON, npz, safetensors, PNG, SVG,
+    # markdown, plotly's page), and one at the largest file
+    written = sorted(files(ref).values(), key=lambda p: p.stat().st_mtime_ns)
+    pages = [-(-p.stat().st_size // 4096) for p in written]
+    held = np.cumsum(pages)
+    first = {}
+    for i, p in enumerate(written):
+        first.setdefault(p.suffix or p.name, i)
+    sizes = sorted({max(1, int(held[i]) - 1) for i in {*first.values(), int(np.argmax(pages))}})
+    grown = 2 * int(held[-1]) + 256  # room for the files and a new copy of the largest while it replaces the old
+    resume = (len(sizes) // 2,)  # part of the run is on the disk, part is not
+    plan = []
+    for i, size in enumerate(sizes):
+        disk = tmp_path / f"disk{i}"
+        plan += [{"mount": disk, "size": f"{4 * size}k"},
+                 {"run": COMMANDS[command](ckpts, disk / "out")},
+                 {"copy": [disk / "out", tmp_path / f"full{i}"]}]
+        if i in resume:
+            plan += [{"remount": disk, "options": f"rw,size={4 * grown}k"},
+                     {"run": COMMANDS[command](ckpts, disk / "out")},
+                     {"copy": [disk / "out", tmp_path / f"resumed{i}"]}]
+    results = iter(run_mounted(plan, tmp_path))
+    stopped_at = []
+    for i in range(len(sizes)):
+        full = next(results)
+        err = one_line_in(full["err"], full["rc"], "no space left on the device", "run the same command again",
+                          code=1, after_progress=True)
+        stopped_at.append(err.split("cannot write ", 1)[-1].split(":")[0].replace(str(tmp_path / f"disk{i}"), ""))
+        left = files(tmp_path / f"full{i}")
+        assert not [n for n in left if atomic.is_temp(n)], left
+        for p in left.values():
+            whole(p)
+        if i not in resume:
+            continue
+        resumed = next(results)
+        assert resumed["rc"] == 0, resumed["err"]
+        again = files(tmp_path / f"resumed{i}")
+        assert set(again) == set(files(ref)), set(again) ^ set(files(ref))
+        for name, p in again.items():
+            whole(p)
+            if name.endswith(".npz"):
+                with np.load(p) as a, np.load(ref / name) as b:
+                    assert a.files == b.files and all(np.array_equal(a[k], b[k], equal_nan=a[k].dtype.kind == "f")
+                                                      for k in a.files if a[k].dtype.kind != "O"), name
+        assert json.loads((tmp_path / f"resumed{i}" / "status.json").read_text())["complete"]
+    assert len(set(stopped_at)) >= 3, (stopped_at, sizes)  # the disk filled up in different writers

@@ -67,8 +67,8 @@ def test_warmup_and_augmentation_resume_identically(tmp_path, monkeypatch, one_t
     data = _images()
     cfg = TrainConfig(optimizer="momentum", lr=0.05, epochs=3, batch_size=16, schedule="onecycle",
                       warmup_epochs=1, augment="crop+flip", crop_padding=1, weight_decay=5e-4)
-    ref = build("mlp:36-16-3", seed=0)
-    h_ref = fit(ref, data, data, cfg)
+    ref, ref_steps = build("mlp:36-16-3", seed=0), []
+    h_ref = fit(ref, data, data, cfg, on_step=lambda s: ref_steps.append((s.epoch, s.step)))
     assert h_ref.lr[1] == pytest.approx(0.05 * lr_factor(cfg, 5, 18, 6))
     again = build("mlp:36-16-3", seed=0)
     fit(again, data, data, cfg)
@@ -89,8 +89,12 @@ def test_warmup_and_augmentation_resume_identically(tmp_path, monkeypatch, one_t
     with pytest.raises(KeyboardInterrupt):
         fit(m, data, data, cfg, checkpoint_dir=tmp_path)
     monkeypatch.setattr(tr, "evaluate_model", real)
-    m2 = build("mlp:36-16-3", seed=0)
-    h = fit(m2, data, data, cfg, checkpoint_dir=tmp_path)
+    m2, epochs, steps = build("mlp:36-16-3", seed=0), [], []
+    h = fit(m2, data, data, cfg, checkpoint_dir=tmp_path, on_epoch=lambda hist: epochs.append(hist.epoch[-1]),
+            on_step=lambda s: steps.append((s.epoch, s.step)))
+    # epoch 1 was saved before the interruption: only epochs 2 and 3 are trained, on the schedule's later steps
+    assert epochs == [2, 3] and steps == [(e, s) for e, s in ref_steps if e >= 2] and steps[0][1] == 7
+    assert h.lr == pytest.approx(h_ref.lr, rel=1e-12)
     assert h.val_loss == pytest.approx(h_ref.val_loss, rel=1e-6)
     for p, q in zip(ref.parameters(), m2.parameters()):
         torch.testing.assert_close(p, q)

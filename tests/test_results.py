@@ -2,6 +2,7 @@
 to_dict/from_dict, save/load, summary, plot declarations that fit its arrays, and to_xarray
 for gridded results."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -9,7 +10,9 @@ import pytest
 import torch
 
 import lossprobe  # noqa: F401 - registers every result type
+from conftest import assert_drawn_as_declared
 from lossprobe.results import store
+from lossprobe.results.drawing import captured_figures
 from lossprobe.curvature.algorithms import EigResult, SLQResult, TraceResult
 from lossprobe.errors import UserError
 from lossprobe.curvature.hessian import Density
@@ -46,10 +49,12 @@ EXAMPLES = {
     "EigResult": [
         lambda: EigResult(np.array([3.0, -1.0]), np.array([1e-7, 2e-7]), torch.randn(2, 6, dtype=torch.float64), 40, 20,
                           True, "both", "exact", np.array([3.0, 1.0, -1.0])),
+        lambda: EigResult(np.array([2.0]), np.array([np.nan]), None, 10, 5, False, "largest", "estimate"),
     ],
     "TraceResult": [
         lambda: TraceResult(12.5, 0.3, 100, "hutch++", rng.random(50), {"0.weight": (10.0, 0.2), "0.bias": (2.5, float("nan"))},
                             1.25),
+        lambda: TraceResult(float("nan"), float("nan"), 0, "hutchinson", np.zeros(0)),
     ],
     "Density": [
         lambda: Density(np.linspace(-1, 5, 50), rng.random(50), 0.06,
@@ -110,25 +115,78 @@ def _arrays_equal(x: dict, y: dict):
         assert np.array_equal(a, b, equal_nan=a.dtype.kind == "f"), k
 
 
+def _same_value(x, y, where: str):
+    """`y` (reloaded) holds the value of `x` (the original): arrays and tensors by value (NaN equal
+    to NaN) and kind (an array stays an array, a tensor a tensor), None stays None, nested
+    dataclasses field by field, lists and tuples element-wise."""
+    if x is None:
+        assert y is None, f"{where}: None came back as {y!r}"
+    elif dataclasses.is_dataclass(x):
+        assert type(y) is type(x), f"{where}: {type(x).__name__} came back as {type(y).__name__}"
+        for f in dataclasses.fields(x):
+            _same_value(getattr(x, f.name), getattr(y, f.name), f"{where}.{f.name}")
+    elif isinstance(x, torch.Tensor):
+        assert isinstance(y, torch.Tensor), f"{where}: a tensor came back as {type(y).__name__}"
+        assert y.shape == x.shape, f"{where}: shape {tuple(x.shape)} came back as {tuple(y.shape)}"
+        assert torch.equal(y.to(x.dtype), x), f"{where}: values differ"
+    elif isinstance(x, np.ndarray):
+        assert isinstance(y, np.ndarray), f"{where}: an array came back as {type(y).__name__}"
+        assert y.shape == x.shape, f"{where}: shape {x.shape} came back as {y.shape}"
+        assert np.array_equal(x, y, equal_nan=x.dtype.kind == "f"), f"{where}: values differ"
+    elif isinstance(x, dict):
+        assert isinstance(y, dict) and set(y) == set(x), f"{where}: keys {sorted(x)} came back as {y!r}"
+        for k in x:
+            _same_value(x[k], y[k], f"{where}[{k!r}]")
+    elif isinstance(x, (list, tuple)):
+        assert isinstance(y, (list, tuple)) and len(y) == len(x), f"{where}: {x!r} came back as {y!r}"
+        for i, (a, b) in enumerate(zip(x, y)):
+            _same_value(a, b, f"{where}[{i}]")
+    elif isinstance(x, float) and np.isnan(x):
+        assert isinstance(y, float) and np.isnan(y), f"{where}: NaN came back as {y!r}"
+    else:
+        assert type(y) is type(x) and y == x, f"{where}: {x!r} came back as {y!r}"
+
+
+def _same_fields(r, back, skip=frozenset()):
+    """Every dataclass field of the result `r` (but those in `skip`) holds the same value in `back`."""
+    assert type(back) is type(r)
+    for f in dataclasses.fields(r):
+        if f.name not in skip:
+            _same_value(getattr(r, f.name), getattr(back, f.name), f"{type(r).__name__}.{f.name}")
+
+
+def test_json_omits_only_declared_fields():
+    """JSON_OMITS names real fields; a result's fields are either in its JSON form or declared omitted."""
+    for name, cls in RESULT_TYPES.items():
+        names = {f.name for f in dataclasses.fields(cls)}
+        assert set(cls.JSON_OMITS) <= names, (name, set(cls.JSON_OMITS) - names)
+    assert EigResult.JSON_OMITS == {"vectors"}  # eigenvectors are [k, P]: too large for a JSON document
+    assert TraceResult.JSON_OMITS == {"samples"}  # one value per probe
+
+
 @pytest.mark.parametrize("make", _cases())
 def test_dict_round_trip(make):
+    """to_dict -> JSON text -> from_dict keeps every field but those the type declares JSON_OMITS."""
     r = make()
     d = json.loads(json.dumps(store.to_jsonable(r.to_dict())))  # through real JSON text
     back = type(r).from_dict(d)
+    _same_fields(r, back, skip=r.JSON_OMITS)
     _same(store.to_jsonable(r.to_dict()), store.to_jsonable(back.to_dict()))
 
 
 @pytest.mark.parametrize("make", _cases())
 def test_save_load_round_trip(make, tmp_path):
+    """save -> load (npz + json) keeps every field, JSON_OMITS included."""
     r = make()
     npz = r.save(tmp_path)
     assert npz.is_file()
     back = type(r).load(tmp_path)
+    _same_fields(r, back)
     _arrays_equal(r.to_arrays(), back.to_arrays())
     _same(store.to_jsonable(r.metadata()), store.to_jsonable(back.metadata()))
     again = load_result(npz)  # any result reopens without naming its type
     assert type(again) is type(r)
-    _arrays_equal(r.to_arrays(), again.to_arrays())
+    _same_fields(r, again)
 
 
 @pytest.mark.parametrize("make", _cases())
@@ -160,10 +218,11 @@ def test_figure_draws_the_declarations(make, tmp_path):
         with pytest.raises(TypeError):
             r.figure()
         return
-    assert r.figure(tmp_path, "f") == ["f"]
-    assert (tmp_path / "f.png").stat().st_size > 0
-    fig = r.figure()
-    assert len(fig.axes) >= len(r.plots())  # one panel per declaration (colour bars add axes)
+    with captured_figures() as saved:
+        assert r.figure(tmp_path, "f") == ["f"]
+    assert (tmp_path / "f.png").stat().st_size > 0 and [n for n, _ in saved] == ["f"]
+    assert_drawn_as_declared(saved[0][1], r.plots(), r.to_arrays())
+    assert_drawn_as_declared(r.figure(), r.plots(), r.to_arrays())  # the Figure itself, unsaved
 
 
 @pytest.mark.parametrize("make", _cases())

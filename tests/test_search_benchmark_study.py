@@ -6,8 +6,9 @@ import json
 import pytest
 
 from lossprobe.search.methods import DEFAULT_METHOD, METHODS
-from lossprobe.studies.search_benchmark import QUICK, SearchBenchmarkConfig, _table, run
+from lossprobe.studies.search_benchmark import QUICK, STUDY, SearchBenchmarkConfig, _table, run
 
+from conftest import finished_stages
 from search_fake import write_fake_table
 
 
@@ -50,5 +51,10 @@ def test_study_on_a_cached_table(tmp_path):
         assert r["regret_at"]["1"][0] == pytest.approx(a["curves"][:, -1].mean(), abs=1e-12)
         assert np.array_equal(a["mean_regret"], a["curves"].mean(0)) and plots_of(a)[0].x == "cost"
     # rerun resumes: nothing is recomputed, same numbers
+    # (the replay stage runs every time but reuses each method's saved replay, so those files stay too)
+    replays = lambda: {f.name: f.stat().st_mtime_ns for f in (tmp_path / "out").glob("replay-*")}  # noqa: E731
+    stamps, replayed = finished_stages(STUDY, cfg, tmp_path / "out"), replays()
+    assert set(stamps) == {"correlations-mlp", "features-mlp"} and len(replayed) == 2 * 2 * len(METHODS)
     s2 = run(tmp_path / "out", cfg, progress=False)
+    assert finished_stages(STUDY, cfg, tmp_path / "out") == stamps and replays() == replayed
     assert s2["tables"]["mlp"]["replay"] == s["tables"]["mlp"]["replay"]

@@ -10,6 +10,7 @@ from lossprobe import Objective, ParamSpace, UserError
 from lossprobe.core import directions as D
 from lossprobe.landscape import surfaces as S
 from lossprobe.landscape.surfaces import Surface, grid_axis
+from lossprobe.results.drawing import captured_figures
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -144,9 +145,31 @@ def test_plots_and_exports(tmp_path):
     x, y = _data("mlp")
     res = S.surface(model, (x, y), steps=5, progress=False)
     res.loss[0, 0] = np.nan  # a gap must not break any figure
-    names = SP.plot_all(res, tmp_path, title_data="toy <data>", log=True, marks=[(0.5, 0.5, "B")])
+    with captured_figures() as figs:
+        names = SP.plot_all(res, tmp_path, title_data="toy <data>", log=True, marks=[(0.5, 0.5, "B")])
     assert {f"surface_{k}" for k in ("contour", "filled", "heatmap", "3d")} == set(names)
     assert all((tmp_path / f"{n}.png").stat().st_size > 1000 for n in names)
+    # what was drawn: log10 of the loss over the grid (the NaN corner a gap), the mark, the axes' range
+    figs = dict(figs)
+    logz = np.log10(res.loss)
+    xs, ys = res.coords
+    heat = figs["surface_heatmap"].axes[0]
+    (mesh,) = heat.collections
+    got = np.ma.filled(np.ma.asarray(mesh.get_array(), float), np.nan).reshape(len(ys), len(xs)).T  # rows are y
+    np.testing.assert_allclose(got, logz, equal_nan=True)
+    assert np.isnan(got[0, 0]) and figs["surface_heatmap"].axes[1].get_ylabel() == "log10 mean cross-entropy loss"
+    for name in ("surface_contour", "surface_filled", "surface_heatmap"):
+        ax = figs[name].axes[0]
+        (mark,) = [ln for ln in ax.get_lines() if list(ln.get_xdata()) == [0.5]]
+        assert list(mark.get_ydata()) == [0.5] and [t.get_text() for t in ax.texts if t.get_text() == "B"] == ["B"]
+        (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+        assert x0 <= xs[0] and xs[-1] <= x1 and y0 <= ys[0] and ys[-1] <= y1 and "toy <data>" in ax.get_title()
+    (cs,) = [c for c in figs["surface_contour"].axes[0].collections if hasattr(c, "levels")]
+    assert np.nanmin(logz) <= cs.levels[-1] and cs.levels[0] <= np.nanmax(logz) and len(cs.levels) >= 5
+    (cf,) = [c for c in figs["surface_filled"].axes[0].collections if getattr(c, "filled", False)]
+    assert cf.levels[0] <= np.nanmin(logz) and np.nanmax(logz) <= cf.levels[-1]
+    ax3 = figs["surface_3d"].axes[0]
+    assert ax3.name == "3d" and ax3.get_zlabel() == "log10 mean cross-entropy loss" and len(ax3.collections) == 1
     h = SP.write_html(res, tmp_path / "s.html", title="<script>alert(1)</script>")
     text = h.read_text()
     assert "<script>alert(1)" not in text and "&lt;script&gt;alert(1)" in text
@@ -156,7 +179,15 @@ def test_plots_and_exports(tmp_path):
     v = SP.write_vtp(res, tmp_path / "s.vtp").read_text()
     assert 'NumberOfPoints="25"' in v and 'NumberOfPolys="15"' in v  # 16 quads, one touches the NaN corner
     sl = S.slice(model, (x, y), steps=5, progress=False)
-    assert SP.plot_all(sl, tmp_path) == ["slice"]
+    with captured_figures() as figs:
+        assert SP.plot_all(sl, tmp_path) == ["slice"]
+    ax_l, ax_a = figs[0][1].axes
+    (loss,) = [ln for ln in ax_l.get_lines() if len(ln.get_xdata()) == 5]
+    (acc,) = [ln for ln in ax_a.get_lines() if len(ln.get_xdata()) == 5]
+    np.testing.assert_array_equal(loss.get_xdata(), sl.coords[0])
+    np.testing.assert_allclose(loss.get_ydata(), sl.loss)
+    np.testing.assert_allclose(acc.get_ydata(), 100 * sl.accuracy)
+    assert ax_a.get_ylabel() == "accuracy (%)"
 
 
 def test_cli_surface_and_slice(tmp_path, capsys):
@@ -176,8 +207,12 @@ def test_cli_surface_and_slice(tmp_path, capsys):
     assert s["grid_shape"] == [5, 3] and s["points"] == 15
     assert (out / "surface.html").is_file() and (out / "surface.vtp").is_file()
     assert "estimated" in capsys.readouterr().out
+    stamps = lambda: {c.name: c.stat().st_mtime_ns for c in (out / "grid" / "chunks").glob("chunk_*.npz")}  # noqa: E731
+    before = stamps()
+    assert len(before) == 5
     assert main(args) == 0  # same command, same directory: resumes (nothing left to compute)
     assert json.loads((out / "summary.json").read_text())["resumed_chunks"] == 5
+    assert stamps() == before  # no chunk computed (written) again
     assert main(["slice", str(ck), "--model", "mlp:2-8-2", "--data", "spiral:test", "--steps", "4",
                  "--out", str(tmp_path / "sl")]) == 0
     capsys.readouterr()

@@ -32,8 +32,8 @@ def test_init_seed_and_data_seed_are_separate(spiral):
 
 def test_interrupted_training_resumes_to_identical_weights(spiral, tmp_path, monkeypatch):
     cfg = TrainConfig(epochs=4, batch_size=16, trajectory_every=5)
-    ref = build("mlp:2-8-2", seed=0)
-    h_ref = fit(ref, spiral, spiral, cfg)
+    ref, ref_steps = build("mlp:2-8-2", seed=0), []
+    h_ref = fit(ref, spiral, spiral, cfg, on_step=lambda s: ref_steps.append((s.epoch, s.step)))
     import lossprobe.training.loop as tr
 
     real = tr.evaluate_model
@@ -50,13 +50,27 @@ def test_interrupted_training_resumes_to_identical_weights(spiral, tmp_path, mon
     with pytest.raises(KeyboardInterrupt):
         fit(m, spiral, spiral, cfg, checkpoint_dir=tmp_path)
     monkeypatch.setattr(tr, "evaluate_model", real)
+    assert [p.name for p in sorted(tmp_path.glob("model-*.safetensors"))] == ["model-1.safetensors"]
     m2 = build("mlp:2-8-2", seed=0)
-    h = fit(m2, spiral, spiral, cfg, checkpoint_dir=tmp_path)
+    epochs, steps = [], []
+    h = fit(m2, spiral, spiral, cfg, checkpoint_dir=tmp_path, on_epoch=lambda hist: epochs.append(hist.epoch[-1]),
+            on_step=lambda s: steps.append((s.epoch, s.step)))
+    # epoch 1 was finished and saved: the resumed run trains epochs 2-4 only, its steps numbered on from epoch 1's
+    assert epochs == [2, 3, 4]
+    assert steps == [(e, s) for e, s in ref_steps if e >= 2] and steps[0][1] > 1
     assert h.epoch == h_ref.epoch
     assert h.val_loss == pytest.approx(h_ref.val_loss, rel=1e-6)
     for p, q in zip(ref.parameters(), m2.parameters()):
         torch.testing.assert_close(p, q)
     assert h.trajectory.shape == h_ref.trajectory.shape
+    torch.testing.assert_close(h.trajectory, h_ref.trajectory)
+    # a finished run reopened: no epoch is trained again, the weights are the saved ones
+    m3, epochs = build("mlp:2-8-2", seed=0), []
+    h3 = fit(m3, spiral, spiral, cfg, checkpoint_dir=tmp_path, on_epoch=lambda hist: epochs.append(hist.epoch[-1]),
+             on_step=lambda s: epochs.append(s))
+    assert epochs == [] and h3.epoch == h_ref.epoch
+    for p, q in zip(ref.parameters(), m3.parameters()):
+        torch.testing.assert_close(p, q)
     with pytest.raises(UserError, match="different configuration"):
         fit(build("mlp:2-8-2", seed=0), spiral, spiral, TrainConfig(epochs=5), checkpoint_dir=tmp_path)
 

@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 
-from conftest import needs_fashion
+from conftest import finished_stages, needs_fashion
 
 
 @needs_fashion
 def test_width_study_tiny(tmp_path):
-    from lossprobe.studies.width import WidthConfig, run
+    from lossprobe.studies.width import STUDY, WidthConfig, run
 
     cfg = WidthConfig(widths=[4, 8], pairs=1, epochs=1, train_subset=300, eval_subset=200, calib_subset=100, alphas=3)
     s = run(tmp_path / "w", cfg, progress=False)
@@ -18,7 +18,10 @@ def test_width_study_tiny(tmp_path):
     assert len(s["pattern"]["claims"]) == 4
     assert (tmp_path / "w" / "figures" / "barrier_vs_width.png").is_file()
     assert "published pattern" in (tmp_path / "w" / "report.md").read_text()
+    stamps = finished_stages(STUDY, cfg, tmp_path / "w")
+    assert len(stamps) == 2  # a stage per width
     again = run(tmp_path / "w", cfg, progress=False)  # resumes: every pair is loaded, not retrained
+    assert finished_stages(STUDY, cfg, tmp_path / "w") == stamps
     for m in ("naive", "aligned", "aligned_repair"):
         np.testing.assert_array_equal(again["error_barrier_test_mean"][m], s["error_barrier_test_mean"][m])
 

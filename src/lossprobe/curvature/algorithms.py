@@ -230,20 +230,27 @@ class EigResult(Result):
     all_ritz_values: np.ndarray | None = None
 
     NAME: ClassVar[str] = "eigenvalues"
+    JSON_OMITS: ClassVar[frozenset[str]] = frozenset({"vectors"})  # [k, P]: `save` keeps them
 
     def to_dict(self) -> dict:
-        """The JSON form (eigenvectors are left out: `save` keeps them)."""
-        return {"eigenvalues": self.values.tolist(), "residuals": self.residuals.tolist(), "matvecs": self.matvecs,
-                "lanczos_steps": self.steps, "converged": self.converged, "which": self.which,
-                "residual_kind": self.residual_kind}
+        """The JSON form: the summary's keys and, when recorded, every Ritz value of the last
+        Krylov space (``all_ritz_values``); the eigenvectors are left out (`save` keeps them)."""
+        d = self.summary()
+        if self.all_ritz_values is not None:
+            d["all_ritz_values"] = np.asarray(self.all_ritz_values).tolist()
+        return d
 
     @classmethod
     def from_dict(cls, d) -> "EigResult":
+        ritz = d.get("all_ritz_values")
         return cls(np.asarray(d["eigenvalues"], float), np.asarray(d["residuals"], float), None, d["matvecs"],
-                   d["lanczos_steps"], d["converged"], d["which"], d.get("residual_kind", "exact"))
+                   d["lanczos_steps"], d["converged"], d["which"], d.get("residual_kind", "exact"),
+                   None if ritz is None else np.asarray(ritz, float))
 
     def summary(self) -> dict:
-        return self.to_dict()
+        return {"eigenvalues": self.values.tolist(), "residuals": self.residuals.tolist(), "matvecs": self.matvecs,
+                "lanczos_steps": self.steps, "converged": self.converged, "which": self.which,
+                "residual_kind": self.residual_kind}
 
     def report(self) -> str:
         order = {"largest": "largest first", "smallest": "smallest first", "both": "largest, then smallest"}
@@ -406,9 +413,11 @@ class TraceResult(Result):
     deflated: float = 0.0
 
     NAME: ClassVar[str] = "trace"
+    JSON_OMITS: ClassVar[frozenset[str]] = frozenset({"samples"})  # per probe: `save` keeps them
 
     def to_dict(self) -> dict:
-        """The JSON form (the per-probe samples are left out: `save` keeps them)."""
+        """The JSON form (the per-probe samples are left out, and come back empty from
+        `from_dict`: `save` keeps them)."""
         d = {"trace": self.trace, "trace_stderr": self.stderr, "matvecs": self.matvecs, "method": self.method,
              "deflated": self.deflated}
         if self.blocks is not None:

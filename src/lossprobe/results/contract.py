@@ -23,11 +23,19 @@ result the same
 
 A result whose JSON form predates this contract (the keys printed in summaries) keeps it
 by overriding `to_dict`/`from_dict`; the files written by `save` are unaffected.
+
+Every dataclass field survives ``save``/``load`` (tests/test_results.py compares them field by
+field). ``to_dict``/``from_dict`` keeps every field too, except those a type names in
+`JSON_OMITS`: per-probe or per-parameter data too large for a JSON document (e.g.
+`EigResult.vectors`, [k, P]), which come back empty (None, or an empty array) from
+`from_dict` and which only `save` keeps.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from pathlib import Path
 from typing import Any, ClassVar, Mapping
 
@@ -59,6 +67,8 @@ class Result:
 
     NAME: ClassVar[str] = "result"  # file stem when saved into a folder
     GRIDDED: ClassVar[bool] = False  # has to_xarray
+    # fields that to_dict leaves out (too large for a JSON document); save/load keeps them
+    JSON_OMITS: ClassVar[frozenset[str]] = frozenset()
 
     # --- what each result supplies ---
     def to_arrays(self, prefix: str = "") -> dict[str, np.ndarray]:
@@ -153,8 +163,11 @@ class Record(Result):
 
     @classmethod
     def from_dict(cls, d):
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        """The fields named in `d`; JSON's null comes back as NaN in a float field (a float, or a
+        list or tuple of floats), where `store.to_jsonable` wrote NaN as null."""
+        hints = typing.get_type_hints(cls)
+        return cls(**{f.name: _nan_for_null(d[f.name], hints.get(f.name)) for f in dataclasses.fields(cls)
+                      if f.name in d})
 
     def to_arrays(self, prefix: str = "") -> dict[str, np.ndarray]:
         return {}
@@ -168,6 +181,26 @@ class Record(Result):
 
     def summary(self) -> dict:
         return self.to_dict()
+
+
+def _nan_for_null(v: Any, tp: Any) -> Any:
+    """`v` read from JSON as a value of type `tp`: None → NaN where `tp` is float (also inside
+    lists and tuples); None stays None where `tp` allows None."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if v is None and type(None) in args:
+            return None
+        rest = [a for a in args if a is not type(None)]
+        return _nan_for_null(v, rest[0]) if len(rest) == 1 else v
+    if tp is float:
+        return float("nan") if v is None else v
+    if origin in (list, tuple) and isinstance(v, (list, tuple)) and args:
+        if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):
+            if len(args) != len(v):
+                return v
+            return type(v)(_nan_for_null(x, a) for x, a in zip(v, args))
+        return type(v)(_nan_for_null(x, args[0]) for x in v)
+    return v
 
 
 def _array(v) -> np.ndarray:

@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from itertools import cycle
 from pathlib import Path
+from typing import Iterator
 
 import matplotlib
 import numpy as np
@@ -34,10 +36,33 @@ def new_figure(ncols: int = 1, nrows: int = 1, width: float = 5.0, height: float
     return fig, axes
 
 
+_CAPTURES: list[list] = []
+
+
+@contextlib.contextmanager
+def captured_figures() -> Iterator[list]:
+    """Collect the figures `save_figure` saves inside the block, as a list of (name, Figure), to
+    see what was drawn (tests; a notebook). The files are written as always; the Figures are
+    closed as always (they leave pyplot's list of open figures) but keep their axes and artists.
+
+        with captured_figures() as figs:
+            plot_toy_paths(f, runs, "out")
+        (name, fig), = figs
+    """
+    got: list = []
+    _CAPTURES.append(got)
+    try:
+        yield got
+    finally:
+        _CAPTURES.remove(got)
+
+
 def save_figure(fig, directory: str | os.PathLike, name: str) -> list[Path]:
     """Save `fig` as NAME.png (150 dpi) and NAME.svg in `directory`, then close it."""
     d = Path(directory)
     paths = []
+    for got in _CAPTURES:
+        got.append((name, fig))
     try:
         for ext in ("png", "svg"):
             p = d / f"{name}.{ext}"
