@@ -58,12 +58,14 @@ def install() -> None:
 
 
 # --- comparing runs (tests/test_sigkill.py, benchmarks/sigkill_matrix.py) --------------------------
-_TIMING = re.compile(r"second|time|timing|started|finished|resumed|reused|computed_now|evaluated_by|^by$|^command$")
+# run_id: each run directory's own random id (the marker's), which two separate runs never share
+_TIMING = re.compile(
+    r"second|time|timing|started|finished|resumed|reused|computed_now|evaluated_by|^by$|^command$|^run_id$")
 _SKIP = re.compile(r"(^|/)(environment\.json|timing\.json|site/.*|\..*)$|\.(svg|html)$")
 
 
 def _strip(obj, home: str = "\0"):
-    """Without timing keys, and with the run's own path written as $OUT."""
+    """Without timing keys and run ids, and with the run's own path written as $OUT."""
     if isinstance(obj, dict):
         return {k: _strip(v, home) for k, v in obj.items() if not _TIMING.search(str(k))}
     if isinstance(obj, list):

@@ -22,6 +22,7 @@ from lossprobe.curvature.sharpness import NoiseRobustness, PacBayesSigma, Sharpn
 from lossprobe.landscape.surfaces import Surface
 from lossprobe.curvature.critical import CriticalPoint
 from lossprobe.training.loop import History
+from lossprobe.search.tune import SearchRun
 
 rng = np.random.default_rng(0)
 
@@ -77,6 +78,15 @@ EXAMPLES = {
     ],
     "PacBayesSigma": [
         lambda: PacBayesSigma(0.05, 400.0, "error", 0.1, "absolute", [[0.01, 0.02], [0.1, 0.3]], 0.1),
+    ],
+    "SearchRun": [
+        lambda: SearchRun(
+            2, {"lr": 0.01, "width": 16}, {"width": 16}, {"lr": 0.01, "epochs": 2}, "loss (mse)", "min", 0.04, 0.05,
+            "/runs/s/checkpoints/candidate-2.safetensors", "probe-rank", 8.0, "epochs", 7.5,
+            [{"kind": "probe", "candidate": 0, "epoch": 0.25, "value": 0.3, "spent": 0.25, "seconds": 0.1, "reused": False},
+             {"kind": "full", "candidate": 2, "epoch": 2, "value": 0.04, "spent": 7.5, "seconds": 1.0, "reused": True}],
+            "model.py:build", "/runs/s", "sqlite:///runs/s/search.db", {"val": 0.2}, {"loss": 0.05}, 9.5),
+        lambda: SearchRun(0, {}, {}, {}, "accuracy", "max", 0.9, None, "c.safetensors", "random", 2.0, "seconds", 2.1),
     ],
 }
 
