@@ -13,6 +13,7 @@ The package is layered, each layer importing only those below it (checked in CI)
     landscape     slices, surfaces, directions, topology
     connectivity  interpolation, curves, permutation alignment, REPAIR
     trajectories  optimiser trajectories, toy landscapes, training monitors
+    track         the landscape measured during training (Tracker, Lightning and HF callbacks)
     search        probe-based hyperparameter search
     figures       the studies' matplotlib figures
     studies       ready-made studies: a configuration and stages
@@ -21,7 +22,7 @@ The package is layered, each layer importing only those below it (checked in CI)
 
 import importlib
 
-from lossprobe import _moved, curvature, data, models, results
+from lossprobe import _moved, curvature, data, models, results, track
 from lossprobe._version import __version__
 from lossprobe.connectivity import (
     PathEvaluation,
@@ -78,6 +79,7 @@ __all__ = [
     "surface",
     "topology",
     "toy",
+    "track",
     "trajectory",
 ]
 
