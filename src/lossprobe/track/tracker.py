@@ -125,7 +125,7 @@ class Tracker:
                  batch_size: int = 4096, curvature: str = "hessian", curvature_options: dict | None = None,
                  params=None, k: int = 5, tol: float = 1e-3, max_steps: int = 100, restart_every: int = 20,
                  trace_matvecs: int = 30, multiples=DEFAULT_MULTIPLES, lag: int = 1, barrier_points: int = 11,
-                 overhead: float = 0.03, train_mode: bool = False, seed: int = 0, tensorboard=None,
+                 overhead: float = 0.02, train_mode: bool = False, seed: int = 0, tensorboard=None,
                  force: bool = False, quiet: bool = False, save_every: float = 30.0):
         if not isinstance(model, nn.Module):
             raise UserError(f"Tracker needs the model (an nn.Module), got {type(model).__name__}")
@@ -367,7 +367,7 @@ class Tracker:
             v0 = prev.to(op.device, torch.float64).sum(0)
             r = lanczos_eigs(op, v0=v0, min_steps=k + 1, check_every=1, **kw)
         else:
-            r = lanczos_eigs(op, **kw)
+            r = lanczos_eigs(op, min_steps=max(2 * k + 6, 8), check_every=2, **kw)
         return r, warm
 
     def _preconditioned(self, obj: Objective, op) -> dict:
