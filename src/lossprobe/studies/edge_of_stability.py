@@ -39,6 +39,7 @@ from lossprobe.track import Tracker, TrackHistory, edge_of_stability
 LOSSES = ("mse", "cross_entropy")
 OPTIMIZERS = ("gd", "adam")
 REACH = 0.95
+LOSS_POINTS = 500
 
 
 @dataclass
@@ -203,7 +204,10 @@ def _group_arrays(ctx, opt: str, loss: str) -> tuple[dict, list]:
     runs = [(name, i, lr) for name, o, l, i, lr in cfg.runs() if o == opt and l == loss]
     key, ref = ("lambda_max", "two_over_lr") if opt == "gd" else ("preconditioned_lambda_max", "threshold")
     steps = np.arange(0, cfg.steps + 1, cfg.every)
-    arrays = {"step": steps, "all_steps": np.arange(cfg.steps + 1)}
+    # the loss of every step lives in runs/<run>.npz; the figure gets at most ~500 points of it
+    stride = max(1, cfg.steps // LOSS_POINTS)
+    loss_steps = np.arange(0, cfg.steps + 1, stride)
+    arrays = {"step": steps, "all_steps": loss_steps}
     sharp, thr, lossser = [], [], []
     for name, i, lr in runs:
         r = ctx.out[name]
@@ -214,7 +218,7 @@ def _group_arrays(ctx, opt: str, loss: str) -> tuple[dict, list]:
         s[idx[ok]] = h[key][ok]
         arrays[f"sharpness_{i}"] = s
         arrays[f"threshold_{i}"] = np.full(len(steps), float(h[ref][0]))
-        arrays[f"train_loss_{i}"] = r["train_loss"]
+        arrays[f"train_loss_{i}"] = r["train_loss"][loss_steps]
         label = f"η = {lr:.4g}"
         sharp.append(Series(f"sharpness_{i}", label, group=label))
         thr.append(Series(f"threshold_{i}", f"{'2/η' if opt == 'gd' else '38/η'} (η = {lr:.4g})", group=label, dash=True))
