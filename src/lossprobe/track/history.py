@@ -91,7 +91,8 @@ class TrackHistory(Result):
         specs = []
         if "lambda_max" in a:
             ser = [Series(f"{p}lambda_max", "λ_max (top eigenvalue)")]
-            ser.append(Series(f"{p}two_over_lr", "2/η", dash=True))
+            if self.meta.get("against") != "preconditioned":  # Adam & co: their threshold is for the preconditioned one
+                ser.append(Series(f"{p}two_over_lr", "2/η", dash=True))
             if "threshold" in a and self.meta.get("against") == "sharpness" and not np.allclose(
                     np.nan_to_num(a["threshold"]), np.nan_to_num(a["two_over_lr"])):
                 ser.append(Series(f"{p}threshold", "stability threshold (momentum)", dash=True))
