@@ -297,3 +297,16 @@ def test_other_curvatures_through_curvature(one_thread, curvature, options):
     assert h.meta["curvature"] == curvature
     np.testing.assert_allclose(h["lambda_max"], true[-1].item(), rtol=1e-4)
     np.testing.assert_allclose(h["trace"], true.sum().item(), rtol=1e-4)
+
+
+def test_a_diverged_run_is_recorded_not_raised(one_thread):
+    x, y = _blobs()
+    model = _mlp(6)
+    tr = Tracker(model, (x, y), every=1, probes=("lambda_max", "grad_norm", "barrier_to"), quiet=True)
+    tr.step()
+    with torch.no_grad():
+        model[0].weight.fill_(float("nan"))
+    with pytest.warns(UserWarning, match="curvature not measured"):
+        tr.step()
+    h = tr.history
+    assert np.isfinite(h["lambda_max"][0]) and np.isnan(h["lambda_max"][1]) and np.isnan(h["loss"][1])

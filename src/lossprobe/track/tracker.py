@@ -33,6 +33,7 @@ import math
 import random
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -326,6 +327,12 @@ class Tracker:
             rec["loss"] = float(obj.loss_at(theta).loss[0])
         matvecs = 0
         op = None
+        if not math.isfinite(rec["loss"]):
+            # a diverged run: no curvature of a NaN loss (the entry says so; the training goes on)
+            warnings.warn(f"lossprobe track: the probe loss is {rec['loss']} at step {s}; curvature not measured",
+                          stacklevel=3)
+            rec["matvecs"] = 0
+            return rec
         if any(p in probes for p in EIGEN) or "preconditioned_lambda_max" in probes or "trace" in probes:
             op = self._operator(obj, theta)
         if any(p in probes for p in EIGEN):
