@@ -142,7 +142,9 @@ def test_training_is_bitwise_the_same_with_and_without_the_tracker(one_thread, t
             if with_tracker else None
         _train(model, opt, x, y, 6, tr)
         if tr is not None:
-            assert len(tr) == 6 and np.isfinite(tr.history["preconditioned_lambda_max"][1:]).all()
+            h = tr.history
+            assert len(tr) == 6 and np.isfinite(h["preconditioned_lambda_max"][1:]).all()
+            assert np.isfinite(h["update_slice"][1:]).all() and np.isfinite(h["barrier_to"][1:]).all()
         out.append(_state(model, opt))
     a, b = out
     for k in a["params"]:

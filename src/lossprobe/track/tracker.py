@@ -245,7 +245,7 @@ class Tracker:
         rec = None
         if self._is_due(s):
             rec = self.measure(s)
-        elif "update_slice" in self.probes and self._will_be_due(s + 1):
+        if "update_slice" in self.probes and self._will_be_due(s + 1):
             with torch.no_grad():
                 self._prev = (s, self._space.flatten(self.model).cpu())
         self._clock = time.perf_counter()
