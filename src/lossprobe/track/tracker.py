@@ -96,7 +96,8 @@ class Tracker:
         loss, forward, metric, target, batch_size: as for `Objective`.
         every: measure when ``step % every == 0``; or 'auto': at the first call, then whenever the
             training time since the last measurement reaches that measurement's seconds divided
-            by `overhead`, so that tracking takes about `overhead` of the wall time.
+            by `overhead`, so that tracking takes about `overhead` of the wall time (a cold start,
+            the first measurement and every `restart_every`-th, is paced as a warm one would be).
         probes: names from `PROBES` (default: lambda_max and grad_norm).
         optimizer: the optimiser, read for the learning rate (``2/lr`` and the optimiser's
             stability threshold per entry) and, for preconditioned_lambda_max, its preconditioner.
@@ -186,6 +187,7 @@ class Tracker:
         self._measure_seconds = 0.0
         self._train_seconds = 0.0
         self._last_cost = 0.0
+        self._warm_cost: float | None = None  # auto: seconds of the last warm measurement
         self._since = 0.0  # auto: training seconds since the last measurement
         self._steps_since = 0
         self._clock: float | None = None  # end of the last step() call
@@ -285,7 +287,7 @@ class Tracker:
             rec = self._measure(s)
         rec["seconds"] = time.perf_counter() - t0
         self._records.append(rec)
-        self._last_cost = rec["seconds"]
+        self._last_cost = self._pace_cost(rec)
         self._since, self._steps_since, self._due = 0.0, 0, None
         self.last = _scalars(rec)
         if self._writer is not None:
@@ -297,6 +299,18 @@ class Tracker:
         rec["seconds"] = time.perf_counter() - t0
         self._measure_seconds += rec["seconds"]
         return dict(self.last, seconds=rec["seconds"])
+
+    def _pace_cost(self, rec: dict) -> float:
+        """The seconds 'auto' paces by: the measurement's own, except for a cold start (the first
+        measurement, every `restart_every`-th), which stands for the warm ones to come: the last
+        warm measurement's seconds, or before any, its own scaled by the products a warm start
+        takes (k + 4) plus the two passes every measurement makes, over its own products plus two."""
+        if rec.get("warm", 1.0) == 1.0:
+            self._warm_cost = rec["seconds"]
+            return rec["seconds"]
+        if self._warm_cost is not None:
+            return self._warm_cost
+        return rec["seconds"] * (self.k + 4 + 2) / (rec.get("matvecs", 0) + 2)
 
     def _objective(self) -> Objective:
         dev = next(self.model.parameters()).device
@@ -521,7 +535,8 @@ class Tracker:
                 "snapshots": [[s, t] for s, t in self._snapshots],
                 "prev": list(self._prev) if self._prev is not None else None, "due": self._due,
                 "measure_seconds": self._measure_seconds, "train_seconds": self._train_seconds,
-                "last_cost": self._last_cost, "since": self._since, "steps_since": self._steps_since}
+                "last_cost": self._last_cost, "warm_cost": self._warm_cost, "since": self._since,
+                "steps_since": self._steps_since}
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from `state_dict()` saved with the checkpoint the training resumes from."""
@@ -545,6 +560,7 @@ class Tracker:
         self._due = state["due"]
         self._measure_seconds, self._train_seconds = float(state["measure_seconds"]), float(state["train_seconds"])
         self._last_cost, self._since = float(state["last_cost"]), float(state["since"])
+        self._warm_cost = state.get("warm_cost")
         self._steps_since = int(state["steps_since"])
         self._clock = None
         self.last = _scalars(self._records[-1]) if self._records else {}
