@@ -180,7 +180,17 @@ def _row(run: dict, cfg) -> dict:
     finite = run["train_loss"][np.isfinite(run["train_loss"])]
     warm = h["warm"] == 1 if "warm" in h else None
     mv = h["lambda_max_matvecs"] if "lambda_max_matvecs" in h else h["preconditioned_matvecs"]
+    # the edge-of-stability phase: from the end of progressive sharpening to the last step at which
+    # the full-batch loss went up (with cross-entropy the sharpness falls once the loss is tiny)
+    rises = np.flatnonzero(np.diff(finite) > 0) + 1
+    start, end = eos["s_reached_step"], (int(rises[-1]) if len(rises) else None)
+    phase = None
+    if start is not None and end is not None and end > start:
+        sel = (h["step"] >= start) & (h["step"] <= end) & np.isfinite(h[key])
+        if sel.any():
+            phase = float(np.mean(h[key][sel] / h[ref][sel]))
     return {"optimizer": meta["optimizer"], "loss": meta["loss_name"], "lr": meta["lr"], "threshold": thr,
+            "edge_phase": [start, end] if phase is not None else None, "sharpness_over_threshold_edge_phase": phase,
             "threshold_kind": "2/η" if meta["optimizer"] == "gd" else "(2+2β₁)/((1−β₁)η)",
             "sharpness": key, "sharpness_initial": _num(h[key][np.isfinite(h[key])][0]) if np.isfinite(h[key]).any() else None,
             "sharpness_over_threshold_last_third": eos["s_over_threshold_last_third"],
@@ -247,6 +257,7 @@ def _report(ctx) -> dict:
         "model": cfg.model, "n_train": cfg.n_train, "steps": cfg.steps, "every": cfg.every,
         "runs": rows,
         "over_threshold_last_third": {name: r["sharpness_over_threshold_last_third"] for name, r in rows.items()},
+        "over_threshold_edge_phase": {name: r["sharpness_over_threshold_edge_phase"] for name, r in rows.items()},
         "sharpening_ended_step": {name: r["sharpening_ended_step"] for name, r in rows.items()},
         "verdict": _verdict(rows),
         "seconds": ctx.elapsed(),
@@ -263,23 +274,29 @@ def _verdict(rows: dict) -> str:
              and v["sharpness_over_threshold_last_third"] is not None and v["diverged_at"] is None]
         if r:
             what = "λ_max/(2/η)" if opt == "gd" else "preconditioned λ_max/(38/η)"
-            parts.append(f"{opt}: {what} over the last third {min(r):.2f}–{max(r):.2f} across {len(r)} runs")
+            ph = [v["sharpness_over_threshold_edge_phase"] for v in rows.values() if v["optimizer"] == opt
+                  and v["sharpness_over_threshold_edge_phase"] is not None]
+            edge = f", in the edge phase {min(ph):.2f}–{max(ph):.2f} ({len(ph)} runs)" if ph else ""
+            parts.append(f"{opt}: {what} over the last third {min(r):.2f}–{max(r):.2f} across {len(r)} runs{edge}")
     return "; ".join(parts) or "no run finished"
 
 
 def table(summary: dict) -> list[str]:
     """The summary as a markdown table (one row per run)."""
     lines = ["| run | optimizer | loss | η | threshold | sharpness at start | mean sharpness/threshold, last third "
-             "| sharpening ended at step | max sharpness | final loss | loss rises (steps) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| sharpening ended at step | mean sharpness/threshold, edge phase (steps) | max sharpness | final loss "
+             "| loss rises (steps) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in summary["runs"].items():
         def f(v, fmt):
             return "—" if v is None else format(v, fmt)
         end = "diverged at %s" % r["diverged_at"] if r["diverged_at"] is not None else f(r["train_loss_final"], ".4g")
+        ph = r.get("edge_phase")
+        phase = "—" if ph is None else f"{r['sharpness_over_threshold_edge_phase']:.3f} ({ph[0]}–{ph[1]})"
         lines.append(f"| {name} | {r['optimizer']} | {r['loss']} | {r['lr']:.4g} | {r['threshold']:.4g} "
                      f"({r['threshold_kind']}) | {f(r['sharpness_initial'], '.4g')} | "
                      f"{f(r['sharpness_over_threshold_last_third'], '.3f')} | {f(r['sharpening_ended_step'], 'd')} | "
-                     f"{f(r['sharpness_max'], '.4g')} | {end} | {r['loss_non_monotone_steps']} |")
+                     f"{phase} | {f(r['sharpness_max'], '.4g')} | {end} | {r['loss_non_monotone_steps']} |")
     return lines
 
 
@@ -298,7 +315,9 @@ def _report_md(cfg, s: dict, figures: list[str]) -> str:
     ] + table(s) + [
         "",
         "*mean sharpness/threshold, last third*: the mean over the last third of the measurements (1 = at the "
-        f"threshold). *sharpening ended*: the first measured step with sharpness ≥ {REACH} × threshold. "
+        f"threshold). *sharpening ended*: the first measured step with sharpness ≥ {REACH} × threshold. *edge "
+        "phase*: the mean of sharpness/threshold from there to the last step at which the training loss went up "
+        "(the non-monotone phase; with cross-entropy the sharpness falls once the loss is small, after it). "
         "*loss rises*: steps at which the full-batch training loss went up (none for a stable descent).",
         "",
         "## Compared with the published results",
