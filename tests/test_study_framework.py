@@ -26,6 +26,10 @@ FLAGS = {
                    "--threshold", "--grid", "--no-gif", "--quick"],
     "search-benchmark": ["--out", "--force", "--config", "--tables", "--space", "--seeds", "--budget", "--methods",
                          "--table-dir", "--quick"],
+    "edge-of-stability": ["--out", "--force", "--config", "--model", "--n-train", "--losses", "--optimizers",
+                          "--step-sizes", "--adam-lrs", "--steps", "--every", "--threads", "--quick"],
+    "stability": ["--out", "--force", "--config", "--model", "--child-data-seeds", "--spawn-steps", "--spawn-epochs",
+                  "--epochs", "--optimizer", "--lr", "--threads", "--quick"],
 }
 
 

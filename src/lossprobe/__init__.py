@@ -13,6 +13,7 @@ The package is layered, each layer importing only those below it (checked in CI)
     landscape     slices, surfaces, directions, topology
     connectivity  interpolation, curves, permutation alignment, REPAIR
     trajectories  optimiser trajectories, toy landscapes, training monitors
+    track         the landscape measured during training (Tracker, Lightning and HF callbacks)
     search        probe-based hyperparameter search
     figures       the studies' matplotlib figures
     studies       ready-made studies: a configuration and stages
@@ -24,7 +25,7 @@ from lossprobe import _start  # noqa: F401 - first of all: Ctrl-C while the libr
 # isort: split
 import importlib
 
-from lossprobe import _moved, curvature, data, models, results
+from lossprobe import _moved, curvature, data, models, results, track
 from lossprobe._version import __version__
 from lossprobe.connectivity import (
     PathEvaluation,
@@ -81,6 +82,7 @@ __all__ = [
     "surface",
     "topology",
     "toy",
+    "track",
     "trajectory",
 ]
 

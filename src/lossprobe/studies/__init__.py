@@ -12,6 +12,10 @@ STUDIES = {
                   "train the same MLP from two seeds and test whether the solutions share a basin"),
     "search-benchmark": ("lossprobe.studies.search_benchmark",
                          "probe-based hyperparameter search vs random search, TPE and successive halving on one table"),
+    "edge-of-stability": ("lossprobe.studies.edge_of_stability",
+                          "full-batch GD and Adam on a Fashion-MNIST subset: sharpness against 2/η (edge of stability)"),
+    "stability": ("lossprobe.studies.stability",
+                  "instability analysis: copies spawned at step k trained with different data order, barrier vs k"),
     "optimizers": ("lossprobe.studies.optimizers",
                    "optimiser paths on a spiral network's landscape or an analytic function, with honest projections"),
 }

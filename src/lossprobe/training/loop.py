@@ -165,12 +165,14 @@ class TrainingDiverged(UserError):
 @dataclass
 class StepState:
     """What step hooks see: the epoch (1-based), the batch's index in it (1-based), the
-    optimiser steps taken so far, and the batch's mean loss (a 0-d tensor with its graph)."""
+    optimiser steps taken so far, the batch's mean loss (a 0-d tensor with its graph) and the
+    optimiser (to read, e.g. by `lossprobe.track.Tracker`; not to change)."""
 
     epoch: int
     index: int
     step: int
     loss: torch.Tensor
+    optimizer: torch.optim.Optimizer | None = None
 
 
 def run_epoch(opt: torch.optim.Optimizer, batches, batch_terms, *, epoch: int, step: int, lr: float,
@@ -203,13 +205,13 @@ def run_epoch(opt: torch.optim.Optimizer, batches, batch_terms, *, epoch: int, s
         with at_batch(i, order=f"epoch {epoch}"):
             loss.backward()
         if before_step is not None:
-            before_step(StepState(epoch, i + 1, step, loss))
+            before_step(StepState(epoch, i + 1, step, loss, opt))
         opt.step()
         step += 1
         run_sum += float(t.loss.detach())
         run_n += float(t.count)
         if on_step is not None:
-            on_step(StepState(epoch, i + 1, step, loss))
+            on_step(StepState(epoch, i + 1, step, loss, opt))
     return step, run_sum, run_n
 
 
