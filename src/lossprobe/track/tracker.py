@@ -93,7 +93,7 @@ class Tracker:
         probe_data: the fixed data every measurement uses: any data form of the batch contract
             (``(x, y)`` arrays, a dict of arrays, a Dataset, a list of batches, a DataLoader,
             which is read once into a list of batches when the tracker is made).
-        loss, forward, metric, target, batch_size: as for `Objective`.
+        loss: as for `Objective` (a name, a callable, or 'model' for an HF model's own loss).
         every: measure when ``step % every == 0``; or 'auto': at the first call, then whenever the
             training time since the last measurement reaches that measurement's seconds divided
             by `overhead`, so that tracking takes about `overhead` of the wall time (a cold start,
@@ -111,12 +111,16 @@ class Tracker:
         restart_every: every this many measurements the eigenvalues start cold (0: never).
         trace_matvecs: products of one Hutch++ trace.
         multiples: the multiples c of the last update for update_slice.
-        lag, barrier_points: barrier_to measures the barrier to the point `lag` measurements ago
-            on `barrier_points` points of the segment.
+        lag: barrier_to measures the barrier to the point `lag` measurements ago.
+        barrier_points: points of that segment the barrier is measured on.
         overhead: the share of wall time that ``every='auto'`` aims at.
         train_mode: measure in train mode (default: eval mode, the deterministic network).
         seed: seeds the cold Lanczos starts and the Hutch++ probes.
         tensorboard: a `SummaryWriter`, a folder for one, or True (``out/tensorboard``).
+        forward: as for `Objective`.
+        metric: as for `Objective`.
+        target: as for `Objective`.
+        batch_size: as for `Objective`.
         force: move a different run in `out` aside (as every command's --force).
         quiet: do not print the cost line at `close()`.
         save_every: seconds between writes of the run directory (also written at `close()`).
