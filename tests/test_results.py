@@ -23,6 +23,7 @@ from lossprobe.landscape.surfaces import Surface
 from lossprobe.curvature.critical import CriticalPoint
 from lossprobe.training.loop import History
 from lossprobe.search.tune import SearchRun
+from lossprobe.track.history import TrackHistory
 
 rng = np.random.default_rng(0)
 
@@ -87,6 +88,12 @@ EXAMPLES = {
              {"kind": "full", "candidate": 2, "epoch": 2, "value": 0.04, "spent": 7.5, "seconds": 1.0, "reused": True}],
             "model.py:build", "/runs/s", "sqlite:///runs/s/search.db", {"val": 0.2}, {"loss": 0.05}, 9.5),
         lambda: SearchRun(0, {}, {}, {}, "accuracy", "max", 0.9, None, "c.safetensors", "random", 2.0, "seconds", 2.1),
+    ],
+    "TrackHistory": [
+        lambda: TrackHistory({"step": np.array([0, 50, 100]), "lambda_max": np.array([3.0, 8.5, np.nan]),
+                              "lr": np.full(3, 0.1), "two_over_lr": np.full(3, 20.0), "top_k": rng.random((3, 2)),
+                              "grad_norm": rng.random(3)},
+                             {"every": 50, "probes": ["lambda_max", "grad_norm"], "measure_seconds": 0.5}),
     ],
 }
 
