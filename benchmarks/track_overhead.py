@@ -21,7 +21,10 @@ and writes its run directory (``out=``), so the timing includes its files. Print
 per workload: the wall times without and with the tracker, the ratio of their medians, the
 spread of the paired ratios, the tracker's own account of its time and its measurements.
 
-Usage: python benchmarks/track_overhead.py [--workload mlp|gpt2|all] [--repeats 2] [--threads 1]
+Each workload starts with `--warmup` untimed runs without the tracker (the first run of a process
+is slower: lazy initialisation, allocator, caches).
+
+Usage: python benchmarks/track_overhead.py [--workload mlp|gpt2|all] [--repeats 2] [--warmup 1] [--threads 1]
 """
 
 import argparse
@@ -117,6 +120,7 @@ def main():
     ap.add_argument("--workload", choices=("mlp", "gpt2", "all"), default="all")
     ap.add_argument("--repeats", type=int, default=2, help="runs with and without the tracker each (default 2)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed runs without the tracker first (default 1)")
     ap.add_argument("--gpt2-steps", type=int, default=2000)
     args = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="lossprobe-track-bench-")
@@ -125,6 +129,8 @@ def main():
             for w in (["mlp", "gpt2"] if args.workload == "all" else [args.workload]):
                 run = mlp_run if w == "mlp" else (lambda track, tmp: gpt2_run(track, tmp, args.gpt2_steps))
                 without, with_, infos = [], [], []
+                for _ in range(args.warmup):  # the first run of a process pays one-time costs (measured: 2-6 s
+                    run(False, tmp)           # of CPU more); with it timed, 'without' would start slow
                 load0 = os.getloadavg()[0]
                 for _ in range(args.repeats):
                     without.append(run(False, tmp)[0])
@@ -140,7 +146,7 @@ def main():
                                          f"{args.gpt2_steps} steps of 16 sequences"}[w],
                     "tracker_settings": "defaults: every='auto' (overhead 0.02), probes lambda_max + grad_norm, "
                                         "tol 1e-3, out=",
-                    "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                    "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "warmup_runs": args.warmup,
                     "load_average": [round(load0, 2), round(os.getloadavg()[0], 2)],
                     "seconds_without": [round(t, 2) for t in wall0], "seconds_with": [round(t, 2) for t in wall1],
                     "ratio": round(float(np.median(wall1) / np.median(wall0)), 4),
