@@ -14,12 +14,17 @@ Two workloads, each trained the same way with and without the tracker, interleav
 
 Both the wall time and the process's CPU time are reported: on a machine shared with other
 jobs the wall time of one run varies by tens of percent with their load, the CPU time much less.
+``tracker_share`` is the most load-proof number: the seconds the tracker's own clock counted in a
+run (measurements, files, bookkeeping) over the rest of that same run's wall time.
 The tracker runs at its defaults (``every='auto'``, probes lambda_max and grad_norm, tol 1e-3)
 and writes its run directory (``out=``), so the timing includes its files. Prints one JSON line
 per workload: the wall times without and with the tracker, the ratio of their medians, the
 spread of the paired ratios, the tracker's own account of its time and its measurements.
 
-Usage: python benchmarks/track_overhead.py [--workload mlp|gpt2|all] [--repeats 2] [--threads 1]
+Each workload starts with `--warmup` untimed runs without the tracker (the first run of a process
+is slower: lazy initialisation, allocator, caches).
+
+Usage: python benchmarks/track_overhead.py [--workload mlp|gpt2|all] [--repeats 2] [--warmup 1] [--threads 1]
 """
 
 import argparse
@@ -115,6 +120,7 @@ def main():
     ap.add_argument("--workload", choices=("mlp", "gpt2", "all"), default="all")
     ap.add_argument("--repeats", type=int, default=2, help="runs with and without the tracker each (default 2)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed runs without the tracker first (default 1)")
     ap.add_argument("--gpt2-steps", type=int, default=2000)
     args = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="lossprobe-track-bench-")
@@ -123,6 +129,8 @@ def main():
             for w in (["mlp", "gpt2"] if args.workload == "all" else [args.workload]):
                 run = mlp_run if w == "mlp" else (lambda track, tmp: gpt2_run(track, tmp, args.gpt2_steps))
                 without, with_, infos = [], [], []
+                for _ in range(args.warmup):  # the first run of a process pays one-time costs (measured: 2-6 s
+                    run(False, tmp)           # of CPU more); with it timed, 'without' would start slow
                 load0 = os.getloadavg()[0]
                 for _ in range(args.repeats):
                     without.append(run(False, tmp)[0])
@@ -138,7 +146,7 @@ def main():
                                          f"{args.gpt2_steps} steps of 16 sequences"}[w],
                     "tracker_settings": "defaults: every='auto' (overhead 0.02), probes lambda_max + grad_norm, "
                                         "tol 1e-3, out=",
-                    "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                    "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "warmup_runs": args.warmup,
                     "load_average": [round(load0, 2), round(os.getloadavg()[0], 2)],
                     "seconds_without": [round(t, 2) for t in wall0], "seconds_with": [round(t, 2) for t in wall1],
                     "ratio": round(float(np.median(wall1) / np.median(wall0)), 4),
@@ -146,6 +154,12 @@ def main():
                     "cpu_seconds_without": [round(t, 2) for t in cpu0], "cpu_seconds_with": [round(t, 2) for t in cpu1],
                     "cpu_ratio": round(float(np.median(cpu1) / np.median(cpu0)), 4),
                     "cpu_paired_ratios": [round(b / a, 4) for a, b in zip(cpu0, cpu1)],
+                    # the tracker's own clock (its measurements, files and bookkeeping) against the rest of
+                    # the same run: both numbers come from one run, so the load of other jobs moves them together
+                    "tracker_share": [round(i["tracker_seconds"] / (t - i["tracker_seconds"]), 4)
+                                      for i, t in zip(infos, wall1)],
+                    "tracker_share_within_5_percent": all(i["tracker_seconds"] / (t - i["tracker_seconds"]) <= 0.05
+                                                          for i, t in zip(infos, wall1)),
                     "within_5_percent": bool(np.median(wall1) / np.median(wall0) <= 1.05),
                     "cpu_within_5_percent": bool(np.median(cpu1) / np.median(cpu0) <= 1.05),
                     "tracker": infos[-1], "tracker_seconds_all": [i["tracker_seconds"] for i in infos],

@@ -55,6 +55,14 @@ def test_edge_of_stability_study(tmp_path, capsys):
     assert main(["study", "edge-of-stability", "--config", str(cfg), "--out", str(out), "--no-site"]) == 0
     again = json.loads((out / "summary.json").read_text())
     assert again["runs"] == s["runs"]
+    # its report-site page: sharpness against step with the 2/η and 38/η lines
+    from lossprobe.report.site import build_site
+
+    index = build_site([out], tmp_path / "site")
+    page = next((index.parent / "runs").glob("*/index.html")).read_text()
+    assert "\\u03bb_max of the Hessian" in page or "λ_max of the Hessian" in page
+    assert "2/\\u03b7" in page or "2/η" in page
+    assert "38/\\u03b7" in page or "38/η" in page
 
 
 @needs_fashion
