@@ -173,8 +173,8 @@ def test_statistics_helpers():
     assert nc["n"] == 40 and nc["spearman"][0] > 0.9
     b = budget_to_regret(np.array([[0.2, 0.05, 0.0], [0.2, 0.2, 0.2]]), np.array([1.0, 2.0, 3.0]), 0.05)
     assert b[0] == 2.0 and np.isinf(b[1])
-    assert set(BASELINES) == {"random", "tpe", "sh", "hyperband", "sh-probe", "hyperband-probe", "asha", "bohb", "lce",
-                              "probe-rank"}
+    assert set(BASELINES) == {"random", "tpe", "sh", "hyperband", "sh-probe", "asha-probe", "hyperband-probe", "asha",
+                              "bohb", "lce", "probe-rank"}
     # ERT: (2 + 4 + 10 censored at the budget) / 2 successes; Kaplan-Meier median
     assert ert([2.0, 4.0, math.inf], 10.0) == pytest.approx(8.0)
     assert ert([math.inf, math.inf], 10.0) == math.inf

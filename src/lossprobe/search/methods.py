@@ -597,7 +597,7 @@ class ASHA:
         self.o, self.ladder, self.eta, self.init, self.rule = oracle, [tuple(r) for r in ladder], int(eta), int(init), rule
         self.scorer, self.on_event = scorer, on_event
         R = len(self.ladder)
-        self.done = [dict() for _ in range(R)]  # rung -> {key: value}, in the order they finished
+        self.done = [{} for _ in range(R)]  # rung -> {key: value}, in the order they finished
         self.promoted = [set() for _ in range(R)]
         self.feats: dict = {}  # key -> {rung: probe features or the curve so far}
         self.rng = np.random.default_rng([seed, 9])
@@ -669,10 +669,38 @@ METHODS = {
     "probe": probe_meta,
     "mf": mf_search,
 }
-# The method `lossprobe search` uses by default: the one the search benchmark measured best in
-# wall-clock regret on both tables (docs/search.md; the benchmark's summary.json records its
-# own measured choice under default_method and whether it agrees with this).
+# The method `lossprobe search` uses by default (docs/search.md, "Which method is the default").
 DEFAULT_METHOD = "probe-rank"
+
+
+def _rungs_text(name: str) -> str:
+    d = PROBE_RUNG_DEFAULTS[name]
+    mid = "" if d["rungs"] == "probe,full" else ", then part of the full training"
+    return (f"whose lowest rung is a short training on a subset of the training data (the probe: by default 10% of "
+            f"it for one epoch){mid}, and whose top rung is the full training; a rung promotes its best 1/{d['eta']}")
+
+
+def describe_method(name: str) -> str:
+    """What a method does, in plain words (the help of `lossprobe search` and the docs say it of the default)."""
+    if name == "asha-probe":
+        return ("asynchronous successive halving (ASHA) " + _rungs_text(name) + ": a candidate is trained in full as "
+                "soon as its probe is among the best 1/" + str(PROBE_RUNG_DEFAULTS[name]["eta"]) + " of the probes "
+                "so far, otherwise a new candidate is probed")
+    if name == "sh-probe":
+        return "synchronous successive halving " + _rungs_text(name)
+    if name == "hyperband-probe":
+        return "Hyperband " + _rungs_text(name)
+    if name == "probe-rank":
+        return ("successive halving with two rungs: candidates get a short training on a subset of the training "
+                "data (the probe: by default 10% of it for one epoch), 12 at first and 6 more before each full "
+                "training, and the untrained candidate whose probe scored best is trained in full")
+    return {"mf": "a multi-fidelity loop led by a meta-model", "probe": "probes ranked by a meta-model",
+            "random": "random search", "tpe": "Optuna's TPE", "sh": "successive halving over epochs",
+            "hyperband": "Hyperband over epochs", "asha": "ASHA over epochs", "bohb": "TPE with the Hyperband pruner",
+            "lce": "learning-curve extrapolation"}.get(name, name)
+
+
+DEFAULT_METHOD_TEXT = describe_method(DEFAULT_METHOD)
 BASELINES = ("random", "tpe", "sh", "hyperband", "sh-probe", "asha-probe", "hyperband-probe", "asha", "bohb", "lce",
              "probe-rank")
 

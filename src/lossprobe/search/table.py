@@ -203,7 +203,8 @@ def build_table(directory: str | os.PathLike, cfg: TableConfig, progress: bool =
         if old.get("version", 1) != TABLE_VERSION:
             raise UserError(f"{d} holds a version-{old.get('version', 1)} benchmark table (one training seed, shared "
                             f"validation set); version {TABLE_VERSION} is needed: use another --table-dir")
-        if {k: v for k, v in old.items() if k != "size"} != {k: v for k, v in want.items() if k != "size"}:
+        same = {**_LATER_DEFAULTS, **old}, {**_LATER_DEFAULTS, **want}  # a field added later, at its default
+        if {k: v for k, v in same[0].items() if k != "size"} != {k: v for k, v in same[1].items() if k != "size"}:
             raise UserError(f"{d} holds a benchmark table built with other settings; use another --table-dir")
         want["size"] = max(old.get("size", 0), cfg.size)
     write_json(cfile, want)

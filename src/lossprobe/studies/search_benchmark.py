@@ -223,7 +223,7 @@ def _space(cfg: SearchBenchmarkConfig, name: str | None = None):
 
 
 def _probe_methods():
-    return ("sh-probe", "hyperband-probe", "probe-rank", "probe", "mf")
+    return ("sh-probe", "asha-probe", "hyperband-probe", "probe-rank", "probe", "mf")
 
 
 def _build(ctx, name: str) -> dict:
