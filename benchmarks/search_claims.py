@@ -29,8 +29,12 @@ from pathlib import Path
 
 BUDGET = 20.0  # full trainings (median CPU seconds of one full training in the table)
 DEV = ("mlp-dev", "cnn-dev")
-FRESH = {"mlp": ("mlp-fresh1", "mlp-fresh2", "mlp-fresh3"), "cnn": ("cnn-fresh1", "cnn-fresh2", "cnn-fresh3")}
+FRESH = {"mlp": ("mlp-fresh1", "mlp-fresh2", "mlp-fresh3"), "cnn": ("cnn-fresh1", "cnn-fresh2", "cnn-fresh3"),
+         "mlp-live": ("mlp-live",), "spiral": ("spiral-fresh1", "spiral-fresh2", "spiral-fresh3"),
+         "digits": ("digits-fresh1", "digits-fresh2", "digits-fresh3")}
 LIVE = ("mlp-live",)
+# groups pooling several families (times are in full trainings of each table, so tables pool)
+POOLED = {"mlp+cnn": ("mlp", "cnn")}
 
 
 def grid(**axes) -> list[dict]:
@@ -49,7 +53,7 @@ GRIDS = {
     "hyperband": (grid(eta=[3, 6]), 100),
     "asha": (grid(eta=[3, 6]), 60),
     "lce": (grid(min_epochs=[2]), 100),
-    "sh-probe": (grid(rungs=RUNGS, eta=[3, 6, 9], n0=[0, 2]), 100),  # n0: 0 = eta^(rungs-1), 2 = twice that
+    "sh-probe": (grid(rungs=RUNGS, eta=[3, 6, 9], n0=[1, 2]), 100),  # brackets of n0 × eta^(rungs-1) candidates
     "asha-probe": (grid(rungs=RUNGS, eta=[3, 6, 9], init=[0, 12], rule=["asha", "quota"]), 100),
     "hyperband-probe": (grid(rungs=RUNGS, eta=[3, 6, 9]), 100),
     "probe-rank": (grid(init_probes=[6, 12, 24], probes_per_round=[3, 6, 9]), 100),
@@ -72,14 +76,22 @@ def resolve(method: str, opts: dict, rows, fid: str) -> dict:
     o = dict(opts)
     if method in PROBE_METHODS:
         o["fidelity"] = fid
-    if method == "sh-probe":
-        mult = o.pop("n0", 0)
-        if mult:
-            from lossprobe.search.methods import parse_rungs
+    if method == "sh-probe" and "n0" in o:  # n0 is given as a multiple of eta^(rungs-1)
+        from lossprobe.search.methods import parse_rungs
 
-            R = len(parse_rungs(o["rungs"], 1 if not rows else len(rows[0]["full"]["val_curve"]) - 1, fid, o["eta"]))
-            o["n0"] = mult * o["eta"] ** (R - 1)
+        R = len(parse_rungs(o["rungs"], len(rows[0]["full"]["val_curve"]) - 1, fid, o["eta"]))
+        o["n0"] = o["n0"] * o["eta"] ** (R - 1)
     return o
+
+
+MIN_ROWS = 20  # a table with fewer rows built is not used
+
+
+def available(table_dir, names) -> list[str]:
+    """The tables of `names` that exist with at least MIN_ROWS rows built."""
+    d = Path(table_dir)
+    return [n for n in names if (d / n / "table_config.json").is_file()
+            and len(list((d / n / "rows").glob("*.json"))) >= MIN_ROWS]
 
 
 class Tables:
@@ -94,8 +106,11 @@ class Tables:
 
             cfg = json.loads((self.dir / name / "table_config.json").read_text())
             rows = load_rows(self.dir / name, cfg["size"])
-            if len(rows) < cfg["size"]:
+            if len(rows) < min(cfg["size"], MIN_ROWS):
                 raise SystemExit(f"table {name} has {len(rows)} of {cfg['size']} rows; build it first")
+            # a table whose build stopped early is a smaller random sample (rows are built in id order):
+            # it is used as it is and reported as partial
+            cfg = {**cfg, "rows_built": len(rows), "partial": len(rows) < cfg["size"]}
             space = SearchSpace.from_dict(cfg["space"])
             fid = next(iter(rows[0]["probes"]))
             self.cache[name] = (rows, space, fid, cfg)
@@ -105,12 +120,12 @@ class Tables:
 def runs_for(out: Path, tables: Tables, name: str, method: str, opts: dict, seeds: int, log) -> dict:
     from lossprobe.search.evaluation import replay_runs
 
-    f = out / "replays" / name / method / fname(opts)
+    rows, space, fid, _ = tables.get(name)
+    f = out / "replays" / f"{name}@{len(rows)}" / method / fname(opts)  # a table may grow: its size is in the path
     if f.is_file():
         r = json.loads(f.read_text())
         if len(r["seeds"]) >= seeds:
             return r
-    rows, space, fid, _ = tables.get(name)
     t0 = time.process_time()
     r = replay_runs(rows, space, method, resolve(method, opts, rows, fid), range(seeds), BUDGET)
     r["options"] = opts
@@ -150,19 +165,47 @@ def cmd_tune(args, log) -> dict:
     methods = args.methods or list(GRIDS)
     res = {"budget_trainings": BUDGET, "tables": list(DEV), "criterion": "geometric mean over the development "
            "tables of the ERT to 1 point of regret (full trainings); ties: mean anytime regret", "methods": {}}
+    dev = [t for t in DEV if not args.tables or t in args.tables]  # --tables: pre-compute one table's replays
     for m in methods:
         settings, seeds = GRIDS[m]
         seeds = min(seeds, args.max_seeds) if args.max_seeds else seeds
         rows = []
         for opts in settings:
-            per = {name: summarize_runs(runs_for(out, tables, name, m, opts, seeds, log), TARGETS) for name in DEV}
+            per = {name: summarize_runs(runs_for(out, tables, name, m, opts, seeds, log), TARGETS) for name in dev}
             score = tuning_score(per)
             rows.append({"options": opts, "score": score[0], "anytime": score[1], "per_table": per})
         rows.sort(key=lambda r: (r["score"], r["anytime"]))
         res["methods"][m] = {"seeds": seeds, "settings": rows, "best": rows[0]["options"]}
         log(f"tuned {m}: best {key_of(rows[0]['options'])} (score {rows[0]['score']:.2f})")
-        _write(out / "tuning.json", res)
+        if dev == list(DEV):
+            _write(out / "tuning.json", res)
+    if dev == list(DEV):
+        (out / "tuning.md").write_text(tuning_markdown(res))
     return res
+
+
+def tuning_markdown(res: dict) -> str:
+    """The tuning log: per method the settings tried, seeds, and each setting's ERT to 1 point on the two
+    development tables (full trainings) with its success rate, best first."""
+    lines = ["| method | settings tried | seeds | chosen | ERT to 1 point, mlp-dev / cnn-dev (success) | "
+             "runner-up (ERT mlp-dev / cnn-dev) |", "|---|---|---|---|---|---|"]
+
+    def show(o):
+        return ", ".join(f"{k}={v}" for k, v in sorted(o.items())) or "—"
+
+    def erts(r):
+        t = [r["per_table"][n]["targets"]["0.01"] for n in DEV]
+        return " / ".join(f"{x['ert']:.1f}" if math.isfinite(x["ert"]) else "∞" for x in t), \
+            " / ".join(f"{x['success_rate']:.0%}" for x in t)
+    for m, r in res["methods"].items():
+        st = r["settings"]
+        keys = sorted({k for x in st for k in x["options"]})
+        tried = "; ".join(f"{k} ∈ {{{', '.join(str(v) for v in sorted({x['options'][k] for x in st}, key=str))}}}"
+                          for k in keys) or "none"
+        e, sr = erts(st[0])
+        ru = f"{show(st[1]['options'])} ({erts(st[1])[0]})" if len(st) > 1 else "—"
+        lines.append(f"| `{m}` | {tried} ({len(st)}) | {r['seeds']} | {show(st[0]['options'])} | {e} ({sr}) | {ru} |")
+    return "\n".join(lines) + "\n"
 
 
 def _write(path: Path, obj) -> None:
@@ -181,8 +224,20 @@ def _jsonable(x):
 # --- evaluation on the fresh tables -------------------------------------------------------------
 
 # the settings the tables were first benchmarked with, to check the earlier claim on fresh tables
-SHIPPED = {"sh-probe@shipped": ("sh-probe", {"rungs": "probe,full@3,full", "eta": 3}, {"cnn": {"rungs": "probe,full"}}),
+SHIPPED = {"sh-probe@shipped": ("sh-probe", {"rungs": "probe,full@3,full", "eta": 3, "n0": 1},
+                                 {"cnn": {"rungs": "probe,full"}}),
            "probe-rank@shipped": ("probe-rank", {"init_probes": 12, "probes_per_round": 6}, {})}
+# matched schedules: probe-rank trains the best untrained probe after init_probes probes and after every
+# probes_per_round more; ASHA with the quota rule over [probe, full] trains the best unpromoted probe
+# whenever the promotions fall below 1/eta of the probes. probe-rank(9, 9) is asha-probe(eta 9, quota)
+# exactly (up to the draw order); asha-probe(eta 9, quota, init 24) is the nearest ASHA to probe-rank(24, 9)
+MATCHED = {"probe-rank@9/9": ("probe-rank", {"init_probes": 9, "probes_per_round": 9}, {}),
+           "asha-probe@init24": ("asha-probe", {"rungs": "probe,full", "eta": 9, "init": 24, "rule": "quota"}, {})}
+MATCHED_PAIRS = (("probe-rank@9/9", "asha-probe", "identical schedule: 1 full training per 9 probes"),
+                 ("probe-rank", "asha-probe@init24", "probe-rank(24, 9) vs the nearest ASHA (eta 9, quota, 24 first)"),
+                 ("probe-rank", "asha-probe", "both as tuned on the development tables"),
+                 ("probe-rank", "sh-probe", "both as tuned (sh-probe: brackets of 18 probes, 2 trained)"),
+                 ("probe-rank@shipped", "sh-probe@shipped", "the earlier claim's two settings"))
 EVAL_SEEDS = {"tpe": 60, "bohb": 60, "probe": 40, "mf": 40}  # slow replays get fewer seeds; others 100
 TARGET_NAMES = {"0.005": "0.5 point", "0.01": "1 point", "0.02": "2 points", "0.03": "3 points"}
 
@@ -191,7 +246,7 @@ def evaluated(tuning: dict) -> dict:
     """name -> (method, options per family) of every evaluated entry: each method at its tuned
     setting, and the two shipped settings of the earlier claim."""
     out = {m: (m, {"mlp": r["best"], "cnn": r["best"]}) for m, r in tuning["methods"].items()}
-    for name, (m, opts, per) in SHIPPED.items():
+    for name, (m, opts, per) in {**SHIPPED, **MATCHED}.items():
         out[name] = (m, {f: {**opts, **per.get(f, {})} for f in ("mlp", "cnn")})
     return out
 
@@ -212,12 +267,17 @@ def cmd_evaluate(args, log) -> dict:
     entries = evaluated(tuning)
     if args.methods:
         entries = {k: v for k, v in entries.items() if k in args.methods or v[0] in args.methods}
-    groups = {"mlp": list(FRESH["mlp"]), "cnn": list(FRESH["cnn"]), "mlp-live": list(LIVE)}
+    groups = {g: available(args.table_dir, FRESH[g]) for g in args.groups}
     if args.tables:
         groups = {g: [t for t in ts if t in args.tables] for g, ts in groups.items()}
-        groups = {g: ts for g, ts in groups.items() if ts}
+    groups = {g: ts for g, ts in groups.items() if ts}
+    for g, parts in POOLED.items():
+        if len([p for p in parts if p in groups]) > 1:
+            groups[g] = [t for p in parts if p in groups for t in groups[p]]
     runs = {}
     for g, names in groups.items():
+        if g in POOLED:
+            continue  # its tables' runs are its families'
         for name in names:
             for e, (m, per) in entries.items():
                 seeds = min(EVAL_SEEDS.get(m, 100), args.max_seeds or 10**9)
@@ -231,7 +291,8 @@ def cmd_evaluate(args, log) -> dict:
             q = qualifying(rows, space, range(100), targets=TARGETS)
             unit = runs[(name, next(iter(entries)))]["unit_seconds"]
             ys = [r["repeat"]["score_accuracy"] for r in rows]
-            res["tables"][name] = {"rows": len(rows), "unit_seconds": unit, "best_score": max(ys),
+            res["tables"][name] = {"rows": len(rows), "partial": cfg["partial"], "size_planned": cfg["size"],
+                                   "unit_seconds": unit, "best_score": max(ys),
                                    "median_score": float(np.median(ys)), "n_train": cfg["n_train"],
                                    "qualifying": {t: [float(np.mean(v)), int(min(v)), int(max(v))] for t, v in q.items()},
                                    "cpu_hours": sum(r["full"]["cpu_seconds"] + r["repeat"]["cpu_seconds"]
@@ -270,12 +331,50 @@ def cmd_evaluate(args, log) -> dict:
                     bv.append(anytime_regret(b)[:k])
                 comp["anytime_regret_difference"] = pooled_difference(av, bv)
                 G["vs_reference"][e] = comp
+        G["matched"] = []
+        for a_, b_, what in MATCHED_PAIRS:
+            if a_ not in entries or b_ not in entries:
+                continue
+            comp = {"a": a_, "b": b_, "what": what}
+            for t in TARGETS:
+                ta, tb = [], []
+                for n in names:
+                    a, b = runs[(n, a_)], runs[(n, b_)]
+                    k = min(len(a["seeds"]), len(b["seeds"]))
+                    ta.append(times_to(a, t)[:k])
+                    tb.append(times_to(b, t)[:k])
+                comp[f"{t:g}"] = pooled_ratio(ta, tb, BUDGET)
+            G["matched"].append(comp)
         res["groups"][g] = G
         log(f"evaluated {g}: {len(entries)} methods on {names}")
-    _write(out / "evaluation.json", res)
-    (out / "evaluation.md").write_text(evaluation_markdown(res, entries))
+    tag = f"-{args.tag}" if args.tag else ""
+    _write(out / f"evaluation{tag}.json", res)
+    (out / f"evaluation{tag}.md").write_text(evaluation_markdown(res, entries))
     _figures(out, groups, entries, runs)
     return res
+
+
+def summary_line(res: dict) -> dict:
+    """The benchmark's one JSON line: per group the tables, qualifying configurations per pool, and
+    for the headline methods the ERT / success at 1 point and the ratios against the reference."""
+    def num(x, d=2):
+        return None if x is None or (isinstance(x, float) and not math.isfinite(x)) else round(x, d)
+    out = {"benchmark": "search-claims", "budget_trainings": BUDGET, "reference": res["reference"], "groups": {}}
+    for g, G in res["groups"].items():
+        row = {"tables": {n: res["tables"][n]["rows"] for n in G["tables"]},
+               "qualifying_mean": {k: round(v[0], 1) for k, v in G["qualifying"].items()}, "methods": {}}
+        for e, m in G["methods"].items():
+            t = m["targets"]
+            row["methods"][e] = {"ert": {k: num(v["ert"], 1) for k, v in t.items()},
+                                 "success": {k: round(v["success_rate"], 2) for k, v in t.items()}}
+            c = G["vs_reference"].get(e)
+            if c:
+                row["methods"][e]["ratio_1pt"] = [num(c["0.01"]["ratio"]), num(c["0.01"]["interval"][0]),
+                                                  num(c["0.01"]["interval"][1])]
+        row["matched_1pt"] = {f"{c['a']} / {c['b']}": [num(c["0.01"]["ratio"]), num(c["0.01"]["interval"][0]),
+                                                       num(c["0.01"]["interval"][1])] for c in G["matched"]}
+        out["groups"][g] = row
+    return out
 
 
 def _final(r):
@@ -301,53 +400,49 @@ def evaluation_markdown(res: dict, entries: dict) -> str:
     lines = [f"# Search methods on the fresh tables (budget {BUDGET:g} full trainings)", ""]
     for name, t in res["tables"].items():
         q = t["qualifying"]
-        lines.append(f"- `{name}`: {t['rows']} configurations ({t['n_train']} training images), one full training "
-                     f"{t['unit_seconds']:.2f} CPU s (median), best score {t['best_score']:.4f}, median "
+        part = f" (partial: {t['rows']} of {t['size_planned']} planned)" if t.get("partial") else ""
+        lines.append(f"- `{name}`: {t['rows']} configurations{part} ({t['n_train']} training images), one full "
+                     f"training {t['unit_seconds']:.2f} CPU s (median), best score {t['best_score']:.4f}, median "
                      f"{t['median_score']:.4f}; qualifying per pool (mean [min–max]) at 0.5/1/2/3 points: "
                      + ", ".join(f"{q[k][0]:.1f} [{q[k][1]}–{q[k][2]}]" for k in ("0.005", "0.01", "0.02", "0.03"))
                      + f"; built in {t['cpu_hours']:.2f} CPU h")
     lines.append("")
-    for tk, tname in TARGET_NAMES.items():
-        lines += [f"## Target: regret ≤ {tname}", ""]
-        head = "| method |"
-        sep = "|---|"
-        for g, G in res["groups"].items():
+    ref = res["reference"]
+    for g, G in res["groups"].items():
+        lines += [f"## {g}: {', '.join(G['tables'])}", ""]
+        for tk, tname in TARGET_NAMES.items():
             q = G["qualifying"][tk]
-            head += (f" {g}: ERT [95%] | success | time if reached (mean) | KM median | ERT ratio vs "
-                     f"`{res['reference']}` [95% across tables] |")
-            sep += "---|---|---|---|---|"
-        lines += [head, sep]
-        groups = list(res["groups"])
-        order = sorted(entries, key=lambda e: res["groups"][groups[0]]["methods"][e]["targets"][tk]["ert"])
-        for e in order:
-            row = f"| {e} |"
-            for g, G in res["groups"].items():
+            lines += [f"### {g}, target: regret ≤ {tname} (qualifying configurations per pool: mean {q[0]:.1f}, "
+                      f"min {q[1]}, max {q[2]})", "",
+                      f"| method | ERT [95%] | success | time if reached (mean) | KM median | ERT ratio vs `{ref}` "
+                      "[95%, tables and seeds resampled] | per table |", "|---|---|---|---|---|---|---|"]
+            for e in sorted(entries, key=lambda e: G["methods"][e]["targets"][tk]["ert"]):
                 s = G["methods"][e]["targets"][tk]
                 lo, hi = s["ert_interval"]
                 ci = f" [{lo:.1f}, {'∞' if math.isinf(hi) else f'{hi:.1f}'}]" if math.isfinite(s["ert"]) else ""
                 km = "—" if math.isinf(s["km_median"]) else f"{s['km_median']:.1f}"
                 sm = "—" if s["successful_mean"] != s["successful_mean"] else f"{s['successful_mean']:.1f}"
                 comp = G["vs_reference"].get(e, {}).get(tk)
-                row += (f" {_fmt_ert(s)}{ci} | {s['success_rate']:.0%} | {sm} | {km} | "
-                        f"{_fmt_ratio(comp) if comp else '(reference)'} |")
-            lines.append(row)
-        lines.append("")
-        lines.append("Qualifying configurations per pool (mean [min–max]): " + "; ".join(
-            f"{g} {G['qualifying'][tk][0]:.1f} [{G['qualifying'][tk][1]}–{G['qualifying'][tk][2]}]"
-            for g, G in res["groups"].items()))
-        lines.append("")
-    lines += ["## Anytime regret (mean over the budget) and final regret", "",
-              "| method | " + " | ".join(f"{g}: anytime | {g}: Δ vs reference [95% across tables] | {g}: final"
-                                        for g in res["groups"]) + " |",
-              "|---|" + "---|---|---|" * len(res["groups"])]
-    for e in entries:
-        row = f"| {e} |"
-        for g, G in res["groups"].items():
+                per = ", ".join("—" if x != x else ("∞" if math.isinf(x) else f"{x:.2f}") for x in comp["per_table"]) \
+                    if comp else ""
+                lines.append(f"| {e} | {_fmt_ert(s)}{ci} | {s['success_rate']:.0%} | {sm} | {km} | "
+                             f"{_fmt_ratio(comp) if comp else '(reference)'} | {per} |")
+            lines.append("")
+        if G.get("matched"):
+            lines += [f"### {g}: matched schedules (ERT ratio a / b, 95% with tables and seeds resampled)", "",
+                      "| a | b | what | 0.5 point | 1 point | 2 points | 3 points |", "|---|---|---|---|---|---|---|"]
+            for c in G["matched"]:
+                lines.append(f"| {c['a']} | {c['b']} | {c['what']} | "
+                             + " | ".join(_fmt_ratio(c[k]) for k in TARGET_NAMES) + " |")
+            lines.append("")
+        lines += [f"### {g}: anytime regret (mean over the budget) and final regret", "",
+                  f"| method | anytime | Δ vs `{ref}` [95%] | final |", "|---|---|---|---|"]
+        for e in entries:
             m = G["methods"][e]
             d = G["vs_reference"].get(e, {}).get("anytime_regret_difference")
             ds = f"{d['mean']:+.4f} [{d['interval'][0]:+.4f}, {d['interval'][1]:+.4f}]" if d else "(reference)"
-            row += f" {m['anytime_regret']:.4f} | {ds} | {m['final_regret']:.4f} |"
-        lines.append(row)
+            lines.append(f"| {e} | {m['anytime_regret']:.4f} | {ds} | {m['final_regret']:.4f} |")
+        lines.append("")
     return "\n".join(lines) + "\n"
 
 
@@ -385,8 +480,11 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="runs/search-claims")
     p.add_argument("--methods", nargs="+", default=None)
     p.add_argument("--max-seeds", type=int, default=None, help="cap the seeds per setting (a quick look)")
-    p.add_argument("--tables", nargs="+", default=None, help="evaluate: only these fresh tables")
+    p.add_argument("--tables", nargs="+", default=None, help="only these tables (tune: pre-compute the replays of one development table)")
     p.add_argument("--reference", default="asha-probe", help="evaluate: the method every other is compared with")
+    p.add_argument("--groups", nargs="+", default=["mlp", "cnn", "mlp-live"], choices=list(FRESH),
+                   help="evaluate: the families of fresh tables (those built with at least 20 rows are used)")
+    p.add_argument("--tag", default="", help="evaluate: suffix of the output files (evaluation-TAG.json)")
     args = p.parse_args(argv)
 
     import torch
@@ -407,9 +505,9 @@ def main(argv=None) -> int:
         print(json.dumps({"benchmark": "search-claims", "command": "tune", "cpu_seconds": round(time.process_time() - t0),
                           "best": {m: r["best"] for m, r in res["methods"].items()}}), flush=True)
     else:
-        cmd_evaluate(args, log)
-        print(json.dumps({"benchmark": "search-claims", "command": "evaluate",
-                          "cpu_seconds": round(time.process_time() - t0)}), flush=True)
+        res = cmd_evaluate(args, log)
+        print(json.dumps({**summary_line(res), "command": "evaluate", "cpu_seconds": round(time.process_time() - t0)}),
+              flush=True)
     return 0
 
 

@@ -115,9 +115,16 @@ def main(argv=None) -> int:
 
     lcpfn = lcpfn_extrapolator(args.lcpfn, args.lcpfn_pkg) if args.lcpfn else None
 
+    def complete(n) -> bool:
+        f = tables.dir / n / "table_config.json"
+        return f.is_file() and len(list((tables.dir / n / "rows").glob("*.json"))) >= json.loads(f.read_text())["size"]
+
     def sources_for(task: str, dev_only: bool) -> list:
         names = [t for k, ts in TASKS.items() if k != task for t in ts if not dev_only or t.endswith("-dev")]
-        return [ex.get(n) for n in names if (tables.dir / n / "table_config.json").is_file()]
+        missing = [n for n in names if not complete(n)]
+        if missing:
+            log(f"sources for {task}: {', '.join(missing)} not complete, left out")
+        return [ex.get(n) for n in names if complete(n)]
 
     def chance_of(name):
         return CHANCE[tables.get(name)[3].get("dataset", "fashion-mnist")]
@@ -145,12 +152,13 @@ def main(argv=None) -> int:
         return out_
 
     def run(name, label, method, opts, seeds, tag=""):
-        f = out / "replays" / name / "transfer" / (label.replace(" ", "_").replace("/", "") + tag + ".json")
+        rows, space, fid, _ = tables.get(name)
+        f = out / "replays" / f"{name}@{len(rows)}" / "transfer" / (label.replace(" ", "_").replace("/", "") + tag
+                                                                    + ".json")
         if f.is_file():
             r = json.loads(f.read_text())
             if len(r["seeds"]) >= seeds:
                 return r
-        rows, space, fid, _ = tables.get(name)
         t0 = time.process_time()
         r = replay_runs(rows, space, method, opts, range(seeds), BUDGET)
         f.parent.mkdir(parents=True, exist_ok=True)
@@ -182,7 +190,7 @@ def main(argv=None) -> int:
         ys = [v for s in src for v in s[1]]
         model = TransferModel().fit(Xs, ys)
         for name in TASKS[task][1:]:
-            if not (tables.dir / name / "table_config.json").is_file():
+            if not complete(name):
                 continue
             X, y, _, _ = ex.get(name)
             pred = model.predict(X)
@@ -196,7 +204,9 @@ def main(argv=None) -> int:
     # 3. replays, leave-one-task-out, on the fresh tables
     allruns = {}
     for task in args.tasks:
-        names = [n for n in TASKS[task][1:] if (tables.dir / n / "table_config.json").is_file()]
+        names = [n for n in TASKS[task][1:] if complete(n)]
+        if not names:
+            continue
         T = {"tables": names, "methods": {}, "vs_asha_probe": {}}
         for name in names:
             for label, (m, o) in variants(name, False, warm_full).items():
@@ -221,6 +231,10 @@ def main(argv=None) -> int:
     # 4. the decision: a transferred model becomes the default only if it beats the tuned ASHA-with-probe at
     # ERT to 1 point on the fresh MLP and CNN tables, with the interval across tables below 1
     fam = [t for t in ("mlp", "cnn") if t in res["tasks"]]
+    if not fam:
+        _write(out / "transfer.json", res)
+        (out / "transfer.md").write_text(markdown(res))
+        return 0
     dec = {}
     for label in ("asha-probe + transfer (zero-shot)", "asha-probe + transfer (warm)"):
         names = [n for t in fam for n in res["tasks"][t]["tables"]]
@@ -261,6 +275,8 @@ def markdown(res: dict) -> str:
                          f"{e2['ert']:.1f} | {_r(c['0.02']) if c else '—'} | {m['anytime_regret']:.4f} | "
                          + (f"{d['mean']:+.4f} [{d['interval'][0]:+.4f}, {d['interval'][1]:+.4f}]" if d else "—") + " |")
     d = res["decision"]
+    if d is None:
+        return "\n".join(lines) + "\n"
     lines += ["", "Decision (ERT to 1 point on " + ", ".join(d["tables"]) + "): " + "; ".join(
         f"{k}: {_r(v)} → {'beats' if v['beats'] else 'does not beat'} asha-probe" for k, v in d["vs_asha_probe_1pt"].items())]
     return "\n".join(lines) + "\n"

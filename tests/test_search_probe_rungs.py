@@ -71,7 +71,7 @@ def test_sh_probe_schedules():
     rows = exact_rows(36)
     # [probe, full], eta 3: brackets of 3 probes, the best one trained to the end
     o = Recorder(rows, SPACE, seed=0, axis="epochs", budget=1e9)
-    run_method("sh-probe", o, seed=0, fidelity=FID, rungs="probe,full", eta=3)
+    run_method("sh-probe", o, seed=0, fidelity=FID, rungs="probe,full", eta=3, n0=3)
     kinds = [(k, e) for k, _, e in o.log]
     assert kinds == [("probe", 0)] * 3 + [("train", 6)] + ([("probe", 0)] * 3 + [("train", 6)]) * 11
     for b in range(12):  # in each bracket the trained candidate is the best of its three probes
@@ -80,7 +80,7 @@ def test_sh_probe_schedules():
     assert o.trace.chosen == best_key(rows)
     # [probe, full@2, full], eta 3: 9 probes, 3 trained to epoch 2, 1 of them to the end
     o = Recorder(rows, SPACE, seed=0, axis="epochs", budget=1e9)
-    run_method("sh-probe", o, seed=0, fidelity=FID, rungs="probe,full@2,full", eta=3)
+    run_method("sh-probe", o, seed=0, fidelity=FID, rungs="probe,full@2,full", eta=3, n0=9)
     first = o.log[:13]
     assert [(k, e) for k, _, e in first] == [("probe", 0)] * 9 + [("train", 2)] * 3 + [("train", 6)]
     top3 = sorted((k for _, k, _ in first[:9]), key=lambda k: -o.rows[k]["full"]["val_accuracy"])[:3]
@@ -91,6 +91,10 @@ def test_sh_probe_schedules():
     run_method("sh-probe", o, seed=0, fidelity=FID, rungs="probe,full", eta=6, n0=12)
     assert [(k, e) for k, _, e in o.log[:14]] == [("probe", 0)] * 12 + [("train", 6)] * 2
     assert len(o.trace.t) == 6 and o.trace.chosen == best_key(rows)
+    # the default: [probe, full], eta 9, brackets of 2 × 9 probes (PROBE_RUNG_DEFAULTS)
+    o = Recorder(rows, SPACE, seed=0, axis="epochs", budget=1e9)
+    run_method("sh-probe", o, seed=0, fidelity=FID)
+    assert [(k, e) for k, _, e in o.log[:20]] == [("probe", 0)] * 18 + [("train", 6)] * 2
 
 
 def test_asha_probe_promotes_the_top_of_each_rung():

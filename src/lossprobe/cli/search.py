@@ -30,11 +30,10 @@ from lossprobe.search.engine import (
     default_storage,
     storage_error,
 )
-from lossprobe.search.loop import LoopConfig
 from lossprobe.search.methods import DEFAULT_METHOD, DEFAULT_METHOD_TEXT, METHODS
 from lossprobe.search.probes import DEFAULT_FAMILIES, FAMILIES, parse_families
 from lossprobe.search.space import load_space
-from lossprobe.search.tune import DEFAULT_BUDGET, budget_of, method_options, run_live
+from lossprobe.search.tune import DEFAULT_BUDGET, budget_of, loop_config, method_options, run_live
 from lossprobe.search.tune import run as run_user_search
 
 USER_ONLY = ("data", "val_data", "test_data", "probe_data", "forward", "objective", "direction", "val_fraction")
@@ -107,10 +106,12 @@ def register(sub) -> None:
                    help=f"probe feature families to compute, by name: {', '.join(FAMILIES)} (comma-separated), "
                    f"'all', or 'default' ({', '.join(DEFAULT_FAMILIES)}: those that paid for their measured cost)")
     p.add_argument("--init-probes", type=positive_int, default=None, metavar="N",
-                   help="methods probe, probe-rank, mf: candidates probed before the first full training (default: "
-                   "12); asha-probe: probes before anything is promoted (default: 0, plain ASHA)")
-    p.add_argument("--probes-per-round", type=positive_int, default=6, metavar="N",
-                   help="method probe: new candidates probed before each further full training (default: %(default)s)")
+                   help="methods probe-rank, probe, mf: candidates probed before the first full training (default: "
+                   "24 for probe-rank, 12 for the others); asha-probe: probes before anything is promoted (default: 0, "
+                   "plain ASHA)")
+    p.add_argument("--probes-per-round", type=positive_int, default=None, metavar="N",
+                   help="methods probe-rank, probe: new candidates probed before each further full training (default: "
+                   "9 for probe-rank, 6 for probe)")
     p.add_argument("--init-full", type=positive_int, default=3, metavar="N",
                    help="method probe: full trainings chosen by probe val accuracy before the meta-model is used (default: %(default)s)")
     p.add_argument("--kappa", type=finite_float, default=None, metavar="K",
@@ -166,10 +167,8 @@ def run(args) -> int:
     if not args.probe_split < 1:
         raise UserError(f"--probe-split must be below 1, got {args.probe_split}")
     kappa = args.kappa if args.kappa is not None else (1.0 if args.method == "probe" else 0.0)
-    loop_cfg = LoopConfig(budget=bud.loop_budget, probes_per_round=args.probes_per_round,
-                          init_probes=args.init_probes if args.init_probes is not None else 12,
-                          init_full=args.init_full if args.method != "probe-rank" else 10**9, kappa=kappa,
-                          meta=args.meta, sharpness=not args.no_sharpness, seed=args.seed)
+    loop_cfg = loop_config(args.method, bud, args.init_probes, args.probes_per_round, args.init_full, kappa,
+                           args.meta, not args.no_sharpness, args.seed)
     spec = TaskSpec(args.dataset, args.n_train, args.n_val, args.seed, probe_split=args.probe_split)
     opts = method_options(args.method, args.eta, args.rungs, args.init_probes, args.promotion, kappa, args.meta)
     method_cfg = {"method": args.method, "budget": budget, "axis": axis, "families": list(families), "eta": args.eta,

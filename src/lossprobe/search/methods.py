@@ -547,9 +547,19 @@ def mf_search(oracle, seed: int = 0, fidelity: str | None = None, **kw) -> MFSea
 # The settings of these three were tuned on the development tables of the search benchmark
 # (docs/search.md, "Tuning log"); PROBE_RUNG_DEFAULTS holds the winners.
 PROBE_RUNG_DEFAULTS = {
-    "sh-probe": {"rungs": "probe,full", "eta": 6},
-    "asha-probe": {"rungs": "probe,full", "eta": 6, "init": 0, "rule": "asha"},
-    "hyperband-probe": {"rungs": "probe,full", "eta": 6},
+    "sh-probe": {"rungs": "probe,full", "eta": 9, "pool": 2},  # brackets of pool × eta^(rungs-1) candidates
+    "asha-probe": {"rungs": "probe,full", "eta": 9, "init": 0, "rule": "quota"},
+    "hyperband-probe": {"rungs": "probe,full", "eta": 9},
+}
+
+
+# Every method's free settings as tuned on the search benchmark's development tables (docs/search.md,
+# "Tuning log"): what `run_method` uses for an option not given. The probe-rung methods' are in
+# PROBE_RUNG_DEFAULTS; random search has none.
+TUNED = {
+    "tpe": {"n_startup": 5}, "bohb": {"eta": 6, "n_startup": 10}, "sh": {"eta": 6}, "hyperband": {"eta": 6},
+    "asha": {"eta": 6}, "lce": {"min_epochs": 2}, "probe-rank": {"init_probes": 24, "probes_per_round": 9},
+    "probe": {"kappa": 1.0}, "mf": {"eta": 9, "propose": 0},
 }
 
 
@@ -563,8 +573,10 @@ def _probe_opts(name: str, oracle, fidelity, rungs, eta):
 
 def _sh_probe(oracle, seed: int = 0, fidelity: str | None = None, eta: int | None = None, rungs=None,
               n0: int | None = None, **_):
-    """Synchronous successive halving over `rungs` (default: the probe, then the full training)."""
+    """Synchronous successive halving over `rungs` (default: the probe, then the full training), brackets
+    of `n0` candidates (default: PROBE_RUNG_DEFAULTS' pool × eta^(rungs-1))."""
     ladder, eta = _probe_opts("sh-probe", oracle, fidelity, rungs, eta)
+    n0 = n0 or PROBE_RUNG_DEFAULTS["sh-probe"]["pool"] * eta ** (len(ladder) - 1)
     return successive_halving(oracle, seed, ladder, eta, n0=n0)
 
 
@@ -685,15 +697,17 @@ def describe_method(name: str) -> str:
     if name == "asha-probe":
         return ("asynchronous successive halving (ASHA) " + _rungs_text(name) + ": a candidate is trained in full as "
                 "soon as its probe is among the best 1/" + str(PROBE_RUNG_DEFAULTS[name]["eta"]) + " of the probes "
-                "so far, otherwise a new candidate is probed")
+                "so far (and at most that share of them ever is), otherwise a new candidate is probed")
     if name == "sh-probe":
         return "synchronous successive halving " + _rungs_text(name)
     if name == "hyperband-probe":
         return "Hyperband " + _rungs_text(name)
     if name == "probe-rank":
+        t = TUNED["probe-rank"]
         return ("successive halving with two rungs: candidates get a short training on a subset of the training "
-                "data (the probe: by default 10% of it for one epoch), 12 at first and 6 more before each full "
-                "training, and the untrained candidate whose probe scored best is trained in full")
+                f"data (the probe: by default 10% of it for one epoch), {t['init_probes']} at first and "
+                f"{t['probes_per_round']} more before each further full training, and the untrained candidate "
+                "whose probe scored best is trained in full; no meta-model")
     return {"mf": "a multi-fidelity loop led by a meta-model", "probe": "probes ranked by a meta-model",
             "random": "random search", "tpe": "Optuna's TPE", "sh": "successive halving over epochs",
             "hyperband": "Hyperband over epochs", "asha": "ASHA over epochs", "bohb": "TPE with the Hyperband pruner",
@@ -706,9 +720,11 @@ BASELINES = ("random", "tpe", "sh", "hyperband", "sh-probe", "asha-probe", "hype
 
 
 def run_method(name: str, oracle, seed: int = 0, **options):
-    """Run method `name` against `oracle` until its budget is spent; returns ``oracle.trace``."""
+    """Run method `name` against `oracle` until its budget is spent; returns ``oracle.trace``. Options
+    not given take the method's tuned settings (`TUNED`, `PROBE_RUNG_DEFAULTS`)."""
     if name not in METHODS:
         raise UserError(f"unknown search method '{name}'; choose from {', '.join(METHODS)}")
+    options = {**TUNED.get(name, {}), **{k: v for k, v in options.items() if v is not None}}
     try:
         METHODS[name](oracle, seed=seed, **options)
     except OutOfBudget:

@@ -19,6 +19,7 @@ import math
 import numpy as np
 
 from lossprobe.errors import UserError
+from lossprobe.search.methods import extrapolate
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "rmsprop")
 PROBE_NAMES = ("p_val_acc", "p_train_acc", "p_val_loss", "p_train_loss", "p_val_acc_slope", "p_train_loss_slope",
@@ -195,6 +196,4 @@ class CurveScorer:
 
 def least_squares_extrapolate(curves: np.ndarray, k: int, E: int) -> np.ndarray:
     """The mean prediction of `methods.extrapolate`'s curve families (the `lce` method's), per curve."""
-    from lossprobe.search.methods import extrapolate
-
     return np.array([extrapolate(list(c), E)[0] if len(c) >= 2 else c[-1] for c in curves])

@@ -43,7 +43,7 @@ from lossprobe.results.store import RunDir
 from lossprobe.runtime.cluster import DEFAULT_TIMEOUT, Executor
 from lossprobe.search.engine import LiveOracle, check_storage_url, default_storage, storage_error
 from lossprobe.search.loop import LoopConfig, probe_search
-from lossprobe.search.methods import DEFAULT_METHOD, METHODS, PROBE_RUNG_DEFAULTS, run_method
+from lossprobe.search.methods import DEFAULT_METHOD, METHODS, PROBE_RUNG_DEFAULTS, TUNED, run_method
 from lossprobe.search.probes import parse_families
 from lossprobe.search.space import UserSpace, check_builder_names
 from lossprobe.search.user import UserTaskSpec, resolve_builder
@@ -136,6 +136,17 @@ def method_options(method: str, eta=None, rungs=None, init=None, rule=None, kapp
         if init is not None:
             opts["init_probes"] = init
     return opts
+
+
+def loop_config(method: str, budget: "Budget", init_probes=None, probes_per_round=None, init_full: int = 3,
+                kappa: float = 0.0, meta: str = "et", sharpness: bool = True, seed: int = 0) -> LoopConfig:
+    """The probe loop's settings for 'probe' / 'probe-rank' (unset pools: the method's tuned ones, `TUNED`)."""
+    t = TUNED.get(method, {}) if method in ("probe", "probe-rank") else {}
+    return LoopConfig(budget=budget.loop_budget,
+                      probes_per_round=probes_per_round or t.get("probes_per_round", 6),
+                      init_probes=init_probes or t.get("init_probes", 12),
+                      init_full=init_full if method != "probe-rank" else 10**9, kappa=kappa, meta=meta,
+                      sharpness=sharpness, seed=seed)
 
 
 def run_live(method: str, oracle, loop_cfg: LoopConfig, seed: int, opts: dict):
@@ -278,7 +289,7 @@ def run(build, train_data, space, *, val_data=None, test_data=None, probe_data=N
         fraction: float = 0.1, probe_epochs: int = 1, features="default", val_fraction: float = 0.2,
         probe_split: float = 0.1, backend: str = "local", address: str | None = None, num_cpus: int | None = None,
         ray_timeout: float = DEFAULT_TIMEOUT, eta: int | None = None, kappa: float | None = None,
-        meta: str = "et", init_probes: int | None = None, probes_per_round: int = 6, init_full: int = 3,
+        meta: str = "et", init_probes: int | None = None, probes_per_round: int | None = None, init_full: int = 3,
         sharpness: bool = True, rungs=None, promotion: str | None = None, force: bool = False,
         verbose: bool = True) -> SearchRun:
     """Search the hyperparameters of your own model; returns the `SearchRun` (see the module doc).
@@ -323,10 +334,7 @@ def run(build, train_data, space, *, val_data=None, test_data=None, probe_data=N
     task.check(space, seed)  # the model takes the data and the objective has numbers, before any output
     g = task.goal
     kappa = kappa if kappa is not None else (1.0 if method == "probe" else 0.0)
-    loop_cfg = LoopConfig(budget=bud.loop_budget, probes_per_round=probes_per_round,
-                          init_probes=init_probes if init_probes is not None else 12,
-                          init_full=init_full if method != "probe-rank" else 10**9, kappa=kappa, meta=meta,
-                          sharpness=sharpness, seed=seed)
+    loop_cfg = loop_config(method, bud, init_probes, probes_per_round, init_full, kappa, meta, sharpness, seed)
     opts = method_options(method, eta, rungs, init_probes, promotion, kappa, meta)
     method_cfg = {"method": method, "budget": budget, "axis": axis, "families": list(families), "eta": eta,
                   "kappa": kappa, "meta": meta, **({"options": opts} if set(opts) - {"eta", "kappa", "meta"} else {})}
