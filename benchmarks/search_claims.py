@@ -281,7 +281,7 @@ def cmd_evaluate(args, log) -> dict:
         for name in names:
             for e, (m, per) in entries.items():
                 seeds = min(EVAL_SEEDS.get(m, 100), args.max_seeds or 10**9)
-                runs[(name, e)] = runs_for(out, tables, name, m, per[family(name)], seeds, log)
+                runs[(name, e)] = runs_for(out, tables, name, m, per.get(family(name), per["mlp"]), seeds, log)
     reference = args.reference
     res = {"budget_trainings": BUDGET, "reference": reference, "groups": {}, "tables": {}}
     for g, names in groups.items():
@@ -309,6 +309,9 @@ def cmd_evaluate(args, log) -> dict:
                 "per_table_ert_1pt": [target_summary(times_to(r, 0.01), BUDGET)["ert"] for r in rr],
                 "anytime_regret": float(np.mean(np.concatenate([anytime_regret(r) for r in rr]))),
                 "final_regret": float(np.mean([np.mean(_final(r)) for r in rr])),
+                # full trainings of budget spent, mean over seeds and tables: below the budget when a method
+                # stopped because the table's pool had no untried candidate left (SH, Hyperband, TPE...)
+                "budget_used": float(np.mean([sum(r["spent"].values()) for r in rr])),
                 "seeds": [len(r["seeds"]) for r in rr]}
         if reference in entries:
             for e in entries:
@@ -365,7 +368,8 @@ def summary_line(res: dict) -> dict:
                "qualifying_mean": {k: round(v[0], 1) for k, v in G["qualifying"].items()}, "methods": {}}
         for e, m in G["methods"].items():
             t = m["targets"]
-            row["methods"][e] = {"ert": {k: num(v["ert"], 1) for k, v in t.items()},
+            row["methods"][e] = {"budget_used": num(m.get("budget_used"), 1),
+                                 "ert": {k: num(v["ert"], 1) for k, v in t.items()},
                                  "success": {k: round(v["success_rate"], 2) for k, v in t.items()}}
             c = G["vs_reference"].get(e)
             if c:
@@ -436,12 +440,14 @@ def evaluation_markdown(res: dict, entries: dict) -> str:
                              + " | ".join(_fmt_ratio(c[k]) for k in TARGET_NAMES) + " |")
             lines.append("")
         lines += [f"### {g}: anytime regret (mean over the budget) and final regret", "",
-                  f"| method | anytime | Δ vs `{ref}` [95%] | final |", "|---|---|---|---|"]
+                  f"| method | anytime | Δ vs `{ref}` [95%] | final | budget used (of {BUDGET:g}) |",
+                  "|---|---|---|---|---|"]
         for e in entries:
             m = G["methods"][e]
             d = G["vs_reference"].get(e, {}).get("anytime_regret_difference")
             ds = f"{d['mean']:+.4f} [{d['interval'][0]:+.4f}, {d['interval'][1]:+.4f}]" if d else "(reference)"
-            lines.append(f"| {e} | {m['anytime_regret']:.4f} | {ds} | {m['final_regret']:.4f} |")
+            lines.append(f"| {e} | {m['anytime_regret']:.4f} | {ds} | {m['final_regret']:.4f} | "
+                         f"{m.get('budget_used', math.nan):.1f} |")
         lines.append("")
     return "\n".join(lines) + "\n"
 

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from search_claims import BUDGET, Tables, _write, resolve  # noqa: E402  (the same folder)
+from search_claims import BUDGET, MIN_ROWS, Tables, _write, resolve  # noqa: E402  (the same folder)
 
 TASKS = {"mlp": ("mlp-dev", "mlp-fresh1", "mlp-fresh2", "mlp-fresh3", "mlp-live"),
          "cnn": ("cnn-dev", "cnn-fresh1", "cnn-fresh2", "cnn-fresh3"),
@@ -116,8 +116,10 @@ def main(argv=None) -> int:
     lcpfn = lcpfn_extrapolator(args.lcpfn, args.lcpfn_pkg) if args.lcpfn else None
 
     def complete(n) -> bool:
+        """Usable: built with at least MIN_ROWS rows (a table whose build stopped early is a smaller random
+        sample, used as it is; its size is in transfer.json)."""
         f = tables.dir / n / "table_config.json"
-        return f.is_file() and len(list((tables.dir / n / "rows").glob("*.json"))) >= json.loads(f.read_text())["size"]
+        return f.is_file() and len(list((tables.dir / n / "rows").glob("*.json"))) >= MIN_ROWS
 
     def sources_for(task: str, dev_only: bool) -> list:
         names = [t for k, ts in TASKS.items() if k != task for t in ts if not dev_only or t.endswith("-dev")]
@@ -183,8 +185,9 @@ def main(argv=None) -> int:
     res["tuning_warm_full"] = {"scores": dev_scores, "chosen": warm_full}
     log(f"warm_full chosen on the development tables: {warm_full} ({dev_scores})")
 
-    # 2. zero-shot ranking quality on each fresh table (held out: the model never saw its task)
-    for task in args.tasks:
+    # 2. zero-shot ranking quality on each fresh table (held out: the model never saw its task); cheap, so
+    # for every task, also those whose replays were not asked for
+    for task in TASKS:
         src = sources_for(task, False)
         Xs = [x for s in src for x in s[0]]
         ys = [v for s in src for v in s[1]]
@@ -226,6 +229,8 @@ def main(argv=None) -> int:
                        for t in TARGETS},
                     "anytime": pooled_difference([anytime_regret(allruns[(n, label)]) for n in names],
                                                  [anytime_regret(allruns[(n, "asha-probe")]) for n in names])}
+        T["rows"] = {n: len(tables.get(n)[0]) for n in names}
+        T["partial"] = [n for n in names if tables.get(n)[3]["partial"]]
         res["tasks"][task] = T
         _write(out / "transfer.json", res)
     # 4. the decision: a transferred model becomes the default only if it beats the tuned ASHA-with-probe at
@@ -264,7 +269,10 @@ def markdown(res: dict) -> str:
         lines.append(f"| {n} | {s['transfer']:.3f} | {s['probe']:.3f} | {s['transfer_top_half']:.3f} | "
                      f"{s['probe_top_half']:.3f} |")
     for task, T in res["tasks"].items():
-        lines += ["", f"## {task} ({', '.join(T['tables'])})", "",
+        rows = T.get("rows", {})
+        part = set(T.get("partial", []))
+        lines += ["", f"## {task} (" + ", ".join(f"{n}: {rows.get(n, '?')} configurations"
+                                                  + (" (partial)" if n in part else "") for n in T["tables"]) + ")", "",
                   "| method | ERT 1 pt | success | ratio vs asha-probe at 1 pt [95% across tables] | ERT 2 pt | ratio at 2 pt "
                   "| anytime regret | Δ anytime vs asha-probe |", "|---|---|---|---|---|---|---|---|"]
         for label, m in T["methods"].items():

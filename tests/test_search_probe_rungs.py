@@ -108,9 +108,16 @@ def test_asha_probe_promotes_the_top_of_each_rung():
         # replay the log: every promotion was in the top floor(n/eta) of its rung at that moment
         seen = {0: [], 2: []}
         ups = {0: 0, 2: 0}
-        for kind, key, e in o.log:
+        n_pool = len(o.order)
+        for i, (kind, key, e) in enumerate(o.log):
             r = 0 if kind == "probe" else e
-            if kind == "train":
+            if kind == "train" and len(seen[0]) == n_pool:  # the pool is exhausted: the leftovers go up in
+                lower = {2: 0, 6: 2}[e]                      # order, the highest rung first
+                left = [c for c in seen[lower] if c not in {k for _, k, x in o.log[:i] if x == e}]
+                higher = [c for c in seen.get(2, []) if lower == 0 and c not in {k for _, k, x in o.log[:i] if x == 6}]
+                assert not higher
+                assert key == max(left, key=lambda c: o.rows[c]["full"]["val_accuracy"])
+            elif kind == "train":
                 lower = {2: 0, 6: 2}[e]
                 cands = seen[lower]
                 k = len(cands) // 3
@@ -122,6 +129,7 @@ def test_asha_probe_promotes_the_top_of_each_rung():
             if r in seen:
                 seen[r].append(key)
         assert a.promoted[0] == set(a.done[1]) and a.promoted[1] == set(a.done[2])
+        assert set(a.done[2]) == set(o.order)  # with budget to spare, every candidate ends fully trained
         assert o.trace.chosen == best_key(rows)
     # the initial pool: nothing goes up before `init` probes
     o = Recorder(rows, SPACE, seed=0, axis="epochs", budget=1e9)

@@ -597,7 +597,8 @@ class ASHA:
     best ⌊n/η⌋ of the n candidates its rung has finished and has not gone up yet; ``rule='quota'``
     also caps the promotions of a rung at ⌊n/η⌋ (a candidate that was promoted and later fell out
     of the top still counts). Nothing is promoted before `init` candidates have finished the
-    lowest rung. `scorer(asha, r, keys) -> {key: score}` may rank a rung by something other than
+    lowest rung. When no new candidate is left to draw, the best unpromoted candidate of the
+    highest rung that has one goes up (`leftover`), until every candidate is at the top. `scorer(asha, r, keys) -> {key: score}` may rank a rung by something other than
     its raw values (a meta-model, a curve extrapolator); by default the raw values."""
 
     def __init__(self, oracle, ladder: list, eta: int = 6, init: int = 0, rule: str = "asha", seed: int = 0,
@@ -633,7 +634,26 @@ class ASHA:
                 self.promoted[r].add(c)
                 self.run(c, r + 1)
                 return
-        self.run(check_key(self.o.draw(self.rng)), 0)
+        key = self.o.draw(self.rng)
+        if key is None:  # no untried candidate is left (a finite space, a benchmark table's pool)
+            c, r = self.leftover()
+            if c is None:
+                raise OutOfBudget()
+            self.promoted[r].add(c)
+            self.run(c, r + 1)
+            return
+        self.run(key, 0)
+
+    def leftover(self):
+        """Once nothing new can be drawn: the best candidate not yet promoted of the highest rung that has
+        one (as probe-rank trains the best untrained probe when none is left to probe), so the budget
+        is spent instead of stopping early; (None, None) when every candidate is at the top."""
+        for r in range(len(self.ladder) - 2, -1, -1):
+            cands = [c for c in self.done[r] if c not in self.promoted[r]]
+            if cands:
+                sc = self.scorer(self, r, cands) if self.scorer is not None else self.done[r]
+                return max(cands, key=lambda c: sc[c]), r  # ties: the first finished
+        return None, None
 
     def run(self, key, r: int) -> None:
         kind, x = self.ladder[r]
