@@ -333,10 +333,11 @@ def probe_meta(oracle, seed: int = 0, fidelity: str | None = None, meta: str = "
 class MFConfig:
     """Settings of the meta-model-led multi-fidelity search (`mf_search`).
 
-    The defaults were chosen on the benchmark's MLP table (60 paired seeds, regret at 25/50/100%
-    of the wall-clock budget; docs/search.md lists the variants tried) and checked on the CNN
-    table: the probe, then the full training, a sixth of the probed candidates promoted, and the
-    meta-model choosing which new candidates to probe."""
+    The class defaults are the settings first chosen on the original MLP table (tuned and ranked on
+    that same table). `run_method('mf', ...)` (the CLI, the API, the benchmark) overrides two of
+    them with `TUNED['mf']` — eta 9 and propose 0 (a uniformly drawn new candidate) — chosen on the
+    development tables mlp-dev and cnn-dev from eta ∈ {3, 6, 9} × propose ∈ {0, 16} (docs/search.md,
+    "Tuning log")."""
 
     ladder: list = field(default_factory=list)  # rungs; default: [probe at `fidelity`, full training]
     fidelity: str | None = None  # the probe rung (default: the oracle's first, the cheapest)
