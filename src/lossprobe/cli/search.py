@@ -120,14 +120,15 @@ def register(sub) -> None:
                    help="meta-model: extra trees, random forest, gradient boosting, bagged ridge, or rf/gbr by "
                    "cross-validation (default: %(default)s)")
     p.add_argument("--eta", type=positive_int, default=None, metavar="ETA",
-                   help="multi-fidelity methods: a rung promotes its best 1/ETA (default: 6 for mf and the "
-                   "probe-rung methods sh-probe, asha-probe, hyperband-probe; 3 for the others)")
+                   help="multi-fidelity methods: a rung promotes its best 1/ETA (defaults tuned on the search "
+                   "benchmark's development tables: 9 for mf and the probe-rung methods sh-probe, asha-probe, "
+                   "hyperband-probe; 6 for sh, hyperband, asha, bohb)")
     p.add_argument("--rungs", default=None, metavar="RUNGS",
                    help="sh-probe, asha-probe, hyperband-probe: the rungs, e.g. probe,full (the default: the probe, "
                    "then the full training) or probe,full@2,full (a pause after 2 epochs of the full training)")
     p.add_argument("--promotion", choices=("asha", "quota"), default=None,
-                   help="asha-probe: a rung promotes any of its top 1/ETA not yet promoted (asha, the default), or "
-                   "also at most 1/ETA of its candidates in all (quota)")
+                   help="asha-probe: a rung promotes any of its top 1/ETA not yet promoted (asha), or also at most "
+                   "1/ETA of its candidates in all (quota, the default: tuned on the development tables)")
     p.add_argument("--no-sharpness", action="store_true", help="method probe: leave the sharpness features out")
     p.add_argument("--seed", type=int, default=0, metavar="S",
                    help="seed of candidates, subsets, initialisations and the meta-model (default: %(default)s)")
