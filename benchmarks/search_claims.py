@@ -465,14 +465,15 @@ def _figures(out: Path, groups: dict, entries: dict, runs: dict) -> None:
     (out / "figures").mkdir(parents=True, exist_ok=True)
     for g, names in groups.items():
         fig, ax = plt.subplots(figsize=(7, 4.5))
-        for e in entries:
+        colors = plt.get_cmap("tab20")
+        for i, e in enumerate(entries):
             c = np.concatenate([regret_curves(runs[(n, e)], grid) for n in names])
             ax.plot(grid, c.mean(0), label=e, lw=2 if e in ("asha-probe", "probe-rank", "sh-probe") else 1,
-                    ls="-" if "@" not in e else "--")
+                    ls="-" if "@" not in e else "--", color=colors(i % 20))
         ax.set_yscale("log")
         ax.set_xlabel("budget spent (full trainings of CPU time)")
         ax.set_ylabel("mean regret (accuracy)")
-        ax.set_title(f"anytime regret on the fresh {g} tables ({', '.join(names)})")
+        ax.set_title(f"anytime regret, fresh {g} tables\n({', '.join(names)})", fontsize=9)
         ax.legend(fontsize=7, ncol=2)
         fig.tight_layout()
         fig.savefig(out / "figures" / f"anytime_regret_{g}.png", dpi=110)

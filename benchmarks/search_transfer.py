@@ -151,6 +151,17 @@ def main(argv=None) -> int:
         if lcpfn is not None:
             out_["asha-probe [probe, full@k, full] + LC-PFN"] = ("asha-probe", {
                 **resolve("asha-probe", curve_opts, rows, fid), "scorer_factory": lambda: CurveScorer(lcpfn)})
+        # the tuned paused rung is at epoch E/eta = 1, where a curve has one point and nothing can be
+        # extrapolated; so also a pause at half the training (MLP 3 of 6 epochs, spiral/digits 5 of 10; the
+        # CNN's 3 epochs give 1 again), ranked by its raw value, least squares and LC-PFN
+        E = len(rows[0]["full"]["val_curve"]) - 1
+        half = {**resolve("asha-probe", curve_opts, rows, fid), "rungs": f"probe,full@{max(1, E // 2)},full"}
+        out_["asha-probe [probe, full@E/2, full]"] = ("asha-probe", dict(half))
+        out_["asha-probe [probe, full@E/2, full] + least squares"] = ("asha-probe", {
+            **half, "scorer_factory": lambda: CurveScorer(least_squares_extrapolate)})
+        if lcpfn is not None:
+            out_["asha-probe [probe, full@E/2, full] + LC-PFN"] = ("asha-probe", {
+                **half, "scorer_factory": lambda: CurveScorer(lcpfn)})
         return out_
 
     def run(name, label, method, opts, seeds, tag=""):
