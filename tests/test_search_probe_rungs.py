@@ -73,7 +73,11 @@ def test_sh_probe_schedules():
     o = Recorder(rows, SPACE, seed=0, axis="epochs", budget=1e9)
     run_method("sh-probe", o, seed=0, fidelity=FID, rungs="probe,full", eta=3, n0=3)
     kinds = [(k, e) for k, _, e in o.log]
-    assert kinds == [("probe", 0)] * 3 + [("train", 6)] + ([("probe", 0)] * 3 + [("train", 6)]) * 11
+    assert kinds[:48] == [("probe", 0)] * 3 + [("train", 6)] + ([("probe", 0)] * 3 + [("train", 6)]) * 11
+    # the pool (36) is exhausted: the 24 probes not promoted are trained in order of their probe value
+    left = [k for _, k, _ in o.log[:48] if k not in {k for kind, k, _ in o.log[:48] if kind == "train"}]
+    assert kinds[48:] == [("train", 6)] * 24
+    assert [k for _, k, _ in o.log[48:]] == sorted(left, key=lambda k: -o.rows[k]["full"]["val_accuracy"])
     for b in range(12):  # in each bracket the trained candidate is the best of its three probes
         probed = [k for _, k, _ in o.log[4 * b: 4 * b + 3]]
         assert o.log[4 * b + 3][1] == max(probed, key=lambda k: o.rows[k]["full"]["val_accuracy"])
@@ -85,12 +89,15 @@ def test_sh_probe_schedules():
     assert [(k, e) for k, _, e in first] == [("probe", 0)] * 9 + [("train", 2)] * 3 + [("train", 6)]
     top3 = sorted((k for _, k, _ in first[:9]), key=lambda k: -o.rows[k]["full"]["val_accuracy"])[:3]
     assert [k for _, k, _ in first[9:12]] == top3 and first[12][1] == top3[0]
-    assert o.n_probes == 36 and len(o.trace.t) == 4 and o.trace.chosen == best_key(rows)
+    assert o.n_probes == 36 and o.trace.chosen == best_key(rows)
+    # then the leftovers, the highest rung first: the 8 paused at epoch 2 go to the end, then the rest
+    assert [(k, e) for k, _, e in o.log[52:60]] == [("train", 6)] * 8 and len(o.trace.t) == 36
     # eta 6 with an initial pool of 12: 12 probes, 2 trained
     o = Recorder(rows, SPACE, seed=0, axis="epochs", budget=1e9)
     run_method("sh-probe", o, seed=0, fidelity=FID, rungs="probe,full", eta=6, n0=12)
     assert [(k, e) for k, _, e in o.log[:14]] == [("probe", 0)] * 12 + [("train", 6)] * 2
-    assert len(o.trace.t) == 6 and o.trace.chosen == best_key(rows)
+    assert [(k, e) for k, _, e in o.log[14:42]] == ([("probe", 0)] * 12 + [("train", 6)] * 2) * 2
+    assert len(o.trace.t) == 36 and o.trace.chosen == best_key(rows)  # 3 brackets, then the leftovers
     # the default: [probe, full], eta 9, brackets of 2 × 9 probes (PROBE_RUNG_DEFAULTS)
     o = Recorder(rows, SPACE, seed=0, axis="epochs", budget=1e9)
     run_method("sh-probe", o, seed=0, fidelity=FID)

@@ -210,38 +210,84 @@ def bohb(oracle, seed: int = 0, eta: int = 3, n_startup: int = 10, **_) -> None:
 # --- synchronous successive halving and Hyperband on a ladder --------------------------------
 
 
-def _bracket(oracle, rng, ladder, start: int, n: int, eta: int) -> None:
-    keys = []
+class _Rungs:
+    """What the brackets of SH / Hyperband finished per rung, across brackets (for `_leftovers`)."""
+
+    def __init__(self, n_rungs: int):
+        self.done = [{} for _ in range(n_rungs)]  # rung -> {key: value}, in the order they finished
+        self.promoted = [set() for _ in range(n_rungs)]
+
+
+def _bracket(oracle, rng, ladder, start: int, n: int, eta: int, rec: _Rungs | None = None) -> bool:
+    """One bracket of `n` new candidates from rung `start`; False when the pool had fewer than `n`
+    untried candidates left (the bracket then ran with those it got)."""
+    keys, full = [], True
     for _ in range(n):
         oracle.clock.check()
-        keys.append(check_key(oracle.draw(rng)))
+        k = oracle.draw(rng)
+        if k is None:
+            full = False
+            break
+        keys.append(k)
     for r in range(start, len(ladder)):
-        vals = {k: run_rung(oracle, k, ladder[r]) for k in keys}
+        if not keys:
+            break
+        vals = {}
+        for k in keys:
+            vals[k] = run_rung(oracle, k, ladder[r])
+            if rec is not None:
+                rec.done[r][k] = vals[k]
         if r == len(ladder) - 1:
-            return
+            break
         keep = max(1, len(keys) // eta)
         keys = sorted(keys, key=lambda k: -vals[k])[:keep]  # stable: ties keep draw order
+        if rec is not None:
+            rec.promoted[r].update(keys)
+    return full
+
+
+def _leftovers(oracle, ladder, rec: _Rungs) -> None:
+    """Once no untried candidate is left (a finite space, a benchmark table's pool): the best candidate
+    not yet promoted of the highest rung that has one goes up, until the budget is spent or every
+    candidate is at the top — as ASHA's `leftover` and probe-rank do, instead of stopping early."""
+    while True:
+        oracle.clock.check()
+        for r in range(len(ladder) - 2, -1, -1):
+            cands = [c for c in rec.done[r] if c not in rec.promoted[r]]
+            if cands:
+                c = max(cands, key=lambda c: rec.done[r][c])  # ties: the first finished
+                rec.promoted[r].add(c)
+                rec.done[r + 1][c] = run_rung(oracle, c, ladder[r + 1])
+                break
+        else:
+            raise OutOfBudget()
 
 
 def successive_halving(oracle, seed: int = 0, ladder=None, eta: int = 3, n0: int | None = None, **_) -> None:
     """Brackets of synchronous successive halving, `n0` (default η^(rungs-1)) new candidates each,
-    the best 1/η of a rung going on, until the budget is spent."""
+    the best 1/η of a rung going on, until the budget is spent; once the pool is exhausted, the
+    leftovers go up (`_leftovers`)."""
     ladder = ladder or full_ladder(oracle.epochs, eta)
     rng = np.random.default_rng([seed, 3])
     n = int(n0) if n0 else eta ** (len(ladder) - 1)
-    while True:
-        _bracket(oracle, rng, ladder, 0, n, eta)
+    rec = _Rungs(len(ladder))
+    while _bracket(oracle, rng, ladder, 0, n, eta, rec):
+        pass
+    _leftovers(oracle, ladder, rec)
 
 
 def hyperband(oracle, seed: int = 0, ladder=None, eta: int = 3, **_) -> None:
-    """Hyperband's brackets (most aggressive first) over the ladder, cycled until the budget is spent."""
+    """Hyperband's brackets (most aggressive first) over the ladder, cycled until the budget is spent;
+    once the pool is exhausted, the leftovers go up (`_leftovers`)."""
     ladder = ladder or full_ladder(oracle.epochs, eta)
     rng = np.random.default_rng([seed, 4])
     s_max = len(ladder) - 1
+    rec = _Rungs(len(ladder))
     while True:
         for s in range(s_max, -1, -1):
             n = int(math.ceil((s_max + 1) / (s + 1) * eta**s))
-            _bracket(oracle, rng, ladder, s_max - s, n, eta)
+            if not _bracket(oracle, rng, ladder, s_max - s, n, eta, rec):
+                _leftovers(oracle, ladder, rec)
 
 
 # --- learning-curve extrapolation ------------------------------------------------------------
