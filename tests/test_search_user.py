@@ -248,7 +248,7 @@ def test_probe_features_and_every_method_on_a_user_model(files):
     for k in ("grad_norm", "sharpness_noise", "hessian_top", "val_acc", "val_loss"):
         assert np.isfinite(r.features[k]), k
     small = {"sh": {"eta": 3}, "hyperband": {"eta": 3}, "asha": {"eta": 3}, "bohb": {"eta": 3},
-             "sh-probe": {"eta": 3}, "hyperband-probe": {"eta": 3}, "asha-probe": {"eta": 3},
+             "sh-probe": {"eta": 3}, "hyperband-probe": {"eta": 3, "rungs": "probe,full"}, "asha-probe": {"eta": 3},
              "probe-rank": {"init_probes": 6}}  # the tuned defaults need more than this tiny budget
     for m in METHODS:
         oracle = LiveOracle(space, spec, "sqlite:///:memory:", fraction=0.25, probe_epochs=1, budget=5.5)

@@ -596,7 +596,7 @@ def mf_search(oracle, seed: int = 0, fidelity: str | None = None, **kw) -> MFSea
 PROBE_RUNG_DEFAULTS = {
     "sh-probe": {"rungs": "probe,full", "eta": 9, "pool": 2},  # brackets of pool × eta^(rungs-1) candidates
     "asha-probe": {"rungs": "probe,full", "eta": 9, "init": 0, "rule": "quota"},
-    "hyperband-probe": {"rungs": "probe,full", "eta": 9},
+    "hyperband-probe": {"rungs": "probe,full@auto,full", "eta": 9},  # full@auto: a pause after E/eta epochs
 }
 
 
