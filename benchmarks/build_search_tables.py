@@ -20,7 +20,7 @@ from pathlib import Path
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("tables", nargs="+", choices=("mlp", "cnn"))
+    p.add_argument("tables", nargs="+", help="mlp, cnn, or FAMILY-ROLE tables of issue 26 (mlp-dev, mlp-fresh1, cnn-dev, mlp-live, spiral-dev, ...)")
     p.add_argument("--dir", default="runs/search-tables", help="parent directory of the tables")
     p.add_argument("--size", type=int, default=None, help="rows (default: the benchmark's size per table)")
     p.add_argument("--limit-hours", type=float, default=None, help="stop starting new rows after this long")

@@ -150,11 +150,11 @@ def test_rung_promotion_finds_the_known_best_configuration():
     assert ladder == [("probe", FID), ("full", 3), ("full", 4)]
     # synchronous successive halving: 9 probed, 3 trained to epoch 3, 1 to the end, per bracket
     o = CountingOracle(rows, SPACE, seed=0, axis="epochs", budget=1e9)
-    with pytest.raises(OutOfBudget):  # 27 rows = 3 brackets, then no candidate is left
+    with pytest.raises(OutOfBudget):  # 27 rows = 3 brackets, then the leftovers, then nothing is left
         successive_halving(o, seed=0, ladder=ladder)
-    assert o.n_probe == 27 and len(o.trace.t) == 3
-    assert sorted(o.progress.values()).count(3) == 6 and sorted(o.progress.values()).count(4) == 3
-    assert best in o.trace.keys and o.trace.chosen == best
+    assert o.n_probe == 27 and best in o.trace.keys[:3] and o.trace.chosen == best
+    # the leftovers go up until every candidate is fully trained (their order: test_search_probe_rungs)
+    assert len(o.trace.t) == 27 and sorted(o.progress.values()) == [4] * 27
     # the meta-model-led loop: a candidate goes up only when it is in its rung's top 1/eta
     o = TableOracle(rows, SPACE, seed=0, axis="epochs", budget=1e9)
     s = MFSearch(o, MFConfig(fidelity=FID, eta=3, min_fit=2, seed=0))
@@ -173,8 +173,8 @@ def test_statistics_helpers():
     assert nc["n"] == 40 and nc["spearman"][0] > 0.9
     b = budget_to_regret(np.array([[0.2, 0.05, 0.0], [0.2, 0.2, 0.2]]), np.array([1.0, 2.0, 3.0]), 0.05)
     assert b[0] == 2.0 and np.isinf(b[1])
-    assert set(BASELINES) == {"random", "tpe", "sh", "hyperband", "sh-probe", "hyperband-probe", "asha", "bohb", "lce",
-                              "probe-rank"}
+    assert set(BASELINES) == {"random", "tpe", "sh", "hyperband", "sh-probe", "asha-probe", "hyperband-probe", "asha",
+                              "bohb", "lce", "probe-rank"}
     # ERT: (2 + 4 + 10 censored at the budget) / 2 successes; Kaplan-Meier median
     assert ert([2.0, 4.0, math.inf], 10.0) == pytest.approx(8.0)
     assert ert([math.inf, math.inf], 10.0) == math.inf

@@ -119,7 +119,7 @@ def test_cli_features_and_method_are_recorded(tmp_path, capsys):
     base = ["search", "--space", str(space), "--dataset", "spiral", "--budget", "6", "--fraction", "0.25"]
     assert main(base + ["--features", "hessians", "--out", str(tmp_path / "bad")]) == 2
     assert "unknown probe feature family 'hessians'" in capsys.readouterr().err
-    assert main(base + ["--features", "grad_norm", "--out", str(tmp_path / "a")]) == 0
+    assert main(base + ["--features", "grad_norm", "--init-probes", "6", "--out", str(tmp_path / "a")]) == 0
     s = json.loads((tmp_path / "a" / "summary.json").read_text())
     assert s["features"] == ["curve", "grad_norm"]
     assert s["method"] == DEFAULT_METHOD and s["method_is_default"] and s["default_method"] == DEFAULT_METHOD
@@ -128,6 +128,6 @@ def test_cli_features_and_method_are_recorded(tmp_path, capsys):
     st = optuna.load_study(study_name="search-probes", storage=f"sqlite:///{tmp_path / 'a' / 'search.db'}")
     feats = [t.user_attrs["features"] for t in st.trials]
     assert feats and all("grad_norm" in f and "hessian_top" not in f for f in feats)
-    assert main(base + ["--method", "sh", "--out", str(tmp_path / "b")]) == 0
+    assert main(base + ["--method", "sh", "--eta", "3", "--out", str(tmp_path / "b")]) == 0
     s = json.loads((tmp_path / "b" / "summary.json").read_text())
     assert s["method"] == "sh" and not s["method_is_default"] and s["n_probes"] == 0

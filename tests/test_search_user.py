@@ -160,7 +160,7 @@ def test_metric_objective_is_maximised_in_its_units(tmp_path):
         return -(out - y).abs().mean(1)
 
     res = lp.search.run(lambda: nn.Linear(8, 1), train, REGRESSION_SPACE, loss="mse", objective=neg_abs_error,
-                        budget=10, fraction=0.5, out=tmp_path / "m", verbose=False)
+                        budget=10, fraction=0.5, init_probes=6, out=tmp_path / "m", verbose=False)
     assert res.direction == "max" and res.objective == "neg_abs_error" and res.val_value < 0
     assert res.test_value is None and res.test == {"evaluated": False, "why": "no test data was given"}
     full = [e["value"] for e in res.history if e["kind"] == "full"]
@@ -190,7 +190,7 @@ def test_classifier_builder_takes_width_and_dropout_from_the_model_table(files, 
     out = files / "run"
     rc = main(["search", "--space", str(files / "space.toml"), "--model", f"{files / 'models.py'}:mlp",
                "--data", str(files / "blobs.npz"), "--test-data", str(files / "blobs-test.npz"), "--budget", "12",
-               "--fraction", "0.5", "--out", str(out)])
+               "--fraction", "0.5", "--init-probes", "6", "--out", str(out)])
     assert rc == 0
     printed = capsys.readouterr().out
     assert "val accuracy" in printed and "test accuracy" in printed
@@ -227,7 +227,7 @@ TAGGER_SPACE = {"model": {"dim": {"choices": [8, 16]}},
 
 def test_dict_batches_with_the_models_own_loss(files):
     res = lp.search.run(f"{files / 'models.py'}:tagger", str(files / "topics.pt"), TAGGER_SPACE, loss="model",
-                        budget=8, fraction=0.5, method="sh-probe", out=files / "tag", verbose=False)
+                        budget=8, fraction=0.5, method="sh-probe", eta=3, out=files / "tag", verbose=False)
     assert res.objective == "accuracy" and 0.5 < res.val_value <= 1  # 3 topics: chance is 1/3
     assert set(res.values) == {"dim", "lr", "weight_decay", "warmup_epochs"}
     assert 0 <= res.train_config["warmup_epochs"] <= 1 and res.train_config["optimizer"] == "adamw"
@@ -247,9 +247,12 @@ def test_probe_features_and_every_method_on_a_user_model(files):
     r = probe(space, space.sample(0), task, 0.5, 1, seed=2, families="all")
     for k in ("grad_norm", "sharpness_noise", "hessian_top", "val_acc", "val_loss"):
         assert np.isfinite(r.features[k]), k
+    small = {"sh": {"eta": 3}, "hyperband": {"eta": 3}, "asha": {"eta": 3}, "bohb": {"eta": 3},
+             "sh-probe": {"eta": 3}, "hyperband-probe": {"eta": 3, "rungs": "probe,full"}, "asha-probe": {"eta": 3},
+             "probe-rank": {"init_probes": 6}}  # the tuned defaults need more than this tiny budget
     for m in METHODS:
         oracle = LiveOracle(space, spec, "sqlite:///:memory:", fraction=0.25, probe_epochs=1, budget=5.5)
-        trace = run_method(m, oracle, seed=0)
+        trace = run_method(m, oracle, seed=0, **small.get(m, {}))
         assert trace.chosen is not None and oracle.clock.spent <= 5.5 + 1e-9, m
         assert 0 <= max(trace.values) <= 1, m
 

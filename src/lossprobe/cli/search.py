@@ -32,15 +32,13 @@ from lossprobe.search.engine import (
     default_storage,
     storage_error,
 )
-from lossprobe.search.loop import LoopConfig, probe_search
-from lossprobe.search.methods import DEFAULT_METHOD, METHODS, run_method
+from lossprobe.search.methods import DEFAULT_METHOD, DEFAULT_METHOD_TEXT, METHODS
 from lossprobe.search.probes import DEFAULT_FAMILIES, FAMILIES, parse_families
 from lossprobe.search.space import load_space
-from lossprobe.search.tune import parse_budget
+from lossprobe.search.tune import DEFAULT_BUDGET, budget_of, loop_config, method_options, run_live
 from lossprobe.search.tune import run as run_user_search
 
-USER_ONLY = ("data", "val_data", "test_data", "probe_data", "forward", "objective", "direction", "val_fraction",
-             "probe_split")
+USER_ONLY = ("data", "val_data", "test_data", "probe_data", "forward", "objective", "direction", "val_fraction")
 
 
 def register(sub) -> None:
@@ -50,15 +48,17 @@ def register(sub) -> None:
         description="Search the space for the configuration with the best final validation accuracy (or your "
         "objective). Your own model: --model file.py:build --data TRAIN, with a space whose [model] table holds the "
         "builder's arguments and whose [train] table holds fit's options (docs/search.md); without --model, the "
-        f"built-in mlp/cnn on --dataset. The default method ('{DEFAULT_METHOD}') is the one the search benchmark "
-        "measured best in wall-clock regret on both of its tables (docs/search.md); --method picks another. The "
+        f"built-in mlp/cnn on --dataset. The default method, '{DEFAULT_METHOD}', is {DEFAULT_METHOD_TEXT}; "
+        "docs/search.md says how it was chosen and what it was measured against; --method picks another. Probes are "
+        "evaluated on a split carved from the training data (--probe-split), never on the selection split. The "
         "test set is read once, for the chosen configuration. Trials live in Optuna studies, so a killed search "
         "resumes when the same command is run again.",
     )
     p.add_argument("--space", required=True, metavar="TOML",
                    help="search space file (see examples/space.toml; with --model, examples/space_regression.toml)")
     p.add_argument("--method", choices=list(METHODS), default=DEFAULT_METHOD,
-                   help="search method (default: %(default)s, the benchmark's measured best; see docs/search.md)")
+                   help=f"search method (default: %(default)s: {DEFAULT_METHOD_TEXT.replace('%', '%%')}; see "
+                   "docs/search.md)")
     p.add_argument("--model", default=None, metavar="SPEC",
                    help="your model builder: path/to/file.py:function or module:function (key=value arguments may "
                    "follow), called with the space's [model] values; each worker imports it itself")
@@ -85,8 +85,8 @@ def register(sub) -> None:
                    help="with --model and no --val-data: share of the training data carved off for selection "
                    "(default: %(default)s)")
     p.add_argument("--probe-split", type=positive_float, default=0.1, metavar="F",
-                   help="with --model and no --probe-data: share of the training data carved off for evaluating "
-                   "probes (default: %(default)s)")
+                   help="share of the training data carved off (seeded) for evaluating probes, so that probes never "
+                   "see the selection split; with --model, when no --probe-data is given (default: %(default)s)")
     p.add_argument("--dataset", default=None, metavar="NAME",
                    help="built-in mlp/cnn only: fashion-mnist, cifar10:DIR or cifar100:DIR (python-pickle batches in "
                    "DIR), or spiral (tiny synthetic) (default: fashion-mnist)")
@@ -95,9 +95,11 @@ def register(sub) -> None:
     p.add_argument("--n-val", type=positive_int, default=None, metavar="N",
                    help="built-in mlp/cnn only: select on a seeded subset of N validation images (default: all)")
     p.add_argument("--budget", default=None, metavar="B",
-                   help="total budget: full-data epochs, probes included (e.g. 60: a probe costs fraction × epochs), "
-                   "or wall-clock time (90s, 15m, 2h: everything measured, meta-model included; no new work starts "
-                   "after it) (default: 10 full trainings in epochs)")
+                   help="total budget, everything measured (probes, trainings, meta-model) and no new work started "
+                   "after it: full trainings of measured time (20x: 20 × the median measured time of the full "
+                   "trainings finished so far), or wall-clock time (90s, 15m, 2h); a plain number is full-data "
+                   f"epochs, probes included (a probe costs fraction × epochs) (default: {DEFAULT_BUDGET}, the search "
+                   "benchmark's budget)")
     p.add_argument("--fraction", type=positive_float, default=0.1, metavar="F",
                    help="fraction of the training data a probe trains on, in (0, 1] (default: %(default)s)")
     p.add_argument("--probe-epochs", type=positive_int, default=1, metavar="E",
@@ -105,10 +107,13 @@ def register(sub) -> None:
     p.add_argument("--features", default="default", metavar="NAMES",
                    help=f"probe feature families to compute, by name: {', '.join(FAMILIES)} (comma-separated), "
                    f"'all', or 'default' ({', '.join(DEFAULT_FAMILIES)}: those that paid for their measured cost)")
-    p.add_argument("--init-probes", type=positive_int, default=12, metavar="N",
-                   help="method probe: candidates probed before the first full training (default: %(default)s)")
-    p.add_argument("--probes-per-round", type=positive_int, default=6, metavar="N",
-                   help="method probe: new candidates probed before each further full training (default: %(default)s)")
+    p.add_argument("--init-probes", type=positive_int, default=None, metavar="N",
+                   help="methods probe-rank, probe, mf: candidates probed before the first full training (default: "
+                   "24 for probe-rank, 12 for the others); asha-probe: probes before anything is promoted (default: 0, "
+                   "plain ASHA)")
+    p.add_argument("--probes-per-round", type=positive_int, default=None, metavar="N",
+                   help="methods probe-rank, probe: new candidates probed before each further full training (default: "
+                   "9 for probe-rank, 6 for probe)")
     p.add_argument("--init-full", type=positive_int, default=3, metavar="N",
                    help="method probe: full trainings chosen by probe val accuracy before the meta-model is used (default: %(default)s)")
     p.add_argument("--kappa", type=finite_float, default=None, metavar="K",
@@ -117,7 +122,15 @@ def register(sub) -> None:
                    help="meta-model: extra trees, random forest, gradient boosting, bagged ridge, or rf/gbr by "
                    "cross-validation (default: %(default)s)")
     p.add_argument("--eta", type=positive_int, default=None, metavar="ETA",
-                   help="multi-fidelity methods: a rung promotes its best 1/ETA (default: 6 for mf, 3 for the others)")
+                   help="multi-fidelity methods: a rung promotes its best 1/ETA (defaults tuned on the search "
+                   "benchmark's development tables: 9 for mf and the probe-rung methods sh-probe, asha-probe, "
+                   "hyperband-probe; 6 for sh, hyperband, asha, bohb)")
+    p.add_argument("--rungs", default=None, metavar="RUNGS",
+                   help="sh-probe, asha-probe, hyperband-probe: the rungs, e.g. probe,full (the default: the probe, "
+                   "then the full training) or probe,full@2,full (a pause after 2 epochs of the full training)")
+    p.add_argument("--promotion", choices=("asha", "quota"), default=None,
+                   help="asha-probe: a rung promotes any of its top 1/ETA not yet promoted (asha), or also at most "
+                   "1/ETA of its candidates in all (quota, the default: tuned on the development tables)")
     p.add_argument("--no-sharpness", action="store_true", help="method probe: leave the sharpness features out")
     p.add_argument("--seed", type=seed_int, default=0, metavar="S",
                    help="seed of candidates, subsets, initialisations and the meta-model (default: %(default)s)")
@@ -152,20 +165,18 @@ def run(args) -> int:
     if args.address and args.backend != "ray":
         raise UserError("--address needs --backend ray")
     families = parse_families(args.features)
-    if args.budget is None:
-        budget, axis = 10.0 * space.epochs, "epochs"
-    else:
-        budget, axis = parse_budget(args.budget)
-    if axis == "epochs" and budget < space.epochs:
-        raise UserError(f"--budget {budget:g} is less than one full training ({space.epochs} epochs); give at least "
-                        f"{space.epochs + args.fraction * args.probe_epochs:g}")
+    bud = budget_of(args.budget, space.epochs, args.fraction, args.probe_epochs)
+    budget, axis = bud.value, bud.axis
+    if not args.probe_split < 1:
+        raise UserError(f"--probe-split must be below 1, got {args.probe_split}")
     kappa = args.kappa if args.kappa is not None else (1.0 if args.method == "probe" else 0.0)
-    loop_cfg = LoopConfig(budget=budget, probes_per_round=args.probes_per_round, init_probes=args.init_probes,
-                          init_full=args.init_full if args.method != "probe-rank" else 10**9, kappa=kappa,
-                          meta=args.meta, sharpness=not args.no_sharpness, seed=args.seed)
-    spec = TaskSpec(args.dataset, args.n_train, args.n_val, args.seed)
+    loop_cfg = loop_config(args.method, bud, args.init_probes, args.probes_per_round, args.init_full, kappa,
+                           args.meta, not args.no_sharpness, args.seed)
+    spec = TaskSpec(args.dataset, args.n_train, args.n_val, args.seed, probe_split=args.probe_split)
+    opts = method_options(args.method, args.eta, args.rungs, args.init_probes, args.promotion, kappa, args.meta)
     method_cfg = {"method": args.method, "budget": budget, "axis": axis, "families": list(families), "eta": args.eta,
-                  "kappa": kappa, "meta": args.meta}
+                  "kappa": kappa, "meta": args.meta,
+                  **({"options": opts} if set(opts) - {"eta", "kappa", "meta"} else {})}
     config = {"space": space.to_dict(), "task": dataclasses.asdict(spec), "loop": dataclasses.asdict(loop_cfg),
               "fraction": args.fraction, "probe_epochs": args.probe_epochs, "storage": args.storage,
               "study_name": args.study_name, **method_cfg}
@@ -182,10 +193,10 @@ def run(args) -> int:
               f"test acc {ch['test_accuracy']:.4f} (the test set is not read again); see {rd.path}")
         return 0
     storage = args.storage or default_storage(rd.path)
-    unit = "s" if axis == "seconds" else " epochs"
+    unit = bud.unit
 
     def on_job(e):
-        head = f"[{e['spent']:8.1f}/{budget:g}{unit}]"
+        head = f"[{e['spent']:8.1f}/{budget:g}{unit}]" if axis != "trainings" else f"[{e['spent']:8.1f}s/{budget:g}x]"
         again = " (stored)" if e["reused"] else ""
         if e["kind"] == "probe":
             print(f"{head} probe #{e['key']:<4d} val acc {e['value']:.4f} ({e['seconds']:.2f} s){again}", flush=True)
@@ -206,8 +217,8 @@ def run(args) -> int:
         oracle = LiveOracle(space, spec, storage, args.study_name, args.fraction, args.probe_epochs, args.seed,
                             executor, checkpoint_dir=rd.subdir("checkpoints"),
                             settings={"loop": dataclasses.asdict(loop_cfg), **method_cfg}, on_job=on_job,
-                            families=families, axis=axis, budget=budget, on_wait=on_wait)
-        return _search(args, rd, space, task, loop_cfg, budget, unit, axis, kappa, storage, oracle)
+                            families=families, on_wait=on_wait, **bud.oracle_kwargs())
+        return _search(args, rd, space, task, loop_cfg, bud, opts, storage, oracle)
     except Exception as e:
         if type(e).__module__.startswith("sqlalchemy"):  # the storage failed part-way: one line
             raise storage_error(e, storage) from None
@@ -217,24 +228,19 @@ def run(args) -> int:
             oracle.close()
 
 
-def _search(args, rd, space, task, loop_cfg, budget, unit, axis, kappa, storage, oracle) -> int:
+def _search(args, rd, space, task, loop_cfg, bud, opts, storage, oracle) -> int:
     families = oracle.families
+    budget, unit, axis = bud.value, bud.unit, bud.axis
     if oracle.reused["probes"] or oracle.reused["full"]:
         print(f"resuming: {oracle.reused['probes']} probes and {oracle.reused['full']} full trainings already in {storage}")
+    pv = task.probe_val
     print(f"searching {len(space.params)} hyperparameters on {args.dataset} ({len(task.train)} train, "
-          f"{len(task.val)} val images) with '{args.method}'{' (default)' if args.method == DEFAULT_METHOD else ''}; "
-          f"budget {budget:g}{unit}; probe = {args.fraction:g} of the data × {args.probe_epochs} epochs "
+          f"{len(task.val)} val, {len(pv) if pv is not None else 0} probe images) with '{args.method}'"
+          f"{' (default)' if args.method == DEFAULT_METHOD else ''}; budget {bud.describe()}; probe = "
+          f"{args.fraction:g} of the training images × {args.probe_epochs} epochs, evaluated on the probe split "
           f"(features: {', '.join(families)}), full training = {space.epochs} epochs")
     t0 = time.perf_counter()
-    predictions = None
-    if args.method in ("probe", "probe-rank"):
-        result = probe_search(oracle, loop_cfg)
-        predictions = result
-    else:
-        opts = {"eta": args.eta} if args.eta else {}
-        if args.method == "mf":
-            opts.update(kappa=kappa, meta=args.meta)
-        run_method(args.method, oracle, seed=args.seed, **opts)
+    predictions = run_live(args.method, oracle, loop_cfg, args.seed, opts)
     ch = oracle.trace.chosen
     if ch is None:
         raise UserError(f"the budget ({budget:g}{unit}) ended before any full training finished; give a larger --budget")
@@ -250,8 +256,8 @@ def _search(args, rd, space, task, loop_cfg, budget, unit, axis, kappa, storage,
     full = [e for e in events if e["kind"] == "full"]
     rd.save_json("events.json", events)
 
-    figs = [plot_search_progress(events, budget, rd.figures, args.dataset,
-                                 xlabel="budget spent (s)" if axis == "seconds" else None)]
+    figs = [plot_search_progress(events, budget if axis != "trainings" else oracle.clock.budget, rd.figures,
+                                 args.dataset, xlabel="budget spent (s)" if axis != "epochs" else None)]
     if predictions is not None:
         pf = [e for e in predictions.events if e.kind == "full"]
         rd.save_json("predictions.json", {
@@ -271,7 +277,7 @@ def _search(args, rd, space, task, loop_cfg, budget, unit, axis, kappa, storage,
     rd.save_json("summary.json", summary)
     rd.write_text("report.md",
         f"# Hyperparameter search on {args.dataset} ({args.method})\n\n"
-        f"Budget {budget:g}{unit} ({oracle.clock.spent:.1f} spent): {summary['n_probes']} probes, "
+        f"Budget {bud.describe()} ({oracle.clock.spent:.1f}{' s' if axis != 'epochs' else ''} spent): {summary['n_probes']} probes, "
         f"{len(full)} full trainings.\n\nChosen: candidate #{ch} `{oracle.values(ch)}`, validation accuracy "
         f"**{val_acc:.4f}**, test accuracy **{test_acc:.4f}** (test set read once, after selection).\n\n"
         + "".join(f"![{n}](figures/{n}.png)\n\n" for n in figs))
@@ -284,7 +290,7 @@ def _search(args, rd, space, task, loop_cfg, budget, unit, axis, kappa, storage,
     return 0
 
 
-_DEFAULTS = {"objective": "accuracy", "val_fraction": 0.2, "probe_split": 0.1}
+_DEFAULTS = {"objective": "accuracy", "val_fraction": 0.2}
 
 
 def p_default(option: str):
@@ -309,5 +315,5 @@ def _run_user(args) -> int:
         backend=args.backend, address=args.address, num_cpus=args.num_cpus, ray_timeout=args.ray_timeout,
         eta=args.eta, kappa=args.kappa, meta=args.meta, init_probes=args.init_probes,
         probes_per_round=args.probes_per_round, init_full=args.init_full, sharpness=not args.no_sharpness,
-        force=args.force, verbose=True)
+        rungs=args.rungs, promotion=args.promotion, force=args.force, verbose=True)
     return 0

@@ -42,7 +42,7 @@ from lossprobe.results.atomic import save_safetensors
 from lossprobe.runtime.cluster import Executor
 from lossprobe.search.claims import Claims, engine_kwargs
 from lossprobe.search.oracle import AXES, Clock, Trace
-from lossprobe.search.probes import make_task, parse_families, probe, train_full
+from lossprobe.search.probes import PROBE_SPLIT, make_task, parse_families, probe, train_full
 from lossprobe.search.space import SearchSpace, space_from_dict
 from lossprobe.search.table import fidelity_key
 from lossprobe.training.checkpoints import apply_state_dict, load_checkpoint, save_checkpoint
@@ -59,13 +59,14 @@ class TaskSpec:
     n_train: int | None = None
     n_val: int | None = None
     seed: int = 0
+    probe_split: float | None = PROBE_SPLIT  # carved from the training data for probes (None: the validation split)
 
     def load(self):
-        key = (self.dataset, self.n_train, self.n_val, self.seed)
+        key = (self.dataset, self.n_train, self.n_val, self.seed, self.probe_split)
         if key not in _TASKS:
 
             _TASKS.clear()  # keep one data set per process
-            _TASKS[key] = make_task(self.dataset, self.n_train, self.n_val, self.seed)
+            _TASKS[key] = make_task(self.dataset, self.n_train, self.n_val, self.seed, probe_split=self.probe_split)
         return _TASKS[key]
 
 
@@ -196,6 +197,10 @@ class LiveOracle:
             budget is never overrun) or 'seconds' (measured wall time, meta-model work
             included; no new work starts once the budget is spent).
         budget: the clock's budget in the axis' unit.
+        budget_trainings: on the 'seconds' axis, a budget of this many full trainings of measured
+            time instead: the clock's budget is this many times the median measured seconds of the
+            full trainings finished so far (unbounded until the first one finishes), as the search
+            benchmark's budget is a number of median full trainings of its table.
 
     Several processes (workers) may share one storage: each piece of work is claimed first
     (`lossprobe.search.claims`), so no candidate is probed or trained twice and the sealed
@@ -208,7 +213,7 @@ class LiveOracle:
                  fraction: float = 0.2, probe_epochs: int = 2, seed: int = 0, executor: Executor | None = None,
                  checkpoint_dir: str | os.PathLike | None = None, settings: dict | None = None,
                  on_job=None, fidelities: list | None = None, families=None, axis: str = "epochs",
-                 budget: float = float("inf"), timer=None, on_wait=None):
+                 budget: float = float("inf"), timer=None, on_wait=None, budget_trainings: float | None = None):
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         if axis not in AXES:
@@ -223,6 +228,13 @@ class LiveOracle:
         self.families = parse_families(families)
         self.epochs = int(space.epochs)
         self.events: list[dict] = []  # every probe and training step with the budget spent after it
+        if budget_trainings is not None:
+            if axis != "seconds" or not budget_trainings > 0:
+                raise UserError("a budget in full trainings needs the 'seconds' axis and a positive number")
+            budget = float("inf")
+        self.budget_trainings = budget_trainings
+        self.full_seconds: list[float] = []  # measured seconds of each finished full training
+        self._train_seconds: dict = {}  # key -> measured seconds of its full training so far
         self.clock = Clock(budget, timer=timer or time.perf_counter, measure=axis == "seconds")
         self.trace = Trace()
         self.executor = executor or Executor()
@@ -426,7 +438,11 @@ class LiveOracle:
         self.clock.charge(float(epoch - done) if self.axis == "epochs" else float(seconds), "train")
         self.progress[key] = epoch
         self.curves[key] = list(curve)
+        self._train_seconds[key] = self._train_seconds.get(key, 0.0) + float(seconds)
         if epoch == self.epochs:
+            self.full_seconds.append(self._train_seconds[key])
+            if self.budget_trainings is not None:  # the budget follows the measured time of a full training
+                self.clock.budget = float(self.budget_trainings * np.median(self.full_seconds))
             self.trace.add(self.clock.spent, key, curve[-1])
         self._emit({"kind": "full" if epoch == self.epochs else "train", "key": key, "epoch": epoch,
                     "spent": self.clock.spent, "value": curve[-1], "seconds": seconds, "reused": reused})

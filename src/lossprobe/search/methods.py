@@ -14,7 +14,10 @@ Methods (``METHODS``):
 * ``tpe``               Optuna TPE, told the configuration it was actually given
 * ``sh``, ``hyperband`` synchronous successive halving / Hyperband over full-training epochs
                         (rungs 1, 3, 9, ... epochs, η = 3), uniformly drawn candidates
-* ``sh-probe``, ``hyperband-probe``  the same, with the lowest rung replaced by the probe
+* ``sh-probe``, ``asha-probe``, ``hyperband-probe``  successive halving, ASHA and Hyperband whose
+                        lowest rung is the probe: rungs ``probe,full`` or ``probe,full@K,full``
+                        (option ``rungs``), a rung promotes its best 1/η (option ``eta``; defaults
+                        in `PROBE_RUNG_DEFAULTS`, tuned on the benchmark's development tables)
 * ``asha``              asynchronous successive halving (Optuna's SuccessiveHalvingPruner)
 * ``bohb``              Optuna TPE with the Hyperband pruner (the BOHB-style combination)
 * ``lce``               learning-curve extrapolation: each candidate trains epoch by epoch and
@@ -65,6 +68,40 @@ def probe_ladder(epochs: int, fidelity: str, eta: int = 3) -> list[tuple]:
     """The full-epoch ladder with its lowest rung replaced by the probe at `fidelity`."""
     fr = full_rungs(epochs, eta)
     return [("probe", fidelity)] + [("full", r) for r in (fr[1:] if len(fr) > 1 else fr)]
+
+
+def parse_rungs(rungs, epochs: int, fidelity: str, eta: int = 3) -> list[tuple]:
+    """The ladder of a probe-rung method from its ``rungs`` option.
+
+    ``rungs`` is a comma-separated list (or a list of strings): ``probe`` (the probe at
+    `fidelity`), ``full@K`` (the full training paused after epoch K), ``full@auto`` (epoch
+    round(epochs / eta), at least 1) and ``full`` (the last epoch), e.g. ``'probe,full'`` or
+    ``'probe,full@2,full'``. The first rung is the probe, the last the full training, and the
+    full-training epochs in between increase. ``None`` is ``'probe,full'``."""
+    spec = "probe,full" if rungs is None else rungs
+    names = [t.strip() for t in (spec.split(",") if isinstance(spec, str) else spec) if str(t).strip()]
+    if len(names) < 2 or names[0] != "probe" or names[-1] != "full":
+        raise UserError(f"rungs '{spec}': give the probe first and the full training last, e.g. 'probe,full' or "
+                        "'probe,full@2,full'")
+    ladder, last = [("probe", fidelity)], 0
+    for t in names[1:]:
+        if t == "full":
+            k = int(epochs)
+        elif t == "full@auto":
+            k = max(1, int(round(epochs / eta)))
+        elif t.startswith("full@") and t[5:].isdigit():
+            k = int(t[5:])
+        else:
+            raise UserError(f"rungs '{spec}': unknown rung '{t}'; use probe, full@K (K epochs of the full training), "
+                            "full@auto or full")
+        if not last < k <= epochs or (t != "full" and k == epochs):
+            if t == "full@auto" and k >= epochs:
+                continue  # a training too short to pause: the rung is left out
+            raise UserError(f"rungs '{spec}': full-training rungs must increase and stay below the {epochs} epochs "
+                            f"of a full training, got '{t}'")
+        ladder.append(("full", k))
+        last = k
+    return ladder
 
 
 def run_rung(oracle, key, rung) -> float:
@@ -128,10 +165,10 @@ def _row_sampler(oracle, inner, rng):
     return RowSampler()
 
 
-def _optuna_search(oracle, seed: int, name: str, tpe: bool, pruner) -> None:
+def _optuna_search(oracle, seed: int, name: str, tpe: bool, pruner, n_startup: int = 10) -> None:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    inner = optuna.samplers.TPESampler(seed=seed) if tpe else None
+    inner = optuna.samplers.TPESampler(seed=seed, n_startup_trials=int(n_startup)) if tpe else None
     sampler = _row_sampler(oracle, inner, np.random.default_rng([seed, 2]))
     # a fixed name: Optuna's Hyperband assigns brackets by a hash of the study name
     study = optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner, study_name=f"{name}-{seed}")
@@ -153,8 +190,8 @@ def _optuna_search(oracle, seed: int, name: str, tpe: bool, pruner) -> None:
             study.tell(trial, v)
 
 
-def tpe_search(oracle, seed: int = 0, **_) -> None:
-    _optuna_search(oracle, seed, "tpe", True, None)
+def tpe_search(oracle, seed: int = 0, n_startup: int = 10, **_) -> None:
+    _optuna_search(oracle, seed, "tpe", True, None, n_startup)
 
 
 def asha(oracle, seed: int = 0, eta: int = 3, **_) -> None:
@@ -163,45 +200,94 @@ def asha(oracle, seed: int = 0, eta: int = 3, **_) -> None:
                    optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=eta))
 
 
-def bohb(oracle, seed: int = 0, eta: int = 3, **_) -> None:
+def bohb(oracle, seed: int = 0, eta: int = 3, n_startup: int = 10, **_) -> None:
 
     _optuna_search(oracle, seed, "bohb", True,
-                   optuna.pruners.HyperbandPruner(min_resource=1, max_resource=oracle.epochs, reduction_factor=eta))
+                   optuna.pruners.HyperbandPruner(min_resource=1, max_resource=oracle.epochs, reduction_factor=eta),
+                   n_startup)
 
 
 # --- synchronous successive halving and Hyperband on a ladder --------------------------------
 
 
-def _bracket(oracle, rng, ladder, start: int, n: int, eta: int) -> None:
-    keys = []
+class _Rungs:
+    """What the brackets of SH / Hyperband finished per rung, across brackets (for `_leftovers`)."""
+
+    def __init__(self, n_rungs: int):
+        self.done = [{} for _ in range(n_rungs)]  # rung -> {key: value}, in the order they finished
+        self.promoted = [set() for _ in range(n_rungs)]
+
+
+def _bracket(oracle, rng, ladder, start: int, n: int, eta: int, rec: _Rungs | None = None) -> bool:
+    """One bracket of `n` new candidates from rung `start`; False when the pool had fewer than `n`
+    untried candidates left (the bracket then ran with those it got)."""
+    keys, full = [], True
     for _ in range(n):
         oracle.clock.check()
-        keys.append(check_key(oracle.draw(rng)))
+        k = oracle.draw(rng)
+        if k is None:
+            full = False
+            break
+        keys.append(k)
     for r in range(start, len(ladder)):
-        vals = {k: run_rung(oracle, k, ladder[r]) for k in keys}
+        if not keys:
+            break
+        vals = {}
+        for k in keys:
+            vals[k] = run_rung(oracle, k, ladder[r])
+            if rec is not None:
+                rec.done[r][k] = vals[k]
         if r == len(ladder) - 1:
-            return
+            break
         keep = max(1, len(keys) // eta)
         keys = sorted(keys, key=lambda k: -vals[k])[:keep]  # stable: ties keep draw order
+        if rec is not None:
+            rec.promoted[r].update(keys)
+    return full
 
 
-def successive_halving(oracle, seed: int = 0, ladder=None, eta: int = 3, **_) -> None:
-    """Brackets of synchronous successive halving, η^(rungs-1) new candidates each, until the budget is spent."""
+def _leftovers(oracle, ladder, rec: _Rungs) -> None:
+    """Once no untried candidate is left (a finite space, a benchmark table's pool): the best candidate
+    not yet promoted of the highest rung that has one goes up, until the budget is spent or every
+    candidate is at the top — as ASHA's `leftover` and probe-rank do, instead of stopping early."""
+    while True:
+        oracle.clock.check()
+        for r in range(len(ladder) - 2, -1, -1):
+            cands = [c for c in rec.done[r] if c not in rec.promoted[r]]
+            if cands:
+                c = max(cands, key=lambda c: rec.done[r][c])  # ties: the first finished
+                rec.promoted[r].add(c)
+                rec.done[r + 1][c] = run_rung(oracle, c, ladder[r + 1])
+                break
+        else:
+            raise OutOfBudget()
+
+
+def successive_halving(oracle, seed: int = 0, ladder=None, eta: int = 3, n0: int | None = None, **_) -> None:
+    """Brackets of synchronous successive halving, `n0` (default η^(rungs-1)) new candidates each,
+    the best 1/η of a rung going on, until the budget is spent; once the pool is exhausted, the
+    leftovers go up (`_leftovers`)."""
     ladder = ladder or full_ladder(oracle.epochs, eta)
     rng = np.random.default_rng([seed, 3])
-    while True:
-        _bracket(oracle, rng, ladder, 0, eta ** (len(ladder) - 1), eta)
+    n = int(n0) if n0 else eta ** (len(ladder) - 1)
+    rec = _Rungs(len(ladder))
+    while _bracket(oracle, rng, ladder, 0, n, eta, rec):
+        pass
+    _leftovers(oracle, ladder, rec)
 
 
 def hyperband(oracle, seed: int = 0, ladder=None, eta: int = 3, **_) -> None:
-    """Hyperband's brackets (most aggressive first) over the ladder, cycled until the budget is spent."""
+    """Hyperband's brackets (most aggressive first) over the ladder, cycled until the budget is spent;
+    once the pool is exhausted, the leftovers go up (`_leftovers`)."""
     ladder = ladder or full_ladder(oracle.epochs, eta)
     rng = np.random.default_rng([seed, 4])
     s_max = len(ladder) - 1
+    rec = _Rungs(len(ladder))
     while True:
         for s in range(s_max, -1, -1):
             n = int(math.ceil((s_max + 1) / (s + 1) * eta**s))
-            _bracket(oracle, rng, ladder, s_max - s, n, eta)
+            if not _bracket(oracle, rng, ladder, s_max - s, n, eta, rec):
+                _leftovers(oracle, ladder, rec)
 
 
 # --- learning-curve extrapolation ------------------------------------------------------------
@@ -274,13 +360,16 @@ def lce_search(oracle, seed: int = 0, min_epochs: int = 2, **_) -> None:
 # --- probe-based: probe-rank and the single-fidelity meta-model loop ----------------------------
 
 
-def probe_rank(oracle, seed: int = 0, fidelity: str | None = None, **kw) -> None:
-    probe_search(oracle, LoopConfig(budget=math.inf, seed=seed, init_full=10**9, fidelity=fidelity), allow_empty=True)
+def probe_rank(oracle, seed: int = 0, fidelity: str | None = None, init_probes: int = 12, probes_per_round: int = 6,
+               **kw) -> None:
+    probe_search(oracle, LoopConfig(budget=math.inf, seed=seed, init_full=10**9, fidelity=fidelity,
+                                    init_probes=init_probes, probes_per_round=probes_per_round), allow_empty=True)
 
 
-def probe_meta(oracle, seed: int = 0, fidelity: str | None = None, meta: str = "et", kappa: float = 1.0, **kw) -> None:
-    probe_search(oracle, LoopConfig(budget=math.inf, seed=seed, fidelity=fidelity, meta=meta, kappa=kappa),
-                 allow_empty=True)
+def probe_meta(oracle, seed: int = 0, fidelity: str | None = None, meta: str = "et", kappa: float = 1.0,
+               init_probes: int = 12, probes_per_round: int = 6, **kw) -> None:
+    probe_search(oracle, LoopConfig(budget=math.inf, seed=seed, fidelity=fidelity, meta=meta, kappa=kappa,
+                                    init_probes=init_probes, probes_per_round=probes_per_round), allow_empty=True)
 
 
 # --- the multi-fidelity loop led by the meta-model ------------------------------------------------
@@ -290,10 +379,11 @@ def probe_meta(oracle, seed: int = 0, fidelity: str | None = None, meta: str = "
 class MFConfig:
     """Settings of the meta-model-led multi-fidelity search (`mf_search`).
 
-    The defaults were chosen on the benchmark's MLP table (60 paired seeds, regret at 25/50/100%
-    of the wall-clock budget; docs/search.md lists the variants tried) and checked on the CNN
-    table: the probe, then the full training, a sixth of the probed candidates promoted, and the
-    meta-model choosing which new candidates to probe."""
+    The class defaults are the settings first chosen on the original MLP table (tuned and ranked on
+    that same table). `run_method('mf', ...)` (the CLI, the API, the benchmark) overrides two of
+    them with `TUNED['mf']` — eta 9 and propose 0 (a uniformly drawn new candidate) — chosen on the
+    development tables mlp-dev and cnn-dev from eta ∈ {3, 6, 9} × propose ∈ {0, 16} (docs/search.md,
+    "Tuning log")."""
 
     ladder: list = field(default_factory=list)  # rungs; default: [probe at `fidelity`, full training]
     fidelity: str | None = None  # the probe rung (default: the oracle's first, the cheapest)
@@ -499,12 +589,148 @@ def mf_search(oracle, seed: int = 0, fidelity: str | None = None, **kw) -> MFSea
     return s
 
 
-def _sh_probe(oracle, seed: int = 0, fidelity: str | None = None, eta: int = 3, **_):
-    return successive_halving(oracle, seed, probe_ladder(oracle.epochs, fidelity or oracle.fidelities[0], eta), eta)
+# --- successive halving, ASHA and Hyperband whose lowest rung is the probe --------------------------
+#
+# The settings of these three were tuned on the development tables of the search benchmark
+# (docs/search.md, "Tuning log"); PROBE_RUNG_DEFAULTS holds the winners.
+PROBE_RUNG_DEFAULTS = {
+    "sh-probe": {"rungs": "probe,full", "eta": 9, "pool": 2},  # brackets of pool × eta^(rungs-1) candidates
+    "asha-probe": {"rungs": "probe,full", "eta": 9, "init": 0, "rule": "quota"},
+    "hyperband-probe": {"rungs": "probe,full@auto,full", "eta": 9},  # full@auto: a pause after E/eta epochs
+}
 
 
-def _hb_probe(oracle, seed: int = 0, fidelity: str | None = None, eta: int = 3, **_):
-    return hyperband(oracle, seed, probe_ladder(oracle.epochs, fidelity or oracle.fidelities[0], eta), eta)
+# Every method's free settings as tuned on the search benchmark's development tables (docs/search.md,
+# "Tuning log"): what `run_method` uses for an option not given. The probe-rung methods' are in
+# PROBE_RUNG_DEFAULTS; random search has none.
+TUNED = {
+    "tpe": {"n_startup": 5}, "bohb": {"eta": 6, "n_startup": 10}, "sh": {"eta": 6}, "hyperband": {"eta": 6},
+    "asha": {"eta": 6}, "lce": {"min_epochs": 2}, "probe-rank": {"init_probes": 24, "probes_per_round": 9},
+    "probe": {"kappa": 1.0}, "mf": {"eta": 9, "propose": 0},
+}
+
+
+def _probe_opts(name: str, oracle, fidelity, rungs, eta):
+    d = PROBE_RUNG_DEFAULTS[name]
+    eta = int(eta or d["eta"])
+    if eta < 2:
+        raise UserError(f"eta must be at least 2, got {eta}")
+    return parse_rungs(rungs or d["rungs"], oracle.epochs, fidelity or oracle.fidelities[0], eta), eta
+
+
+def _sh_probe(oracle, seed: int = 0, fidelity: str | None = None, eta: int | None = None, rungs=None,
+              n0: int | None = None, **_):
+    """Synchronous successive halving over `rungs` (default: the probe, then the full training), brackets
+    of `n0` candidates (default: PROBE_RUNG_DEFAULTS' pool × eta^(rungs-1))."""
+    ladder, eta = _probe_opts("sh-probe", oracle, fidelity, rungs, eta)
+    n0 = n0 or PROBE_RUNG_DEFAULTS["sh-probe"]["pool"] * eta ** (len(ladder) - 1)
+    return successive_halving(oracle, seed, ladder, eta, n0=n0)
+
+
+def _hb_probe(oracle, seed: int = 0, fidelity: str | None = None, eta: int | None = None, rungs=None, **_):
+    """Hyperband's brackets over `rungs` (default: the probe, then the full training)."""
+    ladder, eta = _probe_opts("hyperband-probe", oracle, fidelity, rungs, eta)
+    return hyperband(oracle, seed, ladder, eta)
+
+
+PROMOTION_RULES = ("asha", "quota")
+
+
+class ASHA:
+    """Asynchronous successive halving (Li et al. 2020) over a ladder whose lowest rung may be the probe.
+
+    Each step promotes a candidate of the highest rung that has one to promote, and otherwise
+    starts a new candidate on the lowest rung. A candidate is promotable when it is among the
+    best ⌊n/η⌋ of the n candidates its rung has finished and has not gone up yet; ``rule='quota'``
+    also caps the promotions of a rung at ⌊n/η⌋ (a candidate that was promoted and later fell out
+    of the top still counts). Nothing is promoted before `init` candidates have finished the
+    lowest rung. When no new candidate is left to draw, the best unpromoted candidate of the
+    highest rung that has one goes up (`leftover`), until every candidate is at the top. `scorer(asha, r, keys) -> {key: score}` may rank a rung by something other than
+    its raw values (a meta-model, a curve extrapolator); by default the raw values."""
+
+    def __init__(self, oracle, ladder: list, eta: int = 6, init: int = 0, rule: str = "asha", seed: int = 0,
+                 scorer=None, on_event=None):
+        if rule not in PROMOTION_RULES:
+            raise UserError(f"unknown promotion rule '{rule}'; choose from {', '.join(PROMOTION_RULES)}")
+        if eta < 2:
+            raise UserError(f"eta must be at least 2, got {eta}")
+        self.o, self.ladder, self.eta, self.init, self.rule = oracle, [tuple(r) for r in ladder], int(eta), int(init), rule
+        self.scorer, self.on_event = scorer, on_event
+        R = len(self.ladder)
+        self.done = [{} for _ in range(R)]  # rung -> {key: value}, in the order they finished
+        self.promoted = [set() for _ in range(R)]
+        self.feats: dict = {}  # key -> {rung: probe features or the curve so far}
+        self.rng = np.random.default_rng([seed, 9])
+
+    def promotable(self, r: int):
+        cands = list(self.done[r])
+        k = len(cands) // self.eta
+        if k < 1 or len(self.done[0]) < self.init or (self.rule == "quota" and len(self.promoted[r]) >= k):
+            return None
+        sc = self.scorer(self, r, cands) if self.scorer is not None else self.done[r]
+        for c in sorted(cands, key=lambda c: -sc[c])[:k]:  # stable: ties keep the order they finished in
+            if c not in self.promoted[r]:
+                return c
+        return None
+
+    def step(self) -> None:
+        self.o.clock.check()
+        for r in range(len(self.ladder) - 2, -1, -1):
+            c = self.promotable(r)
+            if c is not None:
+                self.promoted[r].add(c)
+                self.run(c, r + 1)
+                return
+        key = self.o.draw(self.rng)
+        if key is None:  # no untried candidate is left (a finite space, a benchmark table's pool)
+            c, r = self.leftover()
+            if c is None:
+                raise OutOfBudget()
+            self.promoted[r].add(c)
+            self.run(c, r + 1)
+            return
+        self.run(key, 0)
+
+    def leftover(self):
+        """Once nothing new can be drawn: the best candidate not yet promoted of the highest rung that has
+        one (as probe-rank trains the best untrained probe when none is left to probe), so the budget
+        is spent instead of stopping early; (None, None) when every candidate is at the top."""
+        for r in range(len(self.ladder) - 2, -1, -1):
+            cands = [c for c in self.done[r] if c not in self.promoted[r]]
+            if cands:
+                sc = self.scorer(self, r, cands) if self.scorer is not None else self.done[r]
+                return max(cands, key=lambda c: sc[c]), r  # ties: the first finished
+        return None, None
+
+    def run(self, key, r: int) -> None:
+        kind, x = self.ladder[r]
+        if kind == "probe":
+            f = self.o.probe(key, x)
+            value, info = float(f["val_acc"]), f
+        else:
+            curve = self.o.train(key, int(x))
+            value, info = float(curve[-1]), list(curve)
+        self.feats.setdefault(key, {})[r] = info
+        self.done[r][key] = value
+        if self.on_event is not None:
+            self.on_event(kind, key, r, value)
+
+    def run_all(self) -> "ASHA":
+        try:
+            while True:
+                self.step()
+        except OutOfBudget:
+            pass
+        return self
+
+
+def asha_probe(oracle, seed: int = 0, fidelity: str | None = None, eta: int | None = None, rungs=None,
+               init: int | None = None, rule: str | None = None, scorer=None, **_) -> ASHA:
+    """ASHA over `rungs` (default: the probe, then the full training); see `ASHA`."""
+    d = PROBE_RUNG_DEFAULTS["asha-probe"]
+    ladder, eta = _probe_opts("asha-probe", oracle, fidelity, rungs, eta)
+    return ASHA(oracle, ladder, eta, init=d["init"] if init is None else init, rule=rule or d["rule"], seed=seed,
+                scorer=scorer).run_all()
 
 
 METHODS = {
@@ -513,6 +739,7 @@ METHODS = {
     "sh": successive_halving,
     "hyperband": hyperband,
     "sh-probe": _sh_probe,
+    "asha-probe": asha_probe,
     "hyperband-probe": _hb_probe,
     "asha": asha,
     "bohb": bohb,
@@ -521,17 +748,50 @@ METHODS = {
     "probe": probe_meta,
     "mf": mf_search,
 }
-# The method `lossprobe search` uses by default: the one the search benchmark measured best in
-# wall-clock regret on both tables (docs/search.md; the benchmark's summary.json records its
-# own measured choice under default_method and whether it agrees with this).
+# The method `lossprobe search` uses by default (docs/search.md, "Which method is the default").
 DEFAULT_METHOD = "probe-rank"
-BASELINES = ("random", "tpe", "sh", "hyperband", "sh-probe", "hyperband-probe", "asha", "bohb", "lce", "probe-rank")
+
+
+def _rungs_text(name: str) -> str:
+    d = PROBE_RUNG_DEFAULTS[name]
+    mid = "" if d["rungs"] == "probe,full" else ", then part of the full training"
+    return (f"whose lowest rung is a short training on a subset of the training data (the probe: by default 10% of "
+            f"it for one epoch){mid}, and whose top rung is the full training; a rung promotes its best 1/{d['eta']}")
+
+
+def describe_method(name: str) -> str:
+    """What a method does, in plain words (the help of `lossprobe search` and the docs say it of the default)."""
+    if name == "asha-probe":
+        return ("asynchronous successive halving (ASHA) " + _rungs_text(name) + ": a candidate is trained in full as "
+                "soon as its probe is among the best 1/" + str(PROBE_RUNG_DEFAULTS[name]["eta"]) + " of the probes "
+                "so far (and at most that share of them ever is), otherwise a new candidate is probed")
+    if name == "sh-probe":
+        return "synchronous successive halving " + _rungs_text(name)
+    if name == "hyperband-probe":
+        return "Hyperband " + _rungs_text(name)
+    if name == "probe-rank":
+        t = TUNED["probe-rank"]
+        return ("successive halving with two rungs: candidates get a short training on a subset of the training "
+                f"data (the probe: by default 10% of it for one epoch), {t['init_probes']} at first and "
+                f"{t['probes_per_round']} more before each further full training, and the untrained candidate "
+                "whose probe scored best is trained in full; no meta-model")
+    return {"mf": "a multi-fidelity loop led by a meta-model", "probe": "probes ranked by a meta-model",
+            "random": "random search", "tpe": "Optuna's TPE", "sh": "successive halving over epochs",
+            "hyperband": "Hyperband over epochs", "asha": "ASHA over epochs", "bohb": "TPE with the Hyperband pruner",
+            "lce": "learning-curve extrapolation"}.get(name, name)
+
+
+DEFAULT_METHOD_TEXT = describe_method(DEFAULT_METHOD)
+BASELINES = ("random", "tpe", "sh", "hyperband", "sh-probe", "asha-probe", "hyperband-probe", "asha", "bohb", "lce",
+             "probe-rank")
 
 
 def run_method(name: str, oracle, seed: int = 0, **options):
-    """Run method `name` against `oracle` until its budget is spent; returns ``oracle.trace``."""
+    """Run method `name` against `oracle` until its budget is spent; returns ``oracle.trace``. Options
+    not given take the method's tuned settings (`TUNED`, `PROBE_RUNG_DEFAULTS`)."""
     if name not in METHODS:
         raise UserError(f"unknown search method '{name}'; choose from {', '.join(METHODS)}")
+    options = {**TUNED.get(name, {}), **{k: v for k, v in options.items() if v is not None}}
     try:
         METHODS[name](oracle, seed=seed, **options)
     except OutOfBudget:

@@ -39,6 +39,9 @@ import math
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
+import torch
+
 from lossprobe.core.batching import Data, Split, Stream, batch_len
 from lossprobe.core.objective import Objective
 from lossprobe.core.space import KINDS
@@ -203,12 +206,40 @@ class Task:
         return accuracy
 
 
+PROBE_SPLIT = 0.1  # share of the training data `lossprobe search` carves off to evaluate probes on
+
+
+def carve_probe_split(train: Split, probe_split: float, seed: int = 0) -> tuple[Split, Split]:
+    """(train, probe): `probe_split` of the training data carved off by a seeded permutation, where
+    probes are evaluated (never the selection split). The same carve as the search benchmark's
+    tables (`lossprobe.search.table.benchmark_task` with n_train + n_probe_val = all of it)."""
+    if not 0 < probe_split < 1:
+        raise UserError(f"--probe-split must be in (0, 1), got {probe_split}")
+    n = len(train)
+    n_probe = max(1, int(round(probe_split * n)))
+    if n - n_probe < 1:
+        raise UserError(f"the training data has {n} samples: too few to carve a probe split")
+    perm = np.random.default_rng([seed, 31]).permutation(n)
+    parent = train.indices if train.indices is not None else np.arange(n)
+
+    def part(idx, name):
+        idx = np.sort(idx)
+        t = torch.as_tensor(idx)
+        return Split(train.x[t], train.y[t], f"{train.name}:{name}", parent[idx])
+
+    return part(perm[:n - n_probe], "train"), part(perm[n - n_probe:], "probe")
+
+
 def make_task(dataset: str = "fashion-mnist", n_train: int | None = None, n_val: int | None = None,
-              seed: int = 0, root=None) -> Task:
+              seed: int = 0, root=None, probe_split: float | None = PROBE_SPLIT) -> Task:
     """Fashion-MNIST (default) or CIFAR-10/100 ('cifar10:DIR', 'cifar100:DIR') as a `Task`.
 
-    `n_train`/`n_val` take seeded subsets; the test split is sealed (see `SealedSplit`).
+    A `probe_split` share of the training data is carved off (seeded) for evaluating probes, so
+    probes never see the selection split (None: probes are evaluated on the validation split, as
+    before issue 26); then `n_train`/`n_val` take seeded subsets of what remains. The test split
+    is sealed (see `SealedSplit`).
     """
+    probe_val = None
     if dataset == "fashion-mnist":
 
         ds = fashion_mnist(root=root, split_seed=seed)
@@ -218,6 +249,9 @@ def make_task(dataset: str = "fashion-mnist", n_train: int | None = None, n_val:
         train = two_spirals(n=(n_train or 400) // 2, seed=seed, name="spiral:train")
         val = two_spirals(n=(n_val or 200) // 2, seed=seed + 1, name="spiral:val")
         test, n_classes = two_spirals(n=100, seed=seed + 2, name="spiral:test"), 2
+        if probe_split is not None:  # its own points: a share of the training set's size
+            probe_val = two_spirals(n=max(1, int(round(probe_split * len(train))) // 2), seed=seed + 3,
+                                    name="spiral:probe")
         n_train = n_val = None
     elif dataset.split(":")[0] in ("cifar10", "cifar100"):
 
@@ -226,11 +260,13 @@ def make_task(dataset: str = "fashion-mnist", n_train: int | None = None, n_val:
         train, val, test, n_classes = ds.train, ds.val, ds.test, ds.n_classes
     else:
         raise UserError(f"unknown dataset '{dataset}'; use fashion-mnist, cifar10:DIR, cifar100:DIR or spiral")
+    if probe_split is not None and probe_val is None:
+        train, probe_val = carve_probe_split(train, probe_split, seed)
     if n_train:
         train = train.subset(n_train, seed=seed + 1)
     if n_val:
         val = val.subset(n_val, seed=seed + 2)
-    return Task(train, val, SealedSplit(test), dataset, tuple(train.x.shape[1:]), n_classes)
+    return Task(train, val, SealedSplit(test), dataset, tuple(train.x.shape[1:]), n_classes, probe_val=probe_val)
 
 
 @dataclass

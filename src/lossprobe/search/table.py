@@ -47,7 +47,7 @@ from lossprobe.core.batching import Split
 from lossprobe.data import fashion_mnist, two_spirals
 from lossprobe.errors import UserError
 from lossprobe.results.store import write_json
-from lossprobe.search.probes import SealedSplit, Task, probe, train_full
+from lossprobe.search.probes import ALL_FAMILIES, SealedSplit, Task, probe, train_full
 from lossprobe.search.space import SearchSpace
 
 TABLE_VERSION = 2
@@ -78,6 +78,9 @@ class TableConfig:
     n_score_val: int = 5_000  # B: independent scoring
     n_probe_val: int = 2_000  # P: probe evaluation
     version: int = TABLE_VERSION
+    # seeds of the selection training, the scoring training and the probes (a fresh table uses others)
+    seeds: list = field(default_factory=lambda: [FULL_SEED, SCORE_SEED, PROBE_SEED])
+    families: list | None = None  # probe feature families computed (None: all of them)
 
     def keys(self) -> list[str]:
         return [fidelity_key(f, e) for f, e in self.fidelities]
@@ -86,6 +89,19 @@ class TableConfig:
 def sample_configs(space: SearchSpace, n: int, seed: int) -> list[dict]:
     """`n` configurations drawn independently from the space; row i uses seed (seed, i)."""
     return [space.sample(np.random.default_rng([seed, i])) for i in range(n)]
+
+
+def config_dict(cfg: TableConfig) -> dict:
+    """The table's settings as stored in table_config.json (fields added after a table was built
+    are left out at their defaults, so that table still matches)."""
+    d = json.loads(json.dumps(asdict(cfg)))
+    for k, v in _LATER_DEFAULTS.items():
+        if d.get(k) == v:
+            d.pop(k)
+    return d
+
+
+_LATER_DEFAULTS = {"seeds": [FULL_SEED, SCORE_SEED, PROBE_SEED], "families": None}
 
 
 def benchmark_task(dataset: str, n_train: int, n_val: int, n_score_val: int, n_probe_val: int, seed: int = 0,
@@ -100,8 +116,10 @@ def benchmark_task(dataset: str, n_train: int, n_val: int, n_score_val: int, n_p
         train, a, b, p = mk(n_train, 0, "train"), mk(n_val, 1, "A"), mk(n_score_val, 2, "B"), mk(n_probe_val, 3, "P")
         return Task(train, a, SealedSplit(mk(100, 4, "test")), dataset, tuple(train.x.shape[1:]), 2,
                     probe_val=p, score_val=b)
+    if dataset == "digits":
+        return _digits_task(n_train, n_val, n_score_val, n_probe_val, seed)
     if dataset != "fashion-mnist":
-        raise UserError(f"benchmark tables are built on fashion-mnist (or spiral for tests), not '{dataset}'")
+        raise UserError(f"benchmark tables are built on fashion-mnist, digits or spiral, not '{dataset}'")
 
     ds = fashion_mnist(root=root, split_seed=seed)
     tr_all, va_all = ds.train, ds.val
@@ -122,10 +140,36 @@ def benchmark_task(dataset: str, n_train: int, n_val: int, n_score_val: int, n_p
                 score_val=b)
 
 
+def _digits_task(n_train: int, n_val: int, n_score_val: int, n_probe_val: int, seed: int):
+    """scikit-learn's digits (1797 8×8 images as 64 standardised columns, 10 classes): a small
+    tabular task for the transfer experiment, split by a seeded permutation into train / A / B / P."""
+    from sklearn.datasets import load_digits  # lazy: start-up time (scikit-learn)
+
+    x, y = load_digits(return_X_y=True)
+    if n_train + n_val + n_score_val + n_probe_val > len(x):
+        raise UserError(f"digits has {len(x)} samples; n_train + n_val + n_score_val + n_probe_val must fit")
+    p = np.random.default_rng([seed, 33]).permutation(len(x))
+    cut = np.cumsum([n_train, n_val, n_score_val, n_probe_val])
+    tr = p[:cut[0]]
+    mu, sd = x[tr].mean(0), x[tr].std(0) + 1e-6
+    xs = torch.as_tensor((x - mu) / sd, dtype=torch.float32)
+    ys = torch.as_tensor(y, dtype=torch.long)
+
+    def take(idx, name):
+        idx = torch.as_tensor(np.sort(idx))
+        return Split(xs[idx], ys[idx], name)
+
+    train, a = take(tr, f"train[{n_train}]"), take(p[cut[0]:cut[1]], f"A[{n_val}]")
+    b, pv = take(p[cut[1]:cut[2]], f"B[{n_score_val}]"), take(p[cut[2]:cut[3]], f"P[{n_probe_val}]")
+    test = take(p[cut[3]:], "test") if cut[3] < len(x) else take(p[:1], "test")
+    return Task(train, a, SealedSplit(test), "digits", (64,), 10, probe_val=pv, score_val=b)
+
+
 def build_row(space: SearchSpace, values: dict, task, cfg: TableConfig, i: int) -> dict:
     """Train one configuration twice and probe it at every fidelity (see module doc)."""
-    full = train_full(space, values, task, seed=FULL_SEED, eval_splits={"B": task.score_val})
-    rep = train_full(space, values, task, seed=SCORE_SEED, val=None, eval_splits={"B": task.score_val, "A": task.val})
+    full_seed, score_seed, probe_seed = (int(v) for v in cfg.seeds)
+    full = train_full(space, values, task, seed=full_seed, eval_splits={"B": task.score_val})
+    rep = train_full(space, values, task, seed=score_seed, val=None, eval_splits={"B": task.score_val, "A": task.val})
     row = {"id": i, "values": values,
            "full": {"val_accuracy": full.val_accuracy, "val_curve": full.history["val_accuracy"],
                     "train_curve": full.history["train_accuracy"], "val_loss_curve": full.history["val_loss"],
@@ -135,7 +179,8 @@ def build_row(space: SearchSpace, values: dict, task, cfg: TableConfig, i: int) 
                       "cpu_seconds": rep.cpu_seconds},
            "probes": {}}
     for f, e in cfg.fidelities:
-        pr = probe(space, values, task, f, int(e), seed=PROBE_SEED, sharpness_impl=cfg.sharpness_impl)
+        pr = probe(space, values, task, f, int(e), seed=probe_seed, sharpness_impl=cfg.sharpness_impl,
+                   families=cfg.families if cfg.families is not None else ALL_FAMILIES)
         row["probes"][fidelity_key(f, e)] = {
             "features": pr.features, "cost": pr.cost, "seconds": pr.seconds, "cpu": pr.family_seconds,
             "val_curve": pr.history["val_accuracy"], "train_loss_curve": pr.history["train_loss"]}
@@ -151,14 +196,15 @@ def build_table(directory: str | os.PathLike, cfg: TableConfig, progress: bool =
     d = Path(directory)
     (d / "rows").mkdir(parents=True, exist_ok=True)
     cfile = d / "table_config.json"
-    want = json.loads(json.dumps(asdict(cfg)))
+    want = config_dict(cfg)
     # rows are drawn by index, so a table may grow: every setting but `size` must match
     if cfile.is_file():
         old = json.loads(cfile.read_text())
         if old.get("version", 1) != TABLE_VERSION:
             raise UserError(f"{d} holds a version-{old.get('version', 1)} benchmark table (one training seed, shared "
                             f"validation set); version {TABLE_VERSION} is needed: use another --table-dir")
-        if {k: v for k, v in old.items() if k != "size"} != {k: v for k, v in want.items() if k != "size"}:
+        same = {**_LATER_DEFAULTS, **old}, {**_LATER_DEFAULTS, **want}  # a field added later, at its default
+        if {k: v for k, v in same[0].items() if k != "size"} != {k: v for k, v in same[1].items() if k != "size"}:
             raise UserError(f"{d} holds a benchmark table built with other settings; use another --table-dir")
         want["size"] = max(old.get("size", 0), cfg.size)
     write_json(cfile, want)

@@ -45,7 +45,7 @@ from lossprobe.results.store import RunDir
 from lossprobe.runtime.cluster import DEFAULT_TIMEOUT, Executor
 from lossprobe.search.engine import LiveOracle, check_storage_url, default_storage, storage_error
 from lossprobe.search.loop import LoopConfig, probe_search
-from lossprobe.search.methods import DEFAULT_METHOD, METHODS, run_method
+from lossprobe.search.methods import DEFAULT_METHOD, METHODS, PROBE_RUNG_DEFAULTS, TUNED, run_method
 from lossprobe.search.probes import parse_families
 from lossprobe.search.space import UserSpace, check_builder_names
 from lossprobe.search.user import UserTaskSpec, resolve_builder
@@ -56,20 +56,108 @@ __all__ = ["SearchRun", "parse_budget", "run"]
 KIND_CODES = {"probe": 0, "train": 1, "full": 2}
 
 
+DEFAULT_BUDGET = "20x"  # 20 full trainings of measured time: the search benchmark's budget
+
+
 def parse_budget(text) -> tuple[float, str]:
-    """'60' (or 60) -> (60, 'epochs'); '90s', '15m', '2h' -> (seconds, 'seconds')."""
+    """'60' (or 60) -> (60, 'epochs'); '90s', '15m', '2h' -> (seconds, 'seconds'); '20x' -> (20,
+    'trainings'): 20 full trainings of measured time (see `LiveOracle`'s budget_trainings)."""
     t = str(text).strip().lower()
     mult = {"s": 1.0, "m": 60.0, "h": 3600.0}
     try:
         if t and t[-1] in mult:
             v, axis = float(t[:-1]) * mult[t[-1]], "seconds"
+        elif t and t[-1] == "x":
+            v, axis = float(t[:-1]), "trainings"
         else:
             v, axis = float(t), "epochs"
     except ValueError:
-        raise UserError(f"--budget must be a number of epochs (60) or a wall-clock time (90s, 15m, 2h), got '{text}'") from None
+        raise UserError(f"--budget must be a number of epochs (60), a wall-clock time (90s, 15m, 2h) or a number of "
+                        f"full trainings of measured time (20x), got '{text}'") from None
     if not (v > 0 and math.isfinite(v)):
         raise UserError(f"--budget must be a positive, finite number, got '{text}'")
     return v, axis
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A search's budget: `value` in nominal full-data epochs ('epochs'), measured seconds ('seconds')
+    or full trainings of measured time ('trainings': `value` × the median measured time of the
+    full trainings finished so far)."""
+
+    value: float
+    axis: str
+
+    @property
+    def unit(self) -> str:
+        return {"epochs": " epochs", "seconds": "s", "trainings": "x"}[self.axis]
+
+    def oracle_kwargs(self) -> dict:
+        """How `LiveOracle` takes it."""
+        if self.axis == "trainings":
+            return {"axis": "seconds", "budget": math.inf, "budget_trainings": self.value}
+        return {"axis": self.axis, "budget": self.value}
+
+    @property
+    def loop_budget(self) -> float:
+        """The probe loop's own cap (the oracle's clock holds a budget in trainings)."""
+        return math.inf if self.axis == "trainings" else self.value
+
+    def describe(self) -> str:
+        if self.axis == "trainings":
+            return (f"{self.value:g} full trainings of measured time ({self.value:g} × the median measured time of "
+                    "the full trainings finished so far)")
+        return f"{self.value:g}{self.unit}" + (" of measured time" if self.axis == "seconds" else "")
+
+
+def budget_of(text, epochs: int, fraction: float, probe_epochs: int) -> Budget:
+    """The `Budget` of a ``--budget`` value (None: `DEFAULT_BUDGET`), checked against one full training."""
+    v, axis = parse_budget(DEFAULT_BUDGET if text is None else text)
+    if axis == "epochs" and v < epochs:
+        raise UserError(f"--budget {v:g} is less than one full training ({epochs} epochs); give at least "
+                        f"{epochs + fraction * probe_epochs:g}")
+    if axis == "trainings" and v < 1:
+        raise UserError(f"--budget {v:g}x is less than one full training; give at least 1x")
+    return Budget(v, axis)
+
+
+def method_options(method: str, eta=None, rungs=None, init=None, rule=None, kappa=None, meta=None) -> dict:
+    """The options `run_method` gets from the command line's settings (unset ones keep the method's
+    defaults)."""
+    opts = {"eta": eta} if eta else {}
+    if method in PROBE_RUNG_DEFAULTS:
+        if rungs:
+            opts["rungs"] = rungs
+        if method == "asha-probe":
+            if init is not None:
+                opts["init"] = init
+            if rule:
+                opts["rule"] = rule
+    if method == "mf":
+        opts.update(kappa=kappa, meta=meta)
+        if init is not None:
+            opts["init_probes"] = init
+    return opts
+
+
+def loop_config(method: str, budget: "Budget", init_probes=None, probes_per_round=None, init_full: int = 3,
+                kappa: float = 0.0, meta: str = "et", sharpness: bool = True, seed: int = 0) -> LoopConfig:
+    """The probe loop's settings for 'probe' / 'probe-rank' (unset pools: the method's tuned ones, `TUNED`)."""
+    t = TUNED.get(method, {}) if method in ("probe", "probe-rank") else {}
+    return LoopConfig(budget=budget.loop_budget,
+                      probes_per_round=probes_per_round or t.get("probes_per_round", 6),
+                      init_probes=init_probes or t.get("init_probes", 12),
+                      init_full=init_full if method != "probe-rank" else 10**9, kappa=kappa, meta=meta,
+                      sharpness=sharpness, seed=seed)
+
+
+def run_live(method: str, oracle, loop_cfg: LoopConfig, seed: int, opts: dict):
+    """Run `method` against a live oracle; the probe loop's result for 'probe'/'probe-rank' (its
+    predictions are saved), else None."""
+    if method in ("probe", "probe-rank"):
+        return probe_search(oracle, loop_cfg)
+    run_method(method, oracle, seed=seed, **opts)
+    return None
 
 
 @register
@@ -149,7 +237,7 @@ class SearchRun(Result):
                 "n_full": sum(e["kind"] == "full" for e in self.history), "seconds": self.seconds}
 
     def plots(self, prefix: str = "") -> list:
-        unit = "s" if self.axis == "seconds" else "full-data epochs"
+        unit = "s" if self.axis in ("seconds", "trainings") else "full-data epochs"
         ylabel = f"validation {self.objective}"
         out = []
         if len(self.history) and any(e["kind"] == "full" for e in self.history):
@@ -217,12 +305,13 @@ def _space(space, builder, builder_kwargs) -> UserSpace:
 
 def run(build, train_data, space, *, val_data=None, test_data=None, probe_data=None, loss="cross_entropy",
         forward=None, objective="accuracy", direction: str | None = None, method: str = DEFAULT_METHOD,
-        budget=None, out=None, storage: str | None = None, study_name: str = "search", seed: int = 0,
+        budget=DEFAULT_BUDGET, out=None, storage: str | None = None, study_name: str = "search", seed: int = 0,
         fraction: float = 0.1, probe_epochs: int = 1, features="default", val_fraction: float = 0.2,
         probe_split: float = 0.1, backend: str = "local", address: str | None = None, num_cpus: int | None = None,
         ray_timeout: float = DEFAULT_TIMEOUT, eta: int | None = None, kappa: float | None = None,
-        meta: str = "et", init_probes: int = 12, probes_per_round: int = 6, init_full: int = 3,
-        sharpness: bool = True, force: bool = False, verbose: bool = True) -> SearchRun:
+        meta: str = "et", init_probes: int | None = None, probes_per_round: int | None = None, init_full: int = 3,
+        sharpness: bool = True, rungs=None, promotion: str | None = None, force: bool = False,
+        verbose: bool = True) -> SearchRun:
     """Search the hyperparameters of your own model; returns the `SearchRun` (see the module doc).
 
     Args:
@@ -239,14 +328,17 @@ def run(build, train_data, space, *, val_data=None, test_data=None, probe_data=N
         objective: 'accuracy', 'loss' (minimised) or a metric ``fn(output, target) -> [B]``
             (maximised; ``direction='min'`` minimises it).
         method: any of `lossprobe.search.methods.METHODS`.
-        budget: full-data epochs (a number, probes included) or wall-clock time ('90s', '15m');
-            default 10 full trainings in epochs.
+        budget: full trainings of measured time ('20x', the default: 20 × the median measured time
+            of a full training, as the search benchmark's budget), wall-clock time ('90s', '15m') or
+            full-data epochs (a number, probes included: a probe costs fraction × epochs).
         out: the run directory (default: a new temporary folder).
         storage: an Optuna storage URL (default: OUT/search.db) that several workers may share.
         fraction: the share of the training data a probe trains on.
         probe_epochs: how long a probe trains.
         features: the probe feature families, by name.
-        eta: the promotion ratio of successive-halving methods.
+        eta: the promotion ratio of successive-halving methods (unset: the method's default).
+        rungs: the rungs of the probe-rung methods, e.g. 'probe,full' (unset: the method's default).
+        promotion: 'asha' or 'quota', how asha-probe promotes (unset: the method's default).
         kappa: the exploration weight of the meta-model methods.
         meta: the meta-model (see `lossprobe.search.meta`).
         init_probes: probes before the first full training (meta-model methods).
@@ -268,22 +360,16 @@ def run(build, train_data, space, *, val_data=None, test_data=None, probe_data=N
     space_arg = space
     space = _space(space, builder, builder_kwargs)  # names checked before any data is read
     families = parse_families(features)
-    if budget is None:
-        budget, axis = 10.0 * space.epochs, "epochs"
-    else:
-        budget, axis = parse_budget(budget)
-    if axis == "epochs" and budget < space.epochs:
-        raise UserError(f"--budget {budget:g} is less than one full training ({space.epochs} epochs); give at least "
-                        f"{space.epochs + fraction * probe_epochs:g}")
+    bud = budget_of(budget, space.epochs, fraction, probe_epochs)
+    budget, axis = bud.value, bud.axis
     task = spec.load()
     task.check(space, seed)  # the model takes the data and the objective has numbers, before any output
     g = task.goal
     kappa = kappa if kappa is not None else (1.0 if method == "probe" else 0.0)
-    loop_cfg = LoopConfig(budget=budget, probes_per_round=probes_per_round, init_probes=init_probes,
-                          init_full=init_full if method != "probe-rank" else 10**9, kappa=kappa, meta=meta,
-                          sharpness=sharpness, seed=seed)
+    loop_cfg = loop_config(method, bud, init_probes, probes_per_round, init_full, kappa, meta, sharpness, seed)
+    opts = method_options(method, eta, rungs, init_probes, promotion, kappa, meta)
     method_cfg = {"method": method, "budget": budget, "axis": axis, "families": list(families), "eta": eta,
-                  "kappa": kappa, "meta": meta}
+                  "kappa": kappa, "meta": meta, **({"options": opts} if set(opts) - {"eta", "kappa", "meta"} else {})}
     config = {"space": space.to_dict(), "task": spec.describe(), "loop": dataclasses.asdict(loop_cfg),
               "fraction": fraction, "probe_epochs": probe_epochs, "storage": storage, "study_name": study_name,
               **method_cfg}
@@ -307,10 +393,10 @@ def run(build, train_data, space, *, val_data=None, test_data=None, probe_data=N
             f"(the test set is not read again); see {rd.path}")
         return res
     storage = storage or default_storage(rd.path)
-    unit = "s" if axis == "seconds" else " epochs"
+    unit = bud.unit
 
     def on_job(e):
-        head = f"[{e['spent']:8.1f}/{budget:g}{unit}]"
+        head = f"[{e['spent']:8.1f}/{budget:g}{unit}]" if axis != "trainings" else f"[{e['spent']:8.1f}s/{budget:g}x]"
         again = " (stored)" if e["reused"] else ""
         tag = "probe" if e["kind"] == "probe" else ("full " if e["kind"] == "full" else f"ep {e['epoch']:<2d}")
         where = "probe split" if e["kind"] == "probe" else "val"
@@ -330,24 +416,17 @@ def run(build, train_data, space, *, val_data=None, test_data=None, probe_data=N
         oracle = LiveOracle(space, spec, storage, study_name, fraction, probe_epochs, seed, executor,
                             checkpoint_dir=rd.subdir("checkpoints"),
                             settings={"loop": dataclasses.asdict(loop_cfg), **method_cfg}, on_job=on_job,
-                            families=families, axis=axis, budget=budget, on_wait=on_wait)
+                            families=families, on_wait=on_wait, **bud.oracle_kwargs())
         if oracle.reused["probes"] or oracle.reused["full"]:
             say(f"resuming: {oracle.reused['probes']} probes and {oracle.reused['full']} full trainings already in "
                 f"{storage}")
         sp = task.describe_splits()
         say(f"searching {len(space.params)} hyperparameters of {task.builder_name} ({sp['train']} training, "
             f"{sp['val']} validation, {sp['probe']} probe samples; objective: {g.direction}imise validation "
-            f"{g.name}) with '{method}'{' (default)' if method == DEFAULT_METHOD else ''}; budget {budget:g}{unit}; "
+            f"{g.name}) with '{method}'{' (default)' if method == DEFAULT_METHOD else ''}; budget {bud.describe()}; "
             f"probe = {fraction:g} of the training data × {probe_epochs} epochs, full training = {space.epochs} epochs",
             flush=True)
-        predictions = None
-        if method in ("probe", "probe-rank"):
-            predictions = probe_search(oracle, loop_cfg)
-        else:
-            opts = {"eta": eta} if eta else {}
-            if method == "mf":
-                opts.update(kappa=kappa, meta=meta)
-            run_method(method, oracle, seed=seed, **opts)
+        predictions = run_live(method, oracle, loop_cfg, seed, opts)
         return _finish(rd, oracle, space, task, spec, method, budget, axis, storage, predictions, t_start, say)
     except Exception as e:
         if type(e).__module__.startswith("sqlalchemy"):  # the storage failed part-way: one line
@@ -364,7 +443,7 @@ def _finish(rd, oracle, space, task, spec, method, budget, axis, storage, predic
     g = task.goal
     ch = oracle.trace.chosen
     if ch is None:
-        unit = "s" if axis == "seconds" else " epochs"
+        unit = {"seconds": "s", "trainings": "x"}.get(axis, " epochs")
         raise UserError(f"the budget ({budget:g}{unit}) ended before any full training finished; give a larger "
                         "--budget")
     val_score = max(v for k, v in zip(oracle.trace.keys, oracle.trace.values) if k == ch)
@@ -418,7 +497,8 @@ def _finish(rd, oracle, space, task, spec, method, budget, axis, storage, predic
     rd.write_text("report.md",
         f"# Hyperparameter search of {task.builder_name} ({method})\n\n"
         f"Objective: {g.direction}imise the validation {g.name}. Budget {budget:g}"
-        f"{'s' if axis == 'seconds' else ' epochs'} ({oracle.clock.spent:.1f} spent): {summary['n_probes']} probes, "
+        f"{ {'seconds': 's', 'trainings': ' full trainings of measured time'}.get(axis, ' epochs')} "
+        f"({oracle.clock.spent:.1f}{' s' if axis != 'epochs' else ''} spent): {summary['n_probes']} probes, "
         f"{summary['n_full']} full trainings.\n\n"
         f"Chosen: candidate #{ch} `{values}` (builder arguments `{res.model_kwargs}`); validation "
         f"{g.name} **{res.val_value:.6g}**, {test_line}.\n\n"

@@ -100,15 +100,57 @@ TABLES = {
 }
 
 
+# Two more tasks for the transfer experiment (issue 26): the MLP space on two small data sets.
+SPIRAL_SPACE_TOML = DEFAULT_SPACE_TOML.replace("epochs = 6", "epochs = 10")
+DIGITS_SPACE_TOML = DEFAULT_SPACE_TOML.replace("epochs = 6", "epochs = 10")
+EXTRA_TABLES = {
+    "spiral": {"space_toml": SPIRAL_SPACE_TOML, "size": 150, "fidelities": [[0.2, 2]], "dataset": "spiral",
+               "n_train": 3_000, "n_val": 1_000, "n_score_val": 1_000, "n_probe_val": 1_000},
+    "digits": {"space_toml": DIGITS_SPACE_TOML, "size": 150, "fidelities": [[0.2, 2]], "dataset": "digits",
+               "n_train": 1_000, "n_val": 300, "n_score_val": 300, "n_probe_val": 197},
+}
+
+# Tables of issue 26, named FAMILY-ROLE: 'dev' tables (the first rows of the tables above, with
+# their seeds: every setting of every method was tuned on them), 'fresh1'..'fresh3' (new
+# configuration samples, data splits, training and probe seeds; used for no choice) and, for
+# the MLP, 'live' (the live default: all 50k training images but a probe split of 5k carved
+# from them, probes evaluated there). Probes at the search fidelity only, learning-curve
+# features only (the default families), so they cost what a search pays.
+ROLE_SIZES = {"mlp": {"dev": 120, "fresh": 100, "live": 50}, "cnn": {"dev": 100, "fresh": 80},
+              "spiral": {"dev": 100, "fresh": 100}, "digits": {"dev": 100, "fresh": 100}}
+ROLES = ("dev", "fresh1", "fresh2", "fresh3", "live")
+
+
+def variant_names() -> list[str]:
+    return [f"{f}-{r}" for f, sizes in ROLE_SIZES.items() for r in ROLES if r.rstrip("123") in sizes]
+
+
 def table_config(name: str, size: int | None = None):
-    """The `TableConfig` of one of the benchmark's tables ('mlp' or 'cnn')."""
-    if name not in TABLES:
-        raise UserError(f"unknown benchmark table '{name}'; choose from {', '.join(TABLES)}")
-    t = TABLES[name]
+    """The `TableConfig` of one of the benchmark's tables ('mlp' or 'cnn', or a FAMILY-ROLE table of
+    `variant_names()`)."""
+    if "-" in name and name in variant_names():
+        return _variant_config(name, size)
+    if name not in TABLES and name not in EXTRA_TABLES:
+        raise UserError(f"unknown benchmark table '{name}'; choose from {', '.join(list(TABLES) + variant_names())}")
+    t = TABLES.get(name) or EXTRA_TABLES[name]
     space = SearchSpace.from_dict(tomllib.loads(t["space_toml"]), source=f"(built-in {name} space)")
     return TableConfig(space=space.to_dict(), size=size or t["size"], fidelities=[list(f) for f in t["fidelities"]],
                        n_train=t["n_train"], n_val=t["n_val"], n_score_val=t["n_score_val"],
-                       n_probe_val=t["n_probe_val"])
+                       n_probe_val=t["n_probe_val"], dataset=t.get("dataset", "fashion-mnist"))
+
+
+def _variant_config(name: str, size: int | None):
+    fam, role = name.split("-")
+    tc = table_config(fam)
+    tc.size = size or ROLE_SIZES[fam][role.rstrip("123")]
+    tc.fidelities = [list(tc.fidelities[0])]
+    tc.families = ["curve"]
+    if role != "dev":
+        k = 4 if role == "live" else int(role[-1])
+        tc.sample_seed, tc.data_seed, tc.seeds = 100 + k, k, [10 * k, 10 * k + 1, 10 * k + 2]
+    if role == "live":  # all training images, less the probe split that `lossprobe search` carves off
+        tc.n_train, tc.n_probe_val = 45_000, 5_000
+    return tc
 
 
 @dataclass
@@ -181,7 +223,7 @@ def _space(cfg: SearchBenchmarkConfig, name: str | None = None):
 
 
 def _probe_methods():
-    return ("sh-probe", "hyperband-probe", "probe-rank", "probe", "mf")
+    return ("sh-probe", "asha-probe", "hyperband-probe", "probe-rank", "probe", "mf")
 
 
 def _build(ctx, name: str) -> dict:
