@@ -101,10 +101,13 @@ class TransferScorer:
 
     Args:
         sources: [(feature rows, targets, curves, chance)] of the other tasks' tables (`table_examples`).
-        chance, n_classes: of the new task.
+        chance: the new task's chance accuracy.
+        n_classes: the new task's number of classes.
         warm: refit on the sources plus the new task's finished candidates whenever one more has
             finished; its rows weigh as much in total as the sources' once `warm_full` have finished.
         space: the new task's space (`complete` gives the fixed values too).
+        warm_full: finished candidates of the new task after which its rows weigh as much as the sources'.
+        seed: seeds the model's fits.
     """
 
     def __init__(self, sources: list, chance: float, n_classes: int, space, warm: bool = False, warm_full: int = 10,
