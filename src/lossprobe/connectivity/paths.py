@@ -315,11 +315,8 @@ def interpolate(
     bn_model = has_batchnorm(model_a)
     space_a = ParamSpace(model_a, include_buffers=bn_model)
     space_a.check_compatible(ParamSpace(model_b, include_buffers=bn_model))
-    theta_a, theta_b = space_a.flatten(model_a), space_a.flatten(model_b)
     out = Interpolation(alphas=alphas, bn=bn if bn_model else "none")
     coords = torch.tensor(np.stack([1 - alphas, alphas], 1))
-    zero = torch.zeros_like(theta_a)
-    ends = torch.stack([theta_a, theta_b])
 
     if bn_model and bn == "recompute":
         if bn_data is None:
@@ -339,6 +336,8 @@ def interpolate(
     for k, split in splits.items():
         obj = Objective(model_a, split, loss=loss, batch_size=batch_size, space=space_a, forward=forward,
                         metric=metric)
-        ev = obj.evaluate(coords, origin=zero, directions=ends, progress=progress)
+        # θ(α) = (1 − α)·θ_A + α·θ_B formed in one working copy, tensor by tensor from the two
+        # models' own parameters (no flat copy of either)
+        ev = obj.evaluate(coords, origin=0, directions=[model_a, model_b], progress=progress)
         out.loss[k], out.accuracy[k] = ev.loss, ev.accuracy
     return out

@@ -196,13 +196,13 @@ def _entry_draws(space: ParamSpace, gen: torch.Generator, chunk: int):
 
 
 def _random_vector(space: ParamSpace, ref: Reference | None, gen: torch.Generator, norm, ignore,
-                   chunk: int) -> torch.Tensor:
+                   chunk: int, out: torch.Tensor | None = None) -> torch.Tensor:
     """One normalised Gaussian direction [P] in the space's dtype and device: the values of
     ``normalize(_draw(space, gen), ...)`` cast to the model's dtype, made tensor by tensor
     (float64 temporaries of one tensor at most; 'model' norm draws twice to know the scale)."""
     if norm is not None and ref is None:
         raise UserError(f"norm='{norm}' needs reference weights: pass a model or reference=θ")
-    out = torch.empty(space.numel, dtype=space.dtype, device=space.device)
+    out = torch.empty(space.numel, dtype=space.dtype, device=space.device) if out is None else out
     scale = None
     if norm == "model":
         state = gen.get_state()
@@ -276,6 +276,7 @@ def random_plane(space_or_model, seed: int = 0, norm: str | None = "filter",
     space, ref = _space_and_reference(space_or_model, include_buffers, reference)
     ignore = _check_options(norm, ignore)
     g = torch.Generator().manual_seed(int(seed))
+    rows = torch.empty(2, space.numel, dtype=space.dtype, device=space.device)  # one [2, P] tensor: no stack later
     if _small(space, chunk):
         r = ref.whole() if ref is not None else None
         d1 = normalize(_draw(space, g), r, space, norm, ignore)
@@ -285,10 +286,12 @@ def random_plane(space_or_model, seed: int = 0, norm: str | None = "filter",
             n2 = d2.norm()
             d2 = d2 - (d2 @ d1) / (d1 @ d1).clamp_min(1e-30) * d1
             d2 = d2 * (n2 / d2.norm().clamp_min(1e-30))
-        d1, d2 = d1.to(space.dtype).to(space.device), d2.to(space.dtype).to(space.device)
+        rows[0].copy_(d1)
+        rows[1].copy_(d2)
+        d1, d2 = rows[0], rows[1]
     else:
-        d1 = _random_vector(space, ref, g, norm, ignore, chunk)
-        d2 = _random_vector(space, ref, g, norm, ignore, chunk)
+        d1 = _random_vector(space, ref, g, norm, ignore, chunk, out=rows[0])
+        d2 = _random_vector(space, ref, g, norm, ignore, chunk, out=rows[1])
         n1, n2 = norm64(d1), norm64(d2)
         d12 = dot64(d1, d2)
         cos = d12 / max(n1 * n2, 1e-30)
@@ -484,7 +487,7 @@ WHOLE_NORMS = ("unit", "model", None)
 
 
 def rescale(d: torch.Tensor, norm: str | None, reference: torch.Tensor | None = None,
-            dtype: torch.dtype | None = None, chunk: int = CHUNK) -> torch.Tensor:
+            dtype: torch.dtype | None = None, chunk: int = CHUNK, out: torch.Tensor | None = None) -> torch.Tensor:
     """`d` scaled as a whole (its shape kept, so an eigenvector stays one): 'unit' (‖d‖ = 1),
     'model' (‖d‖ = ‖θ‖ of `reference`, a vector or a model) or None (as it is). The scaling is
     float64 arithmetic, chunk by chunk; the result is float64 (as always) unless `dtype` is given,
@@ -494,7 +497,7 @@ def rescale(d: torch.Tensor, norm: str | None, reference: torch.Tensor | None = 
                         "(filter or layer normalisation would change its shape)")
     d = d.detach()
     if norm is None:
-        return d.to(dtype or torch.float64)
+        return d.to(dtype or torch.float64) if out is None else out.copy_(d)
     n = norm64(d)
     if not n > 0:
         raise UserError("the direction is zero: it cannot be normalised")
@@ -507,7 +510,7 @@ def rescale(d: torch.Tensor, norm: str | None, reference: torch.Tensor | None = 
         target = math.sqrt(sum(norm64(ref.seg(e)) ** 2 for e in ref.space.entries))
     else:
         target = norm64(reference)
-    out = torch.empty(d.shape, dtype=dtype or torch.float64, device=d.device)
+    out = torch.empty(d.shape, dtype=dtype or torch.float64, device=d.device) if out is None else out
     flat, of = d.reshape(-1), out.reshape(-1)
     for a in range(0, flat.numel(), chunk):
         of[a:a + chunk] = flat[a:a + chunk].double() * (target / n)

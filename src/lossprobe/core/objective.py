@@ -343,8 +343,15 @@ class Objective:
                 out = buf[e.slice]
                 if c is None:
                     org.fill(e, out)
-                else:
+                elif rows.mat is not None:
                     torch.addmv(org.seg(e), rows.block(e).T, c, out=out)
+                else:  # rows given one by one (two models): scaled adds, no [m, numel] stack
+                    cl = c.tolist()
+                    torch.mul(rows.seg(0, e), cl[0], out=out)
+                    for i in range(1, m):
+                        out.add_(rows.seg(i, e), alpha=cl[i])
+                    if org.kind != "zero":
+                        out.add_(org.seg(e))
 
         plan = self._plan(moving, buf, rows, write) if K > 1 and buf is not None else None
         # the first moving layer's m + 1 outputs pay off over more than m + 1 points (or when kept)

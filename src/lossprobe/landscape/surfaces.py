@@ -33,13 +33,14 @@ from typing import Callable, ClassVar
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file
+from safetensors import safe_open
 from torch import nn
 from tqdm.auto import tqdm
 
 from lossprobe.core.batching import TensorData, leaves
 from lossprobe.core.directions import Direction
 from lossprobe.core.objective import Objective, as_objective
+from lossprobe.core.vectors import norm64, sha_update
 from lossprobe.errors import UserError
 from lossprobe.landscape import directions as D
 from lossprobe.landscape.topology import persistence
@@ -402,13 +403,25 @@ def load(path) -> Surface:
 
 
 # --- chunk storage ---------------------------------------------------------------------
+class _ParamsOf:
+    """A model's parameters as the flat vector [P] of a space, for `_digest` (hashed tensor by
+    tensor: the digest of the flattened vector without making it)."""
+
+    def __init__(self, space, model):
+        self.space, self.live = space, space._tensors(model)
+
+
 def _digest(*parts) -> str:
     h = hashlib.sha256()
     for p in parts:
-        if isinstance(p, torch.Tensor):
-            t = p.detach().cpu().contiguous()
+        if isinstance(p, _ParamsOf):
+            h.update(str((p.space.dtype, (p.space.numel,))).encode())
+            for e in p.space.entries:
+                sha_update(h, p.live[e.name].detach().to(p.space.dtype))
+        elif isinstance(p, torch.Tensor):
+            t = p.detach()
             h.update(str((t.dtype, tuple(t.shape))).encode())
-            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            sha_update(h, t)
         elif isinstance(p, np.ndarray):
             h.update(str((p.dtype, p.shape)).encode())
             h.update(np.ascontiguousarray(p).tobytes())
@@ -518,7 +531,19 @@ def _directions_tensor(directions, m: int, space_numel: int) -> tuple[torch.Tens
             meta["non_finite_entries"] = True
         vecs.append(v)
         metas.append(meta)
-    return torch.stack([v.to(vecs[0].dtype) for v in vecs]), metas
+    return _rows_of_one(vecs), metas
+
+
+def _rows_of_one(vecs: list[torch.Tensor]) -> torch.Tensor:
+    """The vectors as one [m, P] tensor: a view when they are consecutive rows of one tensor
+    (directions made together), else a stack (a copy)."""
+    v0 = vecs[0]
+    n = v0.numel()
+    same = all(v.dtype == v0.dtype and v.device == v0.device and v.is_contiguous() and v.numel() == n
+               and v.untyped_storage().data_ptr() == v0.untyped_storage().data_ptr() for v in vecs)
+    if same and all(v.storage_offset() == v0.storage_offset() + i * n for i, v in enumerate(vecs)):
+        return v0.as_strided((len(vecs), n), (n, 1), v0.storage_offset())
+    return torch.stack([v.to(v0.dtype) for v in vecs])
 
 
 def _compute(obj: Objective, dirs_in, spans, steps, *, origin=None, out=None, force=False, run: GridRun,
@@ -537,8 +562,10 @@ def _compute(obj: Objective, dirs_in, spans, steps, *, origin=None, out=None, fo
 
     dirs, dir_meta = _directions_tensor(dirs_in, m, obj.space.numel)
     dirs = dirs.to(obj.device, obj.space.dtype)
-    origin_t = obj.theta0 if origin is None else _origin_vector(origin, obj)
-    obj.space.check_vector(origin_t, "origin")
+    # the origin stays the model's own parameters (read in place) unless one is given
+    origin_t = None if origin is None else _origin_vector(origin, obj)
+    if origin_t is not None:
+        obj.space.check_vector(origin_t, "origin")
 
     pts_all = np.stack([g.reshape(-1) for g in np.meshgrid(*axes, indexing="ij")], 1)  # [K, m]
     hoisting = obj.hoisting(dirs, origin_t) if K > 1 else None
@@ -555,7 +582,7 @@ def _compute(obj: Objective, dirs_in, spans, steps, *, origin=None, out=None, fo
     meta = {
         "kind": "slice" if m == 1 else "surface",
         "directions": dir_meta,
-        "direction_norms": [float(d.double().norm()) for d in dirs],
+        "direction_norms": [norm64(d) for d in dirs],
         "spans": [list(map(float, s)) for s in spans],
         "steps": list(shape),
         "origin": "model" if origin is None else "given",
@@ -578,8 +605,9 @@ def _compute(obj: Objective, dirs_in, spans, steps, *, origin=None, out=None, fo
         if isinstance(split, TensorData):
             cols = leaves(split.tree)
             x_digest = _digest(cols[0][: min(len(split), 256)], *cols[1:], split.indices if split.indices is not None else [])
-        fp = _digest(FORMAT, origin_t, dirs, pts_all, chunk_size, loss_name, x_digest, n_data, obj.batch_size,
-                     obj.space.names, obj.space.include_buffers)
+        fp = _digest(FORMAT, origin_t if origin_t is not None else _ParamsOf(obj.space, obj.model), dirs, pts_all,
+                     chunk_size, loss_name, x_digest, n_data, obj.batch_size, obj.space.names,
+                     obj.space.include_buffers)
         store = ChunkStore(out, fp, {"format": FORMAT, "grid_shape": list(shape), "chunks": n_chunks,
                                       "chunk_size": chunk_size, "meta": meta}, force=force)
         for i in sorted(store.done(n_chunks)):
@@ -652,9 +680,10 @@ def _run_chunks(ex: Executor, obj, model, origin, dirs, pts_all, todo, chunk_siz
     # put once: every task gets references, Ray ships each object to a worker once;
     # workers get a CPU copy (never move the caller's model off its device)
     cpu_model = model if obj.device.type == "cpu" else copy.deepcopy(model).cpu()
-    refs = [ex.put(v) for v in (cpu_model, data, origin.cpu(), dirs.cpu())]
+    origin_cpu = origin.cpu() if origin is not None else None  # None: the model's own parameters
+    refs = [ex.put(v) for v in (cpu_model, data, origin_cpu, dirs.cpu())]
     opts = {"loss": obj.criterion, "batch_size": obj.batch_size, "include_buffers": obj.space.include_buffers,
-            "token": _digest(origin.cpu(), dirs.cpu(), os.getpid(), time.time())}
+            "token": _digest(origin_cpu if origin_cpu is not None else "model", dirs.cpu(), os.getpid(), time.time())}
     for j, (loss_c, acc_c) in ex.as_completed(_ray_chunk, [(*refs, opts, c) for c in chunks]):
         finish(todo[j], loss_c, acc_c)
         if bar is not None:
@@ -787,13 +816,14 @@ class GridPlan:
             lines.append(text)
         return lines
 
-    def estimate(self, objective: Objective, points: int = 4) -> dict:
+    def estimate(self, objective: Objective, points: int | None = None) -> dict:
         """Time a few points (this also warms up) and say what is computed once per batch:
         {'seconds_per_point', 'seconds' (for the whole grid), 'hoisting' (None: a plain
-        forward pass per point)}."""
+        forward pass per point)}. By default one point per 20 of the grid, 1 to 4."""
         dirs = _directions_tensor(self.directions, self.m, objective.space.numel)[0].to(objective.device,
                                                                                       objective.space.dtype)
-        origin = objective.theta0 if self.origin is None else _origin_vector(self.origin, objective)
+        origin = None if self.origin is None else _origin_vector(self.origin, objective)
+        points = max(1, min(4, self.points // 20)) if points is None else points
         probe = np.zeros((max(1, min(points, self.points)), self.m))
         t0 = time.perf_counter()
         objective.evaluate(probe, origin=origin, directions=dirs)
@@ -802,17 +832,31 @@ class GridPlan:
                 "hoisting": objective.hoisting(dirs, origin) if self.points > 1 else None}
 
 
+ALONG_POINTS = 40  # per axis: grids with fewer points skip the curvature along random axes (see `plan`)
+
+
 def plan(objective: Objective, directions="random", span=(-1, 1), steps=51, *, m: int, origin=None, seed: int = 0,
          norm: str | None = "auto", include_bias: bool = False, orthogonal: bool = False, out=None,
-         progress: bool = False) -> GridPlan:
+         progress: bool = False, along: bool | str = "auto") -> GridPlan:
     """The `GridPlan` of a grid (the arguments as in `surface`): named directions resolved, 'auto'
-    spans searched; both kept in `out`, so a resumed run reuses them."""
+    spans searched; both kept in `out`, so a resumed run reuses them.
+
+    `along`: store the Hessian's curvature along each named axis (one Hessian-vector product
+    per axis, about four forward passes and a gradient graph each). 'auto' does so when it
+    costs at most a tenth of the grid: for grids of at least 40 points per axis, for
+    eigenvector axes (their Lanczos run costs more) and for an 'auto' span (its search starts
+    from it); a small grid on a large model skips it."""
     spans = _spans(span, m)
     steps_t = _steps(steps, m)
     for sp, n in zip(spans, steps_t):
         if sp[0] != "auto":
             grid_axis(sp[0], sp[1], n)  # a given span is checked before any work
-    dirs = _directions(objective, directions, m, origin, seed, norm, include_bias, orthogonal, progress, out)
+    if along == "auto":
+        names = [directions] if isinstance(directions, str) else list(directions) if _named(directions) else []
+        along = (int(np.prod(steps_t)) >= ALONG_POINTS * m or any(sp[0] == "auto" for sp in spans)
+                 or any(str(n).partition(":")[0] in D.EIGEN_KINDS for n in names))
+    dirs = _directions(objective, directions, m, origin, seed, norm, include_bias, orthogonal, progress, out,
+                       along=bool(along))
     spans, auto = _auto_spans(objective, spans, dirs, origin, out)
     return GridPlan(dirs, spans, steps_t, origin, auto)
 
@@ -838,7 +882,7 @@ def _named(directions) -> bool:
 
 
 def _directions(obj: Objective, directions, m: int, origin, seed, norm, include_bias, orthogonal, progress,
-                out) -> list:
+                out, along: bool = True) -> list:
     """Directions as given, or resolved from their names (`lossprobe.directions.resolve`) and
     kept in `out` so that a resumed run reuses them (eigenvectors cost a Lanczos run)."""
     if directions is None:
@@ -852,7 +896,8 @@ def _directions(obj: Objective, directions, m: int, origin, seed, norm, include_
     if kept is not None:
         return kept
     dirs = D.resolve(obj, directions, m, norm=norm, seed=seed, include_bias=include_bias, orthogonal=orthogonal,
-                     progress=progress, reference=None if origin is None else _origin_vector(origin, obj))
+                     progress=progress, reference=None if origin is None else _origin_vector(origin, obj),
+                     along=along)
     for i, d in enumerate(dirs):
         d.meta["axis_label"] = f"α{i + 1}: {D.describe(d.meta, short=True)}"
     if out is not None:
@@ -871,11 +916,15 @@ def _kept_directions(out, request: dict, obj: Objective) -> list | None:
         return None
     try:
         info = read_json(jf)
-        vecs = load_file(str(vf))
         if info.get("request") != to_jsonable(request):
             return None
-        return [Direction(vecs[f"d{i + 1}"].to(obj.device, obj.space.dtype), meta)
-                for i, meta in enumerate(info["directions"])]
+        metas = info["directions"]
+        # read one direction at a time into rows of one [m, P] tensor (no second copy)
+        rows = torch.empty(len(metas), obj.space.numel, dtype=obj.space.dtype, device=obj.device)
+        with safe_open(str(vf), framework="pt") as f:
+            for i in range(len(metas)):
+                rows[i].copy_(f.get_tensor(f"d{i + 1}"))
+        return [Direction(rows[i], meta) for i, meta in enumerate(metas)]
     except (UserError, OSError, KeyError, TypeError, ValueError, AttributeError, SafetensorError):
         return None  # damaged: derived data, computed again
 
@@ -993,7 +1042,7 @@ def auto_span(objective: Objective, directions, factor: float = AUTO_FACTOR, ori
     m = dirs.shape[0]
     if not factor > 1:
         raise UserError(f"the auto-span factor must be above 1, got {factor}")
-    origin_t = objective.theta0 if origin is None else _origin_vector(origin, objective)
+    origin_t = None if origin is None else _origin_vector(origin, objective)
     L0 = float(objective.evaluate(None, origin=origin_t).loss[0])
     if not (math.isfinite(L0) and L0 > 0):
         raise UserError(f"--span auto needs a positive, finite loss at the centre (it is {L0}); give --span LO HI")
