@@ -38,6 +38,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lossprobe.core.batching import TensorData, leaves
+from lossprobe.core.distributed import is_main
 from lossprobe.core.directions import Direction
 from lossprobe.core.objective import Objective, as_objective
 from lossprobe.core.vectors import norm64, sha_update
@@ -600,7 +601,10 @@ def _compute(obj: Objective, dirs_in, spans, steps, *, origin=None, out=None, fo
     mask = np.zeros(K, dtype=bool)
     store = None
     todo = list(range(n_chunks))
-    if out is not None:
+    # data-parallel (torchrun): every rank evaluates every chunk on its share of the batches;
+    # rank 0 alone keeps the chunk files and the others follow its list of what is missing
+    writer = obj.dist is None or obj.dist.rank == 0
+    if out is not None and writer:
         x_digest = None
         if isinstance(split, TensorData):
             cols = leaves(split.tree)
@@ -618,6 +622,9 @@ def _compute(obj: Objective, dirs_in, spans, steps, *, origin=None, out=None, fo
             mask[got["idx"]] = True
         todo = [i for i in range(n_chunks) if not mask[i * chunk_size: (i + 1) * chunk_size].all()]
         meta["resumed_chunks"] = n_chunks - len(todo)
+    if out is not None and obj.dist is not None:
+        got = obj.dist.broadcast_object((todo, loss_arr, acc_arr, mask, meta.get("resumed_chunks")) if writer else None)
+        todo, loss_arr, acc_arr, mask, meta["resumed_chunks"] = got
     todo_points = sum(len(range(i * chunk_size, min(K, (i + 1) * chunk_size))) for i in todo)
 
     def finish(i, loss_c, acc_c):
@@ -651,7 +658,7 @@ def _compute(obj: Objective, dirs_in, spans, steps, *, origin=None, out=None, fo
     meta["total_seconds"] = time.perf_counter() - t_start
     res = Surface(axes, loss_arr.reshape(shape), acc_arr.reshape(shape), mask.reshape(shape), meta,
                   np.asarray(sub_idx) if sub_idx is not None else None)
-    if out is not None:
+    if out is not None and writer:
         res.save(out)
     return res
 
@@ -871,7 +878,7 @@ def compute(objective: Objective, plan: GridPlan, *, out=None, force: bool = Fal
                        run=run, subset=subset)
     if plan.auto_span:
         res.meta["auto_span"] = plan.auto_span
-        if out is not None:
+        if out is not None and is_main():
             res.save(out)
     return res
 
@@ -900,7 +907,7 @@ def _directions(obj: Objective, directions, m: int, origin, seed, norm, include_
                      along=along)
     for i, d in enumerate(dirs):
         d.meta["axis_label"] = f"α{i + 1}: {D.describe(d.meta, short=True)}"
-    if out is not None:
+    if out is not None and is_main():
         makedirs(Path(out))
         save_safetensors(Path(out) / "directions.safetensors", {f"d{i + 1}": d.vector for i, d in enumerate(dirs)})
         write_json(Path(out) / "directions.json", {"request": request, "directions": [d.meta for d in dirs]})
@@ -946,7 +953,7 @@ def _auto_spans(obj: Objective, spans, dirs, origin, out) -> tuple[list[tuple[fl
         second = [d.meta.get("second_derivative") if isinstance(d, Direction) else None for d in dirs]
         auto = auto_span(obj, dirs, factor=factor, origin=origin,
                          second_derivatives=second if any(q is not None for q in second) else None)
-        if kept is not None:
+        if kept is not None and is_main():
             write_json(kept, {"factor": factor, "auto_span": auto})
     return [(-a["span"], a["span"]) if sp[0] == "auto" else sp for sp, a in zip(spans, auto)], auto
 
