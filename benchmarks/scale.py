@@ -21,7 +21,9 @@ download), 8 sequences of 128 tokens (seeded random ids; the model's own causal-
 Time is wall-clock in units of one plain forward pass over the same data, measured in the same
 process just before the probe (the best of two after a warm-up). Memory is the peak resident
 set (VmHWM, reset before the probe, sampled every 0.2 s too) above the resident set just
-before it, with the model(s) and data loaded, in model sizes M = parameters × 4 bytes. A
+before it, with the model(s) and data loaded, in model sizes M = parameters × 4 bytes (workers
+run with MALLOC_MMAP_THRESHOLD_=65536 so that freed blocks leave the resident set at once); the
+activations of one forward pass are reported too (`activations_M`). A
 watchdog stops a worker whose resident set passes `--limit-gb` (the machine is shared) and the
 row says so. `--curvature-tokens` runs the curvature rows on fewer tokens per sequence (their
 gradient graph grows with the tokens: about 10 GB at 8×128 for GPT-2 small).
@@ -132,9 +134,10 @@ def worker(args) -> dict:
     M = P * 4
     data = tokens(args.sequences, n_tok, a.config.vocab_size)
     b = build(args.model, 1) if probe == "interpolation" else None
+    mem.start()
     fwd = forward_seconds(a, data)
     row = {"probe": probe, "model": f"gpt2-{args.model}", "parameters": P, "tokens": [args.sequences, n_tok],
-           "forward_s": fwd}
+           "forward_s": fwd, "activations_M": mem.peak_above() / M}
 
     def timed(fn):
         mem.start()
@@ -274,7 +277,9 @@ def driver(args) -> dict:
                    "--tokens", str(args.tokens), "--curvature-tokens", str(args.curvature_tokens),
                    "--sequences", str(args.sequences), "--limit-gb", str(args.limit_gb),
                    "--trace-products", str(args.trace_products), "--ref-basis", str(args.ref_basis)]
-            p = subprocess.run(cmd, capture_output=True, text=True)
+            # malloc gives large blocks back at once, so the resident set follows what is allocated
+            env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": str(args.threads)}
+            p = subprocess.run(cmd, capture_output=True, text=True, env=env)
             lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
             rows[probe] = json.loads(lines[-1]) if lines else {"error": (p.stderr or "").strip().splitlines()[-1:]}
             print(f"[scale] {size} {probe}: {json.dumps(rows[probe])}", file=sys.stderr, flush=True)

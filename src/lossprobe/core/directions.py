@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from lossprobe.core.space import KINDS, ParamSpace
-from lossprobe.core.vectors import CHUNK, dot64, norm64, normal_segments
+from lossprobe.core.vectors import CHUNK, dot64, norm64, work_chunk
 from lossprobe.errors import UserError
 
 NORMS = ("filter", "layer", "model", None)
@@ -177,51 +177,143 @@ def _draw(space: ParamSpace, g: torch.Generator) -> torch.Tensor:
     return torch.randn(space.numel, generator=g, dtype=torch.float64)
 
 
-def _entry_draws(space: ParamSpace, gen: torch.Generator, chunk: int):
-    """The seeded float64 draw of P values (`_draw`), delivered tensor by tensor: (entry, float64 [numel])."""
-    pieces = normal_segments(space.numel, gen, chunk)
-    cur, pos = None, 0
-    for e in space.entries:
-        out = torch.empty(e.numel, dtype=torch.float64)
+class _Stream:
+    """The seeded float64 draw of n values (`_draw`), read in pieces of any size; it can be
+    rewound to a snapshot (to read a tensor twice: once for its norms, once to scale it)."""
+
+    def __init__(self, n: int, gen: torch.Generator, chunk: int):
+        self.n, self.gen = n, gen
+        self.chunk = max(16, chunk - chunk % 16)
+        self.start = 0  # values drawn so far (pieces of `_draw_blocks`)
+        self.cur: torch.Tensor | None = None
+        self.pos = 0
+
+    def _next_piece(self):
+        size = self.chunk if self.n - self.start >= 2 * self.chunk else self.n - self.start
+        self.cur = torch.randn(size, generator=self.gen, dtype=torch.float64)
+        self.start += size
+        self.pos = 0
+
+    def take(self, k: int) -> torch.Tensor:
+        """The next k values (float64)."""
+        out = torch.empty(k, dtype=torch.float64)
         filled = 0
-        while filled < e.numel:
-            if cur is None or pos == cur.numel():
-                _, _, cur = next(pieces)
-                pos = 0
-            take = min(e.numel - filled, cur.numel() - pos)
-            out[filled:filled + take] = cur[pos:pos + take]
-            filled += take
-            pos += take
-        yield e, out
+        while filled < k:
+            if self.cur is None or self.pos == self.cur.numel():
+                self._next_piece()
+            t = min(k - filled, self.cur.numel() - self.pos)
+            out[filled:filled + t] = self.cur[self.pos:self.pos + t]
+            filled += t
+            self.pos += t
+        return out
+
+    def snapshot(self):
+        return self.gen.get_state(), self.start, None if self.cur is None else self.cur.clone(), self.pos
+
+    def restore(self, snap) -> None:
+        state, self.start, cur, self.pos = snap
+        self.gen.set_state(state)
+        self.cur = cur
+
+
+def _row_blocks(e, chunk: int):
+    """(first row, rows) blocks of entry `e` along its first axis, about `chunk` values each."""
+    rows = e.shape[0] if len(e.shape) else 1
+    per = max(1, e.numel // max(rows, 1))
+    step = max(1, chunk // per)
+    for r in range(0, rows, step):
+        yield r, min(step, rows - r)
+
+
+def _random_entry(e, st: _Stream, out: torch.Tensor, ref: Reference | None, norm, ignored: bool, scale,
+                  chunk: int) -> None:
+    """Entry `e` of a normalised random direction into `out` (its slice of the vector), from the
+    stream: whole when it is small (exactly `normalize`'s arithmetic), else in blocks of rows
+    (filter norm along the first axis: the same arithmetic per row), else twice (its norms, then
+    its values)."""
+    n = e.numel
+    if ignored or norm is None or norm == "model":
+        for r, k in _row_blocks(e, chunk):
+            per = n // max(e.shape[0] if len(e.shape) else 1, 1)
+            vals = st.take(k * per)
+            if ignored:
+                out[r * per:(r + k) * per].zero_()
+            else:
+                out[r * per:(r + k) * per].copy_(vals.mul_(scale) if scale is not None else vals)
+        return
+    if n <= chunk:
+        seg = st.take(n)
+        _normalize_entry(e, seg, lambda: ref.seg(e), norm)
+        out.copy_(seg)
+        return
+    w = ref.seg(e)
+    if norm == "filter" and len(e.shape) >= 2 and e.unit_axis == 0:
+        per = n // e.shape[0]
+        wr = w.view(e.shape[0], per)
+        for r, k in _row_blocks(e, chunk):
+            vals = st.take(k * per).view(k, per)
+            vals.mul_((wr[r:r + k].double().norm(dim=1) / vals.norm(dim=1).clamp_min(1e-30))[:, None])
+            out[r * per:(r + k) * per].copy_(vals.reshape(-1))
+        return
+    # layer norm, or filter norm along another axis, of a large tensor: norms first, then values
+    snap = st.snapshot()
+    axis = e.unit_axis if (norm == "filter" and len(e.shape) >= 2 and e.unit_axis is not None) else None
+    sq = torch.zeros(e.shape[axis] if axis is not None else 1, dtype=torch.float64)
+    for r, k in _row_blocks(e, chunk):
+        vals = st.take(k * (n // e.shape[0])).view(k, *e.shape[1:])
+        if axis is None:
+            sq += vals.square().sum()
+        else:
+            sq += vals.square().sum([d for d in range(vals.ndim) if d != axis])
+    st.restore(snap)
+    if axis is None:
+        f = w.double().norm() / sq.sqrt().clamp_min(1e-30)
+    else:
+        f = _unit_norms(e, w) / sq.sqrt().clamp_min(1e-30)
+    shape = [1] * len(e.shape)
+    if axis is not None:
+        shape[axis] = -1
+    for r, k in _row_blocks(e, chunk):
+        per = n // e.shape[0]
+        vals = st.take(k * per).view(k, *e.shape[1:])
+        vals.mul_(f.view(shape) if axis is not None else f)
+        out[r * per:(r + k) * per].copy_(vals.reshape(-1))
 
 
 def _random_vector(space: ParamSpace, ref: Reference | None, gen: torch.Generator, norm, ignore,
                    chunk: int, out: torch.Tensor | None = None) -> torch.Tensor:
     """One normalised Gaussian direction [P] in the space's dtype and device: the values of
     ``normalize(_draw(space, gen), ...)`` cast to the model's dtype, made tensor by tensor
-    (float64 temporaries of one tensor at most; 'model' norm draws twice to know the scale)."""
+    from the seeded stream, with float64 temporaries of about `chunk` values ('model' norm
+    reads the stream twice to know its scale)."""
     if norm is not None and ref is None:
         raise UserError(f"norm='{norm}' needs reference weights: pass a model or reference=θ")
     out = torch.empty(space.numel, dtype=space.dtype, device=space.device) if out is None else out
     scale = None
     if norm == "model":
         state = gen.get_state()
+        st = _Stream(space.numel, gen, chunk)
         dd = rr = 0.0
-        for e, seg in _entry_draws(space, gen, chunk):
+        for e in space.entries:
+            per = e.numel // max(e.shape[0] if len(e.shape) else 1, 1)
+            for _, k in _row_blocks(e, chunk):
+                vals = st.take(k * per)
+                if e.kind not in ignore:
+                    dd += float(vals.square().sum())
             if e.kind not in ignore:
-                dd += float(seg.square().sum())
-                rr += float(ref.seg(e).double().square().sum())
+                rr += norm64(ref.seg(e)) ** 2
         scale = math.sqrt(rr) / max(math.sqrt(dd), 1e-30)
         gen.set_state(state)
-    for e, seg in _entry_draws(space, gen, chunk):
-        if e.kind in ignore:
-            seg.zero_()
-        elif norm == "model":
-            seg.mul_(scale)
-        elif norm is not None:
-            _normalize_entry(e, seg, lambda e=e: ref.seg(e), norm)
-        out[e.slice].copy_(seg)
+    st = _Stream(space.numel, gen, chunk)
+    for e in space.entries:
+        _random_entry(e, st, out[e.slice], ref, norm, e.kind in ignore, scale, chunk)
     return out
+
+
+def _work_chunk(space: ParamSpace, chunk: int) -> int:
+    """Values per float64 temporary while drawing: `chunk`, or 1/64 of the model when that is less
+    (so the temporaries stay a small fraction of a model size)."""
+    return max(1 << 14, min(chunk, space.numel // 64))  # (not vectors.work_chunk: tests pass tiny chunks)
 
 
 def _small(space: ParamSpace, chunk: int) -> bool:
@@ -256,7 +348,7 @@ def random_direction(space_or_model, seed: int = 0, norm: str | None = "filter",
         d = normalize(_draw(space, g), ref.whole() if ref is not None else None, space, norm, ignore)
         d = d.to(space.dtype).to(space.device)
     else:
-        d = _random_vector(space, ref, g, norm, ignore, chunk)
+        d = _random_vector(space, ref, g, norm, ignore, _work_chunk(space, chunk))
     meta = {"kind": "random", "seed": int(seed), "index": 0, "norm": norm, "ignore": list(ignore),
             "include_buffers": space.include_buffers}
     return Direction(d, meta)
@@ -290,19 +382,20 @@ def random_plane(space_or_model, seed: int = 0, norm: str | None = "filter",
         rows[1].copy_(d2)
         d1, d2 = rows[0], rows[1]
     else:
-        d1 = _random_vector(space, ref, g, norm, ignore, chunk, out=rows[0])
-        d2 = _random_vector(space, ref, g, norm, ignore, chunk, out=rows[1])
+        wc = _work_chunk(space, chunk)
+        d1 = _random_vector(space, ref, g, norm, ignore, wc, out=rows[0])
+        d2 = _random_vector(space, ref, g, norm, ignore, wc, out=rows[1])
         n1, n2 = norm64(d1), norm64(d2)
         d12 = dot64(d1, d2)
         cos = d12 / max(n1 * n2, 1e-30)
         if orthogonal:
             coef = d12 / max(n1 * n1, 1e-30)
-            for a in range(0, space.numel, chunk):
-                b = min(space.numel, a + chunk)
+            for a in range(0, space.numel, wc):
+                b = min(space.numel, a + wc)
                 d2[a:b] = (d2[a:b].double() - coef * d1[a:b].double()).to(d2.dtype)
             f = n2 / max(norm64(d2), 1e-30)
-            for a in range(0, space.numel, chunk):
-                b = min(space.numel, a + chunk)
+            for a in range(0, space.numel, wc):
+                b = min(space.numel, a + wc)
                 d2[a:b] = (d2[a:b].double() * f).to(d2.dtype)
     base = {"kind": "random", "seed": int(seed), "norm": norm, "ignore": list(ignore),
             "include_buffers": space.include_buffers, "orthogonal": bool(orthogonal), "cosine_before": cos}
@@ -512,8 +605,9 @@ def rescale(d: torch.Tensor, norm: str | None, reference: torch.Tensor | None = 
         target = norm64(reference)
     out = torch.empty(d.shape, dtype=dtype or torch.float64, device=d.device) if out is None else out
     flat, of = d.reshape(-1), out.reshape(-1)
-    for a in range(0, flat.numel(), chunk):
-        of[a:a + chunk] = flat[a:a + chunk].double() * (target / n)
+    step = flat.numel() if flat.numel() <= chunk else work_chunk(flat.numel(), chunk)
+    for a in range(0, flat.numel(), step):
+        of[a:a + step] = flat[a:a + step].double() * (target / n)
     return out
 
 

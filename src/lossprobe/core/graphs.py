@@ -143,7 +143,10 @@ class GraphCache:
         with torch.autograd.graph.saved_tensors_hooks(meas.pack, lambda t: t):
             item, count = self.build(th, batch)
         self.built += 1
-        return th, item, float(count), meas.bytes
+        # what the graph holds: the tensors saved for backward and the item itself (the gradient)
+        held = sum(t.numel() * t.element_size() for t in (item if isinstance(item, (tuple, list)) else [item])
+                   if isinstance(t, torch.Tensor))
+        return th, item, float(count), meas.bytes + held
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, object, float]]:
         obj = self.objective

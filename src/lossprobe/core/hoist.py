@@ -597,13 +597,12 @@ def moving_tensors(space, directions: torch.Tensor | None) -> frozenset:
     hit = _MOVING.get(key)
     if hit is not None and hit[0]() is directions and hit[1] == directions._version and hit[2] is space:
         return hit[3]
-    nz = (directions != 0).any(0).cpu()
-    flags = torch.zeros(len(space.entries), dtype=torch.bool)
-    offsets = torch.tensor([e.offset for e in space.entries])
-    idx = torch.nonzero(nz).squeeze(1)
-    if len(idx):
-        flags[torch.bucketize(idx, offsets, right=True) - 1] = True
-    out = frozenset(e.name for e, h in zip(space.entries, flags.tolist()) if h)
+    # tensor by tensor, in pieces of a million entries: never an index vector of length P
+    def nonzero(e):
+        return any(bool((directions[:, a:min(a + (1 << 20), e.offset + e.numel)] != 0).any())
+                   for a in range(e.offset, e.offset + e.numel, 1 << 20))
+
+    out = frozenset(e.name for e in space.entries if nonzero(e))
     if len(_MOVING) > 8:
         _MOVING.clear()
     _MOVING[key] = (weakref.ref(directions), directions._version, space, out)

@@ -92,7 +92,7 @@ def check_fits(model: nn.Module, data, crit, batch_size: int = 8, model_name: st
     """Run a few samples of `data` through `model` in eval mode; one line naming the model,
     the data and the first mismatch if they do not fit."""
     data = as_data(data)
-    batch = take(data.first(batch_size), slice(0, 8))
+    batch = take(data.first(batch_size), slice(0, 2))  # two samples: a transformer pays 2 of its B sequences
     with torch.no_grad(), model_mode(model, False):
         crit.check(model, batch, model_name or type(model).__name__, data_name or f"'{data.name}'")
 
@@ -324,7 +324,8 @@ class Objective:
         K = coords.shape[0]
         if not torch.isfinite(coords).all():
             raise UserError("coords contain NaN or inf")
-        coords_dev = coords.to(self.device, space.dtype)
+        # a half-precision model's points are formed in float32 (its coordinates too) and rounded once
+        coords_dev = coords.to(self.device, _point_dtype(space.dtype))
 
         loss_sum = torch.zeros(K, dtype=torch.float64, device=self.device)
         correct = torch.zeros(K, dtype=torch.float64, device=self.device)
@@ -337,21 +338,7 @@ class Objective:
         by_name = {e.name: e for e in space.entries}
         entries_plain = [by_name[n] for n in sorted(moving, key=lambda n: by_name[n].offset)]
 
-        def write(c, entries):
-            """θ(c) into the working copy on `entries` (c None: the origin)."""
-            for e in entries:
-                out = buf[e.slice]
-                if c is None:
-                    org.fill(e, out)
-                elif rows.mat is not None:
-                    torch.addmv(org.seg(e), rows.block(e).T, c, out=out)
-                else:  # rows given one by one (two models): scaled adds, no [m, numel] stack
-                    cl = c.tolist()
-                    torch.mul(rows.seg(0, e), cl[0], out=out)
-                    for i in range(1, m):
-                        out.add_(rows.seg(i, e), alpha=cl[i])
-                    if org.kind != "zero":
-                        out.add_(org.seg(e))
+        write = _writer(buf, org, rows, m, space.dtype)
 
         plan = self._plan(moving, buf, rows, write) if K > 1 and buf is not None else None
         # the first moving layer's m + 1 outputs pay off over more than m + 1 points (or when kept)
@@ -421,25 +408,32 @@ class Objective:
 
     # --- gradients -------------------------------------------------------------------
     def loss_and_grad(self, theta: torch.Tensor | None = None) -> tuple[float, torch.Tensor]:
-        """Mean loss and its gradient [P] at `theta`, accumulated over all batches."""
-        theta = (self.theta0 if theta is None else theta).detach().requires_grad_(True)
-        total, grad, n = 0.0, torch.zeros_like(theta), 0.0
-        with self.mode():
-            for batch in self.batches():
-                t = self.terms(theta, batch)
-                if t.loss.requires_grad:
-                    (g,) = torch.autograd.grad(t.loss, theta, allow_unused=True)
-                    if g is not None:
-                        grad += g
-                total += float(t.loss.detach())
-                n += float(t.count)
+        """Mean loss and its gradient [P] at `theta` (default: the model's own parameters, read in
+        place), accumulated over all batches into one vector."""
+        if theta is None:
+            leaves = Leaves(self, None, names={e.name for e in self.space.entries})
+        else:
+            leaves = Leaves(self, theta.detach().to(self.device, self.space.dtype))
+        grad = torch.zeros(self.space.numel, dtype=self.space.dtype, device=self.device)
+        total, n = 0.0, 0.0
+        leaves.grads_into(grad)
+        try:
+            with self.mode():
+                for batch in self.batches():
+                    t = self.terms(leaves.tensors, batch)
+                    if t.loss.requires_grad:
+                        torch.autograd.backward(t.loss, inputs=leaves.inputs)
+                    total += float(t.loss.detach())
+                    n += float(t.count)
+        finally:
+            leaves.clear()
         if self.dist is not None:
             (grad,) = self._all_reduce(grad)
             tot = self._all_reduce(torch.tensor([total, n], dtype=torch.float64, device=self.device))[0]
             total, n = float(tot[0]), float(tot[1])
         if n == 0:
             raise UserError(f"data '{self.data.name}' yielded no samples")
-        return total / n, grad / n
+        return total / n, grad.div_(n)
 
     def hvp(self, v: torch.Tensor, theta: torch.Tensor | None = None) -> torch.Tensor:
         """Exact Hessian-vector product H(theta) v of the mean loss, by double backward."""
@@ -494,14 +488,7 @@ class Objective:
             scale = float(buf.norm()) / math.sqrt(self.space.numel) + 1e-3
             directions = torch.randn(2, self.space.numel, generator=g).to(buf) * 1e-2 * scale * mask.to(buf.device)
         rows = Rows(self.space, directions, self.device)
-
-        def write(c, entries):
-            for e in entries:
-                if c is None:
-                    org.fill(e, buf[e.slice])
-                else:
-                    torch.addmv(org.seg(e), rows.block(e).T, c, out=buf[e.slice])
-
+        write = _writer(buf, org, rows, rows.m, self.space.dtype)
         plan = self._plan(moving, buf, rows, write)
         return plan.describe() if plan is not None else None
 
@@ -574,6 +561,39 @@ def hvp(objective: Objective, v: torch.Tensor, theta: torch.Tensor | None = None
     if n == 0:
         raise UserError("the data yielded no samples")
     return out / n
+
+
+def _point_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def _writer(buf, org, rows, m: int, dtype: torch.dtype):
+    """``write(c, entries)``: θ(c) = origin + c @ directions into the working copy `buf` on
+    `entries` (c None: the origin), tensor by tensor, outside autocast (the parameters'
+    arithmetic keeps their precision); for a half-precision model in float32, rounded once."""
+    half = dtype in (torch.float16, torch.bfloat16)
+    dev = buf.device.type if buf is not None else "cpu"
+
+    def write(c, entries):
+        with torch.autocast(dev, enabled=False):
+            for e in entries:
+                out = buf[e.slice]
+                if c is None:
+                    org.fill(e, out)
+                elif half:
+                    blk = rows.block(e).float()
+                    out.copy_(torch.addmv(org.seg(e).float(), blk.T, c.float()))
+                elif rows.mat is not None:
+                    torch.addmv(org.seg(e), rows.block(e).T, c, out=out)
+                else:  # rows given one by one (two models): scaled adds, no [m, numel] stack
+                    cl = c.tolist()
+                    torch.mul(rows.seg(0, e), cl[0], out=out)
+                    for i in range(1, m):
+                        out.add_(rows.seg(i, e), alpha=cl[i])
+                    if org.kind != "zero":
+                        out.add_(org.seg(e))
+
+    return write
 
 
 class Origin:
@@ -715,12 +735,13 @@ class Leaves:
     `grads_into(out)` makes backward passes accumulate into `out` [P] in place, so a product
     over many batches needs no P-length temporary beyond one tensor's gradient."""
 
-    def __init__(self, objective: Objective, theta: torch.Tensor | None = None, names=None):
+    def __init__(self, objective: Objective, theta: torch.Tensor | None = None, names=None,
+                 dtype: torch.dtype | None = None):
         space = objective.space
         self.space = space
         if theta is not None:
             self.flat = True
-            self.th = theta.detach().requires_grad_(True)
+            self.th = theta.detach().to(dtype or theta.dtype).requires_grad_(True)
             self.tensors = space.unflatten(self.th, prefix="model.")
             self.inputs = [self.th]
             self.entries = None
@@ -732,11 +753,17 @@ class Leaves:
             self.tensors, self.inputs, self.entries = {}, [], []
             for e in space.entries:
                 t = live[e.name].detach()
+                if dtype is not None and t.is_floating_point() and t.dtype != dtype:
+                    t = t.to(dtype)  # a copy: products of a float16 model run in float32
                 if e.name in names:
                     t.requires_grad_(True)
                     self.inputs.append(t)
                     self.entries.append(e)
                 self.tensors["model." + e.name] = t
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.inputs[0].dtype if self.inputs else self.space.dtype
 
     def views(self, v: torch.Tensor) -> list[torch.Tensor]:
         """A full vector [P] as the leaves' shapes (views)."""

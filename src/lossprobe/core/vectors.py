@@ -34,6 +34,12 @@ def _chunks(n: int, chunk: int = CHUNK):
         yield a, min(n, a + chunk)
 
 
+def work_chunk(n: int, chunk: int = CHUNK) -> int:
+    """Entries per float64 temporary for a vector of n entries: `chunk`, or n / 64 when that is
+    less (each temporary stays within 1/32 of the vector's size)."""
+    return max(1 << 16, min(chunk, n // 64))
+
+
 def norm64(t: torch.Tensor, chunk: int = CHUNK) -> float:
     """‖t‖₂ accumulated in float64 without a float64 copy of `t` (bitwise ``t.double().norm()``
     up to one chunk)."""
@@ -41,7 +47,7 @@ def norm64(t: torch.Tensor, chunk: int = CHUNK) -> float:
     if t.numel() <= chunk:
         return float(t.double().norm())
     s = 0.0
-    for a, b in _chunks(t.numel(), chunk):
+    for a, b in _chunks(t.numel(), work_chunk(t.numel(), chunk)):
         s += float(t[a:b].double().square().sum())
     return math.sqrt(s)
 
@@ -55,7 +61,7 @@ def dot64(a: torch.Tensor, b: torch.Tensor, chunk: int = CHUNK) -> float:
     if a.numel() <= chunk:
         return float(a.double() @ b.double())
     s = 0.0
-    for i, j in _chunks(a.numel(), chunk):
+    for i, j in _chunks(a.numel(), work_chunk(a.numel(), chunk)):
         s += float(a[i:j].double() @ b[i:j].double())
     return s
 
@@ -76,7 +82,7 @@ def normal_into(out: torch.Tensor, gen: torch.Generator, chunk: int = CHUNK, sca
     """Write ``torch.randn(out.numel(), generator=gen, dtype=float64)`` (times `scale`) into
     `out` (any dtype, any device), drawn on the CPU generator in chunks."""
     flat = out.view(-1)
-    for a, b in _draw_blocks(flat.numel(), chunk):
+    for a, b in _draw_blocks(flat.numel(), work_chunk(flat.numel(), chunk)):
         x = torch.randn(b - a, generator=gen, dtype=torch.float64)
         if scale != 1.0:
             x.mul_(scale)
@@ -94,10 +100,16 @@ def normal_segments(n: int, gen: torch.Generator, chunk: int = CHUNK):
 def rademacher_into(out: torch.Tensor, gen: torch.Generator, chunk: int = CHUNK) -> torch.Tensor:
     """Write the ±1 vector of ``randint(0, 2, (n,), generator=gen, dtype=int8) * 2 - 1`` into `out`."""
     flat = out.view(-1)
-    for a, b in _draw_blocks(flat.numel(), chunk):
+    for a, b in _draw_blocks(flat.numel(), work_chunk(flat.numel(), chunk)):
         x = torch.randint(0, 2, (b - a,), generator=gen, dtype=torch.int8)
         flat[a:b].copy_(x.to(torch.float32).mul_(2).sub_(1))
     return out
+
+
+def exact(t: torch.Tensor):
+    """A context in which products of these vectors keep their dtype: autocast off on `t`'s
+    device (under a user's ``torch.autocast`` a float32 matmul would run in bfloat16)."""
+    return torch.autocast(t.device.type, enabled=False)
 
 
 def combine_rows(sources: Sequence[torch.Tensor], S: np.ndarray | torch.Tensor, targets: Sequence[torch.Tensor],
@@ -112,7 +124,8 @@ def combine_rows(sources: Sequence[torch.Tensor], S: np.ndarray | torch.Tensor, 
     Sd = S.to(ref.device, ref.dtype if ref.dtype in (torch.float32, torch.float64) else torch.float32)
     for a, b in _chunks(n, chunk):
         X = torch.stack([s.reshape(-1)[a:b].to(Sd.dtype) for s in sources])  # [m, chunk]: a copy, so targets may alias
-        Y = Sd.T @ X
+        with exact(X):
+            Y = Sd.T @ X
         for j, t in enumerate(targets):
             t.reshape(-1)[a:b].copy_(Y[j])
 
@@ -123,12 +136,12 @@ def sha_update(h, t: torch.Tensor, chunk: int = CHUNK) -> None:
     flat = t.detach().reshape(-1)
     if not flat.is_contiguous():
         flat = flat.contiguous()
-    for a, b in _chunks(flat.numel(), chunk):
+    for a, b in _chunks(flat.numel(), work_chunk(flat.numel(), chunk)):
         part = flat[a:b]
         if part.device.type != "cpu":
             part = part.cpu()
         h.update(part.view(torch.uint8).numpy().data if part.numel() else b"")
 
 
-__all__ = ["CHUNK", "combine_rows", "dot64", "norm64", "normal_into", "normal_segments", "rademacher_into",
+__all__ = ["CHUNK", "work_chunk", "combine_rows", "exact", "dot64", "norm64", "normal_into", "normal_segments", "rademacher_into",
            "sha_update"]

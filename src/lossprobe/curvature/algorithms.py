@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from scipy.linalg import eigh_tridiagonal
 
-from lossprobe.core.vectors import combine_rows, dot64, norm64, normal_into, rademacher_into
+from lossprobe.core.vectors import combine_rows, dot64, exact, norm64, normal_into, rademacher_into
 from lossprobe.errors import UserError
 from lossprobe.results.contract import Result, json_float, register
 
@@ -190,12 +190,13 @@ class Basis:
         if not blocks:
             return w
         before = op.norm(w)
-        for again in (False, True):
-            hs = op.project(blocks, w)
-            for B, h in zip(blocks, hs):
-                w.addmv_(B.T, h.to(w.dtype), alpha=-1)
-            if again or op.norm(w) >= 0.7071 * before:
-                break
+        with exact(w):
+            for again in (False, True):
+                hs = op.project(blocks, w)
+                for B, h in zip(blocks, hs):
+                    w.addmv_(B.T, h.to(w.dtype), alpha=-1)
+                if again or op.norm(w) >= 0.7071 * before:
+                    break
         return w
 
     def keep(self, slots) -> None:
@@ -871,8 +872,9 @@ def normal_free_slot(basis: Basis, fill) -> tuple:
 def _project_out(op: CountingOperator, Q: Basis, g: torch.Tensor) -> None:
     """g ← g − Q(Qᵀg), one pass (Q orthonormal), in place."""
     blocks = [B for B, _ in Q.used_blocks()]
-    for B, h in zip(blocks, op.project(blocks, g)):
-        g.addmv_(B.T, h.to(g.dtype), alpha=-1)
+    with exact(g):
+        for B, h in zip(blocks, op.project(blocks, g)):
+            g.addmv_(B.T, h.to(g.dtype), alpha=-1)
 
 
 def _tick(x, progress):

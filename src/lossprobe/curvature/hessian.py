@@ -324,12 +324,12 @@ def spectral_density(
 
     `probes` Rademacher vectors × `steps` Lanczos steps products. The quadrature is
     broadened by Gaussians of width `sigma` (default ``sigma_rel`` × spectral range) on
-    `points` grid points. `max_basis` bounds the Lanczos vectors kept (default 6, or as many
-    as fit in 256 MiB: full reorthogonalisation for small models; beyond it each vector is
+    `points` grid points. `max_basis` bounds the Lanczos vectors kept (default 5 and the start
+    vector: 6 M on a large model; or as many as fit in 256 MiB: full reorthogonalisation for small models; beyond it each vector is
     orthogonalised against the last ones only, see `lossprobe.curvature.slq`).
     """
     H = operator(op, curvature, **legacy)
-    rows = max_basis if max_basis is not None else min(vectors_allowed(H.vector_bytes, 6), steps + 2)
+    rows = max_basis if max_basis is not None else min(vectors_allowed(H.vector_bytes, 5), steps + 2)
     _plan(H, f"spectral_density({probes} probes × {steps} steps)", rows + 1, memory)
     bar, tick = _bar(progress, probes * min(steps, H.n))
     try:

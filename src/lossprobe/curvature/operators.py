@@ -310,7 +310,16 @@ class CurvatureOperator:
     """
 
     name = "curvature"
-    work_dtype: torch.dtype | None = None  # the dtype `_apply` works in; None: the model's
+    fixed_dtype: torch.dtype | None = None  # the dtype `_apply` works in when the operator fixes it (K-FAC)
+
+    @property
+    def work_dtype(self) -> torch.dtype:
+        """The dtype products are computed in: the model's, float32 for a float16 model (its
+        second-order products overflow in float16), or the operator's own (K-FAC: float64)."""
+        if self.fixed_dtype is not None:
+            return self.fixed_dtype
+        dt = self.objective.space.dtype
+        return torch.float32 if dt == torch.float16 else dt
 
     def __init__(self, objective: Objective, theta: torch.Tensor | None = None, params=None,
                  cache_graph: bool | str = "auto", mask: torch.Tensor | None = None):
@@ -372,8 +381,10 @@ class CurvatureOperator:
         return self.n * torch.empty(0, dtype=self.vector_dtype).element_size()
 
     def leaves(self) -> Leaves:
-        """The point as autograd leaves (aliases: the flat θ if given, else the parameters)."""
-        return Leaves(self.objective, self._theta, None if self._mask is not None else set(self.entries))
+        """The point as autograd leaves (aliases: the flat θ if given, else the parameters; float32
+        copies of a float16 model's)."""
+        dt = self.work_dtype if self.work_dtype != self.objective.space.dtype else None
+        return Leaves(self.objective, self._theta, None if self._mask is not None else set(self.entries), dtype=dt)
 
     def embed(self, v: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
         """Selected-coordinate vector(s) [.., n] -> full parameter vector(s) [.., P] (zeros elsewhere)."""
@@ -400,7 +411,7 @@ class CurvatureOperator:
     def apply(self, v: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """C v for v [n] in `vector_dtype`, written into `out` [n] (allocated when None)."""
         self.calls += 1
-        work = self.work_dtype or self.objective.space.dtype
+        work = self.work_dtype
         if out is None:
             out = torch.empty(self.n, dtype=self.vector_dtype, device=self.device)
         if self.full and v.dtype == work and out.dtype == work:
@@ -699,7 +710,7 @@ class KFACOperator(CurvatureOperator):
     """
 
     name = "kfac"
-    work_dtype = torch.float64  # the Kronecker factors are float64
+    fixed_dtype = torch.float64  # the Kronecker factors are float64
 
     def __init__(self, objective, theta=None, params=None, kfac_type: str = "auto", mc_samples: int = 1,
                  seed: int = 0):

@@ -225,9 +225,11 @@ def resolve(objective, specs="random", m: int = 2, *, norm: str | None = "auto",
     axes = [i for i, (k, _) in enumerate(specs) if k == "random"]
     if axes:
         rnorm = axis_norm("random", norm)
-        plane = random_plane(objective.space, seed=seed, norm=rnorm if rnorm != "unit" else None,
-                             ignore=() if include_bias else ("bias", "norm"), reference=ref,
-                             orthogonal=orthogonal)
+        opts = dict(seed=seed, norm=rnorm if rnorm != "unit" else None, ignore=() if include_bias else ("bias", "norm"),
+                    reference=ref)
+        # the plane's first direction is `random_direction` with the same seed: draw one when one is used
+        plane = (random_direction(objective.space, **opts),) if axes == [0] else \
+            random_plane(objective.space, orthogonal=orthogonal, **opts)
         for i in axes:
             d = plane[i]
             if rnorm == "unit":
