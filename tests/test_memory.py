@@ -52,3 +52,53 @@ def test_curvature_probes_keep_to_their_vectors_and_one_graph(peaks, probe, vect
 
 def test_the_bounded_basis_restarted(peaks):
     assert peaks["top1_restarts"] > 0 and peaks["top2_restarts"] > 0
+
+
+def _tiny():
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(10, 20), nn.Tanh(), nn.Linear(20, 3))
+    b = nn.Sequential(nn.Linear(10, 20), nn.Tanh(), nn.Linear(20, 3))
+    return m, b, (torch.randn(16, 10), torch.randint(0, 3, (16,)))
+
+
+@pytest.mark.parametrize("probe", ["surface", "slice", "interpolation", "top2", "trace", "density"])
+def test_a_probe_that_cannot_fit_says_so_in_one_line_before_starting(probe):
+    import lossprobe as lp
+    from lossprobe.curvature import hessian
+    from lossprobe.curvature.operators import HessianOperator
+    from lossprobe.errors import UserError
+
+    a, b, data = _tiny()
+    H = HessianOperator(lp.Objective(a, data))
+    calls = {
+        "surface": lambda: lp.surface(a, data, steps=3, memory="1K", progress=False),
+        "slice": lambda: lp.slice(a, data, steps=3, memory="1K", progress=False),
+        "interpolation": lambda: lp.interpolate(a, b, data, alphas=[0, 1], memory="100"),
+        "top2": lambda: hessian.eigenvalues(H, k=2, memory="1K"),
+        "trace": lambda: hessian.trace(H, memory="1K"),
+        "density": lambda: hessian.spectral_density(H, memory="1K"),
+    }
+    with pytest.raises(UserError) as e:
+        calls[probe]()
+    msg = str(e.value)
+    assert "\n" not in msg and " needs " in msg and "memory=" in msg, msg
+    assert H.calls == 0  # refused before any product
+    P = sum(p.numel() for p in a.parameters())
+    # the contract's vectors at the default settings once a budget is given: top-2 keeps 5, trace 6
+    need = {"surface": 3, "slice": 2, "interpolation": 1, "top2": 5, "trace": 6}.get(probe)
+    if need is not None:
+        assert f"{need} " in msg and f"{P * 4 / 1e3:.3g} kB" in msg, msg
+
+
+def test_a_probe_that_fits_runs_within_a_given_budget():
+    import lossprobe as lp
+    from lossprobe.curvature import hessian
+
+    a, b, data = _tiny()
+    assert lp.surface(a, data, steps=3, memory="1M", progress=False).loss.shape == (3, 3)
+    assert len(lp.interpolate(a, b, data, alphas=[0, 1], memory="1M").loss["data"]) == 2
+    r = hessian.eigenvalues(lp.Objective(a, data), k=1, memory="1M")
+    assert r.converged

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from lossprobe.core.batching import Data, TensorData, as_data, move
 from lossprobe.core.losses import criterion
+from lossprobe.core.memory import check_vectors
 from lossprobe.core.objective import Objective
 from lossprobe.core.space import ParamSpace
 from lossprobe.errors import UserError
@@ -295,6 +296,7 @@ def interpolate(
     progress: bool = False,
     forward=None,
     metric=None,
+    memory=None,
 ) -> Interpolation:
     """Loss and accuracy at θ(α) = (1 − α) θ_A + α θ_B on each split of `data`.
 
@@ -305,6 +307,9 @@ def interpolate(
         bn: for models with BatchNorm, 'interpolate' the running statistics with the
             weights, or 'recompute' them at each α from `bn_data` (seeded batches).
         loss, forward, metric: the batch contract (see `Objective`).
+        memory: bytes (or '12G') the interpolation may use beyond the two models; default what
+            is free on the model's device, less a margin. It needs one working copy of the
+            parameters (two more with bn='recompute'); checked before any work.
     """
     if bn not in BN_MODES:
         raise UserError(f"bn must be one of {BN_MODES}, got '{bn}'")
@@ -316,6 +321,9 @@ def interpolate(
     space_a = ParamSpace(model_a, include_buffers=bn_model)
     space_a.check_compatible(ParamSpace(model_b, include_buffers=bn_model))
     out = Interpolation(alphas=alphas, bn=bn if bn_model else "none")
+    device = next((p.device for p in model_a.parameters()), None)
+    check_vectors("interpolation", 3 if bn_model and bn == "recompute" else 1, space_a.numel *
+                  torch.empty(0, dtype=space_a.dtype).element_size(), device, memory)
     coords = torch.tensor(np.stack([1 - alphas, alphas], 1))
 
     if bn_model and bn == "recompute":

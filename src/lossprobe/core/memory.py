@@ -51,9 +51,11 @@ def budget(device, memory=None) -> tuple[float, str]:
     return free * (1 - MARGIN), f"{where} ({fmt(free)}, less a {MARGIN:.0%} margin)"
 
 
-def vectors_allowed(vector_bytes: int, contract: int) -> int:
-    """How many vectors a probe keeps: its contract, or more when they fit in `SMALL` bytes."""
-    return max(contract, int(SMALL // max(vector_bytes, 1)))
+def vectors_allowed(vector_bytes: int, contract: int, memory=None) -> int:
+    """How many vectors a probe keeps: its contract, or more when they fit in `SMALL` bytes
+    (and in half of `memory` when a budget is given)."""
+    small = SMALL if memory is None else min(SMALL, parse_bytes(memory) / 2)
+    return max(contract, int(small // max(vector_bytes, 1)))
 
 
 def require(what: str, need: float, have: float, source: str, how: str = "") -> None:
@@ -63,4 +65,14 @@ def require(what: str, need: float, have: float, source: str, how: str = "") -> 
                         "(memory= / --memory), fewer vectors, or a smaller model or batch")
 
 
-__all__ = ["MARGIN", "SMALL", "budget", "fmt", "require", "vectors_allowed"]
+def check_vectors(what: str, vectors: int, vector_bytes: int, device, memory=None) -> float:
+    """One line, before any work, when `vectors` parameter-sized vectors of `vector_bytes`
+    (the landscape probes' contract: working copy, directions, origin) do not fit the budget
+    (`memory`, else what is free on `device`); returns the budget."""
+    have, source = budget(device, memory)
+    require(what, vectors * vector_bytes, have, source,
+            f" ({vectors} parameter-sized vectors of {fmt(vector_bytes)}, plus a batch's activations)")
+    return have
+
+
+__all__ = ["MARGIN", "SMALL", "budget", "check_vectors", "fmt", "require", "vectors_allowed"]

@@ -190,7 +190,7 @@ def eigenvalues(
     if tol is None:
         tol = _default_tol(H)
     n_want = k * (2 if which == "both" else 1)
-    rows = max_basis if max_basis is not None else min(vectors_allowed(H.vector_bytes, n_want + 3),
+    rows = max_basis if max_basis is not None else min(vectors_allowed(H.vector_bytes, n_want + 3, memory),
                                                        max(n_want + 3, max_steps + 2))
     _plan(H, f"eigenvalues(k={k}, which='{which}')", rows, memory)
     if v0 is not None:
@@ -234,7 +234,7 @@ def trace(
     H = operator(op, curvature, **legacy)
     blocks = H.blocks if per_layer else None
     if method in ("hutch++", "hutchpp"):
-        s = max_sketch if max_sketch is not None else min(matvecs // 3, vectors_allowed(H.vector_bytes, 6) - 2)
+        s = max_sketch if max_sketch is not None else min(matvecs // 3, vectors_allowed(H.vector_bytes, 6, memory) - 2)
         _plan(H, f"trace(hutch++, {matvecs} products)", s + 2, memory)
     elif method == "hutchinson":
         _plan(H, "trace(hutchinson)", 2, memory)
@@ -329,7 +329,7 @@ def spectral_density(
     orthogonalised against the last ones only, see `lossprobe.curvature.slq`).
     """
     H = operator(op, curvature, **legacy)
-    rows = max_basis if max_basis is not None else min(vectors_allowed(H.vector_bytes, 5), steps + 2)
+    rows = max_basis if max_basis is not None else min(vectors_allowed(H.vector_bytes, 5, memory), steps + 2)
     _plan(H, f"spectral_density({probes} probes × {steps} steps)", rows + 1, memory)
     bar, tick = _bar(progress, probes * min(steps, H.n))
     try:

@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 from lossprobe.core.batching import TensorData, leaves
 from lossprobe.core.distributed import is_main
 from lossprobe.core.directions import Direction
+from lossprobe.core.memory import check_vectors
 from lossprobe.core.objective import Objective, as_objective
 from lossprobe.core.vectors import norm64, sha_update
 from lossprobe.errors import UserError
@@ -703,9 +704,12 @@ class GridRun:
     cluster's `address`, reached within `ray_timeout` seconds, failed tasks retried
     `ray_retries` times), in chunks of `chunk_size` points (default: one row of a surface),
     with `threads` torch threads (None: leave the setting alone; each point is a few small
-    matrix products, so on a shared machine one thread is often fastest), a progress bar, and
-    ``on_chunk(i, n_chunks)`` after each stored chunk. The numbers do not depend on any of it,
-    so a run started here may be resumed on Ray and the other way round."""
+    matrix products, so on a shared machine one thread is often fastest), a progress bar,
+    ``on_chunk(i, n_chunks)`` after each stored chunk, and `memory` (bytes or '12G'; default
+    what is free on the model's device, less a margin) that the grid's parameter-sized
+    vectors must fit in, checked before any work (one line naming what it needs). The numbers
+    do not depend on any of it, so a run started here may be resumed on Ray and the other way
+    round."""
 
     backend: str = "local"
     address: str | None = None
@@ -715,6 +719,7 @@ class GridRun:
     threads: int | None = None
     progress: bool = True
     on_chunk: Callable[[int, int], None] | None = None
+    memory: float | str | None = None
 
 
 RUN_OPTIONS = tuple(f.name for f in fields(GridRun))
@@ -777,10 +782,20 @@ def grid(model_or_objective, data=None, directions="random", span=(-1, 1), steps
     subset = {"subset": int(options["subset"]), "subset_seed": options.get("subset_seed", 0)} \
         if options.get("subset") else None
     obj = as_objective(model_or_objective, data, **options)
+    _check_fits(obj, directions, m, origin, run.memory)
     with torch_threads(run.threads):
         p = plan(obj, directions, span, steps, m=m, origin=origin, seed=seed, norm=norm, include_bias=include_bias,
                  orthogonal=orthogonal, out=out, progress=run.progress)
         return compute(obj, p, out=out, force=force, run=run, subset=subset)
+
+
+def _check_fits(obj: Objective, directions, m: int, origin, memory) -> None:
+    """The grid's memory contract, checked before any work: one working copy of the
+    parameters, the `m` directions when they are drawn here (named), and the origin when it is
+    given as a model (read into a vector); one line naming the need when it does not fit."""
+    vectors = 1 + (m if directions is None or _named(directions) else 0) + (1 if isinstance(origin, nn.Module) else 0)
+    check_vectors("surface" if m == 2 else "slice" if m == 1 else f"grid (m={m})", vectors, obj.vector_bytes,
+                  obj.device, memory)
 
 
 @dataclass
