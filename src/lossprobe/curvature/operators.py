@@ -383,7 +383,7 @@ class CurvatureOperator:
     def leaves(self) -> Leaves:
         """The point as autograd leaves (aliases: the flat θ if given, else the parameters; float32
         copies of a float16 model's)."""
-        dt = self.work_dtype if self.work_dtype != self.objective.space.dtype else None
+        dt = torch.float32 if self.objective.space.dtype == torch.float16 else None  # (K-FAC's float64 is its factors')
         return Leaves(self.objective, self._theta, None if self._mask is not None else set(self.entries), dtype=dt)
 
     def embed(self, v: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
