@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 HERE = Path(__file__).parent
-SLACK = 0.35  # allocator and interpreter noise, in model sizes
+SLACK = 0.25  # allocator and interpreter noise, in model sizes (measured: within 0.05 of the vectors counted)
 
 
 @pytest.fixture(scope="module")

@@ -106,6 +106,16 @@ def rademacher_into(out: torch.Tensor, gen: torch.Generator, chunk: int = CHUNK)
     return out
 
 
+def all_finite(t: torch.Tensor, chunk: int = CHUNK) -> bool:
+    """``bool(torch.isfinite(t).all())`` without its P-sized temporaries (isfinite of a float
+    vector allocates about 1.75 model sizes): chunk by chunk for a large vector."""
+    flat = t.reshape(-1)
+    if flat.numel() <= chunk:
+        return bool(torch.isfinite(flat).all())
+    step = work_chunk(flat.numel(), chunk)
+    return all(bool(torch.isfinite(flat[a:a + step]).all()) for a in range(0, flat.numel(), step))
+
+
 def exact(t: torch.Tensor):
     """A context in which products of these vectors keep their dtype: autocast off on `t`'s
     device (under a user's ``torch.autocast`` a float32 matmul would run in bfloat16)."""
@@ -143,5 +153,5 @@ def sha_update(h, t: torch.Tensor, chunk: int = CHUNK) -> None:
         h.update(part.view(torch.uint8).numpy().data if part.numel() else b"")
 
 
-__all__ = ["CHUNK", "work_chunk", "combine_rows", "exact", "dot64", "norm64", "normal_into", "normal_segments", "rademacher_into",
+__all__ = ["CHUNK", "work_chunk", "all_finite", "combine_rows", "exact", "dot64", "norm64", "normal_into", "normal_segments", "rademacher_into",
            "sha_update"]

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from scipy.linalg import eigh_tridiagonal
 
-from lossprobe.core.vectors import combine_rows, dot64, exact, norm64, normal_into, rademacher_into
+from lossprobe.core.vectors import all_finite, combine_rows, dot64, exact, norm64, normal_into, rademacher_into
 from lossprobe.errors import UserError
 from lossprobe.results.contract import Result, json_float, register
 
@@ -373,7 +373,7 @@ def lanczos(
         prev = B.row(B.order[-2]) if len(st.alpha) and len(B) > 1 else None
         wslot = B.new_slot()
         w = op(q, out=B.row(wslot))
-        if not bool(torch.isfinite(w).all()):
+        if not all_finite(w):
             B.free.insert(0, wslot)
             raise UserError("the operator returned NaN or inf (is the loss finite at this point?)")
         a = op.dot(q, w)

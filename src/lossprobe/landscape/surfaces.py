@@ -42,7 +42,7 @@ from lossprobe.core.distributed import is_main
 from lossprobe.core.directions import Direction
 from lossprobe.core.memory import check_vectors
 from lossprobe.core.objective import Objective, as_objective
-from lossprobe.core.vectors import norm64, sha_update
+from lossprobe.core.vectors import all_finite, norm64, sha_update
 from lossprobe.errors import UserError
 from lossprobe.landscape import directions as D
 from lossprobe.landscape.topology import persistence
@@ -529,7 +529,7 @@ def _directions_tensor(directions, m: int, space_numel: int) -> tuple[torch.Tens
         if v.ndim != 1 or v.numel() != space_numel:
             raise UserError(f"direction {i + 1} has shape {tuple(v.shape)}, expected ({space_numel},) to match "
                             "the model's parameters")
-        if not torch.isfinite(v).all():
+        if not all_finite(v):
             meta["non_finite_entries"] = True
         vecs.append(v)
         metas.append(meta)
