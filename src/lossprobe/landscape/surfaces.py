@@ -513,13 +513,15 @@ def _ray_chunk(model, data, origin, dirs, opts: dict, pts: np.ndarray):
 
 
 # --- public API -------------------------------------------------------------------------
-def _directions_tensor(directions, m: int, space_numel: int) -> tuple[torch.Tensor, list[dict]]:
+def _directions_tensor(directions, m: int, space_numel: int, norms: bool = False):
+    """The directions as one [m, P] tensor and their metadata (and, with `norms`, their float64
+    norms: one pass over each, which also tells whether every entry is finite)."""
     if isinstance(directions, (Direction, torch.Tensor, np.ndarray)):
         directions = [directions] if (isinstance(directions, Direction) or np.ndim(directions) == 1) else list(directions)
     directions = list(directions)
     if len(directions) != m:
         raise UserError(f"expected {m} direction(s), got {len(directions)}")
-    vecs, metas = [], []
+    vecs, metas, norms_out = [], [], []
     for i, d in enumerate(directions):
         if isinstance(d, Direction):
             v, meta = d.vector, dict(d.meta)
@@ -529,11 +531,13 @@ def _directions_tensor(directions, m: int, space_numel: int) -> tuple[torch.Tens
         if v.ndim != 1 or v.numel() != space_numel:
             raise UserError(f"direction {i + 1} has shape {tuple(v.shape)}, expected ({space_numel},) to match "
                             "the model's parameters")
-        if not all_finite(v):
+        nrm = norm64(v)  # finite exactly when every entry is (a half or float32 square cannot overflow float64)
+        if not math.isfinite(nrm) or (v.dtype == torch.float64 and not all_finite(v)):
             meta["non_finite_entries"] = True
         vecs.append(v)
         metas.append(meta)
-    return _rows_of_one(vecs), metas
+        norms_out.append(nrm)
+    return (_rows_of_one(vecs), metas, norms_out) if norms else (_rows_of_one(vecs), metas)
 
 
 def _rows_of_one(vecs: list[torch.Tensor]) -> torch.Tensor:
@@ -562,8 +566,10 @@ def _compute(obj: Objective, dirs_in, spans, steps, *, origin=None, out=None, fo
     loss_name = obj.loss.name
     chunk_size, progress, on_chunk = run.chunk_size, run.progress, run.on_chunk
 
-    dirs, dir_meta = _directions_tensor(dirs_in, m, obj.space.numel)
-    dirs = dirs.to(obj.device, obj.space.dtype)
+    given, dir_meta, dir_norms = _directions_tensor(dirs_in, m, obj.space.numel, norms=True)
+    dirs = given.to(obj.device, obj.space.dtype)
+    if dirs is not given:  # cast (or moved): the norms of what is evaluated
+        dir_norms = [norm64(d) for d in dirs]
     # the origin stays the model's own parameters (read in place) unless one is given
     origin_t = None if origin is None else _origin_vector(origin, obj)
     if origin_t is not None:
@@ -571,7 +577,9 @@ def _compute(obj: Objective, dirs_in, spans, steps, *, origin=None, out=None, fo
 
     pts_all = np.stack([g.reshape(-1) for g in np.meshgrid(*axes, indexing="ij")], 1)  # [K, m]
     hoisting = obj.hoisting(dirs, origin_t) if K > 1 else None
-    if chunk_size is None:
+    if chunk_size is None and out is None and on_chunk is None and backend == "local":
+        chunk_size = K  # nothing to resume: one chunk, so one working copy and one set-up for the grid
+    elif chunk_size is None:
         chunk_size = shape[-1] if m == 2 else max(1, min(64, math.ceil(K / 8)))
     if chunk_size < 1:
         raise UserError(f"chunk_size must be positive, got {chunk_size}")
@@ -584,7 +592,7 @@ def _compute(obj: Objective, dirs_in, spans, steps, *, origin=None, out=None, fo
     meta = {
         "kind": "slice" if m == 1 else "surface",
         "directions": dir_meta,
-        "direction_norms": [norm64(d) for d in dirs],
+        "direction_norms": dir_norms,
         "spans": [list(map(float, s)) for s in spans],
         "steps": list(shape),
         "origin": "model" if origin is None else "given",
