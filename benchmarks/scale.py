@@ -18,7 +18,8 @@ download), 8 sequences of 128 tokens (seeded random ids; the model's own causal-
   (the same mean loss), with the math attention kernel (it needs double backward);
 * a tight reference: Lanczos to tol 1e-6 with a large basis (`--ref-basis`), top 3.
 
-Time is wall-clock in units of one plain forward pass over the same data, measured in the same
+Time is wall-clock (`passes`) and this process's CPU time (`cpu_passes`: one thread, so robust to other
+load on a shared machine) in units of one plain forward pass over the same data, measured in the same
 process just before the probe (the best of two after a warm-up). Memory is the peak resident
 set (VmHWM, reset before the probe, sampled every 0.2 s too) above the resident set just
 before it, with the model(s) and data loaded, in model sizes M = parameters × 4 bytes (workers
@@ -106,16 +107,16 @@ def tokens(n_seq: int, n_tok: int, vocab: int = 50257):
     return {"input_ids": x, "labels": x}
 
 
-def forward_seconds(model, data, repeats: int = 2) -> float:
+def forward_seconds(model, data, repeats: int = 2, clock=time.perf_counter) -> float:
     import torch
 
     with torch.inference_mode():
         model(**data)  # warm-up
         best = float("inf")
         for _ in range(repeats):
-            t = time.perf_counter()
+            t = clock()
             model(**data)
-            best = min(best, time.perf_counter() - t)
+            best = min(best, clock() - t)
     return best
 
 
@@ -136,16 +137,18 @@ def worker(args) -> dict:
     b = build(args.model, 1) if probe == "interpolation" else None
     mem.start()
     fwd = forward_seconds(a, data)
+    act = mem.peak_above() / M
+    fwd_cpu = forward_seconds(a, data, clock=time.process_time)
     row = {"probe": probe, "model": f"gpt2-{args.model}", "parameters": P, "tokens": [args.sequences, n_tok],
-           "forward_s": fwd, "activations_M": mem.peak_above() / M}
+           "forward_s": fwd, "forward_cpu_s": fwd_cpu, "activations_M": act}
 
-    def timed(fn):
+    def timed(fn):  # wall clock and this process's CPU time (one thread: robust to a loaded machine)
         mem.start()
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         out = fn()
-        sec = time.perf_counter() - t
-        return out, {"seconds": sec, "passes": sec / fwd, "peak_M": mem.peak_above() / M,
-                     "peak_GB": mem.peak_above() / 1e9}
+        sec, cpu = time.perf_counter() - t, time.process_time() - c
+        return out, {"seconds": sec, "passes": sec / fwd, "cpu_seconds": cpu, "cpu_passes": cpu / fwd_cpu,
+                     "peak_M": mem.peak_above() / M, "peak_GB": mem.peak_above() / 1e9}
 
     kw = dict(loss="model", batch_size=args.sequences)
     if probe == "interpolation":
@@ -301,9 +304,17 @@ def summarise(rows: dict) -> dict:
         a, b = get(p, "lossprobe", "seconds"), get(p, "plain_loop", "seconds")
         if a and b:
             s[f"{p}_time_vs_plain"] = a / b
+        a, b = get(p, "lossprobe", "cpu_seconds"), get(p, "plain_loop", "cpu_seconds")
+        if a and b:
+            s[f"{p}_cpu_time_vs_plain"] = a / b
     ph, t1 = get("pyhessian", "pyhessian", "seconds"), get("top1", "lossprobe", "seconds")
     if ph and t1:
         s["top1_time_vs_pyhessian"] = t1 / ph
+        # in forward passes of each row's own process (the rows ran at different times)
+        s["top1_passes_vs_pyhessian"] = get("top1", "lossprobe", "passes") / get("pyhessian", "pyhessian", "passes")
+        if get("pyhessian", "pyhessian", "cpu_seconds") and get("top1", "lossprobe", "cpu_seconds"):
+            s["top1_cpu_time_vs_pyhessian"] = get("top1", "lossprobe", "cpu_seconds") / get("pyhessian", "pyhessian",
+                                                                                            "cpu_seconds")
         s["top1_peak_M_minus_pyhessian"] = get("top1", "lossprobe", "peak_M") - get("pyhessian", "pyhessian", "peak_M")
     ref = get("reference", "eigenvalues")
     if ref:
