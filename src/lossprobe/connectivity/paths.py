@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from lossprobe.core.batching import Data, TensorData, as_data, at_batch, move
 from lossprobe.core.losses import criterion
+from lossprobe.core.memory import check_vectors
 from lossprobe.core.objective import Objective
 from lossprobe.core.space import ParamSpace
 from lossprobe.errors import UserError
@@ -296,6 +297,7 @@ def interpolate(
     progress: bool = False,
     forward=None,
     metric=None,
+    memory=None,
 ) -> Interpolation:
     """Loss and accuracy at θ(α) = (1 − α) θ_A + α θ_B on each split of `data`.
 
@@ -308,6 +310,9 @@ def interpolate(
         loss: the batch contract (see `Objective`), with `forward` and `metric`.
         forward: ``forward(model, batch) -> output``.
         metric: ``metric(output, target) -> per-sample values`` instead of accuracy.
+        memory: bytes (or '12G') the interpolation may use beyond the two models; default what
+            is free on the model's device, less a margin. It needs one working copy of the
+            parameters (two more with bn='recompute'); checked before any work.
     """
     if bn not in BN_MODES:
         raise UserError(f"bn must be one of {BN_MODES}, got '{bn}'")
@@ -318,11 +323,11 @@ def interpolate(
     bn_model = has_batchnorm(model_a)
     space_a = ParamSpace(model_a, include_buffers=bn_model)
     space_a.check_compatible(ParamSpace(model_b, include_buffers=bn_model))
-    theta_a, theta_b = space_a.flatten(model_a), space_a.flatten(model_b)
     out = Interpolation(alphas=alphas, bn=bn if bn_model else "none")
+    device = next((p.device for p in model_a.parameters()), None)
+    check_vectors("interpolation", 3 if bn_model and bn == "recompute" else 1, space_a.numel *
+                  torch.empty(0, dtype=space_a.dtype).element_size(), device, memory)
     coords = torch.tensor(np.stack([1 - alphas, alphas], 1))
-    zero = torch.zeros_like(theta_a)
-    ends = torch.stack([theta_a, theta_b])
 
     if bn_model and bn == "recompute":
         if bn_data is None:
@@ -342,6 +347,8 @@ def interpolate(
     for k, split in splits.items():
         obj = Objective(model_a, split, loss=loss, batch_size=batch_size, space=space_a, forward=forward,
                         metric=metric)
-        ev = obj.evaluate(coords, origin=zero, directions=ends, progress=progress)
+        # θ(α) = (1 − α)·θ_A + α·θ_B formed in one working copy, tensor by tensor from the two
+        # models' own parameters (no flat copy of either)
+        ev = obj.evaluate(coords, origin=0, directions=[model_a, model_b], progress=progress)
         out.loss[k], out.accuracy[k] = ev.loss, ev.accuracy
     return out

@@ -22,6 +22,7 @@ the direction, so those parameters stay at the reference value along it.
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ import torch
 from torch import nn
 
 from lossprobe.core.space import KINDS, ParamSpace
+from lossprobe.core.vectors import CHUNK, dot64, norm64, work_chunk
 from lossprobe.errors import UserError
 
 NORMS = ("filter", "layer", "model", None)
@@ -55,7 +57,7 @@ class Direction:
 
     @property
     def norm(self) -> float:
-        return float(self.vector.double().norm())
+        return norm64(self.vector)
 
     def to(self, *args, **kwargs) -> "Direction":
         return Direction(self.vector.to(*args, **kwargs), dict(self.meta))
@@ -81,18 +83,40 @@ def as_vector(obj, space: ParamSpace | None = None) -> torch.Tensor:
 
 
 # --- random directions ------------------------------------------------------------------
-def _space_and_reference(space_or_model, include_buffers: bool, reference) -> tuple[ParamSpace, torch.Tensor | None]:
+class Reference:
+    """Reference weights read per tensor: a model's own parameters (no flat copy) or a flat
+    vector [P]."""
+
+    def __init__(self, space: ParamSpace, source):
+        self.space = space
+        if isinstance(source, nn.Module):
+            self.live, self.flat = space._tensors(source), None
+        else:
+            self.live, self.flat = None, as_vector(source, space)
+            space.check_vector(self.flat, "reference")
+
+    def seg(self, e) -> torch.Tensor:
+        """Entry `e` of the reference as a flat tensor in its own dtype (a view where possible)."""
+        if self.flat is not None:
+            return self.flat[e.slice]
+        return self.live[e.name].detach().reshape(-1)
+
+    def whole(self) -> torch.Tensor:
+        """The reference as one flat vector (a copy for a model)."""
+        return self.flat if self.flat is not None else self.space.flatten(self.live)
+
+
+def _space_and_reference(space_or_model, include_buffers: bool, reference) -> tuple[ParamSpace, Reference | None]:
     if isinstance(space_or_model, ParamSpace):
         space = space_or_model
         ref = None
     elif isinstance(space_or_model, nn.Module):
         space = ParamSpace(space_or_model, include_buffers=include_buffers)
-        ref = space.flatten(space_or_model)
+        ref = Reference(space, space_or_model)
     else:
         raise TypeError(f"expected a ParamSpace or an nn.Module, got {type(space_or_model).__name__}")
     if reference is not None:
-        ref = as_vector(reference, space)
-        space.check_vector(ref, "reference")
+        ref = Reference(space, reference.vector if isinstance(reference, Direction) else reference)
     return space, ref
 
 
@@ -108,7 +132,8 @@ def _check_options(norm, ignore) -> tuple[str, ...]:
 
 def normalize(d: torch.Tensor, reference: torch.Tensor, space: ParamSpace, norm: str | None,
               ignore: Sequence[str] = ("bias", "norm")) -> torch.Tensor:
-    """Return a normalised copy of direction `d` [P] against `reference` [P] (see module doc)."""
+    """Return a normalised copy of direction `d` [P] against `reference` [P] (see module doc),
+    in float64 (a small-model helper: `random_direction` normalises tensor by tensor)."""
     ignore = _check_options(norm, ignore)
     d = d.detach().to(torch.float64).clone()
     keep = ~space.mask(ignore) if ignore else torch.ones(space.numel, dtype=torch.bool)
@@ -124,12 +149,27 @@ def normalize(d: torch.Tensor, reference: torch.Tensor, space: ParamSpace, norm:
     for e in space.entries:
         if e.kind in ignore:
             continue
-        seg, w = d[e.slice], ref[e.slice]
-        if norm == "filter" and len(e.shape) >= 2 and e.unit_axis is not None:
-            seg.mul_(e.per_unit(e.units(w).norm(dim=1) / e.units(seg).norm(dim=1).clamp_min(1e-30)))
-        else:  # layer norm, or a 1-D tensor under filter norm: one filter
-            seg.mul_(w.norm() / seg.norm().clamp_min(1e-30))
+        _normalize_entry(e, d[e.slice], lambda e=e: ref[e.slice], norm)
     return d
+
+
+def _unit_norms(e, seg: torch.Tensor, rows: int = 1 << 14) -> torch.Tensor:
+    """Per output unit the float64 norm of entry `e`'s values `seg` (any dtype), in row chunks
+    (each row's norm is the same as over the whole tensor at once)."""
+    u = seg.view(e.shape).movedim(e.unit_axis, 0)
+    out = []
+    for r in range(0, u.shape[0], rows):
+        out.append(u[r:r + rows].reshape(min(rows, u.shape[0] - r), -1).double().norm(dim=1))
+    return torch.cat(out)
+
+
+def _normalize_entry(e, seg64: torch.Tensor, ref_seg, norm: str) -> None:
+    """Scale the float64 values `seg64` of entry `e` in place against the reference (filter or layer)."""
+    w = ref_seg()
+    if norm == "filter" and len(e.shape) >= 2 and e.unit_axis is not None:
+        seg64.mul_(e.per_unit(_unit_norms(e, w) / e.units(seg64).norm(dim=1).clamp_min(1e-30)))
+    else:  # layer norm, or a 1-D tensor under filter norm: one filter
+        seg64.mul_(w.double().norm() / seg64.norm().clamp_min(1e-30))
 
 
 def _draw(space: ParamSpace, g: torch.Generator) -> torch.Tensor:
@@ -137,9 +177,153 @@ def _draw(space: ParamSpace, g: torch.Generator) -> torch.Tensor:
     return torch.randn(space.numel, generator=g, dtype=torch.float64)
 
 
+class _Stream:
+    """The seeded float64 draw of n values (`_draw`), read in pieces of any size; it can be
+    rewound to a snapshot (to read a tensor twice: once for its norms, once to scale it)."""
+
+    def __init__(self, n: int, gen: torch.Generator, chunk: int):
+        self.n, self.gen = n, gen
+        self.chunk = max(16, chunk - chunk % 16)
+        self.start = 0  # values drawn so far (pieces of `_draw_blocks`)
+        self.cur: torch.Tensor | None = None
+        self.pos = 0
+
+    def _next_piece(self):
+        size = self.chunk if self.n - self.start >= 2 * self.chunk else self.n - self.start
+        self.cur = torch.randn(size, generator=self.gen, dtype=torch.float64)
+        self.start += size
+        self.pos = 0
+
+    def take(self, k: int) -> torch.Tensor:
+        """The next k values (float64)."""
+        out = torch.empty(k, dtype=torch.float64)
+        filled = 0
+        while filled < k:
+            if self.cur is None or self.pos == self.cur.numel():
+                self._next_piece()
+            t = min(k - filled, self.cur.numel() - self.pos)
+            out[filled:filled + t] = self.cur[self.pos:self.pos + t]
+            filled += t
+            self.pos += t
+        return out
+
+    def snapshot(self):
+        return self.gen.get_state(), self.start, None if self.cur is None else self.cur.clone(), self.pos
+
+    def restore(self, snap) -> None:
+        state, self.start, cur, self.pos = snap
+        self.gen.set_state(state)
+        self.cur = cur
+
+
+def _row_blocks(e, chunk: int):
+    """(first row, rows) blocks of entry `e` along its first axis, about `chunk` values each."""
+    rows = e.shape[0] if len(e.shape) else 1
+    per = max(1, e.numel // max(rows, 1))
+    step = max(1, chunk // per)
+    for r in range(0, rows, step):
+        yield r, min(step, rows - r)
+
+
+def _random_entry(e, st: _Stream, out: torch.Tensor, ref: Reference | None, norm, ignored: bool, scale,
+                  chunk: int) -> None:
+    """Entry `e` of a normalised random direction into `out` (its slice of the vector), from the
+    stream: whole when it is small (exactly `normalize`'s arithmetic), else in blocks of rows
+    (filter norm along the first axis: the same arithmetic per row), else twice (its norms, then
+    its values)."""
+    n = e.numel
+    if ignored or norm is None or norm == "model":
+        for r, k in _row_blocks(e, chunk):
+            per = n // max(e.shape[0] if len(e.shape) else 1, 1)
+            vals = st.take(k * per)
+            if ignored:
+                out[r * per:(r + k) * per].zero_()
+            else:
+                out[r * per:(r + k) * per].copy_(vals.mul_(scale) if scale is not None else vals)
+        return
+    if n <= chunk:
+        seg = st.take(n)
+        _normalize_entry(e, seg, lambda: ref.seg(e), norm)
+        out.copy_(seg)
+        return
+    w = ref.seg(e)
+    if norm == "filter" and len(e.shape) >= 2 and e.unit_axis == 0:
+        per = n // e.shape[0]
+        wr = w.view(e.shape[0], per)
+        for r, k in _row_blocks(e, chunk):
+            vals = st.take(k * per).view(k, per)
+            vals.mul_((wr[r:r + k].double().norm(dim=1) / vals.norm(dim=1).clamp_min(1e-30))[:, None])
+            out[r * per:(r + k) * per].copy_(vals.reshape(-1))
+        return
+    # layer norm, or filter norm along another axis, of a large tensor: norms first, then values
+    snap = st.snapshot()
+    axis = e.unit_axis if (norm == "filter" and len(e.shape) >= 2 and e.unit_axis is not None) else None
+    sq = torch.zeros(e.shape[axis] if axis is not None else 1, dtype=torch.float64)
+    for r, k in _row_blocks(e, chunk):
+        vals = st.take(k * (n // e.shape[0])).view(k, *e.shape[1:])
+        if axis is None:
+            sq += vals.square().sum()
+        else:
+            sq += vals.square().sum([d for d in range(vals.ndim) if d != axis])
+    st.restore(snap)
+    if axis is None:
+        f = w.double().norm() / sq.sqrt().clamp_min(1e-30)
+    else:
+        f = _unit_norms(e, w) / sq.sqrt().clamp_min(1e-30)
+    shape = [1] * len(e.shape)
+    if axis is not None:
+        shape[axis] = -1
+    for r, k in _row_blocks(e, chunk):
+        per = n // e.shape[0]
+        vals = st.take(k * per).view(k, *e.shape[1:])
+        vals.mul_(f.view(shape) if axis is not None else f)
+        out[r * per:(r + k) * per].copy_(vals.reshape(-1))
+
+
+def _random_vector(space: ParamSpace, ref: Reference | None, gen: torch.Generator, norm, ignore,
+                   chunk: int, out: torch.Tensor | None = None) -> torch.Tensor:
+    """One normalised Gaussian direction [P] in the space's dtype and device: the values of
+    ``normalize(_draw(space, gen), ...)`` cast to the model's dtype, made tensor by tensor
+    from the seeded stream, with float64 temporaries of about `chunk` values ('model' norm
+    reads the stream twice to know its scale)."""
+    if norm is not None and ref is None:
+        raise UserError(f"norm='{norm}' needs reference weights: pass a model or reference=θ")
+    out = torch.empty(space.numel, dtype=space.dtype, device=space.device) if out is None else out
+    scale = None
+    if norm == "model":
+        state = gen.get_state()
+        st = _Stream(space.numel, gen, chunk)
+        dd = rr = 0.0
+        for e in space.entries:
+            per = e.numel // max(e.shape[0] if len(e.shape) else 1, 1)
+            for _, k in _row_blocks(e, chunk):
+                vals = st.take(k * per)
+                if e.kind not in ignore:
+                    dd += float(vals.square().sum())
+            if e.kind not in ignore:
+                rr += norm64(ref.seg(e)) ** 2
+        scale = math.sqrt(rr) / max(math.sqrt(dd), 1e-30)
+        gen.set_state(state)
+    st = _Stream(space.numel, gen, chunk)
+    for e in space.entries:
+        _random_entry(e, st, out[e.slice], ref, norm, e.kind in ignore, scale, chunk)
+    return out
+
+
+def _work_chunk(space: ParamSpace, chunk: int) -> int:
+    """Values per float64 temporary while drawing: `chunk`, or 1/64 of the model when that is less
+    (so the temporaries stay a small fraction of a model size)."""
+    return max(1 << 14, min(chunk, space.numel // 64))  # (not vectors.work_chunk: tests pass tiny chunks)
+
+
+def _small(space: ParamSpace, chunk: int) -> bool:
+    """Below one chunk of parameters the float64 vectors are cheap: use the plain arithmetic."""
+    return space.numel <= chunk
+
+
 def random_direction(space_or_model, seed: int = 0, norm: str | None = "filter",
                      ignore: Sequence[str] = ("bias", "norm"), include_buffers: bool = False,
-                     reference=None) -> Direction:
+                     reference=None, chunk: int = CHUNK) -> Direction:
     """A seeded Gaussian direction [P], normalised against the reference weights.
 
     Args:
@@ -153,40 +337,69 @@ def random_direction(space_or_model, seed: int = 0, norm: str | None = "filter",
         include_buffers: put BatchNorm running statistics in the space (and so, unless
             'buffer' is in `ignore`, in the direction).
         reference: θ [P] (tensor, Direction or module) to normalise against.
+
+    The direction is made tensor by tensor on the model's device in its dtype: no float64
+    copy of P is made (the draw is the same seeded float64 stream as always, in chunks).
     """
     space, ref = _space_and_reference(space_or_model, include_buffers, reference)
     ignore = _check_options(norm, ignore)
     g = torch.Generator().manual_seed(int(seed))
-    d = normalize(_draw(space, g), ref, space, norm, ignore)
+    if _small(space, chunk):
+        d = normalize(_draw(space, g), ref.whole() if ref is not None else None, space, norm, ignore)
+        d = d.to(space.dtype).to(space.device)
+    else:
+        d = _random_vector(space, ref, g, norm, ignore, _work_chunk(space, chunk))
     meta = {"kind": "random", "seed": int(seed), "index": 0, "norm": norm, "ignore": list(ignore),
             "include_buffers": space.include_buffers}
-    return Direction(d.to(space.dtype).to(space.device), meta)
+    return Direction(d, meta)
 
 
 def random_plane(space_or_model, seed: int = 0, norm: str | None = "filter",
                  ignore: Sequence[str] = ("bias", "norm"), include_buffers: bool = False,
-                 reference=None, orthogonal: bool = False) -> tuple[Direction, Direction]:
+                 reference=None, orthogonal: bool = False, chunk: int = CHUNK) -> tuple[Direction, Direction]:
     """Two seeded Gaussian directions (the first equals `random_direction(seed)`).
 
     Both come from one generator seeded with `seed` (the second is the next draw).
     With `orthogonal=True` the second is made orthogonal to the first (Gram–Schmidt)
     and rescaled to its norm before projection; filter normalisation then holds only
     approximately for it (in high dimension the projection removes very little).
+    Memory: the two directions in the model's dtype plus float64 temporaries of one tensor.
     """
     space, ref = _space_and_reference(space_or_model, include_buffers, reference)
     ignore = _check_options(norm, ignore)
     g = torch.Generator().manual_seed(int(seed))
-    d1 = normalize(_draw(space, g), ref, space, norm, ignore)
-    d2 = normalize(_draw(space, g), ref, space, norm, ignore)
-    cos = float(d1 @ d2 / (d1.norm() * d2.norm()).clamp_min(1e-30))
-    if orthogonal:
-        n2 = d2.norm()
-        d2 = d2 - (d2 @ d1) / (d1 @ d1).clamp_min(1e-30) * d1
-        d2 = d2 * (n2 / d2.norm().clamp_min(1e-30))
+    rows = torch.empty(2, space.numel, dtype=space.dtype, device=space.device)  # one [2, P] tensor: no stack later
+    if _small(space, chunk):
+        r = ref.whole() if ref is not None else None
+        d1 = normalize(_draw(space, g), r, space, norm, ignore)
+        d2 = normalize(_draw(space, g), r, space, norm, ignore)
+        cos = float(d1 @ d2 / (d1.norm() * d2.norm()).clamp_min(1e-30))
+        if orthogonal:
+            n2 = d2.norm()
+            d2 = d2 - (d2 @ d1) / (d1 @ d1).clamp_min(1e-30) * d1
+            d2 = d2 * (n2 / d2.norm().clamp_min(1e-30))
+        rows[0].copy_(d1)
+        rows[1].copy_(d2)
+        d1, d2 = rows[0], rows[1]
+    else:
+        wc = _work_chunk(space, chunk)
+        d1 = _random_vector(space, ref, g, norm, ignore, wc, out=rows[0])
+        d2 = _random_vector(space, ref, g, norm, ignore, wc, out=rows[1])
+        n1, n2 = norm64(d1), norm64(d2)
+        d12 = dot64(d1, d2)
+        cos = d12 / max(n1 * n2, 1e-30)
+        if orthogonal:
+            coef = d12 / max(n1 * n1, 1e-30)
+            for a in range(0, space.numel, wc):
+                b = min(space.numel, a + wc)
+                d2[a:b] = (d2[a:b].double() - coef * d1[a:b].double()).to(d2.dtype)
+            f = n2 / max(norm64(d2), 1e-30)
+            for a in range(0, space.numel, wc):
+                b = min(space.numel, a + wc)
+                d2[a:b] = (d2[a:b].double() * f).to(d2.dtype)
     base = {"kind": "random", "seed": int(seed), "norm": norm, "ignore": list(ignore),
             "include_buffers": space.include_buffers, "orthogonal": bool(orthogonal), "cosine_before": cos}
-    return (Direction(d1.to(space.dtype).to(space.device), {**base, "index": 0}),
-            Direction(d2.to(space.dtype).to(space.device), {**base, "index": 1}))
+    return (Direction(d1, {**base, "index": 0}), Direction(d2, {**base, "index": 1}))
 
 
 # --- directions between models ------------------------------------------------------------
@@ -383,34 +596,50 @@ def stack(directions: Iterable) -> torch.Tensor:
 WHOLE_NORMS = ("unit", "model", None)
 
 
-def rescale(d: torch.Tensor, norm: str | None, reference: torch.Tensor | None = None) -> torch.Tensor:
+def rescale(d: torch.Tensor, norm: str | None, reference: torch.Tensor | None = None,
+            dtype: torch.dtype | None = None, chunk: int = CHUNK, out: torch.Tensor | None = None) -> torch.Tensor:
     """`d` scaled as a whole (its shape kept, so an eigenvector stays one): 'unit' (‖d‖ = 1),
-    'model' (‖d‖ = ‖θ‖ of `reference`) or None (as it is)."""
+    'model' (‖d‖ = ‖θ‖ of `reference`, a vector or a model) or None (as it is). The scaling is
+    float64 arithmetic, chunk by chunk; the result is float64 (as always) unless `dtype` is given,
+    then it is written in that dtype without a float64 copy of P."""
     if norm not in WHOLE_NORMS:
         raise UserError(f"this direction is scaled as a whole: norm must be 'unit', 'model' or None, got {norm!r} "
                         "(filter or layer normalisation would change its shape)")
-    d = d.detach().to(torch.float64)
+    d = d.detach()
     if norm is None:
-        return d
-    n = d.norm()
+        return d.to(dtype or torch.float64) if out is None else out.copy_(d)
+    n = norm64(d)
     if not n > 0:
         raise UserError("the direction is zero: it cannot be normalised")
-    target = 1.0 if norm == "unit" else float(reference.detach().double().norm())
-    return d * (target / n)
+    if norm == "unit":
+        target = 1.0
+    elif isinstance(reference, Reference):
+        target = math.sqrt(sum(norm64(reference.seg(e)) ** 2 for e in reference.space.entries))
+    elif isinstance(reference, nn.Module):
+        ref = Reference(ParamSpace(reference), reference)
+        target = math.sqrt(sum(norm64(ref.seg(e)) ** 2 for e in ref.space.entries))
+    else:
+        target = norm64(reference)
+    out = torch.empty(d.shape, dtype=dtype or torch.float64, device=d.device) if out is None else out
+    flat, of = d.reshape(-1), out.reshape(-1)
+    step = flat.numel() if flat.numel() <= chunk else work_chunk(flat.numel(), chunk)
+    for a in range(0, flat.numel(), step):
+        of[a:a + step] = flat[a:a + step].double() * (target / n)
+    return out
 
 
 def gradient_direction(objective, norm: str | None = "unit") -> Direction:
     """The gradient of the `Objective`'s mean loss at its parameters, scaled as a whole
     (unit by default; meta: the gradient's norm and the loss)."""
     loss, g = objective.loss_and_grad()
-    gn = float(g.double().norm())
+    gn = norm64(g)
     if not gn > 0:
         raise UserError("the gradient is zero at this point: it gives no direction")
-    d = rescale(g, norm, objective.theta0)
-    return Direction(d.to(objective.space.dtype), {"kind": "gradient", "norm": norm, "length": float(d.norm()),
-                                                   "gradient_norm": gn, "loss": float(loss)})
+    d = rescale(g, norm, Reference(objective.space, objective.model), dtype=objective.space.dtype)
+    return Direction(d, {"kind": "gradient", "norm": norm, "length": norm64(d), "gradient_norm": gn,
+                         "loss": float(loss)})
 
 
-__all__ = ["Direction", "NORMS", "WHOLE_NORMS", "between",
+__all__ = ["Direction", "NORMS", "Reference", "WHOLE_NORMS", "between",
            "gradient_direction", "normalize", "pca_directions", "plane_through", "project", "random_direction",
            "random_plane", "rescale", "stack"]

@@ -84,14 +84,18 @@ def parse_bytes(text: str | float | int) -> float:
 
 
 class _Measure:
-    """Bytes of the distinct storages autograd saves while the block runs."""
+    """Bytes of the distinct storages autograd saves while the block runs (leaving out the
+    storages in `exclude`: the parameters themselves, which the graph does not add)."""
 
-    def __init__(self):
+    def __init__(self, exclude=()):
         self.seen: dict = {}
+        self.exclude = set(exclude)
 
     def pack(self, t):
         try:
             s = t.untyped_storage()
+            if s.data_ptr() in self.exclude:
+                return t
             self.seen[(s.data_ptr(), str(t.device))] = s.nbytes()
         except Exception:  # tensors without storage (e.g. some subclasses): size unknown
             self.seen[("n", id(t))] = t.numel() * t.element_size()
@@ -107,8 +111,9 @@ class GraphCache:
 
     Args:
         objective: the `Objective` (its data, mode and forward).
-        theta: the point [P] at which graphs are built.
-        build: ``build(th, batch) -> (item, count)`` (see the module doc).
+        theta: the point: a flat vector [P] (one leaf aliasing it is shared by every batch)
+            or `lossprobe.core.objective.Leaves` (per-tensor leaves aliasing the parameters).
+        build: ``build(leaves, batch) -> (item, count)`` (see the module doc).
         budget: bytes that kept graphs may take; None: `DEFAULT_FRACTION` of the memory
             available when the first graph is built; 0 keeps nothing (rebuild every pass);
             ``float('inf')`` keeps everything.
@@ -116,10 +121,12 @@ class GraphCache:
             (the Hessian uses math attention kernels, which have double backward).
     """
 
-    def __init__(self, objective, theta: torch.Tensor, build: Callable, budget: float | None = None,
+    def __init__(self, objective, theta, build: Callable, budget: float | None = None,
                  context: Callable | None = None):
         self.objective = objective
-        self.theta = theta.detach()
+        if isinstance(theta, torch.Tensor):
+            theta = theta.detach().requires_grad_(True)  # one shared leaf (aliases θ: no copy)
+        self.leaves = theta
         self.build = build
         self.budget = None if budget is None else parse_bytes(budget)
         self.context = context
@@ -131,12 +138,16 @@ class GraphCache:
         self.built = 0  # graphs built so far (kept or not)
 
     def _build(self, batch):
-        th = self.theta.clone().requires_grad_(True)
-        meas = _Measure()
+        th = self.leaves
+        own = th.storages() if hasattr(th, "storages") else {th.untyped_storage().data_ptr()}
+        meas = _Measure(own)
         with torch.autograd.graph.saved_tensors_hooks(meas.pack, lambda t: t):
             item, count = self.build(th, batch)
         self.built += 1
-        return th, item, float(count), meas.bytes
+        # what the graph holds: the tensors saved for backward and the item itself (the gradient)
+        held = sum(t.numel() * t.element_size() for t in (item if isinstance(item, (tuple, list)) else [item])
+                   if isinstance(t, torch.Tensor))
+        return th, item, float(count), meas.bytes + held
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, object, float]]:
         obj = self.objective
@@ -167,8 +178,10 @@ class GraphCache:
                 elif first:
                     self.full = True
                 yield th, item, count
-                del th, item
+                del item
         if first:
+            total = float(obj._all_reduce(torch.tensor([total], dtype=torch.float64, device=obj.device))[0][0]) \
+                if getattr(obj, "dist", None) is not None else total
             self.count, self.n_batches = total, n
             if total == 0:
                 raise UserError("the data yielded no samples")

@@ -29,7 +29,6 @@ put preprocessing in a module to have it hoisted.
 from __future__ import annotations
 
 import contextlib
-import math
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -121,11 +120,15 @@ class Trace:
     names: dict[nn.Module, str]
 
 
-def trace(objective, theta: torch.Tensor, batch) -> Trace | None:
-    """Record module calls and parameter reads of ``objective.forward(theta, batch)``."""
+def trace(objective, theta: torch.Tensor | None, batch) -> Trace | None:
+    """Record module calls and parameter reads of ``objective.forward(theta, batch)`` (θ None:
+    at the model's own parameters, passed as aliases: nothing is copied)."""
     space = objective.space
     model = objective.model
-    tensors = space.unflatten(theta, prefix="model.")
+    if theta is None:
+        tensors = {"model." + n: t.detach() for n, t in space._tensors(model).items() if n in space}
+    else:
+        tensors = space.unflatten(theta, prefix="model.")
     watched = {id(t): n[len("model."):] for n, t in tensors.items()}
     # who holds each space tensor directly (a tied tensor has two owners)
     obj_name: dict[int, str] = {}
@@ -229,6 +232,16 @@ class Plan:
         return {"hoisted_modules": [self.names.get(c.module, "?") or "(model)" for c in self.stubs],
                 "first_moving_layer": self.layer_name, "linear_combination": self.layer is not None,
                 "folded_batchnorms": [self.names.get(b.module, "?") for _, b in self.folds]}
+
+    def worthwhile(self) -> bool:
+        """Whether the plan saves anything per point that pays for its verification (a few
+        passes over the first batch): a hoisted module (preprocessing, or everything up to the
+        head for head-only directions), a folded BatchNorm, or a first moving layer that
+        multiplies (Linear, Conv, HF Conv1D). An embedding lookup alone (the first layer of a
+        transformer whose every weight moves) is not worth it: the plain path is taken."""
+        if self.folds or self.stubs:
+            return True
+        return self.layer is not None and not isinstance(self.layer.module, (nn.Embedding, nn.EmbeddingBag))
 
 
 def make_plan(tr: Trace, moving: frozenset, space) -> Plan | None:
@@ -350,10 +363,11 @@ class Hoisted:
         return total
 
 
-def capture(objective, plan: Plan, batch, origin: torch.Tensor, directions: torch.Tensor | None,
-            inject: bool, channels_last: bool = False) -> Hoisted | None:
-    """Run the forward pass at `origin` once, up to the first moving layer, recording what
-    the plan hoists; None if the pass did not go as traced."""
+def capture(objective, plan: Plan, batch, origin: torch.Tensor, directions, inject: bool,
+            channels_last: bool = False) -> Hoisted | None:
+    """Run the forward pass at `origin` [P] once, up to the first moving layer, recording what
+    the plan hoists; None if the pass did not go as traced. `directions`: an [m, P] tensor or
+    an object with ``m`` and ``seg(i, entry)`` (`lossprobe.core.objective.Rows`), or None."""
     wanted = {(id(c.module), c.index) for c in plan.stubs}
     outputs: dict = {}
     stack: dict[int, list[int]] = {}
@@ -446,12 +460,14 @@ def layer_outputs(objective, plan: Plan, x: torch.Tensor, origin: torch.Tensor, 
     w0 = origin[w_e.slice].view(w_e.shape) if w_e is not None else mod.weight
     b0 = origin[b_e.slice].view(b_e.shape) if b_e is not None else getattr(mod, "bias", None)
     z0 = layer_output(mod, x, w0, b0)
-    if directions is None or not len(directions):
+    if directions is None or not (directions.m if hasattr(directions, "m") else len(directions)):
         return z0, None
     zd = []
-    for d in directions:
-        dw = d[w_e.slice].view(w_e.shape) if w_e is not None else torch.zeros_like(mod.weight)
-        db = d[b_e.slice].view(b_e.shape) if b_e is not None else None
+    m = directions.m if hasattr(directions, "m") else len(directions)
+    for i in range(m):
+        seg = directions.seg if hasattr(directions, "seg") else (lambda i, e: directions[i][e.slice])
+        dw = seg(i, w_e).view(w_e.shape) if w_e is not None else torch.zeros_like(mod.weight)
+        db = seg(i, b_e).view(b_e.shape) if b_e is not None else None
         zd.append(layer_output(mod, x, dw, db))
     return z0, zd  # a list: each keeps the layer's output layout
 
@@ -583,13 +599,12 @@ def moving_tensors(space, directions: torch.Tensor | None) -> frozenset:
     hit = _MOVING.get(key)
     if hit is not None and hit[0]() is directions and hit[1] == directions._version and hit[2] is space:
         return hit[3]
-    nz = (directions != 0).any(0).cpu()
-    flags = torch.zeros(len(space.entries), dtype=torch.bool)
-    offsets = torch.tensor([e.offset for e in space.entries])
-    idx = torch.nonzero(nz).squeeze(1)
-    if len(idx):
-        flags[torch.bucketize(idx, offsets, right=True) - 1] = True
-    out = frozenset(e.name for e, h in zip(space.entries, flags.tolist()) if h)
+    # tensor by tensor, in pieces of a million entries: never an index vector of length P
+    def nonzero(e):
+        return any(bool((directions[:, a:min(a + (1 << 20), e.offset + e.numel)] != 0).any())
+                   for a in range(e.offset, e.offset + e.numel, 1 << 20))
+
+    out = frozenset(e.name for e in space.entries if nonzero(e))
     if len(_MOVING) > 8:
         _MOVING.clear()
     _MOVING[key] = (weakref.ref(directions), directions._version, space, out)
@@ -620,8 +635,8 @@ class Hoister:
                     batch = take(obj.data.first(obj.batch_size), slice(0, 64))
                     if any(_image(t) for t in tree_flatten(batch)[0]):
                         with torch.inference_mode(), obj.mode(train=False):
-                            a = obj.forward(obj.theta0, batch)
-                            b = obj.forward(obj.theta0, to_channels_last(batch))
+                            a = obj.forward(None, batch)
+                            b = obj.forward(None, to_channels_last(batch))
                         self._channels_last = _close(b, a)
                 except Exception:
                     self._channels_last = False
@@ -638,7 +653,7 @@ class Hoister:
             try:
                 batch = take(obj.data.first(obj.batch_size), slice(0, 2))
                 with torch.inference_mode(), obj.mode(train=False):
-                    self._trace = trace(obj, obj.theta0, batch)
+                    self._trace = trace(obj, None, batch)
             except Exception:
                 self._trace = None
         return self._trace
@@ -647,56 +662,65 @@ class Hoister:
         """Never hoist for this set of moving tensors again (a pass did not go as traced)."""
         self._plans[moving] = None
 
-    def plan(self, moving: frozenset, origin: torch.Tensor) -> Plan | None:
+    def plan(self, moving: frozenset, buf: torch.Tensor, rows, write, force: bool = False) -> Plan | None:
+        """The verified plan for `moving`, or None (the plain path). `buf` is the working copy of
+        the parameters (holding the origin on the moving tensors), `rows` the directions and
+        ``write(c, entries)`` writes θ(c) into `buf` (c None: the origin). Plans that cannot pay
+        for their verification (`Plan.worthwhile`) are not verified nor used unless `force`."""
         if moving in self._plans:
             return self._plans[moving]
         tr = self.tr()
         plan = make_plan(tr, moving, self.obj.space) if tr is not None and moving else None
+        if plan is not None and not force and not plan.worthwhile():
+            plan = None
         if plan is not None:
-            plan = self._verify(plan, origin)
+            plan = self._verify(plan, buf, rows, write)
         self._plans[moving] = plan
         return plan
 
-    def _verify(self, plan: Plan, origin: torch.Tensor) -> Plan | None:
+    def _verify(self, plan: Plan, buf: torch.Tensor, rows, write) -> Plan | None:
+        """The hoisted forward pass must equal a plain one on up to 64 samples of the first
+        batch at two points of the directions' own span near the origin (no other P-length
+        vector is made); the working copy is left at the origin."""
         obj = self.obj
-
         try:
             batch = self.layout(take(obj.data.first(obj.batch_size), slice(0, 64)))
         except Exception:
             return None
         space = obj.space
-        g = torch.Generator(device="cpu").manual_seed(0)
-        mask = torch.zeros(space.numel, dtype=torch.bool)
-        for n in plan.moving:
-            mask[space[n].slice] = True
-        scale = origin.norm() / math.sqrt(space.numel) + 1e-3
-        d = torch.randn(2, space.numel, generator=g).to(origin) * 1e-2 * scale * mask.to(origin.device)
-        pts = [[0.7, -0.4], [-0.3, 0.9]]
-        for clone in (False, True):
-            plan.clone = clone
-            try:
+        entries = [e for e in space.entries if e.name in plan.moving]
+        m = rows.m
+        pts = [[0.07 * (-1) ** i / (i + 1) for i in range(m)], [0.05 * (-1) ** (i + 1) / (i + 2) for i in range(m)]]
+        try:
+            for clone in (False, True):
+                plan.clone = clone
                 with torch.inference_mode(), obj.mode(train=False):
                     cl = self.channels_last
-                    h = capture(obj, plan, batch, origin, d, inject=plan.layer is not None, channels_last=cl)
+                    write(None, entries)
+                    h = capture(obj, plan, batch, buf, rows, inject=plan.layer is not None, channels_last=cl)
                     if h is None:
                         return None
                     run = Runner(plan, h, inject=True, channels_last=cl)
                     good = True
-                    with run.installed():
-                        fast = []
-                        for c in pts:
-                            run.point(c, torch.tensor(c, device=origin.device, dtype=origin.dtype))
-                            fast.append(obj.forward(origin + torch.tensor(c).to(origin) @ d, batch))
+                    fast, plain = [], []
+                    for c in pts:
+                        cd = torch.tensor(c, device=buf.device, dtype=buf.dtype)
+                        write(cd, entries)
+                        with run.installed():
+                            run.point(c, cd)
+                            fast.append(obj.forward(buf, batch))
                             if not run.done():
                                 good = False
+                        plain.append(obj.forward(buf, batch))
                     if not good:
                         return None
-                    plain = [obj.forward(origin + torch.tensor(c).to(origin) @ d, batch) for c in pts]
-            except Exception:
-                return None
-            if all(_close(a, b) for a, b in zip(fast, plain)):
-                plan.verified = True
-                return plan
+                if all(_close(a, b) for a, b in zip(fast, plain)):
+                    plan.verified = True
+                    return plan
+        except Exception:
+            return None
+        finally:
+            write(None, entries)
         return None
 
 

@@ -115,8 +115,17 @@ def _ce_layout(z: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Te
                     "expected logits [B, C] with labels [B], or [B, T, C] with [B, T]")
 
 
+HALF = (torch.float16, torch.bfloat16)
+
+
+def _upcast(z: torch.Tensor) -> torch.Tensor:
+    """Half-precision outputs in float32 for the loss: per-sample losses and their sums are
+    never rounded to 8 or 11 bits (the sums over batches are float64 in the probes)."""
+    return z.float() if z.dtype in HALF else z
+
+
 def _ce(out, y, batch):
-    z, t = _ce_layout(logits_of(out), y)
+    z, t = _ce_layout(_upcast(logits_of(out)), y)
     if t.is_floating_point():
         return F.cross_entropy(z, t, reduction="sum"), len(z)
     return F.cross_entropy(z, t, reduction="sum", ignore_index=IGNORE_INDEX), _count(t)
@@ -145,7 +154,7 @@ def _per_sample(z: torch.Tensor, y: torch.Tensor, what: str) -> tuple[torch.Tens
 
 
 def _bce(out, y, batch):
-    z, t = _per_sample(logits_of(out), y, "bce")
+    z, t = _per_sample(_upcast(logits_of(out)), y, "bce")
     if z.shape[1] == 1:
         return F.binary_cross_entropy_with_logits(z.reshape(-1), t.reshape(-1), reduction="sum"), len(z)
     return F.binary_cross_entropy_with_logits(z, t, reduction="none").mean(1).sum(), len(z)
@@ -158,7 +167,7 @@ def _bce_correct(out, y, batch):
 
 
 def _mse(out, y, batch):
-    z, t = _per_sample(logits_of(out), y, "mse")
+    z, t = _per_sample(_upcast(logits_of(out)), y, "mse")
     if z.shape[1] == 1:
         return F.mse_loss(z.reshape(-1), t.reshape(-1), reduction="sum"), len(z)
     return F.mse_loss(z, t, reduction="none").mean(1).sum(), len(z)
@@ -233,7 +242,7 @@ def _user_loss(fn: Callable) -> Callable:
                             "lossprobe needs one loss per sample [B] to weight batches correctly")
         if v.ndim > 1:
             v = v.reshape(len(v), -1).mean(1)
-        return v.sum(), len(v)
+        return _upcast(v).sum(), len(v)
 
     return f
 

@@ -18,6 +18,7 @@ Speed comes from two choices:
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -31,6 +32,7 @@ from tqdm.auto import tqdm
 from lossprobe.core.batching import Forward, TensorData, as_data, at_batch, leaves, take
 from lossprobe.core.hoist import Hoister, Plan, Runner, capture, moving_tensors
 from lossprobe.core.losses import Loss, Terms, criterion
+from lossprobe.core.distributed import data_parallel
 from lossprobe.core.space import ParamSpace
 from lossprobe.errors import UserError
 
@@ -91,7 +93,7 @@ def check_fits(model: nn.Module, data, crit, batch_size: int = 8, model_name: st
     the data and the first mismatch if they do not fit. The targets of every sample of
     in-memory data are checked against the loss too (`losses.target_problem`)."""
     data = as_data(data)
-    batch = take(data.first(batch_size), slice(0, 8))
+    batch = take(data.first(batch_size), slice(0, 2))  # two samples: a transformer pays 2 of its B sequences
     with torch.no_grad(), model_mode(model, False):
         crit.check(model, batch, model_name or type(model).__name__, data_name or f"'{data.name}'",
                    targets=data.tree if isinstance(data, TensorData) else None)
@@ -170,6 +172,10 @@ class Objective:
             evaluates every point with a plain forward pass.
         check: run one batch at construction so that a model that does not fit the data
             fails at once with one line.
+        distributed: under torch.distributed (torchrun), evaluate this rank's share of the
+            batches and sum losses, counts, gradients and curvature products over the ranks
+            (data-parallel: every rank gets the numbers of one process). None (default): when a
+            process group with more than one rank is initialised; False: never.
     """
 
     def __init__(
@@ -186,6 +192,7 @@ class Objective:
         metric: Callable | None = None,
         check: bool = True,
         target: Callable | None = None,
+        distributed: bool | None = None,
     ):
         if batch_size <= 0:
             raise UserError(f"batch_size must be positive, got {batch_size}")
@@ -195,16 +202,18 @@ class Objective:
         self.batch_size = batch_size
         self.train_mode = train_mode
         self.device = self.space.device
+        self.dist = data_parallel(distributed)
         data = as_data(data)
         if isinstance(data, TensorData):
             if len(data) == 0:
                 raise UserError(f"data '{data.name}' is empty")
         self.data = data.to(self.device)
         self.call = BatchCall(model, self.criterion.forward)
-        self.theta0 = self.space.flatten(model)
+        self._theta0: torch.Tensor | None = None
         self._fl_cache: _HoistCache | None = None
         if shortcut not in (False, "auto", True):
             raise UserError(f"shortcut must be 'auto', True or False, got {shortcut!r}")
+        self._shortcut = shortcut
         self._hoister = Hoister(self) if shortcut else None
         if check:
             self.check()
@@ -216,28 +225,23 @@ class Objective:
         return self.criterion.loss
 
     @property
+    def theta0(self) -> torch.Tensor:
+        """The model's parameters as one flat vector [P] (made on first use and kept: one copy of
+        the parameters; the probes that keep to the memory contract never ask for it)."""
+        if self._theta0 is None:
+            self._theta0 = self.space.flatten(self.model)
+        return self._theta0
+
+    @property
+    def vector_bytes(self) -> int:
+        """Bytes of one parameter vector in the model's dtype: the model size M of the memory contract."""
+        return self.space.numel * torch.empty(0, dtype=self.space.dtype).element_size()
+
+    @property
     def shortcut_active(self) -> bool:
         """Whether evaluate() hoists anything for directions that move every parameter
         (for fewer moving parameters it can hoist more; see `hoisting`)."""
         return self.hoisting() is not None
-
-    def hoisting(self, directions: torch.Tensor | None = None, origin: torch.Tensor | None = None) -> dict | None:
-        """What evaluate() computes once per batch instead of once per point for these
-        directions [m, P] (default: every parameter moves): the hoisted modules and the
-        first moving layer, or None when it takes the plain path."""
-        plan = self._plan(self._moving(directions), self.theta0 if origin is None else origin)
-        return plan.describe() if plan is not None else None
-
-    def _moving(self, directions: torch.Tensor | None) -> frozenset:
-        if directions is None:
-            return frozenset(e.name for e in self.space.entries if e.kind != "buffer")
-        directions = torch.as_tensor(directions).to(self.device)
-        return moving_tensors(self.space, directions[None] if directions.ndim == 1 else directions)
-
-    def _plan(self, moving: frozenset, origin: torch.Tensor) -> Plan | None:
-        if self._hoister is None or self.train_mode or not moving:
-            return None
-        return self._hoister.plan(moving, origin)
 
     def check(self, model_name: str | None = None, data_name: str | None = None) -> None:
         """Evaluate a few samples at the model's own parameters; one line naming the model and
@@ -262,9 +266,15 @@ class Objective:
     def n_samples(self) -> int:
         return self.data.n_samples
 
-    def batches(self) -> Iterator:
-        """The data's batches, on the model's device, in a fixed order."""
-        return self.data.batches(self.batch_size)
+    def batches(self, batch_size: int | None = None) -> Iterator:
+        """The data's batches, on the model's device, in a fixed order; under torch.distributed
+        (data-parallel), this rank's share of them (see `lossprobe.core.distributed`)."""
+        it = self.data.batches(batch_size or self.batch_size)
+        return self.dist.shard(it, self.data) if self.dist is not None else it
+
+    def _all_reduce(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Sums over the ranks of a data-parallel run (the tensors as they are otherwise)."""
+        return self.dist.all_reduce(*tensors) if self.dist is not None else tensors
 
     @property
     def n_batches(self) -> int:
@@ -275,9 +285,17 @@ class Objective:
         """Put the model in eval (or train) mode and restore every module's flag after."""
         return model_mode(self.model, self.train_mode if train is None else train)
 
-    def forward(self, theta: torch.Tensor, batch):
-        """Model output on `batch` at flat parameters `theta` (differentiable in `theta`)."""
-        tensors = self.space.unflatten(theta, prefix="model.")
+    def forward(self, theta, batch):
+        """Model output on `batch` at flat parameters `theta` [P] (differentiable in `theta`), at
+        the model's own parameters (None), or with the tensors of a dict {"model.NAME": tensor}."""
+        if theta is None:
+            tensors = {}
+        elif isinstance(theta, dict):
+            tensors = dict(theta)
+        else:
+            tensors = self.space.unflatten(theta, prefix="model.")
+        if not tensors and not self.train_mode:
+            return self.call(batch)
         if self.train_mode:
             # train-mode BatchNorm updates running statistics in place: give it copies so
             # that probing never changes the user's model
@@ -286,42 +304,39 @@ class Objective:
                     tensors["model." + name] = b.clone()
         return functional_call(self.call, tensors, (batch,), strict=False)
 
-    def terms(self, theta: torch.Tensor, batch) -> Terms:
-        """Loss terms (sums and counts) of one batch at `theta` (differentiable in `theta`)."""
+    def terms(self, theta, batch) -> Terms:
+        """Loss terms (sums and counts) of one batch at `theta` (see `forward`; differentiable in it)."""
         return self.criterion.terms(self.forward(theta, batch), batch)
 
     # --- the hot path ----------------------------------------------------------------
     def evaluate(
         self,
         coords: torch.Tensor | np.ndarray | None = None,
-        origin: torch.Tensor | None = None,
-        directions: torch.Tensor | None = None,
+        origin=None,
+        directions=None,
         progress: bool | Callable[[int], None] = False,
     ) -> Evaluation:
         """Mean loss and accuracy at the points ``origin + coords @ directions``.
 
         Args:
             coords: [K, m] coordinates (or [K] when m = 1). None means the origin alone.
-            origin: [P] flat parameters; defaults to the model's own.
-            directions: [m, P] (or [P] for one direction).
+            origin: [P] flat parameters; None (default) the model's own, read in place (no
+                copy); 0 the zero vector (then the points are Σ c_i d_i: interpolation).
+            directions: [m, P] (or [P] for one direction), or a list of m rows each a [P]
+                tensor, a model of the same architecture or its state dict (read per tensor:
+                no [m, P] copy is made).
             progress: show a progress bar, or a callback called with the number of
                 point-batches done.
         Returns:
             `Evaluation` with loss and accuracy arrays of shape [K] (float64).
+
+        Memory: the directions as given, plus one working copy of the parameters [P] in the
+        model's dtype (θ of the point being evaluated, written only where the directions move).
         """
-        origin = self.theta0 if origin is None else origin.to(self.device, self.space.dtype)
-        self.space.check_vector(origin, "origin")
-        if directions is None:
-            directions = torch.zeros(0, self.space.numel, device=self.device, dtype=self.space.dtype)
-        directions = torch.as_tensor(directions).to(self.device, self.space.dtype)
-        if directions.ndim == 1:
-            directions = directions[None]
-        m = directions.shape[0]
-        if directions.ndim != 2 or directions.shape[1] != self.space.numel:
-            raise UserError(
-                f"directions have shape {tuple(directions.shape)}, expected (m, {self.space.numel}) "
-                "to match the model's parameters"
-            )
+        space = self.space
+        org = Origin(self, origin)
+        rows = Rows(space, directions, self.device)
+        m = rows.m
         if coords is None:
             coords = torch.zeros(1, m)
         coords = torch.as_tensor(coords, dtype=torch.float64)
@@ -332,22 +347,28 @@ class Objective:
         K = coords.shape[0]
         if not torch.isfinite(coords).all():
             raise UserError("coords contain NaN or inf")
-        coords_dev = coords.to(self.device, self.space.dtype)
+        # a half-precision model's points are formed in float32 (its coordinates too) and rounded once
+        coords_dev = coords.to(self.device, _point_dtype(space.dtype))
 
         loss_sum = torch.zeros(K, dtype=torch.float64, device=self.device)
         correct = torch.zeros(K, dtype=torch.float64, device=self.device)
         count = torch.zeros(K, dtype=torch.float64, device=self.device)
         correct_n = torch.zeros(K, dtype=torch.float64, device=self.device)
-        cache = self._fl_cache if self._fl_cache is not None and self._fl_cache.matches(origin, directions) else None
-        moving = moving_tensors(self.space, directions)
-        plan = self._plan(moving, origin) if K > 1 else None
+        cache = self._fl_cache if self._fl_cache is not None and self._fl_cache.matches(org, rows) else None
+        moving = rows.moving()
+        buf = org.working_copy() if (m and moving) or org.kind == "zero" else None
+        theta_at = buf if buf is not None else org.flat_or_none()
+        by_name = {e.name: e for e in space.entries}
+        entries_plain = [by_name[n] for n in sorted(moving, key=lambda n: by_name[n].offset)]
+
+        write = _writer(buf, org, rows, m, space.dtype)
+
+        plan = self._plan(moving, buf, rows, write) if K > 1 and buf is not None else None
         # the first moving layer's m + 1 outputs pay off over more than m + 1 points (or when kept)
         inject = plan is not None and plan.layer is not None and (K > m + 1 or cache is not None)
-        # only the moving slices of θ(c) are formed per point; the injected layer's own
+        # only the moving tensors of θ(c) are formed per point; the injected layer's own
         # weights are never read (most of an MLP's parameters sit in its first layer)
-        ranges_plain = _ranges(self.space, moving)
-        ranges_inject = _ranges(self.space, plan.moving - set(plan.exclusive)) if inject else None
-        theta_buf = origin.clone() if m else None
+        entries_inject = [e for e in entries_plain if e.name not in set(plan.exclusive)] if inject else None
         coords_list = coords_dev.cpu().tolist()
         # conv nets on CPU: per-point passes over a few hundred images stay in cache
         # (measured 1.2-1.4x faster per image than 500+, benchmarks/conv_options.py)
@@ -357,14 +378,15 @@ class Objective:
             eval_bs = min(eval_bs, CONV_BATCH)
         bar = _progress(progress, total=self.data.n_batches(eval_bs) * K)
         with torch.inference_mode(), self.mode():
-            for b_idx, batch in enumerate(self.data.batches(eval_bs)):
+            for b_idx, batch in enumerate(self.batches(eval_bs)):
                 with at_batch(b_idx, self.data, eval_bs):
                     if K > 1 and self._hoister is not None and not self.train_mode:
                         batch = self._hoister.layout(batch)
                     hoisted = None
                     if plan is not None:
                         def compute(batch=batch):
-                            return capture(self, plan, batch, origin, directions if inject else None, inject,
+                            write(None, entries_plain)  # capture at the origin
+                            return capture(self, plan, batch, buf, rows if inject else None, inject,
                                            self._hoister.channels_last)
                         hoisted = cache.get(b_idx, compute) if cache is not None else compute()
                         # a direction so large that f(x; d) overflows would turn 0·inf into NaN
@@ -372,21 +394,23 @@ class Objective:
                         if hoisted is not None and not hoisted.finite:
                             hoisted = None
                     runner = Runner(plan, hoisted, inject, self._hoister.channels_last) if hoisted is not None else None
-                    ranges = ranges_inject if runner is not None and runner.inject else ranges_plain
+                    entries = entries_inject if runner is not None and runner.inject else entries_plain
                     with runner.installed() if runner is not None else contextlib.nullcontext():
                         for k in range(K):
-                            theta = self._point(origin, directions, coords_dev[k], theta_buf, ranges) if m else origin
+                            if buf is not None and m:
+                                write(coords_dev[k], entries)
                             if runner is not None:
                                 runner.point(coords_list[k], coords_dev[k])
-                            t = self.terms(theta, batch)
+                            t = self.terms(theta_at, batch)
                             if runner is not None and not runner.done():
                                 # the pass did not go as traced (data-dependent control flow?):
                                 # redo this point plainly and stop hoisting
                                 runner.off = True
-                                t = self.terms(self._point(origin, directions, coords_dev[k], theta_buf,
-                                                           ranges_plain) if m else origin, batch)
+                                write(coords_dev[k], entries_plain)
+                                t = self.terms(theta_at, batch)
                                 self._hoister.reject(plan.moving)
                                 plan, inject = None, False
+                                entries = entries_plain
                             loss_sum[k] += t.loss.double()
                             count[k] += t.count
                             if t.correct is not None:
@@ -394,6 +418,8 @@ class Objective:
                                 correct_n[k] += t.correct_count
                             bar(1)
         bar(None)
+        del buf
+        loss_sum, correct, count, correct_n = self._all_reduce(loss_sum, correct, count, correct_n)
         n = int(count[0]) if K else 0
         if K and not bool((count > 0).all()):
             raise UserError(f"data '{self.data.name}' yielded no samples (or only ignored labels)")
@@ -406,22 +432,33 @@ class Objective:
 
     # --- gradients -------------------------------------------------------------------
     def loss_and_grad(self, theta: torch.Tensor | None = None) -> tuple[float, torch.Tensor]:
-        """Mean loss and its gradient [P] at `theta`, accumulated over all batches."""
-        theta = (self.theta0 if theta is None else theta).detach().requires_grad_(True)
-        total, grad, n = 0.0, torch.zeros_like(theta), 0.0
-        with self.mode():
-            for i, batch in enumerate(self.batches()):
-                with at_batch(i, self.data, self.batch_size):
-                    t = self.terms(theta, batch)
-                    if t.loss.requires_grad:
-                        (g,) = torch.autograd.grad(t.loss, theta, allow_unused=True)
-                        if g is not None:
-                            grad += g
-                    total += float(t.loss.detach())
-                    n += float(t.count)
+        """Mean loss and its gradient [P] at `theta` (default: the model's own parameters, read in
+        place), accumulated over all batches into one vector."""
+        if theta is None:
+            lv = Leaves(self, None, names={e.name for e in self.space.entries})
+        else:
+            lv = Leaves(self, theta.detach().to(self.device, self.space.dtype))
+        grad = torch.zeros(self.space.numel, dtype=self.space.dtype, device=self.device)
+        total, n = 0.0, 0.0
+        lv.grads_into(grad)
+        try:
+            with self.mode():
+                for i, batch in enumerate(self.batches()):
+                    with at_batch(i, self.data, self.batch_size):
+                        t = self.terms(lv.tensors, batch)
+                        if t.loss.requires_grad:
+                            torch.autograd.backward(t.loss, inputs=lv.inputs)
+                        total += float(t.loss.detach())
+                        n += float(t.count)
+        finally:
+            lv.clear()
+        if self.dist is not None:
+            (grad,) = self._all_reduce(grad)
+            tot = self._all_reduce(torch.tensor([total, n], dtype=torch.float64, device=self.device))[0]
+            total, n = float(tot[0]), float(tot[1])
         if n == 0:
             raise UserError(f"data '{self.data.name}' yielded no samples")
-        return total / n, grad / n
+        return total / n, grad.div_(n)
 
     def hvp(self, v: torch.Tensor, theta: torch.Tensor | None = None) -> torch.Tensor:
         """Exact Hessian-vector product H(theta) v of the mean loss, by double backward."""
@@ -429,7 +466,7 @@ class Objective:
 
     # --- hoisting ------------------------------------------------------------------------
     @contextlib.contextmanager
-    def reuse_first_layer(self, origin: torch.Tensor | None, directions: torch.Tensor, max_bytes: float = 256e6):
+    def reuse_first_layer(self, origin, directions, max_bytes: float = 256e6):
         """Within this block, evaluate() calls with this same origin and directions reuse
         the hoisted per-batch values (the point-independent modules' outputs and the first
         moving layer's m + 1 outputs) instead of recomputing them per call.
@@ -441,23 +478,44 @@ class Objective:
         if self._hoister is None or not isinstance(self.data, TensorData):
             yield
             return
-        origin = self.theta0 if origin is None else origin.to(self.device, self.space.dtype)
-        directions = torch.as_tensor(directions).to(self.device, self.space.dtype)
-        if directions.ndim == 1:
-            directions = directions[None]
         old = self._fl_cache
-        self._fl_cache = _HoistCache(origin, directions, max_bytes)
+        self._fl_cache = _HoistCache(Origin(self, origin), Rows(self.space, directions, self.device), max_bytes)
         try:
             yield
         finally:
             self._fl_cache = old
 
-    def _point(self, origin, directions, c, buf, ranges) -> torch.Tensor:
-        """θ(c) = origin + c @ directions, written into `buf` only on `ranges` (the rest of
-        `buf` holds the origin, where the directions are zero or the values are not read)."""
-        for a, b in ranges:
-            torch.addmv(origin[a:b], directions[:, a:b].T, c, out=buf[a:b])
-        return buf
+    # --- hoisting ------------------------------------------------------------------------
+    def _moving(self, directions) -> frozenset:
+        if directions is None:
+            return frozenset(e.name for e in self.space.entries if e.kind != "buffer")
+        return Rows(self.space, directions, self.device).moving()
+
+    def _plan(self, moving: frozenset, buf, rows, write) -> Plan | None:
+        if self._hoister is None or self.train_mode or not moving:
+            return None
+        return self._hoister.plan(moving, buf, rows, write, force=self._shortcut is True)
+
+    def hoisting(self, directions=None, origin=None) -> dict | None:
+        """What evaluate() computes once per batch instead of once per point for these
+        directions [m, P] (default: every parameter moves): the hoisted modules and the
+        first moving layer, or None when it takes the plain path."""
+        moving = self._moving(directions)
+        if self._hoister is None or self.train_mode or not moving:
+            return None
+        org = Origin(self, origin)
+        buf = org.working_copy()
+        if directions is None:  # random rows on the moving tensors, to verify the plan with
+            g = torch.Generator(device="cpu").manual_seed(0)
+            mask = torch.zeros(self.space.numel, dtype=torch.bool)
+            for n in moving:
+                mask[self.space[n].slice] = True
+            scale = float(buf.norm()) / math.sqrt(self.space.numel) + 1e-3
+            directions = torch.randn(2, self.space.numel, generator=g).to(buf) * 1e-2 * scale * mask.to(buf.device)
+        rows = Rows(self.space, directions, self.device)
+        write = _writer(buf, org, rows, rows.m, self.space.dtype)
+        plan = self._plan(moving, buf, rows, write)
+        return plan.describe() if plan is not None else None
 
 
 def as_objective(model_or_objective, data=None, *, subset: int | None = None, subset_seed: int = 0,
@@ -532,35 +590,239 @@ def hvp(objective: Objective, v: torch.Tensor, theta: torch.Tensor | None = None
     return out / n
 
 
-def _ranges(space: ParamSpace, names) -> list[tuple[int, int]]:
-    """Merged index ranges of the named tensors in the flat vector."""
-    spans = sorted((space[n].offset, space[n].offset + space[n].numel) for n in names)
-    out: list[list[int]] = []
-    for a, b in spans:
-        if out and a <= out[-1][1]:
-            out[-1][1] = max(out[-1][1], b)
+def _point_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def _writer(buf, org, rows, m: int, dtype: torch.dtype):
+    """``write(c, entries)``: θ(c) = origin + c @ directions into the working copy `buf` on
+    `entries` (c None: the origin), tensor by tensor, outside autocast (the parameters'
+    arithmetic keeps their precision); for a half-precision model in float32, rounded once."""
+    half = dtype in (torch.float16, torch.bfloat16)
+    dev = buf.device.type if buf is not None else "cpu"
+
+    def write(c, entries):
+        with torch.autocast(dev, enabled=False):
+            for e in entries:
+                out = buf[e.slice]
+                if c is None:
+                    org.fill(e, out)
+                elif half:
+                    blk = rows.block(e).float()
+                    out.copy_(torch.addmv(org.seg(e).float(), blk.T, c.float()))
+                elif rows.mat is not None:
+                    torch.addmv(org.seg(e), rows.block(e).T, c, out=out)
+                else:  # rows given one by one (two models): scaled adds, no [m, numel] stack
+                    cl = c.tolist()
+                    torch.mul(rows.seg(0, e), cl[0], out=out)
+                    for i in range(1, m):
+                        out.add_(rows.seg(i, e), alpha=cl[i])
+                    if org.kind != "zero":
+                        out.add_(org.seg(e))
+
+    return write
+
+
+class Origin:
+    """The origin of an affine family of points, read per tensor: the model's own parameters
+    (None: nothing is copied), a flat vector [P], or zero (0: the points are Σ c_i d_i)."""
+
+    def __init__(self, objective: Objective, origin=None):
+        self.space = objective.space
+        self.objective = objective
+        if origin is None:
+            self.kind, self.flat = "model", None
+            self.live = self.space._tensors(objective.model)
+        elif isinstance(origin, (int, float)) and not isinstance(origin, bool) and origin == 0:
+            self.kind, self.flat = "zero", None
         else:
-            out.append([a, b])
-    return [(a, b) for a, b in out]
+            if isinstance(origin, nn.Module):
+                origin = self.space.flatten(origin)
+            self.kind = "flat"
+            self.flat = torch.as_tensor(origin).to(objective.device, self.space.dtype).reshape(-1)
+            self.space.check_vector(self.flat, "origin")
+        self._zeros: torch.Tensor | None = None
+
+    def seg(self, e) -> torch.Tensor:
+        """This origin's values on entry `e` as a flat [numel] tensor (a view where possible)."""
+        if self.kind == "flat":
+            return self.flat[e.slice]
+        if self.kind == "model":
+            return self.live[e.name].detach().reshape(-1).to(self.space.dtype)
+        if self._zeros is None or self._zeros.numel() < e.numel:
+            self._zeros = torch.zeros(max(e.numel for e in self.space.entries), dtype=self.space.dtype,
+                                      device=self.objective.device)
+        return self._zeros[: e.numel]
+
+    def fill(self, e, out: torch.Tensor) -> None:
+        if self.kind == "zero":
+            out.zero_()
+        else:
+            out.copy_(self.seg(e))
+
+    def working_copy(self) -> torch.Tensor:
+        """A fresh [P] vector holding the origin (one copy of the parameters)."""
+        if self.kind == "flat":
+            return self.flat.clone()
+        if self.kind == "zero":
+            return torch.zeros(self.space.numel, dtype=self.space.dtype, device=self.objective.device)
+        return self.space.flatten(self.objective.model)
+
+    def flat_or_none(self):
+        """What `Objective.forward` takes for the origin itself: the flat vector, or None."""
+        if self.kind == "zero":
+            raise UserError("the zero origin needs directions")
+        return self.flat
+
+    def key(self):
+        if self.kind == "flat":
+            return ("flat", self.flat.data_ptr(), tuple(self.flat.shape), self.flat._version)
+        if self.kind == "model":
+            return ("model", id(self.objective.model), tuple(t._version for t in self.live.values()))
+        return ("zero",)
+
+
+class Rows:
+    """m vectors of a parameter space read per tensor: the rows of an [m, P] tensor (or one
+    [P] tensor), or a list of rows each a [P] tensor, a model of the same architecture or its
+    state dict; no [m, P] copy is made of a list."""
+
+    def __init__(self, space: ParamSpace, rows, device):
+        self.space = space
+        self.device = device
+        self.mat: torch.Tensor | None = None
+        self.items: list = []
+        if rows is None:
+            self.mat = torch.zeros(0, space.numel, device=device, dtype=space.dtype)
+        elif isinstance(rows, (torch.Tensor, np.ndarray)):
+            mat = torch.as_tensor(rows).to(device, space.dtype)
+            self.mat = mat[None] if mat.ndim == 1 else mat
+            if self.mat.ndim != 2 or self.mat.shape[1] != space.numel:
+                raise UserError(f"directions have shape {tuple(torch.as_tensor(rows).shape)}, expected (m, "
+                                f"{space.numel}) to match the model's parameters")
+        else:
+            for r in rows:
+                if isinstance(r, nn.Module):
+                    self.items.append(space._tensors(r))
+                elif isinstance(r, dict):
+                    self.items.append(dict(r))
+                else:
+                    t = torch.as_tensor(r).reshape(-1)
+                    space.check_vector(t, "direction")
+                    self.items.append(t.to(device, space.dtype))
+        self._moving: frozenset | None = None
+
+    @property
+    def m(self) -> int:
+        return self.mat.shape[0] if self.mat is not None else len(self.items)
+
+    def seg(self, i: int, e) -> torch.Tensor:
+        """Row i on entry `e`, flat [numel]."""
+        if self.mat is not None:
+            return self.mat[i, e.slice]
+        it = self.items[i]
+        if isinstance(it, torch.Tensor):
+            return it[e.slice]
+        t = it.get(e.name)
+        if t is None:
+            raise UserError(f"parameter '{e.name}' is missing from the given model or state dict")
+        if tuple(t.shape) != e.shape:
+            raise UserError(f"parameter '{e.name}' has shape {tuple(t.shape)}, expected {e.shape}: "
+                            "the two models have different architectures")
+        return t.detach().reshape(-1).to(self.device, self.space.dtype)
+
+    def block(self, e) -> torch.Tensor:
+        """[m, numel] on entry `e`: a view of an [m, P] tensor, else stacked (a small copy)."""
+        if self.mat is not None:
+            return self.mat[:, e.slice]
+        return torch.stack([self.seg(i, e) for i in range(self.m)])
+
+    def moving(self) -> frozenset:
+        """Names of the tensors in which some row is nonzero."""
+        if self._moving is None:
+            if self.mat is not None:
+                self._moving = moving_tensors(self.space, self.mat) if self.m else frozenset()
+            else:
+                self._moving = frozenset(e.name for e in self.space.entries
+                                         if any(bool((self.seg(i, e) != 0).any()) for i in range(self.m)))
+        return self._moving
+
+    def key(self):
+        if self.mat is not None:
+            return ("mat", self.mat.data_ptr(), tuple(self.mat.shape), self.mat._version)
+        return ("items", tuple(id(i) for i in self.items))
+
+
+class Leaves:
+    """The parameters at a point as autograd leaves, without copying them: one flat leaf that
+    aliases a given θ [P], or (θ None) one leaf per tensor aliasing the model's own parameters.
+
+    `tensors` is what `Objective.forward` takes; `inputs` are the leaves to differentiate
+    (per tensor: the selected ones, by default every parameter that requires a gradient).
+    `grads_into(out)` makes backward passes accumulate into `out` [P] in place, so a product
+    over many batches needs no P-length temporary beyond one tensor's gradient."""
+
+    def __init__(self, objective: Objective, theta: torch.Tensor | None = None, names=None,
+                 dtype: torch.dtype | None = None):
+        space = objective.space
+        self.space = space
+        if theta is not None:
+            self.flat = True
+            self.th = theta.detach().to(dtype or theta.dtype).requires_grad_(True)
+            self.tensors = space.unflatten(self.th, prefix="model.")
+            self.inputs = [self.th]
+            self.entries = None
+        else:
+            self.flat = False
+            live = space._tensors(objective.model)
+            if names is None:
+                names = {e.name for e in space.entries if e.kind != "buffer" and live[e.name].requires_grad}
+            self.tensors, self.inputs, self.entries = {}, [], []
+            for e in space.entries:
+                t = live[e.name].detach()
+                if dtype is not None and t.is_floating_point() and t.dtype != dtype:
+                    t = t.to(dtype)  # a copy: products of a float16 model run in float32
+                if e.name in names:
+                    t.requires_grad_(True)
+                    self.inputs.append(t)
+                    self.entries.append(e)
+                self.tensors["model." + e.name] = t
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.inputs[0].dtype if self.inputs else self.space.dtype
+
+    def views(self, v: torch.Tensor) -> list[torch.Tensor]:
+        """A full vector [P] as the leaves' shapes (views)."""
+        if self.flat:
+            return [v]
+        return [v[e.slice].view(e.shape) for e in self.entries]
+
+    def grads_into(self, out: torch.Tensor) -> None:
+        for t, g in zip(self.inputs, self.views(out)):
+            t.grad = g
+
+    def clear(self) -> None:
+        for t in self.inputs:
+            t.grad = None
+
+    def storages(self) -> set:
+        """Data pointers of the leaves' storages (the parameters themselves: not graph memory)."""
+        return {t.untyped_storage().data_ptr() for t in self.inputs}
 
 
 class _HoistCache:
     """Hoisted per-batch values for one (origin, directions) pair, by batch index."""
 
-    def __init__(self, origin: torch.Tensor, directions: torch.Tensor, max_bytes: float):
-        self.key = self._key(origin, directions)
+    def __init__(self, origin: Origin, rows: Rows, max_bytes: float):
+        self.key = (origin.key(), rows.key())
         self.max_bytes = max_bytes
         self.bytes = 0
         self.full = False
         self.store: dict[int, object] = {}
 
-    @staticmethod
-    def _key(origin, directions):
-        return (origin.data_ptr(), tuple(origin.shape), directions.data_ptr(), tuple(directions.shape),
-                origin._version, directions._version)
-
-    def matches(self, origin, directions) -> bool:
-        return self._key(origin, directions) == self.key
+    def matches(self, origin: Origin, rows: Rows) -> bool:
+        return (origin.key(), rows.key()) == self.key
 
     def get(self, b_idx: int, compute):
         if b_idx in self.store:

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from scipy.linalg import eigh_tridiagonal
 
+from lossprobe.core.vectors import all_finite, combine_rows, dot64, exact, norm64, normal_into, rademacher_into
 from lossprobe.errors import UserError
 from lossprobe.results.contract import Result, json_float, register
 
@@ -38,15 +39,23 @@ MatVec = Callable[[torch.Tensor], torch.Tensor]
 
 # --- operators -----------------------------------------------------------------------
 class CountingOperator:
-    """Wrap ``matvec`` so that it takes and returns float64 vectors and counts its calls.
+    """Wrap ``matvec`` so that it takes and returns vectors of one dtype and counts its calls.
 
     `op` may be a function of a torch vector, a dense matrix (numpy or torch) or anything
-    with a ``matvec`` method (a scipy ``LinearOperator``).
+    with a ``matvec`` method (a scipy ``LinearOperator``). `dtype` is the precision of the
+    vectors the algorithms keep (float64 unless given: the curvature operators of a float32
+    or half-precision model give float32). With ``out=True`` the function takes ``out=`` and
+    writes its product there (no P-length temporary). `reduce` sums a small tensor of partial
+    dot products over the shards of a vector held in pieces (identity for whole vectors).
     """
 
-    def __init__(self, op, n: int | None = None, device: torch.device | str | None = None):
+    def __init__(self, op, n: int | None = None, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None, out: bool = False, reduce: Callable | None = None):
         self.calls = 0
+        self._out = out
+        self.reduce = reduce
         if isinstance(op, CountingOperator):
+            dtype, self._out, self.reduce = dtype or op.dtype, op._out, reduce or op.reduce
             op, n, device = op._fn, op.n, op.device
         if isinstance(op, np.ndarray):
             op = torch.from_numpy(op)
@@ -54,11 +63,12 @@ class CountingOperator:
             if op.ndim != 2 or op.shape[0] != op.shape[1]:
                 raise UserError(f"a dense operator must be a square matrix, got shape {tuple(op.shape)}")
             mat = op.to(torch.float64)
-            self._fn = lambda v: mat @ v
+            self._fn = lambda v: mat @ v.to(torch.float64)
             n, device = mat.shape[0], mat.device
         elif hasattr(op, "matvec") and hasattr(op, "shape"):
             lin = op
-            self._fn = lambda v: torch.from_numpy(np.asarray(lin.matvec(v.cpu().numpy()), dtype=np.float64).reshape(-1))
+            self._fn = lambda v: torch.from_numpy(np.asarray(lin.matvec(v.detach().cpu().double().numpy()),
+                                                             dtype=np.float64).reshape(-1))
             n, device = lin.shape[0], "cpu"
         elif callable(op):
             self._fn = op
@@ -68,15 +78,44 @@ class CountingOperator:
             raise UserError("the operator's dimension n is needed for a matvec function")
         self.n = int(n)
         self.device = torch.device(device or "cpu")
+        self.dtype = dtype or torch.float64
 
-    def __call__(self, v: torch.Tensor) -> torch.Tensor:
+    def __call__(self, v: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         self.calls += 1
-        out = self._fn(v)
-        return out.to(device=self.device, dtype=torch.float64).reshape(-1)
+        if self._out:
+            return self._fn(v, out=out)
+        r = self._fn(v).to(device=self.device, dtype=self.dtype).reshape(-1)
+        if out is not None:
+            out.copy_(r)
+            return out
+        return r
+
+    def empty(self, rows: int | None = None) -> torch.Tensor:
+        """Uninitialised vector(s) [n] or [rows, n] in the operator's dtype and device."""
+        return torch.empty((self.n,) if rows is None else (rows, self.n), dtype=self.dtype, device=self.device)
+
+    # reductions over (possibly sharded) vectors, accumulated in float64
+    def dot(self, a: torch.Tensor, b: torch.Tensor) -> float:
+        d = dot64(a, b)
+        return float(self.reduce(torch.tensor([d], dtype=torch.float64)).item()) if self.reduce else d
+
+    def norm(self, a: torch.Tensor) -> float:
+        if self.reduce is None:
+            return norm64(a)
+        return math.sqrt(self.dot(a, a))
+
+    def project(self, blocks: Sequence[torch.Tensor], w: torch.Tensor) -> list[torch.Tensor]:
+        """Per block of rows [r, n], the dot products of its rows with `w` [r] (one gemv each)."""
+        hs = [B @ w for B in blocks]
+        if self.reduce is None or not hs:
+            return hs
+        flat = self.reduce(torch.cat(hs).to(torch.float64))
+        return list(flat.split([len(h) for h in hs]))
 
 
-def _rademacher(n: int, gen: torch.Generator, device) -> torch.Tensor:
-    return (torch.randint(0, 2, (n,), generator=gen, dtype=torch.int8).to(torch.float64) * 2 - 1).to(device)
+def _rademacher(n: int, gen: torch.Generator, device, dtype=torch.float64, out: torch.Tensor | None = None):
+    out = torch.empty(n, dtype=dtype, device=device) if out is None else out
+    return rademacher_into(out, gen)
 
 
 def _generator(seed: int | torch.Generator | None) -> torch.Generator:
@@ -85,49 +124,187 @@ def _generator(seed: int | torch.Generator | None) -> torch.Generator:
     return torch.Generator().manual_seed(0 if seed is None else int(seed))
 
 
+# --- the basis: rows kept for reorthogonalisation, in blocks -----------------------------
+class Basis:
+    """Up to `capacity` vectors of length n, in blocks: one block of `head` rows first (what a
+    caller keeps at the end, so that every other block can be freed) and the rest in blocks
+    allocated as needed. Rows are addressed by slot (block, row); `order` lists the slots of
+    the logical rows. Free slots are reused, so a full basis drops its oldest rows (a window)."""
+
+    def __init__(self, n: int, dtype, device, capacity: int | None = None, head: int = 0):
+        self.n, self.dtype, self.device = n, dtype, torch.device(device)
+        self.capacity = capacity
+        self.head = head
+        self.blocks: list[torch.Tensor] = []
+        self.free: list[tuple[int, int]] = []
+        self.order: list[tuple[int, int]] = []
+
+    @property
+    def allocated(self) -> int:
+        return sum(b.shape[0] for b in self.blocks)
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def row(self, slot) -> torch.Tensor:
+        return self.blocks[slot[0]][slot[1]]
+
+    def rows(self) -> list[torch.Tensor]:
+        return [self.row(s) for s in self.order]
+
+    def new_slot(self) -> tuple[int, int]:
+        """A free slot (allocating a block if there is room, else the oldest row's)."""
+        if not self.free:
+            have = self.allocated
+            if self.capacity is None or have < self.capacity:
+                size = self.head if (not self.blocks and self.head) else max(16, have)
+                if self.capacity is not None:
+                    size = min(size, self.capacity - have)
+                b = len(self.blocks)
+                self.blocks.append(torch.empty(size, self.n, dtype=self.dtype, device=self.device))
+                self.free.extend((b, i) for i in range(size))
+            else:
+                self.free.append(self.order.pop(0))
+        return self.free.pop(0)
+
+    def used_blocks(self, exclude=()) -> list[tuple[torch.Tensor, list[int]]]:
+        """(block rows in use, their indices in `order`) per block, for projections."""
+        pos = {s: i for i, s in enumerate(self.order) if s not in exclude}
+        out = []
+        for b, blk in enumerate(self.blocks):
+            idx = [r for r in range(blk.shape[0]) if (b, r) in pos]
+            if not idx:
+                continue
+            lo, hi = idx[0], idx[-1] + 1
+            if hi - lo == len(idx):
+                out.append((blk[lo:hi], [pos[(b, r)] for r in idx]))
+            else:
+                for r in idx:
+                    out.append((blk[r:r + 1], [pos[(b, r)]]))
+        return out
+
+    def orthogonalise(self, op, w: torch.Tensor, exclude=()) -> torch.Tensor:
+        """w minus its projection on the rows (classical Gram-Schmidt, repeated when the first
+        pass cancelled much of w: the DGKS criterion ‖w'‖ < ‖w‖/√2; "twice is enough"), in place."""
+        blocks = [B for B, _ in self.used_blocks(exclude)]
+        if not blocks:
+            return w
+        before = op.norm(w)
+        with exact(w):
+            for again in (False, True):
+                hs = op.project(blocks, w)
+                for B, h in zip(blocks, hs):
+                    w.addmv_(B.T, h.to(w.dtype), alpha=-1)
+                if again or op.norm(w) >= 0.7071 * before:
+                    break
+        return w
+
+    def keep(self, slots) -> None:
+        """Keep only these slots, in this order; the others become free (their blocks are
+        released when wholly free and not the head block)."""
+        keep = list(slots)
+        self.free = [s for s in list(self.order) + self.free if s not in keep]
+        self.order = keep
+
+    def release_unused(self) -> None:
+        """Free every block that holds no row in use (the head block included)."""
+        used = {b for b, _ in self.order}
+        for b, blk in enumerate(self.blocks):
+            if b not in used and blk.numel():
+                self.blocks[b] = blk.new_empty(0, self.n)
+        self.free = [s for s in self.free if s[0] in used]
+
+
 # --- Lanczos -------------------------------------------------------------------------
 @dataclass
 class LanczosState:
     """A Lanczos decomposition ``A Q_m = Q_m T_m + β_m q_{m+1} e_mᵀ``.
 
-    alpha [m], beta [m] (beta[j] couples q_j and q_{j+1}; beta[m-1] is β_m), Q [m, n]
-    float64 orthonormal rows, q_next [n] (unit, or zero after breakdown).
+    After a thick restart the first rows of Q are Ritz vectors (values `theta_kept`) coupled
+    to the next Lanczos vector by `sigma` (T has an arrow in its first rows); alpha [j], beta [j]
+    are the tridiagonal part since then (beta[j] couples Lanczos rows j and j+1; beta[-1] is β_m).
+    `basis` holds the rows (float64 for matrices, the operator's dtype for networks: float32
+    for float32 and half-precision models) and q_next; `steps` counts every Lanczos step.
     """
 
     alpha: list[float] = field(default_factory=list)
     beta: list[float] = field(default_factory=list)
-    Q: list[torch.Tensor] = field(default_factory=list)
-    q_next: torch.Tensor | None = None
     restarts: int = 0  # invariant subspaces found (breakdowns followed by a fresh vector)
-    _buf: torch.Tensor | None = None  # [capacity, n]: the rows of Q, contiguous for fast reorthogonalisation
-
-    def append(self, q: torch.Tensor) -> None:
-        m = len(self.Q)
-        if self._buf is None or m == self._buf.shape[0]:
-            cap = max(16, 2 * m)
-            buf = torch.empty(cap, q.numel(), dtype=q.dtype, device=q.device)
-            if m:
-                buf[:m] = self._buf[:m]
-            self._buf = buf
-            self.Q = [buf[i] for i in range(m)]
-        self._buf[m] = q
-        self.Q.append(self._buf[m])
-
-    def basis(self) -> torch.Tensor:
-        """Q as one [m, n] tensor (a view, no copy)."""
-        return self._buf[: len(self.Q)]
+    thick_restarts: int = 0
+    steps: int = 0
+    theta_kept: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    sigma: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    basis_rows: Basis | None = None
+    next_slot: tuple | None = None  # slot of q_{m+1} in the basis (None: zero, after breakdown)
 
     @property
-    def steps(self) -> int:
-        return len(self.alpha)
+    def Q(self) -> list[torch.Tensor]:
+        """The basis rows [n] in order (views)."""
+        return self.basis_rows.rows() if self.basis_rows is not None else []
+
+    @property
+    def q_next(self) -> torch.Tensor | None:
+        return self.basis_rows.row(self.next_slot) if self.next_slot is not None else None
+
+    @property
+    def m(self) -> int:
+        return len(self.basis_rows) if self.basis_rows is not None else 0
+
+    def basis(self) -> torch.Tensor:
+        """Q as one [m, n] tensor (a copy when its rows sit in several blocks)."""
+        rows = self.Q
+        return torch.stack(rows) if rows else torch.zeros(0, 0)
+
+    @property
+    def beta_m(self) -> float:
+        return float(self.beta[-1]) if self.beta and self.next_slot is not None else 0.0
+
+    def tridiagonal(self) -> np.ndarray:
+        """T_m as a dense [m, m] float64 matrix (arrow rows first after a thick restart)."""
+        r, a = len(self.theta_kept), len(self.alpha)
+        T = np.zeros((r + a, r + a))
+        T[np.arange(r), np.arange(r)] = self.theta_kept
+        if r and a:
+            T[:r, r] = T[r, :r] = self.sigma
+        for j in range(a):
+            T[r + j, r + j] = self.alpha[j]
+            if j + 1 < a:
+                T[r + j, r + j + 1] = T[r + j + 1, r + j] = self.beta[j]
+        return T
 
     def ritz(self) -> tuple[np.ndarray, np.ndarray]:
         """Eigenvalues θ [m] (ascending) and eigenvectors S [m, m] of T_m."""
+        if len(self.theta_kept):
+            theta, S = np.linalg.eigh(self.tridiagonal())
+            return theta, S
         a = np.asarray(self.alpha, dtype=np.float64)
         if len(a) == 1:
             return a.copy(), np.ones((1, 1))
         e = np.asarray(self.beta[:-1], dtype=np.float64)
         return eigh_tridiagonal(a, e)
+
+
+def _start_vector(op: CountingOperator, v0, gen, out: torch.Tensor) -> None:
+    """q_1 into `out`: v0 (a vector, or a block [b, n] of start vectors, summed: a warm start
+    from earlier eigenvectors), else the seeded Gaussian draw, normalised."""
+    if v0 is None:
+        normal_into(out, gen)
+    else:
+        v = torch.as_tensor(v0).detach()
+        if v.ndim == 2:
+            if v.shape[1] != op.n:
+                raise UserError(f"start block has shape {tuple(v.shape)}, expected (b, {op.n})")
+            out.zero_()
+            for row in v:
+                out.add_(row.to(out.device, out.dtype))
+        else:
+            if v.numel() != op.n:
+                raise UserError(f"start vector has {v.numel()} entries, expected {op.n}")
+            out.copy_(v.reshape(-1).to(out.device, out.dtype))
+    nq = op.norm(out)
+    if not math.isfinite(nq) or nq == 0:
+        raise UserError("the Lanczos start vector is zero or not finite")
+    out.div_(nq)
 
 
 def lanczos(
@@ -138,74 +315,97 @@ def lanczos(
     seed: int | torch.Generator | None = 0,
     state: LanczosState | None = None,
     device=None,
+    max_basis: int | None = None,
+    dtype: torch.dtype | None = None,
 ) -> LanczosState:
-    """Run (or continue) Lanczos with full reorthogonalisation in float64.
+    """Run (or continue) Lanczos with full reorthogonalisation.
 
-    Every new vector is orthogonalised against all previous ones (classical Gram-Schmidt,
+    Every new vector is orthogonalised against the kept ones (classical Gram-Schmidt,
     repeated when the DGKS criterion asks for it: "twice is enough"), so the Ritz values
     carry no ghost copies and residual estimates stay honest. When the Krylov space becomes invariant
     (β ≈ 0) before `n` steps, a fresh random vector orthogonal to the basis continues
     the process, so repeated eigenvalues are found too.
 
+    The vectors are kept in the operator's dtype (float64 for matrices and plain functions,
+    `dtype` if given); the tridiagonal bookkeeping is float64. `max_basis` bounds the rows
+    kept (q_next and the product being formed included): past it the oldest rows are dropped
+    and new vectors are orthogonalised against the last ones only (enough for the quadrature
+    of `slq`; `lanczos_eigs` restarts instead). None keeps every row.
+
     Args:
         matvec: the symmetric operator (see `CountingOperator`).
         n: dimension (needed only for a plain function).
         steps: how many steps to add (capped at n in total).
-        v0: start vector [n]; a seeded Gaussian vector if None.
+        v0: start vector [n], or a block [b, n] of start vectors (their sum starts the
+            process: a warm start from earlier eigenvectors); a seeded Gaussian vector if None.
         state: a previous `LanczosState` to extend.
     """
-    op = matvec if isinstance(matvec, CountingOperator) else CountingOperator(matvec, n, device)
+    op = matvec if isinstance(matvec, CountingOperator) else CountingOperator(matvec, n, device, dtype=dtype)
     n = op.n
     gen = _generator(seed)
     st = state or LanczosState()
-    if st.steps == 0:
-        q = torch.randn(n, generator=gen, dtype=torch.float64).to(op.device) if v0 is None else v0.detach().to(op.device, torch.float64).reshape(-1).clone()
-        if q.numel() != n:
-            raise UserError(f"start vector has {q.numel()} entries, expected {n}")
-        nq = q.norm()
-        if not torch.isfinite(nq) or nq == 0:
-            raise UserError("the Lanczos start vector is zero or not finite")
-        st.q_next = q / nq
-    target = min(n, st.steps + steps)
+    if st.basis_rows is None:
+        if max_basis is not None and max_basis < 3:
+            raise UserError(f"Lanczos needs room for at least 3 vectors, got max_basis={max_basis}")
+        st.basis_rows = Basis(n, op.dtype, op.device, max_basis)
+    B = st.basis_rows
+    if st.steps == 0 and st.next_slot is None and not len(B):
+        slot = B.new_slot()
+        _start_vector(op, v0, gen, B.row(slot))
+        st.next_slot = slot
+    target = min(n, st.steps + steps) if not st.thick_restarts else st.steps + steps
     scale = 0.0
     while st.steps < target:
-        q = st.q_next
-        if q is None or float(q.norm()) == 0.0:
+        if st.next_slot is None:
             # invariant subspace found: continue with a random vector orthogonal to the basis
-            q = _orth_against(torch.randn(n, generator=gen, dtype=torch.float64).to(op.device), st.basis())
-            q = q / q.norm()
-            st.beta[-1] = 0.0
+            slot = B.new_slot()
+            q = normal_into(B.row(slot), gen)
+            B.orthogonalise(op, q)
+            q.div_(op.norm(q))
+            if st.beta:
+                st.beta[-1] = 0.0
             st.restarts += 1
-        st.append(q)
-        q = st.Q[-1]
-        w = op(q)
-        if not torch.isfinite(w).all():
+        else:
+            slot = st.next_slot
+        B.order.append(slot)
+        st.next_slot = None
+        q = B.row(slot)
+        prev = B.row(B.order[-2]) if len(st.alpha) and len(B) > 1 else None
+        wslot = B.new_slot()
+        w = op(q, out=B.row(wslot))
+        if not all_finite(w):
+            B.free.insert(0, wslot)
             raise UserError("the operator returned NaN or inf (is the loss finite at this point?)")
-        a = float(q @ w)
-        w = w - a * q - (st.beta[-1] * st.Q[-2] if len(st.Q) > 1 else 0.0)
-        w = _orth_against(w, st.basis())
-        b = float(w.norm())
+        a = op.dot(q, w)
+        w.sub_(q, alpha=a)
+        if prev is not None:
+            w.sub_(prev, alpha=st.beta[-1])
+        B.orthogonalise(op, w, exclude=(wslot,))
+        b = op.norm(w)
         scale = max(scale, abs(a) + b, *(abs(x) for x in st.beta[-1:]))
         st.alpha.append(a)
         st.beta.append(b)
-        if b <= 1e-13 * max(scale, 1e-300) * math.sqrt(n) or len(st.Q) >= n:
-            st.q_next = torch.zeros_like(q)
+        st.steps += 1
+        if b <= 1e-13 * max(scale, 1e-300) * math.sqrt(n) or len(B) >= n:
+            B.free.insert(0, wslot)  # q_next is zero
         else:
-            st.q_next = w / b
+            w.div_(b)
+            st.next_slot = wslot
     return st
 
 
-def _orth_against(w: torch.Tensor, B: torch.Tensor | None) -> torch.Tensor:
-    """w minus its projection on the rows of B [m, n] by classical Gram-Schmidt, repeated
-    when the first pass cancelled much of w (the DGKS criterion: ‖w'‖ < ‖w‖/√2), which is
-    when one pass can leave a loss of orthogonality; "twice is enough"."""
-    if B is None or B.shape[0] == 0:
-        return w
-    before = w.norm()
-    w = w - B.T @ (B @ w)
-    if w.norm() < 0.7071 * before:
-        w = w - B.T @ (B @ w)
-    return w
+def _thick_restart(st: LanczosState, theta: np.ndarray, S: np.ndarray, keep: np.ndarray) -> None:
+    """Keep the Ritz vectors `keep` (indices into θ) and q_next; the rest of the basis is freed
+    (Wu & Simon 2000). A Q_r = Q_r diag(θ_r) + q_next σᵀ with σ = β_m S[m−1, keep]."""
+    B = st.basis_rows
+    slots = list(B.order)
+    targets = [s for s in slots][: len(keep)]
+    combine_rows([B.row(s) for s in slots], S[:, keep], [B.row(s) for s in targets])
+    st.sigma = st.beta_m * S[-1, keep]
+    st.theta_kept = np.asarray(theta[keep], dtype=np.float64)
+    B.keep(targets)
+    st.alpha, st.beta = [], []
+    st.thick_restarts += 1
 
 
 @register
@@ -228,6 +428,7 @@ class EigResult(Result):
     which: str
     residual_kind: str = "exact"
     all_ritz_values: np.ndarray | None = None
+    restarts: int = 0  # thick restarts of a bounded basis (0: plain Lanczos)
 
     NAME: ClassVar[str] = "eigenvalues"
     JSON_OMITS: ClassVar[frozenset[str]] = frozenset({"vectors"})  # [k, P]: `save` keeps them
@@ -238,6 +439,8 @@ class EigResult(Result):
         d = self.summary()
         if self.all_ritz_values is not None:
             d["all_ritz_values"] = np.asarray(self.all_ritz_values).tolist()
+        if self.restarts:
+            d["thick_restarts"] = self.restarts
         return d
 
     @classmethod
@@ -245,7 +448,7 @@ class EigResult(Result):
         ritz = d.get("all_ritz_values")
         return cls(np.asarray(d["eigenvalues"], float), np.asarray(d["residuals"], float), None, d["matvecs"],
                    d["lanczos_steps"], d["converged"], d["which"], d.get("residual_kind", "exact"),
-                   None if ritz is None else np.asarray(ritz, float))
+                   None if ritz is None else np.asarray(ritz, float), restarts=d.get("thick_restarts", 0))
 
     def summary(self) -> dict:
         return {"eigenvalues": self.values.tolist(), "residuals": self.residuals.tolist(), "matvecs": self.matvecs,
@@ -263,14 +466,18 @@ class EigResult(Result):
     def to_arrays(self, prefix: str = "") -> dict[str, np.ndarray]:
         out = {f"{prefix}eigenvalues": self.values, f"{prefix}residuals": self.residuals}
         if self.vectors is not None:
-            out[f"{prefix}vectors"] = torch.as_tensor(self.vectors).detach().cpu().double().numpy()
+            v = torch.as_tensor(self.vectors).detach().cpu()  # in its own dtype: no float64 copy of [k, P]
+            out[f"{prefix}vectors"] = (v.float() if v.dtype in (torch.float16, torch.bfloat16) else v).numpy()
         if self.all_ritz_values is not None:
             out[f"{prefix}all_ritz_values"] = np.asarray(self.all_ritz_values)
         return out
 
     def metadata(self) -> dict:
-        return {"matvecs": self.matvecs, "lanczos_steps": self.steps, "converged": self.converged, "which": self.which,
-                "residual_kind": self.residual_kind}
+        d = {"matvecs": self.matvecs, "lanczos_steps": self.steps, "converged": self.converged, "which": self.which,
+             "residual_kind": self.residual_kind}
+        if self.restarts:
+            d["thick_restarts"] = self.restarts
+        return d
 
     @classmethod
     def from_arrays(cls, arrays, metadata=None, prefix: str = "") -> "EigResult":
@@ -279,7 +486,7 @@ class EigResult(Result):
         return cls(np.asarray(arrays[f"{prefix}eigenvalues"]), np.asarray(arrays[f"{prefix}residuals"]),
                    None if vec is None else torch.from_numpy(np.asarray(vec)), m.get("matvecs", 0),
                    m.get("lanczos_steps", 0), bool(m.get("converged", False)), m.get("which", "largest"),
-                   m.get("residual_kind", "exact"), arrays.get(f"{prefix}all_ritz_values"))
+                   m.get("residual_kind", "exact"), arrays.get(f"{prefix}all_ritz_values"), m.get("thick_restarts", 0))
 
 
 def _pick(theta: np.ndarray, k: int, which: str) -> np.ndarray:
@@ -297,6 +504,12 @@ def _pick(theta: np.ndarray, k: int, which: str) -> np.ndarray:
     raise UserError(f"which must be 'largest', 'smallest' or 'both', got {which!r}")
 
 
+def keep_count(n_want: int, max_basis: int) -> int:
+    """Ritz vectors kept at a thick restart: the wanted ones plus half the spare rows (at least
+    one step of room is left for the next cycle)."""
+    return max(n_want, min(max_basis - 3, n_want + max(0, max_basis - 2 - n_want) // 2))
+
+
 def lanczos_eigs(
     matvec,
     n: int | None = None,
@@ -311,6 +524,8 @@ def lanczos_eigs(
     residuals: str = "exact",
     device=None,
     progress: Callable[[int], None] | None = None,
+    max_basis: int | None = None,
+    dtype: torch.dtype | None = None,
 ) -> EigResult:
     """The k extreme eigenpairs by Lanczos with full reorthogonalisation.
 
@@ -320,50 +535,79 @@ def lanczos_eigs(
     up to rounding; ``residuals='exact'`` spends k more products to report
     ``||A y − θ y||`` measured directly.
 
-    Returns an `EigResult`.
+    `max_basis` bounds the vectors kept at once (the basis, q_next and the product being
+    formed): when the basis is full before convergence, a thick restart (Wu & Simon 2000) keeps
+    the wanted Ritz vectors and a few more and the process continues from q_next; the memory
+    is then `max_basis` vectors of the operator's dtype whatever the number of steps. None keeps
+    every vector (plain Lanczos, the same steps as always). `v0` may be a start vector or a
+    block [b, n] of them (a warm start: their sum).
+
+    Returns an `EigResult` (vectors [k, n] in the operator's dtype).
     """
     if k <= 0:
         raise UserError(f"k must be positive, got {k}")
     if residuals not in ("exact", "estimate"):
         raise UserError(f"residuals must be 'exact' or 'estimate', got {residuals!r}")
     _pick(np.zeros(1), 1, which)  # validate `which`
-    op = matvec if isinstance(matvec, CountingOperator) else CountingOperator(matvec, n, device)
+    op = matvec if isinstance(matvec, CountingOperator) else CountingOperator(matvec, n, device, dtype=dtype)
     n = op.n
     n_want = k * (2 if which == "both" else 1)
     if n_want > n:
         raise UserError(f"asked for {n_want} eigenvalues of a {n}×{n} operator")
+    if max_basis is not None and max_basis < n_want + 3:
+        raise UserError(f"max_basis={max_basis} leaves no room: {n_want} eigenvector(s) need at least {n_want + 3} "
+                        "vectors (the Ritz vectors, q_next, the product)")
     max_steps = min(max_steps, n)
     first = min(max_steps, min_steps if min_steps is not None else max(2 * n_want + 8, 12))
     gen = _generator(seed)
-    st = lanczos(op, steps=first, v0=v0, seed=gen)
+    st = LanczosState(basis_rows=Basis(n, op.dtype, op.device, max_basis, head=n_want))
+    B = st.basis_rows
+    target = first
     converged = False
     while True:
+        room = n if max_basis is None else max_basis - len(B.order) - 1  # q_next takes a row too
+        grow = min(target - st.steps, room)
+        if grow > 0:
+            before = op.calls
+            lanczos(op, steps=grow, v0=v0, seed=gen, state=st)
+            if progress:
+                progress(op.calls - before)
         theta, S = st.ritz()
         idx = _pick(theta, k, which)
         spec = max(float(np.abs(theta).max()), 1e-300)
-        beta_m = st.beta[-1] if st.q_next is not None and float(st.q_next.norm()) > 0 else 0.0
-        est = np.abs(beta_m * S[-1, idx])
-        if (len(idx) >= n_want and np.all(est <= tol * spec)) or st.steps >= n:
+        est = np.abs(st.beta_m * S[-1, idx])
+        if (len(idx) >= n_want and np.all(est <= tol * spec)) or len(B.order) >= n:
             converged = True
             break
         if st.steps >= max_steps:
             break
-        before = op.calls
-        st = lanczos(op, steps=min(check_every, max_steps - st.steps), seed=gen, state=st)
-        if progress:
-            progress(op.calls - before)
-    Qm = st.basis()  # [m, n]
-    Sk = torch.from_numpy(np.ascontiguousarray(S[:, idx])).to(Qm)
-    Y = (Sk.T @ Qm)  # [k, n]
-    Y = Y / Y.norm(dim=1, keepdim=True)
+        if st.steps < target:  # the basis is full: restart with the wanted Ritz vectors (and a few more)
+            r = keep_count(n_want, max_basis)
+            keep = _pick(theta, r if which != "both" else max(1, r // 2), which)
+            _thick_restart(st, theta, S, keep)
+            continue
+        target = st.steps + min(check_every, max_steps - st.steps)
+    # the Ritz vectors into the head block (n_want rows allocated first), then free the rest
+    head = [(0, i) for i in range(len(idx))]
+    combine_rows(B.rows(), S[:, idx], [B.row(h) for h in head])
+    B.keep(head)
+    B.release_unused()
+    Y = B.blocks[0][: len(idx)]
+    for y in Y:
+        y.div_(op.norm(y))
     vals = theta[idx]
     if residuals == "exact":
-        res = np.array([float((op(y) - v * y).norm()) for y, v in zip(Y, vals)])
+        res = []
+        for y, v in zip(Y, vals):
+            w = op(y)
+            res.append(op.norm(w.sub_(y, alpha=float(v))))
+            del w
+        res = np.array(res)
     else:
         res = est
     return EigResult(values=np.asarray(vals, dtype=np.float64), residuals=np.asarray(res, dtype=np.float64),
                      vectors=Y, matvecs=op.calls, steps=st.steps, converged=converged, which=which,
-                     residual_kind=residuals, all_ritz_values=theta)
+                     residual_kind=residuals, all_ritz_values=theta, restarts=st.thick_restarts)
 
 
 # --- power iteration -----------------------------------------------------------------
@@ -451,13 +695,6 @@ class TraceResult(Result):
         return cls.from_dict(metadata or {}, samples=arrays[f"{prefix}samples"])
 
 
-def _block_sums(x: torch.Tensor, blocks) -> torch.Tensor | None:
-    """Sum of x [.., n] over each block (a list of (name, slice)) -> [.., B]."""
-    if blocks is None:
-        return None
-    return torch.stack([x[..., s].sum(-1) for _, s in blocks], -1)
-
-
 def _stats(samples: torch.Tensor) -> tuple[float, float]:
     m = samples.shape[0]
     mean = float(samples.mean())
@@ -477,26 +714,46 @@ def hutchinson(
     """Hutchinson's estimator tr(A) ≈ mean zᵀAz over Rademacher z, with its standard error.
 
     `blocks`: optional list of (name, slice) that partition [0, n); the trace of each
-    diagonal block is estimated from the same products.
+    diagonal block is estimated from the same products. Two vectors are kept at a time (z
+    and Az), in the operator's dtype; the sums are float64.
     """
     if samples < 1:
         raise UserError(f"samples must be at least 1, got {samples}")
     op = matvec if isinstance(matvec, CountingOperator) else CountingOperator(matvec, n, device)
     gen = _generator(seed)
-    per = []
+    tot, per_block = [], []
+    z = op.empty()
     for _ in range(samples):
-        z = _rademacher(op.n, gen, op.device)
-        per.append(z * op(z))
+        _rademacher(op.n, gen, op.device, out=z)
+        az = op(z)
+        az.mul_(z)
+        tot.append(_sum64(op, az))
+        if blocks is not None:
+            per_block.append(_block_sums64(op, az, blocks))
+        del az
         if progress:
             progress(1)
-    P = torch.stack(per)  # [s, n]
-    tot = P.sum(1)
+    tot = torch.tensor(tot, dtype=torch.float64)
     t, se = _stats(tot)
     blk = None
     if blocks is not None:
-        B = _block_sums(P, blocks)
-        blk = {name: _stats(B[:, i]) for i, (name, _) in enumerate(blocks)}
-    return TraceResult(trace=t, stderr=se, matvecs=op.calls, method="hutchinson", samples=tot.cpu().numpy(), blocks=blk)
+        Bs = torch.stack(per_block)
+        blk = {name: _stats(Bs[:, i]) for i, (name, _) in enumerate(blocks)}
+    return TraceResult(trace=t, stderr=se, matvecs=op.calls, method="hutchinson", samples=tot.numpy(), blocks=blk)
+
+
+def _sum64(op: CountingOperator, x: torch.Tensor) -> float:
+    """Σ x in float64 (chunked, reduced over shards)."""
+    s = float(x.double().sum()) if x.numel() <= (1 << 22) else sum(float(c.double().sum()) for c in x.split(1 << 22))
+    return float(op.reduce(torch.tensor([s], dtype=torch.float64)).item()) if op.reduce is not None else s
+
+
+def _block_sums64(op: CountingOperator, x: torch.Tensor, blocks) -> torch.Tensor:
+    """[B] float64 sums of x over each block."""
+    out = torch.tensor([float(x[sl].double().sum()) if x[sl].numel() <= (1 << 22) else
+                        sum(float(c.double().sum()) for c in x[sl].split(1 << 22)) for _, sl in blocks],
+                       dtype=torch.float64)
+    return op.reduce(out) if op.reduce is not None else out
 
 
 def exact_trace(op: "CountingOperator", blocks: Sequence[tuple[str, slice]] | None = None,
@@ -504,10 +761,11 @@ def exact_trace(op: "CountingOperator", blocks: Sequence[tuple[str, slice]] | No
     """tr(A) = Σ_i e_iᵀ A e_i with n products: what a randomised estimate spends anyway once
     its budget reaches the dimension (a random sketch of n ±1 vectors is often singular)."""
     diag = torch.empty(op.n, dtype=torch.float64, device=op.device)
+    e = op.empty()
     for i in range(op.n):
-        e = torch.zeros(op.n, dtype=torch.float64, device=op.device)
+        e.zero_()
         e[i] = 1.0
-        diag[i] = _tick(op(e), progress)[i]
+        diag[i] = float(_tick(op(e), progress)[i])
     blk = {name: (float(diag[sl].sum()), 0.0) for name, sl in blocks} if blocks is not None else None
     tot = float(diag.sum())
     return TraceResult(trace=tot, stderr=0.0, matvecs=op.calls, method="exact", samples=np.array([tot]),
@@ -522,6 +780,7 @@ def hutchpp(
     blocks: Sequence[tuple[str, slice]] | None = None,
     device=None,
     progress: Callable[[int], None] | None = None,
+    max_sketch: int | None = None,
 ) -> TraceResult:
     """Hutch++: tr(A) = tr(QᵀAQ) + tr((I−QQᵀ)A(I−QQᵀ)), Q an orthonormal basis of A·S.
 
@@ -530,6 +789,11 @@ def hutchpp(
     dimension n the trace is computed exactly with n products instead (`exact_trace`). The first term is exact for a
     given Q; the standard error is that of the Hutchinson term. Per-block traces use
     ``tr(P_b A) = Σ_c (P_b q_c)·(A q_c) + E[(P_b w)·(A w)]``, w = (I−QQᵀ)g.
+
+    `max_sketch` bounds the sketch's width s (default matvecs // 3): memory is s + 2 vectors
+    of the operator's dtype (Q, a probe and its product), and the products the sketch does
+    not take go to the Hutchinson part. Q is orthonormalised in place (classical
+    Gram-Schmidt twice, dropping numerically dependent columns).
     """
     if matvecs < 3:
         raise UserError(f"Hutch++ needs at least 3 products, got {matvecs}")
@@ -539,38 +803,85 @@ def hutchpp(
         return exact_trace(op, blocks, progress)
     gen = _generator(seed)
     s = min(matvecs // 3, n)
+    if max_sketch is not None:
+        s = max(0, min(s, int(max_sketch)))
     g_count = max(matvecs - 2 * s, 1)
-    S = torch.stack([_rademacher(n, gen, op.device) for _ in range(s)], 1)  # [n, s]
-    AS = torch.stack([_tick(op(S[:, i]), progress) for i in range(s)], 1)
-    # orthonormal basis of range(A·S) by SVD, dropping numerically zero directions (A of low rank)
-    U, sv, _ = torch.linalg.svd(AS, full_matrices=False)
-    Q = U[:, sv > 1e-12 * max(float(sv.max()), 1e-300)] if s else U
-    AQ = torch.stack([_tick(op(Q[:, i]), progress) for i in range(Q.shape[1])], 1) if Q.shape[1] else Q
-    per_q = (Q * AQ)  # [n, r]: column sums give qᵀAq, block sums give the block parts
-    deflated = float(per_q.sum())
-    per = []
-    for _ in range(g_count):
-        g = _rademacher(n, gen, op.device)
-        w = g - Q @ (Q.T @ g) if Q.shape[1] else g
-        if Q.shape[1] == n:
-            per.append(torch.zeros(n, dtype=torch.float64, device=op.device))
+    # A·S, one column at a time (S is drawn first, as one [n, s] Rademacher block was)
+    Q = Basis(n, op.dtype, op.device, capacity=max(s, 1), head=max(s, 1))
+    raw = [normal_free_slot(Q, lambda out: _rademacher(n, gen, op.device, out=out)) for _ in range(s)]
+    for slot in raw:
+        col = Q.row(slot)
+        prod = _tick(op(col), progress)
+        col.copy_(prod)
+        del prod
+    # orthonormal basis of range(A·S), dropping numerically zero directions (A of low rank)
+    norms = [op.norm(Q.row(sl)) for sl in raw]
+    top = max(norms, default=0.0)
+    for slot, nrm in zip(raw, norms):
+        w = Q.row(slot)
+        if not nrm > 1e-12 * max(top, 1e-300):
             continue
-        per.append(w * _tick(op(w), progress))
-    P = torch.stack(per)  # [g, n]
-    tot = P.sum(1)
+        Q.orthogonalise(op, w)
+        Q.orthogonalise(op, w)
+        nw = op.norm(w)
+        if nw > 1e-6 * nrm and nw > 0:
+            w.div_(nw)
+            Q.order.append(slot)
+    Q.keep(list(Q.order))
+    deflated = 0.0
+    bq = torch.zeros(len(blocks), dtype=torch.float64) if blocks is not None else None
+    for q in Q.rows():
+        aq = _tick(op(q), progress)
+        aq.mul_(q)
+        deflated += _sum64(op, aq)
+        if blocks is not None:
+            bq += _block_sums64(op, aq, blocks)
+        del aq
+    tot, per_block = [], []
+    g = op.empty()
+    for _ in range(g_count):
+        _rademacher(n, gen, op.device, out=g)
+        if len(Q) == n:
+            tot.append(0.0)
+            if blocks is not None:
+                per_block.append(torch.zeros(len(blocks), dtype=torch.float64))
+            continue
+        if len(Q):
+            _project_out(op, Q, g)
+        ag = _tick(op(g), progress)
+        ag.mul_(g)
+        tot.append(_sum64(op, ag))
+        if blocks is not None:
+            per_block.append(_block_sums64(op, ag, blocks))
+        del ag
+    tot = torch.tensor(tot, dtype=torch.float64)
     rest, se = _stats(tot)
     if g_count == 1:
         se = float("nan")
     blk = None
     if blocks is not None:
-        Bq = _block_sums(per_q.T, blocks).sum(0)  # [B]
-        Bg = _block_sums(P, blocks)  # [g, B]
+        Bg = torch.stack(per_block)
         blk = {}
         for i, (name, _) in enumerate(blocks):
             m_, e_ = _stats(Bg[:, i])
-            blk[name] = (float(Bq[i]) + m_, e_)
+            blk[name] = (float(bq[i]) + m_, e_)
     return TraceResult(trace=deflated + rest, stderr=se, matvecs=op.calls, method="hutch++",
-                       samples=tot.cpu().numpy(), blocks=blk, deflated=deflated)
+                       samples=tot.numpy(), blocks=blk, deflated=deflated)
+
+
+def normal_free_slot(basis: Basis, fill) -> tuple:
+    """A new slot of `basis` (not in its order yet) filled by ``fill(row)``."""
+    slot = basis.new_slot()
+    fill(basis.row(slot))
+    return slot
+
+
+def _project_out(op: CountingOperator, Q: Basis, g: torch.Tensor) -> None:
+    """g ← g − Q(Qᵀg), one pass (Q orthonormal), in place."""
+    blocks = [B for B, _ in Q.used_blocks()]
+    with exact(g):
+        for B, h in zip(blocks, op.project(blocks, g)):
+            g.addmv_(B.T, h.to(g.dtype), alpha=-1)
 
 
 def _tick(x, progress):
@@ -606,13 +917,16 @@ def slq(
     seed: int | torch.Generator | None = 0,
     device=None,
     progress: Callable[[int], None] | None = None,
+    max_basis: int | None = None,
 ) -> SLQResult:
     """Spectral density by stochastic Lanczos quadrature (Ghorbani et al. 2019).
 
     For each of `probes` Rademacher start vectors, `steps` Lanczos steps (full
-    reorthogonalisation, float64) give T; its eigen-decomposition by the symmetric
-    tridiagonal solver gives nodes θ_j and weights τ_j = (s_{1j})², a quadrature of
-    vᵀ f(A) v / n.
+    reorthogonalisation; vectors in the operator's dtype, T in float64) give T; its
+    eigen-decomposition by the symmetric tridiagonal solver gives nodes θ_j and weights
+    τ_j = (s_{1j})², a quadrature of vᵀ f(A) v / n. `max_basis` bounds the vectors kept:
+    beyond it each new vector is orthogonalised against the last `max_basis` − 2 only (the
+    quadrature stays a valid one in finite precision; a converged node may then appear twice).
     """
     if probes < 1 or steps < 1:
         raise UserError("slq needs at least one probe and one step")
@@ -622,8 +936,9 @@ def slq(
     nodes, weights = [], []
     for _ in range(probes):
         before = op.calls
-        v0 = _rademacher(op.n, gen, op.device)
-        st = lanczos(op, steps=steps, v0=v0, seed=gen)
+        v0 = _rademacher(op.n, gen, op.device, dtype=op.dtype)
+        st = lanczos(op, steps=steps, v0=v0, seed=gen, max_basis=max_basis)
+        del v0
         theta, S = st.ritz()
         nodes.append(theta)
         weights.append(S[0] ** 2)

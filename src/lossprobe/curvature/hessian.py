@@ -42,6 +42,7 @@ from lossprobe.curvature.algorithms import (
     lanczos_eigs,
     slq,
 )
+from lossprobe.core.memory import budget, fmt, require, vectors_allowed
 from lossprobe.curvature.operators import CurvatureOperator, HessianOperator, curvature_operator
 from lossprobe.errors import UserError, warn_deprecated
 from lossprobe.results.contract import Result, json_float, register, xarray
@@ -124,6 +125,24 @@ def _bar(progress: bool, total: int | None, unit: str = "Hv"):
     return bar, bar.update
 
 
+def _plan(H: CurvatureOperator, what: str, vectors: int, memory) -> None:
+    """Check that `vectors` vectors of the operator fit the budget (one line if not) and give
+    the graph cache what remains."""
+    have, source = budget(H.device, memory)
+    vec = H.vector_bytes
+    need = vectors * vec
+    if not H.full:  # a restricted selection: products go through full-size vectors
+        need += 2 * H.objective.vector_bytes
+    require(what, need, have, source, f" ({vectors} vectors of {fmt(vec)}, plus one gradient graph and a batch's "
+            "activations)")
+    H.set_graph_budget(have - need)
+
+
+def _default_tol(H: CurvatureOperator) -> float:
+    dt = H.objective.space.dtype
+    return 1e-9 if dt == torch.float64 else (1e-5 if dt == torch.float32 else 1e-3)
+
+
 def eigenvalues(
     op,
     k: int = 1,
@@ -134,9 +153,12 @@ def eigenvalues(
     residuals: str = "exact",
     progress: bool = False,
     curvature: str = "hessian",
+    memory=None,
+    max_basis: int | None = None,
+    v0: torch.Tensor | None = None,
     **legacy,
 ) -> EigResult:
-    """The k extreme eigenvalues of a curvature operator by Lanczos (full reorthogonalisation, float64).
+    """The k extreme eigenvalues of a curvature operator by Lanczos (full reorthogonalisation).
 
     Args:
         op: a `CurvatureOperator` (e.g. ``HessianOperator(objective, params="weight")``), or an
@@ -144,21 +166,40 @@ def eigenvalues(
         which: 'largest' (algebraically, largest first), 'smallest' (most negative first)
             or 'both' (k largest then k smallest).
         tol: stop when every wanted Ritz pair has ``||Hy − θy|| ≤ tol · max|θ|``; defaults
-            to 1e-5 for float32 models (the products' own rounding) and 1e-9 for float64.
+            to 1e-5 for float32 models (the products' own rounding), 1e-9 for float64 and 1e-3
+            for half precision.
         residuals: 'exact' measures each ``||Hy − θy||`` with one more product;
             'estimate' reports the Lanczos estimate |β_m s_m| (no extra products).
+        memory: bytes (or '12G') the probe may use: its vectors, then gradient graphs kept
+            with what remains (default: the memory free on the model's device, less 10 %).
+            A probe that does not fit says so in one line before any product.
+        max_basis: vectors kept at once (default k' + 3 with k' = k, or 2k for 'both', or as
+            many as fit in 256 MiB when that is more): a bounded basis is thick-restarted.
+        v0: a start vector [P] (or a block [b, P] of them: their sum), e.g. the eigenvectors of
+            an earlier call (a warm start); default a seeded Gaussian vector.
 
     Returns:
         `EigResult` whose ``vectors`` [k, P] are unit vectors in the full parameter space
-        (zeros outside the operator's parameters), ready to use as surface directions.
+        (zeros outside the operator's parameters; float32 for float32 and half models),
+        ready to use as surface directions.
+
+    Memory: ``max_basis`` vectors of the model's size in float32 (so (k + 3) M for a float32
+    model at default settings on a model above 256 MiB / (k + 3)), plus the gradient graphs.
     """
     H = operator(op, curvature, **legacy)
     if tol is None:
-        tol = 1e-9 if H.objective.space.dtype == torch.float64 else 1e-5
+        tol = _default_tol(H)
+    n_want = k * (2 if which == "both" else 1)
+    rows = max_basis if max_basis is not None else min(vectors_allowed(H.vector_bytes, n_want + 3, memory),
+                                                       max(n_want + 3, max_steps + 2))
+    _plan(H, f"eigenvalues(k={k}, which='{which}')", rows, memory)
+    if v0 is not None:
+        v0 = H.restrict(torch.as_tensor(v0).to(H.device, H.vector_dtype))
     bar, tick = _bar(progress, None)  # the number of steps is decided by convergence
     try:
         r = lanczos_eigs(H.counting(), k=k, which=which, tol=tol, max_steps=max_steps, seed=seed,
-                         residuals=residuals, progress=tick)
+                         residuals=residuals, progress=tick,
+                         max_basis=rows if rows < max(n_want + 3, min(max_steps, H.n) + 2) else None, v0=v0)
     finally:
         if bar is not None:
             bar.close()
@@ -177,25 +218,34 @@ def trace(
     per_layer: bool = True,
     progress: bool = False,
     curvature: str = "hessian",
+    memory=None,
+    max_sketch: int | None = None,
     **legacy,
 ) -> TraceResult:
-    """The trace of a curvature operator (see `eigenvalues` for `op` and `curvature`) with a
-    standard error, by Hutch++ (default) or plain Hutchinson.
+    """The trace of a curvature operator (see `eigenvalues` for `op`, `curvature` and `memory`)
+    with a standard error, by Hutch++ (default) or plain Hutchinson.
 
     `matvecs` operator-vector products in all. With ``per_layer``, ``result.blocks`` maps each
     module (e.g. '0' for '0.weight' and '0.bias') to (trace, stderr) of its diagonal block,
-    from the same products.
+    from the same products. `max_sketch` bounds Hutch++'s sketch (default 4 vectors, or as
+    many as fit in 256 MiB, at most matvecs // 3): memory is that plus 2 vectors (so 6 M at
+    default settings on a large model), plus the gradient graphs.
     """
     H = operator(op, curvature, **legacy)
     blocks = H.blocks if per_layer else None
+    if method in ("hutch++", "hutchpp"):
+        s = max_sketch if max_sketch is not None else min(matvecs // 3, vectors_allowed(H.vector_bytes, 6, memory) - 2)
+        _plan(H, f"trace(hutch++, {matvecs} products)", s + 2, memory)
+    elif method == "hutchinson":
+        _plan(H, "trace(hutchinson)", 2, memory)
+    else:
+        raise UserError(f"trace method must be 'hutch++' or 'hutchinson', got {method!r}")
     bar, tick = _bar(progress, matvecs)
     try:
         if method in ("hutch++", "hutchpp"):
-            r = hutchpp(H.counting(), matvecs=matvecs, seed=seed, blocks=blocks, progress=tick)
-        elif method == "hutchinson":
-            r = hutchinson(H.counting(), samples=matvecs, seed=seed, blocks=blocks, progress=tick)
+            r = hutchpp(H.counting(), matvecs=matvecs, seed=seed, blocks=blocks, progress=tick, max_sketch=s)
         else:
-            raise UserError(f"trace method must be 'hutch++' or 'hutchinson', got {method!r}")
+            r = hutchinson(H.counting(), samples=matvecs, seed=seed, blocks=blocks, progress=tick)
     finally:
         if bar is not None:
             bar.close()
@@ -265,19 +315,26 @@ def spectral_density(
     points: int = 1000,
     progress: bool = False,
     curvature: str = "hessian",
+    memory=None,
+    max_basis: int | None = None,
     **legacy,
 ) -> Density:
-    """Spectral density of a curvature operator (see `eigenvalues` for `op` and `curvature`) by
-    stochastic Lanczos quadrature (Ghorbani et al. 2019).
+    """Spectral density of a curvature operator (see `eigenvalues` for `op`, `curvature` and
+    `memory`) by stochastic Lanczos quadrature (Ghorbani et al. 2019).
 
     `probes` Rademacher vectors × `steps` Lanczos steps products. The quadrature is
     broadened by Gaussians of width `sigma` (default ``sigma_rel`` × spectral range) on
-    `points` grid points.
+    `points` grid points. `max_basis` bounds the Lanczos vectors kept (default 5 and the start
+    vector: 6 M on a large model; or as many as fit in 256 MiB: full reorthogonalisation for small models; beyond it each vector is
+    orthogonalised against the last ones only, see `lossprobe.curvature.slq`).
     """
     H = operator(op, curvature, **legacy)
+    rows = max_basis if max_basis is not None else min(vectors_allowed(H.vector_bytes, 5, memory), steps + 2)
+    _plan(H, f"spectral_density({probes} probes × {steps} steps)", rows + 1, memory)
     bar, tick = _bar(progress, probes * min(steps, H.n))
     try:
-        q = slq(H.counting(), probes=probes, steps=steps, seed=seed, progress=tick)
+        q = slq(H.counting(), probes=probes, steps=steps, seed=seed, progress=tick,
+                max_basis=rows if rows < min(steps, H.n) + 2 else None)
     finally:
         if bar is not None:
             bar.close()

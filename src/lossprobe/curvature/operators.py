@@ -46,7 +46,7 @@ from torch import nn
 from lossprobe.core.batching import at_batch
 from lossprobe.core.graphs import GraphCache, parse_bytes
 from lossprobe.core.losses import IGNORE_INDEX, _ce_layout, _model_labels, is_causal_lm, logits_of
-from lossprobe.core.objective import DEFAULT_METHOD, METHODS, Objective, hvp, second_order, warn_if_stochastic
+from lossprobe.core.objective import DEFAULT_METHOD, METHODS, Leaves, Objective, hvp, second_order, warn_if_stochastic
 from lossprobe.core.space import KINDS
 from lossprobe.curvature.algorithms import CountingOperator
 from lossprobe.errors import UserError
@@ -233,11 +233,12 @@ class OutputLoss:
 
 
 # --- the operators ------------------------------------------------------------------------
-def _blocks(space, mask) -> list[tuple[str, slice]]:
-    """(module name, slice of the selected coordinates) in layout order: per-layer traces."""
+def _blocks(space, mask, names=None) -> list[tuple[str, slice]]:
+    """(module name, slice of the selected coordinates) in layout order: per-layer traces
+    (the selection as a mask [P], or as the names of wholly selected tensors)."""
     pos, groups = 0, {}
     for e in space.entries:
-        k = int(mask[e.slice].sum())
+        k = int(mask[e.slice].sum()) if mask is not None else (e.numel if e.name in names else 0)
         if not k:
             continue
         module = e.name.rpartition(".")[0] or e.name
@@ -247,6 +248,23 @@ def _blocks(space, mask) -> list[tuple[str, slice]]:
             groups[module if module not in groups else f"{e.name}"] = slice(pos, pos + k)
         pos += k
     return list(groups.items())
+
+
+def select_entries(objective: Objective, params=None) -> tuple[list[str] | None, torch.Tensor | None]:
+    """The selection of `params` as the names of wholly selected tensors (no P-sized mask is
+    made), or (None, a boolean mask [P]) when it selects parts of tensors."""
+    space = objective.space
+    if params is None:
+        live = dict(objective.model.named_parameters())
+        names = [e.name for e in space.entries if e.kind != "buffer" and e.name in live and live[e.name].requires_grad]
+        if not names:
+            raise UserError("no parameters selected for the Hessian (all frozen, or the selection is empty)")
+        return names, None
+    mask = select_params(objective, params)
+    names = [e.name for e in space.entries if bool(mask[e.slice].all())]
+    if sum(space[n].numel for n in names) == int(mask.sum()):
+        return names, None
+    return None, mask
 
 
 def select_params(objective: Objective, params=None) -> torch.Tensor:
@@ -284,11 +302,25 @@ def select_params(objective: Objective, params=None) -> torch.Tensor:
 class CurvatureOperator:
     """Common part: the point, the parameter selection, vectors in and out, counting.
 
-    Subclasses implement `_apply(v_full) -> full product [P]` in the model's dtype.
+    Subclasses implement ``_apply(v_full, out_full) -> out_full``: the full product [P] in
+    the model's dtype, written into `out_full` (zeroed by them). Vectors of the algorithms are
+    [n] (the selected coordinates) in `vector_dtype`: the model's dtype, float32 for a
+    half-precision model (and float64 for a float64 model). With every parameter selected
+    and a float32 model a product reads and writes the caller's vectors in place: nothing
+    P-sized is allocated per product beyond one tensor's gradient.
     """
 
     name = "curvature"
-    work_dtype: torch.dtype | None = None  # the dtype `_apply` works in; None: the model's
+    fixed_dtype: torch.dtype | None = None  # the dtype `_apply` works in when the operator fixes it (K-FAC)
+
+    @property
+    def work_dtype(self) -> torch.dtype:
+        """The dtype products are computed in: the model's, float32 for a float16 model (its
+        second-order products overflow in float16), or the operator's own (K-FAC: float64)."""
+        if self.fixed_dtype is not None:
+            return self.fixed_dtype
+        dt = self.objective.space.dtype
+        return torch.float32 if dt == torch.float16 else dt
 
     def __init__(self, objective: Objective, theta: torch.Tensor | None = None, params=None,
                  cache_graph: bool | str = "auto", mask: torch.Tensor | None = None):
@@ -298,19 +330,62 @@ class CurvatureOperator:
             raise UserError(f"cache_graph must be 'auto', True or False, got {cache_graph!r}")
         self.objective = objective
         space = objective.space
-        self.theta = (objective.theta0 if theta is None else theta).detach().to(objective.device, space.dtype)
-        space.check_vector(self.theta, "theta")
-        self.mask = select_params(objective, params) if mask is None else mask
-        self.index = torch.nonzero(self.mask).squeeze(1).to(objective.device)
-        self.full = bool(self.mask.all())
-        self.n = int(self.mask.sum())
+        self._theta = None if theta is None else theta.detach().to(objective.device, space.dtype)
+        if self._theta is not None:
+            space.check_vector(self._theta, "theta")
+        entries, mask = select_entries(objective, params) if mask is None else (None, mask)
+        self._mask = mask
+        self.entries = entries  # names of wholly selected tensors, or None (a coordinate mask)
+        self.full = mask is None and len(entries) == len(space.entries)
+        self.n = sum(space[n].numel for n in entries) if mask is None else int(mask.sum())
+        self._index = None
         self.device = objective.device
         self.calls = 0
         self.cache_graph = cache_graph is True or (cache_graph == "auto" and objective.n_batches == 1)
-        self.blocks = _blocks(space, self.mask)
+        self.blocks = _blocks(space, self._mask, None if self._mask is not None else set(self.entries))
         with objective.mode():
             if objective.model.training:
                 warn_if_stochastic(objective.model)
+
+    @property
+    def theta(self) -> torch.Tensor:
+        """The point [P] (the model's own parameters unless given: then a flat copy is made on
+        first use; the products themselves read the parameters in place)."""
+        return self._theta if self._theta is not None else self.objective.theta0
+
+    @property
+    def mask(self) -> torch.Tensor:
+        """Boolean mask [P] of the selected coordinates."""
+        if self._mask is None:
+            space = self.objective.space
+            m = torch.zeros(space.numel, dtype=torch.bool)
+            for n in self.entries:
+                m[space[n].slice] = True
+            return m
+        return self._mask
+
+    @property
+    def index(self) -> torch.Tensor:
+        if self._index is None:
+            self._index = torch.nonzero(self.mask).squeeze(1).to(self.device)
+        return self._index
+
+    @property
+    def vector_dtype(self) -> torch.dtype:
+        """The dtype of the vectors the algorithms keep: float32 at least, the model's otherwise."""
+        dt = self.objective.space.dtype
+        return torch.float32 if dt in (torch.float16, torch.bfloat16) else dt
+
+    @property
+    def vector_bytes(self) -> int:
+        """Bytes of one [n] vector of `vector_dtype`."""
+        return self.n * torch.empty(0, dtype=self.vector_dtype).element_size()
+
+    def leaves(self) -> Leaves:
+        """The point as autograd leaves (aliases: the flat θ if given, else the parameters; float32
+        copies of a float16 model's)."""
+        dt = torch.float32 if self.objective.space.dtype == torch.float16 else None  # (K-FAC's float64 is its factors')
+        return Leaves(self.objective, self._theta, None if self._mask is not None else set(self.entries), dtype=dt)
 
     def embed(self, v: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
         """Selected-coordinate vector(s) [.., n] -> full parameter vector(s) [.., P] (zeros elsewhere)."""
@@ -332,29 +407,49 @@ class CurvatureOperator:
         """C v for v [n] (any float dtype); returns float64 [n]."""
         if v.shape != (self.n,):
             raise UserError(f"vector has shape {tuple(v.shape)}, expected ({self.n},)")
+        return self.apply(v.to(self.device, self.vector_dtype)).to(torch.float64)
+
+    def apply(self, v: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """C v for v [n] in `vector_dtype`, written into `out` [n] (allocated when None)."""
         self.calls += 1
-        out = self._apply(self.embed(v, self.work_dtype or self.objective.space.dtype))
-        return self.restrict(out).to(torch.float64)
+        work = self.work_dtype
+        if out is None:
+            out = torch.empty(self.n, dtype=self.vector_dtype, device=self.device)
+        if self.full and v.dtype == work and out.dtype == work:
+            self._apply(v, out)
+        else:
+            full_out = torch.empty(self.objective.space.numel, dtype=work, device=self.device)
+            self._apply(self.embed(v, work), full_out)
+            out.copy_(self.restrict(full_out))
+            del full_out
+        return out
 
     def counting(self) -> CountingOperator:
-        return CountingOperator(self.matvec, self.n, self.device)
+        """The operator for the algorithms: vectors [n] of `vector_dtype`, products written in place."""
+        return CountingOperator(self.apply, self.n, self.device, dtype=self.vector_dtype, out=True)
 
-    def _apply(self, v: torch.Tensor) -> torch.Tensor:
+    def _apply(self, v: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
     def release(self) -> None:
         """Free cached graphs (rebuilt on the next product)."""
 
+    def set_graph_budget(self, budget: float) -> None:
+        """Bytes that kept graphs may take (the probes give what remains of their memory)."""
+
 
 class HessianOperator(CurvatureOperator):
     """H(θ) of the objective's mean loss, restricted to the chosen parameters.
 
-    Acts on float64 vectors of length ``n`` (the number of selected parameters) and
-    returns float64; products are computed in the model's dtype. ``calls`` counts them.
+    Acts on vectors of length ``n`` (the number of selected parameters): `matvec` takes any
+    float vector and returns float64; `apply` (what the algorithms use) works in the model's
+    dtype (float32 for half-precision models) and writes into a given vector. Products are
+    computed in the model's dtype. ``calls`` counts them.
 
     Args:
-        objective: the `Objective` (its model, loss, data and mode).
-        theta: the point [P]; the objective's own parameters by default.
+        objective: the `Objective` (its model, loss and data and mode).
+        theta: the point [P]; the objective's own parameters by default (read in place: the
+            gradient graphs are built on leaves that alias the parameters, no copy).
         params: None (all parameters with ``requires_grad``), a list of parameter
             kinds ('weight', 'bias', 'norm'), parameter names or module-name prefixes,
             or a boolean mask [P].
@@ -364,8 +459,9 @@ class HessianOperator(CurvatureOperator):
             size stays within `cache_budget` and rebuilds the batches that do not fit for
             each product; True keeps every batch's graph; False rebuilds every product.
         cache_budget: bytes the kept graphs may take ('auto'): a number or a string such
-            as '2G'; None means half of the memory available when the first product runs
-            (CUDA free memory, or the host's available RAM). See `lossprobe.graphs`.
+            as '2G'; None means what the probe's memory budget leaves (see
+            `lossprobe.curvature.hessian`; used alone: half of the memory available when the
+            first product runs). See `lossprobe.graphs`.
     """
 
     name = "hessian"
@@ -379,22 +475,34 @@ class HessianOperator(CurvatureOperator):
         # the gradient graphs are kept per batch within the budget (not only for one-batch data)
         self.cache_graph = self.method == "reverse" and cache_graph is not False
         budget = float("inf") if cache_graph is True else (None if cache_budget is None else parse_bytes(cache_budget))
-        self.graphs = GraphCache(objective, self.theta, _gradient_graph(objective), budget=budget,
-                                 context=second_order) if self.cache_graph else None
+        if cache_graph is False:
+            budget = 0.0
+        self.budget_given = cache_budget is not None or cache_graph != "auto"
+        self.graphs = GraphCache(objective, self.leaves(), _gradient_graph(objective), budget=budget,
+                                 context=second_order) if self.method == "reverse" else None
 
-    def _apply(self, full: torch.Tensor) -> torch.Tensor:
-        if self.cache_graph:
-            return self._cached_hvp(full)
-        return hvp(self.objective, full, self.theta, method=self.method, check=False)
+    def set_graph_budget(self, budget: float) -> None:
+        if self.graphs is not None and not self.budget_given and self.graphs.count is None:
+            self.graphs.budget = max(0.0, float(budget))
 
-    def _cached_hvp(self, v: torch.Tensor) -> torch.Tensor:
-        out = torch.zeros_like(self.theta)
-        for th, g, _ in self.graphs:
-            if g is not None and g.requires_grad:  # no graph: the loss is linear in θ, H = 0
-                (hv,) = torch.autograd.grad(g, th, grad_outputs=v, retain_graph=True, allow_unused=True)
-                if hv is not None:
-                    out += hv
-        return out / self.graphs.count
+    def _apply(self, v: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        if self.method != "reverse":
+            out.copy_(hvp(self.objective, v, self.theta, method=self.method, check=False))
+            return out
+        out.zero_()
+        lv = self.graphs.leaves
+        lv.grads_into(out)
+        try:
+            vs = lv.views(v)
+            for _, g, _ in self.graphs:
+                pairs = [(gi, vi, xi) for gi, vi, xi in zip(g, vs, lv.inputs) if gi is not None and gi.requires_grad]
+                if pairs:  # no graph: the loss is linear in θ, H = 0
+                    torch.autograd.backward([p[0] for p in pairs], grad_tensors=[p[1] for p in pairs],
+                                            inputs=lv.inputs, retain_graph=True)
+        finally:
+            lv.clear()
+        (out,) = self.objective._all_reduce(out)
+        return out.div_(self.graphs.count)
 
     def release(self) -> None:
         """Free the kept gradient graphs (they are rebuilt on the next product)."""
@@ -403,17 +511,20 @@ class HessianOperator(CurvatureOperator):
 
 
 def _gradient_graph(objective: Objective):
-    """GraphCache builder: the batch's loss-sum gradient at th, with its graph."""
-    def build(th, batch):
-        t = objective.terms(th, batch)
-        g = torch.autograd.grad(t.loss, th, create_graph=True)[0] if t.loss.requires_grad else None
+    """GraphCache builder: the batch's loss-sum gradient w.r.t. the leaves, with its graph
+    (a tuple aligned with ``leaves.inputs``; None for a leaf the loss does not use)."""
+    def build(leaves, batch):
+        t = objective.terms(leaves.tensors, batch)
+        if not t.loss.requires_grad:
+            return (None,) * len(leaves.inputs), t.count
+        g = torch.autograd.grad(t.loss, leaves.inputs, create_graph=True, allow_unused=True)
         return g, t.count
     return build
 
 
 @dataclass
 class _Batch:
-    th: torch.Tensor | None  # leaf the graph was built from
+    th: Leaves | None  # the leaves the graph was built from
     z: torch.Tensor  # output rows [R, C] (with graph when th is not None)
     y: object
     u0: torch.Tensor | None  # dummy cotangent; g = Jᵀ u0 has a graph linear in u0
@@ -429,6 +540,7 @@ class _OutputSpaceOperator(CurvatureOperator):
         self.loss = OutputLoss(objective)
         self._cache: list[_Batch] | None = None
         self._extras: list | None = None
+        self._lv: Leaves | None = None
         self.count = self._count_and_check()
 
     def _count_and_check(self) -> float:
@@ -436,10 +548,12 @@ class _OutputSpaceOperator(CurvatureOperator):
         with torch.no_grad(), obj.mode(), second_order():
             for i, batch in enumerate(obj.batches()):
                 with at_batch(i, obj.data, obj.batch_size):
-                    out = obj.forward(self.theta, batch)
+                    out = obj.forward(self._theta, batch)
                     if i == 0 and self.loss.from_model:
                         self.loss.check_model_loss(out, batch)
                     n += float(obj.criterion.terms(out, batch).count)
+        if obj.dist is not None:
+            n = float(obj._all_reduce(torch.tensor([n], dtype=torch.float64, device=obj.device))[0][0])
         if n == 0:
             raise UserError("the data yielded no samples")
         return n
@@ -449,13 +563,15 @@ class _OutputSpaceOperator(CurvatureOperator):
 
     def _build(self, batch, i) -> _Batch:
         obj = self.objective
-        th = self.theta.clone().requires_grad_(True)
-        z, y = self.loss.rows(obj.forward(th, batch), batch)
+        if self._lv is None:
+            self._lv = self.leaves()  # shared by every batch: aliases of the parameters (or of θ)
+        lv = self._lv
+        z, y = self.loss.rows(obj.forward(lv.tensors, batch), batch)
         if not z.requires_grad:
             return _Batch(None, z.detach(), y, None, None, self._extra(i, z, y, batch))
         u0 = torch.zeros_like(z, requires_grad=True)
-        (g,) = torch.autograd.grad(z, th, grad_outputs=u0, create_graph=True)
-        return _Batch(th, z, y, u0, g, self._extra(i, z, y, batch))
+        g = torch.autograd.grad(z, lv.inputs, grad_outputs=u0, create_graph=True, allow_unused=True)
+        return _Batch(lv, z, y, u0, g, self._extra(i, z, y, batch))
 
     def _batches(self):
         obj = self.objective
@@ -475,19 +591,26 @@ class _OutputSpaceOperator(CurvatureOperator):
     def release(self) -> None:
         self._cache = None
 
-    def _apply(self, v: torch.Tensor) -> torch.Tensor:
-        out = torch.zeros_like(self.theta)
+    def _apply(self, v: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        out.zero_()
         with self.objective.mode(), second_order(), torch.enable_grad():
             for b in self._batches():
                 if b.th is None:
                     continue
-                (jv,) = torch.autograd.grad(b.g, b.u0, grad_outputs=v, retain_graph=True)
+                lv = b.th
+                pairs = [(gi, vi) for gi, vi in zip(b.g, lv.views(v)) if gi is not None and gi.requires_grad]
+                if not pairs:
+                    continue
+                (jv,) = torch.autograd.grad([p[0] for p in pairs], b.u0, grad_outputs=[p[1] for p in pairs],
+                                            retain_graph=True)
                 w = self._output_product(b, jv)
-                (jtw,) = torch.autograd.grad(b.z, b.th, grad_outputs=w.to(b.z.dtype), retain_graph=True,
-                                             allow_unused=True)
-                if jtw is not None:
-                    out += jtw
-        return out / self.count
+                lv.grads_into(out)
+                try:
+                    torch.autograd.backward(b.z, grad_tensors=w.to(b.z.dtype), inputs=lv.inputs, retain_graph=True)
+                finally:
+                    lv.clear()
+        (out,) = self.objective._all_reduce(out)
+        return out.div_(self.count)
 
     def _output_product(self, b: _Batch, u):
         raise NotImplementedError
@@ -590,7 +713,7 @@ class KFACOperator(CurvatureOperator):
     """
 
     name = "kfac"
-    work_dtype = torch.float64  # the Kronecker factors are float64
+    fixed_dtype = torch.float64  # the Kronecker factors are float64
 
     def __init__(self, objective, theta=None, params=None, kfac_type: str = "auto", mc_samples: int = 1,
                  seed: int = 0):
@@ -659,11 +782,11 @@ class KFACOperator(CurvatureOperator):
         how = self.kfac_type
         try:
             with obj.mode(), second_order(), torch.enable_grad():
+                lv = self.leaves()
                 for i, batch in enumerate(obj.batches()):
                     with at_batch(i, obj.data, obj.batch_size):
                         acts.clear()
-                        th = self.theta.clone().requires_grad_(True)
-                        out = obj.forward(th, batch)
+                        out = obj.forward(lv.tensors, batch)
                         if i == 0 and self.loss.from_model:
                             self.loss.check_model_loss(out, batch)
                         n += float(obj.criterion.terms(out, batch).count)
@@ -683,13 +806,21 @@ class KFACOperator(CurvatureOperator):
                             continue
                         for s in range(r.shape[0]):
                             grads.clear()
-                            torch.autograd.grad(z, th, grad_outputs=r[s].to(z.dtype), retain_graph=s + 1 < r.shape[0])
+                            torch.autograd.grad(z, lv.inputs, grad_outputs=r[s].to(z.dtype),
+                                                retain_graph=s + 1 < r.shape[0], allow_unused=True)
                             for k, g_list in grads.items():
                                 g = torch.cat(g_list).double()
                                 SG[k] = g.T @ g if SG[k] is None else SG[k] + g.T @ g
         finally:
             for h in handles:
                 h.remove()
+        if obj.dist is not None:  # data-parallel: the factors are sums over every rank's batches
+            SA = [x if x is not None else torch.zeros(0, dtype=torch.float64) for x in SA]
+            SG = [x if x is not None else torch.zeros(0, dtype=torch.float64) for x in SG]
+            sums = obj._all_reduce(torch.tensor([n, *R], dtype=torch.float64, device=self.device))[0]
+            n, R = float(sums[0]), [int(x) for x in sums[1:].tolist()]
+            SA = [obj._all_reduce(x)[0] if x.numel() else None for x in SA]
+            SG = [obj._all_reduce(x)[0] if x.numel() else None for x in SG]
         if n == 0:
             raise UserError("the data yielded no samples")
         self.kfac_type_used = how
@@ -720,8 +851,8 @@ class KFACOperator(CurvatureOperator):
             return g.detach().permute(0, 2, 3, 1).reshape(-1, g.shape[1])
         return g.detach().reshape(-1, g.shape[-1])
 
-    def _apply(self, v):
-        out = torch.zeros(self.objective.space.numel, dtype=torch.float64, device=self.device)
+    def _apply(self, v, out):
+        out.zero_()
         for (name, mod, w, b), A, G in zip(self.layers, self.A, self.G):
             V = v[w.slice].view(w.shape[0], -1).double()
             if b is not None:

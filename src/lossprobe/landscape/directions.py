@@ -32,6 +32,7 @@ from lossprobe.core.directions import (
     NORMS,
     WHOLE_NORMS,
     Direction,
+    Reference,
     as_vector,
     between,
     gradient_direction,
@@ -44,6 +45,7 @@ from lossprobe.core.directions import (
     rescale,
     stack,
 )
+from lossprobe.core.vectors import dot64, norm64
 from lossprobe.curvature import hessian
 from lossprobe.curvature.operators import CURVATURES, NAMES, curvature_operator
 from lossprobe.errors import UserError
@@ -61,15 +63,18 @@ def curvature_directions(objective, k: int = 2, curvature: str = "hessian", norm
     """
     op = curvature_operator(objective, curvature, params=params, **(options or {}))
     r = hessian.eigenvalues(op, k=k, which="largest", seed=seed, progress=progress, tol=tol)
+    ref = Reference(objective.space, objective.model)
     out = []
     for i in range(len(r.values)):
-        v = r.vectors[i].to(torch.float64)
+        v = r.vectors[i]
         if v[v.abs().argmax()] < 0:
-            v = -v
-        d = rescale(v, norm, objective.theta0)
-        out.append(Direction(d.to(objective.space.dtype), {
-            "kind": curvature, "index": i, "norm": norm, "length": float(d.norm()), "eigenvalue": float(r.values[i]),
+            v.neg_()
+        # in place where the dtypes agree: the directions stay rows of the Lanczos result (no copy)
+        d = rescale(v, norm, ref, dtype=objective.space.dtype, out=v if v.dtype == objective.space.dtype else None)
+        out.append(Direction(d, {
+            "kind": curvature, "index": i, "norm": norm, "length": norm64(d), "eigenvalue": float(r.values[i]),
             "residual": float(r.residuals[i]), "matvecs": int(r.matvecs), "converged": bool(r.converged)}))
+    del r
     return out
 
 
@@ -81,10 +86,11 @@ def curvature_along(objective, directions, curvature: str = "hessian", options: 
     op = curvature_operator(objective, curvature, **(options or {}))
     out = []
     for d in directions:
-        v = op.restrict(as_vector(d).to(objective.device, torch.float64))
-        cv = op.matvec(v)
-        q = float(v @ cv)
-        full = float(as_vector(d).double().norm())
+        v = op.restrict(as_vector(d).to(objective.device, op.vector_dtype))
+        cv = op.apply(v)
+        q = dot64(v, cv)
+        del cv
+        full = norm64(as_vector(d))
         out.append({"operator": curvature, "second_derivative": q,
                     "rayleigh": q / full ** 2 if full > 0 else float("nan"), "length": full})
     return out
@@ -197,8 +203,13 @@ def input_files(specs, m: int = 2, option: str = "--directions") -> dict:
 def towards(objective, checkpoint) -> Direction:
     """θ_CKPT − θ: from the objective's point to a checkpoint of the same model (at coordinate 1)."""
     other = apply_state_dict(copy.deepcopy(objective.model), load_state_dict(str(checkpoint)), str(checkpoint))
-    d = between(objective.theta0, objective.space.flatten(other).to(objective.theta0.device))
-    if not float(d.vector.double().norm()) > 0:
+    space = objective.space
+    v = space.flatten(other).to(objective.device)  # θ_CKPT, then minus θ in place: one vector
+    live = space._tensors(objective.model)
+    for e in space.entries:
+        v[e.slice].sub_(live[e.name].detach().reshape(-1).to(v.dtype))
+    d = Direction(v, {"kind": "between", "norm": None, "length": norm64(v)})
+    if not norm64(d.vector) > 0:
         raise UserError(f"towards:{checkpoint} holds the same weights as the centre: the direction between them is "
                         "zero; give a different checkpoint")
     return Direction(d.vector, {**d.meta, "kind": "towards", "checkpoint": str(checkpoint)})
@@ -220,7 +231,7 @@ def resolve(objective, specs="random", m: int = 2, *, norm: str | None = "auto",
     directions are scaled against; `along=False` skips the curvature along the directions.
     """
     specs = parse(specs, m, option)
-    ref = objective.theta0 if reference is None else reference
+    ref = objective.model if reference is None else reference  # read in place: no flat copy
     dirs: list = [None] * len(specs)
     for kind in EIGEN_KINDS:
         axes = [i for i, (k, _) in enumerate(specs) if k == kind]
@@ -232,13 +243,15 @@ def resolve(objective, specs="random", m: int = 2, *, norm: str | None = "auto",
     axes = [i for i, (k, _) in enumerate(specs) if k == "random"]
     if axes:
         rnorm = axis_norm("random", norm)
-        plane = random_plane(objective.space, seed=seed, norm=rnorm if rnorm != "unit" else None,
-                             ignore=() if include_bias else ("bias", "norm"), reference=ref,
-                             orthogonal=orthogonal)
+        opts = dict(seed=seed, norm=rnorm if rnorm != "unit" else None, ignore=() if include_bias else ("bias", "norm"),
+                    reference=ref)
+        # the plane's first direction is `random_direction` with the same seed: draw one when one is used
+        plane = (random_direction(objective.space, **opts),) if axes == [0] else \
+            random_plane(objective.space, orthogonal=orthogonal, **opts)
         for i in axes:
             d = plane[i]
             if rnorm == "unit":
-                d = Direction(rescale(d.vector, "unit").to(objective.space.dtype), {**d.meta, "norm": "unit"})
+                d = Direction(rescale(d.vector, "unit", dtype=objective.space.dtype), {**d.meta, "norm": "unit"})
             dirs[i] = d
     pcas = [(i, arg) for i, (k, arg) in enumerate(specs) if k == "pca"]
     for arg in dict.fromkeys(a for _, a in pcas):
@@ -246,7 +259,8 @@ def resolve(objective, specs="random", m: int = 2, *, norm: str | None = "auto",
         pnorm = axis_norm("pca", norm)
         got, _ = pca_directions(load_trajectory(arg, objective), k=len(axes))
         for i, d in zip(axes, got):
-            dirs[i] = Direction(rescale(d.vector, pnorm, ref).to(objective.device, objective.space.dtype),
+            pref = Reference(objective.space, ref) if pnorm == "model" else None
+            dirs[i] = Direction(rescale(d.vector.to(objective.device), pnorm, pref, dtype=objective.space.dtype),
                                 {**d.meta, "norm": pnorm, "source": arg})
     for i, (k, arg) in enumerate(specs):
         if k == "gradient":
@@ -254,7 +268,7 @@ def resolve(objective, specs="random", m: int = 2, *, norm: str | None = "auto",
         elif k == "towards":
             dirs[i] = towards(objective, arg)
     for i, d in enumerate(dirs):
-        if not float(d.vector.double().norm()) > 0:
+        if not norm64(d.vector) > 0:
             raise UserError(f"direction d{i + 1} ({specs[i][0]}) is zero")
     if not along:
         return dirs

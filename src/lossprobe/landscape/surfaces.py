@@ -33,13 +33,16 @@ from typing import Callable, ClassVar
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file
+from safetensors import safe_open
 from torch import nn
 from tqdm.auto import tqdm
 
 from lossprobe.core.batching import TensorData, leaves
+from lossprobe.core.distributed import is_main
 from lossprobe.core.directions import Direction
+from lossprobe.core.memory import check_vectors
 from lossprobe.core.objective import Objective, as_objective
+from lossprobe.core.vectors import all_finite, norm64, sha_update
 from lossprobe.errors import UserError
 from lossprobe.landscape import directions as D
 from lossprobe.landscape.topology import persistence
@@ -402,13 +405,25 @@ def load(path) -> Surface:
 
 
 # --- chunk storage ---------------------------------------------------------------------
+class _ParamsOf:
+    """A model's parameters as the flat vector [P] of a space, for `_digest` (hashed tensor by
+    tensor: the digest of the flattened vector without making it)."""
+
+    def __init__(self, space, model):
+        self.space, self.live = space, space._tensors(model)
+
+
 def _digest(*parts) -> str:
     h = hashlib.sha256()
     for p in parts:
-        if isinstance(p, torch.Tensor):
-            t = p.detach().cpu().contiguous()
+        if isinstance(p, _ParamsOf):
+            h.update(str((p.space.dtype, (p.space.numel,))).encode())
+            for e in p.space.entries:
+                sha_update(h, p.live[e.name].detach().to(p.space.dtype))
+        elif isinstance(p, torch.Tensor):
+            t = p.detach()
             h.update(str((t.dtype, tuple(t.shape))).encode())
-            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            sha_update(h, t)
         elif isinstance(p, np.ndarray):
             h.update(str((p.dtype, p.shape)).encode())
             h.update(np.ascontiguousarray(p).tobytes())
@@ -502,13 +517,15 @@ def _ray_chunk(model, data, origin, dirs, opts: dict, pts: np.ndarray):
 
 
 # --- public API -------------------------------------------------------------------------
-def _directions_tensor(directions, m: int, space_numel: int) -> tuple[torch.Tensor, list[dict]]:
+def _directions_tensor(directions, m: int, space_numel: int, norms: bool = False):
+    """The directions as one [m, P] tensor and their metadata (and, with `norms`, their float64
+    norms: one pass over each, which also tells whether every entry is finite)."""
     if isinstance(directions, (Direction, torch.Tensor, np.ndarray)):
         directions = [directions] if (isinstance(directions, Direction) or np.ndim(directions) == 1) else list(directions)
     directions = list(directions)
     if len(directions) != m:
         raise UserError(f"expected {m} direction(s), got {len(directions)}")
-    vecs, metas = [], []
+    vecs, metas, norms_out = [], [], []
     for i, d in enumerate(directions):
         if isinstance(d, Direction):
             v, meta = d.vector, dict(d.meta)
@@ -518,11 +535,25 @@ def _directions_tensor(directions, m: int, space_numel: int) -> tuple[torch.Tens
         if v.ndim != 1 or v.numel() != space_numel:
             raise UserError(f"direction {i + 1} has shape {tuple(v.shape)}, expected ({space_numel},) to match "
                             "the model's parameters")
-        if not torch.isfinite(v).all():
+        nrm = norm64(v)  # finite exactly when every entry is (a half or float32 square cannot overflow float64)
+        if not math.isfinite(nrm) or (v.dtype == torch.float64 and not all_finite(v)):
             meta["non_finite_entries"] = True
         vecs.append(v)
         metas.append(meta)
-    return torch.stack([v.to(vecs[0].dtype) for v in vecs]), metas
+        norms_out.append(nrm)
+    return (_rows_of_one(vecs), metas, norms_out) if norms else (_rows_of_one(vecs), metas)
+
+
+def _rows_of_one(vecs: list[torch.Tensor]) -> torch.Tensor:
+    """The vectors as one [m, P] tensor: a view when they are consecutive rows of one tensor
+    (directions made together), else a stack (a copy)."""
+    v0 = vecs[0]
+    n = v0.numel()
+    same = all(v.dtype == v0.dtype and v.device == v0.device and v.is_contiguous() and v.numel() == n
+               and v.untyped_storage().data_ptr() == v0.untyped_storage().data_ptr() for v in vecs)
+    if same and all(v.storage_offset() == v0.storage_offset() + i * n for i, v in enumerate(vecs)):
+        return v0.as_strided((len(vecs), n), (n, 1), v0.storage_offset())
+    return torch.stack([v.to(v0.dtype) for v in vecs])
 
 
 def _compute(obj: Objective, dirs_in, spans, steps, *, origin=None, out=None, force=False, run: GridRun,
@@ -539,14 +570,20 @@ def _compute(obj: Objective, dirs_in, spans, steps, *, origin=None, out=None, fo
     loss_name = obj.loss.name
     chunk_size, progress, on_chunk = run.chunk_size, run.progress, run.on_chunk
 
-    dirs, dir_meta = _directions_tensor(dirs_in, m, obj.space.numel)
-    dirs = dirs.to(obj.device, obj.space.dtype)
-    origin_t = obj.theta0 if origin is None else _origin_vector(origin, obj)
-    obj.space.check_vector(origin_t, "origin")
+    given, dir_meta, dir_norms = _directions_tensor(dirs_in, m, obj.space.numel, norms=True)
+    dirs = given.to(obj.device, obj.space.dtype)
+    if dirs is not given:  # cast (or moved): the norms of what is evaluated
+        dir_norms = [norm64(d) for d in dirs]
+    # the origin stays the model's own parameters (read in place) unless one is given
+    origin_t = None if origin is None else _origin_vector(origin, obj)
+    if origin_t is not None:
+        obj.space.check_vector(origin_t, "origin")
 
     pts_all = np.stack([g.reshape(-1) for g in np.meshgrid(*axes, indexing="ij")], 1)  # [K, m]
     hoisting = obj.hoisting(dirs, origin_t) if K > 1 else None
-    if chunk_size is None:
+    if chunk_size is None and out is None and on_chunk is None and backend == "local":
+        chunk_size = K  # nothing to resume: one chunk, so one working copy and one set-up for the grid
+    elif chunk_size is None:
         chunk_size = shape[-1] if m == 2 else max(1, min(64, math.ceil(K / 8)))
     if chunk_size < 1:
         raise UserError(f"chunk_size must be positive, got {chunk_size}")
@@ -559,7 +596,7 @@ def _compute(obj: Objective, dirs_in, spans, steps, *, origin=None, out=None, fo
     meta = {
         "kind": "slice" if m == 1 else "surface",
         "directions": dir_meta,
-        "direction_norms": [float(d.double().norm()) for d in dirs],
+        "direction_norms": dir_norms,
         "spans": [list(map(float, s)) for s in spans],
         "steps": list(shape),
         "origin": "model" if origin is None else "given",
@@ -577,13 +614,17 @@ def _compute(obj: Objective, dirs_in, spans, steps, *, origin=None, out=None, fo
     mask = np.zeros(K, dtype=bool)
     store = None
     todo = list(range(n_chunks))
-    if out is not None:
+    # data-parallel (torchrun): every rank evaluates every chunk on its share of the batches;
+    # rank 0 alone keeps the chunk files and the others follow its list of what is missing
+    writer = obj.dist is None or obj.dist.rank == 0
+    if out is not None and writer:
         x_digest = None
         if isinstance(split, TensorData):
             cols = leaves(split.tree)
             x_digest = _digest(cols[0][: min(len(split), 256)], *cols[1:], split.indices if split.indices is not None else [])
-        fp = _digest(FORMAT, origin_t, dirs, pts_all, chunk_size, loss_name, x_digest, n_data, obj.batch_size,
-                     obj.space.names, obj.space.include_buffers)
+        fp = _digest(FORMAT, origin_t if origin_t is not None else _ParamsOf(obj.space, obj.model), dirs, pts_all,
+                     chunk_size, loss_name, x_digest, n_data, obj.batch_size, obj.space.names,
+                     obj.space.include_buffers)
         # every sample, not only the rows in `fp` (kept as it was, so older grids still resume)
         full = _digest(*leaves(split.tree)) if isinstance(split, TensorData) else None
         store = ChunkStore(out, fp, {"format": FORMAT, "grid_shape": list(shape), "chunks": n_chunks,
@@ -596,6 +637,9 @@ def _compute(obj: Objective, dirs_in, spans, steps, *, origin=None, out=None, fo
             mask[got["idx"]] = True
         todo = [i for i in range(n_chunks) if not mask[i * chunk_size: (i + 1) * chunk_size].all()]
         meta["resumed_chunks"] = n_chunks - len(todo)
+    if out is not None and obj.dist is not None:
+        got = obj.dist.broadcast_object((todo, loss_arr, acc_arr, mask, meta.get("resumed_chunks")) if writer else None)
+        todo, loss_arr, acc_arr, mask, meta["resumed_chunks"] = got
     todo_points = sum(len(range(i * chunk_size, min(K, (i + 1) * chunk_size))) for i in todo)
 
     def finish(i, loss_c, acc_c):
@@ -629,7 +673,7 @@ def _compute(obj: Objective, dirs_in, spans, steps, *, origin=None, out=None, fo
     meta["total_seconds"] = time.perf_counter() - t_start
     res = Surface(axes, loss_arr.reshape(shape), acc_arr.reshape(shape), mask.reshape(shape), meta,
                   np.asarray(sub_idx) if sub_idx is not None else None)
-    if out is not None:
+    if out is not None and writer:
         res.save(out)
     return res
 
@@ -658,9 +702,10 @@ def _run_chunks(ex: Executor, obj, model, origin, dirs, pts_all, todo, chunk_siz
     # put once: every task gets references, Ray ships each object to a worker once;
     # workers get a CPU copy (never move the caller's model off its device)
     cpu_model = model if obj.device.type == "cpu" else copy.deepcopy(model).cpu()
-    refs = [ex.put(v) for v in (cpu_model, data, origin.cpu(), dirs.cpu())]
+    origin_cpu = origin.cpu() if origin is not None else None  # None: the model's own parameters
+    refs = [ex.put(v) for v in (cpu_model, data, origin_cpu, dirs.cpu())]
     opts = {"loss": obj.criterion, "batch_size": obj.batch_size, "include_buffers": obj.space.include_buffers,
-            "token": _digest(origin.cpu(), dirs.cpu(), os.getpid(), time.time())}
+            "token": _digest(origin_cpu if origin_cpu is not None else "model", dirs.cpu(), os.getpid(), time.time())}
     for j, (loss_c, acc_c) in ex.as_completed(_ray_chunk, [(*refs, opts, c) for c in chunks]):
         finish(todo[j], loss_c, acc_c)
         if bar is not None:
@@ -673,9 +718,12 @@ class GridRun:
     cluster's `address`, reached within `ray_timeout` seconds, failed tasks retried
     `ray_retries` times), in chunks of `chunk_size` points (default: one row of a surface),
     with `threads` torch threads (None: leave the setting alone; each point is a few small
-    matrix products, so on a shared machine one thread is often fastest), a progress bar, and
-    ``on_chunk(i, n_chunks)`` after each stored chunk. The numbers do not depend on any of it,
-    so a run started here may be resumed on Ray and the other way round."""
+    matrix products, so on a shared machine one thread is often fastest), a progress bar,
+    ``on_chunk(i, n_chunks)`` after each stored chunk, and `memory` (bytes or '12G'; default
+    what is free on the model's device, less a margin) that the grid's parameter-sized
+    vectors must fit in, checked before any work (one line naming what it needs). The numbers
+    do not depend on any of it, so a run started here may be resumed on Ray and the other way
+    round."""
 
     backend: str = "local"
     address: str | None = None
@@ -685,6 +733,7 @@ class GridRun:
     threads: int | None = None
     progress: bool = True
     on_chunk: Callable[[int, int], None] | None = None
+    memory: float | str | None = None
 
 
 RUN_OPTIONS = tuple(f.name for f in fields(GridRun))
@@ -750,10 +799,20 @@ def grid(model_or_objective, data=None, directions="random", span=(-1, 1), steps
     subset = {"subset": int(options["subset"]), "subset_seed": options.get("subset_seed", 0)} \
         if options.get("subset") else None
     obj = as_objective(model_or_objective, data, **options)
+    _check_fits(obj, directions, m, origin, run.memory)
     with torch_threads(run.threads):
         p = plan(obj, directions, span, steps, m=m, origin=origin, seed=seed, norm=norm, include_bias=include_bias,
                  orthogonal=orthogonal, out=out, progress=run.progress)
         return compute(obj, p, out=out, force=force, run=run, subset=subset)
+
+
+def _check_fits(obj: Objective, directions, m: int, origin, memory) -> None:
+    """The grid's memory contract, checked before any work: one working copy of the
+    parameters, the `m` directions when they are drawn here (named), and the origin when it is
+    given as a model (read into a vector); one line naming the need when it does not fit."""
+    vectors = 1 + (m if directions is None or _named(directions) else 0) + (1 if isinstance(origin, nn.Module) else 0)
+    check_vectors("surface" if m == 2 else "slice" if m == 1 else f"grid (m={m})", vectors, obj.vector_bytes,
+                  obj.device, memory)
 
 
 @dataclass
@@ -796,13 +855,14 @@ class GridPlan:
             lines.append(text)
         return lines
 
-    def estimate(self, objective: Objective, points: int = 4) -> dict:
+    def estimate(self, objective: Objective, points: int | None = None) -> dict:
         """Time a few points (this also warms up) and say what is computed once per batch:
         {'seconds_per_point', 'seconds' (for the whole grid), 'hoisting' (None: a plain
-        forward pass per point)}."""
+        forward pass per point)}. By default one point per 20 of the grid, 1 to 4."""
         dirs = _directions_tensor(self.directions, self.m, objective.space.numel)[0].to(objective.device,
                                                                                       objective.space.dtype)
-        origin = objective.theta0 if self.origin is None else _origin_vector(self.origin, objective)
+        origin = None if self.origin is None else _origin_vector(self.origin, objective)
+        points = max(1, min(4, self.points // 20)) if points is None else points
         probe = np.zeros((max(1, min(points, self.points)), self.m))
         t0 = time.perf_counter()
         objective.evaluate(probe, origin=origin, directions=dirs)
@@ -811,17 +871,31 @@ class GridPlan:
                 "hoisting": objective.hoisting(dirs, origin) if self.points > 1 else None}
 
 
+ALONG_POINTS = 40  # per axis: grids with fewer points skip the curvature along random axes (see `plan`)
+
+
 def plan(objective: Objective, directions="random", span=(-1, 1), steps=51, *, m: int, origin=None, seed: int = 0,
          norm: str | None = "auto", include_bias: bool = False, orthogonal: bool = False, out=None,
-         progress: bool = False) -> GridPlan:
+         progress: bool = False, along: bool | str = "auto") -> GridPlan:
     """The `GridPlan` of a grid (the arguments as in `surface`): named directions resolved, 'auto'
-    spans searched; both kept in `out`, so a resumed run reuses them."""
+    spans searched; both kept in `out`, so a resumed run reuses them.
+
+    `along`: store the Hessian's curvature along each named axis (one Hessian-vector product
+    per axis, about four forward passes and a gradient graph each). 'auto' does so when it
+    costs at most a tenth of the grid: for grids of at least 40 points per axis, for
+    eigenvector axes (their Lanczos run costs more) and for an 'auto' span (its search starts
+    from it); a small grid on a large model skips it."""
     spans = _spans(span, m)
     steps_t = _steps(steps, m)
     for sp, n in zip(spans, steps_t):
         if sp[0] != "auto":
             grid_axis(sp[0], sp[1], n)  # a given span is checked before any work
-    dirs = _directions(objective, directions, m, origin, seed, norm, include_bias, orthogonal, progress, out)
+    if along == "auto":
+        names = [directions] if isinstance(directions, str) else list(directions) if _named(directions) else []
+        along = (int(np.prod(steps_t)) >= ALONG_POINTS * m or any(sp[0] == "auto" for sp in spans)
+                 or any(str(n).partition(":")[0] in D.EIGEN_KINDS for n in names))
+    dirs = _directions(objective, directions, m, origin, seed, norm, include_bias, orthogonal, progress, out,
+                       along=bool(along))
     spans, auto = _auto_spans(objective, spans, dirs, origin, out)
     return GridPlan(dirs, spans, steps_t, origin, auto)
 
@@ -836,7 +910,7 @@ def compute(objective: Objective, plan: GridPlan, *, out=None, force: bool = Fal
                        run=run, subset=subset)
     if plan.auto_span:
         res.meta["auto_span"] = plan.auto_span
-        if out is not None:
+        if out is not None and is_main():
             res.save(out)
     return res
 
@@ -847,7 +921,7 @@ def _named(directions) -> bool:
 
 
 def _directions(obj: Objective, directions, m: int, origin, seed, norm, include_bias, orthogonal, progress,
-                out) -> list:
+                out, along: bool = True) -> list:
     """Directions as given, or resolved from their names (`lossprobe.directions.resolve`) and
     kept in `out` so that a resumed run reuses them (eigenvectors cost a Lanczos run)."""
     if directions is None:
@@ -861,10 +935,11 @@ def _directions(obj: Objective, directions, m: int, origin, seed, norm, include_
     if kept is not None:
         return kept
     dirs = D.resolve(obj, directions, m, norm=norm, seed=seed, include_bias=include_bias, orthogonal=orthogonal,
-                     progress=progress, reference=None if origin is None else _origin_vector(origin, obj))
+                     progress=progress, reference=None if origin is None else _origin_vector(origin, obj),
+                     along=along)
     for i, d in enumerate(dirs):
         d.meta["axis_label"] = f"α{i + 1}: {D.describe(d.meta, short=True)}"
-    if out is not None:
+    if out is not None and is_main():
         makedirs(Path(out))
         save_safetensors(Path(out) / "directions.safetensors", {f"d{i + 1}": d.vector for i, d in enumerate(dirs)})
         write_json(Path(out) / "directions.json", {"request": request, "directions": [d.meta for d in dirs]})
@@ -880,19 +955,22 @@ def _kept_directions(out, request: dict, obj: Objective) -> list | None:
         return None
     try:
         info = read_json(jf)
-        vecs = load_file(str(vf))
         if info.get("request") != to_jsonable(request):
             return None
         metas = info["directions"]
         if not isinstance(metas, list) or len(metas) != request["m"] or not all(isinstance(x, dict) for x in metas):
             return None  # the wrong shape: computed again
-        out = []
-        for i, meta in enumerate(metas):
-            v = vecs[f"d{i + 1}"]
-            if v.ndim != 1 or v.numel() != obj.space.numel or not v.is_floating_point() or not torch.isfinite(v).all():
-                return None
-            out.append(Direction(v.to(obj.device, obj.space.dtype), meta))
-        return out
+        # read one direction at a time into rows of one [m, P] tensor (no second copy)
+        rows = torch.empty(len(metas), obj.space.numel, dtype=obj.space.dtype, device=obj.device)
+        with safe_open(str(vf), framework="pt") as f:
+            for i in range(len(metas)):
+                v = f.get_tensor(f"d{i + 1}")
+                if v.ndim != 1 or v.numel() != obj.space.numel or not v.is_floating_point():
+                    return None
+                rows[i].copy_(v)
+                if not all_finite(rows[i]):
+                    return None
+        return [Direction(rows[i], meta) for i, meta in enumerate(metas)]
     except (UserError, OSError, KeyError, TypeError, ValueError, AttributeError, SafetensorError, RecursionError):
         return None  # damaged: derived data, computed again
 
@@ -917,7 +995,7 @@ def _auto_spans(obj: Objective, spans, dirs, origin, out) -> tuple[list[tuple[fl
         second = [d.meta.get("second_derivative") if isinstance(d, Direction) else None for d in dirs]
         auto = auto_span(obj, dirs, factor=factor, origin=origin,
                          second_derivatives=second if any(q is not None for q in second) else None)
-        if kept is not None:
+        if kept is not None and is_main():
             write_json(kept, {"factor": factor, "auto_span": auto})
     return [(-a["span"], a["span"]) if sp[0] == "auto" else sp for sp, a in zip(spans, auto)], auto
 
@@ -1018,7 +1096,7 @@ def auto_span(objective: Objective, directions, factor: float = AUTO_FACTOR, ori
     m = dirs.shape[0]
     if not factor > 1:
         raise UserError(f"the auto-span factor must be above 1, got {factor}")
-    origin_t = objective.theta0 if origin is None else _origin_vector(origin, objective)
+    origin_t = None if origin is None else _origin_vector(origin, objective)
     L0 = float(objective.evaluate(None, origin=origin_t).loss[0])
     if not (math.isfinite(L0) and L0 > 0):
         raise UserError(f"--span auto needs a positive, finite loss at the centre (it is {L0}); give --span LO HI")

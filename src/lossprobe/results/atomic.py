@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import errno as _errno
 import io
+import json
 import os
 import re
 import secrets
@@ -244,10 +245,38 @@ def save_npy(path: str | os.PathLike, array: Any) -> Path:
     return Path(path)
 
 
-def save_safetensors(path: str | os.PathLike, tensors: dict) -> Path:
-    """A dict of tensors as a safetensors file, atomically."""
+_ST_DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+              torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+              torch.bool: "BOOL"}
+_STREAM_BYTES = 64 * 2 ** 20  # larger files are streamed tensor by tensor (no copy of them in memory)
 
-    return write_bytes(path, save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}))
+
+def save_safetensors(path: str | os.PathLike, tensors: dict) -> Path:
+    """A dict of tensors as a safetensors file, atomically. Small files are made by the
+    safetensors library; large ones (directions of a large model) are streamed, chunk by
+    chunk from the device, so that saving them needs no copy of their bytes in memory (views
+    of one tensor are fine)."""
+    total = sum(v.numel() * v.element_size() for v in tensors.values())
+    if total <= _STREAM_BYTES or any(v.dtype not in _ST_DTYPES for v in tensors.values()):
+        return write_bytes(path, save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}))
+    header, pos = {}, 0
+    for k in sorted(tensors):
+        v = tensors[k]
+        n = v.numel() * v.element_size()
+        header[k] = {"dtype": _ST_DTYPES[v.dtype], "shape": list(v.shape), "data_offsets": [pos, pos + n]}
+        pos += n
+    head = json.dumps(header, separators=(",", ":")).encode()
+    head += b" " * (-len(head) % 8)
+    with open_atomic(path, "wb") as f:
+        f.write(len(head).to_bytes(8, "little"))
+        f.write(head)
+        for k in sorted(tensors):
+            flat = tensors[k].detach().reshape(-1)
+            step = max(1, (16 * 2 ** 20) // max(flat.element_size(), 1))
+            for a in range(0, flat.numel(), step):
+                part = flat[a:a + step].contiguous().cpu()
+                f.write(part.view(torch.uint8).numpy().data)
+    return Path(path)
 
 
 def save_torch(path: str | os.PathLike, obj: Any) -> Path:
