@@ -164,7 +164,7 @@ def paired_ert_ratio(ta, tb, budget: float, n_boot: int = 2000, seed: int = 0) -
     ratios = []
     for _ in range(n_boot):
         i = rng.integers(0, len(ta), len(ta))
-        ratios.append(_ratio(ert(ta[i], budget), ert(tb[i], budget)))
+        ratios.append(ert_ratio(ert(ta[i], budget), ert(tb[i], budget)))
     ratios = np.array(ratios)
     ratios = ratios[~np.isnan(ratios)]
     big = np.isinf(ratios)
@@ -178,10 +178,11 @@ def paired_ert_ratio(ta, tb, budget: float, n_boot: int = 2000, seed: int = 0) -
     ea, eb = ert(ta, budget), ert(tb, budget)
     ca, cb = np.minimum(ta, budget), np.minimum(tb, budget)
     p = float(stats.wilcoxon(ca, cb).pvalue) if np.any(ca != cb) else 1.0
-    return {"ratio": _ratio(ea, eb), "interval": [pct(2.5), pct(97.5)], "wilcoxon_p": p}
+    return {"ratio": ert_ratio(ea, eb), "interval": [pct(2.5), pct(97.5)], "wilcoxon_p": p}
 
 
-def _ratio(a: float, b: float) -> float:
+def ert_ratio(a: float, b: float) -> float:
+    """ERT a / ERT b, where an infinite ERT (the target never reached) is worse than any finite one."""
     if math.isinf(a) and math.isinf(b):
         return math.nan
     if math.isinf(b):

@@ -27,7 +27,7 @@ import time
 
 import numpy as np
 
-from lossprobe.search.benchmark import km_median
+from lossprobe.search.benchmark import ert_ratio, km_median
 from lossprobe.search.methods import run_method
 from lossprobe.search.oracle import TableOracle
 
@@ -145,16 +145,6 @@ def _pooled_ert(tables_a, tables_b, budget, idx_tables, idx_seeds):
     return ert(ta, budget), ert(tb, budget)
 
 
-def _ratio(a: float, b: float) -> float:
-    if math.isinf(a) and math.isinf(b):
-        return math.nan
-    if math.isinf(b):
-        return 0.0
-    if math.isinf(a):
-        return math.inf
-    return a / b
-
-
 def pooled_ratio(times_a: list, times_b: list, budget: float, n_boot: int = 2000, seed: int = 0) -> dict:
     """ERT(a) / ERT(b) over the runs of several tables pooled (each a list of per-seed times, seeds
     paired between a and b), with a hierarchical bootstrap interval: tables resampled with
@@ -163,12 +153,12 @@ def pooled_ratio(times_a: list, times_b: list, budget: float, n_boot: int = 2000
     tb = [np.asarray(x, dtype=float) for x in times_b]
     n = len(ta)
     rng = np.random.default_rng(seed)
-    point = _ratio(*_pooled_ert(ta, tb, budget, range(n), [np.arange(len(x)) for x in ta]))
+    point = ert_ratio(*_pooled_ert(ta, tb, budget, range(n), [np.arange(len(x)) for x in ta]))
     boots = []
     for _ in range(n_boot):
         js = rng.integers(0, n, n)
         iss = [rng.integers(0, len(ta[j]), len(ta[j])) for j in js]
-        boots.append(_ratio(*_pooled_ert(ta, tb, budget, js, iss)))
+        boots.append(ert_ratio(*_pooled_ert(ta, tb, budget, js, iss)))
     boots = np.array(boots)
     boots = boots[~np.isnan(boots)]
     boots = np.where(np.isinf(boots), 1e12, boots)
@@ -178,7 +168,7 @@ def pooled_ratio(times_a: list, times_b: list, budget: float, n_boot: int = 2000
             return math.nan
         v = float(np.percentile(boots, q))
         return math.inf if v >= 1e11 else v
-    per = [_ratio(ert(a, budget), ert(b, budget)) for a, b in zip(ta, tb)]
+    per = [ert_ratio(ert(a, budget), ert(b, budget)) for a, b in zip(ta, tb)]
     return {"ratio": point, "interval": [pct(2.5), pct(97.5)], "per_table": per, "tables": n}
 
 
