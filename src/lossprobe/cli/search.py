@@ -31,6 +31,7 @@ from lossprobe.search.engine import (
     check_storage_url,
     default_storage,
     storage_error,
+    wait_reporter,
 )
 from lossprobe.search.methods import DEFAULT_METHOD, DEFAULT_METHOD_TEXT, METHODS
 from lossprobe.search.probes import DEFAULT_FAMILIES, FAMILIES, parse_families
@@ -204,13 +205,7 @@ def run(args) -> int:
             tag = "full " if e["kind"] == "full" else f"ep {e['epoch']:<2d}"
             print(f"{head} {tag} #{e['key']:<4d} val acc {e['value']:.4f} ({e['seconds']:.2f} s){again}", flush=True)
 
-    waiting = set()
-
-    def on_wait(kind, keys):  # another worker on the same storage holds these
-        if (kind, tuple(keys)) not in waiting:
-            waiting.add((kind, tuple(keys)))
-            what = "the final test evaluation" if kind == "test" else f"{kind} " + ", ".join(map(str, keys))
-            print(f"  waiting for another worker on {storage} to finish {what}", flush=True)
+    on_wait = wait_reporter(storage, print)  # another worker on the same storage holds a piece
 
     oracle = None
     try:

@@ -187,6 +187,20 @@ def storage_error(e: BaseException, url: str) -> UserError:
 PROBE_SEED_OFFSET = 2  # probes use another initialisation, batch order and data subset than full trainings
 
 
+def wait_reporter(storage: str, say=print):
+    """An `on_wait` for `LiveOracle`: one line the first time another worker on `storage` holds a
+    piece of work this one needs, nothing when it waits on the same piece again."""
+    seen = set()
+
+    def on_wait(kind, keys):
+        if (kind, tuple(keys)) not in seen:
+            seen.add((kind, tuple(keys)))
+            what = "the final test evaluation" if kind == "test" else f"{kind} " + ", ".join(map(str, keys))
+            say(f"  waiting for another worker on {storage} to finish {what}", flush=True)
+
+    return on_wait
+
+
 class LiveOracle:
     """The oracle of `lossprobe.search.oracle` backed by real training and Optuna studies (see module doc).
 

@@ -43,7 +43,7 @@ from lossprobe.results.contract import Result, register
 from lossprobe.results.plotspec import Series, line
 from lossprobe.results.store import RunDir
 from lossprobe.runtime.cluster import DEFAULT_TIMEOUT, Executor
-from lossprobe.search.engine import LiveOracle, check_storage_url, default_storage, storage_error
+from lossprobe.search.engine import LiveOracle, check_storage_url, default_storage, storage_error, wait_reporter
 from lossprobe.search.loop import LoopConfig, probe_search
 from lossprobe.search.methods import DEFAULT_METHOD, METHODS, PROBE_RUNG_DEFAULTS, TUNED, run_method
 from lossprobe.search.probes import parse_families
@@ -403,13 +403,7 @@ def run(build, train_data, space, *, val_data=None, test_data=None, probe_data=N
         say(f"{head} {tag} #{e['key']:<4d} {where} {g.name} {g.unscore(e['value']):.6g} ({e['seconds']:.2f} s){again}",
             flush=True)
 
-    waiting = set()
-
-    def on_wait(kind, keys):  # another worker on the same storage holds these
-        if (kind, tuple(keys)) not in waiting:
-            waiting.add((kind, tuple(keys)))
-            what = "the final test evaluation" if kind == "test" else f"{kind} " + ", ".join(map(str, keys))
-            say(f"  waiting for another worker on {storage} to finish {what}", flush=True)
+    on_wait = wait_reporter(storage, say)  # another worker on the same storage holds a piece
 
     oracle = None
     try:
