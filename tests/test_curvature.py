@@ -267,3 +267,65 @@ def test_power_iteration_finds_the_dominant_eigenvalue():
     assert abs(lam + 9.0) < 1e-8 and abs(float(v.norm()) - 1) < 1e-12
     with pytest.raises(UserError):
         C.power_iteration(A, iters=0)
+
+
+# --- Lanczos with its basis on disk (large models) --------------------------------------
+@pytest.mark.parametrize("which,k", [("largest", 1), ("largest", 3), ("smallest", 2), ("both", 2)])
+def test_spilled_lanczos_agrees_with_the_in_memory_one(which, k):
+    A, ev = _quadratic(n=120, spectrum=np.r_[np.linspace(-1, 1, 114), [3.0, 5.0, 5.5, -4.0, -4.5, 8.0]])
+    r = C.lanczos_eigs_spilled(A, k=k, which=which, tol=1e-10)
+    m = C.lanczos_eigs(A, k=k, which=which, tol=1e-10)
+    assert r.converged and r.restarts == 0
+    np.testing.assert_allclose(r.values, m.values, rtol=1e-9)
+    assert np.all(r.residuals < 1e-8)
+    for y, lam in zip(r.vectors, r.values):
+        assert torch.allclose(A @ y, lam * y, atol=1e-7)
+
+
+def test_spilled_lanczos_makes_no_ghost_of_a_converged_eigenvalue():
+    # an isolated top eigenvalue converges in a few steps; without orthogonalisation against it the
+    # recurrence makes a second copy of it long before the cluster below converges to 1e-12
+    A, _ = _quadratic(n=300, spectrum=np.r_[[100.0], np.linspace(0, 1, 299)])
+    r = C.lanczos_eigs_spilled(A, k=3, tol=1e-12)
+    np.testing.assert_allclose(r.values, [100.0, 1.0, 1.0 - 1 / 298], rtol=1e-10)
+    Y = r.vectors
+    assert torch.allclose(Y @ Y.T, torch.eye(3, dtype=Y.dtype), atol=1e-8)
+
+
+def test_spilled_lanczos_keeps_two_vectors_and_writes_one_per_step(monkeypatch, tmp_path):
+    from lossprobe.core import spill
+
+    written = []
+    orig = spill.SpilledRows.append
+    monkeypatch.setattr(spill.SpilledRows, "append", lambda self, v: written.append(1) or orig(self, v))
+    A, _ = _quadratic(n=200, spectrum=np.r_[np.linspace(0, 1, 199), [4.0]])
+    r = C.lanczos_eigs_spilled(A, k=1, tol=1e-8, directory=str(tmp_path), residuals="estimate")
+    assert len(written) == r.steps == r.matvecs
+    assert not list(tmp_path.iterdir())  # the file is unlinked from the start
+    np.testing.assert_allclose(r.values, [4.0], rtol=1e-10)
+
+
+def test_spilled_lanczos_stops_with_a_warning_when_the_disk_is_full(monkeypatch):
+    from lossprobe.core import spill
+
+    calls = {"n": 0}
+
+    def room(self):
+        calls["n"] += 1
+        return calls["n"] <= 5
+    monkeypatch.setattr(spill.SpilledRows, "has_room", room)
+    A, _ = _quadratic(n=200, spectrum=np.linspace(0, 1, 200) ** 2)
+    with pytest.warns(UserWarning, match="no room for another vector"):
+        r = C.lanczos_eigs_spilled(A, k=1, tol=1e-12)
+    assert r.steps == 6 and not r.converged and 0 < r.values[0] <= 1  # the first row is written unasked
+
+
+def test_hessian_eigenvalues_basis_on_disk_equals_in_memory():
+    m, x, y = _tiny(seed=2)
+    obj = Objective(m, (x, y))
+    disk = hessian.eigenvalues(obj, k=2, which="both", basis="disk")
+    mem = hessian.eigenvalues(obj, k=2, which="both", basis="memory")
+    np.testing.assert_allclose(disk.values, mem.values, rtol=1e-8)
+    assert torch.allclose(disk.vectors.abs(), mem.vectors.abs(), atol=1e-6)
+    with pytest.raises(UserError, match="basis must be"):
+        hessian.eigenvalues(obj, basis="ram")

@@ -23,6 +23,7 @@ Fisher, empirical Fisher and K-FAC operators of `lossprobe.curvature.operators`.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, ClassVar, Sequence
 
@@ -608,6 +609,137 @@ def lanczos_eigs(
     return EigResult(values=np.asarray(vals, dtype=np.float64), residuals=np.asarray(res, dtype=np.float64),
                      vectors=Y, matvecs=op.calls, steps=st.steps, converged=converged, which=which,
                      residual_kind=residuals, all_ritz_values=theta, restarts=st.thick_restarts)
+
+
+def lanczos_eigs_spilled(
+    matvec,
+    n: int | None = None,
+    k: int = 1,
+    which: str = "largest",
+    tol: float = 1e-6,
+    max_steps: int = 300,
+    min_steps: int | None = None,
+    seed: int | torch.Generator | None = 0,
+    v0: torch.Tensor | None = None,
+    residuals: str = "exact",
+    device=None,
+    progress: Callable[[int], None] | None = None,
+    dtype: torch.dtype | None = None,
+    directory: str | None = None,
+) -> EigResult:
+    """The k extreme eigenpairs by Lanczos with two vectors in memory and the basis on disk.
+
+    The three-term recurrence ``β_j q_{j+1} = A q_j − α_j q_j − β_{j−1} q_{j−1}`` needs only
+    q_j and the product in memory: each q_j is written to a temporary file (`SpilledRows`) and
+    q_{j−1} is read back from it, chunk by chunk. Orthogonality is kept where it is lost
+    (Paige 1971): against q_j once more each step, and against every Ritz vector whose residual
+    falls below √ε·max|θ| (selective orthogonalisation, Parlett & Scott 1979: such a vector is
+    formed from the file once and kept, so ghost copies of converged eigenvalues cannot appear).
+    The wanted Ritz vectors are formed from the file at the end. Memory: 2 vectors, plus one
+    per locked Ritz vector (at most n_want), plus n_want for the result (reusing the two):
+    at most ``n_want + 2`` vectors; the disk holds one vector per step.
+
+    Stopping rule, arguments and result as `lanczos_eigs` (``restarts`` is 0; the Ritz values
+    are those of the final tridiagonal matrix).
+    """
+    from lossprobe.core.spill import SpilledRows
+
+    if k <= 0:
+        raise UserError(f"k must be positive, got {k}")
+    if residuals not in ("exact", "estimate"):
+        raise UserError(f"residuals must be 'exact' or 'estimate', got {residuals!r}")
+    _pick(np.zeros(1), 1, which)
+    op = matvec if isinstance(matvec, CountingOperator) else CountingOperator(matvec, n, device, dtype=dtype)
+    n = op.n
+    n_want = k * (2 if which == "both" else 1)
+    if n_want > n:
+        raise UserError(f"asked for {n_want} eigenvalues of a {n}×{n} operator")
+    max_steps = min(max_steps, n)
+    first = min(max_steps, min_steps if min_steps is not None else max(2 * n_want + 4, 8))
+    eps = float(torch.finfo(op.dtype).eps)
+    gen = _generator(seed)
+    q, w = op.empty(), op.empty()
+    _start_vector(op, v0, gen, q)
+    rows = SpilledRows(n, op.dtype, op.device, directory)
+    alpha: list[float] = []
+    beta: list[float] = []
+    locked: list[tuple[float, torch.Tensor]] = []  # (θ, Ritz vector) kept for selective orthogonalisation
+    converged, scale = False, 0.0
+    try:
+        while True:
+            if alpha and not rows.has_room():  # the disk is full: stop with what converged so far
+                warnings.warn(f"Lanczos stopped after {len(alpha)} steps: {rows.directory} has no room for "
+                              "another vector (set TMPDIR to a larger disk)", stacklevel=3)
+                break
+            j = rows.append(q)
+            op(q, out=w)
+            if progress:
+                progress(1)
+            if not all_finite(w):
+                raise UserError("the operator returned NaN or inf (is the loss finite at this point?)")
+            with exact(w):
+                a = op.dot(q, w)
+                w.sub_(q, alpha=a)
+                if j:
+                    rows.axpy(j - 1, -beta[-1], w)
+                c = op.dot(q, w)  # the local orthogonality the recurrence loses first
+                w.sub_(q, alpha=c)
+                for _, y in locked:
+                    w.sub_(y, alpha=op.dot(y, w))
+            b = op.norm(w)
+            alpha.append(a + c)
+            beta.append(b)
+            steps = len(alpha)
+            scale = max(scale, abs(a + c) + b)
+            tiny = b <= 1e-13 * scale * math.sqrt(n)
+            # the Ritz pairs every step (O(m²)): a wanted pair that converged to the vectors' own
+            # precision is locked at once, before the recurrence can make a ghost copy of it
+            theta, S = eigh_tridiagonal(np.asarray(alpha), np.asarray(beta[:-1])) if steps > 1 else \
+                (np.asarray(alpha), np.ones((1, 1)))
+            idx = _pick(theta, k, which)
+            spec = max(float(np.abs(theta).max()), 1e-300)
+            est = np.abs(b * S[-1, idx])
+            if steps >= first or steps >= max_steps or tiny:
+                if tiny or (len(idx) >= n_want and np.all(est <= tol * spec)) or steps >= n:
+                    converged = len(idx) >= n_want
+                    break
+                if steps >= max_steps:
+                    break
+            for i in idx[np.abs(b * S[-1, idx]) <= math.sqrt(eps) * spec]:
+                if len(locked) < n_want and not any(abs(t - theta[i]) <= 1e-9 * spec for t, _ in locked):
+                    y = op.empty()
+                    rows.combine(S[:, [i]], [y])
+                    y.div_(op.norm(y))
+                    locked.append((float(theta[i]), y))
+            w.div_(b)
+            q, w = w, q  # q_{j+1}; q_j lives on in the file
+        # the Ritz vectors, formed from the file: into q (k' = 1) or a new block (q and w freed first)
+        del locked
+        if len(idx) == 1:
+            Y = q.view(1, -1)
+        else:
+            del q, w
+            Y = op.empty(len(idx))
+            w = None
+        rows.combine(S[:, idx], list(Y))
+    finally:
+        rows.close()
+    for y in Y:
+        y.div_(op.norm(y))
+    vals = theta[idx]
+    if residuals == "exact":
+        res = []
+        for y, v in zip(Y, vals):
+            r = op(y, out=w)  # w is free again (None for several vectors: one is allocated)
+            res.append(op.norm(r.sub_(y, alpha=float(v))))
+            del r
+        res = np.array(res)
+    else:
+        res = est
+    del w
+    return EigResult(values=np.asarray(vals, dtype=np.float64), residuals=np.asarray(res, dtype=np.float64),
+                     vectors=Y, matvecs=op.calls, steps=len(alpha), converged=converged, which=which,
+                     residual_kind=residuals, all_ritz_values=theta, restarts=0)
 
 
 # --- power iteration -----------------------------------------------------------------

@@ -40,9 +40,11 @@ from lossprobe.curvature.algorithms import (
     hutchinson,
     hutchpp,
     lanczos_eigs,
+    lanczos_eigs_spilled,
     slq,
 )
 from lossprobe.core.memory import budget, fmt, require, vectors_allowed
+from lossprobe.core.spill import spill_room
 from lossprobe.curvature.operators import CurvatureOperator, HessianOperator, curvature_operator
 from lossprobe.errors import UserError, warn_deprecated
 from lossprobe.results.contract import Result, json_float, register, xarray
@@ -138,6 +140,9 @@ def _plan(H: CurvatureOperator, what: str, vectors: int, memory) -> None:
     H.set_graph_budget(have - need)
 
 
+SPILL_STEPS = 40  # disk room (vectors, beyond 2 per wanted pair) that 'auto' asks for before it spills
+
+
 def _default_tol(H: CurvatureOperator) -> float:
     dt = H.objective.space.dtype
     return 1e-9 if dt == torch.float64 else (1e-5 if dt == torch.float32 else 1e-3)
@@ -156,9 +161,10 @@ def eigenvalues(
     memory=None,
     max_basis: int | None = None,
     v0: torch.Tensor | None = None,
+    basis: str = "auto",
     **legacy,
 ) -> EigResult:
-    """The k extreme eigenvalues of a curvature operator by Lanczos (full reorthogonalisation).
+    """The k extreme eigenvalues of a curvature operator by Lanczos.
 
     Args:
         op: a `CurvatureOperator` (e.g. ``HessianOperator(objective, params="weight")``), or an
@@ -173,33 +179,53 @@ def eigenvalues(
         memory: bytes (or '12G') the probe may use: its vectors, then gradient graphs kept
             with what remains (default: the memory free on the model's device, less 10 %).
             A probe that does not fit says so in one line before any product.
-        max_basis: vectors kept at once (default k' + 3 with k' = k, or 2k for 'both', or as
-            many as fit in 256 MiB when that is more): a bounded basis is thick-restarted.
+        max_basis: vectors kept at once with ``basis='memory'`` (default k' + 3 with k' = k, or 2k
+            for 'both', or as many as fit in 256 MiB when that is more): a bounded basis is
+            thick-restarted.
         v0: a start vector [P] (or a block [b, P] of them: their sum), e.g. the eigenvectors of
             an earlier call (a warm start); default a seeded Gaussian vector.
+        basis: where the Lanczos vectors live. 'memory': all in memory (full
+            reorthogonalisation), thick-restarted when `max_basis` bounds them; 'disk': two in
+            memory and every one written to a temporary file in ``TMPDIR`` (one model size of
+            disk per step, freed at the end), with selective orthogonalisation
+            (`lossprobe.curvature.algorithms.lanczos_eigs_spilled`; a full disk stops the
+            iteration with a warning and what converged); 'auto': 'memory' when the whole
+            basis fits in 256 MiB or `max_basis` is given, else 'disk' when the disk has room
+            for 2k' + 40 vectors, else a thick-restarted basis in memory (a GPU's 1B model).
 
     Returns:
         `EigResult` whose ``vectors`` [k, P] are unit vectors in the full parameter space
         (zeros outside the operator's parameters; float32 for float32 and half models),
         ready to use as surface directions.
 
-    Memory: ``max_basis`` vectors of the model's size in float32 (so (k + 3) M for a float32
-    model at default settings on a model above 256 MiB / (k + 3)), plus the gradient graphs.
+    Memory: with 'disk', k' + 2 vectors of the model's size in float32 (3 M for the top
+    eigenvalue of a float32 model); with 'memory', ``max_basis`` of them ((k' + 3) M at default
+    settings on a model above 256 MiB / (k' + 3)); plus the gradient graphs.
     """
     H = operator(op, curvature, **legacy)
+    if basis not in ("auto", "memory", "disk"):
+        raise UserError(f"basis must be 'auto', 'memory' or 'disk', got {basis!r}")
     if tol is None:
         tol = _default_tol(H)
     n_want = k * (2 if which == "both" else 1)
-    rows = max_basis if max_basis is not None else min(vectors_allowed(H.vector_bytes, n_want + 3, memory),
-                                                       max(n_want + 3, max_steps + 2))
+    whole = max(n_want + 3, min(max_steps, H.n) + 2)
+    rows = max_basis if max_basis is not None else min(vectors_allowed(H.vector_bytes, n_want + 3, memory), whole)
+    if basis == "auto":
+        basis = "memory" if max_basis is not None or rows >= whole or \
+            spill_room() < min(max_steps, 2 * n_want + SPILL_STEPS) * H.vector_bytes else "disk"
+    if basis == "disk":
+        rows = n_want + 2
     _plan(H, f"eigenvalues(k={k}, which='{which}')", rows, memory)
     if v0 is not None:
         v0 = H.restrict(torch.as_tensor(v0).to(H.device, H.vector_dtype))
     bar, tick = _bar(progress, None)  # the number of steps is decided by convergence
     try:
-        r = lanczos_eigs(H.counting(), k=k, which=which, tol=tol, max_steps=max_steps, seed=seed,
-                         residuals=residuals, progress=tick,
-                         max_basis=rows if rows < max(n_want + 3, min(max_steps, H.n) + 2) else None, v0=v0)
+        if basis == "disk":
+            r = lanczos_eigs_spilled(H.counting(), k=k, which=which, tol=tol, max_steps=max_steps, seed=seed,
+                                     residuals=residuals, progress=tick, v0=v0)
+        else:
+            r = lanczos_eigs(H.counting(), k=k, which=which, tol=tol, max_steps=max_steps, seed=seed,
+                             residuals=residuals, progress=tick, max_basis=rows if rows < whole else None, v0=v0)
     finally:
         if bar is not None:
             bar.close()
