@@ -16,7 +16,8 @@ download), 8 sequences of 128 tokens (seeded random ids; the model's own causal-
 * PyHessian's top eigenvalue (power iteration, maxIter 100, tol 1e-3), on the same data through
   a wrapper module returning next-token logits [B·(T−1), V] with targets the next tokens
   (the same mean loss), with the math attention kernel (it needs double backward);
-* a tight reference: Lanczos to tol 1e-6 with a large basis (`--ref-basis`), top 3.
+* a tight reference: Lanczos (basis on disk) to tol 1e-6 (`--ref-tol`), top 3, at most
+  `--ref-steps` steps.
 
 Time is wall-clock (`passes`) and this process's CPU time (`cpu_passes`: one thread, so robust to other
 load on a shared machine) in units of one plain forward pass over the same data, measured in the same
@@ -209,7 +210,7 @@ def worker(args) -> dict:
             row["plain_loss_range"] = [min(ref), max(ref)]
     elif probe in ("top1", "top3", "reference"):
         k = 1 if probe == "top1" else 3
-        opts = dict(tol=1e-3) if probe != "reference" else dict(tol=1e-6, max_basis=args.ref_basis, max_steps=200)
+        opts = dict(tol=1e-3) if probe != "reference" else dict(tol=args.ref_tol, max_steps=args.ref_steps, basis="disk")
         r, row["lossprobe"] = timed(lambda: hessian.eigenvalues(lp.Objective(a, data, **kw), k=k, **opts))
         row.update(eigenvalues=r.values.tolist(), residuals=r.residuals.tolist(), matvecs=r.matvecs,
                    converged=r.converged, thick_restarts=r.restarts)
@@ -279,7 +280,8 @@ def driver(args) -> dict:
             cmd = [sys.executable, __file__, "--worker", probe, "--model", size, "--threads", str(args.threads),
                    "--tokens", str(args.tokens), "--curvature-tokens", str(args.curvature_tokens),
                    "--sequences", str(args.sequences), "--limit-gb", str(args.limit_gb),
-                   "--trace-products", str(args.trace_products), "--ref-basis", str(args.ref_basis)]
+                   "--trace-products", str(args.trace_products), "--ref-tol", str(args.ref_tol),
+                   "--ref-steps", str(args.ref_steps)]
             # malloc gives large blocks back at once, so the resident set follows what is allocated
             env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": str(args.threads)}
             p = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -287,6 +289,10 @@ def driver(args) -> dict:
             rows[probe] = json.loads(lines[-1]) if lines else {"error": (p.stderr or "").strip().splitlines()[-1:]}
             print(f"[scale] {size} {probe}: {json.dumps(rows[probe])}", file=sys.stderr, flush=True)
         out["models"][f"gpt2-{size}"] = summarise(rows)
+    small, medium = out["models"].get("gpt2-small"), out["models"].get("gpt2-medium")
+    if small and medium:  # the target: each ratio of the medium model within 20 % of the small one's
+        out["medium_vs_small"] = {k: medium[k] / small[k] for k in small
+                                  if k != "rows" and isinstance(small.get(k), float) and k in medium and small[k]}
     out["load_average_1min_after"] = os.getloadavg()[0]
     return out
 
@@ -355,7 +361,8 @@ def main() -> None:
     ap.add_argument("--curvature-tokens", type=int, default=128,
                     help="tokens per sequence for the curvature rows (default: %(default)s)")
     ap.add_argument("--trace-products", type=int, default=12)
-    ap.add_argument("--ref-basis", type=int, default=40, help="Lanczos vectors of the tight reference")
+    ap.add_argument("--ref-tol", type=float, default=1e-6, help="tolerance of the tight reference (default: %(default)s)")
+    ap.add_argument("--ref-steps", type=int, default=150, help="most Lanczos steps of the reference (default: %(default)s)")
     ap.add_argument("--limit-gb", type=float, default=10.0, help="a worker above this resident memory stops")
     ap.add_argument("--worker", choices=PROBES, help=argparse.SUPPRESS)
     args = ap.parse_args()

@@ -117,3 +117,17 @@ def test_train_mode_evaluation_leaves_batchnorm_statistics_alone():
     obj.loss_and_grad()
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
+
+
+def test_argmax_hits_equal_argmax_with_ties_and_ignored_labels():
+    from lossprobe.core.losses import IGNORE_INDEX, argmax_hits
+
+    g = torch.Generator().manual_seed(0)
+    for _ in range(10):
+        z = torch.randint(-3, 3, (300, 5000), generator=g).float()  # integer logits: many ties
+        y = torch.randint(0, 5000, (300,), generator=g)
+        y[::7] = z[::7].argmax(-1)
+        y[::11] = IGNORE_INDEX
+        z[5], y[5], z[6], y[6] = 0.0, 0, 0.0, 3  # a row of equal logits: argmax is the first index
+        ref = (z.argmax(-1) == y) & (y != IGNORE_INDEX)
+        assert torch.equal(argmax_hits(z, y), ref)

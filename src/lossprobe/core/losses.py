@@ -131,12 +131,26 @@ def _ce(out, y, batch):
     return F.cross_entropy(z, t, reduction="sum", ignore_index=IGNORE_INDEX), _count(t)
 
 
+def argmax_hits(z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``z.argmax(-1) == labels`` (labels of IGNORE_INDEX never hit). Over a large vocabulary
+    argmax is the slow part of a language model's evaluation on the CPU (a tenth of a GPT-2
+    forward pass): a row can hit only if its label's logit is the row's maximum (amax is
+    vectorised, 7× faster), so argmax runs on those rows alone; ties resolve as argmax does."""
+    valid = labels != IGNORE_INDEX
+    if z.shape[-1] <= 256 or z.numel() < (1 << 20):
+        return (z.argmax(-1) == labels) & valid
+    at_label = z.gather(-1, labels.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+    maybe = valid & (at_label >= z.amax(-1))
+    hits = torch.zeros_like(maybe)
+    hits[maybe] = z[maybe].argmax(-1) == labels[maybe]
+    return hits
+
+
 def _ce_correct(out, y, batch):
     z, t = _ce_layout(logits_of(out), y)
     if t.is_floating_point():
         return (z.argmax(-1) == t.argmax(-1)).sum(), len(z)
-    valid = t != IGNORE_INDEX
-    return ((z.argmax(-1) == t) & valid).sum(), _count(t)
+    return argmax_hits(z, t).sum(), _count(t)
 
 
 def _count(labels: torch.Tensor) -> torch.Tensor:
@@ -213,7 +227,7 @@ def _model_correct(causal: bool):
             z, labels = z[:, :-1], labels[:, 1:]
         if z.shape[:-1] != labels.shape:
             return None
-        return ((z.argmax(-1) == labels) & (labels != IGNORE_INDEX)).sum(), _count(labels)
+        return argmax_hits(z, labels).sum(), _count(labels)
 
     return fn
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -50,6 +51,8 @@ class SpilledRows:
         os.unlink(path)  # the data goes when the file is closed, also if the process is killed
         self._fd = fd
         self._buf = np.empty(min(self.n, CHUNK), dtype=self._np)  # one staging chunk on the host
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending = None
 
     def __len__(self) -> int:
         return self.count
@@ -63,14 +66,22 @@ class SpilledRows:
         return shutil.disk_usage(self.directory).free - self.row_bytes >= MARGIN
 
     def append(self, v: torch.Tensor) -> int:
-        """Write `v` [n] as the next row; returns its index."""
+        """Write `v` [n] as the next row, in a background thread (the page cache takes about a
+        second per 500 MB: hidden behind the product that follows); returns its index. `v` must
+        not change until the next `append` or read, which wait for the write."""
+        self.wait()
         free = shutil.disk_usage(self.directory).free
         if free - self.row_bytes < MARGIN:
             raise UserError(f"the Lanczos vectors need {self.row_bytes / 1e9:.2f} GB more in {self.directory} "
                             f"({self.count} written, {free / 1e9:.2f} GB free): set TMPDIR to a larger disk, "
                             "or give basis='memory' with a memory= budget")
-        off = self.count * self.row_bytes
-        flat = v.detach().reshape(-1)
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lossprobe-spill")
+        self._pending = self._pool.submit(self._write, v.detach().reshape(-1), self.count * self.row_bytes)
+        self.count += 1
+        return self.count - 1
+
+    def _write(self, flat: torch.Tensor, off: int) -> None:
         for a, b in self._chunks():
             if flat.device.type == "cpu":
                 arr = flat[a:b].numpy()
@@ -81,11 +92,16 @@ class SpilledRows:
             done = 0
             while done < len(view):
                 done += os.pwrite(self._fd, view[done:], off + a * self._np.itemsize + done)
-        self.count += 1
-        return self.count - 1
+
+    def wait(self) -> None:
+        """Finish the write in flight (its error, e.g. a full disk, is raised here)."""
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
 
     def _read(self, j: int, a: int, b: int) -> torch.Tensor:
         """Row j's entries [a, b) in the staging buffer (as a tensor on the rows' device)."""
+        self.wait()
         arr = self._buf[: b - a]
         view = memoryview(arr).cast("B")
         off = j * self.row_bytes + a * self._np.itemsize
@@ -118,6 +134,12 @@ class SpilledRows:
                         t[a:b].add_(r, alpha=float(S[j, i]))
 
     def close(self) -> None:
+        if self._pool is not None:
+            try:
+                self.wait()
+            finally:
+                self._pool.shutdown()
+                self._pool = None
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
