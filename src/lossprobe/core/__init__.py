@@ -6,7 +6,10 @@ products. Around it: the batch contract (`batching`: any pytree batch, in memory
 streamed), losses as sums with their counts (`losses`), the flat parameter space
 (`space`), directions in it (`directions`: random filter-normalised, between models, PCA),
 what a forward pass can skip along a subspace (`hoist`), the per-batch autograd graphs kept
-for curvature products (`graphs`) and the user's code named on the command line (`specs`).
+for curvature products (`graphs`), the user's code named on the command line (`specs`), and
+parameter-sized vectors: chunked float64-accumulated arithmetic (`vectors`), memory budgets
+(`memory`), vectors kept in a temporary file (`spill`) and sums across torchrun ranks
+(`distributed`).
 
 Layer rule: the core imports nothing from lossprobe but `lossprobe.errors`.
 """

@@ -9,6 +9,8 @@ Fisher, empirical Fisher and K-FAC operators of `lossprobe.curvature.operators`.
 * `lanczos`            Lanczos tridiagonalisation with full reorthogonalisation in float64.
 * `lanczos_eigs`       extreme eigenpairs, growing the Krylov space until every wanted
                        Ritz pair's residual ``||A y - θ y||`` is below tolerance.
+* `lanczos_eigs_spilled` the same with two vectors in memory and the basis in a temporary
+                       file (selective orthogonalisation): large models.
 * `power_iteration`    the dominant eigenvalue by a fixed number of power steps (a cheap
                        estimate without residuals).
 * `hutchinson`         trace by Rademacher probes, with a standard error (and per block).
@@ -31,6 +33,7 @@ import numpy as np
 import torch
 from scipy.linalg import eigh_tridiagonal
 
+from lossprobe.core.spill import SpilledRows
 from lossprobe.core.vectors import all_finite, combine_rows, dot64, exact, norm64, normal_into, rademacher_into
 from lossprobe.errors import UserError
 from lossprobe.results.contract import Result, json_float, register
@@ -642,8 +645,6 @@ def lanczos_eigs_spilled(
     Stopping rule, arguments and result as `lanczos_eigs` (``restarts`` is 0; the Ritz values
     are those of the final tridiagonal matrix).
     """
-    from lossprobe.core.spill import SpilledRows
-
     if k <= 0:
         raise UserError(f"k must be positive, got {k}")
     if residuals not in ("exact", "estimate"):
