@@ -64,3 +64,16 @@ def test_hessian_cli_curvature_choice(tmp_path, ckpt, curvature):
         assert s["curvature_options"] == {"mc_samples": 1, "seed": 0}
     assert "# " + {"ggn": "GGN", "fisher": "Fisher", "efisher": "Empirical Fisher", "kfac": "K-FAC"}[curvature] \
         in (out / "report.md").read_text()
+
+
+def test_hessian_cli_basis_on_disk_and_memory_budget(tmp_path, ckpt, capsys):
+    """--basis disk gives the in-memory basis' eigenvalues; --memory too small is one line before any work."""
+    common = [str(ckpt), "--model", "mlp:784-8-10", "--subset", "100", "--top-k", "2", "--tol", "1e-8"]
+    for basis in ("memory", "disk"):
+        assert main(["hessian", *common, "--basis", basis, "--out", str(tmp_path / basis)]) == 0
+    ev = [json.loads((tmp_path / b / "summary.json").read_text())["eigenvalues"] for b in ("memory", "disk")]
+    assert ev[0] == pytest.approx(ev[1], rel=1e-6)
+    capsys.readouterr()
+    assert main(["hessian", *common, "--memory", "2K", "--out", str(tmp_path / "tiny")]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "needs" in err[0] and "--memory" in err[0], err

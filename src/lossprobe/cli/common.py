@@ -10,6 +10,7 @@ import numpy as np
 from torch import nn
 
 from lossprobe.core.batching import Data
+from lossprobe.core.graphs import parse_bytes
 from lossprobe.core.losses import BUILTIN, Criterion, criterion
 from lossprobe.core.objective import Objective, require_finite
 from lossprobe.core.specs import load_callable, looks_like_code, source_file
@@ -65,6 +66,22 @@ def add_model_data(p: argparse.ArgumentParser, data_default: str = "fashion-mnis
                    help="samples per forward pass (default: %(default)s)")
     p.add_argument("--loss", default="cross_entropy", metavar="LOSS", help=LOSS_HELP)
     p.add_argument("--forward", default=None, metavar="FN", help=FORWARD_HELP)
+
+
+def memory_size(text: str) -> str:
+    """argparse type of --memory: a size parse_bytes understands (checked now, kept as written)."""
+    try:
+        parse_bytes(text)
+    except UserError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def add_memory(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--memory", type=memory_size, default=None, metavar="SIZE",
+                   help="memory the probe may use beyond the loaded model(s), e.g. 12G or 500M: its parameter-sized "
+                   "vectors first, kept gradient graphs with the rest; a probe that cannot fit says so before it "
+                   "starts (default: the memory free on the model's device, less 10%%)")
 
 
 def add_ray_timeout(p: argparse.ArgumentParser) -> None:

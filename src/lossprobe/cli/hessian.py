@@ -12,6 +12,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from lossprobe.cli.common import (
+    add_memory,
     add_model_data,
     add_out,
     finite_float,
@@ -84,6 +85,11 @@ def register(sub) -> None:
                    help="memory that gradient graphs kept across products may take, e.g. 2G or 500M (0: rebuild "
                    "every batch for every product; default: half of the available memory)")
     p.add_argument("--seed", type=seed_int, default=0, help="seed of the random start and probe vectors (default: %(default)s)")
+    p.add_argument("--basis", choices=("auto", "memory", "disk"), default="auto",
+                   help="where the Lanczos vectors live: memory (all of them, or thick-restarted within --memory), "
+                   "disk (two in memory, one model size of TMPDIR per step, freed at the end), auto (memory while "
+                   "the basis fits in 256 MiB, else disk when TMPDIR has room) (default: %(default)s)")
+    add_memory(p)
     add_out(p)
     p.set_defaults(func=run)
 
@@ -112,20 +118,20 @@ def run(args) -> int:
     if max(args.top_k, args.bottom_k) > op.n:
         raise UserError(f"--top-k {args.top_k} / --bottom-k {args.bottom_k}: the {name} has only {op.n} "
                         "eigenvalues (one per parameter)")
-    rd = RunDir(args.out, "hessian", {k: v for k, v in vars(args).items() if k not in ("func", "force")}, args.force,
+    rd = RunDir(args.out, "hessian", {k: v for k, v in vars(args).items() if k not in ("func", "force", "memory")}, args.force,
                 seeds={"probes": args.seed, "subset": args.subset_seed}, inputs=inputs_of(args))
     print(f"{title} of {args.model} on {what}: {op.n} parameters"
           + (" (K-FAC keeps those of Linear and Conv2d layers)" if args.curvature == "kfac" else ""))
-    eig = dict(tol=args.tol, max_steps=args.max_steps, progress=True)
+    eig = dict(tol=args.tol, max_steps=args.max_steps, progress=True, memory=args.memory, basis=args.basis)
     top = _stage(rd, "eigenvalues", EigResult,
                  lambda: hessian.eigenvalues(op, args.top_k, "largest", seed=args.seed, **eig), vectors="largest")
     bottom = _stage(rd, "eigenvalues_smallest", EigResult,
                     lambda: hessian.eigenvalues(op, args.bottom_k, "smallest", seed=args.seed + 1, **eig),
                     vectors="smallest") if args.bottom_k else None
     tr = _stage(rd, "trace", TraceResult, lambda: hessian.trace(op, args.trace_method, args.trace_products,
-                                                                 args.seed, progress=True)) if args.trace else None
+                                                                 args.seed, progress=True, memory=args.memory)) if args.trace else None
     dens = _stage(rd, "density", Density, lambda: hessian.spectral_density(
-        op, args.probes, args.steps, args.seed, sigma_rel=args.sigma_rel, progress=True)) if args.density else None
+        op, args.probes, args.steps, args.seed, sigma_rel=args.sigma_rel, progress=True, memory=args.memory)) if args.density else None
     summary: dict = {"model": args.model, "data": args.data, "n_samples": obj.n_samples,
                      "mode": "train" if args.train_mode else "eval", "curvature": args.curvature,
                      "curvature_options": curvature_options(args),

@@ -7,6 +7,7 @@ import time
 import numpy as np
 
 from lossprobe.cli.common import (
+    add_memory,
     add_model_data,
     add_out,
     data_name,
@@ -40,6 +41,7 @@ def register(sub) -> None:
                    "from training batches of --data's set or --train-data (default: %(default)s)")
     p.add_argument("--train-data", default=None, metavar="DATA",
                    help="training data for --bn recompute (default: the training split of --data's set)")
+    add_memory(p)
     add_out(p)
     p.set_defaults(func=run)
 
@@ -51,14 +53,14 @@ def run(args) -> int:
     a, b = load_pair(args, ("endpoint A (α = 0)", "endpoint B (α = 1)"))
     split = a.data
     bn_data = training_data(args, args.train_data, "--train-data") if args.bn == "recompute" else None
-    run_dir = RunDir(args.out, "interpolate", {k: v for k, v in vars(args).items() if k not in ("func", "force")}, args.force,
-                     inputs=inputs_of(args))
+    run_dir = RunDir(args.out, "interpolate", {k: v for k, v in vars(args).items() if k not in ("func", "force", "memory")},
+                     args.force, inputs=inputs_of(args))
     alphas = np.linspace(-0.5, 1.5, args.alphas)
     alphas[np.isclose(alphas, 0)] = 0.0
     alphas[np.isclose(alphas, 1)] = 1.0
     name = data_name(args.data)
     it = interpolate(a.model, b.model, {name: split}, alphas=alphas, bn=args.bn, bn_data=bn_data,
-                     batch_size=args.batch_size, progress=True, loss=a.objective.criterion)
+                     batch_size=args.batch_size, progress=True, loss=a.objective.criterion, memory=args.memory)
     arrays = it.to_arrays()
     plots = path_plots("alphas", "α (0 = checkpoint A, 1 = checkpoint B)",
                        [(name, f"loss_{name}", f"accuracy_{name}", "", False)], loss_label(args), arrays)

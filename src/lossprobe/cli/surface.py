@@ -5,11 +5,20 @@ from __future__ import annotations
 import argparse
 import math
 
-from lossprobe.cli.common import add_model_data, add_out, add_ray_timeout, inputs_of, load_setup, positive_int, seed_int
+from lossprobe.cli.common import (
+    add_memory,
+    add_model_data,
+    add_out,
+    add_ray_timeout,
+    inputs_of,
+    load_setup,
+    positive_int,
+    seed_int,
+)
 from lossprobe.errors import UserError
 from lossprobe.figures import surfaces as SP
 from lossprobe.landscape import directions as D
-from lossprobe.landscape.surfaces import GridRun, compute, grid_axis, parse_span, plan
+from lossprobe.landscape.surfaces import GridRun, check_fits, compute, grid_axis, parse_span, plan
 from lossprobe.results.store import RunDir, readable
 from lossprobe.runtime import cluster as raycluster
 from lossprobe.runtime.threads import torch_threads
@@ -72,6 +81,7 @@ def _common(p: argparse.ArgumentParser, two_d: bool) -> None:
                    help="address of an existing Ray cluster, e.g. ray://host:10001 (with --backend ray; default: "
                    "start a local one)")
     add_ray_timeout(p)
+    add_memory(p)
     p.add_argument("--threads", type=positive_int, default=None, metavar="T",
                    help="torch threads while evaluating (default: torch's setting); on a shared machine "
                    "1 is often fastest, as each point is a few small matrix products")
@@ -120,13 +130,14 @@ def run(args, two_d: bool) -> int:
             grid_axis(sp[0], sp[1], n)  # a given span is checked before any work
     names = _direction_names(args, m)
     setup = load_setup(args, args.checkpoint, include_buffers=args.include_buffers)
+    check_fits(setup.objective, names, m, memory=args.memory)
     if args.backend == "ray":  # join (or start) Ray now: an unreachable --address fails before any output
         raycluster.init(args.address, args.ray_timeout, **({} if args.address else {"include_dashboard": False}),
                         ignore_reinit_error=True, logging_level="ERROR", log_to_driver=False)
     # how the grid is computed (threads, backend) is not what is computed: a run started
     # locally may be resumed on Ray and vice versa
     cfg = {k: v for k, v in vars(args).items() if k not in ("func", "force", "threads", "backend", "address",
-                                                           "ray_timeout")}
+                                                           "ray_timeout", "memory")}
     rd = RunDir(args.out, "surface" if two_d else "slice", cfg, args.force,
                 seeds={"direction": args.seed, "subset": args.subset_seed},
                 inputs=inputs_of(args, **D.input_files(names, m)))
@@ -147,7 +158,8 @@ def run(args, two_d: bool) -> int:
           f"({obj.n_batches} batch(es) of ≤{args.batch_size}); {hoisted}; ≈{est['seconds_per_point'] * 1e3:.1f} ms/point "
           f"measured → estimated {est['seconds']:.0f} s (progress bar below; rerun the same command to resume)")
     res = compute(obj, p, out=rd.subdir("grid"), run=GridRun(args.backend, args.address, args.ray_timeout,
-                                                            chunk_size=args.chunk_size, threads=args.threads))
+                                                            chunk_size=args.chunk_size, threads=args.threads,
+                                                            memory=args.memory))
     if two_d and not args.no_topology:
         topo = res.topology()
         print(f"topology: {topo['basins']} basin(s), {topo['saddles']} saddle(s) between them "

@@ -799,14 +799,14 @@ def grid(model_or_objective, data=None, directions="random", span=(-1, 1), steps
     subset = {"subset": int(options["subset"]), "subset_seed": options.get("subset_seed", 0)} \
         if options.get("subset") else None
     obj = as_objective(model_or_objective, data, **options)
-    _check_fits(obj, directions, m, origin, run.memory)
+    check_fits(obj, directions, m, origin, run.memory)
     with torch_threads(run.threads):
         p = plan(obj, directions, span, steps, m=m, origin=origin, seed=seed, norm=norm, include_bias=include_bias,
                  orthogonal=orthogonal, out=out, progress=run.progress)
         return compute(obj, p, out=out, force=force, run=run, subset=subset)
 
 
-def _check_fits(obj: Objective, directions, m: int, origin, memory) -> None:
+def check_fits(obj: Objective, directions, m: int, origin=None, memory=None) -> None:
     """The grid's memory contract, checked before any work: one working copy of the
     parameters, the `m` directions when they are drawn here (named), and the origin when it is
     given as a model (read into a vector); one line naming the need when it does not fit."""
