@@ -715,7 +715,8 @@ def lanczos_eigs_spilled(
             w.div_(b)
             q, w = w, q  # q_{j+1}; q_j lives on in the file
         # the Ritz vectors, formed from the file: into q (k' = 1) or a new block (q and w freed first)
-        del locked
+        locked.clear()
+        y = None  # (the last locked vector, still named by the loops above)
         if len(idx) == 1:
             Y = q.view(1, -1)
         else:
