@@ -329,3 +329,25 @@ def test_hessian_eigenvalues_basis_on_disk_equals_in_memory():
     assert torch.allclose(disk.vectors.abs(), mem.vectors.abs(), atol=1e-6)
     with pytest.raises(UserError, match="basis must be"):
         hessian.eigenvalues(obj, basis="ram")
+
+
+def test_auto_basis_stays_in_memory_when_the_temporary_directory_is_tmpfs(monkeypatch):
+    from pathlib import Path
+
+    from lossprobe.core import spill
+    from lossprobe.curvature import hessian as hs
+
+    if Path("/dev/shm").is_dir():
+        assert spill.in_memory_filesystem("/dev/shm") and spill.spill_room("/dev/shm") == 0
+    m, x, y = _tiny(seed=2)
+    obj = Objective(m, (x, y))
+    used = []
+    monkeypatch.setattr(hs, "lanczos_eigs_spilled", lambda *a, **k: used.append("disk"))
+    monkeypatch.setattr(hs, "vectors_allowed", lambda *a, **k: 4)  # as if the model were large
+    monkeypatch.setattr(hs, "spill_room", lambda: 0)  # a tmpfs TMPDIR
+    r = hessian.eigenvalues(obj, k=1)
+    assert not used and r.restarts > 0  # thick-restarted in memory
+    monkeypatch.setattr(hs, "spill_room", lambda: 1 << 40)
+    with pytest.raises(AttributeError):  # the stub returns None: the disk path was taken
+        hessian.eigenvalues(obj, k=1)
+    assert used == ["disk"]

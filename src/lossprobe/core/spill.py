@@ -32,9 +32,25 @@ CHUNK = 1 << 22  # entries read or written at once (16 MB of float32)
 MARGIN = 1 << 30  # bytes left free on the spill disk
 
 
+def in_memory_filesystem(directory: str) -> bool:
+    """Whether `directory` is on tmpfs or ramfs (its files take memory, not disk), from /proc/mounts."""
+    try:
+        with open("/proc/mounts") as f:
+            mounts = [line.split()[1:3] for line in f if len(line.split()) > 2]
+    except OSError:
+        return False
+    path = os.path.realpath(directory)
+    best = max((m for m in mounts if path == m[0] or path.startswith(m[0].rstrip("/") + "/")),
+               key=lambda m: len(m[0]), default=None)
+    return best is not None and best[1] in ("tmpfs", "ramfs")
+
+
 def spill_room(directory: str | None = None) -> int:
-    """Bytes free for spilled rows in `directory` (default the temporary directory), less the margin."""
+    """Bytes free for spilled rows in `directory` (default the temporary directory), less the margin;
+    0 on an in-memory filesystem (a tmpfs /tmp), where spilling would only move the memory."""
     directory = directory or tempfile.gettempdir()
+    if in_memory_filesystem(directory):
+        return 0
     return max(0, shutil.disk_usage(directory).free - MARGIN)
 
 

@@ -191,7 +191,7 @@ def eigenvalues(
             (`lossprobe.curvature.algorithms.lanczos_eigs_spilled`; a full disk stops the
             iteration with a warning and what converged); 'auto': 'memory' when the whole
             basis fits in 256 MiB or `max_basis` is given, else 'disk' when the disk has room
-            for 2k' + 40 vectors, else a thick-restarted basis in memory (a GPU's 1B model).
+            for 2k' + 40 vectors (a tmpfs has none), else a thick-restarted basis in memory (a GPU's 1B model).
 
     Returns:
         `EigResult` whose ``vectors`` [k, P] are unit vectors in the full parameter space
