@@ -198,6 +198,10 @@ def eigenvalues(
         (zeros outside the operator's parameters; float32 for float32 and half models),
         ready to use as surface directions.
 
+    A small residual says that each value is an eigenvalue, not that no larger one was missed
+    (an eigenvector the random start barely touches enters the Krylov space late): for several
+    eigenvalues of a large model ask for a few more than needed, or compare two seeds.
+
     Memory: with 'disk', k' + 2 vectors of the model's size in float32 (3 M for the top
     eigenvalue of a float32 model); with 'memory', ``max_basis`` of them ((k' + 3) M at default
     settings on a model above 256 MiB / (k' + 3)); plus the gradient graphs.
