@@ -367,7 +367,14 @@ def main() -> None:
     ap.add_argument("--worker", choices=PROBES, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        print(json.dumps(worker(args)), flush=True)
+        import warnings
+
+        with warnings.catch_warnings(record=True) as caught:  # e.g. a Lanczos run stopped early: kept in the row
+            warnings.simplefilter("always")
+            row = worker(args)
+        row["warnings"] = sorted({str(w.message).splitlines()[0] for w in caught
+                                  if not issubclass(w.category, (DeprecationWarning, FutureWarning))})
+        print(json.dumps(row), flush=True)
         return
     res = driver(args)
     print(table(res), file=sys.stderr)
