@@ -514,6 +514,42 @@ def keep_count(n_want: int, max_basis: int) -> int:
     return max(n_want, min(max_basis - 3, n_want + max(0, max_basis - 2 - n_want) // 2))
 
 
+def _eig_operator(matvec, n, k: int, which: str, residuals: str, device, dtype) -> tuple[CountingOperator, int]:
+    """The eigensolvers' checked arguments: the counting operator and how many pairs are wanted
+    (k, or 2k for 'both')."""
+    if k <= 0:
+        raise UserError(f"k must be positive, got {k}")
+    if residuals not in ("exact", "estimate"):
+        raise UserError(f"residuals must be 'exact' or 'estimate', got {residuals!r}")
+    _pick(np.zeros(1), 1, which)  # validate `which`
+    op = matvec if isinstance(matvec, CountingOperator) else CountingOperator(matvec, n, device, dtype=dtype)
+    n_want = k * (2 if which == "both" else 1)
+    if n_want > op.n:
+        raise UserError(f"asked for {n_want} eigenvalues of a {op.n}×{op.n} operator")
+    return op, n_want
+
+
+def _ritz_result(op: CountingOperator, Y: torch.Tensor, theta: np.ndarray, idx: np.ndarray, est: np.ndarray,
+                 residuals: str, out: torch.Tensor | None = None, **fields) -> EigResult:
+    """The `EigResult` of the Ritz vectors Y [k, n] (normalised here) with values theta[idx]:
+    residuals measured with one product each ('exact', written into `out` when given) or the
+    Lanczos estimates `est`."""
+    for y in Y:
+        y.div_(op.norm(y))
+    vals = theta[idx]
+    if residuals == "exact":
+        res = []
+        for y, v in zip(Y, vals):
+            r = op(y, out=out)
+            res.append(op.norm(r.sub_(y, alpha=float(v))))
+            del r
+        res = np.array(res)
+    else:
+        res = est
+    return EigResult(values=np.asarray(vals, dtype=np.float64), residuals=np.asarray(res, dtype=np.float64),
+                     vectors=Y, matvecs=op.calls, residual_kind=residuals, all_ritz_values=theta, **fields)
+
+
 def lanczos_eigs(
     matvec,
     n: int | None = None,
@@ -548,16 +584,8 @@ def lanczos_eigs(
 
     Returns an `EigResult` (vectors [k, n] in the operator's dtype).
     """
-    if k <= 0:
-        raise UserError(f"k must be positive, got {k}")
-    if residuals not in ("exact", "estimate"):
-        raise UserError(f"residuals must be 'exact' or 'estimate', got {residuals!r}")
-    _pick(np.zeros(1), 1, which)  # validate `which`
-    op = matvec if isinstance(matvec, CountingOperator) else CountingOperator(matvec, n, device, dtype=dtype)
+    op, n_want = _eig_operator(matvec, n, k, which, residuals, device, dtype)
     n = op.n
-    n_want = k * (2 if which == "both" else 1)
-    if n_want > n:
-        raise UserError(f"asked for {n_want} eigenvalues of a {n}×{n} operator")
     if max_basis is not None and max_basis < n_want + 3:
         raise UserError(f"max_basis={max_basis} leaves no room: {n_want} eigenvector(s) need at least {n_want + 3} "
                         "vectors (the Ritz vectors, q_next, the product)")
@@ -596,22 +624,8 @@ def lanczos_eigs(
     combine_rows(B.rows(), S[:, idx], [B.row(h) for h in head])
     B.keep(head)
     B.release_unused()
-    Y = B.blocks[0][: len(idx)]
-    for y in Y:
-        y.div_(op.norm(y))
-    vals = theta[idx]
-    if residuals == "exact":
-        res = []
-        for y, v in zip(Y, vals):
-            w = op(y)
-            res.append(op.norm(w.sub_(y, alpha=float(v))))
-            del w
-        res = np.array(res)
-    else:
-        res = est
-    return EigResult(values=np.asarray(vals, dtype=np.float64), residuals=np.asarray(res, dtype=np.float64),
-                     vectors=Y, matvecs=op.calls, steps=st.steps, converged=converged, which=which,
-                     residual_kind=residuals, all_ritz_values=theta, restarts=st.thick_restarts)
+    return _ritz_result(op, B.blocks[0][: len(idx)], theta, idx, est, residuals, steps=st.steps,
+                        converged=converged, which=which, restarts=st.thick_restarts)
 
 
 def lanczos_eigs_spilled(
@@ -645,16 +659,8 @@ def lanczos_eigs_spilled(
     Stopping rule, arguments and result as `lanczos_eigs` (``restarts`` is 0; the Ritz values
     are those of the final tridiagonal matrix).
     """
-    if k <= 0:
-        raise UserError(f"k must be positive, got {k}")
-    if residuals not in ("exact", "estimate"):
-        raise UserError(f"residuals must be 'exact' or 'estimate', got {residuals!r}")
-    _pick(np.zeros(1), 1, which)
-    op = matvec if isinstance(matvec, CountingOperator) else CountingOperator(matvec, n, device, dtype=dtype)
+    op, n_want = _eig_operator(matvec, n, k, which, residuals, device, dtype)
     n = op.n
-    n_want = k * (2 if which == "both" else 1)
-    if n_want > n:
-        raise UserError(f"asked for {n_want} eigenvalues of a {n}×{n} operator")
     max_steps = min(max_steps, n)
     first = min(max_steps, min_steps if min_steps is not None else max(2 * n_want + 4, 8))
     eps = float(torch.finfo(op.dtype).eps)
@@ -726,22 +732,9 @@ def lanczos_eigs_spilled(
         rows.combine(S[:, idx], list(Y))
     finally:
         rows.close()
-    for y in Y:
-        y.div_(op.norm(y))
-    vals = theta[idx]
-    if residuals == "exact":
-        res = []
-        for y, v in zip(Y, vals):
-            r = op(y, out=w)  # w is free again (None for several vectors: one is allocated)
-            res.append(op.norm(r.sub_(y, alpha=float(v))))
-            del r
-        res = np.array(res)
-    else:
-        res = est
-    del w
-    return EigResult(values=np.asarray(vals, dtype=np.float64), residuals=np.asarray(res, dtype=np.float64),
-                     vectors=Y, matvecs=op.calls, steps=len(alpha), converged=converged, which=which,
-                     residual_kind=residuals, all_ritz_values=theta, restarts=0)
+    # the residual products go into w, free again (None for several vectors: one is allocated)
+    return _ritz_result(op, Y, theta, idx, est, residuals, out=w, steps=len(alpha), converged=converged,
+                        which=which, restarts=0)
 
 
 # --- power iteration -----------------------------------------------------------------
