@@ -310,6 +310,98 @@ def _random_vector(space: ParamSpace, ref: Reference | None, gen: torch.Generato
     return out
 
 
+def _sharded_vector(space: ParamSpace, ref: Reference | None, gen: torch.Generator, norm, ignore, chunk: int,
+                    out: torch.Tensor | None = None) -> torch.Tensor:
+    """This rank's rows of the direction one process draws (`normalize(_draw(...))` of the whole
+    model, `lossprobe.core.sharding`): every rank reads the seeded stream of the whole vector and
+    keeps its rows; norms of the draw are known on every rank, the reference's are summed over
+    the ranks."""
+    if norm is not None and ref is None:
+        raise UserError(f"norm='{norm}' needs reference weights: pass a model or reference=θ")
+    sh = space.shards
+    out = torch.empty(space.numel, dtype=space.dtype, device=space.device) if out is None else out
+    chunk = max(1 << 14, min(chunk, sh.global_numel // 64))
+
+    def rows_of(pc):  # (first row, rows) blocks of the whole tensor
+        rows = pc.shape[0] if pc.shape else 1
+        step = max(1, chunk // max(pc.per_row, 1))
+        return [(r, min(step, rows - r)) for r in range(0, rows, step)]
+
+    def ref_sq(e, axis):  # the reference's squared norms: per unit, or of the whole tensor
+        w = ref.seg(e).double()
+        if axis is None:
+            return sh.reduce(w.square().sum().reshape(1))
+        sq = w.view(e.shape).square().sum([d for d in range(len(e.shape)) if d != axis])
+        return sq if axis == 0 else sh.reduce(sq)  # along the rows each rank holds its own units
+
+    scale = None
+    if norm == "model":
+        state = gen.get_state()
+        st = _Stream(sh.global_numel, gen, chunk)
+        dd = 0.0
+        for e in space.entries:
+            pc = sh.pieces[e.name]
+            for _, k in rows_of(pc):
+                vals = st.take(k * pc.per_row)
+                if e.kind not in ignore:
+                    dd += float(vals.square().sum())
+        rr = sh.sum(sum(norm64(ref.seg(e)) ** 2 for e in space.entries if e.kind not in ignore))
+        scale = math.sqrt(rr) / max(math.sqrt(dd), 1e-30)
+        gen.set_state(state)
+    st = _Stream(sh.global_numel, gen, chunk)
+    for e in space.entries:
+        pc = sh.pieces[e.name]
+        seg = out[e.slice]
+        per = pc.per_row
+        if e.kind in ignore or norm in (None, "model"):
+            f = None
+        elif norm == "filter" and len(pc.shape) >= 2 and e.unit_axis is not None:
+            axis = e.unit_axis
+            wn = ref_sq(e, axis).sqrt()
+            snap = st.snapshot()
+            dq = torch.zeros(pc.shape[axis], dtype=torch.float64)
+            for r, k in rows_of(pc):
+                v = st.take(k * per).view(k, *pc.shape[1:])
+                if axis == 0:
+                    dq[r:r + k] += v.reshape(k, -1).square().sum(1)
+                else:
+                    dq += v.square().sum([d for d in range(v.ndim) if d != axis])
+            st.restore(snap)
+            if axis == 0:  # this rank's units are its rows
+                dq = dq[pc.r0:pc.r1]
+            f = wn / dq.sqrt().clamp_min(1e-30)
+        else:  # layer norm, or a 1-D tensor under filter norm: one unit
+            wn = ref_sq(e, None).sqrt()
+            snap = st.snapshot()
+            dq = sum(float(st.take(k * per).square().sum()) for _, k in rows_of(pc))
+            st.restore(snap)
+            f = wn / max(math.sqrt(dq), 1e-30)
+        for r, k in rows_of(pc):
+            v = st.take(k * per)
+            lo, hi = max(r, pc.r0), min(r + k, pc.r1)
+            if hi <= lo:
+                continue
+            v = v[(lo - r) * per:(hi - r) * per]
+            dst = seg[(lo - pc.r0) * per:(hi - pc.r0) * per]
+            if e.kind in ignore:
+                dst.zero_()
+                continue
+            if f is not None:
+                if len(pc.shape) >= 2 and norm == "filter" and e.unit_axis is not None:
+                    shape = [1] * len(pc.shape)
+                    if e.unit_axis == 0:
+                        ff, shape[0] = f[lo - pc.r0:hi - pc.r0], -1
+                    else:
+                        ff, shape[e.unit_axis] = f, -1
+                    v = (v.view(hi - lo, *pc.shape[1:]) * ff.view(shape)).reshape(-1)
+                else:
+                    v = v * f
+            elif scale is not None:
+                v = v * scale
+            dst.copy_(v)
+    return out
+
+
 def _work_chunk(space: ParamSpace, chunk: int) -> int:
     """Values per float64 temporary while drawing: `chunk`, or 1/64 of the model when that is less
     (so the temporaries stay a small fraction of a model size)."""
@@ -344,7 +436,9 @@ def random_direction(space_or_model, seed: int = 0, norm: str | None = "filter",
     space, ref = _space_and_reference(space_or_model, include_buffers, reference)
     ignore = _check_options(norm, ignore)
     g = torch.Generator().manual_seed(int(seed))
-    if _small(space, chunk):
+    if space.shards is not None:
+        d = _sharded_vector(space, ref, g, norm, ignore, chunk)
+    elif _small(space, chunk):
         d = normalize(_draw(space, g), ref.whole() if ref is not None else None, space, norm, ignore)
         d = d.to(space.dtype).to(space.device)
     else:
@@ -369,7 +463,7 @@ def random_plane(space_or_model, seed: int = 0, norm: str | None = "filter",
     ignore = _check_options(norm, ignore)
     g = torch.Generator().manual_seed(int(seed))
     rows = torch.empty(2, space.numel, dtype=space.dtype, device=space.device)  # one [2, P] tensor: no stack later
-    if _small(space, chunk):
+    if space.shards is None and _small(space, chunk):
         r = ref.whole() if ref is not None else None
         d1 = normalize(_draw(space, g), r, space, norm, ignore)
         d2 = normalize(_draw(space, g), r, space, norm, ignore)
@@ -383,17 +477,18 @@ def random_plane(space_or_model, seed: int = 0, norm: str | None = "filter",
         d1, d2 = rows[0], rows[1]
     else:
         wc = _work_chunk(space, chunk)
-        d1 = _random_vector(space, ref, g, norm, ignore, wc, out=rows[0])
-        d2 = _random_vector(space, ref, g, norm, ignore, wc, out=rows[1])
-        n1, n2 = norm64(d1), norm64(d2)
-        d12 = dot64(d1, d2)
+        make = _sharded_vector if space.shards is not None else _random_vector
+        d1 = make(space, ref, g, norm, ignore, chunk if space.shards is not None else wc, out=rows[0])
+        d2 = make(space, ref, g, norm, ignore, chunk if space.shards is not None else wc, out=rows[1])
+        n1, n2 = space.norm(d1), space.norm(d2)
+        d12 = space.dot(d1, d2)
         cos = d12 / max(n1 * n2, 1e-30)
         if orthogonal:
             coef = d12 / max(n1 * n1, 1e-30)
             for a in range(0, space.numel, wc):
                 b = min(space.numel, a + wc)
                 d2[a:b] = (d2[a:b].double() - coef * d1[a:b].double()).to(d2.dtype)
-            f = n2 / max(norm64(d2), 1e-30)
+            f = n2 / max(space.norm(d2), 1e-30)
             for a in range(0, space.numel, wc):
                 b = min(space.numel, a + wc)
                 d2[a:b] = (d2[a:b].double() * f).to(d2.dtype)

@@ -25,6 +25,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.func import functional_call, grad, jvp
 from tqdm.auto import tqdm
@@ -176,6 +177,11 @@ class Objective:
             batches and sum losses, counts, gradients and curvature products over the ranks
             (data-parallel: every rank gets the numbers of one process). None (default): when a
             process group with more than one rank is initialised; False: never.
+
+    A model wrapped with FSDP2's ``fully_shard`` is probed model-sharded (see
+    `lossprobe.core.sharding`): every parameter-sized vector holds this rank's rows, points are
+    written into the model in place and evaluated by its own forward (the user's parameters
+    are put back after each probe), derivatives gather the model whole.
     """
 
     def __init__(
@@ -213,6 +219,13 @@ class Objective:
         self._fl_cache: _HoistCache | None = None
         if shortcut not in (False, "auto", True):
             raise UserError(f"shortcut must be 'auto', True or False, got {shortcut!r}")
+        self.shards = self.space.shards
+        if self.shards is not None:
+            if shortcut is True or train_mode:
+                raise UserError("a model sharded with fully_shard is evaluated by its own forward pass in eval mode: "
+                                "shortcut=True and train_mode=True are not supported")
+            shortcut = False
+            self.shards.home = self.theta0  # the user's values: origins read them, probes put them back
         self._shortcut = shortcut
         self._hoister = Hoister(self) if shortcut else None
         if check:
@@ -288,6 +301,14 @@ class Objective:
     def forward(self, theta, batch):
         """Model output on `batch` at flat parameters `theta` [P] (differentiable in `theta`), at
         the model's own parameters (None), or with the tensors of a dict {"model.NAME": tensor}."""
+        if self.shards is not None:
+            if isinstance(theta, dict):
+                raise UserError("a sharded model is evaluated at flat vectors of its rows, not at a dict of tensors")
+            if theta is not None:
+                self.shards.load(self.space, theta)
+            else:
+                self.shards.restore(self.space)
+            return self.call(batch)
         if theta is None:
             tensors = {}
         elif isinstance(theta, dict):
@@ -334,6 +355,8 @@ class Objective:
         model's dtype (θ of the point being evaluated, written only where the directions move).
         """
         space = self.space
+        if self.shards is not None and isinstance(directions, (list, tuple)):
+            directions = [self.theta0 if d is self.model else d for d in directions]  # its values move per point
         org = Origin(self, origin)
         rows = Rows(space, directions, self.device)
         m = rows.m
@@ -377,8 +400,12 @@ class Objective:
                 and self._hoister.channels_last:
             eval_bs = min(eval_bs, CONV_BATCH)
         bar = _progress(progress, total=self.data.n_batches(eval_bs) * K)
-        with torch.inference_mode(), self.mode():
-            for b_idx, batch in enumerate(self.batches(eval_bs)):
+        if self.shards is None:
+            grad_off, rounds = torch.inference_mode(), ((b, True) for b in self.batches(eval_bs))
+        else:  # FSDP2's parameters must not become inference tensors; every rank runs as many passes
+            grad_off, rounds = torch.no_grad(), self._lockstep(self.batches(eval_bs), eval_bs)
+        with grad_off, self.mode(), self._restoring():
+            for b_idx, (batch, real) in enumerate(rounds):
                 with at_batch(b_idx, self.data, eval_bs):
                     if K > 1 and self._hoister is not None and not self.train_mode:
                         batch = self._hoister.layout(batch)
@@ -411,6 +438,8 @@ class Objective:
                                 self._hoister.reject(plan.moving)
                                 plan, inject = None, False
                                 entries = entries_plain
+                            if not real:  # a pass that only keeps a sharded model's ranks in step
+                                continue
                             loss_sum[k] += t.loss.double()
                             count[k] += t.count
                             if t.correct is not None:
@@ -434,6 +463,8 @@ class Objective:
     def loss_and_grad(self, theta: torch.Tensor | None = None) -> tuple[float, torch.Tensor]:
         """Mean loss and its gradient [P] at `theta` (default: the model's own parameters, read in
         place), accumulated over all batches into one vector."""
+        if self.shards is not None:
+            return self._sharded_derivative(theta, None)
         if theta is None:
             lv = Leaves(self, None, names={e.name for e in self.space.entries})
         else:
@@ -463,6 +494,78 @@ class Objective:
     def hvp(self, v: torch.Tensor, theta: torch.Tensor | None = None) -> torch.Tensor:
         """Exact Hessian-vector product H(theta) v of the mean loss, by double backward."""
         return hvp(self, v, theta)
+
+    # --- a model sharded with FSDP2 (lossprobe.core.sharding) ------------------------------
+    def sharded_hvp(self, v: torch.Tensor, theta: torch.Tensor | None = None,
+                    out: torch.Tensor | None = None) -> torch.Tensor:
+        """H(θ) v for a sharded model: this rank's rows of the product, v this rank's rows."""
+        return self._sharded_derivative(theta, v, out)[1]
+
+    def _sharded_derivative(self, theta, v, out=None):
+        """(mean loss, gradient) when `v` is None, else (mean loss, H v): the model gathered whole,
+        this rank's batches, the whole tensors summed over the ranks, this rank's rows kept."""
+        sh, space = self.shards, self.space
+        if theta is not None:
+            space.check_vector(theta, "theta")
+            sh.load(space, theta.detach().to(self.device, space.dtype))
+        total, n = 0.0, 0.0
+        with self._restoring(), self.mode(), sh.gathered() as whole:
+            inputs = [whole[e.name] for e in space.entries]
+            vs = None if v is None else [sh.whole(e.name, v[e.slice].to(x.dtype)) for e, x in zip(space.entries, inputs)]
+            acc = [torch.zeros_like(x) for x in inputs]
+            for i, batch in enumerate(self.batches()):
+                with at_batch(i, self.data, self.batch_size):
+                    t = self.criterion.terms(self.call(batch), batch)
+                    if t.loss.requires_grad:
+                        g = torch.autograd.grad(t.loss, inputs, create_graph=vs is not None, allow_unused=True)
+                        if vs is not None:
+                            pairs = [(gi, vi) for gi, vi in zip(g, vs) if gi is not None and gi.requires_grad]
+                            g = torch.autograd.grad([p[0] for p in pairs], inputs, grad_outputs=[p[1] for p in pairs],
+                                                    allow_unused=True) if pairs else (None,) * len(inputs)
+                        for a, gi in zip(acc, g):
+                            if gi is not None:
+                                a.add_(gi.detach())
+                        del g
+                    total += float(t.loss.detach())
+                    n += float(t.count)
+            del vs
+        res = torch.empty(space.numel, dtype=space.dtype, device=self.device) if out is None else out
+        for e, a in zip(space.entries, acc):
+            sh.reduce(a)
+            res[e.slice].copy_(sh.rows_of(e.name, a).reshape(-1))
+        del acc
+        tot = sh.reduce(torch.tensor([total, n], dtype=torch.float64, device=self.device))
+        total, n = float(tot[0]), float(tot[1])
+        if n == 0:
+            raise UserError(f"data '{self.data.name}' yielded no samples")
+        return total / n, res.div_(n)
+
+    def _lockstep(self, batches, batch_size: int):
+        """(batch, real) rounds until no rank has a batch left: each FSDP2 forward all-gathers, so a
+        rank whose share has run out repeats a batch (real=False: its terms are not counted)."""
+        it, spare = iter(batches), None
+        while True:
+            b = next(it, None)
+            flag = torch.tensor([0 if b is None else 1], dtype=torch.int64, device=self.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.shards.group)
+            if not int(flag.item()):
+                return
+            if b is None:
+                if spare is None:
+                    spare = next(iter(self.data.batches(batch_size)))
+                yield spare, False
+            else:
+                spare = b
+                yield b, True
+
+    @contextlib.contextmanager
+    def _restoring(self):
+        """A sharded model's own parameters put back when the block ends (points are written into it)."""
+        try:
+            yield
+        finally:
+            if self.shards is not None:
+                self.shards.restore(self.space)
 
     # --- hoisting ------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -549,6 +652,9 @@ def hvp(objective: Objective, v: torch.Tensor, theta: torch.Tensor | None = None
     (``torch.func`` jvp of grad) or 'auto'.
     """
     space = objective.space
+    if objective.shards is not None:
+        space.check_vector(v, "v")
+        return objective.sharded_hvp(v.detach().to(objective.device, space.dtype), theta)
     theta = (objective.theta0 if theta is None else theta).detach().to(objective.device, space.dtype)
     v = v.detach().to(objective.device, space.dtype)
     if check:
@@ -630,6 +736,8 @@ class Origin:
     def __init__(self, objective: Objective, origin=None):
         self.space = objective.space
         self.objective = objective
+        if origin is None and objective.shards is not None:
+            origin = objective.theta0  # a sharded model's own values change per point: read the kept copy
         if origin is None:
             self.kind, self.flat = "model", None
             self.live = self.space._tensors(objective.model)

@@ -23,12 +23,15 @@ Filter normalisation rescales each unit along that axis.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
 import torch
 from torch import nn
 
+from lossprobe.core.sharding import Shards, is_sharded, resharded
+from lossprobe.core.vectors import dot64, norm64
 from lossprobe.errors import UserError
 
 KINDS = ("weight", "bias", "norm", "buffer")
@@ -108,6 +111,12 @@ class ParamSpace:
     def __init__(self, model: nn.Module, include_buffers: bool = False, trainable_only: bool = False):
         if not isinstance(model, nn.Module):
             raise TypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
+        sharded = is_sharded(model)
+        if sharded:
+            resharded(model)
+        if sharded and include_buffers:
+            raise UserError("include_buffers is not supported for a model sharded with fully_shard (its buffers "
+                            "are not sharded); probe its parameters only")
         kinds: dict[str, tuple[str, int | None]] = {}
         for mname, module in model.named_modules():
             for pname, p in module.named_parameters(recurse=False):
@@ -119,14 +128,15 @@ class ParamSpace:
             if trainable_only and not p.requires_grad:
                 continue
             kind, axis = kinds.get(name, ("weight", None))
-            entries.append(Entry(name, tuple(p.shape), kind, offset, p.numel(), axis))
-            offset += p.numel()
+            t = p.to_local() if sharded else p  # a sharded model's vectors hold this rank's rows
+            entries.append(Entry(name, tuple(t.shape), kind, offset, t.numel(), axis))
+            offset += t.numel()
         if include_buffers:
             for name, b in model.named_buffers():
                 if b.is_floating_point():
                     entries.append(Entry(name, tuple(b.shape), "buffer", offset, b.numel()))
                     offset += b.numel()
-        if offset == 0:
+        if offset == 0 and not sharded:
             raise UserError("the model has no parameters to probe")
         self.entries: tuple[Entry, ...] = tuple(entries)
         self.numel = offset
@@ -135,6 +145,9 @@ class ParamSpace:
         first = next(iter(model.parameters()))
         self.dtype = first.dtype
         self.device = first.device
+        # FSDP2 (see `lossprobe.core.sharding`): this rank's rows; dots and draws span the ranks
+        self.shards: Shards | None = Shards(model, [e.name for e in entries]) if sharded else None
+        self.global_numel = self.shards.global_numel if sharded else self.numel
 
     # --- layout --------------------------------------------------------------------
     def __len__(self) -> int:
@@ -162,6 +175,17 @@ class ParamSpace:
                 m[e.slice] = True
         return m
 
+    def dot(self, a: torch.Tensor, b: torch.Tensor) -> float:
+        """aᵀb of two vectors of this space in float64 (summed over the ranks of a sharded model)."""
+        d = dot64(a, b)
+        return self.shards.sum(d) if self.shards is not None else d
+
+    def norm(self, a: torch.Tensor) -> float:
+        """‖a‖ in float64 (over the whole vector of a sharded model)."""
+        if self.shards is None:
+            return norm64(a)
+        return math.sqrt(max(self.shards.sum(dot64(a, a)), 0.0))
+
     def describe(self) -> list[dict]:
         return [{"name": e.name, "shape": list(e.shape), "kind": e.kind, "numel": e.numel, "unit_axis": e.unit_axis}
                 for e in self.entries]
@@ -176,6 +200,9 @@ class ParamSpace:
                 t = tensors.get(e.name)
                 if t is None:
                     raise UserError(f"parameter '{e.name}' is missing from the given model or state dict")
+                if self.shards is not None and tuple(t.shape) != e.shape \
+                        and tuple(t.shape) == self.shards.pieces[e.name].shape:
+                    t = self.shards.rows_of(e.name, t)  # a whole tensor (a full state dict): this rank's rows
                 if tuple(t.shape) != e.shape:
                     raise UserError(
                         f"parameter '{e.name}' has shape {tuple(t.shape)}, expected {e.shape}: "
@@ -217,14 +244,27 @@ class ParamSpace:
             raise UserError(f"the models differ at parameter '{extra.name}': one model has it, the other does not")
 
     def _tensors(self, source: nn.Module | Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if self.shards is not None and source is self.shards.model:
+            return {n: self.shards.local(n) for n in self._by_name}
         if isinstance(source, nn.Module):
-            d = dict(source.named_parameters())
+            d = dict((resharded(source) if self.shards is not None else source).named_parameters())
             if self.include_buffers:
                 d.update(dict(source.named_buffers()))
-            return d
+            return _local(d)
         if isinstance(source, Mapping):
-            return dict(source)
+            return _local(dict(source))
         raise TypeError(f"expected a module or a state dict, got {type(source).__name__}")
+
+
+def _local(d: dict) -> dict:
+    """DTensors (an FSDP2 model's parameters or sharded state dict) as this rank's rows."""
+    if any(is_sharded_tensor(t) for t in d.values()):
+        return {k: (t.to_local() if is_sharded_tensor(t) else t) for k, t in d.items()}
+    return d
+
+
+def is_sharded_tensor(t) -> bool:
+    return hasattr(t, "to_local") and hasattr(t, "placements")
 
 
 def tied_names(model: nn.Module) -> dict[str, str]:

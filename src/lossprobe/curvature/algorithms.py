@@ -49,17 +49,24 @@ class CountingOperator:
     with a ``matvec`` method (a scipy ``LinearOperator``). `dtype` is the precision of the
     vectors the algorithms keep (float64 unless given: the curvature operators of a float32
     or half-precision model give float32). With ``out=True`` the function takes ``out=`` and
-    writes its product there (no P-length temporary). `reduce` sums a small tensor of partial
-    dot products over the shards of a vector held in pieces (identity for whole vectors).
+    writes its product there (no P-length temporary).
+
+    Vectors held in pieces (a model sharded over ranks, `lossprobe.core.sharding`): `n` is this
+    rank's piece, `dim` the whole dimension, `reduce` sums a small tensor of partial dot
+    products over the ranks and ``fill(out, gen, kind)`` writes this rank's piece of the seeded
+    draw of a whole vector ('normal' or 'rademacher'), so every rank follows one process.
     """
 
     def __init__(self, op, n: int | None = None, device: torch.device | str | None = None,
-                 dtype: torch.dtype | None = None, out: bool = False, reduce: Callable | None = None):
+                 dtype: torch.dtype | None = None, out: bool = False, reduce: Callable | None = None,
+                 fill: Callable | None = None, dim: int | None = None):
         self.calls = 0
         self._out = out
         self.reduce = reduce
+        self.fill = fill
         if isinstance(op, CountingOperator):
             dtype, self._out, self.reduce = dtype or op.dtype, op._out, reduce or op.reduce
+            self.fill, dim = fill or op.fill, dim or op.dim
             op, n, device = op._fn, op.n, op.device
         if isinstance(op, np.ndarray):
             op = torch.from_numpy(op)
@@ -81,6 +88,7 @@ class CountingOperator:
         if n is None:
             raise UserError("the operator's dimension n is needed for a matvec function")
         self.n = int(n)
+        self.dim = int(dim) if dim is not None else self.n
         self.device = torch.device(device or "cpu")
         self.dtype = dtype or torch.float64
 
@@ -108,6 +116,13 @@ class CountingOperator:
             return norm64(a)
         return math.sqrt(self.dot(a, a))
 
+    def normal_into(self, out: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """The seeded Gaussian draw into `out` (this rank's piece of it when sharded)."""
+        return self.fill(out, gen, "normal") if self.fill is not None else normal_into(out, gen)
+
+    def rademacher_into(self, out: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        return self.fill(out, gen, "rademacher") if self.fill is not None else rademacher_into(out, gen)
+
     def project(self, blocks: Sequence[torch.Tensor], w: torch.Tensor) -> list[torch.Tensor]:
         """Per block of rows [r, n], the dot products of its rows with `w` [r] (one gemv each)."""
         hs = [B @ w for B in blocks]
@@ -117,9 +132,9 @@ class CountingOperator:
         return list(flat.split([len(h) for h in hs]))
 
 
-def _rademacher(n: int, gen: torch.Generator, device, dtype=torch.float64, out: torch.Tensor | None = None):
-    out = torch.empty(n, dtype=dtype, device=device) if out is None else out
-    return rademacher_into(out, gen)
+def _rademacher(op: "CountingOperator", gen: torch.Generator, dtype=torch.float64, out: torch.Tensor | None = None):
+    out = torch.empty(op.n, dtype=dtype, device=op.device) if out is None else out
+    return op.rademacher_into(out, gen)
 
 
 def _generator(seed: int | torch.Generator | None) -> torch.Generator:
@@ -292,7 +307,7 @@ def _start_vector(op: CountingOperator, v0, gen, out: torch.Tensor) -> None:
     """q_1 into `out`: v0 (a vector, or a block [b, n] of start vectors, summed: a warm start
     from earlier eigenvectors), else the seeded Gaussian draw, normalised."""
     if v0 is None:
-        normal_into(out, gen)
+        op.normal_into(out, gen)
     else:
         v = torch.as_tensor(v0).detach()
         if v.ndim == 2:
@@ -357,13 +372,13 @@ def lanczos(
         slot = B.new_slot()
         _start_vector(op, v0, gen, B.row(slot))
         st.next_slot = slot
-    target = min(n, st.steps + steps) if not st.thick_restarts else st.steps + steps
+    target = min(op.dim, st.steps + steps) if not st.thick_restarts else st.steps + steps
     scale = 0.0
     while st.steps < target:
         if st.next_slot is None:
             # invariant subspace found: continue with a random vector orthogonal to the basis
             slot = B.new_slot()
-            q = normal_into(B.row(slot), gen)
+            q = op.normal_into(B.row(slot), gen)
             B.orthogonalise(op, q)
             q.div_(op.norm(q))
             if st.beta:
@@ -390,7 +405,7 @@ def lanczos(
         st.alpha.append(a)
         st.beta.append(b)
         st.steps += 1
-        if b <= 1e-13 * max(scale, 1e-300) * math.sqrt(n) or len(B) >= n:
+        if b <= 1e-13 * max(scale, 1e-300) * math.sqrt(op.dim) or len(B) >= op.dim:
             B.free.insert(0, wslot)  # q_next is zero
         else:
             w.div_(b)
@@ -524,8 +539,8 @@ def _eig_operator(matvec, n, k: int, which: str, residuals: str, device, dtype) 
     _pick(np.zeros(1), 1, which)  # validate `which`
     op = matvec if isinstance(matvec, CountingOperator) else CountingOperator(matvec, n, device, dtype=dtype)
     n_want = k * (2 if which == "both" else 1)
-    if n_want > op.n:
-        raise UserError(f"asked for {n_want} eigenvalues of a {op.n}×{op.n} operator")
+    if n_want > op.dim:
+        raise UserError(f"asked for {n_want} eigenvalues of a {op.dim}×{op.dim} operator")
     return op, n_want
 
 
@@ -589,7 +604,7 @@ def lanczos_eigs(
     if max_basis is not None and max_basis < n_want + 3:
         raise UserError(f"max_basis={max_basis} leaves no room: {n_want} eigenvector(s) need at least {n_want + 3} "
                         "vectors (the Ritz vectors, q_next, the product)")
-    max_steps = min(max_steps, n)
+    max_steps = min(max_steps, op.dim)
     first = min(max_steps, min_steps if min_steps is not None else max(2 * n_want + 8, 12))
     gen = _generator(seed)
     st = LanczosState(basis_rows=Basis(n, op.dtype, op.device, max_basis, head=n_want))
@@ -597,7 +612,7 @@ def lanczos_eigs(
     target = first
     converged = False
     while True:
-        room = n if max_basis is None else max_basis - len(B.order) - 1  # q_next takes a row too
+        room = op.dim if max_basis is None else max_basis - len(B.order) - 1  # q_next takes a row too
         grow = min(target - st.steps, room)
         if grow > 0:
             before = op.calls
@@ -608,7 +623,7 @@ def lanczos_eigs(
         idx = _pick(theta, k, which)
         spec = max(float(np.abs(theta).max()), 1e-300)
         est = np.abs(st.beta_m * S[-1, idx])
-        if (len(idx) >= n_want and np.all(est <= tol * spec)) or len(B.order) >= n:
+        if (len(idx) >= n_want and np.all(est <= tol * spec)) or len(B.order) >= op.dim:
             converged = True
             break
         if st.steps >= max_steps:
@@ -661,7 +676,7 @@ def lanczos_eigs_spilled(
     """
     op, n_want = _eig_operator(matvec, n, k, which, residuals, device, dtype)
     n = op.n
-    max_steps = min(max_steps, n)
+    max_steps = min(max_steps, op.dim)
     first = min(max_steps, min_steps if min_steps is not None else max(2 * n_want + 4, 8))
     eps = float(torch.finfo(op.dtype).eps)
     gen = _generator(seed)
@@ -698,7 +713,7 @@ def lanczos_eigs_spilled(
             beta.append(b)
             steps = len(alpha)
             scale = max(scale, abs(a + c) + b)
-            tiny = b <= 1e-13 * scale * math.sqrt(n)
+            tiny = b <= 1e-13 * scale * math.sqrt(op.dim)
             # the Ritz pairs every step (O(m²)): a wanted pair that converged to the vectors' own
             # precision is locked at once, before the recurrence can make a ghost copy of it
             theta, S = eigh_tridiagonal(np.asarray(alpha), np.asarray(beta[:-1])) if steps > 1 else \
@@ -707,7 +722,7 @@ def lanczos_eigs_spilled(
             spec = max(float(np.abs(theta).max()), 1e-300)
             est = np.abs(b * S[-1, idx])
             if steps >= first or steps >= max_steps or tiny:
-                if tiny or (len(idx) >= n_want and np.all(est <= tol * spec)) or steps >= n:
+                if tiny or (len(idx) >= n_want and np.all(est <= tol * spec)) or steps >= op.dim:
                     converged = len(idx) >= n_want
                     break
                 if steps >= max_steps:
@@ -851,7 +866,7 @@ def hutchinson(
     tot, per_block = [], []
     z = op.empty()
     for _ in range(samples):
-        _rademacher(op.n, gen, op.device, out=z)
+        _rademacher(op, gen, out=z)
         az = op(z)
         az.mul_(z)
         tot.append(_sum64(op, az))
@@ -926,16 +941,16 @@ def hutchpp(
         raise UserError(f"Hutch++ needs at least 3 products, got {matvecs}")
     op = matvec if isinstance(matvec, CountingOperator) else CountingOperator(matvec, n, device)
     n = op.n
-    if n <= matvecs:
+    if op.dim <= matvecs and op.fill is None:
         return exact_trace(op, blocks, progress)
     gen = _generator(seed)
-    s = min(matvecs // 3, n)
+    s = min(matvecs // 3, op.dim)
     if max_sketch is not None:
         s = max(0, min(s, int(max_sketch)))
     g_count = max(matvecs - 2 * s, 1)
     # A·S, one column at a time (S is drawn first, as one [n, s] Rademacher block was)
     Q = Basis(n, op.dtype, op.device, capacity=max(s, 1), head=max(s, 1))
-    raw = [normal_free_slot(Q, lambda out: _rademacher(n, gen, op.device, out=out)) for _ in range(s)]
+    raw = [normal_free_slot(Q, lambda out: _rademacher(op, gen, out=out)) for _ in range(s)]
     for slot in raw:
         col = Q.row(slot)
         prod = _tick(op(col), progress)
@@ -967,7 +982,7 @@ def hutchpp(
     tot, per_block = [], []
     g = op.empty()
     for _ in range(g_count):
-        _rademacher(n, gen, op.device, out=g)
+        _rademacher(op, gen, out=g)
         if len(Q) == n:
             tot.append(0.0)
             if blocks is not None:
@@ -1059,11 +1074,11 @@ def slq(
         raise UserError("slq needs at least one probe and one step")
     op = matvec if isinstance(matvec, CountingOperator) else CountingOperator(matvec, n, device)
     gen = _generator(seed)
-    steps = min(steps, op.n)
+    steps = min(steps, op.dim)
     nodes, weights = [], []
     for _ in range(probes):
         before = op.calls
-        v0 = _rademacher(op.n, gen, op.device, dtype=op.dtype)
+        v0 = _rademacher(op, gen, dtype=op.dtype)
         st = lanczos(op, steps=steps, v0=v0, seed=gen, max_basis=max_basis)
         del v0
         theta, S = st.ritz()
@@ -1078,9 +1093,9 @@ def slq(
         N[i, : len(t)] = t
         W[i, : len(w)] = w / w.sum()
         N[i, len(t):] = t[-1]  # padding with weight 0
-    tr = op.n * np.nansum(N * W, axis=1)
+    tr = op.dim * np.nansum(N * W, axis=1)
     se = float(tr.std(ddof=1) / math.sqrt(probes)) if probes > 1 else float("nan")
-    return SLQResult(nodes=N, weights=W, matvecs=op.calls, n=op.n, trace=float(tr.mean()), trace_stderr=se)
+    return SLQResult(nodes=N, weights=W, matvecs=op.calls, n=op.dim, trace=float(tr.mean()), trace_stderr=se)
 
 
 def gaussian_density(

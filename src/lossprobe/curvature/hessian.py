@@ -28,6 +28,7 @@ from typing import ClassVar
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from scipy.sparse.linalg import LinearOperator
 from tqdm.auto import tqdm
 
@@ -140,6 +141,17 @@ def _plan(H: CurvatureOperator, what: str, vectors: int, memory) -> None:
     H.set_graph_budget(have - need)
 
 
+def _agreed(H: CurvatureOperator, value: int) -> int:
+    """The least of the ranks' `value`s under torch.distributed (each rank measures its own free
+    memory and disk, but all must run the same products), else `value`."""
+    obj = H.objective
+    if obj.dist is None and obj.space.shards is None:
+        return int(value)
+    t = torch.tensor([int(value)], dtype=torch.int64, device=obj.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return int(t.item())
+
+
 SPILL_STEPS = 40  # disk room (vectors, beyond 2 per wanted pair) that 'auto' asks for before it spills
 
 
@@ -212,11 +224,13 @@ def eigenvalues(
     if tol is None:
         tol = _default_tol(H)
     n_want = k * (2 if which == "both" else 1)
-    whole = max(n_want + 3, min(max_steps, H.n) + 2)
-    rows = max_basis if max_basis is not None else min(vectors_allowed(H.vector_bytes, n_want + 3, memory), whole)
+    whole = max(n_want + 3, min(max_steps, H.dim) + 2)
+    rows = max_basis if max_basis is not None else \
+        _agreed(H, min(vectors_allowed(H.vector_bytes, n_want + 3, memory), whole))
     if basis == "auto":
         basis = "memory" if max_basis is not None or rows >= whole or \
             spill_room() < min(max_steps, 2 * n_want + SPILL_STEPS) * H.vector_bytes else "disk"
+        basis = "disk" if _agreed(H, int(basis == "disk")) else "memory"
     if basis == "disk":
         rows = n_want + 2
     _plan(H, f"eigenvalues(k={k}, which='{which}')", rows, memory)
@@ -264,7 +278,8 @@ def trace(
     H = operator(op, curvature, **legacy)
     blocks = H.blocks if per_layer else None
     if method in ("hutch++", "hutchpp"):
-        s = max_sketch if max_sketch is not None else min(matvecs // 3, vectors_allowed(H.vector_bytes, 6, memory) - 2)
+        s = max_sketch if max_sketch is not None else \
+            _agreed(H, min(matvecs // 3, vectors_allowed(H.vector_bytes, 6, memory) - 2))
         _plan(H, f"trace(hutch++, {matvecs} products)", s + 2, memory)
     elif method == "hutchinson":
         _plan(H, "trace(hutchinson)", 2, memory)
@@ -359,12 +374,12 @@ def spectral_density(
     orthogonalised against the last ones only, see `lossprobe.curvature.slq`).
     """
     H = operator(op, curvature, **legacy)
-    rows = max_basis if max_basis is not None else min(vectors_allowed(H.vector_bytes, 5, memory), steps + 2)
+    rows = max_basis if max_basis is not None else _agreed(H, min(vectors_allowed(H.vector_bytes, 5, memory), steps + 2))
     _plan(H, f"spectral_density({probes} probes × {steps} steps)", rows + 1, memory)
-    bar, tick = _bar(progress, probes * min(steps, H.n))
+    bar, tick = _bar(progress, probes * min(steps, H.dim))
     try:
         q = slq(H.counting(), probes=probes, steps=steps, seed=seed, progress=tick,
-                max_basis=rows if rows < min(steps, H.n) + 2 else None)
+                max_basis=rows if rows < min(steps, H.dim) + 2 else None)
     finally:
         if bar is not None:
             bar.close()

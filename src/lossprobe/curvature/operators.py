@@ -343,6 +343,10 @@ class CurvatureOperator:
         self.calls = 0
         self.cache_graph = cache_graph is True or (cache_graph == "auto" and objective.n_batches == 1)
         self.blocks = _blocks(space, self._mask, None if self._mask is not None else set(self.entries))
+        if space.shards is not None and (not self.full or self.name != "hessian"):
+            raise UserError(f"a model sharded with fully_shard supports the Hessian of all its parameters, not "
+                            f"{'the ' + self.name if self.name != 'hessian' else 'a selection of them'} (that needs "
+                            "the whole model on each rank: unwrap it, or use the data-parallel mode)")
         with objective.mode():
             if objective.model.training:
                 warn_if_stochastic(objective.model)
@@ -375,6 +379,12 @@ class CurvatureOperator:
         """The dtype of the vectors the algorithms keep: float32 at least, the model's otherwise."""
         dt = self.objective.space.dtype
         return torch.float32 if dt in (torch.float16, torch.bfloat16) else dt
+
+    @property
+    def dim(self) -> int:
+        """The operator's dimension: `n`, or for a sharded model the whole of which each rank holds n."""
+        shards = self.objective.space.shards
+        return shards.global_numel if shards is not None else self.n
 
     @property
     def vector_bytes(self) -> int:
@@ -426,7 +436,12 @@ class CurvatureOperator:
 
     def counting(self) -> CountingOperator:
         """The operator for the algorithms: vectors [n] of `vector_dtype`, products written in place."""
-        return CountingOperator(self.apply, self.n, self.device, dtype=self.vector_dtype, out=True)
+        shards, space = self.objective.space.shards, self.objective.space
+        if shards is None:
+            return CountingOperator(self.apply, self.n, self.device, dtype=self.vector_dtype, out=True)
+        return CountingOperator(self.apply, self.n, self.device, dtype=self.vector_dtype, out=True,
+                                reduce=shards.reduce, dim=shards.global_numel,
+                                fill=lambda out, gen, kind: shards.fill(out, gen, space.entries, kind))
 
     def _apply(self, v: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -472,6 +487,9 @@ class HessianOperator(CurvatureOperator):
             raise UserError(f"method must be one of {list(METHODS)}, got {method!r}")
         super().__init__(objective, theta, params, cache_graph)
         self.method = DEFAULT_METHOD if method == "auto" else method
+        if objective.space.shards is not None:  # products through the gathered model (Objective.sharded_hvp)
+            self.method, self.cache_graph, self.budget_given, self.graphs = "reverse", False, True, None
+            return
         # the gradient graphs are kept per batch within the budget (not only for one-batch data)
         self.cache_graph = self.method == "reverse" and cache_graph is not False
         budget = float("inf") if cache_graph is True else (None if cache_budget is None else parse_bytes(cache_budget))
@@ -486,6 +504,8 @@ class HessianOperator(CurvatureOperator):
             self.graphs.budget = max(0.0, float(budget))
 
     def _apply(self, v: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        if self.graphs is None and self.objective.space.shards is not None:
+            return self.objective.sharded_hvp(v, self._theta, out=out)
         if self.method != "reverse":
             out.copy_(hvp(self.objective, v, self.theta, method=self.method, check=False))
             return out

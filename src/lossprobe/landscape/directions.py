@@ -45,7 +45,7 @@ from lossprobe.core.directions import (
     rescale,
     stack,
 )
-from lossprobe.core.vectors import dot64, norm64
+from lossprobe.core.vectors import norm64
 from lossprobe.curvature import hessian
 from lossprobe.curvature.operators import CURVATURES, NAMES, curvature_operator
 from lossprobe.errors import UserError
@@ -72,7 +72,7 @@ def curvature_directions(objective, k: int = 2, curvature: str = "hessian", norm
         # in place where the dtypes agree: the directions stay rows of the Lanczos result (no copy)
         d = rescale(v, norm, ref, dtype=objective.space.dtype, out=v if v.dtype == objective.space.dtype else None)
         out.append(Direction(d, {
-            "kind": curvature, "index": i, "norm": norm, "length": norm64(d), "eigenvalue": float(r.values[i]),
+            "kind": curvature, "index": i, "norm": norm, "length": objective.space.norm(d), "eigenvalue": float(r.values[i]),
             "residual": float(r.residuals[i]), "matvecs": int(r.matvecs), "converged": bool(r.converged)}))
     del r
     return out
@@ -88,9 +88,9 @@ def curvature_along(objective, directions, curvature: str = "hessian", options: 
     for d in directions:
         v = op.restrict(as_vector(d).to(objective.device, op.vector_dtype))
         cv = op.apply(v)
-        q = dot64(v, cv)
+        q = op.counting().dot(v, cv)
         del cv
-        full = norm64(as_vector(d))
+        full = objective.space.norm(as_vector(d))
         out.append({"operator": curvature, "second_derivative": q,
                     "rayleigh": q / full ** 2 if full > 0 else float("nan"), "length": full})
     return out
@@ -208,8 +208,8 @@ def towards(objective, checkpoint) -> Direction:
     live = space._tensors(objective.model)
     for e in space.entries:
         v[e.slice].sub_(live[e.name].detach().reshape(-1).to(v.dtype))
-    d = Direction(v, {"kind": "between", "norm": None, "length": norm64(v)})
-    if not norm64(d.vector) > 0:
+    d = Direction(v, {"kind": "between", "norm": None, "length": objective.space.norm(v)})
+    if not d.meta["length"] > 0:
         raise UserError(f"towards:{checkpoint} holds the same weights as the centre: the direction between them is "
                         "zero; give a different checkpoint")
     return Direction(d.vector, {**d.meta, "kind": "towards", "checkpoint": str(checkpoint)})
@@ -268,7 +268,7 @@ def resolve(objective, specs="random", m: int = 2, *, norm: str | None = "auto",
         elif k == "towards":
             dirs[i] = towards(objective, arg)
     for i, d in enumerate(dirs):
-        if not norm64(d.vector) > 0:
+        if not objective.space.norm(d.vector) > 0:
             raise UserError(f"direction d{i + 1} ({specs[i][0]}) is zero")
     if not along:
         return dirs

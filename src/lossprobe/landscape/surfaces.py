@@ -517,9 +517,9 @@ def _ray_chunk(model, data, origin, dirs, opts: dict, pts: np.ndarray):
 
 
 # --- public API -------------------------------------------------------------------------
-def _directions_tensor(directions, m: int, space_numel: int, norms: bool = False):
+def _directions_tensor(directions, m: int, space_numel: int, norms: bool = False, norm=norm64):
     """The directions as one [m, P] tensor and their metadata (and, with `norms`, their float64
-    norms: one pass over each, which also tells whether every entry is finite)."""
+    norms by `norm`: one pass over each, which also tells whether every entry is finite)."""
     if isinstance(directions, (Direction, torch.Tensor, np.ndarray)):
         directions = [directions] if (isinstance(directions, Direction) or np.ndim(directions) == 1) else list(directions)
     directions = list(directions)
@@ -535,7 +535,7 @@ def _directions_tensor(directions, m: int, space_numel: int, norms: bool = False
         if v.ndim != 1 or v.numel() != space_numel:
             raise UserError(f"direction {i + 1} has shape {tuple(v.shape)}, expected ({space_numel},) to match "
                             "the model's parameters")
-        nrm = norm64(v)  # finite exactly when every entry is (a half or float32 square cannot overflow float64)
+        nrm = norm(v)  # finite exactly when every entry is (a half or float32 square cannot overflow float64)
         if not math.isfinite(nrm) or (v.dtype == torch.float64 and not all_finite(v)):
             meta["non_finite_entries"] = True
         vecs.append(v)
@@ -570,10 +570,10 @@ def _compute(obj: Objective, dirs_in, spans, steps, *, origin=None, out=None, fo
     loss_name = obj.loss.name
     chunk_size, progress, on_chunk = run.chunk_size, run.progress, run.on_chunk
 
-    given, dir_meta, dir_norms = _directions_tensor(dirs_in, m, obj.space.numel, norms=True)
+    given, dir_meta, dir_norms = _directions_tensor(dirs_in, m, obj.space.numel, norms=True, norm=obj.space.norm)
     dirs = given.to(obj.device, obj.space.dtype)
     if dirs is not given:  # cast (or moved): the norms of what is evaluated
-        dir_norms = [norm64(d) for d in dirs]
+        dir_norms = [obj.space.norm(d) for d in dirs]
     # the origin stays the model's own parameters (read in place) unless one is given
     origin_t = None if origin is None else _origin_vector(origin, obj)
     if origin_t is not None:

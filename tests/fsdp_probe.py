@@ -1,0 +1,102 @@
+"""Every model-sharded probe once, for tests/test_distributed.py: run alone (one process, the
+model whole) or under ``torchrun --nproc-per-node 2`` (gloo, CPU) with the model wrapped by
+FSDP2's ``fully_shard`` (each Linear, then the root); rank 0 writes the numbers as JSON to argv[1].
+
+Data: 203 samples in batches of 32 (7 batches: the ranks get unequal shares, so the sharded
+forward passes must keep in step). Vectors (gradient, products) are gathered whole to compare.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+import lossprobe as lp
+from lossprobe.curvature import hessian
+from lossprobe.curvature.operators import HessianOperator
+
+
+def mlp(seed):
+    torch.manual_seed(seed)
+    # 17 hidden units: rows split 9 + 8; the LayerNorm's vectors are split too
+    return nn.Sequential(nn.Linear(6, 17), nn.LayerNorm(17), nn.Tanh(), nn.Linear(17, 3)).eval()
+
+
+def shard(model):
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    mesh = init_device_mesh("cpu", (dist.get_world_size(),))
+    for m in model:
+        if isinstance(m, nn.Linear):
+            fully_shard(m, mesh=mesh)
+    return fully_shard(model, mesh=mesh)
+
+
+def whole(obj, vec):
+    """The whole vector from each rank's rows (the vector itself in one process)."""
+    sh = obj.space.shards
+    if sh is None:
+        return vec
+    return torch.cat([sh.whole(e.name, vec[e.slice]).reshape(-1) for e in obj.space.entries])
+
+
+def main(path: str) -> None:
+    torch.set_num_threads(1)
+    sharded = "RANK" in os.environ
+    if sharded:
+        dist.init_process_group("gloo")
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(203, 6, generator=g)
+    y = torch.randint(0, 3, (203,), generator=g)
+    a, b = mlp(0), mlp(1)
+    before = {k: v.clone() for k, v in a.state_dict().items()}
+    if sharded:
+        a, b = shard(a), shard(b)
+    data = (x, y)
+    out = {"world": dist.get_world_size() if dist.is_initialized() else 1}
+    obj = lp.Objective(a, data, batch_size=32)
+    ev = obj.loss_at()
+    out["loss"], out["accuracy"] = float(ev.loss[0]), float(ev.accuracy[0])
+    loss, grad = obj.loss_and_grad()
+    out["grad"] = whole(obj, grad).double().tolist()
+    s = lp.surface(obj, None, span=(-1, 1), steps=3, seed=0, progress=False)
+    out["surface"] = s.loss.ravel().tolist()
+    out["surface_accuracy"] = s.accuracy.ravel().tolist()
+    sl = lp.slice(obj, None, span=(-1, 1), steps=3, seed=2, include_bias=True, progress=False)
+    out["slice_with_biases"] = sl.loss.ravel().tolist()
+    line = lp.interpolate(a, b, data, alphas=[0.0, 0.3, 1.0], batch_size=32)
+    out["interpolation"] = line.loss["data"].tolist()
+    v_whole = torch.randn(obj.space.global_numel, generator=torch.Generator().manual_seed(5))
+    v = torch.empty(obj.space.numel)
+    if obj.space.shards is not None:  # this rank's rows of the same vector
+        for e, (g0, g1, l0) in zip(obj.space.entries, obj.space.shards.intervals(obj.space.entries)):
+            v[l0:l0 + g1 - g0] = v_whole[g0:g1]
+    else:
+        v = v_whole
+    out["hvp"] = whole(obj, HessianOperator(obj).matvec(v)).tolist()
+    e = hessian.eigenvalues(HessianOperator(obj), k=2, tol=1e-8)
+    out["eigenvalues"] = e.values.tolist()
+    e = hessian.eigenvalues(HessianOperator(obj), k=2, tol=1e-8, basis="disk")
+    out["eigenvalues_disk"] = e.values.tolist()
+    t = hessian.trace(HessianOperator(obj), matvecs=12, seed=1)
+    out["trace"] = t.trace
+    d = hessian.spectral_density(HessianOperator(obj), probes=2, steps=10, seed=3)
+    out["density_trace"] = d.slq.trace
+    after = a.state_dict() if not sharded else {k: v.full_tensor() for k, v in a.state_dict().items()}
+    out["model_unchanged"] = all(torch.equal(before[k], after[k]) for k in before)
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        with open(path, "w") as f:
+            json.dump(out, f)
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    np.seterr(all="ignore")
+    main(sys.argv[1])
