@@ -509,10 +509,11 @@ class Objective:
             space.check_vector(theta, "theta")
             sh.load(space, theta.detach().to(self.device, space.dtype))
         total, n = 0.0, 0.0
-        with self._restoring(), self.mode(), sh.gathered() as whole:
+        with self._restoring(), self.mode(), second_order() if v is not None else contextlib.nullcontext(), \
+                sh.gathered() as whole:
             inputs = [whole[e.name] for e in space.entries]
             vs = None if v is None else [sh.whole(e.name, v[e.slice].to(x.dtype)) for e, x in zip(space.entries, inputs)]
-            acc = [torch.zeros_like(x) for x in inputs]
+            acc: list = [None] * len(inputs)  # the first batch's tensors, then sums into them
             for i, batch in enumerate(self.batches()):
                 with at_batch(i, self.data, self.batch_size):
                     t = self.criterion.terms(self.call(batch), batch)
@@ -522,18 +523,20 @@ class Objective:
                             pairs = [(gi, vi) for gi, vi in zip(g, vs) if gi is not None and gi.requires_grad]
                             g = torch.autograd.grad([p[0] for p in pairs], inputs, grad_outputs=[p[1] for p in pairs],
                                                     allow_unused=True) if pairs else (None,) * len(inputs)
-                        for a, gi in zip(acc, g):
+                        for j, gi in enumerate(g):
                             if gi is not None:
-                                a.add_(gi.detach())
+                                acc[j] = gi.detach() if acc[j] is None else acc[j].add_(gi.detach())
                         del g
                     total += float(t.loss.detach())
                     n += float(t.count)
             del vs
         res = torch.empty(space.numel, dtype=space.dtype, device=self.device) if out is None else out
-        for e, a in zip(space.entries, acc):
-            sh.reduce(a)
-            res[e.slice].copy_(sh.rows_of(e.name, a).reshape(-1))
-        del acc
+        for j, e in enumerate(space.entries):
+            a = acc[j] if acc[j] is not None else \
+                torch.zeros(sh.pieces[e.name].shape, dtype=space.dtype, device=self.device)
+            acc[j] = None  # each whole tensor freed once its rows are kept
+            res[e.slice].copy_(sh.rows_of(e.name, sh.reduce(a)).reshape(-1))
+            del a
         tot = sh.reduce(torch.tensor([total, n], dtype=torch.float64, device=self.device))
         total, n = float(tot[0]), float(tot[1])
         if n == 0:

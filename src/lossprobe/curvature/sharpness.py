@@ -56,6 +56,9 @@ __all__ = [
 
 
 def _theta(obj: Objective, theta):
+    if obj.space.shards is not None:
+        raise UserError("sharpness measures and weight noise are not supported for a model sharded with fully_shard "
+                        "(their noise and ascent steps are whole vectors); surfaces, interpolation and the Hessian are")
     t = (obj.theta0 if theta is None else theta).detach().to(obj.device, obj.space.dtype)
     obj.space.check_vector(t, "theta")
     return t

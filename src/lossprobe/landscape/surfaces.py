@@ -932,6 +932,9 @@ def _directions(obj: Objective, directions, m: int, origin, seed, norm, include_
                "norm": norm, "include_bias": include_bias, "orthogonal": orthogonal,
                "origin": origin is not None}
     kept = _kept_directions(out, request, obj)
+    sh = obj.space.shards
+    if sh is not None and sh.sum(float(kept is None)) > 0:
+        kept = None  # every rank reads its own rows of them, or every rank makes them again
     if kept is not None:
         return kept
     dirs = D.resolve(obj, directions, m, norm=norm, seed=seed, include_bias=include_bias, orthogonal=orthogonal,
@@ -939,18 +942,29 @@ def _directions(obj: Objective, directions, m: int, origin, seed, norm, include_
                      along=along)
     for i, d in enumerate(dirs):
         d.meta["axis_label"] = f"α{i + 1}: {D.describe(d.meta, short=True)}"
+    if out is not None and sh is not None:  # each rank its rows
+        makedirs(Path(out))
+        save_safetensors(_directions_file(out, obj), {f"d{i + 1}": d.vector for i, d in enumerate(dirs)})
     if out is not None and is_main():
         makedirs(Path(out))
-        save_safetensors(Path(out) / "directions.safetensors", {f"d{i + 1}": d.vector for i, d in enumerate(dirs)})
+        if sh is None:
+            save_safetensors(_directions_file(out, obj), {f"d{i + 1}": d.vector for i, d in enumerate(dirs)})
         write_json(Path(out) / "directions.json", {"request": request, "directions": [d.meta for d in dirs]})
     return dirs
+
+
+def _directions_file(out, obj: Objective) -> Path:
+    """Where the directions are kept: one file, or one per rank of a sharded model (its rows)."""
+    sh = obj.space.shards
+    return Path(out) / ("directions.safetensors" if sh is None else
+                        f"directions.rank{sh.rank}-of-{sh.world}.safetensors")
 
 
 def _kept_directions(out, request: dict, obj: Objective) -> list | None:
     """The directions a previous run with the same request stored in `out`, or None."""
     if out is None:
         return None
-    vf, jf = Path(out) / "directions.safetensors", Path(out) / "directions.json"
+    vf, jf = _directions_file(out, obj), Path(out) / "directions.json"
     if not (vf.is_file() and jf.is_file()):
         return None
     try:
