@@ -19,6 +19,7 @@ from torch import nn
 
 import lossprobe as lp
 from lossprobe.curvature import hessian
+from lossprobe.core.sharding import resharded
 from lossprobe.curvature.operators import HessianOperator
 
 
@@ -44,6 +45,10 @@ def whole(obj, vec):
     if sh is None:
         return vec
     return torch.cat([sh.whole(e.name, vec[e.slice]).reshape(-1) for e in obj.space.entries])
+
+
+def full_state(model):
+    return {k: (v.full_tensor() if hasattr(v, "full_tensor") else v).clone() for k, v in model.state_dict().items()}
 
 
 def main(path: str) -> None:
@@ -88,8 +93,19 @@ def main(path: str) -> None:
     out["trace"] = t.trace
     d = hessian.spectral_density(HessianOperator(obj), probes=2, steps=10, seed=3)
     out["density_trace"] = d.slq.trace
-    after = a.state_dict() if not sharded else {k: v.full_tensor() for k, v in a.state_dict().items()}
+    after = full_state(a)
     out["model_unchanged"] = all(torch.equal(before[k], after[k]) for k in before)
+    # the user changes the model between probes (a training step, say): the probes follow it
+    with torch.no_grad():
+        for p in resharded(a).parameters():
+            p.mul_(0.9)
+    changed = full_state(a)
+    out["loss_after_change"] = float(obj.loss_at().loss[0])
+    s = lp.surface(obj, None, span=(-1, 1), steps=3, seed=4, progress=False)
+    out["surface_after_change"] = s.loss.ravel().tolist()
+    out["grad_after_change"] = whole(obj, obj.loss_and_grad(obj.theta0 * 1.01)[1]).double().tolist()
+    after = full_state(a)
+    out["model_kept_change"] = all(torch.equal(changed[k], after[k]) for k in changed)
     if not dist.is_initialized() or dist.get_rank() == 0:
         with open(path, "w") as f:
             json.dump(out, f)

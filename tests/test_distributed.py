@@ -71,4 +71,5 @@ def test_model_sharded_with_fsdp2_equals_one_process(tmp_path):
     two = _run(tmp_path, "two", torchrun=True, script="fsdp_probe.py")
     assert one["world"] == 1 and two["world"] == 2
     assert one["model_unchanged"] and two["model_unchanged"]
+    assert one["model_kept_change"] and two["model_kept_change"]
     _compare(one, two)

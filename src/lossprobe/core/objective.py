@@ -243,6 +243,12 @@ class Objective:
         the parameters; the probes that keep to the memory contract never ask for it)."""
         if self._theta0 is None:
             self._theta0 = self.space.flatten(self.model)
+        elif self.shards is not None and not self.shards.dirty:
+            # a sharded model's copy is where probes restore it from: kept up to date with the user's
+            # changes between probes (training, say), read again while no probe has written a point
+            with torch.no_grad():
+                for e in self.space.entries:
+                    self._theta0[e.slice].copy_(self.shards.local(e.name).reshape(-1))
         return self._theta0
 
     @property
@@ -355,6 +361,8 @@ class Objective:
         model's dtype (θ of the point being evaluated, written only where the directions move).
         """
         space = self.space
+        if self.shards is not None:
+            _ = self.theta0  # the copy the model is put back from, up to date
         if self.shards is not None and isinstance(directions, (list, tuple)):
             directions = [self.theta0 if d is self.model else d for d in directions]  # its values move per point
         org = Origin(self, origin)
@@ -505,6 +513,7 @@ class Objective:
         """(mean loss, gradient) when `v` is None, else (mean loss, H v): the model gathered whole,
         this rank's batches, the whole tensors summed over the ranks, this rank's rows kept."""
         sh, space = self.shards, self.space
+        _ = self.theta0  # the copy the model is put back from, up to date
         if theta is not None:
             space.check_vector(theta, "theta")
             sh.load(space, theta.detach().to(self.device, space.dtype))
@@ -535,10 +544,13 @@ class Objective:
             a = acc[j] if acc[j] is not None else \
                 torch.zeros(sh.pieces[e.name].shape, dtype=space.dtype, device=self.device)
             acc[j] = None  # each whole tensor freed once its rows are kept
-            res[e.slice].copy_(sh.rows_of(e.name, sh.reduce(a)).reshape(-1))
+            if self.dist is not None:  # (distributed=False: every rank read every batch)
+                sh.reduce(a)
+            res[e.slice].copy_(sh.rows_of(e.name, a).reshape(-1))
             del a
-        tot = sh.reduce(torch.tensor([total, n], dtype=torch.float64, device=self.device))
-        total, n = float(tot[0]), float(tot[1])
+        if self.dist is not None:
+            tot = sh.reduce(torch.tensor([total, n], dtype=torch.float64, device=self.device))
+            total, n = float(tot[0]), float(tot[1])
         if n == 0:
             raise UserError(f"data '{self.data.name}' yielded no samples")
         return total / n, res.div_(n)
