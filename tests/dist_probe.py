@@ -26,15 +26,18 @@ def mlp(seed):
     return nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3)).eval()
 
 
+def samples() -> tuple[torch.Tensor, torch.Tensor]:
+    """203 seeded samples of 6 features and 3 classes."""
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(203, 6, generator=g), torch.randint(0, 3, (203,), generator=g)
+
+
 def main(path: str) -> None:
     torch.set_num_threads(1)
     if "RANK" in os.environ:
         dist.init_process_group("gloo")
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(203, 6, generator=g)
-    y = torch.randint(0, 3, (203,), generator=g)
+    data = samples()
     a, b = mlp(0), mlp(1)
-    data = (x, y)
     out = {"world": dist.get_world_size() if dist.is_initialized() else 1}
     obj = lp.Objective(a, data, batch_size=32)
     ev = obj.loss_at()
@@ -49,13 +52,21 @@ def main(path: str) -> None:
     v = torch.randn(obj.space.numel, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     out["hvp"] = HessianOperator(obj).matvec(v).tolist()
     out["ggn"] = GGNOperator(obj).matvec(v).tolist()
+    out.update(spectrum(obj))
+    finish(out, path)
+
+
+def spectrum(obj) -> dict:
+    """Lanczos top-2 (basis in memory and on disk) and the Hutch++ trace."""
     e = hessian.eigenvalues(HessianOperator(obj), k=2, tol=1e-8)
-    out["eigenvalues"] = e.values.tolist()
     # the basis on disk (large models' default): each rank keeps its own file, the products are summed
-    e = hessian.eigenvalues(HessianOperator(obj), k=2, tol=1e-8, basis="disk")
-    out["eigenvalues_disk"] = e.values.tolist()
+    d = hessian.eigenvalues(HessianOperator(obj), k=2, tol=1e-8, basis="disk")
     t = hessian.trace(HessianOperator(obj), matvecs=12, seed=1)
-    out["trace"] = t.trace
+    return {"eigenvalues": e.values.tolist(), "eigenvalues_disk": d.values.tolist(), "trace": t.trace}
+
+
+def finish(out: dict, path: str) -> None:
+    """Rank 0 (or the one process) writes the numbers; the process group ends."""
     if not dist.is_initialized() or dist.get_rank() == 0:
         with open(path, "w") as f:
             json.dump(out, f)

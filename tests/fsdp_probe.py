@@ -8,7 +8,6 @@ forward passes must keep in step). Vectors (gradient, products) are gathered who
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -21,6 +20,8 @@ import lossprobe as lp
 from lossprobe.curvature import hessian
 from lossprobe.core.sharding import resharded
 from lossprobe.curvature.operators import HessianOperator
+
+from dist_probe import finish, samples, spectrum  # (run as a script: tests/ is on the path)
 
 
 def mlp(seed):
@@ -56,14 +57,11 @@ def main(path: str) -> None:
     sharded = "RANK" in os.environ
     if sharded:
         dist.init_process_group("gloo")
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(203, 6, generator=g)
-    y = torch.randint(0, 3, (203,), generator=g)
+    data = samples()
     a, b = mlp(0), mlp(1)
     before = {k: v.clone() for k, v in a.state_dict().items()}
     if sharded:
         a, b = shard(a), shard(b)
-    data = (x, y)
     out = {"world": dist.get_world_size() if dist.is_initialized() else 1}
     obj = lp.Objective(a, data, batch_size=32)
     ev = obj.loss_at()
@@ -85,12 +83,7 @@ def main(path: str) -> None:
     else:
         v = v_whole
     out["hvp"] = whole(obj, HessianOperator(obj).matvec(v)).tolist()
-    e = hessian.eigenvalues(HessianOperator(obj), k=2, tol=1e-8)
-    out["eigenvalues"] = e.values.tolist()
-    e = hessian.eigenvalues(HessianOperator(obj), k=2, tol=1e-8, basis="disk")
-    out["eigenvalues_disk"] = e.values.tolist()
-    t = hessian.trace(HessianOperator(obj), matvecs=12, seed=1)
-    out["trace"] = t.trace
+    out.update(spectrum(obj))
     d = hessian.spectral_density(HessianOperator(obj), probes=2, steps=10, seed=3)
     out["density_trace"] = d.slq.trace
     after = full_state(a)
@@ -106,11 +99,7 @@ def main(path: str) -> None:
     out["grad_after_change"] = whole(obj, obj.loss_and_grad(obj.theta0 * 1.01)[1]).double().tolist()
     after = full_state(a)
     out["model_kept_change"] = all(torch.equal(changed[k], after[k]) for k in changed)
-    if not dist.is_initialized() or dist.get_rank() == 0:
-        with open(path, "w") as f:
-            json.dump(out, f)
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    finish(out, path)
 
 
 if __name__ == "__main__":

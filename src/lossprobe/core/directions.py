@@ -357,7 +357,7 @@ def _sharded_vector(space: ParamSpace, ref: Reference | None, gen: torch.Generat
             f = None
         elif norm == "filter" and len(pc.shape) >= 2 and e.unit_axis is not None:
             axis = e.unit_axis
-            wn = ref_sq(e, axis).sqrt()
+            wn = ref_sq(e, axis).sqrt().cpu()  # (the draw is on the CPU)
             snap = st.snapshot()
             dq = torch.zeros(pc.shape[axis], dtype=torch.float64)
             for r, k in rows_of(pc):
@@ -371,7 +371,7 @@ def _sharded_vector(space: ParamSpace, ref: Reference | None, gen: torch.Generat
                 dq = dq[pc.r0:pc.r1]
             f = wn / dq.sqrt().clamp_min(1e-30)
         else:  # layer norm, or a 1-D tensor under filter norm: one unit
-            wn = ref_sq(e, None).sqrt()
+            wn = float(ref_sq(e, None).sqrt())
             snap = st.snapshot()
             dq = sum(float(st.take(k * per).square().sum()) for _, k in rows_of(pc))
             st.restore(snap)

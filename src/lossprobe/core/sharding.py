@@ -24,6 +24,7 @@ model, its graph and two whole vectors (the direction and the product).
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
 
 import torch
@@ -69,10 +70,7 @@ class Piece:
 
     @property
     def per_row(self) -> int:
-        n = 1
-        for s in self.shape[1:]:
-            n *= s
-        return n
+        return math.prod(self.shape[1:])
 
     @property
     def local_shape(self) -> tuple[int, ...]:
@@ -110,7 +108,7 @@ class Shards:
         self.device = next(iter(params.values())).device
         self.sharded = {n: params[n] for n in names}  # the DTensor parameters, kept across (un)sharding
         self.fsdp = [m for m in model.modules() if isinstance(m, FSDPModule)]
-        self.global_numel = sum(_numel(pc.shape) for pc in self.pieces.values())
+        self.global_numel = sum(math.prod(pc.shape) for pc in self.pieces.values())
         self.home: torch.Tensor | None = None  # the user's values, this rank's rows (Objective.theta0)
         self.dirty = False
 
@@ -132,7 +130,7 @@ class Shards:
             pc = self.pieces[e.name]
             per = pc.per_row if pc.shape else 1
             out.append((g + pc.r0 * per, g + pc.r1 * per, e.offset))
-            g += _numel(pc.shape)
+            g += math.prod(pc.shape)
         return out
 
     def fill(self, out: torch.Tensor, gen: torch.Generator, entries, kind: str = "normal", chunk: int | None = None,
@@ -218,13 +216,6 @@ class Shards:
                 m.reshard()
             for g, pf, rab, rg in saved:
                 g.post_forward_mesh_info, g.reshard_after_backward, g.reduce_grads = pf, rab, rg
-
-
-def _numel(shape) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
 
 
 def _piece(p) -> Piece:
