@@ -19,7 +19,8 @@ PACKAGE = ROOT / "src" / "lossprobe"
 # Dependencies a function may import lazily, each for a reason its comment names: optional
 # extras, a platform, or import time that `import lossprobe` / `lossprobe --help` should not pay.
 LAZY_OK = ("ray", "transformers", "pytorch_lightning", "lightning", "torch.utils.tensorboard", "xarray", "selenium", "fcntl", "sklearn", "scipy.optimize", "scipy.stats",
-           "scipy.interpolate", "scipy.ndimage", "torch.nn.attention", "lossprobe.results.drawing")
+           "scipy.interpolate", "scipy.ndimage", "torch.nn.attention", "lossprobe.results.drawing",
+           "torch.distributed.fsdp", "torch.distributed.tensor")
 
 
 def test_layer_contracts_hold():

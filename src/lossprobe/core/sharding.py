@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -34,29 +35,40 @@ from torch import nn
 from lossprobe.core.vectors import _draw_blocks, work_chunk
 from lossprobe.errors import UserError
 
-try:  # FSDP2 and DTensor (PyTorch >= 2.6)
-    from torch.distributed.fsdp import FSDPModule
-    from torch.distributed.tensor import DTensor, Shard
-except ImportError:  # pragma: no cover - a build without torch.distributed
-    FSDPModule = DTensor = Shard = None
+def _fsdp():
+    """(FSDPModule, DTensor, Shard), or None when no FSDP2 model can exist in this process: a
+    sharded model means that its modules were imported, so nothing is imported here until then
+    (start-up time: FSDP2 takes about 0.5 s to import, which `import lossprobe` should not pay)."""
+    if "torch.distributed.fsdp" not in sys.modules and "torch.distributed.tensor" not in sys.modules:
+        return None
+    try:
+        from torch.distributed.fsdp import FSDPModule  # start-up time (see above)
+        from torch.distributed.tensor import DTensor, Shard  # start-up time (see above)
+    except ImportError:  # pragma: no cover - a build without torch.distributed
+        return None
+    return FSDPModule, DTensor, Shard
 
 
 def is_sharded(model: nn.Module) -> bool:
     """Whether the model is wrapped with FSDP2's fully_shard (its parameters are DTensors)."""
-    if DTensor is None:
+    kinds = _fsdp()
+    if kinds is None:
         return False
-    if any(isinstance(m, FSDPModule) for m in model.modules()):
-        return True
-    return any(isinstance(p, DTensor) for p in model.parameters())
+    fsdp_module, dtensor, _ = kinds
+    return any(isinstance(m, fsdp_module) for m in model.modules()) or \
+        any(isinstance(p, dtensor) for p in model.parameters())
+
+
+def _fsdp_modules(model: nn.Module) -> list:
+    kinds = _fsdp()
+    return [] if kinds is None else [m for m in model.modules() if isinstance(m, kinds[0])]
 
 
 def resharded(model: nn.Module) -> nn.Module:
     """The model with its parameters sharded (FSDP2 leaves the root's gathered after a forward
     pass): then `named_parameters` gives the DTensors."""
-    if FSDPModule is not None:
-        for m in model.modules():
-            if isinstance(m, FSDPModule):
-                m.reshard()
+    for m in _fsdp_modules(model):
+        m.reshard()
     return model
 
 
@@ -82,14 +94,15 @@ class Shards:
 
     def __init__(self, model: nn.Module, names: list[str]):
         params = dict(resharded(model).named_parameters())
+        _, dtensor, shard = _fsdp()
         meshes = set()
         self.pieces: dict[str, Piece] = {}
         for name in names:
             p = params[name]
-            if not isinstance(p, DTensor):
+            if not isinstance(p, dtensor):
                 raise UserError(f"parameter '{name}' is not sharded while others are: wrap the whole model with "
                                 "fully_shard (its root too), so that every parameter is a DTensor")
-            if p.device_mesh.ndim != 1 or len(p.placements) != 1 or not isinstance(p.placements[0], Shard) \
+            if p.device_mesh.ndim != 1 or len(p.placements) != 1 or not isinstance(p.placements[0], shard) \
                     or p.placements[0].dim != 0:
                 raise UserError(f"parameter '{name}' is placed as {p.placements} on a {p.device_mesh.ndim}-D mesh: "
                                 "lossprobe supports FSDP2's default (Shard(0) on a 1-D mesh), not HSDP or "
@@ -107,7 +120,7 @@ class Shards:
         self.model = model
         self.device = next(iter(params.values())).device
         self.sharded = {n: params[n] for n in names}  # the DTensor parameters, kept across (un)sharding
-        self.fsdp = [m for m in model.modules() if isinstance(m, FSDPModule)]
+        self.fsdp = _fsdp_modules(model)
         self.global_numel = sum(math.prod(pc.shape) for pc in self.pieces.values())
         self.home: torch.Tensor | None = None  # the user's values, this rank's rows (Objective.theta0)
         self.dirty = False
