@@ -59,6 +59,12 @@ def is_sharded(model: nn.Module) -> bool:
         any(isinstance(p, dtensor) for p in model.parameters())
 
 
+def is_dtensor(t) -> bool:
+    """Whether `t` is a DTensor (without importing DTensor: see `_fsdp`)."""
+    kinds = _fsdp()
+    return kinds is not None and isinstance(t, kinds[1])
+
+
 def _fsdp_modules(model: nn.Module) -> list:
     kinds = _fsdp()
     return [] if kinds is None else [m for m in model.modules() if isinstance(m, kinds[0])]
@@ -248,4 +254,4 @@ def _piece(p) -> Piece:
     return Piece(shape, r0, r1)
 
 
-__all__ = ["Piece", "Shards", "is_sharded", "resharded"]
+__all__ = ["Piece", "Shards", "is_dtensor", "is_sharded", "resharded"]

@@ -30,7 +30,7 @@ from typing import Iterable, Mapping
 import torch
 from torch import nn
 
-from lossprobe.core.sharding import Shards, is_sharded, resharded
+from lossprobe.core.sharding import Shards, is_dtensor, is_sharded, resharded
 from lossprobe.core.vectors import dot64, norm64
 from lossprobe.errors import UserError
 
@@ -258,13 +258,9 @@ class ParamSpace:
 
 def _local(d: dict) -> dict:
     """DTensors (an FSDP2 model's parameters or sharded state dict) as this rank's rows."""
-    if any(is_sharded_tensor(t) for t in d.values()):
-        return {k: (t.to_local() if is_sharded_tensor(t) else t) for k, t in d.items()}
+    if any(is_dtensor(t) for t in d.values()):
+        return {k: (t.to_local() if is_dtensor(t) else t) for k, t in d.items()}
     return d
-
-
-def is_sharded_tensor(t) -> bool:
-    return hasattr(t, "to_local") and hasattr(t, "placements")
 
 
 def tied_names(model: nn.Module) -> dict[str, str]:
