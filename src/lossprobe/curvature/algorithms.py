@@ -983,7 +983,7 @@ def hutchpp(
     g = op.empty()
     for _ in range(g_count):
         _rademacher(op, gen, out=g)
-        if len(Q) == n:
+        if len(Q) == op.dim:  # (the whole dimension: a rank's piece n may be shorter than the sketch)
             tot.append(0.0)
             if blocks is not None:
                 per_block.append(torch.zeros(len(blocks), dtype=torch.float64))
