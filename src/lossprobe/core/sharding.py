@@ -32,7 +32,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from lossprobe.core.vectors import _draw_blocks, work_chunk
+from lossprobe.core.vectors import draw_segments
 from lossprobe.errors import UserError
 
 def _fsdp():
@@ -152,19 +152,13 @@ class Shards:
             g += math.prod(pc.shape)
         return out
 
-    def fill(self, out: torch.Tensor, gen: torch.Generator, entries, kind: str = "normal", chunk: int | None = None,
-             total: int | None = None) -> torch.Tensor:
+    def fill(self, out: torch.Tensor, gen: torch.Generator, entries, kind: str = "normal") -> torch.Tensor:
         """This rank's rows of the seeded draw of the whole vector (`normal_into` or
-        `rademacher_into` of `total` values, by default the whole space), streamed in pieces."""
-        total = self.global_numel if total is None else total
+        `rademacher_into` of the whole space), streamed in pieces."""
         spans = self.intervals(entries)
         flat = out.view(-1)
         j = 0
-        for a, b in _draw_blocks(total, work_chunk(total) if chunk is None else chunk):
-            if kind == "normal":
-                x = torch.randn(b - a, generator=gen, dtype=torch.float64)
-            else:
-                x = torch.randint(0, 2, (b - a,), generator=gen, dtype=torch.int8).to(torch.float32).mul_(2).sub_(1)
+        for a, b, x in draw_segments(self.global_numel, gen, kind):
             while j < len(spans) and spans[j][1] <= a:
                 j += 1
             i = j

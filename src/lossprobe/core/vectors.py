@@ -110,31 +110,33 @@ def _draw_blocks(n: int, chunk: int):
         pos += size
 
 
+def draw_segments(n: int, gen: torch.Generator, kind: str = "normal", chunk: int = CHUNK):
+    """The seeded draw of n values on the CPU generator as consecutive pieces: yields (start,
+    stop, values). 'normal': ``torch.randn(n, generator=gen, dtype=float64)``; 'rademacher':
+    the ±1 values of ``randint(0, 2, (n,), generator=gen, dtype=int8) * 2 - 1`` (float32)."""
+    for a, b in _draw_blocks(n, work_chunk(n, chunk)):
+        if kind == "normal":
+            yield a, b, torch.randn(b - a, generator=gen, dtype=torch.float64)
+        else:
+            yield a, b, torch.randint(0, 2, (b - a,), generator=gen, dtype=torch.int8).to(torch.float32).mul_(2).sub_(1)
+
+
 def normal_into(out: torch.Tensor, gen: torch.Generator, chunk: int = CHUNK, scale: float = 1.0) -> torch.Tensor:
     """Write ``torch.randn(out.numel(), generator=gen, dtype=float64)`` (times `scale`) into
     `out` (any dtype, any device), drawn on the CPU generator in chunks."""
     flat = out.view(-1)
-    for a, b in _draw_blocks(flat.numel(), work_chunk(flat.numel(), chunk)):
-        x = torch.randn(b - a, generator=gen, dtype=torch.float64)
+    for a, b, x in draw_segments(flat.numel(), gen, "normal", chunk):
         if scale != 1.0:
             x.mul_(scale)
         flat[a:b].copy_(x)
     return out
 
 
-def normal_segments(n: int, gen: torch.Generator, chunk: int = CHUNK):
-    """The seeded float64 draw of n values as consecutive float64 pieces (see `normal_into`):
-    yields (start, stop, values)."""
-    for a, b in _draw_blocks(n, chunk):
-        yield a, b, torch.randn(b - a, generator=gen, dtype=torch.float64)
-
-
 def rademacher_into(out: torch.Tensor, gen: torch.Generator, chunk: int = CHUNK) -> torch.Tensor:
     """Write the ±1 vector of ``randint(0, 2, (n,), generator=gen, dtype=int8) * 2 - 1`` into `out`."""
     flat = out.view(-1)
-    for a, b in _draw_blocks(flat.numel(), work_chunk(flat.numel(), chunk)):
-        x = torch.randint(0, 2, (b - a,), generator=gen, dtype=torch.int8)
-        flat[a:b].copy_(x.to(torch.float32).mul_(2).sub_(1))
+    for a, b, x in draw_segments(flat.numel(), gen, "rademacher", chunk):
+        flat[a:b].copy_(x)
     return out
 
 
@@ -189,5 +191,5 @@ def sha_update(h, t: torch.Tensor, chunk: int = CHUNK) -> None:
         h.update(part.view(torch.uint8).numpy().data if part.numel() else b"")
 
 
-__all__ = ["CHUNK", "work_chunk", "all_finite", "combine_rows", "exact", "dot64", "norm64", "normal_into", "normal_segments", "rademacher_into",
+__all__ = ["CHUNK", "work_chunk", "all_finite", "combine_rows", "exact", "dot64", "norm64", "draw_segments", "normal_into", "rademacher_into",
            "sha_update"]
