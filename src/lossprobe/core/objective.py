@@ -225,7 +225,7 @@ class Objective:
                 raise UserError("a model sharded with fully_shard is evaluated by its own forward pass in eval mode: "
                                 "shortcut=True and train_mode=True are not supported")
             shortcut = False
-            self.shards.home = self.theta0  # the user's values: origins read them, probes put them back
+            _ = self.theta0  # the user's values: origins read them, probes put the model back from them
         self._shortcut = shortcut
         self._hoister = Hoister(self) if shortcut else None
         if check:
@@ -313,7 +313,7 @@ class Objective:
             if theta is not None:
                 self.shards.load(self.space, theta)
             else:
-                self.shards.restore(self.space)
+                self.shards.restore(self.space, self._theta0)
             return self.call(batch)
         if theta is None:
             tensors = {}
@@ -361,10 +361,11 @@ class Objective:
         model's dtype (θ of the point being evaluated, written only where the directions move).
         """
         space = self.space
-        if self.shards is not None:
-            _ = self.theta0  # the copy the model is put back from, up to date
-        if self.shards is not None and isinstance(directions, (list, tuple)):
-            directions = [self.theta0 if d is self.model else d for d in directions]  # its values move per point
+        if self.shards is not None:  # its own values change per point: the origin and rows read the kept copy
+            home = self.theta0  # (brought up to date with the model)
+            origin = home if origin is None else origin
+            if isinstance(directions, (list, tuple)):
+                directions = [home if d is self.model else d for d in directions]
         org = Origin(self, origin)
         rows = Rows(space, directions, self.device)
         m = rows.m
@@ -580,7 +581,7 @@ class Objective:
             yield
         finally:
             if self.shards is not None:
-                self.shards.restore(self.space)
+                self.shards.restore(self.space, self._theta0)
 
     # --- hoisting ------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -751,8 +752,6 @@ class Origin:
     def __init__(self, objective: Objective, origin=None):
         self.space = objective.space
         self.objective = objective
-        if origin is None and objective.shards is not None:
-            origin = objective.theta0  # a sharded model's own values change per point: read the kept copy
         if origin is None:
             self.kind, self.flat = "model", None
             self.live = self.space._tensors(objective.model)

@@ -128,8 +128,7 @@ class Shards:
         self.sharded = {n: params[n] for n in names}  # the DTensor parameters, kept across (un)sharding
         self.fsdp = _fsdp_modules(model)
         self.global_numel = sum(math.prod(pc.shape) for pc in self.pieces.values())
-        self.home: torch.Tensor | None = None  # the user's values, this rank's rows (Objective.theta0)
-        self.dirty = False
+        self.dirty = False  # points written into the model since the user's values were put back
 
     # --- vectors ---------------------------------------------------------------------
     def reduce(self, t: torch.Tensor) -> torch.Tensor:
@@ -199,10 +198,11 @@ class Shards:
                     self.local(e.name).copy_(vec[e.slice].view(e.shape))
         self.dirty = True
 
-    def restore(self, space) -> None:
-        """Put the user's parameters back after a probe wrote points into the model."""
-        if self.dirty and self.home is not None:
-            self.load(space, self.home)
+    def restore(self, space, home: torch.Tensor) -> None:
+        """Put the user's parameters `home` (this rank's rows, kept by the probe) back after a
+        probe wrote points into the model."""
+        if self.dirty:
+            self.load(space, home)
             self.dirty = False
 
     @contextlib.contextmanager
