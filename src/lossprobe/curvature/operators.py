@@ -436,12 +436,11 @@ class CurvatureOperator:
 
     def counting(self) -> CountingOperator:
         """The operator for the algorithms: vectors [n] of `vector_dtype`, products written in place."""
-        shards, space = self.objective.space.shards, self.objective.space
-        if shards is None:
-            return CountingOperator(self.apply, self.n, self.device, dtype=self.vector_dtype, out=True)
-        return CountingOperator(self.apply, self.n, self.device, dtype=self.vector_dtype, out=True,
-                                reduce=shards.reduce, dim=shards.global_numel,
-                                fill=lambda out, gen, kind: shards.fill(out, gen, space.entries, kind))
+        space = self.objective.space
+        sh = space.shards  # a sharded model's vectors are pieces: sums and draws span the ranks
+        pieces = {} if sh is None else dict(reduce=sh.reduce, dim=sh.global_numel,
+                                            fill=lambda out, gen, kind: sh.fill(out, gen, space.entries, kind))
+        return CountingOperator(self.apply, self.n, self.device, dtype=self.vector_dtype, out=True, **pieces)
 
     def _apply(self, v: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -504,7 +503,7 @@ class HessianOperator(CurvatureOperator):
             self.graphs.budget = max(0.0, float(budget))
 
     def _apply(self, v: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        if self.graphs is None and self.objective.space.shards is not None:
+        if self.objective.space.shards is not None:
             return self.objective.sharded_hvp(v, self._theta, out=out)
         if self.method != "reverse":
             out.copy_(hvp(self.objective, v, self.theta, method=self.method, check=False))

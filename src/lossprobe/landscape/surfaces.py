@@ -942,13 +942,10 @@ def _directions(obj: Objective, directions, m: int, origin, seed, norm, include_
                      along=along)
     for i, d in enumerate(dirs):
         d.meta["axis_label"] = f"α{i + 1}: {D.describe(d.meta, short=True)}"
-    if out is not None and sh is not None:  # each rank its rows
+    if out is not None and (sh is not None or is_main()):  # a sharded model: every rank its rows
         makedirs(Path(out))
         save_safetensors(_directions_file(out, obj), {f"d{i + 1}": d.vector for i, d in enumerate(dirs)})
     if out is not None and is_main():
-        makedirs(Path(out))
-        if sh is None:
-            save_safetensors(_directions_file(out, obj), {f"d{i + 1}": d.vector for i, d in enumerate(dirs)})
         write_json(Path(out) / "directions.json", {"request": request, "directions": [d.meta for d in dirs]})
     return dirs
 
