@@ -26,9 +26,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
+from lossprobe.core.vectors import CHUNK, chunk_ranges  # (CHUNK: entries read or written at once)
 from lossprobe.errors import UserError
 
-CHUNK = 1 << 22  # entries read or written at once (16 MB of float32)
 MARGIN = 1 << 30  # bytes left free on the spill disk
 
 
@@ -73,10 +73,6 @@ class SpilledRows:
     def __len__(self) -> int:
         return self.count
 
-    def _chunks(self):
-        for a in range(0, self.n, CHUNK):
-            yield a, min(self.n, a + CHUNK)
-
     def has_room(self) -> bool:
         """Whether one more row fits, leaving `MARGIN` free."""
         return shutil.disk_usage(self.directory).free - self.row_bytes >= MARGIN
@@ -98,7 +94,7 @@ class SpilledRows:
         return self.count - 1
 
     def _write(self, flat: torch.Tensor, off: int) -> None:
-        for a, b in self._chunks():
+        for a, b in chunk_ranges(self.n):
             if flat.device.type == "cpu":
                 arr = flat[a:b].numpy()
             else:
@@ -133,7 +129,7 @@ class SpilledRows:
     def axpy(self, j: int, alpha: float, w: torch.Tensor) -> torch.Tensor:
         """w += alpha · row j, in place."""
         flat = w.reshape(-1)
-        for a, b in self._chunks():
+        for a, b in chunk_ranges(self.n):
             flat[a:b].add_(self._read(j, a, b), alpha=alpha)
         return w
 
@@ -143,7 +139,7 @@ class SpilledRows:
         for t in flats:
             t.zero_()
         for j in range(self.count):
-            for a, b in self._chunks():
+            for a, b in chunk_ranges(self.n):
                 r = self._read(j, a, b)
                 for i, t in enumerate(flats):
                     if S[j, i] != 0.0:

@@ -32,7 +32,8 @@ CHUNK = 1 << 22  # entries per chunk: 32 MB of float64 temporaries at most
 PIECE = 1 << 16  # entries of a float32 partial sum (see dot64)
 
 
-def _chunks(n: int, chunk: int = CHUNK):
+def chunk_ranges(n: int, chunk: int = CHUNK):
+    """(start, stop) of consecutive pieces of `chunk` entries covering [0, n)."""
     for a in range(0, n, chunk):
         yield a, min(n, a + chunk)
 
@@ -43,13 +44,12 @@ def work_chunk(n: int, chunk: int = CHUNK) -> int:
     return max(1 << 16, min(chunk, n // 64))
 
 
-def _piece_sums(a: torch.Tensor, b: torch.Tensor, lo: int, hi: int) -> float:
-    """Σ a[lo:hi]·b[lo:hi] on the CPU: float32 dot products of `PIECE` entries each (BLAS speed, no
-    temporary), summed in float64. A piece whose float32 sum is not finite is summed again in
-    float64, so the result is finite exactly when the entries are (float32 squares can overflow)."""
+def _piece_sums(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Σ a·b on the CPU: float32 dot products of `PIECE` entries each (BLAS speed, no temporary),
+    summed in float64. A piece whose float32 sum is not finite is summed again in float64, so
+    the result is finite exactly when the entries are (float32 squares can overflow)."""
     s = 0.0
-    for i in range(lo, hi, PIECE):
-        j = min(hi, i + PIECE)
+    for i, j in chunk_ranges(a.numel(), PIECE):
         x, y = a[i:j], b[i:j]
         if x.dtype != torch.float32:
             x, y = x.float(), y.float()
@@ -73,9 +73,9 @@ def norm64(t: torch.Tensor, chunk: int = CHUNK) -> float:
     if t.numel() <= chunk:
         return float(t.double().norm())
     if _fast(t):
-        return math.sqrt(_piece_sums(t, t, 0, t.numel()))
+        return math.sqrt(_piece_sums(t, t))
     s = 0.0
-    for a, b in _chunks(t.numel(), work_chunk(t.numel(), chunk)):
+    for a, b in chunk_ranges(t.numel(), work_chunk(t.numel(), chunk)):
         s += float(t[a:b].double().square().sum())
     return math.sqrt(s)
 
@@ -91,9 +91,9 @@ def dot64(a: torch.Tensor, b: torch.Tensor, chunk: int = CHUNK) -> float:
     if a.numel() <= chunk:
         return float(a.double() @ b.double())
     if _fast(a) and a.dtype == b.dtype:
-        return _piece_sums(a, b, 0, a.numel())
+        return _piece_sums(a, b)
     s = 0.0
-    for i, j in _chunks(a.numel(), work_chunk(a.numel(), chunk)):
+    for i, j in chunk_ranges(a.numel(), work_chunk(a.numel(), chunk)):
         s += float(a[i:j].double() @ b[i:j].double())
     return s
 
@@ -170,7 +170,7 @@ def combine_rows(sources: Sequence[torch.Tensor], S: np.ndarray | torch.Tensor, 
     n = sources[0].numel()
     ref = sources[0]
     Sd = S.to(ref.device, ref.dtype if ref.dtype in (torch.float32, torch.float64) else torch.float32)
-    for a, b in _chunks(n, chunk):
+    for a, b in chunk_ranges(n, chunk):
         X = torch.stack([s.reshape(-1)[a:b].to(Sd.dtype) for s in sources])  # [m, chunk]: a copy, so targets may alias
         with exact(X):
             Y = Sd.T @ X
@@ -184,12 +184,12 @@ def sha_update(h, t: torch.Tensor, chunk: int = CHUNK) -> None:
     flat = t.detach().reshape(-1)
     if not flat.is_contiguous():
         flat = flat.contiguous()
-    for a, b in _chunks(flat.numel(), work_chunk(flat.numel(), chunk)):
+    for a, b in chunk_ranges(flat.numel(), work_chunk(flat.numel(), chunk)):
         part = flat[a:b]
         if part.device.type != "cpu":
             part = part.cpu()
         h.update(part.view(torch.uint8).numpy().data if part.numel() else b"")
 
 
-__all__ = ["CHUNK", "work_chunk", "all_finite", "combine_rows", "exact", "dot64", "norm64", "draw_segments", "normal_into", "rademacher_into",
+__all__ = ["CHUNK", "chunk_ranges", "work_chunk", "all_finite", "combine_rows", "exact", "dot64", "norm64", "draw_segments", "normal_into", "rademacher_into",
            "sha_update"]
