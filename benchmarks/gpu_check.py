@@ -48,6 +48,8 @@ import time
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import scale  # noqa: E402  (the same token batch and forward timing as the CPU benchmark)
 
 # Llama-3.2-1B's shape (its RoPE scaling aside: no effect on cost); tiny: to try the row on a CPU
 LLAMA = {
@@ -121,21 +123,8 @@ def build_llama(size: str, seed: int, dev: str):
 
 
 def tokens(n_seq: int, n_tok: int, vocab: int, dev: str) -> dict:
-    x = torch.randint(0, vocab, (n_seq, n_tok), generator=torch.Generator().manual_seed(123)).to(dev)
-    return {"input_ids": x, "labels": x}
-
-
-def forward_seconds(model, data, dev: str, repeats: int = 2) -> float:
-    with torch.inference_mode():
-        model(**data)  # warm-up: kernels chosen, caches filled
-        best = float("inf")
-        for _ in range(repeats):
-            sync(dev)
-            t = time.perf_counter()
-            model(**data)
-            sync(dev)
-            best = min(best, time.perf_counter() - t)
-    return best
+    """scale.py's seeded token batch, on `dev`."""
+    return {k: v.to(dev) for k, v in scale.tokens(n_seq, n_tok, vocab).items()}
 
 
 def measure(fn, dev: str, fwd: float, M: int):
@@ -210,7 +199,7 @@ def scale_row(args, dev: str) -> dict:
     row.update(parameters=P, M_GB=M / 1e9)
     vocab = a.config.vocab_size
     data, hdata = tokens(args.sequences, n_tok, vocab, dev), tokens(args.sequences, h_tok, vocab, dev)
-    fwd, hfwd = forward_seconds(a, data, dev), forward_seconds(a, hdata, dev)
+    fwd, hfwd = (scale.forward_seconds(a, d, sync=lambda: sync(dev)) for d in (data, hdata))
     row.update(forward_s=fwd, hessian_forward_s=hfwd)
     kw = {"loss": "model", "batch_size": args.sequences}
     probes = {}

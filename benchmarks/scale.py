@@ -108,15 +108,18 @@ def tokens(n_seq: int, n_tok: int, vocab: int = 50257):
     return {"input_ids": x, "labels": x}
 
 
-def forward_seconds(model, data, repeats: int = 2, clock=time.perf_counter) -> float:
+def forward_seconds(model, data, repeats: int = 2, clock=time.perf_counter, sync=lambda: None) -> float:
+    """The best of `repeats` forward passes after a warm-up; `sync` waits for a GPU's queue."""
     import torch
 
     with torch.inference_mode():
-        model(**data)  # warm-up
+        model(**data)  # warm-up: kernels chosen, caches filled
         best = float("inf")
         for _ in range(repeats):
+            sync()
             t = clock()
             model(**data)
+            sync()
             best = min(best, clock() - t)
     return best
 
