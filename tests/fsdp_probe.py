@@ -48,6 +48,20 @@ def whole(obj, vec):
     return torch.cat([sh.whole(e.name, vec[e.slice]).reshape(-1) for e in obj.space.entries])
 
 
+def partial_wrap_refused() -> bool:
+    """A model whose root was left unwrapped (some parameters plain) gets one line, not a traceback."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    from lossprobe.errors import UserError
+    m = mlp(2)
+    fully_shard(m[0], mesh=init_device_mesh("cpu", (dist.get_world_size(),)))
+    try:
+        lp.Objective(m, samples())
+    except UserError as e:
+        return "not sharded while others are" in str(e)
+    return False
+
+
 def full_state(model):
     return {k: (v.full_tensor() if hasattr(v, "full_tensor") else v).clone() for k, v in model.state_dict().items()}
 
@@ -101,6 +115,7 @@ def main(path: str) -> None:
     every = lp.Objective(a, data, batch_size=32, distributed=False)
     out["grad_every_batch_on_every_rank"] = whole(every, every.loss_and_grad()[1]).double().tolist()
     out["loss_every_batch_on_every_rank"] = float(every.loss_at().loss[0])
+    out["partial_wrap_refused"] = partial_wrap_refused() if sharded else True
     after = full_state(a)
     out["model_kept_change"] = all(torch.equal(changed[k], after[k]) for k in changed)
     finish(out, path)

@@ -64,4 +64,5 @@ def test_model_sharded_with_fsdp2_equals_one_process(tmp_path):
     assert one["world"] == 1 and two["world"] == 2
     assert one["model_unchanged"] and two["model_unchanged"]
     assert one["model_kept_change"] and two["model_kept_change"]
+    assert two["partial_wrap_refused"]
     _compare(one, two)

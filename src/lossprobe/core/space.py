@@ -128,7 +128,7 @@ class ParamSpace:
             if trainable_only and not p.requires_grad:
                 continue
             kind, axis = kinds.get(name, ("weight", None))
-            t = p.to_local() if sharded else p  # a sharded model's vectors hold this rank's rows
+            t = p.to_local() if is_dtensor(p) else p  # a sharded model's vectors hold this rank's rows
             entries.append(Entry(name, tuple(t.shape), kind, offset, t.numel(), axis))
             offset += t.numel()
         if include_buffers:
