@@ -7,6 +7,7 @@ shares; an MLP with a tanh (curvature everywhere), cross-entropy.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import sys
@@ -32,7 +33,7 @@ def samples() -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(203, 6, generator=g), torch.randint(0, 3, (203,), generator=g)
 
 
-def main(path: str) -> None:
+def main() -> dict:
     torch.set_num_threads(1)
     if "RANK" in os.environ:
         dist.init_process_group("gloo")
@@ -53,7 +54,7 @@ def main(path: str) -> None:
     out["hvp"] = HessianOperator(obj).matvec(v).tolist()
     out["ggn"] = GGNOperator(obj).matvec(v).tolist()
     out.update(spectrum(obj))
-    finish(out, path)
+    return out
 
 
 def spectrum(obj) -> dict:
@@ -66,14 +67,27 @@ def spectrum(obj) -> dict:
 
 
 def finish(out: dict, path: str) -> None:
-    """Rank 0 (or the one process) writes the numbers; the process group ends."""
+    """Rank 0 (or the one process) writes the numbers; the process group ends; the process exits.
+
+    Called after main() has returned, so its models (FSDP2's hold the process group) are freed
+    before the group is destroyed. The process then leaves with os._exit, skipping interpreter
+    teardown: there a gloo worker thread that drops a finished all-gather's tensors waits for
+    the GIL, is unwound, and aborts the process ("terminate called without an active
+    exception", pytorch/pytorch#190489) after every number is written; 2 of 155 runs of
+    fsdp_probe.py did so on this machine before this exit.
+    """
+    gc.collect()
     if not dist.is_initialized() or dist.get_rank() == 0:
         with open(path, "w") as f:
             json.dump(out, f)
     if dist.is_initialized():
+        dist.barrier()  # rank 0's file is written before any rank leaves
         dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
     np.seterr(all="ignore")
-    main(sys.argv[1])
+    finish(main(), sys.argv[1])

@@ -66,7 +66,7 @@ def full_state(model):
     return {k: (v.full_tensor() if hasattr(v, "full_tensor") else v).clone() for k, v in model.state_dict().items()}
 
 
-def main(path: str) -> None:
+def main() -> dict:
     torch.set_num_threads(1)
     sharded = "RANK" in os.environ
     if sharded:
@@ -118,9 +118,9 @@ def main(path: str) -> None:
     out["partial_wrap_refused"] = partial_wrap_refused() if sharded else True
     after = full_state(a)
     out["model_kept_change"] = all(torch.equal(changed[k], after[k]) for k in changed)
-    finish(out, path)
+    return out
 
 
 if __name__ == "__main__":
     np.seterr(all="ignore")
-    main(sys.argv[1])
+    finish(main(), sys.argv[1])
