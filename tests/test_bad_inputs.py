@@ -90,6 +90,19 @@ def test_kappa_and_other_floats_must_be_finite(ck, tmp_path, capsys):
     assert not (tmp_path / "o").exists() and not (tmp_path / "s").exists()
 
 
+def test_the_command_line_under_torchrun_says_it_runs_in_one_process(ck, tmp_path, capsys, monkeypatch):
+    """torchrun starts the command once per rank: each would write the same --out (the second found it
+    locked and the launcher stopped the first); now every rank says why before touching anything."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    out = tmp_path / "surface"
+    rc = lp(["surface", str(ck / "a.safetensors"), *M, "--steps", "3", "--out", str(out)])
+    one_line(capsys, rc, "runs in one process", "WORLD_SIZE=2", "docs/large-models.md")
+    assert not out.exists()
+    monkeypatch.setenv("WORLD_SIZE", "1")  # torchrun --nproc-per-node 1 is one process: it runs
+    assert lp(["slice", str(ck / "a.safetensors"), *M, "--steps", "3", "--out", str(out)]) == 0
+    assert (out / "summary.json").is_file()
+
+
 def test_towards_the_same_checkpoint_is_a_zero_direction(ck, tmp_path, capsys):
     same = ck / "a_again.safetensors"
     same.write_bytes((ck / "a.safetensors").read_bytes())

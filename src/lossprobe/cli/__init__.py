@@ -88,6 +88,10 @@ def main(argv: list[str] | None = None) -> int:
         print("lossprobe: error: give a command, e.g. 'lossprobe study two-seeds'; 'lossprobe --help' lists them",
               file=sys.stderr)
         return 2
+    refused = _several_processes()
+    if refused:
+        print(f"lossprobe: error: {refused}", file=sys.stderr)
+        return 2
     debug = os.environ.get("LOSSPROBE_DEBUG") == "1"
     if not debug:
         warnings.filterwarnings("ignore", category=UserWarning, module="torch")
@@ -119,6 +123,24 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         release_all_locks()
         leave_if_ray_init_hangs(2)
+
+
+def _several_processes() -> str | None:
+    """One line when this process is one of several that torchrun (or another launcher) started.
+
+    Each command is one process: under torchrun every rank would run the whole command into the
+    same --out folder (the second finds it locked, and the launcher stops the first). Data-parallel
+    and model-sharded probes are the library's, from a script (docs/large-models.md).
+    """
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return None
+    if world <= 1:
+        return None
+    return (f"the command line runs in one process, and this is one of {world} (WORLD_SIZE={world}, torchrun?); "
+            "run it without torchrun, or call the probes from a script under torchrun (lossprobe.surface, "
+            "hessian.eigenvalues, ...: data-parallel, see docs/large-models.md)")
 
 
 if __name__ == "__main__":
