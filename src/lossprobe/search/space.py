@@ -288,21 +288,27 @@ def _parse_param(where: str, name: str, spec: dict) -> Param:
         raise UserError(f"{where}: parameter '{name}' takes choices (type = \"categorical\"), not a {kind} range")
     if kind == "float" and name in _INTEGER:
         raise UserError(f"{where}: parameter '{name}' is an integer; use type = \"int\"")
+    return _range(where, f"parameter '{name}'", name, kind, spec, lambda k, v: _check_value(where, name, v))
+
+
+def _range(where: str, label: str, name: str, kind: str, spec: dict, value) -> Param:
+    """The low/high range (optionally log-scaled) of type `kind` that `spec` gives, each bound
+    checked and converted by `value(key, bound)`; one line naming `label` for what is wrong."""
     if "choices" in spec:
-        raise UserError(f"{where}: parameter '{name}' of type {kind} takes low/high, not choices")
+        raise UserError(f"{where}: {label} of type {kind} takes low/high, not choices")
     for k in ("low", "high"):
         if k not in spec:
-            raise UserError(f"{where}: parameter '{name}' needs '{k}'")
-    low, high = _check_value(where, name, spec["low"]), _check_value(where, name, spec["high"])
+            raise UserError(f"{where}: {label} needs '{k}'")
+    low, high = value("low", spec["low"]), value("high", spec["high"])
     if kind == "int" and not all(isinstance(spec[k], int) and not isinstance(spec[k], bool) for k in ("low", "high")):
-        raise UserError(f"{where}: int parameter '{name}' needs integer low and high")
+        raise UserError(f"{where}: {label} is an int range; give integer low and high")
     log = spec.get("log", False)
     if not isinstance(log, bool):
-        raise UserError(f"{where}: parameter '{name}': log must be true or false, got {log!r}")
+        raise UserError(f"{where}: {label}: log must be true or false, got {log!r}")
     if not low < high:
-        raise UserError(f"{where}: parameter '{name}' needs low < high, got low={spec['low']}, high={spec['high']}")
+        raise UserError(f"{where}: {label} needs low < high, got low={spec['low']}, high={spec['high']}")
     if log and low <= 0:
-        raise UserError(f"{where}: parameter '{name}' is log-scaled, so low must be > 0 (got {spec['low']})")
+        raise UserError(f"{where}: {label} is log-scaled, so low must be > 0 (got {spec['low']})")
     return Param(name, kind, low=low, high=high, log=log)
 
 
@@ -582,23 +588,10 @@ def _parse_user_param(where: str, table: str, name: str, spec: dict, kind: str |
         raise UserError(f"{where}: {label} is a name: give choices = [...], not a range")
     if kind == "int" and t == "float":
         raise UserError(f"{where}: {label} is an integer; give integer low and high (or type = \"int\")")
-    if "choices" in spec:
-        raise UserError(f"{where}: {label} of type {t} takes low/high, not choices")
-    for k in ("low", "high"):
-        if k not in spec:
-            raise UserError(f"{where}: {label} needs '{k}'")
-        v = spec[k]
+
+    def bound(k, v):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
             raise UserError(f"{where}: {label}: '{k}' must be a finite number, got {v!r}")
-    low, high = spec["low"], spec["high"]
-    if t == "int" and not all(isinstance(v, int) for v in (low, high)):
-        raise UserError(f"{where}: {label} is an int range; give integer low and high")
-    log = spec.get("log", False)
-    if not isinstance(log, bool):
-        raise UserError(f"{where}: {label}: log must be true or false, got {log!r}")
-    if not low < high:
-        raise UserError(f"{where}: {label} needs low < high, got low={low}, high={high}")
-    if log and low <= 0:
-        raise UserError(f"{where}: {label} is log-scaled, so low must be > 0 (got {low})")
-    return Param(name, t, low=int(low) if t == "int" else float(low), high=int(high) if t == "int" else float(high),
-                 log=log)
+        return int(v) if t == "int" and isinstance(v, int) else float(v)
+
+    return _range(where, label, name, t, spec, bound)
