@@ -26,6 +26,7 @@ Prints ONE JSON line (and a Markdown table on stderr).
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import subprocess
@@ -66,14 +67,13 @@ def worker(args) -> None:
     vocab = model.config.vocab_size
     data = tokens(8, n_tok, vocab)
     obj = lp.Objective(model, data, loss="model", batch_size=4)
-    import gc
-
     gc.collect()
     mem = Memory(args.limit_gb * 1e9)
     if sharded:
         dist.barrier()
     mem.start()
     t0, c0 = time.perf_counter(), time.process_time()
+    extra = {}
     if args.probe == "surface":
         s = lp.surface(obj, None, span=(-1, 1), steps=5, seed=0, progress=False)
         numbers = s.loss.ravel().tolist()
@@ -84,7 +84,7 @@ def worker(args) -> None:
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     peak = mem.peak_above()
     row = {"peak_M": peak / (4 * P), "seconds": seconds, "cpu_seconds": cpu, "numbers": numbers,
-           "parameters": P, **(extra if args.probe != "surface" else {})}
+           "parameters": P, **extra}
     if sharded:
         rows = [None] * dist.get_world_size()
         dist.all_gather_object(rows, row)

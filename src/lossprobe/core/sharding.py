@@ -35,6 +35,7 @@ from torch import nn
 from lossprobe.core.vectors import draw_segments
 from lossprobe.errors import UserError
 
+
 def _fsdp():
     """(FSDPModule, DTensor, Shard), or None when no FSDP2 model can exist in this process: a
     sharded model means that its modules were imported, so nothing is imported here until then
